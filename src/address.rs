@@ -1,0 +1,108 @@
+//! The address a user logs in with: a phone number or an e-mail address, normalised.
+
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Address {
+    Phone(String),
+    Email(String),
+}
+
+impl Address {
+    pub fn as_str(&self) -> &str {
+        match self {
+            Address::Phone(p) | Address::Email(p) => p,
+        }
+    }
+
+    /// Name of the reply field that carries this address back to the app.
+    pub fn field(&self) -> &'static str {
+        match self {
+            Address::Phone(_) => "phone",
+            Address::Email(_) => "email",
+        }
+    }
+
+    /// A form safe for logs: enough to correlate, not enough to identify.
+    pub fn masked(&self) -> String {
+        match self {
+            Address::Phone(p) => format!("{}****", &p[..p.len() - 4]),
+            Address::Email(e) => match e.split_once('@') {
+                Some((local, domain)) => format!("{}***@{domain}", &local[..1]),
+                None => "***".into(),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Strips spaces, dashes, dots, parentheses, one leading `+` and leading zeros;
+/// what remains must be 9 to 15 digits.
+pub fn normalize_phone(raw: &str) -> Result<String, ()> {
+    let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
+    let without_plus = compact.strip_prefix('+').unwrap_or(&compact);
+    let digits = without_plus.trim_start_matches('0');
+    if (9..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(digits.to_string())
+    } else {
+        Err(())
+    }
+}
+
+/// Lower-cases and checks the shape `local@domain.tld` (no spaces, sane lengths).
+pub fn normalize_email(raw: &str) -> Result<String, ()> {
+    let email = raw.trim().to_lowercase();
+    let (local, domain) = email.split_once('@').ok_or(())?;
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && local.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '@' | '(' | ')' | ',' | ';' | ':' | '<' | '>' | '[' | ']' | '\\' | '"'));
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if local_ok && domain_ok && email.len() <= 254 {
+        Ok(email)
+    } else {
+        Err(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_normalised() {
+        assert_eq!(normalize_phone("+1 800-555-1234"), Ok("18005551234".into()));
+        assert_eq!(normalize_phone("0044 (20) 7946.0958"), Ok("442079460958".into()));
+        assert_eq!(normalize_phone("18005551234"), Ok("18005551234".into()));
+    }
+
+    #[test]
+    fn bad_phones_are_rejected() {
+        for bad in ["", "12345678", "1234567890123456", "1800555123x", "++18005551234", "0000000"] {
+            assert_eq!(normalize_phone(bad), Err(()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn emails_are_validated() {
+        assert_eq!(normalize_email(" Ann@Example.COM "), Ok("ann@example.com".into()));
+        assert_eq!(normalize_email("a.b+tag@mail.example.org"), Ok("a.b+tag@mail.example.org".into()));
+        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "ann@@example.com", "an n@example.com", "ann@-x.com"] {
+            assert_eq!(normalize_email(bad), Err(()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn masking_hides_the_tail() {
+        assert_eq!(Address::Phone("18005551234".into()).masked(), "1800555****");
+        assert_eq!(Address::Email("ann@example.com".into()).masked(), "a***@example.com");
+    }
+}

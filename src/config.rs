@@ -1,0 +1,180 @@
+//! Configuration from environment variables (names are the upper-case field names).
+//! Every variable and its default is documented in `.env.example`.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+
+use crate::address;
+
+#[derive(Clone, Deserialize)]
+pub struct Config {
+    #[serde(default = "defaults::bind")]
+    pub bind: String,
+    #[serde(default = "defaults::database_path")]
+    pub database_path: String,
+    #[serde(default = "defaults::db_pool_size")]
+    pub db_pool_size: usize,
+
+    /// Secret app token for the upstream `useradd` call. Never logged or returned.
+    #[serde(default)]
+    pub app_token: String,
+    /// Key for hashing stored OTPs; when empty a random key is generated once and kept in the database.
+    #[serde(default)]
+    pub otp_secret: String,
+
+    #[serde(default = "defaults::upstream_url")]
+    pub upstream_url: String,
+    #[serde(default = "defaults::upstream_connect_timeout_secs")]
+    pub upstream_connect_timeout_secs: u64,
+    #[serde(default = "defaults::upstream_timeout_secs")]
+    pub upstream_timeout_secs: u64,
+    #[serde(default = "defaults::token_expiry_mins")]
+    pub token_expiry_mins: u64,
+
+    #[serde(default = "defaults::otp_length")]
+    pub otp_length: usize,
+    #[serde(default = "defaults::otp_ttl_secs")]
+    pub otp_ttl_secs: u64,
+    #[serde(default = "defaults::otp_max_attempts")]
+    pub otp_max_attempts: u32,
+    #[serde(default = "defaults::otp_resend_secs")]
+    pub otp_resend_secs: u64,
+    #[serde(default = "defaults::otp_message")]
+    pub otp_message: String,
+    /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
+    #[serde(default)]
+    pub test_otps: String,
+
+    #[serde(default = "defaults::otp_sender")]
+    pub otp_sender: String,
+    #[serde(default)]
+    pub email_sender: Option<String>,
+
+    #[serde(default = "defaults::limit_start_per_phone")]
+    pub limit_start_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_ip")]
+    pub limit_start_per_ip_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_phone")]
+    pub limit_verify_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_ip")]
+    pub limit_verify_per_ip_per_hour: u32,
+
+    #[serde(default)]
+    pub sms_http_url: String,
+    #[serde(default)]
+    pub sms_http_auth: String,
+    #[serde(default = "defaults::sms_http_body")]
+    pub sms_http_body: String,
+    #[serde(default = "defaults::sms_http_timeout_secs")]
+    pub sms_http_timeout_secs: u64,
+
+    #[serde(default)]
+    pub smtp_host: String,
+    #[serde(default = "defaults::smtp_port")]
+    pub smtp_port: u16,
+    #[serde(default = "defaults::smtp_tls")]
+    pub smtp_tls: String,
+    #[serde(default)]
+    pub smtp_user: String,
+    #[serde(default)]
+    pub smtp_password: String,
+    #[serde(default)]
+    pub smtp_from: String,
+    #[serde(default = "defaults::email_subject")]
+    pub email_subject: String,
+}
+
+mod defaults {
+    pub fn bind() -> String { "127.0.0.1:8080".into() }
+    pub fn database_path() -> String { "./otpgate.db".into() }
+    pub fn db_pool_size() -> usize { 4 }
+    pub fn upstream_url() -> String { "https://api.mesibo.com/backend/".into() }
+    pub fn upstream_connect_timeout_secs() -> u64 { 5 }
+    pub fn upstream_timeout_secs() -> u64 { 10 }
+    pub fn token_expiry_mins() -> u64 { 525_600 }
+    pub fn otp_length() -> usize { 6 }
+    pub fn otp_ttl_secs() -> u64 { 300 }
+    pub fn otp_max_attempts() -> u32 { 5 }
+    pub fn otp_resend_secs() -> u64 { 30 }
+    pub fn otp_message() -> String { "Your code is {otp}".into() }
+    pub fn otp_sender() -> String { "log".into() }
+    pub fn limit_start_per_phone() -> u32 { 10 }
+    pub fn limit_start_per_ip() -> u32 { 100 }
+    pub fn limit_verify_per_phone() -> u32 { 30 }
+    pub fn limit_verify_per_ip() -> u32 { 300 }
+    pub fn sms_http_body() -> String { r#"{"to":"{phone}","text":"{message}"}"#.into() }
+    pub fn sms_http_timeout_secs() -> u64 { 10 }
+    pub fn smtp_port() -> u16 { 587 }
+    pub fn smtp_tls() -> String { "starttls".into() }
+    pub fn email_subject() -> String { "Your login code".into() }
+}
+
+impl Config {
+    /// Reads the process environment. The error is one line naming the offending variable.
+    pub fn from_env() -> Result<Config, String> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads configuration from `(NAME, value)` pairs; unknown names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
+        let config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if !(4..=10).contains(&self.otp_length) {
+            return bad("OTP_LENGTH", "must be between 4 and 10");
+        }
+        if self.otp_ttl_secs == 0 {
+            return bad("OTP_TTL_SECS", "must be at least 1");
+        }
+        if self.otp_max_attempts == 0 {
+            return bad("OTP_MAX_ATTEMPTS", "must be at least 1");
+        }
+        if self.db_pool_size == 0 {
+            return bad("DB_POOL_SIZE", "must be at least 1");
+        }
+        if !self.otp_message.contains("{otp}") {
+            return bad("OTP_MESSAGE", "must contain {otp}");
+        }
+        if !matches!(self.otp_sender.as_str(), "log" | "http" | "smtp") {
+            return bad("OTP_SENDER", "must be one of: log, http, smtp");
+        }
+        if let Some(email_sender) = &self.email_sender {
+            if !matches!(email_sender.as_str(), "log" | "smtp") {
+                return bad("EMAIL_SENDER", "must be one of: log, smtp");
+            }
+        }
+        if !matches!(self.smtp_tls.as_str(), "starttls" | "tls" | "none") {
+            return bad("SMTP_TLS", "must be one of: starttls, tls, none");
+        }
+        self.test_otps()?;
+        Ok(())
+    }
+
+    /// Parses `TEST_OTPS` into normalised phone → fixed code.
+    pub fn test_otps(&self) -> Result<HashMap<String, String>, String> {
+        let mut map = HashMap::new();
+        for entry in self.test_otps.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let parsed = entry.split_once(':').and_then(|(phone, code)| {
+                let phone = address::normalize_phone(phone).ok()?;
+                let code = code.trim();
+                let valid = (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit());
+                valid.then(|| (phone, code.to_string()))
+            });
+            match parsed {
+                Some((phone, code)) => map.insert(phone, code),
+                None => return Err("invalid configuration: TEST_OTPS entries must look like 18005550000:123456".into()),
+            };
+        }
+        Ok(map)
+    }
+}

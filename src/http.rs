@@ -1,0 +1,145 @@
+//! The HTTP surface: `/api` (JSON, form or query string in; JSON out) and `/healthz`.
+
+use actix_web::http::header::{self, ContentType};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::{json, Map, Value};
+use std::collections::HashMap;
+
+use crate::error::ApiError;
+use crate::login::{LoginOutcome, LoginRequest};
+use crate::storage;
+use crate::AppState;
+
+/// Largest request body accepted; login requests are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Registers the routes and the shared state on an actix `App`.
+pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state)
+            .route("/api", web::post().to(api))
+            .route("/api", web::get().to(api))
+            .route("/healthz", web::get().to(healthz));
+    }
+}
+
+type Params = HashMap<String, String>;
+
+async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let params = match read_params(&request, payload).await {
+        Ok(params) => params,
+        Err(e) => return reply("", Err(e)),
+    };
+    let op = params.get("op").map(|op| op.trim()).unwrap_or("");
+    let client_ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let result = match op {
+        "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
+        "" => Err(ApiError::new("BADOP", "op is required")),
+        _ => Err(ApiError::new("BADOP", "unknown op")),
+    };
+    let echoed: String = op.chars().take(32).collect();
+    reply(&echoed, result)
+}
+
+async fn healthz(state: web::Data<AppState>) -> HttpResponse {
+    match state.db.call(storage::ping).await {
+        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
+        Err(e) => {
+            tracing::error!("health check failed: {e}");
+            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable" }))
+        }
+    }
+}
+
+fn login_request(params: &Params) -> LoginRequest {
+    let field = |name: &str| params.get(name).cloned();
+    LoginRequest {
+        appid: field("appid"),
+        phone: field("phone"),
+        email: field("email"),
+        name: field("name"),
+        // `code` is the field name older apps send.
+        otp: field("otp").or_else(|| field("code")),
+        device: field("device"),
+    }
+}
+
+fn login_fields(outcome: LoginOutcome) -> Map<String, Value> {
+    let mut fields = Map::new();
+    if let LoginOutcome::LoggedIn { address, issued } = outcome {
+        fields.insert("token".into(), issued.token.into());
+        fields.insert(address.field().into(), address.as_str().into());
+        fields.insert("uid".into(), issued.uid);
+        if let Some(linked) = issued.linked {
+            fields.insert("linked".into(), linked);
+        }
+        if let Some(linkto) = issued.linkto {
+            fields.insert("linkto".into(), linkto);
+        }
+    }
+    fields
+}
+
+/// Every reply carries `op`, `result` and `ts`; failures add `error`, `errmsg` and maybe `retry_after`.
+fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
+    let mut body = Map::new();
+    body.insert("op".into(), op.into());
+    body.insert("ts".into(), storage::now().into());
+    let mut response = match result {
+        Ok(fields) => {
+            body.insert("result".into(), true.into());
+            body.extend(fields);
+            HttpResponse::Ok()
+        }
+        Err(error) => {
+            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
+            body.insert("result".into(), false.into());
+            body.insert("error".into(), error.code.into());
+            body.insert("errmsg".into(), error.message.into());
+            let mut response = HttpResponse::build(status);
+            if let Some(wait) = error.retry_after {
+                body.insert("retry_after".into(), wait.into());
+                response.insert_header((header::RETRY_AFTER, wait.to_string()));
+            }
+            response
+        }
+    };
+    // Replies may carry access tokens: no cache may keep them.
+    response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(Value::Object(body).to_string())
+}
+
+/// Merges query-string parameters with the body's (JSON object or form); body fields win.
+async fn read_params(request: &HttpRequest, payload: web::Payload) -> Result<Params, ApiError> {
+    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let mut params: Params = serde_urlencoded::from_str::<Vec<(String, String)>>(request.query_string())
+        .map_err(|_| bad("the query string is not valid URL encoding"))?
+        .into_iter()
+        .collect();
+    let body = payload
+        .to_bytes_limited(MAX_BODY_BYTES)
+        .await
+        .map_err(|_| bad("the request body is larger than 64 KiB"))?
+        .map_err(|_| bad("the request body could not be read"))?;
+    let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
+    if text.is_empty() {
+        return Ok(params);
+    }
+    let is_json = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
+    // Also take JSON sent with a form content type, as `curl -d '{...}'` does.
+    if is_json || text.starts_with('{') {
+        let object: Map<String, Value> = serde_json::from_str(text).map_err(|_| bad("the request body is not a JSON object"))?;
+        for (key, value) in object {
+            let value = match value {
+                Value::Null => continue,
+                Value::String(s) => s,
+                other => other.to_string(),
+            };
+            params.insert(key, value);
+        }
+    } else {
+        let form: Vec<(String, String)> = serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
+        params.extend(form);
+    }
+    Ok(params)
+}

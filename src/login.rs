@@ -1,0 +1,231 @@
+//! The two-step login: start (issue and send a code) and verify (check the code,
+//! then have upstream mint the access token).
+
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::address::{self, Address};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::otp::{self, OtpHasher};
+use crate::ratelimit::{HourlyLimit, Limits};
+use crate::senders::{self, OtpMessage, Senders};
+use crate::storage::{self, CompletedLogin, Db, NewChallenge, StoreOutcome, VerifyOutcome};
+use crate::upstream::{IssuedToken, Upstream};
+
+const MAX_NAME_CHARS: usize = 64;
+const MAX_ID_CHARS: usize = 128;
+
+/// The login fields of a request, as received (not yet validated).
+#[derive(Default, Debug, Clone)]
+pub struct LoginRequest {
+    pub appid: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The code, when this request verifies one.
+    pub otp: Option<String>,
+    pub device: Option<String>,
+}
+
+#[derive(Debug)]
+pub enum LoginOutcome {
+    CodeSent,
+    LoggedIn { address: Address, issued: IssuedToken },
+}
+
+pub struct LoginFlow {
+    db: Arc<Db>,
+    hasher: OtpHasher,
+    senders: Senders,
+    upstream: Upstream,
+    pub limits: Limits,
+    test_otps: HashMap<String, String>,
+    otp_length: usize,
+    otp_ttl_secs: i64,
+    otp_resend_secs: i64,
+    otp_max_attempts: u32,
+    otp_message: String,
+}
+
+impl LoginFlow {
+    pub fn new(config: &Config, db: Arc<Db>, otp_key: &[u8], senders: Senders) -> Result<Self, String> {
+        Ok(LoginFlow {
+            db,
+            hasher: OtpHasher::new(otp_key),
+            senders,
+            upstream: Upstream::from_config(config)?,
+            limits: Limits::from_config(config),
+            test_otps: config.test_otps()?,
+            otp_length: config.otp_length,
+            otp_ttl_secs: config.otp_ttl_secs as i64,
+            otp_resend_secs: config.otp_resend_secs as i64,
+            otp_max_attempts: config.otp_max_attempts,
+            otp_message: config.otp_message.clone(),
+        })
+    }
+
+    pub async fn login(&self, request: LoginRequest, client_ip: &str) -> Result<LoginOutcome, ApiError> {
+        let appid = non_empty(&request.appid).ok_or_else(|| ApiError::new("MISSINGAPPID", "appid is required"))?;
+        if appid.chars().count() > MAX_ID_CHARS {
+            return Err(ApiError::new("BADPARAM", format!("appid must be at most {MAX_ID_CHARS} characters")));
+        }
+        let address = parse_address(&request)?;
+        match non_empty(&request.otp) {
+            None => self.start(appid, address, client_ip).await,
+            Some(code) => {
+                let name = non_empty(&request.name).unwrap_or("");
+                if name.chars().count() > MAX_NAME_CHARS {
+                    return Err(ApiError::new("BADPARAM", format!("name must be at most {MAX_NAME_CHARS} characters")));
+                }
+                let device = non_empty(&request.device);
+                if device.is_some_and(|d| d.chars().count() > MAX_ID_CHARS) {
+                    return Err(ApiError::new("BADPARAM", format!("device must be at most {MAX_ID_CHARS} characters")));
+                }
+                self.verify(appid, address, code, name, device, client_ip).await
+            }
+        }
+    }
+
+    async fn start(&self, appid: &str, address: Address, client_ip: &str) -> Result<LoginOutcome, ApiError> {
+        let sender = self.senders.for_address(&address).ok_or_else(|| not_enabled(&address))?.clone();
+        check(&self.limits.start_per_ip, client_ip)?;
+        check(&self.limits.start_per_address, address.as_str())?;
+        if self.test_otps.contains_key(address.as_str()) {
+            return Ok(LoginOutcome::CodeSent);
+        }
+
+        let code = otp::generate(self.otp_length);
+        let otp_hash = self.hasher.hash(address.as_str(), &code);
+        let challenge = NewChallenge {
+            address: address.as_str().to_string(),
+            appid: appid.to_string(),
+            otp_hash,
+            now: storage::now(),
+            ttl_secs: self.otp_ttl_secs,
+            resend_secs: self.otp_resend_secs,
+        };
+        match self.db.call(move |conn| storage::store_challenge(conn, &challenge)).await.map_err(internal)? {
+            StoreOutcome::Stored => {}
+            StoreOutcome::TooSoon(wait) => {
+                return Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
+            }
+        }
+
+        let message = OtpMessage {
+            text: senders::render(&self.otp_message, &code, appid),
+            to: address.clone(),
+            otp: code,
+            appid: appid.to_string(),
+        };
+        if let Err(reason) = sender.send(&message).await {
+            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {reason}");
+            // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
+            let owned = address.as_str().to_string();
+            self.db.call(move |conn| storage::remove_challenge(conn, &owned, &otp_hash)).await.map_err(internal)?;
+            return Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again"));
+        }
+        tracing::info!(sender = sender.name(), to = %address.masked(), appid, "code sent");
+        Ok(LoginOutcome::CodeSent)
+    }
+
+    async fn verify(
+        &self,
+        appid: &str,
+        address: Address,
+        code: &str,
+        name: &str,
+        device: Option<&str>,
+        client_ip: &str,
+    ) -> Result<LoginOutcome, ApiError> {
+        check(&self.limits.verify_per_ip, client_ip)?;
+        check(&self.limits.verify_per_address, address.as_str())?;
+        let otp_hash = self.hasher.hash(address.as_str(), code);
+
+        if let Some(fixed) = self.test_otps.get(address.as_str()) {
+            if !otp::same(fixed.as_bytes(), code.as_bytes()) {
+                return Err(ApiError::new("BADCODE", "wrong code"));
+            }
+        } else {
+            let (owned, owned_appid, max) = (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts);
+            let outcome = self
+                .db
+                .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max))
+                .await
+                .map_err(internal)?;
+            match outcome {
+                VerifyOutcome::Claimed => {}
+                VerifyOutcome::NoCode => {
+                    return Err(ApiError::new("BADCODE", "no valid code for this address (expired, already used, or never sent); request a new one"))
+                }
+                VerifyOutcome::Wrong { left } => return Err(ApiError::new("BADCODE", format!("wrong code; {left} attempts left"))),
+                VerifyOutcome::TooManyAttempts => {
+                    return Err(ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one"))
+                }
+            }
+        }
+
+        let issued = match self.upstream.useradd(address.as_str(), name, appid, device).await {
+            Ok(issued) => issued,
+            Err(e) => {
+                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", e.0);
+                // The user did nothing wrong: give the code back so a retry with it works.
+                let owned = address.as_str().to_string();
+                self.db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;
+                return Err(ApiError::new("UPSTREAM", "the messaging platform could not issue a token; retry with the same code"));
+            }
+        };
+
+        let completed = CompletedLogin {
+            address: address.as_str().to_string(),
+            uid: match &issued.uid {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            },
+            name: name.to_string(),
+            token_sha256: hex::encode(Sha256::digest(issued.token.as_bytes())),
+            now: storage::now(),
+        };
+        // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
+        if let Err(e) = self.db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
+            tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}");
+        }
+        tracing::info!(to = %address.masked(), appid, "login complete");
+        Ok(LoginOutcome::LoggedIn { address, issued })
+    }
+}
+
+fn non_empty(value: &Option<String>) -> Option<&str> {
+    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+fn parse_address(request: &LoginRequest) -> Result<Address, ApiError> {
+    if let Some(phone) = non_empty(&request.phone) {
+        return address::normalize_phone(phone)
+            .map(Address::Phone)
+            .map_err(|_| ApiError::new("BADPHONE", "phone must be 9 to 15 digits, optionally with a leading +"));
+    }
+    if let Some(email) = non_empty(&request.email) {
+        return address::normalize_email(email)
+            .map(Address::Email)
+            .map_err(|_| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
+    }
+    Err(ApiError::new("BADPHONE", "phone (or email) is required"))
+}
+
+fn not_enabled(address: &Address) -> ApiError {
+    match address {
+        Address::Phone(_) => ApiError::new("BADPHONE", "logins by phone are not enabled on this server"),
+        Address::Email(_) => ApiError::new("BADEMAIL", "logins by e-mail are not enabled on this server"),
+    }
+}
+
+fn check(limit: &HourlyLimit, key: &str) -> Result<(), ApiError> {
+    limit.check(key).map_err(|wait| ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")))
+}
+
+fn internal(e: storage::StorageError) -> ApiError {
+    tracing::error!("database error: {e}");
+    ApiError::internal()
+}

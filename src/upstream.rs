@@ -1,0 +1,131 @@
+//! Client for the messaging platform's `useradd` call, which mints a user's access token.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+use crate::config::Config;
+
+/// Longest part of an upstream error body that is logged.
+const LOGGED_BODY_LIMIT: usize = 500;
+
+pub struct Upstream {
+    client: reqwest::Client,
+    url: String,
+    app_token: String,
+    token_expiry_mins: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuedToken {
+    /// Upstream user id: a number or a string, passed through as received.
+    pub uid: Value,
+    pub token: String,
+    /// Multi-device fields, passed through to the app when present.
+    pub linked: Option<Value>,
+    pub linkto: Option<Value>,
+}
+
+/// What went wrong upstream, already free of the app token; fit for logs, not for clients.
+#[derive(Debug)]
+pub struct UpstreamError(pub String);
+
+#[derive(Deserialize)]
+struct UseraddReply {
+    #[serde(default)]
+    result: bool,
+    user: Option<UseraddUser>,
+    linked: Option<Value>,
+    linkto: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct UseraddUser {
+    uid: Option<Value>,
+    token: Option<String>,
+    linked: Option<Value>,
+    linkto: Option<Value>,
+}
+
+impl Upstream {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        // One client for the process: it keeps connections alive between logins.
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(config.upstream_connect_timeout_secs))
+            .timeout(Duration::from_secs(config.upstream_timeout_secs))
+            .build()
+            .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
+        Ok(Upstream {
+            client,
+            url: config.upstream_url.clone(),
+            app_token: config.app_token.clone(),
+            token_expiry_mins: config.token_expiry_mins,
+        })
+    }
+
+    pub async fn useradd(&self, address: &str, name: &str, appid: &str, device: Option<&str>) -> Result<IssuedToken, UpstreamError> {
+        let mut token = json!({ "appid": appid, "expiry": self.token_expiry_mins });
+        if let Some(device) = device {
+            token["device"] = json!(device);
+        }
+        let request = json!({
+            "op": "useradd",
+            "token": self.app_token,
+            "user": { "address": address, "name": name, "token": token },
+        });
+        let response = self
+            .client
+            .post(&self.url)
+            .json(&request)
+            .send()
+            .await
+            .map_err(|e| UpstreamError(self.redact(&format!("request failed: {}", describe(e)))))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| UpstreamError(self.redact(&format!("reading the reply failed: {}", describe(e)))))?;
+        if !status.is_success() {
+            return Err(self.error(&format!("HTTP {status}"), &body));
+        }
+        let reply: UseraddReply = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
+        match reply.user {
+            Some(UseraddUser { uid: Some(uid), token: Some(token), linked, linkto }) if reply.result && !token.is_empty() => {
+                Ok(IssuedToken { uid, token, linked: linked.or(reply.linked), linkto: linkto.or(reply.linkto) })
+            }
+            _ if !reply.result => Err(self.error("result:false", &body)),
+            _ => Err(self.error("reply without user uid or token", &body)),
+        }
+    }
+
+    fn error(&self, what: &str, body: &str) -> UpstreamError {
+        let mut shown: String = body.chars().take(LOGGED_BODY_LIMIT).collect();
+        if shown.len() < body.len() {
+            shown.push('…');
+        }
+        UpstreamError(self.redact(&format!("{what}; body: {shown}")))
+    }
+
+    /// Upstreams sometimes echo the request; the app token must never reach a log.
+    fn redact(&self, text: &str) -> String {
+        if self.app_token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(&self.app_token, "[app token]")
+        }
+    }
+}
+
+/// reqwest's Display of an error leaves out the cause (refused, timed out, ...).
+/// The URL is left out: operators sometimes put credentials in it.
+fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
