@@ -1,0 +1,134 @@
+//! A stand-in for the messaging platform's HTTP API (and, in `Reply` mode, any
+//! HTTP endpoint such as an SMS gateway). Records every request it receives.
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+pub enum Mode {
+    /// Answer `useradd` like the real platform: a fresh token per call.
+    Useradd,
+    /// Wait, then answer like `Useradd`.
+    Slow(Duration),
+    /// Answer with this status and body whatever the request.
+    Reply(u16, String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub authorization: Option<String>,
+    pub body: String,
+}
+
+impl Received {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).expect("request body is JSON")
+    }
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    state: web::Data<Shared>,
+    handle: Mutex<Option<ServerHandle>>,
+}
+
+struct Shared {
+    mode: Mutex<Mode>,
+    received: Mutex<Vec<Received>>,
+    issued: AtomicU64,
+}
+
+impl FakeUpstream {
+    /// Starts on a free loopback port; must be called inside an actix runtime.
+    pub fn start() -> Arc<FakeUpstream> {
+        Self::start_on("127.0.0.1:0".parse().unwrap())
+    }
+
+    pub fn start_on(addr: SocketAddr) -> Arc<FakeUpstream> {
+        let state = web::Data::new(Shared { mode: Mutex::new(Mode::Useradd), received: Mutex::default(), issued: AtomicU64::new(0) });
+        let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
+        Arc::new(upstream.listen())
+    }
+
+    fn listen(mut self) -> Self {
+        self.addr = self.serve();
+        self
+    }
+
+    /// Binds `self.addr` and serves in the background; returns the bound address.
+    fn serve(&self) -> SocketAddr {
+        let state = self.state.clone();
+        let server = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(handle)))
+            .workers(1)
+            .disable_signals()
+            .bind(self.addr)
+            .expect("bind fake upstream");
+        let addr = server.addrs()[0];
+        let server = server.run();
+        *self.handle.lock().unwrap() = Some(server.handle());
+        actix_web::rt::spawn(server);
+        addr
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/backend/", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.state.mode.lock().unwrap() = mode;
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    /// Stops listening: calls now fail with "connection refused".
+    pub async fn stop(&self) {
+        let handle = self.handle.lock().unwrap().take();
+        if let Some(handle) = handle {
+            handle.stop(false).await;
+        }
+    }
+
+    /// Listens again on the same port.
+    pub fn restart(&self) {
+        self.serve();
+    }
+}
+
+async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+    let body = String::from_utf8_lossy(&body).into_owned();
+    let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+    shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
+    let mode = shared.mode.lock().unwrap().clone();
+    match mode {
+        Mode::Reply(status, reply) => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
+            .content_type("application/json")
+            .body(reply),
+        Mode::Slow(delay) => {
+            actix_web::rt::time::sleep(delay).await;
+            useradd(&body, &shared)
+        }
+        Mode::Useradd => useradd(&body, &shared),
+    }
+}
+
+fn useradd(body: &str, shared: &Shared) -> HttpResponse {
+    let Ok(request) = serde_json::from_str::<Value>(body) else {
+        return HttpResponse::BadRequest().json(json!({ "result": false, "error": "BADJSON" }));
+    };
+    if request["op"] != "useradd" || request["token"].as_str().map_or(true, str::is_empty) {
+        return HttpResponse::Ok().json(json!({ "result": false, "error": "AUTHFAIL" }));
+    }
+    let n = shared.issued.fetch_add(1, Ordering::SeqCst) + 1;
+    HttpResponse::Ok().json(json!({
+        "op": "useradd",
+        "result": true,
+        "user": { "uid": 1000 + n, "address": request["user"]["address"], "token": format!("usertoken-{n}") },
+    }))
+}
