@@ -178,3 +178,51 @@ impl Config {
         Ok(map)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:8080");
+        assert_eq!(config.otp_ttl_secs, 300);
+        assert_eq!(config.otp_max_attempts, 5);
+        assert_eq!(config.otp_resend_secs, 30);
+        assert_eq!(config.otp_sender, "log");
+        assert_eq!(config.token_expiry_mins, 525_600);
+        assert_eq!(config.upstream_url, "https://api.mesibo.com/backend/");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("OTP_TTL_SECS", "five"),
+            ("OTP_TTL_SECS", "0"),
+            ("OTP_LENGTH", "3"),
+            ("OTP_SENDER", "pigeon"),
+            ("EMAIL_SENDER", "http"),
+            ("SMTP_TLS", "maybe"),
+            ("OTP_MESSAGE", "no code here"),
+            ("TEST_OTPS", "18005550000"),
+            ("TEST_OTPS", "123:123456"),
+        ] {
+            let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
+            assert!(error.contains(name), "{error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    #[test]
+    fn test_otps_are_normalised() {
+        let config = load(&[("TEST_OTPS", "+1 800 555 0000:123456, 18005550001:0000")]).unwrap();
+        let map = config.test_otps().unwrap();
+        assert_eq!(map.get("18005550000").map(String::as_str), Some("123456"));
+        assert_eq!(map.get("18005550001").map(String::as_str), Some("0000"));
+    }
+}
