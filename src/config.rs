@@ -1,12 +1,12 @@
 //! Configuration from environment variables (names are the upper-case field names).
 //! Every variable and its default is documented in `.env.example`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
 use crate::address;
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct Config {
     #[serde(default = "defaults::bind")]
     pub bind: String,
@@ -123,7 +123,9 @@ impl Config {
         V: Into<String>,
     {
         let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
-        let config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
+        let mut config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
+        // An empty line in an env file means "not set".
+        config.email_sender = config.email_sender.filter(|s| !s.is_empty());
         config.validate()?;
         Ok(config)
     }
@@ -215,6 +217,26 @@ mod tests {
             let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
             assert!(error.contains(name), "{error}");
             assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    /// `.env.example` must document every variable, with the real defaults, in a form a shell can load.
+    #[test]
+    fn env_example_lists_every_variable_with_its_default() {
+        let text = include_str!("../.env.example");
+        let mut vars = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (name, value) = line.split_once('=').unwrap_or_else(|| panic!("not NAME=value: {line}"));
+            let unquoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+            let unquoted = unquoted.or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')));
+            assert!(unquoted.is_some() || !value.contains(' '), "{name}: a value with spaces must be quoted for the shell");
+            vars.push((name.to_string(), unquoted.unwrap_or(value).to_string()));
+        }
+        let from_example = serde_json::to_value(Config::from_vars(vars.clone()).unwrap()).unwrap();
+        let defaults = serde_json::to_value(load(&[]).unwrap()).unwrap();
+        assert_eq!(from_example, defaults, ".env.example values differ from the defaults");
+        for field in defaults.as_object().unwrap().keys() {
+            assert!(vars.iter().any(|(name, _)| name == &field.to_uppercase()), "{} is not documented in .env.example", field.to_uppercase());
         }
     }
 
