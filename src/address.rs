@@ -43,34 +43,33 @@ impl fmt::Display for Address {
 
 /// Strips spaces, dashes, dots, parentheses, one leading `+` and leading zeros;
 /// what remains must be 9 to 15 digits.
-pub fn normalize_phone(raw: &str) -> Result<String, ()> {
+pub fn normalize_phone(raw: &str) -> Option<String> {
     let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
     let without_plus = compact.strip_prefix('+').unwrap_or(&compact);
     let digits = without_plus.trim_start_matches('0');
-    if (9..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
-        Ok(digits.to_string())
-    } else {
-        Err(())
-    }
+    let valid = (9..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| digits.to_string())
 }
 
 /// Lower-cases and checks the shape `local@domain.tld` (no spaces, sane lengths).
-pub fn normalize_email(raw: &str) -> Result<String, ()> {
+pub fn normalize_email(raw: &str) -> Option<String> {
     let email = raw.trim().to_lowercase();
-    let (local, domain) = email.split_once('@').ok_or(())?;
+    let (local, domain) = email.split_once('@')?;
     let local_ok = !local.is_empty()
         && local.len() <= 64
-        && local.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '@' | '(' | ')' | ',' | ';' | ':' | '<' | '>' | '[' | ']' | '\\' | '"'));
+        && local
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '@' | '(' | ')' | ',' | ';' | ':' | '<' | '>' | '[' | ']' | '\\' | '"'));
     let labels: Vec<&str> = domain.split('.').collect();
     let domain_ok = labels.len() >= 2
         && labels.iter().all(|l| {
-            !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         });
-    if local_ok && domain_ok && email.len() <= 254 {
-        Ok(email)
-    } else {
-        Err(())
-    }
+    (local_ok && domain_ok && email.len() <= 254).then_some(email)
 }
 
 #[cfg(test)]
@@ -79,24 +78,24 @@ mod tests {
 
     #[test]
     fn phones_are_normalised() {
-        assert_eq!(normalize_phone("+1 800-555-1234"), Ok("18005551234".into()));
-        assert_eq!(normalize_phone("0044 (20) 7946.0958"), Ok("442079460958".into()));
-        assert_eq!(normalize_phone("18005551234"), Ok("18005551234".into()));
+        assert_eq!(normalize_phone("+1 800-555-1234"), Some("18005551234".into()));
+        assert_eq!(normalize_phone("0044 (20) 7946.0958"), Some("442079460958".into()));
+        assert_eq!(normalize_phone("18005551234"), Some("18005551234".into()));
     }
 
     #[test]
     fn bad_phones_are_rejected() {
         for bad in ["", "12345678", "1234567890123456", "1800555123x", "++18005551234", "0000000"] {
-            assert_eq!(normalize_phone(bad), Err(()), "{bad:?}");
+            assert_eq!(normalize_phone(bad), None, "{bad:?}");
         }
     }
 
     #[test]
     fn emails_are_validated() {
-        assert_eq!(normalize_email(" Ann@Example.COM "), Ok("ann@example.com".into()));
-        assert_eq!(normalize_email("a.b+tag@mail.example.org"), Ok("a.b+tag@mail.example.org".into()));
+        assert_eq!(normalize_email(" Ann@Example.COM "), Some("ann@example.com".into()));
+        assert_eq!(normalize_email("a.b+tag@mail.example.org"), Some("a.b+tag@mail.example.org".into()));
         for bad in ["", "ann", "ann@", "@example.com", "ann@example", "ann@@example.com", "an n@example.com", "ann@-x.com"] {
-            assert_eq!(normalize_email(bad), Err(()), "{bad:?}");
+            assert_eq!(normalize_email(bad), None, "{bad:?}");
         }
     }
 

@@ -85,28 +85,72 @@ pub struct Config {
 }
 
 mod defaults {
-    pub fn bind() -> String { "127.0.0.1:8080".into() }
-    pub fn database_path() -> String { "./otpgate.db".into() }
-    pub fn db_pool_size() -> usize { 4 }
-    pub fn upstream_url() -> String { "https://api.mesibo.com/backend/".into() }
-    pub fn upstream_connect_timeout_secs() -> u64 { 5 }
-    pub fn upstream_timeout_secs() -> u64 { 10 }
-    pub fn token_expiry_mins() -> u64 { 525_600 }
-    pub fn otp_length() -> usize { 6 }
-    pub fn otp_ttl_secs() -> u64 { 300 }
-    pub fn otp_max_attempts() -> u32 { 5 }
-    pub fn otp_resend_secs() -> u64 { 30 }
-    pub fn otp_message() -> String { "Your code is {otp}".into() }
-    pub fn otp_sender() -> String { "log".into() }
-    pub fn limit_start_per_phone() -> u32 { 10 }
-    pub fn limit_start_per_ip() -> u32 { 100 }
-    pub fn limit_verify_per_phone() -> u32 { 30 }
-    pub fn limit_verify_per_ip() -> u32 { 300 }
-    pub fn sms_http_body() -> String { r#"{"to":"{phone}","text":"{message}"}"#.into() }
-    pub fn sms_http_timeout_secs() -> u64 { 10 }
-    pub fn smtp_port() -> u16 { 587 }
-    pub fn smtp_tls() -> String { "starttls".into() }
-    pub fn email_subject() -> String { "Your login code".into() }
+    pub fn bind() -> String {
+        "127.0.0.1:8080".into()
+    }
+    pub fn database_path() -> String {
+        "./otpgate.db".into()
+    }
+    pub fn db_pool_size() -> usize {
+        4
+    }
+    pub fn upstream_url() -> String {
+        "https://api.mesibo.com/backend/".into()
+    }
+    pub fn upstream_connect_timeout_secs() -> u64 {
+        5
+    }
+    pub fn upstream_timeout_secs() -> u64 {
+        10
+    }
+    pub fn token_expiry_mins() -> u64 {
+        525_600
+    }
+    pub fn otp_length() -> usize {
+        6
+    }
+    pub fn otp_ttl_secs() -> u64 {
+        300
+    }
+    pub fn otp_max_attempts() -> u32 {
+        5
+    }
+    pub fn otp_resend_secs() -> u64 {
+        30
+    }
+    pub fn otp_message() -> String {
+        "Your code is {otp}".into()
+    }
+    pub fn otp_sender() -> String {
+        "log".into()
+    }
+    pub fn limit_start_per_phone() -> u32 {
+        10
+    }
+    pub fn limit_start_per_ip() -> u32 {
+        100
+    }
+    pub fn limit_verify_per_phone() -> u32 {
+        30
+    }
+    pub fn limit_verify_per_ip() -> u32 {
+        300
+    }
+    pub fn sms_http_body() -> String {
+        r#"{"to":"{phone}","text":"{message}"}"#.into()
+    }
+    pub fn sms_http_timeout_secs() -> u64 {
+        10
+    }
+    pub fn smtp_port() -> u16 {
+        587
+    }
+    pub fn smtp_tls() -> String {
+        "starttls".into()
+    }
+    pub fn email_subject() -> String {
+        "Your login code".into()
+    }
 }
 
 impl Config {
@@ -167,7 +211,7 @@ impl Config {
         let mut map = HashMap::new();
         for entry in self.test_otps.split(',').map(str::trim).filter(|e| !e.is_empty()) {
             let parsed = entry.split_once(':').and_then(|(phone, code)| {
-                let phone = address::normalize_phone(phone).ok()?;
+                let phone = address::normalize_phone(phone)?;
                 let code = code.trim();
                 let valid = (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit());
                 valid.then(|| (phone, code.to_string()))
@@ -236,7 +280,11 @@ mod tests {
         let defaults = serde_json::to_value(load(&[]).unwrap()).unwrap();
         assert_eq!(from_example, defaults, ".env.example values differ from the defaults");
         for field in defaults.as_object().unwrap().keys() {
-            assert!(vars.iter().any(|(name, _)| name == &field.to_uppercase()), "{} is not documented in .env.example", field.to_uppercase());
+            assert!(
+                vars.iter().any(|(name, _)| name == &field.to_uppercase()),
+                "{} is not documented in .env.example",
+                field.to_uppercase()
+            );
         }
     }
 

@@ -17,10 +17,7 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// Registers the routes and the shared state on an actix `App`.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(state)
-            .route("/api", web::post().to(api))
-            .route("/api", web::get().to(api))
-            .route("/healthz", web::get().to(healthz));
+        cfg.app_data(state).route("/api", web::post().to(api)).route("/api", web::get().to(api)).route("/healthz", web::get().to(healthz));
     }
 }
 
@@ -138,7 +135,8 @@ async fn read_params(request: &HttpRequest, payload: web::Payload) -> Result<Par
             params.insert(key, value);
         }
     } else {
-        let form: Vec<(String, String)> = serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
+        let form: Vec<(String, String)> =
+            serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
         params.extend(form);
     }
     Ok(params)

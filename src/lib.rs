@@ -36,8 +36,8 @@ impl AppState {
             // A key kept in the database survives restarts, so pending codes stay valid.
             db.blocking(|conn| {
                 storage::setting_or_insert(conn, "otp_hash_key", || {
-                let mut key = vec![0u8; 32];
-                rand::rngs::OsRng.fill_bytes(&mut key);
+                    let mut key = vec![0u8; 32];
+                    rand::rngs::OsRng.fill_bytes(&mut key);
                     key
                 })
             })

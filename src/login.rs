@@ -113,12 +113,8 @@ impl LoginFlow {
             }
         }
 
-        let message = OtpMessage {
-            text: senders::render(&self.otp_message, &code, appid),
-            to: address.clone(),
-            otp: code,
-            appid: appid.to_string(),
-        };
+        let message =
+            OtpMessage { text: senders::render(&self.otp_message, &code, appid), to: address.clone(), otp: code, appid: appid.to_string() };
         if let Err(reason) = sender.send(&message).await {
             tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {reason}");
             // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
@@ -157,12 +153,13 @@ impl LoginFlow {
             match outcome {
                 VerifyOutcome::Claimed => {}
                 VerifyOutcome::NoCode => {
-                    return Err(ApiError::new("BADCODE", "no valid code for this address (expired, already used, or never sent); request a new one"))
+                    return Err(ApiError::new(
+                        "BADCODE",
+                        "no valid code for this address (expired, already used, or never sent); request a new one",
+                    ))
                 }
                 VerifyOutcome::Wrong { left } => return Err(ApiError::new("BADCODE", format!("wrong code; {left} attempts left"))),
-                VerifyOutcome::TooManyAttempts => {
-                    return Err(ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one"))
-                }
+                VerifyOutcome::TooManyAttempts => return Err(ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one")),
             }
         }
 
@@ -204,12 +201,12 @@ fn parse_address(request: &LoginRequest) -> Result<Address, ApiError> {
     if let Some(phone) = non_empty(&request.phone) {
         return address::normalize_phone(phone)
             .map(Address::Phone)
-            .map_err(|_| ApiError::new("BADPHONE", "phone must be 9 to 15 digits, optionally with a leading +"));
+            .ok_or_else(|| ApiError::new("BADPHONE", "phone must be 9 to 15 digits, optionally with a leading +"));
     }
     if let Some(email) = non_empty(&request.email) {
         return address::normalize_email(email)
             .map(Address::Email)
-            .map_err(|_| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
+            .ok_or_else(|| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
     }
     Err(ApiError::new("BADPHONE", "phone (or email) is required"))
 }

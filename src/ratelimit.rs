@@ -36,10 +36,6 @@ impl HourlyLimit {
             limiter.shrink_to_fit();
         }
     }
-
-    pub fn len(&self) -> usize {
-        self.limiter.as_ref().map_or(0, |l| l.len())
-    }
 }
 
 pub struct Limits {

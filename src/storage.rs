@@ -53,9 +53,7 @@ impl Db {
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
         let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || db.blocking(f))
-            .await
-            .map_err(|e| StorageError(format!("database task failed: {e}")))?
+        tokio::task::spawn_blocking(move || db.blocking(f)).await.map_err(|e| StorageError(format!("database task failed: {e}")))?
     }
 
     /// Runs `f` with a pooled connection on this thread, waiting for one to be free.
@@ -116,9 +114,8 @@ pub enum StoreOutcome {
 /// less than `resend_secs` ago.
 pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let previous: Option<i64> = tx
-        .query_row("SELECT created_at FROM otp_challenges WHERE address = ?1", [&c.address], |r| r.get(0))
-        .optional()?;
+    let previous: Option<i64> =
+        tx.query_row("SELECT created_at FROM otp_challenges WHERE address = ?1", [&c.address], |r| r.get(0)).optional()?;
     if let Some(created_at) = previous {
         let wait = created_at + c.resend_secs - c.now;
         if wait > 0 {
@@ -138,6 +135,14 @@ pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Res
 pub fn remove_challenge(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2", params![address, &otp_hash[..]])?;
     Ok(())
+}
+
+struct Challenge {
+    appid: String,
+    otp_hash: Vec<u8>,
+    expires_at: i64,
+    attempts: u32,
+    claimed: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -163,23 +168,28 @@ pub fn check_and_claim(
     max_attempts: u32,
 ) -> rusqlite::Result<VerifyOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let row: Option<(String, Vec<u8>, i64, u32, Option<i64>)> = tx
-        .query_row(
-            "SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1",
-            [address],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-        )
+    let row = tx
+        .query_row("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1", [address], |r| {
+            Ok(Challenge {
+                appid: r.get(0)?,
+                otp_hash: r.get(1)?,
+                expires_at: r.get(2)?,
+                attempts: r.get(3)?,
+                claimed: r.get::<_, Option<i64>>(4)?.is_some(),
+            })
+        })
         .optional()?;
-    let Some((stored_appid, stored_hash, expires_at, attempts, claimed_at)) = row else {
+    let Some(challenge) = row else {
         return Ok(VerifyOutcome::NoCode);
     };
-    if expires_at <= now || claimed_at.is_some() || stored_appid != appid {
+    if challenge.expires_at <= now || challenge.claimed || challenge.appid != appid {
         return Ok(VerifyOutcome::NoCode);
     }
+    let attempts = challenge.attempts;
     if attempts >= max_attempts {
         return Ok(VerifyOutcome::TooManyAttempts);
     }
-    let outcome = if otp::same(&stored_hash, guess_hash) {
+    let outcome = if otp::same(&challenge.otp_hash, guess_hash) {
         tx.execute("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1", params![address, now])?;
         VerifyOutcome::Claimed
     } else {
@@ -195,10 +205,7 @@ pub fn check_and_claim(
 
 /// Gives a claimed challenge back after the upstream call failed, so the same code works again.
 pub fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
-    conn.execute(
-        "UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2",
-        params![address, &otp_hash[..]],
-    )?;
+    conn.execute("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2", params![address, &otp_hash[..]])?;
     Ok(())
 }
 

@@ -81,10 +81,7 @@ impl Upstream {
             .await
             .map_err(|e| UpstreamError(self.redact(&format!("request failed: {}", describe(e)))))?;
         let status = response.status();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| UpstreamError(self.redact(&format!("reading the reply failed: {}", describe(e)))))?;
+        let body = response.text().await.map_err(|e| UpstreamError(self.redact(&format!("reading the reply failed: {}", describe(e)))))?;
         if !status.is_success() {
             return Err(self.error(&format!("HTTP {status}"), &body));
         }

@@ -103,7 +103,13 @@ async fn email_login_through_smtp() {
 async fn smtp_refusal_is_sendfailed() {
     let smtp = FakeSmtp::start(true).await;
     let port = smtp.port.to_string();
-    let env = [("OTP_SENDER", "smtp"), ("SMTP_HOST", "127.0.0.1"), ("SMTP_PORT", port.as_str()), ("SMTP_TLS", "none"), ("SMTP_FROM", "login@example.com")];
+    let env = [
+        ("OTP_SENDER", "smtp"),
+        ("SMTP_HOST", "127.0.0.1"),
+        ("SMTP_PORT", port.as_str()),
+        ("SMTP_TLS", "none"),
+        ("SMTP_FROM", "login@example.com"),
+    ];
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
     let reply = server.call(json!({ "op": "login", "email": "ann@example.com", "appid": APPID })).await;

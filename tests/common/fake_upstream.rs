@@ -107,9 +107,9 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
     let mode = shared.mode.lock().unwrap().clone();
     match mode {
-        Mode::Reply(status, reply) => HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap())
-            .content_type("application/json")
-            .body(reply),
+        Mode::Reply(status, reply) => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(reply)
+        }
         Mode::Slow(delay) => {
             actix_web::rt::time::sleep(delay).await;
             useradd(&body, &shared)
@@ -122,7 +122,7 @@ fn useradd(body: &str, shared: &Shared) -> HttpResponse {
     let Ok(request) = serde_json::from_str::<Value>(body) else {
         return HttpResponse::BadRequest().json(json!({ "result": false, "error": "BADJSON" }));
     };
-    if request["op"] != "useradd" || request["token"].as_str().map_or(true, str::is_empty) {
+    if request["op"] != "useradd" || request["token"].as_str().is_none_or(str::is_empty) {
         return HttpResponse::Ok().json(json!({ "result": false, "error": "AUTHFAIL" }));
     }
     let n = shared.issued.fetch_add(1, Ordering::SeqCst) + 1;

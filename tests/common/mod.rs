@@ -18,6 +18,7 @@ use otpgate::config::Config;
 use otpgate::senders::{OtpMessage, OtpSender, Senders};
 use otpgate::{http, AppState};
 
+#[allow(unused_imports)]
 pub use fake_upstream::{FakeUpstream, Mode};
 
 pub const APP_TOKEN: &str = "app-token-5ecret-7f3a9c";
@@ -101,7 +102,12 @@ impl TestServer {
     }
 
     /// A service over a given database directory and upstream.
-    pub async fn start_with(env: &[(&str, &str)], upstream: Arc<FakeUpstream>, dir: Arc<tempfile::TempDir>, delivery: Delivery) -> TestServer {
+    pub async fn start_with(
+        env: &[(&str, &str)],
+        upstream: Arc<FakeUpstream>,
+        dir: Arc<tempfile::TempDir>,
+        delivery: Delivery,
+    ) -> TestServer {
         capture_logs();
         let mut vars = base_env(&upstream, &dir);
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
