@@ -40,7 +40,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
 }
 
 async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    match state.db.call(storage::ping).await {
+    match state.db.read(storage::ping).await {
         Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
         Err(e) => {
             tracing::error!("health check failed: {e}");

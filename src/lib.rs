@@ -49,17 +49,23 @@ impl AppState {
         Ok(AppState { db, login })
     }
 
-    /// Periodic housekeeping: drops expired codes and idle rate-limit entries.
+    /// Periodic housekeeping, every `every`.
     pub async fn run_maintenance(self: Arc<Self>, every: Duration) {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            self.login.limits.purge();
-            match self.db.call(|conn| storage::purge_expired(conn, storage::now())).await {
+            match self.housekeeping().await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("purged {n} expired codes"),
                 Err(e) => tracing::warn!("purging expired codes failed: {e}"),
             }
         }
+    }
+
+    /// Drops expired codes and idle rate-limit entries, so neither grows without bound.
+    /// Returns how many codes were dropped.
+    pub async fn housekeeping(&self) -> Result<usize, storage::StorageError> {
+        self.login.limits.purge();
+        self.db.call(|conn| storage::purge_expired(conn, storage::now())).await
     }
 }

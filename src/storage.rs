@@ -1,18 +1,25 @@
-//! SQLite storage: a small connection pool whose blocking calls run on the
-//! blocking thread pool, and the queries of the login flow.
+//! SQLite storage: connections whose blocking calls run on the blocking thread
+//! pool, and the queries of the login flow.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::otp;
 
 const SCHEMA: &str = include_str!("../schema.sql");
 
+/// All writes go to one connection owned by a dedicated thread, because SQLite admits
+/// one writer at a time: a queue in front of it is cheaper than SQLite's busy handler
+/// (which sleeps whole milliseconds) and than handing the connection between threads.
+/// Readers get their own pool and, thanks to WAL, never wait for the writer.
 pub struct Db {
-    idle: Mutex<Vec<Connection>>,
-    returned: Condvar,
+    writer: mpsc::Sender<WriteJob>,
+    readers: Mutex<Vec<Connection>>,
+    reader_returned: Condvar,
 }
+
+type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -29,49 +36,107 @@ impl std::fmt::Display for StorageError {
     }
 }
 
+fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
+    let conn = Connection::open(path)?;
+    // Other processes (an operator's sqlite3 shell, a second instance) may still hold locks.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable in WAL mode
+    // except for the last transactions on power loss, and avoids an fsync per request.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(conn)
+}
+
 impl Db {
-    /// Opens `size` connections to the database file (created if missing) and applies the schema.
-    pub fn open(path: &str, size: usize) -> Result<Arc<Db>, StorageError> {
-        let mut connections = Vec::with_capacity(size);
-        for _ in 0..size.max(1) {
-            let conn = Connection::open(path)?;
-            conn.busy_timeout(Duration::from_secs(5))?;
-            // WAL lets readers run beside the writer; NORMAL sync is durable in WAL mode
-            // except for the last transactions on power loss, and avoids an fsync per request.
-            conn.pragma_update(None, "journal_mode", "WAL")?;
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            connections.push(conn);
-        }
-        connections[0].execute_batch(SCHEMA)?;
-        Ok(Arc::new(Db { idle: Mutex::new(connections), returned: Condvar::new() }))
+    /// Opens the database file (created if missing), applies the schema, and opens
+    /// the writer plus `readers` reader connections.
+    pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
+        let mut writer = connect(path)?;
+        writer.execute_batch(SCHEMA)?;
+        let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
+        let (jobs, queue) = mpsc::channel::<WriteJob>();
+        std::thread::Builder::new()
+            .name("otpgate-db-writer".into())
+            .spawn(move || {
+                // Ends when the last handle to the database is dropped.
+                for job in queue {
+                    job(&mut writer);
+                }
+            })
+            .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
+        Ok(Arc::new(Db { writer: jobs, readers: Mutex::new(readers), reader_returned: Condvar::new() }))
     }
 
-    /// Runs `f` with a pooled connection on the blocking thread pool.
-    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R, StorageError>
+    /// Runs `f` on the writer connection and waits for it without blocking the async worker.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.submit(f, move |r| {
+            let _ = done.send(r);
+        })?;
+        result.await.map_err(|_| writer_gone())?
+    }
+
+    /// Runs `f` on the writer connection, blocking this thread until it is done.
+    pub fn blocking<R, F>(&self, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let (done, result) = mpsc::channel();
+        self.submit(f, move |r| {
+            let _ = done.send(r);
+        })?;
+        result.recv().map_err(|_| writer_gone())?
+    }
+
+    fn submit<R, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let job: WriteJob = Box::new(move |conn| {
+            // A panicking job must not take the writer thread, and every later write, with it.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+            reply(match result {
+                Ok(r) => r.map_err(StorageError::from),
+                Err(_) => Err(StorageError("database job panicked".into())),
+            });
+        });
+        self.writer.send(job).map_err(|_| writer_gone())
+    }
+
+    /// Runs `f` with a reader connection on the blocking thread pool; `f` must not write.
+    pub async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R, StorageError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
         let db = Arc::clone(self);
-        tokio::task::spawn_blocking(move || db.blocking(f)).await.map_err(|e| StorageError(format!("database task failed: {e}")))?
+        tokio::task::spawn_blocking(move || db.blocking_read(f)).await.map_err(|e| StorageError(format!("database task failed: {e}")))?
     }
 
-    /// Runs `f` with a pooled connection on this thread, waiting for one to be free.
-    pub fn blocking<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>) -> Result<R, StorageError> {
+    fn blocking_read<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>) -> Result<R, StorageError> {
         let mut conn = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             loop {
                 match idle.pop() {
                     Some(conn) => break conn,
-                    None => idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
+                    None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
                 }
             }
         };
         let result = f(&mut conn);
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        self.returned.notify_one();
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.reader_returned.notify_one();
         Ok(result?)
     }
+}
+
+fn writer_gone() -> StorageError {
+    StorageError("the database writer has stopped".into())
 }
 
 pub fn now() -> i64 {
@@ -81,12 +146,13 @@ pub fn now() -> i64 {
 /// Returns the value stored under `key`, storing `make()` first if there is none.
 pub fn setting_or_insert(conn: &mut Connection, key: &str, make: impl FnOnce() -> Vec<u8>) -> rusqlite::Result<Vec<u8>> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let existing: Option<Vec<u8>> = tx.query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| r.get(0)).optional()?;
+    let existing: Option<Vec<u8>> =
+        tx.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
     let value = match existing {
         Some(value) => value,
         None => {
             let value = make();
-            tx.execute("INSERT INTO settings (key, value) VALUES (?1, ?2)", params![key, value])?;
+            tx.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
             value
         }
     };
@@ -115,25 +181,25 @@ pub enum StoreOutcome {
 pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let previous: Option<i64> =
-        tx.query_row("SELECT created_at FROM otp_challenges WHERE address = ?1", [&c.address], |r| r.get(0)).optional()?;
+        tx.prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?.query_row([&c.address], |r| r.get(0)).optional()?;
     if let Some(created_at) = previous {
         let wait = created_at + c.resend_secs - c.now;
         if wait > 0 {
             return Ok(StoreOutcome::TooSoon(wait as u64));
         }
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL)",
-        params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs],
-    )?;
+    )?
+    .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs])?;
     tx.commit()?;
     Ok(StoreOutcome::Stored)
 }
 
 /// Removes the challenge only if it is still the one with this hash (a newer one stays).
 pub fn remove_challenge(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
-    conn.execute("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2", params![address, &otp_hash[..]])?;
+    conn.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, &otp_hash[..]])?;
     Ok(())
 }
 
@@ -169,7 +235,8 @@ pub fn check_and_claim(
 ) -> rusqlite::Result<VerifyOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let row = tx
-        .query_row("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1", [address], |r| {
+        .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
+        .query_row([address], |r| {
             Ok(Challenge {
                 appid: r.get(0)?,
                 otp_hash: r.get(1)?,
@@ -190,10 +257,10 @@ pub fn check_and_claim(
         return Ok(VerifyOutcome::TooManyAttempts);
     }
     let outcome = if otp::same(&challenge.otp_hash, guess_hash) {
-        tx.execute("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1", params![address, now])?;
+        tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
         VerifyOutcome::Claimed
     } else {
-        tx.execute("UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1", [address])?;
+        tx.prepare_cached("UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1")?.execute([address])?;
         match max_attempts - attempts - 1 {
             0 => VerifyOutcome::TooManyAttempts,
             left => VerifyOutcome::Wrong { left },
@@ -205,7 +272,8 @@ pub fn check_and_claim(
 
 /// Gives a claimed challenge back after the upstream call failed, so the same code works again.
 pub fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
-    conn.execute("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2", params![address, &otp_hash[..]])?;
+    conn.prepare_cached("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2")?
+        .execute(params![address, &otp_hash[..]])?;
     Ok(())
 }
 
@@ -220,22 +288,22 @@ pub struct CompletedLogin {
 /// Records the user and consumes the challenge in one transaction.
 pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO users (address, uid, name, created_at, last_login, token_sha256) VALUES (?1, ?2, ?3, ?4, ?4, ?5)
          ON CONFLICT (address) DO UPDATE SET uid = excluded.uid,
              name = CASE WHEN excluded.name = '' THEN users.name ELSE excluded.name END,
              last_login = excluded.last_login, token_sha256 = excluded.token_sha256",
-        params![login.address, login.uid, login.name, login.now, login.token_sha256],
-    )?;
-    tx.execute("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2", params![login.address, &otp_hash[..]])?;
+    )?
+    .execute(params![login.address, login.uid, login.name, login.now, login.token_sha256])?;
+    tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![login.address, &otp_hash[..]])?;
     tx.commit()
 }
 
 /// Deletes challenges that expired before `now`; returns how many.
 pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM otp_challenges WHERE expires_at <= ?1", [now])
+    conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])
 }
 
 pub fn ping(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.query_row("SELECT count(*) FROM settings", [], |_| Ok(()))
+    conn.prepare_cached("SELECT count(*) FROM settings")?.query_row([], |_| Ok(()))
 }

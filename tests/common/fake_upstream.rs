@@ -5,7 +5,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ pub struct FakeUpstream {
 struct Shared {
     mode: Mutex<Mode>,
     received: Mutex<Vec<Received>>,
+    /// Off for load runs, where keeping every request would distort memory use.
+    recording: AtomicBool,
     issued: AtomicU64,
 }
 
@@ -50,7 +52,12 @@ impl FakeUpstream {
     }
 
     pub fn start_on(addr: SocketAddr) -> Arc<FakeUpstream> {
-        let state = web::Data::new(Shared { mode: Mutex::new(Mode::Useradd), received: Mutex::default(), issued: AtomicU64::new(0) });
+        let state = web::Data::new(Shared {
+            mode: Mutex::new(Mode::Useradd),
+            received: Mutex::default(),
+            recording: AtomicBool::new(true),
+            issued: AtomicU64::new(0),
+        });
         let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
         Arc::new(upstream.listen())
     }
@@ -83,6 +90,15 @@ impl FakeUpstream {
         *self.state.mode.lock().unwrap() = mode;
     }
 
+    pub fn set_recording(&self, on: bool) {
+        self.state.recording.store(on, Ordering::SeqCst);
+    }
+
+    /// How many tokens `useradd` has issued.
+    pub fn issued(&self) -> u64 {
+        self.state.issued.load(Ordering::SeqCst)
+    }
+
     pub fn received(&self) -> Vec<Received> {
         self.state.received.lock().unwrap().clone()
     }
@@ -104,7 +120,9 @@ impl FakeUpstream {
 async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let body = String::from_utf8_lossy(&body).into_owned();
     let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-    shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
+    if shared.recording.load(Ordering::SeqCst) {
+        shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
+    }
     let mode = shared.mode.lock().unwrap().clone();
     match mode {
         Mode::Reply(status, reply) => {
