@@ -1,7 +1,7 @@
 //! Client for the messaging platform's `useradd` call, which mints a user's access token.
 
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::time::Duration;
 
 use crate::config::Config;
@@ -29,6 +29,28 @@ pub struct IssuedToken {
 /// What went wrong upstream, already free of the app token; fit for logs, not for clients.
 #[derive(Debug)]
 pub struct UpstreamError(pub String);
+
+#[derive(Serialize)]
+struct UseraddRequest<'a> {
+    op: &'static str,
+    token: &'a str,
+    user: UseraddRequestUser<'a>,
+}
+
+#[derive(Serialize)]
+struct UseraddRequestUser<'a> {
+    address: &'a str,
+    name: &'a str,
+    token: UseraddRequestToken<'a>,
+}
+
+#[derive(Serialize)]
+struct UseraddRequestToken<'a> {
+    appid: &'a str,
+    expiry: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    device: Option<&'a str>,
+}
 
 #[derive(Deserialize)]
 struct UseraddReply {
@@ -64,15 +86,11 @@ impl Upstream {
     }
 
     pub async fn useradd(&self, address: &str, name: &str, appid: &str, device: Option<&str>) -> Result<IssuedToken, UpstreamError> {
-        let mut token = json!({ "appid": appid, "expiry": self.token_expiry_mins });
-        if let Some(device) = device {
-            token["device"] = json!(device);
-        }
-        let request = json!({
-            "op": "useradd",
-            "token": self.app_token,
-            "user": { "address": address, "name": name, "token": token },
-        });
+        let request = UseraddRequest {
+            op: "useradd",
+            token: &self.app_token,
+            user: UseraddRequestUser { address, name, token: UseraddRequestToken { appid, expiry: self.token_expiry_mins, device } },
+        };
         let response = self
             .client
             .post(&self.url)

@@ -19,7 +19,9 @@ async fn form_start_and_query_string_verify_with_legacy_code_field() {
     let (status, reply) = server.send(server.client().get(server.api()).query(&query)).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["token"], "usertoken-1");
-    assert_eq!(server.upstream.received()[0].json()["user"]["name"], "", "no name was given on verify");
+    let useradd = server.upstream.received()[0].json();
+    assert_eq!(useradd["user"]["name"], "", "no name was given on verify");
+    assert!(useradd["user"]["token"].get("device").is_none(), "no device was given: {useradd}");
 }
 
 #[actix_web::test]
