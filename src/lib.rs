@@ -11,6 +11,14 @@ pub mod senders;
 pub mod storage;
 pub mod upstream;
 
+// Sessions, contact sync, profiles and notifications (issue 3).
+pub mod contacts;
+pub mod ops;
+pub mod outbox;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+
 use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +32,10 @@ use storage::Db;
 pub struct AppState {
     pub db: Arc<Db>,
     pub login: LoginFlow,
+    // Sessions, contact sync and notifications (issue 3).
+    pub max_contacts_per_request: usize,
+    /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
+    pub outbox: Arc<outbox::Outbox>,
 }
 
 impl AppState {
@@ -46,7 +58,8 @@ impl AppState {
             config.otp_secret.as_bytes().to_vec()
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
-        Ok(AppState { db, login })
+        let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
+        Ok(AppState { db, login, max_contacts_per_request: config.max_contacts_per_request, outbox })
     }
 
     /// Periodic housekeeping: drops expired codes and idle rate-limit entries.
