@@ -9,6 +9,7 @@ use std::sync::Arc;
 use crate::address;
 use crate::error::ApiError;
 use crate::http::Params;
+use crate::ops;
 use crate::sessions::Caller;
 use crate::storage::{self, Db};
 use crate::users::{Profile, PROFILE_COLUMNS};
@@ -149,7 +150,7 @@ pub async fn getcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_pho
         phones: uploaded.as_ref().map(|list| Value::from(list.phones.clone()).to_string()),
         since,
         // A reset applies to the first page only; later pages re-send the same phones.
-        reset: after.is_none() && flag(params, "reset"),
+        reset: after.is_none() && ops::flag(params, "reset"),
         after,
         now,
     };
@@ -183,11 +184,6 @@ pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_pho
     fields.insert("removed".into(), removed.into());
     fields.insert("invalid".into(), list.invalid.into());
     Ok(fields)
-}
-
-/// A boolean request field: `1`, `true` or `yes`.
-pub fn flag(params: &Params, name: &str) -> bool {
-    params.get(name).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 #[cfg(test)]

@@ -62,7 +62,7 @@ impl AppState {
         Ok(AppState { db, login, max_contacts_per_request: config.max_contacts_per_request, outbox })
     }
 
-    /// Periodic housekeeping: drops expired codes and idle rate-limit entries.
+    /// Periodic housekeeping: drops expired codes, expired sessions and idle rate-limit entries.
     pub async fn run_maintenance(self: Arc<Self>, every: Duration) {
         let mut interval = tokio::time::interval(every);
         loop {
@@ -72,6 +72,11 @@ impl AppState {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("purged {n} expired codes"),
                 Err(e) => tracing::warn!("purging expired codes failed: {e}"),
+            }
+            match self.db.call(|conn| sessions::purge_expired(conn, storage::now())).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!("purged {n} expired sessions"),
+                Err(e) => tracing::warn!("purging expired sessions failed: {e}"),
             }
         }
     }

@@ -16,7 +16,7 @@ pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpR
     let token = access_token(params, request).ok_or_else(|| authfail("token is required"))?;
     let token_sha256 = sessions::token_hash(&token);
     if op == "logout" {
-        return sessions::logout(&state.db, token_sha256, contacts::flag(params, "all")).await;
+        return sessions::logout(&state.db, token_sha256, flag(params, "all")).await;
     }
     let caller = state
         .db
@@ -48,4 +48,9 @@ fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
 
 fn authfail(message: &str) -> ApiError {
     ApiError::new("AUTHFAIL", message)
+}
+
+/// A boolean request field: `1`, `true` or `yes`.
+pub fn flag(params: &Params, name: &str) -> bool {
+    params.get(name).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }

@@ -3,7 +3,7 @@
 //! task, retried with exponential backoff, and deleted once upstream acknowledged
 //! them, so a restart loses none and an acknowledged one is never sent again.
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,6 @@ use crate::users::stored_address;
 
 /// How often the sender looks for due messages.
 const POLL_EVERY: Duration = Duration::from_secs(1);
-/// Messages taken per round.
-const BATCH: i64 = 50;
 /// Longest wait between two attempts at one message.
 const MAX_RETRY_SECS: u64 = 3600;
 
@@ -39,22 +37,16 @@ struct Pending {
     attempts: u32,
 }
 
-/// Takes due messages and leases them for `lease_secs`, so no other sender takes them meanwhile.
-fn take_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Vec<Pending>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let due = {
-        let mut query = tx.prepare(
-            "UPDATE outbox SET next_attempt_at = ?2 WHERE id IN
-                 (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?3)
-             RETURNING id, recipient, payload, attempts",
-        )?;
-        let rows = query.query_map(params![now, now + lease_secs, BATCH], |r| {
-            Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
-        })?;
-        rows.collect::<rusqlite::Result<Vec<_>>>()?
-    };
-    tx.commit()?;
-    Ok(due)
+/// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
+fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
+    conn.query_row(
+        "UPDATE outbox SET next_attempt_at = ?2 WHERE id =
+             (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
+         RETURNING id, recipient, payload, attempts",
+        params![now, now + lease_secs],
+        |r| Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? }),
+    )
+    .optional()
 }
 
 /// Seconds before attempt number `attempts + 1`: doubles from `base`, at most an hour.
@@ -77,7 +69,7 @@ impl Outbox {
             upstream: Upstream::from_config(config)?,
             from: config.system_address.clone(),
             retry_secs: config.outbox_retry_secs,
-            // Longer than any one send can take.
+            // Longer than one send can take; a crash mid-send delays the retry by this much.
             lease_secs: (config.upstream_connect_timeout_secs + config.upstream_timeout_secs + 5) as i64,
         })
     }
@@ -94,10 +86,12 @@ impl Outbox {
 
     /// One round: sends every due message; returns how many upstream acknowledged.
     pub async fn send_due(&self) -> Result<usize, storage::StorageError> {
-        let (now, lease) = (storage::now(), self.lease_secs);
-        let due = self.db.call(move |conn| take_due(conn, now, lease)).await?;
         let mut sent = 0;
-        for message in due {
+        loop {
+            let (now, lease) = (storage::now(), self.lease_secs);
+            let Some(message) = self.db.call(move |conn| take_next_due(conn, now, lease)).await? else {
+                return Ok(sent);
+            };
             let payload: Value = serde_json::from_str(&message.payload).unwrap_or(Value::String(message.payload.clone()));
             let to = stored_address(&message.recipient).masked();
             let id = message.id;
@@ -123,7 +117,6 @@ impl Outbox {
                 }
             }
         }
-        Ok(sent)
     }
 }
 

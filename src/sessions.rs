@@ -90,6 +90,11 @@ pub fn remove_all_of_user(conn: &mut Connection, token_sha256: &str) -> rusqlite
     conn.execute("DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = ?1)", [token_sha256])
 }
 
+/// Deletes every expired session; returns how many.
+pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+}
+
 /// The caller's live sessions, most recently used first, as reply entries (no tokens).
 pub fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
     let mut query = conn.prepare(
@@ -129,4 +134,35 @@ pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
     Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session of user 1 created at `now_secs`, living ten seconds.
+    fn session<'a>(token: &'a str, device: &'a str, now_secs: i64) -> NewSession<'a> {
+        NewSession { user_id: 1, token_sha256: token, appid: "app", device, now_ms: now_secs * 1000, expires_at: now_secs + 10 }
+    }
+
+    fn tokens(conn: &Connection) -> Vec<String> {
+        let mut query = conn.prepare("SELECT token_sha256 FROM sessions ORDER BY token_sha256").unwrap();
+        let rows = query.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn expired_sessions_do_not_count_against_the_limit_and_are_purged() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::apply(&mut conn).unwrap();
+        conn.execute("INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0)", []).unwrap();
+        insert(&conn, &session("a", "dev-a", 1000), 1).unwrap();
+        // At 1020 "a" has expired: a login with a limit of one evicts nothing live.
+        assert_eq!(insert(&conn, &session("b", "dev-b", 1020), 1).unwrap(), vec![]);
+        assert_eq!(tokens(&conn), ["b"]);
+
+        insert(&conn, &session("c", "dev-c", 1025), 2).unwrap();
+        assert_eq!(purge_expired(&mut conn, 1031).unwrap(), 1, "b expired at 1030");
+        assert_eq!(tokens(&conn), ["c"]);
+    }
 }

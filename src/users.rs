@@ -133,8 +133,9 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, params: &Params) -> R
     if change.photo.as_deref().is_some_and(|p| !p.is_empty() && !p.starts_with("https://") && !p.starts_with("http://")) {
         return Err(ApiError::new("BADPARAM", "photo must be an http(s) URL"));
     }
-    if change.name.as_deref().into_iter().chain(change.status.as_deref()).any(|t| t.chars().any(char::is_control)) {
-        return Err(ApiError::new("BADPARAM", "name and status must not contain control characters"));
+    let texts = [&change.name, &change.status, &change.photo];
+    if texts.iter().filter_map(|t| t.as_deref()).any(|t| t.chars().any(char::is_control)) {
+        return Err(ApiError::new("BADPARAM", "name, status and photo must not contain control characters"));
     }
     let user_id = caller.user_id;
     let updated = db.call(move |conn| update_profile(conn, user_id, &change, storage::now())).await?;

@@ -60,7 +60,9 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     contacts_waiting_for_new(&first).await;
     upstream.fail_messages(true);
     first.log_in(NEW, None).await;
-    assert!(eventually(5, || upstream.messages().len() >= 2).await, "both sends were tried");
+    // Stop only once both failures are recorded (a stop mid-send leaves a lease to run out).
+    let failed = || first.db().query_row("SELECT count(*) FROM outbox WHERE attempts >= 1", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert!(eventually(5, || failed() == 2).await, "both sends were tried");
     first.stop().await;
     let tried = upstream.messages().len();
     let (queued, attempts): (i64, i64) =
@@ -82,4 +84,21 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(upstream.messages().len(), delivered);
     third.stop().await;
+}
+
+#[actix_web::test]
+async fn a_failed_notification_is_retried_until_upstream_takes_it() {
+    let server = TestServer::start(&[("OUTBOX_RETRY_SECS", "1")]).await;
+    contacts_waiting_for_new(&server).await;
+    server.upstream.fail_messages(true);
+    server.log_in(NEW, None).await;
+    assert!(eventually(5, || server.upstream.messages().len() >= 2).await, "both sends were tried");
+    server.upstream.fail_messages(false);
+    let outbox = || server.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert!(eventually(6, || outbox() == 0).await, "the retries went through");
+    let messages = server.upstream.messages();
+    assert!(messages.len() >= 4, "{messages:?}");
+    assert_eq!(recipients(&messages[messages.len() - 2..]), [ANN, BOB]);
+    assert!(logs().contains("outbox: upstream message failed, retrying in"), "failures are logged");
+    assert!(!logs().contains(APP_TOKEN));
 }
