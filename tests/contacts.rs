@@ -144,6 +144,19 @@ async fn too_many_phones_are_refused() {
 }
 
 #[actix_web::test]
+async fn a_full_address_book_fits_in_one_request() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(ANN, None).await;
+    // 5000 (the default MAX_CONTACTS_PER_REQUEST) phones as address books format them.
+    let book: Vec<String> = (0..5001).map(|i| format!("+1 (900) 555-{i:04}")).collect();
+    let reply = assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": book[..5000] })).await);
+    assert_eq!((&reply["invalid"], &reply["more"]), (&json!(0), &json!(false)));
+    let stored: i64 = server.db().query_row("SELECT count(*) FROM contacts", [], |r| r.get(0)).unwrap();
+    assert_eq!(stored, 5000);
+    assert_error(&server.call_op("getcontacts", &ann, json!({ "phones": book })).await, 413, "TOOMANY");
+}
+
+#[actix_web::test]
 async fn profile_changes_show_in_me_and_are_validated() {
     let server = TestServer::start(&[]).await;
     let ann = server.log_in(ANN, None).await;
