@@ -1,4 +1,5 @@
--- otpgate database schema. Applied at every start; every statement is idempotent.
+-- otpgate database schema. The foundation part (up to "Migrations") is applied at every
+-- start and every statement in it is idempotent; migration steps run once each.
 
 -- One pending one-time code per address; a new login request replaces it.
 CREATE TABLE IF NOT EXISTS otp_challenges (
@@ -28,3 +29,78 @@ CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
 ) WITHOUT ROWID;
+
+-- ===========================================================================
+-- Migrations. Everything above is the foundation schema (user_version 0) and is
+-- applied at every start. Each step below runs once, in order, in one
+-- transaction that also sets `PRAGMA user_version` to its number; a step starts
+-- with a line `-- migration: N`. Append new steps; never edit an applied one.
+-- ===========================================================================
+
+-- migration: 1
+-- Sessions, profiles, contacts and the notification outbox (issue 3).
+
+-- Users get a stable local id and a profile; the last-token hash moves to sessions.
+CREATE TABLE users_v1 (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT, -- stable local id, never reused
+    address    TEXT NOT NULL UNIQUE,              -- normalised phone number or e-mail address
+    uid        TEXT NOT NULL,                     -- upstream user id, as text
+    name       TEXT NOT NULL DEFAULT '',
+    status     TEXT NOT NULL DEFAULT '',
+    photo      TEXT NOT NULL DEFAULT '',          -- photo URL
+    created_at INTEGER NOT NULL,
+    last_login INTEGER NOT NULL,
+    ts         INTEGER NOT NULL                   -- unix seconds of the last profile change (or of joining)
+);
+INSERT INTO users_v1 (address, uid, name, created_at, last_login, ts)
+    SELECT address, uid, name, created_at, last_login, created_at FROM users ORDER BY created_at, address;
+
+-- One row per logged-in device; only a SHA-256 of the access token is kept.
+CREATE TABLE sessions (
+    token_sha256 TEXT PRIMARY KEY,
+    user_id      INTEGER NOT NULL REFERENCES users_v1 (id) ON DELETE CASCADE,
+    appid        TEXT NOT NULL,
+    device       TEXT NOT NULL DEFAULT '',  -- installation id; '' when the app sent none
+    created_at   INTEGER NOT NULL,          -- unix seconds
+    last_seen_ms INTEGER NOT NULL,          -- unix milliseconds of the last use; orders eviction
+    expires_at   INTEGER NOT NULL           -- unix seconds; the expiry asked of upstream
+) WITHOUT ROWID;
+
+-- Foundation databases kept the last token of each user: it stays valid as a
+-- session that expires a year (the default TOKEN_EXPIRY_MINS) after that login.
+INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
+    SELECT u.token_sha256, v.id, '', '', u.last_login, u.last_login * 1000, u.last_login + 31536000
+    FROM users u JOIN users_v1 v ON v.address = u.address WHERE u.token_sha256 <> '';
+
+CREATE INDEX sessions_user ON sessions (user_id, last_seen_ms);
+-- A re-login from the same installation replaces its session.
+CREATE UNIQUE INDEX sessions_device ON sessions (user_id, appid, device) WHERE device <> '';
+
+-- Phones each user uploaded from their address book (not necessarily users).
+CREATE TABLE contacts (
+    owner_id INTEGER NOT NULL REFERENCES users_v1 (id) ON DELETE CASCADE,
+    phone    TEXT NOT NULL,                 -- normalised like login phones
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (owner_id, phone)
+) WITHOUT ROWID;
+-- Finds who has a phone as a contact when that phone joins.
+CREATE INDEX contacts_phone ON contacts (phone);
+
+-- The new users table takes the old one's name; SQLite rewrites the references
+-- to users_v1 above (foreign keys are enforced, so they cannot name the old table).
+DROP TABLE users;
+ALTER TABLE users_v1 RENAME TO users;
+CREATE INDEX users_ts ON users (ts);
+
+-- Upstream messages waiting to be sent: written in the transaction that causes
+-- them, deleted once upstream acknowledged them.
+CREATE TABLE outbox (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    recipient       TEXT NOT NULL,          -- address the message goes to
+    payload         TEXT NOT NULL,          -- JSON
+    created_at      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,       -- unix seconds; also a lease while a send is in flight
+    last_error      TEXT
+);
+CREATE INDEX outbox_due ON outbox (next_attempt_at);

@@ -374,7 +374,7 @@ async fn garbage_collect(service: &Service) {
     let expired = count(&service.db_path, &format!("SELECT count(*) FROM otp_challenges WHERE expires_at <= {}", otpgate::storage::now()));
     let purged = service.state.housekeeping().await.expect("housekeeping");
     let after = count(&service.db_path, "SELECT count(*) FROM otp_challenges");
-    println!("garbage collection: otp_challenges {before} rows ({expired} expired) -> {after} rows after purging {purged}");
+    println!("garbage collection: otp_challenges {before} rows ({expired} expired) -> {after} rows after purging {}", purged.codes);
 }
 
 #[actix_web::main]

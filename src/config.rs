@@ -82,6 +82,20 @@ pub struct Config {
     pub smtp_from: String,
     #[serde(default = "defaults::email_subject")]
     pub email_subject: String,
+
+    // --- Sessions, contact sync, notifications (issue 3) ---
+    /// Live sessions per user; a login beyond it evicts the least recently used.
+    #[serde(default = "defaults::max_devices")]
+    pub max_devices: usize,
+    /// Most phones in one `getcontacts` / `delcontacts` request (`TOOMANY` beyond).
+    #[serde(default = "defaults::max_contacts_per_request")]
+    pub max_contacts_per_request: usize,
+    /// Upstream address that "contact joined" messages come from.
+    #[serde(default = "defaults::system_address")]
+    pub system_address: String,
+    /// First retry delay of a failed outbox message; doubles per attempt up to an hour.
+    #[serde(default = "defaults::outbox_retry_secs")]
+    pub outbox_retry_secs: u64,
 }
 
 mod defaults {
@@ -151,6 +165,20 @@ mod defaults {
     pub fn email_subject() -> String {
         "Your login code".into()
     }
+
+    // Sessions, contact sync, notifications (issue 3).
+    pub fn max_devices() -> usize {
+        8
+    }
+    pub fn max_contacts_per_request() -> usize {
+        5000
+    }
+    pub fn system_address() -> String {
+        "system".into()
+    }
+    pub fn outbox_retry_secs() -> u64 {
+        5
+    }
 }
 
 impl Config {
@@ -203,6 +231,25 @@ impl Config {
             return bad("SMTP_TLS", "must be one of: starttls, tls, none");
         }
         self.test_otps()?;
+        self.validate_sessions()?;
+        Ok(())
+    }
+
+    /// The settings of sessions, contact sync and notifications (issue 3).
+    fn validate_sessions(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if self.max_devices == 0 {
+            return bad("MAX_DEVICES", "must be at least 1");
+        }
+        if self.max_contacts_per_request == 0 {
+            return bad("MAX_CONTACTS_PER_REQUEST", "must be at least 1");
+        }
+        if self.system_address.trim().is_empty() {
+            return bad("SYSTEM_ADDRESS", "must not be empty");
+        }
+        if self.outbox_retry_secs == 0 {
+            return bad("OUTBOX_RETRY_SECS", "must be at least 1");
+        }
         Ok(())
     }
 
@@ -257,6 +304,9 @@ mod tests {
             ("OTP_MESSAGE", "no code here"),
             ("TEST_OTPS", "18005550000"),
             ("TEST_OTPS", "123:123456"),
+            ("MAX_DEVICES", "0"),
+            ("MAX_CONTACTS_PER_REQUEST", "0"),
+            ("OUTBOX_RETRY_SECS", "0"),
         ] {
             let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
             assert!(error.contains(name), "{error}");

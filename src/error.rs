@@ -27,9 +27,18 @@ impl ApiError {
         match self.code {
             "RATELIMIT" => 429,
             "UPSTREAM" | "SENDFAILED" => 502,
-            "BADCODE" | "TOOMANYATTEMPTS" => 401,
+            "BADCODE" | "TOOMANYATTEMPTS" | "AUTHFAIL" => 401,
+            "TOOMANY" => 413,
             "INTERNAL" => 503,
             _ => 400,
         }
+    }
+}
+
+/// A failed query: logged here, answered as `INTERNAL` (the details stay in the log).
+impl From<crate::storage::StorageError> for ApiError {
+    fn from(e: crate::storage::StorageError) -> Self {
+        tracing::error!("database error: {e}");
+        ApiError::internal()
     }
 }

@@ -8,11 +8,13 @@ use std::collections::HashMap;
 
 use crate::error::ApiError;
 use crate::login::{LoginOutcome, LoginRequest};
+use crate::ops;
 use crate::storage;
 use crate::AppState;
 
-/// Largest request body accepted; login requests are a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body accepted: a contact upload of `MAX_CONTACTS_PER_REQUEST`
+/// (5000) formatted phones fits; login requests are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
 /// Registers the routes and the shared state on an actix `App`.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
@@ -21,7 +23,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
     }
 }
 
-type Params = HashMap<String, String>;
+pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let params = match read_params(&request, payload).await {
@@ -33,6 +35,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let result = match op {
         "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
         "" => Err(ApiError::new("BADOP", "op is required")),
+        _ if ops::SESSION_OPS.contains(&op) => ops::handle(&state, op, &params, &request).await,
         _ => Err(ApiError::new("BADOP", "unknown op")),
     };
     let echoed: String = op.chars().take(32).collect();
@@ -116,7 +119,7 @@ async fn read_params(request: &HttpRequest, payload: web::Payload) -> Result<Par
     let body = payload
         .to_bytes_limited(MAX_BODY_BYTES)
         .await
-        .map_err(|_| bad("the request body is larger than 64 KiB"))?
+        .map_err(|_| bad(&format!("the request body is larger than {} KiB", MAX_BODY_BYTES / 1024)))?
         .map_err(|_| bad("the request body could not be read"))?;
     let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
     if text.is_empty() {

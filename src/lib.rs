@@ -11,6 +11,14 @@ pub mod senders;
 pub mod storage;
 pub mod upstream;
 
+// Sessions, contact sync, profiles and notifications (issue 3).
+pub mod contacts;
+pub mod ops;
+pub mod outbox;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+
 use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +32,10 @@ use storage::Db;
 pub struct AppState {
     pub db: Arc<Db>,
     pub login: LoginFlow,
+    // Sessions, contact sync and notifications (issue 3).
+    pub max_contacts_per_request: usize,
+    /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
+    pub outbox: Arc<outbox::Outbox>,
 }
 
 impl AppState {
@@ -46,7 +58,8 @@ impl AppState {
             config.otp_secret.as_bytes().to_vec()
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
-        Ok(AppState { db, login })
+        let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
+        Ok(AppState { db, login, max_contacts_per_request: config.max_contacts_per_request, outbox })
     }
 
     /// Periodic housekeeping, every `every`.
@@ -55,17 +68,28 @@ impl AppState {
         loop {
             interval.tick().await;
             match self.housekeeping().await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!("purged {n} expired codes"),
-                Err(e) => tracing::warn!("purging expired codes failed: {e}"),
+                Ok(Purged { codes: 0, sessions: 0 }) => {}
+                Ok(Purged { codes, sessions }) => tracing::debug!("purged {codes} expired codes and {sessions} expired sessions"),
+                Err(e) => tracing::warn!("housekeeping failed: {e}"),
             }
         }
     }
 
-    /// Drops expired codes and idle rate-limit entries, so neither grows without bound.
-    /// Returns how many codes were dropped.
-    pub async fn housekeeping(&self) -> Result<usize, storage::StorageError> {
+    /// Drops expired codes, expired sessions and idle rate-limit entries, so none grows without bound.
+    pub async fn housekeeping(&self) -> Result<Purged, storage::StorageError> {
         self.login.limits.purge();
-        self.db.call(|conn| storage::purge_expired(conn, storage::now())).await
+        self.db
+            .call(|conn| {
+                let now = storage::now();
+                Ok(Purged { codes: storage::purge_expired(conn, now)?, sessions: sessions::purge_expired(conn, now)? })
+            })
+            .await
     }
+}
+
+/// What one round of housekeeping removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub codes: usize,
+    pub sessions: usize,
 }

@@ -1,7 +1,6 @@
 //! The two-step login: start (issue and send a code) and verify (check the code,
 //! then have upstream mint the access token).
 
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -11,6 +10,7 @@ use crate::error::ApiError;
 use crate::otp::{self, OtpHasher};
 use crate::ratelimit::{HourlyLimit, Limits};
 use crate::senders::{self, OtpMessage, Senders};
+use crate::sessions;
 use crate::storage::{self, CompletedLogin, Db, NewChallenge, StoreOutcome, VerifyOutcome};
 use crate::upstream::{IssuedToken, Upstream};
 
@@ -47,6 +47,9 @@ pub struct LoginFlow {
     otp_resend_secs: i64,
     otp_max_attempts: u32,
     otp_message: String,
+    // Sessions (issue 3).
+    max_devices: usize,
+    token_expiry_secs: i64,
 }
 
 impl LoginFlow {
@@ -63,6 +66,8 @@ impl LoginFlow {
             otp_resend_secs: config.otp_resend_secs as i64,
             otp_max_attempts: config.otp_max_attempts,
             otp_message: config.otp_message.clone(),
+            max_devices: config.max_devices,
+            token_expiry_secs: i64::try_from(config.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
         })
     }
 
@@ -174,6 +179,7 @@ impl LoginFlow {
             }
         };
 
+        let now_ms = sessions::now_ms();
         let completed = CompletedLogin {
             address: address.as_str().to_string(),
             uid: match &issued.uid {
@@ -181,12 +187,26 @@ impl LoginFlow {
                 other => other.to_string(),
             },
             name: name.to_string(),
-            token_sha256: hex::encode(Sha256::digest(issued.token.as_bytes())),
-            now: storage::now(),
+            token_sha256: sessions::token_hash(&issued.token),
+            now: now_ms / 1000,
+            appid: appid.to_string(),
+            device: device.unwrap_or("").to_string(),
+            now_ms,
+            expires_at: (now_ms / 1000).saturating_add(self.token_expiry_secs),
+            max_devices: self.max_devices,
         };
         // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
-        if let Err(e) = self.db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
-            tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}");
+        match self.db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
+            Ok(record) => {
+                for evicted in &record.evicted {
+                    let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
+                    tracing::info!(to = %address.masked(), evicted_appid, evicted_device, "device limit reached: least recently used session ended");
+                }
+                if record.notified > 0 {
+                    tracing::info!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
+                }
+            }
+            Err(e) => tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}"),
         }
         tracing::info!(to = %address.masked(), appid, "login complete");
         Ok(LoginOutcome::LoggedIn { address, issued })

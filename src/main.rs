@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         }
     };
     actix_web::rt::spawn(state.clone().into_inner().run_maintenance(Duration::from_secs(60)));
+    actix_web::rt::spawn(state.outbox.clone().run());
 
     let server = {
         let state = state.clone();

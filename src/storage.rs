@@ -5,9 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crate::otp;
-
-const SCHEMA: &str = include_str!("../schema.sql");
+use crate::{otp, outbox, sessions, users};
 
 /// All writes go to one connection owned by a dedicated thread, because SQLite admits
 /// one writer at a time: a queue in front of it is cheaper than SQLite's busy handler
@@ -52,7 +50,7 @@ impl Db {
     /// the writer plus `readers` reader connections.
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
-        writer.execute_batch(SCHEMA)?;
+        crate::schema::apply(&mut writer)?;
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
         let (jobs, queue) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
@@ -283,20 +281,46 @@ pub struct CompletedLogin {
     pub name: String,
     pub token_sha256: String,
     pub now: i64,
+    // Sessions and notifications (issue 3).
+    pub appid: String,
+    /// Installation id; empty when the app sent none.
+    pub device: String,
+    pub now_ms: i64,
+    /// Unix seconds; the token expiry asked of upstream.
+    pub expires_at: i64,
+    pub max_devices: usize,
 }
 
-/// Records the user and consumes the challenge in one transaction.
-pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
+/// What recording a login did besides storing the session.
+#[derive(Debug, Default)]
+pub struct LoginRecord {
+    pub first_login: bool,
+    /// "contact joined" messages queued for users who have this phone as a contact.
+    pub notified: usize,
+    pub evicted: Vec<sessions::Evicted>,
+}
+
+/// Records the user and the session, queues joined notices for a first phone login,
+/// and consumes the challenge, all in one transaction.
+pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    tx.prepare_cached(
-        "INSERT INTO users (address, uid, name, created_at, last_login, token_sha256) VALUES (?1, ?2, ?3, ?4, ?4, ?5)
-         ON CONFLICT (address) DO UPDATE SET uid = excluded.uid,
-             name = CASE WHEN excluded.name = '' THEN users.name ELSE excluded.name END,
-             last_login = excluded.last_login, token_sha256 = excluded.token_sha256",
-    )?
-    .execute(params![login.address, login.uid, login.name, login.now, login.token_sha256])?;
+    let (user_id, first_login) = users::upsert_at_login(&tx, &login.address, &login.uid, &login.name, login.now)?;
+    let mut record = LoginRecord { first_login, ..LoginRecord::default() };
+    if first_login && !login.address.contains('@') {
+        record.notified = outbox::enqueue_contact_joined(&tx, user_id, &login.address, &login.name, login.now)?;
+    }
+    let session = sessions::NewSession {
+        user_id,
+        token_sha256: &login.token_sha256,
+        appid: &login.appid,
+        device: &login.device,
+        now_ms: login.now_ms,
+        expires_at: login.expires_at,
+    };
+    record.evicted = sessions::insert(&tx, &session, login.max_devices)?;
     tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![login.address, &otp_hash[..]])?;
-    tx.commit()
+    tx.commit()?;
+    Ok(record)
 }
 
 /// Deletes challenges that expired before `now`; returns how many.

@@ -1,7 +1,8 @@
-//! Client for the messaging platform's `useradd` call, which mints a user's access token.
+//! Client for the messaging platform: `useradd`, which mints a user's access token,
+//! and `message`, which the outbox uses to notify users.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::time::Duration;
 
 use crate::config::Config;
@@ -91,18 +92,7 @@ impl Upstream {
             token: &self.app_token,
             user: UseraddRequestUser { address, name, token: UseraddRequestToken { appid, expiry: self.token_expiry_mins, device } },
         };
-        let response = self
-            .client
-            .post(&self.url)
-            .json(&request)
-            .send()
-            .await
-            .map_err(|e| UpstreamError(self.redact(&format!("request failed: {}", describe(e)))))?;
-        let status = response.status();
-        let body = response.text().await.map_err(|e| UpstreamError(self.redact(&format!("reading the reply failed: {}", describe(e)))))?;
-        if !status.is_success() {
-            return Err(self.error(&format!("HTTP {status}"), &body));
-        }
+        let body = self.post(&request).await?;
         let reply: UseraddReply = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
         match reply.user {
             Some(UseraddUser { uid: Some(uid), token: Some(token), linked, linkto }) if reply.result && !token.is_empty() => {
@@ -111,6 +101,35 @@ impl Upstream {
             _ if !reply.result => Err(self.error("result:false", &body)),
             _ => Err(self.error("reply without user uid or token", &body)),
         }
+    }
+
+    /// Sends one message from `from` to `to` (`op:"message"`); `payload` is the message.
+    pub async fn message(&self, from: &str, to: &str, payload: &Value) -> Result<(), UpstreamError> {
+        let request = json!({ "op": "message", "token": self.app_token, "from": from, "to": to, "message": payload });
+        let body = self.post(&request).await?;
+        let reply: Value = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
+        if reply["result"] == true {
+            Ok(())
+        } else {
+            Err(self.error("result:false", &body))
+        }
+    }
+
+    /// POSTs a request and returns the body of a 2xx reply.
+    async fn post(&self, request: &impl Serialize) -> Result<String, UpstreamError> {
+        let response = self
+            .client
+            .post(&self.url)
+            .json(request)
+            .send()
+            .await
+            .map_err(|e| UpstreamError(self.redact(&format!("request failed: {}", describe(e)))))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| UpstreamError(self.redact(&format!("reading the reply failed: {}", describe(e)))))?;
+        if !status.is_success() {
+            return Err(self.error(&format!("HTTP {status}"), &body));
+        }
+        Ok(body)
     }
 
     fn error(&self, what: &str, body: &str) -> UpstreamError {

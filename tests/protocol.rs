@@ -87,7 +87,8 @@ async fn malformed_bodies_are_bad_requests_not_crashes() {
     }
     let not_utf8 = server.client().post(server.api()).body(vec![0xff, 0xfe, 0x00]);
     assert_error(&server.send(not_utf8).await, 400, "BADREQUEST");
-    let huge = format!(r#"{{"op":"login","appid":"{APPID}","phone":"{PHONE}","pad":"{}"}}"#, "x".repeat(70 * 1024));
+    let huge =
+        format!(r#"{{"op":"login","appid":"{APPID}","phone":"{PHONE}","pad":"{}"}}"#, "x".repeat(otpgate::http::MAX_BODY_BYTES + 1024));
     assert_error(&server.send(json_body(&huge)).await, 400, "BADREQUEST");
     // The service is still healthy afterwards.
     assert_eq!(server.call(login(PHONE)).await.0, 200);

@@ -43,6 +43,8 @@ struct Shared {
     /// Off for load runs, where keeping every request would distort memory use.
     recording: AtomicBool,
     issued: AtomicU64,
+    /// When set, `op:"message"` calls fail with HTTP 500 (useradd still works).
+    fail_messages: AtomicBool,
 }
 
 impl FakeUpstream {
@@ -57,6 +59,7 @@ impl FakeUpstream {
             received: Mutex::default(),
             recording: AtomicBool::new(true),
             issued: AtomicU64::new(0),
+            fail_messages: AtomicBool::new(false),
         });
         let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
         Arc::new(upstream.listen())
@@ -103,6 +106,16 @@ impl FakeUpstream {
         self.state.received.lock().unwrap().clone()
     }
 
+    /// The `op:"message"` calls received (failed ones included), in order.
+    pub fn messages(&self) -> Vec<Value> {
+        self.received().iter().filter_map(|r| serde_json::from_str::<Value>(&r.body).ok()).filter(|m| m["op"] == "message").collect()
+    }
+
+    /// Makes `op:"message"` calls fail (HTTP 500) or succeed again.
+    pub fn fail_messages(&self, fail: bool) {
+        self.state.fail_messages.store(fail, Ordering::SeqCst);
+    }
+
     /// Stops listening: calls now fail with "connection refused".
     pub async fn stop(&self) {
         let handle = self.handle.lock().unwrap().take();
@@ -130,19 +143,31 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         }
         Mode::Slow(delay) => {
             actix_web::rt::time::sleep(delay).await;
-            useradd(&body, &shared)
+            platform(&body, &shared)
         }
-        Mode::Useradd => useradd(&body, &shared),
+        Mode::Useradd => platform(&body, &shared),
     }
 }
 
-fn useradd(body: &str, shared: &Shared) -> HttpResponse {
+/// Answers like the platform: `useradd` and `message`, with a non-empty app token.
+fn platform(body: &str, shared: &Shared) -> HttpResponse {
     let Ok(request) = serde_json::from_str::<Value>(body) else {
         return HttpResponse::BadRequest().json(json!({ "result": false, "error": "BADJSON" }));
     };
-    if request["op"] != "useradd" || request["token"].as_str().is_none_or(str::is_empty) {
+    if request["token"].as_str().is_none_or(str::is_empty) {
         return HttpResponse::Ok().json(json!({ "result": false, "error": "AUTHFAIL" }));
     }
+    match request["op"].as_str() {
+        Some("useradd") => useradd(&request, shared),
+        Some("message") if shared.fail_messages.load(Ordering::SeqCst) => {
+            HttpResponse::InternalServerError().json(json!({ "result": false, "error": "UNAVAILABLE" }))
+        }
+        Some("message") => HttpResponse::Ok().json(json!({ "op": "message", "result": true })),
+        _ => HttpResponse::Ok().json(json!({ "result": false, "error": "BADOP" })),
+    }
+}
+
+fn useradd(request: &Value, shared: &Shared) -> HttpResponse {
     let n = shared.issued.fetch_add(1, Ordering::SeqCst) + 1;
     HttpResponse::Ok().json(json!({
         "op": "useradd",

@@ -73,6 +73,7 @@ pub struct TestServer {
     pub dir: Arc<tempfile::TempDir>,
     handle: ServerHandle,
     client: reqwest::Client,
+    outbox_task: actix_web::rt::task::JoinHandle<()>,
 }
 
 /// Settings every test starts from: limits and the resend interval off, so each
@@ -118,6 +119,7 @@ impl TestServer {
             Delivery::Recording => Senders::all(sender.clone()),
         };
         let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));
+        let outbox_task = actix_web::rt::spawn(state.outbox.clone().run());
         let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
             .workers(2)
             .disable_signals()
@@ -127,10 +129,12 @@ impl TestServer {
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, upstream, sender, dir, handle, client: reqwest::Client::new() }
+        TestServer { url, upstream, sender, dir, handle, client: reqwest::Client::new(), outbox_task }
     }
 
+    /// Stops serving and sending notifications, as a process exit would.
     pub async fn stop(&self) {
+        self.outbox_task.abort();
         self.handle.stop(true).await;
     }
 
@@ -175,6 +179,51 @@ impl TestServer {
         assert_eq!((status, &reply["result"]), (200, &Value::Bool(true)), "{reply}");
         self.sender.last_code(phone)
     }
+}
+
+impl TestServer {
+    /// Logs `phone` in through both steps, from `device` when given; returns the access token.
+    pub async fn log_in(&self, phone: &str, device: Option<&str>) -> String {
+        let code = self.start_login(phone).await;
+        let mut request = verify(phone, &code);
+        if let Some(device) = device {
+            request["device"] = device.into();
+        }
+        let (status, reply) = self.call(request).await;
+        assert_eq!(status, 200, "{reply}");
+        reply["token"].as_str().expect("a token").to_string()
+    }
+
+    /// Calls an op that needs a session: `{"op":op,"token":token}` plus the fields of `extra`.
+    pub async fn call_op(&self, op: &str, token: &str, extra: Value) -> (u16, Value) {
+        let mut request = serde_json::json!({ "op": op, "token": token });
+        if let Value::Object(fields) = extra {
+            request.as_object_mut().unwrap().extend(fields);
+        }
+        self.call(request).await
+    }
+
+    /// A direct connection to the service's database, for arranging and checking state.
+    pub fn db(&self) -> rusqlite::Connection {
+        rusqlite::Connection::open(self.dir.path().join("otpgate.db")).unwrap()
+    }
+}
+
+/// Asserts a successful reply and returns its body.
+pub fn assert_ok(reply: (u16, Value)) -> Value {
+    assert_eq!((reply.0, &reply.1["result"]), (200, &Value::Bool(true)), "{}", reply.1);
+    reply.1
+}
+
+/// Polls `condition` every 50 ms for up to `secs` seconds.
+pub async fn eventually(secs: u64, mut condition: impl FnMut() -> bool) -> bool {
+    for _ in 0..secs * 20 {
+        if condition() {
+            return true;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    condition()
 }
 
 /// `{"op":"login","phone":..,"appid":..,"name":"Ann"}`

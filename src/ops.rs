@@ -1,0 +1,56 @@
+//! The ops an app calls with the access token `login` gave it: sessions,
+//! contact sync and profiles. Each needs a live session.
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+use crate::http::Params;
+use crate::{contacts, sessions, users, AppState};
+
+/// The ops answered here.
+pub const SESSION_OPS: [&str; 6] = ["logout", "devices", "getcontacts", "delcontacts", "profile", "me"];
+
+pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
+    let token = access_token(params, request).ok_or_else(|| authfail("token is required"))?;
+    let token_sha256 = sessions::token_hash(&token);
+    if op == "logout" {
+        return sessions::logout(&state.db, token_sha256, flag(params, "all")).await;
+    }
+    let caller = state
+        .db
+        .call(move |conn| sessions::authenticate(conn, &token_sha256, sessions::now_ms()))
+        .await?
+        .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
+    let max_phones = state.max_contacts_per_request;
+    match op {
+        "devices" => sessions::devices(&state.db, &caller).await,
+        "getcontacts" => contacts::getcontacts(&state.db, &caller, params, max_phones).await,
+        "delcontacts" => contacts::delcontacts(&state.db, &caller, params, max_phones).await,
+        "profile" => users::change_profile(&state.db, &caller, params).await,
+        "me" => users::me(&state.db, &caller).await,
+        _ => Err(ApiError::new("BADOP", "unknown op")),
+    }
+}
+
+/// The token from the `token` field, or else from `Authorization: Bearer`.
+fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
+    let from_field = params.get("token").map(|t| t.trim()).filter(|t| !t.is_empty());
+    let from_header = || {
+        let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+        let (scheme, token) = value.trim().split_once(' ')?;
+        let token = token.trim();
+        (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+    };
+    from_field.or_else(from_header).map(String::from)
+}
+
+fn authfail(message: &str) -> ApiError {
+    ApiError::new("AUTHFAIL", message)
+}
+
+/// A boolean request field: `1`, `true` or `yes`.
+pub fn flag(params: &Params, name: &str) -> bool {
+    params.get(name).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}

@@ -1,0 +1,168 @@
+//! Sessions: one per logged-in device, found by the SHA-256 of its access token
+//! (the token itself is never stored), at most `MAX_DEVICES` per user.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+use crate::error::ApiError;
+use crate::storage::{self, Db};
+
+/// Hex SHA-256 of an access token: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Unix milliseconds: orders sessions by last use even within one second.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: i64,
+    pub token_sha256: String,
+}
+
+/// Finds the live session of a token and marks it used; `None` for an unknown or expired token.
+pub fn authenticate(conn: &mut Connection, token_sha256: &str, now_ms: i64) -> rusqlite::Result<Option<Caller>> {
+    let user_id: Option<i64> = conn
+        .query_row(
+            "UPDATE sessions SET last_seen_ms = ?2 WHERE token_sha256 = ?1 AND expires_at > ?3 RETURNING user_id",
+            params![token_sha256, now_ms, now_ms / 1000],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(user_id.map(|user_id| Caller { user_id, token_sha256: token_sha256.to_string() }))
+}
+
+pub struct NewSession<'a> {
+    pub user_id: i64,
+    pub token_sha256: &'a str,
+    pub appid: &'a str,
+    /// Installation id; empty when the app sent none.
+    pub device: &'a str,
+    pub now_ms: i64,
+    pub expires_at: i64,
+}
+
+/// A session ended to make room for a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub appid: String,
+    pub device: String,
+}
+
+/// Stores a session (replacing the same installation's previous one) and evicts the
+/// least recently used sessions beyond `max_devices`. Call inside the login transaction.
+pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> rusqlite::Result<Vec<Evicted>> {
+    let s = session;
+    // Expired sessions count against no limit.
+    conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2", params![s.user_id, s.now_ms / 1000])?;
+    if !s.device.is_empty() {
+        conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND appid = ?2 AND device = ?3", params![s.user_id, s.appid, s.device])?;
+    }
+    conn.execute(
+        "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at],
+    )?;
+    let mut evict = conn.prepare(
+        "DELETE FROM sessions WHERE token_sha256 IN (
+             SELECT token_sha256 FROM sessions WHERE user_id = ?1
+             ORDER BY token_sha256 = ?2 DESC, last_seen_ms DESC LIMIT -1 OFFSET ?3)
+         RETURNING appid, device",
+    )?;
+    let evicted =
+        evict.query_map(params![s.user_id, s.token_sha256, max_devices as i64], |r| Ok(Evicted { appid: r.get(0)?, device: r.get(1)? }))?;
+    evicted.collect()
+}
+
+/// Ends one session; true if it existed.
+pub fn remove(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<bool> {
+    Ok(conn.execute("DELETE FROM sessions WHERE token_sha256 = ?1", [token_sha256])? > 0)
+}
+
+/// Ends every session of the token's user; returns how many (0 for an unknown token).
+pub fn remove_all_of_user(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = ?1)", [token_sha256])
+}
+
+/// Deletes every expired session; returns how many.
+pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+}
+
+/// The caller's live sessions, most recently used first, as reply entries (no tokens).
+pub fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
+    let mut query = conn.prepare(
+        "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2 FROM sessions
+         WHERE user_id = ?1 AND expires_at > ?3 ORDER BY last_seen_ms DESC",
+    )?;
+    let rows = query.query_map(params![caller.user_id, caller.token_sha256, now], |r| {
+        Ok(json!({
+            "device": r.get::<_, String>(0)?,
+            "appid": r.get::<_, String>(1)?,
+            "created": r.get::<_, i64>(2)?,
+            "last_seen": r.get::<_, i64>(3)? / 1000,
+            "current": r.get::<_, bool>(4)?,
+        }))
+    })?;
+    rows.collect()
+}
+
+/// `op=logout`: ends the token's session, or with `all` every session of its user.
+/// An unknown or already ended token is not an error: the app's goal is reached.
+pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map<String, Value>, ApiError> {
+    let ended = db
+        .call(move |conn| match all {
+            true => remove_all_of_user(conn, &token_sha256),
+            false => remove(conn, &token_sha256).map(usize::from),
+        })
+        .await?;
+    let mut fields = Map::new();
+    fields.insert("ended".into(), ended.into());
+    Ok(fields)
+}
+
+/// `op=devices`.
+pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
+    let caller = caller.clone();
+    let sessions = db.call(move |conn| list(conn, &caller, storage::now())).await?;
+    let mut fields = Map::new();
+    fields.insert("devices".into(), sessions.into());
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session of user 1 created at `now_secs`, living ten seconds.
+    fn session<'a>(token: &'a str, device: &'a str, now_secs: i64) -> NewSession<'a> {
+        NewSession { user_id: 1, token_sha256: token, appid: "app", device, now_ms: now_secs * 1000, expires_at: now_secs + 10 }
+    }
+
+    fn tokens(conn: &Connection) -> Vec<String> {
+        let mut query = conn.prepare("SELECT token_sha256 FROM sessions ORDER BY token_sha256").unwrap();
+        let rows = query.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    #[test]
+    fn expired_sessions_do_not_count_against_the_limit_and_are_purged() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::apply(&mut conn).unwrap();
+        conn.execute("INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0)", []).unwrap();
+        insert(&conn, &session("a", "dev-a", 1000), 1).unwrap();
+        // At 1020 "a" has expired: a login with a limit of one evicts nothing live.
+        assert_eq!(insert(&conn, &session("b", "dev-b", 1020), 1).unwrap(), vec![]);
+        assert_eq!(tokens(&conn), ["b"]);
+
+        insert(&conn, &session("c", "dev-c", 1025), 2).unwrap();
+        assert_eq!(purge_expired(&mut conn, 1031).unwrap(), 1, "b expired at 1030");
+        assert_eq!(tokens(&conn), ["c"]);
+    }
+}

@@ -1,0 +1,104 @@
+//! "Contact joined" notifications: queued with a first login, sent once per
+//! contact through upstream `message`, retried after failures and restarts.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const ANN: &str = "18005550001";
+const BOB: &str = "18005550002";
+const CAT: &str = "18005550003";
+const NEW: &str = "18005550009";
+
+/// Ann and Bob are users with NEW (and the user Cat) in their contacts; Cat has no contacts.
+async fn contacts_waiting_for_new(server: &TestServer) {
+    server.log_in(CAT, None).await;
+    for phone in [ANN, BOB] {
+        let token = server.log_in(phone, None).await;
+        assert_ok(server.call_op("getcontacts", &token, json!({ "phones": [NEW, CAT] })).await);
+    }
+}
+
+fn recipients(messages: &[Value]) -> Vec<String> {
+    let mut to: Vec<String> = messages.iter().map(|m| m["to"].as_str().unwrap().to_string()).collect();
+    to.sort();
+    to
+}
+
+#[actix_web::test]
+async fn a_first_login_tells_each_contact_once() {
+    let server = TestServer::start(&[("SYSTEM_ADDRESS", "otpgate-bot")]).await;
+    contacts_waiting_for_new(&server).await;
+    assert!(server.upstream.messages().is_empty(), "existing users' logins notify nobody");
+
+    server.log_in(NEW, None).await;
+    assert!(eventually(5, || server.upstream.messages().len() >= 2).await, "both contacts are told");
+    let messages = server.upstream.messages();
+    assert_eq!(recipients(&messages), [ANN, BOB]);
+    for message in &messages {
+        assert_eq!(message["token"], APP_TOKEN);
+        assert_eq!(message["from"], "otpgate-bot");
+        assert_eq!(message["message"], json!({ "type": "contact_joined", "phone": NEW, "name": "Ann" }));
+    }
+
+    // A second login is not a first login; nothing is sent again.
+    server.log_in(NEW, Some("tablet")).await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(server.upstream.messages().len(), 2);
+    let queued: i64 = server.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    assert_eq!(queued, 0, "acknowledged messages leave the outbox");
+}
+
+#[actix_web::test]
+async fn a_failed_notification_is_retried_and_survives_a_restart() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let upstream = FakeUpstream::start();
+    let env = [("OUTBOX_RETRY_SECS", "1")];
+    let first = TestServer::start_with(&env, upstream.clone(), dir.clone(), Delivery::Recording).await;
+    contacts_waiting_for_new(&first).await;
+    upstream.fail_messages(true);
+    first.log_in(NEW, None).await;
+    // Stop only once both failures are recorded (a stop mid-send leaves a lease to run out).
+    let failed = || first.db().query_row("SELECT count(*) FROM outbox WHERE attempts >= 1", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert!(eventually(5, || failed() == 2).await, "both sends were tried");
+    first.stop().await;
+    let tried = upstream.messages().len();
+    let (queued, attempts): (i64, i64) =
+        first.db().query_row("SELECT count(*), min(attempts) FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!(queued, 2, "failed messages stay queued");
+    assert!(attempts >= 1);
+
+    // Upstream recovers while the service is down; the restarted service sends the queue.
+    upstream.fail_messages(false);
+    let second = TestServer::start_with(&env, upstream.clone(), dir.clone(), Delivery::Recording).await;
+    assert!(eventually(6, || upstream.messages().len() >= tried + 2).await, "the queue is sent after the restart");
+    assert!(eventually(2, || second.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 0).await);
+    let delivered = upstream.messages().len();
+    assert_eq!(recipients(&upstream.messages()[tried..]), [ANN, BOB]);
+    second.stop().await;
+
+    // Acknowledged messages are never sent again, not even after another restart.
+    let third = TestServer::start_with(&env, upstream.clone(), dir, Delivery::Recording).await;
+    actix_web::rt::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(upstream.messages().len(), delivered);
+    third.stop().await;
+}
+
+#[actix_web::test]
+async fn a_failed_notification_is_retried_until_upstream_takes_it() {
+    let server = TestServer::start(&[("OUTBOX_RETRY_SECS", "1")]).await;
+    contacts_waiting_for_new(&server).await;
+    server.upstream.fail_messages(true);
+    server.log_in(NEW, None).await;
+    assert!(eventually(5, || server.upstream.messages().len() >= 2).await, "both sends were tried");
+    server.upstream.fail_messages(false);
+    let outbox = || server.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap();
+    assert!(eventually(6, || outbox() == 0).await, "the retries went through");
+    let messages = server.upstream.messages();
+    assert!(messages.len() >= 4, "{messages:?}");
+    assert_eq!(recipients(&messages[messages.len() - 2..]), [ANN, BOB]);
+    assert!(logs().contains("outbox: upstream message failed, retrying in"), "failures are logged");
+    assert!(!logs().contains(APP_TOKEN));
+}
