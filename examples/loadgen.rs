@@ -15,6 +15,7 @@ mod fake_upstream;
 
 use actix_web::{web, App, HttpServer};
 use async_trait::async_trait;
+use rand::Rng;
 use rusqlite::params;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,11 +35,15 @@ struct Args {
     conns: usize,
     scale: bool,
     users: u64,
+    contacts: u64,
     pending: u64,
+    /// Internal: fill this database and exit (run as a child process so that the
+    /// preload's memory does not count in the measured process's peak RSS).
+    preload_into: Option<String>,
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { secs: 10, conns: 64, scale: false, users: 1_000_000, pending: 100_000 };
+    let mut args = Args { secs: 10, conns: 64, scale: false, users: 1_000_000, contacts: 10_000_000, pending: 100_000, preload_into: None };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut number = || it.next().and_then(|v| v.parse::<u64>().ok()).unwrap_or_else(|| panic!("{flag} needs a number"));
@@ -47,8 +52,10 @@ fn parse_args() -> Args {
             "--conns" => args.conns = number() as usize,
             "--users" => args.users = number(),
             "--pending" => args.pending = number(),
+            "--contacts" => args.contacts = number(),
+            "--preload-into" => args.preload_into = it.next(),
             "--scale" => args.scale = true,
-            other => panic!("unknown flag {other}; flags: --secs N --conns N --scale --users N --pending N"),
+            other => panic!("unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N"),
         }
     }
     args
@@ -127,7 +134,12 @@ enum Operation {
     Start,
     /// Start, then verify with the code, which calls upstream useradd.
     FullLogin,
+    /// `op=getcontacts` with 200 phones, half of them users.
+    Contacts,
 }
+
+const OPERATIONS: [Operation; 4] = [Operation::Baseline, Operation::Start, Operation::FullLogin, Operation::Contacts];
+const CONTACTS_PER_REQUEST: u64 = 200;
 
 impl Operation {
     fn label(self) -> &'static str {
@@ -135,12 +147,17 @@ impl Operation {
             Operation::Baseline => "baseline GET /healthz",
             Operation::Start => "login start",
             Operation::FullLogin => "full login",
+            Operation::Contacts => "getcontacts (200 phones)",
         }
     }
 
     /// Phones of each operation have their own prefix, so counts can be checked per operation.
     fn phone(self, n: u64) -> String {
-        let prefix = if self == Operation::Start { "1415" } else { "1650" };
+        let prefix = match self {
+            Operation::Start => "1415",
+            Operation::Contacts => "1750",
+            _ => "1650",
+        };
         format!("{prefix}{}", 2_000_000 + n)
     }
 }
@@ -152,11 +169,19 @@ struct Service {
     upstream: Arc<fake_upstream::FakeUpstream>,
     db_path: std::path::PathBuf,
     next_phone: AtomicU64,
+    /// Phones of existing users, `prefix` + (2_000_000 + n) for n below the count: half of
+    /// every contact upload.
+    user_phones: std::sync::OnceLock<(&'static str, u64)>,
 }
 
 const APPID: &str = "com.example.bench";
 
-async fn one(service: &Service, operation: Operation, conn: &mut Connection) -> Result<(), String> {
+async fn one(service: &Service, operation: Operation, conn: &mut Connection, token: &str) -> Result<(), String> {
+    if operation == Operation::Contacts {
+        let body = format!(r#"{{"op":"getcontacts","token":"{token}","phones":[{}]}}"#, contact_upload(service).join(","));
+        let (status, body) = conn.request("POST", "/api", &body).await.map_err(|e| e.to_string())?;
+        return if status == 200 && body.contains(r#""result":true"#) { Ok(()) } else { Err(format!("getcontacts {status} {body}")) };
+    }
     if operation == Operation::Baseline {
         let (status, _) = conn.request("GET", "/healthz", "").await.map_err(|e| e.to_string())?;
         return if status == 200 { Ok(()) } else { Err(format!("healthz {status}")) };
@@ -177,6 +202,30 @@ async fn one(service: &Service, operation: Operation, conn: &mut Connection) -> 
         return Err(format!("verify {status} {body}"));
     }
     Ok(())
+}
+
+/// Logs a fresh phone in and returns its access token.
+async fn log_in(service: &Service, conn: &mut Connection) -> String {
+    let phone = Operation::Contacts.phone(service.next_phone.fetch_add(1, Ordering::Relaxed));
+    let start = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}"}}"#);
+    conn.request("POST", "/api", &start).await.expect("login start");
+    let code = service.sender.codes.lock().unwrap().remove(&phone).expect("code sent");
+    let verify = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}","otp":"{code}"}}"#);
+    let (_, body) = conn.request("POST", "/api", &verify).await.expect("login verify");
+    let reply: serde_json::Value = serde_json::from_str(&body).expect("JSON reply");
+    reply["token"].as_str().expect("a token").to_string()
+}
+
+/// 200 quoted phones: half existing users, half strangers.
+fn contact_upload(service: &Service) -> Vec<String> {
+    let (prefix, users) = *service.user_phones.get().expect("user phones are set before the contacts run");
+    let mut rng = rand::thread_rng();
+    (0..CONTACTS_PER_REQUEST)
+        .map(|i| match i % 2 {
+            0 => format!("\"{prefix}{}\"", 2_000_000 + rng.gen_range(0..users.max(1))),
+            _ => format!("\"1999{}\"", 2_000_000 + rng.gen_range(0..7_000_000)),
+        })
+        .collect()
 }
 
 struct Measured {
@@ -207,10 +256,11 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
         let service = service.clone();
         workers.push(actix_web::rt::spawn(async move {
             let mut conn = Connection::open(service.addr).await;
+            let token = if operation == Operation::Contacts { log_in(&service, &mut conn).await } else { String::new() };
             let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match one(&service, operation, &mut conn).await {
+                match one(&service, operation, &mut conn, &token).await {
                     Ok(()) => latencies.push(t0.elapsed().as_micros() as u64),
                     Err(e) => {
                         errors += 1;
@@ -260,7 +310,7 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
         HttpServer::new(move || App::new().configure(http::configure(server_state.clone()))).disable_signals().bind("127.0.0.1:0").unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
-    Arc::new(Service { addr, state, sender, upstream, db_path, next_phone: AtomicU64::new(0) })
+    Arc::new(Service { addr, state, sender, upstream, db_path, next_phone: AtomicU64::new(0), user_phones: Default::default() })
 }
 
 fn count(db_path: &std::path::Path, sql: &str) -> i64 {
@@ -268,20 +318,31 @@ fn count(db_path: &std::path::Path, sql: &str) -> i64 {
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
 
-/// Fills the database as a long-running deployment would have it.
-fn preload(db_path: &std::path::Path, users: u64, pending: u64) {
+/// Fills the database as a long-running deployment would have it: `users` users with
+/// `contacts` address-book rows among them, and `pending` codes of which one in ten
+/// has expired (for the garbage collector to find).
+fn preload(db_path: &str, users: u64, contacts: u64, pending: u64) {
     let started = Instant::now();
     let mut conn = rusqlite::Connection::open(db_path).unwrap();
+    // Building the phone index once after the inserts is far faster than keeping it up to date.
+    conn.execute_batch("DROP INDEX contacts_phone").unwrap();
     let tx = conn.transaction().unwrap();
+    let now = otpgate::storage::now();
     {
-        let mut insert = tx
-            .prepare("INSERT INTO users (address, uid, name, created_at, last_login, token_sha256) VALUES (?1, ?2, 'User', 1700000000, 1700000000, ?3)")
-            .unwrap();
+        let mut insert =
+            tx.prepare("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, 'User', ?3, ?3, ?3)").unwrap();
         for n in 0..users {
-            insert.execute(params![format!("1212{}", 2_000_000 + n), n.to_string(), format!("{n:064x}")]).unwrap();
+            insert.execute(params![format!("1212{}", 2_000_000 + n), n.to_string(), now - 86_400]).unwrap();
         }
-        // One in ten pending codes has already expired, for the garbage collector to find.
-        let now = otpgate::storage::now();
+        let mut insert = tx.prepare("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) VALUES (?1, ?2, ?3)").unwrap();
+        let mut rng = rand::thread_rng();
+        let per_user = contacts / users.max(1);
+        for owner in 1..=users {
+            for _ in 0..per_user {
+                let phone = format!("1212{}", 2_000_000 + rng.gen_range(0..users));
+                insert.execute(params![owner, phone, now - 86_400]).unwrap();
+            }
+        }
         let mut insert = tx
             .prepare(
                 "INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts) VALUES (?1, ?2, ?3, ?4, ?5, 0)",
@@ -293,10 +354,18 @@ fn preload(db_path: &std::path::Path, users: u64, pending: u64) {
         }
     }
     tx.commit().unwrap();
+    conn.execute_batch("CREATE INDEX contacts_phone ON contacts (phone); ANALYZE;").unwrap();
     // A deployment that grew slowly has long since checkpointed its WAL; don't leave
     // the first request a checkpoint of the whole preload.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    println!("preloaded {users} users and {pending} pending codes in {:.1} s", started.elapsed().as_secs_f64());
+    let rows = |table: &str| count(std::path::Path::new(db_path), &format!("SELECT count(*) FROM {table}"));
+    println!(
+        "preloaded {} users, {} contacts and {} pending codes in {:.1} s",
+        rows("users"),
+        rows("contacts"),
+        rows("otp_challenges"),
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// User plus system CPU seconds of this process so far.
@@ -337,14 +406,18 @@ fn print_row(label: &str, m: &Measured, ratio: f64) {
     );
 }
 
-/// Runs every operation once; returns the measurements in `[Baseline, Start, FullLogin]` order.
+/// Runs every operation once; returns the measurements in `OPERATIONS` order.
 async fn run_all(service: &Arc<Service>, args: &Args) -> Vec<Measured> {
-    let mut results = Vec::new();
-    for operation in [Operation::Baseline, Operation::Start, Operation::FullLogin] {
+    let mut results: Vec<Measured> = Vec::new();
+    for operation in OPERATIONS {
+        if operation == Operation::Contacts {
+            // Without preloaded users, the users are those the full-login run made.
+            let _ = service.user_phones.set(("1650", results[2].done));
+        }
         results.push(measure(service, operation, args).await);
     }
     print_header();
-    for (operation, m) in [Operation::Baseline, Operation::Start, Operation::FullLogin].iter().zip(&results) {
+    for (operation, m) in OPERATIONS.iter().zip(&results) {
         print_row(operation.label(), m, m.per_sec / results[0].per_sec);
     }
     results
@@ -352,34 +425,47 @@ async fn run_all(service: &Arc<Service>, args: &Args) -> Vec<Measured> {
 
 /// Every start sent exactly one code, every full login used its code (none left over)
 /// and got its own token. Workers finish the operation in hand at the deadline, so the
-/// counts must match exactly.
-fn check_counts(service: &Service, results: &[Measured]) -> bool {
+/// counts must match exactly. Each getcontacts connection logged in once beforehand.
+fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
     let full = results[2].done as i64;
-    let starts = (results[1].done + results[2].done) as i64;
+    let setup_logins = args.conns as i64;
+    let starts = (results[1].done + results[2].done) as i64 + setup_logins;
     let sent = service.sender.sent.load(Ordering::Relaxed) as i64;
     let leftover = count(&service.db_path, "SELECT count(*) FROM otp_challenges WHERE address LIKE '1650%'");
     let users = count(&service.db_path, "SELECT count(*) FROM users WHERE address LIKE '1650%'");
-    let issued = service.upstream.issued() as i64;
-    // An unfinished full login at the deadline may have started without verifying: allow one per connection.
+    let issued = service.upstream.issued() as i64 - setup_logins;
     let ok = sent == starts && leftover == 0 && users == full && issued == full;
     println!(
-        "counts: codes sent {sent} for {starts} completed starts; full logins {full}, tokens issued {issued}, users recorded {users}, codes left unused by full logins {leftover} -> {}",
+        "counts: codes sent {sent} for {starts} completed starts; full logins {full}, tokens issued {issued}, users recorded {users}, \
+         codes left unused by full logins {leftover} -> {}",
         if ok { "consistent" } else { "INCONSISTENT" }
     );
     ok
 }
 
 async fn garbage_collect(service: &Service) {
-    let before = count(&service.db_path, "SELECT count(*) FROM otp_challenges");
-    let expired = count(&service.db_path, &format!("SELECT count(*) FROM otp_challenges WHERE expires_at <= {}", otpgate::storage::now()));
+    let now = otpgate::storage::now();
+    let rows = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table}"));
+    let expired = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table} WHERE expires_at <= {now}"));
+    let (codes, expired_codes, sessions, expired_sessions) =
+        (rows("otp_challenges"), expired("otp_challenges"), rows("sessions"), expired("sessions"));
     let purged = service.state.housekeeping().await.expect("housekeeping");
-    let after = count(&service.db_path, "SELECT count(*) FROM otp_challenges");
-    println!("garbage collection: otp_challenges {before} rows ({expired} expired) -> {after} rows after purging {}", purged.codes);
+    println!(
+        "garbage collection: otp_challenges {codes} rows ({expired_codes} expired) -> {}, sessions {sessions} rows ({expired_sessions} expired) -> {} (purged {} codes, {} sessions)",
+        rows("otp_challenges"),
+        rows("sessions"),
+        purged.codes,
+        purged.sessions
+    );
 }
 
 #[actix_web::main]
 async fn main() {
     let args = parse_args();
+    if let Some(db_path) = &args.preload_into {
+        preload(db_path, args.users, args.contacts, args.pending);
+        return;
+    }
     println!(
         "otpgate loadgen: {} s per operation, {} connections, {} cores",
         args.secs,
@@ -391,26 +477,34 @@ async fn main() {
     let service = start_service(empty_dir.path()).await;
     println!("\n== empty database");
     let empty = run_all(&service, &args).await;
-    let mut consistent = check_counts(&service, &empty);
+    let mut consistent = check_counts(&service, &empty, &args);
     garbage_collect(&service).await;
+    let mut errors: u64 = empty.iter().map(|m| m.errors).sum();
 
     if args.scale {
         let scale_dir = tempfile::tempdir().unwrap();
-        drop(start_service(scale_dir.path()).await); // creates the schema
-        preload(&scale_dir.path().join("otpgate.db"), args.users, args.pending);
+        let db_path = scale_dir.path().join("otpgate.db");
+        drop(otpgate::storage::Db::open(&db_path.to_string_lossy(), 1).expect("create the schema"));
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--preload-into", &db_path.to_string_lossy()])
+            .args(["--users", &args.users.to_string(), "--contacts", &args.contacts.to_string(), "--pending", &args.pending.to_string()])
+            .status()
+            .expect("run the preload");
+        assert!(status.success(), "preload failed");
         let service = start_service(scale_dir.path()).await;
-        println!("\n== database with {} users and {} pending codes", args.users, args.pending);
+        let _ = service.user_phones.set(("1212", args.users));
+        println!("\n== preloaded database");
         let loaded = run_all(&service, &args).await;
-        consistent &= check_counts(&service, &loaded);
-        println!("\nthroughput ratio, loaded / empty database:");
-        for (operation, (l, e)) in [Operation::Start, Operation::FullLogin].iter().zip(loaded.iter().zip(&empty).skip(1)) {
-            println!("  {:<22} {:.3}", operation.label(), l.per_sec / e.per_sec);
+        consistent &= check_counts(&service, &loaded, &args);
+        errors += loaded.iter().map(|m| m.errors).sum::<u64>();
+        println!("\nthroughput ratio, preloaded / empty database:");
+        for (operation, (l, e)) in OPERATIONS.iter().zip(loaded.iter().zip(&empty)).skip(1) {
+            println!("  {:<26} {:.3}", operation.label(), l.per_sec / e.per_sec);
         }
         garbage_collect(&service).await;
     }
 
     println!("\npeak RSS: {:.1} MB", peak_rss_mb());
-    let errors: u64 = empty.iter().map(|m| m.errors).sum();
     if errors > 0 || !consistent {
         eprintln!("FAILED: {errors} errors, counts consistent: {consistent}");
         std::process::exit(1);

@@ -15,7 +15,14 @@ pub struct Db {
     writer: mpsc::Sender<WriteJob>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
+    /// Dropping it stops the checkpoint thread.
+    _checkpointer: mpsc::Sender<()>,
 }
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Page cache of the writer: the indexes it updates stay in memory.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
 
 type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -51,7 +58,12 @@ impl Db {
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
         crate::schema::apply(&mut writer)?;
+        // Checkpoints (copying the WAL into the database and syncing it) run on their own
+        // thread, so a request never waits for one behind the writer.
+        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
+        let checkpointer = spawn_checkpointer(connect(path)?)?;
         let (jobs, queue) = mpsc::channel::<WriteJob>();
         std::thread::Builder::new()
             .name("otpgate-db-writer".into())
@@ -62,7 +74,7 @@ impl Db {
                 }
             })
             .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
-        Ok(Arc::new(Db { writer: jobs, readers: Mutex::new(readers), reader_returned: Condvar::new() }))
+        Ok(Arc::new(Db { writer: jobs, readers: Mutex::new(readers), reader_returned: Condvar::new(), _checkpointer: checkpointer }))
     }
 
     /// Runs `f` on the writer connection and waits for it without blocking the async worker.
@@ -131,6 +143,23 @@ impl Db {
         self.reader_returned.notify_one();
         Ok(result?)
     }
+}
+
+/// Checkpoints the WAL every `CHECKPOINT_EVERY` until the returned sender is dropped.
+fn spawn_checkpointer(conn: Connection) -> Result<mpsc::Sender<()>, StorageError> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    std::thread::Builder::new()
+        .name("otpgate-db-checkpoint".into())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
+                // PASSIVE never blocks the writer or readers; what it cannot copy now it copies next time.
+                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                    tracing::warn!("WAL checkpoint failed: {e}");
+                }
+            }
+        })
+        .map_err(|e| StorageError(format!("cannot start the checkpoint thread: {e}")))?;
+    Ok(stop)
 }
 
 fn writer_gone() -> StorageError {
