@@ -11,6 +11,15 @@ pub mod senders;
 pub mod storage;
 pub mod upstream;
 
+// Operations (issue 6)
+pub mod cli;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod openapi;
+pub mod request_log;
+pub mod server;
+
 use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +33,8 @@ use storage::Db;
 pub struct AppState {
     pub db: Arc<Db>,
     pub login: LoginFlow,
+    pub readiness: health::Readiness,
+    pub http: server::HttpSettings,
 }
 
 impl AppState {
@@ -46,20 +57,35 @@ impl AppState {
             config.otp_secret.as_bytes().to_vec()
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
-        Ok(AppState { db, login })
+        Ok(AppState { db, login, readiness: health::Readiness::from_config(config)?, http: server::HttpSettings::from_config(config) })
     }
 
-    /// Periodic housekeeping: drops expired codes and idle rate-limit entries.
+    /// Called once the server has stopped: closes the database cleanly.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.db.close() {
+            tracing::warn!("closing the database failed: {e}");
+        }
+    }
+
+    /// Periodic housekeeping: runs [`AppState::maintain`] every `every`.
     pub async fn run_maintenance(self: Arc<Self>, every: Duration) {
         let mut interval = tokio::time::interval(every);
         loop {
             interval.tick().await;
-            self.login.limits.purge();
-            match self.db.call(|conn| storage::purge_expired(conn, storage::now())).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!("purged {n} expired codes"),
-                Err(e) => tracing::warn!("purging expired codes failed: {e}"),
+            self.maintain().await;
+        }
+    }
+
+    /// Drops expired codes (counting them as expired) and idle rate-limit entries.
+    pub async fn maintain(&self) {
+        self.login.limits.purge();
+        match self.db.call(|conn| storage::purge_expired(conn, storage::now())).await {
+            Ok(0) => {}
+            Ok(n) => {
+                metrics::OTP_EXPIRED.inc_by(n as u64);
+                tracing::debug!("purged {n} expired codes")
             }
+            Err(e) => tracing::warn!("purging expired codes failed: {e}"),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! blocking thread pool, and the queries of the login flow.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ const SCHEMA: &str = include_str!("../schema.sql");
 pub struct Db {
     idle: Mutex<Vec<Connection>>,
     returned: Condvar,
+    /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting for a connection.
+    closed: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -43,7 +46,7 @@ impl Db {
             connections.push(conn);
         }
         connections[0].execute_batch(SCHEMA)?;
-        Ok(Arc::new(Db { idle: Mutex::new(connections), returned: Condvar::new() }))
+        Ok(Arc::new(Db { idle: Mutex::new(connections), returned: Condvar::new(), closed: AtomicBool::new(false) }))
     }
 
     /// Runs `f` with a pooled connection on the blocking thread pool.
@@ -58,19 +61,42 @@ impl Db {
 
     /// Runs `f` with a pooled connection on this thread, waiting for one to be free.
     pub fn blocking<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>) -> Result<R, StorageError> {
+        let pool_wait = crate::metrics::DB_POOL_WAIT.start_timer();
         let mut conn = {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
             loop {
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(StorageError("the database is closed".into()));
+                }
                 match idle.pop() {
                     Some(conn) => break conn,
                     None => idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
                 }
             }
         };
+        pool_wait.observe_duration();
         let result = f(&mut conn);
         self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         self.returned.notify_one();
         Ok(result?)
+    }
+
+    /// Closes the pool at shutdown: checkpoints the WAL into the database file and
+    /// closes the idle connections (SQLite removes the WAL file with the last one).
+    pub fn close(&self) -> Result<(), StorageError> {
+        let connections = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            self.closed.store(true, Ordering::SeqCst);
+            std::mem::take(&mut *idle)
+        };
+        self.returned.notify_all();
+        if let Some(first) = connections.first() {
+            first.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        }
+        for conn in connections {
+            conn.close().map_err(|(_, e)| StorageError::from(e))?;
+        }
+        Ok(())
     }
 }
 
@@ -236,6 +262,8 @@ pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize>
     conn.execute("DELETE FROM otp_challenges WHERE expires_at <= ?1", [now])
 }
 
-pub fn ping(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.query_row("SELECT count(*) FROM settings", [], |_| Ok(()))
+/// A real write, so readiness fails when the file is read-only, locked or full.
+pub fn probe_write(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
+    Ok(())
 }

@@ -73,6 +73,7 @@ impl Upstream {
             "token": self.app_token,
             "user": { "address": address, "name": name, "token": token },
         });
+        let _timer = crate::metrics::UPSTREAM_DURATION.start_timer();
         let response = self
             .client
             .post(&self.url)
