@@ -31,6 +31,13 @@ pub enum Command {
         #[arg(long)]
         to: String,
     },
+    /// Ask the running service on BIND for a probe (exit 0 if it answers 2xx); for
+    /// container HEALTHCHECKs, where no HTTP client is installed.
+    Healthcheck {
+        /// The probe to ask: /healthz (alive) or /readyz (ready).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
 }
 
 /// Names of settings whose values are credentials or codes; matched as substrings so
@@ -92,6 +99,21 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
     let message = OtpMessage { text: senders::render(&config.otp_message, &code, appid), to: to.clone(), otp: code, appid: appid.into() };
     sender.send(&message).await.map_err(|reason| format!("{} could not deliver to {}: {reason}", sender.name(), to.masked()))?;
     Ok(format!("sent a test message to {} through {}", to.masked(), sender.name()))
+}
+
+pub async fn healthcheck(config: &Config, path: &str) -> Result<String, String> {
+    // A wildcard BIND is reached over loopback.
+    let address = config.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let url = format!("http://{address}{path}");
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
+    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url} answered {status}: {body}"))
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
         Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
         Command::Migrate => cli::migrate(&config).map_err(|e| (1, e)),
         Command::SendTest { to } => cli::send_test(&config, &to).await.map_err(|e| (1, e)),
+        Command::Healthcheck { path } => cli::healthcheck(&config, &path).await.map_err(|e| (1, e)),
     };
     match result {
         Ok(output) => {

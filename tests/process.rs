@@ -33,7 +33,7 @@ async fn every_subcommand_has_help() {
     let output = run(otpgate(&["--help"], &[])).await;
     assert!(output.status.success());
     let help = text(&output.stdout);
-    for subcommand in ["serve", "check-config", "migrate", "send-test"] {
+    for subcommand in ["serve", "check-config", "migrate", "send-test", "healthcheck"] {
         assert!(help.contains(subcommand), "{help}");
         let output = run(otpgate(&[subcommand, "--help"], &[])).await;
         assert!(output.status.success(), "{subcommand} --help");
@@ -238,11 +238,18 @@ async fn sigint_stops_gracefully_too() {
     let upstream = FakeUpstream::start();
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::start(&upstream, &dir).await;
-    let health: Value = reqwest::get(format!("{}/healthz", service.url)).await.unwrap().json().await.unwrap();
-    assert_eq!(health, json!({ "status": "ok" }));
+    // The container HEALTHCHECK command.
+    let bind = service.url.trim_start_matches("http://").to_string();
+    let healthcheck = |path: &str| otpgate(&["healthcheck", "--path", path], &[("BIND", bind.as_str())]);
+    let output = run(healthcheck("/healthz")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(serde_json::from_str::<Value>(&text(&output.stdout)).unwrap(), json!({ "status": "ok" }));
+    assert_eq!(run(healthcheck("/nowhere")).await.status.code(), Some(1), "a 404 is unhealthy");
+
     service.signal(libc::SIGINT);
     service.wait_for("shutting down: no new connections, finishing in-flight requests").await;
     let (code, logs) = service.exit_code().await;
     assert_eq!(code, Some(0));
     assert!(logs.iter().any(|l| l["fields"]["message"] == "shutdown complete"));
+    assert_eq!(run(healthcheck("/healthz")).await.status.code(), Some(1), "a stopped service is unhealthy");
 }

@@ -92,7 +92,7 @@ async fn malformed_bodies_are_bad_requests_not_crashes() {
 }
 
 #[actix_web::test]
-async fn healthz_reports_a_working_database() {
+async fn healthz_answers_ok() {
     let server = TestServer::start(&[]).await;
     let (status, body) = server.send(server.client().get(format!("{}/healthz", server.url))).await;
     assert_eq!((status, body), (200, json!({ "status": "ok" })));
