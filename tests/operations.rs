@@ -169,3 +169,19 @@ async fn openapi_describes_every_op_and_error_code() {
         assert!(schemas[name].is_object(), "dangling $ref {name}");
     }
 }
+
+#[actix_web::test]
+async fn shutdown_checkpoints_and_closes_the_database() {
+    let server = TestServer::start(&[]).await;
+    server.start_login(PHONE).await;
+    let wal = server.dir.path().join("otpgate.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the login was written to the WAL");
+    server.stop().await;
+    server.state.shutdown();
+    assert!(!wal.exists(), "the WAL is checkpointed into the database and removed");
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
+    assert_eq!(pending, 1, "nothing written before the shutdown is lost");
+    let after = server.state.db.call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await;
+    assert!(after.unwrap_err().to_string().contains("closed"), "a late call fails instead of waiting forever");
+}
