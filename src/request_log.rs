@@ -65,18 +65,14 @@ pub async fn log_requests(
     metrics::HTTP_REQUESTS.with_label_values(&[&route, status.as_str()]).inc();
     metrics::HTTP_DURATION.with_label_values(&[&route]).observe(latency.as_secs_f64());
     let (op, result) = api_call.map_or(("", ""), |call| (call.op, call.result));
-    span.in_scope(|| {
-        tracing::info!(
-            target: "otpgate::request",
-            method,
-            route,
-            op,
-            result,
-            status = status.as_u16(),
-            latency_ms = latency.as_secs_f64() * 1000.0,
-            "request"
-        );
-    });
+    macro_rules! request_line {
+        ($level:expr) => {
+            tracing::event!(target: "otpgate::request", $level, method, route, op, result, status = status.as_u16(), latency_ms = latency.as_secs_f64() * 1000.0, "request")
+        };
+    }
+    // Probes come every few seconds from load balancers and scrapers: log them only at debug.
+    let probe = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics");
+    span.in_scope(|| if probe { request_line!(tracing::Level::DEBUG) } else { request_line!(tracing::Level::INFO) });
     outcome.map(|mut response| {
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert(HeaderName::from_static(REQUEST_ID_HEADER), value);

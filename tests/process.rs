@@ -252,4 +252,7 @@ async fn sigint_stops_gracefully_too() {
     assert_eq!(code, Some(0));
     assert!(logs.iter().any(|l| l["fields"]["message"] == "shutdown complete"));
     assert_eq!(run(healthcheck("/healthz")).await.status.code(), Some(1), "a stopped service is unhealthy");
+    // Probes are logged only at debug; other requests at info.
+    let routes: Vec<&Value> = logs.iter().filter(|l| l["fields"]["message"] == "request").map(|l| &l["fields"]["route"]).collect();
+    assert_eq!(routes, [&json!("unmatched")], "{logs:?}");
 }
