@@ -11,7 +11,8 @@ RUN cargo build --release --locked --bin otpgate
 
 FROM debian:bookworm-slim
 # TLS roots are compiled in (rustls with webpki roots): the runtime needs no packages.
-RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/otpgate --create-home --shell /usr/sbin/nologin otpgate
+RUN groupadd --system --gid 10001 otpgate \
+    && useradd --system --uid 10001 --gid otpgate --home-dir /var/lib/otpgate --create-home --shell /usr/sbin/nologin otpgate
 COPY --from=build /src/target/release/otpgate /usr/local/bin/otpgate
 USER 10001:10001
 WORKDIR /var/lib/otpgate
