@@ -43,6 +43,8 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let op = params.get("op").map(|op| op.trim()).unwrap_or("");
     let client_ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     let result = match op {
+        // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
+        _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new("BADOP", "unknown op")),
         "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
         "" => Err(ApiError::new("BADOP", "op is required")),
         _ => Err(ApiError::new("BADOP", "unknown op")),
