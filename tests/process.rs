@@ -151,9 +151,9 @@ impl Service {
         service
     }
 
-    /// Waits (at most 5 s) for a log line whose message is `message`.
+    /// Waits (at most 10 s) for a log line whose message is `message`.
     async fn wait_for(&mut self, message: &str) -> Value {
-        for _ in 0..100 {
+        for _ in 0..200 {
             while let Ok(line) = self.lines.try_recv() {
                 self.seen.push(line);
             }
