@@ -120,7 +120,7 @@ impl LoginFlow {
         metrics::SENDER_ATTEMPTS.with_label_values(&[sender.name()]).inc();
         if let Err(reason) = sender.send(&message).await {
             metrics::SENDER_FAILURES.with_label_values(&[sender.name()]).inc();
-            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {reason}");
+            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {}", address.masked_in(&reason));
             // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
             let owned = address.as_str().to_string();
             self.db.call(move |conn| storage::remove_challenge(conn, &owned, &otp_hash)).await.map_err(internal)?;
@@ -183,7 +183,7 @@ impl LoginFlow {
             Ok(issued) => issued,
             Err(e) => {
                 metrics::UPSTREAM_FAILURES.inc();
-                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", e.0);
+                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.0));
                 // The user did nothing wrong: give the code back so a retry with it works.
                 let owned = address.as_str().to_string();
                 self.db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;

@@ -75,6 +75,11 @@ async fn request_ids_are_echoed_or_generated_and_logged_once() {
 #[actix_web::test]
 async fn logs_show_no_phone_code_or_query_string() {
     let server = TestServer::start(&[("TEST_OTPS", "18005559876:918273")]).await;
+    // Upstream errors are logged with their body, which may echo the phone.
+    server.upstream.set_mode(Mode::Reply(500, r#"{"result":false,"address":"18005559876"}"#.into()));
+    assert_error(&server.call(verify("18005559876", "918273")).await, 502, "UPSTREAM");
+    assert!(logs().contains(r#"{"result":false,"address":"1800555****"}"#), "the body is logged, masked");
+    server.upstream.set_mode(Mode::Useradd);
     let query = [("op", "login"), ("phone", "18005559876"), ("appid", APPID), ("code", "918273")];
     let request = server.client().get(server.api()).query(&query).header("x-request-id", "req-query-check");
     assert_eq!(server.send(request).await.0, 200);
