@@ -23,6 +23,11 @@ impl Address {
         }
     }
 
+    /// `text` (e.g. a gateway's or upstream's reply) with this address masked wherever it appears.
+    pub fn masked_in(&self, text: &str) -> String {
+        text.replace(self.as_str(), &self.masked())
+    }
+
     /// A form safe for logs: enough to correlate, not enough to identify.
     pub fn masked(&self) -> String {
         match self {
@@ -103,5 +108,7 @@ mod tests {
     fn masking_hides_the_tail() {
         assert_eq!(Address::Phone("18005551234".into()).masked(), "1800555****");
         assert_eq!(Address::Email("ann@example.com".into()).masked(), "a***@example.com");
+        let phone = Address::Phone("18005551234".into());
+        assert_eq!(phone.masked_in(r#"{"to":"18005551234"}"#), r#"{"to":"1800555****"}"#);
     }
 }

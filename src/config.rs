@@ -96,6 +96,25 @@ pub struct Config {
     /// First retry delay of a failed outbox message; doubles per attempt up to an hour.
     #[serde(default = "defaults::outbox_retry_secs")]
     pub outbox_retry_secs: u64,
+
+    // --- Operations (issue 6): logs, HTTP limits, readiness, shutdown ---
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[serde(default = "defaults::log_format")]
+    pub log_format: String,
+    /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
+    #[serde(default)]
+    pub cors_origins: String,
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// A request still unanswered after this long gets `TIMEOUT`.
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// How long SIGTERM/SIGINT waits for in-flight requests before closing them.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// 0: `/readyz` does not contact upstream; N: it does, and keeps the answer N seconds.
+    #[serde(default)]
+    pub readyz_upstream_cache_secs: u64,
 }
 
 mod defaults {
@@ -179,6 +198,20 @@ mod defaults {
     pub fn outbox_retry_secs() -> u64 {
         5
     }
+    // Operations (issue 6)
+    pub fn log_format() -> String {
+        "text".into()
+    }
+    /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
+    pub fn max_body_bytes() -> usize {
+        256 * 1024
+    }
+    pub fn request_timeout_secs() -> u64 {
+        30
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        20
+    }
 }
 
 impl Config {
@@ -232,6 +265,7 @@ impl Config {
         }
         self.test_otps()?;
         self.validate_sessions()?;
+        self.validate_operations()?;
         Ok(())
     }
 
@@ -251,6 +285,32 @@ impl Config {
             return bad("OUTBOX_RETRY_SECS", "must be at least 1");
         }
         Ok(())
+    }
+
+    fn validate_operations(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("LOG_FORMAT", "must be text or json");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("MAX_BODY_BYTES", "must be at least 1024");
+        }
+        if self.request_timeout_secs == 0 {
+            return bad("REQUEST_TIMEOUT_SECS", "must be at least 1");
+        }
+        for origin in self.cors_origin_list() {
+            let well_formed = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/') && !origin.contains(' '));
+            if !well_formed {
+                return bad("CORS_ORIGINS", "must be * or origins like https://app.example.com, comma-separated");
+            }
+        }
+        Ok(())
+    }
+
+    /// `CORS_ORIGINS` split into its entries.
+    pub fn cors_origin_list(&self) -> Vec<&str> {
+        self.cors_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect()
     }
 
     /// Parses `TEST_OTPS` into normalised phone → fixed code.
@@ -307,6 +367,11 @@ mod tests {
             ("MAX_DEVICES", "0"),
             ("MAX_CONTACTS_PER_REQUEST", "0"),
             ("OUTBOX_RETRY_SECS", "0"),
+            ("LOG_FORMAT", "xml"),
+            ("MAX_BODY_BYTES", "10"),
+            ("REQUEST_TIMEOUT_SECS", "0"),
+            ("CORS_ORIGINS", "app.example.com"),
+            ("CORS_ORIGINS", "https://app.example.com/"),
         ] {
             let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
             assert!(error.contains(name), "{error}");

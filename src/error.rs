@@ -1,5 +1,24 @@
 //! The stable error codes of the wire protocol and their HTTP statuses.
 
+/// Every error code, its HTTP status and meaning; the OpenAPI document lists them from here.
+pub const ERROR_CODES: &[(&str, u16, &str)] = &[
+    ("BADREQUEST", 400, "body is not a JSON object or form, not UTF-8, or over MAX_BODY_BYTES"),
+    ("BADOP", 400, "op missing or unknown"),
+    ("MISSINGAPPID", 400, "appid missing or empty"),
+    ("BADPHONE", 400, "phone missing or malformed, or phone logins not enabled"),
+    ("BADEMAIL", 400, "e-mail malformed, or e-mail logins not enabled"),
+    ("BADPARAM", 400, "a field is missing, malformed or too long"),
+    ("BADCODE", 401, "wrong code, or no valid code"),
+    ("TOOMANYATTEMPTS", 401, "too many wrong guesses: ask for a new code"),
+    ("AUTHFAIL", 401, "token missing, unknown or expired: log in again"),
+    ("TOOMANY", 413, "more phones than MAX_CONTACTS_PER_REQUEST in one request"),
+    ("RATELIMIT", 429, "too many requests; retry_after says when to retry"),
+    ("SENDFAILED", 502, "the code could not be delivered"),
+    ("UPSTREAM", 502, "the platform did not issue a token; retry with the same code"),
+    ("INTERNAL", 503, "the database failed; retry"),
+    ("TIMEOUT", 504, "the request took longer than REQUEST_TIMEOUT_SECS; retry"),
+];
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     /// Stable machine-readable code, e.g. `BADCODE`.
@@ -24,14 +43,7 @@ impl ApiError {
     }
 
     pub fn status(&self) -> u16 {
-        match self.code {
-            "RATELIMIT" => 429,
-            "UPSTREAM" | "SENDFAILED" => 502,
-            "BADCODE" | "TOOMANYATTEMPTS" | "AUTHFAIL" => 401,
-            "TOOMANY" => 413,
-            "INTERNAL" => 503,
-            _ => 400,
-        }
+        ERROR_CODES.iter().find(|(code, _, _)| *code == self.code).map_or(400, |(_, status, _)| *status)
     }
 }
 

@@ -1,9 +1,11 @@
-//! The HTTP surface: `/api` (JSON, form or query string in; JSON out) and `/healthz`.
+//! The HTTP surface: `/api` (JSON, form or query string in; JSON out) and the
+//! operational routes (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
 
 use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 
 use crate::error::ApiError;
@@ -11,45 +13,47 @@ use crate::login::{LoginOutcome, LoginRequest};
 use crate::ops;
 use crate::storage;
 use crate::AppState;
+use crate::{health, metrics, openapi, request_log, server};
 
-/// Largest request body accepted: a contact upload of `MAX_CONTACTS_PER_REQUEST`
-/// (5000) formatted phones fits; login requests are a few hundred bytes.
-pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Every op the dispatcher in [`api`] knows; the OpenAPI document must describe each.
+pub const OPS: &[&str] = &["login", "logout", "devices", "getcontacts", "delcontacts", "profile", "me"];
 
 /// Registers the routes and the shared state on an actix `App`.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(state).route("/api", web::post().to(api)).route("/api", web::get().to(api)).route("/healthz", web::get().to(healthz));
+        cfg.app_data(state)
+            // The timeout wraps the resource, not the App: it must not hold the request while routing.
+            .service(web::resource("/api").wrap(from_fn(server::time_limit)).route(web::post().to(api)).route(web::get().to(api)))
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(metrics::serve))
+            .route("/openapi.json", web::get().to(openapi::serve));
     }
 }
 
 pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    let params = match read_params(&request, payload).await {
+    let params = match read_params(&request, payload, state.http.max_body_bytes).await {
         Ok(params) => params,
-        Err(e) => return reply("", Err(e)),
+        Err(e) => {
+            request_log::note_api_call(&request, "", OPS, Some(e.code));
+            return reply("", Err(e));
+        }
     };
     let op = params.get("op").map(|op| op.trim()).unwrap_or("");
     let client_ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
     let result = match op {
+        // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
+        _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new("BADOP", "unknown op")),
         "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
         "" => Err(ApiError::new("BADOP", "op is required")),
-        _ if ops::SESSION_OPS.contains(&op) => ops::handle(&state, op, &params, &request).await,
+        _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request).await,
         _ => Err(ApiError::new("BADOP", "unknown op")),
     };
+    request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code));
     let echoed: String = op.chars().take(32).collect();
     reply(&echoed, result)
-}
-
-async fn healthz(state: web::Data<AppState>) -> HttpResponse {
-    match state.db.read(storage::ping).await {
-        Ok(()) => HttpResponse::Ok().json(json!({ "status": "ok" })),
-        Err(e) => {
-            tracing::error!("health check failed: {e}");
-            HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable" }))
-        }
-    }
 }
 
 fn login_request(params: &Params) -> LoginRequest {
@@ -82,7 +86,7 @@ fn login_fields(outcome: LoginOutcome) -> Map<String, Value> {
 }
 
 /// Every reply carries `op`, `result` and `ts`; failures add `error`, `errmsg` and maybe `retry_after`.
-fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
+pub(crate) fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
     let mut body = Map::new();
     body.insert("op".into(), op.into());
     body.insert("ts".into(), storage::now().into());
@@ -110,16 +114,16 @@ fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse
 }
 
 /// Merges query-string parameters with the body's (JSON object or form); body fields win.
-async fn read_params(request: &HttpRequest, payload: web::Payload) -> Result<Params, ApiError> {
+async fn read_params(request: &HttpRequest, payload: web::Payload, max_body_bytes: usize) -> Result<Params, ApiError> {
     let bad = |message: &str| ApiError::new("BADREQUEST", message);
     let mut params: Params = serde_urlencoded::from_str::<Vec<(String, String)>>(request.query_string())
         .map_err(|_| bad("the query string is not valid URL encoding"))?
         .into_iter()
         .collect();
     let body = payload
-        .to_bytes_limited(MAX_BODY_BYTES)
+        .to_bytes_limited(max_body_bytes)
         .await
-        .map_err(|_| bad(&format!("the request body is larger than {} KiB", MAX_BODY_BYTES / 1024)))?
+        .map_err(|_| bad(&format!("the request body is larger than {max_body_bytes} bytes")))?
         .map_err(|_| bad("the request body could not be read"))?;
     let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
     if text.is_empty() {

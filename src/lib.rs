@@ -18,6 +18,14 @@ pub mod outbox;
 pub mod schema;
 pub mod sessions;
 pub mod users;
+// Operations (issue 6)
+pub mod cli;
+pub mod health;
+pub mod logging;
+pub mod metrics;
+pub mod openapi;
+pub mod request_log;
+pub mod server;
 
 use rand::RngCore;
 use std::sync::Arc;
@@ -36,6 +44,9 @@ pub struct AppState {
     pub max_contacts_per_request: usize,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
     pub outbox: Arc<outbox::Outbox>,
+    // Operations (issue 6).
+    pub readiness: health::Readiness,
+    pub http: server::HttpSettings,
 }
 
 impl AppState {
@@ -59,7 +70,21 @@ impl AppState {
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
-        Ok(AppState { db, login, max_contacts_per_request: config.max_contacts_per_request, outbox })
+        Ok(AppState {
+            db,
+            login,
+            max_contacts_per_request: config.max_contacts_per_request,
+            outbox,
+            readiness: health::Readiness::from_config(config)?,
+            http: server::HttpSettings::from_config(config),
+        })
+    }
+
+    /// Called once the server has stopped: closes the database cleanly.
+    pub fn shutdown(&self) {
+        if let Err(e) = self.db.close() {
+            tracing::warn!("closing the database failed: {e}");
+        }
     }
 
     /// Periodic housekeeping, every `every`.
@@ -78,12 +103,15 @@ impl AppState {
     /// Drops expired codes, expired sessions and idle rate-limit entries, so none grows without bound.
     pub async fn housekeeping(&self) -> Result<Purged, storage::StorageError> {
         self.login.limits.purge();
-        self.db
+        let purged = self
+            .db
             .call(|conn| {
                 let now = storage::now();
                 Ok(Purged { codes: storage::purge_expired(conn, now)?, sessions: sessions::purge_expired(conn, now)? })
             })
-            .await
+            .await?;
+        metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
+        Ok(purged)
     }
 }
 

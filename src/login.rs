@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::address::{self, Address};
 use crate::config::Config;
 use crate::error::ApiError;
+use crate::metrics;
 use crate::otp::{self, OtpHasher};
 use crate::ratelimit::{HourlyLimit, Limits};
 use crate::senders::{self, OtpMessage, Senders};
@@ -114,19 +115,23 @@ impl LoginFlow {
         match self.db.call(move |conn| storage::store_challenge(conn, &challenge)).await.map_err(internal)? {
             StoreOutcome::Stored => {}
             StoreOutcome::TooSoon(wait) => {
-                return Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
+                metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
+                return Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")));
             }
         }
 
         let message =
             OtpMessage { text: senders::render(&self.otp_message, &code, appid), to: address.clone(), otp: code, appid: appid.to_string() };
+        metrics::SENDER_ATTEMPTS.with_label_values(&[sender.name()]).inc();
         if let Err(reason) = sender.send(&message).await {
-            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {reason}");
+            metrics::SENDER_FAILURES.with_label_values(&[sender.name()]).inc();
+            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {}", address.masked_in(&reason));
             // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
             let owned = address.as_str().to_string();
             self.db.call(move |conn| storage::remove_challenge(conn, &owned, &otp_hash)).await.map_err(internal)?;
             return Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again"));
         }
+        metrics::OTP_ISSUED.inc();
         tracing::info!(sender = sender.name(), to = %address.masked(), appid, "code sent");
         Ok(LoginOutcome::CodeSent)
     }
@@ -146,6 +151,7 @@ impl LoginFlow {
 
         if let Some(fixed) = self.test_otps.get(address.as_str()) {
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
+                metrics::OTP_FAILED.with_label_values(&["wrong"]).inc();
                 return Err(ApiError::new("BADCODE", "wrong code"));
             }
         } else {
@@ -155,6 +161,15 @@ impl LoginFlow {
                 .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max))
                 .await
                 .map_err(internal)?;
+            let failure = match outcome {
+                VerifyOutcome::Claimed => None,
+                VerifyOutcome::NoCode => Some("no_code"),
+                VerifyOutcome::Wrong { .. } => Some("wrong"),
+                VerifyOutcome::TooManyAttempts => Some("too_many_attempts"),
+            };
+            if let Some(reason) = failure {
+                metrics::OTP_FAILED.with_label_values(&[reason]).inc();
+            }
             match outcome {
                 VerifyOutcome::Claimed => {}
                 VerifyOutcome::NoCode => {
@@ -168,10 +183,12 @@ impl LoginFlow {
             }
         }
 
+        metrics::OTP_VERIFIED.inc();
         let issued = match self.upstream.useradd(address.as_str(), name, appid, device).await {
             Ok(issued) => issued,
             Err(e) => {
-                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", e.0);
+                metrics::UPSTREAM_FAILURES.inc();
+                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.0));
                 // The user did nothing wrong: give the code back so a retry with it works.
                 let owned = address.as_str().to_string();
                 self.db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;

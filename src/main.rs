@@ -1,56 +1,56 @@
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
+use clap::Parser;
 use std::process::ExitCode;
 use std::time::Duration;
-use tracing_subscriber::EnvFilter;
 
+use otpgate::cli::{self, Cli, Command};
 use otpgate::config::Config;
-use otpgate::{http, senders, AppState};
+use otpgate::{logging, senders, server, AppState};
+
+/// Exit status for a configuration or start-up error.
+const CONFIG_ERROR: u8 = 2;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
+    let cli = Cli::parse();
     let config = match Config::from_env() {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("otpgate: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(CONFIG_ERROR, &e),
     };
+    logging::init(&config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => return serve(config).await,
+        Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
+        Command::Migrate => cli::migrate(&config).map_err(|e| (1, e)),
+        Command::SendTest { to } => cli::send_test(&config, &to).await.map_err(|e| (1, e)),
+        Command::Healthcheck { path } => cli::healthcheck(&config, &path).await.map_err(|e| (1, e)),
+    };
+    match result {
+        Ok(output) => {
+            println!("{output}");
+            ExitCode::SUCCESS
+        }
+        Err((code, e)) => fail(code, &e),
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     if config.app_token.is_empty() {
         tracing::warn!("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is");
     }
     let state = match senders::build(&config).and_then(|senders| AppState::new(&config, senders)) {
         Ok(state) => web::Data::new(state),
-        Err(e) => {
-            eprintln!("otpgate: {e}");
-            return ExitCode::from(2);
-        }
+        Err(e) => return fail(CONFIG_ERROR, &e),
     };
     actix_web::rt::spawn(state.clone().into_inner().run_maintenance(Duration::from_secs(60)));
     actix_web::rt::spawn(state.outbox.clone().run());
-
-    let server = {
-        let state = state.clone();
-        HttpServer::new(move || App::new().configure(http::configure(state.clone())))
-    };
-    let server = match server.bind(&config.bind) {
-        Ok(server) => server,
-        Err(e) => {
-            eprintln!("otpgate: cannot listen on BIND={}: {e}", config.bind);
-            return ExitCode::from(2);
-        }
-    };
-    tracing::info!(bind = %config.bind, sender = %config.otp_sender, database = %config.database_path, "otpgate listening");
-    match server.run().await {
+    match server::serve(&config, state).await {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("otpgate: server error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(1, &e),
     }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    eprintln!("otpgate: {message}");
+    ExitCode::from(code)
 }

@@ -10,7 +10,10 @@ use crate::http::Params;
 use crate::{contacts, sessions, users, AppState};
 
 /// The ops answered here.
-pub const SESSION_OPS: [&str; 6] = ["logout", "devices", "getcontacts", "delcontacts", "profile", "me"];
+/// The ops that need a session: every op in [`crate::http::OPS`] but `login`.
+pub fn is_session_op(op: &str) -> bool {
+    op != "login" && crate::http::OPS.contains(&op)
+}
 
 pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
     let token = access_token(params, request).ok_or_else(|| authfail("token is required"))?;

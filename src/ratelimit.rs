@@ -13,17 +13,25 @@ type KeyedLimiter = RateLimiter<String, DefaultKeyedStateStore<String>, DefaultC
 /// Allows a burst of `n` per key, refilled evenly over an hour. `n = 0` disables the limit.
 pub struct HourlyLimit {
     limiter: Option<KeyedLimiter>,
+    /// The `limiter` label of `otpgate_ratelimit_rejections_total`.
+    name: &'static str,
 }
 
 impl HourlyLimit {
     pub fn per_hour(n: u32) -> Self {
-        HourlyLimit { limiter: NonZeroU32::new(n).map(|n| RateLimiter::keyed(Quota::per_hour(n))) }
+        HourlyLimit { limiter: NonZeroU32::new(n).map(|n| RateLimiter::keyed(Quota::per_hour(n))), name: "unnamed" }
+    }
+
+    /// Names the limit in the rejection metric.
+    pub fn named(self, name: &'static str) -> Self {
+        HourlyLimit { name, ..self }
     }
 
     /// `Err(seconds)` says how long the key must wait.
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let Some(limiter) = &self.limiter else { return Ok(()) };
         limiter.check_key(&key.to_string()).map_err(|not_until| {
+            crate::metrics::RATELIMIT_REJECTIONS.with_label_values(&[self.name]).inc();
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
         })
@@ -48,10 +56,10 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(config: &Config) -> Self {
         Limits {
-            start_per_address: HourlyLimit::per_hour(config.limit_start_per_phone_per_hour),
-            start_per_ip: HourlyLimit::per_hour(config.limit_start_per_ip_per_hour),
-            verify_per_address: HourlyLimit::per_hour(config.limit_verify_per_phone_per_hour),
-            verify_per_ip: HourlyLimit::per_hour(config.limit_verify_per_ip_per_hour),
+            start_per_address: HourlyLimit::per_hour(config.limit_start_per_phone_per_hour).named("start_per_address"),
+            start_per_ip: HourlyLimit::per_hour(config.limit_start_per_ip_per_hour).named("start_per_ip"),
+            verify_per_address: HourlyLimit::per_hour(config.limit_verify_per_phone_per_hour).named("verify_per_address"),
+            verify_per_ip: HourlyLimit::per_hour(config.limit_verify_per_ip_per_hour).named("verify_per_ip"),
         }
     }
 

@@ -2,8 +2,10 @@
 //! pool, and the queries of the login flow.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
+use std::time::Instant;
 
 use crate::{otp, outbox, sessions, users};
 
@@ -12,19 +14,25 @@ use crate::{otp, outbox, sessions, users};
 /// (which sleeps whole milliseconds) and than handing the connection between threads.
 /// Readers get their own pool and, thanks to WAL, never wait for the writer.
 pub struct Db {
-    writer: mpsc::Sender<WriteJob>,
+    writer: mpsc::Sender<WriterMessage>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
-    /// Dropping it stops the checkpoint thread.
-    _checkpointer: mpsc::Sender<()>,
+    /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
+    closed: AtomicBool,
+    /// The checkpoint thread: dropping the sender stops it.
+    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
+enum WriterMessage {
+    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    /// Checkpoint, close the connection and stop; answers when done.
+    Close(mpsc::Sender<Result<(), StorageError>>),
 }
 
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// Page cache of the writer: the indexes it updates stay in memory.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
-
-type WriteJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -64,17 +72,28 @@ impl Db {
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
         let checkpointer = spawn_checkpointer(connect(path)?)?;
-        let (jobs, queue) = mpsc::channel::<WriteJob>();
+        let (messages, queue) = mpsc::channel::<WriterMessage>();
         std::thread::Builder::new()
             .name("otpgate-db-writer".into())
             .spawn(move || {
-                // Ends when the last handle to the database is dropped.
-                for job in queue {
-                    job(&mut writer);
+                for message in queue {
+                    match message {
+                        WriterMessage::Run(job) => job(&mut writer),
+                        WriterMessage::Close(done) => {
+                            let _ = done.send(checkpoint_and_close(writer));
+                            return;
+                        }
+                    }
                 }
             })
             .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
-        Ok(Arc::new(Db { writer: jobs, readers: Mutex::new(readers), reader_returned: Condvar::new(), _checkpointer: checkpointer }))
+        Ok(Arc::new(Db {
+            writer: messages,
+            readers: Mutex::new(readers),
+            reader_returned: Condvar::new(),
+            closed: AtomicBool::new(false),
+            checkpointer: Mutex::new(Some(checkpointer)),
+        }))
     }
 
     /// Runs `f` on the writer connection and waits for it without blocking the async worker.
@@ -87,7 +106,7 @@ impl Db {
         self.submit(f, move |r| {
             let _ = done.send(r);
         })?;
-        result.await.map_err(|_| writer_gone())?
+        result.await.map_err(|_| closed())?
     }
 
     /// Runs `f` on the writer connection, blocking this thread until it is done.
@@ -100,14 +119,19 @@ impl Db {
         self.submit(f, move |r| {
             let _ = done.send(r);
         })?;
-        result.recv().map_err(|_| writer_gone())?
+        result.recv().map_err(|_| closed())?
     }
 
     fn submit<R, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
     where
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
-        let job: WriteJob = Box::new(move |conn| {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        let queued = Instant::now();
+        let job = Box::new(move |conn: &mut Connection| {
+            crate::metrics::DB_POOL_WAIT.observe(queued.elapsed().as_secs_f64());
             // A panicking job must not take the writer thread, and every later write, with it.
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
             reply(match result {
@@ -115,7 +139,26 @@ impl Db {
                 Err(_) => Err(StorageError("database job panicked".into())),
             });
         });
-        self.writer.send(job).map_err(|_| writer_gone())
+        self.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
+    }
+
+    /// Closes the database at shutdown: finishes the queued writes, checkpoints the WAL
+    /// into the database file and closes every connection (SQLite then removes the WAL).
+    /// Later calls fail at once.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some((stop, thread)) = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        self.reader_returned.notify_all();
+        for conn in readers {
+            conn.close().map_err(|(_, e)| StorageError::from(e))?;
+        }
+        let (done, result) = mpsc::channel();
+        self.writer.send(WriterMessage::Close(done)).map_err(|_| closed())?;
+        result.recv().map_err(|_| closed())?
     }
 
     /// Runs `f` with a reader connection on the blocking thread pool; `f` must not write.
@@ -129,15 +172,20 @@ impl Db {
     }
 
     fn blocking_read<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>) -> Result<R, StorageError> {
+        let pool_wait = crate::metrics::DB_POOL_WAIT.start_timer();
         let mut conn = {
             let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
             loop {
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(closed());
+                }
                 match idle.pop() {
                     Some(conn) => break conn,
                     None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
                 }
             }
         };
+        pool_wait.observe_duration();
         let result = f(&mut conn);
         self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
         self.reader_returned.notify_one();
@@ -146,9 +194,9 @@ impl Db {
 }
 
 /// Checkpoints the WAL every `CHECKPOINT_EVERY` until the returned sender is dropped.
-fn spawn_checkpointer(conn: Connection) -> Result<mpsc::Sender<()>, StorageError> {
+fn spawn_checkpointer(conn: Connection) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StorageError> {
     let (stop, stopped) = mpsc::channel::<()>();
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("otpgate-db-checkpoint".into())
         .spawn(move || {
             while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
@@ -159,11 +207,16 @@ fn spawn_checkpointer(conn: Connection) -> Result<mpsc::Sender<()>, StorageError
             }
         })
         .map_err(|e| StorageError(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok(stop)
+    Ok((stop, thread))
 }
 
-fn writer_gone() -> StorageError {
-    StorageError("the database writer has stopped".into())
+fn checkpoint_and_close(conn: Connection) -> Result<(), StorageError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.close().map_err(|(_, e)| StorageError::from(e))
+}
+
+fn closed() -> StorageError {
+    StorageError("the database is closed".into())
 }
 
 pub fn now() -> i64 {
@@ -357,6 +410,8 @@ pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize>
     conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])
 }
 
-pub fn ping(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.prepare_cached("SELECT count(*) FROM settings")?.query_row([], |_| Ok(()))
+/// A real write, so readiness fails when the file is read-only, locked or full.
+pub fn probe_write(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
+    Ok(())
 }

@@ -117,6 +117,7 @@ impl Upstream {
 
     /// POSTs a request and returns the body of a 2xx reply.
     async fn post(&self, request: &impl Serialize) -> Result<String, UpstreamError> {
+        let _timer = crate::metrics::UPSTREAM_DURATION.start_timer();
         let response = self
             .client
             .post(&self.url)

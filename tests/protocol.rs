@@ -87,15 +87,14 @@ async fn malformed_bodies_are_bad_requests_not_crashes() {
     }
     let not_utf8 = server.client().post(server.api()).body(vec![0xff, 0xfe, 0x00]);
     assert_error(&server.send(not_utf8).await, 400, "BADREQUEST");
-    let huge =
-        format!(r#"{{"op":"login","appid":"{APPID}","phone":"{PHONE}","pad":"{}"}}"#, "x".repeat(otpgate::http::MAX_BODY_BYTES + 1024));
+    let huge = format!(r#"{{"op":"login","appid":"{APPID}","phone":"{PHONE}","pad":"{}"}}"#, "x".repeat(300 * 1024));
     assert_error(&server.send(json_body(&huge)).await, 400, "BADREQUEST");
     // The service is still healthy afterwards.
     assert_eq!(server.call(login(PHONE)).await.0, 200);
 }
 
 #[actix_web::test]
-async fn healthz_reports_a_working_database() {
+async fn healthz_answers_ok() {
     let server = TestServer::start(&[]).await;
     let (status, body) = server.send(server.client().get(format!("{}/healthz", server.url))).await;
     assert_eq!((status, body), (200, json!({ "status": "ok" })));

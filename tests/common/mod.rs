@@ -5,7 +5,7 @@
 pub mod fake_upstream;
 
 use actix_web::dev::ServerHandle;
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, Once};
 
 use otpgate::config::Config;
 use otpgate::senders::{OtpMessage, OtpSender, Senders};
-use otpgate::{http, AppState};
+use otpgate::{server, AppState};
 
 #[allow(unused_imports)]
 pub use fake_upstream::{FakeUpstream, Mode};
@@ -71,6 +71,7 @@ pub struct TestServer {
     pub upstream: Arc<FakeUpstream>,
     pub sender: Arc<RecordingSender>,
     pub dir: Arc<tempfile::TempDir>,
+    pub state: web::Data<AppState>,
     handle: ServerHandle,
     client: reqwest::Client,
     outbox_task: actix_web::rt::task::JoinHandle<()>,
@@ -120,16 +121,13 @@ impl TestServer {
         };
         let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));
         let outbox_task = actix_web::rt::spawn(state.outbox.clone().run());
-        let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
-            .workers(2)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap();
+        let app_state = state.clone();
+        let server = HttpServer::new(move || server::app(app_state.clone())).workers(2).disable_signals().bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", server.addrs()[0]);
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, upstream, sender, dir, handle, client: reqwest::Client::new(), outbox_task }
+        TestServer { url, upstream, sender, dir, state, handle, client: reqwest::Client::new(), outbox_task }
     }
 
     /// Stops serving and sending notifications, as a process exit would.

@@ -1,0 +1,95 @@
+//! Prometheus metrics, served at `GET /metrics`.
+//!
+//! Metrics live in one process-wide registry. Another module adds one with a
+//! single line, e.g.
+//! `pub static QUEUE_DEPTH: LazyLock<IntGauge> = LazyLock::new(|| metrics::gauge("otpgate_courier_queue_depth", "Messages waiting"));`
+//! and updates it with `metrics::QUEUE_DEPTH.set(n)` (it appears in `/metrics` from its first use).
+
+use actix_web::HttpResponse;
+use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use std::sync::LazyLock;
+
+static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
+
+/// Latency buckets in seconds, from a cached SQLite read to a slow upstream.
+const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+fn register<M: prometheus::core::Collector + Clone + 'static>(metric: M) -> M {
+    // A duplicate name is a programming error, found by the first test that renders metrics.
+    REGISTRY.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+pub fn counter(name: &str, help: &str) -> IntCounter {
+    register(IntCounter::new(name, help).expect("valid metric"))
+}
+
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+pub fn gauge(name: &str, help: &str) -> IntGauge {
+    register(IntGauge::new(name, help).expect("valid metric"))
+}
+
+pub fn histogram(name: &str, help: &str) -> Histogram {
+    register(Histogram::with_opts(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())).expect("valid metric"))
+}
+
+pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    register(HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("valid metric"))
+}
+
+pub static HTTP_REQUESTS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_http_requests_total", "HTTP requests by route pattern and status", &["route", "status"]));
+pub static HTTP_DURATION: LazyLock<HistogramVec> =
+    LazyLock::new(|| histogram_vec("otpgate_http_request_duration_seconds", "HTTP request latency by route pattern", &["route"]));
+pub static API_REQUESTS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_api_requests_total", "/api calls by op and result (ok or the error code)", &["op", "result"]));
+pub static OTP_ISSUED: LazyLock<IntCounter> = LazyLock::new(|| counter("otpgate_otp_issued_total", "Codes generated and delivered"));
+pub static OTP_VERIFIED: LazyLock<IntCounter> = LazyLock::new(|| counter("otpgate_otp_verified_total", "Correct codes presented"));
+pub static OTP_FAILED: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_otp_failed_total", "Rejected codes by reason (wrong, no_code, too_many_attempts)", &["reason"]));
+pub static OTP_EXPIRED: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("otpgate_otp_expired_total", "Codes that expired unused (counted when purged)"));
+pub static SENDER_ATTEMPTS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_sender_attempts_total", "Delivery attempts by provider", &["provider"]));
+pub static SENDER_FAILURES: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_sender_failures_total", "Failed deliveries by provider", &["provider"]));
+pub static UPSTREAM_DURATION: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("otpgate_upstream_request_duration_seconds", "Latency of upstream useradd calls, failed ones included"));
+pub static UPSTREAM_FAILURES: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("otpgate_upstream_failures_total", "Upstream useradd calls that issued no token"));
+pub static RATELIMIT_REJECTIONS: LazyLock<IntCounterVec> =
+    LazyLock::new(|| counter_vec("otpgate_ratelimit_rejections_total", "Requests refused by a rate limit, by limiter", &["limiter"]));
+pub static DB_POOL_WAIT: LazyLock<Histogram> =
+    LazyLock::new(|| histogram("otpgate_db_pool_wait_seconds", "Time spent waiting for a free database connection"));
+
+/// Registers this module's metrics, so they are exported (at zero) before their first event.
+fn register_all() {
+    LazyLock::force(&HTTP_REQUESTS);
+    LazyLock::force(&HTTP_DURATION);
+    LazyLock::force(&API_REQUESTS);
+    LazyLock::force(&OTP_ISSUED);
+    LazyLock::force(&OTP_VERIFIED);
+    LazyLock::force(&OTP_FAILED);
+    LazyLock::force(&OTP_EXPIRED);
+    LazyLock::force(&SENDER_ATTEMPTS);
+    LazyLock::force(&SENDER_FAILURES);
+    LazyLock::force(&UPSTREAM_DURATION);
+    LazyLock::force(&UPSTREAM_FAILURES);
+    LazyLock::force(&RATELIMIT_REJECTIONS);
+    LazyLock::force(&DB_POOL_WAIT);
+}
+
+/// The registry in the Prometheus text format.
+pub fn render() -> String {
+    register_all();
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&REGISTRY.gather(), &mut out).expect("text encoding cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+pub async fn serve() -> HttpResponse {
+    HttpResponse::Ok().content_type(prometheus::TEXT_FORMAT).body(render())
+}

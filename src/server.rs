@@ -1,0 +1,115 @@
+//! Assembles the HTTP service (routes plus the shared middleware: request log,
+//! CORS, and the `/api` timeout) and runs it with a graceful shutdown.
+
+use actix_cors::Cors;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Condition, Next};
+use actix_web::{web, App, HttpServer};
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::{http, request_log, AppState};
+
+/// The HTTP settings the middleware needs, taken from the configuration.
+pub struct HttpSettings {
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> HttpSettings {
+        HttpSettings {
+            cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
+            max_body_bytes: config.max_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        }
+    }
+}
+
+/// The whole service as an actix `App`; `main` and the tests serve exactly this.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>,
+> {
+    let settings = &state.http;
+    let cors = cors(&settings.cors_origins);
+    // The last `wrap` runs first: the log sees every request, then CORS answers preflights.
+    App::new()
+        .wrap(Condition::new(!settings.cors_origins.is_empty(), cors))
+        .wrap(from_fn(request_log::log_requests))
+        .configure(http::configure(state))
+}
+
+fn cors(origins: &[String]) -> Cors {
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST"])
+        .allowed_headers([header::CONTENT_TYPE, header::HeaderName::from_static(request_log::REQUEST_ID_HEADER)])
+        .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static(request_log::REQUEST_ID_HEADER)])
+        .max_age(3600);
+    for origin in origins {
+        // Config validation accepts only `*` and http(s) origins.
+        cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin) };
+    }
+    cors
+}
+
+/// Answers `TIMEOUT` when a request takes longer than `REQUEST_TIMEOUT_SECS`.
+pub(crate) async fn time_limit(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse, actix_web::Error> {
+    let limit = request.app_data::<web::Data<AppState>>().map_or(Duration::from_secs(30), |state| state.http.request_timeout);
+    let http_request = request.request().clone();
+    match tokio::time::timeout(limit, next.call(request)).await {
+        Ok(response) => Ok(response?.map_into_boxed_body()),
+        Err(_) => {
+            let error = ApiError::new("TIMEOUT", format!("the request took longer than {} seconds; retry", limit.as_secs()));
+            Ok(ServiceResponse::new(http_request, http::reply("", Err(error))))
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
+/// finish within `SHUTDOWN_GRACE_SECS`, and closes the database.
+pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), String> {
+    let server = {
+        let state = state.clone();
+        HttpServer::new(move || app(state.clone()))
+    };
+    let server = server
+        .shutdown_timeout(config.shutdown_grace_secs)
+        // actix stops abruptly on SIGINT; both signals get the graceful path below.
+        .disable_signals()
+        .bind(&config.bind)
+        .map_err(|e| format!("cannot listen on BIND={}: {e}", config.bind))?;
+    let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let signal = shutdown_signal().await;
+        tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    tracing::info!(bind = %addresses.join(","), database = %config.database_path, "otpgate listening");
+    server.await.map_err(|e| format!("server error: {e}"))?;
+    state.shutdown();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the service with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

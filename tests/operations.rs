@@ -1,0 +1,197 @@
+//! Operational HTTP behaviour: probes, request ids and the request log, CORS,
+//! the body size limit, the request timeout and the OpenAPI document.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+const PHONE: &str = "18005551234";
+
+async fn get(server: &TestServer, path: &str) -> (u16, Value) {
+    server.send(server.client().get(format!("{}{path}", server.url))).await
+}
+
+#[actix_web::test]
+async fn healthz_is_alive_even_when_the_database_is_not_writable() {
+    let server = TestServer::start(&[]).await;
+    assert_eq!(get(&server, "/healthz").await, (200, json!({ "status": "ok" })));
+    assert_eq!(get(&server, "/readyz").await, (200, json!({ "status": "ok", "checks": { "database": "ok" } })));
+
+    // Another process holding the write lock: logins could not be stored.
+    let locker = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!((status, &body["status"]), (503, &json!("unavailable")), "{body}");
+    assert!(body["checks"]["database"].as_str().unwrap().contains("no write"), "{body}");
+    assert_eq!(get(&server, "/healthz").await.0, 200, "liveness does not depend on the database");
+
+    locker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(get(&server, "/readyz").await.0, 200);
+}
+
+#[actix_web::test]
+async fn readyz_checks_upstream_and_caches_the_answer() {
+    let server = TestServer::start(&[("READYZ_UPSTREAM_CACHE_SECS", "1")]).await;
+    let ready = json!({ "status": "ok", "checks": { "database": "ok", "upstream": "ok" } });
+    assert_eq!(get(&server, "/readyz").await, (200, ready.clone()));
+    assert_eq!(get(&server, "/readyz").await, (200, ready.clone()));
+    let probes = server.upstream.received();
+    assert_eq!(probes.len(), 1, "the second probe used the cached answer");
+    assert_eq!((probes[0].authorization.as_deref(), probes[0].body.as_str()), (None, ""), "the probe carries no app token");
+
+    server.upstream.stop().await;
+    assert_eq!(get(&server, "/readyz").await.0, 200, "still cached");
+    actix_web::rt::time::sleep(Duration::from_millis(1100)).await;
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["checks"]["upstream"].as_str().unwrap().starts_with("unreachable"), "{body}");
+    assert_eq!(body["checks"]["database"], "ok");
+}
+
+#[actix_web::test]
+async fn request_ids_are_echoed_or_generated_and_logged_once() {
+    let server = TestServer::start(&[]).await;
+    let request = server.client().post(server.api()).header("x-request-id", "req-test-7f1e").json(&login(PHONE));
+    let (status, headers, _) = server.send_full(request).await;
+    assert_eq!((status, &headers["x-request-id"]), (200, &"req-test-7f1e".parse().unwrap()));
+    let lines: Vec<String> = logs().lines().filter(|l| l.contains("req-test-7f1e")).map(String::from).collect();
+    // The login flow's own line and the one request line, both tagged with the id.
+    assert!(lines.iter().any(|l| l.contains("code sent")), "{lines:?}");
+    let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("otpgate::request")).collect();
+    assert_eq!(request_lines.len(), 1, "{lines:?}");
+    for field in ["method=\"POST\"", "route=\"/api\"", "op=\"login\"", "result=\"ok\"", "status=200", "latency_ms="] {
+        assert!(request_lines[0].contains(field), "{field} in {}", request_lines[0]);
+    }
+
+    // A hostile id is replaced by a generated one.
+    let request = server.client().get(format!("{}/healthz", server.url)).header("x-request-id", "a b\tc");
+    let (_, headers, _) = server.send_full(request).await;
+    let generated = headers["x-request-id"].to_str().unwrap();
+    assert!(generated.len() == 32 && generated.bytes().all(|b| b.is_ascii_hexdigit()), "{generated}");
+}
+
+#[actix_web::test]
+async fn logs_show_no_phone_code_or_query_string() {
+    let server = TestServer::start(&[("TEST_OTPS", "18005559876:918273")]).await;
+    // Upstream errors are logged with their body, which may echo the phone.
+    server.upstream.set_mode(Mode::Reply(500, r#"{"result":false,"address":"18005559876"}"#.into()));
+    assert_error(&server.call(verify("18005559876", "918273")).await, 502, "UPSTREAM");
+    assert!(logs().contains(r#"{"result":false,"address":"1800555****"}"#), "the body is logged, masked");
+    server.upstream.set_mode(Mode::Useradd);
+    let query = [("op", "login"), ("phone", "18005559876"), ("appid", APPID), ("code", "918273")];
+    let request = server.client().get(server.api()).query(&query).header("x-request-id", "req-query-check");
+    assert_eq!(server.send(request).await.0, 200);
+    let lines: Vec<String> = logs().lines().filter(|l| l.contains("req-query-check")).map(String::from).collect();
+    assert!(lines.iter().any(|l| l.contains("1800555****")), "masked phone logged: {lines:?}");
+    let all = logs();
+    assert!(!all.contains("18005559876") && !all.contains("918273"), "a phone or code reached the log");
+}
+
+#[actix_web::test]
+async fn cors_allows_only_configured_origins() {
+    let server = TestServer::start(&[("CORS_ORIGINS", "https://app.example.com, https://web.example.com")]).await;
+    let preflight = |origin: &str| {
+        server
+            .client()
+            .request(reqwest::Method::OPTIONS, server.api())
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type")
+    };
+    let response = preflight("https://app.example.com").send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert!(response.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
+    let response = preflight("https://evil.example.com").send().await.unwrap();
+    assert!(response.headers().get("access-control-allow-origin").is_none());
+
+    let request = server.client().post(server.api()).header("origin", "https://web.example.com").json(&login(PHONE));
+    let (status, headers, _) = server.send_full(request).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["access-control-allow-origin"], "https://web.example.com");
+    assert!(headers["access-control-expose-headers"].to_str().unwrap().contains("x-request-id"));
+}
+
+#[actix_web::test]
+async fn cors_is_off_by_default() {
+    let server = TestServer::start(&[]).await;
+    let request = server.client().post(server.api()).header("origin", "https://app.example.com").json(&login(PHONE));
+    let (status, headers, _) = server.send_full(request).await;
+    assert_eq!(status, 200, "apps without an Origin policy still work");
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
+
+#[actix_web::test]
+async fn body_limit_is_configurable() {
+    let server = TestServer::start(&[("MAX_BODY_BYTES", "2048")]).await;
+    let body = |pad: usize| json!({ "op": "login", "phone": PHONE, "appid": APPID, "pad": "x".repeat(pad) });
+    assert_eq!(server.call(body(1500)).await.0, 200);
+    let reply = server.call(body(3000)).await;
+    assert_error(&reply, 400, "BADREQUEST");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("2048"), "{}", reply.1);
+}
+
+#[actix_web::test]
+async fn slow_requests_time_out() {
+    let server = TestServer::start(&[("REQUEST_TIMEOUT_SECS", "1"), ("TEST_OTPS", "18005550000:123456")]).await;
+    server.upstream.set_mode(Mode::Slow(Duration::from_millis(1800)));
+    let started = Instant::now();
+    let reply = server.call(verify("18005550000", "123456")).await;
+    assert_error(&reply, 504, "TIMEOUT");
+    assert!(started.elapsed() < Duration::from_millis(1700), "answered at the limit, not when upstream did");
+}
+
+#[actix_web::test]
+async fn openapi_describes_every_op_and_error_code() {
+    let server = TestServer::start(&[]).await;
+    let (status, doc) = get(&server, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let schemas = &doc["components"]["schemas"];
+    let get_ops = &doc["paths"]["/api"]["get"]["parameters"][0]["schema"]["enum"];
+    for op in otpgate::http::OPS {
+        let name = format!("{}{}", op[..1].to_uppercase(), &op[1..]);
+        assert_eq!(schemas[format!("{name}Request")]["properties"]["op"]["enum"], json!([op]), "op {op} is not documented");
+        assert!(schemas[format!("{name}Reply")].is_object(), "reply of {op} is not documented");
+        assert!(get_ops.as_array().unwrap().contains(&json!(op)));
+    }
+    let login = &schemas["LoginRequest"]["properties"];
+    for field in ["appid", "phone", "email", "name", "otp", "code", "device"] {
+        assert!(login[field].is_object(), "login field {field}");
+    }
+    let codes = schemas["Error"]["allOf"][1]["properties"]["error"]["enum"].as_array().unwrap();
+    for (code, status, _) in otpgate::error::ERROR_CODES {
+        assert!(codes.contains(&json!(code)), "{code}");
+        let response = &doc["paths"]["/api"]["post"]["responses"][status.to_string()];
+        assert!(response["description"].as_str().unwrap().contains(code), "{code} under HTTP {status}");
+    }
+    // Every op in OPS reaches its handler (which then wants its fields, not a known op).
+    for op in otpgate::http::OPS {
+        let (_, reply) = server.call(json!({ "op": op })).await;
+        assert_ne!(reply["error"], "BADOP", "{op}: {reply}");
+    }
+    // Every reference resolves.
+    let text = doc.to_string();
+    for reference in text.split("\"#/components/schemas/").skip(1) {
+        let name = &reference[..reference.find('"').unwrap()];
+        assert!(schemas[name].is_object(), "dangling $ref {name}");
+    }
+}
+
+#[actix_web::test]
+async fn shutdown_checkpoints_and_closes_the_database() {
+    let server = TestServer::start(&[]).await;
+    server.start_login(PHONE).await;
+    let wal = server.dir.path().join("otpgate.db-wal");
+    assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the login was written to the WAL");
+    server.stop().await;
+    server.state.shutdown();
+    assert!(!wal.exists(), "the WAL is checkpointed into the database and removed");
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
+    assert_eq!(pending, 1, "nothing written before the shutdown is lost");
+    let after = server.state.db.call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await;
+    assert!(after.unwrap_err().to_string().contains("closed"), "a late call fails instead of waiting forever");
+}

@@ -1,0 +1,260 @@
+//! The `otpgate` binary as an operator runs it: subcommands, JSON logs, and a
+//! graceful stop on SIGTERM/SIGINT that lets an in-flight request finish.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+
+/// The binary with only the given environment (nothing inherited from the test runner).
+fn otpgate(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(BIN);
+    command.args(args).env_clear().envs(env.iter().copied());
+    command
+}
+
+/// Runs to completion off the async runtime, so fake servers in this process keep answering.
+async fn run(mut command: Command) -> Output {
+    actix_web::rt::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[actix_web::test]
+async fn every_subcommand_has_help() {
+    let output = run(otpgate(&["--help"], &[])).await;
+    assert!(output.status.success());
+    let help = text(&output.stdout);
+    for subcommand in ["serve", "check-config", "migrate", "send-test", "healthcheck"] {
+        assert!(help.contains(subcommand), "{help}");
+        let output = run(otpgate(&[subcommand, "--help"], &[])).await;
+        assert!(output.status.success(), "{subcommand} --help");
+        assert!(text(&output.stdout).contains("Usage: otpgate"), "{subcommand}");
+    }
+    assert!(text(&run(otpgate(&["send-test", "--help"], &[])).await.stdout).contains("--to"));
+}
+
+#[actix_web::test]
+async fn check_config_prints_the_effective_configuration_without_secrets() {
+    let env = [
+        ("APP_TOKEN", APP_TOKEN),
+        ("OTP_SECRET", "otp-secret-value-91"),
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", "https://user:gw-pass-55@sms.example.com/send?apikey=gw-key-66"),
+        ("SMS_HTTP_AUTH", "Bearer gw-bearer-77"),
+        ("SMTP_PASSWORD", "smtp-pass-88"),
+        ("TEST_OTPS", "18005550000:424242"),
+        ("OTP_TTL_SECS", "120"),
+    ];
+    let output = run(otpgate(&["check-config"], &env)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed = text(&output.stdout);
+    for secret in [APP_TOKEN, "otp-secret-value-91", "gw-pass-55", "gw-key-66", "gw-bearer-77", "smtp-pass-88", "424242"] {
+        assert!(!printed.contains(secret), "{secret} printed: {printed}");
+    }
+    let config: Value = serde_json::from_str(&printed).unwrap();
+    assert_eq!(config["app_token"], "<redacted>");
+    assert_eq!(config["smtp_user"], "", "unset values stay visible as unset");
+    assert_eq!(config["sms_http_url"], "https://sms.example.com/send");
+    assert_eq!(config["otp_ttl_secs"], 120);
+    assert_eq!(config["bind"], "127.0.0.1:8080", "defaults are shown");
+
+    let output = run(otpgate(&["check-config"], &[("OTP_LENGTH", "3")])).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("OTP_LENGTH"));
+    let output = run(otpgate(&["check-config"], &[("OTP_SENDER", "http")])).await;
+    assert_eq!(output.status.code(), Some(2), "the sender's own settings are checked too");
+    assert!(text(&output.stderr).contains("SMS_HTTP_URL"));
+}
+
+#[actix_web::test]
+async fn migrate_creates_the_schema_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fresh.db");
+    let output = run(otpgate(&["migrate"], &[("DATABASE_PATH", path.to_str().unwrap())])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let tables: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(tables, ["contacts", "otp_challenges", "outbox", "sessions", "settings", "sqlite_sequence", "users"]);
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+    assert!(version >= 1, "every migration step ran");
+}
+
+#[actix_web::test]
+async fn send_test_goes_through_the_configured_provider() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(200, "{}".into()));
+    let url = gateway.url();
+    let env = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", url.as_str())];
+    let output = run(otpgate(&["send-test", "--to", "+1 800 555 1234"], &env)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("1800555****"), "{}", text(&output.stdout));
+    let received = gateway.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].json()["to"], "18005551234");
+
+    gateway.set_mode(Mode::Reply(500, "down".into()));
+    let output = run(otpgate(&["send-test", "--to", "18005551234"], &env)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("HTTP 500"), "{}", text(&output.stderr));
+    let output = run(otpgate(&["send-test", "--to", "ann@example.com"], &env)).await;
+    assert_eq!(output.status.code(), Some(1), "an SMS gateway cannot reach e-mail");
+}
+
+/// A running `otpgate serve` with JSON logs, its address and its log lines.
+struct Service {
+    child: Child,
+    url: String,
+    lines: mpsc::Receiver<Value>,
+    seen: Vec<Value>,
+}
+
+impl Service {
+    async fn start(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> Service {
+        let db = dir.path().join("otpgate.db");
+        let upstream_url = upstream.url();
+        let env = [
+            ("BIND", "127.0.0.1:0"),
+            ("DATABASE_PATH", db.to_str().unwrap()),
+            ("APP_TOKEN", APP_TOKEN),
+            ("UPSTREAM_URL", upstream_url.as_str()),
+            ("TEST_OTPS", "18005550000:123456"),
+            ("LOG_FORMAT", "json"),
+            ("SHUTDOWN_GRACE_SECS", "10"),
+        ];
+        let mut child = otpgate(&["serve"], &env).stderr(Stdio::piped()).spawn().unwrap();
+        let (send, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let parsed = serde_json::from_str(&line).unwrap_or_else(|_| json!({ "not_json": line }));
+                if send.send(parsed).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut service = Service { child, url: String::new(), lines, seen: Vec::new() };
+        let listening = service.wait_for("otpgate listening").await;
+        service.url = format!("http://{}", listening["fields"]["bind"].as_str().unwrap());
+        service
+    }
+
+    /// Waits (at most 10 s) for a log line whose message is `message`.
+    async fn wait_for(&mut self, message: &str) -> Value {
+        for _ in 0..200 {
+            while let Ok(line) = self.lines.try_recv() {
+                self.seen.push(line);
+            }
+            if let Some(line) = self.seen.iter().find(|l| l["fields"]["message"] == message) {
+                return line.clone();
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no log line {message:?} in {:?}", self.seen);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        assert_eq!(unsafe { libc::kill(self.child.id() as libc::pid_t, signal) }, 0);
+    }
+
+    async fn exit_code(mut self) -> (Option<i32>, Vec<Value>) {
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(line);
+                }
+                return (status.code(), self.seen);
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.child.kill().unwrap();
+        panic!("the service did not exit: {:?}", self.seen);
+    }
+}
+
+#[actix_web::test]
+async fn sigterm_lets_the_request_in_flight_finish() {
+    let upstream = FakeUpstream::start();
+    upstream.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start(&upstream, &dir).await;
+    let client = reqwest::Client::new();
+    let in_flight = {
+        let request =
+            client.post(format!("{}/api", service.url)).header("x-request-id", "in-flight-1").json(&verify("18005550000", "123456"));
+        actix_web::rt::spawn(request.send())
+    };
+    // Wait until upstream holds the request, then ask the service to stop.
+    for _ in 0..40 {
+        if !upstream.received().is_empty() {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(upstream.received().len(), 1, "the login reached upstream");
+    service.signal(libc::SIGTERM);
+    service.wait_for("shutting down: no new connections, finishing in-flight requests").await;
+
+    let refused = client.get(format!("{}/healthz", service.url)).timeout(Duration::from_millis(500)).send().await;
+    assert!(refused.is_err(), "no new requests are taken after SIGTERM");
+
+    let response = in_flight.await.unwrap().expect("the in-flight request is answered");
+    assert_eq!(response.status(), 200);
+    let reply: Value = response.json().await.unwrap();
+    assert_eq!(reply["token"], "usertoken-1");
+
+    let (code, logs) = service.exit_code().await;
+    assert_eq!(code, Some(0));
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "shutdown complete"), "{logs:?}");
+    let wal = dir.path().join("otpgate.db-wal");
+    assert!(!wal.exists() || std::fs::metadata(&wal).unwrap().len() == 0, "the WAL was checkpointed and the database closed");
+
+    // JSON logs: the request line carries the request id, route, op and status; no phone, code or token.
+    let request_line = logs.iter().find(|l| l["fields"]["message"] == "request").expect("a request line");
+    assert_eq!(request_line["span"]["request_id"], "in-flight-1");
+    assert_eq!((&request_line["fields"]["route"], &request_line["fields"]["op"]), (&json!("/api"), &json!("login")));
+    assert_eq!(request_line["fields"]["status"], 200);
+    let all = serde_json::to_string(&logs).unwrap();
+    assert!(logs.iter().all(|l| l.get("not_json").is_none()), "every line is JSON: {all}");
+    for secret in ["18005550000", "123456", "usertoken-1", APP_TOKEN] {
+        assert!(!all.contains(secret), "{secret} in the log");
+    }
+}
+
+#[actix_web::test]
+async fn sigint_stops_gracefully_too() {
+    let upstream = FakeUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start(&upstream, &dir).await;
+    // The container HEALTHCHECK command.
+    let bind = service.url.trim_start_matches("http://").to_string();
+    let healthcheck = |path: &str| otpgate(&["healthcheck", "--path", path], &[("BIND", bind.as_str())]);
+    let output = run(healthcheck("/healthz")).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(serde_json::from_str::<Value>(&text(&output.stdout)).unwrap(), json!({ "status": "ok" }));
+    assert_eq!(run(healthcheck("/nowhere")).await.status.code(), Some(1), "a 404 is unhealthy");
+
+    service.signal(libc::SIGINT);
+    service.wait_for("shutting down: no new connections, finishing in-flight requests").await;
+    let (code, logs) = service.exit_code().await;
+    assert_eq!(code, Some(0));
+    assert!(logs.iter().any(|l| l["fields"]["message"] == "shutdown complete"));
+    assert_eq!(run(healthcheck("/healthz")).await.status.code(), Some(1), "a stopped service is unhealthy");
+    // Probes are logged only at debug; other requests at info.
+    let routes: Vec<&Value> = logs.iter().filter(|l| l["fields"]["message"] == "request").map(|l| &l["fields"]["route"]).collect();
+    assert_eq!(routes, [&json!("unmatched")], "{logs:?}");
+}
