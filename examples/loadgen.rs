@@ -13,7 +13,7 @@
 #[allow(dead_code)]
 mod fake_upstream;
 
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, HttpServer};
 use async_trait::async_trait;
 use rand::Rng;
 use rusqlite::params;
@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 
 use otpgate::config::Config;
 use otpgate::senders::{OtpMessage, OtpSender, Senders};
-use otpgate::{http, AppState};
+use otpgate::AppState;
 
 struct Args {
     secs: u64,
@@ -306,8 +306,7 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
     let sender = Arc::new(MemorySender::default());
     let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).expect("service starts"));
     let server_state = state.clone();
-    let server =
-        HttpServer::new(move || App::new().configure(http::configure(server_state.clone()))).disable_signals().bind("127.0.0.1:0").unwrap();
+    let server = HttpServer::new(move || otpgate::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
     Arc::new(Service { addr, state, sender, upstream, db_path, next_phone: AtomicU64::new(0), user_phones: Default::default() })

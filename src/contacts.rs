@@ -93,19 +93,17 @@ struct SyncQuery {
 fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if q.reset {
-        tx.execute("DELETE FROM contacts WHERE owner_id = ?1", [q.owner])?;
+        tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
     }
     if let Some(phones) = &q.phones {
-        tx.execute(
-            "INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) SELECT ?1, value, ?2 FROM json_each(?3)",
-            params![q.owner, q.now, phones],
-        )?;
+        tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) SELECT ?1, value, ?2 FROM json_each(?3)")?
+            .execute(params![q.owner, q.now, phones])?;
     }
     let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |c| (c.ts, c.address.as_str()));
     let limit = PAGE_SIZE as i64 + 1;
     let mut page = match &q.phones {
         Some(phones) => {
-            let mut query = tx.prepare(&format!(
+            let mut query = tx.prepare_cached(&format!(
                 "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
                  AND u.id <> ?2 AND (u.ts, u.address) > (?3, ?4) ORDER BY u.ts, u.address LIMIT ?5"
             ))?;
@@ -113,7 +111,7 @@ fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>,
             rows.collect::<rusqlite::Result<Vec<_>>>()?
         }
         None => {
-            let mut query = tx.prepare(&format!(
+            let mut query = tx.prepare_cached(&format!(
                 "SELECT {PROFILE_COLUMNS} FROM contacts c JOIN users u ON u.address = c.phone
                  WHERE c.owner_id = ?1 AND u.id <> ?1 AND u.ts >= ?2 AND (u.ts, u.address) > (?3, ?4)
                  ORDER BY u.ts, u.address LIMIT ?5"
@@ -177,7 +175,8 @@ pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_pho
     let (owner, phones) = (caller.user_id, Value::from(list.phones).to_string());
     let removed = db
         .call(move |conn| {
-            conn.execute("DELETE FROM contacts WHERE owner_id = ?1 AND phone IN (SELECT value FROM json_each(?2))", params![owner, phones])
+            conn.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone IN (SELECT value FROM json_each(?2))")?
+                .execute(params![owner, phones])
         })
         .await?;
     let mut fields = Map::new();

@@ -22,12 +22,12 @@ const MAX_RETRY_SECS: u64 = 3600;
 /// Call inside the transaction that creates the user; returns how many were queued.
 pub fn enqueue_contact_joined(conn: &Connection, user_id: i64, phone: &str, name: &str, now: i64) -> rusqlite::Result<usize> {
     let payload = json!({ "type": "contact_joined", "phone": phone, "name": name }).to_string();
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
          SELECT u.address, ?3, ?4, ?4 FROM contacts c JOIN users u ON u.id = c.owner_id
          WHERE c.phone = ?2 AND u.id <> ?1 ORDER BY u.id",
-        params![user_id, phone, payload, now],
-    )
+    )?
+    .execute(params![user_id, phone, payload, now])
 }
 
 struct Pending {
@@ -39,13 +39,14 @@ struct Pending {
 
 /// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
 fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
-    conn.query_row(
+    conn.prepare_cached(
         "UPDATE outbox SET next_attempt_at = ?2 WHERE id =
              (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
          RETURNING id, recipient, payload, attempts",
-        params![now, now + lease_secs],
-        |r| Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? }),
-    )
+    )?
+    .query_row(params![now, now + lease_secs], |r| {
+        Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+    })
     .optional()
 }
 
@@ -97,7 +98,7 @@ impl Outbox {
             let id = message.id;
             match self.upstream.message(&self.from, &message.recipient, &payload).await {
                 Ok(()) => {
-                    self.db.call(move |conn| conn.execute("DELETE FROM outbox WHERE id = ?1", [id])).await?;
+                    self.db.call(move |conn| conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id])).await?;
                     tracing::info!(%to, "outbox: message delivered");
                     sent += 1;
                 }
@@ -108,10 +109,8 @@ impl Outbox {
                     let next = storage::now() + wait as i64;
                     self.db
                         .call(move |conn| {
-                            conn.execute(
-                                "UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1",
-                                params![id, attempts, next, e.0],
-                            )
+                            conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
+                                .execute(params![id, attempts, next, e.0])
                         })
                         .await?;
                 }

@@ -60,16 +60,17 @@ pub struct Evicted {
 pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> rusqlite::Result<Vec<Evicted>> {
     let s = session;
     // Expired sessions count against no limit.
-    conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2", params![s.user_id, s.now_ms / 1000])?;
+    conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2")?.execute(params![s.user_id, s.now_ms / 1000])?;
     if !s.device.is_empty() {
-        conn.execute("DELETE FROM sessions WHERE user_id = ?1 AND appid = ?2 AND device = ?3", params![s.user_id, s.appid, s.device])?;
+        conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND appid = ?2 AND device = ?3")?
+            .execute(params![s.user_id, s.appid, s.device])?;
     }
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at],
-    )?;
-    let mut evict = conn.prepare(
+    )?
+    .execute(params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at])?;
+    let mut evict = conn.prepare_cached(
         "DELETE FROM sessions WHERE token_sha256 IN (
              SELECT token_sha256 FROM sessions WHERE user_id = ?1
              ORDER BY token_sha256 = ?2 DESC, last_seen_ms DESC LIMIT -1 OFFSET ?3)
@@ -82,22 +83,23 @@ pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> ru
 
 /// Ends one session; true if it existed.
 pub fn remove(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<bool> {
-    Ok(conn.execute("DELETE FROM sessions WHERE token_sha256 = ?1", [token_sha256])? > 0)
+    Ok(conn.prepare_cached("DELETE FROM sessions WHERE token_sha256 = ?1")?.execute([token_sha256])? > 0)
 }
 
 /// Ends every session of the token's user; returns how many (0 for an unknown token).
 pub fn remove_all_of_user(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = ?1)", [token_sha256])
+    conn.prepare_cached("DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = ?1)")?
+        .execute([token_sha256])
 }
 
 /// Deletes every expired session; returns how many.
 pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", [now])
+    conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now])
 }
 
 /// The caller's live sessions, most recently used first, as reply entries (no tokens).
 pub fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
-    let mut query = conn.prepare(
+    let mut query = conn.prepare_cached(
         "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2 FROM sessions
          WHERE user_id = ?1 AND expires_at > ?3 ORDER BY last_seen_ms DESC",
     )?;

@@ -59,24 +59,23 @@ pub fn stored_address(address: &str) -> Address {
 /// Creates the user or records a new login; a non-empty `name` replaces the stored one.
 /// Returns the local id and whether this was the user's first login.
 pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, now: i64) -> rusqlite::Result<(i64, bool)> {
-    let existing: Option<i64> = conn.query_row("SELECT id FROM users WHERE address = ?1", [address], |r| r.get(0)).optional()?;
+    let existing: Option<i64> =
+        conn.prepare_cached("SELECT id FROM users WHERE address = ?1")?.query_row([address], |r| r.get(0)).optional()?;
     match existing {
         Some(id) => {
             // A changed name is a profile change: bump ts so contacts' next sync sees it.
-            conn.execute(
+            conn.prepare_cached(
                 "UPDATE users SET uid = ?2, last_login = ?4,
                      ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
                      name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
                  WHERE id = ?1",
-                params![id, uid, name, now],
-            )?;
+            )?
+            .execute(params![id, uid, name, now])?;
             Ok((id, false))
         }
         None => {
-            conn.execute(
-                "INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?4, ?4)",
-                params![address, uid, name, now],
-            )?;
+            conn.prepare_cached("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?4, ?4)")?
+                .execute(params![address, uid, name, now])?;
             Ok((conn.last_insert_rowid(), true))
         }
     }
@@ -97,10 +96,10 @@ pub struct ProfileChange {
 /// Applies the change and bumps `ts`; returns the new profile.
 pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
     let tx = conn.transaction()?;
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
-        params![user_id, change.name, change.status, change.photo, now],
-    )?;
+    )?
+    .execute(params![user_id, change.name, change.status, change.photo, now])?;
     let updated = profile(&tx, user_id)?;
     tx.commit()?;
     Ok(updated)
