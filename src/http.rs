@@ -29,7 +29,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
         Err(e) => return reply("", Err(e)),
     };
     let op = params.get("op").map(|op| op.trim()).unwrap_or("");
-    let client_ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let client_ip = state.proxies.client_ip(&request);
     let result = match op {
         "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
         "" => Err(ApiError::new("BADOP", "op is required")),
@@ -59,6 +59,7 @@ fn login_request(params: &Params) -> LoginRequest {
         // `code` is the field name older apps send.
         otp: field("otp").or_else(|| field("code")),
         device: field("device"),
+        captcha_token: field("captcha_token"),
     }
 }
 

@@ -1,20 +1,26 @@
 //! otpgate: one-time-password login backend for messenger apps.
 
 pub mod address;
+pub mod captcha;
+pub mod client_ip;
 pub mod config;
 pub mod error;
 pub mod http;
 pub mod login;
 pub mod otp;
+pub mod phone;
 pub mod ratelimit;
 pub mod senders;
+pub mod sms_limits;
 pub mod storage;
+pub mod templates;
 pub mod upstream;
 
 use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client_ip::TrustedProxies;
 use config::Config;
 use login::LoginFlow;
 use senders::Senders;
@@ -24,6 +30,7 @@ use storage::Db;
 pub struct AppState {
     pub db: Arc<Db>,
     pub login: LoginFlow,
+    pub proxies: TrustedProxies,
 }
 
 impl AppState {
@@ -46,7 +53,8 @@ impl AppState {
             config.otp_secret.as_bytes().to_vec()
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
-        Ok(AppState { db, login })
+        let proxies = TrustedProxies::parse(&config.trusted_proxies)?;
+        Ok(AppState { db, login, proxies })
     }
 
     /// Periodic housekeeping: drops expired codes and idle rate-limit entries.
@@ -55,6 +63,7 @@ impl AppState {
         loop {
             interval.tick().await;
             self.login.limits.purge();
+            self.login.sms_limits.purge();
             match self.db.call(|conn| storage::purge_expired(conn, storage::now())).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("purged {n} expired codes"),

@@ -17,17 +17,49 @@ pub enum Mode {
     Slow(Duration),
     /// Answer with this status and body whatever the request.
     Reply(u16, String),
+    /// Answer with these replies in turn; the last one repeats.
+    Sequence(Vec<(u16, String)>),
+}
+
+impl Mode {
+    /// The mode for the next request; a `Sequence` moves on by one.
+    fn pop_scripted(&mut self) -> Mode {
+        match self {
+            Mode::Sequence(replies) if replies.len() > 1 => {
+                let (status, body) = replies.remove(0);
+                Mode::Reply(status, body)
+            }
+            Mode::Sequence(replies) => {
+                let (status, body) = replies[0].clone();
+                Mode::Reply(status, body)
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Received {
     pub authorization: Option<String>,
     pub body: String,
+    /// Path and query, e.g. `/backend/`.
+    pub path: String,
+    /// Every header, names lower-case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Received {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).expect("request body is JSON")
+    }
+
+    /// The form-encoded body as name → value.
+    pub fn form(&self) -> std::collections::HashMap<String, String> {
+        serde_urlencoded::from_str(&self.body).expect("request body is a form")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -104,8 +136,10 @@ impl FakeUpstream {
 async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let body = String::from_utf8_lossy(&body).into_owned();
     let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
-    shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
-    let mode = shared.mode.lock().unwrap().clone();
+    let path = request.uri().path_and_query().map_or_else(String::new, |p| p.to_string());
+    let headers = request.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
+    shared.received.lock().unwrap().push(Received { authorization, body: body.clone(), path, headers });
+    let mode = shared.mode.lock().unwrap().pop_scripted();
     match mode {
         Mode::Reply(status, reply) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(reply)
@@ -114,7 +148,7 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
             actix_web::rt::time::sleep(delay).await;
             useradd(&body, &shared)
         }
-        Mode::Useradd => useradd(&body, &shared),
+        Mode::Useradd | Mode::Sequence(_) => useradd(&body, &shared),
     }
 }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use otpgate::config::Config;
-use otpgate::senders::{OtpMessage, OtpSender, Senders};
+use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
 use otpgate::{http, AppState};
 
 #[allow(unused_imports)]
@@ -37,7 +37,7 @@ impl OtpSender for RecordingSender {
         "recording"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("provider unavailable (test)".into());
         }
@@ -88,6 +88,11 @@ fn base_env(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> BTreeMap<String
         ("LIMIT_START_PER_IP_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_SUBNET_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0".into()),
+        ("SMS_BUDGET_PER_HOUR", "0".into()),
+        // The protocol's example numbers are US toll-free (1800555xxxx), which cannot get SMS.
+        ("PHONE_MOBILE_ONLY", "false".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
