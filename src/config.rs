@@ -149,6 +149,15 @@ pub struct Config {
     /// Siteverify endpoint; empty = the provider's own.
     #[serde(default)]
     pub captcha_verify_url: String,
+    /// Delivery attempts per message (1 = no retries).
+    #[serde(default = "defaults::courier_max_attempts")]
+    pub courier_max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long.
+    #[serde(default = "defaults::courier_retry_base_ms")]
+    pub courier_retry_base_ms: u64,
+    /// How long a login request waits for the first delivery attempt.
+    #[serde(default = "defaults::courier_wait_ms")]
+    pub courier_wait_ms: u64,
 }
 
 mod defaults {
@@ -244,6 +253,15 @@ mod defaults {
     pub fn sms_budget_per_hour() -> u32 {
         1000
     }
+    pub fn courier_max_attempts() -> u32 {
+        5
+    }
+    pub fn courier_retry_base_ms() -> u64 {
+        2000
+    }
+    pub fn courier_wait_ms() -> u64 {
+        3000
+    }
 }
 
 impl Config {
@@ -333,6 +351,9 @@ impl Config {
         }
         if self.provider_timeout_secs == 0 {
             return Err("invalid configuration: PROVIDER_TIMEOUT_SECS must be at least 1".into());
+        }
+        if self.courier_max_attempts == 0 {
+            return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
         }
         Ok(())
     }

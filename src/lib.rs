@@ -4,6 +4,7 @@ pub mod address;
 pub mod captcha;
 pub mod client_ip;
 pub mod config;
+pub mod courier;
 pub mod error;
 pub mod http;
 pub mod login;
@@ -64,6 +65,9 @@ impl AppState {
             interval.tick().await;
             self.login.limits.purge();
             self.login.sms_limits.purge();
+            if let Err(e) = self.login.courier.purge_finished().await {
+                tracing::warn!("purging finished courier messages failed: {e}");
+            }
             match self.db.call(|conn| storage::purge_expired(conn, storage::now())).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!("purged {n} expired codes"),

@@ -9,13 +9,14 @@ use crate::address::{self, Address};
 use crate::captcha::Captcha;
 use crate::client_ip::network_key;
 use crate::config::Config;
+use crate::courier::{Courier, Dispatch};
 use crate::error::ApiError;
 use crate::otp::{self, OtpHasher};
 use crate::phone::PhonePolicy;
 use crate::ratelimit::{HourlyLimit, Limits};
 use crate::senders::{OtpMessage, Senders};
 use crate::sms_limits::SmsLimits;
-use crate::storage::{self, CompletedLogin, Db, NewChallenge, StoreOutcome, VerifyOutcome};
+use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
 
@@ -57,10 +58,12 @@ pub struct LoginFlow {
     phones: PhonePolicy,
     pub sms_limits: SmsLimits,
     captcha: Option<Captcha>,
+    pub courier: Arc<Courier>,
 }
 
 impl LoginFlow {
     pub fn new(config: &Config, db: Arc<Db>, otp_key: &[u8], senders: Senders) -> Result<Self, String> {
+        let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone()));
         let templates = Templates::from_config(config)?;
         templates.warn_if_over_one_segment(config.otp_length);
         Ok(LoginFlow {
@@ -78,6 +81,7 @@ impl LoginFlow {
             phones: PhonePolicy::from_config(config)?,
             sms_limits: SmsLimits::from_config(config),
             captcha: Captcha::from_config(config)?,
+            courier,
         })
     }
 
@@ -111,7 +115,9 @@ impl LoginFlow {
         captcha_token: Option<&str>,
         client_ip: &str,
     ) -> Result<LoginOutcome, ApiError> {
-        let sender = self.senders.for_address(&address).ok_or_else(|| not_enabled(&address))?.clone();
+        if self.senders.for_address(&address).is_none() {
+            return Err(not_enabled(&address));
+        }
         check(&self.limits.start_per_ip, client_ip)?;
         check(&self.sms_limits.start_per_network, &network_key(client_ip))?;
         if let Some(captcha) = &self.captcha {
@@ -138,23 +144,15 @@ impl LoginFlow {
             ttl_secs: self.otp_ttl_secs,
             resend_secs: self.otp_resend_secs,
         };
-        match self.db.call(move |conn| storage::store_challenge(conn, &challenge)).await.map_err(internal)? {
-            StoreOutcome::Stored => {}
-            StoreOutcome::TooSoon(wait) => {
-                return Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
-            }
-        }
-
         let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
-        if let Err(reason) = sender.send(&message).await {
-            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {reason}");
-            // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
-            let owned = address.as_str().to_string();
-            self.db.call(move |conn| storage::remove_challenge(conn, &owned, &otp_hash)).await.map_err(internal)?;
-            return Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again"));
+        match self.courier.store_and_send(challenge, message).await.map_err(internal)? {
+            Dispatch::TooSoon(wait) => {
+                Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
+            }
+            // The courier already logged why, and deleted the code nobody received.
+            Dispatch::Failed => Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again")),
+            Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => Ok(LoginOutcome::CodeSent),
         }
-        tracing::info!(sender = sender.name(), to = %address.masked(), appid, "code sent");
-        Ok(LoginOutcome::CodeSent)
     }
 
     async fn verify(

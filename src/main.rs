@@ -32,6 +32,8 @@ async fn main() -> ExitCode {
         }
     };
     actix_web::rt::spawn(state.clone().into_inner().run_maintenance(Duration::from_secs(60)));
+    // The courier sends queued code messages, including those left from before a restart.
+    actix_web::rt::spawn(state.login.courier.clone().run());
 
     let server = {
         let state = state.clone();

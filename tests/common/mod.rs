@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use otpgate::config::Config;
+use otpgate::courier::Courier;
 use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
 use otpgate::{http, AppState};
 
 #[allow(unused_imports)]
-pub use fake_upstream::{FakeUpstream, Mode};
+pub use fake_upstream::{FakeUpstream, Mode, Received};
 
 pub const APP_TOKEN: &str = "app-token-5ecret-7f3a9c";
 pub const APPID: &str = "com.example.app";
@@ -72,6 +73,7 @@ pub struct TestServer {
     pub sender: Arc<RecordingSender>,
     pub dir: Arc<tempfile::TempDir>,
     handle: ServerHandle,
+    courier: Arc<Courier>,
     client: reqwest::Client,
 }
 
@@ -93,6 +95,8 @@ fn base_env(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> BTreeMap<String
         ("SMS_BUDGET_PER_HOUR", "0".into()),
         // The protocol's example numbers are US toll-free (1800555xxxx), which cannot get SMS.
         ("PHONE_MOBILE_ONLY", "false".into()),
+        // One delivery attempt: a failure is answered SENDFAILED at once. Courier tests turn retries on.
+        ("COURIER_MAX_ATTEMPTS", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -123,6 +127,8 @@ impl TestServer {
             Delivery::Recording => Senders::all(sender.clone()),
         };
         let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));
+        let courier = state.login.courier.clone();
+        actix_web::rt::spawn(courier.clone().run());
         let server = HttpServer::new(move || App::new().configure(http::configure(state.clone())))
             .workers(2)
             .disable_signals()
@@ -132,11 +138,13 @@ impl TestServer {
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, upstream, sender, dir, handle, client: reqwest::Client::new() }
+        TestServer { url, upstream, sender, dir, handle, courier, client: reqwest::Client::new() }
     }
 
+    /// Stops serving and stops the courier (queued messages stay in the database).
     pub async fn stop(&self) {
         self.handle.stop(true).await;
+        self.courier.stop();
     }
 
     /// POSTs a JSON body to /api.
