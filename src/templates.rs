@@ -32,8 +32,13 @@ impl Templates {
         })
     }
 
+    /// The message text for `appid`: its override or `OTP_MESSAGE`, filled in.
     pub fn render(&self, appid: &str, otp: &str) -> String {
-        let template = self.per_app.get(appid).unwrap_or(&self.default);
+        self.fill(self.per_app.get(appid).unwrap_or(&self.default), appid, otp)
+    }
+
+    /// Fills the placeholders of any template (e.g. `EMAIL_SUBJECT`).
+    pub fn fill(&self, template: &str, appid: &str, otp: &str) -> String {
         let appname = self.app_names.get(appid).map_or(appid, String::as_str);
         template
             .replace("{otp}", otp)

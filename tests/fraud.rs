@@ -148,3 +148,25 @@ async fn captcha_is_verified_on_login_start() {
     siteverify.set_mode(Mode::Useradd);
     assert_eq!(server.call(verify("18005550001", &code)).await.0, 200);
 }
+
+/// Refusals read the same for a registered user's phone and for an unknown one.
+#[actix_web::test]
+async fn refusals_do_not_reveal_registered_users() {
+    let server = TestServer::start(&[("LIMIT_START_PER_PHONE_PER_HOUR", "1"), ("BLOCKED_COUNTRIES", "44")]).await;
+    let registered = "18005550001";
+    let code = server.start_login(registered).await;
+    assert_eq!(server.call(verify(registered, &code)).await.0, 200);
+
+    let unknown = "18005550002";
+    assert_eq!(server.call(login(unknown)).await.0, 200);
+    let without_ts = |(status, mut reply): (u16, Value)| {
+        reply.as_object_mut().unwrap().remove("ts");
+        (status, reply["error"].clone(), reply["errmsg"].clone())
+    };
+    let limited_registered = without_ts(server.call(login(registered)).await);
+    let limited_unknown = without_ts(server.call(login(unknown)).await);
+    assert_eq!(limited_registered.1, "RATELIMIT");
+    assert_eq!(limited_registered, limited_unknown);
+    let blocked = without_ts(server.call(login(UK_MOBILE)).await);
+    assert_eq!(blocked.1, "BADPHONE");
+}

@@ -20,8 +20,12 @@ async fn server_with(env: &[(&str, &str)]) -> TestServer {
     TestServer::start_with(env, FakeUpstream::start(), dir, Delivery::Configured).await
 }
 
-fn base_url(provider: &FakeUpstream) -> String {
-    format!("http://{}", provider.addr)
+/// A fake provider answering `status` and `body`, and its base URL.
+fn provider(status: u16, body: &str) -> (Arc<FakeUpstream>, String) {
+    let provider = FakeUpstream::start();
+    provider.set_mode(Mode::Reply(status, body.into()));
+    let base = format!("http://{}", provider.addr);
+    (provider, base)
 }
 
 /// The code inside a message rendered from "{appname}: {otp} ({minutes} min)".
@@ -33,9 +37,7 @@ fn code_in(text: &str) -> String {
 
 #[actix_web::test]
 async fn twilio_request_and_login() {
-    let twilio = FakeUpstream::start();
-    twilio.set_mode(Mode::Reply(201, r#"{"sid":"SM1","status":"queued"}"#.into()));
-    let base = base_url(&twilio);
+    let (twilio, base) = provider(201, r#"{"sid":"SM1","status":"queued"}"#);
     let server = server_with(&[
         ("OTP_SENDER", "twilio"),
         ("TWILIO_BASE_URL", &base),
@@ -64,9 +66,7 @@ async fn twilio_request_and_login() {
 
 #[actix_web::test]
 async fn twilio_messaging_service_and_invalid_number() {
-    let twilio = FakeUpstream::start();
-    twilio.set_mode(Mode::Reply(400, r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#.into()));
-    let base = base_url(&twilio);
+    let (twilio, base) = provider(400, r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#);
     let server = server_with(&[
         ("OTP_SENDER", "twilio"),
         ("TWILIO_BASE_URL", &base),
@@ -86,9 +86,7 @@ async fn twilio_messaging_service_and_invalid_number() {
 
 #[actix_web::test]
 async fn vonage_request_and_refused_message() {
-    let vonage = FakeUpstream::start();
-    vonage.set_mode(Mode::Reply(200, r#"{"message-count":"1","messages":[{"to":"18005551234","status":"0"}]}"#.into()));
-    let base = base_url(&vonage);
+    let (vonage, base) = provider(200, r#"{"message-count":"1","messages":[{"to":"18005551234","status":"0"}]}"#);
     let server = server_with(&[
         ("OTP_SENDER", "vonage"),
         ("VONAGE_BASE_URL", &base),
@@ -119,9 +117,7 @@ async fn vonage_request_and_refused_message() {
 
 #[actix_web::test]
 async fn messagebird_request_and_server_error() {
-    let messagebird = FakeUpstream::start();
-    messagebird.set_mode(Mode::Reply(201, r#"{"id":"m1"}"#.into()));
-    let base = base_url(&messagebird);
+    let (messagebird, base) = provider(201, r#"{"id":"m1"}"#);
     let server = server_with(&[
         ("OTP_SENDER", "messagebird"),
         ("MESSAGEBIRD_BASE_URL", &base),
@@ -147,9 +143,8 @@ async fn messagebird_request_and_server_error() {
 
 #[actix_web::test]
 async fn provider_timeout_is_sendfailed() {
-    let messagebird = FakeUpstream::start();
+    let (messagebird, base) = provider(200, "{}");
     messagebird.set_mode(Mode::Slow(Duration::from_millis(1500)));
-    let base = base_url(&messagebird);
     let server = server_with(&[
         ("OTP_SENDER", "messagebird"),
         ("MESSAGEBIRD_BASE_URL", &base),
@@ -164,8 +159,7 @@ async fn provider_timeout_is_sendfailed() {
 
 #[actix_web::test]
 async fn webhook_event_is_signed() {
-    let hook = FakeUpstream::start();
-    hook.set_mode(Mode::Reply(204, String::new()));
+    let (hook, _) = provider(204, "");
     let url = hook.url();
     let server = server_with(&[("OTP_SENDER", "webhook"), ("WEBHOOK_URL", &url), ("WEBHOOK_SECRET", "whsec_c2VjcmV0LWtleQ==")]).await;
     assert_eq!(server.call(login(PHONE)).await.0, 200);

@@ -8,11 +8,14 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use super::{OtpMessage, OtpSender, SendError};
 use crate::address::Address;
 use crate::config::Config;
+use crate::templates::Templates;
 
 pub struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// `EMAIL_SUBJECT`, filled in per message like `OTP_MESSAGE`.
     subject: String,
+    templates: Templates,
 }
 
 impl SmtpSender {
@@ -35,7 +38,12 @@ impl SmtpSender {
         if !config.smtp_user.is_empty() {
             builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.clone()));
         }
-        Ok(SmtpSender { transport: builder.build(), from, subject: config.email_subject.clone() })
+        Ok(SmtpSender {
+            transport: builder.build(),
+            from,
+            subject: config.email_subject.clone(),
+            templates: Templates::from_config(config)?,
+        })
     }
 }
 
@@ -53,7 +61,7 @@ impl OtpSender for SmtpSender {
         let email = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(&self.subject)
+            .subject(self.templates.fill(&self.subject, &message.appid, &message.otp))
             .body(message.text.clone())
             .map_err(|e| SendError::permanent(format!("cannot build the e-mail: {e}")))?;
         // 5xx SMTP replies (unknown mailbox, refused) will not change on a retry.
