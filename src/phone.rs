@@ -47,6 +47,8 @@ impl PhonePolicy {
             "" => None,
             region => Some(parse_region(region).ok_or("invalid configuration: DEFAULT_REGION must be an ISO country code such as GB")?),
         };
+        // The metadata is loaded on first use (about a second in debug builds): do it now, not in a request.
+        let _ = phonenumber::parse(None, "+447400123456").map(|n| n.is_valid());
         Ok(PhonePolicy {
             default_region,
             mobile_only: config.phone_mobile_only,
