@@ -161,14 +161,16 @@ impl Courier {
                 (Dispatch::Sent, Update::Sent)
             }
             Err(error) => {
+                // Some providers echo the message in their error replies; the code must not reach a log.
+                let reason = error.reason.replace(&message.otp, "[code]");
                 let retry_at = now_ms() + self.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20));
                 let last = error.permanent || attempts >= self.max_attempts || retry_at >= row.expires_at * 1000;
                 let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - now_ms()) };
-                tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {error}; {next}");
+                tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; {next}");
                 if last {
-                    (Dispatch::Failed, Update::Failed(error.reason))
+                    (Dispatch::Failed, Update::Failed(reason))
                 } else {
-                    (Dispatch::Retrying, Update::Retry(error.reason, retry_at))
+                    (Dispatch::Retrying, Update::Retry(reason, retry_at))
                 }
             }
         };

@@ -230,6 +230,10 @@ impl LoginFlow {
     /// The address, and for phones their country calling code.
     fn parse_address(&self, request: &LoginRequest) -> Result<(Address, Option<u16>), ApiError> {
         if let Some(phone) = non_empty(&request.phone) {
+            // Test numbers are sent nothing, so the SMS policy does not apply to them (and they may be fictional).
+            if let Some(digits) = address::normalize_phone(phone).filter(|digits| self.test_otps.contains_key(digits)) {
+                return Ok((Address::Phone(digits), None));
+            }
             let phone = self.phones.check(phone)?;
             return Ok((Address::Phone(phone.digits), Some(phone.calling_code)));
         }

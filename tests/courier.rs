@@ -138,3 +138,18 @@ async fn a_replaced_code_is_not_retried() {
         db.prepare("SELECT status FROM courier ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
     assert_eq!(statuses, ["cancelled", "sent"]);
 }
+
+#[actix_web::test]
+async fn an_echoed_code_is_not_logged() {
+    let gateway = FakeUpstream::start();
+    // The gateway's error reply quotes the request, code included.
+    gateway.set_mode(Mode::Echo(400));
+    let server = server_over(&gateway, Arc::new(tempfile::tempdir().unwrap()), "100").await;
+    assert_error(&server.call(login("18005550009")).await, 502, "SENDFAILED");
+    let code = code_in(&gateway.received()[0]);
+    let logs = logs();
+    assert!(!logs.contains(&format!("Your code is {code}")), "{logs}");
+    assert!(logs.contains(r#"SMS gateway answered HTTP 400: {"to":"18005550009","text":"Your code is [code]"}"#), "{logs}");
+    let row = finished_row(&server).await;
+    assert!(!row.last_error.unwrap().contains(&code));
+}

@@ -170,3 +170,13 @@ async fn refusals_do_not_reveal_registered_users() {
     let blocked = without_ts(server.call(login(UK_MOBILE)).await);
     assert_eq!(blocked.1, "BADPHONE");
 }
+
+#[actix_web::test]
+async fn test_numbers_bypass_the_sms_policy() {
+    let server =
+        TestServer::start(&[("PHONE_MOBILE_ONLY", "true"), ("ALLOWED_COUNTRIES", "GB"), ("TEST_OTPS", "18005550000:123456")]).await;
+    assert_eq!(server.call(login("+1 800 555 0000")).await.0, 200);
+    assert_eq!(server.call(verify("18005550000", "123456")).await.0, 200);
+    assert_eq!(server.sender.count(), 0);
+    assert_error(&server.call(login("18005550001")).await, 400, "BADPHONE");
+}

@@ -17,6 +17,8 @@ pub enum Mode {
     Slow(Duration),
     /// Answer with this status and body whatever the request.
     Reply(u16, String),
+    /// Answer with this status and the request's own body, as some providers quote it in errors.
+    Echo(u16),
     /// Answer with these replies in turn; the last one repeats.
     Sequence(Vec<(u16, String)>),
 }
@@ -143,6 +145,9 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     match mode {
         Mode::Reply(status, reply) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(reply)
+        }
+        Mode::Echo(status) => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(body)
         }
         Mode::Slow(delay) => {
             actix_web::rt::time::sleep(delay).await;
