@@ -153,3 +153,26 @@ async fn an_echoed_code_is_not_logged() {
     let row = finished_row(&server).await;
     assert!(!row.last_error.unwrap().contains(&code));
 }
+
+#[actix_web::test]
+async fn retries_stop_when_the_code_expires() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(503, "down".into()));
+    let url = gateway.url();
+    let env = [
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", url.as_str()),
+        ("OTP_TTL_SECS", "1"),
+        ("COURIER_MAX_ATTEMPTS", "50"),
+        ("COURIER_RETRY_BASE_MS", "200"),
+    ];
+    let server = TestServer::start_with(&env, FakeUpstream::start(), Arc::new(tempfile::tempdir().unwrap()), Delivery::Configured).await;
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    let row = finished_row(&server).await;
+    assert!(matches!(row.status.as_str(), "failed" | "cancelled"), "{row:?}");
+    assert!((1..=4).contains(&row.attempts), "a few retries within the code's second: {row:?}");
+    let sent = gateway.received().len();
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(gateway.received().len(), sent, "nothing is sent for an expired code");
+    assert_eq!((row.body, row.otp), (None, None));
+}
