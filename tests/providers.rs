@@ -204,3 +204,29 @@ async fn a_provider_without_credentials_does_not_start() {
         assert!(error.contains(missing), "{error}");
     }
 }
+
+#[actix_web::test]
+async fn webhook_retries_keep_the_message_id() {
+    let (hook, _) = provider(204, "");
+    hook.set_mode(Mode::Sequence(vec![(503, String::new()), (204, String::new())]));
+    let url = hook.url();
+    let server = server_with(&[
+        ("OTP_SENDER", "webhook"),
+        ("WEBHOOK_URL", &url),
+        ("WEBHOOK_SECRET", "plain-secret"),
+        ("COURIER_MAX_ATTEMPTS", "3"),
+        ("COURIER_RETRY_BASE_MS", "50"),
+    ])
+    .await;
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    let started = std::time::Instant::now();
+    while hook.received().len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(3), "no retry");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = hook.received();
+    assert_eq!(received[0].header("webhook-id"), received[1].header("webhook-id"), "receivers can drop duplicates");
+    assert_eq!(received[0].body, received[1].body);
+    assert_eq!(server.call(login("18005550001")).await.0, 200);
+    assert_ne!(hook.received()[2].header("webhook-id"), received[0].header("webhook-id"), "another message, another id");
+}

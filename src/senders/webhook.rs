@@ -5,7 +5,6 @@ use async_trait::async_trait;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use rand::RngCore;
 use serde_json::json;
 use sha2::Sha256;
 
@@ -41,6 +40,17 @@ fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
     }
 }
 
+/// The same for every attempt at one message, so the receiver can drop retried duplicates;
+/// keyed, so the id reveals nothing about the code to those who see only headers.
+fn message_id(key: &[u8], message: &OtpMessage) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    for part in [message.to.as_str(), &message.appid, &message.otp] {
+        mac.update(part.as_bytes());
+        mac.update(&[0]);
+    }
+    format!("msg_{}", hex::encode(&mac.finalize().into_bytes()[..12]))
+}
+
 /// `v1,` + base64 HMAC-SHA256 over `id.timestamp.body`.
 pub fn signature(key: &[u8], id: &str, timestamp: i64, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
@@ -68,9 +78,7 @@ impl OtpSender for WebhookSender {
             "appid": message.appid,
         })
         .to_string();
-        let mut id = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut id);
-        let id = format!("msg_{}", hex::encode(id));
+        let id = message_id(&self.key, message);
         let timestamp = storage::now();
         let request = self
             .client
