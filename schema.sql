@@ -30,6 +30,25 @@ CREATE TABLE IF NOT EXISTS settings (
     value BLOB NOT NULL
 ) WITHOUT ROWID;
 
+-- Outgoing code messages (the courier): queued in the transaction that stores the
+-- code, sent and retried by a background worker, kept as a delivery record.
+CREATE TABLE IF NOT EXISTS courier (
+    id              INTEGER PRIMARY KEY,
+    address         TEXT NOT NULL,            -- normalised phone number or e-mail address
+    appid           TEXT NOT NULL,
+    otp_hash        BLOB NOT NULL,            -- the challenge delivered; a final failure deletes exactly it
+    otp             TEXT,                     -- the code, for senders that need it apart; NULL once sent or failed
+    body            TEXT,                     -- the rendered message; NULL once sent or failed
+    status          TEXT NOT NULL,            -- queued, sent, failed, or cancelled (code used, replaced or expired)
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    last_error      TEXT,                     -- the last failure, for operators; never credentials
+    next_attempt_ms INTEGER NOT NULL,         -- unix milliseconds; also a lease while an attempt runs
+    expires_at      INTEGER NOT NULL,         -- unix seconds: the code's expiry, after which retrying is pointless
+    created_at      INTEGER NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS courier_queued ON courier (status, next_attempt_ms);
+
 -- ===========================================================================
 -- Migrations. Everything above is the foundation schema (user_version 0) and is
 -- applied at every start. Each step below runs once, in order, in one

@@ -27,7 +27,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
 use otpgate::config::Config;
-use otpgate::senders::{OtpMessage, OtpSender, Senders};
+use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
 use otpgate::AppState;
 
 struct Args {
@@ -74,7 +74,7 @@ impl OtpSender for MemorySender {
         "memory"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         self.codes.lock().unwrap().insert(message.to.as_str().to_string(), message.otp.clone());
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
@@ -155,7 +155,7 @@ impl Operation {
     fn phone(self, n: u64) -> String {
         let prefix = match self {
             Operation::Start => "1415",
-            Operation::Contacts => "1750",
+            Operation::Contacts => "1718",
             _ => "1650",
         };
         format!("{prefix}{}", 2_000_000 + n)
@@ -297,9 +297,13 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
         ("DATABASE_PATH", db_path.to_string_lossy().into_owned()),
         ("APP_TOKEN", "bench-app-token".into()),
         ("UPSTREAM_URL", upstream.url()),
-        // All load comes from one IP: per-IP limits off, per-phone limits at their defaults.
+        // All load comes from one IP in one country: the per-IP, per-network and per-calling-code
+        // limits and the SMS budget are off; per-phone limits stay at their defaults.
         ("LIMIT_START_PER_IP_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_SUBNET_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0".into()),
+        ("SMS_BUDGET_PER_HOUR", "0".into()),
         ("DB_POOL_SIZE", std::env::var("DB_POOL_SIZE").unwrap_or("4".into())),
     ])
     .expect("bench configuration");

@@ -96,8 +96,12 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
     let sender = senders.for_address(&to).ok_or_else(|| format!("no configured sender can reach {}", to.masked()))?;
     let appid = "otpgate-send-test";
     let code = otp::generate(config.otp_length);
-    let message = OtpMessage { text: senders::render(&config.otp_message, &code, appid), to: to.clone(), otp: code, appid: appid.into() };
-    sender.send(&message).await.map_err(|reason| format!("{} could not deliver to {}: {reason}", sender.name(), to.masked()))?;
+    let text = crate::templates::Templates::from_config(config)?.render(appid, &code);
+    let message = OtpMessage { text, to: to.clone(), otp: code, appid: appid.into() };
+    sender
+        .send(&message)
+        .await
+        .map_err(|e| format!("{} could not deliver to {}: {}", sender.name(), to.masked(), to.masked_in(&e.reason)))?;
     Ok(format!("sent a test message to {} through {}", to.masked(), sender.name()))
 }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-use crate::address;
+use crate::{address, client_ip, phone, senders, templates};
 
 #[derive(Clone, Deserialize, Serialize)]
 pub struct Config {
@@ -115,6 +115,82 @@ pub struct Config {
     /// 0: `/readyz` does not contact upstream; N: it does, and keeps the answer N seconds.
     #[serde(default)]
     pub readyz_upstream_cache_secs: u64,
+
+    // --- Production sending, phone checks and SMS-fraud defences (issue 4) ---
+    /// Per-request timeout of the twilio, vonage, messagebird and webhook senders.
+    #[serde(default = "defaults::provider_timeout_secs")]
+    pub provider_timeout_secs: u64,
+    #[serde(default)]
+    pub twilio_account_sid: String,
+    #[serde(default)]
+    pub twilio_auth_token: String,
+    #[serde(default)]
+    pub twilio_from: String,
+    #[serde(default)]
+    pub twilio_messaging_service_sid: String,
+    #[serde(default = "defaults::twilio_base_url")]
+    pub twilio_base_url: String,
+    #[serde(default)]
+    pub vonage_api_key: String,
+    #[serde(default)]
+    pub vonage_api_secret: String,
+    #[serde(default)]
+    pub vonage_from: String,
+    #[serde(default = "defaults::vonage_base_url")]
+    pub vonage_base_url: String,
+    #[serde(default)]
+    pub messagebird_access_key: String,
+    #[serde(default)]
+    pub messagebird_originator: String,
+    #[serde(default = "defaults::messagebird_base_url")]
+    pub messagebird_base_url: String,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+    /// JSON object appid → display name for `{appname}`.
+    #[serde(default)]
+    pub app_names: String,
+    /// JSON object appid → message template overriding `OTP_MESSAGE`.
+    #[serde(default)]
+    pub otp_message_per_app: String,
+    /// ISO region for numbers given in national format, e.g. `GB`.
+    #[serde(default)]
+    pub default_region: String,
+    /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
+    #[serde(default = "defaults::phone_mobile_only")]
+    pub phone_mobile_only: bool,
+    /// ISO codes or calling codes, comma-separated; empty = all.
+    #[serde(default)]
+    pub allowed_countries: String,
+    #[serde(default)]
+    pub blocked_countries: String,
+    /// CIDR list of reverse proxies whose `X-Forwarded-For` / `Forwarded` is believed.
+    #[serde(default)]
+    pub trusted_proxies: String,
+    #[serde(default = "defaults::limit_start_per_subnet")]
+    pub limit_start_per_subnet_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_calling_code")]
+    pub limit_start_per_calling_code_per_hour: u32,
+    #[serde(default = "defaults::sms_budget_per_hour")]
+    pub sms_budget_per_hour: u32,
+    /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
+    #[serde(default)]
+    pub captcha_provider: String,
+    #[serde(default)]
+    pub captcha_secret: String,
+    /// Siteverify endpoint; empty = the provider's own.
+    #[serde(default)]
+    pub captcha_verify_url: String,
+    /// Delivery attempts per message (1 = no retries).
+    #[serde(default = "defaults::courier_max_attempts")]
+    pub courier_max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long.
+    #[serde(default = "defaults::courier_retry_base_ms")]
+    pub courier_retry_base_ms: u64,
+    /// How long a login request waits for the first delivery attempt.
+    #[serde(default = "defaults::courier_wait_ms")]
+    pub courier_wait_ms: u64,
 }
 
 mod defaults {
@@ -212,6 +288,40 @@ mod defaults {
     pub fn shutdown_grace_secs() -> u64 {
         20
     }
+    // --- Production sending, phone checks and SMS-fraud defences (issue 4) ---
+    pub fn provider_timeout_secs() -> u64 {
+        10
+    }
+    pub fn twilio_base_url() -> String {
+        "https://api.twilio.com".into()
+    }
+    pub fn vonage_base_url() -> String {
+        "https://rest.nexmo.com".into()
+    }
+    pub fn messagebird_base_url() -> String {
+        "https://rest.messagebird.com".into()
+    }
+    pub fn phone_mobile_only() -> bool {
+        true
+    }
+    pub fn limit_start_per_subnet() -> u32 {
+        300
+    }
+    pub fn limit_start_per_calling_code() -> u32 {
+        1000
+    }
+    pub fn sms_budget_per_hour() -> u32 {
+        1000
+    }
+    pub fn courier_max_attempts() -> u32 {
+        5
+    }
+    pub fn courier_retry_base_ms() -> u64 {
+        2000
+    }
+    pub fn courier_wait_ms() -> u64 {
+        3000
+    }
 }
 
 impl Config {
@@ -252,12 +362,12 @@ impl Config {
         if !self.otp_message.contains("{otp}") {
             return bad("OTP_MESSAGE", "must contain {otp}");
         }
-        if !matches!(self.otp_sender.as_str(), "log" | "http" | "smtp") {
-            return bad("OTP_SENDER", "must be one of: log, http, smtp");
+        if !senders::SENDER_NAMES.contains(&self.otp_sender.as_str()) {
+            return bad("OTP_SENDER", &format!("must be one of: {}", senders::SENDER_NAMES.join(", ")));
         }
         if let Some(email_sender) = &self.email_sender {
-            if !matches!(email_sender.as_str(), "log" | "smtp") {
-                return bad("EMAIL_SENDER", "must be one of: log, smtp");
+            if !senders::EMAIL_SENDER_NAMES.contains(&email_sender.as_str()) {
+                return bad("EMAIL_SENDER", &format!("must be one of: {}", senders::EMAIL_SENDER_NAMES.join(", ")));
             }
         }
         if !matches!(self.smtp_tls.as_str(), "starttls" | "tls" | "none") {
@@ -266,6 +376,7 @@ impl Config {
         self.test_otps()?;
         self.validate_sessions()?;
         self.validate_operations()?;
+        self.validate_fraud_defences()?;
         Ok(())
     }
 
@@ -329,6 +440,28 @@ impl Config {
             };
         }
         Ok(map)
+    }
+}
+
+impl Config {
+    /// Checks the issue-4 settings by building what they configure, so the error names the variable.
+    fn validate_fraud_defences(&self) -> Result<(), String> {
+        templates::Templates::from_config(self)?;
+        phone::PhonePolicy::from_config(self)?;
+        client_ip::TrustedProxies::parse(&self.trusted_proxies)?;
+        if !matches!(self.captcha_provider.as_str(), "" | "hcaptcha" | "turnstile") {
+            return Err("invalid configuration: CAPTCHA_PROVIDER must be hcaptcha, turnstile or empty".into());
+        }
+        if !self.captcha_provider.is_empty() && self.captcha_secret.is_empty() {
+            return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
+        }
+        if self.provider_timeout_secs == 0 {
+            return Err("invalid configuration: PROVIDER_TIMEOUT_SECS must be at least 1".into());
+        }
+        if self.courier_max_attempts == 0 {
+            return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
+        }
+        Ok(())
     }
 }
 

@@ -42,7 +42,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
         }
     };
     let op = params.get("op").map(|op| op.trim()).unwrap_or("");
-    let client_ip = request.peer_addr().map(|a| a.ip().to_string()).unwrap_or_default();
+    let client_ip = state.proxies.client_ip(&request);
     let result = match op {
         // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
         _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new("BADOP", "unknown op")),
@@ -66,6 +66,7 @@ fn login_request(params: &Params) -> LoginRequest {
         // `code` is the field name older apps send.
         otp: field("otp").or_else(|| field("code")),
         device: field("device"),
+        captcha_token: field("captcha_token"),
     }
 }
 

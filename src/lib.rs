@@ -1,14 +1,20 @@
 //! otpgate: one-time-password login backend for messenger apps.
 
 pub mod address;
+pub mod captcha;
+pub mod client_ip;
 pub mod config;
+pub mod courier;
 pub mod error;
 pub mod http;
 pub mod login;
 pub mod otp;
+pub mod phone;
 pub mod ratelimit;
 pub mod senders;
+pub mod sms_limits;
 pub mod storage;
+pub mod templates;
 pub mod upstream;
 
 // Sessions, contact sync, profiles and notifications (issue 3).
@@ -31,6 +37,7 @@ use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
 
+use client_ip::TrustedProxies;
 use config::Config;
 use login::LoginFlow;
 use senders::Senders;
@@ -47,6 +54,8 @@ pub struct AppState {
     // Operations (issue 6).
     pub readiness: health::Readiness,
     pub http: server::HttpSettings,
+    // Production sending and SMS-fraud defences (issue 4).
+    pub proxies: TrustedProxies,
 }
 
 impl AppState {
@@ -77,11 +86,14 @@ impl AppState {
             outbox,
             readiness: health::Readiness::from_config(config)?,
             http: server::HttpSettings::from_config(config),
+            proxies: TrustedProxies::parse(&config.trusted_proxies)?,
         })
     }
 
-    /// Called once the server has stopped: closes the database cleanly.
+    /// Called once the server has stopped: stops the courier (messages still queued stay
+    /// in the database and are sent after the next start) and closes the database cleanly.
     pub fn shutdown(&self) {
+        self.login.courier.stop();
         if let Err(e) = self.db.close() {
             tracing::warn!("closing the database failed: {e}");
         }
@@ -100,9 +112,12 @@ impl AppState {
         }
     }
 
-    /// Drops expired codes, expired sessions and idle rate-limit entries, so none grows without bound.
+    /// Drops expired codes, expired sessions, finished courier messages and idle
+    /// rate-limit entries, so none grows without bound.
     pub async fn housekeeping(&self) -> Result<Purged, storage::StorageError> {
         self.login.limits.purge();
+        self.login.sms_limits.purge();
+        self.login.courier.purge_finished().await?;
         let purged = self
             .db
             .call(|conn| {

@@ -5,14 +5,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::address::{self, Address};
+use crate::captcha::Captcha;
+use crate::client_ip::network_key;
 use crate::config::Config;
+use crate::courier::{Courier, Dispatch};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::otp::{self, OtpHasher};
+use crate::phone::PhonePolicy;
 use crate::ratelimit::{HourlyLimit, Limits};
-use crate::senders::{self, OtpMessage, Senders};
+use crate::senders::{OtpMessage, Senders};
 use crate::sessions;
-use crate::storage::{self, CompletedLogin, Db, NewChallenge, StoreOutcome, VerifyOutcome};
+use crate::sms_limits::SmsLimits;
+use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
+use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
 
 const MAX_NAME_CHARS: usize = 64;
@@ -28,6 +34,8 @@ pub struct LoginRequest {
     /// The code, when this request verifies one.
     pub otp: Option<String>,
     pub device: Option<String>,
+    /// The CAPTCHA widget's response, when `CAPTCHA_PROVIDER` is set.
+    pub captcha_token: Option<String>,
 }
 
 #[derive(Debug)]
@@ -47,7 +55,11 @@ pub struct LoginFlow {
     otp_ttl_secs: i64,
     otp_resend_secs: i64,
     otp_max_attempts: u32,
-    otp_message: String,
+    templates: Templates,
+    phones: PhonePolicy,
+    pub sms_limits: SmsLimits,
+    captcha: Option<Captcha>,
+    pub courier: Arc<Courier>,
     // Sessions (issue 3).
     max_devices: usize,
     token_expiry_secs: i64,
@@ -55,6 +67,9 @@ pub struct LoginFlow {
 
 impl LoginFlow {
     pub fn new(config: &Config, db: Arc<Db>, otp_key: &[u8], senders: Senders) -> Result<Self, String> {
+        let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone()));
+        let templates = Templates::from_config(config)?;
+        templates.warn_if_over_one_segment(config.otp_length);
         Ok(LoginFlow {
             db,
             hasher: OtpHasher::new(otp_key),
@@ -66,7 +81,11 @@ impl LoginFlow {
             otp_ttl_secs: config.otp_ttl_secs as i64,
             otp_resend_secs: config.otp_resend_secs as i64,
             otp_max_attempts: config.otp_max_attempts,
-            otp_message: config.otp_message.clone(),
+            templates,
+            phones: PhonePolicy::from_config(config)?,
+            sms_limits: SmsLimits::from_config(config),
+            captcha: Captcha::from_config(config)?,
+            courier,
             max_devices: config.max_devices,
             token_expiry_secs: i64::try_from(config.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
         })
@@ -77,9 +96,9 @@ impl LoginFlow {
         if appid.chars().count() > MAX_ID_CHARS {
             return Err(ApiError::new("BADPARAM", format!("appid must be at most {MAX_ID_CHARS} characters")));
         }
-        let address = parse_address(&request)?;
+        let (address, calling_code) = self.parse_address(&request)?;
         match non_empty(&request.otp) {
-            None => self.start(appid, address, client_ip).await,
+            None => self.start(appid, address, calling_code, non_empty(&request.captcha_token), client_ip).await,
             Some(code) => {
                 let name = non_empty(&request.name).unwrap_or("");
                 if name.chars().count() > MAX_NAME_CHARS {
@@ -94,12 +113,31 @@ impl LoginFlow {
         }
     }
 
-    async fn start(&self, appid: &str, address: Address, client_ip: &str) -> Result<LoginOutcome, ApiError> {
-        let sender = self.senders.for_address(&address).ok_or_else(|| not_enabled(&address))?.clone();
+    async fn start(
+        &self,
+        appid: &str,
+        address: Address,
+        calling_code: Option<u16>,
+        captcha_token: Option<&str>,
+        client_ip: &str,
+    ) -> Result<LoginOutcome, ApiError> {
+        if self.senders.for_address(&address).is_none() {
+            return Err(not_enabled(&address));
+        }
         check(&self.limits.start_per_ip, client_ip)?;
+        check(&self.sms_limits.start_per_network, &network_key(client_ip))?;
+        if let Some(captcha) = &self.captcha {
+            captcha.verify(captcha_token, client_ip).await?;
+        }
         check(&self.limits.start_per_address, address.as_str())?;
+        if let Some(code) = calling_code {
+            check(&self.sms_limits.start_per_calling_code, &code.to_string())?;
+        }
         if self.test_otps.contains_key(address.as_str()) {
             return Ok(LoginOutcome::CodeSent);
+        }
+        if calling_code.is_some() {
+            self.sms_limits.spend_budget()?;
         }
 
         let code = otp::generate(self.otp_length);
@@ -112,28 +150,21 @@ impl LoginFlow {
             ttl_secs: self.otp_ttl_secs,
             resend_secs: self.otp_resend_secs,
         };
-        match self.db.call(move |conn| storage::store_challenge(conn, &challenge)).await.map_err(internal)? {
-            StoreOutcome::Stored => {}
-            StoreOutcome::TooSoon(wait) => {
+        let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
+        match self.courier.store_and_send(challenge, message).await.map_err(internal)? {
+            Dispatch::TooSoon(wait) => {
                 metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
-                return Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")));
+                Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
+            }
+            // The courier already logged why, and deleted the code nobody received.
+            Dispatch::Failed => Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again")),
+            Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {
+                metrics::OTP_ISSUED.inc();
+                // The courier logs each delivery from its own task; this line ties the code to the request.
+                tracing::info!(to = %address.masked(), appid, "code issued");
+                Ok(LoginOutcome::CodeSent)
             }
         }
-
-        let message =
-            OtpMessage { text: senders::render(&self.otp_message, &code, appid), to: address.clone(), otp: code, appid: appid.to_string() };
-        metrics::SENDER_ATTEMPTS.with_label_values(&[sender.name()]).inc();
-        if let Err(reason) = sender.send(&message).await {
-            metrics::SENDER_FAILURES.with_label_values(&[sender.name()]).inc();
-            tracing::warn!(sender = sender.name(), to = %address.masked(), "code not delivered: {}", address.masked_in(&reason));
-            // Nobody received this code: drop it so it cannot be guessed and a new request is not held back.
-            let owned = address.as_str().to_string();
-            self.db.call(move |conn| storage::remove_challenge(conn, &owned, &otp_hash)).await.map_err(internal)?;
-            return Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again"));
-        }
-        metrics::OTP_ISSUED.inc();
-        tracing::info!(sender = sender.name(), to = %address.masked(), appid, "code sent");
-        Ok(LoginOutcome::CodeSent)
     }
 
     async fn verify(
@@ -234,18 +265,24 @@ fn non_empty(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-fn parse_address(request: &LoginRequest) -> Result<Address, ApiError> {
-    if let Some(phone) = non_empty(&request.phone) {
-        return address::normalize_phone(phone)
-            .map(Address::Phone)
-            .ok_or_else(|| ApiError::new("BADPHONE", "phone must be 9 to 15 digits, optionally with a leading +"));
+impl LoginFlow {
+    /// The address, and for phones their country calling code.
+    fn parse_address(&self, request: &LoginRequest) -> Result<(Address, Option<u16>), ApiError> {
+        if let Some(phone) = non_empty(&request.phone) {
+            // Test numbers are sent nothing, so the SMS policy does not apply to them (and they may be fictional).
+            if let Some(digits) = address::normalize_phone(phone).filter(|digits| self.test_otps.contains_key(digits)) {
+                return Ok((Address::Phone(digits), None));
+            }
+            let phone = self.phones.check(phone)?;
+            return Ok((Address::Phone(phone.digits), Some(phone.calling_code)));
+        }
+        if let Some(email) = non_empty(&request.email) {
+            return address::normalize_email(email)
+                .map(|email| (Address::Email(email), None))
+                .ok_or_else(|| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
+        }
+        Err(ApiError::new("BADPHONE", "phone (or email) is required"))
     }
-    if let Some(email) = non_empty(&request.email) {
-        return address::normalize_email(email)
-            .map(Address::Email)
-            .ok_or_else(|| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
-    }
-    Err(ApiError::new("BADPHONE", "phone (or email) is required"))
 }
 
 fn not_enabled(address: &Address) -> ApiError {

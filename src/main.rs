@@ -44,6 +44,8 @@ async fn serve(config: Config) -> ExitCode {
     };
     actix_web::rt::spawn(state.clone().into_inner().run_maintenance(Duration::from_secs(60)));
     actix_web::rt::spawn(state.outbox.clone().run());
+    // The courier sends queued code messages, including those left from before a restart.
+    actix_web::rt::spawn(state.login.courier.clone().run());
     match server::serve(&config, state).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e),

@@ -260,6 +260,13 @@ pub enum StoreOutcome {
 /// less than `resend_secs` ago.
 pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let outcome = insert_challenge(&tx, c)?;
+    tx.commit()?;
+    Ok(outcome)
+}
+
+/// [`store_challenge`] inside the caller's transaction (which commits, or rolls back on `TooSoon`).
+pub fn insert_challenge(tx: &rusqlite::Transaction<'_>, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let previous: Option<i64> =
         tx.prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?.query_row([&c.address], |r| r.get(0)).optional()?;
     if let Some(created_at) = previous {
@@ -273,7 +280,6 @@ pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Res
          VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL)",
     )?
     .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs])?;
-    tx.commit()?;
     Ok(StoreOutcome::Stored)
 }
 

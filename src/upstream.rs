@@ -153,7 +153,7 @@ impl Upstream {
 
 /// reqwest's Display of an error leaves out the cause (refused, timed out, ...).
 /// The URL is left out: operators sometimes put credentials in it.
-fn describe(e: reqwest::Error) -> String {
+pub(crate) fn describe(e: reqwest::Error) -> String {
     let e = e.without_url();
     let mut text = e.to_string();
     let mut source = std::error::Error::source(&e);

@@ -80,7 +80,8 @@ async fn email_login_through_smtp() {
         ("SMTP_PORT", port.as_str()),
         ("SMTP_TLS", "none"),
         ("SMTP_FROM", "Login <login@example.com>"),
-        ("EMAIL_SUBJECT", "Your sign-in code"),
+        ("EMAIL_SUBJECT", "Your {appname} sign-in code"),
+        ("APP_NAMES", r#"{"com.example.app":"Example"}"#),
     ];
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
@@ -90,7 +91,7 @@ async fn email_login_through_smtp() {
     let message = smtp.messages.lock().unwrap()[0].clone();
     assert!(message.contains("To: ann@example.com"), "{message}");
     assert!(message.contains("From: Login <login@example.com>"), "{message}");
-    assert!(message.contains("Subject: Your sign-in code"), "{message}");
+    assert!(message.contains("Subject: Your Example sign-in code"), "{message}");
     let code = code_in(&message);
     assert_eq!(code.len(), 6);
 

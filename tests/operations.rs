@@ -58,7 +58,7 @@ async fn request_ids_are_echoed_or_generated_and_logged_once() {
     assert_eq!((status, &headers["x-request-id"]), (200, &"req-test-7f1e".parse().unwrap()));
     let lines: Vec<String> = logs().lines().filter(|l| l.contains("req-test-7f1e")).map(String::from).collect();
     // The login flow's own line and the one request line, both tagged with the id.
-    assert!(lines.iter().any(|l| l.contains("code sent")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("code issued")), "{lines:?}");
     let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("otpgate::request")).collect();
     assert_eq!(request_lines.len(), 1, "{lines:?}");
     for field in ["method=\"POST\"", "route=\"/api\"", "op=\"login\"", "result=\"ok\"", "status=200", "latency_ms="] {

@@ -1,9 +1,8 @@
 //! Generic SMS gateway: POSTs a JSON body built from a template.
 
 use async_trait::async_trait;
-use std::time::Duration;
 
-use super::{OtpMessage, OtpSender};
+use super::{provider_http, OtpMessage, OtpSender, SendError};
 use crate::config::Config;
 
 pub struct HttpSmsSender {
@@ -22,12 +21,8 @@ impl HttpSmsSender {
         if serde_json::from_str::<serde_json::Value>(&sample).is_err() {
             return Err("invalid configuration: SMS_HTTP_BODY must be a JSON template using {phone} and {message}".into());
         }
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.sms_http_timeout_secs))
-            .build()
-            .map_err(|e| format!("cannot build the SMS HTTP client: {e}"))?;
         Ok(HttpSmsSender {
-            client,
+            client: provider_http::client(config.sms_http_timeout_secs)?,
             url: config.sms_http_url.clone(),
             authorization: config.sms_http_auth.clone(),
             body_template: config.sms_http_body.clone(),
@@ -50,21 +45,13 @@ impl OtpSender for HttpSmsSender {
         "http"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         let body = render_body(&self.body_template, message.to.as_str(), &message.text);
         let mut request = self.client.post(&self.url).header("content-type", "application/json").body(body);
         if !self.authorization.is_empty() {
             request = request.header("authorization", &self.authorization);
         }
-        // Errors are reported without the URL, which may carry credentials.
-        let response = request.send().await.map_err(|e| format!("SMS gateway request failed: {}", e.without_url()))?;
-        let status = response.status();
-        if status.is_success() {
-            Ok(())
-        } else {
-            let body: String = response.text().await.unwrap_or_default().chars().take(300).collect();
-            Err(format!("SMS gateway answered HTTP {status}: {body}"))
-        }
+        provider_http::deliver("SMS gateway", request, &[&self.authorization]).await.map(|_| ())
     }
 }
 

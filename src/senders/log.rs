@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{OtpMessage, OtpSender};
+use super::{OtpMessage, OtpSender, SendError};
 
 pub struct LogSender;
 
@@ -12,7 +12,7 @@ impl OtpSender for LogSender {
         "log"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         // The only place a code is ever logged, and the point of this sender.
         tracing::info!("otp for {} is {}", message.to, message.otp);
         Ok(())

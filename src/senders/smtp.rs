@@ -5,14 +5,17 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{OtpMessage, OtpSender};
+use super::{OtpMessage, OtpSender, SendError};
 use crate::address::Address;
 use crate::config::Config;
+use crate::templates::Templates;
 
 pub struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
+    /// `EMAIL_SUBJECT`, filled in per message like `OTP_MESSAGE`.
     subject: String,
+    templates: Templates,
 }
 
 impl SmtpSender {
@@ -35,7 +38,12 @@ impl SmtpSender {
         if !config.smtp_user.is_empty() {
             builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.clone()));
         }
-        Ok(SmtpSender { transport: builder.build(), from, subject: config.email_subject.clone() })
+        Ok(SmtpSender {
+            transport: builder.build(),
+            from,
+            subject: config.email_subject.clone(),
+            templates: Templates::from_config(config)?,
+        })
     }
 }
 
@@ -45,17 +53,22 @@ impl OtpSender for SmtpSender {
         "smtp"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         let Address::Email(to) = &message.to else {
-            return Err("the smtp sender delivers only to e-mail addresses".into());
+            return Err(SendError::permanent("the smtp sender delivers only to e-mail addresses"));
         };
-        let to: Mailbox = to.parse().map_err(|e| format!("bad recipient: {e}"))?;
+        let to: Mailbox = to.parse().map_err(|e| SendError::permanent(format!("bad recipient: {e}")))?;
         let email = Message::builder()
             .from(self.from.clone())
             .to(to)
-            .subject(&self.subject)
+            .subject(self.templates.fill(&self.subject, &message.appid, &message.otp))
             .body(message.text.clone())
-            .map_err(|e| format!("cannot build the e-mail: {e}"))?;
-        self.transport.send(email).await.map(|_| ()).map_err(|e| format!("SMTP delivery failed: {e}"))
+            .map_err(|e| SendError::permanent(format!("cannot build the e-mail: {e}")))?;
+        // 5xx SMTP replies (unknown mailbox, refused) will not change on a retry.
+        self.transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError { permanent: e.is_permanent(), reason: format!("SMTP delivery failed: {e}") })
     }
 }

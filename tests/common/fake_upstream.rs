@@ -17,17 +17,51 @@ pub enum Mode {
     Slow(Duration),
     /// Answer with this status and body whatever the request.
     Reply(u16, String),
+    /// Answer with this status and the request's own body, as some providers quote it in errors.
+    Echo(u16),
+    /// Answer with these replies in turn; the last one repeats.
+    Sequence(Vec<(u16, String)>),
+}
+
+impl Mode {
+    /// The mode for the next request; a `Sequence` moves on by one.
+    fn pop_scripted(&mut self) -> Mode {
+        match self {
+            Mode::Sequence(replies) if replies.len() > 1 => {
+                let (status, body) = replies.remove(0);
+                Mode::Reply(status, body)
+            }
+            Mode::Sequence(replies) => {
+                let (status, body) = replies[0].clone();
+                Mode::Reply(status, body)
+            }
+            other => other.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct Received {
     pub authorization: Option<String>,
     pub body: String,
+    /// Path and query, e.g. `/backend/`.
+    pub path: String,
+    /// Every header, names lower-case.
+    pub headers: Vec<(String, String)>,
 }
 
 impl Received {
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).expect("request body is JSON")
+    }
+
+    /// The form-encoded body as name → value.
+    pub fn form(&self) -> std::collections::HashMap<String, String> {
+        serde_urlencoded::from_str(&self.body).expect("request body is a form")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -133,19 +167,24 @@ impl FakeUpstream {
 async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let body = String::from_utf8_lossy(&body).into_owned();
     let authorization = request.headers().get("authorization").and_then(|v| v.to_str().ok()).map(String::from);
+    let path = request.uri().path_and_query().map_or_else(String::new, |p| p.to_string());
+    let headers = request.headers().iter().map(|(n, v)| (n.as_str().to_string(), v.to_str().unwrap_or("").to_string())).collect();
     if shared.recording.load(Ordering::SeqCst) {
-        shared.received.lock().unwrap().push(Received { authorization, body: body.clone() });
+        shared.received.lock().unwrap().push(Received { authorization, body: body.clone(), path, headers });
     }
-    let mode = shared.mode.lock().unwrap().clone();
+    let mode = shared.mode.lock().unwrap().pop_scripted();
     match mode {
         Mode::Reply(status, reply) => {
             HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(reply)
+        }
+        Mode::Echo(status) => {
+            HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap()).content_type("application/json").body(body)
         }
         Mode::Slow(delay) => {
             actix_web::rt::time::sleep(delay).await;
             platform(&body, &shared)
         }
-        Mode::Useradd => platform(&body, &shared),
+        Mode::Useradd | Mode::Sequence(_) => platform(&body, &shared),
     }
 }
 

@@ -15,11 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use otpgate::config::Config;
-use otpgate::senders::{OtpMessage, OtpSender, Senders};
+use otpgate::courier::Courier;
+use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
 use otpgate::{server, AppState};
 
 #[allow(unused_imports)]
-pub use fake_upstream::{FakeUpstream, Mode};
+pub use fake_upstream::{FakeUpstream, Mode, Received};
 
 pub const APP_TOKEN: &str = "app-token-5ecret-7f3a9c";
 pub const APPID: &str = "com.example.app";
@@ -37,7 +38,7 @@ impl OtpSender for RecordingSender {
         "recording"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), String> {
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         if self.fail.load(Ordering::SeqCst) {
             return Err("provider unavailable (test)".into());
         }
@@ -73,6 +74,7 @@ pub struct TestServer {
     pub dir: Arc<tempfile::TempDir>,
     pub state: web::Data<AppState>,
     handle: ServerHandle,
+    courier: Arc<Courier>,
     client: reqwest::Client,
     outbox_task: actix_web::rt::task::JoinHandle<()>,
 }
@@ -90,6 +92,13 @@ fn base_env(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> BTreeMap<String
         ("LIMIT_START_PER_IP_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_SUBNET_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0".into()),
+        ("SMS_BUDGET_PER_HOUR", "0".into()),
+        // The protocol's example numbers are US toll-free (1800555xxxx), which cannot get SMS.
+        ("PHONE_MOBILE_ONLY", "false".into()),
+        // One delivery attempt: a failure is answered SENDFAILED at once. Courier tests turn retries on.
+        ("COURIER_MAX_ATTEMPTS", "1".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -121,19 +130,22 @@ impl TestServer {
         };
         let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));
         let outbox_task = actix_web::rt::spawn(state.outbox.clone().run());
+        let courier = state.login.courier.clone();
+        actix_web::rt::spawn(courier.clone().run());
         let app_state = state.clone();
         let server = HttpServer::new(move || server::app(app_state.clone())).workers(2).disable_signals().bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", server.addrs()[0]);
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, upstream, sender, dir, state, handle, client: reqwest::Client::new(), outbox_task }
+        TestServer { url, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
     }
 
-    /// Stops serving and sending notifications, as a process exit would.
+    /// Stops serving, sending notifications and the courier (queued messages stay in the database), as a process exit would.
     pub async fn stop(&self) {
         self.outbox_task.abort();
         self.handle.stop(true).await;
+        self.courier.stop();
     }
 
     /// POSTs a JSON body to /api.

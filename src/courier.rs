@@ -1,0 +1,296 @@
+//! The durable courier: every outgoing code message is a row in the `courier`
+//! table, written in the transaction that stores the code. A background worker
+//! sends it at once and retries transient failures with exponential backoff while
+//! the code is valid; a restart resumes what was queued. The login request waits
+//! a bounded time for the first attempt, so a hard failure is still answered
+//! synchronously.
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::{oneshot, Notify};
+
+use crate::address::Address;
+use crate::config::Config;
+use crate::metrics;
+use crate::senders::{OtpMessage, SendError, Senders};
+use crate::storage::{self, Db, NewChallenge, StorageError, StoreOutcome};
+
+/// Rows claimed per round.
+const BATCH: usize = 16;
+/// Longest sleep between looks at the queue (a new message also wakes the worker).
+const IDLE_POLL_MS: i64 = 1000;
+/// Sent and failed rows are kept this long as a delivery record.
+const KEEP_FINISHED_SECS: i64 = 7 * 24 * 3600;
+
+/// What a login request learns about its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// A code was sent moments ago; retry after this many seconds. Nothing was queued.
+    TooSoon(u64),
+    Sent,
+    /// The first attempt failed; it will be retried.
+    Retrying,
+    /// The first attempt failed for good and the code was deleted.
+    Failed,
+    /// The first attempt has not finished within `COURIER_WAIT_MS`.
+    InFlight,
+}
+
+pub struct Courier {
+    db: Arc<Db>,
+    senders: Senders,
+    max_attempts: u32,
+    retry_base_ms: i64,
+    wait_first: Duration,
+    /// How long a claimed row stays hidden from later rounds: longer than any attempt,
+    /// so a crash mid-attempt only delays the retry.
+    lease_ms: i64,
+    wake: Notify,
+    stopped: AtomicBool,
+    /// Login requests waiting for a first attempt, by the code's hash.
+    waiting: Mutex<HashMap<[u8; 32], oneshot::Sender<Dispatch>>>,
+}
+
+struct Queued {
+    id: i64,
+    address: String,
+    appid: String,
+    otp_hash: Vec<u8>,
+    otp: String,
+    body: String,
+    attempts: u32,
+    expires_at: i64,
+}
+
+impl Courier {
+    pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders) -> Courier {
+        let slowest_secs = config.provider_timeout_secs.max(config.sms_http_timeout_secs).max(30);
+        Courier {
+            db,
+            senders,
+            max_attempts: config.courier_max_attempts,
+            retry_base_ms: config.courier_retry_base_ms as i64,
+            wait_first: Duration::from_millis(config.courier_wait_ms),
+            lease_ms: 2 * 1000 * slowest_secs as i64,
+            wake: Notify::new(),
+            stopped: AtomicBool::new(false),
+            waiting: Mutex::default(),
+        }
+    }
+
+    /// Stores the challenge and queues its message in one transaction, then waits
+    /// up to `COURIER_WAIT_MS` for the first attempt.
+    pub async fn store_and_send(&self, challenge: NewChallenge, message: OtpMessage) -> Result<Dispatch, StorageError> {
+        let otp_hash = challenge.otp_hash;
+        // Registered before the row exists, so the worker cannot finish the attempt unseen.
+        let (tell, told) = oneshot::channel();
+        self.waiting().insert(otp_hash, tell);
+        let now_ms = now_ms();
+        let stored = self.db.call(move |conn| enqueue(conn, &challenge, &message, now_ms)).await;
+        match stored {
+            Ok(StoreOutcome::Stored) => {}
+            other => {
+                self.waiting().remove(&otp_hash);
+                return other.map(|outcome| match outcome {
+                    StoreOutcome::TooSoon(wait) => Dispatch::TooSoon(wait),
+                    StoreOutcome::Stored => unreachable!("handled above"),
+                });
+            }
+        }
+        self.wake.notify_one();
+        let first = tokio::time::timeout(self.wait_first, told).await;
+        self.waiting().remove(&otp_hash);
+        Ok(first.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
+    }
+
+    /// The worker: sends due messages until [`Courier::stop`]. Run exactly one per database.
+    pub async fn run(self: Arc<Self>) {
+        while !self.stopped.load(Ordering::SeqCst) {
+            let now = now_ms();
+            let lease_until = now + self.lease_ms;
+            let (batch, next_due) = match self.db.call(move |conn| claim_due(conn, now, lease_until)).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::error!("courier: reading the queue failed: {e}");
+                    (Vec::new(), None)
+                }
+            };
+            let full = batch.len() == BATCH;
+            for row in batch {
+                let courier = Arc::clone(&self);
+                // Attempts run side by side: one slow provider call must not hold up the others.
+                tokio::spawn(async move { courier.attempt(row).await });
+            }
+            if full {
+                continue;
+            }
+            let sleep_ms = next_due.map_or(IDLE_POLL_MS, |due| (due - now_ms()).clamp(1, IDLE_POLL_MS));
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+            }
+        }
+    }
+
+    /// Ends the worker after its current round; queued messages stay for the next start.
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
+
+    /// Deletes finished rows past their keeping time; returns how many.
+    pub async fn purge_finished(&self) -> Result<usize, StorageError> {
+        let before = storage::now() - KEEP_FINISHED_SECS;
+        self.db.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
+    }
+
+    async fn attempt(&self, row: Queued) {
+        let to = if row.address.contains('@') { Address::Email(row.address.clone()) } else { Address::Phone(row.address.clone()) };
+        let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
+        let (sender_name, result) = match self.senders.for_address(&to) {
+            Some(sender) => {
+                metrics::SENDER_ATTEMPTS.with_label_values(&[sender.name()]).inc();
+                (sender.name(), sender.send(&message).await)
+            }
+            None => ("none", Err(SendError::permanent("no sender is configured for this kind of address"))),
+        };
+        let attempts = row.attempts + 1;
+        let (id, otp_hash) = (row.id, row.otp_hash.clone());
+        let (dispatch, update) = match result {
+            Ok(()) => {
+                tracing::info!(sender = sender_name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
+                (Dispatch::Sent, Update::Sent)
+            }
+            Err(error) => {
+                metrics::SENDER_FAILURES.with_label_values(&[sender_name]).inc();
+                // Some providers echo the message in their error replies; neither the code nor the
+                // full number may reach a log.
+                let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));
+                let retry_at = now_ms() + self.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20));
+                let last = error.permanent || attempts >= self.max_attempts || retry_at >= row.expires_at * 1000;
+                let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - now_ms()) };
+                tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; {next}");
+                if last {
+                    (Dispatch::Failed, Update::Failed(reason))
+                } else {
+                    (Dispatch::Retrying, Update::Retry(reason, retry_at))
+                }
+            }
+        };
+        let address = row.address;
+        let saved = self.db.call(move |conn| record_attempt(conn, id, attempts, &update, &address, &otp_hash)).await;
+        if let Err(e) = saved {
+            tracing::error!("courier: recording a delivery attempt failed: {e}");
+        }
+        if row.attempts == 0 {
+            let hash: Option<[u8; 32]> = row.otp_hash.as_slice().try_into().ok();
+            if let Some(tell) = hash.and_then(|hash| self.waiting().remove(&hash)) {
+                let _ = tell.send(dispatch);
+            }
+        }
+    }
+
+    fn waiting(&self) -> MutexGuard<'_, HashMap<[u8; 32], oneshot::Sender<Dispatch>>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum Update {
+    Sent,
+    Failed(String),
+    Retry(String, i64),
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn enqueue(conn: &mut Connection, challenge: &NewChallenge, message: &OtpMessage, now_ms: i64) -> rusqlite::Result<StoreOutcome> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let StoreOutcome::TooSoon(wait) = storage::insert_challenge(&tx, challenge)? {
+        return Ok(StoreOutcome::TooSoon(wait));
+    }
+    tx.execute(
+        "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+        params![
+            message.to.as_str(),
+            message.appid,
+            &challenge.otp_hash[..],
+            message.otp,
+            message.text,
+            now_ms,
+            challenge.now + challenge.ttl_secs,
+            challenge.now
+        ],
+    )?;
+    tx.commit()?;
+    Ok(StoreOutcome::Stored)
+}
+
+/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`; also returns
+/// when the next queued message falls due.
+fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<(Vec<Queued>, Option<i64>)> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // A code that was used, replaced by a newer one or expired is not worth an SMS.
+    tx.execute(
+        "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
+         WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+             WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
+        [now_ms / 1000],
+    )?;
+    let batch = {
+        let mut select = tx.prepare(
+            "SELECT id, address, appid, otp_hash, otp, body, attempts, expires_at FROM courier
+             WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+        )?;
+        let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
+            Ok(Queued {
+                id: r.get(0)?,
+                address: r.get(1)?,
+                appid: r.get(2)?,
+                otp_hash: r.get(3)?,
+                otp: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                body: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                attempts: r.get(6)?,
+                expires_at: r.get(7)?,
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<Queued>>>()?
+    };
+    for row in &batch {
+        tx.execute("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1", params![row.id, lease_until])?;
+    }
+    let next_due: Option<i64> =
+        tx.query_row("SELECT min(next_attempt_ms) FROM courier WHERE status = 'queued'", [], |r| r.get(0)).optional()?.flatten();
+    tx.commit()?;
+    Ok((batch, next_due))
+}
+
+/// Records an attempt. A final outcome wipes the code and message text; a final
+/// failure also deletes the challenge, since nobody received that code.
+fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    match update {
+        Update::Sent => {
+            tx.execute("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, attempts])?;
+        }
+        Update::Failed(error) => {
+            tx.execute(
+                "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
+                params![id, attempts, error],
+            )?;
+            tx.execute("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2", params![address, otp_hash])?;
+        }
+        Update::Retry(error, retry_at) => {
+            tx.execute(
+                "UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1",
+                params![id, attempts, error, retry_at],
+            )?;
+        }
+    }
+    tx.commit()
+}

@@ -1,0 +1,149 @@
+//! Phone number validation with libphonenumber's metadata (the `phonenumber`
+//! crate), and the operator's country policy. SMS pumping targets expensive
+//! destinations and number ranges, so what cannot or should not get an SMS is
+//! refused before anything is sent.
+
+use phonenumber::country::Id;
+use phonenumber::{PhoneNumber, Type};
+
+use crate::address;
+use crate::config::Config;
+use crate::error::ApiError;
+
+/// A number that passed every check.
+pub struct ValidPhone {
+    /// E.164 digits without `+`: the stored and returned form.
+    pub digits: String,
+    /// The country calling code, e.g. 44.
+    pub calling_code: u16,
+}
+
+pub struct PhonePolicy {
+    default_region: Option<Id>,
+    mobile_only: bool,
+    allowed: Vec<CountryMatch>,
+    blocked: Vec<CountryMatch>,
+}
+
+/// One entry of a country list: an ISO code (`GB`) or a calling code (`44`).
+#[derive(Debug, PartialEq)]
+enum CountryMatch {
+    Region(Id),
+    CallingCode(u16),
+}
+
+impl CountryMatch {
+    fn matches(&self, number: &PhoneNumber) -> bool {
+        match self {
+            CountryMatch::Region(id) => number.country().id() == Some(*id),
+            CountryMatch::CallingCode(code) => number.code().value() == *code,
+        }
+    }
+}
+
+impl PhonePolicy {
+    pub fn from_config(config: &Config) -> Result<PhonePolicy, String> {
+        let default_region = match config.default_region.trim() {
+            "" => None,
+            region => Some(parse_region(region).ok_or("invalid configuration: DEFAULT_REGION must be an ISO country code such as GB")?),
+        };
+        // The metadata is loaded on first use (about a second in debug builds): do it now, not in a request.
+        let _ = phonenumber::parse(None, "+447400123456").map(|n| n.is_valid());
+        Ok(PhonePolicy {
+            default_region,
+            mobile_only: config.phone_mobile_only,
+            allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
+            blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
+        })
+    }
+
+    /// Parses and checks a phone as the user typed it. International input
+    /// (`+44...`, `0044...`, or bare digits with the country code) is tried
+    /// first; national input (`020 ...`) needs `DEFAULT_REGION`.
+    pub fn check(&self, raw: &str) -> Result<ValidPhone, ApiError> {
+        let malformed = || ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958");
+        let international = address::normalize_phone(raw).and_then(|digits| phonenumber::parse(None, format!("+{digits}")).ok());
+        let number = international
+            .filter(PhoneNumber::is_valid)
+            .or_else(|| self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()))
+            .filter(PhoneNumber::is_valid)
+            .ok_or_else(malformed)?;
+
+        let not_served = || ApiError::new("BADPHONE", "phone numbers from this country are not served");
+        if self.blocked.iter().any(|c| c.matches(&number)) || !(self.allowed.is_empty() || self.allowed.iter().any(|c| c.matches(&number)))
+        {
+            return Err(not_served());
+        }
+        if self.mobile_only && !can_receive_sms(&number) {
+            return Err(ApiError::new("BADPHONE", "this number cannot receive text messages; use a mobile number"));
+        }
+        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        Ok(ValidPhone { digits: e164.trim_start_matches('+').to_string(), calling_code: number.code().value() })
+    }
+}
+
+/// Mobile ranges, and ranges where fixed and mobile numbers cannot be told apart (e.g. the US).
+fn can_receive_sms(number: &PhoneNumber) -> bool {
+    matches!(number.number_type(&phonenumber::metadata::DATABASE), Type::Mobile | Type::FixedLineOrMobile)
+}
+
+fn parse_region(code: &str) -> Option<Id> {
+    code.trim().to_ascii_uppercase().parse().ok()
+}
+
+fn country_list(name: &str, value: &str) -> Result<Vec<CountryMatch>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let calling_code = entry.trim_start_matches('+').parse::<u16>().ok().filter(|c| (1..=999).contains(c));
+            calling_code
+                .map(CountryMatch::CallingCode)
+                .or_else(|| parse_region(entry).map(CountryMatch::Region))
+                .ok_or_else(|| format!("invalid configuration: {name} entry {entry:?} is neither an ISO country code nor a calling code"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(vars: &[(&str, &str)]) -> PhonePolicy {
+        PhonePolicy::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn international_and_national_input_give_e164_digits() {
+        let p = policy(&[("DEFAULT_REGION", "GB")]);
+        for raw in ["+44 7400 123456", "0044 7400 123456", "447400123456", "07400 123456"] {
+            let phone = p.check(raw).unwrap_or_else(|e| panic!("{raw}: {}", e.message));
+            assert_eq!((phone.digits.as_str(), phone.calling_code), ("447400123456", 44), "{raw}");
+        }
+        assert!(policy(&[]).check("07400 123456").is_err(), "national input needs DEFAULT_REGION");
+    }
+
+    #[test]
+    fn invalid_and_non_mobile_numbers_are_refused() {
+        let p = policy(&[]);
+        assert_eq!(p.check("+44 20 7946 0958").err().unwrap().code, "BADPHONE", "London fixed line");
+        assert_eq!(p.check("+1 800 555 1234").err().unwrap().code, "BADPHONE", "US toll-free");
+        assert_eq!(p.check("+44 99 1234 5678").err().unwrap().code, "BADPHONE", "no such range");
+        assert!(p.check("+1 212 555 0123").is_ok(), "US numbers may be mobile");
+        let lenient = policy(&[("PHONE_MOBILE_ONLY", "false")]);
+        assert_eq!(lenient.check("+1 800 555 1234").unwrap().digits, "18005551234");
+    }
+
+    #[test]
+    fn country_lists_take_iso_and_calling_codes() {
+        let p = policy(&[("BLOCKED_COUNTRIES", "GB, 33")]);
+        assert!(p.check("+44 7400 123456").is_err());
+        assert!(p.check("+33 6 12 34 56 78").is_err());
+        assert!(p.check("+49 151 23456789").is_ok());
+        let p = policy(&[("ALLOWED_COUNTRIES", "DE")]);
+        assert!(p.check("+49 151 23456789").is_ok());
+        assert!(p.check("+44 7400 123456").err().unwrap().message.contains("not served"));
+        assert!(Config::from_vars([("ALLOWED_COUNTRIES", "Narnia")]).err().unwrap().contains("ALLOWED_COUNTRIES"));
+    }
+}

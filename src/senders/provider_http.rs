@@ -1,0 +1,94 @@
+//! What every HTTP provider shares: the client, sending a request, and turning
+//! transport errors and error replies into one clear, credential-free [`SendError`].
+
+use serde_json::Value;
+use std::time::Duration;
+
+use super::SendError;
+use crate::upstream::describe;
+
+/// Longest part of a provider's error reply that is logged.
+const LOGGED_BODY_LIMIT: usize = 300;
+
+pub fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(timeout_secs))
+        .build()
+        .map_err(|e| format!("cannot build the provider HTTP client: {e}"))
+}
+
+/// Sends `request` and returns the reply body of a 2xx answer.
+/// Timeouts, connection and TLS failures, 5xx and 429 are transient (worth a retry);
+/// other 4xx answers are permanent (bad number, bad credentials). `secrets` are
+/// blanked out of anything reported, since some providers echo the request.
+pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: &[&str]) -> Result<String, SendError> {
+    let redact = |text: String| redact(text, secrets);
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => {
+            let what = if e.is_timeout() { "timed out" } else { "request failed" };
+            return Err(SendError::transient(redact(format!("{provider}: {what}: {}", describe(e)))));
+        }
+    };
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        return Ok(body);
+    }
+    let detail = provider_error(&body).unwrap_or_else(|| shorten(&body));
+    let reason = redact(format!("{provider} answered HTTP {}: {detail}", status.as_u16()));
+    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+        Err(SendError::transient(reason))
+    } else {
+        Err(SendError::permanent(reason))
+    }
+}
+
+/// Blanks `secrets` out of `text`: some providers echo the request in their replies.
+pub fn redact(text: String, secrets: &[&str]) -> String {
+    secrets.iter().filter(|s| !s.is_empty()).fold(text, |text, secret| text.replace(secret, "[secret]"))
+}
+
+/// The provider's own error code and text, from the reply shapes the supported
+/// providers use (`code`/`message`, `error-text`, `errors[0]`, `title`/`detail`).
+fn provider_error(body: &str) -> Option<String> {
+    let reply: Value = serde_json::from_str(body).ok()?;
+    let error = reply.get("errors").and_then(|e| e.get(0)).unwrap_or(&reply);
+    let code = ["code", "status", "type"].iter().find_map(|k| error.get(*k)).map(plain);
+    let text = ["message", "description", "error-text", "detail", "title"].iter().find_map(|k| error.get(*k)).map(plain);
+    match (code, text) {
+        (Some(code), Some(text)) => Some(format!("error {code}: {}", shorten(&text))),
+        (None, Some(text)) => Some(shorten(&text)),
+        (Some(code), None) => Some(format!("error {code}")),
+        (None, None) => None,
+    }
+}
+
+fn plain(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn shorten(text: &str) -> String {
+    let mut shown: String = text.chars().take(LOGGED_BODY_LIMIT).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provider_error;
+
+    #[test]
+    fn provider_error_shapes_are_understood() {
+        let twilio = r#"{"code":21211,"message":"Invalid 'To' Phone Number","status":400}"#;
+        assert_eq!(provider_error(twilio).as_deref(), Some("error 21211: Invalid 'To' Phone Number"));
+        let messagebird = r#"{"errors":[{"code":9,"description":"no (correct) recipients found","parameter":"recipients"}]}"#;
+        assert_eq!(provider_error(messagebird).as_deref(), Some("error 9: no (correct) recipients found"));
+        assert_eq!(provider_error("not json"), None);
+    }
+}

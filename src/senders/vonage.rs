@@ -1,0 +1,83 @@
+//! Vonage (Nexmo) SMS API: `POST /sms/json` with the key and secret in the body.
+//! It answers 200 even when a message is refused; each message carries its own `status`.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{provider_http, require, OtpMessage, OtpSender, SendError};
+use crate::config::Config;
+
+pub struct VonageSender {
+    client: reqwest::Client,
+    url: String,
+    api_key: String,
+    api_secret: String,
+    from: String,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    #[serde(default)]
+    messages: Vec<MessageStatus>,
+}
+
+#[derive(Deserialize)]
+struct MessageStatus {
+    status: String,
+    #[serde(rename = "error-text", default)]
+    error_text: String,
+}
+
+impl VonageSender {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        require(
+            "vonage",
+            &[
+                ("VONAGE_API_KEY", &config.vonage_api_key),
+                ("VONAGE_API_SECRET", &config.vonage_api_secret),
+                ("VONAGE_FROM", &config.vonage_from),
+            ],
+        )?;
+        Ok(VonageSender {
+            client: provider_http::client(config.provider_timeout_secs)?,
+            url: format!("{}/sms/json", config.vonage_base_url.trim_end_matches('/')),
+            api_key: config.vonage_api_key.clone(),
+            api_secret: config.vonage_api_secret.clone(),
+            from: config.vonage_from.clone(),
+        })
+    }
+}
+
+#[async_trait]
+impl OtpSender for VonageSender {
+    fn name(&self) -> &'static str {
+        "vonage"
+    }
+
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+        let body = json!({
+            "api_key": self.api_key,
+            "api_secret": self.api_secret,
+            "from": self.from,
+            "to": message.to.as_str(),
+            "text": message.text,
+        });
+        let request = self.client.post(&self.url).json(&body);
+        let reply = provider_http::deliver("vonage", request, &[&self.api_secret]).await?;
+        let reply: Reply = serde_json::from_str(&reply).map_err(|_| SendError::transient("vonage: unparseable reply"))?;
+        let refused = reply.messages.iter().find(|m| m.status != "0");
+        match (reply.messages.is_empty(), refused) {
+            (true, _) => Err(SendError::transient("vonage: reply without message status")),
+            (false, None) => Ok(()),
+            // Status 1 is throttling and 5 an internal error: both may pass later.
+            (false, Some(m)) => {
+                let reason = provider_http::redact(
+                    format!("vonage refused the message: status {}: {}", m.status, m.error_text),
+                    &[&self.api_secret],
+                );
+                Err(SendError { permanent: !matches!(m.status.as_str(), "1" | "5"), reason })
+            }
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! The durable courier: retries with backoff on transient failures, no retry on
+//! permanent ones, resumption after a restart, and no code left in clear.
+
+mod common;
+
+use common::*;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PHONE: &str = "18005551234";
+
+/// A service sending through the HTTP SMS gateway `gateway`, with quick retries.
+async fn server_over(gateway: &FakeUpstream, dir: Arc<tempfile::TempDir>, retry_base_ms: &str) -> TestServer {
+    let url = gateway.url();
+    let env = [
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", url.as_str()),
+        ("COURIER_MAX_ATTEMPTS", "5"),
+        ("COURIER_RETRY_BASE_MS", retry_base_ms),
+        ("COURIER_WAIT_MS", "1000"),
+    ];
+    TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await
+}
+
+/// Waits (at most 5 s) until the gateway has received `n` requests.
+async fn wait_for_requests(gateway: &FakeUpstream, n: usize) {
+    let started = Instant::now();
+    while gateway.received().len() < n {
+        assert!(started.elapsed() < Duration::from_secs(5), "only {} of {n} requests arrived", gateway.received().len());
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Row {
+    status: String,
+    attempts: u32,
+    body: Option<String>,
+    otp: Option<String>,
+    last_error: Option<String>,
+}
+
+/// The courier row once it is no longer queued (waits at most 5 s).
+async fn finished_row(server: &TestServer) -> Row {
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let started = Instant::now();
+    loop {
+        let row = db
+            .query_row("SELECT status, attempts, body, otp, last_error FROM courier", [], |r| {
+                Ok(Row { status: r.get(0)?, attempts: r.get(1)?, body: r.get(2)?, otp: r.get(3)?, last_error: r.get(4)? })
+            })
+            .unwrap();
+        if row.status != "queued" {
+            return row;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "still queued: {row:?}");
+        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn code_in(request: &Received) -> String {
+    request.json()["text"].as_str().unwrap().strip_prefix("Your code is ").unwrap().to_string()
+}
+
+#[actix_web::test]
+async fn transient_failures_are_retried_until_delivered() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Sequence(vec![(503, "busy".into()), (503, "busy".into()), (200, "{}".into())]));
+    let server = server_over(&gateway, Arc::new(tempfile::tempdir().unwrap()), "100").await;
+
+    // The first attempt failed but will be retried: the user is told the code is on its way.
+    let (status, reply) = server.call(login(PHONE)).await;
+    assert_eq!(status, 200, "{reply}");
+    wait_for_requests(&gateway, 3).await;
+    let received = gateway.received();
+    let code = code_in(&received[2]);
+    assert!(received.iter().all(|r| code_in(r) == code), "every attempt carries the same code");
+
+    let row = finished_row(&server).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 3));
+    assert_eq!((row.body, row.otp), (None, None), "nothing of the code stays in the courier table");
+    assert!(row.last_error.unwrap().contains("HTTP 503"));
+    assert_eq!(server.call(verify(PHONE, &code)).await.0, 200);
+    actix_web::rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(gateway.received().len(), 3, "no attempt after success");
+}
+
+#[actix_web::test]
+async fn permanent_failures_are_not_retried() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(400, r#"{"code":21211,"message":"Invalid 'To' Phone Number"}"#.into()));
+    let server = server_over(&gateway, Arc::new(tempfile::tempdir().unwrap()), "100").await;
+
+    assert_error(&server.call(login(PHONE)).await, 502, "SENDFAILED");
+    let row = finished_row(&server).await;
+    assert_eq!((row.status.as_str(), row.attempts, row.body, row.otp), ("failed", 1, None, None));
+    assert!(row.last_error.unwrap().contains("error 21211"));
+    actix_web::rt::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(gateway.received().len(), 1, "an invalid number is not retried");
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
+    assert_eq!(pending, 0, "the undelivered code is gone");
+}
+
+#[actix_web::test]
+async fn queued_messages_are_sent_after_a_restart() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(503, "down".into()));
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let first = server_over(&gateway, dir.clone(), "800").await;
+    assert_eq!(first.call(login(PHONE)).await.0, 200);
+    first.stop().await;
+    assert_eq!(gateway.received().len(), 1);
+
+    // A new process over the same database picks the message up when its retry falls due.
+    gateway.set_mode(Mode::Reply(200, "{}".into()));
+    let second = server_over(&gateway, dir, "800").await;
+    wait_for_requests(&gateway, 2).await;
+    let code = code_in(&gateway.received()[1]);
+    let row = finished_row(&second).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("sent", 2));
+    assert_eq!(second.call(verify(PHONE, &code)).await.0, 200);
+}
+
+#[actix_web::test]
+async fn a_replaced_code_is_not_retried() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(503, "down".into()));
+    let server = server_over(&gateway, Arc::new(tempfile::tempdir().unwrap()), "300").await;
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    // A newer request replaces the code; the first message's retry is then pointless.
+    gateway.set_mode(Mode::Reply(200, "{}".into()));
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    actix_web::rt::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(gateway.received().len(), 2, "the replaced code was not sent again");
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let statuses: Vec<String> =
+        db.prepare("SELECT status FROM courier ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(statuses, ["cancelled", "sent"]);
+}
+
+#[actix_web::test]
+async fn an_echoed_code_is_not_logged() {
+    let gateway = FakeUpstream::start();
+    // The gateway's error reply quotes the request, code included.
+    gateway.set_mode(Mode::Echo(400));
+    let server = server_over(&gateway, Arc::new(tempfile::tempdir().unwrap()), "100").await;
+    assert_error(&server.call(login("18005550009")).await, 502, "SENDFAILED");
+    let code = code_in(&gateway.received()[0]);
+    let logs = logs();
+    assert!(!logs.contains(&format!("Your code is {code}")), "{logs}");
+    // The number is masked as well, like every phone in the log.
+    assert!(logs.contains(r#"SMS gateway answered HTTP 400: {"to":"1800555****","text":"Your code is [code]"}"#), "{logs}");
+    let row = finished_row(&server).await;
+    assert!(!row.last_error.unwrap().contains(&code));
+}
+
+#[actix_web::test]
+async fn retries_stop_when_the_code_expires() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Reply(503, "down".into()));
+    let url = gateway.url();
+    let env = [
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", url.as_str()),
+        // Expiry is kept in whole seconds: 2 s leaves at least one second, so the first
+        // 200 ms retry is always worth trying and the request is answered as sent.
+        ("OTP_TTL_SECS", "2"),
+        ("COURIER_MAX_ATTEMPTS", "50"),
+        ("COURIER_RETRY_BASE_MS", "200"),
+    ];
+    let server = TestServer::start_with(&env, FakeUpstream::start(), Arc::new(tempfile::tempdir().unwrap()), Delivery::Configured).await;
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    let row = finished_row(&server).await;
+    assert!(matches!(row.status.as_str(), "failed" | "cancelled"), "{row:?}");
+    assert!((2..=4).contains(&row.attempts), "a few retries within the code's two seconds: {row:?}");
+    let sent = gateway.received().len();
+    actix_web::rt::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(gateway.received().len(), sent, "nothing is sent for an expired code");
+    assert_eq!((row.body, row.otp), (None, None));
+}

@@ -1,0 +1,182 @@
+//! Defences against SMS pumping: phone validation and country policy, the client
+//! IP behind proxies, the extra limiters, the global SMS budget and the CAPTCHA.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+
+const US_MOBILE: &str = "12125550123";
+const UK_MOBILE: &str = "447400123456";
+
+/// POSTs a login start for `phone` with extra headers.
+async fn start_with_headers(server: &TestServer, phone: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut request = server.client().post(server.api()).json(&login(phone));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    server.send(request).await
+}
+
+#[actix_web::test]
+async fn non_mobile_and_invalid_numbers_are_refused_when_mobile_only() {
+    let server = TestServer::start(&[("PHONE_MOBILE_ONLY", "true")]).await;
+    for (phone, what) in [("+1 800 555 1234", "toll-free"), ("+44 20 7946 0958", "fixed line"), ("+44 99 1234 5678", "no such range")] {
+        assert_error(&server.call(login(phone)).await, 400, "BADPHONE");
+        assert_eq!(server.sender.count(), 0, "{what}");
+    }
+    // Mobile numbers work and keep the stored/returned E.164-digits form.
+    let code = server.start_login(UK_MOBILE).await;
+    let (status, reply) = server.call(verify("+44 7400 123456", &code)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["phone"], UK_MOBILE);
+}
+
+#[actix_web::test]
+async fn national_format_uses_the_default_region() {
+    let server = TestServer::start(&[("DEFAULT_REGION", "GB")]).await;
+    let (status, reply) = server.call(login("07400 123456")).await;
+    assert_eq!(status, 200, "{reply}");
+    let code = server.sender.last_code(UK_MOBILE);
+    assert_eq!(server.call(verify("+447400123456", &code)).await.0, 200);
+}
+
+#[actix_web::test]
+async fn countries_can_be_allowed_or_blocked() {
+    let server = TestServer::start(&[("BLOCKED_COUNTRIES", "GB")]).await;
+    let reply = server.call(login(UK_MOBILE)).await;
+    assert_error(&reply, 400, "BADPHONE");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("not served"), "{}", reply.1);
+    assert_eq!(server.call(login(US_MOBILE)).await.0, 200);
+
+    let server = TestServer::start(&[("ALLOWED_COUNTRIES", "44")]).await;
+    assert_error(&server.call(login(US_MOBILE)).await, 400, "BADPHONE");
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200);
+    assert_eq!(server.sender.count(), 1);
+}
+
+#[actix_web::test]
+async fn spoofed_forwarded_headers_from_an_untrusted_peer_change_nothing() {
+    let server = TestServer::start(&[("LIMIT_START_PER_IP_PER_HOUR", "1")]).await;
+    assert_eq!(start_with_headers(&server, "18005550001", &[("x-forwarded-for", "198.51.100.1")]).await.0, 200);
+    let reply = start_with_headers(&server, "18005550002", &[("x-forwarded-for", "198.51.100.2"), ("forwarded", "for=198.51.100.3")]).await;
+    assert_error(&reply, 429, "RATELIMIT");
+    assert!(reply.1["retry_after"].as_u64().is_some_and(|s| s > 0));
+}
+
+#[actix_web::test]
+async fn a_trusted_proxy_passes_the_client_address() {
+    let server = TestServer::start(&[("LIMIT_START_PER_IP_PER_HOUR", "1"), ("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    assert_eq!(start_with_headers(&server, "18005550001", &[("x-forwarded-for", "198.51.100.1")]).await.0, 200);
+    assert_eq!(start_with_headers(&server, "18005550002", &[("x-forwarded-for", "198.51.100.2")]).await.0, 200);
+    assert_eq!(start_with_headers(&server, "18005550003", &[("forwarded", "for=\"[2001:db8::7]:443\"")]).await.0, 200);
+    let reply = start_with_headers(&server, "18005550009", &[("x-forwarded-for", "198.51.100.1")]).await;
+    assert_error(&reply, 429, "RATELIMIT");
+    // 127.0.0.2 is not trusted: its headers are ignored and its own address counts.
+    let untrusted = reqwest::Client::builder().local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap()).build().unwrap();
+    for (phone, forwarded_for, status) in [("18005551234", "198.51.100.20", 200), ("18005550000", "198.51.100.21", 429)] {
+        let request = untrusted.post(server.api()).json(&login(phone)).header("x-forwarded-for", forwarded_for);
+        assert_eq!(server.send(request).await.0, status, "{forwarded_for}");
+    }
+}
+
+#[actix_web::test]
+async fn starts_are_limited_per_network() {
+    let server = TestServer::start(&[("LIMIT_START_PER_SUBNET_PER_HOUR", "2")]).await;
+    assert_eq!(server.call_from("127.0.0.1", login("18005550001")).await.0, 200);
+    assert_eq!(server.call_from("127.0.0.2", login("18005550002")).await.0, 200);
+    assert_error(&server.call_from("127.0.0.3", login("18005550003")).await, 429, "RATELIMIT");
+    assert_eq!(server.call_from("127.0.1.1", login("18005550003")).await.0, 200, "another /24");
+}
+
+#[actix_web::test]
+async fn starts_are_limited_per_calling_code() {
+    let server = TestServer::start(&[("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "2")]).await;
+    assert_eq!(server.call(login("18005550001")).await.0, 200);
+    assert_eq!(server.call(login(US_MOBILE)).await.0, 200);
+    assert_error(&server.call(login("18005550002")).await, 429, "RATELIMIT");
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200, "another calling code");
+    assert_eq!(server.sender.count(), 3);
+}
+
+#[actix_web::test]
+async fn the_global_budget_stops_all_sms() {
+    let server = TestServer::start(&[("SMS_BUDGET_PER_HOUR", "2")]).await;
+    assert_eq!(server.call(login("18005550001")).await.0, 200);
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200);
+    for phone in ["18005550002", US_MOBILE, "18005550003"] {
+        let reply = server.call(login(phone)).await;
+        assert_error(&reply, 429, "RATELIMIT");
+        assert!(reply.1["retry_after"].as_u64().is_some_and(|s| s > 0));
+    }
+    assert_eq!(server.sender.count(), 2, "nothing was sent past the budget");
+    assert_eq!(logs().matches("SMS_BUDGET_PER_HOUR is spent").count(), 1, "one ERROR, not one per request");
+    // E-mail is not SMS: it still works.
+    assert_eq!(server.call(json!({ "op": "login", "email": "ann@example.com", "appid": APPID })).await.0, 200);
+}
+
+#[actix_web::test]
+async fn captcha_is_verified_on_login_start() {
+    let siteverify = FakeUpstream::start();
+    siteverify.set_mode(Mode::Reply(200, r#"{"success":true}"#.into()));
+    let url = siteverify.url();
+    let server = TestServer::start_with(
+        &[("CAPTCHA_PROVIDER", "turnstile"), ("CAPTCHA_SECRET", "captcha-secret"), ("CAPTCHA_VERIFY_URL", &url)],
+        siteverify.clone(),
+        std::sync::Arc::new(tempfile::tempdir().unwrap()),
+        Delivery::Recording,
+    )
+    .await;
+
+    assert_error(&server.call(login("18005550001")).await, 400, "CAPTCHA");
+    assert!(siteverify.received().is_empty(), "no token, no call");
+
+    let mut request = login("18005550001");
+    request["captcha_token"] = "widget-token".into();
+    assert_eq!(server.call(request.clone()).await.0, 200);
+    let form = siteverify.received()[0].form();
+    assert_eq!(
+        (form["secret"].as_str(), form["response"].as_str(), form["remoteip"].as_str()),
+        ("captcha-secret", "widget-token", "127.0.0.1")
+    );
+
+    siteverify.set_mode(Mode::Reply(200, r#"{"success":false,"error-codes":["invalid-input-response"]}"#.into()));
+    assert_error(&server.call(request).await, 400, "CAPTCHA");
+    assert_eq!(server.sender.count(), 1);
+    // Verifying a code needs no CAPTCHA.
+    let code = server.sender.last_code("18005550001");
+    siteverify.set_mode(Mode::Useradd);
+    assert_eq!(server.call(verify("18005550001", &code)).await.0, 200);
+}
+
+/// Refusals read the same for a registered user's phone and for an unknown one.
+#[actix_web::test]
+async fn refusals_do_not_reveal_registered_users() {
+    let server = TestServer::start(&[("LIMIT_START_PER_PHONE_PER_HOUR", "1"), ("BLOCKED_COUNTRIES", "44")]).await;
+    let registered = "18005550001";
+    let code = server.start_login(registered).await;
+    assert_eq!(server.call(verify(registered, &code)).await.0, 200);
+
+    let unknown = "18005550002";
+    assert_eq!(server.call(login(unknown)).await.0, 200);
+    let without_ts = |(status, mut reply): (u16, Value)| {
+        reply.as_object_mut().unwrap().remove("ts");
+        (status, reply["error"].clone(), reply["errmsg"].clone())
+    };
+    let limited_registered = without_ts(server.call(login(registered)).await);
+    let limited_unknown = without_ts(server.call(login(unknown)).await);
+    assert_eq!(limited_registered.1, "RATELIMIT");
+    assert_eq!(limited_registered, limited_unknown);
+    let blocked = without_ts(server.call(login(UK_MOBILE)).await);
+    assert_eq!(blocked.1, "BADPHONE");
+}
+
+#[actix_web::test]
+async fn test_numbers_bypass_the_sms_policy() {
+    let server =
+        TestServer::start(&[("PHONE_MOBILE_ONLY", "true"), ("ALLOWED_COUNTRIES", "GB"), ("TEST_OTPS", "18005550000:123456")]).await;
+    assert_eq!(server.call(login("+1 800 555 0000")).await.0, 200);
+    assert_eq!(server.call(verify("18005550000", "123456")).await.0, 200);
+    assert_eq!(server.sender.count(), 0);
+    assert_error(&server.call(login("18005550001")).await, 400, "BADPHONE");
+}
