@@ -313,6 +313,7 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
     let server = HttpServer::new(move || otpgate::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
+    state.clone().into_inner().start_background_tasks();
     Arc::new(Service { addr, state, sender, upstream, db_path, next_phone: AtomicU64::new(0), user_phones: Default::default() })
 }
 

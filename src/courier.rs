@@ -6,11 +6,10 @@
 //! synchronously.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 use crate::address::Address;
 use crate::config::Config;
@@ -50,8 +49,6 @@ pub struct Courier {
     lease_ms: i64,
     wake: Notify,
     stopped: AtomicBool,
-    /// Login requests waiting for a first attempt, by the code's hash.
-    waiting: Mutex<HashMap<[u8; 32], oneshot::Sender<Dispatch>>>,
 }
 
 struct Queued {
@@ -77,33 +74,35 @@ impl Courier {
             lease_ms: 2 * 1000 * slowest_secs as i64,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
-            waiting: Mutex::default(),
         }
     }
 
-    /// Stores the challenge and queues its message in one transaction, then waits
-    /// up to `COURIER_WAIT_MS` for the first attempt.
-    pub async fn store_and_send(&self, challenge: NewChallenge, message: OtpMessage) -> Result<Dispatch, StorageError> {
-        let otp_hash = challenge.otp_hash;
-        // Registered before the row exists, so the worker cannot finish the attempt unseen.
-        let (tell, told) = oneshot::channel();
-        self.waiting().insert(otp_hash, tell);
-        let now_ms = now_ms();
-        let stored = self.db.call(move |conn| enqueue(conn, &challenge, &message, now_ms)).await;
-        match stored {
-            Ok(StoreOutcome::Stored) => {}
-            other => {
-                self.waiting().remove(&otp_hash);
-                return other.map(|outcome| match outcome {
-                    StoreOutcome::TooSoon(wait) => Dispatch::TooSoon(wait),
-                    StoreOutcome::Stored => unreachable!("handled above"),
-                });
-            }
-        }
-        self.wake.notify_one();
-        let first = tokio::time::timeout(self.wait_first, told).await;
-        self.waiting().remove(&otp_hash);
-        Ok(first.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
+    /// Stores the challenge and queues its message in one transaction, then makes the
+    /// first attempt at once and waits up to `COURIER_WAIT_MS` for it. The row is queued
+    /// leased to this attempt, so the worker only takes it over if the process dies
+    /// mid-attempt or the attempt schedules a retry.
+    pub async fn store_and_send(self: &Arc<Self>, challenge: NewChallenge, message: OtpMessage) -> Result<Dispatch, StorageError> {
+        let lease_until = now_ms() + self.lease_ms;
+        let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
+        let queued = message.clone();
+        let id = match self.db.call(move |conn| enqueue(conn, &challenge, &queued, lease_until)).await? {
+            Enqueued::Stored(id) => id,
+            Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
+        };
+        let row = Queued {
+            id,
+            address: message.to.as_str().to_string(),
+            appid: message.appid,
+            otp_hash: otp_hash.to_vec(),
+            otp: message.otp,
+            body: message.text,
+            attempts: 0,
+            expires_at,
+        };
+        let courier = Arc::clone(self);
+        // A task of its own: when the wait runs out, the attempt still finishes and is recorded.
+        let first = tokio::spawn(async move { courier.attempt(row).await });
+        Ok(tokio::time::timeout(self.wait_first, first).await.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
     }
 
     /// The worker: sends due messages until [`Courier::stop`]. Run exactly one per database.
@@ -147,7 +146,7 @@ impl Courier {
         self.db.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
     }
 
-    async fn attempt(&self, row: Queued) {
+    async fn attempt(&self, row: Queued) -> Dispatch {
         let to = if row.address.contains('@') { Address::Email(row.address.clone()) } else { Address::Phone(row.address.clone()) };
         let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
         let (sender_name, result) = match self.senders.for_address(&to) {
@@ -180,21 +179,17 @@ impl Courier {
                 }
             }
         };
+        let retry = matches!(update, Update::Retry(..));
         let address = row.address;
         let saved = self.db.call(move |conn| record_attempt(conn, id, attempts, &update, &address, &otp_hash)).await;
         if let Err(e) = saved {
             tracing::error!("courier: recording a delivery attempt failed: {e}");
         }
-        if row.attempts == 0 {
-            let hash: Option<[u8; 32]> = row.otp_hash.as_slice().try_into().ok();
-            if let Some(tell) = hash.and_then(|hash| self.waiting().remove(&hash)) {
-                let _ = tell.send(dispatch);
-            }
+        if retry {
+            // The worker may be asleep until a later message falls due.
+            self.wake.notify_one();
         }
-    }
-
-    fn waiting(&self) -> MutexGuard<'_, HashMap<[u8; 32], oneshot::Sender<Dispatch>>> {
-        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+        dispatch
     }
 }
 
@@ -208,27 +203,34 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn enqueue(conn: &mut Connection, challenge: &NewChallenge, message: &OtpMessage, now_ms: i64) -> rusqlite::Result<StoreOutcome> {
+enum Enqueued {
+    /// Stored, with the courier row's id.
+    Stored(i64),
+    TooSoon(u64),
+}
+
+fn enqueue(conn: &mut Connection, challenge: &NewChallenge, message: &OtpMessage, lease_until: i64) -> rusqlite::Result<Enqueued> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let StoreOutcome::TooSoon(wait) = storage::insert_challenge(&tx, challenge)? {
-        return Ok(StoreOutcome::TooSoon(wait));
+        return Ok(Enqueued::TooSoon(wait));
     }
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
-        params![
-            message.to.as_str(),
-            message.appid,
-            &challenge.otp_hash[..],
-            message.otp,
-            message.text,
-            now_ms,
-            challenge.now + challenge.ttl_secs,
-            challenge.now
-        ],
-    )?;
+    )?
+    .execute(params![
+        message.to.as_str(),
+        message.appid,
+        &challenge.otp_hash[..],
+        message.otp,
+        message.text,
+        lease_until,
+        challenge.now + challenge.ttl_secs,
+        challenge.now
+    ])?;
+    let id = tx.last_insert_rowid();
     tx.commit()?;
-    Ok(StoreOutcome::Stored)
+    Ok(Enqueued::Stored(id))
 }
 
 /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`; also returns

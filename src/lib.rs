@@ -99,6 +99,15 @@ impl AppState {
         }
     }
 
+    /// Starts, on the current runtime, what runs beside the requests: the courier (which
+    /// also sends messages left queued before a restart), the notification outbox and
+    /// housekeeping every minute.
+    pub fn start_background_tasks(self: Arc<Self>) {
+        tokio::task::spawn_local(self.login.courier.clone().run());
+        tokio::task::spawn_local(self.outbox.clone().run());
+        tokio::task::spawn_local(self.run_maintenance(Duration::from_secs(60)));
+    }
+
     /// Periodic housekeeping, every `every`.
     pub async fn run_maintenance(self: Arc<Self>, every: Duration) {
         let mut interval = tokio::time::interval(every);

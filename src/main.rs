@@ -1,7 +1,6 @@
 use actix_web::web;
 use clap::Parser;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use otpgate::cli::{self, Cli, Command};
 use otpgate::config::Config;
@@ -42,10 +41,7 @@ async fn serve(config: Config) -> ExitCode {
         Ok(state) => web::Data::new(state),
         Err(e) => return fail(CONFIG_ERROR, &e),
     };
-    actix_web::rt::spawn(state.clone().into_inner().run_maintenance(Duration::from_secs(60)));
-    actix_web::rt::spawn(state.outbox.clone().run());
-    // The courier sends queued code messages, including those left from before a restart.
-    actix_web::rt::spawn(state.login.courier.clone().run());
+    state.clone().into_inner().start_background_tasks();
     match server::serve(&config, state).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(1, &e),
