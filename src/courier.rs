@@ -5,7 +5,7 @@
 //! a bounded time for the first attempt, so a hard failure is still answered
 //! synchronously.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,7 +111,10 @@ impl Courier {
             let now = now_ms();
             let lease_until = now + self.lease_ms;
             let (batch, next_due) = match self.db.call(move |conn| claim_due(conn, now, lease_until)).await {
-                Ok(claimed) => claimed,
+                Ok(claimed) => {
+                    metrics::COURIER_QUEUE_DEPTH.set(claimed.queued);
+                    (claimed.batch, claimed.next_due)
+                }
                 Err(e) => {
                     tracing::error!("courier: reading the queue failed: {e}");
                     (Vec::new(), None)
@@ -233,9 +236,16 @@ fn enqueue(conn: &mut Connection, challenge: &NewChallenge, message: &OtpMessage
     Ok(Enqueued::Stored(id))
 }
 
-/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`; also returns
-/// when the next queued message falls due.
-fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<(Vec<Queued>, Option<i64>)> {
+struct Claimed {
+    batch: Vec<Queued>,
+    /// When the next queued message falls due.
+    next_due: Option<i64>,
+    /// Messages still queued, in flight included.
+    queued: i64,
+}
+
+/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
+fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // A code that was used, replaced by a newer one or expired is not worth an SMS.
     tx.execute(
@@ -266,10 +276,11 @@ fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::
     for row in &batch {
         tx.execute("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1", params![row.id, lease_until])?;
     }
-    let next_due: Option<i64> =
-        tx.query_row("SELECT min(next_attempt_ms) FROM courier WHERE status = 'queued'", [], |r| r.get(0)).optional()?.flatten();
+    let (next_due, queued): (Option<i64>, i64) = tx
+        .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
     tx.commit()?;
-    Ok((batch, next_due))
+    Ok(Claimed { batch, next_due, queued })
 }
 
 /// Records an attempt. A final outcome wipes the code and message text; a final

@@ -62,6 +62,8 @@ pub static UPSTREAM_FAILURES: LazyLock<IntCounter> =
     LazyLock::new(|| counter("otpgate_upstream_failures_total", "Upstream useradd calls that issued no token"));
 pub static RATELIMIT_REJECTIONS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_ratelimit_rejections_total", "Requests refused by a rate limit, by limiter", &["limiter"]));
+pub static COURIER_QUEUE_DEPTH: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("otpgate_courier_queue_depth", "Code messages not yet delivered or given up (queued or in flight)"));
 pub static DB_POOL_WAIT: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_db_pool_wait_seconds", "Time spent waiting for a free database connection"));
 
@@ -80,6 +82,7 @@ fn register_all() {
     LazyLock::force(&UPSTREAM_FAILURES);
     LazyLock::force(&RATELIMIT_REJECTIONS);
     LazyLock::force(&DB_POOL_WAIT);
+    LazyLock::force(&COURIER_QUEUE_DEPTH);
 }
 
 /// The registry in the Prometheus text format.

@@ -19,9 +19,9 @@ pub struct SmsLimits {
 impl SmsLimits {
     pub fn from_config(config: &Config) -> Self {
         SmsLimits {
-            start_per_network: HourlyLimit::per_hour(config.limit_start_per_subnet_per_hour),
-            start_per_calling_code: HourlyLimit::per_hour(config.limit_start_per_calling_code_per_hour),
-            budget: HourlyLimit::per_hour(config.sms_budget_per_hour),
+            start_per_network: HourlyLimit::per_hour(config.limit_start_per_subnet_per_hour).named("start_per_network"),
+            start_per_calling_code: HourlyLimit::per_hour(config.limit_start_per_calling_code_per_hour).named("start_per_calling_code"),
+            budget: HourlyLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
             budget_spent: AtomicBool::new(false),
         }
     }

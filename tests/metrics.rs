@@ -86,4 +86,19 @@ async fn counters_follow_what_happened() {
     // Labels carry only known names: no phone, op text or code.
     let text = after.keys().cloned().collect::<Vec<_>>().join("\n");
     assert!(!text.contains("1800555000") && !text.contains("fly") && !text.contains(&code), "{text}");
+
+    // A message whose delivery is being retried counts in the courier's queue depth.
+    assert_eq!(after.get("otpgate_courier_queue_depth"), Some(&0.0));
+    let retrying = TestServer::start(&[("COURIER_MAX_ATTEMPTS", "5"), ("COURIER_RETRY_BASE_MS", "60000")]).await;
+    retrying.sender.fail.store(true, Ordering::SeqCst);
+    assert_eq!(retrying.call(login("18005550077")).await.0, 200, "a transient failure is retried later");
+    let mut depth = 0.0;
+    for _ in 0..40 {
+        depth = scrape(&retrying).await.get("otpgate_courier_queue_depth").copied().unwrap_or(0.0);
+        if depth == 1.0 {
+            break;
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(depth, 1.0);
 }
