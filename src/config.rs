@@ -406,8 +406,10 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return bad("MAX_BODY_BYTES", "must be at least 1024");
         }
-        if self.request_timeout_secs == 0 {
-            return bad("REQUEST_TIMEOUT_SECS", "must be at least 1");
+        // A login must not time out while upstream may still issue its token, or the user
+        // would lose both the token and the code.
+        if self.request_timeout_secs <= self.upstream_timeout_secs {
+            return bad("REQUEST_TIMEOUT_SECS", "must be longer than UPSTREAM_TIMEOUT_SECS");
         }
         for origin in self.cors_origin_list() {
             let well_formed = origin == "*"
@@ -503,6 +505,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("MAX_BODY_BYTES", "10"),
             ("REQUEST_TIMEOUT_SECS", "0"),
+            ("REQUEST_TIMEOUT_SECS", "10"),
             ("CORS_ORIGINS", "app.example.com"),
             ("CORS_ORIGINS", "https://app.example.com/"),
         ] {

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use tracing::Instrument;
 
 use crate::address::{self, Address};
 use crate::captcha::Captcha;
@@ -48,7 +49,7 @@ pub struct LoginFlow {
     db: Arc<Db>,
     hasher: OtpHasher,
     senders: Senders,
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     pub limits: Limits,
     test_otps: HashMap<String, String>,
     otp_length: usize,
@@ -74,7 +75,7 @@ impl LoginFlow {
             db,
             hasher: OtpHasher::new(otp_key),
             senders,
-            upstream: Upstream::from_config(config)?,
+            upstream: Arc::new(Upstream::from_config(config)?),
             limits: Limits::from_config(config),
             test_otps: config.test_otps()?,
             otp_length: config.otp_length,
@@ -215,50 +216,82 @@ impl LoginFlow {
         }
 
         metrics::OTP_VERIFIED.inc();
-        let issued = match self.upstream.useradd(address.as_str(), name, appid, device).await {
-            Ok(issued) => issued,
-            Err(e) => {
-                metrics::UPSTREAM_FAILURES.inc();
-                tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.0));
-                // The user did nothing wrong: give the code back so a retry with it works.
-                let owned = address.as_str().to_string();
-                self.db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;
-                return Err(ApiError::new("UPSTREAM", "the messaging platform could not issue a token; retry with the same code"));
-            }
-        };
-
-        let now_ms = sessions::now_ms();
-        let completed = CompletedLogin {
-            address: address.as_str().to_string(),
-            uid: match &issued.uid {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            },
+        let claimed = ClaimedLogin {
+            address,
             name: name.to_string(),
-            token_sha256: sessions::token_hash(&issued.token),
-            now: now_ms / 1000,
             appid: appid.to_string(),
-            device: device.unwrap_or("").to_string(),
-            now_ms,
-            expires_at: (now_ms / 1000).saturating_add(self.token_expiry_secs),
+            device: device.map(String::from),
+            otp_hash,
+            token_expiry_secs: self.token_expiry_secs,
             max_devices: self.max_devices,
         };
-        // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
-        match self.db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
-            Ok(record) => {
-                for evicted in &record.evicted {
-                    let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
-                    tracing::info!(to = %address.masked(), evicted_appid, evicted_device, "device limit reached: least recently used session ended");
-                }
-                if record.notified > 0 {
-                    tracing::info!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
-                }
-            }
-            Err(e) => tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}"),
-        }
-        tracing::info!(to = %address.masked(), appid, "login complete");
-        Ok(LoginOutcome::LoggedIn { address, issued })
+        // A task of its own: if the request is cut off (timeout, client gone), the claim is
+        // still released or the login still recorded, instead of the code staying claimed.
+        tokio::spawn(exchange(Arc::clone(&self.upstream), Arc::clone(&self.db), claimed).in_current_span()).await.map_err(|e| {
+            tracing::error!("login task failed: {e}");
+            ApiError::internal()
+        })?
     }
+}
+
+/// A verified, claimed code on its way to becoming an access token.
+struct ClaimedLogin {
+    address: Address,
+    name: String,
+    appid: String,
+    device: Option<String>,
+    otp_hash: [u8; 32],
+    token_expiry_secs: i64,
+    max_devices: usize,
+}
+
+/// Has upstream issue the token, then records the login; on an upstream failure gives
+/// the code back so that a retry with it works.
+async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> Result<LoginOutcome, ApiError> {
+    let ClaimedLogin { address, name, appid, device, otp_hash, token_expiry_secs, max_devices } = login;
+    let issued = match upstream.useradd(address.as_str(), &name, &appid, device.as_deref()).await {
+        Ok(issued) => issued,
+        Err(e) => {
+            metrics::UPSTREAM_FAILURES.inc();
+            tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.0));
+            // The user did nothing wrong: give the code back so a retry with it works.
+            let owned = address.as_str().to_string();
+            db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;
+            return Err(ApiError::new("UPSTREAM", "the messaging platform could not issue a token; retry with the same code"));
+        }
+    };
+
+    let now_ms = sessions::now_ms();
+    let completed = CompletedLogin {
+        address: address.as_str().to_string(),
+        uid: match &issued.uid {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        },
+        name,
+        token_sha256: sessions::token_hash(&issued.token),
+        now: now_ms / 1000,
+        appid: appid.clone(),
+        device: device.unwrap_or_default(),
+        now_ms,
+        expires_at: (now_ms / 1000).saturating_add(token_expiry_secs),
+        max_devices,
+    };
+    // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
+    match db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
+        Ok(record) => {
+            for evicted in &record.evicted {
+                let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
+                tracing::info!(to = %address.masked(), evicted_appid, evicted_device, "device limit reached: least recently used session ended");
+            }
+            if record.notified > 0 {
+                tracing::info!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
+            }
+        }
+        Err(e) => tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}"),
+    }
+    tracing::info!(to = %address.masked(), appid, "login complete");
+    Ok(LoginOutcome::LoggedIn { address, issued })
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {

@@ -94,7 +94,9 @@ impl Outbox {
                 return Ok(sent);
             };
             let payload: Value = serde_json::from_str(&message.payload).unwrap_or(Value::String(message.payload.clone()));
-            let to = stored_address(&message.recipient).masked();
+            let recipient = stored_address(&message.recipient);
+            let to = recipient.masked();
+            let joined = payload["phone"].as_str().map(|phone| crate::address::Address::Phone(phone.to_string()));
             let id = message.id;
             match self.upstream.message(&self.from, &message.recipient, &payload).await {
                 Ok(()) => {
@@ -103,14 +105,16 @@ impl Outbox {
                     sent += 1;
                 }
                 Err(e) => {
+                    // Upstream may echo the request: neither number is logged or kept in full.
+                    let error = joined.iter().fold(recipient.masked_in(&e.0), |text, phone| phone.masked_in(&text));
                     let attempts = message.attempts + 1;
                     let wait = backoff(self.retry_secs, attempts);
-                    tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {}", e.0);
+                    tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");
                     let next = storage::now() + wait as i64;
                     self.db
                         .call(move |conn| {
                             conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
-                                .execute(params![id, attempts, next, e.0])
+                                .execute(params![id, attempts, next, error])
                         })
                         .await?;
                 }

@@ -93,13 +93,15 @@ impl Upstream {
             user: UseraddRequestUser { address, name, token: UseraddRequestToken { appid, expiry: self.token_expiry_mins, device } },
         };
         let body = self.post(&request).await?;
-        let reply: UseraddReply = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
+        // A 2xx body may carry a freshly issued token: it is never quoted in an error.
+        let reply: UseraddReply =
+            serde_json::from_str(&body).map_err(|_| UpstreamError(format!("unparseable reply of {} bytes", body.len())))?;
         match reply.user {
             Some(UseraddUser { uid: Some(uid), token: Some(token), linked, linkto }) if reply.result && !token.is_empty() => {
                 Ok(IssuedToken { uid, token, linked: linked.or(reply.linked), linkto: linkto.or(reply.linkto) })
             }
             _ if !reply.result => Err(self.error("result:false", &body)),
-            _ => Err(self.error("reply without user uid or token", &body)),
+            _ => Err(UpstreamError("reply with result:true but without user uid or token".into())),
         }
     }
 
@@ -133,12 +135,10 @@ impl Upstream {
         Ok(body)
     }
 
+    /// An error quoting the start of `body`, the app token blanked before the cut so
+    /// that no cut can leave part of it behind.
     fn error(&self, what: &str, body: &str) -> UpstreamError {
-        let mut shown: String = body.chars().take(LOGGED_BODY_LIMIT).collect();
-        if shown.len() < body.len() {
-            shown.push('…');
-        }
-        UpstreamError(self.redact(&format!("{what}; body: {shown}")))
+        UpstreamError(format!("{what}; body: {}", shorten(&self.redact(body), LOGGED_BODY_LIMIT)))
     }
 
     /// Upstreams sometimes echo the request; the app token must never reach a log.
@@ -149,6 +149,15 @@ impl Upstream {
             text.replace(&self.app_token, "[app token]")
         }
     }
+}
+
+/// At most `limit` characters of `text`, marked when cut. Blank secrets first.
+pub(crate) fn shorten(text: &str, limit: usize) -> String {
+    let mut shown: String = text.chars().take(limit).collect();
+    if shown.len() < text.len() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// reqwest's Display of an error leaves out the cause (refused, timed out, ...).

@@ -135,12 +135,23 @@ async fn body_limit_is_configurable() {
 
 #[actix_web::test]
 async fn slow_requests_time_out() {
-    let server = TestServer::start(&[("REQUEST_TIMEOUT_SECS", "1"), ("TEST_OTPS", "18005550000:123456")]).await;
-    server.upstream.set_mode(Mode::Slow(Duration::from_millis(1800)));
+    // A slow SMS gateway, and a login start willing to wait for it longer than the request may last.
+    let gateway = FakeUpstream::start();
+    let url = gateway.url();
+    let env = [
+        ("UPSTREAM_TIMEOUT_SECS", "1"),
+        ("REQUEST_TIMEOUT_SECS", "2"),
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", url.as_str()),
+        ("COURIER_WAIT_MS", "5000"),
+    ];
+    let server =
+        TestServer::start_with(&env, FakeUpstream::start(), std::sync::Arc::new(tempfile::tempdir().unwrap()), Delivery::Configured).await;
+    gateway.set_mode(Mode::Slow(Duration::from_millis(2800)));
     let started = Instant::now();
-    let reply = server.call(verify("18005550000", "123456")).await;
+    let reply = server.call(login("18005550000")).await;
     assert_error(&reply, 504, "TIMEOUT");
-    assert!(started.elapsed() < Duration::from_millis(1700), "answered at the limit, not when upstream did");
+    assert!(started.elapsed() < Duration::from_millis(2700), "answered at the limit, not when the gateway did");
 }
 
 #[actix_web::test]

@@ -94,3 +94,25 @@ async fn an_echoed_app_token_reaches_neither_reply_nor_log() {
     assert!(logs.contains("[app token]"), "the echoed token is logged redacted");
     assert!(!logs.contains(APP_TOKEN), "the app token leaked into the log");
 }
+
+#[actix_web::test]
+async fn tokens_in_successful_replies_never_reach_the_log() {
+    let server = TestServer::start(&[]).await;
+    let code = server.start_login(PHONE).await;
+    // result:true with a token but no uid: refused, and the token must not be quoted.
+    server.upstream.set_mode(Mode::Reply(200, r#"{"result":true,"user":{"token":"leaky-token-4f1c2"}}"#.into()));
+    assert_error(&server.call(verify(PHONE, &code)).await, 502, "UPSTREAM");
+    assert!(logs().contains("without user uid or token"));
+    assert!(!logs().contains("leaky-token-4f1c2"));
+}
+
+#[actix_web::test]
+async fn an_app_token_cut_at_the_log_limit_leaves_no_part_behind() {
+    let server = TestServer::start(&[]).await;
+    let code = server.start_login(PHONE).await;
+    // The token straddles the 500th character, where logged bodies are cut.
+    let body = format!("{}{APP_TOKEN}{}", "x".repeat(490), "y".repeat(100));
+    server.upstream.set_mode(Mode::Reply(500, body));
+    assert_error(&server.call(verify(PHONE, &code)).await, 502, "UPSTREAM");
+    assert!(!logs().contains(&APP_TOKEN[..10]), "a prefix of the app token was logged");
+}

@@ -51,7 +51,7 @@ impl OtpSender for HttpSmsSender {
         if !self.authorization.is_empty() {
             request = request.header("authorization", &self.authorization);
         }
-        provider_http::deliver("SMS gateway", request, &[&self.authorization]).await.map(|_| ())
+        provider_http::deliver("SMS gateway", request, &[&self.authorization], &message.otp).await.map(|_| ())
     }
 }
 

@@ -37,6 +37,6 @@ impl OtpSender for MessageBirdSender {
     async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
         let body = json!({ "originator": self.originator, "recipients": [message.to.as_str()], "body": message.text });
         let request = self.client.post(&self.url).header("authorization", &self.authorization).json(&body);
-        provider_http::deliver("messagebird", request, &[&self.authorization]).await.map(|_| ())
+        provider_http::deliver("messagebird", request, &[&self.authorization], &message.otp).await.map(|_| ())
     }
 }

@@ -19,10 +19,18 @@ pub fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
 
 /// Sends `request` and returns the reply body of a 2xx answer.
 /// Timeouts, connection and TLS failures, 5xx and 429 are transient (worth a retry);
-/// other 4xx answers are permanent (bad number, bad credentials). `secrets` are
-/// blanked out of anything reported, since some providers echo the request.
-pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: &[&str]) -> Result<String, SendError> {
-    let redact = |text: String| redact(text, secrets);
+/// other 4xx answers are permanent (bad number, bad credentials). `secrets` and the
+/// one-time `code` are blanked out of anything reported, since some providers echo
+/// the request.
+pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: &[&str], code: &str) -> Result<String, SendError> {
+    let redact = |text: String| {
+        let text = redact(text, secrets);
+        if code.is_empty() {
+            text
+        } else {
+            text.replace(code, "[code]")
+        }
+    };
     let response = match request.send().await {
         Ok(response) => response,
         Err(e) => {
@@ -35,8 +43,10 @@ pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: 
     if status.is_success() {
         return Ok(body);
     }
+    // Blanked before anything is shortened, so no cut can leave part of a secret behind.
+    let body = redact(body);
     let detail = provider_error(&body).unwrap_or_else(|| shorten(&body));
-    let reason = redact(format!("{provider} answered HTTP {}: {detail}", status.as_u16()));
+    let reason = format!("{provider} answered HTTP {}: {detail}", status.as_u16());
     if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
         Err(SendError::transient(reason))
     } else {
@@ -45,8 +55,14 @@ pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: 
 }
 
 /// Blanks `secrets` out of `text`: some providers echo the request in their replies.
+/// A header value such as `Bearer <token>` is blanked whole and by its credential
+/// alone, since an echo may hold either.
 pub fn redact(text: String, secrets: &[&str]) -> String {
-    secrets.iter().filter(|s| !s.is_empty()).fold(text, |text, secret| text.replace(secret, "[secret]"))
+    let credentials = secrets.iter().filter_map(|s| s.trim().rsplit_once(' ').map(|(_, credential)| credential));
+    let mut all: Vec<&str> = secrets.iter().copied().chain(credentials).filter(|s| s.len() >= 4).collect();
+    // Longest first, so a whole header is blanked before its credential part.
+    all.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    all.into_iter().fold(text, |text, secret| text.replace(secret, "[secret]"))
 }
 
 /// The provider's own error code and text, from the reply shapes the supported
@@ -72,11 +88,7 @@ fn plain(value: &Value) -> String {
 }
 
 fn shorten(text: &str) -> String {
-    let mut shown: String = text.chars().take(LOGGED_BODY_LIMIT).collect();
-    if shown.len() < text.len() {
-        shown.push('…');
-    }
-    shown
+    crate::upstream::shorten(text, LOGGED_BODY_LIMIT)
 }
 
 #[cfg(test)]

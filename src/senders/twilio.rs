@@ -49,6 +49,6 @@ impl OtpSender for TwilioSender {
         let (sender_name, sender_value) = (self.sender_field.0, self.sender_field.1.as_str());
         let form = [("To", to.as_str()), (sender_name, sender_value), ("Body", message.text.as_str())];
         let request = self.client.post(&self.url).basic_auth(&self.account_sid, Some(&self.auth_token)).form(&form);
-        provider_http::deliver("twilio", request, &[&self.auth_token]).await.map(|_| ())
+        provider_http::deliver("twilio", request, &[&self.auth_token], &message.otp).await.map(|_| ())
     }
 }

@@ -64,7 +64,7 @@ impl OtpSender for VonageSender {
             "text": message.text,
         });
         let request = self.client.post(&self.url).json(&body);
-        let reply = provider_http::deliver("vonage", request, &[&self.api_secret]).await?;
+        let reply = provider_http::deliver("vonage", request, &[&self.api_secret], &message.otp).await?;
         let reply: Reply = serde_json::from_str(&reply).map_err(|_| SendError::transient("vonage: unparseable reply"))?;
         let refused = reply.messages.iter().find(|m| m.status != "0");
         match (reply.messages.is_empty(), refused) {

@@ -88,7 +88,7 @@ impl OtpSender for WebhookSender {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature(&self.key, &id, timestamp, &body))
             .body(body);
-        provider_http::deliver("webhook", request, &[]).await.map(|_| ())
+        provider_http::deliver("webhook", request, &[], &message.otp).await.map(|_| ())
     }
 }
 
