@@ -42,7 +42,8 @@ pub enum Command {
 
 /// Names of settings whose values are credentials or codes; matched as substrings so
 /// that providers added later (`..._AUTH_TOKEN`, `..._API_KEY`) are covered too.
-const SECRET_NAME_PARTS: &[&str] = &["token", "secret", "password", "auth", "key", "otps"];
+/// `body` covers SMS_HTTP_BODY: gateways often take their API key in the request body.
+const SECRET_NAME_PARTS: &[&str] = &["token", "secret", "password", "auth", "key", "otps", "body"];
 
 /// The effective configuration with every secret replaced by `"<redacted>"` (or `""`
 /// when unset, so an operator sees which are missing) and credentials removed from URLs.

@@ -1,9 +1,9 @@
 //! The durable courier: every outgoing code message is a row in the `courier`
-//! table, written in the transaction that stores the code. A background worker
-//! sends it at once and retries transient failures with exponential backoff while
-//! the code is valid; a restart resumes what was queued. The login request waits
-//! a bounded time for the first attempt, so a hard failure is still answered
-//! synchronously.
+//! table, written in the transaction that stores the code. The login request makes
+//! the first attempt at once (waiting a bounded time for it, so a hard failure is
+//! still answered synchronously); a background worker retries transient failures
+//! with exponential backoff while the code is valid, and resumes after a restart
+//! what was left queued.
 
 use rusqlite::{params, Connection, TransactionBehavior};
 use std::sync::atomic::{AtomicBool, Ordering};

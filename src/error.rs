@@ -16,6 +16,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("SENDFAILED", 502, "the code could not be delivered"),
     ("UPSTREAM", 502, "the platform did not issue a token; retry with the same code"),
     ("INTERNAL", 503, "the database failed; retry"),
+    ("CAPTCHA", 400, "captcha_token missing or not accepted by the CAPTCHA provider"),
     ("TIMEOUT", 504, "the request took longer than REQUEST_TIMEOUT_SECS; retry"),
 ];
 

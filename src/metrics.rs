@@ -46,7 +46,8 @@ pub static HTTP_DURATION: LazyLock<HistogramVec> =
     LazyLock::new(|| histogram_vec("otpgate_http_request_duration_seconds", "HTTP request latency by route pattern", &["route"]));
 pub static API_REQUESTS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_api_requests_total", "/api calls by op and result (ok or the error code)", &["op", "result"]));
-pub static OTP_ISSUED: LazyLock<IntCounter> = LazyLock::new(|| counter("otpgate_otp_issued_total", "Codes generated and delivered"));
+pub static OTP_ISSUED: LazyLock<IntCounter> =
+    LazyLock::new(|| counter("otpgate_otp_issued_total", "Codes generated and handed to the courier (sent, or being retried)"));
 pub static OTP_VERIFIED: LazyLock<IntCounter> = LazyLock::new(|| counter("otpgate_otp_verified_total", "Correct codes presented"));
 pub static OTP_FAILED: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_otp_failed_total", "Rejected codes by reason (wrong, no_code, too_many_attempts)", &["reason"]));

@@ -9,7 +9,6 @@ use crate::error::ApiError;
 use crate::http::Params;
 use crate::{contacts, sessions, users, AppState};
 
-/// The ops answered here.
 /// The ops that need a session: every op in [`crate::http::OPS`] but `login`.
 pub fn is_session_op(op: &str) -> bool {
     op != "login" && crate::http::OPS.contains(&op)

@@ -132,7 +132,7 @@ pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map
 /// `op=devices`.
 pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
     let caller = caller.clone();
-    let sessions = db.call(move |conn| list(conn, &caller, storage::now())).await?;
+    let sessions = db.read(move |conn| list(conn, &caller, storage::now())).await?;
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
     Ok(fields)

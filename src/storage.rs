@@ -256,16 +256,9 @@ pub enum StoreOutcome {
     TooSoon(u64),
 }
 
-/// Stores a challenge, replacing the address's previous one unless that was created
-/// less than `resend_secs` ago.
-pub fn store_challenge(conn: &mut Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let outcome = insert_challenge(&tx, c)?;
-    tx.commit()?;
-    Ok(outcome)
-}
-
-/// [`store_challenge`] inside the caller's transaction (which commits, or rolls back on `TooSoon`).
+/// Stores a challenge inside the caller's transaction (which commits, or rolls back on
+/// `TooSoon`), replacing the address's previous one unless that was created less than
+/// `resend_secs` ago.
 pub fn insert_challenge(tx: &rusqlite::Transaction<'_>, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let previous: Option<i64> =
         tx.prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?.query_row([&c.address], |r| r.get(0)).optional()?;
@@ -281,12 +274,6 @@ pub fn insert_challenge(tx: &rusqlite::Transaction<'_>, c: &NewChallenge) -> rus
     )?
     .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs])?;
     Ok(StoreOutcome::Stored)
-}
-
-/// Removes the challenge only if it is still the one with this hash (a newer one stays).
-pub fn remove_challenge(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, &otp_hash[..]])?;
-    Ok(())
 }
 
 struct Challenge {

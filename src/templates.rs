@@ -39,10 +39,13 @@ impl Templates {
 
     /// Fills the placeholders of any template (e.g. `EMAIL_SUBJECT`).
     pub fn fill(&self, template: &str, appid: &str, otp: &str) -> String {
-        let appname = self.app_names.get(appid).map_or(appid, String::as_str);
+        // The appid comes from the client: only an id-shaped one goes into a message, so
+        // nobody can have arbitrary text sent in an SMS under this service's name.
+        let shown_appid = if looks_like_an_app_id(appid) { appid } else { "" };
+        let appname = self.app_names.get(appid).map_or(shown_appid, String::as_str);
         template
             .replace("{otp}", otp)
-            .replace("{appid}", appid)
+            .replace("{appid}", shown_appid)
             .replace("{appname}", appname)
             .replace("{minutes}", &self.minutes.to_string())
     }
@@ -69,6 +72,11 @@ impl Templates {
 }
 
 /// Septets the text needs in GSM-7, or `None` when it needs UCS-2.
+/// A reverse-DNS style id such as `com.example.app`: letters, digits, `.`, `-`, `_`, at most 64.
+fn looks_like_an_app_id(appid: &str) -> bool {
+    !appid.is_empty() && appid.len() <= 64 && appid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 pub fn gsm7_septets(text: &str) -> Option<usize> {
     text.chars().try_fold(0, |n, c| {
         if GSM7_BASIC.contains(c) {
@@ -95,6 +103,13 @@ mod tests {
 
     fn templates(vars: &[(&str, &str)]) -> Templates {
         Templates::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn client_text_cannot_ride_in_a_message() {
+        let t = templates(&[("OTP_MESSAGE", "{appname} code {otp}")]);
+        assert_eq!(t.render("com.example.app", "123456"), "com.example.app code 123456");
+        assert_eq!(t.render("Your bank account is locked, call 555", "123456"), " code 123456");
     }
 
     #[test]

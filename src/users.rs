@@ -108,7 +108,7 @@ pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChang
 /// `op=me`: the caller's own profile, with the upstream uid.
 pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
     let user_id = caller.user_id;
-    let own = db.call(move |conn| profile(conn, user_id)).await?;
+    let own = db.read(move |conn| profile(conn, user_id)).await?;
     Ok(profile_reply(own))
 }
 

@@ -50,6 +50,7 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
         ("OTP_SENDER", "http"),
         ("SMS_HTTP_URL", "https://user:gw-pass-55@sms.example.com/send?apikey=gw-key-66"),
         ("SMS_HTTP_AUTH", "Bearer gw-bearer-77"),
+        ("SMS_HTTP_BODY", r#"{"api_key":"gw-body-key-99","to":"{phone}","text":"{message}"}"#),
         ("SMTP_PASSWORD", "smtp-pass-88"),
         ("TEST_OTPS", "18005550000:424242"),
         ("OTP_TTL_SECS", "120"),
@@ -57,7 +58,8 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
     let output = run(otpgate(&["check-config"], &env)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let printed = text(&output.stdout);
-    for secret in [APP_TOKEN, "otp-secret-value-91", "gw-pass-55", "gw-key-66", "gw-bearer-77", "smtp-pass-88", "424242"] {
+    for secret in [APP_TOKEN, "otp-secret-value-91", "gw-pass-55", "gw-key-66", "gw-bearer-77", "gw-body-key-99", "smtp-pass-88", "424242"]
+    {
         assert!(!printed.contains(secret), "{secret} printed: {printed}");
     }
     let config: Value = serde_json::from_str(&printed).unwrap();

@@ -34,7 +34,8 @@ impl SmtpSender {
             _ => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
         }
         .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
-        let mut builder = builder.port(config.smtp_port);
+        // Bounded like the other providers, so the courier's lease outlasts any attempt.
+        let mut builder = builder.port(config.smtp_port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
         if !config.smtp_user.is_empty() {
             builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.clone()));
         }
