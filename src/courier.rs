@@ -6,7 +6,7 @@
 //! what was left queued.
 
 use rusqlite::{params, Connection, TransactionBehavior};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -49,6 +49,27 @@ pub struct Courier {
     lease_ms: i64,
     wake: Notify,
     stopped: AtomicBool,
+    /// Delivery attempts under way, so that shutdown can wait for them to be recorded.
+    in_flight: AtomicUsize,
+    idle: Notify,
+}
+
+/// Counts one attempt as under way for as long as it lives.
+struct InFlight<'a>(&'a Courier);
+
+impl<'a> InFlight<'a> {
+    fn start(courier: &'a Courier) -> Self {
+        courier.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(courier)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 struct Queued {
@@ -74,6 +95,8 @@ impl Courier {
             lease_ms: 2 * 1000 * slowest_secs as i64,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
         }
     }
 
@@ -143,6 +166,26 @@ impl Courier {
         self.wake.notify_one();
     }
 
+    /// Waits, at most `limit`, for the attempts under way to finish and be recorded, so
+    /// that a message delivered just before shutdown is not sent again after the restart.
+    pub async fn drain(&self, limit: Duration) {
+        let all_done = async {
+            loop {
+                let idle = self.idle.notified();
+                if self.in_flight.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        };
+        if tokio::time::timeout(limit, all_done).await.is_err() {
+            tracing::warn!(
+                attempts = self.in_flight.load(Ordering::SeqCst),
+                "shutdown: delivery attempts still running; they are retried after the restart"
+            );
+        }
+    }
+
     /// Deletes finished rows past their keeping time; returns how many.
     pub async fn purge_finished(&self) -> Result<usize, StorageError> {
         let before = storage::now() - KEEP_FINISHED_SECS;
@@ -150,6 +193,7 @@ impl Courier {
     }
 
     async fn attempt(&self, row: Queued) -> Dispatch {
+        let _in_flight = InFlight::start(self);
         let to = if row.address.contains('@') { Address::Email(row.address.clone()) } else { Address::Phone(row.address.clone()) };
         let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
         let (sender_name, result) = match self.senders.for_address(&to) {

@@ -90,10 +90,12 @@ impl AppState {
         })
     }
 
-    /// Called once the server has stopped: stops the courier (messages still queued stay
-    /// in the database and are sent after the next start) and closes the database cleanly.
-    pub fn shutdown(&self) {
+    /// Called once the server has stopped: stops the courier, waits up to `grace` for the
+    /// delivery attempts under way to be recorded (messages still queued stay in the
+    /// database and are sent after the next start) and closes the database cleanly.
+    pub async fn shutdown(&self, grace: Duration) {
         self.login.courier.stop();
+        self.login.courier.drain(grace).await;
         if let Err(e) = self.db.close() {
             tracing::warn!("closing the database failed: {e}");
         }

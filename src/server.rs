@@ -97,7 +97,7 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
     });
     tracing::info!(bind = %addresses.join(","), database = %config.database_path, "otpgate listening");
     server.await.map_err(|e| format!("server error: {e}"))?;
-    state.shutdown();
+    state.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
     tracing::info!("shutdown complete");
     Ok(())
 }

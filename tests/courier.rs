@@ -179,3 +179,19 @@ async fn retries_stop_when_the_code_expires() {
     assert_eq!(gateway.received().len(), sent, "nothing is sent for an expired code");
     assert_eq!((row.body, row.otp), (None, None));
 }
+
+#[actix_web::test]
+async fn shutdown_waits_for_a_delivery_in_flight() {
+    let gateway = FakeUpstream::start();
+    gateway.set_mode(Mode::Slow(Duration::from_millis(800)));
+    let url = gateway.url();
+    let env = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", url.as_str()), ("COURIER_WAIT_MS", "100")];
+    let server = TestServer::start_with(&env, FakeUpstream::start(), Arc::new(tempfile::tempdir().unwrap()), Delivery::Configured).await;
+    // The request stops waiting after 100 ms; the attempt goes on.
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    server.state.shutdown(Duration::from_secs(3)).await;
+    // The delivery was recorded before the database closed, so a restart will not send it again.
+    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
+    let status: String = db.query_row("SELECT status FROM courier", [], |r| r.get(0)).unwrap();
+    assert_eq!(status, "sent");
+}

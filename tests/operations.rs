@@ -198,7 +198,7 @@ async fn shutdown_checkpoints_and_closes_the_database() {
     let wal = server.dir.path().join("otpgate.db-wal");
     assert!(std::fs::metadata(&wal).unwrap().len() > 0, "the login was written to the WAL");
     server.stop().await;
-    server.state.shutdown();
+    server.state.shutdown(Duration::from_secs(1)).await;
     assert!(!wal.exists(), "the WAL is checkpointed into the database and removed");
     let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
     let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
