@@ -23,8 +23,9 @@ EXPOSE 8080
 VOLUME ["/var/lib/otpgate"]
 # The image has no curl: the binary asks its own /healthz.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=5s --retries=3 CMD ["otpgate", "healthcheck"]
-# docker stop sends SIGTERM: in-flight requests finish within SHUTDOWN_GRACE_SECS
-# (keep it below docker's stop timeout, 10 s by default, or raise that with --stop-timeout).
+# docker stop sends SIGTERM: in-flight requests, then courier attempts, each get up to
+# SHUTDOWN_GRACE_SECS; keep twice that below docker's stop timeout (10 s by default)
+# or raise it with --stop-timeout.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["otpgate"]
 CMD ["serve"]
