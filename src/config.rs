@@ -104,8 +104,12 @@ pub struct Config {
     /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
     #[serde(default)]
     pub cors_origins: String,
+    /// Largest request body of every op but the contact ops.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Largest body of `getcontacts`/`delcontacts`, which carry whole address books.
+    #[serde(default = "defaults::max_contacts_body_bytes")]
+    pub max_contacts_body_bytes: usize,
     /// A request still unanswered after this long gets `TIMEOUT`.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
@@ -278,8 +282,11 @@ mod defaults {
     pub fn log_format() -> String {
         "text".into()
     }
-    /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
     pub fn max_body_bytes() -> usize {
+        64 * 1024
+    }
+    /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
+    pub fn max_contacts_body_bytes() -> usize {
         256 * 1024
     }
     pub fn request_timeout_secs() -> u64 {
@@ -406,6 +413,9 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return bad("MAX_BODY_BYTES", "must be at least 1024");
         }
+        if self.max_contacts_body_bytes < self.max_body_bytes {
+            return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
+        }
         // A login must not time out while upstream may still issue its token, or the user
         // would lose both the token and the code.
         if self.request_timeout_secs <= self.upstream_timeout_secs {
@@ -504,6 +514,7 @@ mod tests {
             ("OUTBOX_RETRY_SECS", "0"),
             ("LOG_FORMAT", "xml"),
             ("MAX_BODY_BYTES", "10"),
+            ("MAX_CONTACTS_BODY_BYTES", "2048"),
             ("REQUEST_TIMEOUT_SECS", "0"),
             ("REQUEST_TIMEOUT_SECS", "10"),
             ("CORS_ORIGINS", "app.example.com"),

@@ -2,7 +2,7 @@
 
 /// Every error code, its HTTP status and meaning; the OpenAPI document lists them from here.
 pub const ERROR_CODES: &[(&str, u16, &str)] = &[
-    ("BADREQUEST", 400, "body is not a JSON object or form, not UTF-8, or over MAX_BODY_BYTES"),
+    ("BADREQUEST", 400, "body is not a JSON object or form, not UTF-8, or over MAX_BODY_BYTES (MAX_CONTACTS_BODY_BYTES for contact ops)"),
     ("BADOP", 400, "op missing or unknown"),
     ("MISSINGAPPID", 400, "appid missing or empty"),
     ("BADPHONE", 400, "phone missing or malformed, or phone logins not enabled"),

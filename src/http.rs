@@ -13,6 +13,7 @@ use crate::login::{LoginOutcome, LoginRequest};
 use crate::ops;
 use crate::storage;
 use crate::AppState;
+use crate::server::HttpSettings;
 use crate::{health, metrics, openapi, request_log, server};
 
 /// Every op the dispatcher in [`api`] knows; the OpenAPI document must describe each.
@@ -34,7 +35,7 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
 pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    let params = match read_params(&request, payload, state.http.max_body_bytes).await {
+    let params = match read_params(&request, payload, &state.http).await {
         Ok(params) => params,
         Err(e) => {
             request_log::note_api_call(&request, "", OPS, Some(e.code));
@@ -115,17 +116,17 @@ pub(crate) fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> H
 }
 
 /// Merges query-string parameters with the body's (JSON object or form); body fields win.
-async fn read_params(request: &HttpRequest, payload: web::Payload, max_body_bytes: usize) -> Result<Params, ApiError> {
+/// Contact ops carry whole address books and may send up to `max_contacts_body_bytes`;
+/// every other op is held to `max_body_bytes`, checked once the op is known.
+async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
     let bad = |message: &str| ApiError::new("BADREQUEST", message);
     let mut params: Params = serde_urlencoded::from_str::<Vec<(String, String)>>(request.query_string())
         .map_err(|_| bad("the query string is not valid URL encoding"))?
         .into_iter()
         .collect();
-    let body = payload
-        .to_bytes_limited(max_body_bytes)
-        .await
-        .map_err(|_| bad(&format!("the request body is larger than {max_body_bytes} bytes")))?
-        .map_err(|_| bad("the request body could not be read"))?;
+    let too_large = |limit: usize| bad(&format!("the request body is larger than {limit} bytes"));
+    let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
+    let body = payload.to_bytes_limited(read_limit).await.map_err(|_| too_large(read_limit))?.map_err(|_| bad("the request body could not be read"))?;
     let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
     if text.is_empty() {
         return Ok(params);
@@ -146,6 +147,11 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, max_body_byte
         let form: Vec<(String, String)> =
             serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
         params.extend(form);
+    }
+    let op = params.get("op").map(|op| op.trim()).unwrap_or("");
+    let limit = if ops::is_contacts_op(op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
+    if body.len() > limit {
+        return Err(too_large(limit));
     }
     Ok(params)
 }

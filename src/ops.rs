@@ -14,6 +14,11 @@ pub fn is_session_op(op: &str) -> bool {
     op != "login" && crate::http::OPS.contains(&op)
 }
 
+/// The ops whose requests carry address books, and so may be larger than the others.
+pub fn is_contacts_op(op: &str) -> bool {
+    matches!(op, "getcontacts" | "delcontacts")
+}
+
 pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
     let token = access_token(params, request).ok_or_else(|| authfail("token is required"))?;
     let token_sha256 = sessions::token_hash(&token);

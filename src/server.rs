@@ -17,6 +17,7 @@ use crate::{http, request_log, AppState};
 pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
+    pub max_contacts_body_bytes: usize,
     pub request_timeout: Duration,
 }
 
@@ -25,6 +26,7 @@ impl HttpSettings {
         HttpSettings {
             cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
             max_body_bytes: config.max_body_bytes,
+            max_contacts_body_bytes: config.max_contacts_body_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         }
     }

@@ -125,12 +125,25 @@ async fn cors_is_off_by_default() {
 
 #[actix_web::test]
 async fn body_limit_is_configurable() {
-    let server = TestServer::start(&[("MAX_BODY_BYTES", "2048")]).await;
+    let server = TestServer::start(&[("MAX_BODY_BYTES", "2048"), ("MAX_CONTACTS_BODY_BYTES", "4096")]).await;
     let body = |pad: usize| json!({ "op": "login", "phone": PHONE, "appid": APPID, "pad": "x".repeat(pad) });
     assert_eq!(server.call(body(1500)).await.0, 200);
     let reply = server.call(body(3000)).await;
     assert_error(&reply, 400, "BADREQUEST");
     assert!(reply.1["errmsg"].as_str().unwrap().contains("2048"), "{}", reply.1);
+
+    // Contact ops carry address books and get the larger limit, and only they do.
+    let token = server.log_in(PHONE, None).await;
+    let book = |count: usize| json!({ "phones": (0..count).map(|i| format!("+1 900 555 {i:04}")).collect::<Vec<_>>() });
+    let sized = |count: usize| serde_json::to_string(&book(count)).unwrap().len();
+    assert!(sized(150) > 2048 && sized(150) < 4000, "{}", sized(150));
+    assert_ok(server.call_op("getcontacts", &token, book(150)).await);
+    let reply = server.call_op("getcontacts", &token, book(300)).await;
+    assert_error(&reply, 400, "BADREQUEST");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("4096"), "{}", reply.1);
+    let mut padded_profile = book(150);
+    padded_profile["name"] = json!("Ann");
+    assert_error(&server.call_op("profile", &token, padded_profile).await, 400, "BADREQUEST");
 }
 
 #[actix_web::test]
