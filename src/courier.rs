@@ -29,6 +29,9 @@ const KEEP_FINISHED_SECS: i64 = 7 * 24 * 3600;
 pub enum Dispatch {
     /// A code was sent moments ago; retry after this many seconds. Nothing was queued.
     TooSoon(u64),
+    /// `admit` refused the message (the SMS budget is spent); retry after this many seconds.
+    /// Nothing was queued.
+    Refused(u64),
     Sent,
     /// The first attempt failed; it will be retried.
     Retrying,
@@ -104,13 +107,22 @@ impl Courier {
     /// first attempt at once and waits up to `COURIER_WAIT_MS` for it. The row is queued
     /// leased to this attempt, so the worker only takes it over if the process dies
     /// mid-attempt or the attempt schedules a retry.
-    pub async fn store_and_send(self: &Arc<Self>, challenge: NewChallenge, message: OtpMessage) -> Result<Dispatch, StorageError> {
+    ///
+    /// `admit` runs inside the transaction once the resend window allows a new code, so a
+    /// budget it spends pays only for messages that are really queued.
+    pub async fn store_and_send(
+        self: &Arc<Self>,
+        challenge: NewChallenge,
+        message: OtpMessage,
+        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+    ) -> Result<Dispatch, StorageError> {
         let lease_until = now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
         let queued = message.clone();
-        let id = match self.db.call(move |conn| enqueue(conn, &challenge, &queued, lease_until)).await? {
+        let id = match self.db.call(move |conn| enqueue(conn, &challenge, &queued, lease_until, admit)).await? {
             Enqueued::Stored(id) => id,
             Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
+            Enqueued::Refused(wait) => return Ok(Dispatch::Refused(wait)),
         };
         let row = Queued {
             id,
@@ -254,12 +266,23 @@ enum Enqueued {
     /// Stored, with the courier row's id.
     Stored(i64),
     TooSoon(u64),
+    Refused(u64),
 }
 
-fn enqueue(conn: &mut Connection, challenge: &NewChallenge, message: &OtpMessage, lease_until: i64) -> rusqlite::Result<Enqueued> {
+fn enqueue(
+    conn: &mut Connection,
+    challenge: &NewChallenge,
+    message: &OtpMessage,
+    lease_until: i64,
+    admit: impl FnOnce() -> Result<(), u64>,
+) -> rusqlite::Result<Enqueued> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     if let StoreOutcome::TooSoon(wait) = storage::insert_challenge(&tx, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
+    }
+    // Dropping `tx` on refusal rolls the new challenge back: the previous code stays valid.
+    if let Err(wait) = admit() {
+        return Ok(Enqueued::Refused(wait));
     }
     tx.prepare_cached(
         "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)

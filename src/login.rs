@@ -137,9 +137,6 @@ impl LoginFlow {
         if self.test_otps.contains_key(address.as_str()) {
             return Ok(LoginOutcome::CodeSent);
         }
-        if calling_code.is_some() {
-            self.sms_limits.spend_budget()?;
-        }
 
         let code = otp::generate(self.otp_length);
         let otp_hash = self.hasher.hash(address.as_str(), &code);
@@ -152,11 +149,15 @@ impl LoginFlow {
             resend_secs: self.otp_resend_secs,
         };
         let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
-        match self.courier.store_and_send(challenge, message).await.map_err(internal)? {
+        // Only SMS spends the global budget (e-mail costs nothing per message).
+        let budget = calling_code.map(|_| self.sms_limits.budget());
+        let admit = move || budget.map_or(Ok(()), |budget| budget.spend());
+        match self.courier.store_and_send(challenge, message, admit).await.map_err(internal)? {
             Dispatch::TooSoon(wait) => {
                 metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
                 Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
             }
+            Dispatch::Refused(wait) => Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds"))),
             // The courier already logged why, and deleted the code nobody received.
             Dispatch::Failed => Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again")),
             Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {

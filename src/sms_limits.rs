@@ -3,17 +3,22 @@
 //! budget of messages that stops all SMS sending when spent.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::ratelimit::HourlyLimit;
 
 pub struct SmsLimits {
     pub start_per_network: HourlyLimit,
     pub start_per_calling_code: HourlyLimit,
-    budget: HourlyLimit,
+    budget: Arc<SmsBudget>,
+}
+
+/// The global hourly SMS budget; spent inside the transaction that queues a message.
+pub struct SmsBudget {
+    limit: HourlyLimit,
     /// Set while the budget is spent, so the ERROR is logged once per episode, not per request.
-    budget_spent: AtomicBool,
+    spent: AtomicBool,
 }
 
 impl SmsLimits {
@@ -21,30 +26,38 @@ impl SmsLimits {
         SmsLimits {
             start_per_network: HourlyLimit::per_hour(config.limit_start_per_subnet_per_hour).named("start_per_network"),
             start_per_calling_code: HourlyLimit::per_hour(config.limit_start_per_calling_code_per_hour).named("start_per_calling_code"),
-            budget: HourlyLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
-            budget_spent: AtomicBool::new(false),
+            budget: Arc::new(SmsBudget {
+                limit: HourlyLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
+                spent: AtomicBool::new(false),
+            }),
         }
     }
 
-    /// Takes one message from the global budget.
-    pub fn spend_budget(&self) -> Result<(), ApiError> {
-        match self.budget.check("") {
-            Ok(()) => {
-                self.budget_spent.store(false, Ordering::Relaxed);
-                Ok(())
-            }
-            Err(wait) => {
-                if !self.budget_spent.swap(true, Ordering::Relaxed) {
-                    tracing::error!("SMS_BUDGET_PER_HOUR is spent: no SMS is sent until it refills (next in {wait} s)");
-                }
-                Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds")))
-            }
-        }
+    pub fn budget(&self) -> Arc<SmsBudget> {
+        Arc::clone(&self.budget)
     }
 
     pub fn purge(&self) {
-        for limit in [&self.start_per_network, &self.start_per_calling_code, &self.budget] {
+        for limit in [&self.start_per_network, &self.start_per_calling_code, &self.budget.limit] {
             limit.purge();
+        }
+    }
+}
+
+impl SmsBudget {
+    /// Takes one message from the budget, or says in how many seconds one is back.
+    pub fn spend(&self) -> Result<(), u64> {
+        match self.limit.check("") {
+            Ok(()) => {
+                self.spent.store(false, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(wait) => {
+                if !self.spent.swap(true, Ordering::Relaxed) {
+                    tracing::error!("SMS_BUDGET_PER_HOUR is spent: no SMS is sent until it refills (next in {wait} s)");
+                }
+                Err(wait)
+            }
         }
     }
 }

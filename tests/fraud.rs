@@ -101,8 +101,12 @@ async fn starts_are_limited_per_calling_code() {
 
 #[actix_web::test]
 async fn the_global_budget_stops_all_sms() {
-    let server = TestServer::start(&[("SMS_BUDGET_PER_HOUR", "2")]).await;
+    let server = TestServer::start(&[("SMS_BUDGET_PER_HOUR", "2"), ("OTP_RESEND_SECS", "60")]).await;
     assert_eq!(server.call(login("18005550001")).await.0, 200);
+    // A resend refused by the resend window sends nothing, so it spends nothing.
+    let resend = server.call(login("18005550001")).await;
+    assert_error(&resend, 429, "RATELIMIT");
+    assert!(resend.1["errmsg"].as_str().unwrap().contains("moments ago"), "{}", resend.1);
     assert_eq!(server.call(login(UK_MOBILE)).await.0, 200);
     for phone in ["18005550002", US_MOBILE, "18005550003"] {
         let reply = server.call(login(phone)).await;
