@@ -1,7 +1,7 @@
 //! Contact sync: an app uploads the phones of its address book and learns which
 //! of them use the app, then asks for changes since its last sync.
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use serde_json::{Map, Value};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ struct SyncQuery {
 /// Records uploaded phones as contacts and returns one page of matching users
 /// (never the caller), ordered by (ts, address), plus whether more follow.
 fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     if q.reset {
         tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
     }

@@ -5,7 +5,7 @@
 //! with exponential backoff while the code is valid, and resumes after a restart
 //! what was left queued.
 
-use rusqlite::{params, Connection, TransactionBehavior};
+use rusqlite::{params, Connection};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -276,7 +276,7 @@ fn enqueue(
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), u64>,
 ) -> rusqlite::Result<Enqueued> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     if let StoreOutcome::TooSoon(wait) = storage::insert_challenge(&tx, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
     }
@@ -313,7 +313,7 @@ struct Claimed {
 
 /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
 fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     // A code that was used, replaced by a newer one or expired is not worth an SMS.
     tx.execute(
         "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
@@ -353,7 +353,7 @@ fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::
 /// Records an attempt. A final outcome wipes the code and message text; a final
 /// failure also deletes the challenge, since nobody received that code.
 fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     match update {
         Update::Sent => {
             tx.execute("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, attempts])?;

@@ -1,7 +1,7 @@
-//! SQLite storage: connections whose blocking calls run on the blocking thread
-//! pool, and the queries of the login flow.
+//! SQLite storage: one writer thread that commits queued jobs in groups, a pool of
+//! reader connections, and the queries of the login flow.
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -12,27 +12,38 @@ use crate::{otp, outbox, sessions, users};
 /// All writes go to one connection owned by a dedicated thread, because SQLite admits
 /// one writer at a time: a queue in front of it is cheaper than SQLite's busy handler
 /// (which sleeps whole milliseconds) and than handing the connection between threads.
-/// Readers get their own pool and, thanks to WAL, never wait for the writer.
+/// The thread commits the jobs waiting in the queue together (group commit), each in a
+/// savepoint of its own. Readers get their own pool and, thanks to WAL, never wait for
+/// the writer.
 pub struct Db {
     writer: mpsc::Sender<WriterMessage>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
     /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
     closed: AtomicBool,
-    /// The checkpoint thread: dropping the sender stops it.
-    checkpointer: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
 }
 
+/// Runs a job on the writer connection; answers `Err` if the job failed, or else a
+/// reply to call with the outcome of the commit.
+type Job = Box<dyn FnOnce(&mut Connection) -> Result<Reply, ()> + Send>;
+type Reply = Box<dyn FnOnce(Result<(), StorageError>)>;
+
 enum WriterMessage {
-    Run(Box<dyn FnOnce(&mut Connection) + Send>),
+    Run(Job),
     /// Checkpoint, close the connection and stop; answers when done.
     Close(mpsc::Sender<Result<(), StorageError>>),
 }
 
-/// How often the WAL is copied back into the database file.
-const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Most jobs one commit takes: enough to cover every waiting request, few enough that
+/// a reply does not wait long for the others.
+const MAX_GROUP: usize = 128;
 /// Page cache of the writer: the indexes it updates stay in memory.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// A WAL of this many pages is checkpointed by the writer right after its commit, so the
+/// log restarts from its beginning instead of growing (SQLite's default).
+const CHECKPOINT_PAGES: i64 = 1000;
+/// After a checkpoint, a WAL file that grew larger (a long reader held it) is cut back to this.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct StorageError(pub String);
@@ -66,34 +77,22 @@ impl Db {
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
         crate::schema::apply(&mut writer)?;
-        // Checkpoints (copying the WAL into the database and syncing it) run on their own
-        // thread, so a request never waits for one behind the writer.
-        writer.pragma_update(None, "wal_autocheckpoint", 0)?;
+        // A WAL left large by a crash or a bulk load is copied back now, not by the first request.
+        writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        // Only the writer checkpoints: between two of its commits no write is under way, so
+        // the checkpoint completes and the next commit starts the WAL over. (A checkpoint on
+        // another thread races the writer and never completes under load: the WAL grew
+        // without bound.)
+        writer.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
-        let checkpointer = spawn_checkpointer(connect(path)?)?;
         let (messages, queue) = mpsc::channel::<WriterMessage>();
         std::thread::Builder::new()
             .name("otpgate-db-writer".into())
-            .spawn(move || {
-                for message in queue {
-                    match message {
-                        WriterMessage::Run(job) => job(&mut writer),
-                        WriterMessage::Close(done) => {
-                            let _ = done.send(checkpoint_and_close(writer));
-                            return;
-                        }
-                    }
-                }
-            })
+            .spawn(move || run_writer(writer, queue))
             .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
-        Ok(Arc::new(Db {
-            writer: messages,
-            readers: Mutex::new(readers),
-            reader_returned: Condvar::new(),
-            closed: AtomicBool::new(false),
-            checkpointer: Mutex::new(Some(checkpointer)),
-        }))
+        Ok(Arc::new(Db { writer: messages, readers: Mutex::new(readers), reader_returned: Condvar::new(), closed: AtomicBool::new(false) }))
     }
 
     /// Runs `f` on the writer connection and waits for it without blocking the async worker.
@@ -122,7 +121,7 @@ impl Db {
         result.recv().map_err(|_| closed())?
     }
 
-    fn submit<R, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
+    fn submit<R: 'static, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
     where
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
@@ -130,14 +129,20 @@ impl Db {
             return Err(closed());
         }
         let queued = Instant::now();
-        let job = Box::new(move |conn: &mut Connection| {
+        let job: Job = Box::new(move |conn: &mut Connection| {
             crate::metrics::DB_POOL_WAIT.observe(queued.elapsed().as_secs_f64());
             // A panicking job must not take the writer thread, and every later write, with it.
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
-            reply(match result {
-                Ok(r) => r.map_err(StorageError::from),
-                Err(_) => Err(StorageError("database job panicked".into())),
-            });
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+                Ok(Ok(value)) => Ok(Box::new(move |committed: Result<(), StorageError>| reply(committed.map(|()| value))) as Reply),
+                Ok(Err(e)) => {
+                    reply(Err(e.into()));
+                    Err(())
+                }
+                Err(_) => {
+                    reply(Err(StorageError("database job panicked".into())));
+                    Err(())
+                }
+            }
         });
         self.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
     }
@@ -147,10 +152,6 @@ impl Db {
     /// Later calls fail at once.
     pub fn close(&self) -> Result<(), StorageError> {
         self.closed.store(true, Ordering::SeqCst);
-        if let Some((stop, thread)) = self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            drop(stop);
-            let _ = thread.join();
-        }
         let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
         self.reader_returned.notify_all();
         for conn in readers {
@@ -193,21 +194,74 @@ impl Db {
     }
 }
 
-/// Checkpoints the WAL every `CHECKPOINT_EVERY` until the returned sender is dropped.
-fn spawn_checkpointer(conn: Connection) -> Result<(mpsc::Sender<()>, std::thread::JoinHandle<()>), StorageError> {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let thread = std::thread::Builder::new()
-        .name("otpgate-db-checkpoint".into())
-        .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(CHECKPOINT_EVERY) {
-                // PASSIVE never blocks the writer or readers; what it cannot copy now it copies next time.
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!("WAL checkpoint failed: {e}");
+/// The writer thread: takes every job waiting in the queue and commits them together.
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(message) = queue.recv() {
+        let mut close = None;
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                WriterMessage::Run(job) => group.push(job),
+                WriterMessage::Close(done) => {
+                    close = Some(done);
+                    break;
                 }
             }
-        })
-        .map_err(|e| StorageError(format!("cannot start the checkpoint thread: {e}")))?;
-    Ok((stop, thread))
+            if group.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
+            }
+        }
+        commit_group(&mut conn, group.drain(..));
+        if let Some(done) = close {
+            let _ = done.send(checkpoint_and_close(conn));
+            return;
+        }
+    }
+}
+
+/// Runs the jobs in one transaction, each inside a savepoint that is rolled back if the
+/// job fails, and answers the jobs that succeeded only once the transaction is committed.
+fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
+    let mut waiting: Vec<Reply> = Vec::new();
+    let mut grouped = false;
+    for job in jobs {
+        // Without the group transaction (another process held the write lock past the busy
+        // timeout), the job's savepoint is a transaction of its own, committed by RELEASE.
+        grouped = grouped || conn.execute_batch("BEGIN IMMEDIATE").is_ok();
+        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+            tracing::error!("database savepoint failed: {e}");
+        }
+        match job(conn) {
+            Ok(reply) => match conn.execute_batch("RELEASE job") {
+                Ok(()) if grouped => waiting.push(reply),
+                released => reply(released.map_err(StorageError::from)),
+            },
+            // The job has answered with its error already.
+            Err(()) => {
+                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            }
+        }
+        // Some errors (disk full, I/O) make SQLite roll the whole transaction back: the
+        // jobs run in it so far are lost and are told so.
+        if grouped && conn.is_autocommit() {
+            answer(&mut waiting, Err(StorageError("the write transaction was rolled back".into())));
+            grouped = false;
+        }
+    }
+    if grouped {
+        let committed = conn.execute_batch("COMMIT").map_err(StorageError::from);
+        if committed.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        answer(&mut waiting, committed);
+    }
+}
+
+fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
+    for reply in waiting.drain(..) {
+        reply(outcome.as_ref().map(|_| ()).map_err(|e| StorageError(e.0.clone())));
+    }
 }
 
 fn checkpoint_and_close(conn: Connection) -> Result<(), StorageError> {
@@ -225,7 +279,7 @@ pub fn now() -> i64 {
 
 /// Returns the value stored under `key`, storing `make()` first if there is none.
 pub fn setting_or_insert(conn: &mut Connection, key: &str, make: impl FnOnce() -> Vec<u8>) -> rusqlite::Result<Vec<u8>> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let existing: Option<Vec<u8>> =
         tx.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
     let value = match existing {
@@ -259,7 +313,7 @@ pub enum StoreOutcome {
 /// Stores a challenge inside the caller's transaction (which commits, or rolls back on
 /// `TooSoon`), replacing the address's previous one unless that was created less than
 /// `resend_secs` ago.
-pub fn insert_challenge(tx: &rusqlite::Transaction<'_>, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
+pub fn insert_challenge(tx: &Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
     let previous: Option<i64> =
         tx.prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?.query_row([&c.address], |r| r.get(0)).optional()?;
     if let Some(created_at) = previous {
@@ -306,7 +360,7 @@ pub fn check_and_claim(
     now: i64,
     max_attempts: u32,
 ) -> rusqlite::Result<VerifyOutcome> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let row = tx
         .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
         .query_row([address], |r| {
@@ -378,7 +432,7 @@ pub struct LoginRecord {
 /// Records the user and the session, queues joined notices for a first phone login,
 /// and consumes the challenge, all in one transaction.
 pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let tx = conn.savepoint()?;
     let (user_id, first_login) = users::upsert_at_login(&tx, &login.address, &login.uid, &login.name, login.now)?;
     let mut record = LoginRecord { first_login, ..LoginRecord::default() };
     if first_login && !login.address.contains('@') {
