@@ -228,18 +228,18 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
     for job in jobs {
         // Without the group transaction (another process held the write lock past the busy
         // timeout), the job's savepoint is a transaction of its own, committed by RELEASE.
-        grouped = grouped || conn.execute_batch("BEGIN IMMEDIATE").is_ok();
-        if let Err(e) = conn.execute_batch("SAVEPOINT job") {
+        grouped = grouped || run(conn, "BEGIN IMMEDIATE").is_ok();
+        if let Err(e) = run(conn, "SAVEPOINT job") {
             tracing::error!("database savepoint failed: {e}");
         }
         match job(conn) {
-            Ok(reply) => match conn.execute_batch("RELEASE job") {
+            Ok(reply) => match run(conn, "RELEASE job") {
                 Ok(()) if grouped => waiting.push(reply),
                 released => reply(released.map_err(StorageError::from)),
             },
             // The job has answered with its error already.
             Err(()) => {
-                let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                let _ = run(conn, "ROLLBACK TO job").and_then(|()| run(conn, "RELEASE job"));
             }
         }
         // Some errors (disk full, I/O) make SQLite roll the whole transaction back: the
@@ -250,12 +250,17 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
         }
     }
     if grouped {
-        let committed = conn.execute_batch("COMMIT").map_err(StorageError::from);
+        let committed = run(conn, "COMMIT").map_err(StorageError::from);
         if committed.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = run(conn, "ROLLBACK");
         }
         answer(&mut waiting, committed);
     }
+}
+
+/// Runs one statement from the statement cache: these run several times per request.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
 fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
