@@ -90,12 +90,13 @@ impl AppState {
         })
     }
 
-    /// Called once the server has stopped: stops the courier, waits up to `grace` for the
-    /// delivery attempts under way to be recorded (messages still queued stay in the
+    /// Called once the server has stopped: stops the courier and the outbox, waits up to
+    /// `grace` for the sends under way to be recorded (messages still queued stay in the
     /// database and are sent after the next start) and closes the database cleanly.
     pub async fn shutdown(&self, grace: Duration) {
         self.login.courier.stop();
-        self.login.courier.drain(grace).await;
+        // Both wait for sends under way to be recorded before the database closes.
+        tokio::join!(self.login.courier.drain(grace), self.outbox.drain(grace));
         if let Err(e) = self.db.close() {
             tracing::warn!("closing the database failed: {e}");
         }

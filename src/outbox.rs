@@ -5,6 +5,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,11 @@ pub struct Outbox {
     from: String,
     retry_secs: u64,
     lease_secs: i64,
+    /// Set at shutdown: no further message is taken.
+    stopped: AtomicBool,
+    /// Held while messages are being sent, so shutdown can wait for an acknowledgement to
+    /// be recorded instead of sending that message again after the restart.
+    sending: tokio::sync::Mutex<()>,
 }
 
 impl Outbox {
@@ -72,12 +78,14 @@ impl Outbox {
             retry_secs: config.outbox_retry_secs,
             // Longer than one send can take; a crash mid-send delays the retry by this much.
             lease_secs: (config.upstream_connect_timeout_secs + config.upstream_timeout_secs + 5) as i64,
+            stopped: AtomicBool::new(false),
+            sending: tokio::sync::Mutex::new(()),
         })
     }
 
-    /// Sends due messages forever; spawn it once per process.
+    /// Sends due messages until [`Outbox::drain`]; spawn it once per process.
     pub async fn run(self: Arc<Self>) {
-        loop {
+        while !self.stopped.load(Ordering::SeqCst) {
             if let Err(e) = self.send_due().await {
                 tracing::warn!("outbox: database error: {e}");
             }
@@ -87,8 +95,9 @@ impl Outbox {
 
     /// One round: sends every due message; returns how many upstream acknowledged.
     pub async fn send_due(&self) -> Result<usize, storage::StorageError> {
+        let _sending = self.sending.lock().await;
         let mut sent = 0;
-        loop {
+        while !self.stopped.load(Ordering::SeqCst) {
             let (now, lease) = (storage::now(), self.lease_secs);
             let Some(message) = self.db.call(move |conn| take_next_due(conn, now, lease)).await? else {
                 return Ok(sent);
@@ -119,6 +128,16 @@ impl Outbox {
                         .await?;
                 }
             }
+        }
+        Ok(sent)
+    }
+
+    /// Stops taking messages and waits, at most `limit`, for the one being sent to be
+    /// recorded, so that an acknowledged message is not sent again after the restart.
+    pub async fn drain(&self, limit: Duration) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if tokio::time::timeout(limit, self.sending.lock()).await.is_err() {
+            tracing::warn!("shutdown: a notification is still being sent; it is retried after the restart");
         }
     }
 }

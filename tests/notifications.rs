@@ -102,3 +102,20 @@ async fn a_failed_notification_is_retried_until_upstream_takes_it() {
     assert!(logs().contains("outbox: upstream message failed, retrying in"), "failures are logged");
     assert!(!logs().contains(APP_TOKEN));
 }
+
+#[actix_web::test]
+async fn shutdown_waits_for_a_notification_in_flight() {
+    let server = TestServer::start(&[]).await;
+    contacts_waiting_for_new(&server).await;
+    // Upstream is slow to answer from now on; shutdown comes while the first notice is under way.
+    server.upstream.set_mode(Mode::Slow(std::time::Duration::from_millis(800)));
+    server.log_in(NEW, None).await;
+    assert!(eventually(5, || !server.upstream.messages().is_empty()).await, "a notice is being sent");
+    server.state.shutdown(std::time::Duration::from_secs(5)).await;
+    // It was recorded as delivered before the database closed, and no other was started.
+    assert_eq!(server.upstream.messages().len(), 1);
+    let left: Vec<String> =
+        server.db().prepare("SELECT recipient FROM outbox").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(left.len(), 1, "the other notice waits for the next start");
+    assert_ne!(left[0], server.upstream.messages()[0]["to"].as_str().unwrap());
+}
