@@ -86,6 +86,9 @@ impl Db {
         writer.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        // Each job's savepoint keeps the original of every page it changes in a
+        // sub-journal: in memory, not in a temporary file written page by page.
+        writer.pragma_update(None, "temp_store", "MEMORY")?;
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
         let (messages, queue) = mpsc::channel::<WriterMessage>();
         std::thread::Builder::new()
