@@ -485,7 +485,23 @@ async fn main() {
         return;
     }
     if let Some(dir) = &args.run_preloaded {
+        let db_path = std::path::Path::new(dir).join("otpgate.db");
+        let codes = |which: &str| count(&db_path, &format!("SELECT count(*) FROM otp_challenges {which}"));
+        let expired = format!("WHERE expires_at <= {}", otpgate::storage::now());
+        let before = (codes(""), codes(&expired));
         let service = start_service(std::path::Path::new(dir)).await;
+        // The periodic task's first round runs as the service starts.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while codes(&expired) > 0 && Instant::now() < deadline {
+            actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "periodic purge at start: otp_challenges {} rows ({} expired) -> {} rows ({} expired)",
+            before.0,
+            before.1,
+            codes(""),
+            codes(&expired)
+        );
         let _ = service.user_phones.set(("1212", args.users));
         let loaded = run_all(&service, &args).await;
         let consistent = check_counts(&service, &loaded, &args);
