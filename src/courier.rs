@@ -135,9 +135,10 @@ impl Courier {
             expires_at,
         };
         let courier = Arc::clone(self);
+        let (answer, answered) = tokio::sync::oneshot::channel();
         // A task of its own: when the wait runs out, the attempt still finishes and is recorded.
-        let first = tokio::spawn(async move { courier.attempt(row).await });
-        Ok(tokio::time::timeout(self.wait_first, first).await.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
+        tokio::spawn(async move { courier.attempt(row, Some(answer)).await });
+        Ok(tokio::time::timeout(self.wait_first, answered).await.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
     }
 
     /// The worker: sends due messages until [`Courier::stop`]. Run exactly one per database.
@@ -159,7 +160,7 @@ impl Courier {
             for row in batch {
                 let courier = Arc::clone(&self);
                 // Attempts run side by side: one slow provider call must not hold up the others.
-                tokio::spawn(async move { courier.attempt(row).await });
+                tokio::spawn(async move { courier.attempt(row, None).await });
             }
             if full {
                 continue;
@@ -204,7 +205,10 @@ impl Courier {
         self.db.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
     }
 
-    async fn attempt(&self, row: Queued) -> Dispatch {
+    /// Sends one message and records the outcome; `answer` learns how it went: for a
+    /// delivery at once, for a failure only once it is recorded (a code that was not
+    /// delivered is deleted before the client hears SENDFAILED).
+    async fn attempt(&self, row: Queued, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
         let to = if row.address.contains('@') { Address::Email(row.address.clone()) } else { Address::Phone(row.address.clone()) };
         let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
@@ -238,6 +242,9 @@ impl Courier {
                 }
             }
         };
+        if let Some(answer) = answer.take_if(|_| dispatch == Dispatch::Sent) {
+            let _ = answer.send(dispatch);
+        }
         let retry = matches!(update, Update::Retry(..));
         let address = row.address;
         let saved = self.db.call(move |conn| record_attempt(conn, id, attempts, &update, &address, &otp_hash)).await;
@@ -248,7 +255,9 @@ impl Courier {
             // The worker may be asleep until a later message falls due.
             self.wake.notify_one();
         }
-        dispatch
+        if let Some(answer) = answer {
+            let _ = answer.send(dispatch);
+        }
     }
 }
 
