@@ -15,7 +15,7 @@ use crate::address::Address;
 use crate::config::Config;
 use crate::metrics;
 use crate::senders::{OtpMessage, SendError, Senders};
-use crate::storage::{self, Db, NewChallenge, StorageError, StoreOutcome};
+use crate::storage::{self, now_ms, Db, NewChallenge, StorageError, StoreOutcome};
 
 /// Rows claimed per round.
 const BATCH: usize = 16;
@@ -267,10 +267,6 @@ enum Update {
     Retry(String, i64),
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 enum Enqueued {
     /// Stored, with the courier row's id.
     Stored(i64),
@@ -324,14 +320,14 @@ struct Claimed {
 fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
     let tx = conn.savepoint()?;
     // A code that was used, replaced by a newer one or expired is not worth an SMS.
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
          WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
              WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
-        [now_ms / 1000],
-    )?;
+    )?
+    .execute([now_ms / 1000])?;
     let batch = {
-        let mut select = tx.prepare(
+        let mut select = tx.prepare_cached(
             "SELECT id, address, appid, otp_hash, otp, body, attempts, expires_at FROM courier
              WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
         )?;
@@ -350,7 +346,7 @@ fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::
         rows.collect::<rusqlite::Result<Vec<Queued>>>()?
     };
     for row in &batch {
-        tx.execute("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1", params![row.id, lease_until])?;
+        tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
     }
     let (next_due, queued): (Option<i64>, i64) = tx
         .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
@@ -365,20 +361,19 @@ fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update
     let tx = conn.savepoint()?;
     match update {
         Update::Sent => {
-            tx.execute("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, attempts])?;
+            tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1")?
+                .execute(params![id, attempts])?;
         }
         Update::Failed(error) => {
-            tx.execute(
+            tx.prepare_cached(
                 "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
-                params![id, attempts, error],
-            )?;
-            tx.execute("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2", params![address, otp_hash])?;
+            )?
+            .execute(params![id, attempts, error])?;
+            tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, otp_hash])?;
         }
         Update::Retry(error, retry_at) => {
-            tx.execute(
-                "UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1",
-                params![id, attempts, error, retry_at],
-            )?;
+            tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
+                .execute(params![id, attempts, error, retry_at])?;
         }
     }
     tx.commit()

@@ -11,9 +11,9 @@ use std::collections::HashMap;
 use crate::error::ApiError;
 use crate::login::{LoginOutcome, LoginRequest};
 use crate::ops;
+use crate::server::HttpSettings;
 use crate::storage;
 use crate::AppState;
-use crate::server::HttpSettings;
 use crate::{health, metrics, openapi, request_log, server};
 
 /// Every op the dispatcher in [`api`] knows; the OpenAPI document must describe each.
@@ -126,7 +126,11 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
         .collect();
     let too_large = |limit: usize| bad(&format!("the request body is larger than {limit} bytes"));
     let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
-    let body = payload.to_bytes_limited(read_limit).await.map_err(|_| too_large(read_limit))?.map_err(|_| bad("the request body could not be read"))?;
+    let body = payload
+        .to_bytes_limited(read_limit)
+        .await
+        .map_err(|_| too_large(read_limit))?
+        .map_err(|_| bad("the request body could not be read"))?;
     let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
     if text.is_empty() {
         return Ok(params);

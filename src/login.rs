@@ -21,8 +21,8 @@ use crate::sms_limits::SmsLimits;
 use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
+use crate::users::MAX_NAME_CHARS;
 
-const MAX_NAME_CHARS: usize = 64;
 const MAX_ID_CHARS: usize = 128;
 
 /// The login fields of a request, as received (not yet validated).
@@ -262,7 +262,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         }
     };
 
-    let now_ms = sessions::now_ms();
+    let now_ms = storage::now_ms();
     let completed = CompletedLogin {
         address: address.as_str().to_string(),
         uid: match &issued.uid {

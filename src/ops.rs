@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 use crate::http::Params;
-use crate::{contacts, sessions, users, AppState};
+use crate::{contacts, sessions, storage, users, AppState};
 
 /// The ops that need a session: every op in [`crate::http::OPS`] but `login`.
 pub fn is_session_op(op: &str) -> bool {
@@ -27,7 +27,7 @@ pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpR
     }
     let caller = state
         .db
-        .call(move |conn| sessions::authenticate(conn, &token_sha256, sessions::now_ms()))
+        .call(move |conn| sessions::authenticate(conn, &token_sha256, storage::now_ms()))
         .await?
         .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
     let max_phones = state.max_contacts_per_request;

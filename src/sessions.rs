@@ -14,11 +14,6 @@ pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
-/// Unix milliseconds: orders sessions by last use even within one second.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 /// The authenticated user of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {

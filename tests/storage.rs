@@ -45,10 +45,8 @@ async fn a_failing_job_is_rolled_back_alone_within_its_group() {
     assert_eq!((a.unwrap(), c.unwrap(), d.unwrap()), (1, 3, 4));
     assert!(b.unwrap_err().to_string().contains("NOT NULL"));
     assert!(panicked.unwrap_err().to_string().contains("panicked"));
-    let ids: Vec<i64> = db
-        .read(|conn| conn.prepare("SELECT id FROM notes ORDER BY id")?.query_map([], |r| r.get(0))?.collect())
-        .await
-        .unwrap();
+    let ids: Vec<i64> =
+        db.read(|conn| conn.prepare("SELECT id FROM notes ORDER BY id")?.query_map([], |r| r.get(0))?.collect()).await.unwrap();
     assert_eq!(ids, [1, 3, 4], "the failed and panicked jobs left nothing");
 }
 
@@ -58,7 +56,9 @@ async fn concurrent_writes_are_all_committed_and_survive_a_reopen() {
     let writes: Vec<_> = (0..500i64)
         .map(|id| {
             let db = Arc::clone(&db);
-            tokio::spawn(async move { db.call(move |conn| conn.execute("INSERT INTO notes (id, body) VALUES (?1, 'x')", params![id])).await })
+            tokio::spawn(
+                async move { db.call(move |conn| conn.execute("INSERT INTO notes (id, body) VALUES (?1, 'x')", params![id])).await },
+            )
         })
         .collect();
     for written in writes {
