@@ -182,10 +182,13 @@ impl LoginFlow {
         check(&self.limits.verify_per_address, address.as_str())?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
 
+        let failed = |reason: &str, error: ApiError| {
+            metrics::OTP_FAILED.with_label_values(&[reason]).inc();
+            Err(error)
+        };
         if let Some(fixed) = self.test_otps.get(address.as_str()) {
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
-                metrics::OTP_FAILED.with_label_values(&["wrong"]).inc();
-                return Err(ApiError::new("BADCODE", "wrong code"));
+                return failed("wrong", ApiError::new("BADCODE", "wrong code"));
             }
         } else {
             let (owned, owned_appid, max) = (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts);
@@ -194,25 +197,18 @@ impl LoginFlow {
                 .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max))
                 .await
                 .map_err(internal)?;
-            let failure = match outcome {
-                VerifyOutcome::Claimed => None,
-                VerifyOutcome::NoCode => Some("no_code"),
-                VerifyOutcome::Wrong { .. } => Some("wrong"),
-                VerifyOutcome::TooManyAttempts => Some("too_many_attempts"),
-            };
-            if let Some(reason) = failure {
-                metrics::OTP_FAILED.with_label_values(&[reason]).inc();
-            }
             match outcome {
                 VerifyOutcome::Claimed => {}
                 VerifyOutcome::NoCode => {
-                    return Err(ApiError::new(
-                        "BADCODE",
-                        "no valid code for this address (expired, already used, or never sent); request a new one",
-                    ))
+                    let why = "no valid code for this address (expired, already used, or never sent); request a new one";
+                    return failed("no_code", ApiError::new("BADCODE", why));
                 }
-                VerifyOutcome::Wrong { left } => return Err(ApiError::new("BADCODE", format!("wrong code; {left} attempts left"))),
-                VerifyOutcome::TooManyAttempts => return Err(ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one")),
+                VerifyOutcome::Wrong { left } => {
+                    return failed("wrong", ApiError::new("BADCODE", format!("wrong code; {left} attempts left")))
+                }
+                VerifyOutcome::TooManyAttempts => {
+                    return failed("too_many_attempts", ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one"))
+                }
             }
         }
 
