@@ -480,6 +480,11 @@ async fn garbage_collect(service: &Service) {
 #[actix_web::main]
 async fn main() {
     let args = parse_args();
+    // Warnings (an upstream failure, say) explain errors; per-login info lines would swamp the output.
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
+    otpgate::logging::init("text");
     if let Some(db_path) = &args.preload_into {
         preload(db_path, args.users, args.contacts, args.pending);
         return;

@@ -91,36 +91,37 @@ struct SyncQuery {
 /// Records uploaded phones as contacts and returns one page of matching users
 /// (never the caller), ordered by (ts, address), plus whether more follow.
 fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
-    let tx = conn.savepoint()?;
-    if q.reset {
-        tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
-    }
-    if let Some(phones) = &q.phones {
-        tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) SELECT ?1, value, ?2 FROM json_each(?3)")?
-            .execute(params![q.owner, q.now, phones])?;
-    }
-    let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |c| (c.ts, c.address.as_str()));
-    let limit = PAGE_SIZE as i64 + 1;
-    let mut page = match &q.phones {
-        Some(phones) => {
-            let mut query = tx.prepare_cached(&format!(
-                "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
-                 AND u.id <> ?2 AND (u.ts, u.address) > (?3, ?4) ORDER BY u.ts, u.address LIMIT ?5"
-            ))?;
-            let rows = query.query_map(params![phones, q.owner, after_ts, after_address, limit], Profile::from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
+    let mut page = storage::atomically(conn, |tx| {
+        if q.reset {
+            tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
         }
-        None => {
-            let mut query = tx.prepare_cached(&format!(
-                "SELECT {PROFILE_COLUMNS} FROM contacts c JOIN users u ON u.address = c.phone
+        if let Some(phones) = &q.phones {
+            tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) SELECT ?1, value, ?2 FROM json_each(?3)")?
+                .execute(params![q.owner, q.now, phones])?;
+        }
+        let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |c| (c.ts, c.address.as_str()));
+        let limit = PAGE_SIZE as i64 + 1;
+        let page = match &q.phones {
+            Some(phones) => {
+                let mut query = tx.prepare_cached(&format!(
+                    "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
+                 AND u.id <> ?2 AND (u.ts, u.address) > (?3, ?4) ORDER BY u.ts, u.address LIMIT ?5"
+                ))?;
+                let rows = query.query_map(params![phones, q.owner, after_ts, after_address, limit], Profile::from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => {
+                let mut query = tx.prepare_cached(&format!(
+                    "SELECT {PROFILE_COLUMNS} FROM contacts c JOIN users u ON u.address = c.phone
                  WHERE c.owner_id = ?1 AND u.id <> ?1 AND u.ts >= ?2 AND (u.ts, u.address) > (?3, ?4)
                  ORDER BY u.ts, u.address LIMIT ?5"
-            ))?;
-            let rows = query.query_map(params![q.owner, q.since, after_ts, after_address, limit], Profile::from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        }
-    };
-    tx.commit()?;
+                ))?;
+                let rows = query.query_map(params![q.owner, q.since, after_ts, after_address, limit], Profile::from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+        };
+        Ok(page)
+    })?;
     let more = page.len() > PAGE_SIZE;
     page.truncate(PAGE_SIZE);
     Ok((page, more))

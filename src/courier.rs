@@ -15,7 +15,7 @@ use crate::address::Address;
 use crate::config::Config;
 use crate::metrics;
 use crate::senders::{OtpMessage, SendError, Senders};
-use crate::storage::{self, now_ms, Db, NewChallenge, StorageError, StoreOutcome};
+use crate::storage::{self, now_ms, Db, NewChallenge, StorageError};
 
 /// Rows claimed per round.
 const BATCH: usize = 16;
@@ -281,31 +281,31 @@ fn enqueue(
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), u64>,
 ) -> rusqlite::Result<Enqueued> {
-    let tx = conn.savepoint()?;
-    if let StoreOutcome::TooSoon(wait) = storage::insert_challenge(&tx, challenge)? {
+    if let Some(wait) = storage::resend_wait(conn, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
     }
-    // Dropping `tx` on refusal rolls the new challenge back: the previous code stays valid.
+    // Checked before anything is written: a refusal leaves the previous code valid.
     if let Err(wait) = admit() {
         return Ok(Enqueued::Refused(wait));
     }
-    tx.prepare_cached(
-        "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
-    )?
-    .execute(params![
-        message.to.as_str(),
-        message.appid,
-        &challenge.otp_hash[..],
-        message.otp,
-        message.text,
-        lease_until,
-        challenge.now + challenge.ttl_secs,
-        challenge.now
-    ])?;
-    let id = tx.last_insert_rowid();
-    tx.commit()?;
-    Ok(Enqueued::Stored(id))
+    storage::atomically(conn, |tx| {
+        storage::store_challenge(tx, challenge)?;
+        tx.prepare_cached(
+            "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            message.to.as_str(),
+            message.appid,
+            &challenge.otp_hash[..],
+            message.otp,
+            message.text,
+            lease_until,
+            challenge.now + challenge.ttl_secs,
+            challenge.now
+        ])?;
+        Ok(Enqueued::Stored(tx.last_insert_rowid()))
+    })
 }
 
 struct Claimed {
@@ -318,63 +318,65 @@ struct Claimed {
 
 /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
 fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
-    let tx = conn.savepoint()?;
-    // A code that was used, replaced by a newer one or expired is not worth an SMS.
-    tx.prepare_cached(
-        "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
-         WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
-             WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
-    )?
-    .execute([now_ms / 1000])?;
-    let batch = {
-        let mut select = tx.prepare_cached(
-            "SELECT id, address, appid, otp_hash, otp, body, attempts, expires_at FROM courier
-             WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
-        )?;
-        let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
-            Ok(Queued {
-                id: r.get(0)?,
-                address: r.get(1)?,
-                appid: r.get(2)?,
-                otp_hash: r.get(3)?,
-                otp: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                body: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                attempts: r.get(6)?,
-                expires_at: r.get(7)?,
-            })
-        })?;
-        rows.collect::<rusqlite::Result<Vec<Queued>>>()?
-    };
-    for row in &batch {
-        tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
-    }
-    let (next_due, queued): (Option<i64>, i64) = tx
-        .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    tx.commit()?;
-    Ok(Claimed { batch, next_due, queued })
+    storage::atomically(conn, |tx| {
+        // A code that was used, replaced by a newer one or expired is not worth an SMS.
+        tx.prepare_cached(
+            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
+             WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
+        )?
+        .execute([now_ms / 1000])?;
+        let batch = {
+            let mut select = tx.prepare_cached(
+                "SELECT id, address, appid, otp_hash, otp, body, attempts, expires_at FROM courier
+                 WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+            )?;
+            let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
+                Ok(Queued {
+                    id: r.get(0)?,
+                    address: r.get(1)?,
+                    appid: r.get(2)?,
+                    otp_hash: r.get(3)?,
+                    otp: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    body: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                    attempts: r.get(6)?,
+                    expires_at: r.get(7)?,
+                })
+            })?;
+            rows.collect::<rusqlite::Result<Vec<Queued>>>()?
+        };
+        for row in &batch {
+            tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
+        }
+        let (next_due, queued): (Option<i64>, i64) = tx
+            .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Claimed { batch, next_due, queued })
+    })
 }
 
 /// Records an attempt. A final outcome wipes the code and message text; a final
 /// failure also deletes the challenge, since nobody received that code.
 fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
-    let tx = conn.savepoint()?;
-    match update {
-        Update::Sent => {
-            tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1")?
-                .execute(params![id, attempts])?;
+    storage::atomically(conn, |tx| {
+        match update {
+            Update::Sent => {
+                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1")?
+                    .execute(params![id, attempts])?;
+            }
+            Update::Failed(error) => {
+                tx.prepare_cached(
+                    "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
+                )?
+                .execute(params![id, attempts, error])?;
+                tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?
+                    .execute(params![address, otp_hash])?;
+            }
+            Update::Retry(error, retry_at) => {
+                tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
+                    .execute(params![id, attempts, error, retry_at])?;
+            }
         }
-        Update::Failed(error) => {
-            tx.prepare_cached(
-                "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
-            )?
-            .execute(params![id, attempts, error])?;
-            tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, otp_hash])?;
-        }
-        Update::Retry(error, retry_at) => {
-            tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
-                .execute(params![id, attempts, error, retry_at])?;
-        }
-    }
-    tx.commit()
+        Ok(())
+    })
 }

@@ -60,11 +60,12 @@ pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> ru
         conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND appid = ?2 AND device = ?3")?
             .execute(params![s.user_id, s.appid, s.device])?;
     }
-    conn.prepare_cached(
-        "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?
-    .execute(params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at])?;
+    insert_row(conn, s)?;
+    // Counting first spares the eviction query's sort on the common path: room to spare.
+    let sessions: usize = conn.prepare_cached("SELECT count(*) FROM sessions WHERE user_id = ?1")?.query_row([s.user_id], |r| r.get(0))?;
+    if sessions <= max_devices {
+        return Ok(Vec::new());
+    }
     let mut evict = conn.prepare_cached(
         "DELETE FROM sessions WHERE token_sha256 IN (
              SELECT token_sha256 FROM sessions WHERE user_id = ?1
@@ -74,6 +75,16 @@ pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> ru
     let evicted =
         evict.query_map(params![s.user_id, s.token_sha256, max_devices as i64], |r| Ok(Evicted { appid: r.get(0)?, device: r.get(1)? }))?;
     evicted.collect()
+}
+
+/// Stores the session row alone, for a user who has no other session.
+pub fn insert_row(conn: &Connection, s: &NewSession) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at])?;
+    Ok(())
 }
 
 /// Ends one session; true if it existed.

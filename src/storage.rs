@@ -45,6 +45,9 @@ const CHECKPOINT_PAGES: i64 = 1000;
 /// After a checkpoint, a WAL file that grew larger (a long reader held it) is cut back to this.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
+/// More than the distinct statements of every job together (about 60), so none is prepared twice.
+const STATEMENT_CACHE_CAPACITY: usize = 128;
+
 #[derive(Debug)]
 pub struct StorageError(pub String);
 
@@ -68,6 +71,9 @@ fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
     // except for the last transactions on power loss, and avoids an fsync per request.
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // rusqlite keeps 16 statements by default, fewer than the writer uses per login:
+    // it was preparing about 8 statements per login again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
     Ok(conn)
 }
 
@@ -266,6 +272,20 @@ fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
 }
 
+/// Runs `f` atomically: in a savepoint that is released when `f` succeeds and rolled
+/// back when it fails. Unlike rusqlite's `savepoint()`, whose statements are prepared
+/// anew each time, these come from the statement cache: they run several times per login.
+pub fn atomically<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    run(conn, "SAVEPOINT atomically")?;
+    match f(conn) {
+        Ok(value) => run(conn, "RELEASE atomically").map(|()| value),
+        Err(e) => {
+            let _ = run(conn, "ROLLBACK TO atomically").and_then(|()| run(conn, "RELEASE atomically"));
+            Err(e)
+        }
+    }
+}
+
 fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
     for reply in waiting.drain(..) {
         reply(outcome.as_ref().map(|_| ()).map_err(|e| StorageError(e.0.clone())));
@@ -292,19 +312,18 @@ pub fn now_ms() -> i64 {
 
 /// Returns the value stored under `key`, storing `make()` first if there is none.
 pub fn setting_or_insert(conn: &mut Connection, key: &str, make: impl FnOnce() -> Vec<u8>) -> rusqlite::Result<Vec<u8>> {
-    let tx = conn.savepoint()?;
-    let existing: Option<Vec<u8>> =
-        tx.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
-    let value = match existing {
-        Some(value) => value,
-        None => {
-            let value = make();
-            tx.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
-            value
+    atomically(conn, |tx| {
+        let existing: Option<Vec<u8>> =
+            tx.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
+        match existing {
+            Some(value) => Ok(value),
+            None => {
+                let value = make();
+                tx.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
+                Ok(value)
+            }
         }
-    };
-    tx.commit()?;
-    Ok(value)
+    })
 }
 
 pub struct NewChallenge {
@@ -316,31 +335,24 @@ pub struct NewChallenge {
     pub resend_secs: i64,
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum StoreOutcome {
-    Stored,
-    /// The previous code was sent too recently; retry after this many seconds.
-    TooSoon(u64),
+/// Seconds until the address may be sent a new code: `Some` while its previous code is
+/// younger than `resend_secs`.
+pub fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Option<u64>> {
+    let previous: Option<i64> = conn
+        .prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?
+        .query_row([&c.address], |r| r.get(0))
+        .optional()?;
+    Ok(previous.map(|created_at| created_at + c.resend_secs - c.now).filter(|&wait| wait > 0).map(|wait| wait as u64))
 }
 
-/// Stores a challenge inside the caller's transaction (which commits, or rolls back on
-/// `TooSoon`), replacing the address's previous one unless that was created less than
-/// `resend_secs` ago.
-pub fn insert_challenge(tx: &Connection, c: &NewChallenge) -> rusqlite::Result<StoreOutcome> {
-    let previous: Option<i64> =
-        tx.prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?.query_row([&c.address], |r| r.get(0)).optional()?;
-    if let Some(created_at) = previous {
-        let wait = created_at + c.resend_secs - c.now;
-        if wait > 0 {
-            return Ok(StoreOutcome::TooSoon(wait as u64));
-        }
-    }
-    tx.prepare_cached(
+/// Stores a challenge, replacing the address's previous one (check [`resend_wait`] first).
+pub fn store_challenge(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<()> {
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL)",
     )?
     .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs])?;
-    Ok(StoreOutcome::Stored)
+    Ok(())
 }
 
 struct Challenge {
@@ -373,41 +385,39 @@ pub fn check_and_claim(
     now: i64,
     max_attempts: u32,
 ) -> rusqlite::Result<VerifyOutcome> {
-    let tx = conn.savepoint()?;
-    let row = tx
-        .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
-        .query_row([address], |r| {
-            Ok(Challenge {
-                appid: r.get(0)?,
-                otp_hash: r.get(1)?,
-                expires_at: r.get(2)?,
-                attempts: r.get(3)?,
-                claimed: r.get::<_, Option<i64>>(4)?.is_some(),
+    atomically(conn, |tx| {
+        let row = tx
+            .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
+            .query_row([address], |r| {
+                Ok(Challenge {
+                    appid: r.get(0)?,
+                    otp_hash: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    attempts: r.get(3)?,
+                    claimed: r.get::<_, Option<i64>>(4)?.is_some(),
+                })
             })
-        })
-        .optional()?;
-    let Some(challenge) = row else {
-        return Ok(VerifyOutcome::NoCode);
-    };
-    if challenge.expires_at <= now || challenge.claimed || challenge.appid != appid {
-        return Ok(VerifyOutcome::NoCode);
-    }
-    let attempts = challenge.attempts;
-    if attempts >= max_attempts {
-        return Ok(VerifyOutcome::TooManyAttempts);
-    }
-    let outcome = if otp::same(&challenge.otp_hash, guess_hash) {
-        tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
-        VerifyOutcome::Claimed
-    } else {
+            .optional()?;
+        let Some(challenge) = row else {
+            return Ok(VerifyOutcome::NoCode);
+        };
+        if challenge.expires_at <= now || challenge.claimed || challenge.appid != appid {
+            return Ok(VerifyOutcome::NoCode);
+        }
+        let attempts = challenge.attempts;
+        if attempts >= max_attempts {
+            return Ok(VerifyOutcome::TooManyAttempts);
+        }
+        if otp::same(&challenge.otp_hash, guess_hash) {
+            tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
+            return Ok(VerifyOutcome::Claimed);
+        }
         tx.prepare_cached("UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1")?.execute([address])?;
-        match max_attempts - attempts - 1 {
+        Ok(match max_attempts - attempts - 1 {
             0 => VerifyOutcome::TooManyAttempts,
             left => VerifyOutcome::Wrong { left },
-        }
-    };
-    tx.commit()?;
-    Ok(outcome)
+        })
+    })
 }
 
 /// Gives a claimed challenge back after the upstream call failed, so the same code works again.
@@ -445,24 +455,30 @@ pub struct LoginRecord {
 /// Records the user and the session, queues joined notices for a first phone login,
 /// and consumes the challenge, all in one transaction.
 pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
-    let tx = conn.savepoint()?;
-    let (user_id, first_login) = users::upsert_at_login(&tx, &login.address, &login.uid, &login.name, login.now)?;
-    let mut record = LoginRecord { first_login, ..LoginRecord::default() };
-    if first_login && !login.address.contains('@') {
-        record.notified = outbox::enqueue_contact_joined(&tx, user_id, &login.address, &login.name, login.now)?;
-    }
-    let session = sessions::NewSession {
-        user_id,
-        token_sha256: &login.token_sha256,
-        appid: &login.appid,
-        device: &login.device,
-        now_ms: login.now_ms,
-        expires_at: login.expires_at,
-    };
-    record.evicted = sessions::insert(&tx, &session, login.max_devices)?;
-    tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![login.address, &otp_hash[..]])?;
-    tx.commit()?;
-    Ok(record)
+    atomically(conn, |tx| {
+        let (user_id, first_login) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
+        let mut record = LoginRecord { first_login, ..LoginRecord::default() };
+        if first_login && !login.address.contains('@') {
+            record.notified = outbox::enqueue_contact_joined(tx, user_id, &login.address, &login.name, login.now)?;
+        }
+        let session = sessions::NewSession {
+            user_id,
+            token_sha256: &login.token_sha256,
+            appid: &login.appid,
+            device: &login.device,
+            now_ms: login.now_ms,
+            expires_at: login.expires_at,
+        };
+        if first_login {
+            // A new user id has no sessions yet: nothing to replace, expire or evict.
+            sessions::insert_row(tx, &session)?;
+        } else {
+            record.evicted = sessions::insert(tx, &session, login.max_devices)?;
+        }
+        tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?
+            .execute(params![login.address, &otp_hash[..]])?;
+        Ok(record)
+    })
 }
 
 /// Deletes challenges that expired before `now`; returns how many.

@@ -95,14 +95,13 @@ pub struct ProfileChange {
 
 /// Applies the change and bumps `ts`; returns the new profile.
 pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
-    let tx = conn.savepoint()?;
-    tx.prepare_cached(
-        "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
-    )?
-    .execute(params![user_id, change.name, change.status, change.photo, now])?;
-    let updated = profile(&tx, user_id)?;
-    tx.commit()?;
-    Ok(updated)
+    storage::atomically(conn, |tx| {
+        tx.prepare_cached(
+            "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
+        )?
+        .execute(params![user_id, change.name, change.status, change.photo, now])?;
+        profile(tx, user_id)
+    })
 }
 
 /// `op=me`: the caller's own profile, with the upstream uid.

@@ -84,3 +84,28 @@ async fn the_wal_stays_small_under_sustained_writes() {
     let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
     assert!(wal < 8 * 1024 * 1024, "WAL grew to {wal} bytes");
 }
+
+#[test]
+fn atomically_keeps_all_of_a_step_or_none_of_it() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)").unwrap();
+    let step = |id: i64, fail: bool| {
+        otpgate::storage::atomically(&conn, |tx| {
+            tx.execute("INSERT INTO notes (id, body) VALUES (?1, 'x')", [id])?;
+            if fail {
+                tx.execute("INSERT INTO notes (id, body) VALUES (?1, NULL)", [id + 1000])?;
+            }
+            Ok(id)
+        })
+    };
+    assert_eq!(step(1, false).unwrap(), 1);
+    assert!(step(2, true).is_err());
+    // Nested in an outer transaction, a failed step is undone without undoing the outer one.
+    conn.execute_batch("BEGIN").unwrap();
+    assert!(step(3, true).is_err());
+    step(4, false).unwrap();
+    conn.execute_batch("COMMIT").unwrap();
+    let ids: Vec<i64> =
+        conn.prepare("SELECT id FROM notes ORDER BY id").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(ids, vec![1, 4]);
+}
