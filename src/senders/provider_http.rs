@@ -13,6 +13,7 @@ const LOGGED_BODY_LIMIT: usize = 300;
 pub fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(timeout_secs))
+        .pool_idle_timeout(crate::upstream::POOL_IDLE_TIMEOUT)
         .build()
         .map_err(|e| format!("cannot build the provider HTTP client: {e}"))
 }
