@@ -5,12 +5,15 @@
 
 use phonenumber::country::Id;
 use phonenumber::{PhoneNumber, Type};
+use std::collections::HashMap;
+use std::sync::Mutex;
 
 use crate::address;
 use crate::config::Config;
 use crate::error::ApiError;
 
 /// A number that passed every check.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ValidPhone {
     /// E.164 digits without `+`: the stored and returned form.
     pub digits: String,
@@ -23,6 +26,39 @@ pub struct PhonePolicy {
     mobile_only: bool,
     allowed: Vec<CountryMatch>,
     blocked: Vec<CountryMatch>,
+    recent: Mutex<RecentlyValid>,
+}
+
+/// Numbers that passed lately, by the text the app sent. A verify sends its start's
+/// phone again moments later, and a check runs dozens of metadata regexes (about a
+/// tenth of a login's CPU). The policy never changes while the process runs, so a
+/// number that passed still passes; refusals are not kept.
+#[derive(Default)]
+struct RecentlyValid {
+    current: HashMap<String, ValidPhone>,
+    /// The generation before `current`: a number in neither is checked afresh.
+    previous: HashMap<String, ValidPhone>,
+}
+
+/// Numbers per generation: at most twice this many are kept (a few hundred kB).
+const RECENT_GENERATION: usize = 4096;
+
+impl RecentlyValid {
+    fn get(&self, raw: &str) -> Option<ValidPhone> {
+        self.current.get(raw).or_else(|| self.previous.get(raw)).cloned()
+    }
+
+    fn insert(&mut self, raw: &str, phone: &ValidPhone) {
+        if self.current.len() >= RECENT_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(raw.to_string(), phone.clone());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
 }
 
 /// One entry of a country list: an ISO code (`GB`) or a calling code (`44`).
@@ -54,6 +90,7 @@ impl PhonePolicy {
             mobile_only: config.phone_mobile_only,
             allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
             blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
+            recent: Mutex::default(),
         })
     }
 
@@ -61,6 +98,19 @@ impl PhonePolicy {
     /// (`+44...`, `0044...`, or bare digits with the country code) is tried
     /// first; national input (`020 ...`) needs `DEFAULT_REGION`.
     pub fn check(&self, raw: &str) -> Result<ValidPhone, ApiError> {
+        if let Some(known) = self.recent().get(raw) {
+            return Ok(known);
+        }
+        let valid = self.check_afresh(raw)?;
+        self.recent().insert(raw, &valid);
+        Ok(valid)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentlyValid> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_afresh(&self, raw: &str) -> Result<ValidPhone, ApiError> {
         let malformed = || ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958");
         // A number is valid when its type is known: one type look-up answers both questions
         // (each look-up runs dozens of metadata regexes, the bulk of a login start's CPU).
@@ -146,5 +196,21 @@ mod tests {
         assert!(p.check("+49 151 23456789").is_ok());
         assert!(p.check("+44 7400 123456").err().unwrap().message.contains("not served"));
         assert!(Config::from_vars([("ALLOWED_COUNTRIES", "Narnia")]).err().unwrap().contains("ALLOWED_COUNTRIES"));
+    }
+
+    #[test]
+    fn numbers_that_passed_are_remembered_within_a_bound_and_refusals_are_not() {
+        let p = policy(&[]);
+        let first = p.check("+1 212 555 0123").unwrap();
+        assert_eq!(p.recent().get("+1 212 555 0123"), Some(first.clone()));
+        assert_eq!(p.check("+1 212 555 0123").unwrap(), first);
+        assert!(p.check("+44 20 7946 0958").is_err());
+        assert!(p.recent().get("+44 20 7946 0958").is_none(), "a refusal is not kept");
+        assert!(p.check("+44 20 7946 0958").is_err());
+        for n in 0..3 * RECENT_GENERATION {
+            p.check(&format!("+1 646 {} {:04}", 200 + n / 10_000, n % 10_000)).unwrap();
+        }
+        assert!(p.recent().len() <= 2 * RECENT_GENERATION);
+        assert!(p.recent().get("+1 212 555 0123").is_none(), "the oldest numbers are forgotten");
     }
 }
