@@ -40,8 +40,11 @@ struct RecentlyValid {
     previous: HashMap<String, ValidPhone>,
 }
 
-/// Numbers per generation: at most twice this many are kept (a few hundred kB).
+/// Numbers per generation: at most twice this many are kept (under a megabyte).
 const RECENT_GENERATION: usize = 4096;
+/// Longer input (a number padded with separators) is checked every time: keeping it
+/// would let a client fill memory with a few large requests.
+const RECENT_MAX_INPUT_BYTES: usize = 32;
 
 impl RecentlyValid {
     fn get(&self, raw: &str) -> Option<ValidPhone> {
@@ -49,6 +52,9 @@ impl RecentlyValid {
     }
 
     fn insert(&mut self, raw: &str, phone: &ValidPhone) {
+        if raw.len() > RECENT_MAX_INPUT_BYTES {
+            return;
+        }
         if self.current.len() >= RECENT_GENERATION {
             self.previous = std::mem::take(&mut self.current);
         }
@@ -207,6 +213,9 @@ mod tests {
         assert!(p.check("+44 20 7946 0958").is_err());
         assert!(p.recent().get("+44 20 7946 0958").is_none(), "a refusal is not kept");
         assert!(p.check("+44 20 7946 0958").is_err());
+        let padded = format!("+1 212 555 0124{}", " ".repeat(1000));
+        assert_eq!(p.check(&padded).unwrap().digits, "12125550124");
+        assert!(p.recent().get(&padded).is_none(), "long input is not kept");
         for n in 0..3 * RECENT_GENERATION {
             p.check(&format!("+1 646 {} {:04}", 200 + n / 10_000, n % 10_000)).unwrap();
         }
