@@ -369,8 +369,7 @@ fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update
                     "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
                 )?
                 .execute(params![id, attempts, error])?;
-                tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?
-                    .execute(params![address, otp_hash])?;
+                storage::remove_challenge(tx, address, otp_hash)?;
             }
             Update::Retry(error, retry_at) => {
                 tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?

@@ -420,6 +420,12 @@ pub fn check_and_claim(
     })
 }
 
+/// Removes the challenge only if it is still the one with this hash (a newer one stays).
+pub fn remove_challenge(conn: &Connection, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, otp_hash])?;
+    Ok(())
+}
+
 /// Gives a claimed challenge back after the upstream call failed, so the same code works again.
 pub fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2")?
@@ -475,8 +481,7 @@ pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &
         } else {
             record.evicted = sessions::insert(tx, &session, login.max_devices)?;
         }
-        tx.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?
-            .execute(params![login.address, &otp_hash[..]])?;
+        remove_challenge(tx, &login.address, otp_hash)?;
         Ok(record)
     })
 }
