@@ -5,6 +5,8 @@
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Build settings of the bundled SQLite (see the file).
+COPY .cargo ./.cargo
 COPY schema.sql ./
 COPY src ./src
 RUN cargo build --release --locked --bin otpgate
