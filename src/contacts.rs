@@ -88,10 +88,10 @@ struct SyncQuery {
     now: i64,
 }
 
-/// Records uploaded phones as the owner's contacts, after forgetting the previous ones
-/// when `reset`.
-fn record_upload(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<()> {
-    storage::atomically(conn, |tx| {
+/// Records uploaded phones as contacts and returns one page of matching users
+/// (never the caller), ordered by (ts, address), plus whether more follow.
+fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
+    let mut page = storage::atomically(conn, |tx| {
         if q.reset {
             tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
         }
@@ -99,35 +99,29 @@ fn record_upload(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<()> {
             tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) SELECT ?1, value, ?2 FROM json_each(?3)")?
                 .execute(params![q.owner, q.now, phones])?;
         }
-        Ok(())
-    })
-}
-
-/// One page of matching users (never the caller), ordered by (ts, address), plus
-/// whether more follow: the uploaded phones that are users, whatever their ts, or
-/// without phones the contacts that changed since `since`.
-fn read_page(conn: &Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
-    let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |c| (c.ts, c.address.as_str()));
-    let limit = PAGE_SIZE as i64 + 1;
-    let mut page = match &q.phones {
-        Some(phones) => {
-            let mut query = conn.prepare_cached(&format!(
-                "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
+        let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |c| (c.ts, c.address.as_str()));
+        let limit = PAGE_SIZE as i64 + 1;
+        let page = match &q.phones {
+            Some(phones) => {
+                let mut query = tx.prepare_cached(&format!(
+                    "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
                  AND u.id <> ?2 AND (u.ts, u.address) > (?3, ?4) ORDER BY u.ts, u.address LIMIT ?5"
-            ))?;
-            let rows = query.query_map(params![phones, q.owner, after_ts, after_address, limit], Profile::from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        }
-        None => {
-            let mut query = conn.prepare_cached(&format!(
-                "SELECT {PROFILE_COLUMNS} FROM contacts c JOIN users u ON u.address = c.phone
+                ))?;
+                let rows = query.query_map(params![phones, q.owner, after_ts, after_address, limit], Profile::from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+            None => {
+                let mut query = tx.prepare_cached(&format!(
+                    "SELECT {PROFILE_COLUMNS} FROM contacts c JOIN users u ON u.address = c.phone
                  WHERE c.owner_id = ?1 AND u.id <> ?1 AND u.ts >= ?2 AND (u.ts, u.address) > (?3, ?4)
                  ORDER BY u.ts, u.address LIMIT ?5"
-            ))?;
-            let rows = query.query_map(params![q.owner, q.since, after_ts, after_address, limit], Profile::from_row)?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        }
-    };
+                ))?;
+                let rows = query.query_map(params![q.owner, q.since, after_ts, after_address, limit], Profile::from_row)?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            }
+        };
+        Ok(page)
+    })?;
     let more = page.len() > PAGE_SIZE;
     page.truncate(PAGE_SIZE);
     Ok((page, more))
@@ -159,15 +153,7 @@ pub async fn getcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_pho
         after,
         now,
     };
-    let query = Arc::new(query);
-    if query.reset || query.phones.is_some() {
-        let upload = Arc::clone(&query);
-        db.call(move |conn| record_upload(conn, &upload)).await?;
-    }
-    // On a reader, after the upload is committed: the writer, which every request
-    // waits for, spends no time on the lookups, and a phone that joins from now on
-    // finds the new contact row and is announced by a "contact joined" message.
-    let (page, more) = db.read(move |conn| read_page(conn, &query)).await?;
+    let (page, more) = db.call(move |conn| sync(conn, &query)).await?;
 
     let mut fields = Map::new();
     if more {
