@@ -230,7 +230,7 @@ impl Db {
 }
 
 /// The writer thread: takes every job waiting in the queue and commits them together.
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, mut checkpointer: Checkpointer) {
+fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, checkpointer: Checkpointer) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Ok(message) = queue.recv() {
         let mut close = None;
@@ -264,8 +264,8 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, mut ch
 /// checkpoint, because only a checkpoint between two of its commits can complete, and
 /// only a complete one lets the WAL start over.
 struct Checkpointer {
-    wake: Option<mpsc::SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    wake: mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
 }
 
 impl Checkpointer {
@@ -291,23 +291,20 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StorageError(format!("cannot start the database checkpointer: {e}")))?;
-        Ok(Checkpointer { wake: Some(wake), thread: Some(thread) })
+        Ok(Checkpointer { wake, thread })
     }
 
     /// Asks for a round after a commit; does nothing if one is pending already.
     fn wake(&self) {
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
+        let _ = self.wake.try_send(());
     }
 
     /// Ends the thread and closes its connection, so that the writer's connection is the
     /// last one open and SQLite removes the WAL when it closes.
-    fn stop(&mut self) {
-        self.wake = None;
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    fn stop(self) {
+        // Without a sender left, the thread's wait for a wake-up ends.
+        drop(self.wake);
+        let _ = self.thread.join();
     }
 }
 
