@@ -7,6 +7,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # Build settings of the bundled SQLite (see the file).
 COPY .cargo ./.cargo
+# The patched regex-cache (see Cargo.toml).
+COPY vendor ./vendor
 COPY schema.sql ./
 COPY src ./src
 RUN cargo build --release --locked --bin otpgate
