@@ -115,7 +115,8 @@ impl CachedRegex {
             *slot = Some(Arc::clone(&regex));
             regex
         };
-        // The slot's lock is released first: no thread holds two locks at once.
+        // The slot's lock is released before the cache's is taken. The only holder of both
+        // (`len`) takes the cache's first, so no two threads can wait on each other.
         let evicted = lock(&self.cache).filled(&self.slot);
         for slot in evicted.iter().filter_map(Weak::upgrade) {
             *lock(&slot) = None;
