@@ -1,6 +1,7 @@
 //! otpgate: one-time-password login backend for messenger apps.
 
 pub mod address;
+pub mod allocator;
 pub mod captcha;
 pub mod client_ip;
 pub mod config;

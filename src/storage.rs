@@ -71,6 +71,8 @@ impl std::fmt::Display for StorageError {
 }
 
 fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
+    // Before SQLite's first use, or it keeps the system allocator.
+    crate::allocator::route_sqlite();
     let conn = Connection::open(path)?;
     // Other processes (an operator's sqlite3 shell, a second instance) may still hold locks.
     conn.busy_timeout(Duration::from_secs(5))?;

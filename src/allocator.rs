@@ -1,0 +1,60 @@
+//! One allocator for the whole process, mimalloc: Rust's allocations and SQLite's.
+//! glibc's malloc took 12.6 to 12.8 % of the benchmark's CPU in login start and full
+//! login (fast-bin consolidation before each allocation of a kilobyte or more, and the
+//! searches of its free lists); mimalloc takes 6.2 to 7.8 % of the same profiles.
+//! SQLite allocates through its own hooks, so it is pointed at mimalloc separately.
+
+use rusqlite::ffi;
+use std::os::raw::{c_int, c_void};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Points SQLite's allocations at mimalloc. SQLite accepts this only before its first
+/// use in the process; after that (a connection opened elsewhere first), SQLite keeps
+/// the system allocator, which works the same, only slower. Returns whether it took.
+pub fn route_sqlite() -> bool {
+    static ROUTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROUTED.get_or_init(|| {
+        let methods = ffi::sqlite3_mem_methods {
+            xMalloc: Some(sqlite_malloc),
+            xFree: Some(sqlite_free),
+            xRealloc: Some(sqlite_realloc),
+            xSize: Some(sqlite_size),
+            xRoundup: Some(sqlite_roundup),
+            xInit: Some(sqlite_init),
+            xShutdown: Some(sqlite_shutdown),
+            pAppData: std::ptr::null_mut(),
+        };
+        // SAFETY: SQLITE_CONFIG_MALLOC takes a pointer to the methods and copies them; the
+        // functions below keep SQLite's contract (8-byte alignment, sizes of live blocks).
+        unsafe { ffi::sqlite3_config(ffi::SQLITE_CONFIG_MALLOC, &methods as *const ffi::sqlite3_mem_methods) == ffi::SQLITE_OK }
+    })
+}
+
+// SQLite never asks for zero or negative sizes (it checks before calling).
+unsafe extern "C" fn sqlite_malloc(size: c_int) -> *mut c_void {
+    libmimalloc_sys::mi_malloc(size as usize)
+}
+
+unsafe extern "C" fn sqlite_free(block: *mut c_void) {
+    libmimalloc_sys::mi_free(block)
+}
+
+unsafe extern "C" fn sqlite_realloc(block: *mut c_void, size: c_int) -> *mut c_void {
+    libmimalloc_sys::mi_realloc(block, size as usize)
+}
+
+unsafe extern "C" fn sqlite_size(block: *mut c_void) -> c_int {
+    libmimalloc_sys::mi_usable_size(block) as c_int
+}
+
+unsafe extern "C" fn sqlite_roundup(size: c_int) -> c_int {
+    libmimalloc_sys::mi_good_size(size as usize) as c_int
+}
+
+unsafe extern "C" fn sqlite_init(_: *mut c_void) -> c_int {
+    ffi::SQLITE_OK
+}
+
+unsafe extern "C" fn sqlite_shutdown(_: *mut c_void) {}
