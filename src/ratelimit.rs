@@ -18,7 +18,7 @@ pub struct HourlyLimit {
     /// key seen within the hour, and a phone's string made its entry far larger: 370 000
     /// phones took 28 MB as strings and 20 MB as hashes, a million 106 MB against 56 MB.
     /// Two keys sharing a hash would share one budget; among a million keys the odds of
-    /// that are about one in 10^8, and the random key stops anyone choosing keys that collide.
+    /// that are about 3 in 10^8, and the random key stops anyone choosing keys that collide.
     hasher: RandomState,
     /// The `limiter` label of `otpgate_ratelimit_rejections_total`.
     name: &'static str,
