@@ -30,9 +30,10 @@ pub struct PhonePolicy {
 }
 
 /// Numbers that passed lately, by the text the app sent. A verify sends its start's
-/// phone again moments later, and a check runs dozens of metadata regexes (about 16 %
-/// of the process's CPU in the benchmark's login start). The policy never changes while the process runs, so a
-/// number that passed still passes; refusals are not kept.
+/// phone again moments later, and a check runs dozens of metadata regexes (10 to 11 %
+/// of the process's CPU in the benchmark's login start, where every number is new).
+/// The policy never changes while the process runs, so a number that passed still
+/// passes; refusals are not kept.
 #[derive(Default)]
 struct RecentlyValid {
     current: HashMap<String, ValidPhone>,

@@ -219,6 +219,8 @@ impl Db {
                 }
                 match idle.pop() {
                     Some(conn) => break conn,
+                    // A permit usually means an idle connection, but a cancelled read gives its
+                    // permit back while its blocking thread still holds the connection.
                     None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
                 }
             }
