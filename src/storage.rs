@@ -2,7 +2,7 @@
 //! reader connections, and the queries of the login flow.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 use std::time::Instant;
@@ -41,10 +41,10 @@ enum WriterMessage {
 const MAX_GROUP: usize = 128;
 /// Page cache of the writer: the indexes it updates stay in memory.
 const WRITER_CACHE_KIB: i64 = 16 * 1024;
-/// A WAL of this many pages (40 MB) is checkpointed by the writer right after its commit,
-/// so the log restarts from its beginning instead of growing. The background checkpointer
-/// has copied and synced most of it by then, so the writer's checkpoint costs about the
-/// same at any size, and a larger WAL makes it rarer than SQLite's default of 1000 pages.
+/// A WAL of this many pages (40 MB) is checkpointed and truncated by the writer right after
+/// its commit, so the log starts over instead of growing. The background checkpointer has
+/// copied and synced most of it by then, so the writer's checkpoint costs about the same at
+/// any size, and a larger WAL makes it rarer than SQLite's default of 1000 pages.
 pub const CHECKPOINT_PAGES: i64 = 10_000;
 /// Pause of the background checkpointer between two rounds, so that it copies frames in
 /// batches instead of after every commit.
@@ -94,16 +94,12 @@ impl Db {
         crate::schema::apply(&mut writer)?;
         // A WAL left large by a crash or a bulk load is copied back now, not by the first request.
         writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
-        // Only the writer checkpoints: between two of its commits no write is under way, so
-        // the checkpoint completes and the next commit starts the WAL over. (A checkpoint on
-        // another thread races the writer and never completes under load: the WAL grew
-        // without bound.)
-        writer.pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)?;
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
         writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         // Each job's savepoint keeps the original of every page it changes in a
         // sub-journal: in memory, not in a temporary file written page by page.
         writer.pragma_update(None, "temp_store", "MEMORY")?;
+        let writer = Writer::new(writer);
         let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
         let checkpointer = Checkpointer::start(connect(path)?)?;
         let (messages, queue) = mpsc::channel::<WriterMessage>();
@@ -233,8 +229,58 @@ impl Db {
     }
 }
 
+/// The writer connection, with the size of its WAL as SQLite reports it after each commit.
+struct Writer {
+    // Declared first so that it is closed before the counter its WAL hook writes to is freed.
+    conn: Connection,
+    wal_frames: Box<AtomicI64>,
+}
+
+impl Writer {
+    /// Replaces SQLite's automatic checkpoint, itself a WAL hook, with a count of the WAL's
+    /// frames: the automatic one gives up without a word when another connection is
+    /// checkpointing, and the WAL then grows for as long as that checkpoint takes.
+    fn new(conn: Connection) -> Writer {
+        let wal_frames = Box::new(AtomicI64::new(0));
+        // SAFETY: the counter is boxed, so its address is stable, and it is freed only after
+        // the connection is closed (field order), so the hook never writes to freed memory.
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(record_wal_frames), std::ptr::from_ref::<AtomicI64>(&wal_frames).cast_mut().cast());
+        }
+        Writer { conn, wal_frames }
+    }
+
+    /// Checkpoints and truncates the WAL once it holds `CHECKPOINT_PAGES`. Between two of
+    /// the writer's commits no write is under way, and the background checkpointer waits for
+    /// its turn, so the checkpoint completes and the WAL starts over.
+    fn checkpoint_if_full(&self, checkpointer: &Checkpointer) {
+        if self.wal_frames.load(Ordering::Relaxed) < CHECKPOINT_PAGES {
+            return;
+        }
+        let _turn = checkpointer.turn();
+        // TRUNCATE waits (busy timeout) for readers still on older frames; a reader that holds
+        // on past that leaves the WAL as it is, and the next commit tries again.
+        match self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => self.wal_frames.store(0, Ordering::Relaxed),
+            Ok(_) => tracing::debug!("WAL checkpoint postponed: a reader is still using the WAL"),
+            Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+        }
+    }
+}
+
+unsafe extern "C" fn record_wal_frames(
+    counter: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _schema: *const std::ffi::c_char,
+    frames: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `counter` is the boxed counter registered in `Writer::new`, alive while the connection is.
+    unsafe { (*counter.cast::<AtomicI64>()).store(i64::from(frames), Ordering::Relaxed) };
+    rusqlite::ffi::SQLITE_OK
+}
+
 /// The writer thread: takes every job waiting in the queue and commits them together.
-fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, checkpointer: Checkpointer) {
+fn run_writer(mut writer: Writer, queue: mpsc::Receiver<WriterMessage>, checkpointer: Checkpointer) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
     while let Ok(message) = queue.recv() {
         let mut close = None;
@@ -251,11 +297,12 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, checkp
                 next = queue.try_recv().ok();
             }
         }
-        commit_group(&mut conn, group.drain(..));
+        commit_group(&mut writer.conn, group.drain(..));
+        writer.checkpoint_if_full(&checkpointer);
         checkpointer.wake();
         if let Some(done) = close {
             checkpointer.stop();
-            let _ = done.send(checkpoint_and_close(conn));
+            let _ = done.send(checkpoint_and_close(writer.conn));
             return;
         }
     }
@@ -270,12 +317,17 @@ fn run_writer(mut conn: Connection, queue: mpsc::Receiver<WriterMessage>, checkp
 struct Checkpointer {
     wake: mpsc::SyncSender<()>,
     thread: std::thread::JoinHandle<()>,
+    /// Held by whichever checkpoints, the background thread or the writer: SQLite runs one
+    /// checkpoint at a time and refuses a second one instead of waiting for the first.
+    turn: Arc<Mutex<()>>,
 }
 
 impl Checkpointer {
     fn start(conn: Connection) -> Result<Checkpointer, StorageError> {
         // One pending wake-up is enough: a round copies everything committed before it.
         let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let turn = Arc::new(Mutex::new(()));
+        let background_turn = Arc::clone(&turn);
         let thread = std::thread::Builder::new()
             .name("otpgate-db-checkpoint".into())
             .spawn(move || {
@@ -283,8 +335,11 @@ impl Checkpointer {
                 let mut last = (0, 0);
                 while woken.recv().is_ok() {
                     // PASSIVE: never waits for the writer or readers; it copies what it can.
-                    let round = conn
-                        .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                    let copied = {
+                        let _turn = background_turn.lock().unwrap_or_else(|p| p.into_inner());
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                    };
+                    let round = copied
                         .map_err(|e| e.to_string())
                         .and_then(|copied| if copied == last { Ok(copied) } else { sync_database_file(&conn).map(|()| copied) });
                     match round {
@@ -295,7 +350,12 @@ impl Checkpointer {
                 }
             })
             .map_err(|e| StorageError(format!("cannot start the database checkpointer: {e}")))?;
-        Ok(Checkpointer { wake, thread })
+        Ok(Checkpointer { wake, thread, turn })
+    }
+
+    /// Waits for a background round under way to end, and keeps the next one from starting.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Asks for a round after a commit; does nothing if one is pending already.

@@ -77,15 +77,22 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
     // commit, several times the WAL's limit if nothing restarted the log.
     db.blocking(|conn| conn.execute_batch("CREATE INDEX notes_body ON notes (body)")).unwrap();
     let commits = 20_000i64;
+    let wal_size = || std::fs::metadata(format!("{path}-wal")).map_or(0, |m| m.len());
+    // The largest the file ever was, seen after every commit: the writer truncates it when
+    // it checkpoints, so its size at the end alone would not show how far it grew.
+    let mut largest = 0;
     for i in 0..commits {
         let body = format!("{:016x}{}", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15), "y".repeat(200));
         db.call(move |conn| conn.execute("INSERT INTO notes (body) VALUES (?1)", [body])).await.unwrap();
+        largest = largest.max(wal_size());
     }
     assert_eq!(count(&db).await, commits);
-    let wal = std::fs::metadata(format!("{path}-wal")).unwrap().len();
-    // A frame is a 4 KiB page plus a 24-byte header; one group may end past the limit.
+    // A frame is a 4 KiB page plus a 24-byte header; the commit that crosses the limit adds
+    // a few pages more. The background checkpointer's pace plays no part: the writer's own
+    // checkpoint waits for its turn instead of being skipped.
     let limit = (otpgate::storage::CHECKPOINT_PAGES as u64 + 1000) * (4096 + 24);
-    assert!(wal < limit, "WAL grew to {wal} bytes, over {limit}");
+    assert!(largest < limit, "WAL grew to {largest} bytes, over {limit}");
+    assert!(largest > limit / 2, "the WAL never filled ({largest} bytes): the test wrote too little to show the bound");
 }
 
 #[actix_web::test]
@@ -101,7 +108,7 @@ async fn committed_writes_reach_the_database_file_before_the_wal_fills() {
         if file.windows(marker.len()).any(|w| w == marker.as_bytes()) {
             break;
         }
-        assert!(waited < Duration::from_secs(5), "the row is still only in the WAL after {waited:?}");
+        assert!(waited < Duration::from_secs(60), "the row is still only in the WAL after {waited:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
         waited += Duration::from_millis(20);
     }
