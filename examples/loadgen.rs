@@ -193,7 +193,7 @@ async fn one(service: &Service, operation: Operation, conn: &mut Connection, tok
     if operation == Operation::Contacts {
         let body = format!(r#"{{"op":"getcontacts","token":"{token}","phones":[{}]}}"#, contact_upload(service).join(","));
         let (status, body) = conn.request("POST", "/api", &body).await.map_err(|e| e.to_string())?;
-        return if status == 200 && body.contains(r#""result":true"#) { Ok(()) } else { Err(format!("getcontacts {status} {body}")) };
+        return if status == 200 && body.contains(r#""result":"OK""#) { Ok(()) } else { Err(format!("getcontacts {status} {body}")) };
     }
     if operation == Operation::Baseline {
         let (status, _) = conn.request("GET", "/healthz", "").await.map_err(|e| e.to_string())?;
@@ -202,7 +202,7 @@ async fn one(service: &Service, operation: Operation, conn: &mut Connection, tok
     let phone = operation.phone(service.next_phone.fetch_add(1, Ordering::Relaxed));
     let start = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}","name":"Bench"}}"#);
     let (status, body) = conn.request("POST", "/api", &start).await.map_err(|e| e.to_string())?;
-    if status != 200 || !body.contains(r#""result":true"#) {
+    if status != 200 || !body.contains(r#""result":"OK""#) {
         return Err(format!("start {status} {body}"));
     }
     let code = service.sender.codes.lock().unwrap().remove(&phone).ok_or("no code was sent")?;

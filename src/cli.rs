@@ -79,6 +79,7 @@ fn url_without_credentials(url: &str) -> String {
 pub fn check_config(config: &Config) -> Result<String, String> {
     // Senders validate their own settings (URLs, templates, SMTP addresses) when built.
     senders::build(config)?;
+    crate::app_settings::AppSettings::from_config(config)?;
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }
 
@@ -89,10 +90,16 @@ pub fn migrate(config: &Config) -> Result<String, String> {
 }
 
 pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
-    let to = address::normalize_phone(to)
-        .map(Address::Phone)
-        .or_else(|| address::normalize_email(to).map(Address::Email))
-        .ok_or_else(|| format!("--to {to:?} is neither a phone number nor an e-mail address"))?;
+    let to = match address::normalize_email(to) {
+        Some(email) => Address::Email(email),
+        None if address::normalize_phone(to).is_none() => {
+            return Err(format!("--to {to:?} is neither a phone number nor an e-mail address"))
+        }
+        // The same checks as a login start: a number the service would refuse is not sent to.
+        None => Address::Phone(
+            crate::phone::PhonePolicy::from_config(config)?.check(to).map_err(|e| format!("--to is refused: {}", e.message))?.digits,
+        ),
+    };
     let senders = senders::build(config)?;
     let sender = senders.for_address(&to).ok_or_else(|| format!("no configured sender can reach {}", to.masked()))?;
     let appid = "otpgate-send-test";

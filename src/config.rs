@@ -102,7 +102,7 @@ pub struct Config {
     #[serde(default = "defaults::log_format")]
     pub log_format: String,
     /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
-    #[serde(default)]
+    #[serde(default = "defaults::cors_origins")]
     pub cors_origins: String,
     /// Largest request body of every op but the contact ops.
     #[serde(default = "defaults::max_body_bytes")]
@@ -195,7 +195,37 @@ pub struct Config {
     /// How long a login request waits for the first delivery attempt.
     #[serde(default = "defaults::courier_wait_ms")]
     pub courier_wait_ms: u64,
+
+    // --- What the apps read ---
+    /// `mesibo`: the replies the mesibo messenger apps parse (`result` "OK"/"FAIL", HTTP 200
+    /// for application errors); `json`: boolean `result` and HTTP statuses.
+    #[serde(default = "defaults::api_dialect")]
+    pub api_dialect: String,
+    /// The service's address as apps reach it, e.g. `https://login.example.com`; the base of
+    /// the default upload and download URLs. Empty: `http://` and BIND.
+    #[serde(default)]
+    pub public_url: String,
+    /// JSON object appid → what the login reply tells that app (share and invite text,
+    /// upload and download URLs, a message shown at login start); `default` applies to all.
+    #[serde(default)]
+    pub app_settings: String,
 }
+
+/// The shape of replies, `API_DIALECT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// What the mesibo messenger apps parse: `result` is "OK" or "FAIL", and application
+    /// errors answer HTTP 200, because the apps take any other status for "no internet".
+    Mesibo,
+    /// Boolean `result` and an HTTP status per error, for clients that prefer them.
+    Json,
+}
+
+/// The value of `UPSTREAM_URL` that selects the built-in stand-in for the platform.
+pub const BUILTIN_UPSTREAM: &str = "builtin";
+/// Logged at start and with every token the built-in stand-in mints.
+pub const BUILTIN_UPSTREAM_WARNING: &str =
+    "UPSTREAM_URL=builtin: tokens are minted locally for testing and are not valid on the messaging platform; set UPSTREAM_URL and APP_TOKEN for real logins";
 
 mod defaults {
     pub fn bind() -> String {
@@ -329,6 +359,14 @@ mod defaults {
     pub fn courier_wait_ms() -> u64 {
         3000
     }
+    pub fn api_dialect() -> String {
+        "mesibo".into()
+    }
+    /// The web app calls from its own origin; tokens travel in bodies or bearer headers,
+    /// never in cookies, so allowing any origin grants other sites nothing.
+    pub fn cors_origins() -> String {
+        "*".into()
+    }
 }
 
 impl Config {
@@ -380,6 +418,10 @@ impl Config {
         if !matches!(self.smtp_tls.as_str(), "starttls" | "tls" | "none") {
             return bad("SMTP_TLS", "must be one of: starttls, tls, none");
         }
+        if !matches!(self.api_dialect.as_str(), "mesibo" | "json") {
+            return bad("API_DIALECT", "must be mesibo or json");
+        }
+        self.validate_addresses()?;
         self.test_otps()?;
         self.validate_sessions()?;
         self.validate_operations()?;
@@ -431,6 +473,63 @@ impl Config {
         Ok(())
     }
 
+    /// BIND, UPSTREAM_URL and PUBLIC_URL: caught here, before anything tries to use them.
+    fn validate_addresses(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if bind_host(&self.bind).is_none() {
+            return bad("BIND", "must be an address and port such as 127.0.0.1:8080 or 0.0.0.0:8080");
+        }
+        if self.upstream_url == BUILTIN_UPSTREAM {
+            if !self.binds_loopback_only() {
+                return bad("UPSTREAM_URL", "builtin mints fake tokens for local testing and is refused unless BIND is a loopback address");
+            }
+        } else if !is_http_url(&self.upstream_url) {
+            return bad("UPSTREAM_URL", "must be an http:// or https:// URL (or builtin, for local testing)");
+        }
+        if !self.public_url.is_empty() && !is_http_url(&self.public_url) {
+            return bad("PUBLIC_URL", "must be an http:// or https:// URL such as https://login.example.com");
+        }
+        Ok(())
+    }
+
+    /// What is allowed but probably not meant; `serve` and `check-config` log each line.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.upstream_url == BUILTIN_UPSTREAM {
+            warnings.push(BUILTIN_UPSTREAM_WARNING);
+        } else if self.app_token.is_empty() {
+            warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
+        }
+        warnings
+    }
+
+    /// True when BIND listens on a loopback address only.
+    pub fn binds_loopback_only(&self) -> bool {
+        match bind_host(&self.bind) {
+            Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+            Some(host) => host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        if self.api_dialect == "json" {
+            Dialect::Json
+        } else {
+            Dialect::Mesibo
+        }
+    }
+
+    /// The base URL apps reach the service at: `PUBLIC_URL`, or else `http://` and BIND
+    /// (a wildcard address replaced by loopback), without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.trim_end_matches('/').to_string();
+        }
+        let address = self.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+        format!("http://{address}")
+    }
+
     /// `CORS_ORIGINS` split into its entries.
     pub fn cors_origin_list(&self) -> Vec<&str> {
         self.cors_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect()
@@ -453,6 +552,18 @@ impl Config {
         }
         Ok(map)
     }
+}
+
+/// The host part of a `host:port` BIND, if the port is a number.
+fn bind_host(bind: &str) -> Option<&str> {
+    let (host, port) = bind.trim().rsplit_once(':')?;
+    let well_formed = !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok();
+    well_formed.then_some(host)
+}
+
+/// An absolute http(s) URL with a host.
+fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
 }
 
 impl Config {
@@ -519,6 +630,12 @@ mod tests {
             ("REQUEST_TIMEOUT_SECS", "10"),
             ("CORS_ORIGINS", "app.example.com"),
             ("CORS_ORIGINS", "https://app.example.com/"),
+            ("API_DIALECT", "xml"),
+            ("BIND", "8080"),
+            ("BIND", "localhost:http"),
+            ("UPSTREAM_URL", "api.mesibo.com/backend"),
+            ("UPSTREAM_URL", "ftp://api.example.com/"),
+            ("PUBLIC_URL", "login.example.com"),
         ] {
             let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
             assert!(error.contains(name), "{error}");
@@ -548,6 +665,24 @@ mod tests {
                 field.to_uppercase()
             );
         }
+    }
+
+    #[test]
+    fn the_builtin_upstream_is_refused_unless_bind_is_loopback() {
+        for bind in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            assert!(load(&[("UPSTREAM_URL", "builtin"), ("BIND", bind)]).is_ok(), "{bind}");
+        }
+        for bind in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080", "example.com:8080"] {
+            let error = load(&[("UPSTREAM_URL", "builtin"), ("BIND", bind)]).err().unwrap_or_else(|| panic!("{bind} accepted"));
+            assert!(error.contains("UPSTREAM_URL") && error.contains("loopback"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_public_url_defaults_to_bind() {
+        assert_eq!(load(&[]).unwrap().public_base_url(), "http://127.0.0.1:8080");
+        assert_eq!(load(&[("BIND", "0.0.0.0:9000")]).unwrap().public_base_url(), "http://127.0.0.1:9000");
+        assert_eq!(load(&[("PUBLIC_URL", "https://login.example.com/")]).unwrap().public_base_url(), "https://login.example.com");
     }
 
     #[test]

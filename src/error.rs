@@ -28,15 +28,18 @@ pub struct ApiError {
     pub message: String,
     /// Seconds until a rate-limited request may be retried.
     pub retry_after: Option<u64>,
+    /// A refusal of the HTTP request itself (a body over the limit): its status is kept
+    /// in every dialect, where application errors answer 200 in the `mesibo` one.
+    pub keeps_status: bool,
 }
 
 impl ApiError {
     pub fn new(code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), retry_after: None }
+        ApiError { code, message: message.into(), retry_after: None, keeps_status: false }
     }
 
     pub fn rate_limited(retry_after: u64, message: impl Into<String>) -> Self {
-        ApiError { code: "RATELIMIT", message: message.into(), retry_after: Some(retry_after.max(1)) }
+        ApiError { code: "RATELIMIT", message: message.into(), retry_after: Some(retry_after.max(1)), keeps_status: false }
     }
 
     pub fn internal() -> Self {

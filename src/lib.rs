@@ -2,6 +2,7 @@
 
 pub mod address;
 pub mod allocator;
+pub mod app_settings;
 pub mod captcha;
 pub mod client_ip;
 pub mod config;
@@ -48,6 +49,8 @@ use storage::Db;
 pub struct AppState {
     pub db: Arc<Db>,
     pub login: LoginFlow,
+    /// What the login reply tells each app besides its token.
+    pub apps: app_settings::AppSettings,
     // Sessions, contact sync and notifications (issue 3).
     pub max_contacts_per_request: usize,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
@@ -83,6 +86,7 @@ impl AppState {
         Ok(AppState {
             db,
             login,
+            apps: app_settings::AppSettings::from_config(config)?,
             max_contacts_per_request: config.max_contacts_per_request,
             outbox,
             readiness: health::Readiness::from_config(config)?,

@@ -21,7 +21,7 @@ use crate::sms_limits::SmsLimits;
 use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
-use crate::users::MAX_NAME_CHARS;
+use crate::users::{OwnProfile, MAX_NAME_CHARS};
 
 const MAX_ID_CHARS: usize = 128;
 
@@ -42,7 +42,17 @@ pub struct LoginRequest {
 #[derive(Debug)]
 pub enum LoginOutcome {
     CodeSent,
-    LoggedIn { address: Address, issued: IssuedToken },
+    LoggedIn(Box<LoggedIn>),
+}
+
+/// A completed login: the token and what the apps show of the user.
+#[derive(Debug)]
+pub struct LoggedIn {
+    pub address: Address,
+    pub issued: IssuedToken,
+    /// The phone's country calling code; `None` for e-mail addresses.
+    pub calling_code: Option<u16>,
+    pub profile: OwnProfile,
 }
 
 pub struct LoginFlow {
@@ -109,7 +119,7 @@ impl LoginFlow {
                 if device.is_some_and(|d| d.chars().count() > MAX_ID_CHARS) {
                     return Err(ApiError::new("BADPARAM", format!("device must be at most {MAX_ID_CHARS} characters")));
                 }
-                self.verify(appid, address, code, name, device, client_ip).await
+                self.verify(appid, address, calling_code, code, name, device, client_ip).await
             }
         }
     }
@@ -169,10 +179,12 @@ impl LoginFlow {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn verify(
         &self,
         appid: &str,
         address: Address,
+        calling_code: Option<u16>,
         code: &str,
         name: &str,
         device: Option<&str>,
@@ -214,6 +226,11 @@ impl LoginFlow {
 
         metrics::OTP_VERIFIED.inc();
         let claimed = ClaimedLogin {
+            // Test numbers skip the phone policy, which finds the calling code of the others.
+            calling_code: calling_code.or_else(|| match &address {
+                Address::Phone(digits) => crate::phone::calling_code_of(digits),
+                Address::Email(_) => None,
+            }),
             address,
             name: name.to_string(),
             appid: appid.to_string(),
@@ -234,6 +251,7 @@ impl LoginFlow {
 /// A verified, claimed code on its way to becoming an access token.
 struct ClaimedLogin {
     address: Address,
+    calling_code: Option<u16>,
     name: String,
     appid: String,
     device: Option<String>,
@@ -245,16 +263,20 @@ struct ClaimedLogin {
 /// Has upstream issue the token, then records the login; on an upstream failure gives
 /// the code back so that a retry with it works.
 async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> Result<LoginOutcome, ApiError> {
-    let ClaimedLogin { address, name, appid, device, otp_hash, token_expiry_secs, max_devices } = login;
+    let ClaimedLogin { address, calling_code, name, appid, device, otp_hash, token_expiry_secs, max_devices } = login;
     let issued = match upstream.useradd(address.as_str(), &name, &appid, device.as_deref()).await {
         Ok(issued) => issued,
         Err(e) => {
             metrics::UPSTREAM_FAILURES.inc();
-            tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.0));
+            tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.detail));
             // The user did nothing wrong: give the code back so a retry with it works.
             let owned = address.as_str().to_string();
             db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;
-            return Err(ApiError::new("UPSTREAM", "the messaging platform could not issue a token; retry with the same code"));
+            let message = match e.unreachable {
+                Some(cause) => format!("the messaging platform could not be reached ({cause}); the server's UPSTREAM_URL or network needs attention, and your code stays valid for a retry"),
+                None => "the messaging platform did not issue a token; retry with the same code".to_string(),
+            };
+            return Err(ApiError::new("UPSTREAM", message));
         }
     };
 
@@ -265,7 +287,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             serde_json::Value::String(s) => s.clone(),
             other => other.to_string(),
         },
-        name,
+        name: name.clone(),
         token_sha256: sessions::token_hash(&issued.token),
         now: now_ms / 1000,
         appid: appid.clone(),
@@ -275,7 +297,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         max_devices,
     };
     // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
-    match db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
+    let profile = match db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
         Ok(record) => {
             for evicted in &record.evicted {
                 let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
@@ -284,11 +306,15 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             if record.notified > 0 {
                 tracing::info!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
             }
+            record.profile
         }
-        Err(e) => tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}"),
-    }
+        Err(e) => {
+            tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}");
+            OwnProfile { name, ..OwnProfile::default() }
+        }
+    };
     tracing::info!(to = %address.masked(), appid, "login complete");
-    Ok(LoginOutcome::LoggedIn { address, issued })
+    Ok(LoginOutcome::LoggedIn(Box::new(LoggedIn { address, issued, calling_code, profile })))
 }
 
 fn non_empty(value: &Option<String>) -> Option<&str> {

@@ -17,6 +17,9 @@ async fn main() -> ExitCode {
         Err(e) => return fail(CONFIG_ERROR, &e),
     };
     logging::init(&config.log_format);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => return serve(config).await,
         Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
@@ -34,9 +37,6 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    if config.app_token.is_empty() {
-        tracing::warn!("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is");
-    }
     let state = match senders::build(&config).and_then(|senders| AppState::new(&config, senders)) {
         Ok(state) => web::Data::new(state),
         Err(e) => return fail(CONFIG_ERROR, &e),

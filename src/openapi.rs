@@ -2,11 +2,13 @@
 //! from [`http::OPS`] and error codes from [`error::ERROR_CODES`]; each op's fields
 //! are described in [`op_doc`], which fails the OpenAPI test for an op it lacks.
 
-use actix_web::HttpResponse;
+use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
+use crate::config::Dialect;
 use crate::error::ERROR_CODES;
-use crate::http::OPS;
+use crate::http::{API_PATHS, OPS};
+use crate::AppState;
 
 /// Request and reply fields of one op: `(name, JSON type, description)`.
 pub struct OpDoc {
@@ -32,10 +34,20 @@ pub fn op_doc(op: &str) -> Option<OpDoc> {
             ],
             required: &["appid"],
             reply: &[
+                ("title", "string", "Start only, when APP_SETTINGS sets start.title: the title of the notice below."),
+                ("message", "string", "Start only, when APP_SETTINGS sets start.message: a notice the Android app shows as an alert."),
+                ("delay", "integer", "Start only, when APP_SETTINGS sets start.delay: milliseconds before the app shows the code field."),
                 ("token", "string", "The user's access token (verify only)."),
                 ("uid", "string", "Upstream user id, a number or a string as upstream gave it (verify only)."),
                 ("phone", "string", "The normalised phone (verify of a phone login)."),
                 ("email", "string", "The normalised e-mail address (verify of an e-mail login)."),
+                ("cc", "string", "The phone's country calling code, e.g. \"44\"; empty for e-mail (verify only)."),
+                ("name", "string", "The user's display name (verify only)."),
+                ("status", "string", "The user's status text (verify only)."),
+                ("photo", "string", "The user's photo, empty when none (verify only)."),
+                ("urls", "object", "upload and download: where the app uploads files and finds downloads (verify only; APP_SETTINGS)."),
+                ("share", "object", "text, subject and title of the app's invite (verify only; APP_SETTINGS)."),
+                ("invite", "string", "The invite text (verify only; APP_SETTINGS)."),
                 ("linked", "object", "Multi-device field passed through from upstream, when present."),
                 ("linkto", "object", "Multi-device field passed through from upstream, when present."),
             ],
@@ -109,8 +121,9 @@ fn json_reply(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
-/// Builds the document; an op in [`OPS`] without [`op_doc`] is left out (and the test fails).
-pub fn document() -> Value {
+/// Builds the document for replies in `dialect`; an op in [`OPS`] without [`op_doc`] is
+/// left out (and the test fails).
+pub fn document(dialect: Dialect) -> Value {
     let mut schemas = Map::new();
     let mut requests = Vec::new();
     let mut replies = Vec::new();
@@ -143,7 +156,10 @@ pub fn document() -> Value {
             "required": ["op", "result", "ts"],
             "properties": {
                 "op": { "type": "string", "description": "The op as sent." },
-                "result": { "type": "boolean" },
+                "result": match dialect {
+                    Dialect::Mesibo => json!({ "type": "string", "enum": ["OK", "FAIL"] }),
+                    Dialect::Json => json!({ "type": "boolean" }),
+                },
                 "ts": { "type": "integer", "description": "Server time, unix seconds." },
             },
         }),
@@ -162,51 +178,92 @@ pub fn document() -> Value {
             }],
         }),
     );
-    let mut error_replies = Map::new();
-    for (code, status, _) in ERROR_CODES {
-        let entry =
-            error_replies.entry(status.to_string()).or_insert_with(|| json_reply("", json!({ "$ref": "#/components/schemas/Error" })));
-        let description = entry["description"].as_str().unwrap_or_default();
-        entry["description"] = if description.is_empty() { (*code).into() } else { format!("{description}, {code}").into() };
-    }
-    let mut api_responses = Map::new();
-    api_responses.insert("200".into(), json_reply("Success", json!({ "oneOf": replies })));
-    api_responses.extend(error_replies);
+    let api_responses = match dialect {
+        Dialect::Json => {
+            let mut responses = Map::new();
+            responses.insert("200".into(), json_reply("Success", json!({ "oneOf": replies })));
+            for (code, status, _) in ERROR_CODES {
+                add_error(&mut responses, &status.to_string(), code);
+            }
+            responses
+        }
+        // Application errors answer 200 with result FAIL; only a body over the limit keeps its 400.
+        Dialect::Mesibo => {
+            let mut responses = Map::new();
+            let error = json!({ "$ref": "#/components/schemas/Error" });
+            responses.insert(
+                "200".into(),
+                json_reply(
+                    "Success (result OK), or an application error (result FAIL) with one of",
+                    json!({ "oneOf": replies.iter().chain([&error]).collect::<Vec<_>>() }),
+                ),
+            );
+            for (code, _, _) in ERROR_CODES {
+                add_error(&mut responses, "200", code);
+            }
+            add_error(&mut responses, "400", "BADREQUEST");
+            responses
+        }
+    };
     let api_request = json!({ "oneOf": requests, "discriminator": { "propertyName": "op" } });
     let status = |what: &str| json_reply(what, json!({ "type": "object", "properties": { "status": { "type": "string" } } }));
+    let api_path = json!({
+        "post": {
+            "summary": "Call an op; the body is a JSON object (whatever the Content-Type; JavaScript-style objects too), a form or a multipart form, with query-string fields merged in (body wins).",
+            "requestBody": { "required": true, "content": {
+                "application/json": { "schema": api_request },
+                "application/x-www-form-urlencoded": { "schema": api_request },
+                "multipart/form-data": { "schema": api_request },
+            } },
+            "responses": api_responses,
+        },
+        "get": {
+            "summary": "Call an op with query-string fields (same fields as POST).",
+            "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": OPS } }],
+            "responses": api_responses,
+        },
+    });
+    let mut paths: Map<String, Value> = API_PATHS.iter().map(|path| (path.to_string(), api_path.clone())).collect();
+    paths.extend([
+        ("/healthz".to_string(), json!({ "get": { "summary": "The process is alive.", "responses": { "200": status("Alive") } } })),
+        ("/readyz".to_string(), json!({ "get": {
+            "summary": "The database is writable and, when READYZ_UPSTREAM_CACHE_SECS is set, upstream answers.",
+            "responses": { "200": status("Ready"), "503": status("Not ready; checks says why") },
+        } })),
+        ("/metrics".to_string(), json!({ "get": {
+            "summary": "Prometheus metrics.",
+            "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } },
+        } })),
+    ]);
+    let dialect_note = match dialect {
+        Dialect::Mesibo => {
+            "Replies in the mesibo dialect (API_DIALECT=mesibo): result is \"OK\" or \"FAIL\", and application errors answer HTTP 200."
+        }
+        Dialect::Json => "Replies in the json dialect (API_DIALECT=json): result is a boolean, and each error has its HTTP status.",
+    };
     json!({
         "openapi": "3.0.3",
-        "info": { "title": "otpgate", "version": env!("CARGO_PKG_VERSION"), "description": env!("CARGO_PKG_DESCRIPTION") },
-        "paths": {
-            "/api": {
-                "post": {
-                    "summary": "Call an op; the body is a JSON object or a form, with query-string fields merged in (body wins).",
-                    "requestBody": { "required": true, "content": {
-                        "application/json": { "schema": api_request },
-                        "application/x-www-form-urlencoded": { "schema": api_request },
-                    } },
-                    "responses": api_responses,
-                },
-                "get": {
-                    "summary": "Call an op with query-string fields (same fields as POST).",
-                    "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": OPS } }],
-                    "responses": api_responses,
-                },
-            },
-            "/healthz": { "get": { "summary": "The process is alive.", "responses": { "200": status("Alive") } } },
-            "/readyz": { "get": {
-                "summary": "The database is writable and, when READYZ_UPSTREAM_CACHE_SECS is set, upstream answers.",
-                "responses": { "200": status("Ready"), "503": status("Not ready; checks says why") },
-            } },
-            "/metrics": { "get": {
-                "summary": "Prometheus metrics.",
-                "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } },
-            } },
+        "info": {
+            "title": "otpgate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!("{} {dialect_note}", env!("CARGO_PKG_DESCRIPTION")),
         },
+        "paths": paths,
         "components": { "schemas": schemas },
     })
 }
 
-pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok().json(document())
+/// Lists `code` in the description of the reply with HTTP `status`.
+fn add_error(responses: &mut Map<String, Value>, status: &str, code: &str) {
+    let entry = responses.entry(status.to_string()).or_insert_with(|| json_reply("", json!({ "$ref": "#/components/schemas/Error" })));
+    let description = entry["description"].as_str().unwrap_or_default();
+    entry["description"] = match description {
+        "" => code.into(),
+        _ if description.ends_with("of") => format!("{description} {code}").into(),
+        _ => format!("{description}, {code}").into(),
+    };
+}
+
+pub async fn serve(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(document(state.http.dialect))
 }

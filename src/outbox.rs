@@ -115,7 +115,7 @@ impl Outbox {
                 }
                 Err(e) => {
                     // Upstream may echo the request: neither number is logged or kept in full.
-                    let error = joined.iter().fold(recipient.masked_in(&e.0), |text, phone| phone.masked_in(&text));
+                    let error = joined.iter().fold(recipient.masked_in(&e.detail), |text, phone| phone.masked_in(&text));
                     let attempts = message.attempts + 1;
                     let wait = backoff(self.retry_secs, attempts);
                     tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");

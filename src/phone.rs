@@ -24,6 +24,9 @@ pub struct ValidPhone {
 pub struct PhonePolicy {
     default_region: Option<Id>,
     mobile_only: bool,
+    /// `OTP_SENDER=log`: nothing is sent, so a number that cannot receive SMS is let
+    /// through (with a warning) for local testing.
+    sends_nothing: bool,
     allowed: Vec<CountryMatch>,
     blocked: Vec<CountryMatch>,
     recent: Mutex<RecentlyValid>,
@@ -95,6 +98,7 @@ impl PhonePolicy {
         Ok(PhonePolicy {
             default_region,
             mobile_only: config.phone_mobile_only,
+            sends_nothing: config.otp_sender == "log",
             allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
             blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
             recent: Mutex::default(),
@@ -118,7 +122,11 @@ impl PhonePolicy {
     }
 
     fn check_afresh(&self, raw: &str) -> Result<ValidPhone, ApiError> {
-        let malformed = || ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958");
+        let malformed = || {
+            let hint = if self.default_region.is_none() { " (national numbers need DEFAULT_REGION)" } else { "" };
+            tracing::info!("phone refused: not a valid number in international format{hint}");
+            ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958")
+        };
         // A number is valid when its type is known: one type look-up answers both questions
         // (each look-up runs dozens of metadata regexes: the largest cost of our own code in a login start).
         let typed = |number: PhoneNumber| {
@@ -131,18 +139,32 @@ impl PhonePolicy {
             .or_else(|| self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed))
             .ok_or_else(malformed)?;
 
-        let not_served = || ApiError::new("BADPHONE", "phone numbers from this country are not served");
-        if self.blocked.iter().any(|c| c.matches(&number)) || !(self.allowed.is_empty() || self.allowed.iter().any(|c| c.matches(&number)))
-        {
-            return Err(not_served());
+        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        let masked = || crate::address::Address::Phone(e164.trim_start_matches('+').to_string()).masked();
+        let refused_by = |setting: &str, message: &str| {
+            tracing::info!(phone = %masked(), "phone refused by {setting}");
+            ApiError::new("BADPHONE", message)
+        };
+        if self.blocked.iter().any(|c| c.matches(&number)) {
+            return Err(refused_by("BLOCKED_COUNTRIES", "phone numbers from this country are not served"));
+        }
+        if !(self.allowed.is_empty() || self.allowed.iter().any(|c| c.matches(&number))) {
+            return Err(refused_by("ALLOWED_COUNTRIES", "phone numbers from this country are not served"));
         }
         // Mobile ranges, and ranges where fixed and mobile numbers cannot be told apart (e.g. the US).
         if self.mobile_only && !matches!(kind, Type::Mobile | Type::FixedLineOrMobile) {
-            return Err(ApiError::new("BADPHONE", "this number cannot receive text messages; use a mobile number"));
+            if !self.sends_nothing {
+                return Err(refused_by("PHONE_MOBILE_ONLY", "this number cannot receive text messages; use a mobile number"));
+            }
+            tracing::warn!(phone = %masked(), "accepted a number that cannot receive SMS because OTP_SENDER=log sends nothing; PHONE_MOBILE_ONLY refuses it with a real sender");
         }
-        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
         Ok(ValidPhone { digits: e164.trim_start_matches('+').to_string(), calling_code: number.code().value() })
     }
+}
+
+/// The country calling code of E.164 digits, e.g. 44 for `447400123456`.
+pub fn calling_code_of(digits: &str) -> Option<u16> {
+    phonenumber::parse(None, format!("+{digits}")).ok().map(|number| number.code().value())
 }
 
 fn parse_region(code: &str) -> Option<Id> {
@@ -183,13 +205,23 @@ mod tests {
     }
 
     #[test]
+    fn the_log_sender_lets_numbers_that_cannot_get_sms_through() {
+        assert_eq!(policy(&[("OTP_SENDER", "log")]).check("+1 800 555 1234").unwrap().digits, "18005551234");
+        assert_eq!(policy(&[("OTP_SENDER", "log")]).check("+44 99 1234 5678").err().unwrap().code, "BADPHONE", "still a valid number");
+        let real_sender = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+        assert_eq!(policy(&real_sender).check("+1 800 555 1234").err().unwrap().code, "BADPHONE");
+        assert_eq!(calling_code_of("447400123456"), Some(44));
+        assert_eq!(calling_code_of("18005551234"), Some(1));
+    }
+
+    #[test]
     fn invalid_and_non_mobile_numbers_are_refused() {
-        let p = policy(&[]);
+        let p = policy(&[("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
         assert_eq!(p.check("+44 20 7946 0958").err().unwrap().code, "BADPHONE", "London fixed line");
         assert_eq!(p.check("+1 800 555 1234").err().unwrap().code, "BADPHONE", "US toll-free");
         assert_eq!(p.check("+44 99 1234 5678").err().unwrap().code, "BADPHONE", "no such range");
         assert!(p.check("+1 212 555 0123").is_ok(), "US numbers may be mobile");
-        let lenient = policy(&[("PHONE_MOBILE_ONLY", "false")]);
+        let lenient = policy(&[("PHONE_MOBILE_ONLY", "false"), ("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
         assert_eq!(lenient.check("+1 800 555 1234").unwrap().digits, "18005551234");
     }
 
@@ -207,7 +239,7 @@ mod tests {
 
     #[test]
     fn numbers_that_passed_are_remembered_within_a_bound_and_refusals_are_not() {
-        let p = policy(&[]);
+        let p = policy(&[("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
         let first = p.check("+1 212 555 0123").unwrap();
         assert_eq!(p.recent().get("+1 212 555 0123"), Some(first.clone()));
         assert_eq!(p.check("+1 212 555 0123").unwrap(), first);

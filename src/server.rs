@@ -9,12 +9,13 @@ use actix_web::middleware::{from_fn, Condition, Next};
 use actix_web::{web, App, HttpServer};
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{Config, Dialect};
 use crate::error::ApiError;
 use crate::{http, request_log, AppState};
 
 /// The HTTP settings the middleware needs, taken from the configuration.
 pub struct HttpSettings {
+    pub dialect: Dialect,
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_contacts_body_bytes: usize,
@@ -24,6 +25,7 @@ pub struct HttpSettings {
 impl HttpSettings {
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
+            dialect: config.dialect(),
             cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
             max_body_bytes: config.max_body_bytes,
             max_contacts_body_bytes: config.max_contacts_body_bytes,
@@ -43,21 +45,41 @@ pub fn app(
     // The last `wrap` runs first: the log sees every request, then CORS answers preflights.
     App::new()
         .wrap(Condition::new(!settings.cors_origins.is_empty(), cors))
+        .wrap(from_fn(preflight_no_content))
         .wrap(from_fn(request_log::log_requests))
         .configure(http::configure(state))
 }
 
+/// Tokens travel in bodies and bearer headers, never in cookies, so no credentials mode.
 fn cors(origins: &[String]) -> Cors {
+    let request_id = header::HeaderName::from_static(request_log::REQUEST_ID_HEADER);
     let mut cors = Cors::default()
-        .allowed_methods(["GET", "POST"])
-        .allowed_headers([header::CONTENT_TYPE, header::HeaderName::from_static(request_log::REQUEST_ID_HEADER)])
-        .expose_headers([header::RETRY_AFTER, header::HeaderName::from_static(request_log::REQUEST_ID_HEADER)])
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers([header::CONTENT_TYPE, header::AUTHORIZATION, request_id.clone()])
+        .expose_headers([header::RETRY_AFTER, request_id])
         .max_age(3600);
     for origin in origins {
         // Config validation accepts only `*` and http(s) origins.
-        cors = if origin == "*" { cors.allow_any_origin() } else { cors.allowed_origin(origin) };
+        cors = if origin == "*" { cors.allow_any_origin().send_wildcard() } else { cors.allowed_origin(origin) };
     }
     cors
+}
+
+/// A preflight that CORS allowed answers 204 No Content, as browsers and proxies expect
+/// of a reply without a body (actix-cors answers 200).
+async fn preflight_no_content(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let preflight = request.method() == actix_web::http::Method::OPTIONS;
+    let mut response = next.call(request).await?;
+    if preflight
+        && response.status() == actix_web::http::StatusCode::OK
+        && response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        *response.response_mut().status_mut() = actix_web::http::StatusCode::NO_CONTENT;
+    }
+    Ok(response)
 }
 
 /// Answers `TIMEOUT` when a request takes longer than `REQUEST_TIMEOUT_SECS`.
@@ -65,13 +87,15 @@ pub(crate) async fn time_limit(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse, actix_web::Error> {
-    let limit = request.app_data::<web::Data<AppState>>().map_or(Duration::from_secs(30), |state| state.http.request_timeout);
+    let (limit, dialect) = request
+        .app_data::<web::Data<AppState>>()
+        .map_or((Duration::from_secs(30), Dialect::Mesibo), |state| (state.http.request_timeout, state.http.dialect));
     let http_request = request.request().clone();
     match tokio::time::timeout(limit, next.call(request)).await {
         Ok(response) => Ok(response?.map_into_boxed_body()),
         Err(_) => {
             let error = ApiError::new("TIMEOUT", format!("the request took longer than {} seconds; retry", limit.as_secs()));
-            Ok(ServiceResponse::new(http_request, http::reply("", Err(error))))
+            Ok(ServiceResponse::new(http_request, http::reply(dialect, "", Err(error))))
         }
     }
 }

@@ -245,7 +245,11 @@ impl Writer {
         // SAFETY: the counter is boxed, so its address is stable, and it is freed only after
         // the connection is closed (field order), so the hook never writes to freed memory.
         unsafe {
-            rusqlite::ffi::sqlite3_wal_hook(conn.handle(), Some(record_wal_frames), std::ptr::from_ref::<AtomicI64>(&wal_frames).cast_mut().cast());
+            rusqlite::ffi::sqlite3_wal_hook(
+                conn.handle(),
+                Some(record_wal_frames),
+                std::ptr::from_ref::<AtomicI64>(&wal_frames).cast_mut().cast(),
+            );
         }
         Writer { conn, wal_frames }
     }
@@ -339,9 +343,13 @@ impl Checkpointer {
                         let _turn = background_turn.lock().unwrap_or_else(|p| p.into_inner());
                         conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
                     };
-                    let round = copied
-                        .map_err(|e| e.to_string())
-                        .and_then(|copied| if copied == last { Ok(copied) } else { sync_database_file(&conn).map(|()| copied) });
+                    let round = copied.map_err(|e| e.to_string()).and_then(|copied| {
+                        if copied == last {
+                            Ok(copied)
+                        } else {
+                            sync_database_file(&conn).map(|()| copied)
+                        }
+                    });
                     match round {
                         Ok(copied) => last = copied,
                         Err(e) => tracing::warn!("background checkpoint failed: {e}"),
@@ -607,7 +615,6 @@ pub struct CompletedLogin {
     pub name: String,
     pub token_sha256: String,
     pub now: i64,
-    // Sessions and notifications (issue 3).
     pub appid: String,
     /// Installation id; empty when the app sent none.
     pub device: String,
@@ -624,14 +631,15 @@ pub struct LoginRecord {
     /// "contact joined" messages queued for users who have this phone as a contact.
     pub notified: usize,
     pub evicted: Vec<sessions::Evicted>,
+    pub profile: users::OwnProfile,
 }
 
 /// Records the user and the session, queues joined notices for a first phone login,
 /// and consumes the challenge, all in one transaction.
 pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
     atomically(conn, |tx| {
-        let (user_id, first_login) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
-        let mut record = LoginRecord { first_login, ..LoginRecord::default() };
+        let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
+        let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && !login.address.contains('@') {
             record.notified = outbox::enqueue_contact_joined(tx, user_id, &login.address, &login.name, login.now)?;
         }

@@ -73,7 +73,7 @@ impl Templates {
 
 /// Septets the text needs in GSM-7, or `None` when it needs UCS-2.
 /// A reverse-DNS style id such as `com.example.app`: letters, digits, `.`, `-`, `_`, at most 64.
-fn looks_like_an_app_id(appid: &str) -> bool {
+pub(crate) fn looks_like_an_app_id(appid: &str) -> bool {
     !appid.is_empty() && appid.len() <= 64 && appid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
@@ -89,7 +89,7 @@ pub fn gsm7_septets(text: &str) -> Option<usize> {
     })
 }
 
-fn json_map(name: &str, value: &str) -> Result<HashMap<String, String>, String> {
+pub(crate) fn json_map(name: &str, value: &str) -> Result<HashMap<String, String>, String> {
     if value.trim().is_empty() {
         return Ok(HashMap::new());
     }

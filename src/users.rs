@@ -56,27 +56,37 @@ pub fn stored_address(address: &str) -> Address {
     }
 }
 
+/// What a login reply shows of the user's own profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnProfile {
+    pub name: String,
+    pub status: String,
+    pub photo: String,
+}
+
 /// Creates the user or records a new login; a non-empty `name` replaces the stored one.
-/// Returns the local id and whether this was the user's first login.
-pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, now: i64) -> rusqlite::Result<(i64, bool)> {
+/// Returns the local id, whether this was the user's first login, and the profile.
+pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, now: i64) -> rusqlite::Result<(i64, bool, OwnProfile)> {
     let existing: Option<i64> =
         conn.prepare_cached("SELECT id FROM users WHERE address = ?1")?.query_row([address], |r| r.get(0)).optional()?;
     match existing {
         Some(id) => {
             // A changed name is a profile change: bump ts so contacts' next sync sees it.
-            conn.prepare_cached(
-                "UPDATE users SET uid = ?2, last_login = ?4,
-                     ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
-                     name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
-                 WHERE id = ?1",
-            )?
-            .execute(params![id, uid, name, now])?;
-            Ok((id, false))
+            let profile = conn
+                .prepare_cached(
+                    "UPDATE users SET uid = ?2, last_login = ?4,
+                         ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
+                         name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
+                     WHERE id = ?1
+                     RETURNING name, status, photo",
+                )?
+                .query_row(params![id, uid, name, now], |r| Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)? }))?;
+            Ok((id, false, profile))
         }
         None => {
             conn.prepare_cached("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?4, ?4)")?
                 .execute(params![address, uid, name, now])?;
-            Ok((conn.last_insert_rowid(), true))
+            Ok((conn.last_insert_rowid(), true, OwnProfile { name: name.to_string(), ..OwnProfile::default() }))
         }
     }
 }

@@ -101,7 +101,7 @@ async fn cors_allows_only_configured_origins() {
             .header("access-control-request-headers", "content-type")
     };
     let response = preflight("https://app.example.com").send().await.unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 204);
     assert_eq!(response.headers()["access-control-allow-origin"], "https://app.example.com");
     assert!(response.headers()["access-control-allow-methods"].to_str().unwrap().contains("POST"));
     let response = preflight("https://evil.example.com").send().await.unwrap();
@@ -115,8 +115,27 @@ async fn cors_allows_only_configured_origins() {
 }
 
 #[actix_web::test]
-async fn cors_is_off_by_default() {
-    let server = TestServer::start(&[]).await;
+async fn cors_allows_any_origin_by_default_and_can_be_turned_off() {
+    // The web app calls from its own origin, with the token in the body or a bearer header.
+    let server = TestServer::start(&[("CORS_ORIGINS", "*")]).await;
+    let preflight = server
+        .client()
+        .request(reqwest::Method::OPTIONS, format!("{}/", server.url))
+        .header("origin", "https://web.example.org")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type, authorization");
+    let response = preflight.send().await.unwrap();
+    assert_eq!(response.status(), 204);
+    assert_eq!(response.headers()["access-control-allow-origin"], "*");
+    let allowed_headers = response.headers()["access-control-allow-headers"].to_str().unwrap().to_ascii_lowercase();
+    assert!(allowed_headers.contains("content-type") && allowed_headers.contains("authorization"), "{allowed_headers}");
+    assert!(response.headers().get("access-control-allow-credentials").is_none(), "no credentials mode");
+    let request = server.client().post(server.api()).header("origin", "https://web.example.org").json(&login(PHONE));
+    let (status, headers, _) = server.send_full(request).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["access-control-allow-origin"], "*");
+
+    let server = TestServer::start(&[("CORS_ORIGINS", "")]).await;
     let request = server.client().post(server.api()).header("origin", "https://app.example.com").json(&login(PHONE));
     let (status, headers, _) = server.send_full(request).await;
     assert_eq!(status, 200, "apps without an Origin policy still work");

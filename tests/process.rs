@@ -75,6 +75,15 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
     let output = run(otpgate(&["check-config"], &[("OTP_SENDER", "http")])).await;
     assert_eq!(output.status.code(), Some(2), "the sender's own settings are checked too");
     assert!(text(&output.stderr).contains("SMS_HTTP_URL"));
+    for (name, value) in [("UPSTREAM_URL", "api.mesibo.com/backend"), ("BIND", "8080"), ("UPSTREAM_URL", "builtin")] {
+        let env = [("BIND", "0.0.0.0:8080"), (name, value)];
+        let output = run(otpgate(&["check-config"], &env)).await;
+        assert_eq!(output.status.code(), Some(2), "{name}={value} was accepted");
+        assert!(text(&output.stderr).contains(name), "{}", text(&output.stderr));
+    }
+    let output = run(otpgate(&["check-config"], &[])).await;
+    assert!(output.status.success());
+    assert!(text(&output.stderr).contains("APP_TOKEN is not set"), "warned as serve does: {}", text(&output.stderr));
 }
 
 #[actix_web::test]
@@ -101,7 +110,14 @@ async fn send_test_goes_through_the_configured_provider() {
     let gateway = FakeUpstream::start();
     gateway.set_mode(Mode::Reply(200, "{}".into()));
     let url = gateway.url();
-    let env = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", url.as_str())];
+    // send-test applies the phone policy of a login start: a toll-free number cannot get SMS.
+    let mobile_only = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", url.as_str())];
+    let output = run(otpgate(&["send-test", "--to", "+1 800 555 1234"], &mobile_only)).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(text(&output.stderr).contains("PHONE_MOBILE_ONLY"), "the refusal names its setting: {}", text(&output.stderr));
+    assert!(gateway.received().is_empty());
+
+    let env = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", url.as_str()), ("PHONE_MOBILE_ONLY", "false")];
     let output = run(otpgate(&["send-test", "--to", "+1 800 555 1234"], &env)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("1800555****"), "{}", text(&output.stdout));

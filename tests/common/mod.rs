@@ -84,6 +84,9 @@ pub struct TestServer {
 fn base_env(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> BTreeMap<String, String> {
     [
         ("DATABASE_PATH", dir.path().join("otpgate.db").to_string_lossy().into_owned()),
+        // These tests check the boolean results and HTTP statuses of the json dialect;
+        // tests/compatibility.rs checks the mesibo dialect the apps read.
+        ("API_DIALECT", "json".into()),
         ("APP_TOKEN", APP_TOKEN.into()),
         ("UPSTREAM_URL", upstream.url()),
         ("UPSTREAM_TIMEOUT_SECS", "2".into()),
