@@ -176,8 +176,8 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
 /// once the op is known.
 async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
     let bad = |message: &str| ApiError::new("BADREQUEST", message);
-    let mut params: Params = serde_urlencoded::from_str::<Vec<(String, String)>>(request.query_string())
-        .map_err(|_| bad("the query string is not valid URL encoding"))?
+    let mut params: Params = url_encoded(request.query_string())
+        .ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?
         .into_iter()
         .collect();
     let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
@@ -196,9 +196,7 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
         if content_type.contains("json") || text.starts_with('{') {
             params.extend(json_fields(text)?);
         } else if !text.is_empty() {
-            let form: Vec<(String, String)> =
-                serde_urlencoded::from_str(text).map_err(|_| bad("the request body is not valid form encoding"))?;
-            params.extend(form);
+            params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
         }
     }
     let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
@@ -207,6 +205,14 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
         return Err(too_large(limit));
     }
     Ok(params)
+}
+
+/// The fields of a URL-encoded form or query string. serde_urlencoded decodes bytes that
+/// are not UTF-8 into U+FFFD, which turned a malformed request into a bad phone or code:
+/// every part is checked first.
+fn url_encoded(text: &str) -> Option<Vec<(String, String)>> {
+    let utf8 = |part: &str| percent_encoding::percent_decode_str(&part.replace('+', " ")).decode_utf8().is_ok();
+    text.split(['&', '=']).all(utf8).then(|| serde_urlencoded::from_str(text).ok()).flatten()
 }
 
 /// The fields of a JSON object; numbers and booleans as their JSON text. JavaScript-style

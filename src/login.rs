@@ -21,7 +21,7 @@ use crate::sms_limits::SmsLimits;
 use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
-use crate::users::{OwnProfile, MAX_NAME_CHARS};
+use crate::users::{refuse_control_characters, OwnProfile, MAX_NAME_CHARS};
 
 const MAX_ID_CHARS: usize = 128;
 
@@ -74,7 +74,13 @@ pub struct LoginFlow {
     // Sessions (issue 3).
     max_devices: usize,
     token_expiry_secs: i64,
+    /// How long a claimed code stays claimed: the exchange ends within the upstream
+    /// timeout, so a claim older than that and a margin was stranded by a crash.
+    claim_secs: i64,
 }
+
+/// Beyond the upstream timeout, for recording the login (the writer may be busy).
+const CLAIM_MARGIN_SECS: u64 = 30;
 
 impl LoginFlow {
     pub fn new(config: &Config, db: Arc<Db>, otp_key: &[u8], senders: Senders) -> Result<Self, String> {
@@ -99,6 +105,7 @@ impl LoginFlow {
             courier,
             max_devices: config.max_devices,
             token_expiry_secs: i64::try_from(config.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
+            claim_secs: i64::try_from(config.upstream_timeout_secs.saturating_add(CLAIM_MARGIN_SECS)).unwrap_or(i64::MAX / 2),
         })
     }
 
@@ -107,6 +114,7 @@ impl LoginFlow {
         if appid.chars().count() > MAX_ID_CHARS {
             return Err(ApiError::new("BADPARAM", format!("appid must be at most {MAX_ID_CHARS} characters")));
         }
+        refuse_control_characters("appid", appid)?;
         let (address, calling_code) = self.parse_address(&request)?;
         match non_empty(&request.otp) {
             None => self.start(appid, address, calling_code, non_empty(&request.captcha_token), client_ip).await,
@@ -119,6 +127,8 @@ impl LoginFlow {
                 if device.is_some_and(|d| d.chars().count() > MAX_ID_CHARS) {
                     return Err(ApiError::new("BADPARAM", format!("device must be at most {MAX_ID_CHARS} characters")));
                 }
+                refuse_control_characters("name", name)?;
+                refuse_control_characters("device", device.unwrap_or_default())?;
                 self.verify(appid, address, calling_code, code, name, device, client_ip).await
             }
         }
@@ -190,6 +200,12 @@ impl LoginFlow {
         device: Option<&str>,
         client_ip: &str,
     ) -> Result<LoginOutcome, ApiError> {
+        let fixed = self.test_otps.get(address.as_str());
+        // A code of another shape cannot match: refused before it spends a guess or a limit.
+        // (A JSON number loses a code's leading zeros; the apps send strings.)
+        if fixed.is_none() && (code.len() != self.otp_length || !code.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(ApiError::new("BADPARAM", format!("the code must be a string of {} digits", self.otp_length)));
+        }
         check(&self.limits.verify_per_ip, client_ip)?;
         check(&self.limits.verify_per_address, address.as_str())?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
@@ -198,15 +214,16 @@ impl LoginFlow {
             metrics::OTP_FAILED.with_label_values(&[reason]).inc();
             Err(error)
         };
-        if let Some(fixed) = self.test_otps.get(address.as_str()) {
+        if let Some(fixed) = fixed {
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
                 return failed("wrong", ApiError::new("BADCODE", "wrong code"));
             }
         } else {
-            let (owned, owned_appid, max) = (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts);
+            let (owned, owned_appid, max, claim_secs) =
+                (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts, self.claim_secs);
             let outcome = self
                 .db
-                .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max))
+                .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max, claim_secs))
                 .await
                 .map_err(internal)?;
             match outcome {
@@ -296,7 +313,8 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         expires_at: (now_ms / 1000).saturating_add(token_expiry_secs),
         max_devices,
     };
-    // The token exists upstream now; a local bookkeeping failure must not keep it from the user.
+    // A token without its session would be refused at the app's first call: when the login
+    // cannot be recorded, the client is told to retry and the code is given back for it.
     let profile = match db.call(move |conn| storage::complete_login(conn, &completed, &otp_hash)).await {
         Ok(record) => {
             for evicted in &record.evicted {
@@ -309,8 +327,12 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             record.profile
         }
         Err(e) => {
-            tracing::error!(to = %address.masked(), "login succeeded but could not be recorded: {e}");
-            OwnProfile { name, ..OwnProfile::default() }
+            tracing::error!(to = %address.masked(), "upstream issued a token but the login could not be recorded: {e}");
+            let owned = address.as_str().to_string();
+            if let Err(e) = db.call(move |conn| storage::release_claim(conn, &owned, &otp_hash)).await {
+                tracing::error!(to = %address.masked(), "the code could not be given back either (it frees itself after its claim times out): {e}");
+            }
+            return Err(ApiError::new("INTERNAL", "the login could not be recorded; please retry with the same code"));
         }
     };
     tracing::info!(to = %address.masked(), appid, "login complete");

@@ -536,7 +536,7 @@ struct Challenge {
     otp_hash: Vec<u8>,
     expires_at: i64,
     attempts: u32,
-    claimed: bool,
+    claimed_at: Option<i64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -552,7 +552,9 @@ pub enum VerifyOutcome {
 }
 
 /// Checks a guess and, when right, claims the challenge, all in one write transaction,
-/// so two concurrent requests with the right code cannot both succeed.
+/// so two concurrent requests with the right code cannot both succeed. A claim older
+/// than `claim_secs` was left by a process that died while exchanging the code (a live
+/// one has finished or given the claim back by then): the code is free again.
 pub fn check_and_claim(
     conn: &mut Connection,
     address: &str,
@@ -560,24 +562,20 @@ pub fn check_and_claim(
     guess_hash: &[u8; 32],
     now: i64,
     max_attempts: u32,
+    claim_secs: i64,
 ) -> rusqlite::Result<VerifyOutcome> {
     atomically(conn, |tx| {
         let row = tx
             .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
             .query_row([address], |r| {
-                Ok(Challenge {
-                    appid: r.get(0)?,
-                    otp_hash: r.get(1)?,
-                    expires_at: r.get(2)?,
-                    attempts: r.get(3)?,
-                    claimed: r.get::<_, Option<i64>>(4)?.is_some(),
-                })
+                Ok(Challenge { appid: r.get(0)?, otp_hash: r.get(1)?, expires_at: r.get(2)?, attempts: r.get(3)?, claimed_at: r.get(4)? })
             })
             .optional()?;
         let Some(challenge) = row else {
             return Ok(VerifyOutcome::NoCode);
         };
-        if challenge.expires_at <= now || challenge.claimed || challenge.appid != appid {
+        let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
+        if challenge.expires_at <= now || claimed || challenge.appid != appid {
             return Ok(VerifyOutcome::NoCode);
         }
         let attempts = challenge.attempts;

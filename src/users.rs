@@ -15,6 +15,17 @@ pub const MAX_NAME_CHARS: usize = 64;
 pub const MAX_STATUS_CHARS: usize = 140;
 pub const MAX_PHOTO_CHARS: usize = 512;
 
+/// The one rule for every text the service stores and shows to others: no control
+/// characters (NUL, ESC...) and no bidirectional overrides, which make a name display as
+/// something else than it is.
+pub fn refuse_control_characters(field: &str, text: &str) -> Result<(), ApiError> {
+    let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    match text.chars().any(|c| c.is_control() || bidi(c)) {
+        true => Err(ApiError::new("BADPARAM", format!("{field} must not contain control or bidirectional formatting characters"))),
+        false => Ok(()),
+    }
+}
+
 /// What a user shows to others (and to themselves with `op=me`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -141,9 +152,8 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, params: &Params) -> R
     if change.photo.as_deref().is_some_and(|p| !p.is_empty() && !p.starts_with("https://") && !p.starts_with("http://")) {
         return Err(ApiError::new("BADPARAM", "photo must be an http(s) URL"));
     }
-    let texts = [&change.name, &change.status, &change.photo];
-    if texts.iter().filter_map(|t| t.as_deref()).any(|t| t.chars().any(char::is_control)) {
-        return Err(ApiError::new("BADPARAM", "name, status and photo must not contain control characters"));
+    for (field, text) in [("name", &change.name), ("status", &change.status), ("photo", &change.photo)] {
+        refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
     }
     let user_id = caller.user_id;
     let updated = db.call(move |conn| update_profile(conn, user_id, &change, storage::now())).await?;

@@ -1,0 +1,100 @@
+//! Defects an adversarial test found, each shown fixed: a token without its session,
+//! codes stranded by a crash, control characters stored and served back, and requests
+//! whose shape burnt a guess or hid a malformed request behind another error.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+const PHONE: &str = "18005551234";
+
+#[actix_web::test]
+async fn a_login_that_cannot_be_recorded_answers_internal_and_the_code_works_again() {
+    let server = TestServer::start(&[]).await;
+    let code = server.start_login(PHONE).await;
+    // The database refuses the session row, as a full disk would refuse the write.
+    server
+        .db()
+        .execute_batch("CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;")
+        .unwrap();
+    let reply = server.call(verify(PHONE, &code)).await;
+    assert_error(&reply, 503, "INTERNAL");
+    assert!(reply.1.get("token").is_none(), "no token without its session: {}", reply.1);
+    let users: i64 = server.db().query_row("SELECT count(*) FROM users", [], |r| r.get(0)).unwrap();
+    assert_eq!(users, 0, "nothing of the failed login stayed");
+
+    server.db().execute_batch("DROP TRIGGER refuse_sessions").unwrap();
+    let (status, reply) = server.call(verify(PHONE, &code)).await;
+    assert_eq!(status, 200, "the same code works on retry: {reply}");
+    let token = reply["token"].as_str().unwrap();
+    assert_ok(server.call_op("me", token, json!({})).await);
+}
+
+#[actix_web::test]
+async fn a_claim_stranded_by_a_crash_frees_itself_after_its_deadline_and_not_before() {
+    let server = TestServer::start(&[("UPSTREAM_TIMEOUT_SECS", "2")]).await;
+    let code = server.start_login(PHONE).await;
+    // A verify was exchanging the code when the process died: the claim is all that is left.
+    let claim = |seconds_ago: i64| {
+        server.db().execute("UPDATE otp_challenges SET claimed_at = strftime('%s','now') - ?1", [seconds_ago]).unwrap();
+    };
+    claim(0);
+    assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
+    // The deadline is the upstream timeout (2 s) plus a margin of 30 s; the ages tested
+    // stay clear of it by seconds, so a slow machine cannot move them across.
+    claim(25);
+    assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
+    claim(40);
+    let (status, reply) = server.call(verify(PHONE, &code)).await;
+    assert_eq!(status, 200, "{reply}");
+    // Still never accepted twice.
+    assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
+    assert_eq!(server.upstream.received().len(), 1);
+}
+
+#[actix_web::test]
+async fn control_characters_are_refused_in_every_stored_text_field() {
+    let server = TestServer::start(&[("TEST_OTPS", "18005550000:123456")]).await;
+    for bad in ["Ann\u{0}", "\u{1b}[31mAnn", "Ann\u{202e}nnA", "\u{2066}Ann"] {
+        for field in ["name", "device", "appid"] {
+            let mut request = verify("18005550000", "123456");
+            request[field] = bad.into();
+            let reply = server.call(request).await;
+            assert_error(&reply, 400, "BADPARAM");
+            assert!(reply.1["errmsg"].as_str().unwrap().contains(field), "{}", reply.1);
+        }
+    }
+    assert!(server.upstream.received().is_empty(), "nothing reached upstream");
+    let token = server.log_in(PHONE, Some("android-123")).await;
+    for bad in ["Ann\u{0}", "Ann\u{202e}"] {
+        assert_error(&server.call_op("profile", &token, json!({ "status": bad })).await, 400, "BADPARAM");
+    }
+}
+
+#[actix_web::test]
+async fn a_code_of_the_wrong_shape_is_refused_without_spending_a_guess() {
+    let server = TestServer::start(&[("OTP_MAX_ATTEMPTS", "1")]).await;
+    let code = server.start_login(PHONE).await;
+    // As a JSON number a code loses its leading zeros; letters and short codes cannot match.
+    let number = json!({ "op": "login", "phone": PHONE, "appid": APPID, "otp": 12345 });
+    for request in [number, verify(PHONE, "12345"), verify(PHONE, "1234567"), verify(PHONE, "12a456")] {
+        assert_error(&server.call(request).await, 400, "BADPARAM");
+    }
+    // With one guess allowed, the code still works.
+    assert_eq!(server.call(verify(PHONE, &code)).await.0, 200);
+}
+
+#[actix_web::test]
+async fn invalid_utf8_in_a_form_or_query_string_is_a_bad_request() {
+    let server = TestServer::start(&[]).await;
+    let form = format!("op=login&appid={APPID}&phone=1800555%FF1234");
+    let request = server.client().post(server.api()).header("content-type", "application/x-www-form-urlencoded").body(form.clone());
+    assert_error(&server.send(request).await, 400, "BADREQUEST");
+    let request = server.client().get(format!("{}?{form}", server.api()));
+    assert_error(&server.send(request).await, 400, "BADREQUEST");
+    assert_eq!(server.sender.count(), 0);
+    // Encoded UTF-8 is fine.
+    let request = server.client().post(server.api()).form(&[("op", "login"), ("appid", APPID), ("phone", PHONE), ("name", "Zoë")]);
+    assert_eq!(server.send(request).await.0, 200);
+}
