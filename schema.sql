@@ -24,7 +24,7 @@ CREATE TABLE IF NOT EXISTS users (
     token_sha256 TEXT NOT NULL            -- SHA-256 of the last access token issued; never the token
 ) WITHOUT ROWID;
 
--- Server-side values that must survive restarts (e.g. the generated OTP hashing key).
+-- Server-side values that must survive restarts; never a secret (the OTP key lives in a file).
 CREATE TABLE IF NOT EXISTS settings (
     key   TEXT PRIMARY KEY,
     value BLOB NOT NULL
@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS courier (
     address         TEXT NOT NULL,            -- normalised phone number or e-mail address
     appid           TEXT NOT NULL,
     otp_hash        BLOB NOT NULL,            -- the challenge delivered; a final failure deletes exactly it
-    otp             TEXT,                     -- the code, for senders that need it apart; NULL once sent or failed
-    body            TEXT,                     -- the rendered message; NULL once sent or failed
+    otp             TEXT,                     -- no longer written: earlier releases kept the code here in clear
+    body            TEXT,                     -- no longer written: earlier releases kept the message here in clear
     status          TEXT NOT NULL,            -- queued, sent, failed, or cancelled (code used, replaced or expired)
     attempts        INTEGER NOT NULL DEFAULT 0,
     last_error      TEXT,                     -- the last failure, for operators; never credentials
@@ -123,3 +123,8 @@ CREATE TABLE outbox (
     last_error      TEXT
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at);
+
+-- migration: 2
+-- Queued messages are kept encrypted (code and text), with a key that is not in the
+-- database; the service seals rows left in clear by earlier releases at start.
+ALTER TABLE courier ADD COLUMN sealed BLOB;

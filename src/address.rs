@@ -9,6 +9,15 @@ pub enum Address {
 }
 
 impl Address {
+    /// An address as stored, already normalised: e-mail addresses are the ones with an `@`.
+    pub fn from_stored(address: &str) -> Address {
+        if address.contains('@') {
+            Address::Email(address.to_string())
+        } else {
+            Address::Phone(address.to_string())
+        }
+    }
+
     pub fn as_str(&self) -> &str {
         match self {
             Address::Phone(p) | Address::Email(p) => p,

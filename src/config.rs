@@ -18,9 +18,13 @@ pub struct Config {
     /// Secret app token for the upstream `useradd` call. Never logged or returned.
     #[serde(default)]
     pub app_token: String,
-    /// Key for hashing stored OTPs; when empty a random key is generated once and kept in the database.
+    /// The server secret (keys code hashes and queued-message encryption); when empty it is
+    /// read from `otp_secret_file`, or from a key file created beside the database.
     #[serde(default)]
     pub otp_secret: String,
+    /// A file holding the server secret in hex; empty: `DATABASE_PATH` + `.key`, created on first start.
+    #[serde(default)]
+    pub otp_secret_file: String,
 
     #[serde(default = "defaults::upstream_url")]
     pub upstream_url: String,
@@ -221,6 +225,8 @@ pub enum Dialect {
     Json,
 }
 
+/// Below this length `OTP_SECRET` draws a warning.
+const MIN_OTP_SECRET_BYTES: usize = 16;
 /// The value of `UPSTREAM_URL` that selects the built-in stand-in for the platform.
 pub const BUILTIN_UPSTREAM: &str = "builtin";
 /// Logged at start and with every token the built-in stand-in mints.
@@ -421,6 +427,9 @@ impl Config {
         if !matches!(self.api_dialect.as_str(), "mesibo" | "json") {
             return bad("API_DIALECT", "must be mesibo or json");
         }
+        if !self.otp_secret.is_empty() && !self.otp_secret_file.is_empty() {
+            return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
+        }
         self.validate_addresses()?;
         self.test_otps()?;
         self.validate_sessions()?;
@@ -499,6 +508,9 @@ impl Config {
             warnings.push(BUILTIN_UPSTREAM_WARNING);
         } else if self.app_token.is_empty() {
             warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
+        }
+        if !self.otp_secret.is_empty() && self.otp_secret.len() < MIN_OTP_SECRET_BYTES {
+            warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
         warnings
     }

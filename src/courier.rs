@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 
 use crate::address::Address;
 use crate::config::Config;
+use crate::keys::MessageSeal;
 use crate::metrics;
 use crate::senders::{OtpMessage, SendError, Senders};
 use crate::storage::{self, now_ms, Db, NewChallenge, StorageError};
@@ -44,6 +45,8 @@ pub enum Dispatch {
 pub struct Courier {
     db: Arc<Db>,
     senders: Senders,
+    /// Queued messages hold the code: they are stored encrypted.
+    seal: MessageSeal,
     max_attempts: u32,
     retry_base_ms: i64,
     wait_first: Duration,
@@ -87,11 +90,12 @@ struct Queued {
 }
 
 impl Courier {
-    pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders) -> Courier {
+    pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders, seal: MessageSeal) -> Courier {
         let slowest_secs = config.provider_timeout_secs.max(config.sms_http_timeout_secs).max(30);
         Courier {
             db,
             senders,
+            seal,
             max_attempts: config.courier_max_attempts,
             retry_base_ms: config.courier_retry_base_ms as i64,
             wait_first: Duration::from_millis(config.courier_wait_ms),
@@ -118,7 +122,8 @@ impl Courier {
     ) -> Result<Dispatch, StorageError> {
         let lease_until = now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
-        let queued = message.clone();
+        let sealed = seal_message(&self.seal, &message, &otp_hash);
+        let queued = (message.to.as_str().to_string(), message.appid.clone(), sealed);
         let id = match self.db.call(move |conn| enqueue(conn, &challenge, &queued, lease_until, admit)).await? {
             Enqueued::Stored(id) => id,
             Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
@@ -146,7 +151,8 @@ impl Courier {
         while !self.stopped.load(Ordering::SeqCst) {
             let now = now_ms();
             let lease_until = now + self.lease_ms;
-            let (batch, next_due) = match self.db.call(move |conn| claim_due(conn, now, lease_until)).await {
+            let seal = self.seal.clone();
+            let (batch, next_due) = match self.db.call(move |conn| claim_due(conn, &seal, now, lease_until)).await {
                 Ok(claimed) => {
                     metrics::COURIER_QUEUE_DEPTH.set(claimed.queued);
                     (claimed.batch, claimed.next_due)
@@ -210,7 +216,7 @@ impl Courier {
     /// delivered is deleted before the client hears SENDFAILED).
     async fn attempt(&self, row: Queued, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
-        let to = if row.address.contains('@') { Address::Email(row.address.clone()) } else { Address::Phone(row.address.clone()) };
+        let to = Address::from_stored(&row.address);
         let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
         let (sender_name, result) = match self.senders.for_address(&to) {
             Some(sender) => {
@@ -274,10 +280,47 @@ enum Enqueued {
     Refused(u64),
 }
 
+/// What binds a sealed message to its row: it opens only for this address and code.
+fn seal_context(address: &str, otp_hash: &[u8]) -> Vec<u8> {
+    [address.as_bytes(), &[0], otp_hash].concat()
+}
+
+/// The code and the rendered text, encrypted: `code \n text` (a code has no line break).
+fn seal_message(seal: &MessageSeal, message: &OtpMessage, otp_hash: &[u8]) -> Vec<u8> {
+    let plaintext = format!("{}\n{}", message.otp, message.text);
+    seal.seal(plaintext.as_bytes(), &seal_context(message.to.as_str(), otp_hash))
+}
+
+/// The code and the text of a sealed message, or `None` when this key cannot open it.
+fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
+    let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
+    let (otp, text) = plaintext.split_once('\n')?;
+    Some((otp.to_string(), text.to_string()))
+}
+
+/// Encrypts the messages that earlier releases queued in clear and clears the text of
+/// finished ones; returns how many rows held text in clear.
+pub fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
+    storage::atomically(conn, |tx| {
+        let rows = tx
+            .prepare("SELECT id, address, otp_hash, coalesce(otp, ''), coalesce(body, ''), status FROM courier WHERE otp IS NOT NULL OR body IS NOT NULL")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (id, address, otp_hash, otp, body, status) in &rows {
+            let sealed = (status == "queued").then(|| {
+                let plaintext = format!("{otp}\n{body}");
+                seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
+            });
+            tx.execute("UPDATE courier SET sealed = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, sealed])?;
+        }
+        Ok(rows.len())
+    })
+}
+
 fn enqueue(
     conn: &mut Connection,
     challenge: &NewChallenge,
-    message: &OtpMessage,
+    (address, appid, sealed): &(String, String, Vec<u8>),
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), u64>,
 ) -> rusqlite::Result<Enqueued> {
@@ -291,15 +334,14 @@ fn enqueue(
     storage::atomically(conn, |tx| {
         storage::store_challenge(tx, challenge)?;
         tx.prepare_cached(
-            "INSERT INTO courier (address, appid, otp_hash, otp, body, status, next_attempt_ms, expires_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?8)",
+            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
         )?
         .execute(params![
-            message.to.as_str(),
-            message.appid,
+            address,
+            appid,
             &challenge.otp_hash[..],
-            message.otp,
-            message.text,
+            sealed,
             lease_until,
             challenge.now + challenge.ttl_secs,
             challenge.now
@@ -316,35 +358,54 @@ struct Claimed {
     queued: i64,
 }
 
-/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
-fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
+/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
+/// key cannot open (the key changed since it was queued) fails for good.
+fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
     storage::atomically(conn, |tx| {
         // A code that was used, replaced by a newer one or expired is not worth an SMS.
         tx.prepare_cached(
-            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', otp = NULL, body = NULL
+            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
              WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
                  WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
         )?
         .execute([now_ms / 1000])?;
-        let batch = {
+        let due = {
             let mut select = tx.prepare_cached(
-                "SELECT id, address, appid, otp_hash, otp, body, attempts, expires_at FROM courier
+                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
                  WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
             )?;
             let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
-                Ok(Queued {
+                let sealed: Option<Vec<u8>> = r.get(4)?;
+                let queued = Queued {
                     id: r.get(0)?,
                     address: r.get(1)?,
                     appid: r.get(2)?,
                     otp_hash: r.get(3)?,
-                    otp: r.get::<_, Option<String>>(4)?.unwrap_or_default(),
-                    body: r.get::<_, Option<String>>(5)?.unwrap_or_default(),
-                    attempts: r.get(6)?,
-                    expires_at: r.get(7)?,
-                })
+                    otp: String::new(),
+                    body: String::new(),
+                    attempts: r.get(5)?,
+                    expires_at: r.get(6)?,
+                };
+                Ok((queued, sealed))
             })?;
-            rows.collect::<rusqlite::Result<Vec<Queued>>>()?
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
         };
+        let mut batch = Vec::with_capacity(due.len());
+        for (mut row, sealed) in due {
+            match sealed.and_then(|sealed| open_message(seal, &sealed, &row.address, &row.otp_hash)) {
+                Some((otp, body)) => {
+                    (row.otp, row.body) = (otp, body);
+                    batch.push(row);
+                }
+                None => {
+                    let error = "the message cannot be decrypted: the server key changed since it was queued";
+                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
+                    tx.prepare_cached("UPDATE courier SET status = 'failed', last_error = ?2, sealed = NULL WHERE id = ?1")?
+                        .execute(params![row.id, error])?;
+                    storage::remove_challenge(tx, &row.address, &row.otp_hash)?;
+                }
+            }
+        }
         for row in &batch {
             tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
         }
@@ -355,20 +416,18 @@ fn claim_due(conn: &mut Connection, now_ms: i64, lease_until: i64) -> rusqlite::
     })
 }
 
-/// Records an attempt. A final outcome wipes the code and message text; a final
+/// Records an attempt. A final outcome wipes the sealed message; a final
 /// failure also deletes the challenge, since nobody received that code.
 fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
     storage::atomically(conn, |tx| {
         match update {
             Update::Sent => {
-                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, otp = NULL, body = NULL WHERE id = ?1")?
+                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, sealed = NULL WHERE id = ?1")?
                     .execute(params![id, attempts])?;
             }
             Update::Failed(error) => {
-                tx.prepare_cached(
-                    "UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, otp = NULL, body = NULL WHERE id = ?1",
-                )?
-                .execute(params![id, attempts, error])?;
+                tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
+                    .execute(params![id, attempts, error])?;
                 storage::remove_challenge(tx, address, otp_hash)?;
             }
             Update::Retry(error, retry_at) => {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod courier;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod login;
 pub mod otp;
 pub mod phone;
@@ -35,12 +36,12 @@ pub mod openapi;
 pub mod request_log;
 pub mod server;
 
-use rand::RngCore;
 use std::sync::Arc;
 use std::time::Duration;
 
 use client_ip::TrustedProxies;
 use config::Config;
+use keys::{KeySource, ServerKeys};
 use login::LoginFlow;
 use senders::Senders;
 use storage::Db;
@@ -66,22 +67,14 @@ impl AppState {
     /// Opens the database and builds the login flow with the given senders
     /// (normally `senders::build(&config)`; tests pass a recording sender).
     pub fn new(config: &Config, senders: Senders) -> Result<AppState, String> {
-        let db = Db::open(&config.database_path, config.db_pool_size)
+        let stored_key = storage::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
             .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
-        let otp_key = if config.otp_secret.is_empty() {
-            // A key kept in the database survives restarts, so pending codes stay valid.
-            db.blocking(|conn| {
-                storage::setting_or_insert(conn, "otp_hash_key", || {
-                    let mut key = vec![0u8; 32];
-                    rand::rngs::OsRng.fill_bytes(&mut key);
-                    key
-                })
-            })
-            .map_err(|e| format!("cannot read the OTP hashing key: {e}"))?
-        } else {
-            config.otp_secret.as_bytes().to_vec()
-        };
-        let login = LoginFlow::new(config, Arc::clone(&db), &otp_key, senders)?;
+        let keys = server_keys(config, stored_key.as_deref())?;
+        let seal = keys.seal.clone();
+        let db =
+            Db::open_after(&config.database_path, config.db_pool_size, |conn| remove_secrets_in_clear(conn, &seal, stored_key.is_some()))
+                .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders)?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         Ok(AppState {
             db,
@@ -145,6 +138,47 @@ impl AppState {
         metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
         Ok(purged)
     }
+}
+
+/// Marks a database whose file was rewritten once no secret or code was left in clear in it.
+const REWRITTEN_SETTING: &str = "rewritten_without_secrets";
+
+/// Finds the server secret (see [`keys::load_secret`]) and says where it is.
+/// `stored` is a key an earlier release kept in the database.
+fn server_keys(config: &Config, stored: Option<&[u8]>) -> Result<ServerKeys, String> {
+    let loaded = keys::load_secret(config, stored)?;
+    let place = match &loaded.source {
+        KeySource::Setting => "OTP_SECRET".to_string(),
+        KeySource::File(path) => format!("the key file {}", path.display()),
+    };
+    match (stored, loaded.created_file) {
+        (Some(_), true) => tracing::info!("moved the OTP key out of the database into {place}"),
+        (None, true) => tracing::info!("created {place} (mode 0600): back it up apart from the database"),
+        (Some(old), false) if old != loaded.secret => {
+            tracing::warn!(
+                "removing an OTP key kept in the database; the key is {place} (codes issued under the old key must be asked for again)"
+            )
+        }
+        (Some(_), false) => tracing::info!("removing the copy of the OTP key kept in the database; the key is {place}"),
+        (None, false) => tracing::debug!("OTP key: {place}"),
+    }
+    Ok(ServerKeys::from_secret(&loaded.secret))
+}
+
+/// Leaves no secret in clear in the database: deletes a key kept there by an earlier
+/// release (once it is in its key file), encrypts messages queued in clear, and rewrites
+/// the file once so no old page keeps either.
+fn remove_secrets_in_clear(conn: &mut rusqlite::Connection, seal: &keys::MessageSeal, had_key: bool) -> rusqlite::Result<()> {
+    let sealed = courier::seal_rows_in_clear(conn, seal)?;
+    storage::remove_setting(conn, keys::LEGACY_SETTING)?;
+    if had_key || sealed > 0 || storage::setting(conn, REWRITTEN_SETTING)?.is_none() {
+        storage::rewrite_file(conn)?;
+        storage::set_setting(conn, REWRITTEN_SETTING, &storage::now().to_le_bytes())?;
+    }
+    if sealed > 0 {
+        tracing::info!(messages = sealed, "encrypted the messages an earlier release kept in clear, and rewrote the database file");
+    }
+    Ok(())
 }
 
 /// What one round of housekeeping removed.

@@ -11,6 +11,7 @@ use crate::client_ip::network_key;
 use crate::config::Config;
 use crate::courier::{Courier, Dispatch};
 use crate::error::ApiError;
+use crate::keys::ServerKeys;
 use crate::metrics;
 use crate::otp::{self, OtpHasher};
 use crate::phone::PhonePolicy;
@@ -83,13 +84,13 @@ pub struct LoginFlow {
 const CLAIM_MARGIN_SECS: u64 = 30;
 
 impl LoginFlow {
-    pub fn new(config: &Config, db: Arc<Db>, otp_key: &[u8], senders: Senders) -> Result<Self, String> {
-        let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone()));
+    pub fn new(config: &Config, db: Arc<Db>, keys: &ServerKeys, senders: Senders) -> Result<Self, String> {
+        let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone(), keys.seal.clone()));
         let templates = Templates::from_config(config)?;
         templates.warn_if_over_one_segment(config.otp_length);
         Ok(LoginFlow {
             db,
-            hasher: OtpHasher::new(otp_key),
+            hasher: keys.hasher.clone(),
             senders,
             upstream: Arc::new(Upstream::from_config(config)?),
             limits: Limits::from_config(config),

@@ -90,8 +90,19 @@ impl Db {
     /// Opens the database file (created if missing), applies the schema, and opens
     /// the writer plus `readers` reader connections.
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
+        Db::open_after(path, readers, |_| Ok(()))
+    }
+
+    /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
+    /// outside any transaction and before anything else uses the database.
+    pub fn open_after(
+        path: &str,
+        readers: usize,
+        startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
+    ) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
         crate::schema::apply(&mut writer)?;
+        startup(&mut writer)?;
         // A WAL left large by a crash or a bulk load is copied back now, not by the first request.
         writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
         writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
@@ -486,20 +497,43 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Returns the value stored under `key`, storing `make()` first if there is none.
-pub fn setting_or_insert(conn: &mut Connection, key: &str, make: impl FnOnce() -> Vec<u8>) -> rusqlite::Result<Vec<u8>> {
-    atomically(conn, |tx| {
-        let existing: Option<Vec<u8>> =
-            tx.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()?;
-        match existing {
-            Some(value) => Ok(value),
-            None => {
-                let value = make();
-                tx.prepare_cached("INSERT INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
-                Ok(value)
-            }
-        }
-    })
+/// The value stored under `key` in the database at `path`, read before the database is
+/// opened for service; `None` when there is no database or no such setting yet.
+pub fn setting_before_open(path: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    let conn = match Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(conn) => conn,
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::CannotOpen => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_settings: bool =
+        conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'settings'", [], |r| r.get(0))?;
+    if !has_settings {
+        return Ok(None);
+    }
+    Ok(setting(&conn, key)?)
+}
+
+/// The value stored under `key`, if any.
+pub fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+}
+
+pub fn set_setting(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
+    Ok(())
+}
+
+pub fn remove_setting(conn: &Connection, key: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])?;
+    Ok(())
+}
+
+/// Rewrites the database file and empties the WAL, so that nothing deleted before
+/// (a secret, text once kept in clear) survives in a free page or an old WAL frame.
+pub fn rewrite_file(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("VACUUM")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
 
 pub struct NewChallenge {

@@ -29,6 +29,8 @@ pub const APPID: &str = "com.example.app";
 #[derive(Default)]
 pub struct RecordingSender {
     pub sent: Mutex<Vec<OtpMessage>>,
+    /// Every message it was asked to send, failed attempts included.
+    pub attempted: Mutex<Vec<OtpMessage>>,
     pub fail: AtomicBool,
 }
 
@@ -39,6 +41,7 @@ impl OtpSender for RecordingSender {
     }
 
     async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+        self.attempted.lock().unwrap().push(message.clone());
         if self.fail.load(Ordering::SeqCst) {
             return Err("provider unavailable (test)".into());
         }
