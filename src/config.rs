@@ -94,6 +94,15 @@ pub struct Config {
     /// Most phones in one `getcontacts` / `delcontacts` request (`TOOMANY` beyond).
     #[serde(default = "defaults::max_contacts_per_request")]
     pub max_contacts_per_request: usize,
+    /// Most contacts one user may have stored (`TOOMANY` beyond).
+    #[serde(default = "defaults::max_contacts_per_user")]
+    pub max_contacts_per_user: usize,
+    /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_user_per_day")]
+    pub limit_new_contacts_per_user_per_day: u32,
+    /// The same per client IP, over all its users; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_ip_per_day")]
+    pub limit_new_contacts_per_ip_per_day: u32,
     /// Upstream address that "contact joined" messages come from.
     #[serde(default = "defaults::system_address")]
     pub system_address: String,
@@ -308,6 +317,15 @@ mod defaults {
     pub fn max_contacts_per_request() -> usize {
         5000
     }
+    pub fn max_contacts_per_user() -> usize {
+        10_000
+    }
+    pub fn limit_new_contacts_per_user_per_day() -> u32 {
+        10_000
+    }
+    pub fn limit_new_contacts_per_ip_per_day() -> u32 {
+        50_000
+    }
     pub fn system_address() -> String {
         "system".into()
     }
@@ -446,6 +464,9 @@ impl Config {
         }
         if self.max_contacts_per_request == 0 {
             return bad("MAX_CONTACTS_PER_REQUEST", "must be at least 1");
+        }
+        if self.max_contacts_per_user == 0 {
+            return bad("MAX_CONTACTS_PER_USER", "must be at least 1");
         }
         if self.system_address.trim().is_empty() {
             return bad("SYSTEM_ADDRESS", "must not be empty");

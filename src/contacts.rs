@@ -7,9 +7,11 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::address;
+use crate::config::Config;
 use crate::error::ApiError;
 use crate::http::Params;
 use crate::ops;
+use crate::ratelimit::KeyedLimit;
 use crate::sessions::Caller;
 use crate::storage::{self, Db};
 use crate::users::{Profile, PROFILE_COLUMNS};
@@ -56,6 +58,51 @@ pub fn parse_phones(raw: &str, max: usize) -> Result<PhoneList, ApiError> {
     Ok(PhoneList { phones: phones.into_iter().collect(), invalid })
 }
 
+/// What bounds contact sync: an upload answers which of its numbers are users, so
+/// numbers a user has not uploaded before are budgeted per user and per client IP;
+/// numbers already among their contacts cost nothing.
+pub struct ContactLimits {
+    pub max_per_request: usize,
+    max_per_user: usize,
+    new_per_user: KeyedLimit,
+    new_per_ip: KeyedLimit,
+}
+
+impl ContactLimits {
+    pub fn from_config(config: &Config) -> ContactLimits {
+        ContactLimits {
+            max_per_request: config.max_contacts_per_request,
+            max_per_user: config.max_contacts_per_user,
+            new_per_user: KeyedLimit::per_day(config.limit_new_contacts_per_user_per_day).named("new_contacts_per_user"),
+            new_per_ip: KeyedLimit::per_day(config.limit_new_contacts_per_ip_per_day).named("new_contacts_per_ip"),
+        }
+    }
+
+    /// Admits an upload of `new` numbers that leaves the user with `stored` contacts.
+    fn admit(&self, user_id: i64, client_ip: &str, new: usize, stored: usize) -> Result<(), ApiError> {
+        if stored > self.max_per_user {
+            let message = format!(
+                "a user keeps at most {} contacts and this upload would make {stored}; remove some with delcontacts, or upload the whole address book again with reset",
+                self.max_per_user
+            );
+            return Err(ApiError::new("TOOMANY", message));
+        }
+        let new = u32::try_from(new).unwrap_or(u32::MAX);
+        let refused = |wait: Option<u64>, whose: &str| match wait {
+            Some(wait) => ApiError::rate_limited(wait, format!("too many new numbers looked up {whose} today; retry in {wait} seconds")),
+            None => ApiError::new("TOOMANY", format!("more new numbers in one upload than {whose} may look up in a day")),
+        };
+        self.new_per_ip.check_n(client_ip, new).map_err(|wait| refused(wait, "from this address"))?;
+        self.new_per_user.check_n(&user_id.to_string(), new).map_err(|wait| refused(wait, "by this user"))?;
+        Ok(())
+    }
+
+    pub fn purge(&self) {
+        self.new_per_user.purge();
+        self.new_per_ip.purge();
+    }
+}
+
 /// Where a paged sync continues: the time the first page was taken and the last entry sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Cursor {
@@ -89,9 +136,29 @@ struct SyncQuery {
 }
 
 /// Records uploaded phones as contacts and returns one page of matching users
-/// (never the caller), ordered by (ts, address), plus whether more follow.
-fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>, bool)> {
-    let mut page = storage::atomically(conn, |tx| {
+/// (never the caller), ordered by (ts, address), plus whether more follow. `admit`
+/// sees how many uploaded phones are not yet contacts and how many contacts the
+/// upload leaves, before anything is written.
+fn sync(
+    conn: &mut Connection,
+    q: &SyncQuery,
+    admit: impl FnOnce(usize, usize) -> Result<(), ApiError>,
+) -> rusqlite::Result<Result<(Vec<Profile>, bool), ApiError>> {
+    let page = storage::atomically(conn, |tx| {
+        if let Some(phones) = &q.phones {
+            // Known before a reset stays known: uploading the same book again costs nothing.
+            let (stored, uploaded, new): (usize, usize, usize) = tx
+                .prepare_cached(
+                    "SELECT (SELECT count(*) FROM contacts WHERE owner_id = ?1), count(*),
+                        count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = ?1 AND c.phone = j.value))
+                     FROM json_each(?2) j",
+                )?
+                .query_row(params![q.owner, phones], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            let after = if q.reset { uploaded } else { stored + new };
+            if let Err(refused) = admit(new, after) {
+                return Ok(Err(refused));
+            }
+        }
         if q.reset {
             tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
         }
@@ -120,17 +187,25 @@ fn sync(conn: &mut Connection, q: &SyncQuery) -> rusqlite::Result<(Vec<Profile>,
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             }
         };
-        Ok(page)
+        Ok(Ok(page))
     })?;
-    let more = page.len() > PAGE_SIZE;
-    page.truncate(PAGE_SIZE);
-    Ok((page, more))
+    Ok(page.map(|mut page| {
+        let more = page.len() > PAGE_SIZE;
+        page.truncate(PAGE_SIZE);
+        (page, more)
+    }))
 }
 
 /// `op=getcontacts`.
-pub async fn getcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_phones: usize) -> Result<Map<String, Value>, ApiError> {
+pub async fn getcontacts(
+    db: &Arc<Db>,
+    limits: &Arc<ContactLimits>,
+    caller: &Caller,
+    client_ip: &str,
+    params: &Params,
+) -> Result<Map<String, Value>, ApiError> {
     let uploaded = match params.get("phones").filter(|p| !p.trim().is_empty()) {
-        Some(raw) => Some(parse_phones(raw, max_phones)?),
+        Some(raw) => Some(parse_phones(raw, limits.max_per_request)?),
         None => None,
     };
     let since = match params.get("ts").map(|t| t.trim()).filter(|t| !t.is_empty()) {
@@ -153,7 +228,9 @@ pub async fn getcontacts(db: &Arc<Db>, caller: &Caller, params: &Params, max_pho
         after,
         now,
     };
-    let (page, more) = db.call(move |conn| sync(conn, &query)).await?;
+    let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
+    let admit = move |new, stored| limits.admit(user_id, &client_ip, new, stored);
+    let (page, more) = db.call(move |conn| sync(conn, &query, admit)).await??;
 
     let mut fields = Map::new();
     if more {

@@ -11,7 +11,7 @@ pub const ERROR_CODES: &[(&str, u16, &str)] = &[
     ("BADCODE", 401, "wrong code, or no valid code"),
     ("TOOMANYATTEMPTS", 401, "too many wrong guesses: ask for a new code"),
     ("AUTHFAIL", 401, "token missing, unknown or expired: log in again"),
-    ("TOOMANY", 413, "more phones than MAX_CONTACTS_PER_REQUEST in one request"),
+    ("TOOMANY", 413, "more phones than MAX_CONTACTS_PER_REQUEST in one request, or more contacts than MAX_CONTACTS_PER_USER"),
     ("RATELIMIT", 429, "too many requests; retry_after says when to retry"),
     ("SENDFAILED", 502, "the code could not be delivered"),
     ("UPSTREAM", 502, "the platform did not issue a token; retry with the same code"),

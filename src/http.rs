@@ -65,7 +65,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
         "" => Err(ApiError::new("BADOP", "op is required")),
-        _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request).await,
+        _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request, &client_ip).await,
         _ => Err(ApiError::new("BADOP", "unknown op")),
     };
     request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code));

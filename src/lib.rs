@@ -53,7 +53,7 @@ pub struct AppState {
     /// What the login reply tells each app besides its token.
     pub apps: app_settings::AppSettings,
     // Sessions, contact sync and notifications (issue 3).
-    pub max_contacts_per_request: usize,
+    pub contact_limits: Arc<contacts::ContactLimits>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
     pub outbox: Arc<outbox::Outbox>,
     // Operations (issue 6).
@@ -80,7 +80,7 @@ impl AppState {
             db,
             login,
             apps: app_settings::AppSettings::from_config(config)?,
-            max_contacts_per_request: config.max_contacts_per_request,
+            contact_limits: Arc::new(contacts::ContactLimits::from_config(config)),
             outbox,
             readiness: health::Readiness::from_config(config)?,
             http: server::HttpSettings::from_config(config),
@@ -127,6 +127,7 @@ impl AppState {
     pub async fn housekeeping(&self) -> Result<Purged, storage::StorageError> {
         self.login.limits.purge();
         self.login.sms_limits.purge();
+        self.contact_limits.purge();
         self.login.courier.purge_finished().await?;
         let purged = self
             .db

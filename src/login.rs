@@ -15,7 +15,7 @@ use crate::keys::ServerKeys;
 use crate::metrics;
 use crate::otp::{self, OtpHasher};
 use crate::phone::PhonePolicy;
-use crate::ratelimit::{HourlyLimit, Limits};
+use crate::ratelimit::{KeyedLimit, Limits};
 use crate::senders::{OtpMessage, Senders};
 use crate::sessions;
 use crate::sms_limits::SmsLimits;
@@ -371,7 +371,7 @@ fn not_enabled(address: &Address) -> ApiError {
     }
 }
 
-fn check(limit: &HourlyLimit, key: &str) -> Result<(), ApiError> {
+fn check(limit: &KeyedLimit, key: &str) -> Result<(), ApiError> {
     limit.check(key).map_err(|wait| ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")))
 }
 

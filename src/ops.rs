@@ -19,7 +19,13 @@ pub fn is_contacts_op(op: &str) -> bool {
     matches!(op, "getcontacts" | "delcontacts")
 }
 
-pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpRequest) -> Result<Map<String, Value>, ApiError> {
+pub async fn handle(
+    state: &AppState,
+    op: &str,
+    params: &Params,
+    request: &HttpRequest,
+    client_ip: &str,
+) -> Result<Map<String, Value>, ApiError> {
     let token = access_token(params, request);
     if op == "logout" {
         // Always OK, as the reference answers: an app logs out locally only on OK, and a
@@ -35,11 +41,10 @@ pub async fn handle(state: &AppState, op: &str, params: &Params, request: &HttpR
         .call(move |conn| sessions::authenticate(conn, &token_sha256, storage::now_ms()))
         .await?
         .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
-    let max_phones = state.max_contacts_per_request;
     match op {
         "devices" => sessions::devices(&state.db, &caller).await,
-        "getcontacts" => contacts::getcontacts(&state.db, &caller, params, max_phones).await,
-        "delcontacts" => contacts::delcontacts(&state.db, &caller, params, max_phones).await,
+        "getcontacts" => contacts::getcontacts(&state.db, &state.contact_limits, &caller, client_ip, params).await,
+        "delcontacts" => contacts::delcontacts(&state.db, &caller, params, state.contact_limits.max_per_request).await,
         "profile" => users::change_profile(&state.db, &caller, params).await,
         "me" => users::me(&state.db, &caller).await,
         _ => Err(ApiError::new("BADOP", "unknown op")),

@@ -6,17 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::ratelimit::HourlyLimit;
+use crate::ratelimit::KeyedLimit;
 
 pub struct SmsLimits {
-    pub start_per_network: HourlyLimit,
-    pub start_per_calling_code: HourlyLimit,
+    pub start_per_network: KeyedLimit,
+    pub start_per_calling_code: KeyedLimit,
     budget: Arc<SmsBudget>,
 }
 
 /// The global hourly SMS budget; spent inside the transaction that queues a message.
 pub struct SmsBudget {
-    limit: HourlyLimit,
+    limit: KeyedLimit,
     /// Set while the budget is spent, so the ERROR is logged once per episode, not per request.
     spent: AtomicBool,
 }
@@ -24,10 +24,10 @@ pub struct SmsBudget {
 impl SmsLimits {
     pub fn from_config(config: &Config) -> Self {
         SmsLimits {
-            start_per_network: HourlyLimit::per_hour(config.limit_start_per_subnet_per_hour).named("start_per_network"),
-            start_per_calling_code: HourlyLimit::per_hour(config.limit_start_per_calling_code_per_hour).named("start_per_calling_code"),
+            start_per_network: KeyedLimit::per_hour(config.limit_start_per_subnet_per_hour).named("start_per_network"),
+            start_per_calling_code: KeyedLimit::per_hour(config.limit_start_per_calling_code_per_hour).named("start_per_calling_code"),
             budget: Arc::new(SmsBudget {
-                limit: HourlyLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
+                limit: KeyedLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
                 spent: AtomicBool::new(false),
             }),
         }

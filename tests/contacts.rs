@@ -185,3 +185,64 @@ async fn profile_changes_show_in_me_and_are_validated() {
     }
     assert_ok(server.call_op("profile", &ann, json!({ "name": "n".repeat(64), "status": "é".repeat(140) })).await);
 }
+
+fn stored_contacts(server: &TestServer) -> i64 {
+    server.db().query_row("SELECT count(*) FROM contacts", [], |r| r.get(0)).unwrap()
+}
+
+#[actix_web::test]
+async fn a_user_keeps_at_most_max_contacts_per_user() {
+    let server = TestServer::start(&[("MAX_CONTACTS_PER_USER", "3")]).await;
+    let ann = server.log_in(ANN, None).await;
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT] })).await);
+    let refused = server.call_op("getcontacts", &ann, json!({ "phones": [DAN, "18005550005"] })).await;
+    assert_error(&refused, 413, "TOOMANY");
+    assert!(refused.1.get("contacts").is_none(), "a refused upload learns nothing: {}", refused.1);
+    assert_eq!(stored_contacts(&server), 2, "nothing of it was stored");
+    // Known numbers do not count twice; a reset counts only what it uploads.
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT, DAN] })).await);
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": ["18005550005", "18005550006", "18005550007"], "reset": true })).await);
+    assert_eq!(stored_contacts(&server), 3);
+}
+
+#[actix_web::test]
+async fn new_numbers_are_limited_per_user_per_day_and_known_ones_cost_nothing() {
+    let server = TestServer::start(&[("LIMIT_NEW_CONTACTS_PER_USER_PER_DAY", "3")]).await;
+    let ann = server.log_in(ANN, None).await;
+    let bob = server.log_in(BOB, None).await;
+    for _ in 0..5 {
+        assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT, DAN] })).await);
+    }
+    // A reset with the same book costs nothing either.
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT, DAN], "reset": true })).await);
+    let (status, headers, reply) = server
+        .send_full(server.client().post(server.api()).json(&json!({ "op": "getcontacts", "token": ann, "phones": ["18005550005"] })))
+        .await;
+    assert_error(&(status, reply.clone()), 429, "RATELIMIT");
+    let retry_after = reply["retry_after"].as_u64().unwrap();
+    assert!((1..=86_400).contains(&retry_after), "{reply}");
+    assert_eq!(headers["retry-after"].to_str().unwrap(), retry_after.to_string());
+    assert!(reply.get("contacts").is_none());
+    // Deleting and uploading again makes a number new again.
+    assert_ok(server.call_op("delcontacts", &ann, json!({ "phones": [DAN] })).await);
+    assert_error(&server.call_op("getcontacts", &ann, json!({ "phones": [DAN] })).await, 429, "RATELIMIT");
+    // Each user has a budget of their own; more than a whole day's budget at once never fits.
+    assert_ok(server.call_op("getcontacts", &bob, json!({ "phones": [ANN] })).await);
+    let four = json!({ "phones": ["18005550011", "18005550012", "18005550013", "18005550014"] });
+    let cat = server.log_in(CAT, None).await;
+    assert_error(&server.call_op("getcontacts", &cat, four).await, 413, "TOOMANY");
+}
+
+#[actix_web::test]
+async fn new_numbers_are_limited_per_client_ip_over_all_its_users() {
+    let server = TestServer::start(&[("LIMIT_NEW_CONTACTS_PER_IP_PER_DAY", "4")]).await;
+    let ann = server.log_in(ANN, None).await;
+    let bob = server.log_in(BOB, None).await;
+    let upload = |token: &str, phones: Value| json!({ "op": "getcontacts", "token": token, "phones": phones });
+    assert_ok(server.call_from("127.0.0.1", upload(&ann, json!([BOB, CAT, DAN]))).await);
+    let refused = server.call_from("127.0.0.1", upload(&bob, json!([ANN, CAT]))).await;
+    assert_error(&refused, 429, "RATELIMIT");
+    assert!(refused.1["retry_after"].as_u64().is_some_and(|s| s > 0));
+    assert_ok(server.call_from("127.0.0.2", upload(&bob, json!([ANN, CAT]))).await);
+    assert_ok(server.call_from("127.0.0.1", upload(&ann, json!([BOB, CAT, DAN]))).await);
+}
