@@ -128,3 +128,9 @@ CREATE INDEX outbox_due ON outbox (next_attempt_at);
 -- Queued messages are kept encrypted (code and text), with a key that is not in the
 -- database; the service seals rows left in clear by earlier releases at start.
 ALTER TABLE courier ADD COLUMN sealed BLOB;
+
+-- migration: 3
+-- The challenge id a start reply carries: a verify that sends it back is bound to
+-- that code and its wrong guesses are counted apart from guesses without it.
+ALTER TABLE otp_challenges ADD COLUMN challenge_sha256 BLOB;   -- SHA-256 of the id; NULL for codes issued before
+ALTER TABLE otp_challenges ADD COLUMN bound_attempts INTEGER NOT NULL DEFAULT 0;

@@ -45,6 +45,9 @@ pub struct Config {
     pub otp_resend_secs: u64,
     #[serde(default = "defaults::otp_message")]
     pub otp_message: String,
+    /// Refuse a verify that does not send back the challenge id of its start reply.
+    #[serde(default)]
+    pub require_challenge: bool,
     /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
     #[serde(default)]
     pub test_otps: String,

@@ -84,6 +84,7 @@ fn login_request(params: &Params) -> LoginRequest {
         otp: field("otp").or_else(|| field("code")),
         device: field("device"),
         captcha_token: field("captcha_token"),
+        challenge: field("challenge"),
     }
 }
 
@@ -93,7 +94,10 @@ fn login_request(params: &Params) -> LoginRequest {
 fn login_fields(outcome: LoginOutcome, app: &AppReply) -> Map<String, Value> {
     let mut fields = Map::new();
     match outcome {
-        LoginOutcome::CodeSent => {
+        LoginOutcome::CodeSent { challenge } => {
+            if let Some(challenge) = challenge {
+                fields.insert("challenge".into(), challenge.into());
+            }
             if let Some(title) = &app.start_title {
                 fields.insert("title".into(), title.as_str().into());
             }

@@ -19,7 +19,7 @@ use crate::ratelimit::{KeyedLimit, Limits};
 use crate::senders::{OtpMessage, Senders};
 use crate::sessions;
 use crate::sms_limits::SmsLimits;
-use crate::storage::{self, CompletedLogin, Db, NewChallenge, VerifyOutcome};
+use crate::storage::{self, CompletedLogin, Db, Guess, NewChallenge, VerifyOutcome};
 use crate::templates::Templates;
 use crate::upstream::{IssuedToken, Upstream};
 use crate::users::{refuse_control_characters, OwnProfile, MAX_NAME_CHARS};
@@ -38,11 +38,16 @@ pub struct LoginRequest {
     pub device: Option<String>,
     /// The CAPTCHA widget's response, when `CAPTCHA_PROVIDER` is set.
     pub captcha_token: Option<String>,
+    /// The challenge id of the start reply, sent back with the code.
+    pub challenge: Option<String>,
 }
 
 #[derive(Debug)]
 pub enum LoginOutcome {
-    CodeSent,
+    /// A code is on its way; `challenge` binds a verify to it (none for test numbers).
+    CodeSent {
+        challenge: Option<String>,
+    },
     LoggedIn(Box<LoggedIn>),
 }
 
@@ -61,12 +66,14 @@ pub struct LoginFlow {
     hasher: OtpHasher,
     senders: Senders,
     upstream: Arc<Upstream>,
-    pub limits: Limits,
+    pub limits: Arc<Limits>,
     test_otps: HashMap<String, String>,
     otp_length: usize,
     otp_ttl_secs: i64,
     otp_resend_secs: i64,
     otp_max_attempts: u32,
+    /// Refuse verifies that do not send the start reply's challenge id back.
+    require_challenge: bool,
     templates: Templates,
     phones: PhonePolicy,
     pub sms_limits: SmsLimits,
@@ -93,12 +100,13 @@ impl LoginFlow {
             hasher: keys.hasher.clone(),
             senders,
             upstream: Arc::new(Upstream::from_config(config)?),
-            limits: Limits::from_config(config),
+            limits: Arc::new(Limits::from_config(config)),
             test_otps: config.test_otps()?,
             otp_length: config.otp_length,
             otp_ttl_secs: config.otp_ttl_secs as i64,
             otp_resend_secs: config.otp_resend_secs as i64,
             otp_max_attempts: config.otp_max_attempts,
+            require_challenge: config.require_challenge,
             templates,
             phones: PhonePolicy::from_config(config)?,
             sms_limits: SmsLimits::from_config(config),
@@ -130,7 +138,8 @@ impl LoginFlow {
                 }
                 refuse_control_characters("name", name)?;
                 refuse_control_characters("device", device.unwrap_or_default())?;
-                self.verify(appid, address, calling_code, code, name, device, client_ip).await
+                let guess = VerifyRequest { code, name, device, challenge: non_empty(&request.challenge) };
+                self.verify(appid, address, calling_code, guess, client_ip).await
             }
         }
     }
@@ -156,15 +165,17 @@ impl LoginFlow {
             check(&self.sms_limits.start_per_calling_code, &code.to_string())?;
         }
         if self.test_otps.contains_key(address.as_str()) {
-            return Ok(LoginOutcome::CodeSent);
+            return Ok(LoginOutcome::CodeSent { challenge: None });
         }
 
         let code = otp::generate(self.otp_length);
         let otp_hash = self.hasher.hash(address.as_str(), &code);
+        let challenge_id = otp::challenge_id();
         let challenge = NewChallenge {
             address: address.as_str().to_string(),
             appid: appid.to_string(),
             otp_hash,
+            challenge_sha256: otp::challenge_sha256(&challenge_id),
             now: storage::now(),
             ttl_secs: self.otp_ttl_secs,
             resend_secs: self.otp_resend_secs,
@@ -185,30 +196,34 @@ impl LoginFlow {
                 metrics::OTP_ISSUED.inc();
                 // The courier logs each delivery from its own task; this line ties the code to the request.
                 tracing::info!(to = %address.masked(), appid, "code issued");
-                Ok(LoginOutcome::CodeSent)
+                Ok(LoginOutcome::CodeSent { challenge: Some(challenge_id) })
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn verify(
         &self,
         appid: &str,
         address: Address,
         calling_code: Option<u16>,
-        code: &str,
-        name: &str,
-        device: Option<&str>,
+        request: VerifyRequest<'_>,
         client_ip: &str,
     ) -> Result<LoginOutcome, ApiError> {
+        let VerifyRequest { code, name, device, challenge } = request;
         let fixed = self.test_otps.get(address.as_str());
         // A code of another shape cannot match: refused before it spends a guess or a limit.
         // (A JSON number loses a code's leading zeros; the apps send strings.)
         if fixed.is_none() && (code.len() != self.otp_length || !code.bytes().all(|b| b.is_ascii_digit())) {
             return Err(ApiError::new("BADPARAM", format!("the code must be a string of {} digits", self.otp_length)));
         }
+        // Test numbers have no challenge id: their start reply carries none.
+        if fixed.is_none() && self.require_challenge && challenge.is_none() {
+            return Err(ApiError::new("BADPARAM", "challenge is required: send back the one the login start answered"));
+        }
+        if challenge.is_some_and(|c| c.len() > MAX_ID_CHARS) {
+            return Err(ApiError::new("BADPARAM", format!("challenge must be at most {MAX_ID_CHARS} characters")));
+        }
         check(&self.limits.verify_per_ip, client_ip)?;
-        check(&self.limits.verify_per_address, address.as_str())?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
 
         let failed = |reason: &str, error: ApiError| {
@@ -216,19 +231,31 @@ impl LoginFlow {
             Err(error)
         };
         if let Some(fixed) = fixed {
+            check(&self.limits.verify_per_address, address.as_str())?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
                 return failed("wrong", ApiError::new("BADCODE", "wrong code"));
             }
         } else {
             let (owned, owned_appid, max, claim_secs) =
                 (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts, self.claim_secs);
+            let challenge_sha256 = challenge.map(otp::challenge_sha256);
+            let limits = Arc::clone(&self.limits);
             let outcome = self
                 .db
-                .call(move |conn| storage::check_and_claim(conn, &owned, &owned_appid, &otp_hash, storage::now(), max, claim_secs))
+                .call(move |conn| {
+                    let guess = Guess { address: &owned, appid: &owned_appid, otp_hash: &otp_hash, challenge_sha256 };
+                    // Spent only by a guess that could match a pending code: guesses that cannot
+                    // (another app, no code) must not lock the address's owner out.
+                    let admit = || limits.verify_per_address.check(&owned);
+                    storage::check_and_claim(conn, &guess, storage::now(), max, claim_secs, admit)
+                })
                 .await
                 .map_err(internal)?;
             match outcome {
                 VerifyOutcome::Claimed => {}
+                VerifyOutcome::Refused(wait) => {
+                    return Err(ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")));
+                }
                 VerifyOutcome::NoCode => {
                     let why = "no valid code for this address (expired, already used, or never sent); request a new one";
                     return failed("no_code", ApiError::new("BADCODE", why));
@@ -264,6 +291,14 @@ impl LoginFlow {
             ApiError::internal()
         })?
     }
+}
+
+/// The fields of a verify besides the address and app.
+struct VerifyRequest<'a> {
+    code: &'a str,
+    name: &'a str,
+    device: Option<&'a str>,
+    challenge: Option<&'a str>,
 }
 
 /// A verified, claimed code on its way to becoming an access token.

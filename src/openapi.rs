@@ -31,9 +31,11 @@ pub fn op_doc(op: &str) -> Option<OpDoc> {
                 ("otp", "string", "The code, when verifying."),
                 ("code", "string", "Older name of otp."),
                 ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
+                ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
             ],
             required: &["appid"],
             reply: &[
+                ("challenge", "string", "Start only: an id to send back with the code (none for TEST_OTPS numbers)."),
                 ("title", "string", "Start only, when APP_SETTINGS sets start.title: the title of the notice below."),
                 ("message", "string", "Start only, when APP_SETTINGS sets start.message: a notice the Android app shows as an alert."),
                 ("delay", "integer", "Start only, when APP_SETTINGS sets start.delay: milliseconds before the app shows the code field."),

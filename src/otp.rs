@@ -13,6 +13,21 @@ pub fn generate(len: usize) -> String {
     format!("{n:0len$}")
 }
 
+/// A fresh challenge id: 128 random bits, URL-safe base64. A start reply carries it and
+/// a verify may send it back, to be counted apart from guesses of whoever never saw it.
+pub fn challenge_id() -> String {
+    use base64::Engine;
+    let mut id = [0u8; 16];
+    OsRng.fill(&mut id);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id)
+}
+
+/// What is stored of a challenge id: being random, a plain digest hides it.
+pub fn challenge_sha256(id: &str) -> [u8; 32] {
+    use sha2::Digest;
+    Sha256::digest(id.as_bytes()).into()
+}
+
 /// Hashes codes with HMAC-SHA256 under a server secret, bound to the address,
 /// so a leaked database reveals no code and a hash cannot be reused for another user.
 #[derive(Clone)]

@@ -540,6 +540,8 @@ pub struct NewChallenge {
     pub address: String,
     pub appid: String,
     pub otp_hash: [u8; 32],
+    /// SHA-256 of the challenge id the start reply carries.
+    pub challenge_sha256: [u8; 32],
     pub now: i64,
     pub ttl_secs: i64,
     pub resend_secs: i64,
@@ -558,10 +560,10 @@ pub fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Opti
 /// Stores a challenge, replacing the address's previous one (check [`resend_wait`] first).
 pub fn store_challenge(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL)",
+        "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL, ?6, 0)",
     )?
-    .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs])?;
+    .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs, &c.challenge_sha256[..]])?;
     Ok(())
 }
 
@@ -571,56 +573,100 @@ struct Challenge {
     expires_at: i64,
     attempts: u32,
     claimed_at: Option<i64>,
+    challenge_sha256: Option<Vec<u8>>,
+    bound_attempts: u32,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyOutcome {
     /// The code was right; the challenge is claimed so no concurrent request can use it.
     Claimed,
-    /// No usable challenge: never issued, expired, used, or claimed by another request.
+    /// No code this guess could match: never issued, expired, used, claimed by another
+    /// request, asked for by another app, or bound to another challenge id. Nothing was spent.
     NoCode,
     /// Wrong code; this many guesses remain.
     Wrong { left: u32 },
     /// Too many wrong guesses; the challenge is dead.
     TooManyAttempts,
+    /// `admit` refused the guess: retry after this many seconds. Nothing was evaluated.
+    Refused(u64),
+}
+
+/// A guess at the pending code of `address`.
+pub struct Guess<'a> {
+    pub address: &'a str,
+    pub appid: &'a str,
+    pub otp_hash: &'a [u8; 32],
+    /// SHA-256 of the challenge id the client sent back, if it sent one.
+    pub challenge_sha256: Option<[u8; 32]>,
 }
 
 /// Checks a guess and, when right, claims the challenge, all in one write transaction,
 /// so two concurrent requests with the right code cannot both succeed. A claim older
 /// than `claim_secs` was left by a process that died while exchanging the code (a live
 /// one has finished or given the claim back by then): the code is free again.
+///
+/// A guess that sends the code's challenge id is counted apart from guesses without
+/// one (`bound_attempts`), so guesses from someone who never saw the start reply cannot
+/// use up the attempts of the one who did. `admit` (the per-address budget) is spent
+/// only by a guess without challenge id that could match a pending code.
 pub fn check_and_claim(
     conn: &mut Connection,
-    address: &str,
-    appid: &str,
-    guess_hash: &[u8; 32],
+    guess: &Guess,
     now: i64,
     max_attempts: u32,
     claim_secs: i64,
+    admit: impl FnOnce() -> Result<(), u64>,
 ) -> rusqlite::Result<VerifyOutcome> {
+    let address = guess.address;
     atomically(conn, |tx| {
         let row = tx
-            .prepare_cached("SELECT appid, otp_hash, expires_at, attempts, claimed_at FROM otp_challenges WHERE address = ?1")?
+            .prepare_cached(
+                "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts FROM otp_challenges WHERE address = ?1",
+            )?
             .query_row([address], |r| {
-                Ok(Challenge { appid: r.get(0)?, otp_hash: r.get(1)?, expires_at: r.get(2)?, attempts: r.get(3)?, claimed_at: r.get(4)? })
+                Ok(Challenge {
+                    appid: r.get(0)?,
+                    otp_hash: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    attempts: r.get(3)?,
+                    claimed_at: r.get(4)?,
+                    challenge_sha256: r.get(5)?,
+                    bound_attempts: r.get(6)?,
+                })
             })
             .optional()?;
         let Some(challenge) = row else {
             return Ok(VerifyOutcome::NoCode);
         };
         let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
-        if challenge.expires_at <= now || claimed || challenge.appid != appid {
+        if challenge.expires_at <= now || claimed || challenge.appid != guess.appid {
             return Ok(VerifyOutcome::NoCode);
         }
-        let attempts = challenge.attempts;
+        let bound = match (&guess.challenge_sha256, &challenge.challenge_sha256) {
+            (None, _) => false,
+            (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
+            (Some(_), _) => return Ok(VerifyOutcome::NoCode),
+        };
+        let attempts = if bound { challenge.bound_attempts } else { challenge.attempts };
         if attempts >= max_attempts {
             return Ok(VerifyOutcome::TooManyAttempts);
         }
-        if otp::same(&challenge.otp_hash, guess_hash) {
+        if !bound {
+            if let Err(wait) = admit() {
+                return Ok(VerifyOutcome::Refused(wait));
+            }
+        }
+        if otp::same(&challenge.otp_hash, guess.otp_hash) {
             tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
             return Ok(VerifyOutcome::Claimed);
         }
-        tx.prepare_cached("UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1")?.execute([address])?;
+        let count_it = if bound {
+            "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = ?1"
+        } else {
+            "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1"
+        };
+        tx.prepare_cached(count_it)?.execute([address])?;
         Ok(match max_attempts - attempts - 1 {
             0 => VerifyOutcome::TooManyAttempts,
             left => VerifyOutcome::Wrong { left },

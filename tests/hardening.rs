@@ -98,3 +98,88 @@ async fn invalid_utf8_in_a_form_or_query_string_is_a_bad_request() {
     let request = server.client().post(server.api()).form(&[("op", "login"), ("appid", APPID), ("phone", PHONE), ("name", "Zoë")]);
     assert_eq!(server.send(request).await.0, 200);
 }
+
+#[actix_web::test]
+async fn guesses_that_cannot_match_a_code_do_not_spend_the_phones_budget() {
+    let server = TestServer::start(&[("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "3")]).await;
+    let bogus = |n: usize| json!({ "op": "login", "phone": PHONE, "appid": "com.attacker", "otp": format!("{n:06}") });
+    // Before and after the victim asks for a code, from another address with another app.
+    for n in 0..10 {
+        assert_error(&server.call_from("127.0.0.2", bogus(n)).await, 401, "BADCODE");
+    }
+    let code = server.start_login(PHONE).await;
+    for n in 10..40 {
+        assert_error(&server.call_from("127.0.0.2", bogus(n)).await, 401, "BADCODE");
+    }
+    let (status, reply) = server.call(verify(PHONE, &code)).await;
+    assert_eq!(status, 200, "the victim's code still works: {reply}");
+
+    // Guesses that could match still spend it (the victim's verify spent one of the three).
+    let code = server.start_login(PHONE).await;
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    for _ in 0..2 {
+        assert_error(&server.call_from("127.0.0.2", verify(PHONE, wrong)).await, 401, "BADCODE");
+    }
+    assert_error(&server.call_from("127.0.0.2", verify(PHONE, wrong)).await, 429, "RATELIMIT");
+}
+
+#[actix_web::test]
+async fn a_verify_with_the_challenge_id_is_counted_apart_from_guesses_without_it() {
+    let server = TestServer::start(&[("OTP_MAX_ATTEMPTS", "3")]).await;
+    let (status, started) = server.call(login(PHONE)).await;
+    assert_eq!(status, 200, "{started}");
+    let challenge = started["challenge"].as_str().expect("the start reply carries a challenge id").to_string();
+    assert!(challenge.len() >= 22, "{challenge}");
+    let code = server.sender.last_code(PHONE);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+
+    // Someone who never saw the start reply uses up the guesses without a challenge id...
+    for _ in 0..2 {
+        assert_error(&server.call_from("127.0.0.2", verify(PHONE, wrong)).await, 401, "BADCODE");
+    }
+    for _ in 0..2 {
+        assert_error(&server.call_from("127.0.0.2", verify(PHONE, wrong)).await, 401, "TOOMANYATTEMPTS");
+    }
+    assert_error(&server.call_from("127.0.0.2", verify(PHONE, &code)).await, 401, "TOOMANYATTEMPTS");
+    // ...and a made-up challenge id matches nothing and spends nothing.
+    let mut forged = verify(PHONE, &code);
+    forged["challenge"] = "AAAAAAAAAAAAAAAAAAAAAA".into();
+    assert_error(&server.call_from("127.0.0.2", forged).await, 401, "BADCODE");
+
+    // The holder of the start reply still logs in.
+    let mut bound = verify(PHONE, &code);
+    bound["challenge"] = challenge.into();
+    let (status, reply) = server.call(bound).await;
+    assert_eq!(status, 200, "{reply}");
+
+    // Guesses with the challenge id have their own limit.
+    let (_, started) = server.call(login(PHONE)).await;
+    let code = server.sender.last_code(PHONE);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    let with_challenge = |otp: &str| {
+        let mut request = verify(PHONE, otp);
+        request["challenge"] = started["challenge"].clone();
+        request
+    };
+    for expected in ["BADCODE", "BADCODE", "TOOMANYATTEMPTS"] {
+        assert_error(&server.call(with_challenge(wrong)).await, 401, expected);
+    }
+    assert_error(&server.call(with_challenge(&code)).await, 401, "TOOMANYATTEMPTS");
+}
+
+#[actix_web::test]
+async fn require_challenge_refuses_a_verify_without_it_except_for_test_numbers() {
+    let server = TestServer::start(&[("REQUIRE_CHALLENGE", "true"), ("OTP_MAX_ATTEMPTS", "1"), ("TEST_OTPS", "18005550000:123456")]).await;
+    let (_, started) = server.call(login(PHONE)).await;
+    let code = server.sender.last_code(PHONE);
+    let reply = server.call(verify(PHONE, &code)).await;
+    assert_error(&reply, 400, "BADPARAM");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("challenge"), "{}", reply.1);
+    let mut bound = verify(PHONE, &code);
+    bound["challenge"] = started["challenge"].clone();
+    assert_eq!(server.call(bound).await.0, 200, "the refusal spent no guess");
+    // Test numbers get no challenge id, and need none.
+    let (_, started) = server.call(login("18005550000")).await;
+    assert!(started.get("challenge").is_none(), "{started}");
+    assert_eq!(server.call(verify("18005550000", "123456")).await.0, 200);
+}
