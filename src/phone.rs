@@ -12,6 +12,9 @@ use crate::address;
 use crate::config::Config;
 use crate::error::ApiError;
 
+/// Re-parses of a number's E.164 form before it must parse to itself (each drops zeros).
+const MAX_CANONICAL_ROUNDS: usize = 4;
+
 /// A number that passed every check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidPhone {
@@ -134,12 +137,27 @@ impl PhonePolicy {
             (kind != Type::Unknown).then_some((number, kind))
         };
         let international = address::normalize_phone(raw).and_then(|digits| phonenumber::parse(None, format!("+{digits}")).ok());
-        let (number, kind) = international
+        let (mut number, mut kind) = international
             .and_then(typed)
             .or_else(|| self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed))
             .ok_or_else(malformed)?;
 
-        let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        // Zeros typed after the country code (`+91 0 98765 43210`) come back from the
+        // parser in the E.164 form, and that form parses to one with fewer zeros: the
+        // same phone under two addresses, each with its own account and limits. The
+        // stored form is the one that parses to itself.
+        let mut e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        for _ in 0..MAX_CANONICAL_ROUNDS {
+            let (again, again_kind) = phonenumber::parse(None, &e164).ok().and_then(typed).ok_or_else(malformed)?;
+            let again_e164 = again.format().mode(phonenumber::Mode::E164).to_string();
+            if again_e164 == e164 {
+                break;
+            }
+            (number, kind, e164) = (again, again_kind, again_e164);
+        }
+        if phonenumber::parse(None, &e164).ok().map(|n| n.format().mode(phonenumber::Mode::E164).to_string()).as_ref() != Some(&e164) {
+            return Err(malformed());
+        }
         let masked = || crate::address::Address::Phone(e164.trim_start_matches('+').to_string()).masked();
         let refused_by = |setting: &str, message: &str| {
             tracing::info!(phone = %masked(), "phone refused by {setting}");
@@ -202,6 +220,18 @@ mod tests {
             assert_eq!((phone.digits.as_str(), phone.calling_code), ("447400123456", 44), "{raw}");
         }
         assert!(policy(&[]).check("07400 123456").is_err(), "national input needs DEFAULT_REGION");
+    }
+
+    #[test]
+    fn zeros_typed_after_the_country_code_give_the_same_phone() {
+        let p = policy(&[("DEFAULT_REGION", "GB")]);
+        for raw in ["+91 98765 43210", "+91 098765 43210", "+91 00098765 43210"] {
+            assert_eq!(p.check(raw).unwrap().digits, "919876543210", "{raw}");
+        }
+        for raw in ["+44 20 7946 0958", "+44 0 20 7946 0958", "+44 000 20 7946 0958"] {
+            assert_eq!(p.check(raw).map(|phone| phone.digits).ok().as_deref(), Some("442079460958"), "{raw}");
+        }
+        assert_eq!(p.check("+39 347 123 4567").unwrap().digits, "393471234567");
     }
 
     #[test]
