@@ -174,16 +174,11 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
     response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(Value::Object(body).to_string())
 }
 
-/// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
-/// multipart form); body fields win. Contact ops carry whole address books and may send
-/// up to `max_contacts_body_bytes`; every other op is held to `max_body_bytes`, checked
-/// once the op is known.
+/// Reads the request's fields (see [`parse_fields`]). Contact ops carry whole address
+/// books and may send up to `max_contacts_body_bytes`; every other op is held to
+/// `max_body_bytes`, checked once the op is known.
 async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
     let bad = |message: &str| ApiError::new("BADREQUEST", message);
-    let mut params: Params = url_encoded(request.query_string())
-        .ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?
-        .into_iter()
-        .collect();
     let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
     let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
     let body = payload
@@ -192,8 +187,24 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
         .map_err(|_| too_large(read_limit))?
         .map_err(|_| bad("the request body could not be read"))?;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let size = body.len();
+    let params = parse_fields(request.query_string(), content_type, body).await?;
+    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
+    let limit = if ops::is_contacts_op(&op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
+    if size > limit {
+        return Err(too_large(limit));
+    }
+    Ok(params)
+}
+
+/// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
+/// multipart form); body fields win.
+pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> Result<Params, ApiError> {
+    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let mut params: Params =
+        url_encoded(query).ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect();
     if content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
-        params.extend(multipart_fields(content_type, body.clone()).await?);
+        params.extend(multipart_fields(content_type, body).await?);
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
         // JSON whatever the Content-Type (the iOS app sends none, `curl -d` a form type).
@@ -202,11 +213,6 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
         } else if !text.is_empty() {
             params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
         }
-    }
-    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
-    let limit = if ops::is_contacts_op(&op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
-    if body.len() > limit {
-        return Err(too_large(limit));
     }
     Ok(params)
 }

@@ -8,6 +8,7 @@ pub mod client_ip;
 pub mod config;
 pub mod courier;
 pub mod error;
+pub mod fuzz_targets;
 pub mod http;
 pub mod keys;
 pub mod login;
