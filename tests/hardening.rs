@@ -183,3 +183,80 @@ async fn require_challenge_refuses_a_verify_without_it_except_for_test_numbers()
     assert!(started.get("challenge").is_none(), "{started}");
     assert_eq!(server.call(verify("18005550000", "123456")).await.0, 200);
 }
+
+#[actix_web::test]
+async fn of_200_concurrent_wrong_guesses_exactly_the_allowed_number_are_evaluated() {
+    let server = TestServer::start(&[("OTP_MAX_ATTEMPTS", "5")]).await;
+    let (_, started) = server.call(login(PHONE)).await;
+    let code = server.sender.last_code(PHONE);
+    let wrong = if code == "000000" { "000001" } else { "000000" };
+    for challenge in [None, Some(started["challenge"].clone())] {
+        let guesses = (0..200).map(|_| {
+            let mut request = verify(PHONE, wrong);
+            if let Some(challenge) = &challenge {
+                request["challenge"] = challenge.clone();
+            }
+            server.call(request)
+        });
+        let replies = futures_util::future::join_all(guesses).await;
+        let counted = |error: &str| replies.iter().filter(|(_, reply)| reply["error"] == error).count();
+        assert_eq!((counted("BADCODE"), counted("TOOMANYATTEMPTS")), (4, 196), "{challenge:?}");
+    }
+    let (attempts, bound): (u32, u32) =
+        server.db().query_row("SELECT attempts, bound_attempts FROM otp_challenges", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    assert_eq!((attempts, bound), (5, 5));
+    assert_error(&server.call(verify(PHONE, &code)).await, 401, "TOOMANYATTEMPTS");
+}
+
+/// Values for each field of each op the OpenAPI document describes: empty, huge, of the
+/// wrong JSON type, or with characters a parser or a database could choke on.
+fn hostile_values(valid_phone: &str) -> Vec<serde_json::Value> {
+    vec![
+        json!(""),
+        json!(" "),
+        json!("x".repeat(10_000)),
+        json!(0),
+        json!(-1),
+        json!(1e300),
+        json!(true),
+        json!(null),
+        json!([valid_phone, 12, null, {"a": 1}]),
+        json!({ "nested": [1, 2] }),
+        json!("Ann\u{0}\u{1b}[31m\u{202e}"),
+        json!("'; DROP TABLE users; --"),
+        json!("%FF%00"),
+        json!("\u{1F600}".repeat(100)),
+        json!(valid_phone),
+        json!("123456"),
+    ]
+}
+
+#[actix_web::test]
+async fn requests_generated_from_the_openapi_document_never_answer_a_server_error() {
+    let server = TestServer::start(&[("TEST_OTPS", "18005550000:123456")]).await;
+    let token = server.log_in(PHONE, Some("android-123")).await;
+    let (_, document) = server.send(server.client().get(format!("{}/openapi.json", server.url))).await;
+    let schemas = document["components"]["schemas"].as_object().unwrap();
+    let mut sent = 0;
+    for (name, schema) in schemas.iter().filter(|(name, _)| name.ends_with("Request")) {
+        let op = schema["properties"]["op"]["enum"][0].as_str().unwrap_or_else(|| panic!("{name} names its op"));
+        let fields: Vec<&String> = schema["properties"].as_object().unwrap().keys().filter(|k| *k != "op").collect();
+        assert!(!fields.is_empty(), "{name}");
+        for field in &fields {
+            for value in hostile_values("18005550000") {
+                // Each field alone, and beside a valid login or a valid session.
+                for base in [json!({ "op": op }), json!({ "op": op, "appid": APPID, "phone": "18005550000", "token": token })] {
+                    let mut request = base;
+                    request[field.as_str()] = value.clone();
+                    let (status, reply) = server.call(request.clone()).await;
+                    assert!(status < 500, "{request} answered {status}: {reply}");
+                    assert!(reply["result"].is_boolean(), "{request}: {reply}");
+                    sent += 1;
+                }
+            }
+        }
+    }
+    assert!(sent >= 500, "only {sent} requests");
+    // The session survived (unless a generated logout ended it, which is fine: it answered).
+    assert!(server.call_op("me", &token, json!({})).await.0 < 500);
+}
