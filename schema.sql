@@ -57,7 +57,7 @@ CREATE INDEX IF NOT EXISTS courier_queued ON courier (status, next_attempt_ms);
 -- ===========================================================================
 
 -- migration: 1
--- Sessions, profiles, contacts and the notification outbox (issue 3).
+-- Sessions, profiles, contacts and the notification outbox.
 
 -- Users get a stable local id and a profile; the last-token hash moves to sessions.
 CREATE TABLE users_v1 (

@@ -90,7 +90,7 @@ pub struct Config {
     #[serde(default = "defaults::email_subject")]
     pub email_subject: String,
 
-    // --- Sessions, contact sync, notifications (issue 3) ---
+    // --- Sessions, contact sync, notifications ---
     /// Live sessions per user; a login beyond it evicts the least recently used.
     #[serde(default = "defaults::max_devices")]
     pub max_devices: usize,
@@ -113,7 +113,7 @@ pub struct Config {
     #[serde(default = "defaults::outbox_retry_secs")]
     pub outbox_retry_secs: u64,
 
-    // --- Operations (issue 6): logs, HTTP limits, readiness, shutdown ---
+    // --- Operations: logs, HTTP limits, readiness, shutdown ---
     /// `text` for people, `json` (one object per line) for log shippers.
     #[serde(default = "defaults::log_format")]
     pub log_format: String,
@@ -136,7 +136,7 @@ pub struct Config {
     #[serde(default)]
     pub readyz_upstream_cache_secs: u64,
 
-    // --- Production sending, phone checks and SMS-fraud defences (issue 4) ---
+    // --- Production sending, phone checks and SMS-fraud defences ---
     /// Per-request timeout of the twilio, vonage, messagebird and webhook senders.
     #[serde(default = "defaults::provider_timeout_secs")]
     pub provider_timeout_secs: u64,
@@ -313,7 +313,7 @@ mod defaults {
         "Your login code".into()
     }
 
-    // Sessions, contact sync, notifications (issue 3).
+    // Sessions, contact sync, notifications.
     pub fn max_devices() -> usize {
         8
     }
@@ -335,7 +335,7 @@ mod defaults {
     pub fn outbox_retry_secs() -> u64 {
         5
     }
-    // Operations (issue 6)
+    // Operations
     pub fn log_format() -> String {
         "text".into()
     }
@@ -352,7 +352,7 @@ mod defaults {
     pub fn shutdown_grace_secs() -> u64 {
         20
     }
-    // --- Production sending, phone checks and SMS-fraud defences (issue 4) ---
+    // --- Production sending, phone checks and SMS-fraud defences ---
     pub fn provider_timeout_secs() -> u64 {
         10
     }
@@ -459,7 +459,7 @@ impl Config {
         Ok(())
     }
 
-    /// The settings of sessions, contact sync and notifications (issue 3).
+    /// The settings of sessions, contact sync and notifications.
     fn validate_sessions(&self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         if self.max_devices == 0 {

@@ -21,14 +21,14 @@ pub mod storage;
 pub mod templates;
 pub mod upstream;
 
-// Sessions, contact sync, profiles and notifications (issue 3).
+// Sessions, contact sync, profiles and notifications.
 pub mod contacts;
 pub mod ops;
 pub mod outbox;
 pub mod schema;
 pub mod sessions;
 pub mod users;
-// Operations (issue 6)
+// Operations
 pub mod cli;
 pub mod health;
 pub mod logging;
@@ -53,14 +53,14 @@ pub struct AppState {
     pub login: LoginFlow,
     /// What the login reply tells each app besides its token.
     pub apps: app_settings::AppSettings,
-    // Sessions, contact sync and notifications (issue 3).
+    // Sessions, contact sync and notifications.
     pub contact_limits: Arc<contacts::ContactLimits>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
     pub outbox: Arc<outbox::Outbox>,
-    // Operations (issue 6).
+    // Operations.
     pub readiness: health::Readiness,
     pub http: server::HttpSettings,
-    // Production sending and SMS-fraud defences (issue 4).
+    // Production sending and SMS-fraud defences.
     pub proxies: TrustedProxies,
 }
 

@@ -79,7 +79,7 @@ pub struct LoginFlow {
     pub sms_limits: SmsLimits,
     captcha: Option<Captcha>,
     pub courier: Arc<Courier>,
-    // Sessions (issue 3).
+    // Sessions.
     max_devices: usize,
     token_expiry_secs: i64,
     /// How long a claimed code stays claimed: the exchange ends within the upstream
