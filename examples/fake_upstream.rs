@@ -4,7 +4,7 @@
 //! `UPSTREAM_URL=http://127.0.0.1:9000/ APP_TOKEN=dev cargo run --release`.
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use otpgate::upstream::builtin;
+use otpgate::delivery::upstream::builtin;
 use serde_json::Value;
 
 #[actix_web::main]

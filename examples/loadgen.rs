@@ -26,9 +26,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
+use otpgate::api::AppState;
 use otpgate::config::Config;
-use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
-use otpgate::AppState;
+use otpgate::delivery::senders::{OtpMessage, OtpSender, SendError, Senders};
 
 struct Args {
     secs: u64,
@@ -324,7 +324,7 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
     let sender = Arc::new(MemorySender::default());
     let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).expect("service starts"));
     let server_state = state.clone();
-    let server = HttpServer::new(move || otpgate::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
+    let server = HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
     let addr = server.addrs()[0];
     actix_web::rt::spawn(server.run());
     state.clone().into_inner().start_background_tasks();
@@ -348,7 +348,7 @@ fn preload(db_path: &str, users: u64, contacts: u64, pending: u64) {
     // runs.) The large cache keeps the load near a minute; this process is not measured.
     conn.execute_batch("PRAGMA cache_size = -2000000").unwrap();
     let tx = conn.transaction().unwrap();
-    let now = otpgate::storage::now();
+    let now = otpgate::store::now();
     {
         let mut insert =
             tx.prepare("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, 'User', ?3, ?3, ?3)").unwrap();
@@ -467,7 +467,7 @@ fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
 }
 
 async fn garbage_collect(service: &Service) {
-    let now = otpgate::storage::now();
+    let now = otpgate::store::now();
     let rows = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table}"));
     let expired = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table} WHERE expires_at <= {now}"));
     let (codes, expired_codes, sessions, expired_sessions) =
@@ -489,7 +489,7 @@ async fn main() {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    otpgate::logging::init("text");
+    otpgate::runtime::logging::init("text");
     if let Some(db_path) = &args.preload_into {
         preload(db_path, args.users, args.contacts, args.pending);
         return;
@@ -497,7 +497,7 @@ async fn main() {
     if let Some(dir) = &args.run_preloaded {
         let db_path = std::path::Path::new(dir).join("otpgate.db");
         let codes = |which: &str| count(&db_path, &format!("SELECT count(*) FROM otp_challenges {which}"));
-        let expired = format!("WHERE expires_at <= {}", otpgate::storage::now());
+        let expired = format!("WHERE expires_at <= {}", otpgate::store::now());
         let before = (codes(""), codes(&expired));
         let service = start_service(std::path::Path::new(dir)).await;
         // The periodic task's first round runs as the service starts.
@@ -555,7 +555,7 @@ const THROUGHPUT_TAG: &str = "throughput-per-sec:";
 fn run_preloaded(args: &Args, empty: &[Measured]) -> bool {
     let scale_dir = tempfile::tempdir().unwrap();
     let db_path = scale_dir.path().join("otpgate.db");
-    drop(otpgate::storage::Db::open(&db_path.to_string_lossy(), 1).expect("create the schema"));
+    drop(otpgate::store::Db::open(&db_path.to_string_lossy(), 1).expect("create the schema"));
     let me = std::env::current_exe().unwrap();
     let sizes = ["--users", &args.users.to_string(), "--contacts", &args.contacts.to_string(), "--pending", &args.pending.to_string()]
         .map(String::from);

@@ -2,9 +2,9 @@ use actix_web::web;
 use clap::Parser;
 use std::process::ExitCode;
 
-use otpgate::cli::{self, Cli, Command};
 use otpgate::config::Config;
-use otpgate::{logging, senders, server, AppState};
+use otpgate::runtime::cli::{self, Cli, Command};
+use otpgate::{api::server, api::AppState, delivery::senders, runtime::logging};
 
 /// Exit status for a configuration or start-up error.
 const CONFIG_ERROR: u8 = 2;

@@ -5,7 +5,7 @@ use rusqlite::ffi;
 
 #[test]
 fn sqlite_allocates_from_mimalloc() {
-    assert!(otpgate::allocator::route_sqlite(), "SQLite takes the allocator before its first use");
+    assert!(otpgate::store::allocator::route_sqlite(), "SQLite takes the allocator before its first use");
     let conn = rusqlite::Connection::open_in_memory().unwrap();
     conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(100000));").unwrap();
     let blob_len: i64 = conn.query_row("SELECT length(x) FROM t", [], |r| r.get(0)).unwrap();
@@ -26,5 +26,5 @@ fn sqlite_allocates_from_mimalloc() {
         assert!(!libmimalloc_sys::mi_is_in_heap_region(system));
         libc::free(system);
     }
-    assert!(otpgate::allocator::route_sqlite(), "asking again changes nothing");
+    assert!(otpgate::store::allocator::route_sqlite(), "asking again changes nothing");
 }

@@ -133,7 +133,7 @@ async fn every_app_logs_in_and_out_as_it_does_against_the_reference() {
             assert_eq!(status, 200, "{app:?} {dialect}: {reply}");
             app.check_verify_reply(&reply, dialect);
             let token = reply["token"].as_str().unwrap().to_string();
-            assert!(token.starts_with(otpgate::upstream::builtin::FAKE_TOKEN_PREFIX));
+            assert!(token.starts_with(otpgate::delivery::upstream::builtin::FAKE_TOKEN_PREFIX));
 
             // The session works for the ops that need one, and logout ends it with OK.
             let me = app.request(&server, &[("op", "me".into()), ("token", token.clone())]);
@@ -191,7 +191,7 @@ async fn failures_answer_200_with_fail_and_the_code_in_the_mesibo_dialect() {
 #[actix_web::test]
 async fn the_api_answers_at_every_path_the_apps_use_by_get_and_post() {
     let server = server_in("mesibo").await;
-    for path in otpgate::http::API_PATHS {
+    for path in otpgate::api::http::API_PATHS {
         let url = format!("{}{path}", server.url);
         let (status, reply) = server.send(server.client().post(&url).json(&login(PHONE))).await;
         assert_eq!((status, &reply["result"]), (200, &json!("OK")), "POST {path}: {reply}");
@@ -252,7 +252,7 @@ async fn openapi_describes_the_dialect_in_force() {
         let server = server_in(dialect).await;
         let (_, doc) = server.send(server.client().get(format!("{}/openapi.json", server.url))).await;
         assert_eq!(doc["components"]["schemas"]["Reply"]["properties"]["result"], result, "{dialect}");
-        for path in otpgate::http::API_PATHS {
+        for path in otpgate::api::http::API_PATHS {
             assert!(doc["paths"][path]["post"].is_object(), "{path} is documented");
         }
         let badcode = &doc["paths"]["/"]["post"]["responses"][if dialect == "mesibo" { "200" } else { "401" }];

@@ -1,4 +1,4 @@
-//! The fuzz targets (src/fuzz_targets.rs) on stable, in every test run: each replays its
+//! The fuzz targets (src/api/fuzz_targets.rs) on stable, in every test run: each replays its
 //! corpus in fuzz/corpus/<target>, then a bounded number of seeded mutations of it. The
 //! seed is fixed, so a run is the same on every machine; FUZZ_SEED and FUZZ_RUNS change
 //! it for a longer search. Coverage-guided runs use cargo-fuzz (docs/fuzzing.md).
@@ -127,10 +127,10 @@ fn run(target: &str, check: fn(&[u8])) {
 
 #[test]
 fn request_parsing_survives_its_corpus_and_mutations_of_it() {
-    run("request_fields", otpgate::fuzz_targets::request_fields);
+    run("request_fields", otpgate::api::fuzz_targets::request_fields);
 }
 
 #[test]
 fn phone_checks_survive_their_corpus_and_mutations_of_it() {
-    run("phone", otpgate::fuzz_targets::phone);
+    run("phone", otpgate::api::fuzz_targets::phone);
 }

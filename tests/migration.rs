@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use otpgate::otp::OtpHasher;
+use otpgate::domain::otp::OtpHasher;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ const SECRET: &str = "migration-test-secret";
 #[actix_web::test]
 async fn a_foundation_database_upgrades_without_losing_users_or_codes() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let now = otpgate::storage::now();
+    let now = otpgate::store::now();
     {
         let db = rusqlite::Connection::open(dir.path().join("otpgate.db")).unwrap();
         db.execute_batch(include_str!("fixtures/foundation_schema.sql")).unwrap();
@@ -37,7 +37,7 @@ async fn a_foundation_database_upgrades_without_losing_users_or_codes() {
     let env = [("OTP_SECRET", SECRET)];
     let server = TestServer::start_with(&env, FakeUpstream::start(), dir.clone(), Delivery::Recording).await;
     let version: u32 = server.db().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, otpgate::schema::latest_version());
+    assert_eq!(version, otpgate::store::schema::latest_version());
 
     // Ann's last token from the foundation release is still a session.
     let me = assert_ok(server.call_op("me", "legacy-token", json!({})).await);

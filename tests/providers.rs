@@ -177,7 +177,7 @@ async fn webhook_event_is_signed() {
         let id = request.header("webhook-id").expect("webhook-id");
         let timestamp = request.header("webhook-timestamp").expect("webhook-timestamp");
         assert!(id.starts_with("msg_"));
-        assert!((timestamp.parse::<i64>().unwrap() - otpgate::storage::now()).abs() < 60);
+        assert!((timestamp.parse::<i64>().unwrap() - otpgate::store::now()).abs() < 60);
         // Recomputed as a receiver would, with the base64-decoded secret.
         let mut mac = Hmac::<Sha256>::new_from_slice(b"secret-key").unwrap();
         mac.update(format!("{id}.{timestamp}.{}", request.body).as_bytes());
@@ -200,7 +200,7 @@ async fn a_provider_without_credentials_does_not_start() {
         ("webhook", "WEBHOOK_URL"),
     ] {
         let config = otpgate::config::Config::from_vars([("OTP_SENDER", sender)]).unwrap();
-        let error = otpgate::senders::build(&config).err().unwrap_or_else(|| panic!("{sender} built without credentials"));
+        let error = otpgate::delivery::senders::build(&config).err().unwrap_or_else(|| panic!("{sender} built without credentials"));
         assert!(error.contains(missing), "{error}");
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use otpgate::otp::OtpHasher;
+use otpgate::domain::otp::OtpHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -107,7 +107,7 @@ async fn an_upgraded_database_loses_its_key_and_its_messages_in_clear_but_no_pen
     const BOB: &str = "18005550002";
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let old_key = [0x5a_u8; 32];
-    let now = otpgate::storage::now();
+    let now = otpgate::store::now();
     {
         // A database of a release that kept the key in the settings and queued messages in clear.
         let db = rusqlite::Connection::open(dir.path().join("otpgate.db")).unwrap();
@@ -174,7 +174,8 @@ async fn a_named_key_file_that_is_missing_stops_the_start() {
         ("OTP_SECRET_FILE", missing.to_string_lossy().into_owned()),
     ];
     let config = otpgate::config::Config::from_vars(vars).unwrap();
-    let error = otpgate::AppState::new(&config, otpgate::senders::Senders::all(Arc::new(RecordingSender::default()))).err().unwrap();
+    let error =
+        otpgate::api::AppState::new(&config, otpgate::delivery::senders::Senders::all(Arc::new(RecordingSender::default()))).err().unwrap();
     assert!(error.contains("OTP_SECRET_FILE") && error.contains("does not exist"), "{error}");
     assert!(!missing.exists(), "no key is made up in its place");
 

@@ -1,7 +1,7 @@
 //! The writer thread: jobs waiting together are committed together, yet each job
 //! succeeds or fails on its own, and the WAL does not grow without bound.
 
-use otpgate::storage::Db;
+use otpgate::store::Db;
 use rusqlite::params;
 use std::sync::Arc;
 use std::time::Duration;
@@ -90,7 +90,7 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
     // A frame is a 4 KiB page plus a 24-byte header; the commit that crosses the limit adds
     // a few pages more. The background checkpointer's pace plays no part: the writer's own
     // checkpoint waits for its turn instead of being skipped.
-    let limit = (otpgate::storage::CHECKPOINT_PAGES as u64 + 1000) * (4096 + 24);
+    let limit = (otpgate::store::CHECKPOINT_PAGES as u64 + 1000) * (4096 + 24);
     assert!(largest < limit, "WAL grew to {largest} bytes, over {limit}");
     assert!(largest > limit / 2, "the WAL never filled ({largest} bytes): the test wrote too little to show the bound");
 }
@@ -120,7 +120,7 @@ fn atomically_keeps_all_of_a_step_or_none_of_it() {
     let conn = rusqlite::Connection::open_in_memory().unwrap();
     conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)").unwrap();
     let step = |id: i64, fail: bool| {
-        otpgate::storage::atomically(&conn, |tx| {
+        otpgate::store::atomically(&conn, |tx| {
             tx.execute("INSERT INTO notes (id, body) VALUES (?1, 'x')", [id])?;
             if fail {
                 tx.execute("INSERT INTO notes (id, body) VALUES (?1, NULL)", [id + 1000])?;

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| otpgate::fuzz_targets::request_fields(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| otpgate::api::fuzz_targets::request_fields(data));

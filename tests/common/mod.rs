@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Once};
 
 use otpgate::config::Config;
-use otpgate::courier::Courier;
-use otpgate::senders::{OtpMessage, OtpSender, SendError, Senders};
-use otpgate::{server, AppState};
+use otpgate::delivery::courier::Courier;
+use otpgate::delivery::senders::{OtpMessage, OtpSender, SendError, Senders};
+use otpgate::{api::server, api::AppState};
 
 #[allow(unused_imports)]
 pub use fake_upstream::{FakeUpstream, Mode, Received};
@@ -131,7 +131,7 @@ impl TestServer {
         let config = Config::from_vars(vars).expect("test configuration is valid");
         let sender = Arc::new(RecordingSender::default());
         let senders = match delivery {
-            Delivery::Configured => otpgate::senders::build(&config).expect("senders build"),
+            Delivery::Configured => otpgate::delivery::senders::build(&config).expect("senders build"),
             Delivery::Recording => Senders::all(sender.clone()),
         };
         let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));

@@ -1,0 +1,99 @@
+//! Probes: `/healthz` says the process is alive (no I/O: it is also the benchmark
+//! baseline), `/readyz` says it can serve logins (database writable and, when
+//! `READYZ_UPSTREAM_CACHE_SECS` is set, upstream reachable).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+use crate::api::AppState;
+use crate::config::Config;
+use crate::store;
+
+/// A local SQLite write that takes longer than this means logins would stall too.
+const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "status": "ok" }))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let database = match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.db.call(store::probe_write)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("not writable: {e}")),
+        Err(_) => Err(format!("no write within {} ms (locked or overloaded)", DATABASE_PROBE_TIMEOUT.as_millis())),
+    };
+    let upstream = match &state.readiness.upstream {
+        Some(probe) => Some(probe.check().await),
+        None => None,
+    };
+    let ready = database.is_ok() && upstream.as_ref().is_none_or(Result::is_ok);
+    let describe = |check: &Result<(), String>| match check {
+        Ok(()) => "ok".to_string(),
+        Err(why) => why.clone(),
+    };
+    let mut checks = json!({ "database": describe(&database) });
+    if let Some(upstream) = &upstream {
+        checks["upstream"] = describe(upstream).into();
+    }
+    if ready {
+        HttpResponse::Ok().json(json!({ "status": "ok", "checks": checks }))
+    } else {
+        tracing::warn!(%checks, "not ready");
+        HttpResponse::ServiceUnavailable().json(json!({ "status": "unavailable", "checks": checks }))
+    }
+}
+
+/// What `/readyz` checks besides the database.
+pub struct Readiness {
+    pub upstream: Option<UpstreamProbe>,
+}
+
+impl Readiness {
+    pub fn from_config(config: &Config) -> Result<Readiness, String> {
+        let upstream = match config.readyz_upstream_cache_secs {
+            0 => None,
+            secs => Some(UpstreamProbe::new(config, Duration::from_secs(secs))?),
+        };
+        Ok(Readiness { upstream })
+    }
+}
+
+/// Whether `UPSTREAM_URL` answers HTTP at all (any status: the server is up), remembered
+/// for a while so frequent probes from a load balancer do not load the platform.
+pub struct UpstreamProbe {
+    client: reqwest::Client,
+    url: String,
+    keep_for: Duration,
+    // An async mutex: concurrent probes wait for one request instead of each sending one.
+    last: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+}
+
+impl UpstreamProbe {
+    fn new(config: &Config, keep_for: Duration) -> Result<UpstreamProbe, String> {
+        let timeout = Duration::from_secs(config.upstream_connect_timeout_secs.max(1));
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("cannot build the readiness HTTP client: {e}"))?;
+        Ok(UpstreamProbe { client, url: config.upstream_url.clone(), keep_for, last: tokio::sync::Mutex::new(None) })
+    }
+
+    pub async fn check(&self) -> Result<(), String> {
+        let mut last = self.last.lock().await;
+        if let Some((at, result)) = last.as_ref() {
+            if at.elapsed() < self.keep_for {
+                return result.clone();
+            }
+        }
+        // A bare GET without the app token: it proves reachability and reveals nothing.
+        let result = match self.client.get(&self.url).send().await {
+            _ if self.url == crate::config::BUILTIN_UPSTREAM => Ok(()),
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("unreachable: {}", e.without_url())),
+        };
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+}

@@ -1,0 +1,13 @@
+//! The only layer that sees HTTP: routes, request parsing, replies, middleware,
+//! health, metrics and the OpenAPI document.
+
+pub mod fuzz_targets;
+pub mod health;
+pub mod http;
+pub mod openapi;
+pub mod ops;
+pub mod request_log;
+pub mod server;
+mod state;
+
+pub use state::AppState;

@@ -1,0 +1,271 @@
+//! The OpenAPI 3 document for the service, served at `GET /openapi.json`. Ops come
+//! from [`http::OPS`] and error codes from [`error::ERROR_CODES`]; each op's fields
+//! are described in [`op_doc`], which fails the OpenAPI test for an op it lacks.
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use crate::api::http::{API_PATHS, OPS};
+use crate::api::AppState;
+use crate::config::Dialect;
+use crate::domain::error::ERROR_CODES;
+
+/// Request and reply fields of one op: `(name, JSON type, description)`.
+pub struct OpDoc {
+    pub summary: &'static str,
+    pub request: &'static [(&'static str, &'static str, &'static str)],
+    pub required: &'static [&'static str],
+    pub reply: &'static [(&'static str, &'static str, &'static str)],
+}
+
+/// The fields of `op`, or `None` for an op without documentation.
+pub fn op_doc(op: &str) -> Option<OpDoc> {
+    match op {
+        "login" => Some(OpDoc {
+            summary: "Without otp/code: send a one-time code. With it: verify the code and return the user's access token.",
+            request: &[
+                ("appid", "string", "The app's id (e.g. its bundle id); a code is valid only for the app that asked for it. At most 128 characters."),
+                ("phone", "string", "The user's number; spaces, dashes, dots, parentheses, a leading + and leading zeros are dropped; 9-15 digits must remain."),
+                ("email", "string", "Instead of phone, for e-mail logins."),
+                ("name", "string", "Optional display name (at most 64 characters), passed to upstream useradd."),
+                ("otp", "string", "The code, when verifying."),
+                ("code", "string", "Older name of otp."),
+                ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
+                ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
+            ],
+            required: &["appid"],
+            reply: &[
+                ("challenge", "string", "Start only: an id to send back with the code (none for TEST_OTPS numbers)."),
+                ("title", "string", "Start only, when APP_SETTINGS sets start.title: the title of the notice below."),
+                ("message", "string", "Start only, when APP_SETTINGS sets start.message: a notice the Android app shows as an alert."),
+                ("delay", "integer", "Start only, when APP_SETTINGS sets start.delay: milliseconds before the app shows the code field."),
+                ("token", "string", "The user's access token (verify only)."),
+                ("uid", "string", "Upstream user id, a number or a string as upstream gave it (verify only)."),
+                ("phone", "string", "The normalised phone (verify of a phone login)."),
+                ("email", "string", "The normalised e-mail address (verify of an e-mail login)."),
+                ("cc", "string", "The phone's country calling code, e.g. \"44\"; empty for e-mail (verify only)."),
+                ("name", "string", "The user's display name (verify only)."),
+                ("status", "string", "The user's status text (verify only)."),
+                ("photo", "string", "The user's photo, empty when none (verify only)."),
+                ("urls", "object", "upload and download: where the app uploads files and finds downloads (verify only; APP_SETTINGS)."),
+                ("share", "object", "text, subject and title of the app's invite (verify only; APP_SETTINGS)."),
+                ("invite", "string", "The invite text (verify only; APP_SETTINGS)."),
+                ("linked", "object", "Multi-device field passed through from upstream, when present."),
+                ("linkto", "object", "Multi-device field passed through from upstream, when present."),
+            ],
+        }),
+        "logout" => Some(OpDoc {
+            summary: "End this session, or with all:true every session of the user. An already ended token still succeeds.",
+            request: &[TOKEN_FIELD, ("all", "boolean", "End every session of the user (1, true or yes).")],
+            required: &["token"],
+            reply: &[("ended", "integer", "How many sessions were ended.")],
+        }),
+        "devices" => Some(OpDoc {
+            summary: "The caller's live sessions, most recently used first, without tokens.",
+            request: &[TOKEN_FIELD],
+            required: &["token"],
+            reply: &[("devices", "array", "Entries with device, appid, created, last_seen and current (the session making the request).")],
+        }),
+        "getcontacts" => Some(OpDoc {
+            summary: "Record uploaded phones as the caller's contacts and return those that use the app; without phones, the contacts changed since ts.",
+            request: &[
+                TOKEN_FIELD,
+                ("phones", "string", "Phones as a JSON array or a comma-separated list; at most MAX_CONTACTS_PER_REQUEST."),
+                ("ts", "integer", "Without phones: only contacts changed at or after this time (unix seconds). Default 0."),
+                ("reset", "boolean", "Forget the caller's previous contacts first."),
+                ("cursor", "string", "Continue a reply that had more:true."),
+            ],
+            required: &["token"],
+            reply: &[
+                ("contacts", "array", "Entries with phone, name, status, photo and ts; never the caller, never a non-user."),
+                ("more", "boolean", "More entries follow; ask again with cursor."),
+                ("cursor", "string", "Where the next page starts (with more:true)."),
+                ("invalid", "integer", "Uploaded entries that were not phones."),
+                ("ts", "integer", "The value to send as ts next time."),
+            ],
+        }),
+        "delcontacts" => Some(OpDoc {
+            summary: "Remove phones from the caller's contacts.",
+            request: &[TOKEN_FIELD, ("phones", "string", "Phones as a JSON array or a comma-separated list.")],
+            required: &["token", "phones"],
+            reply: &[("removed", "integer", "How many contacts were removed."), ("invalid", "integer", "Entries that were not phones.")],
+        }),
+        "profile" => Some(OpDoc {
+            summary: "Change the caller's name, status and/or photo; contacts see the change at their next sync.",
+            request: &[
+                TOKEN_FIELD,
+                ("name", "string", "At most 64 characters."),
+                ("status", "string", "At most 140 characters."),
+                ("photo", "string", "An http(s) URL, at most 512 characters."),
+            ],
+            required: &["token"],
+            reply: &[PROFILE_FIELD],
+        }),
+        "me" => Some(OpDoc {
+            summary: "The caller's own profile.",
+            request: &[TOKEN_FIELD],
+            required: &["token"],
+            reply: &[PROFILE_FIELD],
+        }),
+        _ => None,
+    }
+}
+
+/// Session ops also take the token as `Authorization: Bearer <token>`.
+const TOKEN_FIELD: (&str, &str, &str) = ("token", "string", "The access token from login (or send Authorization: Bearer).");
+const PROFILE_FIELD: (&str, &str, &str) = ("profile", "object", "phone or email, name, status, photo, ts and uid.");
+
+fn properties(fields: &[(&str, &str, &str)]) -> Map<String, Value> {
+    fields.iter().map(|(name, kind, about)| (name.to_string(), json!({ "type": kind, "description": about }))).collect()
+}
+
+fn json_reply(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+/// Builds the document for replies in `dialect`; an op in [`OPS`] without [`op_doc`] is
+/// left out (and the test fails).
+pub fn document(dialect: Dialect) -> Value {
+    let mut schemas = Map::new();
+    let mut requests = Vec::new();
+    let mut replies = Vec::new();
+    for op in OPS {
+        let Some(doc) = op_doc(op) else { continue };
+        let name = format!("{}{}", op[..1].to_uppercase(), &op[1..]);
+        let mut request = properties(doc.request);
+        request.insert("op".into(), json!({ "type": "string", "enum": [op] }));
+        let mut required = vec!["op"];
+        required.extend(doc.required);
+        schemas.insert(
+            format!("{name}Request"),
+            json!({ "type": "object", "description": doc.summary, "properties": request, "required": required }),
+        );
+        let mut reply = properties(doc.reply);
+        reply.insert("op".into(), json!({ "type": "string", "enum": [op] }));
+        schemas.insert(
+            format!("{name}Reply"),
+            json!({ "allOf": [{ "$ref": "#/components/schemas/Reply" }, { "type": "object", "properties": reply }] }),
+        );
+        requests.push(json!({ "$ref": format!("#/components/schemas/{name}Request") }));
+        replies.push(json!({ "$ref": format!("#/components/schemas/{name}Reply") }));
+    }
+    let codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _, _)| *code).collect();
+    let code_list: Vec<String> = ERROR_CODES.iter().map(|(code, status, about)| format!("{code} (HTTP {status}): {about}")).collect();
+    schemas.insert(
+        "Reply".into(),
+        json!({
+            "type": "object",
+            "required": ["op", "result", "ts"],
+            "properties": {
+                "op": { "type": "string", "description": "The op as sent." },
+                "result": match dialect {
+                    Dialect::Mesibo => json!({ "type": "string", "enum": ["OK", "FAIL"] }),
+                    Dialect::Json => json!({ "type": "boolean" }),
+                },
+                "ts": { "type": "integer", "description": "Server time, unix seconds." },
+            },
+        }),
+    );
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "allOf": [{ "$ref": "#/components/schemas/Reply" }, {
+                "type": "object",
+                "required": ["error", "errmsg"],
+                "properties": {
+                    "error": { "type": "string", "enum": codes, "description": code_list.join("\n") },
+                    "errmsg": { "type": "string", "description": "Human explanation for the app developer." },
+                    "retry_after": { "type": "integer", "description": "Seconds to wait (RATELIMIT only; also a Retry-After header)." },
+                },
+            }],
+        }),
+    );
+    let api_responses = match dialect {
+        Dialect::Json => {
+            let mut responses = Map::new();
+            responses.insert("200".into(), json_reply("Success", json!({ "oneOf": replies })));
+            for (code, status, _) in ERROR_CODES {
+                add_error(&mut responses, &status.to_string(), code);
+            }
+            responses
+        }
+        // Application errors answer 200 with result FAIL; only a body over the limit keeps its 400.
+        Dialect::Mesibo => {
+            let mut responses = Map::new();
+            let error = json!({ "$ref": "#/components/schemas/Error" });
+            responses.insert(
+                "200".into(),
+                json_reply(
+                    "Success (result OK), or an application error (result FAIL) with one of",
+                    json!({ "oneOf": replies.iter().chain([&error]).collect::<Vec<_>>() }),
+                ),
+            );
+            for (code, _, _) in ERROR_CODES {
+                add_error(&mut responses, "200", code);
+            }
+            add_error(&mut responses, "400", "BADREQUEST");
+            responses
+        }
+    };
+    let api_request = json!({ "oneOf": requests, "discriminator": { "propertyName": "op" } });
+    let status = |what: &str| json_reply(what, json!({ "type": "object", "properties": { "status": { "type": "string" } } }));
+    let api_path = json!({
+        "post": {
+            "summary": "Call an op; the body is a JSON object (whatever the Content-Type; JavaScript-style objects too), a form or a multipart form, with query-string fields merged in (body wins).",
+            "requestBody": { "required": true, "content": {
+                "application/json": { "schema": api_request },
+                "application/x-www-form-urlencoded": { "schema": api_request },
+                "multipart/form-data": { "schema": api_request },
+            } },
+            "responses": api_responses,
+        },
+        "get": {
+            "summary": "Call an op with query-string fields (same fields as POST).",
+            "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": OPS } }],
+            "responses": api_responses,
+        },
+    });
+    let mut paths: Map<String, Value> = API_PATHS.iter().map(|path| (path.to_string(), api_path.clone())).collect();
+    paths.extend([
+        ("/healthz".to_string(), json!({ "get": { "summary": "The process is alive.", "responses": { "200": status("Alive") } } })),
+        ("/readyz".to_string(), json!({ "get": {
+            "summary": "The database is writable and, when READYZ_UPSTREAM_CACHE_SECS is set, upstream answers.",
+            "responses": { "200": status("Ready"), "503": status("Not ready; checks says why") },
+        } })),
+        ("/metrics".to_string(), json!({ "get": {
+            "summary": "Prometheus metrics.",
+            "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } },
+        } })),
+    ]);
+    let dialect_note = match dialect {
+        Dialect::Mesibo => {
+            "Replies in the mesibo dialect (API_DIALECT=mesibo): result is \"OK\" or \"FAIL\", and application errors answer HTTP 200."
+        }
+        Dialect::Json => "Replies in the json dialect (API_DIALECT=json): result is a boolean, and each error has its HTTP status.",
+    };
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "otpgate",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": format!("{} {dialect_note}", env!("CARGO_PKG_DESCRIPTION")),
+        },
+        "paths": paths,
+        "components": { "schemas": schemas },
+    })
+}
+
+/// Lists `code` in the description of the reply with HTTP `status`.
+fn add_error(responses: &mut Map<String, Value>, status: &str, code: &str) {
+    let entry = responses.entry(status.to_string()).or_insert_with(|| json_reply("", json!({ "$ref": "#/components/schemas/Error" })));
+    let description = entry["description"].as_str().unwrap_or_default();
+    entry["description"] = match description {
+        "" => code.into(),
+        _ if description.ends_with("of") => format!("{description} {code}").into(),
+        _ => format!("{description}, {code}").into(),
+    };
+}
+
+pub async fn serve(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(document(state.http.dialect))
+}

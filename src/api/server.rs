@@ -1,0 +1,141 @@
+//! Assembles the HTTP service (routes plus the shared middleware: request log,
+//! CORS, and the `/api` timeout) and runs it with a graceful shutdown.
+
+use actix_cors::Cors;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Condition, Next};
+use actix_web::{web, App, HttpServer};
+use std::time::Duration;
+
+use crate::config::{Config, Dialect};
+use crate::domain::error::ApiError;
+use crate::{api::http, api::request_log, api::AppState};
+
+/// The HTTP settings the middleware needs, taken from the configuration.
+pub struct HttpSettings {
+    pub dialect: Dialect,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_contacts_body_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> HttpSettings {
+        HttpSettings {
+            dialect: config.dialect(),
+            cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
+            max_body_bytes: config.max_body_bytes,
+            max_contacts_body_bytes: config.max_contacts_body_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        }
+    }
+}
+
+/// The whole service as an actix `App`; `main` and the tests serve exactly this.
+pub fn app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>,
+> {
+    let settings = &state.http;
+    let cors = cors(&settings.cors_origins);
+    // The last `wrap` runs first: the log sees every request, then CORS answers preflights.
+    App::new()
+        .wrap(Condition::new(!settings.cors_origins.is_empty(), cors))
+        .wrap(from_fn(preflight_no_content))
+        .wrap(from_fn(request_log::log_requests))
+        .configure(http::configure(state))
+}
+
+/// Tokens travel in bodies and bearer headers, never in cookies, so no credentials mode.
+fn cors(origins: &[String]) -> Cors {
+    let request_id = header::HeaderName::from_static(request_log::REQUEST_ID_HEADER);
+    let mut cors = Cors::default()
+        .allowed_methods(["GET", "POST", "OPTIONS"])
+        .allowed_headers([header::CONTENT_TYPE, header::AUTHORIZATION, request_id.clone()])
+        .expose_headers([header::RETRY_AFTER, request_id])
+        .max_age(3600);
+    for origin in origins {
+        // Config validation accepts only `*` and http(s) origins.
+        cors = if origin == "*" { cors.allow_any_origin().send_wildcard() } else { cors.allowed_origin(origin) };
+    }
+    cors
+}
+
+/// A preflight that CORS allowed answers 204 No Content, as browsers and proxies expect
+/// of a reply without a body (actix-cors answers 200).
+async fn preflight_no_content(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let preflight = request.method() == actix_web::http::Method::OPTIONS;
+    let mut response = next.call(request).await?;
+    if preflight
+        && response.status() == actix_web::http::StatusCode::OK
+        && response.headers().contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN)
+    {
+        *response.response_mut().status_mut() = actix_web::http::StatusCode::NO_CONTENT;
+    }
+    Ok(response)
+}
+
+/// Answers `TIMEOUT` when a request takes longer than `REQUEST_TIMEOUT_SECS`.
+pub(crate) async fn time_limit(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse, actix_web::Error> {
+    let (limit, dialect) = request
+        .app_data::<web::Data<AppState>>()
+        .map_or((Duration::from_secs(30), Dialect::Mesibo), |state| (state.http.request_timeout, state.http.dialect));
+    let http_request = request.request().clone();
+    match tokio::time::timeout(limit, next.call(request)).await {
+        Ok(response) => Ok(response?.map_into_boxed_body()),
+        Err(_) => {
+            let error = ApiError::new("TIMEOUT", format!("the request took longer than {} seconds; retry", limit.as_secs()));
+            Ok(ServiceResponse::new(http_request, http::reply(dialect, "", Err(error))))
+        }
+    }
+}
+
+/// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
+/// finish within `SHUTDOWN_GRACE_SECS`, and closes the database.
+pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), String> {
+    let server = {
+        let state = state.clone();
+        HttpServer::new(move || app(state.clone()))
+    };
+    let server = server
+        .shutdown_timeout(config.shutdown_grace_secs)
+        // actix stops abruptly on SIGINT; both signals get the graceful path below.
+        .disable_signals()
+        .bind(&config.bind)
+        .map_err(|e| format!("cannot listen on BIND={}: {e}", config.bind))?;
+    let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
+    let server = server.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(async move {
+        let signal = shutdown_signal().await;
+        tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
+        handle.stop(true).await;
+    });
+    tracing::info!(bind = %addresses.join(","), database = %config.database_path, "otpgate listening");
+    server.await.map_err(|e| format!("server error: {e}"))?;
+    state.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use actix_web::rt::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT; stop the service with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}

@@ -1,0 +1,26 @@
+//! What every request handler shares; built by `runtime` from the configuration.
+
+use std::sync::Arc;
+
+use crate::api::health::Readiness;
+use crate::api::server::HttpSettings;
+use crate::delivery::outbox::Outbox;
+use crate::domain::app_settings::AppSettings;
+use crate::domain::client_ip::TrustedProxies;
+use crate::service::contacts::ContactLimits;
+use crate::service::login::LoginFlow;
+use crate::store::Db;
+
+/// Everything a request handler needs, shared by all workers.
+pub struct AppState {
+    pub db: Arc<Db>,
+    pub login: LoginFlow,
+    /// What the login reply tells each app besides its token.
+    pub apps: AppSettings,
+    pub contact_limits: Arc<ContactLimits>,
+    /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
+    pub outbox: Arc<Outbox>,
+    pub readiness: Readiness,
+    pub http: HttpSettings,
+    pub proxies: TrustedProxies,
+}

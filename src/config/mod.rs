@@ -1,0 +1,702 @@
+//! Configuration from environment variables (names are the upper-case field names).
+//! Every variable and its default is documented in `.env.example`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Deserialize, Serialize)]
+pub struct Config {
+    #[serde(default = "defaults::bind")]
+    pub bind: String,
+    #[serde(default = "defaults::database_path")]
+    pub database_path: String,
+    #[serde(default = "defaults::db_pool_size")]
+    pub db_pool_size: usize,
+
+    /// Secret app token for the upstream `useradd` call. Never logged or returned.
+    #[serde(default)]
+    pub app_token: String,
+    /// The server secret (keys code hashes and queued-message encryption); when empty it is
+    /// read from `otp_secret_file`, or from a key file created beside the database.
+    #[serde(default)]
+    pub otp_secret: String,
+    /// A file holding the server secret in hex; empty: `DATABASE_PATH` + `.key`, created on first start.
+    #[serde(default)]
+    pub otp_secret_file: String,
+
+    #[serde(default = "defaults::upstream_url")]
+    pub upstream_url: String,
+    #[serde(default = "defaults::upstream_connect_timeout_secs")]
+    pub upstream_connect_timeout_secs: u64,
+    #[serde(default = "defaults::upstream_timeout_secs")]
+    pub upstream_timeout_secs: u64,
+    #[serde(default = "defaults::token_expiry_mins")]
+    pub token_expiry_mins: u64,
+
+    #[serde(default = "defaults::otp_length")]
+    pub otp_length: usize,
+    #[serde(default = "defaults::otp_ttl_secs")]
+    pub otp_ttl_secs: u64,
+    #[serde(default = "defaults::otp_max_attempts")]
+    pub otp_max_attempts: u32,
+    #[serde(default = "defaults::otp_resend_secs")]
+    pub otp_resend_secs: u64,
+    #[serde(default = "defaults::otp_message")]
+    pub otp_message: String,
+    /// Refuse a verify that does not send back the challenge id of its start reply.
+    #[serde(default)]
+    pub require_challenge: bool,
+    /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
+    #[serde(default)]
+    pub test_otps: String,
+
+    #[serde(default = "defaults::otp_sender")]
+    pub otp_sender: String,
+    #[serde(default)]
+    pub email_sender: Option<String>,
+
+    #[serde(default = "defaults::limit_start_per_phone")]
+    pub limit_start_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_ip")]
+    pub limit_start_per_ip_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_phone")]
+    pub limit_verify_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_ip")]
+    pub limit_verify_per_ip_per_hour: u32,
+
+    #[serde(default)]
+    pub sms_http_url: String,
+    #[serde(default)]
+    pub sms_http_auth: String,
+    #[serde(default = "defaults::sms_http_body")]
+    pub sms_http_body: String,
+    #[serde(default = "defaults::sms_http_timeout_secs")]
+    pub sms_http_timeout_secs: u64,
+
+    #[serde(default)]
+    pub smtp_host: String,
+    #[serde(default = "defaults::smtp_port")]
+    pub smtp_port: u16,
+    #[serde(default = "defaults::smtp_tls")]
+    pub smtp_tls: String,
+    #[serde(default)]
+    pub smtp_user: String,
+    #[serde(default)]
+    pub smtp_password: String,
+    #[serde(default)]
+    pub smtp_from: String,
+    #[serde(default = "defaults::email_subject")]
+    pub email_subject: String,
+
+    // --- Sessions, contact sync, notifications ---
+    /// Live sessions per user; a login beyond it evicts the least recently used.
+    #[serde(default = "defaults::max_devices")]
+    pub max_devices: usize,
+    /// Most phones in one `getcontacts` / `delcontacts` request (`TOOMANY` beyond).
+    #[serde(default = "defaults::max_contacts_per_request")]
+    pub max_contacts_per_request: usize,
+    /// Most contacts one user may have stored (`TOOMANY` beyond).
+    #[serde(default = "defaults::max_contacts_per_user")]
+    pub max_contacts_per_user: usize,
+    /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_user_per_day")]
+    pub limit_new_contacts_per_user_per_day: u32,
+    /// The same per client IP, over all its users; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_ip_per_day")]
+    pub limit_new_contacts_per_ip_per_day: u32,
+    /// Upstream address that "contact joined" messages come from.
+    #[serde(default = "defaults::system_address")]
+    pub system_address: String,
+    /// First retry delay of a failed outbox message; doubles per attempt up to an hour.
+    #[serde(default = "defaults::outbox_retry_secs")]
+    pub outbox_retry_secs: u64,
+
+    // --- Operations: logs, HTTP limits, readiness, shutdown ---
+    /// `text` for people, `json` (one object per line) for log shippers.
+    #[serde(default = "defaults::log_format")]
+    pub log_format: String,
+    /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
+    #[serde(default = "defaults::cors_origins")]
+    pub cors_origins: String,
+    /// Largest request body of every op but the contact ops.
+    #[serde(default = "defaults::max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest body of `getcontacts`/`delcontacts`, which carry whole address books.
+    #[serde(default = "defaults::max_contacts_body_bytes")]
+    pub max_contacts_body_bytes: usize,
+    /// A request still unanswered after this long gets `TIMEOUT`.
+    #[serde(default = "defaults::request_timeout_secs")]
+    pub request_timeout_secs: u64,
+    /// How long SIGTERM/SIGINT waits for in-flight requests before closing them.
+    #[serde(default = "defaults::shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+    /// 0: `/readyz` does not contact upstream; N: it does, and keeps the answer N seconds.
+    #[serde(default)]
+    pub readyz_upstream_cache_secs: u64,
+
+    // --- Production sending, phone checks and SMS-fraud defences ---
+    /// Per-request timeout of the twilio, vonage, messagebird and webhook senders.
+    #[serde(default = "defaults::provider_timeout_secs")]
+    pub provider_timeout_secs: u64,
+    #[serde(default)]
+    pub twilio_account_sid: String,
+    #[serde(default)]
+    pub twilio_auth_token: String,
+    #[serde(default)]
+    pub twilio_from: String,
+    #[serde(default)]
+    pub twilio_messaging_service_sid: String,
+    #[serde(default = "defaults::twilio_base_url")]
+    pub twilio_base_url: String,
+    #[serde(default)]
+    pub vonage_api_key: String,
+    #[serde(default)]
+    pub vonage_api_secret: String,
+    #[serde(default)]
+    pub vonage_from: String,
+    #[serde(default = "defaults::vonage_base_url")]
+    pub vonage_base_url: String,
+    #[serde(default)]
+    pub messagebird_access_key: String,
+    #[serde(default)]
+    pub messagebird_originator: String,
+    #[serde(default = "defaults::messagebird_base_url")]
+    pub messagebird_base_url: String,
+    #[serde(default)]
+    pub webhook_url: String,
+    #[serde(default)]
+    pub webhook_secret: String,
+    /// JSON object appid → display name for `{appname}`.
+    #[serde(default)]
+    pub app_names: String,
+    /// JSON object appid → message template overriding `OTP_MESSAGE`.
+    #[serde(default)]
+    pub otp_message_per_app: String,
+    /// ISO region for numbers given in national format, e.g. `GB`.
+    #[serde(default)]
+    pub default_region: String,
+    /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
+    #[serde(default = "defaults::phone_mobile_only")]
+    pub phone_mobile_only: bool,
+    /// ISO codes or calling codes, comma-separated; empty = all.
+    #[serde(default)]
+    pub allowed_countries: String,
+    #[serde(default)]
+    pub blocked_countries: String,
+    /// CIDR list of reverse proxies whose `X-Forwarded-For` / `Forwarded` is believed.
+    #[serde(default)]
+    pub trusted_proxies: String,
+    #[serde(default = "defaults::limit_start_per_subnet")]
+    pub limit_start_per_subnet_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_calling_code")]
+    pub limit_start_per_calling_code_per_hour: u32,
+    #[serde(default = "defaults::sms_budget_per_hour")]
+    pub sms_budget_per_hour: u32,
+    /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
+    #[serde(default)]
+    pub captcha_provider: String,
+    #[serde(default)]
+    pub captcha_secret: String,
+    /// Siteverify endpoint; empty = the provider's own.
+    #[serde(default)]
+    pub captcha_verify_url: String,
+    /// Delivery attempts per message (1 = no retries).
+    #[serde(default = "defaults::courier_max_attempts")]
+    pub courier_max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long.
+    #[serde(default = "defaults::courier_retry_base_ms")]
+    pub courier_retry_base_ms: u64,
+    /// How long a login request waits for the first delivery attempt.
+    #[serde(default = "defaults::courier_wait_ms")]
+    pub courier_wait_ms: u64,
+
+    // --- What the apps read ---
+    /// `mesibo`: the replies the mesibo messenger apps parse (`result` "OK"/"FAIL", HTTP 200
+    /// for application errors); `json`: boolean `result` and HTTP statuses.
+    #[serde(default = "defaults::api_dialect")]
+    pub api_dialect: String,
+    /// The service's address as apps reach it, e.g. `https://login.example.com`; the base of
+    /// the default upload and download URLs. Empty: `http://` and BIND.
+    #[serde(default)]
+    pub public_url: String,
+    /// JSON object appid → what the login reply tells that app (share and invite text,
+    /// upload and download URLs, a message shown at login start); `default` applies to all.
+    #[serde(default)]
+    pub app_settings: String,
+}
+
+/// The shape of replies, `API_DIALECT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// What the mesibo messenger apps parse: `result` is "OK" or "FAIL", and application
+    /// errors answer HTTP 200, because the apps take any other status for "no internet".
+    Mesibo,
+    /// Boolean `result` and an HTTP status per error, for clients that prefer them.
+    Json,
+}
+
+/// Every sender name `OTP_SENDER` accepts.
+pub const SENDER_NAMES: &[&str] = &["log", "http", "smtp", "twilio", "vonage", "messagebird", "webhook"];
+/// The senders that can deliver to e-mail addresses (`EMAIL_SENDER`).
+pub const EMAIL_SENDER_NAMES: &[&str] = &["log", "smtp", "webhook"];
+
+/// Below this length `OTP_SECRET` draws a warning.
+const MIN_OTP_SECRET_BYTES: usize = 16;
+/// The value of `UPSTREAM_URL` that selects the built-in stand-in for the platform.
+pub const BUILTIN_UPSTREAM: &str = "builtin";
+/// Logged at start and with every token the built-in stand-in mints.
+pub const BUILTIN_UPSTREAM_WARNING: &str =
+    "UPSTREAM_URL=builtin: tokens are minted locally for testing and are not valid on the messaging platform; set UPSTREAM_URL and APP_TOKEN for real logins";
+
+mod defaults {
+    pub fn bind() -> String {
+        "127.0.0.1:8080".into()
+    }
+    pub fn database_path() -> String {
+        "./otpgate.db".into()
+    }
+    pub fn db_pool_size() -> usize {
+        4
+    }
+    pub fn upstream_url() -> String {
+        "https://api.mesibo.com/backend/".into()
+    }
+    pub fn upstream_connect_timeout_secs() -> u64 {
+        5
+    }
+    pub fn upstream_timeout_secs() -> u64 {
+        10
+    }
+    pub fn token_expiry_mins() -> u64 {
+        525_600
+    }
+    pub fn otp_length() -> usize {
+        6
+    }
+    pub fn otp_ttl_secs() -> u64 {
+        300
+    }
+    pub fn otp_max_attempts() -> u32 {
+        5
+    }
+    pub fn otp_resend_secs() -> u64 {
+        30
+    }
+    pub fn otp_message() -> String {
+        "Your code is {otp}".into()
+    }
+    pub fn otp_sender() -> String {
+        "log".into()
+    }
+    pub fn limit_start_per_phone() -> u32 {
+        10
+    }
+    pub fn limit_start_per_ip() -> u32 {
+        100
+    }
+    pub fn limit_verify_per_phone() -> u32 {
+        30
+    }
+    pub fn limit_verify_per_ip() -> u32 {
+        300
+    }
+    pub fn sms_http_body() -> String {
+        r#"{"to":"{phone}","text":"{message}"}"#.into()
+    }
+    pub fn sms_http_timeout_secs() -> u64 {
+        10
+    }
+    pub fn smtp_port() -> u16 {
+        587
+    }
+    pub fn smtp_tls() -> String {
+        "starttls".into()
+    }
+    pub fn email_subject() -> String {
+        "Your login code".into()
+    }
+
+    // Sessions, contact sync, notifications.
+    pub fn max_devices() -> usize {
+        8
+    }
+    pub fn max_contacts_per_request() -> usize {
+        5000
+    }
+    pub fn max_contacts_per_user() -> usize {
+        10_000
+    }
+    pub fn limit_new_contacts_per_user_per_day() -> u32 {
+        10_000
+    }
+    pub fn limit_new_contacts_per_ip_per_day() -> u32 {
+        50_000
+    }
+    pub fn system_address() -> String {
+        "system".into()
+    }
+    pub fn outbox_retry_secs() -> u64 {
+        5
+    }
+    // Operations
+    pub fn log_format() -> String {
+        "text".into()
+    }
+    pub fn max_body_bytes() -> usize {
+        64 * 1024
+    }
+    /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
+    pub fn max_contacts_body_bytes() -> usize {
+        256 * 1024
+    }
+    pub fn request_timeout_secs() -> u64 {
+        30
+    }
+    pub fn shutdown_grace_secs() -> u64 {
+        20
+    }
+    // --- Production sending, phone checks and SMS-fraud defences ---
+    pub fn provider_timeout_secs() -> u64 {
+        10
+    }
+    pub fn twilio_base_url() -> String {
+        "https://api.twilio.com".into()
+    }
+    pub fn vonage_base_url() -> String {
+        "https://rest.nexmo.com".into()
+    }
+    pub fn messagebird_base_url() -> String {
+        "https://rest.messagebird.com".into()
+    }
+    pub fn phone_mobile_only() -> bool {
+        true
+    }
+    pub fn limit_start_per_subnet() -> u32 {
+        300
+    }
+    pub fn limit_start_per_calling_code() -> u32 {
+        1000
+    }
+    pub fn sms_budget_per_hour() -> u32 {
+        1000
+    }
+    pub fn courier_max_attempts() -> u32 {
+        5
+    }
+    pub fn courier_retry_base_ms() -> u64 {
+        2000
+    }
+    pub fn courier_wait_ms() -> u64 {
+        3000
+    }
+    pub fn api_dialect() -> String {
+        "mesibo".into()
+    }
+    /// The web app calls from its own origin; tokens travel in bodies or bearer headers,
+    /// never in cookies, so allowing any origin grants other sites nothing.
+    pub fn cors_origins() -> String {
+        "*".into()
+    }
+}
+
+impl Config {
+    /// Reads the process environment. The error is one line naming the offending variable.
+    pub fn from_env() -> Result<Config, String> {
+        Self::from_vars(std::env::vars())
+    }
+
+    /// Reads configuration from `(NAME, value)` pairs; unknown names are ignored.
+    pub fn from_vars<I, K, V>(vars: I) -> Result<Config, String>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: Into<String>,
+        V: Into<String>,
+    {
+        let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
+        let mut config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
+        // An empty line in an env file means "not set".
+        config.email_sender = config.email_sender.filter(|s| !s.is_empty());
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if !(4..=10).contains(&self.otp_length) {
+            return bad("OTP_LENGTH", "must be between 4 and 10");
+        }
+        if self.otp_ttl_secs == 0 {
+            return bad("OTP_TTL_SECS", "must be at least 1");
+        }
+        if self.otp_max_attempts == 0 {
+            return bad("OTP_MAX_ATTEMPTS", "must be at least 1");
+        }
+        if self.db_pool_size == 0 {
+            return bad("DB_POOL_SIZE", "must be at least 1");
+        }
+        if !self.otp_message.contains("{otp}") {
+            return bad("OTP_MESSAGE", "must contain {otp}");
+        }
+        if !SENDER_NAMES.contains(&self.otp_sender.as_str()) {
+            return bad("OTP_SENDER", &format!("must be one of: {}", SENDER_NAMES.join(", ")));
+        }
+        if let Some(email_sender) = &self.email_sender {
+            if !EMAIL_SENDER_NAMES.contains(&email_sender.as_str()) {
+                return bad("EMAIL_SENDER", &format!("must be one of: {}", EMAIL_SENDER_NAMES.join(", ")));
+            }
+        }
+        if !matches!(self.smtp_tls.as_str(), "starttls" | "tls" | "none") {
+            return bad("SMTP_TLS", "must be one of: starttls, tls, none");
+        }
+        if !matches!(self.api_dialect.as_str(), "mesibo" | "json") {
+            return bad("API_DIALECT", "must be mesibo or json");
+        }
+        if !self.otp_secret.is_empty() && !self.otp_secret_file.is_empty() {
+            return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
+        }
+        self.validate_addresses()?;
+        self.validate_sessions()?;
+        self.validate_operations()?;
+        self.validate_fraud_defences()?;
+        Ok(())
+    }
+
+    /// The settings of sessions, contact sync and notifications.
+    fn validate_sessions(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if self.max_devices == 0 {
+            return bad("MAX_DEVICES", "must be at least 1");
+        }
+        if self.max_contacts_per_request == 0 {
+            return bad("MAX_CONTACTS_PER_REQUEST", "must be at least 1");
+        }
+        if self.max_contacts_per_user == 0 {
+            return bad("MAX_CONTACTS_PER_USER", "must be at least 1");
+        }
+        if self.system_address.trim().is_empty() {
+            return bad("SYSTEM_ADDRESS", "must not be empty");
+        }
+        if self.outbox_retry_secs == 0 {
+            return bad("OUTBOX_RETRY_SECS", "must be at least 1");
+        }
+        Ok(())
+    }
+
+    fn validate_operations(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return bad("LOG_FORMAT", "must be text or json");
+        }
+        if self.max_body_bytes < 1024 {
+            return bad("MAX_BODY_BYTES", "must be at least 1024");
+        }
+        if self.max_contacts_body_bytes < self.max_body_bytes {
+            return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
+        }
+        // A login must not time out while upstream may still issue its token, or the user
+        // would lose both the token and the code.
+        if self.request_timeout_secs <= self.upstream_timeout_secs {
+            return bad("REQUEST_TIMEOUT_SECS", "must be longer than UPSTREAM_TIMEOUT_SECS");
+        }
+        for origin in self.cors_origin_list() {
+            let well_formed = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/') && !origin.contains(' '));
+            if !well_formed {
+                return bad("CORS_ORIGINS", "must be * or origins like https://app.example.com, comma-separated");
+            }
+        }
+        Ok(())
+    }
+
+    /// BIND, UPSTREAM_URL and PUBLIC_URL: caught here, before anything tries to use them.
+    fn validate_addresses(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if bind_host(&self.bind).is_none() {
+            return bad("BIND", "must be an address and port such as 127.0.0.1:8080 or 0.0.0.0:8080");
+        }
+        if self.upstream_url == BUILTIN_UPSTREAM {
+            if !self.binds_loopback_only() {
+                return bad("UPSTREAM_URL", "builtin mints fake tokens for local testing and is refused unless BIND is a loopback address");
+            }
+        } else if !is_http_url(&self.upstream_url) {
+            return bad("UPSTREAM_URL", "must be an http:// or https:// URL (or builtin, for local testing)");
+        }
+        if !self.public_url.is_empty() && !is_http_url(&self.public_url) {
+            return bad("PUBLIC_URL", "must be an http:// or https:// URL such as https://login.example.com");
+        }
+        Ok(())
+    }
+
+    /// What is allowed but probably not meant; `serve` and `check-config` log each line.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.upstream_url == BUILTIN_UPSTREAM {
+            warnings.push(BUILTIN_UPSTREAM_WARNING);
+        } else if self.app_token.is_empty() {
+            warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
+        }
+        if !self.otp_secret.is_empty() && self.otp_secret.len() < MIN_OTP_SECRET_BYTES {
+            warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
+        }
+        warnings
+    }
+
+    /// True when BIND listens on a loopback address only.
+    pub fn binds_loopback_only(&self) -> bool {
+        match bind_host(&self.bind) {
+            Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+            Some(host) => host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        if self.api_dialect == "json" {
+            Dialect::Json
+        } else {
+            Dialect::Mesibo
+        }
+    }
+
+    /// The base URL apps reach the service at: `PUBLIC_URL`, or else `http://` and BIND
+    /// (a wildcard address replaced by loopback), without a trailing slash.
+    pub fn public_base_url(&self) -> String {
+        if !self.public_url.is_empty() {
+            return self.public_url.trim_end_matches('/').to_string();
+        }
+        let address = self.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+        format!("http://{address}")
+    }
+
+    /// `CORS_ORIGINS` split into its entries.
+    pub fn cors_origin_list(&self) -> Vec<&str> {
+        self.cors_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect()
+    }
+}
+
+/// The host part of a `host:port` BIND, if the port is a number.
+fn bind_host(bind: &str) -> Option<&str> {
+    let (host, port) = bind.trim().rsplit_once(':')?;
+    let well_formed = !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok();
+    well_formed.then_some(host)
+}
+
+/// An absolute http(s) URL with a host.
+fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+impl Config {
+    /// The CAPTCHA, provider and courier settings. Templates, the phone policy, trusted
+    /// proxies and test codes are checked where they are built, once (`runtime`).
+    fn validate_fraud_defences(&self) -> Result<(), String> {
+        if !matches!(self.captcha_provider.as_str(), "" | "hcaptcha" | "turnstile") {
+            return Err("invalid configuration: CAPTCHA_PROVIDER must be hcaptcha, turnstile or empty".into());
+        }
+        if !self.captcha_provider.is_empty() && self.captcha_secret.is_empty() {
+            return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
+        }
+        if self.provider_timeout_secs == 0 {
+            return Err("invalid configuration: PROVIDER_TIMEOUT_SECS must be at least 1".into());
+        }
+        if self.courier_max_attempts == 0 {
+            return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, String> {
+        Config::from_vars(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_set() {
+        let config = load(&[]).unwrap();
+        assert_eq!(config.bind, "127.0.0.1:8080");
+        assert_eq!(config.otp_ttl_secs, 300);
+        assert_eq!(config.otp_max_attempts, 5);
+        assert_eq!(config.otp_resend_secs, 30);
+        assert_eq!(config.otp_sender, "log");
+        assert_eq!(config.token_expiry_mins, 525_600);
+        assert_eq!(config.upstream_url, "https://api.mesibo.com/backend/");
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (name, value) in [
+            ("OTP_TTL_SECS", "five"),
+            ("OTP_TTL_SECS", "0"),
+            ("OTP_LENGTH", "3"),
+            ("OTP_SENDER", "pigeon"),
+            ("EMAIL_SENDER", "http"),
+            ("SMTP_TLS", "maybe"),
+            ("OTP_MESSAGE", "no code here"),
+            ("MAX_DEVICES", "0"),
+            ("MAX_CONTACTS_PER_REQUEST", "0"),
+            ("OUTBOX_RETRY_SECS", "0"),
+            ("LOG_FORMAT", "xml"),
+            ("MAX_BODY_BYTES", "10"),
+            ("MAX_CONTACTS_BODY_BYTES", "2048"),
+            ("REQUEST_TIMEOUT_SECS", "0"),
+            ("REQUEST_TIMEOUT_SECS", "10"),
+            ("CORS_ORIGINS", "app.example.com"),
+            ("CORS_ORIGINS", "https://app.example.com/"),
+            ("API_DIALECT", "xml"),
+            ("BIND", "8080"),
+            ("BIND", "localhost:http"),
+            ("UPSTREAM_URL", "api.mesibo.com/backend"),
+            ("UPSTREAM_URL", "ftp://api.example.com/"),
+            ("PUBLIC_URL", "login.example.com"),
+        ] {
+            let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
+            assert!(error.contains(name), "{error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    /// `.env.example` must document every variable, with the real defaults, in a form a shell can load.
+    #[test]
+    fn env_example_lists_every_variable_with_its_default() {
+        let text = include_str!("../../.env.example");
+        let mut vars = Vec::new();
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+            let (name, value) = line.split_once('=').unwrap_or_else(|| panic!("not NAME=value: {line}"));
+            let unquoted = value.strip_prefix('"').and_then(|v| v.strip_suffix('"'));
+            let unquoted = unquoted.or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')));
+            assert!(unquoted.is_some() || !value.contains(' '), "{name}: a value with spaces must be quoted for the shell");
+            vars.push((name.to_string(), unquoted.unwrap_or(value).to_string()));
+        }
+        let from_example = serde_json::to_value(Config::from_vars(vars.clone()).unwrap()).unwrap();
+        let defaults = serde_json::to_value(load(&[]).unwrap()).unwrap();
+        assert_eq!(from_example, defaults, ".env.example values differ from the defaults");
+        for field in defaults.as_object().unwrap().keys() {
+            assert!(
+                vars.iter().any(|(name, _)| name == &field.to_uppercase()),
+                "{} is not documented in .env.example",
+                field.to_uppercase()
+            );
+        }
+    }
+
+    #[test]
+    fn the_builtin_upstream_is_refused_unless_bind_is_loopback() {
+        for bind in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080"] {
+            assert!(load(&[("UPSTREAM_URL", "builtin"), ("BIND", bind)]).is_ok(), "{bind}");
+        }
+        for bind in ["0.0.0.0:8080", "[::]:8080", "192.0.2.10:8080", "example.com:8080"] {
+            let error = load(&[("UPSTREAM_URL", "builtin"), ("BIND", bind)]).err().unwrap_or_else(|| panic!("{bind} accepted"));
+            assert!(error.contains("UPSTREAM_URL") && error.contains("loopback"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_public_url_defaults_to_bind() {
+        assert_eq!(load(&[]).unwrap().public_base_url(), "http://127.0.0.1:8080");
+        assert_eq!(load(&[("BIND", "0.0.0.0:9000")]).unwrap().public_base_url(), "http://127.0.0.1:9000");
+        assert_eq!(load(&[("PUBLIC_URL", "https://login.example.com/")]).unwrap().public_base_url(), "https://login.example.com");
+    }
+}

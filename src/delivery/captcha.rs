@@ -1,0 +1,60 @@
+//! Optional CAPTCHA on login start (hCaptcha or Cloudflare Turnstile): the app
+//! sends the widget's `captcha_token`, verified at the provider's siteverify endpoint.
+
+use serde::Deserialize;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::delivery::upstream::describe;
+use crate::domain::error::ApiError;
+
+pub struct Captcha {
+    client: reqwest::Client,
+    url: String,
+    secret: String,
+}
+
+#[derive(Deserialize)]
+struct SiteverifyReply {
+    #[serde(default)]
+    success: bool,
+    #[serde(rename = "error-codes", default)]
+    error_codes: Vec<String>,
+}
+
+impl Captcha {
+    /// `None` when `CAPTCHA_PROVIDER` is empty.
+    pub fn from_config(config: &Config) -> Result<Option<Captcha>, String> {
+        let default_url = match config.captcha_provider.as_str() {
+            "" => return Ok(None),
+            "hcaptcha" => "https://api.hcaptcha.com/siteverify",
+            _ => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
+        };
+        let url = if config.captcha_verify_url.is_empty() { default_url.to_string() } else { config.captcha_verify_url.clone() };
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.provider_timeout_secs))
+            .build()
+            .map_err(|e| format!("cannot build the CAPTCHA HTTP client: {e}"))?;
+        Ok(Some(Captcha { client, url, secret: config.captcha_secret.clone() }))
+    }
+
+    pub async fn verify(&self, token: Option<&str>, client_ip: &str) -> Result<(), ApiError> {
+        let failed = || ApiError::new("CAPTCHA", "the CAPTCHA was not solved; send a fresh captcha_token");
+        let token = token.ok_or_else(|| ApiError::new("CAPTCHA", "captcha_token is required"))?;
+        let form = [("secret", self.secret.as_str()), ("response", token), ("remoteip", client_ip)];
+        let response = self.client.post(&self.url).form(&form).send().await.map_err(|e| {
+            tracing::warn!("CAPTCHA verification request failed: {}", describe(e));
+            failed()
+        })?;
+        let reply: SiteverifyReply = response.json().await.map_err(|_| {
+            tracing::warn!("CAPTCHA verification reply unparseable");
+            failed()
+        })?;
+        if reply.success {
+            Ok(())
+        } else {
+            tracing::info!(errors = ?reply.error_codes, "CAPTCHA refused");
+            Err(failed())
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! E-mail delivery through an SMTP relay (lettre).
+
+use async_trait::async_trait;
+use lettre::message::Mailbox;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+
+use super::{OtpMessage, OtpSender, SendError};
+use crate::config::Config;
+use crate::domain::address::Address;
+use crate::domain::templates::Templates;
+
+pub struct SmtpSender {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    /// `EMAIL_SUBJECT`, filled in per message like `OTP_MESSAGE`.
+    subject: String,
+    templates: Templates,
+}
+
+impl SmtpSender {
+    pub fn from_config(config: &Config) -> Result<Self, String> {
+        if config.smtp_host.is_empty() {
+            return Err("invalid configuration: SMTP_HOST is required when the smtp sender is used".into());
+        }
+        let from: Mailbox = config
+            .smtp_from
+            .parse()
+            .map_err(|_| "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string())?;
+        let host = config.smtp_host.as_str();
+        let builder = match config.smtp_tls.as_str() {
+            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+            _ => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
+        }
+        .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
+        // Bounded like the other providers, so the courier's lease outlasts any attempt.
+        let mut builder = builder.port(config.smtp_port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
+        if !config.smtp_user.is_empty() {
+            builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.clone()));
+        }
+        Ok(SmtpSender {
+            transport: builder.build(),
+            from,
+            subject: config.email_subject.clone(),
+            templates: Templates::from_config(config)?,
+        })
+    }
+}
+
+#[async_trait]
+impl OtpSender for SmtpSender {
+    fn name(&self) -> &'static str {
+        "smtp"
+    }
+
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+        let Address::Email(to) = &message.to else {
+            return Err(SendError::permanent("the smtp sender delivers only to e-mail addresses"));
+        };
+        let to: Mailbox = to.parse().map_err(|e| SendError::permanent(format!("bad recipient: {e}")))?;
+        let email = Message::builder()
+            .from(self.from.clone())
+            .to(to)
+            .subject(self.templates.fill(&self.subject, &message.appid, &message.otp))
+            .body(message.text.clone())
+            .map_err(|e| SendError::permanent(format!("cannot build the e-mail: {e}")))?;
+        // 5xx SMTP replies (unknown mailbox, refused) will not change on a retry.
+        self.transport
+            .send(email)
+            .await
+            .map(|_| ())
+            .map_err(|e| SendError { permanent: e.is_permanent(), reason: format!("SMTP delivery failed: {e}") })
+    }
+}

@@ -1,0 +1,83 @@
+//! Users and their sessions as the service sees them: profiles, the rule for every
+//! stored text, and how access tokens are recognised without being stored.
+
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::domain::address::Address;
+use crate::domain::error::ApiError;
+
+/// Hex SHA-256 of an access token: the only form in which tokens are stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The authenticated user of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user_id: i64,
+    pub token_sha256: String,
+}
+
+/// A session ended to make room for a new one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evicted {
+    pub appid: String,
+    pub device: String,
+}
+
+pub const MAX_NAME_CHARS: usize = 64;
+pub const MAX_STATUS_CHARS: usize = 140;
+pub const MAX_PHOTO_CHARS: usize = 512;
+
+/// The one rule for every text the service stores and shows to others: no control
+/// characters (NUL, ESC...) and no bidirectional overrides, which make a name display as
+/// something else than it is.
+pub fn refuse_control_characters(field: &str, text: &str) -> Result<(), ApiError> {
+    let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+    match text.chars().any(|c| c.is_control() || bidi(c)) {
+        true => Err(ApiError::new("BADPARAM", format!("{field} must not contain control or bidirectional formatting characters"))),
+        false => Ok(()),
+    }
+}
+
+/// What a user shows to others (and to themselves with `op=me`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    pub address: String,
+    pub uid: String,
+    pub name: String,
+    pub status: String,
+    pub photo: String,
+    /// Unix seconds of the last change.
+    pub ts: i64,
+}
+
+impl Profile {
+    /// The public fields: `phone` (or `email`), `name`, `status`, `photo`, `ts`.
+    pub fn public_fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert(Address::from_stored(&self.address).field().into(), self.address.clone().into());
+        fields.insert("name".into(), self.name.clone().into());
+        fields.insert("status".into(), self.status.clone().into());
+        fields.insert("photo".into(), self.photo.clone().into());
+        fields.insert("ts".into(), self.ts.into());
+        fields
+    }
+}
+
+/// What a login reply shows of the user's own profile.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OwnProfile {
+    pub name: String,
+    pub status: String,
+    pub photo: String,
+}
+
+/// Fields of `op=profile`; `None` leaves the stored value.
+#[derive(Debug, Default)]
+pub struct ProfileChange {
+    pub name: Option<String>,
+    pub status: Option<String>,
+    pub photo: Option<String>,
+}

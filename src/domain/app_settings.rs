@@ -1,0 +1,154 @@
+//! What the login reply tells each app besides its token (`APP_SETTINGS`): the invite
+//! and share text, where files are uploaded and downloaded, and an optional notice the
+//! apps show when a code is sent. Every field has a default built from `PUBLIC_URL`.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::domain::templates::{json_map, looks_like_an_app_id};
+
+/// One entry of `APP_SETTINGS`; the entry of an appid overrides `default` field by field.
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    #[serde(default)]
+    share: ShareEntry,
+    invite: Option<String>,
+    #[serde(default)]
+    urls: UrlsEntry,
+    #[serde(default)]
+    start: StartEntry,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct ShareEntry {
+    text: Option<String>,
+    subject: Option<String>,
+    title: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct UrlsEntry {
+    upload: Option<String>,
+    download: Option<String>,
+}
+
+#[derive(Deserialize, Default, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct StartEntry {
+    title: Option<String>,
+    message: Option<String>,
+    /// Milliseconds the Android app waits before showing the code field.
+    delay: Option<u64>,
+}
+
+/// What one app is told, placeholders filled in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppReply {
+    pub share_text: String,
+    pub share_subject: String,
+    pub share_title: String,
+    pub invite: String,
+    pub upload_url: String,
+    pub download_url: String,
+    /// Shown by the Android app as an alert when a code was sent; none by default.
+    pub start_title: Option<String>,
+    pub start_message: Option<String>,
+    pub start_delay: Option<u64>,
+}
+
+pub struct AppSettings {
+    default: Entry,
+    per_app: HashMap<String, Entry>,
+    app_names: HashMap<String, String>,
+    public_url: String,
+}
+
+const DEFAULT_SHARE_TEXT: &str = "Let's chat on {appname}: {public_url}";
+const DEFAULT_SHARE_SUBJECT: &str = "Join me on {appname}";
+const DEFAULT_SHARE_TITLE: &str = "Invite a friend";
+
+impl AppSettings {
+    pub fn from_config(config: &Config) -> Result<AppSettings, String> {
+        let mut per_app: HashMap<String, Entry> = if config.app_settings.trim().is_empty() {
+            HashMap::new()
+        } else {
+            serde_json::from_str(&config.app_settings).map_err(|e| {
+                format!("invalid configuration: APP_SETTINGS must be a JSON object of appid -> {{share, invite, urls, start}}: {e}")
+            })?
+        };
+        let default = per_app.remove("default").unwrap_or_default();
+        Ok(AppSettings { default, per_app, app_names: json_map("APP_NAMES", &config.app_names)?, public_url: config.public_base_url() })
+    }
+
+    /// The settings of `appid`: its own entry, then `default`, then the built-in defaults.
+    pub fn for_app(&self, appid: &str) -> AppReply {
+        let own = self.per_app.get(appid);
+        let pick = |field: fn(&Entry) -> Option<&String>| own.and_then(field).or_else(|| field(&self.default)).cloned();
+        let appname = self.app_names.get(appid).map_or(if looks_like_an_app_id(appid) { appid } else { "the app" }, String::as_str);
+        let fill = |text: String| text.replace("{appname}", appname).replace("{public_url}", &self.public_url);
+        let share_text = fill(pick(|e| e.share.text.as_ref()).unwrap_or_else(|| DEFAULT_SHARE_TEXT.into()));
+        AppReply {
+            invite: pick(|e| e.invite.as_ref()).map_or_else(|| share_text.clone(), fill),
+            share_text,
+            share_subject: fill(pick(|e| e.share.subject.as_ref()).unwrap_or_else(|| DEFAULT_SHARE_SUBJECT.into())),
+            share_title: fill(pick(|e| e.share.title.as_ref()).unwrap_or_else(|| DEFAULT_SHARE_TITLE.into())),
+            upload_url: fill(pick(|e| e.urls.upload.as_ref()).unwrap_or_else(|| "{public_url}/api.php".into())),
+            download_url: fill(pick(|e| e.urls.download.as_ref()).unwrap_or_else(|| "{public_url}/files/".into())),
+            start_title: pick(|e| e.start.title.as_ref()).map(fill),
+            start_message: pick(|e| e.start.message.as_ref()).map(fill),
+            start_delay: own.and_then(|e| e.start.delay).or(self.default.start.delay),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> AppSettings {
+        AppSettings::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn defaults_come_from_the_public_url_and_the_app_name() {
+        let app = settings(&[("PUBLIC_URL", "https://login.example.com"), ("APP_NAMES", r#"{"com.example.app":"Example Chat"}"#)])
+            .for_app("com.example.app");
+        assert_eq!(app.upload_url, "https://login.example.com/api.php");
+        assert_eq!(app.download_url, "https://login.example.com/files/");
+        assert_eq!(app.share_text, "Let's chat on Example Chat: https://login.example.com");
+        assert_eq!(app.invite, app.share_text);
+        assert_eq!(app.share_subject, "Join me on Example Chat");
+        assert_eq!((app.start_title, app.start_message, app.start_delay), (None, None, None));
+    }
+
+    #[test]
+    fn malformed_settings_name_the_variable() {
+        for value in ["{not json", r#"{"default":{"share":{"txt":"x"}}}"#, r#"{"default":{"start":{"delay":"soon"}}}"#] {
+            let config = Config::from_vars([("APP_SETTINGS", value)]).unwrap();
+            let error = AppSettings::from_config(&config).err().unwrap_or_else(|| panic!("{value} accepted"));
+            assert!(error.contains("APP_SETTINGS") && !error.contains('\n'), "{error}");
+        }
+    }
+
+    #[test]
+    fn an_app_entry_overrides_the_default_entry_field_by_field() {
+        let json = r#"{
+            "default": {"share": {"title": "Share via"}, "start": {"message": "Your code is on its way", "delay": 2000}},
+            "com.example.app": {"share": {"text": "Get {appname}"}, "urls": {"download": "https://cdn.example.com/"}}
+        }"#;
+        let all = settings(&[("APP_SETTINGS", json)]);
+        let app = all.for_app("com.example.app");
+        assert_eq!((app.share_text.as_str(), app.invite.as_str()), ("Get com.example.app", "Get com.example.app"));
+        assert_eq!(app.share_title, "Share via");
+        assert_eq!(app.download_url, "https://cdn.example.com/");
+        assert_eq!(app.upload_url, "http://127.0.0.1:8080/api.php");
+        assert_eq!((app.start_message.as_deref(), app.start_delay), (Some("Your code is on its way"), Some(2000)));
+        let other = all.for_app("org.other");
+        assert_eq!(other.share_text, "Let's chat on org.other: http://127.0.0.1:8080");
+        assert_eq!(other.share_title, "Share via");
+    }
+}

@@ -1,0 +1,211 @@
+//! The server's secret key: where it comes from, and the keys derived from it.
+//!
+//! One secret, from `OTP_SECRET` or a key file, keys both the code hashes and the
+//! encryption of queued messages. It is never kept in the database: a copy of the
+//! database alone must not reveal a pending code.
+
+use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use hkdf::Hkdf;
+use rand::rngs::OsRng;
+use rand::RngCore;
+use sha2::Sha256;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::config::Config;
+use crate::domain::otp::OtpHasher;
+
+/// The setting under which earlier releases kept a generated key in the database.
+pub const LEGACY_SETTING: &str = "otp_hash_key";
+/// Shortest key a key file may hold, in bytes.
+const MIN_FILE_KEY_BYTES: usize = 16;
+
+/// Where the secret was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The `OTP_SECRET` setting.
+    Setting,
+    /// A key file: `OTP_SECRET_FILE`, or the one created beside the database.
+    File(PathBuf),
+}
+
+/// The keys derived from the server secret.
+#[derive(Clone)]
+pub struct ServerKeys {
+    pub hasher: OtpHasher,
+    pub seal: MessageSeal,
+}
+
+impl ServerKeys {
+    pub fn from_secret(secret: &[u8]) -> ServerKeys {
+        // The code hashes keep using the secret itself, so codes pending before an upgrade still verify.
+        ServerKeys { hasher: OtpHasher::new(secret), seal: MessageSeal::derive(secret) }
+    }
+}
+
+/// The key file used when neither `OTP_SECRET` nor `OTP_SECRET_FILE` is set.
+pub fn default_key_file(database_path: &str) -> PathBuf {
+    PathBuf::from(format!("{database_path}.key"))
+}
+
+/// What finding the secret did, for the caller to log and to finish.
+pub struct LoadedSecret {
+    pub secret: Vec<u8>,
+    pub source: KeySource,
+    /// True when the key file was written by this start (new, or moved out of the database).
+    pub created_file: bool,
+}
+
+/// Finds the server secret. `stored` is a key an earlier release kept in the database:
+/// when no key file exists yet it is moved to one (so codes pending across the upgrade
+/// still verify); the caller then deletes it from the database.
+pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecret, String> {
+    if !config.otp_secret.is_empty() {
+        return Ok(LoadedSecret { secret: config.otp_secret.as_bytes().to_vec(), source: KeySource::Setting, created_file: false });
+    }
+    let explicit = !config.otp_secret_file.is_empty();
+    let path = if explicit { PathBuf::from(&config.otp_secret_file) } else { default_key_file(&config.database_path) };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = parse_key_file(&text).map_err(|why| format!("key file {}: {why}", path.display()))?;
+            warn_if_readable_by_others(&path);
+            Ok(LoadedSecret { secret, source: KeySource::File(path), created_file: false })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A named file that is missing is more likely a missing mount than a first start,
+            // and a new key there would void every pending code.
+            if explicit && stored.is_none() {
+                return Err(format!(
+                    "OTP_SECRET_FILE {} does not exist; create it with `openssl rand -hex 32 > {0}` (mode 0600) or unset OTP_SECRET_FILE to have one created beside the database",
+                    path.display()
+                ));
+            }
+            let secret = match stored {
+                Some(key) => key.to_vec(),
+                None => {
+                    let mut key = vec![0u8; 32];
+                    OsRng.fill_bytes(&mut key);
+                    key
+                }
+            };
+            write_key_file(&path, &secret).map_err(|e| format!("cannot create the key file {}: {e}", path.display()))?;
+            Ok(LoadedSecret { secret, source: KeySource::File(path), created_file: true })
+        }
+        Err(e) => Err(format!("cannot read the key file {}: {e}", path.display())),
+    }
+}
+
+/// A key file holds the key as hexadecimal digits (as `openssl rand -hex 32` writes them).
+fn parse_key_file(text: &str) -> Result<Vec<u8>, String> {
+    let key = hex::decode(text.trim()).map_err(|_| "must hold the key as hexadecimal digits (openssl rand -hex 32)".to_string())?;
+    if key.len() < MIN_FILE_KEY_BYTES {
+        return Err(format!("the key must be at least {MIN_FILE_KEY_BYTES} bytes ({} hexadecimal digits)", 2 * MIN_FILE_KEY_BYTES));
+    }
+    Ok(key)
+}
+
+/// Writes the key to a new file only its owner can read; a crash leaves no partial file
+/// under the key file's name.
+fn write_key_file(path: &Path, key: &[u8]) -> std::io::Result<()> {
+    let partial = path.with_extension("key-partial");
+    let _ = std::fs::remove_file(&partial);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&partial)?;
+    file.write_all(format!("{}\n", hex::encode(key)).as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(file = %path.display(), "the key file can be read by other users; chmod 600 it");
+            }
+        }
+    }
+}
+
+/// Encrypts queued messages (the code and its rendered text) with XChaCha20-Poly1305,
+/// so that neither reaches the database file or its WAL in clear, and retries after a
+/// restart can still read them.
+#[derive(Clone)]
+pub struct MessageSeal {
+    cipher: XChaCha20Poly1305,
+}
+
+const NONCE_BYTES: usize = 24;
+
+impl MessageSeal {
+    fn derive(secret: &[u8]) -> MessageSeal {
+        let mut key = [0u8; 32];
+        Hkdf::<Sha256>::new(None, secret).expand(b"otpgate queued message key v1", &mut key).expect("32 bytes is a valid HKDF length");
+        MessageSeal { cipher: XChaCha20Poly1305::new(&key.into()) }
+    }
+
+    /// `nonce || ciphertext`, bound to `context` (which must be given again to open it).
+    pub fn seal(&self, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
+        let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
+        let ciphertext = self.cipher.encrypt(&nonce, Payload { msg: plaintext, aad: context }).expect("encryption in memory does not fail");
+        let mut sealed = nonce.to_vec();
+        sealed.extend_from_slice(&ciphertext);
+        sealed
+    }
+
+    /// The plaintext, or `None` when `sealed` was not sealed by this key for this context.
+    pub fn open(&self, sealed: &[u8], context: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NONCE_BYTES {
+            return None;
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_BYTES);
+        self.cipher.decrypt(XNonce::from_slice(nonce), Payload { msg: ciphertext, aad: context }).ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_message_opens_only_with_its_key_and_context() {
+        let seal = MessageSeal::derive(b"secret one");
+        let sealed = seal.seal(b"Your code is 123456", b"18005550001");
+        assert!(!sealed.windows(6).any(|w| w == b"123456"));
+        assert_eq!(seal.open(&sealed, b"18005550001").as_deref(), Some(&b"Your code is 123456"[..]));
+        assert_eq!(seal.open(&sealed, b"18005550002"), None);
+        assert_eq!(MessageSeal::derive(b"secret two").open(&sealed, b"18005550001"), None);
+        assert_eq!(seal.open(&sealed[..10], b"18005550001"), None);
+        assert_ne!(sealed, seal.seal(b"Your code is 123456", b"18005550001"), "each seal has a fresh nonce");
+    }
+
+    #[test]
+    fn key_files_hold_hex_of_at_least_sixteen_bytes() {
+        assert_eq!(parse_key_file(&format!("{}\n", "ab".repeat(32))).unwrap(), vec![0xab; 32]);
+        assert!(parse_key_file("not hex").is_err());
+        assert!(parse_key_file(&"ab".repeat(15)).is_err());
+    }
+
+    #[test]
+    fn a_created_key_file_is_private_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.db.key");
+        write_key_file(&path, &[7u8; 32]).unwrap();
+        assert_eq!(parse_key_file(&std::fs::read_to_string(&path).unwrap()).unwrap(), vec![7u8; 32]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(!path.with_extension("key-partial").exists());
+    }
+}

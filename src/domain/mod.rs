@@ -1,0 +1,14 @@
+//! Plain rules of the service: what an address, a code, a key, a valid phone, a message and a limit are, and the error codes. No HTTP, no SQL.
+
+pub mod account;
+pub mod address;
+pub mod app_settings;
+pub mod client_ip;
+pub mod error;
+pub mod keys;
+pub mod metrics;
+pub mod otp;
+pub mod phone;
+pub mod ratelimit;
+pub mod sms_limits;
+pub mod templates;

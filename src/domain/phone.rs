@@ -1,0 +1,289 @@
+//! Phone number validation with libphonenumber's metadata (the `phonenumber`
+//! crate), and the operator's country policy. SMS pumping targets expensive
+//! destinations and number ranges, so what cannot or should not get an SMS is
+//! refused before anything is sent.
+
+use phonenumber::country::Id;
+use phonenumber::{PhoneNumber, Type};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::config::Config;
+use crate::domain::address;
+use crate::domain::error::ApiError;
+
+/// Re-parses of a number's E.164 form before it must parse to itself (each drops zeros).
+const MAX_CANONICAL_ROUNDS: usize = 4;
+
+/// A number that passed every check.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidPhone {
+    /// E.164 digits without `+`: the stored and returned form.
+    pub digits: String,
+    /// The country calling code, e.g. 44.
+    pub calling_code: u16,
+}
+
+pub struct PhonePolicy {
+    default_region: Option<Id>,
+    mobile_only: bool,
+    /// `OTP_SENDER=log`: nothing is sent, so a number that cannot receive SMS is let
+    /// through (with a warning) for local testing.
+    sends_nothing: bool,
+    allowed: Vec<CountryMatch>,
+    blocked: Vec<CountryMatch>,
+    recent: Mutex<RecentlyValid>,
+}
+
+/// Numbers that passed lately, by the text the app sent. A verify sends its start's
+/// phone again moments later, and a check runs dozens of metadata regexes (10 to 11 %
+/// of the process's CPU in the benchmark's login start, where every number is new).
+/// The policy never changes while the process runs, so a number that passed still
+/// passes; refusals are not kept.
+#[derive(Default)]
+struct RecentlyValid {
+    current: HashMap<String, ValidPhone>,
+    /// The generation before `current`: a number in neither is checked afresh.
+    previous: HashMap<String, ValidPhone>,
+}
+
+/// Numbers per generation: at most twice this many are kept (under a megabyte).
+const RECENT_GENERATION: usize = 4096;
+/// Longer input (a number padded with separators) is checked every time: keeping it
+/// would let a client fill memory with a few large requests.
+const RECENT_MAX_INPUT_BYTES: usize = 32;
+
+impl RecentlyValid {
+    fn get(&self, raw: &str) -> Option<ValidPhone> {
+        self.current.get(raw).or_else(|| self.previous.get(raw)).cloned()
+    }
+
+    fn insert(&mut self, raw: &str, phone: &ValidPhone) {
+        if raw.len() > RECENT_MAX_INPUT_BYTES {
+            return;
+        }
+        if self.current.len() >= RECENT_GENERATION {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(raw.to_string(), phone.clone());
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// One entry of a country list: an ISO code (`GB`) or a calling code (`44`).
+#[derive(Debug, PartialEq)]
+enum CountryMatch {
+    Region(Id),
+    CallingCode(u16),
+}
+
+impl CountryMatch {
+    fn matches(&self, number: &PhoneNumber) -> bool {
+        match self {
+            CountryMatch::Region(id) => number.country().id() == Some(*id),
+            CountryMatch::CallingCode(code) => number.code().value() == *code,
+        }
+    }
+}
+
+impl PhonePolicy {
+    pub fn from_config(config: &Config) -> Result<PhonePolicy, String> {
+        let default_region = match config.default_region.trim() {
+            "" => None,
+            region => Some(parse_region(region).ok_or("invalid configuration: DEFAULT_REGION must be an ISO country code such as GB")?),
+        };
+        // The metadata is loaded on first use (about a second in debug builds): do it now, not in a request.
+        let _ = phonenumber::parse(None, "+447400123456").map(|n| n.is_valid());
+        Ok(PhonePolicy {
+            default_region,
+            mobile_only: config.phone_mobile_only,
+            sends_nothing: config.otp_sender == "log",
+            allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
+            blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
+            recent: Mutex::default(),
+        })
+    }
+
+    /// Parses and checks a phone as the user typed it. International input
+    /// (`+44...`, `0044...`, or bare digits with the country code) is tried
+    /// first; national input (`020 ...`) needs `DEFAULT_REGION`.
+    pub fn check(&self, raw: &str) -> Result<ValidPhone, ApiError> {
+        if let Some(known) = self.recent().get(raw) {
+            return Ok(known);
+        }
+        let valid = self.check_afresh(raw)?;
+        self.recent().insert(raw, &valid);
+        Ok(valid)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentlyValid> {
+        self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn check_afresh(&self, raw: &str) -> Result<ValidPhone, ApiError> {
+        let malformed = || {
+            let hint = if self.default_region.is_none() { " (national numbers need DEFAULT_REGION)" } else { "" };
+            tracing::info!("phone refused: not a valid number in international format{hint}");
+            ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958")
+        };
+        // A number is valid when its type is known: one type look-up answers both questions
+        // (each look-up runs dozens of metadata regexes: the largest cost of our own code in a login start).
+        let typed = |number: PhoneNumber| {
+            let kind = number.number_type(&phonenumber::metadata::DATABASE);
+            (kind != Type::Unknown).then_some((number, kind))
+        };
+        let international = address::normalize_phone(raw).and_then(|digits| phonenumber::parse(None, format!("+{digits}")).ok());
+        let (mut number, mut kind) = international
+            .and_then(typed)
+            .or_else(|| self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed))
+            .ok_or_else(malformed)?;
+
+        // Zeros typed after the country code (`+91 0 98765 43210`) come back from the
+        // parser in the E.164 form, and that form parses to one with fewer zeros: the
+        // same phone under two addresses, each with its own account and limits. The
+        // stored form is the one that parses to itself.
+        let mut e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        for _ in 0..MAX_CANONICAL_ROUNDS {
+            let (again, again_kind) = phonenumber::parse(None, &e164).ok().and_then(typed).ok_or_else(malformed)?;
+            let again_e164 = again.format().mode(phonenumber::Mode::E164).to_string();
+            if again_e164 == e164 {
+                break;
+            }
+            (number, kind, e164) = (again, again_kind, again_e164);
+        }
+        if phonenumber::parse(None, &e164).ok().map(|n| n.format().mode(phonenumber::Mode::E164).to_string()).as_ref() != Some(&e164) {
+            return Err(malformed());
+        }
+        let masked = || crate::domain::address::Address::Phone(e164.trim_start_matches('+').to_string()).masked();
+        let refused_by = |setting: &str, message: &str| {
+            tracing::info!(phone = %masked(), "phone refused by {setting}");
+            ApiError::new("BADPHONE", message)
+        };
+        if self.blocked.iter().any(|c| c.matches(&number)) {
+            return Err(refused_by("BLOCKED_COUNTRIES", "phone numbers from this country are not served"));
+        }
+        if !(self.allowed.is_empty() || self.allowed.iter().any(|c| c.matches(&number))) {
+            return Err(refused_by("ALLOWED_COUNTRIES", "phone numbers from this country are not served"));
+        }
+        // Mobile ranges, and ranges where fixed and mobile numbers cannot be told apart (e.g. the US).
+        if self.mobile_only && !matches!(kind, Type::Mobile | Type::FixedLineOrMobile) {
+            if !self.sends_nothing {
+                return Err(refused_by("PHONE_MOBILE_ONLY", "this number cannot receive text messages; use a mobile number"));
+            }
+            tracing::warn!(phone = %masked(), "accepted a number that cannot receive SMS because OTP_SENDER=log sends nothing; PHONE_MOBILE_ONLY refuses it with a real sender");
+        }
+        Ok(ValidPhone { digits: e164.trim_start_matches('+').to_string(), calling_code: number.code().value() })
+    }
+}
+
+/// The country calling code of E.164 digits, e.g. 44 for `447400123456`.
+pub fn calling_code_of(digits: &str) -> Option<u16> {
+    phonenumber::parse(None, format!("+{digits}")).ok().map(|number| number.code().value())
+}
+
+fn parse_region(code: &str) -> Option<Id> {
+    code.trim().to_ascii_uppercase().parse().ok()
+}
+
+fn country_list(name: &str, value: &str) -> Result<Vec<CountryMatch>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            let calling_code = entry.trim_start_matches('+').parse::<u16>().ok().filter(|c| (1..=999).contains(c));
+            calling_code
+                .map(CountryMatch::CallingCode)
+                .or_else(|| parse_region(entry).map(CountryMatch::Region))
+                .ok_or_else(|| format!("invalid configuration: {name} entry {entry:?} is neither an ISO country code nor a calling code"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(vars: &[(&str, &str)]) -> PhonePolicy {
+        PhonePolicy::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn international_and_national_input_give_e164_digits() {
+        let p = policy(&[("DEFAULT_REGION", "GB")]);
+        for raw in ["+44 7400 123456", "0044 7400 123456", "447400123456", "07400 123456"] {
+            let phone = p.check(raw).unwrap_or_else(|e| panic!("{raw}: {}", e.message));
+            assert_eq!((phone.digits.as_str(), phone.calling_code), ("447400123456", 44), "{raw}");
+        }
+        assert!(policy(&[]).check("07400 123456").is_err(), "national input needs DEFAULT_REGION");
+    }
+
+    #[test]
+    fn zeros_typed_after_the_country_code_give_the_same_phone() {
+        let p = policy(&[("DEFAULT_REGION", "GB")]);
+        for raw in ["+91 98765 43210", "+91 098765 43210", "+91 00098765 43210"] {
+            assert_eq!(p.check(raw).unwrap().digits, "919876543210", "{raw}");
+        }
+        for raw in ["+44 20 7946 0958", "+44 0 20 7946 0958", "+44 000 20 7946 0958"] {
+            assert_eq!(p.check(raw).map(|phone| phone.digits).ok().as_deref(), Some("442079460958"), "{raw}");
+        }
+        assert_eq!(p.check("+39 347 123 4567").unwrap().digits, "393471234567");
+    }
+
+    #[test]
+    fn the_log_sender_lets_numbers_that_cannot_get_sms_through() {
+        assert_eq!(policy(&[("OTP_SENDER", "log")]).check("+1 800 555 1234").unwrap().digits, "18005551234");
+        assert_eq!(policy(&[("OTP_SENDER", "log")]).check("+44 99 1234 5678").err().unwrap().code, "BADPHONE", "still a valid number");
+        let real_sender = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+        assert_eq!(policy(&real_sender).check("+1 800 555 1234").err().unwrap().code, "BADPHONE");
+        assert_eq!(calling_code_of("447400123456"), Some(44));
+        assert_eq!(calling_code_of("18005551234"), Some(1));
+    }
+
+    #[test]
+    fn invalid_and_non_mobile_numbers_are_refused() {
+        let p = policy(&[("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
+        assert_eq!(p.check("+44 20 7946 0958").err().unwrap().code, "BADPHONE", "London fixed line");
+        assert_eq!(p.check("+1 800 555 1234").err().unwrap().code, "BADPHONE", "US toll-free");
+        assert_eq!(p.check("+44 99 1234 5678").err().unwrap().code, "BADPHONE", "no such range");
+        assert!(p.check("+1 212 555 0123").is_ok(), "US numbers may be mobile");
+        let lenient = policy(&[("PHONE_MOBILE_ONLY", "false"), ("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
+        assert_eq!(lenient.check("+1 800 555 1234").unwrap().digits, "18005551234");
+    }
+
+    #[test]
+    fn country_lists_take_iso_and_calling_codes() {
+        let p = policy(&[("BLOCKED_COUNTRIES", "GB, 33")]);
+        assert!(p.check("+44 7400 123456").is_err());
+        assert!(p.check("+33 6 12 34 56 78").is_err());
+        assert!(p.check("+49 151 23456789").is_ok());
+        let p = policy(&[("ALLOWED_COUNTRIES", "DE")]);
+        assert!(p.check("+49 151 23456789").is_ok());
+        assert!(p.check("+44 7400 123456").err().unwrap().message.contains("not served"));
+        let narnia = Config::from_vars([("ALLOWED_COUNTRIES", "Narnia")]).unwrap();
+        assert!(PhonePolicy::from_config(&narnia).err().unwrap().contains("ALLOWED_COUNTRIES"));
+    }
+
+    #[test]
+    fn numbers_that_passed_are_remembered_within_a_bound_and_refusals_are_not() {
+        let p = policy(&[("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")]);
+        let first = p.check("+1 212 555 0123").unwrap();
+        assert_eq!(p.recent().get("+1 212 555 0123"), Some(first.clone()));
+        assert_eq!(p.check("+1 212 555 0123").unwrap(), first);
+        assert!(p.check("+44 20 7946 0958").is_err());
+        assert!(p.recent().get("+44 20 7946 0958").is_none(), "a refusal is not kept");
+        assert!(p.check("+44 20 7946 0958").is_err());
+        let padded = format!("+1 212 555 0124{}", " ".repeat(1000));
+        assert_eq!(p.check(&padded).unwrap().digits, "12125550124");
+        assert!(p.recent().get(&padded).is_none(), "long input is not kept");
+        for n in 0..3 * RECENT_GENERATION {
+            p.check(&format!("+1 646 {} {:04}", 200 + n / 10_000, n % 10_000)).unwrap();
+        }
+        assert!(p.recent().len() <= 2 * RECENT_GENERATION);
+        assert!(p.recent().get("+1 212 555 0123").is_none(), "the oldest numbers are forgotten");
+    }
+}

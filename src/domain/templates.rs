@@ -1,0 +1,142 @@
+//! The text of the code message: `OTP_MESSAGE` or a per-app override, with
+//! `{otp}`, `{appid}`, `{appname}` and `{minutes}` filled in.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+
+/// Characters of the GSM 03.38 default alphabet, one septet each.
+const GSM7_BASIC: &str =
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// Characters of the GSM extension table, two septets each (escape + char).
+const GSM7_EXTENDED: &str = "^{}\\[~]|€\u{c}";
+
+pub struct Templates {
+    default: String,
+    per_app: HashMap<String, String>,
+    app_names: HashMap<String, String>,
+    minutes: u64,
+}
+
+impl Templates {
+    pub fn from_config(config: &Config) -> Result<Templates, String> {
+        let per_app = json_map("OTP_MESSAGE_PER_APP", &config.otp_message_per_app)?;
+        if let Some(appid) = per_app.iter().find(|(_, template)| !template.contains("{otp}")).map(|(appid, _)| appid) {
+            return Err(format!("invalid configuration: OTP_MESSAGE_PER_APP template for {appid:?} must contain {{otp}}"));
+        }
+        Ok(Templates {
+            default: config.otp_message.clone(),
+            per_app,
+            app_names: json_map("APP_NAMES", &config.app_names)?,
+            minutes: config.otp_ttl_secs.div_ceil(60),
+        })
+    }
+
+    /// The message text for `appid`: its override or `OTP_MESSAGE`, filled in.
+    pub fn render(&self, appid: &str, otp: &str) -> String {
+        self.fill(self.per_app.get(appid).unwrap_or(&self.default), appid, otp)
+    }
+
+    /// Fills the placeholders of any template (e.g. `EMAIL_SUBJECT`).
+    pub fn fill(&self, template: &str, appid: &str, otp: &str) -> String {
+        // The appid comes from the client: only an id-shaped one goes into a message, so
+        // nobody can have arbitrary text sent in an SMS under this service's name.
+        let shown_appid = if looks_like_an_app_id(appid) { appid } else { "" };
+        let appname = self.app_names.get(appid).map_or(shown_appid, String::as_str);
+        template
+            .replace("{otp}", otp)
+            .replace("{appid}", shown_appid)
+            .replace("{appname}", appname)
+            .replace("{minutes}", &self.minutes.to_string())
+    }
+
+    /// Warns when a template renders longer than one SMS segment, which costs double.
+    pub fn warn_if_over_one_segment(&self, otp_length: usize) {
+        let sample_otp = "0".repeat(otp_length);
+        let mut appids: Vec<&str> = self.per_app.keys().map(String::as_str).collect();
+        appids.push("");
+        for appid in appids {
+            let text = self.render(appid, &sample_otp);
+            let (length, limit) = match gsm7_septets(&text) {
+                Some(septets) => (septets, 160),
+                None => (text.encode_utf16().count(), 70),
+            };
+            if length > limit {
+                let which = if appid.is_empty() { "OTP_MESSAGE".to_string() } else { format!("OTP_MESSAGE_PER_APP[{appid}]") };
+                tracing::warn!(
+                    "{which} renders to {length} characters, over the {limit} of one SMS segment: each code will cost several messages"
+                );
+            }
+        }
+    }
+}
+
+/// Septets the text needs in GSM-7, or `None` when it needs UCS-2.
+/// A reverse-DNS style id such as `com.example.app`: letters, digits, `.`, `-`, `_`, at most 64.
+pub(crate) fn looks_like_an_app_id(appid: &str) -> bool {
+    !appid.is_empty() && appid.len() <= 64 && appid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+pub fn gsm7_septets(text: &str) -> Option<usize> {
+    text.chars().try_fold(0, |n, c| {
+        if GSM7_BASIC.contains(c) {
+            Some(n + 1)
+        } else if GSM7_EXTENDED.contains(c) {
+            Some(n + 2)
+        } else {
+            None
+        }
+    })
+}
+
+pub(crate) fn json_map(name: &str, value: &str) -> Result<HashMap<String, String>, String> {
+    if value.trim().is_empty() {
+        return Ok(HashMap::new());
+    }
+    serde_json::from_str(value)
+        .map_err(|_| format!("invalid configuration: {name} must be a JSON object of strings, e.g. {{\"com.example.app\":\"...\"}}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn templates(vars: &[(&str, &str)]) -> Templates {
+        Templates::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn client_text_cannot_ride_in_a_message() {
+        let t = templates(&[("OTP_MESSAGE", "{appname} code {otp}")]);
+        assert_eq!(t.render("com.example.app", "123456"), "com.example.app code 123456");
+        assert_eq!(t.render("Your bank account is locked, call 555", "123456"), " code 123456");
+    }
+
+    #[test]
+    fn placeholders_and_per_app_overrides() {
+        let t = templates(&[
+            ("OTP_MESSAGE", "{appname}: {otp}, valid {minutes} min"),
+            ("OTP_TTL_SECS", "90"),
+            ("APP_NAMES", r#"{"com.a":"Alpha"}"#),
+            ("OTP_MESSAGE_PER_APP", r#"{"com.b":"B code {otp} for {appid}"}"#),
+        ]);
+        assert_eq!(t.render("com.a", "123456"), "Alpha: 123456, valid 2 min");
+        assert_eq!(t.render("com.c", "123456"), "com.c: 123456, valid 2 min");
+        assert_eq!(t.render("com.b", "123456"), "B code 123456 for com.b");
+    }
+
+    #[test]
+    fn bad_overrides_name_the_variable() {
+        for (name, value) in [("OTP_MESSAGE_PER_APP", r#"{"com.a":"no code"}"#), ("OTP_MESSAGE_PER_APP", "[1]"), ("APP_NAMES", "Alpha")] {
+            let error = Templates::from_config(&Config::from_vars([(name, value)]).unwrap()).err().unwrap();
+            assert!(error.contains(name), "{error}");
+        }
+    }
+
+    #[test]
+    fn gsm7_length_counts_extension_characters_twice() {
+        assert_eq!(gsm7_septets("Your code is 123456"), Some(19));
+        assert_eq!(gsm7_septets("[x]"), Some(5));
+        assert_eq!(gsm7_septets("код 123456"), None);
+    }
+}

@@ -1,0 +1,158 @@
+//! The command line: `serve` (the default), `check-config`, `migrate`, `send-test`.
+
+use clap::{Parser, Subcommand};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::delivery::senders::{self, OtpMessage};
+use crate::domain::address::{self, Address};
+use crate::{domain::otp, store};
+
+/// One-time-password login backend for messenger apps. Configured by environment
+/// variables (see .env.example).
+#[derive(Parser, Debug)]
+#[command(name = "otpgate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the HTTP service (the default). SIGTERM or SIGINT stops it gracefully.
+    Serve,
+    /// Validate the environment and print the effective configuration as JSON, secrets redacted.
+    CheckConfig,
+    /// Create or update the database schema at DATABASE_PATH, then exit.
+    Migrate,
+    /// Send one test message through the configured sender.
+    SendTest {
+        /// Phone number (or e-mail address) to send to.
+        #[arg(long)]
+        to: String,
+    },
+    /// Ask the running service on BIND for a probe (exit 0 if it answers 2xx); for
+    /// container HEALTHCHECKs, where no HTTP client is installed.
+    Healthcheck {
+        /// The probe to ask: /healthz (alive) or /readyz (ready).
+        #[arg(long, default_value = "/healthz")]
+        path: String,
+    },
+}
+
+/// Names of settings whose values are credentials or codes; matched as substrings so
+/// that providers added later (`..._AUTH_TOKEN`, `..._API_KEY`) are covered too.
+/// `body` covers SMS_HTTP_BODY: gateways often take their API key in the request body.
+const SECRET_NAME_PARTS: &[&str] = &["token", "secret", "password", "auth", "key", "otps", "body"];
+
+/// The effective configuration with every secret replaced by `"<redacted>"` (or `""`
+/// when unset, so an operator sees which are missing) and credentials removed from URLs.
+pub fn redacted_config(config: &Config) -> Value {
+    let mut value = serde_json::to_value(config).expect("the configuration serialises");
+    for (name, field) in value.as_object_mut().expect("the configuration is an object") {
+        let Value::String(text) = field else { continue };
+        if SECRET_NAME_PARTS.iter().any(|part| name.contains(part)) {
+            if !text.is_empty() {
+                *text = "<redacted>".into();
+            }
+        } else if name.ends_with("_url") {
+            *text = url_without_credentials(text);
+        }
+    }
+    value
+}
+
+/// Drops `user:password@` and the query string, where gateways often take API keys.
+fn url_without_credentials(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or_default();
+    match without_query.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            let slash = if rest.contains('/') { "/" } else { "" };
+            format!("{scheme}://{host}{slash}{path}")
+        }
+        None => without_query.to_string(),
+    }
+}
+
+pub fn check_config(config: &Config) -> Result<String, String> {
+    // Senders validate their own settings (URLs, templates, SMTP addresses) when built.
+    senders::build(config)?;
+    crate::domain::app_settings::AppSettings::from_config(config)?;
+    crate::domain::templates::Templates::from_config(config)?;
+    crate::domain::phone::PhonePolicy::from_config(config)?;
+    crate::domain::client_ip::TrustedProxies::parse(&config.trusted_proxies)?;
+    otp::test_codes(&config.test_otps)?;
+    Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
+}
+
+pub fn migrate(config: &Config) -> Result<String, String> {
+    let db = store::Db::open(&config.database_path, 1).map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+    db.close().map_err(|e| format!("cannot close database {}: {e}", config.database_path))?;
+    Ok(format!("schema applied to {}", config.database_path))
+}
+
+pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
+    let to = match address::normalize_email(to) {
+        Some(email) => Address::Email(email),
+        None if address::normalize_phone(to).is_none() => {
+            return Err(format!("--to {to:?} is neither a phone number nor an e-mail address"))
+        }
+        // The same checks as a login start: a number the service would refuse is not sent to.
+        None => Address::Phone(
+            crate::domain::phone::PhonePolicy::from_config(config)?
+                .check(to)
+                .map_err(|e| format!("--to is refused: {}", e.message))?
+                .digits,
+        ),
+    };
+    let senders = senders::build(config)?;
+    let sender = senders.for_address(&to).ok_or_else(|| format!("no configured sender can reach {}", to.masked()))?;
+    let appid = "otpgate-send-test";
+    let code = otp::generate(config.otp_length);
+    let text = crate::domain::templates::Templates::from_config(config)?.render(appid, &code);
+    let message = OtpMessage { text, to: to.clone(), otp: code, appid: appid.into() };
+    sender
+        .send(&message)
+        .await
+        .map_err(|e| format!("{} could not deliver to {}: {}", sender.name(), to.masked(), to.masked_in(&e.reason)))?;
+    Ok(format!("sent a test message to {} through {}", to.masked(), sender.name()))
+}
+
+pub async fn healthcheck(config: &Config, path: &str) -> Result<String, String> {
+    // A wildcard BIND is reached over loopback.
+    let address = config.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let url = format!("http://{address}{path}");
+    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
+    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{url} answered {status}: {body}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(url_without_credentials("https://user:pw@sms.example.com/send?key=abc"), "https://sms.example.com/send");
+        assert_eq!(url_without_credentials("https://api.example.com/backend/"), "https://api.example.com/backend/");
+        assert_eq!(url_without_credentials("http://h:9000"), "http://h:9000");
+        assert_eq!(url_without_credentials(""), "");
+    }
+
+    #[test]
+    fn subcommands_parse_and_serve_is_the_default() {
+        assert_eq!(Cli::try_parse_from(["otpgate"]).unwrap().command, None);
+        let send = Cli::try_parse_from(["otpgate", "send-test", "--to", "+18005551234"]).unwrap();
+        assert_eq!(send.command, Some(Command::SendTest { to: "+18005551234".into() }));
+        assert!(Cli::try_parse_from(["otpgate", "send-test"]).is_err(), "--to is required");
+        assert!(Cli::try_parse_from(["otpgate", "fly"]).is_err());
+    }
+}

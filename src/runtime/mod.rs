@@ -1,0 +1,149 @@
+//! The composition root: builds every component from the configuration once, runs
+//! what goes on beside the requests (the courier, the outbox, housekeeping), and the
+//! command line.
+
+pub mod cli;
+pub mod logging;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::api::health::Readiness;
+use crate::api::server::HttpSettings;
+use crate::api::AppState;
+use crate::config::Config;
+use crate::delivery::senders::Senders;
+use crate::delivery::{courier, outbox};
+use crate::domain::app_settings::AppSettings;
+use crate::domain::client_ip::TrustedProxies;
+use crate::domain::keys::{self, KeySource, ServerKeys};
+use crate::domain::metrics;
+use crate::service::contacts::ContactLimits;
+use crate::service::login::LoginFlow;
+use crate::store::{self, Db};
+
+impl AppState {
+    /// Opens the database and builds the login flow with the given senders
+    /// (normally `senders::build(&config)`; tests pass a recording sender).
+    pub fn new(config: &Config, senders: Senders) -> Result<AppState, String> {
+        let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
+            .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        let keys = server_keys(config, stored_key.as_deref())?;
+        let seal = keys.seal.clone();
+        let db =
+            Db::open_after(&config.database_path, config.db_pool_size, |conn| remove_secrets_in_clear(conn, &seal, stored_key.is_some()))
+                .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders)?;
+        let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
+        Ok(AppState {
+            db,
+            login,
+            apps: AppSettings::from_config(config)?,
+            contact_limits: Arc::new(ContactLimits::from_config(config)),
+            outbox,
+            readiness: Readiness::from_config(config)?,
+            http: HttpSettings::from_config(config),
+            proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+        })
+    }
+
+    /// Called once the server has stopped: stops the courier and the outbox, waits up to
+    /// `grace` for the sends under way to be recorded (messages still queued stay in the
+    /// database and are sent after the next start) and closes the database cleanly.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.login.courier.stop();
+        // Both wait for sends under way to be recorded before the database closes.
+        tokio::join!(self.login.courier.drain(grace), self.outbox.drain(grace));
+        if let Err(e) = self.db.close() {
+            tracing::warn!("closing the database failed: {e}");
+        }
+    }
+
+    /// Starts, on the current runtime, what runs beside the requests: the courier (which
+    /// also sends messages left queued before a restart), the notification outbox and
+    /// housekeeping every minute.
+    pub fn start_background_tasks(self: Arc<Self>) {
+        tokio::task::spawn_local(self.login.courier.clone().run());
+        tokio::task::spawn_local(self.outbox.clone().run());
+        tokio::task::spawn_local(self.run_maintenance(Duration::from_secs(60)));
+    }
+
+    /// Periodic housekeeping, every `every`.
+    pub async fn run_maintenance(self: Arc<Self>, every: Duration) {
+        let mut interval = tokio::time::interval(every);
+        loop {
+            interval.tick().await;
+            match self.housekeeping().await {
+                Ok(Purged { codes: 0, sessions: 0 }) => {}
+                Ok(Purged { codes, sessions }) => tracing::debug!("purged {codes} expired codes and {sessions} expired sessions"),
+                Err(e) => tracing::warn!("housekeeping failed: {e}"),
+            }
+        }
+    }
+
+    /// Drops expired codes, expired sessions, finished courier messages and idle
+    /// rate-limit entries, so none grows without bound.
+    pub async fn housekeeping(&self) -> Result<Purged, store::StorageError> {
+        self.login.limits.purge();
+        self.login.sms_limits.purge();
+        self.contact_limits.purge();
+        self.login.courier.purge_finished().await?;
+        let purged = self
+            .db
+            .call(|conn| {
+                let now = store::now();
+                Ok(Purged { codes: store::purge_expired(conn, now)?, sessions: store::sessions::purge_expired(conn, now)? })
+            })
+            .await?;
+        metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
+        Ok(purged)
+    }
+}
+
+/// Marks a database whose file was rewritten once no secret or code was left in clear in it.
+const REWRITTEN_SETTING: &str = "rewritten_without_secrets";
+
+/// Finds the server secret (see [`keys::load_secret`]) and says where it is.
+/// `stored` is a key an earlier release kept in the database.
+fn server_keys(config: &Config, stored: Option<&[u8]>) -> Result<ServerKeys, String> {
+    let loaded = keys::load_secret(config, stored)?;
+    let place = match &loaded.source {
+        KeySource::Setting => "OTP_SECRET".to_string(),
+        KeySource::File(path) => format!("the key file {}", path.display()),
+    };
+    match (stored, loaded.created_file) {
+        (Some(_), true) => tracing::info!("moved the OTP key out of the database into {place}"),
+        (None, true) => tracing::info!("created {place} (mode 0600): back it up apart from the database"),
+        (Some(old), false) if old != loaded.secret => {
+            tracing::warn!(
+                "removing an OTP key kept in the database; the key is {place} (codes issued under the old key must be asked for again)"
+            )
+        }
+        (Some(_), false) => tracing::info!("removing the copy of the OTP key kept in the database; the key is {place}"),
+        (None, false) => tracing::debug!("OTP key: {place}"),
+    }
+    Ok(ServerKeys::from_secret(&loaded.secret))
+}
+
+/// Leaves no secret in clear in the database: deletes a key kept there by an earlier
+/// release (once it is in its key file), encrypts messages queued in clear, and rewrites
+/// the file once so no old page keeps either.
+fn remove_secrets_in_clear(conn: &mut rusqlite::Connection, seal: &keys::MessageSeal, had_key: bool) -> rusqlite::Result<()> {
+    let sealed = courier::seal_rows_in_clear(conn, seal)?;
+    store::remove_setting(conn, keys::LEGACY_SETTING)?;
+    if had_key || sealed > 0 || store::setting(conn, REWRITTEN_SETTING)?.is_none() {
+        store::rewrite_file(conn)?;
+        store::set_setting(conn, REWRITTEN_SETTING, &store::now().to_le_bytes())?;
+    }
+    if sealed > 0 {
+        tracing::info!(messages = sealed, "encrypted the messages an earlier release kept in clear, and rewrote the database file");
+    }
+    Ok(())
+}
+
+/// What one round of housekeeping removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub codes: usize,
+    pub sessions: usize,
+}

@@ -1,0 +1,221 @@
+//! Contact sync: an app uploads the phones of its address book and learns which
+//! of them use the app, then asks for changes since its last sync.
+
+use serde_json::{Map, Value};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::domain::account::Caller;
+use crate::domain::address;
+use crate::domain::error::ApiError;
+use crate::domain::ratelimit::KeyedLimit;
+use crate::store::contacts::{sync, SyncQuery};
+use crate::store::{self, Db};
+
+/// The normalised, de-duplicated phones of a request and how many entries were not phones.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PhoneList {
+    pub phones: Vec<String>,
+    pub invalid: usize,
+}
+
+/// Parses `phones`: a comma-separated string or a JSON array of strings or numbers.
+pub fn parse_phones(raw: &str, max: usize) -> Result<PhoneList, ApiError> {
+    let raw = raw.trim();
+    let entries: Vec<String> = if raw.starts_with('[') {
+        let items: Vec<Value> = serde_json::from_str(raw).map_err(|_| ApiError::new("BADPARAM", "phones is not a valid JSON array"))?;
+        items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => s,
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            })
+            .collect()
+    } else {
+        raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+    };
+    if entries.len() > max {
+        return Err(ApiError::new("TOOMANY", format!("at most {max} phones per request")));
+    }
+    let mut phones = BTreeSet::new();
+    let mut invalid = 0;
+    for entry in &entries {
+        match address::normalize_phone(entry) {
+            Some(phone) => {
+                phones.insert(phone);
+            }
+            None => invalid += 1,
+        }
+    }
+    Ok(PhoneList { phones: phones.into_iter().collect(), invalid })
+}
+
+/// What bounds contact sync: an upload answers which of its numbers are users, so
+/// numbers a user has not uploaded before are budgeted per user and per client IP;
+/// numbers already among their contacts cost nothing.
+pub struct ContactLimits {
+    pub max_per_request: usize,
+    max_per_user: usize,
+    new_per_user: KeyedLimit,
+    new_per_ip: KeyedLimit,
+}
+
+impl ContactLimits {
+    pub fn from_config(config: &Config) -> ContactLimits {
+        ContactLimits {
+            max_per_request: config.max_contacts_per_request,
+            max_per_user: config.max_contacts_per_user,
+            new_per_user: KeyedLimit::per_day(config.limit_new_contacts_per_user_per_day).named("new_contacts_per_user"),
+            new_per_ip: KeyedLimit::per_day(config.limit_new_contacts_per_ip_per_day).named("new_contacts_per_ip"),
+        }
+    }
+
+    /// Admits an upload of `new` numbers that leaves the user with `stored` contacts.
+    fn admit(&self, user_id: i64, client_ip: &str, new: usize, stored: usize) -> Result<(), ApiError> {
+        if stored > self.max_per_user {
+            let message = format!(
+                "a user keeps at most {} contacts and this upload would make {stored}; remove some with delcontacts, or upload the whole address book again with reset",
+                self.max_per_user
+            );
+            return Err(ApiError::new("TOOMANY", message));
+        }
+        let new = u32::try_from(new).unwrap_or(u32::MAX);
+        let refused = |wait: Option<u64>, whose: &str| match wait {
+            Some(wait) => ApiError::rate_limited(wait, format!("too many new numbers looked up {whose} today; retry in {wait} seconds")),
+            None => ApiError::new("TOOMANY", format!("more new numbers in one upload than {whose} may look up in a day")),
+        };
+        self.new_per_ip.check_n(client_ip, new).map_err(|wait| refused(wait, "from this address"))?;
+        self.new_per_user.check_n(&user_id.to_string(), new).map_err(|wait| refused(wait, "by this user"))?;
+        Ok(())
+    }
+
+    pub fn purge(&self) {
+        self.new_per_user.purge();
+        self.new_per_ip.purge();
+    }
+}
+
+/// A field that was sent and is not blank.
+fn present(field: Option<&str>) -> Option<&str> {
+    field.map(str::trim).filter(|value| !value.is_empty())
+}
+
+/// Where a paged sync continues: the time the first page was taken and the last entry sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    started: i64,
+    ts: i64,
+    address: String,
+}
+
+impl Cursor {
+    fn parse(raw: &str) -> Option<Cursor> {
+        let mut parts = raw.splitn(3, ':');
+        let started = parts.next()?.parse().ok()?;
+        let ts = parts.next()?.parse().ok()?;
+        let address = parts.next()?.to_string();
+        Some(Cursor { started, ts, address })
+    }
+
+    fn encode(&self) -> String {
+        format!("{}:{}:{}", self.started, self.ts, self.address)
+    }
+}
+
+/// The fields of `op=getcontacts` as sent.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncRequest<'a> {
+    /// Phones to add: a comma-separated list or a JSON array.
+    pub phones: Option<&'a str>,
+    /// Unix seconds: answer contacts changed since.
+    pub ts: Option<&'a str>,
+    pub cursor: Option<&'a str>,
+    /// Forget the caller's contacts first.
+    pub reset: bool,
+}
+
+/// `op=getcontacts`.
+pub async fn getcontacts(
+    db: &Arc<Db>,
+    limits: &Arc<ContactLimits>,
+    caller: &Caller,
+    client_ip: &str,
+    request: SyncRequest<'_>,
+) -> Result<Map<String, Value>, ApiError> {
+    let uploaded = match present(request.phones) {
+        Some(raw) => Some(parse_phones(raw, limits.max_per_request)?),
+        None => None,
+    };
+    let since = match present(request.ts) {
+        Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new("BADPARAM", "ts must be unix seconds"))?,
+        None => 0,
+    };
+    let after = match present(request.cursor) {
+        Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new("BADPARAM", "cursor is not one this server gave"))?),
+        None => None,
+    };
+    let now = store::now();
+    // The next sync must see every change made after the first page was taken.
+    let started = after.as_ref().map_or(now, |c| c.started);
+    let query = SyncQuery {
+        owner: caller.user_id,
+        phones: uploaded.as_ref().map(|list| Value::from(list.phones.clone()).to_string()),
+        since,
+        // A reset applies to the first page only; later pages re-send the same phones.
+        reset: after.is_none() && request.reset,
+        after: after.map(|cursor| (cursor.ts, cursor.address)),
+        now,
+    };
+    let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
+    let admit = move |new, stored| limits.admit(user_id, &client_ip, new, stored);
+    let (page, more) = db.call(move |conn| sync(conn, &query, admit)).await??;
+
+    let mut fields = Map::new();
+    if more {
+        let last = page.last().expect("a page with more has entries");
+        fields.insert("cursor".into(), Cursor { started, ts: last.ts, address: last.address.clone() }.encode().into());
+    }
+    fields.insert("more".into(), more.into());
+    fields.insert("contacts".into(), page.iter().map(|p| Value::Object(p.public_fields())).collect::<Vec<_>>().into());
+    if let Some(list) = uploaded {
+        fields.insert("invalid".into(), list.invalid.into());
+    }
+    fields.insert("ts".into(), started.into());
+    Ok(fields)
+}
+
+/// `op=delcontacts`: `phones` as sent.
+pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Map<String, Value>, ApiError> {
+    let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new("BADPARAM", "phones is required"))?;
+    let list = parse_phones(raw, max_phones)?;
+    let (owner, phones) = (caller.user_id, Value::from(list.phones).to_string());
+    let removed = db.call(move |conn| store::contacts::remove(conn, owner, &phones)).await?;
+    let mut fields = Map::new();
+    fields.insert("removed".into(), removed.into());
+    fields.insert("invalid".into(), list.invalid.into());
+    Ok(fields)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_come_as_a_list_or_a_json_array() {
+        let list = parse_phones("+1 800 555 0001, 18005550002,12, 18005550001", 10).unwrap();
+        assert_eq!(list, PhoneList { phones: vec!["18005550001".into(), "18005550002".into()], invalid: 1 });
+        let list = parse_phones(r#"["18005550003", 18005550004, "x", null]"#, 10).unwrap();
+        assert_eq!(list, PhoneList { phones: vec!["18005550003".into(), "18005550004".into()], invalid: 2 });
+        assert_eq!(parse_phones("[1,2", 10).unwrap_err().code, "BADPARAM");
+        assert_eq!(parse_phones("18005550001,18005550002,18005550003", 2).unwrap_err().code, "TOOMANY");
+    }
+
+    #[test]
+    fn cursors_round_trip() {
+        let cursor = Cursor { started: 1_700_000_000, ts: 1_699_999_999, address: "18005550001".into() };
+        assert_eq!(Cursor::parse(&cursor.encode()), Some(cursor));
+        assert_eq!(Cursor::parse("garbage"), None);
+    }
+}

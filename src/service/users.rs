@@ -1,0 +1,63 @@
+//! `op=me` and `op=profile`: the caller's own profile.
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use crate::domain::account::{
+    refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
+};
+use crate::domain::error::ApiError;
+use crate::store::users::{profile, update_profile};
+use crate::store::{self, Db};
+
+/// `op=me`: the caller's own profile, with the upstream uid.
+pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
+    let user_id = caller.user_id;
+    let own = db.read(move |conn| profile(conn, user_id)).await?;
+    Ok(profile_reply(own))
+}
+
+/// The fields of `op=profile` as sent; `None` leaves the stored value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProfileFields<'a> {
+    pub name: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub photo: Option<&'a str>,
+}
+
+/// `op=profile`: changes `name`, `status` and/or `photo`.
+pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields<'_>) -> Result<Map<String, Value>, ApiError> {
+    let field = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
+        let Some(value) = value.map(|v| v.trim()) else { return Ok(None) };
+        if value.chars().count() > max {
+            return Err(ApiError::new("BADPARAM", format!("{name} must be at most {max} characters")));
+        }
+        Ok(Some(value.to_string()))
+    };
+    let change = ProfileChange {
+        name: field("name", fields.name, MAX_NAME_CHARS)?,
+        status: field("status", fields.status, MAX_STATUS_CHARS)?,
+        photo: field("photo", fields.photo, MAX_PHOTO_CHARS)?,
+    };
+    if change.name.is_none() && change.status.is_none() && change.photo.is_none() {
+        return Err(ApiError::new("BADPARAM", "name, status or photo is required"));
+    }
+    if change.photo.as_deref().is_some_and(|p| !p.is_empty() && !p.starts_with("https://") && !p.starts_with("http://")) {
+        return Err(ApiError::new("BADPARAM", "photo must be an http(s) URL"));
+    }
+    for (field, text) in [("name", &change.name), ("status", &change.status), ("photo", &change.photo)] {
+        refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
+    }
+    let user_id = caller.user_id;
+    let updated = db.call(move |conn| update_profile(conn, user_id, &change, store::now())).await?;
+    Ok(profile_reply(updated))
+}
+
+/// A profile goes under `profile`: its `ts` would clash with the reply's.
+fn profile_reply(profile: Profile) -> Map<String, Value> {
+    let mut fields = profile.public_fields();
+    fields.insert("uid".into(), profile.uid.into());
+    let mut reply = Map::new();
+    reply.insert("profile".into(), Value::Object(fields));
+    reply
+}

@@ -1,0 +1,769 @@
+//! SQLite storage: one writer thread that commits queued jobs in groups, a pool of
+//! reader connections, and the queries of the login flow.
+
+pub mod allocator;
+pub mod contacts;
+pub mod outbox;
+pub mod schema;
+pub mod sessions;
+pub mod users;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::Duration;
+use std::time::Instant;
+
+use crate::domain::account::{Evicted, OwnProfile};
+use crate::domain::error::ApiError;
+use crate::domain::otp;
+
+/// All writes go to one connection owned by a dedicated thread, because SQLite admits
+/// one writer at a time: a queue in front of it is cheaper than SQLite's busy handler
+/// (which sleeps whole milliseconds) and than handing the connection between threads.
+/// The thread commits the jobs waiting in the queue together (group commit), each in a
+/// savepoint of its own. Readers get their own pool and, thanks to WAL, never wait for
+/// the writer.
+pub struct Db {
+    writer: mpsc::Sender<WriterMessage>,
+    readers: Mutex<Vec<Connection>>,
+    reader_returned: Condvar,
+    /// One per reader connection: a read takes one before it takes a blocking thread.
+    reader_permits: tokio::sync::Semaphore,
+    /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
+    closed: AtomicBool,
+}
+
+/// Runs a job on the writer connection; answers `Err` if the job failed, or else a
+/// reply to call with the outcome of the commit.
+type Job = Box<dyn FnOnce(&mut Connection) -> Result<Reply, ()> + Send>;
+type Reply = Box<dyn FnOnce(Result<(), StorageError>)>;
+
+enum WriterMessage {
+    Run(Job),
+    /// Checkpoint, close the connection and stop; answers when done.
+    Close(mpsc::Sender<Result<(), StorageError>>),
+}
+
+/// Most jobs one commit takes: enough to cover every waiting request, few enough that
+/// a reply does not wait long for the others.
+const MAX_GROUP: usize = 128;
+/// Page cache of the writer: the indexes it updates stay in memory.
+const WRITER_CACHE_KIB: i64 = 16 * 1024;
+/// A WAL of this many pages (40 MB) is checkpointed and truncated by the writer right after
+/// its commit, so the log starts over instead of growing. The background checkpointer has
+/// copied and synced most of it by then, so the writer's checkpoint costs about the same at
+/// any size, and a larger WAL makes it rarer than SQLite's default of 1000 pages.
+pub const CHECKPOINT_PAGES: i64 = 10_000;
+/// Pause of the background checkpointer between two rounds, so that it copies frames in
+/// batches instead of after every commit.
+const BACKGROUND_CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
+/// After a checkpoint, a WAL file that grew larger (a long reader held it) is cut back to this.
+const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+
+/// More than the distinct statements of every job together (about 60), so none is prepared twice.
+const STATEMENT_CACHE_CAPACITY: usize = 128;
+
+#[derive(Debug)]
+pub struct StorageError(pub String);
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError(e.to_string())
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
+    // Before SQLite's first use, or it keeps the system allocator.
+    crate::store::allocator::route_sqlite();
+    let conn = Connection::open(path)?;
+    // Other processes (an operator's sqlite3 shell, a second instance) may still hold locks.
+    conn.busy_timeout(Duration::from_secs(5))?;
+    // WAL lets readers run beside the writer; NORMAL sync is durable in WAL mode
+    // except for the last transactions on power loss, and avoids an fsync per request.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // rusqlite keeps 16 statements by default, fewer than the writer uses per login:
+    // it was preparing about 8 statements per login again.
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE_CAPACITY);
+    Ok(conn)
+}
+
+impl Db {
+    /// Opens the database file (created if missing), applies the schema, and opens
+    /// the writer plus `readers` reader connections.
+    pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
+        Db::open_after(path, readers, |_| Ok(()))
+    }
+
+    /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
+    /// outside any transaction and before anything else uses the database.
+    pub fn open_after(
+        path: &str,
+        readers: usize,
+        startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
+    ) -> Result<Arc<Db>, StorageError> {
+        let mut writer = connect(path)?;
+        crate::store::schema::apply(&mut writer)?;
+        startup(&mut writer)?;
+        // A WAL left large by a crash or a bulk load is copied back now, not by the first request.
+        writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        writer.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+        writer.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
+        // Each job's savepoint keeps the original of every page it changes in a
+        // sub-journal: in memory, not in a temporary file written page by page.
+        writer.pragma_update(None, "temp_store", "MEMORY")?;
+        let writer = Writer::new(writer);
+        let readers = (0..readers.max(1)).map(|_| connect(path)).collect::<Result<Vec<_>, _>>()?;
+        let checkpointer = Checkpointer::start(connect(path)?)?;
+        let (messages, queue) = mpsc::channel::<WriterMessage>();
+        std::thread::Builder::new()
+            .name("otpgate-db-writer".into())
+            .spawn(move || run_writer(writer, queue, checkpointer))
+            .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
+        Ok(Arc::new(Db {
+            writer: messages,
+            reader_permits: tokio::sync::Semaphore::new(readers.len()),
+            readers: Mutex::new(readers),
+            reader_returned: Condvar::new(),
+            closed: AtomicBool::new(false),
+        }))
+    }
+
+    /// Runs `f` on the writer connection and waits for it without blocking the async worker.
+    pub async fn call<R, F>(&self, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.submit(f, move |r| {
+            let _ = done.send(r);
+        })?;
+        result.await.map_err(|_| closed())?
+    }
+
+    /// Runs `f` on the writer connection, blocking this thread until it is done.
+    pub fn blocking<R, F>(&self, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let (done, result) = mpsc::channel();
+        self.submit(f, move |r| {
+            let _ = done.send(r);
+        })?;
+        result.recv().map_err(|_| closed())?
+    }
+
+    fn submit<R: 'static, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
+    where
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(closed());
+        }
+        let queued = Instant::now();
+        let job: Job = Box::new(move |conn: &mut Connection| {
+            crate::domain::metrics::DB_POOL_WAIT.observe(queued.elapsed().as_secs_f64());
+            // A panicking job must not take the writer thread, and every later write, with it.
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {
+                Ok(Ok(value)) => Ok(Box::new(move |committed: Result<(), StorageError>| reply(committed.map(|()| value))) as Reply),
+                Ok(Err(e)) => {
+                    reply(Err(e.into()));
+                    Err(())
+                }
+                Err(_) => {
+                    reply(Err(StorageError("database job panicked".into())));
+                    Err(())
+                }
+            }
+        });
+        self.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
+    }
+
+    /// Closes the database at shutdown: finishes the queued writes, checkpoints the WAL
+    /// into the database file and closes every connection (SQLite then removes the WAL).
+    /// Later calls fail at once.
+    pub fn close(&self) -> Result<(), StorageError> {
+        self.closed.store(true, Ordering::SeqCst);
+        self.reader_permits.close();
+        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        self.reader_returned.notify_all();
+        for conn in readers {
+            conn.close().map_err(|(_, e)| StorageError::from(e))?;
+        }
+        let (done, result) = mpsc::channel();
+        self.writer.send(WriterMessage::Close(done)).map_err(|_| closed())?;
+        result.recv().map_err(|_| closed())?
+    }
+
+    /// Runs `f` with a reader connection on the blocking thread pool; `f` must not write.
+    pub async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R, StorageError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
+    {
+        let pool_wait = crate::domain::metrics::DB_POOL_WAIT.start_timer();
+        // No more blocking threads at a time than reader connections: the others would
+        // only wait for a connection, each with its own stack and allocator arena. (With
+        // getcontacts' lookups on readers, tried and reverted, 64 waiting threads added
+        // about 40 MB to the preloaded benchmark's peak RSS.)
+        let _permit = self.reader_permits.acquire().await.map_err(|_| closed())?;
+        let db = Arc::clone(self);
+        tokio::task::spawn_blocking(move || db.blocking_read(f, pool_wait))
+            .await
+            .map_err(|e| StorageError(format!("database task failed: {e}")))?
+    }
+
+    fn blocking_read<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>,
+        pool_wait: prometheus::HistogramTimer,
+    ) -> Result<R, StorageError> {
+        let mut conn = {
+            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if self.closed.load(Ordering::SeqCst) {
+                    return Err(closed());
+                }
+                match idle.pop() {
+                    Some(conn) => break conn,
+                    // A permit usually means an idle connection, but a cancelled read gives its
+                    // permit back while its blocking thread still holds the connection.
+                    None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        pool_wait.observe_duration();
+        let result = f(&mut conn);
+        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.reader_returned.notify_one();
+        Ok(result?)
+    }
+}
+
+/// The writer connection, with the size of its WAL as SQLite reports it after each commit.
+struct Writer {
+    // Declared first so that it is closed before the counter its WAL hook writes to is freed.
+    conn: Connection,
+    wal_frames: Box<AtomicI64>,
+}
+
+impl Writer {
+    /// Replaces SQLite's automatic checkpoint, itself a WAL hook, with a count of the WAL's
+    /// frames: the automatic one gives up without a word when another connection is
+    /// checkpointing, and the WAL then grows for as long as that checkpoint takes.
+    fn new(conn: Connection) -> Writer {
+        let wal_frames = Box::new(AtomicI64::new(0));
+        // SAFETY: the counter is boxed, so its address is stable, and it is freed only after
+        // the connection is closed (field order), so the hook never writes to freed memory.
+        unsafe {
+            rusqlite::ffi::sqlite3_wal_hook(
+                conn.handle(),
+                Some(record_wal_frames),
+                std::ptr::from_ref::<AtomicI64>(&wal_frames).cast_mut().cast(),
+            );
+        }
+        Writer { conn, wal_frames }
+    }
+
+    /// Checkpoints and truncates the WAL once it holds `CHECKPOINT_PAGES`. Between two of
+    /// the writer's commits no write is under way, and the background checkpointer waits for
+    /// its turn, so the checkpoint completes and the WAL starts over.
+    fn checkpoint_if_full(&self, checkpointer: &Checkpointer) {
+        if self.wal_frames.load(Ordering::Relaxed) < CHECKPOINT_PAGES {
+            return;
+        }
+        let _turn = checkpointer.turn();
+        // TRUNCATE waits (busy timeout) for readers still on older frames; a reader that holds
+        // on past that leaves the WAL as it is, and the next commit tries again.
+        match self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => self.wal_frames.store(0, Ordering::Relaxed),
+            Ok(_) => tracing::debug!("WAL checkpoint postponed: a reader is still using the WAL"),
+            Err(e) => tracing::warn!("WAL checkpoint failed: {e}"),
+        }
+    }
+}
+
+unsafe extern "C" fn record_wal_frames(
+    counter: *mut std::ffi::c_void,
+    _db: *mut rusqlite::ffi::sqlite3,
+    _schema: *const std::ffi::c_char,
+    frames: std::ffi::c_int,
+) -> std::ffi::c_int {
+    // SAFETY: `counter` is the boxed counter registered in `Writer::new`, alive while the connection is.
+    unsafe { (*counter.cast::<AtomicI64>()).store(i64::from(frames), Ordering::Relaxed) };
+    rusqlite::ffi::SQLITE_OK
+}
+
+/// The writer thread: takes every job waiting in the queue and commits them together.
+fn run_writer(mut writer: Writer, queue: mpsc::Receiver<WriterMessage>, checkpointer: Checkpointer) {
+    let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
+    while let Ok(message) = queue.recv() {
+        let mut close = None;
+        let mut next = Some(message);
+        while let Some(message) = next.take() {
+            match message {
+                WriterMessage::Run(job) => group.push(job),
+                WriterMessage::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if group.len() < MAX_GROUP {
+                next = queue.try_recv().ok();
+            }
+        }
+        commit_group(&mut writer.conn, group.drain(..));
+        writer.checkpoint_if_full(&checkpointer);
+        checkpointer.wake();
+        if let Some(done) = close {
+            checkpointer.stop();
+            let _ = done.send(checkpoint_and_close(writer.conn));
+            return;
+        }
+    }
+}
+
+/// Copies committed WAL frames into the database file on a thread of its own, with the
+/// two fsyncs a checkpoint makes. The writer's own checkpoint (at `CHECKPOINT_PAGES`)
+/// then finds most frames copied and synced already: it was stalling every request for
+/// about 12 ms, 25 times a second, mostly in fsync. The writer still makes the last
+/// checkpoint, because only a checkpoint between two of its commits can complete, and
+/// only a complete one lets the WAL start over.
+struct Checkpointer {
+    wake: mpsc::SyncSender<()>,
+    thread: std::thread::JoinHandle<()>,
+    /// Held by whichever checkpoints, the background thread or the writer: SQLite runs one
+    /// checkpoint at a time and refuses a second one instead of waiting for the first.
+    turn: Arc<Mutex<()>>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> Result<Checkpointer, StorageError> {
+        // One pending wake-up is enough: a round copies everything committed before it.
+        let (wake, woken) = mpsc::sync_channel::<()>(1);
+        let turn = Arc::new(Mutex::new(()));
+        let background_turn = Arc::clone(&turn);
+        let thread = std::thread::Builder::new()
+            .name("otpgate-db-checkpoint".into())
+            .spawn(move || {
+                // (frames in the WAL, frames copied) after the last round.
+                let mut last = (0, 0);
+                while woken.recv().is_ok() {
+                    // PASSIVE: never waits for the writer or readers; it copies what it can.
+                    let copied = {
+                        let _turn = background_turn.lock().unwrap_or_else(|p| p.into_inner());
+                        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))
+                    };
+                    let round = copied.map_err(|e| e.to_string()).and_then(|copied| {
+                        if copied == last {
+                            Ok(copied)
+                        } else {
+                            sync_database_file(&conn).map(|()| copied)
+                        }
+                    });
+                    match round {
+                        Ok(copied) => last = copied,
+                        Err(e) => tracing::warn!("background checkpoint failed: {e}"),
+                    }
+                    std::thread::sleep(BACKGROUND_CHECKPOINT_PAUSE);
+                }
+            })
+            .map_err(|e| StorageError(format!("cannot start the database checkpointer: {e}")))?;
+        Ok(Checkpointer { wake, thread, turn })
+    }
+
+    /// Waits for a background round under way to end, and keeps the next one from starting.
+    fn turn(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.turn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for a round after a commit; does nothing if one is pending already.
+    fn wake(&self) {
+        let _ = self.wake.try_send(());
+    }
+
+    /// Ends the thread and closes its connection, so that the writer's connection is the
+    /// last one open and SQLite removes the WAL when it closes.
+    fn stop(self) {
+        // Without a sender left, the thread's wait for a wake-up ends.
+        drop(self.wake);
+        let _ = self.thread.join();
+    }
+}
+
+/// Syncs the database file of `conn` through SQLite's own file handle. A checkpoint syncs
+/// the file only when it has copied every frame, which one beside a busy writer never has;
+/// without this, the writer's checkpoint synced all that the background rounds copied.
+/// (Opening the file here would not do: closing a second descriptor of it drops every
+/// POSIX lock SQLite holds on it in this process.)
+fn sync_database_file(conn: &Connection) -> Result<(), String> {
+    use rusqlite::ffi;
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: the connection is open and used by this thread only. FILE_POINTER hands back
+    // the main database's open file, valid while the connection is, and xSync is the VFS
+    // method SQLite calls on it for the same purpose.
+    let rc = unsafe {
+        let found = ffi::sqlite3_file_control(conn.handle(), c"main".as_ptr(), ffi::SQLITE_FCNTL_FILE_POINTER, (&raw mut file).cast());
+        match (found, file.as_ref().and_then(|f| f.pMethods.as_ref()).and_then(|m| m.xSync)) {
+            (ffi::SQLITE_OK, Some(sync)) => sync(file, ffi::SQLITE_SYNC_NORMAL),
+            (ffi::SQLITE_OK, None) => return Err("the database file has no sync method".into()),
+            (rc, _) => rc,
+        }
+    };
+    match rc {
+        ffi::SQLITE_OK => Ok(()),
+        rc => Err(format!("syncing the database file failed: {}", ffi::Error::new(rc))),
+    }
+}
+
+/// Runs the jobs in one transaction, each inside a savepoint that is rolled back if the
+/// job fails, and answers the jobs that succeeded only once the transaction is committed.
+fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
+    let mut waiting: Vec<Reply> = Vec::new();
+    let mut grouped = false;
+    for job in jobs {
+        // Without the group transaction (another process held the write lock past the busy
+        // timeout), the job's savepoint is a transaction of its own, committed by RELEASE.
+        grouped = grouped || run(conn, "BEGIN IMMEDIATE").is_ok();
+        if let Err(e) = run(conn, "SAVEPOINT job") {
+            tracing::error!("database savepoint failed: {e}");
+        }
+        match job(conn) {
+            Ok(reply) => match run(conn, "RELEASE job") {
+                Ok(()) if grouped => waiting.push(reply),
+                released => reply(released.map_err(StorageError::from)),
+            },
+            // The job has answered with its error already.
+            Err(()) => {
+                let _ = run(conn, "ROLLBACK TO job").and_then(|()| run(conn, "RELEASE job"));
+            }
+        }
+        // Some errors (disk full, I/O) make SQLite roll the whole transaction back: the
+        // jobs run in it so far are lost and are told so.
+        if grouped && conn.is_autocommit() {
+            answer(&mut waiting, Err(StorageError("the write transaction was rolled back".into())));
+            grouped = false;
+        }
+    }
+    if grouped {
+        let committed = run(conn, "COMMIT").map_err(StorageError::from);
+        if committed.is_err() {
+            let _ = run(conn, "ROLLBACK");
+        }
+        answer(&mut waiting, committed);
+    }
+}
+
+/// Runs one statement from the statement cache: these run several times per request.
+fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(|_| ())
+}
+
+/// Runs `f` atomically: in a savepoint that is released when `f` succeeds and rolled
+/// back when it fails. Unlike rusqlite's `savepoint()`, whose statements are prepared
+/// anew each time, these come from the statement cache: they run several times per login.
+pub fn atomically<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    run(conn, "SAVEPOINT atomically")?;
+    match f(conn) {
+        Ok(value) => run(conn, "RELEASE atomically").map(|()| value),
+        Err(e) => {
+            let _ = run(conn, "ROLLBACK TO atomically").and_then(|()| run(conn, "RELEASE atomically"));
+            Err(e)
+        }
+    }
+}
+
+fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
+    for reply in waiting.drain(..) {
+        reply(outcome.as_ref().map(|_| ()).map_err(|e| StorageError(e.0.clone())));
+    }
+}
+
+fn checkpoint_and_close(conn: Connection) -> Result<(), StorageError> {
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    conn.close().map_err(|(_, e)| StorageError::from(e))
+}
+
+fn closed() -> StorageError {
+    StorageError("the database is closed".into())
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix milliseconds: orders sessions by last use and schedules courier attempts within a second.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A failed query: logged here, answered as `INTERNAL` (the details stay in the log).
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!("database error: {e}");
+        ApiError::internal()
+    }
+}
+
+/// The value stored under `key` in the database at `path`, read before the database is
+/// opened for service; `None` when there is no database or no such setting yet.
+pub fn setting_before_open(path: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+    let conn = match Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE) {
+        Ok(conn) => conn,
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::CannotOpen => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let has_settings: bool =
+        conn.query_row("SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'settings'", [], |r| r.get(0))?;
+    if !has_settings {
+        return Ok(None);
+    }
+    Ok(setting(&conn, key)?)
+}
+
+/// The value stored under `key`, if any.
+pub fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
+}
+
+pub fn set_setting(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
+    Ok(())
+}
+
+pub fn remove_setting(conn: &Connection, key: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])?;
+    Ok(())
+}
+
+/// Rewrites the database file and empties the WAL, so that nothing deleted before
+/// (a secret, text once kept in clear) survives in a free page or an old WAL frame.
+pub fn rewrite_file(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute_batch("VACUUM")?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+}
+
+pub struct NewChallenge {
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: [u8; 32],
+    /// SHA-256 of the challenge id the start reply carries.
+    pub challenge_sha256: [u8; 32],
+    pub now: i64,
+    pub ttl_secs: i64,
+    pub resend_secs: i64,
+}
+
+/// Seconds until the address may be sent a new code: `Some` while its previous code is
+/// younger than `resend_secs`.
+pub fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Option<u64>> {
+    let previous: Option<i64> = conn
+        .prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?
+        .query_row([&c.address], |r| r.get(0))
+        .optional()?;
+    Ok(previous.map(|created_at| created_at + c.resend_secs - c.now).filter(|&wait| wait > 0).map(|wait| wait as u64))
+}
+
+/// Stores a challenge, replacing the address's previous one (check [`resend_wait`] first).
+pub fn store_challenge(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL, ?6, 0)",
+    )?
+    .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs, &c.challenge_sha256[..]])?;
+    Ok(())
+}
+
+struct Challenge {
+    appid: String,
+    otp_hash: Vec<u8>,
+    expires_at: i64,
+    attempts: u32,
+    claimed_at: Option<i64>,
+    challenge_sha256: Option<Vec<u8>>,
+    bound_attempts: u32,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    /// The code was right; the challenge is claimed so no concurrent request can use it.
+    Claimed,
+    /// No code this guess could match: never issued, expired, used, claimed by another
+    /// request, asked for by another app, or bound to another challenge id. Nothing was spent.
+    NoCode,
+    /// Wrong code; this many guesses remain.
+    Wrong { left: u32 },
+    /// Too many wrong guesses; the challenge is dead.
+    TooManyAttempts,
+    /// `admit` refused the guess: retry after this many seconds. Nothing was evaluated.
+    Refused(u64),
+}
+
+/// A guess at the pending code of `address`.
+pub struct Guess<'a> {
+    pub address: &'a str,
+    pub appid: &'a str,
+    pub otp_hash: &'a [u8; 32],
+    /// SHA-256 of the challenge id the client sent back, if it sent one.
+    pub challenge_sha256: Option<[u8; 32]>,
+}
+
+/// Checks a guess and, when right, claims the challenge, all in one write transaction,
+/// so two concurrent requests with the right code cannot both succeed. A claim older
+/// than `claim_secs` was left by a process that died while exchanging the code (a live
+/// one has finished or given the claim back by then): the code is free again.
+///
+/// A guess that sends the code's challenge id is counted apart from guesses without
+/// one (`bound_attempts`), so guesses from someone who never saw the start reply cannot
+/// use up the attempts of the one who did. `admit` (the per-address budget) is spent
+/// only by a guess without challenge id that could match a pending code.
+pub fn check_and_claim(
+    conn: &mut Connection,
+    guess: &Guess,
+    now: i64,
+    max_attempts: u32,
+    claim_secs: i64,
+    admit: impl FnOnce() -> Result<(), u64>,
+) -> rusqlite::Result<VerifyOutcome> {
+    let address = guess.address;
+    atomically(conn, |tx| {
+        let row = tx
+            .prepare_cached(
+                "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts FROM otp_challenges WHERE address = ?1",
+            )?
+            .query_row([address], |r| {
+                Ok(Challenge {
+                    appid: r.get(0)?,
+                    otp_hash: r.get(1)?,
+                    expires_at: r.get(2)?,
+                    attempts: r.get(3)?,
+                    claimed_at: r.get(4)?,
+                    challenge_sha256: r.get(5)?,
+                    bound_attempts: r.get(6)?,
+                })
+            })
+            .optional()?;
+        let Some(challenge) = row else {
+            return Ok(VerifyOutcome::NoCode);
+        };
+        let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
+        if challenge.expires_at <= now || claimed || challenge.appid != guess.appid {
+            return Ok(VerifyOutcome::NoCode);
+        }
+        let bound = match (&guess.challenge_sha256, &challenge.challenge_sha256) {
+            (None, _) => false,
+            (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
+            (Some(_), _) => return Ok(VerifyOutcome::NoCode),
+        };
+        let attempts = if bound { challenge.bound_attempts } else { challenge.attempts };
+        if attempts >= max_attempts {
+            return Ok(VerifyOutcome::TooManyAttempts);
+        }
+        if !bound {
+            if let Err(wait) = admit() {
+                return Ok(VerifyOutcome::Refused(wait));
+            }
+        }
+        if otp::same(&challenge.otp_hash, guess.otp_hash) {
+            tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
+            return Ok(VerifyOutcome::Claimed);
+        }
+        let count_it = if bound {
+            "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = ?1"
+        } else {
+            "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1"
+        };
+        tx.prepare_cached(count_it)?.execute([address])?;
+        Ok(match max_attempts - attempts - 1 {
+            0 => VerifyOutcome::TooManyAttempts,
+            left => VerifyOutcome::Wrong { left },
+        })
+    })
+}
+
+/// Removes the challenge only if it is still the one with this hash (a newer one stays).
+pub fn remove_challenge(conn: &Connection, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, otp_hash])?;
+    Ok(())
+}
+
+/// Gives a claimed challenge back after the upstream call failed, so the same code works again.
+pub fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2")?
+        .execute(params![address, &otp_hash[..]])?;
+    Ok(())
+}
+
+pub struct CompletedLogin {
+    pub address: String,
+    pub uid: String,
+    pub name: String,
+    pub token_sha256: String,
+    pub now: i64,
+    pub appid: String,
+    /// Installation id; empty when the app sent none.
+    pub device: String,
+    pub now_ms: i64,
+    /// Unix seconds; the token expiry asked of upstream.
+    pub expires_at: i64,
+    pub max_devices: usize,
+}
+
+/// What recording a login did besides storing the session.
+#[derive(Debug, Default)]
+pub struct LoginRecord {
+    pub first_login: bool,
+    /// "contact joined" messages queued for users who have this phone as a contact.
+    pub notified: usize,
+    pub evicted: Vec<Evicted>,
+    pub profile: OwnProfile,
+}
+
+/// Records the user and the session, queues joined notices for a first phone login,
+/// and consumes the challenge, all in one transaction.
+pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
+    atomically(conn, |tx| {
+        let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
+        let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
+        if first_login && !login.address.contains('@') {
+            record.notified = outbox::enqueue_contact_joined(tx, user_id, &login.address, &login.name, login.now)?;
+        }
+        let session = sessions::NewSession {
+            user_id,
+            token_sha256: &login.token_sha256,
+            appid: &login.appid,
+            device: &login.device,
+            now_ms: login.now_ms,
+            expires_at: login.expires_at,
+        };
+        if first_login {
+            // A new user id has no sessions yet: nothing to replace, expire or evict.
+            sessions::insert_row(tx, &session)?;
+        } else {
+            record.evicted = sessions::insert(tx, &session, login.max_devices)?;
+        }
+        remove_challenge(tx, &login.address, otp_hash)?;
+        Ok(record)
+    })
+}
+
+/// Deletes challenges that expired before `now`; returns how many.
+pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
+    conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])
+}
+
+/// A real write, so readiness fails when the file is read-only, locked or full.
+pub fn probe_write(conn: &mut Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
+    Ok(())
+}

@@ -1,0 +1,56 @@
+//! The users table: who logged in, and the profile their contacts see.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::domain::account::{OwnProfile, Profile, ProfileChange};
+use crate::store;
+
+/// Columns for [`profile_from_row`], for a query over `users u`.
+pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts";
+
+/// A [`Profile`] from a row of [`PROFILE_COLUMNS`].
+pub fn profile_from_row(row: &Row) -> rusqlite::Result<Profile> {
+    Ok(Profile { address: row.get(0)?, uid: row.get(1)?, name: row.get(2)?, status: row.get(3)?, photo: row.get(4)?, ts: row.get(5)? })
+}
+
+/// Creates the user or records a new login; a non-empty `name` replaces the stored one.
+/// Returns the local id, whether this was the user's first login, and the profile.
+pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, now: i64) -> rusqlite::Result<(i64, bool, OwnProfile)> {
+    let existing: Option<i64> =
+        conn.prepare_cached("SELECT id FROM users WHERE address = ?1")?.query_row([address], |r| r.get(0)).optional()?;
+    match existing {
+        Some(id) => {
+            // A changed name is a profile change: bump ts so contacts' next sync sees it.
+            let profile = conn
+                .prepare_cached(
+                    "UPDATE users SET uid = ?2, last_login = ?4,
+                         ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
+                         name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
+                     WHERE id = ?1
+                     RETURNING name, status, photo",
+                )?
+                .query_row(params![id, uid, name, now], |r| Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)? }))?;
+            Ok((id, false, profile))
+        }
+        None => {
+            conn.prepare_cached("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?4, ?4)")?
+                .execute(params![address, uid, name, now])?;
+            Ok((conn.last_insert_rowid(), true, OwnProfile { name: name.to_string(), ..OwnProfile::default() }))
+        }
+    }
+}
+
+pub fn profile(conn: &Connection, user_id: i64) -> rusqlite::Result<Profile> {
+    conn.query_row(&format!("SELECT {PROFILE_COLUMNS} FROM users u WHERE u.id = ?1"), [user_id], profile_from_row)
+}
+
+/// Applies the change and bumps `ts`; returns the new profile.
+pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
+    store::atomically(conn, |tx| {
+        tx.prepare_cached(
+            "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
+        )?
+        .execute(params![user_id, change.name, change.status, change.photo, now])?;
+        profile(tx, user_id)
+    })
+}
