@@ -174,5 +174,5 @@ async fn an_undelivered_code_cannot_be_used() {
     let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
     let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
     assert_eq!(pending, 0, "no code is left valid that nobody received");
-    assert!(logs().contains("code not delivered"));
+    assert!(server.logs().contains("code not delivered"));
 }

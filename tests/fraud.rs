@@ -116,7 +116,7 @@ async fn the_global_budget_stops_all_sms() {
         assert!(reply.1["retry_after"].as_u64().is_some_and(|s| s > 0));
     }
     assert_eq!(server.sender.count(), 2, "nothing was sent past the budget");
-    assert_eq!(logs().matches("SMS_BUDGET_PER_HOUR is spent").count(), 1, "one ERROR, not one per request");
+    assert_eq!(server.logs().matches("SMS_BUDGET_PER_HOUR is spent").count(), 1, "one ERROR, not one per request");
     // E-mail is not SMS: it still works.
     assert_eq!(server.call(json!({ "op": "login", "email": "ann@example.com", "appid": APPID })).await.0, 200);
 }

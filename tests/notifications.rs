@@ -99,7 +99,7 @@ async fn a_failed_notification_is_retried_until_upstream_takes_it() {
     let messages = server.upstream.messages();
     assert!(messages.len() >= 4, "{messages:?}");
     assert_eq!(recipients(&messages[messages.len() - 2..]), [ANN, BOB]);
-    assert!(logs().contains("outbox: upstream message failed, retrying in"), "failures are logged");
+    assert!(server.logs().contains("outbox: upstream message failed, retrying in"), "failures are logged");
     assert!(!logs().contains(APP_TOKEN));
 }
 

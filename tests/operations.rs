@@ -56,7 +56,7 @@ async fn request_ids_are_echoed_or_generated_and_logged_once() {
     let request = server.client().post(server.api()).header("x-request-id", "req-test-7f1e").json(&login(PHONE));
     let (status, headers, _) = server.send_full(request).await;
     assert_eq!((status, &headers["x-request-id"]), (200, &"req-test-7f1e".parse().unwrap()));
-    let lines: Vec<String> = logs().lines().filter(|l| l.contains("req-test-7f1e")).map(String::from).collect();
+    let lines: Vec<String> = server.logs().lines().filter(|l| l.contains("req-test-7f1e")).map(String::from).collect();
     // The login flow's own line and the one request line, both tagged with the id.
     assert!(lines.iter().any(|l| l.contains("code issued")), "{lines:?}");
     let request_lines: Vec<&String> = lines.iter().filter(|l| l.contains("otpgate::request")).collect();
@@ -78,12 +78,12 @@ async fn logs_show_no_phone_code_or_query_string() {
     // Upstream errors are logged with their body, which may echo the phone.
     server.upstream.set_mode(Mode::Reply(500, r#"{"result":false,"address":"18005559876"}"#.into()));
     assert_error(&server.call(verify("18005559876", "918273")).await, 502, "UPSTREAM");
-    assert!(logs().contains(r#"{"result":false,"address":"1800555****"}"#), "the body is logged, masked");
+    assert!(server.logs().contains(r#"{"result":false,"address":"1800555****"}"#), "the body is logged, masked");
     server.upstream.set_mode(Mode::Useradd);
     let query = [("op", "login"), ("phone", "18005559876"), ("appid", APPID), ("code", "918273")];
     let request = server.client().get(server.api()).query(&query).header("x-request-id", "req-query-check");
     assert_eq!(server.send(request).await.0, 200);
-    let lines: Vec<String> = logs().lines().filter(|l| l.contains("req-query-check")).map(String::from).collect();
+    let lines: Vec<String> = server.logs().lines().filter(|l| l.contains("req-query-check")).map(String::from).collect();
     assert!(lines.iter().any(|l| l.contains("1800555****")), "masked phone logged: {lines:?}");
     let all = logs();
     assert!(!all.contains("18005559876") && !all.contains("918273"), "a phone or code reached the log");

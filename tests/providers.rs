@@ -80,7 +80,7 @@ async fn twilio_messaging_service_and_invalid_number() {
     assert_eq!(form["MessagingServiceSid"], "MG42");
     assert!(!form.contains_key("From"));
     let logs = logs();
-    assert!(logs.contains("twilio answered HTTP 400: error 21211: Invalid 'To' Phone Number"), "{logs}");
+    assert!(server.logs().contains("twilio answered HTTP 400: error 21211: Invalid 'To' Phone Number"), "{logs}");
     assert!(!logs.contains("twilio-secret-2"));
 }
 
@@ -111,7 +111,7 @@ async fn vonage_request_and_refused_message() {
     vonage.set_mode(Mode::Reply(200, refused.into()));
     assert_error(&server.call(login("18005550003")).await, 502, "SENDFAILED");
     let logs = logs();
-    assert!(logs.contains("vonage refused the message: status 3: Invalid to number"), "{logs}");
+    assert!(server.logs().contains("vonage refused the message: status 3: Invalid to number"), "{logs}");
     assert!(!logs.contains("vonage-secret-9"), "an echoed secret is redacted");
 }
 
@@ -137,7 +137,7 @@ async fn messagebird_request_and_server_error() {
     messagebird.set_mode(Mode::Reply(503, "upstream unavailable".into()));
     assert_error(&server.call(login("18005550002")).await, 502, "SENDFAILED");
     let logs = logs();
-    assert!(logs.contains("messagebird answered HTTP 503: upstream unavailable"), "{logs}");
+    assert!(server.logs().contains("messagebird answered HTTP 503: upstream unavailable"), "{logs}");
     assert!(!logs.contains("live_mbkey7"));
 }
 
@@ -154,7 +154,7 @@ async fn provider_timeout_is_sendfailed() {
     ])
     .await;
     assert_error(&server.call(login("18005550001")).await, 502, "SENDFAILED");
-    assert!(logs().contains("messagebird: timed out"), "{}", logs());
+    assert!(server.logs().contains("messagebird: timed out"), "{}", server.logs());
 }
 
 #[actix_web::test]

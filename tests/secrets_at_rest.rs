@@ -150,7 +150,7 @@ async fn an_upgraded_database_loses_its_key_and_its_messages_in_clear_but_no_pen
     let server = TestServer::start_with(&env, FakeUpstream::start(), dir.clone(), Delivery::Recording).await;
     let key_file = dir.path().join("otpgate.db.key");
     assert_eq!(std::fs::read_to_string(&key_file).unwrap().trim(), hex::encode(old_key), "the stored key moved to the key file");
-    assert!(logs().contains(&format!("moved the OTP key out of the database into the key file {}", key_file.display())));
+    assert!(server.logs().contains(&format!("moved the OTP key out of the database into the key file {}", key_file.display())));
     let settings: i64 = server.db().query_row("SELECT count(*) FROM settings WHERE key = 'otp_hash_key'", [], |r| r.get(0)).unwrap();
     assert_eq!(settings, 0);
 

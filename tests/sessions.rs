@@ -128,7 +128,7 @@ async fn the_device_limit_evicts_the_least_recently_used_session() {
     }
     let reply = assert_ok(server.call_op("devices", &d, json!({})).await);
     assert_eq!(devices_of(&reply), ["dev-a", "dev-c", "dev-d"]);
-    assert!(logs().contains("device limit reached"), "the eviction is logged");
+    assert!(server.logs().contains("device limit reached"), "the eviction is logged");
 }
 
 #[actix_web::test]

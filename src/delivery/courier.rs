@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::config::Config;
 use crate::delivery::senders::{OtpMessage, SendError, Senders};
@@ -142,7 +143,7 @@ impl Courier {
         let courier = Arc::clone(self);
         let (answer, answered) = tokio::sync::oneshot::channel();
         // A task of its own: when the wait runs out, the attempt still finishes and is recorded.
-        tokio::spawn(async move { courier.attempt(row, Some(answer)).await });
+        tokio::spawn(async move { courier.attempt(row, Some(answer)).await }.in_current_span());
         Ok(tokio::time::timeout(self.wait_first, answered).await.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
     }
 
@@ -166,7 +167,7 @@ impl Courier {
             for row in batch {
                 let courier = Arc::clone(&self);
                 // Attempts run side by side: one slow provider call must not hold up the others.
-                tokio::spawn(async move { courier.attempt(row, None).await });
+                tokio::spawn(async move { courier.attempt(row, None).await }.in_current_span());
             }
             if full {
                 continue;

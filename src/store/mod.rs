@@ -170,7 +170,10 @@ impl Db {
             return Err(closed());
         }
         let queued = Instant::now();
+        // What a job logs (the spent SMS budget, say) belongs to the request that queued it.
+        let span = tracing::Span::current();
         let job: Job = Box::new(move |conn: &mut Connection| {
+            let _request = span.enter();
             crate::domain::metrics::DB_POOL_WAIT.observe(queued.elapsed().as_secs_f64());
             // A panicking job must not take the writer thread, and every later write, with it.
             match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn))) {

@@ -8,11 +8,18 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
 use async_trait::async_trait;
 use serde_json::Value;
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Once};
+use tracing::Instrument;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
 
 use otpgate::config::Config;
 use otpgate::delivery::courier::Courier;
@@ -72,6 +79,8 @@ pub enum Delivery {
 
 pub struct TestServer {
     pub url: String,
+    /// Tags every log line of this server (see [`TestServer::logs`]).
+    id: u64,
     pub upstream: Arc<FakeUpstream>,
     pub sender: Arc<RecordingSender>,
     pub dir: Arc<tempfile::TempDir>,
@@ -126,6 +135,9 @@ impl TestServer {
         delivery: Delivery,
     ) -> TestServer {
         capture_logs();
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("test_server", test_server = id);
         let mut vars = base_env(&upstream, &dir);
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_vars(vars).expect("test configuration is valid");
@@ -134,17 +146,28 @@ impl TestServer {
             Delivery::Configured => otpgate::delivery::senders::build(&config).expect("senders build"),
             Delivery::Recording => Senders::all(sender.clone()),
         };
-        let state = web::Data::new(AppState::new(&config, senders).expect("service starts"));
-        let outbox_task = actix_web::rt::spawn(state.outbox.clone().run());
+        let state = web::Data::new(span.in_scope(|| AppState::new(&config, senders)).expect("service starts"));
+        let outbox_task = actix_web::rt::spawn(state.outbox.clone().run().instrument(span.clone()));
         let courier = state.login.courier.clone();
-        actix_web::rt::spawn(courier.clone().run());
+        actix_web::rt::spawn(courier.clone().run().instrument(span.clone()));
         let app_state = state.clone();
-        let server = HttpServer::new(move || server::app(app_state.clone())).workers(2).disable_signals().bind("127.0.0.1:0").unwrap();
+        let server = HttpServer::new(move || {
+            let span = span.clone();
+            // Every request's log lines carry this server's tag.
+            server::app(app_state.clone()).wrap_fn(move |request, service| {
+                use actix_web::dev::Service;
+                service.call(request).instrument(span.clone())
+            })
+        })
+        .workers(2)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
         let url = format!("http://{}", server.addrs()[0]);
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
+        TestServer { url, id, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
     }
 
     /// Stops serving, sending notifications and the courier (queued messages stay in the database), as a process exit would.
@@ -263,13 +286,56 @@ pub fn assert_error(reply: &(u16, Value), status: u16, code: &str) {
     assert!(reply.1["ts"].as_i64().is_some(), "{}", reply.1);
 }
 
+/// Every line logged in this test binary.
 static LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+/// The lines each test server logged, by its id: what its requests, its background
+/// tasks and what they spawned logged, and nothing of the tests running beside it.
+static SERVER_LOGS: Mutex<Option<HashMap<u64, Vec<u8>>>> = Mutex::new(None);
+
+thread_local! {
+    /// The test server of the event being written on this thread.
+    static EVENT_SERVER: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
+/// The test server a span belongs to: its own `test_server` field, or its parent's.
+struct ServerTag(u64);
+
+struct TagLayer;
+
+impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for TagLayer {
+    fn on_new_span(&self, attrs: &tracing::span::Attributes<'_>, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        struct Find(Option<u64>);
+        impl tracing::field::Visit for Find {
+            fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+                if field.name() == "test_server" {
+                    self.0 = Some(value);
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut found = Find(None);
+        attrs.record(&mut found);
+        let span = ctx.span(id).expect("a new span is known");
+        let tag = found.0.or_else(|| span.parent().and_then(|parent| parent.extensions().get::<ServerTag>().map(|tag| tag.0)));
+        if let Some(tag) = tag {
+            span.extensions_mut().insert(ServerTag(tag));
+        }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, ctx: Context<'_, S>) {
+        let tag = ctx.event_span(event).and_then(|span| span.extensions().get::<ServerTag>().map(|tag| tag.0));
+        EVENT_SERVER.with(|current| current.set(tag));
+    }
+}
 
 struct LogCapture;
 
 impl Write for LogCapture {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         LOGS.lock().unwrap().extend_from_slice(buf);
+        if let Some(server) = EVENT_SERVER.with(Cell::get) {
+            SERVER_LOGS.lock().unwrap().get_or_insert_with(HashMap::new).entry(server).or_default().extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -280,11 +346,25 @@ impl Write for LogCapture {
 fn capture_logs() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
-        tracing_subscriber::fmt().with_ansi(false).with_max_level(tracing::Level::DEBUG).with_writer(|| LogCapture).init();
+        // The tag layer comes first, so it has marked the event's server when the output layer writes it.
+        tracing_subscriber::registry()
+            .with(TagLayer)
+            .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(|| LogCapture))
+            .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .init();
     });
 }
 
-/// Everything the service logged so far in this test binary.
+/// Everything logged so far in this test binary, by every test: for checking that a
+/// secret reached no log at all.
 pub fn logs() -> String {
     String::from_utf8_lossy(&LOGS.lock().unwrap()).into_owned()
+}
+
+impl TestServer {
+    /// What this server logged so far, and nothing that other tests' servers logged.
+    pub fn logs(&self) -> String {
+        let all = SERVER_LOGS.lock().unwrap();
+        String::from_utf8_lossy(all.as_ref().and_then(|servers| servers.get(&self.id)).map_or(&[][..], Vec::as_slice)).into_owned()
+    }
 }
