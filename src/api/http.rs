@@ -14,7 +14,7 @@ use crate::api::server::HttpSettings;
 use crate::api::AppState;
 use crate::config::Dialect;
 use crate::domain::app_settings::AppReply;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
 use crate::store;
 use crate::{api::health, api::openapi, api::request_log, api::server, domain::metrics};
@@ -48,7 +48,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let params = match read_params(&request, payload, &state.http).await {
         Ok(params) => params,
         Err(e) => {
-            request_log::note_api_call(&request, "", OPS, Some(e.code));
+            request_log::note_api_call(&request, "", OPS, Some(e.code.as_str()));
             return reply(dialect, "", Err(e));
         }
     };
@@ -58,17 +58,17 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let client_ip = state.proxies.client_ip(&request);
     let result = match op {
         // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
-        _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new("BADOP", "unknown op")),
+        _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
         "login" => {
             let request = login_request(&params);
             let app = state.apps.for_app(request.appid.as_deref().map(str::trim).unwrap_or_default());
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
-        "" => Err(ApiError::new("BADOP", "op is required")),
+        "" => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request, &client_ip).await,
-        _ => Err(ApiError::new("BADOP", "unknown op")),
+        _ => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
-    request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code));
+    request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code.as_str()));
     let echoed: String = op.chars().take(32).collect();
     reply(dialect, &echoed, result)
 }
@@ -160,7 +160,7 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
                 _ => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
             };
             body.insert("result".into(), result_field(false));
-            body.insert("error".into(), error.code.into());
+            body.insert("error".into(), error.code.as_str().into());
             body.insert("errmsg".into(), error.message.into());
             let mut response = HttpResponse::build(status);
             if let Some(wait) = error.retry_after {
@@ -178,7 +178,7 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
 /// books and may send up to `max_contacts_body_bytes`; every other op is held to
 /// `max_body_bytes`, checked once the op is known.
 async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
-    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
     let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
     let body = payload
@@ -200,7 +200,7 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
 /// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
 /// multipart form); body fields win.
 pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> Result<Params, ApiError> {
-    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let mut params: Params =
         url_encoded(query).ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect();
     if content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
@@ -231,7 +231,7 @@ fn url_encoded(text: &str) -> Option<Vec<(String, String)>> {
 fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
     let object: Map<String, Value> = serde_json::from_str(text)
         .or_else(|_| json5::from_str(text))
-        .map_err(|_| ApiError::new("BADREQUEST", "the request body is not a JSON object"))?;
+        .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the request body is not a JSON object"))?;
     Ok(object
         .into_iter()
         .filter_map(|(key, value)| match value {
@@ -245,7 +245,7 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
 /// The text fields of a multipart form (the 2021 apps' encoding when a file is attached).
 /// File parts are left for the ops that take files.
 async fn multipart_fields(content_type: &str, body: web::Bytes) -> Result<Vec<(String, String)>, ApiError> {
-    let bad = |message: &str| ApiError::new("BADREQUEST", message);
+    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let boundary = multer::parse_boundary(content_type).map_err(|_| bad("the multipart Content-Type has no boundary"))?;
     let mut form = multer::Multipart::new(futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) }), boundary);
     let mut fields = Vec::new();

@@ -1,5 +1,5 @@
 //! The OpenAPI 3 document for the service, served at `GET /openapi.json`. Ops come
-//! from [`http::OPS`] and error codes from [`error::ERROR_CODES`]; each op's fields
+//! from [`http::OPS`] and error codes from [`ErrorCode::ALL`]; each op's fields
 //! are described in [`op_doc`], which fails the OpenAPI test for an op it lacks.
 
 use actix_web::{web, HttpResponse};
@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use crate::api::http::{API_PATHS, OPS};
 use crate::api::AppState;
 use crate::config::Dialect;
-use crate::domain::error::ERROR_CODES;
+use crate::domain::error::ErrorCode;
 
 /// Request and reply fields of one op: `(name, JSON type, description)`.
 pub struct OpDoc {
@@ -149,8 +149,8 @@ pub fn document(dialect: Dialect) -> Value {
         requests.push(json!({ "$ref": format!("#/components/schemas/{name}Request") }));
         replies.push(json!({ "$ref": format!("#/components/schemas/{name}Reply") }));
     }
-    let codes: Vec<&str> = ERROR_CODES.iter().map(|(code, _, _)| *code).collect();
-    let code_list: Vec<String> = ERROR_CODES.iter().map(|(code, status, about)| format!("{code} (HTTP {status}): {about}")).collect();
+    let codes: Vec<&str> = ErrorCode::ALL.iter().map(|code| code.as_str()).collect();
+    let code_list: Vec<String> = ErrorCode::ALL.iter().map(|code| format!("{code} (HTTP {}): {}", code.status(), code.meaning())).collect();
     schemas.insert(
         "Reply".into(),
         json!({
@@ -184,8 +184,8 @@ pub fn document(dialect: Dialect) -> Value {
         Dialect::Json => {
             let mut responses = Map::new();
             responses.insert("200".into(), json_reply("Success", json!({ "oneOf": replies })));
-            for (code, status, _) in ERROR_CODES {
-                add_error(&mut responses, &status.to_string(), code);
+            for code in ErrorCode::ALL {
+                add_error(&mut responses, &code.status().to_string(), code.as_str());
             }
             responses
         }
@@ -200,8 +200,8 @@ pub fn document(dialect: Dialect) -> Value {
                     json!({ "oneOf": replies.iter().chain([&error]).collect::<Vec<_>>() }),
                 ),
             );
-            for (code, _, _) in ERROR_CODES {
-                add_error(&mut responses, "200", code);
+            for code in ErrorCode::ALL {
+                add_error(&mut responses, "200", code.as_str());
             }
             add_error(&mut responses, "400", "BADREQUEST");
             responses

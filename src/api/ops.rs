@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::api::http::Params;
 use crate::domain::account::token_hash;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::{api::AppState, service::contacts, service::sessions, service::users, store};
 
 /// The ops that need a session: every op in [`crate::api::http::OPS`] but `login`.
@@ -56,7 +56,7 @@ pub async fn handle(
             users::change_profile(&state.db, &caller, fields).await
         }
         "me" => users::me(&state.db, &caller).await,
-        _ => Err(ApiError::new("BADOP", "unknown op")),
+        _ => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     }
 }
 
@@ -73,7 +73,7 @@ fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
 }
 
 fn authfail(message: &str) -> ApiError {
-    ApiError::new("AUTHFAIL", message)
+    ApiError::new(ErrorCode::AuthFail, message)
 }
 
 /// A boolean request field: `1`, `true` or `yes`.

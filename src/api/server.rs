@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpServer};
 use std::time::Duration;
 
 use crate::config::{Config, Dialect};
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::{api::http, api::request_log, api::AppState};
 
 /// The HTTP settings the middleware needs, taken from the configuration.
@@ -94,7 +94,7 @@ pub(crate) async fn time_limit(
     match tokio::time::timeout(limit, next.call(request)).await {
         Ok(response) => Ok(response?.map_into_boxed_body()),
         Err(_) => {
-            let error = ApiError::new("TIMEOUT", format!("the request took longer than {} seconds; retry", limit.as_secs()));
+            let error = ApiError::new(ErrorCode::Timeout, format!("the request took longer than {} seconds; retry", limit.as_secs()));
             Ok(ServiceResponse::new(http_request, http::reply(dialect, "", Err(error))))
         }
     }

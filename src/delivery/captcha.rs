@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::delivery::upstream::describe;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 
 pub struct Captcha {
     client: reqwest::Client,
@@ -39,8 +39,8 @@ impl Captcha {
     }
 
     pub async fn verify(&self, token: Option<&str>, client_ip: &str) -> Result<(), ApiError> {
-        let failed = || ApiError::new("CAPTCHA", "the CAPTCHA was not solved; send a fresh captcha_token");
-        let token = token.ok_or_else(|| ApiError::new("CAPTCHA", "captcha_token is required"))?;
+        let failed = || ApiError::new(ErrorCode::Captcha, "the CAPTCHA was not solved; send a fresh captcha_token");
+        let token = token.ok_or_else(|| ApiError::new(ErrorCode::Captcha, "captcha_token is required"))?;
         let form = [("secret", self.secret.as_str()), ("response", token), ("remoteip", client_ip)];
         let response = self.client.post(&self.url).form(&form).send().await.map_err(|e| {
             tracing::warn!("CAPTCHA verification request failed: {}", describe(e));

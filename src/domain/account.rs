@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::domain::address::Address;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 
 /// Hex SHA-256 of an access token: the only form in which tokens are stored.
 pub fn token_hash(token: &str) -> String {
@@ -36,7 +36,7 @@ pub const MAX_PHOTO_CHARS: usize = 512;
 pub fn refuse_control_characters(field: &str, text: &str) -> Result<(), ApiError> {
     let bidi = |c: char| matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
     match text.chars().any(|c| c.is_control() || bidi(c)) {
-        true => Err(ApiError::new("BADPARAM", format!("{field} must not contain control or bidirectional formatting characters"))),
+        true => Err(ApiError::new(ErrorCode::BadParam, format!("{field} must not contain control or bidirectional formatting characters"))),
         false => Ok(()),
     }
 }

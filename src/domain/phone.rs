@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use crate::config::Config;
 use crate::domain::address;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 
 /// Re-parses of a number's E.164 form before it must parse to itself (each drops zeros).
 const MAX_CANONICAL_ROUNDS: usize = 4;
@@ -128,7 +128,7 @@ impl PhonePolicy {
         let malformed = || {
             let hint = if self.default_region.is_none() { " (national numbers need DEFAULT_REGION)" } else { "" };
             tracing::info!("phone refused: not a valid number in international format{hint}");
-            ApiError::new("BADPHONE", "phone is not a valid number; use the international format, e.g. +44 20 7946 0958")
+            ApiError::new(ErrorCode::BadPhone, "phone is not a valid number; use the international format, e.g. +44 20 7946 0958")
         };
         // A number is valid when its type is known: one type look-up answers both questions
         // (each look-up runs dozens of metadata regexes: the largest cost of our own code in a login start).
@@ -161,7 +161,7 @@ impl PhonePolicy {
         let masked = || crate::domain::address::Address::Phone(e164.trim_start_matches('+').to_string()).masked();
         let refused_by = |setting: &str, message: &str| {
             tracing::info!(phone = %masked(), "phone refused by {setting}");
-            ApiError::new("BADPHONE", message)
+            ApiError::new(ErrorCode::BadPhone, message)
         };
         if self.blocked.iter().any(|c| c.matches(&number)) {
             return Err(refused_by("BLOCKED_COUNTRIES", "phone numbers from this country are not served"));

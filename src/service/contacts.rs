@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::config::Config;
 use crate::domain::account::Caller;
 use crate::domain::address;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::ratelimit::KeyedLimit;
 use crate::store::contacts::{sync, SyncQuery};
 use crate::store::{self, Db};
@@ -24,7 +24,8 @@ pub struct PhoneList {
 pub fn parse_phones(raw: &str, max: usize) -> Result<PhoneList, ApiError> {
     let raw = raw.trim();
     let entries: Vec<String> = if raw.starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(raw).map_err(|_| ApiError::new("BADPARAM", "phones is not a valid JSON array"))?;
+        let items: Vec<Value> =
+            serde_json::from_str(raw).map_err(|_| ApiError::new(ErrorCode::BadParam, "phones is not a valid JSON array"))?;
         items
             .into_iter()
             .map(|item| match item {
@@ -37,7 +38,7 @@ pub fn parse_phones(raw: &str, max: usize) -> Result<PhoneList, ApiError> {
         raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
     };
     if entries.len() > max {
-        return Err(ApiError::new("TOOMANY", format!("at most {max} phones per request")));
+        return Err(ApiError::new(ErrorCode::TooMany, format!("at most {max} phones per request")));
     }
     let mut phones = BTreeSet::new();
     let mut invalid = 0;
@@ -79,12 +80,12 @@ impl ContactLimits {
                 "a user keeps at most {} contacts and this upload would make {stored}; remove some with delcontacts, or upload the whole address book again with reset",
                 self.max_per_user
             );
-            return Err(ApiError::new("TOOMANY", message));
+            return Err(ApiError::new(ErrorCode::TooMany, message));
         }
         let new = u32::try_from(new).unwrap_or(u32::MAX);
         let refused = |wait: Option<u64>, whose: &str| match wait {
             Some(wait) => ApiError::rate_limited(wait, format!("too many new numbers looked up {whose} today; retry in {wait} seconds")),
-            None => ApiError::new("TOOMANY", format!("more new numbers in one upload than {whose} may look up in a day")),
+            None => ApiError::new(ErrorCode::TooMany, format!("more new numbers in one upload than {whose} may look up in a day")),
         };
         self.new_per_ip.check_n(client_ip, new).map_err(|wait| refused(wait, "from this address"))?;
         self.new_per_user.check_n(&user_id.to_string(), new).map_err(|wait| refused(wait, "by this user"))?;
@@ -149,11 +150,11 @@ pub async fn getcontacts(
         None => None,
     };
     let since = match present(request.ts) {
-        Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new("BADPARAM", "ts must be unix seconds"))?,
+        Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new(ErrorCode::BadParam, "ts must be unix seconds"))?,
         None => 0,
     };
     let after = match present(request.cursor) {
-        Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new("BADPARAM", "cursor is not one this server gave"))?),
+        Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "cursor is not one this server gave"))?),
         None => None,
     };
     let now = store::now();
@@ -188,7 +189,7 @@ pub async fn getcontacts(
 
 /// `op=delcontacts`: `phones` as sent.
 pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Map<String, Value>, ApiError> {
-    let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new("BADPARAM", "phones is required"))?;
+    let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
     let list = parse_phones(raw, max_phones)?;
     let (owner, phones) = (caller.user_id, Value::from(list.phones).to_string());
     let removed = db.call(move |conn| store::contacts::remove(conn, owner, &phones)).await?;

@@ -13,7 +13,7 @@ use crate::delivery::upstream::{IssuedToken, Upstream};
 use crate::domain::account::{refuse_control_characters, token_hash, OwnProfile, MAX_NAME_CHARS};
 use crate::domain::address::{self, Address};
 use crate::domain::client_ip::network_key;
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::keys::ServerKeys;
 use crate::domain::metrics;
 use crate::domain::otp::{self, OtpHasher};
@@ -118,9 +118,9 @@ impl LoginFlow {
     }
 
     pub async fn login(&self, request: LoginRequest, client_ip: &str) -> Result<LoginOutcome, ApiError> {
-        let appid = non_empty(&request.appid).ok_or_else(|| ApiError::new("MISSINGAPPID", "appid is required"))?;
+        let appid = non_empty(&request.appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
         if appid.chars().count() > MAX_ID_CHARS {
-            return Err(ApiError::new("BADPARAM", format!("appid must be at most {MAX_ID_CHARS} characters")));
+            return Err(ApiError::new(ErrorCode::BadParam, format!("appid must be at most {MAX_ID_CHARS} characters")));
         }
         refuse_control_characters("appid", appid)?;
         let (address, calling_code) = self.parse_address(&request)?;
@@ -129,11 +129,11 @@ impl LoginFlow {
             Some(code) => {
                 let name = non_empty(&request.name).unwrap_or("");
                 if name.chars().count() > MAX_NAME_CHARS {
-                    return Err(ApiError::new("BADPARAM", format!("name must be at most {MAX_NAME_CHARS} characters")));
+                    return Err(ApiError::new(ErrorCode::BadParam, format!("name must be at most {MAX_NAME_CHARS} characters")));
                 }
                 let device = non_empty(&request.device);
                 if device.is_some_and(|d| d.chars().count() > MAX_ID_CHARS) {
-                    return Err(ApiError::new("BADPARAM", format!("device must be at most {MAX_ID_CHARS} characters")));
+                    return Err(ApiError::new(ErrorCode::BadParam, format!("device must be at most {MAX_ID_CHARS} characters")));
                 }
                 refuse_control_characters("name", name)?;
                 refuse_control_characters("device", device.unwrap_or_default())?;
@@ -190,7 +190,7 @@ impl LoginFlow {
             }
             Dispatch::Refused(wait) => Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds"))),
             // The courier already logged why, and deleted the code nobody received.
-            Dispatch::Failed => Err(ApiError::new("SENDFAILED", "the code could not be delivered; please try again")),
+            Dispatch::Failed => Err(ApiError::new(ErrorCode::SendFailed, "the code could not be delivered; please try again")),
             Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {
                 metrics::OTP_ISSUED.inc();
                 // The courier logs each delivery from its own task; this line ties the code to the request.
@@ -213,14 +213,14 @@ impl LoginFlow {
         // A code of another shape cannot match: refused before it spends a guess or a limit.
         // (A JSON number loses a code's leading zeros; the apps send strings.)
         if fixed.is_none() && (code.len() != self.otp_length || !code.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(ApiError::new("BADPARAM", format!("the code must be a string of {} digits", self.otp_length)));
+            return Err(ApiError::new(ErrorCode::BadParam, format!("the code must be a string of {} digits", self.otp_length)));
         }
         // Test numbers have no challenge id: their start reply carries none.
         if fixed.is_none() && self.require_challenge && challenge.is_none() {
-            return Err(ApiError::new("BADPARAM", "challenge is required: send back the one the login start answered"));
+            return Err(ApiError::new(ErrorCode::BadParam, "challenge is required: send back the one the login start answered"));
         }
         if challenge.is_some_and(|c| c.len() > MAX_ID_CHARS) {
-            return Err(ApiError::new("BADPARAM", format!("challenge must be at most {MAX_ID_CHARS} characters")));
+            return Err(ApiError::new(ErrorCode::BadParam, format!("challenge must be at most {MAX_ID_CHARS} characters")));
         }
         check(&self.limits.verify_per_ip, client_ip)?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
@@ -232,7 +232,7 @@ impl LoginFlow {
         if let Some(fixed) = fixed {
             check(&self.limits.verify_per_address, address.as_str())?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
-                return failed("wrong", ApiError::new("BADCODE", "wrong code"));
+                return failed("wrong", ApiError::new(ErrorCode::BadCode, "wrong code"));
             }
         } else {
             let (owned, owned_appid, max, claim_secs) =
@@ -257,13 +257,16 @@ impl LoginFlow {
                 }
                 VerifyOutcome::NoCode => {
                     let why = "no valid code for this address (expired, already used, or never sent); request a new one";
-                    return failed("no_code", ApiError::new("BADCODE", why));
+                    return failed("no_code", ApiError::new(ErrorCode::BadCode, why));
                 }
                 VerifyOutcome::Wrong { left } => {
-                    return failed("wrong", ApiError::new("BADCODE", format!("wrong code; {left} attempts left")))
+                    return failed("wrong", ApiError::new(ErrorCode::BadCode, format!("wrong code; {left} attempts left")))
                 }
                 VerifyOutcome::TooManyAttempts => {
-                    return failed("too_many_attempts", ApiError::new("TOOMANYATTEMPTS", "too many wrong codes; request a new one"))
+                    return failed(
+                        "too_many_attempts",
+                        ApiError::new(ErrorCode::TooManyAttempts, "too many wrong codes; request a new one"),
+                    )
                 }
             }
         }
@@ -328,7 +331,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
                 Some(cause) => format!("the messaging platform could not be reached ({cause}); the server's UPSTREAM_URL or network needs attention, and your code stays valid for a retry"),
                 None => "the messaging platform did not issue a token; retry with the same code".to_string(),
             };
-            return Err(ApiError::new("UPSTREAM", message));
+            return Err(ApiError::new(ErrorCode::Upstream, message));
         }
     };
 
@@ -367,7 +370,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             if let Err(e) = db.call(move |conn| store::release_claim(conn, &owned, &otp_hash)).await {
                 tracing::error!(to = %address.masked(), "the code could not be given back either (it frees itself after its claim times out): {e}");
             }
-            return Err(ApiError::new("INTERNAL", "the login could not be recorded; please retry with the same code"));
+            return Err(ApiError::new(ErrorCode::Internal, "the login could not be recorded; please retry with the same code"));
         }
     };
     tracing::info!(to = %address.masked(), appid, "login complete");
@@ -392,16 +395,16 @@ impl LoginFlow {
         if let Some(email) = non_empty(&request.email) {
             return address::normalize_email(email)
                 .map(|email| (Address::Email(email), None))
-                .ok_or_else(|| ApiError::new("BADEMAIL", "email is not a valid e-mail address"));
+                .ok_or_else(|| ApiError::new(ErrorCode::BadEmail, "email is not a valid e-mail address"));
         }
-        Err(ApiError::new("BADPHONE", "phone (or email) is required"))
+        Err(ApiError::new(ErrorCode::BadPhone, "phone (or email) is required"))
     }
 }
 
 fn not_enabled(address: &Address) -> ApiError {
     match address {
-        Address::Phone(_) => ApiError::new("BADPHONE", "logins by phone are not enabled on this server"),
-        Address::Email(_) => ApiError::new("BADEMAIL", "logins by e-mail are not enabled on this server"),
+        Address::Phone(_) => ApiError::new(ErrorCode::BadPhone, "logins by phone are not enabled on this server"),
+        Address::Email(_) => ApiError::new(ErrorCode::BadEmail, "logins by e-mail are not enabled on this server"),
     }
 }
 

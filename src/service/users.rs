@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::domain::account::{
     refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
 };
-use crate::domain::error::ApiError;
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::store::users::{profile, update_profile};
 use crate::store::{self, Db};
 
@@ -30,7 +30,7 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
     let field = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value.map(|v| v.trim()) else { return Ok(None) };
         if value.chars().count() > max {
-            return Err(ApiError::new("BADPARAM", format!("{name} must be at most {max} characters")));
+            return Err(ApiError::new(ErrorCode::BadParam, format!("{name} must be at most {max} characters")));
         }
         Ok(Some(value.to_string()))
     };
@@ -40,10 +40,10 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
         photo: field("photo", fields.photo, MAX_PHOTO_CHARS)?,
     };
     if change.name.is_none() && change.status.is_none() && change.photo.is_none() {
-        return Err(ApiError::new("BADPARAM", "name, status or photo is required"));
+        return Err(ApiError::new(ErrorCode::BadParam, "name, status or photo is required"));
     }
     if change.photo.as_deref().is_some_and(|p| !p.is_empty() && !p.starts_with("https://") && !p.starts_with("http://")) {
-        return Err(ApiError::new("BADPARAM", "photo must be an http(s) URL"));
+        return Err(ApiError::new(ErrorCode::BadParam, "photo must be an http(s) URL"));
     }
     for (field, text) in [("name", &change.name), ("status", &change.status), ("photo", &change.photo)] {
         refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
