@@ -9,6 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
+use crate::api::op::Op;
 use crate::api::ops;
 use crate::api::server::HttpSettings;
 use crate::api::AppState;
@@ -18,9 +19,6 @@ use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
 use crate::store;
 use crate::{api::health, api::openapi, api::request_log, api::server, domain::metrics};
-
-/// Every op the dispatcher in [`api`] knows; the OpenAPI document must describe each.
-pub const OPS: &[&str] = &["login", "logout", "devices", "getcontacts", "delcontacts", "profile", "me"];
 
 /// Where the API answers: the apps post to their configured base URL itself (current
 /// apps), to `api.php` under it, or to `/messenger/api.php` (the 2021 apps).
@@ -48,7 +46,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let params = match read_params(&request, payload, &state.http).await {
         Ok(params) => params,
         Err(e) => {
-            request_log::note_api_call(&request, "", OPS, Some(e.code.as_str()));
+            request_log::note_api_call(&request, Op::label(""), Some(e.code.as_str()));
             return reply(dialect, "", Err(e));
         }
     };
@@ -56,19 +54,17 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
     let op = op.as_str();
     let client_ip = state.proxies.client_ip(&request);
-    let result = match op {
-        // An op missing from OPS is refused, so a new op cannot skip the OpenAPI document and metrics.
-        _ if !op.is_empty() && !OPS.contains(&op) => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
-        "login" => {
+    let result = match Op::parse(op) {
+        Some(Op::Login) => {
             let request = login_request(&params);
             let app = state.apps.for_app(request.appid.as_deref().map(str::trim).unwrap_or_default());
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
-        "" => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
-        _ if ops::is_session_op(op) => ops::handle(&state, op, &params, &request, &client_ip).await,
-        _ => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
+        Some(session_op) => ops::handle(&state, session_op, &params, &request, &client_ip).await,
+        None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
+        None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
-    request_log::note_api_call(&request, op, OPS, result.as_ref().err().map(|e| e.code.as_str()));
+    request_log::note_api_call(&request, Op::label(op), result.as_ref().err().map(|e| e.code.as_str()));
     let echoed: String = op.chars().take(32).collect();
     reply(dialect, &echoed, result)
 }
@@ -190,7 +186,7 @@ async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &Http
     let size = body.len();
     let params = parse_fields(request.query_string(), content_type, body).await?;
     let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
-    let limit = if ops::is_contacts_op(&op) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
+    let limit = if Op::parse(&op).is_some_and(Op::carries_address_book) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
     if size > limit {
         return Err(too_large(limit));
     }

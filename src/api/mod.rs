@@ -4,6 +4,7 @@
 pub mod fuzz_targets;
 pub mod health;
 pub mod http;
+pub mod op;
 pub mod openapi;
 pub mod ops;
 pub mod request_log;

@@ -1,11 +1,12 @@
 //! The OpenAPI 3 document for the service, served at `GET /openapi.json`. Ops come
-//! from [`http::OPS`] and error codes from [`ErrorCode::ALL`]; each op's fields
-//! are described in [`op_doc`], which fails the OpenAPI test for an op it lacks.
+//! from [`Op::ALL`] and error codes from [`ErrorCode::ALL`]; each op's fields are
+//! described in [`op_doc`], whose match does not compile without every op.
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::api::http::{API_PATHS, OPS};
+use crate::api::http::API_PATHS;
+use crate::api::op::Op;
 use crate::api::AppState;
 use crate::config::Dialect;
 use crate::domain::error::ErrorCode;
@@ -18,10 +19,10 @@ pub struct OpDoc {
     pub reply: &'static [(&'static str, &'static str, &'static str)],
 }
 
-/// The fields of `op`, or `None` for an op without documentation.
-pub fn op_doc(op: &str) -> Option<OpDoc> {
+/// The fields of `op`.
+pub fn op_doc(op: Op) -> OpDoc {
     match op {
-        "login" => Some(OpDoc {
+        Op::Login => OpDoc {
             summary: "Without otp/code: send a one-time code. With it: verify the code and return the user's access token.",
             request: &[
                 ("appid", "string", "The app's id (e.g. its bundle id); a code is valid only for the app that asked for it. At most 128 characters."),
@@ -53,20 +54,20 @@ pub fn op_doc(op: &str) -> Option<OpDoc> {
                 ("linked", "object", "Multi-device field passed through from upstream, when present."),
                 ("linkto", "object", "Multi-device field passed through from upstream, when present."),
             ],
-        }),
-        "logout" => Some(OpDoc {
+        },
+        Op::Logout => OpDoc {
             summary: "End this session, or with all:true every session of the user. An already ended token still succeeds.",
             request: &[TOKEN_FIELD, ("all", "boolean", "End every session of the user (1, true or yes).")],
             required: &["token"],
             reply: &[("ended", "integer", "How many sessions were ended.")],
-        }),
-        "devices" => Some(OpDoc {
+        },
+        Op::Devices => OpDoc {
             summary: "The caller's live sessions, most recently used first, without tokens.",
             request: &[TOKEN_FIELD],
             required: &["token"],
             reply: &[("devices", "array", "Entries with device, appid, created, last_seen and current (the session making the request).")],
-        }),
-        "getcontacts" => Some(OpDoc {
+        },
+        Op::GetContacts => OpDoc {
             summary: "Record uploaded phones as the caller's contacts and return those that use the app; without phones, the contacts changed since ts.",
             request: &[
                 TOKEN_FIELD,
@@ -83,14 +84,14 @@ pub fn op_doc(op: &str) -> Option<OpDoc> {
                 ("invalid", "integer", "Uploaded entries that were not phones."),
                 ("ts", "integer", "The value to send as ts next time."),
             ],
-        }),
-        "delcontacts" => Some(OpDoc {
+        },
+        Op::DelContacts => OpDoc {
             summary: "Remove phones from the caller's contacts.",
             request: &[TOKEN_FIELD, ("phones", "string", "Phones as a JSON array or a comma-separated list.")],
             required: &["token", "phones"],
             reply: &[("removed", "integer", "How many contacts were removed."), ("invalid", "integer", "Entries that were not phones.")],
-        }),
-        "profile" => Some(OpDoc {
+        },
+        Op::Profile => OpDoc {
             summary: "Change the caller's name, status and/or photo; contacts see the change at their next sync.",
             request: &[
                 TOKEN_FIELD,
@@ -100,14 +101,13 @@ pub fn op_doc(op: &str) -> Option<OpDoc> {
             ],
             required: &["token"],
             reply: &[PROFILE_FIELD],
-        }),
-        "me" => Some(OpDoc {
+        },
+        Op::Me => OpDoc {
             summary: "The caller's own profile.",
             request: &[TOKEN_FIELD],
             required: &["token"],
             reply: &[PROFILE_FIELD],
-        }),
-        _ => None,
+        },
     }
 }
 
@@ -123,14 +123,14 @@ fn json_reply(description: &str, schema: Value) -> Value {
     json!({ "description": description, "content": { "application/json": { "schema": schema } } })
 }
 
-/// Builds the document for replies in `dialect`; an op in [`OPS`] without [`op_doc`] is
-/// left out (and the test fails).
+/// Builds the document for replies in `dialect`.
 pub fn document(dialect: Dialect) -> Value {
     let mut schemas = Map::new();
     let mut requests = Vec::new();
     let mut replies = Vec::new();
-    for op in OPS {
-        let Some(doc) = op_doc(op) else { continue };
+    for op in Op::ALL {
+        let doc = op_doc(op);
+        let op = op.as_str();
         let name = format!("{}{}", op[..1].to_uppercase(), &op[1..]);
         let mut request = properties(doc.request);
         request.insert("op".into(), json!({ "type": "string", "enum": [op] }));
@@ -221,7 +221,7 @@ pub fn document(dialect: Dialect) -> Value {
         },
         "get": {
             "summary": "Call an op with query-string fields (same fields as POST).",
-            "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": OPS } }],
+            "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": Op::ALL.map(Op::as_str) } }],
             "responses": api_responses,
         },
     });

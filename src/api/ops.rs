@@ -6,29 +6,20 @@ use actix_web::HttpRequest;
 use serde_json::{Map, Value};
 
 use crate::api::http::Params;
+use crate::api::op::Op;
 use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::{api::AppState, service::contacts, service::sessions, service::users, store};
 
-/// The ops that need a session: every op in [`crate::api::http::OPS`] but `login`.
-pub fn is_session_op(op: &str) -> bool {
-    op != "login" && crate::api::http::OPS.contains(&op)
-}
-
-/// The ops whose requests carry address books, and so may be larger than the others.
-pub fn is_contacts_op(op: &str) -> bool {
-    matches!(op, "getcontacts" | "delcontacts")
-}
-
 pub async fn handle(
     state: &AppState,
-    op: &str,
+    op: Op,
     params: &Params,
     request: &HttpRequest,
     client_ip: &str,
 ) -> Result<Map<String, Value>, ApiError> {
     let token = access_token(params, request);
-    if op == "logout" {
+    if op == Op::Logout {
         // Always OK, as the reference answers: an app logs out locally only on OK, and a
         // missing or unknown token has no session left to end.
         return match token {
@@ -44,19 +35,19 @@ pub async fn handle(
         .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
     let field = |name: &str| params.get(name).map(String::as_str);
     match op {
-        "devices" => sessions::devices(&state.db, &caller).await,
-        "getcontacts" => {
+        Op::Devices => sessions::devices(&state.db, &caller).await,
+        Op::GetContacts => {
             let request =
                 contacts::SyncRequest { phones: field("phones"), ts: field("ts"), cursor: field("cursor"), reset: flag(params, "reset") };
             contacts::getcontacts(&state.db, &state.contact_limits, &caller, client_ip, request).await
         }
-        "delcontacts" => contacts::delcontacts(&state.db, &caller, field("phones"), state.contact_limits.max_per_request).await,
-        "profile" => {
+        Op::DelContacts => contacts::delcontacts(&state.db, &caller, field("phones"), state.contact_limits.max_per_request).await,
+        Op::Profile => {
             let fields = users::ProfileFields { name: field("name"), status: field("status"), photo: field("photo") };
             users::change_profile(&state.db, &caller, fields).await
         }
-        "me" => users::me(&state.db, &caller).await,
-        _ => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
+        Op::Me => users::me(&state.db, &caller).await,
+        Op::Login | Op::Logout => Err(ApiError::new(ErrorCode::BadOp, "this op needs no session")),
     }
 }
 

@@ -24,13 +24,8 @@ struct ApiCall {
 }
 
 /// Called by the `/api` handler once it knows the op and the outcome (`None` = success).
-/// `op` is reduced to a known op name, so neither logs nor metrics take arbitrary input.
-pub fn note_api_call(request: &HttpRequest, op: &str, known_ops: &[&'static str], error: Option<&'static str>) {
-    let op = match known_ops.iter().find(|known| **known == op) {
-        Some(known) => known,
-        None if op.is_empty() => "none",
-        None => "unknown",
-    };
+/// `op` is an [`Op::label`](crate::api::op::Op::label), so neither logs nor metrics take arbitrary input.
+pub fn note_api_call(request: &HttpRequest, op: &'static str, error: Option<&'static str>) {
     let result = error.unwrap_or("ok");
     metrics::API_REQUESTS.with_label_values(&[op, result]).inc();
     request.extensions_mut().insert(ApiCall { op, result });

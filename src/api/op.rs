@@ -1,0 +1,71 @@
+//! The ops of the API, named in one place: the dispatcher, the body-size limits, the
+//! metrics labels and the OpenAPI document all take them from [`Op`].
+
+/// An op a request can name in its `op` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Login,
+    Logout,
+    Devices,
+    GetContacts,
+    DelContacts,
+    Profile,
+    Me,
+}
+
+impl Op {
+    /// Every op, in the order the OpenAPI document lists them.
+    pub const ALL: [Op; 7] = [Op::Login, Op::Logout, Op::Devices, Op::GetContacts, Op::DelContacts, Op::Profile, Op::Me];
+
+    /// The op's name in requests and replies.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Login => "login",
+            Op::Logout => "logout",
+            Op::Devices => "devices",
+            Op::GetContacts => "getcontacts",
+            Op::DelContacts => "delcontacts",
+            Op::Profile => "profile",
+            Op::Me => "me",
+        }
+    }
+
+    /// The op a request names; `name` is already trimmed and lower-cased.
+    pub fn parse(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str() == name)
+    }
+
+    /// Every op but `login` acts for the holder of an access token.
+    pub fn needs_session(self) -> bool {
+        self != Op::Login
+    }
+
+    /// Contact ops carry whole address books, so their bodies may be larger.
+    pub fn carries_address_book(self) -> bool {
+        matches!(self, Op::GetContacts | Op::DelContacts)
+    }
+
+    /// The label of a request's op in metrics and logs: a known op's name, never the
+    /// request's own text.
+    pub fn label(name: &str) -> &'static str {
+        match Op::parse(name) {
+            Some(op) => op.as_str(),
+            None if name.is_empty() => "none",
+            None => "unknown",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_op_parses_from_its_name_and_nothing_else_does() {
+        for op in Op::ALL {
+            assert_eq!(Op::parse(op.as_str()), Some(op));
+        }
+        assert_eq!(Op::parse("LOGIN"), None, "the dispatcher lower-cases first");
+        assert_eq!((Op::label(""), Op::label("drop table"), Op::label("me")), ("none", "unknown", "me"));
+    }
+}
