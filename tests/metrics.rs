@@ -93,7 +93,7 @@ async fn counters_follow_what_happened() {
     retrying.sender.fail.store(true, Ordering::SeqCst);
     assert_eq!(retrying.call(login("18005550077")).await.0, 200, "a transient failure is retried later");
     let mut depth = 0.0;
-    for _ in 0..40 {
+    for _ in 0..600 {
         depth = scrape(&retrying).await.get("otpgate_courier_queue_depth").copied().unwrap_or(0.0);
         if depth == 1.0 {
             break;

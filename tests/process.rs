@@ -172,8 +172,9 @@ impl Service {
     }
 
     /// Waits (at most 10 s) for a log line whose message is `message`.
+    /// Polls for up to 30 s: the process may start slowly on a loaded machine.
     async fn wait_for(&mut self, message: &str) -> Value {
-        for _ in 0..200 {
+        for _ in 0..600 {
             while let Ok(line) = self.lines.try_recv() {
                 self.seen.push(line);
             }
@@ -190,7 +191,7 @@ impl Service {
     }
 
     async fn exit_code(mut self) -> (Option<i32>, Vec<Value>) {
-        for _ in 0..100 {
+        for _ in 0..600 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
                     self.seen.push(line);
@@ -216,8 +217,8 @@ async fn sigterm_lets_the_request_in_flight_finish() {
             client.post(format!("{}/api", service.url)).header("x-request-id", "in-flight-1").json(&verify("18005550000", "123456"));
         actix_web::rt::spawn(request.send())
     };
-    // Wait until upstream holds the request, then ask the service to stop.
-    for _ in 0..40 {
+    // Wait (up to 30 s) until upstream holds the request, then ask the service to stop.
+    for _ in 0..1200 {
         if !upstream.received().is_empty() {
             break;
         }

@@ -221,7 +221,7 @@ async fn webhook_retries_keep_the_message_id() {
     assert_eq!(server.call(login(PHONE)).await.0, 200);
     let started = std::time::Instant::now();
     while hook.received().len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(3), "no retry");
+        assert!(started.elapsed() < Duration::from_secs(30), "no retry");
         actix_web::rt::time::sleep(Duration::from_millis(20)).await;
     }
     let received = hook.received();

@@ -15,6 +15,8 @@ pub enum Mode {
     Useradd,
     /// Wait, then answer like `Useradd`.
     Slow(Duration),
+    /// Never answer (within any test's life): whatever the caller gets, it did not come from here.
+    Hang,
     /// Answer with this status and body whatever the request.
     Reply(u16, String),
     /// Answer with this status and the request's own body, as some providers quote it in errors.
@@ -183,6 +185,10 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         Mode::Slow(delay) => {
             actix_web::rt::time::sleep(delay).await;
             platform(&body, &shared)
+        }
+        Mode::Hang => {
+            actix_web::rt::time::sleep(Duration::from_secs(24 * 3600)).await;
+            HttpResponse::GatewayTimeout().finish()
         }
         Mode::Useradd | Mode::Sequence(_) => platform(&body, &shared),
     }
