@@ -9,7 +9,7 @@
 //! `--scale` then preloads a second database (`--users`, `--pending`) and reruns the
 //! login operations on it, printing the ratio to the empty-database run.
 
-#[path = "../tests/common/fake_upstream.rs"]
+#[path = "../tests/it/common/fake_upstream.rs"]
 #[allow(dead_code)]
 mod fake_upstream;
 

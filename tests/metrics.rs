@@ -1,6 +1,7 @@
 //! `/metrics`: every counter moves by exactly what the requests caused. One test in
 //! its own binary, because the registry is process-wide and tests run in parallel.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::*;

@@ -1,5 +1,5 @@
 //! Fuzz targets: what the request parser and the phone checks must survive, whatever
-//! the bytes. `fuzz/` runs them under libFuzzer (cargo-fuzz, nightly); `tests/fuzz.rs`
+//! the bytes. `fuzz/` runs them under libFuzzer (cargo-fuzz, nightly); `tests/it/fuzz.rs`
 //! replays the corpus in `fuzz/corpus/` and a bounded, seeded run of mutations of it
 //! on stable, in every test run.
 

@@ -1,9 +1,7 @@
 //! "Contact joined" notifications: queued with a first login, sent once per
 //! contact through upstream `message`, retried after failures and restarts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::sync::Arc;
 

@@ -1,9 +1,7 @@
 //! What a copy of the database directory gives away: no code, no message in clear, and
 //! not the key that would let anyone test guesses against the stored code hashes.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use otpgate::domain::otp::OtpHasher;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

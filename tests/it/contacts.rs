@@ -1,9 +1,7 @@
 //! Contact sync and profiles over HTTP: first upload, incremental sync by ts,
 //! reset, delete, paging, limits, and profile changes reaching contacts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const ANN: &str = "18005550001";

@@ -1,9 +1,7 @@
 //! Code delivery through the configured senders: SMTP e-mail, the HTTP SMS
 //! gateway, and what happens when delivery fails.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};

@@ -1,9 +1,7 @@
 //! Defences against SMS pumping: phone validation and country policy, the client
 //! IP behind proxies, the extra limiters, the global SMS budget and the CAPTCHA.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const US_MOBILE: &str = "12125550123";

@@ -2,9 +2,7 @@
 //! codes stranded by a crash, control characters stored and served back, and requests
 //! whose shape burnt a guess or hid a malformed request behind another error.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 const PHONE: &str = "18005551234";

@@ -1,9 +1,7 @@
 //! Operational HTTP behaviour: probes, request ids and the request log, CORS,
 //! the body size limit, the request timeout and the OpenAPI document.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
 

@@ -3,9 +3,7 @@
 //! and every field the app reads checked with the JSON type it reads it as
 //! (`../shared/mesibo-protocol.md`), in both reply dialects.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// The seeds' example number: US toll-free, which cannot get SMS; the log sender takes it.

@@ -1,8 +1,6 @@
 //! The wire protocol: JSON, form and query-string requests, field names, and errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const PHONE: &str = "18005551234";

@@ -1,8 +1,6 @@
 //! The two-step login over HTTP: codes, attempts, expiry, replay, limits, restarts.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,9 +2,7 @@
 //! `tests/fixtures/foundation_schema.sql`) upgrades in place: users, their last
 //! token and pending codes survive.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use otpgate::domain::otp::OtpHasher;
 use serde_json::json;
 use sha2::{Digest, Sha256};

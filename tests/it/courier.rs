@@ -1,9 +1,7 @@
 //! The durable courier: retries with backoff on transient failures, no retry on
 //! permanent ones, resumption after a restart, and no code left in clear.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -1,11 +1,9 @@
 //! The production SMS providers and the webhook sender, each against a local fake
 //! that checks the exact request it receives, and their error mapping.
 
-mod common;
-
+use crate::common::*;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
-use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;

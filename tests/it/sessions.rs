@@ -1,8 +1,6 @@
 //! Sessions over HTTP: tokens, AUTHFAIL, logout, devices, and the device limit.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 

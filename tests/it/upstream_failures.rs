@@ -1,9 +1,7 @@
 //! Upstream useradd failures: the client sees UPSTREAM, the code stays usable,
 //! and the app token shows up in no reply and no log line.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::Duration;
 

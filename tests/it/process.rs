@@ -1,9 +1,7 @@
 //! The `otpgate` binary as an operator runs it: subcommands, JSON logs, and a
 //! graceful stop on SIGTERM/SIGINT that lets an in-flight request finish.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Output, Stdio};

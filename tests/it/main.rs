@@ -1,0 +1,24 @@
+//! The integration tests, in one binary: one link instead of one per file. Tests that
+//! need the process to themselves stay apart: `tests/allocator.rs` (SQLite takes the
+//! allocator once per process) and `tests/metrics.rs` (counters are per process, and
+//! other tests would move them).
+
+mod common;
+mod compatibility;
+mod contacts;
+mod courier;
+mod delivery;
+mod fraud;
+mod fuzz;
+mod hardening;
+mod login_flow;
+mod migration;
+mod notifications;
+mod operations;
+mod process;
+mod protocol;
+mod providers;
+mod secrets_at_rest;
+mod sessions;
+mod storage;
+mod upstream_failures;
