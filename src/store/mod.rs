@@ -64,18 +64,44 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 /// More than the distinct statements of every job together (about 60), so none is prepared twice.
 const STATEMENT_CACHE_CAPACITY: usize = 128;
 
-#[derive(Debug)]
-pub struct StorageError(pub String);
+/// Why a database call failed. SQLite's own error is kept whole, so a caller can tell a
+/// full disk from a constraint, and a group commit's failure reaches every job in it.
+#[derive(Debug, Clone)]
+pub enum StorageError {
+    Sqlite(Arc<rusqlite::Error>),
+    /// Some errors (disk full, I/O) make SQLite roll back the whole group commit.
+    RolledBack,
+    /// The job panicked; the writer thread lives on.
+    Panicked,
+    Closed,
+    /// A thread or task of the store could not be started or did not finish.
+    Thread(String),
+}
 
 impl From<rusqlite::Error> for StorageError {
     fn from(e: rusqlite::Error) -> Self {
-        StorageError(e.to_string())
+        StorageError::Sqlite(Arc::new(e))
     }
 }
 
 impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            StorageError::Sqlite(e) => write!(f, "{e}"),
+            StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
+            StorageError::Panicked => f.write_str("database job panicked"),
+            StorageError::Closed => f.write_str("the database is closed"),
+            StorageError::Thread(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Sqlite(e) => Some(e.as_ref()),
+            _ => None,
+        }
     }
 }
 
@@ -126,7 +152,7 @@ impl Db {
         std::thread::Builder::new()
             .name("otpgate-db-writer".into())
             .spawn(move || run_writer(writer, queue, checkpointer))
-            .map_err(|e| StorageError(format!("cannot start the database writer: {e}")))?;
+            .map_err(|e| StorageError::Thread(format!("cannot start the database writer: {e}")))?;
         Ok(Arc::new(Db {
             writer: messages,
             reader_permits: tokio::sync::Semaphore::new(readers.len()),
@@ -183,7 +209,7 @@ impl Db {
                     Err(())
                 }
                 Err(_) => {
-                    reply(Err(StorageError("database job panicked".into())));
+                    reply(Err(StorageError::Panicked));
                     Err(())
                 }
             }
@@ -222,7 +248,7 @@ impl Db {
         let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || db.blocking_read(f, pool_wait))
             .await
-            .map_err(|e| StorageError(format!("database task failed: {e}")))?
+            .map_err(|e| StorageError::Thread(format!("database task failed: {e}")))?
     }
 
     fn blocking_read<R>(
@@ -380,7 +406,7 @@ impl Checkpointer {
                     std::thread::sleep(BACKGROUND_CHECKPOINT_PAUSE);
                 }
             })
-            .map_err(|e| StorageError(format!("cannot start the database checkpointer: {e}")))?;
+            .map_err(|e| StorageError::Thread(format!("cannot start the database checkpointer: {e}")))?;
         Ok(Checkpointer { wake, thread, turn })
     }
 
@@ -453,7 +479,7 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
         // Some errors (disk full, I/O) make SQLite roll the whole transaction back: the
         // jobs run in it so far are lost and are told so.
         if grouped && conn.is_autocommit() {
-            answer(&mut waiting, Err(StorageError("the write transaction was rolled back".into())));
+            answer(&mut waiting, Err(StorageError::RolledBack));
             grouped = false;
         }
     }
@@ -487,7 +513,7 @@ pub fn atomically<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite:
 
 fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
     for reply in waiting.drain(..) {
-        reply(outcome.as_ref().map(|_| ()).map_err(|e| StorageError(e.0.clone())));
+        reply(outcome.clone());
     }
 }
 
@@ -497,7 +523,7 @@ fn checkpoint_and_close(conn: Connection) -> Result<(), StorageError> {
 }
 
 fn closed() -> StorageError {
-    StorageError("the database is closed".into())
+    StorageError::Closed
 }
 
 pub fn now() -> i64 {
