@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crate::api::AppState;
 use crate::config::Config;
-use crate::store;
 
 /// A local SQLite write that takes longer than this means logins would stall too.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -18,7 +17,7 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
-    let database = match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.db.call(store::probe_write)).await {
+    let database = match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.db.probe_write()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("not writable: {e}")),
         Err(_) => Err(format!("no write within {} ms (locked or overloaded)", DATABASE_PROBE_TIMEOUT.as_millis())),

@@ -28,11 +28,8 @@ pub async fn handle(
         };
     }
     let token_sha256 = token_hash(&token.ok_or_else(|| authfail("token is required"))?);
-    let caller = state
-        .db
-        .call(move |conn| store::sessions::authenticate(conn, &token_sha256, store::now_ms()))
-        .await?
-        .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
+    let caller =
+        state.db.authenticate(token_sha256, store::now_ms()).await?.ok_or_else(|| authfail("unknown or expired token; log in again"))?;
     let field = |name: &str| params.get(name).map(String::as_str);
     match op {
         Op::Devices => sessions::devices(&state.db, &caller).await,

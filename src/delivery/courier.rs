@@ -5,7 +5,6 @@
 //! with exponential backoff while the code is valid, and resumes after a restart
 //! what was left queued.
 
-use rusqlite::{params, Connection};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +16,7 @@ use crate::delivery::senders::{OtpMessage, SendError, Senders};
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::metrics;
+use crate::store::courier::{self as courier_rows, AttemptOutcome, Enqueued, QueuedMessage};
 use crate::store::{self, now_ms, Db, NewChallenge, StorageError};
 
 /// Rows claimed per round.
@@ -79,17 +79,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-struct Queued {
-    id: i64,
-    address: String,
-    appid: String,
-    otp_hash: Vec<u8>,
-    otp: String,
-    body: String,
-    attempts: u32,
-    expires_at: i64,
-}
-
 impl Courier {
     pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders, seal: MessageSeal) -> Courier {
         let slowest_secs = config.provider_timeout_secs.max(config.sms_http_timeout_secs).max(30);
@@ -123,14 +112,14 @@ impl Courier {
     ) -> Result<Dispatch, StorageError> {
         let lease_until = now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
-        let sealed = seal_message(&self.seal, &message, &otp_hash);
+        let sealed = courier_rows::seal_message(&self.seal, message.to.as_str(), &message.otp, &message.text, &otp_hash);
         let queued = (message.to.as_str().to_string(), message.appid.clone(), sealed);
-        let id = match self.db.call(move |conn| enqueue(conn, &challenge, &queued, lease_until, admit)).await? {
+        let id = match self.db.enqueue_message(challenge, queued, lease_until, admit).await? {
             Enqueued::Stored(id) => id,
             Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
             Enqueued::Refused(wait) => return Ok(Dispatch::Refused(wait)),
         };
-        let row = Queued {
+        let row = QueuedMessage {
             id,
             address: message.to.as_str().to_string(),
             appid: message.appid,
@@ -152,8 +141,7 @@ impl Courier {
         while !self.stopped.load(Ordering::SeqCst) {
             let now = now_ms();
             let lease_until = now + self.lease_ms;
-            let seal = self.seal.clone();
-            let (batch, next_due) = match self.db.call(move |conn| claim_due(conn, &seal, now, lease_until)).await {
+            let (batch, next_due) = match self.db.claim_due_messages(self.seal.clone(), now, lease_until).await {
                 Ok(claimed) => {
                     metrics::COURIER_QUEUE_DEPTH.set(claimed.queued);
                     (claimed.batch, claimed.next_due)
@@ -208,14 +196,13 @@ impl Courier {
 
     /// Deletes finished rows past their keeping time; returns how many.
     pub async fn purge_finished(&self) -> Result<usize, StorageError> {
-        let before = store::now() - KEEP_FINISHED_SECS;
-        self.db.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
+        self.db.purge_finished_messages(store::now() - KEEP_FINISHED_SECS).await
     }
 
     /// Sends one message and records the outcome; `answer` learns how it went: for a
     /// delivery at once, for a failure only once it is recorded (a code that was not
     /// delivered is deleted before the client hears SENDFAILED).
-    async fn attempt(&self, row: Queued, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
+    async fn attempt(&self, row: QueuedMessage, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
         let to = Address::from_stored(&row.address);
         let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
@@ -231,7 +218,7 @@ impl Courier {
         let (dispatch, update) = match result {
             Ok(()) => {
                 tracing::info!(sender = sender_name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
-                (Dispatch::Sent, Update::Sent)
+                (Dispatch::Sent, AttemptOutcome::Sent)
             }
             Err(error) => {
                 metrics::SENDER_FAILURES.with_label_values(&[sender_name]).inc();
@@ -243,18 +230,18 @@ impl Courier {
                 let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - now_ms()) };
                 tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; {next}");
                 if last {
-                    (Dispatch::Failed, Update::Failed(reason))
+                    (Dispatch::Failed, AttemptOutcome::Failed(reason))
                 } else {
-                    (Dispatch::Retrying, Update::Retry(reason, retry_at))
+                    (Dispatch::Retrying, AttemptOutcome::Retry(reason, retry_at))
                 }
             }
         };
         if let Some(answer) = answer.take_if(|_| dispatch == Dispatch::Sent) {
             let _ = answer.send(dispatch);
         }
-        let retry = matches!(update, Update::Retry(..));
+        let retry = matches!(update, AttemptOutcome::Retry(..));
         let address = row.address;
-        let saved = self.db.call(move |conn| record_attempt(conn, id, attempts, &update, &address, &otp_hash)).await;
+        let saved = self.db.record_attempt(id, attempts, update, address, otp_hash).await;
         if let Err(e) = saved {
             tracing::error!("courier: recording a delivery attempt failed: {e}");
         }
@@ -266,176 +253,4 @@ impl Courier {
             let _ = answer.send(dispatch);
         }
     }
-}
-
-enum Update {
-    Sent,
-    Failed(String),
-    Retry(String, i64),
-}
-
-enum Enqueued {
-    /// Stored, with the courier row's id.
-    Stored(i64),
-    TooSoon(u64),
-    Refused(u64),
-}
-
-/// What binds a sealed message to its row: it opens only for this address and code.
-fn seal_context(address: &str, otp_hash: &[u8]) -> Vec<u8> {
-    [address.as_bytes(), &[0], otp_hash].concat()
-}
-
-/// The code and the rendered text, encrypted: `code \n text` (a code has no line break).
-fn seal_message(seal: &MessageSeal, message: &OtpMessage, otp_hash: &[u8]) -> Vec<u8> {
-    let plaintext = format!("{}\n{}", message.otp, message.text);
-    seal.seal(plaintext.as_bytes(), &seal_context(message.to.as_str(), otp_hash))
-}
-
-/// The code and the text of a sealed message, or `None` when this key cannot open it.
-fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
-    let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
-    let (otp, text) = plaintext.split_once('\n')?;
-    Some((otp.to_string(), text.to_string()))
-}
-
-/// Encrypts the messages that earlier releases queued in clear and clears the text of
-/// finished ones; returns how many rows held text in clear.
-pub fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
-    store::atomically(conn, |tx| {
-        let rows = tx
-            .prepare("SELECT id, address, otp_hash, coalesce(otp, ''), coalesce(body, ''), status FROM courier WHERE otp IS NOT NULL OR body IS NOT NULL")?
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)))?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        for (id, address, otp_hash, otp, body, status) in &rows {
-            let sealed = (status == "queued").then(|| {
-                let plaintext = format!("{otp}\n{body}");
-                seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
-            });
-            tx.execute("UPDATE courier SET sealed = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, sealed])?;
-        }
-        Ok(rows.len())
-    })
-}
-
-fn enqueue(
-    conn: &mut Connection,
-    challenge: &NewChallenge,
-    (address, appid, sealed): &(String, String, Vec<u8>),
-    lease_until: i64,
-    admit: impl FnOnce() -> Result<(), u64>,
-) -> rusqlite::Result<Enqueued> {
-    if let Some(wait) = store::resend_wait(conn, challenge)? {
-        return Ok(Enqueued::TooSoon(wait));
-    }
-    // Checked before anything is written: a refusal leaves the previous code valid.
-    if let Err(wait) = admit() {
-        return Ok(Enqueued::Refused(wait));
-    }
-    store::atomically(conn, |tx| {
-        store::store_challenge(tx, challenge)?;
-        tx.prepare_cached(
-            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
-        )?
-        .execute(params![
-            address,
-            appid,
-            &challenge.otp_hash[..],
-            sealed,
-            lease_until,
-            challenge.now + challenge.ttl_secs,
-            challenge.now
-        ])?;
-        Ok(Enqueued::Stored(tx.last_insert_rowid()))
-    })
-}
-
-struct Claimed {
-    batch: Vec<Queued>,
-    /// When the next queued message falls due.
-    next_due: Option<i64>,
-    /// Messages still queued, in flight included.
-    queued: i64,
-}
-
-/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
-/// key cannot open (the key changed since it was queued) fails for good.
-fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
-    store::atomically(conn, |tx| {
-        // A code that was used, replaced by a newer one or expired is not worth an SMS.
-        tx.prepare_cached(
-            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
-             WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
-                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
-        )?
-        .execute([now_ms / 1000])?;
-        let due = {
-            let mut select = tx.prepare_cached(
-                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
-                 WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
-            )?;
-            let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
-                let sealed: Option<Vec<u8>> = r.get(4)?;
-                let queued = Queued {
-                    id: r.get(0)?,
-                    address: r.get(1)?,
-                    appid: r.get(2)?,
-                    otp_hash: r.get(3)?,
-                    otp: String::new(),
-                    body: String::new(),
-                    attempts: r.get(5)?,
-                    expires_at: r.get(6)?,
-                };
-                Ok((queued, sealed))
-            })?;
-            rows.collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        let mut batch = Vec::with_capacity(due.len());
-        for (mut row, sealed) in due {
-            match sealed.and_then(|sealed| open_message(seal, &sealed, &row.address, &row.otp_hash)) {
-                Some((otp, body)) => {
-                    (row.otp, row.body) = (otp, body);
-                    batch.push(row);
-                }
-                None => {
-                    let error = "the message cannot be decrypted: the server key changed since it was queued";
-                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
-                    tx.prepare_cached("UPDATE courier SET status = 'failed', last_error = ?2, sealed = NULL WHERE id = ?1")?
-                        .execute(params![row.id, error])?;
-                    store::remove_challenge(tx, &row.address, &row.otp_hash)?;
-                }
-            }
-        }
-        for row in &batch {
-            tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
-        }
-        let (next_due, queued): (Option<i64>, i64) = tx
-            .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(Claimed { batch, next_due, queued })
-    })
-}
-
-/// Records an attempt. A final outcome wipes the sealed message; a final
-/// failure also deletes the challenge, since nobody received that code.
-fn record_attempt(conn: &mut Connection, id: i64, attempts: u32, update: &Update, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
-    store::atomically(conn, |tx| {
-        match update {
-            Update::Sent => {
-                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, sealed = NULL WHERE id = ?1")?
-                    .execute(params![id, attempts])?;
-            }
-            Update::Failed(error) => {
-                tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
-                    .execute(params![id, attempts, error])?;
-                store::remove_challenge(tx, address, otp_hash)?;
-            }
-            Update::Retry(error, retry_at) => {
-                tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
-                    .execute(params![id, attempts, error, retry_at])?;
-            }
-        }
-        Ok(())
-    })
 }

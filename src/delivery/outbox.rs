@@ -3,7 +3,6 @@
 //! task, retried with exponential backoff, and deleted once upstream acknowledged
 //! them, so a restart loses none and an acknowledged one is never sent again.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,26 +17,6 @@ use crate::store::{self, Db};
 const POLL_EVERY: Duration = Duration::from_secs(1);
 /// Longest wait between two attempts at one message.
 const MAX_RETRY_SECS: u64 = 3600;
-
-struct Pending {
-    id: i64,
-    recipient: String,
-    payload: String,
-    attempts: u32,
-}
-
-/// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
-fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
-    conn.prepare_cached(
-        "UPDATE outbox SET next_attempt_at = ?2 WHERE id =
-             (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
-         RETURNING id, recipient, payload, attempts",
-    )?
-    .query_row(params![now, now + lease_secs], |r| {
-        Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
-    })
-    .optional()
-}
 
 /// Seconds before attempt number `attempts + 1`: doubles from `base`, at most an hour.
 fn backoff(base: u64, attempts: u32) -> u64 {
@@ -87,7 +66,7 @@ impl Outbox {
         let mut sent = 0;
         while !self.stopped.load(Ordering::SeqCst) {
             let (now, lease) = (store::now(), self.lease_secs);
-            let Some(message) = self.db.call(move |conn| take_next_due(conn, now, lease)).await? else {
+            let Some(message) = self.db.take_next_notice(now, lease).await? else {
                 return Ok(sent);
             };
             let payload: Value = serde_json::from_str(&message.payload).unwrap_or(Value::String(message.payload.clone()));
@@ -97,7 +76,7 @@ impl Outbox {
             let id = message.id;
             match self.upstream.message(&self.from, &message.recipient, &payload).await {
                 Ok(()) => {
-                    self.db.call(move |conn| conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id])).await?;
+                    self.db.acknowledge_notice(id).await?;
                     tracing::info!(%to, "outbox: message delivered");
                     sent += 1;
                 }
@@ -108,12 +87,7 @@ impl Outbox {
                     let wait = backoff(self.retry_secs, attempts);
                     tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");
                     let next = store::now() + wait as i64;
-                    self.db
-                        .call(move |conn| {
-                            conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
-                                .execute(params![id, attempts, next, error])
-                        })
-                        .await?;
+                    self.db.reschedule_notice(id, attempts, next, error).await?;
                 }
             }
         }

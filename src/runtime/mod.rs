@@ -12,8 +12,8 @@ use crate::api::health::Readiness;
 use crate::api::server::HttpSettings;
 use crate::api::AppState;
 use crate::config::Config;
+use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
-use crate::delivery::{courier, outbox};
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::keys::{self, KeySource, ServerKeys};
@@ -30,9 +30,8 @@ impl AppState {
             .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
         let keys = server_keys(config, stored_key.as_deref())?;
         let seal = keys.seal.clone();
-        let db =
-            Db::open_after(&config.database_path, config.db_pool_size, |conn| remove_secrets_in_clear(conn, &seal, stored_key.is_some()))
-                .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, &seal, stored_key.is_some())
+            .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders)?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         Ok(AppState {
@@ -88,20 +87,12 @@ impl AppState {
         self.login.sms_limits.purge();
         self.contact_limits.purge();
         self.login.courier.purge_finished().await?;
-        let purged = self
-            .db
-            .call(|conn| {
-                let now = store::now();
-                Ok(Purged { codes: store::purge_expired(conn, now)?, sessions: store::sessions::purge_expired(conn, now)? })
-            })
-            .await?;
+        let (codes, sessions) = self.db.purge_expired(store::now()).await?;
+        let purged = Purged { codes, sessions };
         metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
         Ok(purged)
     }
 }
-
-/// Marks a database whose file was rewritten once no secret or code was left in clear in it.
-const REWRITTEN_SETTING: &str = "rewritten_without_secrets";
 
 /// Finds the server secret (see [`keys::load_secret`]) and says where it is.
 /// `stored` is a key an earlier release kept in the database.
@@ -123,22 +114,6 @@ fn server_keys(config: &Config, stored: Option<&[u8]>) -> Result<ServerKeys, Str
         (None, false) => tracing::debug!("OTP key: {place}"),
     }
     Ok(ServerKeys::from_secret(&loaded.secret))
-}
-
-/// Leaves no secret in clear in the database: deletes a key kept there by an earlier
-/// release (once it is in its key file), encrypts messages queued in clear, and rewrites
-/// the file once so no old page keeps either.
-fn remove_secrets_in_clear(conn: &mut rusqlite::Connection, seal: &keys::MessageSeal, had_key: bool) -> rusqlite::Result<()> {
-    let sealed = courier::seal_rows_in_clear(conn, seal)?;
-    store::remove_setting(conn, keys::LEGACY_SETTING)?;
-    if had_key || sealed > 0 || store::setting(conn, REWRITTEN_SETTING)?.is_none() {
-        store::rewrite_file(conn)?;
-        store::set_setting(conn, REWRITTEN_SETTING, &store::now().to_le_bytes())?;
-    }
-    if sealed > 0 {
-        tracing::info!(messages = sealed, "encrypted the messages an earlier release kept in clear, and rewrote the database file");
-    }
-    Ok(())
 }
 
 /// What one round of housekeeping removed.

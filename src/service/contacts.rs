@@ -10,7 +10,7 @@ use crate::domain::account::Caller;
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::ratelimit::KeyedLimit;
-use crate::store::contacts::{sync, SyncQuery};
+use crate::store::contacts::SyncQuery;
 use crate::store::{self, Db};
 
 /// The normalised, de-duplicated phones of a request and how many entries were not phones.
@@ -171,7 +171,7 @@ pub async fn getcontacts(
     };
     let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
     let admit = move |new, stored| limits.admit(user_id, &client_ip, new, stored);
-    let (page, more) = db.call(move |conn| sync(conn, &query, admit)).await??;
+    let (page, more) = db.sync_contacts(query, admit).await??;
 
     let mut fields = Map::new();
     if more {
@@ -192,7 +192,7 @@ pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, ma
     let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
     let list = parse_phones(raw, max_phones)?;
     let (owner, phones) = (caller.user_id, Value::from(list.phones).to_string());
-    let removed = db.call(move |conn| store::contacts::remove(conn, owner, &phones)).await?;
+    let removed = db.remove_contacts(owner, phones).await?;
     let mut fields = Map::new();
     fields.insert("removed".into(), removed.into());
     fields.insert("invalid".into(), list.invalid.into());

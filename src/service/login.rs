@@ -21,7 +21,7 @@ use crate::domain::phone::PhonePolicy;
 use crate::domain::ratelimit::{KeyedLimit, Limits};
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
-use crate::store::{self, CompletedLogin, Db, Guess, NewChallenge, VerifyOutcome};
+use crate::store::{self, CodeGuess, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 
 const MAX_ID_CHARS: usize = 128;
 
@@ -235,21 +235,17 @@ impl LoginFlow {
                 return failed("wrong", ApiError::new(ErrorCode::BadCode, "wrong code"));
             }
         } else {
-            let (owned, owned_appid, max, claim_secs) =
-                (address.as_str().to_string(), appid.to_string(), self.otp_max_attempts, self.claim_secs);
-            let challenge_sha256 = challenge.map(otp::challenge_sha256);
-            let limits = Arc::clone(&self.limits);
-            let outcome = self
-                .db
-                .call(move |conn| {
-                    let guess = Guess { address: &owned, appid: &owned_appid, otp_hash: &otp_hash, challenge_sha256 };
-                    // Spent only by a guess that could match a pending code: guesses that cannot
-                    // (another app, no code) must not lock the address's owner out.
-                    let admit = || limits.verify_per_address.check(&owned);
-                    store::check_and_claim(conn, &guess, store::now(), max, claim_secs, admit)
-                })
-                .await
-                .map_err(internal)?;
+            let guess = CodeGuess {
+                address: address.as_str().to_string(),
+                appid: appid.to_string(),
+                otp_hash,
+                challenge_sha256: challenge.map(otp::challenge_sha256),
+            };
+            let (limits, owned) = (Arc::clone(&self.limits), address.as_str().to_string());
+            // Spent only by a guess that could match a pending code: guesses that cannot
+            // (another app, no code) must not lock the address's owner out.
+            let admit = move || limits.verify_per_address.check(&owned);
+            let outcome = self.db.claim_code(guess, store::now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
             match outcome {
                 VerifyOutcome::Claimed => {}
                 VerifyOutcome::Refused(wait) => {
@@ -325,8 +321,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             metrics::UPSTREAM_FAILURES.inc();
             tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.detail));
             // The user did nothing wrong: give the code back so a retry with it works.
-            let owned = address.as_str().to_string();
-            db.call(move |conn| store::release_claim(conn, &owned, &otp_hash)).await.map_err(internal)?;
+            db.release_code(address.as_str().to_string(), otp_hash).await.map_err(internal)?;
             let message = match e.unreachable {
                 Some(cause) => format!("the messaging platform could not be reached ({cause}); the server's UPSTREAM_URL or network needs attention, and your code stays valid for a retry"),
                 None => "the messaging platform did not issue a token; retry with the same code".to_string(),
@@ -353,7 +348,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
     };
     // A token without its session would be refused at the app's first call: when the login
     // cannot be recorded, the client is told to retry and the code is given back for it.
-    let profile = match db.call(move |conn| store::complete_login(conn, &completed, &otp_hash)).await {
+    let profile = match db.record_login(completed, otp_hash).await {
         Ok(record) => {
             for evicted in &record.evicted {
                 let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
@@ -366,8 +361,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         }
         Err(e) => {
             tracing::error!(to = %address.masked(), "upstream issued a token but the login could not be recorded: {e}");
-            let owned = address.as_str().to_string();
-            if let Err(e) = db.call(move |conn| store::release_claim(conn, &owned, &otp_hash)).await {
+            if let Err(e) = db.release_code(address.as_str().to_string(), otp_hash).await {
                 tracing::error!(to = %address.masked(), "the code could not be given back either (it frees itself after its claim times out): {e}");
             }
             return Err(ApiError::new(ErrorCode::Internal, "the login could not be recorded; please retry with the same code"));

@@ -5,18 +5,12 @@ use std::sync::Arc;
 
 use crate::domain::account::Caller;
 use crate::domain::error::ApiError;
-use crate::store::sessions::{list, remove, remove_all_of_user};
 use crate::store::{self, Db};
 
 /// `op=logout`: ends the token's session, or with `all` every session of its user.
 /// An unknown or already ended token is not an error: the app's goal is reached.
 pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map<String, Value>, ApiError> {
-    let ended = db
-        .call(move |conn| match all {
-            true => remove_all_of_user(conn, &token_sha256),
-            false => remove(conn, &token_sha256).map(usize::from),
-        })
-        .await?;
+    let ended = db.end_sessions(token_sha256, all).await?;
     let mut fields = Map::new();
     fields.insert("ended".into(), ended.into());
     Ok(fields)
@@ -24,8 +18,7 @@ pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map
 
 /// `op=devices`.
 pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
-    let caller = caller.clone();
-    let sessions = db.read(move |conn| list(conn, &caller, store::now())).await?;
+    let sessions = db.sessions_of(caller.clone(), store::now()).await?;
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
     Ok(fields)

@@ -5,8 +5,8 @@ use rusqlite::{params, Connection};
 
 use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
-use crate::store;
 use crate::store::users::{profile_from_row, PROFILE_COLUMNS};
+use crate::store::{self, Db, StorageError};
 
 /// Most entries in one reply; the rest follow with a cursor.
 pub const PAGE_SIZE: usize = 1000;
@@ -87,4 +87,20 @@ pub fn sync(
 pub fn remove(conn: &mut Connection, owner: i64, phones_json: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone IN (SELECT value FROM json_each(?2))")?
         .execute(params![owner, phones_json])
+}
+
+impl Db {
+    /// Records uploaded phones and answers a page of the caller's contacts (see [`sync`]).
+    pub async fn sync_contacts(
+        &self,
+        query: SyncQuery,
+        admit: impl FnOnce(usize, usize) -> Result<(), ApiError> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
+        self.call(move |conn| sync(conn, &query, admit)).await
+    }
+
+    /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
+    pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
+        self.call(move |conn| remove(conn, owner, &phones_json)).await
+    }
 }

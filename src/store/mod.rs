@@ -3,6 +3,7 @@
 
 pub mod allocator;
 pub mod contacts;
+pub mod courier;
 pub mod outbox;
 pub mod schema;
 pub mod sessions;
@@ -16,6 +17,7 @@ use std::time::Instant;
 
 use crate::domain::account::{Evicted, OwnProfile};
 use crate::domain::error::ApiError;
+use crate::domain::keys::{MessageSeal, LEGACY_SETTING};
 use crate::domain::otp;
 
 /// All writes go to one connection owned by a dedicated thread, because SQLite admits
@@ -126,6 +128,12 @@ impl Db {
     /// the writer plus `readers` reader connections.
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
         Db::open_after(path, readers, |_| Ok(()))
+    }
+
+    /// [`Db::open`], leaving no secret in clear in the database (see
+    /// [`remove_secrets_in_clear`]); `had_key` says that it holds a key an earlier release kept.
+    pub fn open_without_secrets(path: &str, readers: usize, seal: &MessageSeal, had_key: bool) -> Result<Arc<Db>, StorageError> {
+        Db::open_after(path, readers, |conn| remove_secrets_in_clear(conn, seal, had_key))
     }
 
     /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
@@ -786,13 +794,76 @@ pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &
     })
 }
 
-/// Deletes challenges that expired before `now`; returns how many.
-pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])
+impl Db {
+    /// Deletes the codes and sessions that expired before `now`; returns how many of each.
+    pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
+        self.call(move |conn| {
+            let codes = conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])?;
+            Ok((codes, sessions::purge_expired(conn, now)?))
+        })
+        .await
+    }
+
+    /// A real write, so readiness fails when the file is read-only, locked or full.
+    pub async fn probe_write(&self) -> Result<(), StorageError> {
+        self.call(|conn| {
+            conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Checks a guess at a pending code and claims the code when it is right (see [`check_and_claim`]).
+    pub async fn claim_code(
+        &self,
+        guess: CodeGuess,
+        now: i64,
+        max_attempts: u32,
+        claim_secs: i64,
+        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+    ) -> Result<VerifyOutcome, StorageError> {
+        self.call(move |conn| {
+            let borrowed =
+                Guess { address: &guess.address, appid: &guess.appid, otp_hash: &guess.otp_hash, challenge_sha256: guess.challenge_sha256 };
+            check_and_claim(conn, &borrowed, now, max_attempts, claim_secs, admit)
+        })
+        .await
+    }
+
+    /// Gives a claimed code back (see [`release_claim`]).
+    pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        self.call(move |conn| release_claim(conn, &address, &otp_hash)).await
+    }
+
+    /// Records a completed login (see [`complete_login`]).
+    pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+        self.call(move |conn| complete_login(conn, &login, &otp_hash)).await
+    }
 }
 
-/// A real write, so readiness fails when the file is read-only, locked or full.
-pub fn probe_write(conn: &mut Connection) -> rusqlite::Result<()> {
-    conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
+/// A guess at the pending code of `address`, owned to travel to the writer thread.
+pub struct CodeGuess {
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: [u8; 32],
+    pub challenge_sha256: Option<[u8; 32]>,
+}
+
+/// Marks a database whose file was rewritten once no secret or code was left in clear in it.
+const REWRITTEN_SETTING: &str = "rewritten_without_secrets";
+
+/// Leaves no secret in clear in the database: deletes a key kept there by an earlier
+/// release (once it is in its key file), encrypts messages queued in clear, and rewrites
+/// the file once so no old page keeps either.
+fn remove_secrets_in_clear(conn: &mut rusqlite::Connection, seal: &MessageSeal, had_key: bool) -> rusqlite::Result<()> {
+    let sealed = courier::seal_rows_in_clear(conn, seal)?;
+    remove_setting(conn, LEGACY_SETTING)?;
+    if had_key || sealed > 0 || setting(conn, REWRITTEN_SETTING)?.is_none() {
+        rewrite_file(conn)?;
+        set_setting(conn, REWRITTEN_SETTING, &now().to_le_bytes())?;
+    }
+    if sealed > 0 {
+        tracing::info!(messages = sealed, "encrypted the messages an earlier release kept in clear, and rewrote the database file");
+    }
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! The outbox table: upstream messages waiting to be sent, written in the transaction
 //! that causes them (see `delivery::outbox` for their sender).
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
+
+use crate::store::{Db, StorageError};
 
 /// Queues a `contact_joined` notice for every user who has `phone` as a contact.
 /// Call inside the transaction that creates the user; returns how many were queued.
@@ -14,4 +16,47 @@ pub fn enqueue_contact_joined(conn: &Connection, user_id: i64, phone: &str, name
          WHERE c.phone = ?2 AND u.id <> ?1 ORDER BY u.id",
     )?
     .execute(params![user_id, phone, payload, now])
+}
+
+/// A notice taken for sending.
+pub struct Pending {
+    pub id: i64,
+    pub recipient: String,
+    pub payload: String,
+    pub attempts: u32,
+}
+
+/// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
+fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
+    conn.prepare_cached(
+        "UPDATE outbox SET next_attempt_at = ?2 WHERE id =
+             (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
+         RETURNING id, recipient, payload, attempts",
+    )?
+    .query_row(params![now, now + lease_secs], |r| {
+        Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+    })
+    .optional()
+}
+
+impl Db {
+    /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
+    pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
+        self.call(move |conn| take_next_due(conn, now, lease_secs)).await
+    }
+
+    /// Upstream took the notice: it is never sent again.
+    pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
+        self.call(move |conn| conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id]).map(|_| ())).await
+    }
+
+    /// A failed send: try again at `next_attempt_at` (unix seconds).
+    pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
+        self.call(move |conn| {
+            conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
+                .execute(params![id, attempts, next_attempt_at, error])
+                .map(|_| ())
+        })
+        .await
+    }
 }

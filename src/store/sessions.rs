@@ -5,6 +5,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
 use crate::domain::account::{Caller, Evicted};
+use std::sync::Arc;
+
+use crate::store::{Db, StorageError};
 
 /// Finds the live session of a token and marks it used; `None` for an unknown or expired token.
 pub fn authenticate(conn: &mut Connection, token_sha256: &str, now_ms: i64) -> rusqlite::Result<Option<Caller>> {
@@ -97,6 +100,27 @@ pub fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Resul
         }))
     })?;
     rows.collect()
+}
+
+impl Db {
+    /// The live session of a token, marked used; `None` for an unknown or expired token.
+    pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
+        self.call(move |conn| authenticate(conn, &token_sha256, now_ms)).await
+    }
+
+    /// Ends the token's session, or with `all` every session of its user; returns how many.
+    pub async fn end_sessions(&self, token_sha256: String, all: bool) -> Result<usize, StorageError> {
+        self.call(move |conn| match all {
+            true => remove_all_of_user(conn, &token_sha256),
+            false => remove(conn, &token_sha256).map(usize::from),
+        })
+        .await
+    }
+
+    /// The caller's live sessions (see [`list`]).
+    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+        self.read(move |conn| list(conn, &caller, now)).await
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::domain::account::{OwnProfile, Profile, ProfileChange};
-use crate::store;
+use std::sync::Arc;
+
+use crate::store::{self, Db, StorageError};
 
 /// Columns for [`profile_from_row`], for a query over `users u`.
 pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts";
@@ -53,4 +55,16 @@ pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChang
         .execute(params![user_id, change.name, change.status, change.photo, now])?;
         profile(tx, user_id)
     })
+}
+
+impl Db {
+    /// The profile of a user.
+    pub async fn profile_of(self: &Arc<Self>, user_id: i64) -> Result<Profile, StorageError> {
+        self.read(move |conn| profile(conn, user_id)).await
+    }
+
+    /// Applies a profile change and bumps `ts` (see [`update_profile`]).
+    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
+        self.call(move |conn| update_profile(conn, user_id, &change, now)).await
+    }
 }

@@ -1,0 +1,243 @@
+//! The courier table: outgoing code messages, queued in the transaction that stores
+//! the code, sealed (see `domain::keys::MessageSeal`), and kept as a delivery record.
+//! `delivery::courier` sends them.
+
+use rusqlite::{params, Connection};
+
+use crate::domain::address::Address;
+use crate::domain::keys::MessageSeal;
+use crate::store::{self, Db, NewChallenge, StorageError};
+
+/// Rows claimed per round.
+pub const BATCH: usize = 16;
+
+/// A queued message, opened.
+pub struct QueuedMessage {
+    pub id: i64,
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: Vec<u8>,
+    pub otp: String,
+    pub body: String,
+    pub attempts: u32,
+    /// Unix seconds: the code's expiry.
+    pub expires_at: i64,
+}
+
+impl Db {
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
+    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
+    /// a new code, before anything is written.
+    pub async fn enqueue_message(
+        &self,
+        challenge: NewChallenge,
+        message: (String, String, Vec<u8>),
+        lease_until: i64,
+        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+    ) -> Result<Enqueued, StorageError> {
+        self.call(move |conn| enqueue(conn, &challenge, &message, lease_until, admit)).await
+    }
+
+    /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
+    pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
+        self.call(move |conn| claim_due(conn, &seal, now_ms, lease_until)).await
+    }
+
+    /// Records a delivery attempt (see [`record_attempt`]).
+    pub async fn record_attempt(
+        &self,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.call(move |conn| record_attempt(conn, id, attempts, &outcome, &address, &otp_hash)).await
+    }
+
+    /// Deletes finished rows created before `before` (unix seconds); returns how many.
+    pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
+        self.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
+    }
+}
+
+/// How a delivery attempt ended, as recorded.
+pub enum AttemptOutcome {
+    Sent,
+    Failed(String),
+    Retry(String, i64),
+}
+
+/// What queueing a code message did.
+pub enum Enqueued {
+    /// Stored, with the courier row's id.
+    Stored(i64),
+    TooSoon(u64),
+    Refused(u64),
+}
+
+/// What binds a sealed message to its row: it opens only for this address and code.
+fn seal_context(address: &str, otp_hash: &[u8]) -> Vec<u8> {
+    [address.as_bytes(), &[0], otp_hash].concat()
+}
+
+/// The code and the rendered text, encrypted: `code \n text` (a code has no line break).
+pub fn seal_message(seal: &MessageSeal, address: &str, otp: &str, text: &str, otp_hash: &[u8]) -> Vec<u8> {
+    let plaintext = format!("{otp}\n{text}");
+    seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
+}
+
+/// The code and the text of a sealed message, or `None` when this key cannot open it.
+fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
+    let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
+    let (otp, text) = plaintext.split_once('\n')?;
+    Some((otp.to_string(), text.to_string()))
+}
+
+/// Encrypts the messages that earlier releases queued in clear and clears the text of
+/// finished ones; returns how many rows held text in clear.
+pub fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
+    store::atomically(conn, |tx| {
+        let rows = tx
+            .prepare("SELECT id, address, otp_hash, coalesce(otp, ''), coalesce(body, ''), status FROM courier WHERE otp IS NOT NULL OR body IS NOT NULL")?
+            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for (id, address, otp_hash, otp, body, status) in &rows {
+            let sealed = (status == "queued").then(|| {
+                let plaintext = format!("{otp}\n{body}");
+                seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
+            });
+            tx.execute("UPDATE courier SET sealed = ?2, otp = NULL, body = NULL WHERE id = ?1", params![id, sealed])?;
+        }
+        Ok(rows.len())
+    })
+}
+
+fn enqueue(
+    conn: &mut Connection,
+    challenge: &NewChallenge,
+    (address, appid, sealed): &(String, String, Vec<u8>),
+    lease_until: i64,
+    admit: impl FnOnce() -> Result<(), u64>,
+) -> rusqlite::Result<Enqueued> {
+    if let Some(wait) = store::resend_wait(conn, challenge)? {
+        return Ok(Enqueued::TooSoon(wait));
+    }
+    // Checked before anything is written: a refusal leaves the previous code valid.
+    if let Err(wait) = admit() {
+        return Ok(Enqueued::Refused(wait));
+    }
+    store::atomically(conn, |tx| {
+        store::store_challenge(tx, challenge)?;
+        tx.prepare_cached(
+            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            address,
+            appid,
+            &challenge.otp_hash[..],
+            sealed,
+            lease_until,
+            challenge.now + challenge.ttl_secs,
+            challenge.now
+        ])?;
+        Ok(Enqueued::Stored(tx.last_insert_rowid()))
+    })
+}
+
+pub struct Claimed {
+    pub batch: Vec<QueuedMessage>,
+    /// When the next queued message falls due.
+    pub next_due: Option<i64>,
+    /// Messages still queued, in flight included.
+    pub queued: i64,
+}
+
+/// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
+/// key cannot open (the key changed since it was queued) fails for good.
+fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
+    store::atomically(conn, |tx| {
+        // A code that was used, replaced by a newer one or expired is not worth an SMS.
+        tx.prepare_cached(
+            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
+             WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
+        )?
+        .execute([now_ms / 1000])?;
+        let due = {
+            let mut select = tx.prepare_cached(
+                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+                 WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
+            )?;
+            let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
+                let sealed: Option<Vec<u8>> = r.get(4)?;
+                let queued = QueuedMessage {
+                    id: r.get(0)?,
+                    address: r.get(1)?,
+                    appid: r.get(2)?,
+                    otp_hash: r.get(3)?,
+                    otp: String::new(),
+                    body: String::new(),
+                    attempts: r.get(5)?,
+                    expires_at: r.get(6)?,
+                };
+                Ok((queued, sealed))
+            })?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()?
+        };
+        let mut batch = Vec::with_capacity(due.len());
+        for (mut row, sealed) in due {
+            match sealed.and_then(|sealed| open_message(seal, &sealed, &row.address, &row.otp_hash)) {
+                Some((otp, body)) => {
+                    (row.otp, row.body) = (otp, body);
+                    batch.push(row);
+                }
+                None => {
+                    let error = "the message cannot be decrypted: the server key changed since it was queued";
+                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
+                    tx.prepare_cached("UPDATE courier SET status = 'failed', last_error = ?2, sealed = NULL WHERE id = ?1")?
+                        .execute(params![row.id, error])?;
+                    store::remove_challenge(tx, &row.address, &row.otp_hash)?;
+                }
+            }
+        }
+        for row in &batch {
+            tx.prepare_cached("UPDATE courier SET next_attempt_ms = ?2 WHERE id = ?1")?.execute(params![row.id, lease_until])?;
+        }
+        let (next_due, queued): (Option<i64>, i64) = tx
+            .prepare_cached("SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'")?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(Claimed { batch, next_due, queued })
+    })
+}
+
+/// Records an attempt. A final outcome wipes the sealed message; a final
+/// failure also deletes the challenge, since nobody received that code.
+fn record_attempt(
+    conn: &mut Connection,
+    id: i64,
+    attempts: u32,
+    update: &AttemptOutcome,
+    address: &str,
+    otp_hash: &[u8],
+) -> rusqlite::Result<()> {
+    store::atomically(conn, |tx| {
+        match update {
+            AttemptOutcome::Sent => {
+                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, sealed = NULL WHERE id = ?1")?
+                    .execute(params![id, attempts])?;
+            }
+            AttemptOutcome::Failed(error) => {
+                tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
+                    .execute(params![id, attempts, error])?;
+                store::remove_challenge(tx, address, otp_hash)?;
+            }
+            AttemptOutcome::Retry(error, retry_at) => {
+                tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
+                    .execute(params![id, attempts, error, retry_at])?;
+            }
+        }
+        Ok(())
+    })
+}
