@@ -14,11 +14,11 @@ pub struct Config {
 
     /// Secret app token for the upstream `useradd` call. Never logged or returned.
     #[serde(default)]
-    pub app_token: String,
+    pub app_token: Secret,
     /// The server secret (keys code hashes and queued-message encryption); when empty it is
     /// read from `otp_secret_file`, or from a key file created beside the database.
     #[serde(default)]
-    pub otp_secret: String,
+    pub otp_secret: Secret,
     /// A file holding the server secret in hex; empty: `DATABASE_PATH` + `.key`, created on first start.
     #[serde(default)]
     pub otp_secret_file: String,
@@ -47,7 +47,7 @@ pub struct Config {
     pub require_challenge: bool,
     /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
     #[serde(default)]
-    pub test_otps: String,
+    pub test_otps: Secret,
 
     #[serde(default = "defaults::otp_sender")]
     pub otp_sender: String,
@@ -66,9 +66,9 @@ pub struct Config {
     #[serde(default)]
     pub sms_http_url: String,
     #[serde(default)]
-    pub sms_http_auth: String,
+    pub sms_http_auth: Secret,
     #[serde(default = "defaults::sms_http_body")]
-    pub sms_http_body: String,
+    pub sms_http_body: Secret,
     #[serde(default = "defaults::sms_http_timeout_secs")]
     pub sms_http_timeout_secs: u64,
 
@@ -81,7 +81,7 @@ pub struct Config {
     #[serde(default)]
     pub smtp_user: String,
     #[serde(default)]
-    pub smtp_password: String,
+    pub smtp_password: Secret,
     #[serde(default)]
     pub smtp_from: String,
     #[serde(default = "defaults::email_subject")]
@@ -140,7 +140,7 @@ pub struct Config {
     #[serde(default)]
     pub twilio_account_sid: String,
     #[serde(default)]
-    pub twilio_auth_token: String,
+    pub twilio_auth_token: Secret,
     #[serde(default)]
     pub twilio_from: String,
     #[serde(default)]
@@ -148,15 +148,15 @@ pub struct Config {
     #[serde(default = "defaults::twilio_base_url")]
     pub twilio_base_url: String,
     #[serde(default)]
-    pub vonage_api_key: String,
+    pub vonage_api_key: Secret,
     #[serde(default)]
-    pub vonage_api_secret: String,
+    pub vonage_api_secret: Secret,
     #[serde(default)]
     pub vonage_from: String,
     #[serde(default = "defaults::vonage_base_url")]
     pub vonage_base_url: String,
     #[serde(default)]
-    pub messagebird_access_key: String,
+    pub messagebird_access_key: Secret,
     #[serde(default)]
     pub messagebird_originator: String,
     #[serde(default = "defaults::messagebird_base_url")]
@@ -164,7 +164,7 @@ pub struct Config {
     #[serde(default)]
     pub webhook_url: String,
     #[serde(default)]
-    pub webhook_secret: String,
+    pub webhook_secret: Secret,
     /// JSON object appid → display name for `{appname}`.
     #[serde(default)]
     pub app_names: String,
@@ -195,7 +195,7 @@ pub struct Config {
     #[serde(default)]
     pub captcha_provider: String,
     #[serde(default)]
-    pub captcha_secret: String,
+    pub captcha_secret: Secret,
     /// Siteverify endpoint; empty = the provider's own.
     #[serde(default)]
     pub captcha_verify_url: String,
@@ -238,6 +238,50 @@ pub enum Dialect {
 pub const SENDER_NAMES: &[&str] = &["log", "http", "smtp", "twilio", "vonage", "messagebird", "webhook"];
 /// The senders that can deliver to e-mail addresses (`EMAIL_SENDER`).
 pub const EMAIL_SENDER_NAMES: &[&str] = &["log", "smtp", "webhook"];
+
+/// A setting whose value is a credential (or, for `TEST_OTPS` and `SMS_HTTP_BODY`, may
+/// hold one): its Debug form and the printed configuration show `<redacted>` (or `""`
+/// when unset, so an operator sees what is missing), whatever the setting is called.
+#[derive(Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value, for the one place that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn shown(&self) -> &'static str {
+        if self.0.is_empty() {
+            ""
+        } else {
+            "<redacted>"
+        }
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Secret(value.to_string())
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.shown())
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.shown())
+    }
+}
 
 /// Below this length `OTP_SECRET` draws a warning.
 const MIN_OTP_SECRET_BYTES: usize = 16;
@@ -299,7 +343,7 @@ mod defaults {
     pub fn limit_verify_per_ip() -> u32 {
         300
     }
-    pub fn sms_http_body() -> String {
+    pub fn sms_http_body() -> super::Secret {
         r#"{"to":"{phone}","text":"{message}"}"#.into()
     }
     pub fn sms_http_timeout_secs() -> u64 {
@@ -534,7 +578,7 @@ impl Config {
         } else if self.app_token.is_empty() {
             warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
         }
-        if !self.otp_secret.is_empty() && self.otp_secret.len() < MIN_OTP_SECRET_BYTES {
+        if !self.otp_secret.is_empty() && self.otp_secret.expose().len() < MIN_OTP_SECRET_BYTES {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
         warnings
@@ -670,9 +714,12 @@ mod tests {
             assert!(unquoted.is_some() || !value.contains(' '), "{name}: a value with spaces must be quoted for the shell");
             vars.push((name.to_string(), unquoted.unwrap_or(value).to_string()));
         }
-        let from_example = serde_json::to_value(Config::from_vars(vars.clone()).unwrap()).unwrap();
-        let defaults = serde_json::to_value(load(&[]).unwrap()).unwrap();
+        let (example, default) = (Config::from_vars(vars.clone()).unwrap(), load(&[]).unwrap());
+        let from_example = serde_json::to_value(&example).unwrap();
+        let defaults = serde_json::to_value(&default).unwrap();
         assert_eq!(from_example, defaults, ".env.example values differ from the defaults");
+        // Secrets serialise redacted; the one with a default is compared by value.
+        assert_eq!(example.sms_http_body, default.sms_http_body, "SMS_HTTP_BODY in .env.example differs from the default");
         for field in defaults.as_object().unwrap().keys() {
             assert!(
                 vars.iter().any(|(name, _)| name == &field.to_uppercase()),

@@ -35,7 +35,7 @@ impl Captcha {
             .timeout(Duration::from_secs(config.provider_timeout_secs))
             .build()
             .map_err(|e| format!("cannot build the CAPTCHA HTTP client: {e}"))?;
-        Ok(Some(Captcha { client, url, secret: config.captcha_secret.clone() }))
+        Ok(Some(Captcha { client, url, secret: config.captcha_secret.expose().to_string() }))
     }
 
     pub async fn verify(&self, token: Option<&str>, client_ip: &str) -> Result<(), ApiError> {

@@ -62,7 +62,11 @@ pub struct LoadedSecret {
 /// still verify); the caller then deletes it from the database.
 pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecret, String> {
     if !config.otp_secret.is_empty() {
-        return Ok(LoadedSecret { secret: config.otp_secret.as_bytes().to_vec(), source: KeySource::Setting, created_file: false });
+        return Ok(LoadedSecret {
+            secret: config.otp_secret.expose().as_bytes().to_vec(),
+            source: KeySource::Setting,
+            created_file: false,
+        });
     }
     let explicit = !config.otp_secret_file.is_empty();
     let path = if explicit { PathBuf::from(&config.otp_secret_file) } else { default_key_file(&config.database_path) };

@@ -100,7 +100,7 @@ impl LoginFlow {
             senders,
             upstream: Arc::new(Upstream::from_config(config)?),
             limits: Arc::new(Limits::from_config(config)),
-            test_otps: otp::test_codes(&config.test_otps)?,
+            test_otps: otp::test_codes(config.test_otps.expose())?,
             otp_length: config.otp_length,
             otp_ttl_secs: config.otp_ttl_secs as i64,
             otp_resend_secs: config.otp_resend_secs as i64,

@@ -17,15 +17,15 @@ impl HttpSmsSender {
         if config.sms_http_url.is_empty() {
             return Err("invalid configuration: SMS_HTTP_URL is required when the http sender is used".into());
         }
-        let sample = render_body(&config.sms_http_body, "18005551234", "Your code is 123456");
+        let sample = render_body(config.sms_http_body.expose(), "18005551234", "Your code is 123456");
         if serde_json::from_str::<serde_json::Value>(&sample).is_err() {
             return Err("invalid configuration: SMS_HTTP_BODY must be a JSON template using {phone} and {message}".into());
         }
         Ok(HttpSmsSender {
             client: provider_http::client(config.sms_http_timeout_secs)?,
             url: config.sms_http_url.clone(),
-            authorization: config.sms_http_auth.clone(),
-            body_template: config.sms_http_body.clone(),
+            authorization: config.sms_http_auth.expose().to_string(),
+            body_template: config.sms_http_body.expose().to_string(),
         })
     }
 }

@@ -17,12 +17,15 @@ impl MessageBirdSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         require(
             "messagebird",
-            &[("MESSAGEBIRD_ACCESS_KEY", &config.messagebird_access_key), ("MESSAGEBIRD_ORIGINATOR", &config.messagebird_originator)],
+            &[
+                ("MESSAGEBIRD_ACCESS_KEY", config.messagebird_access_key.expose()),
+                ("MESSAGEBIRD_ORIGINATOR", &config.messagebird_originator),
+            ],
         )?;
         Ok(MessageBirdSender {
             client: provider_http::client(config.provider_timeout_secs)?,
             url: format!("{}/messages", config.messagebird_base_url.trim_end_matches('/')),
-            authorization: format!("AccessKey {}", config.messagebird_access_key),
+            authorization: format!("AccessKey {}", config.messagebird_access_key.expose()),
             originator: config.messagebird_originator.clone(),
         })
     }

@@ -37,7 +37,7 @@ impl SmtpSender {
         // Bounded like the other providers, so the courier's lease outlasts any attempt.
         let mut builder = builder.port(config.smtp_port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
         if !config.smtp_user.is_empty() {
-            builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.clone()));
+            builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.expose().to_string()));
         }
         Ok(SmtpSender {
             transport: builder.build(),

@@ -105,7 +105,7 @@ impl Upstream {
             client,
             builtin,
             url: config.upstream_url.clone(),
-            app_token: config.app_token.clone(),
+            app_token: config.app_token.expose().to_string(),
             token_expiry_mins: config.token_expiry_mins,
         })
     }
