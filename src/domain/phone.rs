@@ -36,8 +36,8 @@ pub struct PhonePolicy {
 }
 
 /// Numbers that passed lately, by the text the app sent. A verify sends its start's
-/// phone again moments later, and a check runs dozens of metadata regexes (10 to 11 %
-/// of the process's CPU in the benchmark's login start, where every number is new).
+/// phone again moments later, and a check runs dozens of metadata regexes (the largest
+/// cost of a login start, where every number is new).
 /// The policy never changes while the process runs, so a number that passed still
 /// passes; refusals are not kept.
 #[derive(Default)]

@@ -15,11 +15,10 @@ type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock>;
 /// Allows a burst of `n` per key, refilled evenly over an hour (or a day). `n = 0` disables the limit.
 pub struct KeyedLimit {
     limiter: Option<KeyedLimiter>,
-    /// Keys are kept as 64-bit hashes under this per-process random key. A map holds every
-    /// key seen within the hour, and a phone's string made its entry far larger: 370 000
-    /// phones took 28 MB as strings and 20 MB as hashes, a million 106 MB against 56 MB.
-    /// Two keys sharing a hash would share one budget; among a million keys the odds of
-    /// that are about 3 in 10^8, and the random key stops anyone choosing keys that collide.
+    /// Keys are kept as 64-bit hashes under this per-process random key: a map holds every
+    /// key seen within the period, and a phone's string makes its entry far larger.
+    /// Two keys sharing a hash would share one budget; among a million keys that is
+    /// vanishingly rare, and the random key stops anyone choosing keys that collide.
     hasher: RandomState,
     /// The `limiter` label of `otpgate_ratelimit_rejections_total`.
     name: &'static str,

@@ -1,7 +1,6 @@
 //! One allocator for the whole process, mimalloc: Rust's allocations and SQLite's.
-//! glibc's malloc took 12.6 to 12.8 % of the benchmark's CPU in login start and full
-//! login (fast-bin consolidation before each allocation of a kilobyte or more, and the
-//! searches of its free lists); mimalloc takes 6.2 to 7.8 % of the same profiles.
+//! glibc's malloc spent much of the login paths' CPU consolidating fast bins and
+//! searching free lists (docs/performance-log.md has the profiles).
 //! SQLite allocates through its own hooks, so it is pointed at mimalloc separately.
 
 use rusqlite::ffi;

@@ -249,9 +249,7 @@ impl Db {
     {
         let pool_wait = crate::domain::metrics::DB_POOL_WAIT.start_timer();
         // No more blocking threads at a time than reader connections: the others would
-        // only wait for a connection, each with its own stack and allocator arena. (With
-        // getcontacts' lookups on readers, tried and reverted, 64 waiting threads added
-        // about 40 MB to the preloaded benchmark's peak RSS.)
+        // only wait for a connection, each with its own stack and allocator arena.
         let _permit = self.reader_permits.acquire().await.map_err(|_| closed())?;
         let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || db.blocking_read(f, pool_wait))
@@ -371,8 +369,8 @@ fn run_writer(mut writer: Writer, queue: mpsc::Receiver<WriterMessage>, checkpoi
 
 /// Copies committed WAL frames into the database file on a thread of its own, with the
 /// two fsyncs a checkpoint makes. The writer's own checkpoint (at `CHECKPOINT_PAGES`)
-/// then finds most frames copied and synced already: it was stalling every request for
-/// about 12 ms, 25 times a second, mostly in fsync. The writer still makes the last
+/// then finds most frames copied and synced already, instead of stalling every request
+/// behind the copy and its fsyncs. The writer still makes the last
 /// checkpoint, because only a checkpoint between two of its commits can complete, and
 /// only a complete one lets the WAL start over.
 struct Checkpointer {
