@@ -489,7 +489,7 @@ async fn main() {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    otpgate::runtime::logging::init("text");
+    otpgate::runtime::logging::init(otpgate::config::LogFormat::Text);
     if let Some(db_path) = &args.preload_into {
         preload(db_path, args.users, args.contacts, args.pending);
         return;

@@ -16,7 +16,7 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(CONFIG_ERROR, &e),
     };
-    logging::init(&config.log_format);
+    logging::init(config.log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

@@ -50,9 +50,9 @@ pub struct Config {
     pub test_otps: Secret,
 
     #[serde(default = "defaults::otp_sender")]
-    pub otp_sender: String,
-    #[serde(default)]
-    pub email_sender: Option<String>,
+    pub otp_sender: SenderKind,
+    #[serde(default, deserialize_with = "optional_email_sender")]
+    pub email_sender: Option<EmailSenderKind>,
 
     #[serde(default = "defaults::limit_start_per_phone")]
     pub limit_start_per_phone_per_hour: u32,
@@ -77,7 +77,7 @@ pub struct Config {
     #[serde(default = "defaults::smtp_port")]
     pub smtp_port: u16,
     #[serde(default = "defaults::smtp_tls")]
-    pub smtp_tls: String,
+    pub smtp_tls: SmtpTls,
     #[serde(default)]
     pub smtp_user: String,
     #[serde(default)]
@@ -113,7 +113,7 @@ pub struct Config {
     // --- Operations: logs, HTTP limits, readiness, shutdown ---
     /// `text` for people, `json` (one object per line) for log shippers.
     #[serde(default = "defaults::log_format")]
-    pub log_format: String,
+    pub log_format: LogFormat,
     /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
     #[serde(default = "defaults::cors_origins")]
     pub cors_origins: String,
@@ -192,8 +192,8 @@ pub struct Config {
     #[serde(default = "defaults::sms_budget_per_hour")]
     pub sms_budget_per_hour: u32,
     /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
-    #[serde(default)]
-    pub captcha_provider: String,
+    #[serde(default = "defaults::captcha_provider")]
+    pub captcha_provider: CaptchaProvider,
     #[serde(default)]
     pub captcha_secret: Secret,
     /// Siteverify endpoint; empty = the provider's own.
@@ -213,7 +213,7 @@ pub struct Config {
     /// `mesibo`: the replies the mesibo messenger apps parse (`result` "OK"/"FAIL", HTTP 200
     /// for application errors); `json`: boolean `result` and HTTP statuses.
     #[serde(default = "defaults::api_dialect")]
-    pub api_dialect: String,
+    pub api_dialect: Dialect,
     /// The service's address as apps reach it, e.g. `https://login.example.com`; the base of
     /// the default upload and download URLs. Empty: `http://` and BIND.
     #[serde(default)]
@@ -224,20 +224,125 @@ pub struct Config {
     pub app_settings: String,
 }
 
-/// The shape of replies, `API_DIALECT`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Dialect {
-    /// What the mesibo messenger apps parse: `result` is "OK" or "FAIL", and application
-    /// errors answer HTTP 200, because the apps take any other status for "no internet".
-    Mesibo,
-    /// Boolean `result` and an HTTP status per error, for clients that prefer them.
-    Json,
+/// A setting that takes one of a few words: parsed once into an enum, and refused with
+/// a line naming the setting and its choices.
+macro_rules! choice {
+    ($(#[$doc:meta])* $name:ident, $setting:literal, $expected:literal, { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The word that selects it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|choice| choice.as_str() == text.trim())
+                    .ok_or_else(|| serde::de::Error::custom(concat!($setting, " must be ", $expected)))
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        /// Compares with the word, as the settings are written.
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
 }
 
-/// Every sender name `OTP_SENDER` accepts.
-pub const SENDER_NAMES: &[&str] = &["log", "http", "smtp", "twilio", "vonage", "messagebird", "webhook"];
-/// The senders that can deliver to e-mail addresses (`EMAIL_SENDER`).
-pub const EMAIL_SENDER_NAMES: &[&str] = &["log", "smtp", "webhook"];
+choice!(
+    /// The shape of replies, `API_DIALECT`.
+    Dialect, "API_DIALECT", "mesibo or json", {
+    /// What the mesibo messenger apps parse: `result` is "OK" or "FAIL", and application
+    /// errors answer HTTP 200, because the apps take any other status for "no internet".
+    Mesibo = "mesibo",
+    /// Boolean `result` and an HTTP status per error, for clients that prefer them.
+    Json = "json",
+});
+
+choice!(
+    /// What sends codes, `OTP_SENDER`.
+    SenderKind, "OTP_SENDER", "one of: log, http, smtp, twilio, vonage, messagebird, webhook", {
+    Log = "log",
+    Http = "http",
+    Smtp = "smtp",
+    Twilio = "twilio",
+    Vonage = "vonage",
+    Messagebird = "messagebird",
+    Webhook = "webhook",
+});
+
+choice!(
+    /// What sends codes to e-mail addresses when it is not `OTP_SENDER`: `EMAIL_SENDER`.
+    EmailSenderKind, "EMAIL_SENDER", "one of: log, smtp, webhook", {
+    Log = "log",
+    Smtp = "smtp",
+    Webhook = "webhook",
+});
+
+impl From<EmailSenderKind> for SenderKind {
+    fn from(kind: EmailSenderKind) -> SenderKind {
+        match kind {
+            EmailSenderKind::Log => SenderKind::Log,
+            EmailSenderKind::Smtp => SenderKind::Smtp,
+            EmailSenderKind::Webhook => SenderKind::Webhook,
+        }
+    }
+}
+
+choice!(
+    /// How SMTP connections are secured, `SMTP_TLS`.
+    SmtpTls, "SMTP_TLS", "one of: starttls, tls, none", {
+    Starttls = "starttls",
+    Tls = "tls",
+    None = "none",
+});
+
+choice!(
+    /// `LOG_FORMAT`: text for people, JSON (one object per line) for log shippers.
+    LogFormat, "LOG_FORMAT", "text or json", {
+    Text = "text",
+    Json = "json",
+});
+
+choice!(
+    /// Who checks CAPTCHA tokens at login start, `CAPTCHA_PROVIDER`; empty: nobody.
+    CaptchaProvider, "CAPTCHA_PROVIDER", "hcaptcha, turnstile or empty", {
+    Off = "",
+    Hcaptcha = "hcaptcha",
+    Turnstile = "turnstile",
+});
+
+/// `EMAIL_SENDER`, where an empty value (an empty line in an env file) means "not set".
+fn optional_email_sender<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<EmailSenderKind>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) if !text.trim().is_empty() => {
+            EmailSenderKind::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(text)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
 
 /// A setting whose value is a credential (or, for `TEST_OTPS` and `SMS_HTTP_BODY`, may
 /// hold one): its Debug form and the printed configuration show `<redacted>` (or `""`
@@ -328,8 +433,8 @@ mod defaults {
     pub fn otp_message() -> String {
         "Your code is {otp}".into()
     }
-    pub fn otp_sender() -> String {
-        "log".into()
+    pub fn otp_sender() -> super::SenderKind {
+        super::SenderKind::Log
     }
     pub fn limit_start_per_phone() -> u32 {
         10
@@ -352,8 +457,8 @@ mod defaults {
     pub fn smtp_port() -> u16 {
         587
     }
-    pub fn smtp_tls() -> String {
-        "starttls".into()
+    pub fn smtp_tls() -> super::SmtpTls {
+        super::SmtpTls::Starttls
     }
     pub fn email_subject() -> String {
         "Your login code".into()
@@ -382,8 +487,11 @@ mod defaults {
         5
     }
     // Operations
-    pub fn log_format() -> String {
-        "text".into()
+    pub fn log_format() -> super::LogFormat {
+        super::LogFormat::Text
+    }
+    pub fn captcha_provider() -> super::CaptchaProvider {
+        super::CaptchaProvider::Off
     }
     pub fn max_body_bytes() -> usize {
         64 * 1024
@@ -432,8 +540,8 @@ mod defaults {
     pub fn courier_wait_ms() -> u64 {
         3000
     }
-    pub fn api_dialect() -> String {
-        "mesibo".into()
+    pub fn api_dialect() -> super::Dialect {
+        super::Dialect::Mesibo
     }
     /// The web app calls from its own origin; tokens travel in bodies or bearer headers,
     /// never in cookies, so allowing any origin grants other sites nothing.
@@ -456,9 +564,7 @@ impl Config {
         V: Into<String>,
     {
         let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
-        let mut config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
-        // An empty line in an env file means "not set".
-        config.email_sender = config.email_sender.filter(|s| !s.is_empty());
+        let config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
@@ -479,20 +585,6 @@ impl Config {
         }
         if !self.otp_message.contains("{otp}") {
             return bad("OTP_MESSAGE", "must contain {otp}");
-        }
-        if !SENDER_NAMES.contains(&self.otp_sender.as_str()) {
-            return bad("OTP_SENDER", &format!("must be one of: {}", SENDER_NAMES.join(", ")));
-        }
-        if let Some(email_sender) = &self.email_sender {
-            if !EMAIL_SENDER_NAMES.contains(&email_sender.as_str()) {
-                return bad("EMAIL_SENDER", &format!("must be one of: {}", EMAIL_SENDER_NAMES.join(", ")));
-            }
-        }
-        if !matches!(self.smtp_tls.as_str(), "starttls" | "tls" | "none") {
-            return bad("SMTP_TLS", "must be one of: starttls, tls, none");
-        }
-        if !matches!(self.api_dialect.as_str(), "mesibo" | "json") {
-            return bad("API_DIALECT", "must be mesibo or json");
         }
         if !self.otp_secret.is_empty() && !self.otp_secret_file.is_empty() {
             return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
@@ -527,9 +619,6 @@ impl Config {
 
     fn validate_operations(&self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
-        if !matches!(self.log_format.as_str(), "text" | "json") {
-            return bad("LOG_FORMAT", "must be text or json");
-        }
         if self.max_body_bytes < 1024 {
             return bad("MAX_BODY_BYTES", "must be at least 1024");
         }
@@ -594,11 +683,7 @@ impl Config {
     }
 
     pub fn dialect(&self) -> Dialect {
-        if self.api_dialect == "json" {
-            Dialect::Json
-        } else {
-            Dialect::Mesibo
-        }
+        self.api_dialect
     }
 
     /// The base URL apps reach the service at: `PUBLIC_URL`, or else `http://` and BIND
@@ -633,10 +718,7 @@ impl Config {
     /// The CAPTCHA, provider and courier settings. Templates, the phone policy, trusted
     /// proxies and test codes are checked where they are built, once (`runtime`).
     fn validate_fraud_defences(&self) -> Result<(), String> {
-        if !matches!(self.captcha_provider.as_str(), "" | "hcaptcha" | "turnstile") {
-            return Err("invalid configuration: CAPTCHA_PROVIDER must be hcaptcha, turnstile or empty".into());
-        }
-        if !self.captcha_provider.is_empty() && self.captcha_secret.is_empty() {
+        if self.captcha_provider != CaptchaProvider::Off && self.captcha_secret.is_empty() {
             return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
         }
         if self.provider_timeout_secs == 0 {

@@ -4,7 +4,7 @@
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::config::Config;
+use crate::config::{CaptchaProvider, Config};
 use crate::delivery::upstream::describe;
 use crate::domain::error::{ApiError, ErrorCode};
 
@@ -25,10 +25,10 @@ struct SiteverifyReply {
 impl Captcha {
     /// `None` when `CAPTCHA_PROVIDER` is empty.
     pub fn from_config(config: &Config) -> Result<Option<Captcha>, String> {
-        let default_url = match config.captcha_provider.as_str() {
-            "" => return Ok(None),
-            "hcaptcha" => "https://api.hcaptcha.com/siteverify",
-            _ => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
+        let default_url = match config.captcha_provider {
+            CaptchaProvider::Off => return Ok(None),
+            CaptchaProvider::Hcaptcha => "https://api.hcaptcha.com/siteverify",
+            CaptchaProvider::Turnstile => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
         };
         let url = if config.captcha_verify_url.is_empty() { default_url.to_string() } else { config.captcha_verify_url.clone() };
         let client = reqwest::Client::builder()

@@ -1,12 +1,13 @@
 //! Log output: human-readable text by default, JSON lines with `LOG_FORMAT=json`.
 //! Both go to stderr, filtered by `RUST_LOG` (default `info`).
 
+use crate::config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-pub fn init(format: &str) {
+pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" {
+    if format == LogFormat::Json {
         // Span fields (the request id) are flattened into each line's `span` object.
         builder.json().with_current_span(true).with_span_list(false).init();
     } else {

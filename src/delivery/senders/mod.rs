@@ -102,38 +102,37 @@ impl Senders {
     }
 }
 
-pub use crate::config::{EMAIL_SENDER_NAMES, SENDER_NAMES};
+use crate::config::SenderKind;
 
-/// Whether the named sender reaches (phones, e-mail addresses).
-fn reaches(name: &str) -> (bool, bool) {
-    match name {
-        "log" | "webhook" => (true, true),
-        "smtp" => (false, true),
-        _ => (true, false),
+/// Whether the sender reaches (phones, e-mail addresses).
+fn reaches(kind: SenderKind) -> (bool, bool) {
+    match kind {
+        SenderKind::Log | SenderKind::Webhook => (true, true),
+        SenderKind::Smtp => (false, true),
+        SenderKind::Http | SenderKind::Twilio | SenderKind::Vonage | SenderKind::Messagebird => (true, false),
     }
 }
 
 /// `OTP_SENDER` serves every kind of address it can deliver to; `EMAIL_SENDER` overrides it for e-mail.
 pub fn build(config: &Config) -> Result<Senders, String> {
-    let main = by_name(&config.otp_sender, config)?;
-    let (main_phone, main_email) = reaches(&config.otp_sender);
-    let email = match &config.email_sender {
-        Some(name) => Some(by_name(name, config)?),
+    let main = by_name(config.otp_sender, config)?;
+    let (main_phone, main_email) = reaches(config.otp_sender);
+    let email = match config.email_sender {
+        Some(kind) => Some(by_name(kind.into(), config)?),
         None => main_email.then(|| main.clone()),
     };
     Ok(Senders { phone: main_phone.then_some(main), email })
 }
 
-fn by_name(name: &str, config: &Config) -> Result<Arc<dyn OtpSender>, String> {
-    Ok(match name {
-        "log" => Arc::new(LogSender),
-        "http" => Arc::new(HttpSmsSender::from_config(config)?),
-        "smtp" => Arc::new(SmtpSender::from_config(config)?),
-        "twilio" => Arc::new(TwilioSender::from_config(config)?),
-        "vonage" => Arc::new(VonageSender::from_config(config)?),
-        "messagebird" => Arc::new(MessageBirdSender::from_config(config)?),
-        "webhook" => Arc::new(WebhookSender::from_config(config)?),
-        other => return Err(format!("invalid configuration: unknown sender {other:?}")),
+fn by_name(kind: SenderKind, config: &Config) -> Result<Arc<dyn OtpSender>, String> {
+    Ok(match kind {
+        SenderKind::Log => Arc::new(LogSender),
+        SenderKind::Http => Arc::new(HttpSmsSender::from_config(config)?),
+        SenderKind::Smtp => Arc::new(SmtpSender::from_config(config)?),
+        SenderKind::Twilio => Arc::new(TwilioSender::from_config(config)?),
+        SenderKind::Vonage => Arc::new(VonageSender::from_config(config)?),
+        SenderKind::Messagebird => Arc::new(MessageBirdSender::from_config(config)?),
+        SenderKind::Webhook => Arc::new(WebhookSender::from_config(config)?),
     })
 }
 

@@ -6,7 +6,7 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use super::{OtpMessage, OtpSender, SendError};
-use crate::config::Config;
+use crate::config::{Config, SmtpTls};
 use crate::domain::address::Address;
 use crate::domain::templates::Templates;
 
@@ -28,10 +28,10 @@ impl SmtpSender {
             .parse()
             .map_err(|_| "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string())?;
         let host = config.smtp_host.as_str();
-        let builder = match config.smtp_tls.as_str() {
-            "tls" => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
-            "starttls" => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
-            _ => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
+        let builder = match config.smtp_tls {
+            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
+            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
+            SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
         }
         .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
         // Bounded like the other providers, so the courier's lease outlasts any attempt.
