@@ -70,13 +70,13 @@ pub struct UpstreamProbe {
 
 impl UpstreamProbe {
     fn new(config: &Config, keep_for: Duration) -> Result<UpstreamProbe, String> {
-        let timeout = Duration::from_secs(config.upstream_connect_timeout_secs.max(1));
+        let timeout = Duration::from_secs(config.upstream.connect_timeout_secs.max(1));
         let client = reqwest::Client::builder()
             .connect_timeout(timeout)
             .timeout(timeout)
             .build()
             .map_err(|e| format!("cannot build the readiness HTTP client: {e}"))?;
-        Ok(UpstreamProbe { client, url: config.upstream_url.clone(), keep_for, last: tokio::sync::Mutex::new(None) })
+        Ok(UpstreamProbe { client, url: config.upstream.url.clone(), keep_for, last: tokio::sync::Mutex::new(None) })
     }
 
     pub async fn check(&self) -> Result<(), String> {

@@ -1,5 +1,6 @@
-//! Configuration from environment variables (names are the upper-case field names).
-//! Every variable and its default is documented in `.env.example`.
+//! Configuration from environment variables. A setting's variable is its field name in
+//! upper case, after its section's prefix: `smtp.host` is SMTP_HOST, `otp.length` is
+//! OTP_LENGTH, `bind` is BIND. Every variable and its default is in `.env.example`.
 
 use serde::{Deserialize, Serialize};
 
@@ -15,75 +16,16 @@ pub struct Config {
     /// Secret app token for the upstream `useradd` call. Never logged or returned.
     #[serde(default)]
     pub app_token: Secret,
-    /// The server secret (keys code hashes and queued-message encryption); when empty it is
-    /// read from `otp_secret_file`, or from a key file created beside the database.
-    #[serde(default)]
-    pub otp_secret: Secret,
-    /// A file holding the server secret in hex; empty: `DATABASE_PATH` + `.key`, created on first start.
-    #[serde(default)]
-    pub otp_secret_file: String,
-
-    #[serde(default = "defaults::upstream_url")]
-    pub upstream_url: String,
-    #[serde(default = "defaults::upstream_connect_timeout_secs")]
-    pub upstream_connect_timeout_secs: u64,
-    #[serde(default = "defaults::upstream_timeout_secs")]
-    pub upstream_timeout_secs: u64,
     #[serde(default = "defaults::token_expiry_mins")]
     pub token_expiry_mins: u64,
-
-    #[serde(default = "defaults::otp_length")]
-    pub otp_length: usize,
-    #[serde(default = "defaults::otp_ttl_secs")]
-    pub otp_ttl_secs: u64,
-    #[serde(default = "defaults::otp_max_attempts")]
-    pub otp_max_attempts: u32,
-    #[serde(default = "defaults::otp_resend_secs")]
-    pub otp_resend_secs: u64,
-    #[serde(default = "defaults::otp_message")]
-    pub otp_message: String,
     /// Refuse a verify that does not send back the challenge id of its start reply.
     #[serde(default)]
     pub require_challenge: bool,
     /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
     #[serde(default)]
     pub test_otps: Secret,
-
-    #[serde(default = "defaults::otp_sender")]
-    pub otp_sender: SenderKind,
     #[serde(default, deserialize_with = "optional_email_sender")]
     pub email_sender: Option<EmailSenderKind>,
-
-    #[serde(default = "defaults::limit_start_per_phone")]
-    pub limit_start_per_phone_per_hour: u32,
-    #[serde(default = "defaults::limit_start_per_ip")]
-    pub limit_start_per_ip_per_hour: u32,
-    #[serde(default = "defaults::limit_verify_per_phone")]
-    pub limit_verify_per_phone_per_hour: u32,
-    #[serde(default = "defaults::limit_verify_per_ip")]
-    pub limit_verify_per_ip_per_hour: u32,
-
-    #[serde(default)]
-    pub sms_http_url: String,
-    #[serde(default)]
-    pub sms_http_auth: Secret,
-    #[serde(default = "defaults::sms_http_body")]
-    pub sms_http_body: Secret,
-    #[serde(default = "defaults::sms_http_timeout_secs")]
-    pub sms_http_timeout_secs: u64,
-
-    #[serde(default)]
-    pub smtp_host: String,
-    #[serde(default = "defaults::smtp_port")]
-    pub smtp_port: u16,
-    #[serde(default = "defaults::smtp_tls")]
-    pub smtp_tls: SmtpTls,
-    #[serde(default)]
-    pub smtp_user: String,
-    #[serde(default)]
-    pub smtp_password: Secret,
-    #[serde(default)]
-    pub smtp_from: String,
     #[serde(default = "defaults::email_subject")]
     pub email_subject: String,
 
@@ -97,12 +39,6 @@ pub struct Config {
     /// Most contacts one user may have stored (`TOOMANY` beyond).
     #[serde(default = "defaults::max_contacts_per_user")]
     pub max_contacts_per_user: usize,
-    /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
-    #[serde(default = "defaults::limit_new_contacts_per_user_per_day")]
-    pub limit_new_contacts_per_user_per_day: u32,
-    /// The same per client IP, over all its users; 0 = no limit.
-    #[serde(default = "defaults::limit_new_contacts_per_ip_per_day")]
-    pub limit_new_contacts_per_ip_per_day: u32,
     /// Upstream address that "contact joined" messages come from.
     #[serde(default = "defaults::system_address")]
     pub system_address: String,
@@ -137,40 +73,9 @@ pub struct Config {
     /// Per-request timeout of the twilio, vonage, messagebird and webhook senders.
     #[serde(default = "defaults::provider_timeout_secs")]
     pub provider_timeout_secs: u64,
-    #[serde(default)]
-    pub twilio_account_sid: String,
-    #[serde(default)]
-    pub twilio_auth_token: Secret,
-    #[serde(default)]
-    pub twilio_from: String,
-    #[serde(default)]
-    pub twilio_messaging_service_sid: String,
-    #[serde(default = "defaults::twilio_base_url")]
-    pub twilio_base_url: String,
-    #[serde(default)]
-    pub vonage_api_key: Secret,
-    #[serde(default)]
-    pub vonage_api_secret: Secret,
-    #[serde(default)]
-    pub vonage_from: String,
-    #[serde(default = "defaults::vonage_base_url")]
-    pub vonage_base_url: String,
-    #[serde(default)]
-    pub messagebird_access_key: Secret,
-    #[serde(default)]
-    pub messagebird_originator: String,
-    #[serde(default = "defaults::messagebird_base_url")]
-    pub messagebird_base_url: String,
-    #[serde(default)]
-    pub webhook_url: String,
-    #[serde(default)]
-    pub webhook_secret: Secret,
     /// JSON object appid → display name for `{appname}`.
     #[serde(default)]
     pub app_names: String,
-    /// JSON object appid → message template overriding `OTP_MESSAGE`.
-    #[serde(default)]
-    pub otp_message_per_app: String,
     /// ISO region for numbers given in national format, e.g. `GB`.
     #[serde(default)]
     pub default_region: String,
@@ -185,29 +90,8 @@ pub struct Config {
     /// CIDR list of reverse proxies whose `X-Forwarded-For` / `Forwarded` is believed.
     #[serde(default)]
     pub trusted_proxies: String,
-    #[serde(default = "defaults::limit_start_per_subnet")]
-    pub limit_start_per_subnet_per_hour: u32,
-    #[serde(default = "defaults::limit_start_per_calling_code")]
-    pub limit_start_per_calling_code_per_hour: u32,
     #[serde(default = "defaults::sms_budget_per_hour")]
     pub sms_budget_per_hour: u32,
-    /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
-    #[serde(default = "defaults::captcha_provider")]
-    pub captcha_provider: CaptchaProvider,
-    #[serde(default)]
-    pub captcha_secret: Secret,
-    /// Siteverify endpoint; empty = the provider's own.
-    #[serde(default)]
-    pub captcha_verify_url: String,
-    /// Delivery attempts per message (1 = no retries).
-    #[serde(default = "defaults::courier_max_attempts")]
-    pub courier_max_attempts: u32,
-    /// First retry delay; each further retry waits twice as long.
-    #[serde(default = "defaults::courier_retry_base_ms")]
-    pub courier_retry_base_ms: u64,
-    /// How long a login request waits for the first delivery attempt.
-    #[serde(default = "defaults::courier_wait_ms")]
-    pub courier_wait_ms: u64,
 
     // --- What the apps read ---
     /// `mesibo`: the replies the mesibo messenger apps parse (`result` "OK"/"FAIL", HTTP 200
@@ -222,6 +106,287 @@ pub struct Config {
     /// upload and download URLs, a message shown at login start); `default` applies to all.
     #[serde(default)]
     pub app_settings: String,
+
+    /// The platform's backend API (`useradd`, messages). (`UPSTREAM_*`)
+    #[serde(skip_deserializing)]
+    pub upstream: UpstreamSettings,
+    /// One-time codes: their shape, life, message, sender and the server secret. (`OTP_*`)
+    #[serde(skip_deserializing)]
+    pub otp: OtpSettings,
+    /// Rate limits per key; 0 turns one off. (`LIMIT_*`)
+    #[serde(skip_deserializing)]
+    pub limit: LimitSettings,
+    /// The generic HTTP SMS gateway (`OTP_SENDER=http`). (`SMS_HTTP_*`)
+    #[serde(skip_deserializing)]
+    pub sms_http: SmsHttpSettings,
+    /// E-mail delivery (`smtp`). (`SMTP_*`)
+    #[serde(skip_deserializing)]
+    pub smtp: SmtpSettings,
+    /// Twilio (`twilio`). (`TWILIO_*`)
+    #[serde(skip_deserializing)]
+    pub twilio: TwilioSettings,
+    /// Vonage (`vonage`). (`VONAGE_*`)
+    #[serde(skip_deserializing)]
+    pub vonage: VonageSettings,
+    /// MessageBird (`messagebird`). (`MESSAGEBIRD_*`)
+    #[serde(skip_deserializing)]
+    pub messagebird: MessageBirdSettings,
+    /// The signed webhook (`webhook`). (`WEBHOOK_*`)
+    #[serde(skip_deserializing)]
+    pub webhook: WebhookSettings,
+    /// CAPTCHA at login start. (`CAPTCHA_*`)
+    #[serde(skip_deserializing)]
+    pub captcha: CaptchaSettings,
+    /// The durable delivery of code messages. (`COURIER_*`)
+    #[serde(skip_deserializing)]
+    pub courier: CourierSettings,
+}
+
+/// The platform's backend API (`useradd`, messages). Read from the variables that start with `UPSTREAM_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct UpstreamSettings {
+    #[serde(default = "defaults::upstream_url")]
+    pub url: String,
+    #[serde(default = "defaults::upstream_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "defaults::upstream_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// One-time codes: their shape, life, message, sender and the server secret. Read from the variables that start with `OTP_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct OtpSettings {
+    /// OTP_SECRET, the server secret (keys code hashes and queued-message encryption); when
+    /// empty it is read from OTP_SECRET_FILE, or from a key file created beside the database.
+    #[serde(default)]
+    pub secret: Secret,
+    /// OTP_SECRET_FILE, holding the server secret in hex; empty: `DATABASE_PATH` + `.key`,
+    /// created on first start.
+    #[serde(default)]
+    pub secret_file: String,
+
+    #[serde(default = "defaults::otp_length")]
+    pub length: usize,
+    #[serde(default = "defaults::otp_ttl_secs")]
+    pub ttl_secs: u64,
+    #[serde(default = "defaults::otp_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::otp_resend_secs")]
+    pub resend_secs: u64,
+    #[serde(default = "defaults::otp_message")]
+    pub message: String,
+
+    #[serde(default = "defaults::otp_sender")]
+    pub sender: SenderKind,
+    /// JSON object appid → message template overriding `OTP_MESSAGE`.
+    #[serde(default)]
+    pub message_per_app: String,
+}
+
+impl Default for OtpSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// Rate limits per key; 0 turns one off. Read from the variables that start with `LIMIT_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct LimitSettings {
+    #[serde(default = "defaults::limit_start_per_phone")]
+    pub start_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_ip")]
+    pub start_per_ip_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_phone")]
+    pub verify_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_ip")]
+    pub verify_per_ip_per_hour: u32,
+    /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_user_per_day")]
+    pub new_contacts_per_user_per_day: u32,
+    /// The same per client IP, over all its users; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_ip_per_day")]
+    pub new_contacts_per_ip_per_day: u32,
+    #[serde(default = "defaults::limit_start_per_subnet")]
+    pub start_per_subnet_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_calling_code")]
+    pub start_per_calling_code_per_hour: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// The generic HTTP SMS gateway (`OTP_SENDER=http`). Read from the variables that start with `SMS_HTTP_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmsHttpSettings {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub auth: Secret,
+    #[serde(default = "defaults::sms_http_body")]
+    pub body: Secret,
+    #[serde(default = "defaults::sms_http_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+impl Default for SmsHttpSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// E-mail delivery (`smtp`). Read from the variables that start with `SMTP_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmtpSettings {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default = "defaults::smtp_port")]
+    pub port: u16,
+    #[serde(default = "defaults::smtp_tls")]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub user: String,
+    #[serde(default)]
+    pub password: Secret,
+    #[serde(default)]
+    pub from: String,
+}
+
+impl Default for SmtpSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// Twilio (`twilio`). Read from the variables that start with `TWILIO_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct TwilioSettings {
+    #[serde(default)]
+    pub account_sid: String,
+    #[serde(default)]
+    pub auth_token: Secret,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub messaging_service_sid: String,
+    #[serde(default = "defaults::twilio_base_url")]
+    pub base_url: String,
+}
+
+impl Default for TwilioSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// Vonage (`vonage`). Read from the variables that start with `VONAGE_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct VonageSettings {
+    #[serde(default)]
+    pub api_key: Secret,
+    #[serde(default)]
+    pub api_secret: Secret,
+    #[serde(default)]
+    pub from: String,
+    #[serde(default = "defaults::vonage_base_url")]
+    pub base_url: String,
+}
+
+impl Default for VonageSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// MessageBird (`messagebird`). Read from the variables that start with `MESSAGEBIRD_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct MessageBirdSettings {
+    #[serde(default)]
+    pub access_key: Secret,
+    #[serde(default)]
+    pub originator: String,
+    #[serde(default = "defaults::messagebird_base_url")]
+    pub base_url: String,
+}
+
+impl Default for MessageBirdSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// The signed webhook (`webhook`). Read from the variables that start with `WEBHOOK_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct WebhookSettings {
+    #[serde(default)]
+    pub url: String,
+    #[serde(default)]
+    pub secret: Secret,
+}
+
+impl Default for WebhookSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// CAPTCHA at login start. Read from the variables that start with `CAPTCHA_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct CaptchaSettings {
+    /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
+    #[serde(default = "defaults::captcha_provider")]
+    pub provider: CaptchaProvider,
+    #[serde(default)]
+    pub secret: Secret,
+    /// Siteverify endpoint; empty = the provider's own.
+    #[serde(default)]
+    pub verify_url: String,
+}
+
+impl Default for CaptchaSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// The durable delivery of code messages. Read from the variables that start with `COURIER_`.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct CourierSettings {
+    /// Delivery attempts per message (1 = no retries).
+    #[serde(default = "defaults::courier_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long.
+    #[serde(default = "defaults::courier_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// How long a login request waits for the first delivery attempt.
+    #[serde(default = "defaults::courier_wait_ms")]
+    pub wait_ms: u64,
+}
+
+impl Default for CourierSettings {
+    fn default() -> Self {
+        defaults_of()
+    }
+}
+
+/// The section read from the variables starting with `prefix`; an error names the whole variable.
+fn section<T: serde::de::DeserializeOwned>(prefix: &str, vars: &[(String, String)]) -> Result<T, String> {
+    envy::prefixed(prefix)
+        .from_iter(vars.iter().cloned())
+        .map_err(|e| format!("invalid configuration: {}", e.to_string().replace("provided by ", &format!("provided by {prefix}"))))
+}
+
+/// A section with every setting at its default.
+fn defaults_of<T: serde::de::DeserializeOwned>() -> T {
+    envy::from_iter(std::iter::empty::<(String, String)>()).expect("every setting of a section has a default")
 }
 
 /// A setting that takes one of a few words: parsed once into an enum, and refused with
@@ -563,30 +728,61 @@ impl Config {
         K: Into<String>,
         V: Into<String>,
     {
-        let vars = vars.into_iter().map(|(k, v)| (k.into(), v.into()));
-        let config: Config = envy::from_iter(vars).map_err(|e| format!("invalid configuration: {e}"))?;
+        let vars: Vec<(String, String)> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let mut config: Config = envy::from_iter(vars.clone()).map_err(|e| format!("invalid configuration: {e}"))?;
+        config.upstream = section("UPSTREAM_", &vars)?;
+        config.otp = section("OTP_", &vars)?;
+        config.limit = section("LIMIT_", &vars)?;
+        config.sms_http = section("SMS_HTTP_", &vars)?;
+        config.smtp = section("SMTP_", &vars)?;
+        config.twilio = section("TWILIO_", &vars)?;
+        config.vonage = section("VONAGE_", &vars)?;
+        config.messagebird = section("MESSAGEBIRD_", &vars)?;
+        config.webhook = section("WEBHOOK_", &vars)?;
+        config.captcha = section("CAPTCHA_", &vars)?;
+        config.courier = section("COURIER_", &vars)?;
         config.validate()?;
         Ok(config)
     }
 
+    /// Every setting by its variable's name in lower case (`smtp_host`, `otp_length`): the
+    /// sections flattened back into the names operators set.
+    pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
+        let serde_json::Value::Object(nested) = serde_json::to_value(self).expect("the configuration serialises") else {
+            unreachable!("a struct serialises to an object")
+        };
+        let mut flat = serde_json::Map::new();
+        for (name, value) in nested {
+            match value {
+                serde_json::Value::Object(section) => {
+                    flat.extend(section.into_iter().map(|(field, value)| (format!("{name}_{field}"), value)));
+                }
+                value => {
+                    flat.insert(name, value);
+                }
+            }
+        }
+        flat
+    }
+
     fn validate(&self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
-        if !(4..=10).contains(&self.otp_length) {
+        if !(4..=10).contains(&self.otp.length) {
             return bad("OTP_LENGTH", "must be between 4 and 10");
         }
-        if self.otp_ttl_secs == 0 {
+        if self.otp.ttl_secs == 0 {
             return bad("OTP_TTL_SECS", "must be at least 1");
         }
-        if self.otp_max_attempts == 0 {
+        if self.otp.max_attempts == 0 {
             return bad("OTP_MAX_ATTEMPTS", "must be at least 1");
         }
         if self.db_pool_size == 0 {
             return bad("DB_POOL_SIZE", "must be at least 1");
         }
-        if !self.otp_message.contains("{otp}") {
+        if !self.otp.message.contains("{otp}") {
             return bad("OTP_MESSAGE", "must contain {otp}");
         }
-        if !self.otp_secret.is_empty() && !self.otp_secret_file.is_empty() {
+        if !self.otp.secret.is_empty() && !self.otp.secret_file.is_empty() {
             return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
         }
         self.validate_addresses()?;
@@ -627,7 +823,7 @@ impl Config {
         }
         // A login must not time out while upstream may still issue its token, or the user
         // would lose both the token and the code.
-        if self.request_timeout_secs <= self.upstream_timeout_secs {
+        if self.request_timeout_secs <= self.upstream.timeout_secs {
             return bad("REQUEST_TIMEOUT_SECS", "must be longer than UPSTREAM_TIMEOUT_SECS");
         }
         for origin in self.cors_origin_list() {
@@ -646,11 +842,11 @@ impl Config {
         if bind_host(&self.bind).is_none() {
             return bad("BIND", "must be an address and port such as 127.0.0.1:8080 or 0.0.0.0:8080");
         }
-        if self.upstream_url == BUILTIN_UPSTREAM {
+        if self.upstream.url == BUILTIN_UPSTREAM {
             if !self.binds_loopback_only() {
                 return bad("UPSTREAM_URL", "builtin mints fake tokens for local testing and is refused unless BIND is a loopback address");
             }
-        } else if !is_http_url(&self.upstream_url) {
+        } else if !is_http_url(&self.upstream.url) {
             return bad("UPSTREAM_URL", "must be an http:// or https:// URL (or builtin, for local testing)");
         }
         if !self.public_url.is_empty() && !is_http_url(&self.public_url) {
@@ -662,12 +858,12 @@ impl Config {
     /// What is allowed but probably not meant; `serve` and `check-config` log each line.
     pub fn warnings(&self) -> Vec<&'static str> {
         let mut warnings = Vec::new();
-        if self.upstream_url == BUILTIN_UPSTREAM {
+        if self.upstream.url == BUILTIN_UPSTREAM {
             warnings.push(BUILTIN_UPSTREAM_WARNING);
         } else if self.app_token.is_empty() {
             warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
         }
-        if !self.otp_secret.is_empty() && self.otp_secret.expose().len() < MIN_OTP_SECRET_BYTES {
+        if !self.otp.secret.is_empty() && self.otp.secret.expose().len() < MIN_OTP_SECRET_BYTES {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
         warnings
@@ -718,13 +914,13 @@ impl Config {
     /// The CAPTCHA, provider and courier settings. Templates, the phone policy, trusted
     /// proxies and test codes are checked where they are built, once (`runtime`).
     fn validate_fraud_defences(&self) -> Result<(), String> {
-        if self.captcha_provider != CaptchaProvider::Off && self.captcha_secret.is_empty() {
+        if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_empty() {
             return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
         }
         if self.provider_timeout_secs == 0 {
             return Err("invalid configuration: PROVIDER_TIMEOUT_SECS must be at least 1".into());
         }
-        if self.courier_max_attempts == 0 {
+        if self.courier.max_attempts == 0 {
             return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
         }
         Ok(())
@@ -743,12 +939,12 @@ mod tests {
     fn defaults_apply_when_nothing_is_set() {
         let config = load(&[]).unwrap();
         assert_eq!(config.bind, "127.0.0.1:8080");
-        assert_eq!(config.otp_ttl_secs, 300);
-        assert_eq!(config.otp_max_attempts, 5);
-        assert_eq!(config.otp_resend_secs, 30);
-        assert_eq!(config.otp_sender, "log");
+        assert_eq!(config.otp.ttl_secs, 300);
+        assert_eq!(config.otp.max_attempts, 5);
+        assert_eq!(config.otp.resend_secs, 30);
+        assert_eq!(config.otp.sender, "log");
         assert_eq!(config.token_expiry_mins, 525_600);
-        assert_eq!(config.upstream_url, "https://api.mesibo.com/backend/");
+        assert_eq!(config.upstream.url, "https://api.mesibo.com/backend/");
     }
 
     #[test]
@@ -797,12 +993,11 @@ mod tests {
             vars.push((name.to_string(), unquoted.unwrap_or(value).to_string()));
         }
         let (example, default) = (Config::from_vars(vars.clone()).unwrap(), load(&[]).unwrap());
-        let from_example = serde_json::to_value(&example).unwrap();
-        let defaults = serde_json::to_value(&default).unwrap();
+        let (from_example, defaults) = (example.settings(), default.settings());
         assert_eq!(from_example, defaults, ".env.example values differ from the defaults");
         // Secrets serialise redacted; the one with a default is compared by value.
-        assert_eq!(example.sms_http_body, default.sms_http_body, "SMS_HTTP_BODY in .env.example differs from the default");
-        for field in defaults.as_object().unwrap().keys() {
+        assert_eq!(example.sms_http.body, default.sms_http.body, "SMS_HTTP_BODY in .env.example differs from the default");
+        for field in defaults.keys() {
             assert!(
                 vars.iter().any(|(name, _)| name == &field.to_uppercase()),
                 "{} is not documented in .env.example",

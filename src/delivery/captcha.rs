@@ -25,17 +25,17 @@ struct SiteverifyReply {
 impl Captcha {
     /// `None` when `CAPTCHA_PROVIDER` is empty.
     pub fn from_config(config: &Config) -> Result<Option<Captcha>, String> {
-        let default_url = match config.captcha_provider {
+        let default_url = match config.captcha.provider {
             CaptchaProvider::Off => return Ok(None),
             CaptchaProvider::Hcaptcha => "https://api.hcaptcha.com/siteverify",
             CaptchaProvider::Turnstile => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
         };
-        let url = if config.captcha_verify_url.is_empty() { default_url.to_string() } else { config.captcha_verify_url.clone() };
+        let url = if config.captcha.verify_url.is_empty() { default_url.to_string() } else { config.captcha.verify_url.clone() };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.provider_timeout_secs))
             .build()
             .map_err(|e| format!("cannot build the CAPTCHA HTTP client: {e}"))?;
-        Ok(Some(Captcha { client, url, secret: config.captcha_secret.expose().to_string() }))
+        Ok(Some(Captcha { client, url, secret: config.captcha.secret.expose().to_string() }))
     }
 
     pub async fn verify(&self, token: Option<&str>, client_ip: &str) -> Result<(), ApiError> {

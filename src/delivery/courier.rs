@@ -81,14 +81,14 @@ impl Drop for InFlight<'_> {
 
 impl Courier {
     pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders, seal: MessageSeal) -> Courier {
-        let slowest_secs = config.provider_timeout_secs.max(config.sms_http_timeout_secs).max(30);
+        let slowest_secs = config.provider_timeout_secs.max(config.sms_http.timeout_secs).max(30);
         Courier {
             db,
             senders,
             seal,
-            max_attempts: config.courier_max_attempts,
-            retry_base_ms: config.courier_retry_base_ms as i64,
-            wait_first: Duration::from_millis(config.courier_wait_ms),
+            max_attempts: config.courier.max_attempts,
+            retry_base_ms: config.courier.retry_base_ms as i64,
+            wait_first: Duration::from_millis(config.courier.wait_ms),
             lease_ms: 2 * 1000 * slowest_secs as i64,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),

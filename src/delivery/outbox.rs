@@ -44,7 +44,7 @@ impl Outbox {
             from: config.system_address.clone(),
             retry_secs: config.outbox_retry_secs,
             // Longer than one send can take; a crash mid-send delays the retry by this much.
-            lease_secs: (config.upstream_connect_timeout_secs + config.upstream_timeout_secs + 5) as i64,
+            lease_secs: (config.upstream.connect_timeout_secs + config.upstream.timeout_secs + 5) as i64,
             stopped: AtomicBool::new(false),
             sending: tokio::sync::Mutex::new(()),
         })

@@ -61,15 +61,15 @@ pub struct LoadedSecret {
 /// when no key file exists yet it is moved to one (so codes pending across the upgrade
 /// still verify); the caller then deletes it from the database.
 pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecret, String> {
-    if !config.otp_secret.is_empty() {
+    if !config.otp.secret.is_empty() {
         return Ok(LoadedSecret {
-            secret: config.otp_secret.expose().as_bytes().to_vec(),
+            secret: config.otp.secret.expose().as_bytes().to_vec(),
             source: KeySource::Setting,
             created_file: false,
         });
     }
-    let explicit = !config.otp_secret_file.is_empty();
-    let path = if explicit { PathBuf::from(&config.otp_secret_file) } else { default_key_file(&config.database_path) };
+    let explicit = !config.otp.secret_file.is_empty();
+    let path = if explicit { PathBuf::from(&config.otp.secret_file) } else { default_key_file(&config.database_path) };
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             let secret = parse_key_file(&text).map_err(|why| format!("key file {}: {why}", path.display()))?;

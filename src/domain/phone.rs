@@ -101,7 +101,7 @@ impl PhonePolicy {
         Ok(PhonePolicy {
             default_region,
             mobile_only: config.phone_mobile_only,
-            sends_nothing: config.otp_sender == crate::config::SenderKind::Log,
+            sends_nothing: config.otp.sender == crate::config::SenderKind::Log,
             allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
             blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
             recent: Mutex::default(),

@@ -96,10 +96,10 @@ pub struct Limits {
 impl Limits {
     pub fn from_config(config: &Config) -> Self {
         Limits {
-            start_per_address: KeyedLimit::per_hour(config.limit_start_per_phone_per_hour).named("start_per_address"),
-            start_per_ip: KeyedLimit::per_hour(config.limit_start_per_ip_per_hour).named("start_per_ip"),
-            verify_per_address: KeyedLimit::per_hour(config.limit_verify_per_phone_per_hour).named("verify_per_address"),
-            verify_per_ip: KeyedLimit::per_hour(config.limit_verify_per_ip_per_hour).named("verify_per_ip"),
+            start_per_address: KeyedLimit::per_hour(config.limit.start_per_phone_per_hour).named("start_per_address"),
+            start_per_ip: KeyedLimit::per_hour(config.limit.start_per_ip_per_hour).named("start_per_ip"),
+            verify_per_address: KeyedLimit::per_hour(config.limit.verify_per_phone_per_hour).named("verify_per_address"),
+            verify_per_ip: KeyedLimit::per_hour(config.limit.verify_per_ip_per_hour).named("verify_per_ip"),
         }
     }
 

@@ -24,8 +24,8 @@ pub struct SmsBudget {
 impl SmsLimits {
     pub fn from_config(config: &Config) -> Self {
         SmsLimits {
-            start_per_network: KeyedLimit::per_hour(config.limit_start_per_subnet_per_hour).named("start_per_network"),
-            start_per_calling_code: KeyedLimit::per_hour(config.limit_start_per_calling_code_per_hour).named("start_per_calling_code"),
+            start_per_network: KeyedLimit::per_hour(config.limit.start_per_subnet_per_hour).named("start_per_network"),
+            start_per_calling_code: KeyedLimit::per_hour(config.limit.start_per_calling_code_per_hour).named("start_per_calling_code"),
             budget: Arc::new(SmsBudget {
                 limit: KeyedLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
                 spent: AtomicBool::new(false),

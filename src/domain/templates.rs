@@ -20,15 +20,15 @@ pub struct Templates {
 
 impl Templates {
     pub fn from_config(config: &Config) -> Result<Templates, String> {
-        let per_app = json_map("OTP_MESSAGE_PER_APP", &config.otp_message_per_app)?;
+        let per_app = json_map("OTP_MESSAGE_PER_APP", &config.otp.message_per_app)?;
         if let Some(appid) = per_app.iter().find(|(_, template)| !template.contains("{otp}")).map(|(appid, _)| appid) {
             return Err(format!("invalid configuration: OTP_MESSAGE_PER_APP template for {appid:?} must contain {{otp}}"));
         }
         Ok(Templates {
-            default: config.otp_message.clone(),
+            default: config.otp.message.clone(),
             per_app,
             app_names: json_map("APP_NAMES", &config.app_names)?,
-            minutes: config.otp_ttl_secs.div_ceil(60),
+            minutes: config.otp.ttl_secs.div_ceil(60),
         })
     }
 

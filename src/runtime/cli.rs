@@ -44,15 +44,15 @@ pub enum Command {
 /// setting serialises as `"<redacted>"` (or `""` when unset, so an operator sees which are
 /// missing), and URLs lose their credentials.
 pub fn redacted_config(config: &Config) -> Value {
-    let mut value = serde_json::to_value(config).expect("the configuration serialises");
-    for (name, field) in value.as_object_mut().expect("the configuration is an object") {
+    let mut settings = config.settings();
+    for (name, field) in settings.iter_mut() {
         if let Value::String(text) = field {
             if name.ends_with("_url") {
                 *text = url_without_credentials(text);
             }
         }
     }
-    value
+    Value::Object(settings)
 }
 
 /// Drops `user:password@` and the query string, where gateways often take API keys.
@@ -103,7 +103,7 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
     let senders = senders::build(config)?;
     let sender = senders.for_address(&to).ok_or_else(|| format!("no configured sender can reach {}", to.masked()))?;
     let appid = "otpgate-send-test";
-    let code = otp::generate(config.otp_length);
+    let code = otp::generate(config.otp.length);
     let text = crate::domain::templates::Templates::from_config(config)?.render(appid, &code);
     let message = OtpMessage { text, to: to.clone(), otp: code, appid: appid.into() };
     sender

@@ -68,8 +68,8 @@ impl ContactLimits {
         ContactLimits {
             max_per_request: config.max_contacts_per_request,
             max_per_user: config.max_contacts_per_user,
-            new_per_user: KeyedLimit::per_day(config.limit_new_contacts_per_user_per_day).named("new_contacts_per_user"),
-            new_per_ip: KeyedLimit::per_day(config.limit_new_contacts_per_ip_per_day).named("new_contacts_per_ip"),
+            new_per_user: KeyedLimit::per_day(config.limit.new_contacts_per_user_per_day).named("new_contacts_per_user"),
+            new_per_ip: KeyedLimit::per_day(config.limit.new_contacts_per_ip_per_day).named("new_contacts_per_ip"),
         }
     }
 

@@ -93,7 +93,7 @@ impl LoginFlow {
     pub fn new(config: &Config, db: Arc<Db>, keys: &ServerKeys, senders: Senders) -> Result<Self, String> {
         let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone(), keys.seal.clone()));
         let templates = Templates::from_config(config)?;
-        templates.warn_if_over_one_segment(config.otp_length);
+        templates.warn_if_over_one_segment(config.otp.length);
         Ok(LoginFlow {
             db,
             hasher: keys.hasher.clone(),
@@ -101,10 +101,10 @@ impl LoginFlow {
             upstream: Arc::new(Upstream::from_config(config)?),
             limits: Arc::new(Limits::from_config(config)),
             test_otps: otp::test_codes(config.test_otps.expose())?,
-            otp_length: config.otp_length,
-            otp_ttl_secs: config.otp_ttl_secs as i64,
-            otp_resend_secs: config.otp_resend_secs as i64,
-            otp_max_attempts: config.otp_max_attempts,
+            otp_length: config.otp.length,
+            otp_ttl_secs: config.otp.ttl_secs as i64,
+            otp_resend_secs: config.otp.resend_secs as i64,
+            otp_max_attempts: config.otp.max_attempts,
             require_challenge: config.require_challenge,
             templates,
             phones: PhonePolicy::from_config(config)?,
@@ -113,7 +113,7 @@ impl LoginFlow {
             courier,
             max_devices: config.max_devices,
             token_expiry_secs: i64::try_from(config.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
-            claim_secs: i64::try_from(config.upstream_timeout_secs.saturating_add(CLAIM_MARGIN_SECS)).unwrap_or(i64::MAX / 2),
+            claim_secs: i64::try_from(config.upstream.timeout_secs.saturating_add(CLAIM_MARGIN_SECS)).unwrap_or(i64::MAX / 2),
         })
     }
 

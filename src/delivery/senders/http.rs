@@ -14,18 +14,18 @@ pub struct HttpSmsSender {
 
 impl HttpSmsSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        if config.sms_http_url.is_empty() {
+        if config.sms_http.url.is_empty() {
             return Err("invalid configuration: SMS_HTTP_URL is required when the http sender is used".into());
         }
-        let sample = render_body(config.sms_http_body.expose(), "18005551234", "Your code is 123456");
+        let sample = render_body(config.sms_http.body.expose(), "18005551234", "Your code is 123456");
         if serde_json::from_str::<serde_json::Value>(&sample).is_err() {
             return Err("invalid configuration: SMS_HTTP_BODY must be a JSON template using {phone} and {message}".into());
         }
         Ok(HttpSmsSender {
-            client: provider_http::client(config.sms_http_timeout_secs)?,
-            url: config.sms_http_url.clone(),
-            authorization: config.sms_http_auth.expose().to_string(),
-            body_template: config.sms_http_body.expose().to_string(),
+            client: provider_http::client(config.sms_http.timeout_secs)?,
+            url: config.sms_http.url.clone(),
+            authorization: config.sms_http.auth.expose().to_string(),
+            body_template: config.sms_http.body.expose().to_string(),
         })
     }
 }

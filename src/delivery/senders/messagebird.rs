@@ -18,15 +18,15 @@ impl MessageBirdSender {
         require(
             "messagebird",
             &[
-                ("MESSAGEBIRD_ACCESS_KEY", config.messagebird_access_key.expose()),
-                ("MESSAGEBIRD_ORIGINATOR", &config.messagebird_originator),
+                ("MESSAGEBIRD_ACCESS_KEY", config.messagebird.access_key.expose()),
+                ("MESSAGEBIRD_ORIGINATOR", &config.messagebird.originator),
             ],
         )?;
         Ok(MessageBirdSender {
             client: provider_http::client(config.provider_timeout_secs)?,
-            url: format!("{}/messages", config.messagebird_base_url.trim_end_matches('/')),
-            authorization: format!("AccessKey {}", config.messagebird_access_key.expose()),
-            originator: config.messagebird_originator.clone(),
+            url: format!("{}/messages", config.messagebird.base_url.trim_end_matches('/')),
+            authorization: format!("AccessKey {}", config.messagebird.access_key.expose()),
+            originator: config.messagebird.originator.clone(),
         })
     }
 }

@@ -115,8 +115,8 @@ fn reaches(kind: SenderKind) -> (bool, bool) {
 
 /// `OTP_SENDER` serves every kind of address it can deliver to; `EMAIL_SENDER` overrides it for e-mail.
 pub fn build(config: &Config) -> Result<Senders, String> {
-    let main = by_name(config.otp_sender, config)?;
-    let (main_phone, main_email) = reaches(config.otp_sender);
+    let main = by_name(config.otp.sender, config)?;
+    let (main_phone, main_email) = reaches(config.otp.sender);
     let email = match config.email_sender {
         Some(kind) => Some(by_name(kind.into(), config)?),
         None => main_email.then(|| main.clone()),

@@ -20,24 +20,25 @@ pub struct SmtpSender {
 
 impl SmtpSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        if config.smtp_host.is_empty() {
+        if config.smtp.host.is_empty() {
             return Err("invalid configuration: SMTP_HOST is required when the smtp sender is used".into());
         }
         let from: Mailbox = config
-            .smtp_from
+            .smtp
+            .from
             .parse()
             .map_err(|_| "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string())?;
-        let host = config.smtp_host.as_str();
-        let builder = match config.smtp_tls {
+        let host = config.smtp.host.as_str();
+        let builder = match config.smtp.tls {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
             SmtpTls::None => Ok(AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host)),
         }
         .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
         // Bounded like the other providers, so the courier's lease outlasts any attempt.
-        let mut builder = builder.port(config.smtp_port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
-        if !config.smtp_user.is_empty() {
-            builder = builder.credentials(Credentials::new(config.smtp_user.clone(), config.smtp_password.expose().to_string()));
+        let mut builder = builder.port(config.smtp.port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
+        if !config.smtp.user.is_empty() {
+            builder = builder.credentials(Credentials::new(config.smtp.user.clone(), config.smtp.password.expose().to_string()));
         }
         Ok(SmtpSender {
             transport: builder.build(),

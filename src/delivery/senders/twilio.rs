@@ -17,8 +17,8 @@ pub struct TwilioSender {
 
 impl TwilioSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require("twilio", &[("TWILIO_ACCOUNT_SID", &config.twilio_account_sid), ("TWILIO_AUTH_TOKEN", config.twilio_auth_token.expose())])?;
-        let sender_field = match (config.twilio_from.as_str(), config.twilio_messaging_service_sid.as_str()) {
+        require("twilio", &[("TWILIO_ACCOUNT_SID", &config.twilio.account_sid), ("TWILIO_AUTH_TOKEN", config.twilio.auth_token.expose())])?;
+        let sender_field = match (config.twilio.from.as_str(), config.twilio.messaging_service_sid.as_str()) {
             (_, sid) if !sid.is_empty() => ("MessagingServiceSid", sid.to_string()),
             (from, _) if !from.is_empty() => ("From", from.to_string()),
             _ => {
@@ -27,12 +27,12 @@ impl TwilioSender {
                 )
             }
         };
-        let base = config.twilio_base_url.trim_end_matches('/');
+        let base = config.twilio.base_url.trim_end_matches('/');
         Ok(TwilioSender {
             client: provider_http::client(config.provider_timeout_secs)?,
-            url: format!("{base}/2010-04-01/Accounts/{}/Messages.json", config.twilio_account_sid),
-            account_sid: config.twilio_account_sid.clone(),
-            auth_token: config.twilio_auth_token.expose().to_string(),
+            url: format!("{base}/2010-04-01/Accounts/{}/Messages.json", config.twilio.account_sid),
+            account_sid: config.twilio.account_sid.clone(),
+            auth_token: config.twilio.auth_token.expose().to_string(),
             sender_field,
         })
     }

@@ -34,17 +34,17 @@ impl VonageSender {
         require(
             "vonage",
             &[
-                ("VONAGE_API_KEY", config.vonage_api_key.expose()),
-                ("VONAGE_API_SECRET", config.vonage_api_secret.expose()),
-                ("VONAGE_FROM", &config.vonage_from),
+                ("VONAGE_API_KEY", config.vonage.api_key.expose()),
+                ("VONAGE_API_SECRET", config.vonage.api_secret.expose()),
+                ("VONAGE_FROM", &config.vonage.from),
             ],
         )?;
         Ok(VonageSender {
             client: provider_http::client(config.provider_timeout_secs)?,
-            url: format!("{}/sms/json", config.vonage_base_url.trim_end_matches('/')),
-            api_key: config.vonage_api_key.expose().to_string(),
-            api_secret: config.vonage_api_secret.expose().to_string(),
-            from: config.vonage_from.clone(),
+            url: format!("{}/sms/json", config.vonage.base_url.trim_end_matches('/')),
+            api_key: config.vonage.api_key.expose().to_string(),
+            api_secret: config.vonage.api_secret.expose().to_string(),
+            from: config.vonage.from.clone(),
         })
     }
 }

@@ -21,11 +21,11 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require("webhook", &[("WEBHOOK_URL", &config.webhook_url), ("WEBHOOK_SECRET", config.webhook_secret.expose())])?;
+        require("webhook", &[("WEBHOOK_URL", &config.webhook.url), ("WEBHOOK_SECRET", config.webhook.secret.expose())])?;
         Ok(WebhookSender {
             client: provider_http::client(config.provider_timeout_secs)?,
-            url: config.webhook_url.clone(),
-            key: signing_key(config.webhook_secret.expose())?,
+            url: config.webhook.url.clone(),
+            key: signing_key(config.webhook.secret.expose())?,
         })
     }
 }

@@ -95,16 +95,16 @@ impl Upstream {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         // One client for the process: it keeps connections alive between logins.
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(config.upstream_connect_timeout_secs))
-            .timeout(Duration::from_secs(config.upstream_timeout_secs))
+            .connect_timeout(Duration::from_secs(config.upstream.connect_timeout_secs))
+            .timeout(Duration::from_secs(config.upstream.timeout_secs))
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .build()
             .map_err(|e| format!("cannot build the upstream HTTP client: {e}"))?;
-        let builtin = config.upstream_url == BUILTIN_UPSTREAM;
+        let builtin = config.upstream.url == BUILTIN_UPSTREAM;
         Ok(Upstream {
             client,
             builtin,
-            url: config.upstream_url.clone(),
+            url: config.upstream.url.clone(),
             app_token: config.app_token.expose().to_string(),
             token_expiry_mins: config.token_expiry_mins,
         })
