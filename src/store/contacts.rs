@@ -26,7 +26,7 @@ pub struct SyncQuery {
 /// (never the caller), ordered by (ts, address), plus whether more follow. `admit`
 /// sees how many uploaded phones are not yet contacts and how many contacts the
 /// upload leaves, before anything is written.
-pub fn sync(
+pub(in crate::store) fn sync(
     conn: &mut Connection,
     q: &SyncQuery,
     admit: impl FnOnce(usize, usize) -> Result<(), ApiError>,
@@ -84,7 +84,7 @@ pub fn sync(
 }
 
 /// Removes phones from a user's contacts; returns how many were there.
-pub fn remove(conn: &mut Connection, owner: i64, phones_json: &str) -> rusqlite::Result<usize> {
+pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, phones_json: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone IN (SELECT value FROM json_each(?2))")?
         .execute(params![owner, phones_json])
 }

@@ -96,7 +96,7 @@ fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8
 
 /// Encrypts the messages that earlier releases queued in clear and clears the text of
 /// finished ones; returns how many rows held text in clear.
-pub fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
+pub(in crate::store) fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
     store::atomically(conn, |tx| {
         let rows = tx
             .prepare("SELECT id, address, otp_hash, coalesce(otp, ''), coalesce(body, ''), status FROM courier WHERE otp IS NOT NULL OR body IS NOT NULL")?

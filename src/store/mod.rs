@@ -138,7 +138,7 @@ impl Db {
 
     /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
     /// outside any transaction and before anything else uses the database.
-    pub fn open_after(
+    fn open_after(
         path: &str,
         readers: usize,
         startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
@@ -567,23 +567,23 @@ pub fn setting_before_open(path: &str, key: &str) -> Result<Option<Vec<u8>>, Sto
 }
 
 /// The value stored under `key`, if any.
-pub fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+pub(in crate::store) fn setting(conn: &Connection, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
     conn.prepare_cached("SELECT value FROM settings WHERE key = ?1")?.query_row([key], |r| r.get(0)).optional()
 }
 
-pub fn set_setting(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+pub(in crate::store) fn set_setting(conn: &Connection, key: &str, value: &[u8]) -> rusqlite::Result<()> {
     conn.prepare_cached("INSERT OR REPLACE INTO settings (key, value) VALUES (?1, ?2)")?.execute(params![key, value])?;
     Ok(())
 }
 
-pub fn remove_setting(conn: &Connection, key: &str) -> rusqlite::Result<()> {
+pub(in crate::store) fn remove_setting(conn: &Connection, key: &str) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM settings WHERE key = ?1")?.execute([key])?;
     Ok(())
 }
 
 /// Rewrites the database file and empties the WAL, so that nothing deleted before
 /// (a secret, text once kept in clear) survives in a free page or an old WAL frame.
-pub fn rewrite_file(conn: &mut Connection) -> rusqlite::Result<()> {
+pub(in crate::store) fn rewrite_file(conn: &mut Connection) -> rusqlite::Result<()> {
     conn.execute_batch("VACUUM")?;
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
 }
@@ -601,7 +601,7 @@ pub struct NewChallenge {
 
 /// Seconds until the address may be sent a new code: `Some` while its previous code is
 /// younger than `resend_secs`.
-pub fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Option<u64>> {
+pub(in crate::store) fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Option<u64>> {
     let previous: Option<i64> = conn
         .prepare_cached("SELECT created_at FROM otp_challenges WHERE address = ?1")?
         .query_row([&c.address], |r| r.get(0))
@@ -610,7 +610,7 @@ pub fn resend_wait(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<Opti
 }
 
 /// Stores a challenge, replacing the address's previous one (check [`resend_wait`] first).
-pub fn store_challenge(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<()> {
+pub(in crate::store) fn store_challenge(conn: &Connection, c: &NewChallenge) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, NULL, ?6, 0)",
@@ -727,13 +727,13 @@ pub fn check_and_claim(
 }
 
 /// Removes the challenge only if it is still the one with this hash (a newer one stays).
-pub fn remove_challenge(conn: &Connection, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
+pub(in crate::store) fn remove_challenge(conn: &Connection, address: &str, otp_hash: &[u8]) -> rusqlite::Result<()> {
     conn.prepare_cached("DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2")?.execute(params![address, otp_hash])?;
     Ok(())
 }
 
 /// Gives a claimed challenge back after the upstream call failed, so the same code works again.
-pub fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
+pub(in crate::store) fn release_claim(conn: &mut Connection, address: &str, otp_hash: &[u8; 32]) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE otp_challenges SET claimed_at = NULL WHERE address = ?1 AND otp_hash = ?2")?
         .execute(params![address, &otp_hash[..]])?;
     Ok(())
@@ -766,7 +766,11 @@ pub struct LoginRecord {
 
 /// Records the user and the session, queues joined notices for a first phone login,
 /// and consumes the challenge, all in one transaction.
-pub fn complete_login(conn: &mut Connection, login: &CompletedLogin, otp_hash: &[u8; 32]) -> rusqlite::Result<LoginRecord> {
+pub(in crate::store) fn complete_login(
+    conn: &mut Connection,
+    login: &CompletedLogin,
+    otp_hash: &[u8; 32],
+) -> rusqlite::Result<LoginRecord> {
     atomically(conn, |tx| {
         let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };

@@ -8,7 +8,13 @@ use crate::store::{Db, StorageError};
 
 /// Queues a `contact_joined` notice for every user who has `phone` as a contact.
 /// Call inside the transaction that creates the user; returns how many were queued.
-pub fn enqueue_contact_joined(conn: &Connection, user_id: i64, phone: &str, name: &str, now: i64) -> rusqlite::Result<usize> {
+pub(in crate::store) fn enqueue_contact_joined(
+    conn: &Connection,
+    user_id: i64,
+    phone: &str,
+    name: &str,
+    now: i64,
+) -> rusqlite::Result<usize> {
     let payload = json!({ "type": "contact_joined", "phone": phone, "name": name }).to_string();
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::store::{Db, StorageError};
 
 /// Finds the live session of a token and marks it used; `None` for an unknown or expired token.
-pub fn authenticate(conn: &mut Connection, token_sha256: &str, now_ms: i64) -> rusqlite::Result<Option<Caller>> {
+pub(in crate::store) fn authenticate(conn: &mut Connection, token_sha256: &str, now_ms: i64) -> rusqlite::Result<Option<Caller>> {
     let user_id: Option<i64> = conn
         .query_row(
             "UPDATE sessions SET last_seen_ms = ?2 WHERE token_sha256 = ?1 AND expires_at > ?3 RETURNING user_id",
@@ -33,7 +33,7 @@ pub struct NewSession<'a> {
 
 /// Stores a session (replacing the same installation's previous one) and evicts the
 /// least recently used sessions beyond `max_devices`. Call inside the login transaction.
-pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> rusqlite::Result<Vec<Evicted>> {
+pub(in crate::store) fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> rusqlite::Result<Vec<Evicted>> {
     let s = session;
     // Expired sessions count against no limit.
     conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND expires_at <= ?2")?.execute(params![s.user_id, s.now_ms / 1000])?;
@@ -59,7 +59,7 @@ pub fn insert(conn: &Connection, session: &NewSession, max_devices: usize) -> ru
 }
 
 /// Stores the session row alone, for a user who has no other session.
-pub fn insert_row(conn: &Connection, s: &NewSession) -> rusqlite::Result<()> {
+pub(in crate::store) fn insert_row(conn: &Connection, s: &NewSession) -> rusqlite::Result<()> {
     conn.prepare_cached(
         "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -69,23 +69,23 @@ pub fn insert_row(conn: &Connection, s: &NewSession) -> rusqlite::Result<()> {
 }
 
 /// Ends one session; true if it existed.
-pub fn remove(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<bool> {
+pub(in crate::store) fn remove(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<bool> {
     Ok(conn.prepare_cached("DELETE FROM sessions WHERE token_sha256 = ?1")?.execute([token_sha256])? > 0)
 }
 
 /// Ends every session of the token's user; returns how many (0 for an unknown token).
-pub fn remove_all_of_user(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<usize> {
+pub(in crate::store) fn remove_all_of_user(conn: &mut Connection, token_sha256: &str) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = ?1)")?
         .execute([token_sha256])
 }
 
 /// Deletes every expired session; returns how many.
-pub fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
+pub(in crate::store) fn purge_expired(conn: &mut Connection, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?.execute([now])
 }
 
 /// The caller's live sessions, most recently used first, as reply entries (no tokens).
-pub fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
+pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
     let mut query = conn.prepare_cached(
         "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2 FROM sessions
          WHERE user_id = ?1 AND expires_at > ?3 ORDER BY last_seen_ms DESC",

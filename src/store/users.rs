@@ -17,7 +17,13 @@ pub fn profile_from_row(row: &Row) -> rusqlite::Result<Profile> {
 
 /// Creates the user or records a new login; a non-empty `name` replaces the stored one.
 /// Returns the local id, whether this was the user's first login, and the profile.
-pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, now: i64) -> rusqlite::Result<(i64, bool, OwnProfile)> {
+pub(in crate::store) fn upsert_at_login(
+    conn: &Connection,
+    address: &str,
+    uid: &str,
+    name: &str,
+    now: i64,
+) -> rusqlite::Result<(i64, bool, OwnProfile)> {
     let existing: Option<i64> =
         conn.prepare_cached("SELECT id FROM users WHERE address = ?1")?.query_row([address], |r| r.get(0)).optional()?;
     match existing {
@@ -42,12 +48,12 @@ pub fn upsert_at_login(conn: &Connection, address: &str, uid: &str, name: &str, 
     }
 }
 
-pub fn profile(conn: &Connection, user_id: i64) -> rusqlite::Result<Profile> {
+pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Result<Profile> {
     conn.query_row(&format!("SELECT {PROFILE_COLUMNS} FROM users u WHERE u.id = ?1"), [user_id], profile_from_row)
 }
 
 /// Applies the change and bumps `ts`; returns the new profile.
-pub fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
+pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
     store::atomically(conn, |tx| {
         tx.prepare_cached(
             "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
