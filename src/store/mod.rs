@@ -144,7 +144,12 @@ impl Db {
         startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
     ) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
+        let fresh: bool = writer.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
         crate::store::schema::apply(&mut writer)?;
+        if fresh {
+            // Created by this release: no secret or code was ever written in clear, nothing to rewrite.
+            set_setting(&writer, REWRITTEN_SETTING, &now().to_le_bytes())?;
+        }
         startup(&mut writer)?;
         // A WAL left large by a crash or a bulk load is copied back now, not by the first request.
         writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
