@@ -9,7 +9,7 @@ use crate::api::http::Params;
 use crate::api::op::Op;
 use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::{api::AppState, service::contacts, service::sessions, service::users, store};
+use crate::{api::AppState, service::contacts, service::sessions, service::users};
 
 pub async fn handle(
     state: &AppState,
@@ -28,8 +28,11 @@ pub async fn handle(
         };
     }
     let token_sha256 = token_hash(&token.ok_or_else(|| authfail("token is required"))?);
-    let caller =
-        state.db.authenticate(token_sha256, store::now_ms()).await?.ok_or_else(|| authfail("unknown or expired token; log in again"))?;
+    let caller = state
+        .db
+        .authenticate(token_sha256, state.db.clock().now_ms())
+        .await?
+        .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
     let field = |name: &str| params.get(name).map(String::as_str);
     match op {
         Op::Devices => sessions::devices(&state.db, &caller).await,

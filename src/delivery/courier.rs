@@ -17,7 +17,7 @@ use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::metrics;
 use crate::store::courier::{self as courier_rows, AttemptOutcome, Enqueued, QueuedMessage};
-use crate::store::{self, now_ms, Db, NewChallenge, StorageError};
+use crate::store::{Db, NewChallenge, StorageError};
 
 /// Rows claimed per round.
 const BATCH: usize = 16;
@@ -110,7 +110,7 @@ impl Courier {
         message: OtpMessage,
         admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
     ) -> Result<Dispatch, StorageError> {
-        let lease_until = now_ms() + self.lease_ms;
+        let lease_until = self.db.clock().now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
         let sealed = courier_rows::seal_message(&self.seal, message.to.as_str(), &message.otp, &message.text, &otp_hash);
         let queued = (message.to.as_str().to_string(), message.appid.clone(), sealed);
@@ -139,7 +139,7 @@ impl Courier {
     /// The worker: sends due messages until [`Courier::stop`]. Run exactly one per database.
     pub async fn run(self: Arc<Self>) {
         while !self.stopped.load(Ordering::SeqCst) {
-            let now = now_ms();
+            let now = self.db.clock().now_ms();
             let lease_until = now + self.lease_ms;
             let (batch, next_due) = match self.db.claim_due_messages(self.seal.clone(), now, lease_until).await {
                 Ok(claimed) => {
@@ -160,7 +160,7 @@ impl Courier {
             if full {
                 continue;
             }
-            let sleep_ms = next_due.map_or(IDLE_POLL_MS, |due| (due - now_ms()).clamp(1, IDLE_POLL_MS));
+            let sleep_ms = next_due.map_or(IDLE_POLL_MS, |due| (due - self.db.clock().now_ms()).clamp(1, IDLE_POLL_MS));
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
@@ -196,7 +196,7 @@ impl Courier {
 
     /// Deletes finished rows past their keeping time; returns how many.
     pub async fn purge_finished(&self) -> Result<usize, StorageError> {
-        self.db.purge_finished_messages(store::now() - KEEP_FINISHED_SECS).await
+        self.db.purge_finished_messages(self.db.clock().now() - KEEP_FINISHED_SECS).await
     }
 
     /// Sends one message and records the outcome; `answer` learns how it went: for a
@@ -225,9 +225,9 @@ impl Courier {
                 // Some providers echo the message in their error replies; neither the code nor the
                 // full number may reach a log.
                 let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));
-                let retry_at = now_ms() + self.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20));
+                let retry_at = self.db.clock().now_ms() + self.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20));
                 let last = error.permanent || attempts >= self.max_attempts || retry_at >= row.expires_at * 1000;
-                let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - now_ms()) };
+                let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - self.db.clock().now_ms()) };
                 tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; {next}");
                 if last {
                     (Dispatch::Failed, AttemptOutcome::Failed(reason))

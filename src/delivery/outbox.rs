@@ -65,7 +65,7 @@ impl Outbox {
         let _sending = self.sending.lock().await;
         let mut sent = 0;
         while !self.stopped.load(Ordering::SeqCst) {
-            let (now, lease) = (store::now(), self.lease_secs);
+            let (now, lease) = (self.db.clock().now(), self.lease_secs);
             let Some(message) = self.db.take_next_notice(now, lease).await? else {
                 return Ok(sent);
             };
@@ -86,7 +86,7 @@ impl Outbox {
                     let attempts = message.attempts + 1;
                     let wait = backoff(self.retry_secs, attempts);
                     tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");
-                    let next = store::now() + wait as i64;
+                    let next = self.db.clock().now() + wait as i64;
                     self.db.reschedule_notice(id, attempts, next, error).await?;
                 }
             }

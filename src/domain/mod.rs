@@ -4,6 +4,7 @@ pub mod account;
 pub mod address;
 pub mod app_settings;
 pub mod client_ip;
+pub mod clock;
 pub mod error;
 pub mod keys;
 pub mod metrics;

@@ -16,6 +16,7 @@ use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
+use crate::domain::clock::Clock;
 use crate::domain::keys::{self, KeySource, ServerKeys};
 use crate::domain::metrics;
 use crate::service::contacts::ContactLimits;
@@ -26,11 +27,16 @@ impl AppState {
     /// Opens the database and builds the login flow with the given senders
     /// (normally `senders::build(&config)`; tests pass a recording sender).
     pub fn new(config: &Config, senders: Senders) -> Result<AppState, String> {
+        AppState::with_clock(config, senders, Clock::system())
+    }
+
+    /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
+    pub fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
         let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
             .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
         let keys = server_keys(config, stored_key.as_deref())?;
         let seal = keys.seal.clone();
-        let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, &seal, stored_key.is_some())
+        let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &seal, stored_key.is_some())
             .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders)?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
@@ -87,7 +93,7 @@ impl AppState {
         self.login.sms_limits.purge();
         self.contact_limits.purge();
         self.login.courier.purge_finished().await?;
-        let (codes, sessions) = self.db.purge_expired(store::now()).await?;
+        let (codes, sessions) = self.db.purge_expired(self.db.clock().now()).await?;
         let purged = Purged { codes, sessions };
         metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
         Ok(purged)

@@ -11,7 +11,7 @@ use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::ratelimit::KeyedLimit;
 use crate::store::contacts::SyncQuery;
-use crate::store::{self, Db};
+use crate::store::Db;
 
 /// The normalised, de-duplicated phones of a request and how many entries were not phones.
 #[derive(Debug, PartialEq, Eq)]
@@ -157,7 +157,7 @@ pub async fn getcontacts(
         Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "cursor is not one this server gave"))?),
         None => None,
     };
-    let now = store::now();
+    let now = db.clock().now();
     // The next sync must see every change made after the first page was taken.
     let started = after.as_ref().map_or(now, |c| c.started);
     let query = SyncQuery {

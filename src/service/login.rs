@@ -175,7 +175,7 @@ impl LoginFlow {
             appid: appid.to_string(),
             otp_hash,
             challenge_sha256: otp::challenge_sha256(&challenge_id),
-            now: store::now(),
+            now: self.db.clock().now(),
             ttl_secs: self.otp_ttl_secs,
             resend_secs: self.otp_resend_secs,
         };
@@ -245,7 +245,8 @@ impl LoginFlow {
             // Spent only by a guess that could match a pending code: guesses that cannot
             // (another app, no code) must not lock the address's owner out.
             let admit = move || limits.verify_per_address.check(&owned);
-            let outcome = self.db.claim_code(guess, store::now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
+            let outcome =
+                self.db.claim_code(guess, self.db.clock().now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
             match outcome {
                 VerifyOutcome::Claimed => {}
                 VerifyOutcome::Refused(wait) => {
@@ -330,7 +331,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         }
     };
 
-    let now_ms = store::now_ms();
+    let now_ms = db.clock().now_ms();
     let completed = CompletedLogin {
         address: address.as_str().to_string(),
         uid: match &issued.uid {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::domain::account::Caller;
 use crate::domain::error::ApiError;
-use crate::store::{self, Db};
+use crate::store::Db;
 
 /// `op=logout`: ends the token's session, or with `all` every session of its user.
 /// An unknown or already ended token is not an error: the app's goal is reached.
@@ -18,7 +18,7 @@ pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map
 
 /// `op=devices`.
 pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
-    let sessions = db.sessions_of(caller.clone(), store::now()).await?;
+    let sessions = db.sessions_of(caller.clone(), db.clock().now()).await?;
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
     Ok(fields)

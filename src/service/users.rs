@@ -7,7 +7,7 @@ use crate::domain::account::{
     refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
 };
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::store::{self, Db};
+use crate::store::Db;
 
 /// `op=me`: the caller's own profile, with the upstream uid.
 pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
@@ -48,7 +48,7 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
         refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
     }
     let user_id = caller.user_id;
-    let updated = db.change_profile(user_id, change, store::now()).await?;
+    let updated = db.change_profile(user_id, change, db.clock().now()).await?;
     Ok(profile_reply(updated))
 }
 

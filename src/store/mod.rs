@@ -16,6 +16,7 @@ use std::time::Duration;
 use std::time::Instant;
 
 use crate::domain::account::{Evicted, OwnProfile};
+use crate::domain::clock::Clock;
 use crate::domain::error::ApiError;
 use crate::domain::keys::{MessageSeal, LEGACY_SETTING};
 use crate::domain::otp;
@@ -34,6 +35,8 @@ pub struct Db {
     reader_permits: tokio::sync::Semaphore,
     /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
     closed: AtomicBool,
+    /// The time that codes, claims, sessions and deliveries expire by.
+    clock: Clock,
 }
 
 /// Runs a job on the writer connection; answers `Err` if the job failed, or else a
@@ -127,13 +130,20 @@ impl Db {
     /// Opens the database file (created if missing), applies the schema, and opens
     /// the writer plus `readers` reader connections.
     pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
-        Db::open_after(path, readers, |_| Ok(()))
+        Db::open_after(path, readers, Clock::system(), |_| Ok(()))
     }
 
     /// [`Db::open`], leaving no secret in clear in the database (see
     /// [`remove_secrets_in_clear`]); `had_key` says that it holds a key an earlier release kept.
-    pub fn open_without_secrets(path: &str, readers: usize, seal: &MessageSeal, had_key: bool) -> Result<Arc<Db>, StorageError> {
-        Db::open_after(path, readers, |conn| remove_secrets_in_clear(conn, seal, had_key))
+    /// `clock` is the time the service's rules run on.
+    pub fn open_without_secrets(
+        path: &str,
+        readers: usize,
+        clock: Clock,
+        seal: &MessageSeal,
+        had_key: bool,
+    ) -> Result<Arc<Db>, StorageError> {
+        Db::open_after(path, readers, clock, |conn| remove_secrets_in_clear(conn, seal, had_key))
     }
 
     /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
@@ -141,6 +151,7 @@ impl Db {
     fn open_after(
         path: &str,
         readers: usize,
+        clock: Clock,
         startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
     ) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
@@ -172,7 +183,13 @@ impl Db {
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
             closed: AtomicBool::new(false),
+            clock,
         }))
+    }
+
+    /// The time that codes, claims, sessions and deliveries expire by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// Runs `f` on the writer connection and waits for it without blocking the async worker.

@@ -31,19 +31,15 @@ async fn a_login_that_cannot_be_recorded_answers_internal_and_the_code_works_aga
 
 #[actix_web::test]
 async fn a_claim_stranded_by_a_crash_frees_itself_after_its_deadline_and_not_before() {
-    let server = TestServer::start(&[("UPSTREAM_TIMEOUT_SECS", "2")]).await;
+    let server = TestServer::start_on_manual_clock(&[("UPSTREAM_TIMEOUT_SECS", "2")]).await;
     let code = server.start_login(PHONE).await;
     // A verify was exchanging the code when the process died: the claim is all that is left.
-    let claim = |seconds_ago: i64| {
-        server.db().execute("UPDATE otp_challenges SET claimed_at = strftime('%s','now') - ?1", [seconds_ago]).unwrap();
-    };
-    claim(0);
+    server.db().execute("UPDATE otp_challenges SET claimed_at = ?1", [server.clock.now()]).unwrap();
     assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
-    // The deadline is the upstream timeout (2 s) plus a margin of 30 s; the ages tested
-    // stay clear of it by seconds, so a slow machine cannot move them across.
-    claim(25);
+    // The deadline is the upstream timeout (2 s) plus a margin of 30 s.
+    server.clock.advance(std::time::Duration::from_secs(31));
     assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
-    claim(40);
+    server.clock.advance(std::time::Duration::from_secs(1));
     let (status, reply) = server.call(verify(PHONE, &code)).await;
     assert_eq!(status, 200, "{reply}");
     // Still never accepted twice.

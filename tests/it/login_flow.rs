@@ -76,12 +76,15 @@ async fn exhausted_attempts_kill_the_code() {
 
 #[actix_web::test]
 async fn expired_code_is_refused() {
-    let server = TestServer::start(&[]).await;
+    let server = TestServer::start_on_manual_clock(&[("OTP_TTL_SECS", "300")]).await;
     let code = server.start_login(PHONE).await;
-    // The code's lifetime ended a second ago.
-    server.db().execute("UPDATE otp_challenges SET expires_at = strftime('%s', 'now') - 1", []).unwrap();
+    let twin = server.start_login("18005550002").await;
+    // At its 299th second a code still works; at its 300th it is refused.
+    server.clock.advance(Duration::from_secs(299));
+    assert_eq!(server.call(verify("18005550002", &twin)).await.0, 200);
+    server.clock.advance(Duration::from_secs(1));
     assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
-    assert!(server.upstream.received().is_empty());
+    assert_eq!(server.upstream.received().len(), 1, "only the valid code reached upstream");
 }
 
 #[actix_web::test]

@@ -32,10 +32,11 @@ async fn every_session_op_needs_a_live_token() {
 
 #[actix_web::test]
 async fn an_expired_session_is_refused() {
-    let server = TestServer::start(&[]).await;
+    let server = TestServer::start_on_manual_clock(&[("TOKEN_EXPIRY_MINS", "60")]).await;
     let token = server.log_in(PHONE, None).await;
+    server.clock.advance(std::time::Duration::from_secs(3599));
     assert_ok(server.call_op("me", &token, json!({})).await);
-    server.db().execute("UPDATE sessions SET expires_at = strftime('%s','now') - 1", []).unwrap();
+    server.clock.advance(std::time::Duration::from_secs(1));
     assert_error(&server.call_op("me", &token, json!({})).await, 401, "AUTHFAIL");
 }
 

@@ -24,6 +24,7 @@ use tracing_subscriber::Layer;
 use otpgate::config::Config;
 use otpgate::delivery::courier::Courier;
 use otpgate::delivery::senders::{OtpMessage, OtpSender, SendError, Senders};
+use otpgate::domain::clock::Clock;
 use otpgate::{api::server, api::AppState};
 
 #[allow(unused_imports)]
@@ -81,6 +82,8 @@ pub struct TestServer {
     pub url: String,
     /// Tags every log line of this server (see [`TestServer::logs`]).
     id: u64,
+    /// The time the service's rules run on; `advance` it on a server started on a manual clock.
+    pub clock: Clock,
     pub upstream: Arc<FakeUpstream>,
     pub sender: Arc<RecordingSender>,
     pub dir: Arc<tempfile::TempDir>,
@@ -127,12 +130,28 @@ impl TestServer {
         Self::start_with(env, FakeUpstream::start(), dir, Delivery::Recording).await
     }
 
+    /// A fresh service whose rules run on a manual clock (see [`TestServer::clock`]).
+    pub async fn start_on_manual_clock(env: &[(&str, &str)]) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        Self::start_full(env, FakeUpstream::start(), dir, Delivery::Recording, Clock::manual()).await
+    }
+
     /// A service over a given database directory and upstream.
     pub async fn start_with(
         env: &[(&str, &str)],
         upstream: Arc<FakeUpstream>,
         dir: Arc<tempfile::TempDir>,
         delivery: Delivery,
+    ) -> TestServer {
+        Self::start_full(env, upstream, dir, delivery, Clock::system()).await
+    }
+
+    async fn start_full(
+        env: &[(&str, &str)],
+        upstream: Arc<FakeUpstream>,
+        dir: Arc<tempfile::TempDir>,
+        delivery: Delivery,
+        clock: Clock,
     ) -> TestServer {
         capture_logs();
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -146,7 +165,7 @@ impl TestServer {
             Delivery::Configured => otpgate::delivery::senders::build(&config).expect("senders build"),
             Delivery::Recording => Senders::all(sender.clone()),
         };
-        let state = web::Data::new(span.in_scope(|| AppState::new(&config, senders)).expect("service starts"));
+        let state = web::Data::new(span.in_scope(|| AppState::with_clock(&config, senders, clock.clone())).expect("service starts"));
         let outbox_task = actix_web::rt::spawn(state.outbox.clone().run().instrument(span.clone()));
         let courier = state.login.courier.clone();
         actix_web::rt::spawn(courier.clone().run().instrument(span.clone()));
@@ -167,7 +186,7 @@ impl TestServer {
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, id, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
+        TestServer { url, id, clock, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
     }
 
     /// Stops serving, sending notifications and the courier (queued messages stay in the database), as a process exit would.
