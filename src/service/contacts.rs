@@ -10,6 +10,7 @@ use crate::domain::account::Caller;
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::ratelimit::KeyedLimit;
+use crate::service::non_empty;
 use crate::store::contacts::SyncQuery;
 use crate::store::Db;
 
@@ -98,11 +99,6 @@ impl ContactLimits {
     }
 }
 
-/// A field that was sent and is not blank.
-fn present(field: Option<&str>) -> Option<&str> {
-    field.map(str::trim).filter(|value| !value.is_empty())
-}
-
 /// Where a paged sync continues: the time the first page was taken and the last entry sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Cursor {
@@ -145,15 +141,15 @@ pub async fn getcontacts(
     client_ip: &str,
     request: SyncRequest<'_>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let uploaded = match present(request.phones) {
+    let uploaded = match non_empty(request.phones) {
         Some(raw) => Some(parse_phones(raw, limits.max_per_request)?),
         None => None,
     };
-    let since = match present(request.ts) {
+    let since = match non_empty(request.ts) {
         Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new(ErrorCode::BadParam, "ts must be unix seconds"))?,
         None => 0,
     };
-    let after = match present(request.cursor) {
+    let after = match non_empty(request.cursor) {
         Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "cursor is not one this server gave"))?),
         None => None,
     };

@@ -21,6 +21,7 @@ use crate::domain::phone::PhonePolicy;
 use crate::domain::ratelimit::{KeyedLimit, Limits};
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
+use crate::service::non_empty;
 use crate::store::{self, CodeGuess, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 
 const MAX_ID_CHARS: usize = 128;
@@ -118,26 +119,26 @@ impl LoginFlow {
     }
 
     pub async fn login(&self, request: LoginRequest, client_ip: &str) -> Result<LoginOutcome, ApiError> {
-        let appid = non_empty(&request.appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
+        let appid = non_empty(request.appid.as_deref()).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
         if appid.chars().count() > MAX_ID_CHARS {
             return Err(ApiError::new(ErrorCode::BadParam, format!("appid must be at most {MAX_ID_CHARS} characters")));
         }
         refuse_control_characters("appid", appid)?;
         let (address, calling_code) = self.parse_address(&request)?;
-        match non_empty(&request.otp) {
-            None => self.start(appid, address, calling_code, non_empty(&request.captcha_token), client_ip).await,
+        match non_empty(request.otp.as_deref()) {
+            None => self.start(appid, address, calling_code, non_empty(request.captcha_token.as_deref()), client_ip).await,
             Some(code) => {
-                let name = non_empty(&request.name).unwrap_or("");
+                let name = non_empty(request.name.as_deref()).unwrap_or("");
                 if name.chars().count() > MAX_NAME_CHARS {
                     return Err(ApiError::new(ErrorCode::BadParam, format!("name must be at most {MAX_NAME_CHARS} characters")));
                 }
-                let device = non_empty(&request.device);
+                let device = non_empty(request.device.as_deref());
                 if device.is_some_and(|d| d.chars().count() > MAX_ID_CHARS) {
                     return Err(ApiError::new(ErrorCode::BadParam, format!("device must be at most {MAX_ID_CHARS} characters")));
                 }
                 refuse_control_characters("name", name)?;
                 refuse_control_characters("device", device.unwrap_or_default())?;
-                let guess = VerifyRequest { code, name, device, challenge: non_empty(&request.challenge) };
+                let guess = VerifyRequest { code, name, device, challenge: non_empty(request.challenge.as_deref()) };
                 self.verify(appid, address, calling_code, guess, client_ip).await
             }
         }
@@ -372,14 +373,10 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
     Ok(LoginOutcome::LoggedIn(Box::new(LoggedIn { address, issued, calling_code, profile })))
 }
 
-fn non_empty(value: &Option<String>) -> Option<&str> {
-    value.as_deref().map(str::trim).filter(|v| !v.is_empty())
-}
-
 impl LoginFlow {
     /// The address, and for phones their country calling code.
     fn parse_address(&self, request: &LoginRequest) -> Result<(Address, Option<u16>), ApiError> {
-        if let Some(phone) = non_empty(&request.phone) {
+        if let Some(phone) = non_empty(request.phone.as_deref()) {
             // Test numbers are sent nothing, so the SMS policy does not apply to them (and they may be fictional).
             if let Some(digits) = address::normalize_phone(phone).filter(|digits| self.test_otps.contains_key(digits)) {
                 return Ok((Address::Phone(digits), None));
@@ -387,7 +384,7 @@ impl LoginFlow {
             let phone = self.phones.check(phone)?;
             return Ok((Address::Phone(phone.digits), Some(phone.calling_code)));
         }
-        if let Some(email) = non_empty(&request.email) {
+        if let Some(email) = non_empty(request.email.as_deref()) {
             return address::normalize_email(email)
                 .map(|email| (Address::Email(email), None))
                 .ok_or_else(|| ApiError::new(ErrorCode::BadEmail, "email is not a valid e-mail address"));

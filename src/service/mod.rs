@@ -4,3 +4,8 @@ pub mod contacts;
 pub mod login;
 pub mod sessions;
 pub mod users;
+
+/// A request field that was sent and is not blank, trimmed.
+fn non_empty(field: Option<&str>) -> Option<&str> {
+    field.map(str::trim).filter(|value| !value.is_empty())
+}

@@ -554,13 +554,10 @@ fn closed() -> StorageError {
     StorageError::Closed
 }
 
+/// Wall-clock unix seconds, for what is not a rule's time (reply `ts`, markers, webhook
+/// signatures); the rules read [`Db::clock`].
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Unix milliseconds: orders sessions by last use and schedules courier attempts within a second.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    Clock::system().now()
 }
 
 /// A failed query: logged here, answered as `INTERNAL` (the details stay in the log).
