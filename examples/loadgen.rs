@@ -326,7 +326,7 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
     ])
     .expect("bench configuration");
     let sender = Arc::new(MemorySender::default());
-    let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).expect("service starts"));
+    let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).await.expect("service starts"));
     let server_state = state.clone();
     let server = HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
     let addr = server.addrs()[0];

@@ -23,7 +23,7 @@ async fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => return serve(config).await,
         Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
-        Command::Migrate => cli::migrate(&config).map_err(|e| (1, e)),
+        Command::Migrate { from_sqlite } => cli::migrate(&config, from_sqlite.as_deref()).await.map_err(|e| (1, e)),
         Command::SendTest { to } => cli::send_test(&config, &to).await.map_err(|e| (1, e)),
         Command::Healthcheck { path } => cli::healthcheck(&config, &path).await.map_err(|e| (1, e)),
     };
@@ -37,7 +37,11 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
-    let state = match senders::build(&config).and_then(|senders| AppState::new(&config, senders)) {
+    let senders = match senders::build(&config) {
+        Ok(senders) => senders,
+        Err(e) => return fail(CONFIG_ERROR, &e),
+    };
+    let state = match AppState::new(&config, senders).await {
         Ok(state) => web::Data::new(state),
         Err(e) => return fail(CONFIG_ERROR, &e),
     };

@@ -35,9 +35,14 @@ async fn counters_follow_what_happened() {
     let server = TestServer::start(&[("LIMIT_START_PER_PHONE_PER_HOUR", "1")]).await;
     let before = scrape(&server).await;
     // Every metric is exported before its first event, so dashboards and alerts see zeros.
-    for name in
-        ["otpgate_otp_issued_total", "otpgate_otp_expired_total", "otpgate_upstream_failures_total", "otpgate_db_pool_wait_seconds_count"]
-    {
+    for name in [
+        "otpgate_otp_issued_total",
+        "otpgate_otp_expired_total",
+        "otpgate_upstream_failures_total",
+        "otpgate_db_pool_wait_seconds_count",
+        "otpgate_redis_request_duration_seconds_count",
+        "otpgate_ratelimit_errors_total",
+    ] {
         assert!(before.contains_key(name), "{name} missing from {before:?}");
     }
 
@@ -55,8 +60,7 @@ async fn counters_follow_what_happened() {
     assert_error(&server.call(json!({ "op": "fly-18005550003", "appid": APPID })).await, 400, "BADOP");
     // A code nobody uses expires (here: its expiry moved into the past) and is counted when purged.
     server.start_login("18005550004").await;
-    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
-    db.execute("UPDATE otp_challenges SET expires_at = 0 WHERE address = '18005550004'", []).unwrap();
+    server.execute("UPDATE otp_challenges SET expires_at = 0 WHERE address = '18005550004'");
     server.state.housekeeping().await.unwrap();
 
     let after = scrape(&server).await;
@@ -84,6 +88,12 @@ async fn counters_follow_what_happened() {
         assert_eq!(delta(&before, &after, series), value, "{series}");
     }
     assert!(delta(&before, &after, "otpgate_db_pool_wait_seconds_count") >= 8.0);
+    // With Redis, each check of a limit that is on is one timed round trip.
+    let redis_checks = delta(&before, &after, "otpgate_redis_request_duration_seconds_count");
+    match common::backend::redis_url() {
+        Some(_) => assert!(redis_checks >= 2.0, "{redis_checks}"),
+        None => assert_eq!(redis_checks, 0.0),
+    }
     // Labels carry only known names: no phone, op text or code.
     let text = after.keys().cloned().collect::<Vec<_>>().join("\n");
     assert!(!text.contains("1800555000") && !text.contains("fly") && !text.contains(&code), "{text}");

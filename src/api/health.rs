@@ -1,6 +1,7 @@
 //! Probes: `/healthz` says the process is alive (no I/O: it is also the benchmark
-//! baseline), `/readyz` says it can serve logins (database writable and, when
-//! `READYZ_UPSTREAM_CACHE_SECS` is set, upstream reachable).
+//! baseline), `/readyz` says it can serve logins (database writable, the shared rate
+//! limits answering when `REDIS_URL` is set, and, when `READYZ_UPSTREAM_CACHE_SECS` is
+//! set, upstream reachable).
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::api::AppState;
 use crate::config::Config;
 
-/// A local SQLite write that takes longer than this means logins would stall too.
+/// A database write that takes longer than this means logins would stall too.
 const DATABASE_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub async fn healthz() -> HttpResponse {
@@ -26,12 +27,26 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         Some(probe) => Some(probe.check().await),
         None => None,
     };
-    let ready = database.is_ok() && upstream.as_ref().is_none_or(Result::is_ok);
+    let redis = match &state.shared_limits {
+        Some(shared) => Some(shared.ping().await.map_err(|e| format!("unreachable: {e}"))),
+        None => None,
+    };
+    // With RATE_LIMIT_ON_ERROR=allow requests are still served (unlimited); the check says so.
+    let redis_blocks = state.shared_limits.as_ref().is_some_and(|shared| !shared.allows_on_error());
+    let ready =
+        database.is_ok() && upstream.as_ref().is_none_or(Result::is_ok) && (!redis_blocks || redis.as_ref().is_none_or(Result::is_ok));
     let describe = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_string(),
         Err(why) => why.clone(),
     };
     let mut checks = json!({ "database": describe(&database) });
+    if let Some(redis) = &redis {
+        checks["redis"] = match redis {
+            Err(why) if !redis_blocks => format!("{why}; limits are not enforced (RATE_LIMIT_ON_ERROR=allow)"),
+            _ => describe(redis),
+        }
+        .into();
+    }
     if let Some(upstream) = &upstream {
         checks["upstream"] = describe(upstream).into();
     }

@@ -7,6 +7,7 @@ use crate::api::server::HttpSettings;
 use crate::delivery::outbox::Outbox;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
+use crate::domain::ratelimit::SharedLimits;
 use crate::service::contacts::ContactLimits;
 use crate::service::login::LoginFlow;
 use crate::store::Db;
@@ -18,6 +19,8 @@ pub struct AppState {
     /// What the login reply tells each app besides its token.
     pub apps: AppSettings,
     pub contact_limits: Arc<ContactLimits>,
+    /// The rate-limit buckets every instance shares (Redis), when configured.
+    pub shared_limits: Option<Arc<SharedLimits>>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.
     pub outbox: Arc<Outbox>,
     pub readiness: Readiness,

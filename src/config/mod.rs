@@ -12,6 +12,20 @@ pub struct Config {
     pub database_path: String,
     #[serde(default = "defaults::db_pool_size")]
     pub db_pool_size: usize,
+    /// `postgres://user:password@host/db`: keep the data in PostgreSQL, shared by several
+    /// instances; empty: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
+    #[serde(default)]
+    pub database_url: String,
+    /// `redis://host:6379`: keep every rate limit in Redis, shared by every instance;
+    /// empty: in each process's memory.
+    #[serde(default)]
+    pub redis_url: String,
+    /// Starts the name of every Redis key, so several services can share one Redis.
+    #[serde(default = "defaults::redis_prefix")]
+    pub redis_prefix: String,
+    /// What a limit does when Redis cannot be asked: `deny` (refuse with INTERNAL) or `allow`.
+    #[serde(default = "defaults::rate_limit_on_error")]
+    pub rate_limit_on_error: RateLimitOnError,
 
     /// Secret app token for the upstream `useradd` call. Never logged or returned.
     #[serde(default)]
@@ -369,6 +383,11 @@ pub struct CourierSettings {
     /// How long a login request waits for the first delivery attempt.
     #[serde(default = "defaults::courier_wait_ms")]
     pub wait_ms: u64,
+    /// How long a message being sent stays hidden from other senders; after a crash another
+    /// instance (or the restart) sends it once this has passed. 0: twice the slowest
+    /// provider timeout, at least a minute.
+    #[serde(default)]
+    pub lease_secs: u64,
 }
 
 impl Default for CourierSettings {
@@ -444,6 +463,14 @@ choice!(
     Mesibo = "mesibo",
     /// Boolean `result` and an HTTP status per error, for clients that prefer them.
     Json = "json",
+});
+
+choice!(
+    /// What a rate limit does when its shared store (Redis) cannot be asked, `RATE_LIMIT_ON_ERROR`.
+    RateLimitOnError, "RATE_LIMIT_ON_ERROR", "deny or allow", {
+    /// Refuse: an open limiter is an open SMS bill.
+    Deny = "deny",
+    Allow = "allow",
 });
 
 choice!(
@@ -568,6 +595,14 @@ mod defaults {
     pub fn database_path() -> String {
         "./otpgate.db".into()
     }
+    pub fn redis_prefix() -> String {
+        "otpgate".into()
+    }
+
+    pub fn rate_limit_on_error() -> super::RateLimitOnError {
+        super::RateLimitOnError::Deny
+    }
+
     pub fn db_pool_size() -> usize {
         4
     }
@@ -785,10 +820,41 @@ impl Config {
         if !self.otp.secret.is_empty() && !self.otp.secret_file.is_empty() {
             return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
         }
+        self.validate_shared_state()?;
         self.validate_addresses()?;
         self.validate_sessions()?;
         self.validate_operations()?;
         self.validate_fraud_defences()?;
+        Ok(())
+    }
+
+    /// DATABASE_URL and REDIS_URL, and what sharing a database asks of the secret.
+    fn validate_shared_state(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if !self.database_url.is_empty() {
+            let well_formed = reqwest::Url::parse(&self.database_url)
+                .is_ok_and(|url| matches!(url.scheme(), "postgres" | "postgresql") && url.host_str().is_some_and(|h| !h.is_empty()));
+            if !well_formed {
+                return bad("DATABASE_URL", "must be a URL such as postgres://otpgate:password@db.example.com/otpgate");
+            }
+            // Instances that hash codes with different keys would refuse each other's codes.
+            if self.otp.secret.is_empty() && self.otp.secret_file.is_empty() {
+                return bad(
+                    "DATABASE_URL",
+                    "needs OTP_SECRET or OTP_SECRET_FILE: every instance on one database must hash codes with the same key",
+                );
+            }
+        }
+        if !self.redis_url.is_empty() {
+            let well_formed = reqwest::Url::parse(&self.redis_url)
+                .is_ok_and(|url| matches!(url.scheme(), "redis" | "rediss") && url.host_str().is_some_and(|h| !h.is_empty()));
+            if !well_formed {
+                return bad("REDIS_URL", "must be a URL such as redis://127.0.0.1:6379");
+            }
+        }
+        if self.redis_prefix.trim().is_empty() || self.redis_prefix.contains(char::is_whitespace) {
+            return bad("REDIS_PREFIX", "must be a word without spaces");
+        }
         Ok(())
     }
 
@@ -862,6 +928,9 @@ impl Config {
             warnings.push(BUILTIN_UPSTREAM_WARNING);
         } else if self.app_token.is_empty() {
             warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
+        }
+        if !self.database_url.is_empty() && self.redis_url.is_empty() {
+            warnings.push("DATABASE_URL without REDIS_URL: rate limits and the SMS budget are kept per instance, so N instances allow N times as much; set REDIS_URL to share them");
         }
         if !self.otp.secret.is_empty() && self.otp.secret.expose().len() < MIN_OTP_SECRET_BYTES {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");

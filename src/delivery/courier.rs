@@ -16,6 +16,7 @@ use crate::delivery::senders::{OtpMessage, SendError, Senders};
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::metrics;
+use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::courier::{self as courier_rows, AttemptOutcome, Enqueued, QueuedMessage};
 use crate::store::{Db, NewChallenge, StorageError};
 
@@ -31,9 +32,9 @@ const KEEP_FINISHED_SECS: i64 = 7 * 24 * 3600;
 pub enum Dispatch {
     /// A code was sent moments ago; retry after this many seconds. Nothing was queued.
     TooSoon(u64),
-    /// `admit` refused the message (the SMS budget is spent); retry after this many seconds.
+    /// `admit` refused the message (the SMS budget is spent, or cannot be checked).
     /// Nothing was queued.
-    Refused(u64),
+    Refused(Refusal),
     Sent,
     /// The first attempt failed; it will be retried.
     Retrying,
@@ -89,7 +90,7 @@ impl Courier {
             max_attempts: config.courier.max_attempts,
             retry_base_ms: config.courier.retry_base_ms as i64,
             wait_first: Duration::from_millis(config.courier.wait_ms),
-            lease_ms: 2 * 1000 * slowest_secs as i64,
+            lease_ms: 1000 * if config.courier.lease_secs > 0 { config.courier.lease_secs } else { 2 * slowest_secs } as i64,
             wake: Notify::new(),
             stopped: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -108,7 +109,7 @@ impl Courier {
         self: &Arc<Self>,
         challenge: NewChallenge,
         message: OtpMessage,
-        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Dispatch, StorageError> {
         let lease_until = self.db.clock().now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
@@ -136,7 +137,8 @@ impl Courier {
         Ok(tokio::time::timeout(self.wait_first, answered).await.ok().and_then(Result::ok).unwrap_or(Dispatch::InFlight))
     }
 
-    /// The worker: sends due messages until [`Courier::stop`]. Run exactly one per database.
+    /// The worker: sends due messages until [`Courier::stop`]. One runs in every instance:
+    /// each takes rows under a lease, so no two send one message while its holder lives.
     pub async fn run(self: Arc<Self>) {
         while !self.stopped.load(Ordering::SeqCst) {
             let now = self.db.clock().now_ms();

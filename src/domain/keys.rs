@@ -35,12 +35,17 @@ pub enum KeySource {
 pub struct ServerKeys {
     pub hasher: OtpHasher,
     pub seal: MessageSeal,
+    /// Keys the shared rate-limit entries, so Redis holds no phone number or IP in clear
+    /// and every instance names one phone's entry alike.
+    pub limit_key: [u8; 32],
 }
 
 impl ServerKeys {
     pub fn from_secret(secret: &[u8]) -> ServerKeys {
         // The code hashes keep using the secret itself, so codes pending before an upgrade still verify.
-        ServerKeys { hasher: OtpHasher::new(secret), seal: MessageSeal::derive(secret) }
+        let mut limit_key = [0u8; 32];
+        Hkdf::<Sha256>::new(None, secret).expand(b"otpgate rate-limit key v1", &mut limit_key).expect("32 bytes is a valid HKDF length");
+        ServerKeys { hasher: OtpHasher::new(secret), seal: MessageSeal::derive(secret), limit_key }
     }
 }
 

@@ -67,6 +67,15 @@ pub static COURIER_QUEUE_DEPTH: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("otpgate_courier_queue_depth", "Code messages not yet delivered or given up (queued or in flight)"));
 pub static DB_POOL_WAIT: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_db_pool_wait_seconds", "Time spent waiting for a free database connection"));
+pub static REDIS_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
+    histogram("otpgate_redis_request_duration_seconds", "Latency of shared rate-limit checks in Redis, failed ones included")
+});
+pub static RATELIMIT_ERRORS: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter(
+        "otpgate_ratelimit_errors_total",
+        "Rate-limit checks the shared limiter (Redis) could not answer; RATE_LIMIT_ON_ERROR decided them",
+    )
+});
 
 /// Registers this module's metrics, so they are exported (at zero) before their first event.
 fn register_all() {
@@ -84,6 +93,8 @@ fn register_all() {
     LazyLock::force(&RATELIMIT_REJECTIONS);
     LazyLock::force(&DB_POOL_WAIT);
     LazyLock::force(&COURIER_QUEUE_DEPTH);
+    LazyLock::force(&REDIS_DURATION);
+    LazyLock::force(&RATELIMIT_ERRORS);
 }
 
 /// The registry in the Prometheus text format.

@@ -1,44 +1,173 @@
-//! Keyed rate limits (governor), one limiter per kind of key so that a busy
-//! IP cannot exhaust a phone's budget and one phone cannot exhaust an IP's.
+//! Keyed rate limits, one limiter per kind of key so that a busy IP cannot exhaust a
+//! phone's budget and one phone cannot exhaust an IP's. Each limit is a GCRA bucket
+//! (burst `n`, refilled evenly over its period): in this process's memory (governor),
+//! or, with `REDIS_URL`, in Redis, shared by every instance.
 
+use async_trait::async_trait;
 use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::metrics;
+
+/// Why a limit refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The key must wait this many seconds.
+    Wait(u64),
+    /// More at once than the whole budget: waiting never helps.
+    TooMany,
+    /// The shared limiter could not be asked and `RATE_LIMIT_ON_ERROR=deny`.
+    Unavailable,
+}
+
+impl From<Refusal> for ApiError {
+    fn from(refusal: Refusal) -> ApiError {
+        match refusal {
+            Refusal::Wait(wait) => ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")),
+            Refusal::TooMany => ApiError::new(ErrorCode::TooMany, "more at once than this limit ever allows"),
+            Refusal::Unavailable => unavailable(),
+        }
+    }
+}
+
+/// The answer while the shared limiter cannot be asked: an open limiter is an open SMS bill.
+pub fn unavailable() -> ApiError {
+    ApiError::new(ErrorCode::Internal, "rate limits cannot be checked right now; please retry shortly")
+}
+
+/// A limit check that may need a round trip (the shared limiter); a local one is ready at once.
+pub type Admission<E> = futures_util::future::BoxFuture<'static, Result<(), E>>;
+
+/// What a shared bucket answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Taken {
+    Yes,
+    /// Not before this long.
+    Wait(Duration),
+}
+
+/// Buckets every instance shares (Redis, in `store`).
+#[async_trait]
+pub trait SharedBuckets: Send + Sync {
+    /// Takes `n` from bucket `key` (capacity `burst`, one back every `per_unit`) in one
+    /// atomic step, or says how long until they would fit. `n` is at most `burst`.
+    async fn take(&self, key: &str, n: u32, per_unit: Duration, burst: u32) -> Result<Taken, String>;
+    /// Whether the buckets can be reached, for `/readyz`.
+    async fn ping(&self) -> Result<(), String>;
+}
+
+/// The shared buckets and what to do when they cannot be reached.
+pub struct SharedLimits {
+    buckets: Arc<dyn SharedBuckets>,
+    /// Keys entries by an HMAC of the limited key: the same on every instance, and no phone
+    /// number or IP address in clear in Redis.
+    key: [u8; 32],
+    /// `RATE_LIMIT_ON_ERROR=allow`: let a request through when the buckets cannot be asked.
+    allow_on_error: bool,
+    /// Set while the buckets fail, so the ERROR is logged once per episode, not per request.
+    failing: AtomicBool,
+}
+
+impl SharedLimits {
+    pub fn new(buckets: Arc<dyn SharedBuckets>, key: [u8; 32], allow_on_error: bool) -> Arc<SharedLimits> {
+        Arc::new(SharedLimits { buckets, key, allow_on_error, failing: AtomicBool::new(false) })
+    }
+
+    fn entry(&self, limit: &str, key: &str) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(limit.as_bytes());
+        mac.update(&[0]);
+        mac.update(key.as_bytes());
+        format!("{limit}:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    }
+
+    async fn take(&self, limit: &str, key: &str, n: u32, per_unit: Duration, burst: u32) -> Result<Taken, Refusal> {
+        let started = Instant::now();
+        let taken = self.buckets.take(&self.entry(limit, key), n, per_unit, burst).await;
+        metrics::REDIS_DURATION.observe(started.elapsed().as_secs_f64());
+        match taken {
+            Ok(taken) => {
+                if self.failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!("shared rate limits answer again");
+                }
+                Ok(taken)
+            }
+            Err(e) => {
+                metrics::RATELIMIT_ERRORS.inc();
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    let decision = if self.allow_on_error { "letting requests through unlimited" } else { "refusing limited requests" };
+                    tracing::error!("shared rate limits cannot be checked ({e}): {decision} until they answer (RATE_LIMIT_ON_ERROR)");
+                }
+                if self.allow_on_error {
+                    Ok(Taken::Yes)
+                } else {
+                    Err(Refusal::Unavailable)
+                }
+            }
+        }
+    }
+
+    /// `RATE_LIMIT_ON_ERROR=allow`.
+    pub fn allows_on_error(&self) -> bool {
+        self.allow_on_error
+    }
+
+    /// Asks the buckets for a sign of life; for `/readyz`.
+    pub async fn ping(&self) -> Result<(), String> {
+        self.buckets.ping().await
+    }
+}
 
 type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock>;
 
+/// The rule of a limit: a burst of `burst`, one back every `per_unit`.
+#[derive(Clone, Copy)]
+struct Rule {
+    per_unit: Duration,
+    burst: NonZeroU32,
+}
+
 /// Allows a burst of `n` per key, refilled evenly over an hour (or a day). `n = 0` disables the limit.
 pub struct KeyedLimit {
+    rule: Option<Rule>,
+    /// The buckets in this process; `None` when the limit is off or shared.
     limiter: Option<KeyedLimiter>,
+    shared: Option<Arc<SharedLimits>>,
     /// Keys are kept as 64-bit hashes under this per-process random key: a map holds every
     /// key seen within the period, and a phone's string makes its entry far larger.
     /// Two keys sharing a hash would share one budget; among a million keys that is
     /// vanishingly rare, and the random key stops anyone choosing keys that collide.
     hasher: RandomState,
-    /// The `limiter` label of `otpgate_ratelimit_rejections_total`.
+    /// The `limiter` label of `otpgate_ratelimit_rejections_total`, and the shared buckets' namespace.
     name: &'static str,
 }
 
 impl KeyedLimit {
     pub fn per_hour(n: u32) -> Self {
-        KeyedLimit {
-            limiter: NonZeroU32::new(n).map(|n| RateLimiter::keyed(Quota::per_hour(n))),
-            hasher: RandomState::new(),
-            name: "unnamed",
-        }
+        KeyedLimit::over(n, Duration::from_secs(3600))
     }
 
     pub fn per_day(n: u32) -> Self {
+        KeyedLimit::over(n, Duration::from_secs(24 * 3600))
+    }
+
+    fn over(n: u32, period: Duration) -> Self {
+        let rule = NonZeroU32::new(n).map(|burst| Rule { per_unit: (period / burst.get()).max(Duration::from_nanos(1)), burst });
         KeyedLimit {
-            limiter: NonZeroU32::new(n).map(|n| {
-                let every = Duration::from_secs(24 * 3600) / n.get();
-                RateLimiter::keyed(Quota::with_period(every.max(Duration::from_nanos(1))).expect("a positive period").allow_burst(n))
-            }),
+            rule,
+            limiter: rule
+                .map(|rule| RateLimiter::keyed(Quota::with_period(rule.per_unit).expect("a positive period").allow_burst(rule.burst))),
+            shared: None,
             hasher: RandomState::new(),
             name: "unnamed",
         }
@@ -49,41 +178,59 @@ impl KeyedLimit {
         KeyedLimit { name, ..self }
     }
 
-    /// `Err(seconds)` says how long the key must wait.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        let Some(limiter) = &self.limiter else { return Ok(()) };
-        limiter.check_key(&self.hasher.hash_one(key)).map_err(|not_until| {
-            crate::domain::metrics::RATELIMIT_REJECTIONS.with_label_values(&[self.name]).inc();
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
-            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-        })
-    }
-
-    /// Takes `n` at once. `Err(seconds)` says how long the key must wait; `Err(None)` that
-    /// `n` is more than the whole budget.
-    pub fn check_n(&self, key: &str, n: u32) -> Result<(), Option<u64>> {
-        let (Some(limiter), Some(n)) = (&self.limiter, NonZeroU32::new(n)) else { return Ok(()) };
-        let refused = |wait: Option<u64>| {
-            crate::domain::metrics::RATELIMIT_REJECTIONS.with_label_values(&[self.name]).inc();
-            Err(wait)
-        };
-        match limiter.check_key_n(&self.hasher.hash_one(key), n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                refused(Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)))
-            }
-            Err(_) => refused(None),
+    /// Keeps the buckets in `shared` (when given) instead of this process's memory.
+    pub fn shared(self, shared: Option<&Arc<SharedLimits>>) -> Self {
+        match shared {
+            Some(shared) => KeyedLimit { limiter: None, shared: Some(Arc::clone(shared)), ..self },
+            None => self,
         }
     }
 
-    /// Forgets keys whose budget is full again, so the maps do not grow without bound.
+    /// Takes one for `key`.
+    pub async fn check(&self, key: &str) -> Result<(), Refusal> {
+        self.check_n(key, 1).await
+    }
+
+    /// Takes `n` at once for `key`.
+    pub async fn check_n(&self, key: &str, n: u32) -> Result<(), Refusal> {
+        let (Some(rule), Some(n)) = (self.rule, NonZeroU32::new(n)) else { return Ok(()) };
+        let refused = |refusal: Refusal| {
+            if refusal != Refusal::Unavailable {
+                metrics::RATELIMIT_REJECTIONS.with_label_values(&[self.name]).inc();
+            }
+            Err(refusal)
+        };
+        if n > rule.burst {
+            return refused(Refusal::TooMany);
+        }
+        if let Some(shared) = &self.shared {
+            return match shared.take(self.name, key, n.get(), rule.per_unit, rule.burst.get()).await {
+                Ok(Taken::Yes) => Ok(()),
+                Ok(Taken::Wait(wait)) => refused(Refusal::Wait(whole_seconds(wait))),
+                Err(refusal) => refused(refusal),
+            };
+        }
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        match limiter.check_key_n(&self.hasher.hash_one(key), n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => refused(Refusal::Wait(whole_seconds(not_until.wait_time_from(DefaultClock::default().now())))),
+            Err(_) => refused(Refusal::TooMany),
+        }
+    }
+
+    /// Forgets keys whose budget is full again, so the maps do not grow without bound
+    /// (shared entries expire in Redis on their own).
     pub fn purge(&self) {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
     }
+}
+
+/// A wait rounded up to whole seconds, at least one.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 pub struct Limits {
@@ -94,12 +241,13 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> Self {
+        let limit = |n, name| KeyedLimit::per_hour(n).named(name).shared(shared);
         Limits {
-            start_per_address: KeyedLimit::per_hour(config.limit.start_per_phone_per_hour).named("start_per_address"),
-            start_per_ip: KeyedLimit::per_hour(config.limit.start_per_ip_per_hour).named("start_per_ip"),
-            verify_per_address: KeyedLimit::per_hour(config.limit.verify_per_phone_per_hour).named("verify_per_address"),
-            verify_per_ip: KeyedLimit::per_hour(config.limit.verify_per_ip_per_hour).named("verify_per_ip"),
+            start_per_address: limit(config.limit.start_per_phone_per_hour, "start_per_address"),
+            start_per_ip: limit(config.limit.start_per_ip_per_hour, "start_per_ip"),
+            verify_per_address: limit(config.limit.verify_per_phone_per_hour, "verify_per_address"),
+            verify_per_ip: limit(config.limit.verify_per_ip_per_hour, "verify_per_ip"),
         }
     }
 
@@ -114,33 +262,37 @@ impl Limits {
 mod tests {
     use super::*;
 
+    fn now<T>(future: impl std::future::Future<Output = T>) -> T {
+        futures_util::FutureExt::now_or_never(future).expect("a local limit answers at once")
+    }
+
     #[test]
     fn burst_then_refuse_with_wait_time() {
         let limit = KeyedLimit::per_hour(2);
-        assert_eq!(limit.check("a"), Ok(()));
-        assert_eq!(limit.check("a"), Ok(()));
-        let wait = limit.check("a").unwrap_err();
+        assert_eq!(now(limit.check("a")), Ok(()));
+        assert_eq!(now(limit.check("a")), Ok(()));
+        let Err(Refusal::Wait(wait)) = now(limit.check("a")) else { panic!("a third is refused") };
         assert!((1..=1800).contains(&wait), "refill of one in 30 minutes, got {wait}");
-        assert_eq!(limit.check("b"), Ok(()), "keys are independent");
+        assert_eq!(now(limit.check("b")), Ok(()), "keys are independent");
     }
 
     #[test]
     fn a_daily_limit_takes_many_at_once_and_refuses_more_than_is_left() {
         let limit = KeyedLimit::per_day(100);
-        assert_eq!(limit.check_n("a", 60), Ok(()));
-        let wait = limit.check_n("a", 60).unwrap_err().expect("the budget refills");
+        assert_eq!(now(limit.check_n("a", 60)), Ok(()));
+        let Err(Refusal::Wait(wait)) = now(limit.check_n("a", 60)) else { panic!("the budget refills") };
         // 20 of 100 are missing, at one per 864 s.
         assert!((17_000..=17_280).contains(&wait), "got {wait}");
-        assert_eq!(limit.check_n("a", 40), Ok(()), "what is left can still be taken");
-        assert_eq!(limit.check_n("b", 101), Err(None), "more than the whole budget never fits");
-        assert_eq!(KeyedLimit::per_day(0).check_n("a", 1_000_000), Ok(()));
+        assert_eq!(now(limit.check_n("a", 40)), Ok(()), "what is left can still be taken");
+        assert_eq!(now(limit.check_n("b", 101)), Err(Refusal::TooMany), "more than the whole budget never fits");
+        assert_eq!(now(KeyedLimit::per_day(0).check_n("a", 1_000_000)), Ok(()));
     }
 
     #[test]
     fn zero_disables() {
         let limit = KeyedLimit::per_hour(0);
         for _ in 0..100 {
-            assert_eq!(limit.check("a"), Ok(()));
+            assert_eq!(now(limit.check("a")), Ok(()));
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::domain::ratelimit::KeyedLimit;
+use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 
 pub struct SmsLimits {
     pub start_per_network: KeyedLimit,
@@ -22,14 +22,12 @@ pub struct SmsBudget {
 }
 
 impl SmsLimits {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> Self {
+        let limit = |n, name| KeyedLimit::per_hour(n).named(name).shared(shared);
         SmsLimits {
-            start_per_network: KeyedLimit::per_hour(config.limit.start_per_subnet_per_hour).named("start_per_network"),
-            start_per_calling_code: KeyedLimit::per_hour(config.limit.start_per_calling_code_per_hour).named("start_per_calling_code"),
-            budget: Arc::new(SmsBudget {
-                limit: KeyedLimit::per_hour(config.sms_budget_per_hour).named("sms_budget"),
-                spent: AtomicBool::new(false),
-            }),
+            start_per_network: limit(config.limit.start_per_subnet_per_hour, "start_per_network"),
+            start_per_calling_code: limit(config.limit.start_per_calling_code_per_hour, "start_per_calling_code"),
+            budget: Arc::new(SmsBudget { limit: limit(config.sms_budget_per_hour, "sms_budget"), spent: AtomicBool::new(false) }),
         }
     }
 
@@ -45,19 +43,20 @@ impl SmsLimits {
 }
 
 impl SmsBudget {
-    /// Takes one message from the budget, or says in how many seconds one is back.
-    pub fn spend(&self) -> Result<(), u64> {
-        match self.limit.check("") {
+    /// Takes one message from the budget (every instance's, when the limits are shared).
+    pub async fn spend(&self) -> Result<(), Refusal> {
+        match self.limit.check("").await {
             Ok(()) => {
                 self.spent.store(false, Ordering::Relaxed);
                 Ok(())
             }
-            Err(wait) => {
+            Err(Refusal::Wait(wait)) => {
                 if !self.spent.swap(true, Ordering::Relaxed) {
                     tracing::error!("SMS_BUDGET_PER_HOUR is spent: no SMS is sent until it refills (next in {wait} s)");
                 }
-                Err(wait)
+                Err(Refusal::Wait(wait))
             }
+            Err(refusal) => Err(refusal),
         }
     }
 }

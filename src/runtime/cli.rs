@@ -23,8 +23,14 @@ pub enum Command {
     Serve,
     /// Validate the environment and print the effective configuration as JSON, secrets redacted.
     CheckConfig,
-    /// Create or update the database schema at DATABASE_PATH, then exit.
-    Migrate,
+    /// Create or update the database schema (PostgreSQL at DATABASE_URL, or else the SQLite
+    /// file at DATABASE_PATH), then exit.
+    Migrate {
+        /// Then copy the users, sessions and contacts of this SQLite database into the
+        /// (empty) PostgreSQL database at DATABASE_URL.
+        #[arg(long, value_name = "PATH")]
+        from_sqlite: Option<String>,
+    },
     /// Send one test message through the configured sender.
     SendTest {
         /// Phone number (or e-mail address) to send to.
@@ -56,7 +62,7 @@ pub fn redacted_config(config: &Config) -> Value {
 }
 
 /// Drops `user:password@` and the query string, where gateways often take API keys.
-fn url_without_credentials(url: &str) -> String {
+pub fn url_without_credentials(url: &str) -> String {
     let without_query = url.split(['?', '#']).next().unwrap_or_default();
     match without_query.split_once("://") {
         Some((scheme, rest)) => {
@@ -80,10 +86,29 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }
 
-pub fn migrate(config: &Config) -> Result<String, String> {
-    let db = store::Db::open(&config.database_path, 1).map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
-    db.close().map_err(|e| format!("cannot close database {}: {e}", config.database_path))?;
-    Ok(format!("schema applied to {}", config.database_path))
+pub async fn migrate(config: &Config, from_sqlite: Option<&str>) -> Result<String, String> {
+    if config.database_url.is_empty() {
+        if from_sqlite.is_some() {
+            return Err("--from-sqlite copies into PostgreSQL: set DATABASE_URL".into());
+        }
+        let db = store::Db::open(&config.database_path, 1).map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        db.close().map_err(|e| format!("cannot close database {}: {e}", config.database_path))?;
+        return Ok(format!("schema applied to {}", config.database_path));
+    }
+    let target = url_without_credentials(&config.database_url);
+    let db = store::Db::connect_postgres(&config.database_url, 1, crate::domain::clock::Clock::system())
+        .await
+        .map_err(|e| format!("cannot open the PostgreSQL database at {target}: {e}"))?;
+    let mut done = format!("schema applied to {target}");
+    if let Some(path) = from_sqlite {
+        let imported = db.import_sqlite(path).await.map_err(|e| format!("cannot import {path}: {e}"))?;
+        done.push_str(&format!(
+            "; imported from {path}: {} users, {} sessions, {} contacts (pending codes and queued messages are not carried over)",
+            imported.users, imported.sessions, imported.contacts
+        ));
+    }
+    db.close().map_err(|e| e.to_string())?;
+    Ok(done)
 }
 
 pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {

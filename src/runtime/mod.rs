@@ -12,6 +12,7 @@ use crate::api::health::Readiness;
 use crate::api::server::HttpSettings;
 use crate::api::AppState;
 use crate::config::Config;
+use crate::config::RateLimitOnError;
 use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
 use crate::domain::app_settings::AppSettings;
@@ -19,32 +20,40 @@ use crate::domain::client_ip::TrustedProxies;
 use crate::domain::clock::Clock;
 use crate::domain::keys::{self, KeySource, ServerKeys};
 use crate::domain::metrics;
+use crate::domain::ratelimit::SharedLimits;
+use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
 use crate::service::login::LoginFlow;
+use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
 
 impl AppState {
     /// Opens the database and builds the login flow with the given senders
     /// (normally `senders::build(&config)`; tests pass a recording sender).
-    pub fn new(config: &Config, senders: Senders) -> Result<AppState, String> {
-        AppState::with_clock(config, senders, Clock::system())
+    pub async fn new(config: &Config, senders: Senders) -> Result<AppState, String> {
+        AppState::with_clock(config, senders, Clock::system()).await
     }
 
     /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
-    pub fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
-        let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
-            .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
-        let keys = server_keys(config, stored_key.as_deref())?;
-        let seal = keys.seal.clone();
-        let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &seal, stored_key.is_some())
-            .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
-        let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders)?;
+    pub async fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
+        let (db, keys) = open_database(config, clock).await?;
+        let shared_limits = match config.redis_url.as_str() {
+            "" => None,
+            url => {
+                let buckets = RedisBuckets::connect(url, &config.redis_prefix).await?;
+                let allow = config.rate_limit_on_error == RateLimitOnError::Allow;
+                tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={})", config.rate_limit_on_error.as_str());
+                Some(SharedLimits::new(Arc::new(buckets), keys.limit_key, allow))
+            }
+        };
+        let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         Ok(AppState {
             db,
             login,
             apps: AppSettings::from_config(config)?,
-            contact_limits: Arc::new(ContactLimits::from_config(config)),
+            contact_limits: Arc::new(ContactLimits::from_config(config, shared_limits.as_ref())),
+            shared_limits,
             outbox,
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
@@ -98,6 +107,24 @@ impl AppState {
         metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
         Ok(purged)
     }
+}
+
+/// Opens the database the configuration names (PostgreSQL at DATABASE_URL, or else the
+/// SQLite file at DATABASE_PATH) and finds the server keys.
+async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
+    if !config.database_url.is_empty() {
+        let keys = server_keys(config, None)?;
+        let db = Db::connect_postgres(&config.database_url, config.db_pool_size, clock)
+            .await
+            .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database_url)))?;
+        return Ok((db, keys));
+    }
+    let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
+        .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+    let keys = server_keys(config, stored_key.as_deref())?;
+    let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &keys.seal, stored_key.is_some())
+        .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+    Ok((db, keys))
 }
 
 /// Finds the server secret (see [`keys::load_secret`]) and says where it is.

@@ -9,7 +9,7 @@ use crate::config::Config;
 use crate::domain::account::Caller;
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::domain::ratelimit::KeyedLimit;
+use crate::domain::ratelimit::{Admission, KeyedLimit, Refusal, SharedLimits};
 use crate::service::non_empty;
 use crate::store::contacts::SyncQuery;
 use crate::store::Db;
@@ -65,17 +65,17 @@ pub struct ContactLimits {
 }
 
 impl ContactLimits {
-    pub fn from_config(config: &Config) -> ContactLimits {
+    pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> ContactLimits {
         ContactLimits {
             max_per_request: config.max_contacts_per_request,
             max_per_user: config.max_contacts_per_user,
-            new_per_user: KeyedLimit::per_day(config.limit.new_contacts_per_user_per_day).named("new_contacts_per_user"),
-            new_per_ip: KeyedLimit::per_day(config.limit.new_contacts_per_ip_per_day).named("new_contacts_per_ip"),
+            new_per_user: KeyedLimit::per_day(config.limit.new_contacts_per_user_per_day).named("new_contacts_per_user").shared(shared),
+            new_per_ip: KeyedLimit::per_day(config.limit.new_contacts_per_ip_per_day).named("new_contacts_per_ip").shared(shared),
         }
     }
 
     /// Admits an upload of `new` numbers that leaves the user with `stored` contacts.
-    fn admit(&self, user_id: i64, client_ip: &str, new: usize, stored: usize) -> Result<(), ApiError> {
+    async fn admit(&self, user_id: i64, client_ip: &str, new: usize, stored: usize) -> Result<(), ApiError> {
         if stored > self.max_per_user {
             let message = format!(
                 "a user keeps at most {} contacts and this upload would make {stored}; remove some with delcontacts, or upload the whole address book again with reset",
@@ -84,12 +84,17 @@ impl ContactLimits {
             return Err(ApiError::new(ErrorCode::TooMany, message));
         }
         let new = u32::try_from(new).unwrap_or(u32::MAX);
-        let refused = |wait: Option<u64>, whose: &str| match wait {
-            Some(wait) => ApiError::rate_limited(wait, format!("too many new numbers looked up {whose} today; retry in {wait} seconds")),
-            None => ApiError::new(ErrorCode::TooMany, format!("more new numbers in one upload than {whose} may look up in a day")),
+        let refused = |refusal: Refusal, whose: &str| match refusal {
+            Refusal::Wait(wait) => {
+                ApiError::rate_limited(wait, format!("too many new numbers looked up {whose} today; retry in {wait} seconds"))
+            }
+            Refusal::TooMany => {
+                ApiError::new(ErrorCode::TooMany, format!("more new numbers in one upload than {whose} may look up in a day"))
+            }
+            Refusal::Unavailable => refusal.into(),
         };
-        self.new_per_ip.check_n(client_ip, new).map_err(|wait| refused(wait, "from this address"))?;
-        self.new_per_user.check_n(&user_id.to_string(), new).map_err(|wait| refused(wait, "by this user"))?;
+        self.new_per_ip.check_n(client_ip, new).await.map_err(|refusal| refused(refusal, "from this address"))?;
+        self.new_per_user.check_n(&user_id.to_string(), new).await.map_err(|refusal| refused(refusal, "by this user"))?;
         Ok(())
     }
 
@@ -166,7 +171,7 @@ pub async fn getcontacts(
         now,
     };
     let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
-    let admit = move |new, stored| limits.admit(user_id, &client_ip, new, stored);
+    let admit = move |new, stored| -> Admission<ApiError> { Box::pin(async move { limits.admit(user_id, &client_ip, new, stored).await }) };
     let (page, more) = db.sync_contacts(query, admit).await??;
 
     let mut fields = Map::new();

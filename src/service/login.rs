@@ -18,7 +18,7 @@ use crate::domain::keys::ServerKeys;
 use crate::domain::metrics;
 use crate::domain::otp::{self, OtpHasher};
 use crate::domain::phone::PhonePolicy;
-use crate::domain::ratelimit::{KeyedLimit, Limits};
+use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLimits};
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
 use crate::service::non_empty;
@@ -91,7 +91,14 @@ pub struct LoginFlow {
 const CLAIM_MARGIN_SECS: u64 = 30;
 
 impl LoginFlow {
-    pub fn new(config: &Config, db: Arc<Db>, keys: &ServerKeys, senders: Senders) -> Result<Self, String> {
+    /// `shared` keeps the rate limits in buckets every instance shares (Redis).
+    pub fn new(
+        config: &Config,
+        db: Arc<Db>,
+        keys: &ServerKeys,
+        senders: Senders,
+        shared: Option<&Arc<SharedLimits>>,
+    ) -> Result<Self, String> {
         let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone(), keys.seal.clone()));
         let templates = Templates::from_config(config)?;
         templates.warn_if_over_one_segment(config.otp.length);
@@ -100,7 +107,7 @@ impl LoginFlow {
             hasher: keys.hasher.clone(),
             senders,
             upstream: Arc::new(Upstream::from_config(config)?),
-            limits: Arc::new(Limits::from_config(config)),
+            limits: Arc::new(Limits::from_config(config, shared)),
             test_otps: otp::test_codes(config.test_otps.expose())?,
             otp_length: config.otp.length,
             otp_ttl_secs: config.otp.ttl_secs as i64,
@@ -109,7 +116,7 @@ impl LoginFlow {
             require_challenge: config.require_challenge,
             templates,
             phones: PhonePolicy::from_config(config)?,
-            sms_limits: SmsLimits::from_config(config),
+            sms_limits: SmsLimits::from_config(config, shared),
             captcha: Captcha::from_config(config)?,
             courier,
             max_devices: config.max_devices,
@@ -155,14 +162,14 @@ impl LoginFlow {
         if self.senders.for_address(&address).is_none() {
             return Err(not_enabled(&address));
         }
-        check(&self.limits.start_per_ip, client_ip)?;
-        check(&self.sms_limits.start_per_network, &network_key(client_ip))?;
+        check(&self.limits.start_per_ip, client_ip).await?;
+        check(&self.sms_limits.start_per_network, &network_key(client_ip)).await?;
         if let Some(captcha) = &self.captcha {
             captcha.verify(captcha_token, client_ip).await?;
         }
-        check(&self.limits.start_per_address, address.as_str())?;
+        check(&self.limits.start_per_address, address.as_str()).await?;
         if let Some(code) = calling_code {
-            check(&self.sms_limits.start_per_calling_code, &code.to_string())?;
+            check(&self.sms_limits.start_per_calling_code, &code.to_string()).await?;
         }
         if self.test_otps.contains_key(address.as_str()) {
             return Ok(LoginOutcome::CodeSent { challenge: None });
@@ -183,13 +190,23 @@ impl LoginFlow {
         let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
         // Only SMS spends the global budget (e-mail costs nothing per message).
         let budget = calling_code.map(|_| self.sms_limits.budget());
-        let admit = move || budget.map_or(Ok(()), |budget| budget.spend());
+        let admit = move || -> Admission<Refusal> {
+            Box::pin(async move {
+                match budget {
+                    Some(budget) => budget.spend().await,
+                    None => Ok(()),
+                }
+            })
+        };
         match self.courier.store_and_send(challenge, message, admit).await.map_err(internal)? {
             Dispatch::TooSoon(wait) => {
                 metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
                 Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
             }
-            Dispatch::Refused(wait) => Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds"))),
+            Dispatch::Refused(Refusal::Wait(wait)) => {
+                Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds")))
+            }
+            Dispatch::Refused(refusal) => Err(refusal.into()),
             // The courier already logged why, and deleted the code nobody received.
             Dispatch::Failed => Err(ApiError::new(ErrorCode::SendFailed, "the code could not be delivered; please try again")),
             Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {
@@ -223,7 +240,7 @@ impl LoginFlow {
         if challenge.is_some_and(|c| c.len() > MAX_ID_CHARS) {
             return Err(ApiError::new(ErrorCode::BadParam, format!("challenge must be at most {MAX_ID_CHARS} characters")));
         }
-        check(&self.limits.verify_per_ip, client_ip)?;
+        check(&self.limits.verify_per_ip, client_ip).await?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
 
         let failed = |reason: &str, error: ApiError| {
@@ -231,7 +248,7 @@ impl LoginFlow {
             Err(error)
         };
         if let Some(fixed) = fixed {
-            check(&self.limits.verify_per_address, address.as_str())?;
+            check(&self.limits.verify_per_address, address.as_str()).await?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
                 return failed("wrong", ApiError::new(ErrorCode::BadCode, "wrong code"));
             }
@@ -245,14 +262,12 @@ impl LoginFlow {
             let (limits, owned) = (Arc::clone(&self.limits), address.as_str().to_string());
             // Spent only by a guess that could match a pending code: guesses that cannot
             // (another app, no code) must not lock the address's owner out.
-            let admit = move || limits.verify_per_address.check(&owned);
+            let admit = move || -> Admission<Refusal> { Box::pin(async move { limits.verify_per_address.check(&owned).await }) };
             let outcome =
                 self.db.claim_code(guess, self.db.clock().now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
             match outcome {
                 VerifyOutcome::Claimed => {}
-                VerifyOutcome::Refused(wait) => {
-                    return Err(ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")));
-                }
+                VerifyOutcome::Refused(refusal) => return Err(refusal.into()),
                 VerifyOutcome::NoCode => {
                     let why = "no valid code for this address (expired, already used, or never sent); request a new one";
                     return failed("no_code", ApiError::new(ErrorCode::BadCode, why));
@@ -400,8 +415,8 @@ fn not_enabled(address: &Address) -> ApiError {
     }
 }
 
-fn check(limit: &KeyedLimit, key: &str) -> Result<(), ApiError> {
-    limit.check(key).map_err(|wait| ApiError::rate_limited(wait, format!("too many requests; retry in {wait} seconds")))
+async fn check(limit: &KeyedLimit, key: &str) -> Result<(), ApiError> {
+    limit.check(key).await.map_err(ApiError::from)
 }
 
 fn internal(e: store::StorageError) -> ApiError {

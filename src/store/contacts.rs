@@ -5,6 +5,7 @@ use rusqlite::{params, Connection};
 
 use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
+use crate::domain::ratelimit::Admission;
 use crate::store::users::{profile_from_row, PROFILE_COLUMNS};
 use crate::store::{self, Db, StorageError};
 
@@ -94,13 +95,20 @@ impl Db {
     pub async fn sync_contacts(
         &self,
         query: SyncQuery,
-        admit: impl FnOnce(usize, usize) -> Result<(), ApiError> + Send + 'static,
+        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        self.call(move |conn| sync(conn, &query, admit)).await
+        if let Some(pg) = self.postgres() {
+            return pg.sync_contacts(query, admit).await;
+        }
+        let runtime = tokio::runtime::Handle::current();
+        self.call(move |conn| sync(conn, &query, |new, after| store::admitted(&runtime, admit(new, after)))).await
     }
 
     /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
     pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.remove_contacts(owner, phones_json).await;
+        }
         self.call(move |conn| remove(conn, owner, &phones_json)).await
     }
 }

@@ -6,6 +6,7 @@ use rusqlite::{params, Connection};
 
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
+use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::{self, Db, NewChallenge, StorageError};
 
 /// Rows claimed per round.
@@ -33,13 +34,20 @@ impl Db {
         challenge: NewChallenge,
         message: (String, String, Vec<u8>),
         lease_until: i64,
-        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Enqueued, StorageError> {
-        self.call(move |conn| enqueue(conn, &challenge, &message, lease_until, admit)).await
+        if let Some(pg) = self.postgres() {
+            return pg.enqueue_message(challenge, message, lease_until, admit).await;
+        }
+        let runtime = tokio::runtime::Handle::current();
+        self.call(move |conn| enqueue(conn, &challenge, &message, lease_until, || store::admitted(&runtime, admit()))).await
     }
 
     /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
     pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.claim_due_messages(seal, now_ms, lease_until).await;
+        }
         self.call(move |conn| claim_due(conn, &seal, now_ms, lease_until)).await
     }
 
@@ -52,11 +60,17 @@ impl Db {
         address: String,
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.record_attempt(id, attempts, outcome, address, otp_hash).await;
+        }
         self.call(move |conn| record_attempt(conn, id, attempts, &outcome, &address, &otp_hash)).await
     }
 
     /// Deletes finished rows created before `before` (unix seconds); returns how many.
     pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.purge_finished_messages(before).await;
+        }
         self.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
     }
 }
@@ -73,7 +87,7 @@ pub enum Enqueued {
     /// Stored, with the courier row's id.
     Stored(i64),
     TooSoon(u64),
-    Refused(u64),
+    Refused(Refusal),
 }
 
 /// What binds a sealed message to its row: it opens only for this address and code.
@@ -88,7 +102,7 @@ pub fn seal_message(seal: &MessageSeal, address: &str, otp: &str, text: &str, ot
 }
 
 /// The code and the text of a sealed message, or `None` when this key cannot open it.
-fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
+pub(in crate::store) fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
     let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
     let (otp, text) = plaintext.split_once('\n')?;
     Some((otp.to_string(), text.to_string()))
@@ -118,14 +132,14 @@ fn enqueue(
     challenge: &NewChallenge,
     (address, appid, sealed): &(String, String, Vec<u8>),
     lease_until: i64,
-    admit: impl FnOnce() -> Result<(), u64>,
+    admit: impl FnOnce() -> Result<(), Refusal>,
 ) -> rusqlite::Result<Enqueued> {
     if let Some(wait) = store::resend_wait(conn, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
     }
     // Checked before anything is written: a refusal leaves the previous code valid.
-    if let Err(wait) = admit() {
-        return Ok(Enqueued::Refused(wait));
+    if let Err(refusal) = admit() {
+        return Ok(Enqueued::Refused(refusal));
     }
     store::atomically(conn, |tx| {
         store::store_challenge(tx, challenge)?;

@@ -4,9 +4,12 @@
 pub mod allocator;
 pub mod contacts;
 pub mod courier;
+pub mod import;
 pub mod outbox;
+pub mod postgres;
 pub mod schema;
 pub mod sessions;
+pub mod shared_limits;
 pub mod users;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -20,6 +23,7 @@ use crate::domain::clock::Clock;
 use crate::domain::error::ApiError;
 use crate::domain::keys::{MessageSeal, LEGACY_SETTING};
 use crate::domain::otp;
+use crate::domain::ratelimit::{Admission, Refusal};
 
 /// All writes go to one connection owned by a dedicated thread, because SQLite admits
 /// one writer at a time: a queue in front of it is cheaper than SQLite's busy handler
@@ -28,6 +32,20 @@ use crate::domain::otp;
 /// savepoint of its own. Readers get their own pool and, thanks to WAL, never wait for
 /// the writer.
 pub struct Db {
+    backend: Backend,
+    /// The time that codes, claims, sessions and deliveries expire by.
+    clock: Clock,
+}
+
+/// Where the data lives: one SQLite file (one instance), or a PostgreSQL server that
+/// several instances share.
+enum Backend {
+    Sqlite(Sqlite),
+    Postgres(postgres::PgStore),
+}
+
+/// The SQLite connections: one writer thread, a pool of readers.
+struct Sqlite {
     writer: mpsc::Sender<WriterMessage>,
     readers: Mutex<Vec<Connection>>,
     reader_returned: Condvar,
@@ -35,8 +53,6 @@ pub struct Db {
     reader_permits: tokio::sync::Semaphore,
     /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
     closed: AtomicBool,
-    /// The time that codes, claims, sessions and deliveries expire by.
-    clock: Clock,
 }
 
 /// Runs a job on the writer connection; answers `Err` if the job failed, or else a
@@ -74,6 +90,10 @@ const STATEMENT_CACHE_CAPACITY: usize = 128;
 #[derive(Debug, Clone)]
 pub enum StorageError {
     Sqlite(Arc<rusqlite::Error>),
+    /// PostgreSQL's own error.
+    Postgres(Arc<tokio_postgres::Error>),
+    /// No connection could be had from the pool (the server is down or every one is busy).
+    Pool(String),
     /// Some errors (disk full, I/O) make SQLite roll back the whole group commit.
     RolledBack,
     /// The job panicked; the writer thread lives on.
@@ -89,10 +109,18 @@ impl From<rusqlite::Error> for StorageError {
     }
 }
 
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(Arc::new(e))
+    }
+}
+
 impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageError::Sqlite(e) => write!(f, "{e}"),
+            StorageError::Postgres(e) => write!(f, "{e}"),
+            StorageError::Pool(why) => write!(f, "no database connection: {why}"),
             StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
             StorageError::Panicked => f.write_str("database job panicked"),
             StorageError::Closed => f.write_str("the database is closed"),
@@ -105,6 +133,7 @@ impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StorageError::Sqlite(e) => Some(e.as_ref()),
+            StorageError::Postgres(e) => Some(e.as_ref()),
             _ => None,
         }
     }
@@ -177,14 +206,44 @@ impl Db {
             .name("otpgate-db-writer".into())
             .spawn(move || run_writer(writer, queue, checkpointer))
             .map_err(|e| StorageError::Thread(format!("cannot start the database writer: {e}")))?;
-        Ok(Arc::new(Db {
+        let sqlite = Sqlite {
             writer: messages,
             reader_permits: tokio::sync::Semaphore::new(readers.len()),
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
             closed: AtomicBool::new(false),
-            clock,
-        }))
+        };
+        Ok(Arc::new(Db { backend: Backend::Sqlite(sqlite), clock }))
+    }
+
+    /// Connects to the PostgreSQL server at `url` with a pool of `pool_size` connections
+    /// and applies the migrations it has not had yet.
+    pub async fn connect_postgres(url: &str, pool_size: usize, clock: Clock) -> Result<Arc<Db>, StorageError> {
+        let store = postgres::PgStore::connect(url, pool_size).await?;
+        Ok(Arc::new(Db { backend: Backend::Postgres(store), clock }))
+    }
+
+    /// The PostgreSQL store, when the data lives there.
+    fn postgres(&self) -> Option<&postgres::PgStore> {
+        match &self.backend {
+            Backend::Postgres(store) => Some(store),
+            Backend::Sqlite(_) => None,
+        }
+    }
+
+    fn sqlite(&self) -> Result<&Sqlite, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => Ok(sqlite),
+            Backend::Postgres(_) => Err(StorageError::Thread("a SQLite job was sent to the PostgreSQL store".into())),
+        }
+    }
+
+    /// Which backend holds the data, for logs and `/readyz`.
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
     }
 
     /// The time that codes, claims, sessions and deliveries expire by.
@@ -222,7 +281,8 @@ impl Db {
     where
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
     {
-        if self.closed.load(Ordering::SeqCst) {
+        let sqlite = self.sqlite()?;
+        if sqlite.closed.load(Ordering::SeqCst) {
             return Err(closed());
         }
         let queued = Instant::now();
@@ -244,22 +304,29 @@ impl Db {
                 }
             }
         });
-        self.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
+        sqlite.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
     }
 
     /// Closes the database at shutdown: finishes the queued writes, checkpoints the WAL
     /// into the database file and closes every connection (SQLite then removes the WAL).
     /// Later calls fail at once.
     pub fn close(&self) -> Result<(), StorageError> {
-        self.closed.store(true, Ordering::SeqCst);
-        self.reader_permits.close();
-        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
-        self.reader_returned.notify_all();
+        let sqlite = match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite,
+            Backend::Postgres(store) => {
+                store.close();
+                return Ok(());
+            }
+        };
+        sqlite.closed.store(true, Ordering::SeqCst);
+        sqlite.reader_permits.close();
+        let readers = std::mem::take(&mut *sqlite.readers.lock().unwrap_or_else(|p| p.into_inner()));
+        sqlite.reader_returned.notify_all();
         for conn in readers {
             conn.close().map_err(|(_, e)| StorageError::from(e))?;
         }
         let (done, result) = mpsc::channel();
-        self.writer.send(WriterMessage::Close(done)).map_err(|_| closed())?;
+        sqlite.writer.send(WriterMessage::Close(done)).map_err(|_| closed())?;
         result.recv().map_err(|_| closed())?
     }
 
@@ -272,7 +339,7 @@ impl Db {
         let pool_wait = crate::domain::metrics::DB_POOL_WAIT.start_timer();
         // No more blocking threads at a time than reader connections: the others would
         // only wait for a connection, each with its own stack and allocator arena.
-        let _permit = self.reader_permits.acquire().await.map_err(|_| closed())?;
+        let _permit = self.sqlite()?.reader_permits.acquire().await.map_err(|_| closed())?;
         let db = Arc::clone(self);
         tokio::task::spawn_blocking(move || db.blocking_read(f, pool_wait))
             .await
@@ -284,24 +351,25 @@ impl Db {
         f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>,
         pool_wait: prometheus::HistogramTimer,
     ) -> Result<R, StorageError> {
+        let sqlite = self.sqlite()?;
         let mut conn = {
-            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = sqlite.readers.lock().unwrap_or_else(|p| p.into_inner());
             loop {
-                if self.closed.load(Ordering::SeqCst) {
+                if sqlite.closed.load(Ordering::SeqCst) {
                     return Err(closed());
                 }
                 match idle.pop() {
                     Some(conn) => break conn,
                     // A permit usually means an idle connection, but a cancelled read gives its
                     // permit back while its blocking thread still holds the connection.
-                    None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
+                    None => idle = sqlite.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
                 }
             }
         };
         pool_wait.observe_duration();
         let result = f(&mut conn);
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        self.reader_returned.notify_one();
+        sqlite.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        sqlite.reader_returned.notify_one();
         Ok(result?)
     }
 }
@@ -520,6 +588,21 @@ fn commit_group(conn: &mut Connection, jobs: impl Iterator<Item = Job>) {
     }
 }
 
+/// Runs an admission check (a rate limit) inside a writer job. A local limit answers at
+/// once; a shared one (Redis) holds the writer for its round trip, driven by the runtime
+/// of the request that asked.
+pub(in crate::store) fn admitted<E>(runtime: &tokio::runtime::Handle, mut admission: Admission<E>) -> Result<(), E> {
+    // Inside the runtime's context: a shared check sets a timer on it.
+    let polled = {
+        let _context = runtime.enter();
+        futures_util::FutureExt::now_or_never(&mut admission)
+    };
+    match polled {
+        Some(answer) => answer,
+        None => runtime.block_on(admission),
+    }
+}
+
 /// Runs one statement from the statement cache: these run several times per request.
 fn run(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(|_| ())
@@ -659,8 +742,8 @@ pub enum VerifyOutcome {
     Wrong { left: u32 },
     /// Too many wrong guesses; the challenge is dead.
     TooManyAttempts,
-    /// `admit` refused the guess: retry after this many seconds. Nothing was evaluated.
-    Refused(u64),
+    /// `admit` refused the guess. Nothing was evaluated.
+    Refused(Refusal),
 }
 
 /// A guess at the pending code of `address`.
@@ -687,7 +770,7 @@ pub fn check_and_claim(
     now: i64,
     max_attempts: u32,
     claim_secs: i64,
-    admit: impl FnOnce() -> Result<(), u64>,
+    admit: impl FnOnce() -> Result<(), Refusal>,
 ) -> rusqlite::Result<VerifyOutcome> {
     let address = guess.address;
     atomically(conn, |tx| {
@@ -724,8 +807,8 @@ pub fn check_and_claim(
             return Ok(VerifyOutcome::TooManyAttempts);
         }
         if !bound {
-            if let Err(wait) = admit() {
-                return Ok(VerifyOutcome::Refused(wait));
+            if let Err(refusal) = admit() {
+                return Ok(VerifyOutcome::Refused(refusal));
             }
         }
         if otp::same(&challenge.otp_hash, guess.otp_hash) {
@@ -818,6 +901,9 @@ pub(in crate::store) fn complete_login(
 impl Db {
     /// Deletes the codes and sessions that expired before `now`; returns how many of each.
     pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.purge_expired(now).await;
+        }
         self.call(move |conn| {
             let codes = conn.prepare_cached("DELETE FROM otp_challenges WHERE expires_at <= ?1")?.execute([now])?;
             Ok((codes, sessions::purge_expired(conn, now)?))
@@ -827,6 +913,9 @@ impl Db {
 
     /// A real write, so readiness fails when the file is read-only, locked or full.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.probe_write().await;
+        }
         self.call(|conn| {
             conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;
             Ok(())
@@ -841,23 +930,33 @@ impl Db {
         now: i64,
         max_attempts: u32,
         claim_secs: i64,
-        admit: impl FnOnce() -> Result<(), u64> + Send + 'static,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.claim_code(guess, now, max_attempts, claim_secs, admit).await;
+        }
+        let runtime = tokio::runtime::Handle::current();
         self.call(move |conn| {
             let borrowed =
                 Guess { address: &guess.address, appid: &guess.appid, otp_hash: &guess.otp_hash, challenge_sha256: guess.challenge_sha256 };
-            check_and_claim(conn, &borrowed, now, max_attempts, claim_secs, admit)
+            check_and_claim(conn, &borrowed, now, max_attempts, claim_secs, || admitted(&runtime, admit()))
         })
         .await
     }
 
     /// Gives a claimed code back (see [`release_claim`]).
     pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.release_code(address, otp_hash).await;
+        }
         self.call(move |conn| release_claim(conn, &address, &otp_hash)).await
     }
 
     /// Records a completed login (see [`complete_login`]).
     pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.record_login(login, otp_hash).await;
+        }
         self.call(move |conn| complete_login(conn, &login, &otp_hash)).await
     }
 }

@@ -48,16 +48,25 @@ fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::
 impl Db {
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
     pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.take_next_notice(now, lease_secs).await;
+        }
         self.call(move |conn| take_next_due(conn, now, lease_secs)).await
     }
 
     /// Upstream took the notice: it is never sent again.
     pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.acknowledge_notice(id).await;
+        }
         self.call(move |conn| conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id]).map(|_| ())).await
     }
 
     /// A failed send: try again at `next_attempt_at` (unix seconds).
     pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.reschedule_notice(id, attempts, next_attempt_at, error).await;
+        }
         self.call(move |conn| {
             conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
                 .execute(params![id, attempts, next_attempt_at, error])

@@ -105,11 +105,17 @@ pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -
 impl Db {
     /// The live session of a token, marked used; `None` for an unknown or expired token.
     pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.authenticate(token_sha256, now_ms).await;
+        }
         self.call(move |conn| authenticate(conn, &token_sha256, now_ms)).await
     }
 
     /// Ends the token's session, or with `all` every session of its user; returns how many.
     pub async fn end_sessions(&self, token_sha256: String, all: bool) -> Result<usize, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.end_sessions(token_sha256, all).await;
+        }
         self.call(move |conn| match all {
             true => remove_all_of_user(conn, &token_sha256),
             false => remove(conn, &token_sha256).map(usize::from),
@@ -119,6 +125,9 @@ impl Db {
 
     /// The caller's live sessions (see [`list`]).
     pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.sessions_of(caller, now).await;
+        }
         self.read(move |conn| list(conn, &caller, now)).await
     }
 }

@@ -66,11 +66,17 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
 impl Db {
     /// The profile of a user.
     pub async fn profile_of(self: &Arc<Self>, user_id: i64) -> Result<Profile, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.profile_of(user_id).await;
+        }
         self.read(move |conn| profile(conn, user_id)).await
     }
 
     /// Applies a profile change and bumps `ts` (see [`update_profile`]).
     pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.change_profile(user_id, change, now).await;
+        }
         self.call(move |conn| update_profile(conn, user_id, &change, now)).await
     }
 }

@@ -17,7 +17,7 @@ fn phones_of(reply: &Value) -> Vec<String> {
 
 /// Moves every user's last change `secs` into the past, as if they joined earlier.
 fn age_users(server: &TestServer, secs: i64) {
-    server.db().execute("UPDATE users SET ts = ts - ?1", [secs]).unwrap();
+    server.execute(&format!("UPDATE users SET ts = ts - {secs}"));
 }
 
 #[actix_web::test]
@@ -97,18 +97,9 @@ async fn large_answers_come_in_pages_of_1000() {
     let server = TestServer::start(&[]).await;
     let ann = server.log_in(ANN, None).await;
     let phones: Vec<String> = (0..1005).map(|i| format!("1900555{i:04}")).collect();
-    {
-        let mut db = server.db();
-        let tx = db.transaction().unwrap();
-        for (i, phone) in phones.iter().enumerate() {
-            tx.execute(
-                "INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?1, 'u', 1, 1, ?2)",
-                rusqlite::params![phone, 1_000_000 + (i as i64 % 7)],
-            )
-            .unwrap();
-        }
-        tx.commit().unwrap();
-    }
+    let rows: Vec<String> =
+        phones.iter().enumerate().map(|(i, phone)| format!("('{phone}', '{phone}', 'u', 1, 1, {})", 1_000_000 + (i % 7))).collect();
+    server.execute(&format!("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES {}", rows.join(", ")));
     let first = assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": phones })).await);
     assert_eq!(first["contacts"].as_array().unwrap().len(), 1000);
     assert_eq!(first["more"], true);
@@ -149,7 +140,7 @@ async fn a_full_address_book_fits_in_one_request() {
     let book: Vec<String> = (0..5001).map(|i| format!("+1 (900) 555-{i:04}")).collect();
     let reply = assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": book[..5000] })).await);
     assert_eq!((&reply["invalid"], &reply["more"]), (&json!(0), &json!(false)));
-    let stored: i64 = server.db().query_row("SELECT count(*) FROM contacts", [], |r| r.get(0)).unwrap();
+    let stored = server.scalar("SELECT count(*) FROM contacts");
     assert_eq!(stored, 5000);
     assert_error(&server.call_op("getcontacts", &ann, json!({ "phones": book })).await, 413, "TOOMANY");
 }
@@ -185,7 +176,7 @@ async fn profile_changes_show_in_me_and_are_validated() {
 }
 
 fn stored_contacts(server: &TestServer) -> i64 {
-    server.db().query_row("SELECT count(*) FROM contacts", [], |r| r.get(0)).unwrap()
+    server.scalar("SELECT count(*) FROM contacts")
 }
 
 #[actix_web::test]

@@ -169,8 +169,6 @@ async fn an_undelivered_code_cannot_be_used() {
     let server = TestServer::start(&[]).await;
     server.sender.fail.store(true, Ordering::SeqCst);
     assert_error(&server.call(login(PHONE)).await, 502, "SENDFAILED");
-    let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
-    let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
-    assert_eq!(pending, 0, "no code is left valid that nobody received");
+    assert_eq!(server.scalar("SELECT count(*) FROM otp_challenges"), 0, "no code is left valid that nobody received");
     assert!(server.logs().contains("code not delivered"));
 }

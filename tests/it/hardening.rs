@@ -12,17 +12,24 @@ async fn a_login_that_cannot_be_recorded_answers_internal_and_the_code_works_aga
     let server = TestServer::start(&[]).await;
     let code = server.start_login(PHONE).await;
     // The database refuses the session row, as a full disk would refuse the write.
-    server
-        .db()
-        .execute_batch("CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;")
-        .unwrap();
+    let (refuse, allow) = match backend::on_postgres() {
+        true => (
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'disk full (test)'; END $$;
+             CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions FOR EACH ROW EXECUTE FUNCTION refuse();",
+            "DROP TRIGGER refuse_sessions ON sessions",
+        ),
+        false => (
+            "CREATE TRIGGER refuse_sessions BEFORE INSERT ON sessions BEGIN SELECT RAISE(ABORT, 'disk full (test)'); END;",
+            "DROP TRIGGER refuse_sessions",
+        ),
+    };
+    server.execute(refuse);
     let reply = server.call(verify(PHONE, &code)).await;
     assert_error(&reply, 503, "INTERNAL");
     assert!(reply.1.get("token").is_none(), "no token without its session: {}", reply.1);
-    let users: i64 = server.db().query_row("SELECT count(*) FROM users", [], |r| r.get(0)).unwrap();
-    assert_eq!(users, 0, "nothing of the failed login stayed");
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 0, "nothing of the failed login stayed");
 
-    server.db().execute_batch("DROP TRIGGER refuse_sessions").unwrap();
+    server.execute(allow);
     let (status, reply) = server.call(verify(PHONE, &code)).await;
     assert_eq!(status, 200, "the same code works on retry: {reply}");
     let token = reply["token"].as_str().unwrap();
@@ -34,7 +41,7 @@ async fn a_claim_stranded_by_a_crash_frees_itself_after_its_deadline_and_not_bef
     let server = TestServer::start_on_manual_clock(&[("UPSTREAM_TIMEOUT_SECS", "2")]).await;
     let code = server.start_login(PHONE).await;
     // A verify was exchanging the code when the process died: the claim is all that is left.
-    server.db().execute("UPDATE otp_challenges SET claimed_at = ?1", [server.clock.now()]).unwrap();
+    server.execute(&format!("UPDATE otp_challenges SET claimed_at = {}", server.clock.now()));
     assert_error(&server.call(verify(PHONE, &code)).await, 401, "BADCODE");
     // The deadline is the upstream timeout (2 s) plus a margin of 30 s.
     server.clock.advance(std::time::Duration::from_secs(31));
@@ -196,8 +203,8 @@ async fn of_200_concurrent_wrong_guesses_exactly_the_allowed_number_are_evaluate
         let counted = |error: &str| replies.iter().filter(|(_, reply)| reply["error"] == error).count();
         assert_eq!((counted("BADCODE"), counted("TOOMANYATTEMPTS")), (4, 196), "{challenge:?}");
     }
-    let (attempts, bound): (u32, u32) =
-        server.db().query_row("SELECT attempts, bound_attempts FROM otp_challenges", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (attempts, bound) =
+        (server.scalar("SELECT attempts FROM otp_challenges"), server.scalar("SELECT bound_attempts FROM otp_challenges"));
     assert_eq!((attempts, bound), (5, 5));
     assert_error(&server.call(verify(PHONE, &code)).await, 401, "TOOMANYATTEMPTS");
 }

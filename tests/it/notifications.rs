@@ -44,7 +44,7 @@ async fn a_first_login_tells_each_contact_once() {
     // A second login is not a first login; nothing is sent again.
     server.log_in(NEW, Some("tablet")).await;
     // Notices are queued in the login's own transaction: with the outbox empty, none is on its way.
-    let queued = || server.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap();
+    let queued = || server.scalar("SELECT count(*) FROM outbox");
     assert!(eventually(30, || queued() == 0).await, "acknowledged messages leave the outbox");
     assert_eq!(server.upstream.messages().len(), 2);
 }
@@ -59,12 +59,11 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     upstream.fail_messages(true);
     first.log_in(NEW, None).await;
     // Stop only once both failures are recorded (a stop mid-send leaves a lease to run out).
-    let failed = || first.db().query_row("SELECT count(*) FROM outbox WHERE attempts >= 1", [], |r| r.get::<_, i64>(0)).unwrap();
+    let failed = || first.scalar("SELECT count(*) FROM outbox WHERE attempts >= 1");
     assert!(eventually(30, || failed() == 2).await, "both sends were tried");
     first.stop().await;
     let tried = upstream.messages().len();
-    let (queued, attempts): (i64, i64) =
-        first.db().query_row("SELECT count(*), min(attempts) FROM outbox", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+    let (queued, attempts) = (first.scalar("SELECT count(*) FROM outbox"), first.scalar("SELECT min(attempts) FROM outbox"));
     assert_eq!(queued, 2, "failed messages stay queued");
     assert!(attempts >= 1);
 
@@ -72,14 +71,14 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     upstream.fail_messages(false);
     let second = TestServer::start_with(&env, upstream.clone(), dir.clone(), Delivery::Recording).await;
     assert!(eventually(30, || upstream.messages().len() >= tried + 2).await, "the queue is sent after the restart");
-    assert!(eventually(30, || second.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap() == 0).await);
+    assert!(eventually(30, || second.scalar("SELECT count(*) FROM outbox") == 0).await);
     let delivered = upstream.messages().len();
     assert_eq!(recipients(&upstream.messages()[tried..]), [ANN, BOB]);
     second.stop().await;
 
     // Acknowledged messages are never sent again, not even after another restart.
     let third = TestServer::start_with(&env, upstream.clone(), dir, Delivery::Recording).await;
-    let queued: i64 = third.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get(0)).unwrap();
+    let queued = third.scalar("SELECT count(*) FROM outbox");
     assert_eq!(queued, 0, "nothing is left to send");
     assert_eq!(upstream.messages().len(), delivered);
     third.stop().await;
@@ -93,7 +92,7 @@ async fn a_failed_notification_is_retried_until_upstream_takes_it() {
     server.log_in(NEW, None).await;
     assert!(eventually(30, || server.upstream.messages().len() >= 2).await, "both sends were tried");
     server.upstream.fail_messages(false);
-    let outbox = || server.db().query_row("SELECT count(*) FROM outbox", [], |r| r.get::<_, i64>(0)).unwrap();
+    let outbox = || server.scalar("SELECT count(*) FROM outbox");
     assert!(eventually(30, || outbox() == 0).await, "the retries went through");
     let messages = server.upstream.messages();
     assert!(messages.len() >= 4, "{messages:?}");
@@ -113,8 +112,7 @@ async fn shutdown_waits_for_a_notification_in_flight() {
     server.state.shutdown(std::time::Duration::from_secs(5)).await;
     // It was recorded as delivered before the database closed, and no other was started.
     assert_eq!(server.upstream.messages().len(), 1);
-    let left: Vec<String> =
-        server.db().prepare("SELECT recipient FROM outbox").unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    let left: Vec<String> = server.column("SELECT recipient FROM outbox");
     assert_eq!(left.len(), 1, "the other notice waits for the next start");
     assert_ne!(left[0], server.upstream.messages()[0]["to"].as_str().unwrap());
 }

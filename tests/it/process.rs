@@ -52,12 +52,24 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
         ("SMTP_PASSWORD", "smtp-pass-88"),
         ("TEST_OTPS", "18005550000:424242"),
         ("OTP_TTL_SECS", "120"),
+        ("DATABASE_URL", "postgres://otpgate:db-pass-44@db.example.com:5432/otpgate?sslmode=require"),
+        ("REDIS_URL", "redis://:redis-pass-33@cache.example.com:6379/0"),
     ];
     let output = run(otpgate(&["check-config"], &env)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let printed = text(&output.stdout);
-    for secret in [APP_TOKEN, "otp-secret-value-91", "gw-pass-55", "gw-key-66", "gw-bearer-77", "gw-body-key-99", "smtp-pass-88", "424242"]
-    {
+    for secret in [
+        APP_TOKEN,
+        "otp-secret-value-91",
+        "gw-pass-55",
+        "gw-key-66",
+        "gw-bearer-77",
+        "gw-body-key-99",
+        "smtp-pass-88",
+        "424242",
+        "db-pass-44",
+        "redis-pass-33",
+    ] {
         assert!(!printed.contains(secret), "{secret} printed: {printed}");
     }
     let config: Value = serde_json::from_str(&printed).unwrap();
@@ -66,6 +78,19 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
     assert_eq!(config["sms_http_url"], "https://sms.example.com/send");
     assert_eq!(config["otp_ttl_secs"], 120);
     assert_eq!(config["bind"], "127.0.0.1:8080", "defaults are shown");
+    assert_eq!(config["database_url"], "postgres://db.example.com:5432/otpgate");
+    assert_eq!(config["redis_url"], "redis://cache.example.com:6379/0");
+    // Checked before anything connects: the scheme, and the shared key several instances need.
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", "mysql://db/otpgate")])).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("DATABASE_URL must be a URL such as postgres://"), "{}", text(&output.stderr));
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", "postgres://db/otpgate")])).await;
+    assert!(text(&output.stderr).contains("needs OTP_SECRET or OTP_SECRET_FILE"), "{}", text(&output.stderr));
+    let output = run(otpgate(&["check-config"], &[("REDIS_URL", "127.0.0.1:6379")])).await;
+    assert!(text(&output.stderr).contains("REDIS_URL must be a URL"), "{}", text(&output.stderr));
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", "postgres://db/otpgate"), ("OTP_SECRET", "otp-secret-value-91")])).await;
+    assert!(output.status.success());
+    assert!(text(&output.stderr).contains("limits and the SMS budget are kept per instance"), "a warning without REDIS_URL");
 
     let output = run(otpgate(&["check-config"], &[("OTP_LENGTH", "3")])).await;
     assert_eq!(output.status.code(), Some(2));

@@ -44,16 +44,16 @@ async fn an_expired_session_is_refused() {
 async fn sessions_keep_only_a_token_hash_with_appid_device_and_expiry() {
     let server = TestServer::start(&[("TOKEN_EXPIRY_MINS", "60")]).await;
     let token = server.log_in(PHONE, Some("android-123")).await;
-    let (hash, appid, device, lifetime): (String, String, String, i64) = server
-        .db()
-        .query_row("SELECT token_sha256, appid, device, expires_at - created_at FROM sessions", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })
-        .unwrap();
+    let row = server.column("SELECT token_sha256 || ' ' || appid || ' ' || device || ' ' || (expires_at - created_at) FROM sessions");
+    let [hash, appid, device, lifetime]: [&str; 4] = row[0].split(' ').collect::<Vec<_>>().try_into().unwrap();
+    let lifetime: i64 = lifetime.parse().unwrap();
     assert_eq!(hash, hex::encode(Sha256::digest(token.as_bytes())));
-    assert_eq!((appid.as_str(), device.as_str()), (APPID, "android-123"));
+    assert_eq!((appid, device), (APPID, "android-123"));
     assert!((3599..=3601).contains(&lifetime), "expiry is the one asked of upstream: {lifetime}");
     server.stop().await;
+    if backend::on_postgres() {
+        return;
+    }
     for file in ["otpgate.db", "otpgate.db-wal"] {
         let bytes = std::fs::read(server.dir.path().join(file)).unwrap_or_default();
         assert!(!bytes.windows(token.len()).any(|w| w == token.as_bytes()), "the token is stored in {file}");

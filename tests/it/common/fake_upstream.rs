@@ -81,6 +81,8 @@ struct Shared {
     issued: AtomicU64,
     /// When set, `op:"message"` calls fail with HTTP 500 (useradd still works).
     fail_messages: AtomicBool,
+    /// When set, `op:"message"` calls are received and never answered.
+    hang_messages: AtomicBool,
 }
 
 impl FakeUpstream {
@@ -96,6 +98,7 @@ impl FakeUpstream {
             recording: AtomicBool::new(true),
             issued: AtomicU64::new(0),
             fail_messages: AtomicBool::new(false),
+            hang_messages: AtomicBool::new(false),
         });
         let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
         Arc::new(upstream.listen())
@@ -152,6 +155,12 @@ impl FakeUpstream {
         self.state.fail_messages.store(fail, Ordering::SeqCst);
     }
 
+    /// Makes `op:"message"` calls hang (useradd still works), as a platform that took the
+    /// request and never answered.
+    pub fn hang_messages(&self, hang: bool) {
+        self.state.hang_messages.store(hang, Ordering::SeqCst);
+    }
+
     /// Stops listening: calls now fail with "connection refused".
     pub async fn stop(&self) {
         let handle = self.handle.lock().unwrap().take();
@@ -187,6 +196,10 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
             platform(&body, &shared)
         }
         Mode::Hang => {
+            actix_web::rt::time::sleep(Duration::from_secs(24 * 3600)).await;
+            HttpResponse::GatewayTimeout().finish()
+        }
+        Mode::Useradd | Mode::Sequence(_) if shared.hang_messages.load(Ordering::SeqCst) && body.contains(r#""op":"message""#) => {
             actix_web::rt::time::sleep(Duration::from_secs(24 * 3600)).await;
             HttpResponse::GatewayTimeout().finish()
         }

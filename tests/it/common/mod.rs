@@ -2,6 +2,7 @@
 //! a recording sender and captured logs.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod fake_upstream;
 
 use actix_web::dev::ServerHandle;
@@ -92,6 +93,8 @@ pub struct TestServer {
     courier: Arc<Courier>,
     client: reqwest::Client,
     outbox_task: actix_web::rt::task::JoinHandle<()>,
+    /// The PostgreSQL database this server uses, when the suite runs on PostgreSQL.
+    database_url: Option<String>,
 }
 
 /// Settings every test starts from: limits and the resend interval off, so each
@@ -158,6 +161,18 @@ impl TestServer {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("test_server", test_server = id);
         let mut vars = base_env(&upstream, &dir);
+        let database_url = backend::postgres_url().map(|server| backend::database_for(&server, &dir));
+        if let Some(url) = &database_url {
+            vars.insert("DATABASE_URL".into(), url.clone());
+            if !env.iter().any(|(k, _)| k.starts_with("OTP_SECRET")) {
+                vars.insert("OTP_SECRET".into(), "a-test-secret-shared-by-instances".into());
+            }
+        }
+        if let Some(url) = backend::redis_url() {
+            vars.insert("REDIS_URL".into(), url);
+            // Keys of their own: tests run side by side on one Redis.
+            vars.insert("REDIS_PREFIX".into(), format!("otpgate-test-{}-{id}", std::process::id()));
+        }
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_vars(vars).expect("test configuration is valid");
         let sender = Arc::new(RecordingSender::default());
@@ -165,7 +180,8 @@ impl TestServer {
             Delivery::Configured => otpgate::delivery::senders::build(&config).expect("senders build"),
             Delivery::Recording => Senders::all(sender.clone()),
         };
-        let state = web::Data::new(span.in_scope(|| AppState::with_clock(&config, senders, clock.clone())).expect("service starts"));
+        let state =
+            web::Data::new(AppState::with_clock(&config, senders, clock.clone()).instrument(span.clone()).await.expect("service starts"));
         let outbox_task = actix_web::rt::spawn(state.outbox.clone().run().instrument(span.clone()));
         let courier = state.login.courier.clone();
         actix_web::rt::spawn(courier.clone().run().instrument(span.clone()));
@@ -186,7 +202,8 @@ impl TestServer {
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        TestServer { url, id, clock, upstream, sender, dir, state, handle, courier, client: reqwest::Client::new(), outbox_task }
+        let client = reqwest::Client::new();
+        TestServer { url, id, clock, upstream, sender, dir, state, handle, courier, client, outbox_task, database_url }
     }
 
     /// Stops serving, sending notifications and the courier (queued messages stay in the database), as a process exit would.
@@ -261,9 +278,56 @@ impl TestServer {
         self.call(request).await
     }
 
-    /// A direct connection to the service's database, for arranging and checking state.
+    /// A direct connection to the service's SQLite database, for what only SQLite has
+    /// (see [`backend::sqlite_only`]); [`TestServer::scalar`] and [`TestServer::execute`] work on both.
     pub fn db(&self) -> rusqlite::Connection {
+        assert!(self.database_url.is_none(), "db() opens the SQLite file; this server runs on PostgreSQL");
         rusqlite::Connection::open(self.dir.path().join("otpgate.db")).unwrap()
+    }
+
+    /// The integer a query answers (its first column of its first row), on either backend.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        match &self.database_url {
+            Some(url) => backend::run_sql(url, sql).first().cloned().flatten().map_or(0, |v| v.parse().expect("an integer")),
+            None => self.db().query_row(sql, [], |r| r.get::<_, Option<i64>>(0)).unwrap().unwrap_or(0),
+        }
+    }
+
+    /// The first column of every row a query answers, as text, on either backend.
+    pub fn column(&self, sql: &str) -> Vec<String> {
+        match &self.database_url {
+            Some(url) => backend::run_sql(url, sql).into_iter().map(Option::unwrap_or_default).collect(),
+            None => {
+                let db = self.db();
+                let mut query = db.prepare(sql).unwrap();
+                let rows = query.query_map([], |r| r.get::<_, rusqlite::types::Value>(0)).unwrap();
+                rows.map(|value| match value.unwrap() {
+                    rusqlite::types::Value::Integer(n) => n.to_string(),
+                    rusqlite::types::Value::Text(text) => text,
+                    other => format!("{other:?}"),
+                })
+                .collect()
+            }
+        }
+    }
+
+    /// Runs statements (SQL both backends understand) against the service's database.
+    pub fn execute(&self, sql: &str) {
+        match &self.database_url {
+            Some(url) => {
+                backend::run_sql(url, sql);
+            }
+            None => self.db().execute_batch(sql).unwrap(),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    /// The test's PostgreSQL database goes with the last server over its directory.
+    fn drop(&mut self) {
+        if let Some(server) = backend::postgres_url() {
+            backend::release(&server, &self.dir);
+        }
     }
 }
 
@@ -362,6 +426,15 @@ impl Write for LogCapture {
     }
 }
 
+/// DEBUG for everything, except what the service itself quiets (see `runtime::logging`).
+fn debug_but_quieted() -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::new("debug");
+    for directive in otpgate::runtime::logging::QUIETED {
+        filter = filter.add_directive(directive.parse().unwrap());
+    }
+    filter
+}
+
 fn capture_logs() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {
@@ -369,7 +442,7 @@ fn capture_logs() {
         tracing_subscriber::registry()
             .with(TagLayer)
             .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(|| LogCapture))
-            .with(tracing_subscriber::filter::LevelFilter::DEBUG)
+            .with(debug_but_quieted())
             .init();
     });
 }

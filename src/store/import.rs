@@ -1,0 +1,68 @@
+//! Moving an instance from its SQLite file to PostgreSQL (`otpgate migrate --from-sqlite`):
+//! users keep their ids, sessions (token hashes) stay valid and address books stay.
+//! Pending codes and queued messages are not carried over: they live minutes, and a user
+//! who was waiting for one asks again.
+
+use rusqlite::OpenFlags;
+
+use crate::store::{Db, StorageError};
+
+/// A user: (id, address, uid, name, status, photo, created_at, last_login, ts).
+pub type UserRow = (i64, String, String, String, String, String, i64, i64, i64);
+/// A session: (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at).
+pub type SessionRow = (String, i64, String, String, i64, i64, i64);
+
+/// The rows that move, read from the SQLite file.
+#[derive(Default)]
+pub struct Snapshot {
+    pub users: Vec<UserRow>,
+    pub sessions: Vec<SessionRow>,
+    /// (owner_id, phone, added_at)
+    pub contacts: Vec<(i64, String, i64)>,
+}
+
+/// What an import moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub users: usize,
+    pub sessions: usize,
+    pub contacts: usize,
+}
+
+/// Reads users, live sessions and contacts from the SQLite database at `path`, which is
+/// first brought to the latest schema (a file of an earlier release is upgraded).
+pub fn read_sqlite(path: &str, now: i64) -> Result<Snapshot, StorageError> {
+    if !std::path::Path::new(path).exists() {
+        return Err(StorageError::Thread(format!("{path} does not exist")));
+    }
+    Db::open(path, 1)?.close()?;
+    let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut snapshot = Snapshot::default();
+    let mut users = conn.prepare("SELECT id, address, uid, name, status, photo, created_at, last_login, ts FROM users ORDER BY id")?;
+    snapshot.users = users
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut sessions = conn
+        .prepare("SELECT token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at FROM sessions WHERE expires_at > ?1")?;
+    snapshot.sessions = sessions
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut contacts = conn.prepare("SELECT owner_id, phone, added_at FROM contacts")?;
+    snapshot.contacts = contacts.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(snapshot)
+}
+
+impl Db {
+    /// Copies what the SQLite database at `path` holds of users, sessions and contacts
+    /// into this PostgreSQL database, in one transaction; refused when it has users already.
+    pub async fn import_sqlite(&self, path: &str) -> Result<Imported, StorageError> {
+        let Some(pg) = self.postgres() else {
+            return Err(StorageError::Thread("importing a SQLite database needs DATABASE_URL (PostgreSQL)".into()));
+        };
+        let (path, now) = (path.to_string(), self.clock().now());
+        let snapshot = tokio::task::spawn_blocking(move || read_sqlite(&path, now))
+            .await
+            .map_err(|e| StorageError::Thread(format!("reading the SQLite database failed: {e}")))??;
+        pg.import(snapshot).await
+    }
+}

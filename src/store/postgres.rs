@@ -1,0 +1,1216 @@
+//! PostgreSQL storage, for several instances on one database.
+//!
+//! The same queries as the SQLite store, made safe for concurrent writers: what SQLite
+//! gets from its single writer, this gets from row locks (`FOR UPDATE`), `SKIP LOCKED`
+//! for work queues and purges, and transaction-scoped advisory locks.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use serde_json::{json, Value};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange};
+use crate::domain::address::Address;
+use crate::domain::error::ApiError;
+use crate::domain::keys::MessageSeal;
+use crate::domain::otp;
+use crate::domain::ratelimit::{Admission, Refusal};
+use crate::store::contacts::{SyncQuery, PAGE_SIZE};
+use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
+use crate::store::import::{Imported, SessionRow, Snapshot, UserRow};
+use crate::store::outbox::Pending;
+use crate::store::{CodeGuess, CompletedLogin, LoginRecord, NewChallenge, StorageError, VerifyOutcome};
+
+/// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
+const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/001_initial.sql"))];
+
+/// Key of the advisory lock that migrations take, so that instances starting together
+/// apply each step once.
+const MIGRATION_LOCK: i64 = 0x6f74_7067_6174_6501;
+
+/// Longest a request waits for a pooled connection, or for a new one to be opened:
+/// with the server down, requests fail instead of piling up.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool of connections to one PostgreSQL database, which other instances may share.
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` (TLS as its `sslmode` says: `prefer` when it says
+    /// nothing; see [`CertificateCheck`]) with up to `pool_size` connections, and applies
+    /// pending migrations.
+    pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore, StorageError> {
+        let store = PgStore::open(url, pool_size)?;
+        let applied = store.migrate().await?;
+        if !applied.is_empty() {
+            tracing::info!(?applied, "applied PostgreSQL schema migrations");
+        }
+        Ok(store)
+    }
+
+    /// The pool alone: no connection is made until one is asked for.
+    fn open(url: &str, pool_size: usize) -> Result<PgStore, StorageError> {
+        let (url, check) = tls_options(url);
+        let config = tokio_postgres::Config::from_str(&url)?;
+        let manager = Manager::from_config(config, tls(&check)?, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|e| StorageError::Pool(e.to_string()))?;
+        Ok(PgStore { pool })
+    }
+
+    /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
+    pub fn close(&self) {
+        self.pool.close();
+    }
+
+    /// A connection from the pool.
+    async fn client(&self) -> Result<Object, StorageError> {
+        let started = Instant::now();
+        let client = self.pool.get().await.map_err(|e| StorageError::Pool(with_causes(&e)))?;
+        crate::domain::metrics::DB_POOL_WAIT.observe(started.elapsed().as_secs_f64());
+        Ok(client)
+    }
+
+    /// Applies the migrations this database lacks; returns their versions. Each runs in a
+    /// transaction of its own under an advisory lock, and checks again under the lock
+    /// that no other instance applied it meanwhile.
+    pub async fn migrate(&self) -> Result<Vec<u32>, StorageError> {
+        let mut client = self.client().await?;
+        {
+            // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog.
+            let tx = client.transaction().await?;
+            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                     version    INTEGER PRIMARY KEY,
+                     name       TEXT NOT NULL,
+                     applied_at BIGINT NOT NULL -- unix seconds
+                 )",
+            )
+            .await?;
+            tx.commit().await?;
+        }
+        let mut applied = Vec::new();
+        for row in query(&client, "SELECT version FROM schema_migrations", &[]).await? {
+            applied.extend(u32::try_from(row.try_get::<_, i32>(0)?).ok());
+        }
+        let mut done = Vec::new();
+        for &(version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
+            let tx = client.transaction().await?;
+            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+            let number = int(version);
+            if query_opt(&tx, "SELECT 1 FROM schema_migrations WHERE version = $1", &[&number]).await?.is_some() {
+                continue;
+            }
+            tx.batch_execute(sql).await?;
+            execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &super::now()])
+                .await?;
+            tx.commit().await?;
+            done.push(version);
+        }
+        Ok(done)
+    }
+
+    /// Deletes the codes and sessions that expired before `now`; returns how many of each.
+    /// Rows another transaction holds are left for the next round, so purges running on
+    /// every instance never wait for each other or for a login.
+    pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
+        let client = self.client().await?;
+        let codes = execute(
+            &client,
+            "DELETE FROM otp_challenges WHERE address IN
+                 (SELECT address FROM otp_challenges WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+            &[&now],
+        )
+        .await?;
+        let sessions = execute(
+            &client,
+            "DELETE FROM sessions WHERE token_sha256 IN
+                 (SELECT token_sha256 FROM sessions WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+            &[&now],
+        )
+        .await?;
+        Ok((rows(codes), rows(sessions)))
+    }
+
+    /// A real write, so readiness fails when the database is read-only or unreachable.
+    pub async fn probe_write(&self) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        let value = super::now().to_le_bytes();
+        execute(
+            &client,
+            "INSERT INTO settings (key, value) VALUES ('readyz_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&&value[..]],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Checks a guess at a pending code and claims the code when it is right, like
+    /// [`check_and_claim`](crate::store::check_and_claim). The challenge row stays locked
+    /// from the read to the commit, so of concurrent right guesses exactly one claims it.
+    pub async fn claim_code(
+        &self,
+        guess: CodeGuess,
+        now: i64,
+        max_attempts: u32,
+        claim_secs: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<VerifyOutcome, StorageError> {
+        let mut client = self.client().await?;
+        // Returning without a commit rolls the transaction back, which releases the row.
+        let tx = client.transaction().await?;
+        let row = query_opt(
+            &tx,
+            "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts
+             FROM otp_challenges WHERE address = $1 FOR UPDATE",
+            &[&guess.address],
+        )
+        .await?;
+        let Some(row) = row else {
+            return Ok(VerifyOutcome::NoCode);
+        };
+        let (appid, otp_hash, expires_at): (String, Vec<u8>, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        let claimed_at: Option<i64> = row.try_get(4)?;
+        let stored_challenge: Option<Vec<u8>> = row.try_get(5)?;
+        let claimed = claimed_at.is_some_and(|at| at + claim_secs > now);
+        if expires_at <= now || claimed || appid != guess.appid {
+            return Ok(VerifyOutcome::NoCode);
+        }
+        let bound = match (&guess.challenge_sha256, &stored_challenge) {
+            (None, _) => false,
+            (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
+            (Some(_), _) => return Ok(VerifyOutcome::NoCode),
+        };
+        let attempts = counter(row.try_get(if bound { 6 } else { 3 })?);
+        if attempts >= max_attempts {
+            return Ok(VerifyOutcome::TooManyAttempts);
+        }
+        if !bound {
+            if let Err(refusal) = admit().await {
+                return Ok(VerifyOutcome::Refused(refusal));
+            }
+        }
+        if otp::same(&otp_hash, &guess.otp_hash) {
+            execute(&tx, "UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1", &[&guess.address, &now]).await?;
+            tx.commit().await?;
+            return Ok(VerifyOutcome::Claimed);
+        }
+        let count_it = if bound {
+            "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = $1"
+        } else {
+            "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = $1"
+        };
+        execute(&tx, count_it, &[&guess.address]).await?;
+        tx.commit().await?;
+        Ok(match max_attempts - attempts - 1 {
+            0 => VerifyOutcome::TooManyAttempts,
+            left => VerifyOutcome::Wrong { left },
+        })
+    }
+
+    /// Gives a claimed code back after the upstream call failed, so the same code works
+    /// again; a newer code for the address stays as it is.
+    pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        let hash: &[u8] = &otp_hash;
+        execute(&client, "UPDATE otp_challenges SET claimed_at = NULL WHERE address = $1 AND otp_hash = $2", &[&address, &hash]).await?;
+        Ok(())
+    }
+
+    /// Records the user and the session, queues joined notices for a first phone login,
+    /// and consumes the challenge, all in one transaction (see `complete_login`). The
+    /// user's row stays locked until the commit, so logins of one user run one at a time.
+    pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A changed name is a profile change: bump ts so contacts' next sync sees it.
+        let user = query_one(
+            &tx,
+            "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts) VALUES ($1, $2, $3, $4, $4, $4)
+             ON CONFLICT (address) DO UPDATE SET uid = excluded.uid, last_login = excluded.last_login,
+                 ts = CASE WHEN excluded.name <> '' AND excluded.name <> u.name THEN excluded.ts ELSE u.ts END,
+                 name = CASE WHEN excluded.name = '' THEN u.name ELSE excluded.name END
+             RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo",
+            &[&login.address, &login.uid, &login.name, &login.now],
+        )
+        .await?;
+        let (user_id, first_login): (i64, bool) = (user.try_get(0)?, user.try_get(1)?);
+        let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)? };
+        let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
+        if first_login && !login.address.contains('@') {
+            let payload = json!({ "type": "contact_joined", "phone": login.address, "name": login.name }).to_string();
+            let queued = execute(
+                &tx,
+                "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
+                 SELECT u.address, $3::text, $4::bigint, $4::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
+                 WHERE c.phone = $2 AND u.id <> $1 ORDER BY u.id",
+                &[&user_id, &login.address, &payload, &login.now],
+            )
+            .await?;
+            record.notified = rows(queued);
+        }
+        if !first_login {
+            // Expired sessions count against no limit.
+            execute(&tx, "DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2", &[&user_id, &(login.now_ms / 1000)]).await?;
+            if !login.device.is_empty() {
+                execute(
+                    &tx,
+                    "DELETE FROM sessions WHERE user_id = $1 AND appid = $2 AND device = $3",
+                    &[&user_id, &login.appid, &login.device],
+                )
+                .await?;
+            }
+        }
+        execute(
+            &tx,
+            "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (token_sha256) DO UPDATE SET user_id = excluded.user_id, appid = excluded.appid, device = excluded.device,
+                 created_at = excluded.created_at, last_seen_ms = excluded.last_seen_ms, expires_at = excluded.expires_at",
+            &[&login.token_sha256, &user_id, &login.appid, &login.device, &(login.now_ms / 1000), &login.now_ms, &login.expires_at],
+        )
+        .await?;
+        // A new user id has no other session: nothing to evict.
+        if !first_login {
+            let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
+            let sessions: i64 = query_one(&tx, "SELECT count(*) FROM sessions WHERE user_id = $1", &[&user_id]).await?.try_get(0)?;
+            if sessions > max_devices {
+                let evicted = query(
+                    &tx,
+                    "DELETE FROM sessions WHERE token_sha256 IN (
+                         SELECT token_sha256 FROM sessions WHERE user_id = $1
+                         ORDER BY token_sha256 = $2 DESC, last_seen_ms DESC OFFSET $3)
+                     RETURNING appid, device",
+                    &[&user_id, &login.token_sha256, &max_devices],
+                )
+                .await?;
+                record.evicted = evicted
+                    .iter()
+                    .map(|r| Ok(Evicted { appid: r.try_get(0)?, device: r.try_get(1)? }))
+                    .collect::<Result<_, tokio_postgres::Error>>()?;
+            }
+        }
+        let hash: &[u8] = &otp_hash;
+        execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&login.address, &hash]).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    /// The live session of a token, marked used; `None` for an unknown or expired token.
+    pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "UPDATE sessions SET last_seen_ms = $2 WHERE token_sha256 = $1 AND expires_at > $3 RETURNING user_id",
+            &[&token_sha256, &now_ms, &(now_ms / 1000)],
+        )
+        .await?;
+        Ok(match row {
+            Some(row) => Some(Caller { user_id: row.try_get(0)?, token_sha256 }),
+            None => None,
+        })
+    }
+
+    /// Ends the token's session, or with `all` every session of its user; returns how many.
+    pub async fn end_sessions(&self, token_sha256: String, all: bool) -> Result<usize, StorageError> {
+        let client = self.client().await?;
+        let sql = match all {
+            true => "DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = $1)",
+            false => "DELETE FROM sessions WHERE token_sha256 = $1",
+        };
+        Ok(rows(execute(&client, sql, &[&token_sha256]).await?))
+    }
+
+    /// The caller's live sessions, most recently used first, as reply entries (no tokens).
+    pub async fn sessions_of(&self, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+        let client = self.client().await?;
+        let found = query(
+            &client,
+            "SELECT device, appid, created_at, last_seen_ms, token_sha256 = $2 FROM sessions
+             WHERE user_id = $1 AND expires_at > $3 ORDER BY last_seen_ms DESC",
+            &[&caller.user_id, &caller.token_sha256, &now],
+        )
+        .await?;
+        let entries = found.iter().map(|r| {
+            Ok(json!({
+                "device": r.try_get::<_, String>(0)?,
+                "appid": r.try_get::<_, String>(1)?,
+                "created": r.try_get::<_, i64>(2)?,
+                "last_seen": r.try_get::<_, i64>(3)? / 1000,
+                "current": r.try_get::<_, bool>(4)?,
+            }))
+        });
+        Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
+    /// The profile of a user.
+    pub async fn profile_of(&self, user_id: i64) -> Result<Profile, StorageError> {
+        let client = self.client().await?;
+        let row = query_one(&client, "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM users u WHERE u.id = $1", &[&user_id])
+            .await?;
+        Ok(profile_from_row(&row)?)
+    }
+
+    /// Applies a profile change and bumps `ts`; returns the new profile.
+    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
+        let client = self.client().await?;
+        let row = query_one(
+            &client,
+            "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo), ts = $5
+             WHERE u.id = $1 RETURNING u.address, u.uid, u.name, u.status, u.photo, u.ts",
+            &[&user_id, &change.name, &change.status, &change.photo, &now],
+        )
+        .await?;
+        Ok(profile_from_row(&row)?)
+    }
+
+    /// Records uploaded phones as contacts and returns one page of matching users (never
+    /// the caller), ordered by (ts, address), plus whether more follow (see `contacts::sync`).
+    /// `admit` sees how many uploaded phones are not yet contacts and how many contacts
+    /// the upload leaves, before anything is written.
+    pub async fn sync_contacts(
+        &self,
+        q: SyncQuery,
+        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
+        let phones = q.phones.as_deref().map(phone_list).transpose()?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        if phones.is_some() || q.reset {
+            // Two syncs of one user count and write one after the other.
+            execute(&tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&q.owner]).await?;
+        }
+        if let Some(phones) = &phones {
+            // Known before a reset stays known: uploading the same book again costs nothing.
+            let counts = query_one(
+                &tx,
+                "SELECT (SELECT count(*) FROM contacts WHERE owner_id = $1), count(*),
+                    count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = $1 AND c.phone = j.value))
+                 FROM unnest($2::text[]) AS j(value)",
+                &[&q.owner, phones],
+            )
+            .await?;
+            let count = |i: usize| counts.try_get::<_, i64>(i).map(|n| usize::try_from(n).unwrap_or(0));
+            let (stored, uploaded, new) = (count(0)?, count(1)?, count(2)?);
+            let after = if q.reset { uploaded } else { stored + new };
+            // Returning rolls the transaction back: nothing was written.
+            if let Err(refused) = admit(new, after).await {
+                return Ok(Err(refused));
+            }
+        }
+        if q.reset {
+            execute(&tx, "DELETE FROM contacts WHERE owner_id = $1", &[&q.owner]).await?;
+        }
+        if let Some(phones) = &phones {
+            execute(
+                &tx,
+                "INSERT INTO contacts (owner_id, phone, added_at) SELECT $1::bigint, p, $2::bigint FROM unnest($3::text[]) AS p
+                 ON CONFLICT DO NOTHING",
+                &[&q.owner, &q.now, phones],
+            )
+            .await?;
+        }
+        let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |(ts, address)| (*ts, address.as_str()));
+        let limit = i64::try_from(PAGE_SIZE + 1).unwrap_or(i64::MAX);
+        let found = match &phones {
+            Some(phones) => {
+                query(
+                    &tx,
+                    "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM users u
+                     WHERE u.address = ANY($1::text[]) AND u.id <> $2 AND (u.ts, u.address) > ($3::bigint, $4::text)
+                     ORDER BY u.ts, u.address LIMIT $5",
+                    &[phones, &q.owner, &after_ts, &after_address, &limit],
+                )
+                .await?
+            }
+            None => {
+                query(
+                    &tx,
+                    "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM contacts c JOIN users u ON u.address = c.phone
+                     WHERE c.owner_id = $1 AND u.id <> $1 AND u.ts >= $2 AND (u.ts, u.address) > ($3::bigint, $4::text)
+                     ORDER BY u.ts, u.address LIMIT $5",
+                    &[&q.owner, &q.since, &after_ts, &after_address, &limit],
+                )
+                .await?
+            }
+        };
+        tx.commit().await?;
+        let mut page = found.iter().map(profile_from_row).collect::<Result<Vec<_>, _>>()?;
+        let more = page.len() > PAGE_SIZE;
+        page.truncate(PAGE_SIZE);
+        Ok(Ok((page, more)))
+    }
+
+    /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
+    pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
+        let phones = phone_list(&phones_json)?;
+        let client = self.client().await?;
+        Ok(rows(execute(&client, "DELETE FROM contacts WHERE owner_id = $1 AND phone = ANY($2::text[])", &[&owner, &phones]).await?))
+    }
+
+    /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
+    /// A notice another instance is taking at this moment is skipped, not waited for.
+    pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
+        let client = self.client().await?;
+        let row = query_opt(
+            &client,
+            "UPDATE outbox SET next_attempt_at = $2 WHERE id =
+                 (SELECT id FROM outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, recipient, payload, attempts",
+            &[&now, &(now + lease_secs)],
+        )
+        .await?;
+        Ok(match row {
+            Some(r) => {
+                Some(Pending { id: r.try_get(0)?, recipient: r.try_get(1)?, payload: r.try_get(2)?, attempts: counter(r.try_get(3)?) })
+            }
+            None => None,
+        })
+    }
+
+    /// Upstream took the notice: it is never sent again.
+    pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        execute(&client, "DELETE FROM outbox WHERE id = $1", &[&id]).await?;
+        Ok(())
+    }
+
+    /// A failed send: try again at `next_attempt_at` (unix seconds).
+    pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1",
+            &[&id, &int(attempts), &next_attempt_at, &error],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
+    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
+    /// a new code, before anything is written. An advisory lock on the address makes
+    /// concurrent starts for it take turns, so the resend window holds across instances.
+    pub async fn enqueue_message(
+        &self,
+        challenge: NewChallenge,
+        message: (String, String, Vec<u8>),
+        lease_until: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<Enqueued, StorageError> {
+        let c = &challenge;
+        let (address, appid, sealed) = &message;
+        let mut client = self.client().await?;
+        // Returning without a commit rolls the transaction back and releases the lock.
+        let tx = client.transaction().await?;
+        execute(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&c.address]).await?;
+        let previous = query_opt(&tx, "SELECT created_at FROM otp_challenges WHERE address = $1", &[&c.address]).await?;
+        if let Some(previous) = previous {
+            let wait = previous.try_get::<_, i64>(0)? + c.resend_secs - c.now;
+            if wait > 0 {
+                return Ok(Enqueued::TooSoon(wait as u64));
+            }
+        }
+        // Checked before anything is written: a refusal leaves the previous code valid.
+        if let Err(refusal) = admit().await {
+            return Ok(Enqueued::Refused(refusal));
+        }
+        let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
+        let expires_at = c.now + c.ttl_secs;
+        execute(
+            &tx,
+            "INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+             VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
+             ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
+                 created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
+                 challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0",
+            &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256],
+        )
+        .await?;
+        let id: i64 = query_one(
+            &tx,
+            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
+             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING id",
+            &[address, appid, &otp_hash, sealed, &lease_until, &expires_at, &c.now],
+        )
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(Enqueued::Stored(id))
+    }
+
+    /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. Rows another
+    /// instance is claiming are skipped, so no row is handed out twice. A message the key
+    /// cannot open (the key changed since it was queued) fails for good.
+    pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A code that was used, replaced by a newer one or expired is not worth an SMS.
+        execute(
+            &tx,
+            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
+             WHERE id IN (SELECT id FROM courier WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > $1) FOR UPDATE SKIP LOCKED)",
+            &[&(now_ms / 1000)],
+        )
+        .await?;
+        let batch_size = i64::try_from(BATCH).unwrap_or(i64::MAX);
+        let due = query(
+            &tx,
+            "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+             WHERE status = 'queued' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now_ms, &batch_size],
+        )
+        .await?;
+        let mut batch = Vec::with_capacity(due.len());
+        for r in &due {
+            let mut row = QueuedMessage {
+                id: r.try_get(0)?,
+                address: r.try_get(1)?,
+                appid: r.try_get(2)?,
+                otp_hash: r.try_get(3)?,
+                otp: String::new(),
+                body: String::new(),
+                attempts: counter(r.try_get(5)?),
+                expires_at: r.try_get(6)?,
+            };
+            let sealed: Option<Vec<u8>> = r.try_get(4)?;
+            match sealed.and_then(|sealed| courier::open_message(&seal, &sealed, &row.address, &row.otp_hash)) {
+                Some((otp, body)) => {
+                    (row.otp, row.body) = (otp, body);
+                    batch.push(row);
+                }
+                None => {
+                    let error = "the message cannot be decrypted: the server key changed since it was queued";
+                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
+                    execute(&tx, "UPDATE courier SET status = 'failed', last_error = $2, sealed = NULL WHERE id = $1", &[&row.id, &error])
+                        .await?;
+                    execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&row.address, &row.otp_hash]).await?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let ids: Vec<i64> = batch.iter().map(|row| row.id).collect();
+            execute(&tx, "UPDATE courier SET next_attempt_ms = $2 WHERE id = ANY($1)", &[&ids, &lease_until]).await?;
+        }
+        let left = query_one(&tx, "SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'", &[]).await?;
+        let (next_due, queued) = (left.try_get(0)?, left.try_get(1)?);
+        tx.commit().await?;
+        Ok(Claimed { batch, next_due, queued })
+    }
+
+    /// Records a delivery attempt. A final outcome wipes the sealed message; a final
+    /// failure also deletes the challenge, since nobody received that code.
+    pub async fn record_attempt(
+        &self,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let attempts = int(attempts);
+        match &outcome {
+            AttemptOutcome::Sent => {
+                execute(&tx, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts]).await?;
+            }
+            AttemptOutcome::Failed(error) => {
+                execute(
+                    &tx,
+                    "UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1",
+                    &[&id, &attempts, error],
+                )
+                .await?;
+                execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&address, &otp_hash]).await?;
+            }
+            AttemptOutcome::Retry(error, retry_at) => {
+                execute(
+                    &tx,
+                    "UPDATE courier SET attempts = $2, last_error = $3, next_attempt_ms = $4 WHERE id = $1",
+                    &[&id, &attempts, error, retry_at],
+                )
+                .await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes finished rows created before `before` (unix seconds); returns how many.
+    pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
+        let client = self.client().await?;
+        let purged = execute(
+            &client,
+            "DELETE FROM courier WHERE id IN
+                 (SELECT id FROM courier WHERE status <> 'queued' AND created_at < $1 FOR UPDATE SKIP LOCKED)",
+            &[&before],
+        )
+        .await?;
+        Ok(rows(purged))
+    }
+}
+
+/// Rows per statement when importing: a bound on the size of one statement's arrays.
+const IMPORT_CHUNK: usize = 10_000;
+
+impl PgStore {
+    /// Writes an imported SQLite snapshot in one transaction (see `store::import`); refuses
+    /// a database that has users already, so an import never mixes two histories.
+    pub async fn import(&self, snapshot: Snapshot) -> Result<Imported, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        execute(&tx, "LOCK TABLE users IN EXCLUSIVE MODE", &[]).await?;
+        if query_opt(&tx, "SELECT 1 FROM users LIMIT 1", &[]).await?.is_some() {
+            return Err(StorageError::Thread("the PostgreSQL database has users already; import into an empty one".into()));
+        }
+        for chunk in snapshot.users.chunks(IMPORT_CHUNK) {
+            let column = |pick: fn(&UserRow) -> String| chunk.iter().map(pick).collect::<Vec<String>>();
+            let number = |pick: fn(&UserRow) -> i64| chunk.iter().map(pick).collect::<Vec<i64>>();
+            execute(
+                &tx,
+                "INSERT INTO users (id, address, uid, name, status, photo, created_at, last_login, ts) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])",
+                &[
+                    &number(|u| u.0),
+                    &column(|u| u.1.clone()),
+                    &column(|u| u.2.clone()),
+                    &column(|u| u.3.clone()),
+                    &column(|u| u.4.clone()),
+                    &column(|u| u.5.clone()),
+                    &number(|u| u.6),
+                    &number(|u| u.7),
+                    &number(|u| u.8),
+                ],
+            )
+            .await?;
+        }
+        // New users continue after the imported ids.
+        execute(&tx, "SELECT setval(pg_get_serial_sequence('users', 'id'), greatest((SELECT max(id) FROM users), 1))", &[]).await?;
+        for chunk in snapshot.sessions.chunks(IMPORT_CHUNK) {
+            let text = |pick: fn(&SessionRow) -> String| chunk.iter().map(pick).collect::<Vec<String>>();
+            let number = |pick: fn(&SessionRow) -> i64| chunk.iter().map(pick).collect::<Vec<i64>>();
+            execute(
+                &tx,
+                "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])",
+                &[
+                    &text(|s| s.0.clone()),
+                    &number(|s| s.1),
+                    &text(|s| s.2.clone()),
+                    &text(|s| s.3.clone()),
+                    &number(|s| s.4),
+                    &number(|s| s.5),
+                    &number(|s| s.6),
+                ],
+            )
+            .await?;
+        }
+        for chunk in snapshot.contacts.chunks(IMPORT_CHUNK) {
+            let owners: Vec<i64> = chunk.iter().map(|c| c.0).collect();
+            let phones: Vec<String> = chunk.iter().map(|c| c.1.clone()).collect();
+            let added: Vec<i64> = chunk.iter().map(|c| c.2).collect();
+            execute(
+                &tx,
+                "INSERT INTO contacts (owner_id, phone, added_at) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])",
+                &[&owners, &phones, &added],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(Imported { users: snapshot.users.len(), sessions: snapshot.sessions.len(), contacts: snapshot.contacts.len() })
+    }
+}
+
+/// How the server's certificate is checked, from the URL's `sslmode` (libpq's words).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CertificateCheck {
+    /// `prefer` (the default) and `require`: encrypted, certificate not checked, as libpq
+    /// does; it keeps out eavesdroppers, not a server that pretends to be the database.
+    None,
+    /// `verify-ca` and `verify-full`: the certificate must chain to `sslrootcert` (a PEM
+    /// file) or, without one, to the web's public roots, and name the host.
+    Verify { root_file: Option<String> },
+}
+
+/// Splits the TLS options tokio-postgres does not know (`sslmode=verify-*`, `sslrootcert`)
+/// off the URL; answers the URL it parses and the check to make.
+fn tls_options(url: &str) -> (String, CertificateCheck) {
+    let Some((base, query)) = url.split_once('?') else { return (url.to_string(), CertificateCheck::None) };
+    let (mut verify, mut root_file, mut kept) = (false, None, Vec::new());
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("sslmode", "verify-ca" | "verify-full")) => {
+                verify = true;
+                kept.push("sslmode=require".to_string());
+            }
+            Some(("sslrootcert", path)) => {
+                root_file = Some(percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned());
+            }
+            _ => kept.push(pair.to_string()),
+        }
+    }
+    let url = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
+    let check = if verify || root_file.is_some() { CertificateCheck::Verify { root_file } } else { CertificateCheck::None };
+    (url, check)
+}
+
+/// The TLS connector, used when `sslmode` allows TLS.
+fn tls(check: &CertificateCheck) -> Result<MakeRustlsConnect, StorageError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StorageError::Pool(format!("TLS setup failed: {e}")))?;
+    let config = match check {
+        CertificateCheck::None => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(EncryptOnly(provider))).with_no_client_auth()
+        }
+        CertificateCheck::Verify { root_file } => {
+            let mut roots = rustls::RootCertStore::empty();
+            match root_file {
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+                Some(path) => {
+                    use rustls::pki_types::pem::PemObject;
+                    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                        .map_err(|e| StorageError::Pool(format!("sslrootcert {path}: {e}")))?;
+                    for certificate in certificates {
+                        let certificate = certificate.map_err(|e| StorageError::Pool(format!("sslrootcert {path}: {e}")))?;
+                        roots.add(certificate).map_err(|e| StorageError::Pool(format!("sslrootcert {path}: {e}")))?;
+                    }
+                }
+            }
+            builder.with_root_certificates(roots).with_no_client_auth()
+        }
+    };
+    Ok(MakeRustlsConnect::new(config))
+}
+
+/// Accepts the server's certificate without checking who issued it (libpq's `require`),
+/// while still checking that the server holds its key.
+#[derive(Debug)]
+struct EncryptOnly(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// An error with its causes: a failed connection says only "error performing TLS
+/// handshake" or "error connecting to server" without them.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
+}
+
+/// The phones of a JSON array of strings, as the service writes them.
+fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
+    serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
+}
+
+/// A [`Profile`] from a row of `u.address, u.uid, u.name, u.status, u.photo, u.ts`.
+fn profile_from_row(row: &Row) -> Result<Profile, tokio_postgres::Error> {
+    Ok(Profile {
+        address: row.try_get(0)?,
+        uid: row.try_get(1)?,
+        name: row.try_get(2)?,
+        status: row.try_get(3)?,
+        photo: row.try_get(4)?,
+        ts: row.try_get(5)?,
+    })
+}
+
+/// A counter read from an INTEGER column; those are never negative.
+fn counter(value: i32) -> u32 {
+    u32::try_from(value).unwrap_or(0)
+}
+
+/// A counter for an INTEGER column, saturating where PostgreSQL's integer ends.
+fn int(value: u32) -> i32 {
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+/// An affected-row count.
+fn rows(count: u64) -> usize {
+    usize::try_from(count).unwrap_or(usize::MAX)
+}
+
+// Each statement is prepared once per connection, through deadpool's statement cache.
+
+async fn execute(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.execute(&statement, params).await?)
+}
+
+async fn query(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StorageError> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query(&statement, params).await?)
+}
+
+async fn query_one(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_one(&statement, params).await?)
+}
+
+async fn query_opt(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
+    let statement = client.prepare_cached(sql).await?;
+    Ok(client.query_opt(&statement, params).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::keys::ServerKeys;
+    use std::collections::HashSet;
+    use std::future::Future;
+
+    /// The server these tests create their databases on (as for the integration suite).
+    const SERVER_VARIABLE: &str = "DATABASE_URL";
+
+    /// Runs `test` against the URL of a database of its own, created on the server named by
+    /// `DATABASE_URL` and dropped afterwards, even when the test fails.
+    async fn with_database<F, Fut>(test_name: &str, test: F)
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let Ok(server) = std::env::var(SERVER_VARIABLE) else {
+            println!("skipped {test_name}: set {SERVER_VARIABLE} to a PostgreSQL URL to run it");
+            return;
+        };
+        let name = format!("otpgate_unit_{:016x}", rand::random::<u64>());
+        let admin = PgStore::open(&database_url(&server, server_database(&server)), 1).unwrap();
+        admin.client().await.unwrap().batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
+        let outcome = tokio::spawn(test(database_url(&server, &name))).await;
+        admin.client().await.unwrap().batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
+        if let Err(failed) = outcome {
+            std::panic::resume_unwind(failed.into_panic());
+        }
+    }
+
+    /// `server` with its database name replaced by `name`.
+    fn database_url(server: &str, name: &str) -> String {
+        let (base, options) = server.split_once('?').map_or((server, None), |(base, options)| (base, Some(options)));
+        let authority_start = base.find("://").map_or(0, |i| i + 3);
+        let path_start = base[authority_start..].find('/').map_or(base.len(), |i| authority_start + i);
+        let url = format!("{}/{name}", &base[..path_start]);
+        options.map_or(url.clone(), |options| format!("{url}?{options}"))
+    }
+
+    #[test]
+    fn tls_options_follow_libpq() {
+        assert_eq!(tls_options("postgres://h/db"), ("postgres://h/db".into(), CertificateCheck::None));
+        assert_eq!(tls_options("postgres://h/db?sslmode=require"), ("postgres://h/db?sslmode=require".into(), CertificateCheck::None));
+        assert_eq!(
+            tls_options("postgres://h/db?sslmode=verify-full&application_name=x"),
+            ("postgres://h/db?sslmode=require&application_name=x".into(), CertificateCheck::Verify { root_file: None })
+        );
+        assert_eq!(
+            tls_options("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-ca"),
+            ("postgres://h/db?sslmode=require".into(), CertificateCheck::Verify { root_file: Some("/etc/ca.pem".into()) })
+        );
+    }
+
+    /// The database named in `server`, where the test databases are created from.
+    fn server_database(server: &str) -> &str {
+        let base = server.split('?').next().unwrap_or(server);
+        let path = &base[base.find("://").map_or(0, |i| i + 3)..];
+        path.split_once('/').map(|(_, name)| name).filter(|name| !name.is_empty()).unwrap_or("postgres")
+    }
+
+    fn admitted() -> Admission<Refusal> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn seal() -> MessageSeal {
+        ServerKeys::from_secret(b"postgres store tests").seal
+    }
+
+    /// A code for `address`, created at `now`, queued with its sealed message and due at once.
+    async fn start(store: &PgStore, address: &str, code: &str, now: i64) -> (i64, [u8; 32]) {
+        let otp_hash = otp::OtpHasher::new(b"k").hash(address, code);
+        let challenge = NewChallenge {
+            address: address.to_string(),
+            appid: "app".into(),
+            otp_hash,
+            challenge_sha256: otp::challenge_sha256("id"),
+            now,
+            ttl_secs: 600,
+            resend_secs: 60,
+        };
+        let sealed = courier::seal_message(&seal(), address, code, &format!("your code is {code}"), &otp_hash);
+        match store.enqueue_message(challenge, (address.to_string(), "app".into(), sealed), now * 1000, admitted).await.unwrap() {
+            Enqueued::Stored(id) => (id, otp_hash),
+            _ => panic!("the code was not stored"),
+        }
+    }
+
+    fn guess(address: &str, otp_hash: [u8; 32]) -> CodeGuess {
+        CodeGuess { address: address.into(), appid: "app".into(), otp_hash, challenge_sha256: None }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn racing_instances_apply_each_migration_once() {
+        with_database("racing_instances_apply_each_migration_once", |url| async move {
+            let (first, second) = (url.clone(), url.clone());
+            let first = tokio::spawn(async move { PgStore::connect(&first, 2).await });
+            let second = tokio::spawn(async move { PgStore::connect(&second, 2).await });
+            let store = first.await.unwrap().unwrap();
+            second.await.unwrap().unwrap();
+            assert_eq!(store.migrate().await.unwrap(), Vec::<u32>::new(), "nothing is left to apply");
+            let client = store.client().await.unwrap();
+            let recorded: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
+            assert_eq!(recorded, MIGRATIONS.len() as i64);
+
+            // Two pools on a database without schema: each step is applied by exactly one.
+            client.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public").await.unwrap();
+            let (a, b) = (PgStore::open(&url, 2).unwrap(), PgStore::open(&url, 2).unwrap());
+            let (a, b) = tokio::join!(a.migrate(), b.migrate());
+            let mut applied = [a.unwrap(), b.unwrap()].concat();
+            applied.sort_unstable();
+            assert_eq!(applied, MIGRATIONS.iter().map(|(version, _, _)| *version).collect::<Vec<_>>());
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_fifty_concurrent_right_guesses_exactly_one_claims_the_code() {
+        with_database("of_fifty_concurrent_right_guesses_exactly_one_claims_the_code", |url| async move {
+            let store = Arc::new(PgStore::connect(&url, 8).await.unwrap());
+            let now = crate::store::now();
+            let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
+            let guesses: Vec<_> = (0..50)
+                .map(|_| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move { store.claim_code(guess("18005550001", otp_hash), now, 5, 60, admitted).await.unwrap() })
+                })
+                .collect();
+            let mut claimed = 0;
+            for outcome in guesses {
+                match outcome.await.unwrap() {
+                    VerifyOutcome::Claimed => claimed += 1,
+                    other => assert_eq!(other, VerifyOutcome::NoCode, "the others find the code claimed"),
+                }
+            }
+            assert_eq!(claimed, 1);
+
+            // Given back, the code works again; a wrong guess and a refusal behave as in SQLite.
+            store.release_code("18005550001".into(), otp_hash).await.unwrap();
+            let wrong = store.claim_code(guess("18005550001", [0; 32]), now, 5, 60, admitted).await.unwrap();
+            assert_eq!(wrong, VerifyOutcome::Wrong { left: 4 });
+            let refuse = || -> Admission<Refusal> { Box::pin(std::future::ready(Err(Refusal::Wait(7)))) };
+            let refused = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, refuse).await.unwrap();
+            assert_eq!(refused, VerifyOutcome::Refused(Refusal::Wait(7)));
+            let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, admitted).await.unwrap();
+            assert_eq!(claimed, VerifyOutcome::Claimed);
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_senders_never_take_the_same_notice() {
+        with_database("concurrent_senders_never_take_the_same_notice", |url| async move {
+            let store = Arc::new(PgStore::connect(&url, 4).await.unwrap());
+            let now = crate::store::now();
+            store
+                .client()
+                .await
+                .unwrap()
+                .execute(
+                    "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
+                     SELECT 'r' || n, '{}', $1, $1 FROM generate_series(1, 40) n",
+                    &[&now],
+                )
+                .await
+                .unwrap();
+            let senders: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        let mut taken = Vec::new();
+                        while let Some(notice) = store.take_next_notice(now, 60).await.unwrap() {
+                            taken.push(notice.id);
+                        }
+                        taken
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for sender in senders {
+                all.extend(sender.await.unwrap());
+            }
+            assert_eq!(all.len(), 40);
+            assert_eq!(all.iter().collect::<HashSet<_>>().len(), 40, "no notice was taken twice");
+            assert!(store.take_next_notice(now, 60).await.unwrap().is_none(), "all are leased");
+            let again = store.take_next_notice(now + 60, 60).await.unwrap().expect("a lease ends");
+            store.reschedule_notice(again.id, 1, now, "busy".into()).await.unwrap();
+            store.acknowledge_notice(again.id).await.unwrap();
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_couriers_never_claim_the_same_message_and_leases_end() {
+        with_database("concurrent_couriers_never_claim_the_same_message_and_leases_end", |url| async move {
+            let store = Arc::new(PgStore::connect(&url, 4).await.unwrap());
+            let now = crate::store::now();
+            let now_ms = now * 1000;
+            for n in 0..40 {
+                start(&store, &format!("1800555{n:04}"), &format!("{n:06}"), now).await;
+            }
+            let couriers: Vec<_> = (0..2)
+                .map(|_| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        let mut claimed = Vec::new();
+                        loop {
+                            let round = store.claim_due_messages(seal(), now_ms, now_ms + 1000).await.unwrap();
+                            if round.batch.is_empty() {
+                                return claimed;
+                            }
+                            for message in round.batch {
+                                assert_eq!(message.body, format!("your code is {}", message.otp));
+                                claimed.push(message.id);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let mut all = Vec::new();
+            for courier in couriers {
+                all.extend(courier.await.unwrap());
+            }
+            assert_eq!(all.len(), 40);
+            assert_eq!(all.iter().collect::<HashSet<_>>().len(), 40, "no message was claimed twice");
+
+            let leased = store.claim_due_messages(seal(), now_ms, now_ms + 1000).await.unwrap();
+            assert!(leased.batch.is_empty());
+            assert_eq!((leased.next_due, leased.queued), (Some(now_ms + 1000), 40));
+            let back = store.claim_due_messages(seal(), now_ms + 1000, now_ms + 2000).await.unwrap();
+            assert_eq!(back.batch.len(), BATCH, "leased rows come back once their lease ends");
+
+            // A message another key sealed fails for good, and its code goes with it.
+            let first = &back.batch[0];
+            store.record_attempt(first.id, 1, AttemptOutcome::Sent, first.address.clone(), first.otp_hash.clone()).await.unwrap();
+            let other_key = ServerKeys::from_secret(b"another key").seal;
+            let failed = store.claim_due_messages(other_key, now_ms + 2000, now_ms + 3000).await.unwrap();
+            assert!(failed.batch.is_empty());
+            assert_eq!(failed.queued, 40 - 1 - BATCH as i64);
+            assert_eq!(store.purge_finished_messages(now + 1).await.unwrap(), 1 + BATCH);
+            let (codes, _) = store.purge_expired(now + 600).await.unwrap();
+            assert_eq!(codes, 40 - BATCH, "the undecryptable messages' codes were deleted already");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_recorded_login_authenticates_and_notifies_contacts() {
+        with_database("a_recorded_login_authenticates_and_notifies_contacts", |url| async move {
+            let store = PgStore::connect(&url, 2).await.unwrap();
+            let now = crate::store::now();
+            let login = |address: &str, token: &str, device: &str| CompletedLogin {
+                address: address.into(),
+                uid: "u1".into(),
+                name: "Ann".into(),
+                token_sha256: token.into(),
+                now,
+                appid: "app".into(),
+                device: device.into(),
+                now_ms: now * 1000,
+                expires_at: now + 3600,
+                max_devices: 1,
+            };
+            let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
+            let record = store.record_login(login("18005550001", "t1", "d1"), otp_hash).await.unwrap();
+            assert!(record.first_login);
+            assert_eq!(record.profile.name, "Ann");
+            let caller = store.authenticate("t1".into(), now * 1000 + 5).await.unwrap().expect("the session is live");
+            assert!(store.authenticate("t1".into(), (now + 3600) * 1000).await.unwrap().is_none(), "expired");
+            assert_eq!(store.sessions_of(caller.clone(), now).await.unwrap().len(), 1);
+            assert_eq!(store.profile_of(caller.user_id).await.unwrap().address, "18005550001");
+
+            // Ann uploads Bob's phone; Bob's first login notifies her.
+            let query =
+                SyncQuery { owner: caller.user_id, phones: Some(r#"["18005550002"]"#.into()), since: 0, reset: false, after: None, now };
+            let admit = |new: usize, after: usize| -> Admission<ApiError> {
+                assert_eq!((new, after), (1, 1));
+                Box::pin(std::future::ready(Ok(())))
+            };
+            assert_eq!(store.sync_contacts(query, admit).await.unwrap().unwrap(), (vec![], false));
+            let (_, bob_hash) = start(&store, "18005550002", "654321", now).await;
+            let bob = store.record_login(login("18005550002", "t2", ""), bob_hash).await.unwrap();
+            assert_eq!(bob.notified, 1);
+            let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
+            let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
+            let (page, more) = store.sync_contacts(query, no_upload).await.unwrap().unwrap();
+            assert_eq!((page.len(), page[0].address.as_str(), more), (1, "18005550002", false));
+            assert_eq!(store.take_next_notice(now, 60).await.unwrap().expect("a joined notice").recipient, "18005550001");
+
+            // A second device of Ann with room for one evicts the first.
+            let (_, otp_hash) = start(&store, "18005550001", "111111", now + 60).await;
+            let again = store.record_login(login("18005550001", "t3", "d2"), otp_hash).await.unwrap();
+            assert!(!again.first_login);
+            assert_eq!(again.evicted, vec![Evicted { appid: "app".into(), device: "d1".into() }]);
+            assert!(store.authenticate("t1".into(), now * 1000).await.unwrap().is_none());
+            let change = ProfileChange { status: Some("here".into()), ..ProfileChange::default() };
+            assert_eq!(store.change_profile(caller.user_id, change, now + 1).await.unwrap().status, "here");
+            assert_eq!(store.remove_contacts(caller.user_id, r#"["18005550002"]"#.into()).await.unwrap(), 1);
+            assert_eq!(store.end_sessions("t3".into(), true).await.unwrap(), 1);
+            store.probe_write().await.unwrap();
+            store.probe_write().await.unwrap();
+        })
+        .await;
+    }
+}

@@ -1,0 +1,312 @@
+//! Several `otpgate` processes on one PostgreSQL database and one Redis, as behind a load
+//! balancer: a code started on one verifies on another, exactly once; limits and the SMS
+//! budget hold across them; and work held by an instance that is killed is delivered,
+//! exactly once, by the others. Runs when the suite has DATABASE_URL and REDIS_URL.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
+const SECRET: &str = "one-secret-for-every-instance-0123";
+
+/// The shared servers, or `None` (after saying so) when the suite runs without them.
+fn shared_servers() -> Option<(String, String)> {
+    match (backend::postgres_url(), backend::redis_url()) {
+        (Some(postgres), Some(redis)) => Some((postgres, redis)),
+        _ => {
+            println!("skipped: the multi-instance tests need DATABASE_URL and REDIS_URL");
+            None
+        }
+    }
+}
+
+/// One `otpgate serve` process with its own SMS gateway and upstream.
+struct Instance {
+    child: Child,
+    url: String,
+    sms: Arc<FakeUpstream>,
+    upstream: Arc<FakeUpstream>,
+    client: reqwest::Client,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What the instances of one test share.
+struct Cluster {
+    server: String,
+    database_url: String,
+    redis_url: String,
+    redis_prefix: String,
+    dir: Arc<tempfile::TempDir>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        backend::release(&self.server, &self.dir);
+    }
+}
+
+impl Cluster {
+    fn new((postgres, redis): (String, String)) -> Cluster {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let database_url = backend::database_for(&postgres, &dir);
+        let redis_prefix = format!("otpgate-instances-{}-{:x}", std::process::id(), rand::random::<u64>());
+        Cluster { server: postgres, database_url, redis_url: redis, redis_prefix, dir }
+    }
+
+    /// Starts an instance with these settings on top of the shared ones, and waits until it is ready.
+    async fn start(&self, env: &[(&str, &str)]) -> Instance {
+        let (sms, upstream) = (FakeUpstream::start(), FakeUpstream::start());
+        sms.set_mode(Mode::Reply(200, r#"{"status":"queued"}"#.into()));
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let bind = format!("127.0.0.1:{port}");
+        let (sms_url, upstream_url) = (sms.url(), upstream.url());
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .envs([
+                ("BIND", bind.as_str()),
+                ("DATABASE_URL", self.database_url.as_str()),
+                ("REDIS_URL", self.redis_url.as_str()),
+                ("REDIS_PREFIX", self.redis_prefix.as_str()),
+                ("OTP_SECRET", SECRET),
+                ("APP_TOKEN", APP_TOKEN),
+                ("UPSTREAM_URL", upstream_url.as_str()),
+                ("UPSTREAM_CONNECT_TIMEOUT_SECS", "1"),
+                ("UPSTREAM_TIMEOUT_SECS", "1"),
+                ("API_DIALECT", "json"),
+                ("OTP_SENDER", "http"),
+                ("SMS_HTTP_URL", sms_url.as_str()),
+                ("SMS_HTTP_TIMEOUT_SECS", "1"),
+                ("PROVIDER_TIMEOUT_SECS", "1"),
+                ("PHONE_MOBILE_ONLY", "false"),
+                ("OTP_RESEND_SECS", "0"),
+                ("COURIER_WAIT_MS", "300"),
+                ("COURIER_LEASE_SECS", "2"),
+                ("COURIER_MAX_ATTEMPTS", "20"),
+                ("COURIER_RETRY_BASE_MS", "200"),
+                ("OUTBOX_RETRY_SECS", "1"),
+                ("LIMIT_START_PER_PHONE_PER_HOUR", "0"),
+                ("LIMIT_START_PER_IP_PER_HOUR", "0"),
+                ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "0"),
+                ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0"),
+                ("LIMIT_START_PER_SUBNET_PER_HOUR", "0"),
+                ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0"),
+                ("SMS_BUDGET_PER_HOUR", "0"),
+                ("RUST_LOG", "warn"),
+            ])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let child = command.spawn().unwrap();
+        let instance = Instance { child, url: format!("http://{bind}"), sms, upstream, client: reqwest::Client::new() };
+        let started = Instant::now();
+        loop {
+            let ready = instance.client.get(format!("{}/readyz", instance.url)).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return instance;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the instance on {bind} did not become ready");
+            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Instance {
+    async fn call(&self, body: Value) -> (u16, Value) {
+        let response = self.client.post(format!("{}/api", self.url)).json(&body).send().await.expect("the instance answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("a JSON reply"))
+    }
+
+    /// The code the gateway of this instance was asked to send to `phone` last.
+    fn code_for(&self, phone: &str) -> String {
+        let received = self.sms.received();
+        let body = received.iter().rev().map(|r| &r.body).find(|body| body.contains(phone)).unwrap_or_else(|| panic!("no SMS to {phone}"));
+        let digits: String = body.split(|c: char| !c.is_ascii_digit()).find(|run| run.len() == 6).expect("a six-digit code").into();
+        digits
+    }
+}
+
+/// Polls `condition` every 50 ms for up to `secs` seconds.
+async fn within(secs: u64, mut condition: impl FnMut() -> bool) -> bool {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(secs) {
+        if condition() {
+            return true;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+#[actix_web::test]
+async fn a_code_started_on_one_instance_verifies_on_another_and_gives_one_token() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let instances = [cluster.start(&[]).await, cluster.start(&[]).await, cluster.start(&[]).await];
+    let [a, b, _] = &instances;
+
+    assert_ok(a.call(login("18005550001")).await);
+    let code = a.code_for("18005550001");
+    let (status, reply) = b.call(verify("18005550001", &code)).await;
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["token"].as_str().is_some_and(|t| !t.is_empty()), "{reply}");
+
+    // 50 verifies with the right code at once, spread over the three: one token.
+    assert_ok(a.call(login("18005550002")).await);
+    let code = a.code_for("18005550002");
+    let issued_before: u64 = instances.iter().map(|i| i.upstream.issued()).sum();
+    let verifies = (0..50).map(|n| instances[n % 3].call(verify("18005550002", &code)));
+    let replies = futures_util::future::join_all(verifies).await;
+    let tokens: Vec<&Value> = replies.iter().filter(|(status, _)| *status == 200).map(|(_, reply)| &reply["token"]).collect();
+    assert_eq!(tokens.len(), 1, "{replies:?}");
+    assert!(replies.iter().all(|(status, reply)| *status == 200 || reply["error"] == "BADCODE"), "{replies:?}");
+    let issued_after: u64 = instances.iter().map(|i| i.upstream.issued()).sum();
+    assert_eq!(issued_after - issued_before, 1, "upstream minted one token");
+}
+
+#[actix_web::test]
+async fn limits_and_the_sms_budget_hold_across_instances() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let env = [("LIMIT_START_PER_PHONE_PER_HOUR", "3"), ("SMS_BUDGET_PER_HOUR", "6")];
+    let instances = [cluster.start(&env).await, cluster.start(&env).await, cluster.start(&env).await];
+
+    // A per-phone limit of 3 lets exactly 3 of 9 starts through, whichever instance they reach.
+    let mut admitted = 0;
+    for n in 0..9 {
+        let (status, reply) = instances[n % 3].call(login("18005550010")).await;
+        match status {
+            200 => admitted += 1,
+            _ => assert_eq!(reply["error"], "RATELIMIT", "{reply}"),
+        }
+    }
+    assert_eq!(admitted, 3);
+
+    // The budget of 6 SMS an hour is the service's: 3 are spent, 3 are left for everyone.
+    let mut sent = 0;
+    for n in 0..6 {
+        let (status, reply) = instances[n % 3].call(login(&format!("1800555002{n}"))).await;
+        match status {
+            200 => sent += 1,
+            _ => assert_eq!(reply["error"], "RATELIMIT", "{reply}"),
+        }
+    }
+    assert_eq!(sent, 3);
+    let delivered: usize = instances.iter().map(|i| i.sms.received().len()).sum();
+    assert_eq!(delivered, 6, "six messages in all were sent");
+}
+
+#[actix_web::test]
+async fn work_held_by_a_killed_instance_is_delivered_once_by_the_others() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    // Owners of address books and two contacts who join: test numbers, sent no SMS.
+    let (owners, joiners) = (["18005550100", "18005550101"], ["18005550200", "18005550201"]);
+    let test_otps = owners.iter().chain(&joiners).map(|phone| format!("{phone}:111111")).collect::<Vec<_>>().join(",");
+    let env = [("TEST_OTPS", test_otps.as_str())];
+    let a = cluster.start(&env).await;
+    // A takes every message it sends and never hears back.
+    a.sms.set_mode(Mode::Hang);
+    for owner in owners {
+        let (_, reply) = a.call(verify(owner, "111111")).await;
+        let token = reply["token"].as_str().expect("a token").to_string();
+        assert_ok(a.call(json!({ "op": "getcontacts", "token": token, "phones": joiners.join(",") })).await);
+    }
+    a.upstream.hang_messages(true);
+    for joiner in joiners {
+        assert_eq!(a.call(verify(joiner, "111111")).await.0, 200);
+    }
+    let coded = ["18005550301", "18005550302", "18005550303"];
+    for phone in coded {
+        assert_ok(a.call(login(phone)).await);
+    }
+    assert!(within(30, || a.sms.received().len() >= 3 && !a.upstream.messages().is_empty()).await, "A holds code messages and a notice");
+
+    let others = [cluster.start(&env).await, cluster.start(&env).await];
+    drop(a); // kill -9: no shutdown, no lease given back
+
+    let sms_to = |phone: &str| others.iter().flat_map(|i| i.sms.received()).filter(|r| r.body.contains(phone)).count();
+    let notices = || -> Vec<(String, String)> {
+        let mut notices: Vec<(String, String)> = others
+            .iter()
+            .flat_map(|i| i.upstream.messages())
+            .map(|m| (m["to"].as_str().unwrap().to_string(), m["message"]["phone"].as_str().unwrap().to_string()))
+            .collect();
+        notices.sort();
+        notices
+    };
+    let all_sent = || coded.iter().all(|phone| sms_to(phone) >= 1) && notices().len() >= 4;
+    assert!(within(60, all_sent).await, "every message was delivered after the kill");
+    // Once the database says every message is done, none can be sent again.
+    let rows = |sql: &str| backend::run_sql(&cluster.database_url, sql)[0].clone().unwrap_or_default();
+    assert!(
+        within(30, || rows("SELECT count(*) FROM courier WHERE status = 'queued'") == "0" && rows("SELECT count(*) FROM outbox") == "0")
+            .await
+    );
+    for phone in coded {
+        assert_eq!(sms_to(phone), 1, "one SMS to {phone}");
+    }
+    let mut expected: Vec<(String, String)> = owners.iter().flat_map(|o| joiners.iter().map(|j| (o.to_string(), j.to_string()))).collect();
+    expected.sort();
+    assert_eq!(notices(), expected, "each contact told once of each joiner");
+}
+
+#[actix_web::test]
+async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_contacts() {
+    let Some(servers) = shared_servers() else { return };
+    // The instance as it ran on SQLite.
+    let sqlite = TestServer::start(&[("DATABASE_URL", ""), ("REDIS_URL", "")]).await;
+    let ann = sqlite.log_in("18005550401", Some("ann-phone")).await;
+    sqlite.log_in("18005550402", None).await;
+    assert_ok(sqlite.call_op("getcontacts", &ann, json!({ "phones": "18005550402,18005550499" })).await);
+    sqlite.stop().await;
+    sqlite.state.shutdown(Duration::from_secs(1)).await;
+
+    let cluster = Cluster::new(servers);
+    let source = sqlite.dir.path().join("otpgate.db").to_string_lossy().into_owned();
+    let migrate = || {
+        let mut command = Command::new(BIN);
+        command
+            .args(["migrate", "--from-sqlite", &source])
+            .env_clear()
+            .envs([("DATABASE_URL", cluster.database_url.as_str()), ("OTP_SECRET", SECRET)]);
+        command.output().unwrap()
+    };
+    let output = migrate();
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(said.contains("2 users, 2 sessions, 2 contacts"), "{said}");
+    assert!(!said.contains("postgres@"), "no credentials in what it prints: {said}");
+
+    let instance = cluster.start(&[]).await;
+    let (status, me) = instance.call(json!({ "op": "me", "token": ann })).await;
+    assert_eq!(status, 200, "the session moved: {me}");
+    let (_, synced) = instance.call(json!({ "op": "getcontacts", "token": ann })).await;
+    let phones: Vec<&str> = synced["contacts"].as_array().unwrap().iter().map(|c| c["phone"].as_str().unwrap()).collect();
+    assert_eq!(phones, ["18005550402"], "{synced}");
+    // A new user gets an id after the imported ones.
+    let (status, _) = instance.call(verify_new_user(&instance, "18005550403").await).await;
+    assert_eq!(status, 200);
+    let ids = backend::run_sql(&cluster.database_url, "SELECT id FROM users ORDER BY id");
+    assert_eq!(ids.len(), 3);
+
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("has users already"));
+}
+
+/// Starts a login for `phone` on `instance` and answers the verify request with its code.
+async fn verify_new_user(instance: &Instance, phone: &str) -> Value {
+    assert_ok(instance.call(login(phone)).await);
+    verify(phone, &instance.code_for(phone))
+}
