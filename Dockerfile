@@ -1,6 +1,7 @@
 # otpgate container image: build with `docker build -t otpgate .`, run with
 #   docker run -p 8080:8080 -v otpgate-data:/var/lib/otpgate -e APP_TOKEN=... otpgate
-# The database lives in the /var/lib/otpgate volume; configuration is environment variables.
+# The database lives in the /var/lib/otpgate volume (or in PostgreSQL with DATABASE_URL:
+# see deploy/compose.yaml); configuration is environment variables.
 
 FROM rust:1-slim-bookworm AS build
 WORKDIR /src
@@ -10,6 +11,7 @@ COPY .cargo ./.cargo
 # The patched regex-cache (see Cargo.toml).
 COPY vendor ./vendor
 COPY schema.sql ./
+COPY migrations ./migrations
 COPY src ./src
 RUN cargo build --release --locked --bin otpgate
 

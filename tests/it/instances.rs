@@ -310,3 +310,73 @@ async fn verify_new_user(instance: &Instance, phone: &str) -> Value {
     assert_ok(instance.call(login(phone)).await);
     verify(phone, &instance.code_for(phone))
 }
+
+/// nginx from deploy/compose-nginx.conf in front of `instances`, in the foreground of a
+/// process of its own; `None` when nginx is not installed.
+fn nginx_in_front_of(instances: &[&Instance], work: &std::path::Path) -> Option<(Child, String)> {
+    let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|path| std::path::Path::new(path).exists())?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let site = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose-nginx.conf")).unwrap();
+    let address = |instance: &Instance| instance.url.trim_start_matches("http://").to_string();
+    let site = site
+        .replace("otpgate-a:8080", &address(instances[0]))
+        .replace("otpgate-b:8080", &address(instances[1]))
+        .replace("listen 80;", &format!("listen 127.0.0.1:{port};"))
+        .replace("/var/log/nginx/", &format!("{}/", work.display()));
+    std::fs::write(work.join("site.conf"), site).unwrap();
+    let temp = |name: &str| format!("{name}_temp_path {}/{name};", work.display());
+    let main = format!(
+        "daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log; events {{}}\nhttp {{ {} {} {} {} {} include {dir}/site.conf; }}\n",
+        temp("client_body"),
+        temp("proxy"),
+        temp("fastcgi"),
+        temp("uwsgi"),
+        temp("scgi"),
+        dir = work.display()
+    );
+    std::fs::write(work.join("nginx.conf"), main).unwrap();
+    let child = Command::new(nginx)
+        .args(["-c", &work.join("nginx.conf").to_string_lossy(), "-e", &work.join("error.log").to_string_lossy()])
+        .spawn()
+        .unwrap();
+    Some((child, format!("http://127.0.0.1:{port}")))
+}
+
+#[actix_web::test]
+async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_the_other() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let (a, b) = (cluster.start(&[]).await, cluster.start(&[]).await);
+    let work = tempfile::tempdir().unwrap();
+    let Some((mut nginx, front)) = nginx_in_front_of(&[&a, &b], work.path()) else {
+        println!("skipped: nginx is not installed");
+        return;
+    };
+    let client = reqwest::Client::new();
+    let post = |body: Value| {
+        let request = client.post(format!("{front}/")).json(&body);
+        async move {
+            let started = Instant::now();
+            loop {
+                match request.try_clone().unwrap().send().await {
+                    Ok(response) if response.status() != 502 => {
+                        return (response.status().as_u16(), response.json::<Value>().await.unwrap())
+                    }
+                    // nginx is still starting.
+                    _ if started.elapsed() < Duration::from_secs(30) => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
+                    other => panic!("nginx does not answer: {other:?}"),
+                }
+            }
+        }
+    };
+    const PHONE: &str = "18005550501";
+    assert_ok(post(login(PHONE)).await);
+    let started_on = if a.sms.received().is_empty() { &b } else { &a };
+    let code = started_on.code_for(PHONE);
+    let (status, reply) = post(verify(PHONE, &code)).await;
+    assert_eq!(status, 200, "{reply}");
+    let verified_on = if a.upstream.issued() == 1 { &a } else { &b };
+    assert_ne!(started_on.url, verified_on.url, "nginx alternates: the start and the verify reached different instances");
+    let _ = nginx.kill();
+    let _ = nginx.wait();
+}
