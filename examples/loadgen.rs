@@ -8,6 +8,10 @@
 //!
 //! `--scale` then preloads a second database (`--users`, `--pending`) and reruns the
 //! login operations on it, printing the ratio to the empty-database run.
+//!
+//! `--database-url postgres://…` runs the service on a fresh PostgreSQL database made on
+//! that server (and dropped after), `--redis-url redis://…` keeps its limits in Redis,
+//! and `--instances N` starts N services on them, the connections spread over them.
 
 #[path = "../tests/it/common/fake_upstream.rs"]
 #[allow(dead_code)]
@@ -43,6 +47,9 @@ struct Args {
     /// Internal: measure the service over this preloaded database directory, in a
     /// process of its own so that its peak RSS is its own.
     run_preloaded: Option<String>,
+    database_url: Option<String>,
+    redis_url: Option<String>,
+    instances: usize,
 }
 
 fn parse_args() -> Args {
@@ -55,6 +62,9 @@ fn parse_args() -> Args {
         pending: 100_000,
         preload_into: None,
         run_preloaded: None,
+        database_url: None,
+        redis_url: None,
+        instances: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -68,7 +78,12 @@ fn parse_args() -> Args {
             "--preload-into" => args.preload_into = it.next(),
             "--run-preloaded" => args.run_preloaded = it.next(),
             "--scale" => args.scale = true,
-            other => panic!("unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N"),
+            "--database-url" => args.database_url = it.next(),
+            "--redis-url" => args.redis_url = it.next(),
+            "--instances" => args.instances = (number() as usize).max(1),
+            other => panic!(
+                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N"
+            ),
         }
     }
     args
@@ -176,11 +191,14 @@ impl Operation {
 }
 
 struct Service {
-    addr: SocketAddr,
+    /// One per instance; connection `i` goes to `addrs[i % len]`.
+    addrs: Vec<SocketAddr>,
     state: web::Data<AppState>,
+    /// The other instances, stopped with the first before the benchmark's database is dropped.
+    others: Vec<web::Data<AppState>>,
     sender: Arc<MemorySender>,
     upstream: Arc<fake_upstream::FakeUpstream>,
-    db_path: std::path::PathBuf,
+    database: Database,
     next_phone: AtomicU64,
     /// Phones of existing users, `prefix` + (2_000_000 + n) for n below the count: half of
     /// every contact upload.
@@ -265,10 +283,11 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
     let started = Instant::now();
     let cpu_before = cpu_seconds();
     let mut workers = Vec::new();
-    for _ in 0..args.conns {
+    for worker in 0..args.conns {
         let service = service.clone();
+        let addr = service.addrs[worker % service.addrs.len()];
         workers.push(actix_web::rt::spawn(async move {
-            let mut conn = Connection::open(service.addr).await;
+            let mut conn = Connection::open(addr).await;
             let token = if operation == Operation::Contacts { log_in(&service, &mut conn).await } else { String::new() };
             let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None);
             while Instant::now() < deadline {
@@ -278,7 +297,7 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert(e);
-                        conn = Connection::open(service.addr).await;
+                        conn = Connection::open(addr).await;
                     }
                 }
             }
@@ -302,12 +321,87 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
     measured
 }
 
-async fn start_service(dir: &std::path::Path) -> Arc<Service> {
+/// Where the service under load keeps its data.
+enum Database {
+    Sqlite(std::path::PathBuf),
+    /// A database of the benchmark's own on the server, dropped at the end.
+    Postgres {
+        server: String,
+        name: String,
+    },
+}
+
+impl Database {
+    /// A new PostgreSQL database on `server`, or the SQLite file in `dir`.
+    fn new(dir: &std::path::Path, server: Option<&str>) -> Database {
+        match server {
+            None => Database::Sqlite(dir.join("otpgate.db")),
+            Some(server) => {
+                let name = format!("otpgate_bench_{:016x}", rand::random::<u64>());
+                postgres_rows(server, &format!("CREATE DATABASE {name}"));
+                Database::Postgres { server: server.to_string(), name }
+            }
+        }
+    }
+
+    /// The service's setting for it.
+    fn setting(&self) -> (&'static str, String) {
+        match self {
+            Database::Sqlite(path) => ("DATABASE_PATH", path.to_string_lossy().into_owned()),
+            Database::Postgres { server, name } => ("DATABASE_URL", with_database(server, name)),
+        }
+    }
+
+    fn drop_postgres(&self) {
+        if let Database::Postgres { server, name } = self {
+            postgres_rows(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// `url` with its database replaced by `name`.
+fn with_database(url: &str, name: &str) -> String {
+    let mut url = reqwest::Url::parse(url).expect("--database-url is a URL");
+    url.set_path(&format!("/{name}"));
+    url.to_string()
+}
+
+/// The first column of each row `sql` answers on the PostgreSQL server at `url`, from a
+/// thread of its own (the caller is on the service's runtime).
+fn postgres_rows(url: &str, sql: &str) -> Vec<String> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to --database-url");
+            tokio::spawn(connection);
+            let messages = client.simple_query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            messages
+                .into_iter()
+                .filter_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
-    let db_path = dir.join("otpgate.db");
-    let config = Config::from_vars([
-        ("DATABASE_PATH", db_path.to_string_lossy().into_owned()),
+    let database = Database::new(dir, args.database_url.as_deref());
+    let mut vars = vec![database.setting()];
+    if let Database::Postgres { .. } = database {
+        vars.push(("OTP_SECRET", "bench-secret-shared-by-every-instance".into()));
+    }
+    if let Some(redis) = &args.redis_url {
+        vars.push(("REDIS_URL", redis.clone()));
+        vars.push(("REDIS_PREFIX", format!("otpgate-bench-{:016x}", rand::random::<u64>())));
+    }
+    vars.extend([
         ("APP_TOKEN", "bench-app-token".into()),
         ("UPSTREAM_URL", upstream.url()),
         // All load comes from one IP in one country: the per-IP, per-network and per-calling-code
@@ -322,20 +416,34 @@ async fn start_service(dir: &std::path::Path) -> Arc<Service> {
         ("LIMIT_NEW_CONTACTS_PER_USER_PER_DAY", "0".into()),
         ("MAX_CONTACTS_PER_USER", "1000000000".into()),
         ("SMS_BUDGET_PER_HOUR", "0".into()),
-        ("DB_POOL_SIZE", std::env::var("DB_POOL_SIZE").unwrap_or("4".into())),
-    ])
-    .expect("bench configuration");
+        // SQLite: reader connections; PostgreSQL: connections per instance, which also carry the writes.
+        ("DB_POOL_SIZE", std::env::var("DB_POOL_SIZE").unwrap_or(if args.database_url.is_some() { "16" } else { "4" }.into())),
+    ]);
+    let config = Config::from_vars(vars).expect("bench configuration");
+    assert!(args.instances == 1 || !config.database_url.is_empty(), "--instances needs --database-url");
+    // Every instance hands its codes to the one load generator.
     let sender = Arc::new(MemorySender::default());
-    let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).await.expect("service starts"));
-    let server_state = state.clone();
-    let server = HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
-    let addr = server.addrs()[0];
-    actix_web::rt::spawn(server.run());
-    state.clone().into_inner().start_background_tasks();
-    Arc::new(Service { addr, state, sender, upstream, db_path, next_phone: AtomicU64::new(0), user_phones: Default::default() })
+    let (mut addrs, mut states) = (Vec::new(), Vec::new());
+    for _ in 0..args.instances {
+        let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).await.expect("service starts"));
+        let server_state = state.clone();
+        let server =
+            HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
+        addrs.push(server.addrs()[0]);
+        actix_web::rt::spawn(server.run());
+        state.clone().into_inner().start_background_tasks();
+        states.push(state);
+    }
+    let state = states.remove(0);
+    let others = states;
+    Arc::new(Service { addrs, state, others, sender, upstream, database, next_phone: AtomicU64::new(0), user_phones: Default::default() })
 }
 
-fn count(db_path: &std::path::Path, sql: &str) -> i64 {
+fn count(database: &Database, sql: &str) -> i64 {
+    let db_path = match database {
+        Database::Sqlite(path) => path,
+        Database::Postgres { server, name } => return postgres_rows(&with_database(server, name), sql)[0].parse().unwrap(),
+    };
     let conn = rusqlite::Connection::open(db_path).unwrap();
     conn.query_row(sql, [], |r| r.get(0)).unwrap()
 }
@@ -384,7 +492,8 @@ fn preload(db_path: &str, users: u64, contacts: u64, pending: u64) {
     // A deployment that grew slowly has long since checkpointed its WAL; don't leave
     // the first request a checkpoint of the whole preload.
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
-    let rows = |table: &str| count(std::path::Path::new(db_path), &format!("SELECT count(*) FROM {table}"));
+    let database = Database::Sqlite(db_path.into());
+    let rows = |table: &str| count(&database, &format!("SELECT count(*) FROM {table}"));
     println!(
         "preloaded {} users, {} contacts and {} pending codes ({} already expired, for the periodic purge) in {:.1} s",
         rows("users"),
@@ -458,8 +567,8 @@ fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
     let setup_logins = args.conns as i64;
     let starts = (results[1].done + results[2].done) as i64 + setup_logins;
     let sent = service.sender.sent.load(Ordering::Relaxed) as i64;
-    let leftover = count(&service.db_path, "SELECT count(*) FROM otp_challenges WHERE address LIKE '1650%'");
-    let users = count(&service.db_path, "SELECT count(*) FROM users WHERE address LIKE '1650%'");
+    let leftover = count(&service.database, "SELECT count(*) FROM otp_challenges WHERE address LIKE '1650%'");
+    let users = count(&service.database, "SELECT count(*) FROM users WHERE address LIKE '1650%'");
     let issued = service.upstream.issued() as i64 - setup_logins;
     let ok = sent == starts && leftover == 0 && users == full && issued == full;
     println!(
@@ -472,8 +581,8 @@ fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
 
 async fn garbage_collect(service: &Service) {
     let now = otpgate::store::now();
-    let rows = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table}"));
-    let expired = |table: &str| count(&service.db_path, &format!("SELECT count(*) FROM {table} WHERE expires_at <= {now}"));
+    let rows = |table: &str| count(&service.database, &format!("SELECT count(*) FROM {table}"));
+    let expired = |table: &str| count(&service.database, &format!("SELECT count(*) FROM {table} WHERE expires_at <= {now}"));
     let (codes, expired_codes, sessions, expired_sessions) =
         (rows("otp_challenges"), expired("otp_challenges"), rows("sessions"), expired("sessions"));
     let purged = service.state.housekeeping().await.expect("housekeeping");
@@ -499,11 +608,11 @@ async fn main() {
         return;
     }
     if let Some(dir) = &args.run_preloaded {
-        let db_path = std::path::Path::new(dir).join("otpgate.db");
-        let codes = |which: &str| count(&db_path, &format!("SELECT count(*) FROM otp_challenges {which}"));
+        let database = Database::Sqlite(std::path::Path::new(dir).join("otpgate.db"));
+        let codes = |which: &str| count(&database, &format!("SELECT count(*) FROM otp_challenges {which}"));
         let expired = format!("WHERE expires_at <= {}", otpgate::store::now());
         let before = (codes(""), codes(&expired));
-        let service = start_service(std::path::Path::new(dir)).await;
+        let service = start_service(std::path::Path::new(dir), &args).await;
         // The periodic task's first round runs as the service starts.
         let deadline = Instant::now() + Duration::from_secs(30);
         while codes(&expired) > 0 && Instant::now() < deadline {
@@ -527,15 +636,22 @@ async fn main() {
         let errors: u64 = loaded.iter().map(|m| m.errors).sum();
         std::process::exit(if errors == 0 && consistent { 0 } else { 1 });
     }
+    assert!(!args.scale || args.database_url.is_none(), "--scale preloads a SQLite file; run it without --database-url");
     println!(
-        "otpgate loadgen: {} s per operation, {} connections, {} cores",
+        "otpgate loadgen: {} s per operation, {} connections, {} cores, {} on {}{}",
         args.secs,
         args.conns,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        match args.instances {
+            1 => "one instance".to_string(),
+            n => format!("{n} instances"),
+        },
+        if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" },
+        if args.redis_url.is_some() { ", limits in Redis" } else { "" },
     );
 
     let empty_dir = tempfile::tempdir().unwrap();
-    let service = start_service(empty_dir.path()).await;
+    let service = start_service(empty_dir.path(), &args).await;
     println!("\n== empty database");
     let empty = run_all(&service, &args).await;
     let consistent = check_counts(&service, &empty, &args);
@@ -546,6 +662,12 @@ async fn main() {
 
     if args.scale {
         ok &= run_preloaded(&args, &empty);
+    }
+    if let Database::Postgres { .. } = service.database {
+        for state in std::iter::once(&service.state).chain(&service.others) {
+            state.shutdown(Duration::from_secs(1)).await;
+        }
+        service.database.drop_postgres();
     }
     if !ok {
         eprintln!("FAILED: errors or inconsistent counts (see above)");
