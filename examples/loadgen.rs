@@ -17,6 +17,10 @@
 #[allow(dead_code)]
 mod fake_upstream;
 
+#[path = "../tests/it/common/backend.rs"]
+#[allow(dead_code)]
+mod backend;
+
 use actix_web::{web, HttpServer};
 use async_trait::async_trait;
 use rand::Rng;
@@ -338,7 +342,7 @@ impl Database {
             None => Database::Sqlite(dir.join("otpgate.db")),
             Some(server) => {
                 let name = format!("otpgate_bench_{:016x}", rand::random::<u64>());
-                postgres_rows(server, &format!("CREATE DATABASE {name}"));
+                backend::run_sql(server, &format!("CREATE DATABASE {name}"));
                 Database::Postgres { server: server.to_string(), name }
             }
         }
@@ -348,45 +352,15 @@ impl Database {
     fn setting(&self) -> (&'static str, String) {
         match self {
             Database::Sqlite(path) => ("DATABASE_PATH", path.to_string_lossy().into_owned()),
-            Database::Postgres { server, name } => ("DATABASE_URL", with_database(server, name)),
+            Database::Postgres { server, name } => ("DATABASE_URL", backend::with_database(server, name)),
         }
     }
 
     fn drop_postgres(&self) {
         if let Database::Postgres { server, name } = self {
-            postgres_rows(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            backend::run_sql(server, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
-}
-
-/// `url` with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
-    let mut url = reqwest::Url::parse(url).expect("--database-url is a URL");
-    url.set_path(&format!("/{name}"));
-    url.to_string()
-}
-
-/// The first column of each row `sql` answers on the PostgreSQL server at `url`, from a
-/// thread of its own (the caller is on the service's runtime).
-fn postgres_rows(url: &str, sql: &str) -> Vec<String> {
-    let (url, sql) = (url.to_string(), sql.to_string());
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connect to --database-url");
-            tokio::spawn(connection);
-            let messages = client.simple_query(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-            messages
-                .into_iter()
-                .filter_map(|m| match m {
-                    tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).unwrap_or_default().to_string()),
-                    _ => None,
-                })
-                .collect()
-        })
-    })
-    .join()
-    .unwrap()
 }
 
 async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
@@ -442,7 +416,9 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
 fn count(database: &Database, sql: &str) -> i64 {
     let db_path = match database {
         Database::Sqlite(path) => path,
-        Database::Postgres { server, name } => return postgres_rows(&with_database(server, name), sql)[0].parse().unwrap(),
+        Database::Postgres { server, name } => {
+            return backend::run_sql(&backend::with_database(server, name), sql)[0].as_deref().unwrap_or("0").parse().unwrap()
+        }
     };
     let conn = rusqlite::Connection::open(db_path).unwrap();
     conn.query_row(sql, [], |r| r.get(0)).unwrap()

@@ -721,14 +721,53 @@ pub(in crate::store) fn store_challenge(conn: &Connection, c: &NewChallenge) -> 
     Ok(())
 }
 
-struct Challenge {
-    appid: String,
-    otp_hash: Vec<u8>,
-    expires_at: i64,
-    attempts: u32,
-    claimed_at: Option<i64>,
-    challenge_sha256: Option<Vec<u8>>,
-    bound_attempts: u32,
+/// A pending code as stored, as a guess at it is judged.
+pub(in crate::store) struct Challenge {
+    pub appid: String,
+    pub otp_hash: Vec<u8>,
+    pub expires_at: i64,
+    pub attempts: u32,
+    pub claimed_at: Option<i64>,
+    pub challenge_sha256: Option<Vec<u8>>,
+    pub bound_attempts: u32,
+}
+
+/// What a guess meets before its code is compared (the same rules on every backend).
+pub(in crate::store) enum Judgement {
+    /// Answered without comparing the code; nothing is written.
+    Answer(VerifyOutcome),
+    /// Compare it: `bound` when it sent the code's challenge id (its wrong guesses are
+    /// counted apart and spend no per-address budget), `attempts` wrong guesses so far.
+    Compare { bound: bool, attempts: u32 },
+}
+
+/// Judges a guess against the stored challenge (see [`check_and_claim`]).
+pub(in crate::store) fn judge(challenge: Option<&Challenge>, guess: &Guess, now: i64, max_attempts: u32, claim_secs: i64) -> Judgement {
+    let Some(challenge) = challenge else {
+        return Judgement::Answer(VerifyOutcome::NoCode);
+    };
+    let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
+    if challenge.expires_at <= now || claimed || challenge.appid != guess.appid {
+        return Judgement::Answer(VerifyOutcome::NoCode);
+    }
+    let bound = match (&guess.challenge_sha256, &challenge.challenge_sha256) {
+        (None, _) => false,
+        (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
+        (Some(_), _) => return Judgement::Answer(VerifyOutcome::NoCode),
+    };
+    let attempts = if bound { challenge.bound_attempts } else { challenge.attempts };
+    if attempts >= max_attempts {
+        return Judgement::Answer(VerifyOutcome::TooManyAttempts);
+    }
+    Judgement::Compare { bound, attempts }
+}
+
+/// The answer to a wrong guess, the `attempts + 1`-th of at most `max_attempts`.
+pub(in crate::store) fn after_wrong_guess(max_attempts: u32, attempts: u32) -> VerifyOutcome {
+    match max_attempts - attempts - 1 {
+        0 => VerifyOutcome::TooManyAttempts,
+        left => VerifyOutcome::Wrong { left },
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -790,28 +829,16 @@ pub fn check_and_claim(
                 })
             })
             .optional()?;
-        let Some(challenge) = row else {
-            return Ok(VerifyOutcome::NoCode);
+        let (bound, attempts) = match judge(row.as_ref(), guess, now, max_attempts, claim_secs) {
+            Judgement::Answer(outcome) => return Ok(outcome),
+            Judgement::Compare { bound, attempts } => (bound, attempts),
         };
-        let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
-        if challenge.expires_at <= now || claimed || challenge.appid != guess.appid {
-            return Ok(VerifyOutcome::NoCode);
-        }
-        let bound = match (&guess.challenge_sha256, &challenge.challenge_sha256) {
-            (None, _) => false,
-            (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
-            (Some(_), _) => return Ok(VerifyOutcome::NoCode),
-        };
-        let attempts = if bound { challenge.bound_attempts } else { challenge.attempts };
-        if attempts >= max_attempts {
-            return Ok(VerifyOutcome::TooManyAttempts);
-        }
         if !bound {
             if let Err(refusal) = admit() {
                 return Ok(VerifyOutcome::Refused(refusal));
             }
         }
-        if otp::same(&challenge.otp_hash, guess.otp_hash) {
+        if row.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, guess.otp_hash)) {
             tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
             return Ok(VerifyOutcome::Claimed);
         }
@@ -821,10 +848,7 @@ pub fn check_and_claim(
             "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = ?1"
         };
         tx.prepare_cached(count_it)?.execute([address])?;
-        Ok(match max_attempts - attempts - 1 {
-            0 => VerifyOutcome::TooManyAttempts,
-            left => VerifyOutcome::Wrong { left },
-        })
+        Ok(after_wrong_guess(max_attempts, attempts))
     })
 }
 

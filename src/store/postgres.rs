@@ -24,7 +24,10 @@ use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
 use crate::store::import::{Imported, SessionRow, Snapshot, UserRow};
 use crate::store::outbox::Pending;
-use crate::store::{CodeGuess, CompletedLogin, LoginRecord, NewChallenge, StorageError, VerifyOutcome};
+use crate::store::{
+    after_wrong_guess, judge, Challenge, CodeGuess, CompletedLogin, Guess, Judgement, LoginRecord, NewChallenge, StorageError,
+    VerifyOutcome,
+};
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/001_initial.sql"))];
@@ -180,31 +183,30 @@ impl PgStore {
             &[&guess.address],
         )
         .await?;
-        let Some(row) = row else {
-            return Ok(VerifyOutcome::NoCode);
+        let challenge = match row {
+            Some(row) => Some(Challenge {
+                appid: row.try_get(0)?,
+                otp_hash: row.try_get(1)?,
+                expires_at: row.try_get(2)?,
+                attempts: counter(row.try_get(3)?),
+                claimed_at: row.try_get(4)?,
+                challenge_sha256: row.try_get(5)?,
+                bound_attempts: counter(row.try_get(6)?),
+            }),
+            None => None,
         };
-        let (appid, otp_hash, expires_at): (String, Vec<u8>, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-        let claimed_at: Option<i64> = row.try_get(4)?;
-        let stored_challenge: Option<Vec<u8>> = row.try_get(5)?;
-        let claimed = claimed_at.is_some_and(|at| at + claim_secs > now);
-        if expires_at <= now || claimed || appid != guess.appid {
-            return Ok(VerifyOutcome::NoCode);
-        }
-        let bound = match (&guess.challenge_sha256, &stored_challenge) {
-            (None, _) => false,
-            (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
-            (Some(_), _) => return Ok(VerifyOutcome::NoCode),
+        let judged =
+            Guess { address: &guess.address, appid: &guess.appid, otp_hash: &guess.otp_hash, challenge_sha256: guess.challenge_sha256 };
+        let (bound, attempts) = match judge(challenge.as_ref(), &judged, now, max_attempts, claim_secs) {
+            Judgement::Answer(outcome) => return Ok(outcome),
+            Judgement::Compare { bound, attempts } => (bound, attempts),
         };
-        let attempts = counter(row.try_get(if bound { 6 } else { 3 })?);
-        if attempts >= max_attempts {
-            return Ok(VerifyOutcome::TooManyAttempts);
-        }
         if !bound {
             if let Err(refusal) = admit().await {
                 return Ok(VerifyOutcome::Refused(refusal));
             }
         }
-        if otp::same(&otp_hash, &guess.otp_hash) {
+        if challenge.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, &guess.otp_hash)) {
             execute(&tx, "UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1", &[&guess.address, &now]).await?;
             tx.commit().await?;
             return Ok(VerifyOutcome::Claimed);
@@ -216,10 +218,7 @@ impl PgStore {
         };
         execute(&tx, count_it, &[&guess.address]).await?;
         tx.commit().await?;
-        Ok(match max_attempts - attempts - 1 {
-            0 => VerifyOutcome::TooManyAttempts,
-            left => VerifyOutcome::Wrong { left },
-        })
+        Ok(after_wrong_guess(max_attempts, attempts))
     }
 
     /// Gives a claimed code back after the upstream call failed, so the same code works
