@@ -311,9 +311,20 @@ async fn verify_new_user(instance: &Instance, phone: &str) -> Value {
     verify(phone, &instance.code_for(phone))
 }
 
-/// nginx from deploy/compose-nginx.conf in front of `instances`, in the foreground of a
-/// process of its own; `None` when nginx is not installed.
-fn nginx_in_front_of(instances: &[&Instance], work: &std::path::Path) -> Option<(Child, String)> {
+/// An nginx process, stopped when dropped, also when a test fails.
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// nginx from deploy/compose-nginx.conf in front of `instances`, as one process in the
+/// foreground (no workers, which would outlive a killed master and hold the test's output
+/// open); `None` when nginx is not installed.
+fn nginx_in_front_of(instances: &[&Instance], work: &std::path::Path) -> Option<(Nginx, String)> {
     let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|path| std::path::Path::new(path).exists())?;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let site = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/compose-nginx.conf")).unwrap();
@@ -326,7 +337,7 @@ fn nginx_in_front_of(instances: &[&Instance], work: &std::path::Path) -> Option<
     std::fs::write(work.join("site.conf"), site).unwrap();
     let temp = |name: &str| format!("{name}_temp_path {}/{name};", work.display());
     let main = format!(
-        "daemon off; pid {dir}/nginx.pid; error_log {dir}/error.log; events {{}}\nhttp {{ {} {} {} {} {} include {dir}/site.conf; }}\n",
+        "daemon off; master_process off; pid {dir}/nginx.pid; error_log {dir}/error.log; events {{}}\nhttp {{ {} {} {} {} {} include {dir}/site.conf; }}\n",
         temp("client_body"),
         temp("proxy"),
         temp("fastcgi"),
@@ -337,9 +348,12 @@ fn nginx_in_front_of(instances: &[&Instance], work: &std::path::Path) -> Option<
     std::fs::write(work.join("nginx.conf"), main).unwrap();
     let child = Command::new(nginx)
         .args(["-c", &work.join("nginx.conf").to_string_lossy(), "-e", &work.join("error.log").to_string_lossy()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Some((child, format!("http://127.0.0.1:{port}")))
+    Some((Nginx(child), format!("http://127.0.0.1:{port}")))
 }
 
 #[actix_web::test]
@@ -348,7 +362,7 @@ async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_th
     let cluster = Cluster::new(servers);
     let (a, b) = (cluster.start(&[]).await, cluster.start(&[]).await);
     let work = tempfile::tempdir().unwrap();
-    let Some((mut nginx, front)) = nginx_in_front_of(&[&a, &b], work.path()) else {
+    let Some((nginx, front)) = nginx_in_front_of(&[&a, &b], work.path()) else {
         println!("skipped: nginx is not installed");
         return;
     };
@@ -377,6 +391,5 @@ async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_th
     assert_eq!(status, 200, "{reply}");
     let verified_on = if a.upstream.issued() == 1 { &a } else { &b };
     assert_ne!(started_on.url, verified_on.url, "nginx alternates: the start and the verify reached different instances");
-    let _ = nginx.kill();
-    let _ = nginx.wait();
+    drop(nginx);
 }

@@ -164,6 +164,14 @@ struct Service {
     seen: Vec<Value>,
 }
 
+/// A test that fails leaves no process behind holding the test's output open.
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Service {
     async fn start(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> Service {
         let db = dir.path().join("otpgate.db");
@@ -177,7 +185,7 @@ impl Service {
             ("LOG_FORMAT", "json"),
             ("SHUTDOWN_GRACE_SECS", "10"),
         ];
-        let mut child = otpgate(&["serve"], &env).stderr(Stdio::piped()).spawn().unwrap();
+        let mut child = otpgate(&["serve"], &env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (send, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
@@ -194,8 +202,8 @@ impl Service {
         service
     }
 
-    /// Waits (at most 10 s) for a log line whose message is `message`.
-    /// Polls for up to 30 s: the process may start slowly on a loaded machine.
+    /// Waits for a log line whose message is `message`, for up to 30 s: the process may
+    /// start slowly on a loaded machine.
     async fn wait_for(&mut self, message: &str) -> Value {
         for _ in 0..600 {
             while let Ok(line) = self.lines.try_recv() {
@@ -219,11 +227,10 @@ impl Service {
                 while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
                     self.seen.push(line);
                 }
-                return (status.code(), self.seen);
+                return (status.code(), std::mem::take(&mut self.seen));
             }
             actix_web::rt::time::sleep(Duration::from_millis(50)).await;
         }
-        self.child.kill().unwrap();
         panic!("the service did not exit: {:?}", self.seen);
     }
 }
