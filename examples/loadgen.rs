@@ -367,7 +367,7 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
     let database = Database::new(dir, args.database_url.as_deref());
-    let mut vars = vec![database.setting()];
+    let mut vars = vec![database.setting(), ("FILES_DIR", dir.join("files").to_string_lossy().into_owned())];
     if let Database::Postgres { .. } = database {
         vars.push(("OTP_SECRET", "bench-secret-shared-by-every-instance".into()));
     }

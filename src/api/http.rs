@@ -1,6 +1,7 @@
 //! The HTTP surface: the API (JSON, relaxed JSON, form, multipart or query string in;
-//! JSON out, in the dialect of `API_DIALECT`) at every path the apps post to, and the
-//! operational routes (`/healthz`, `/readyz`, `/metrics`, `/openapi.json`).
+//! JSON out, in the dialect of `API_DIALECT`) at every path the apps post to, uploaded
+//! files (`/files/...`), and the operational routes (`/healthz`, `/readyz`, `/metrics`,
+//! `/openapi.json`).
 
 use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
@@ -17,6 +18,7 @@ use crate::config::Dialect;
 use crate::domain::app_settings::AppReply;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
+use crate::service::uploads::UploadedFile;
 use crate::store;
 use crate::{api::health, api::openapi, api::request_log, api::server, domain::metrics};
 
@@ -32,7 +34,8 @@ pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceCon
             // The timeout wraps the resource, not the App: it must not hold the request while routing.
             cfg.service(web::resource(*path).wrap(from_fn(server::time_limit)).route(web::post().to(api)).route(web::get().to(api)));
         }
-        cfg.route("/healthz", web::get().to(health::healthz))
+        cfg.route("/files/{name}", web::get().to(serve_file))
+            .route("/healthz", web::get().to(health::healthz))
             .route("/readyz", web::get().to(health::readyz))
             .route("/metrics", web::get().to(metrics::serve))
             .route("/openapi.json", web::get().to(openapi::serve));
@@ -43,8 +46,8 @@ pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let dialect = state.http.dialect;
-    let params = match read_params(&request, payload, &state.http).await {
-        Ok(params) => params,
+    let (params, file) = match read_params(&request, payload, &state.http).await {
+        Ok(read) => read,
         Err(e) => {
             request_log::note_api_call(&request, Op::label(""), Some(e.code.as_str()));
             return reply(dialect, "", Err(e));
@@ -60,7 +63,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
             let app = state.apps.for_app(request.appid.as_deref().map(str::trim).unwrap_or_default());
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
-        Some(session_op) => ops::handle(&state, session_op, &params, &request, &client_ip).await,
+        Some(session_op) => ops::handle(&state, session_op, &params, file, &request, &client_ip).await,
         None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
@@ -113,6 +116,9 @@ fn login_fields(outcome: LoginOutcome, app: &AppReply) -> Map<String, Value> {
             fields.insert("name".into(), profile.name.into());
             fields.insert("status".into(), profile.status.into());
             fields.insert("photo".into(), profile.photo.into());
+            if let Some(thumbnail) = &profile.thumbnail {
+                fields.insert("tn".into(), crate::domain::account::thumbnail_field(thumbnail));
+            }
             fields.insert("urls".into(), serde_json::json!({ "upload": app.upload_url, "download": app.download_url }));
             fields.insert(
                 "share".into(),
@@ -170,37 +176,66 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
     response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(Value::Object(body).to_string())
 }
 
-/// Reads the request's fields (see [`parse_fields`]). Contact ops carry whole address
-/// books and may send up to `max_contacts_body_bytes`; every other op is held to
+/// Reads the request's fields and its first file part (see [`parse_request`]). Contact
+/// ops carry whole address books and may send up to `max_contacts_body_bytes`; ops that
+/// take a file may add `max_upload_bytes` in a multipart body; every other op is held to
 /// `max_body_bytes`, checked once the op is known.
-async fn read_params(request: &HttpRequest, payload: web::Payload, limits: &HttpSettings) -> Result<Params, ApiError> {
+async fn read_params(
+    request: &HttpRequest,
+    payload: web::Payload,
+    limits: &HttpSettings,
+) -> Result<(Params, Option<UploadedFile>), ApiError> {
     let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
-    let read_limit = limits.max_body_bytes.max(limits.max_contacts_body_bytes);
+    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let with_file = limits.max_body_bytes + limits.max_upload_bytes;
+    let read_limit = match is_multipart(content_type) {
+        true => limits.max_contacts_body_bytes.max(with_file),
+        false => limits.max_contacts_body_bytes.max(limits.max_body_bytes),
+    };
     let body = payload
         .to_bytes_limited(read_limit)
         .await
         .map_err(|_| too_large(read_limit))?
         .map_err(|_| bad("the request body could not be read"))?;
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     let size = body.len();
-    let params = parse_fields(request.query_string(), content_type, body).await?;
-    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
-    let limit = if Op::parse(&op).is_some_and(Op::carries_address_book) { limits.max_contacts_body_bytes } else { limits.max_body_bytes };
+    let (params, file) = parse_request(request.query_string(), content_type, body).await?;
+    let op = Op::parse(&params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default());
+    let limit = match op {
+        Some(op) if op.carries_address_book() => limits.max_contacts_body_bytes,
+        Some(op) if op.carries_file() && is_multipart(content_type) => with_file,
+        _ => limits.max_body_bytes,
+    };
     if size > limit {
         return Err(too_large(limit));
     }
-    Ok(params)
+    let file = file.filter(|_| op.is_some_and(Op::carries_file));
+    if file.as_ref().is_some_and(|file| file.bytes.len() > limits.max_upload_bytes) {
+        return Err(ApiError { keeps_status: true, ..bad(&format!("the file is larger than {} bytes", limits.max_upload_bytes)) });
+    }
+    Ok((params, file))
+}
+
+fn is_multipart(content_type: &str) -> bool {
+    content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data")
+}
+
+/// The request's fields (see [`parse_request`]) without its file.
+pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> Result<Params, ApiError> {
+    Ok(parse_request(query, content_type, body).await?.0)
 }
 
 /// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
-/// multipart form); body fields win.
-pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> Result<Params, ApiError> {
+/// multipart form); body fields win. A multipart body's first file part comes apart.
+pub async fn parse_request(query: &str, content_type: &str, body: web::Bytes) -> Result<(Params, Option<UploadedFile>), ApiError> {
     let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let mut params: Params =
         url_encoded(query).ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect();
-    if content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data") {
-        params.extend(multipart_fields(content_type, body).await?);
+    let mut file = None;
+    if is_multipart(content_type) {
+        let (fields, first_file) = multipart_fields(content_type, body).await?;
+        params.extend(fields);
+        file = first_file;
     } else {
         let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
         // JSON whatever the Content-Type (the iOS app sends none, `curl -d` a form type).
@@ -210,7 +245,7 @@ pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> 
             params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
         }
     }
-    Ok(params)
+    Ok((params, file))
 }
 
 /// The fields of a URL-encoded form or query string. serde_urlencoded decodes bytes that
@@ -238,20 +273,50 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect())
 }
 
-/// The text fields of a multipart form (the 2021 apps' encoding when a file is attached).
-/// File parts are left for the ops that take files.
-async fn multipart_fields(content_type: &str, body: web::Bytes) -> Result<Vec<(String, String)>, ApiError> {
+/// The text fields of a multipart form (the 2021 apps' encoding when a file is attached)
+/// and its first file part, whatever its name, as the reference took it.
+async fn multipart_fields(content_type: &str, body: web::Bytes) -> Result<(Vec<(String, String)>, Option<UploadedFile>), ApiError> {
     let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
     let boundary = multer::parse_boundary(content_type).map_err(|_| bad("the multipart Content-Type has no boundary"))?;
     let mut form = multer::Multipart::new(futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) }), boundary);
     let mut fields = Vec::new();
+    let mut file = None;
     while let Some(field) = form.next_field().await.map_err(|_| bad("the request body is not a valid multipart form"))? {
-        if field.file_name().is_some() {
+        if let Some(file_name) = field.file_name().map(String::from) {
+            if file.is_none() {
+                let bytes = field.bytes().await.map_err(|_| bad("the request body is not a valid multipart form"))?;
+                file = Some(UploadedFile { file_name, bytes: bytes.to_vec() });
+            }
             continue;
         }
         let Some(name) = field.name().map(String::from) else { continue };
         let value = field.text().await.map_err(|_| bad("a multipart field is not text"))?;
         fields.push((name, value));
     }
-    Ok(fields)
+    Ok((fields, file))
+}
+
+/// `GET /files/{name}`: an uploaded file. Names are content hashes, so a file never
+/// changes and may be cached for good; types outside a short list are served as
+/// downloads, and nothing is run by a browser (`nosniff`, a sandboxing CSP).
+async fn serve_file(name: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let found = match state.files.store.get(&name).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::error!("reading an uploaded file failed: {e}");
+            return HttpResponse::ServiceUnavailable().finish();
+        }
+    };
+    let Some((bytes, extension)) = found else { return HttpResponse::NotFound().finish() };
+    let (content_type, inline) = crate::domain::images::served_type(&extension);
+    let mut response = HttpResponse::Ok();
+    response
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=31536000, immutable"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, "default-src 'none'; sandbox"));
+    if !inline {
+        response.insert_header((header::CONTENT_DISPOSITION, "attachment"));
+    }
+    response.body(bytes)
 }

@@ -11,11 +11,14 @@ pub enum Op {
     DelContacts,
     Profile,
     Me,
+    Upload,
+    SetNotify,
 }
 
 impl Op {
     /// Every op, in the order the OpenAPI document lists them.
-    pub const ALL: [Op; 7] = [Op::Login, Op::Logout, Op::Devices, Op::GetContacts, Op::DelContacts, Op::Profile, Op::Me];
+    pub const ALL: [Op; 9] =
+        [Op::Login, Op::Logout, Op::Devices, Op::GetContacts, Op::DelContacts, Op::Profile, Op::Me, Op::Upload, Op::SetNotify];
 
     /// The op's name in requests and replies.
     pub fn as_str(self) -> &'static str {
@@ -27,6 +30,8 @@ impl Op {
             Op::DelContacts => "delcontacts",
             Op::Profile => "profile",
             Op::Me => "me",
+            Op::Upload => "upload",
+            Op::SetNotify => "setnotify",
         }
     }
 
@@ -43,6 +48,11 @@ impl Op {
     /// Contact ops carry whole address books, so their bodies may be larger.
     pub fn carries_address_book(self) -> bool {
         matches!(self, Op::GetContacts | Op::DelContacts)
+    }
+
+    /// Ops that may carry a file part (a photo or an attachment) up to `MAX_UPLOAD_BYTES`.
+    pub fn carries_file(self) -> bool {
+        matches!(self, Op::Upload | Op::Profile)
     }
 
     /// The label of a request's op in metrics and logs: a known op's name, never the

@@ -1,5 +1,5 @@
-//! The ops an app calls with the access token `login` gave it: sessions,
-//! contact sync and profiles. Each needs a live session.
+//! The ops an app calls with the access token `login` gave it: sessions, contact sync,
+//! profiles, files and push registrations. Each needs a live session.
 
 use actix_web::http::header;
 use actix_web::HttpRequest;
@@ -7,14 +7,17 @@ use serde_json::{Map, Value};
 
 use crate::api::http::Params;
 use crate::api::op::Op;
+use crate::config::Dialect;
 use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::uploads::{self, UploadRequest, UploadedFile};
 use crate::{api::AppState, service::contacts, service::sessions, service::users};
 
 pub async fn handle(
     state: &AppState,
     op: Op,
     params: &Params,
+    file: Option<UploadedFile>,
     request: &HttpRequest,
     client_ip: &str,
 ) -> Result<Map<String, Value>, ApiError> {
@@ -43,17 +46,45 @@ pub async fn handle(
         }
         Op::DelContacts => contacts::delcontacts(&state.db, &caller, field("phones"), state.contact_limits.max_per_request).await,
         Op::Profile => {
+            if number(params, "gid") > 0 {
+                return Err(ApiError::new(ErrorCode::BadGroup, "not an admin of this group"));
+            }
             let fields = users::ProfileFields { name: field("name"), status: field("status"), photo: field("photo") };
-            users::change_profile(&state.db, &caller, fields).await
+            let texts = fields.name.is_some() || fields.status.is_some() || fields.photo.is_some();
+            // The 2021 apps may send the new photo as a file part of the same request.
+            let photo_sent = file.is_some();
+            if let Some(file) = file {
+                uploads::set_own_photo(&state.db, &state.files, &caller, false, Some(file)).await?;
+            }
+            let mut reply = match photo_sent && !texts {
+                true => users::me(&state.db, &caller).await?,
+                false => users::change_profile(&state.db, &caller, fields).await?,
+            };
+            // The 2021 Android app reads `profile` as a number: an object fails its whole reply.
+            if state.http.dialect == Dialect::Mesibo {
+                reply.remove("profile");
+            }
+            Ok(reply)
         }
         Op::Me => users::me(&state.db, &caller).await,
+        Op::Upload => {
+            let request =
+                UploadRequest { profile: number(params, "profile") > 0, gid: number(params, "gid"), delete: flag(params, "delete"), file };
+            uploads::upload(&state.db, &state.files, &caller, request).await
+        }
+        Op::SetNotify => {
+            let fields = sessions::SetNotify { notify_token: field("notifytoken"), fcm_id: field("fcmid"), device_type: field("dt") };
+            sessions::set_notify(&state.db, &caller, fields).await
+        }
         Op::Login | Op::Logout => Err(ApiError::new(ErrorCode::BadOp, "this op needs no session")),
     }
 }
 
-/// The token from the `token` field, or else from `Authorization: Bearer`.
+/// The token from the `token` field (`auth`, as the iOS app names it with attachments),
+/// or else from `Authorization: Bearer`.
 fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
-    let from_field = params.get("token").map(|t| t.trim()).filter(|t| !t.is_empty());
+    let field = |name: &str| params.get(name).map(|t| t.trim()).filter(|t| !t.is_empty());
+    let from_field = field("token").or_else(|| field("auth"));
     let from_header = || {
         let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.trim().split_once(' ')?;
@@ -65,6 +96,11 @@ fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
 
 fn authfail(message: &str) -> ApiError {
     ApiError::new(ErrorCode::AuthFail, message)
+}
+
+/// An integer request field; missing or not a number reads as 0, as the reference read it.
+pub fn number(params: &Params, name: &str) -> i64 {
+    params.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
 }
 
 /// A boolean request field: `1`, `true` or `yes`.

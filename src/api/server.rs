@@ -19,6 +19,8 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_contacts_body_bytes: usize,
+    /// What a file part may add to a body, for the ops that take one.
+    pub max_upload_bytes: usize,
     pub request_timeout: Duration,
 }
 
@@ -29,6 +31,7 @@ impl HttpSettings {
             cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
             max_body_bytes: config.max_body_bytes,
             max_contacts_body_bytes: config.max_contacts_body_bytes,
+            max_upload_bytes: config.max_upload_bytes,
             request_timeout: Duration::from_secs(config.request_timeout_secs),
         }
     }

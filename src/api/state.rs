@@ -10,6 +10,7 @@ use crate::domain::client_ip::TrustedProxies;
 use crate::domain::ratelimit::SharedLimits;
 use crate::service::contacts::ContactLimits;
 use crate::service::login::LoginFlow;
+use crate::service::uploads::Files;
 use crate::store::Db;
 
 /// Everything a request handler needs, shared by all workers.
@@ -19,6 +20,8 @@ pub struct AppState {
     /// What the login reply tells each app besides its token.
     pub apps: AppSettings,
     pub contact_limits: Arc<ContactLimits>,
+    /// Uploaded photos and attachments.
+    pub files: Files,
     /// The rate-limit buckets every instance shares (Redis), when configured.
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.

@@ -73,6 +73,13 @@ pub struct Config {
     /// Largest body of `getcontacts`/`delcontacts`, which carry whole address books.
     #[serde(default = "defaults::max_contacts_body_bytes")]
     pub max_contacts_body_bytes: usize,
+    /// Largest file part of `upload` (and of `profile` with a photo).
+    #[serde(default = "defaults::max_upload_bytes")]
+    pub max_upload_bytes: usize,
+    /// Where uploaded photos and attachments are kept (served at `/files/`); empty: a
+    /// `files` directory beside DATABASE_PATH.
+    #[serde(default)]
+    pub files_dir: String,
     /// A request still unanswered after this long gets `TIMEOUT`.
     #[serde(default = "defaults::request_timeout_secs")]
     pub request_timeout_secs: u64,
@@ -696,6 +703,10 @@ mod defaults {
     pub fn max_body_bytes() -> usize {
         64 * 1024
     }
+    pub fn max_upload_bytes() -> usize {
+        16 * 1024 * 1024
+    }
+
     /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
     pub fn max_contacts_body_bytes() -> usize {
         256 * 1024
@@ -884,6 +895,9 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return bad("MAX_BODY_BYTES", "must be at least 1024");
         }
+        if self.max_upload_bytes == 0 {
+            return bad("MAX_UPLOAD_BYTES", "must be at least 1");
+        }
         if self.max_contacts_body_bytes < self.max_body_bytes {
             return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
         }
@@ -949,6 +963,15 @@ impl Config {
 
     pub fn dialect(&self) -> Dialect {
         self.api_dialect
+    }
+
+    /// The directory of uploaded files: FILES_DIR, or `files` beside DATABASE_PATH.
+    pub fn files_directory(&self) -> std::path::PathBuf {
+        if !self.files_dir.is_empty() {
+            return self.files_dir.clone().into();
+        }
+        let database = std::path::Path::new(&self.database_path);
+        database.parent().unwrap_or(std::path::Path::new(".")).join("files")
     }
 
     /// The base URL apps reach the service at: `PUBLIC_URL`, or else `http://` and BIND

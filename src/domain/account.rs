@@ -51,6 +51,8 @@ pub struct Profile {
     pub photo: String,
     /// Unix seconds of the last change.
     pub ts: i64,
+    /// JPEG thumbnail of a photo uploaded to the service.
+    pub thumbnail: Option<Vec<u8>>,
 }
 
 impl Profile {
@@ -62,6 +64,9 @@ impl Profile {
         fields.insert("status".into(), self.status.clone().into());
         fields.insert("photo".into(), self.photo.clone().into());
         fields.insert("ts".into(), self.ts.into());
+        if let Some(thumbnail) = &self.thumbnail {
+            fields.insert("tn".into(), thumbnail_field(thumbnail));
+        }
         fields
     }
 }
@@ -72,6 +77,18 @@ pub struct OwnProfile {
     pub name: String,
     pub status: String,
     pub photo: String,
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+/// Where a device receives push notifications (`op=setnotify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRegistration {
+    /// The push service's token for the device (`notifytoken`).
+    pub token: String,
+    /// The push service's sender id (`fcmid`).
+    pub sender: Option<String>,
+    /// The platform SDK's device type (`dt`).
+    pub device_type: Option<String>,
 }
 
 /// Fields of `op=profile`; `None` leaves the stored value.
@@ -80,4 +97,12 @@ pub struct ProfileChange {
     pub name: Option<String>,
     pub status: Option<String>,
     pub photo: Option<String>,
+    /// The new photo's thumbnail; only read when `photo` changes, and `None` then removes it.
+    pub thumbnail: Option<Vec<u8>>,
+}
+
+/// A thumbnail as the apps read it (`tn`): standard base64 of the JPEG.
+pub fn thumbnail_field(jpeg: &[u8]) -> Value {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(jpeg).into()
 }

@@ -22,11 +22,16 @@ pub enum ErrorCode {
     Internal,
     Captcha,
     Timeout,
+    MissingFile,
+    BadImage,
+    BadGroup,
+    NotMember,
+    MissingPara,
 }
 
 impl ErrorCode {
     /// Every code, in the order the OpenAPI document lists them.
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::BadOp,
         ErrorCode::MissingAppid,
@@ -43,6 +48,11 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::Captcha,
         ErrorCode::Timeout,
+        ErrorCode::MissingFile,
+        ErrorCode::BadImage,
+        ErrorCode::BadGroup,
+        ErrorCode::NotMember,
+        ErrorCode::MissingPara,
     ];
 
     /// (the code as sent, its HTTP status in the `json` dialect, its meaning).
@@ -70,6 +80,11 @@ impl ErrorCode {
             ErrorCode::Internal => ("INTERNAL", 503, "the database failed; retry"),
             ErrorCode::Captcha => ("CAPTCHA", 400, "captcha_token missing or not accepted by the CAPTCHA provider"),
             ErrorCode::Timeout => ("TIMEOUT", 504, "the request took longer than REQUEST_TIMEOUT_SECS; retry"),
+            ErrorCode::MissingFile => ("MISSINGFILE", 400, "upload without a file part"),
+            ErrorCode::BadImage => ("BADIMAGE", 415, "a photo that is not a JPEG, PNG, GIF or WebP image"),
+            ErrorCode::BadGroup => ("BADGROUP", 403, "not a member of the group, or not its admin or owner where that is needed"),
+            ErrorCode::NotMember => ("NOTMEMBER", 403, "getgroup of a group the caller is not a member of"),
+            ErrorCode::MissingPara => ("MISSINGPARA", 400, "gid (or m) missing for a group op"),
         }
     }
 

@@ -24,6 +24,8 @@ use crate::domain::ratelimit::SharedLimits;
 use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
 use crate::service::login::LoginFlow;
+use crate::service::uploads::Files;
+use crate::store::files::FileStore;
 use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
 
@@ -48,10 +50,13 @@ impl AppState {
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
+        let apps = AppSettings::from_config(config)?;
+        let files = Files { store: FileStore::open(config.files_directory())?, download_base: apps.for_app("").download_url };
         Ok(AppState {
             db,
             login,
-            apps: AppSettings::from_config(config)?,
+            apps,
+            files,
             contact_limits: Arc::new(ContactLimits::from_config(config, shared_limits.as_ref())),
             shared_limits,
             outbox,

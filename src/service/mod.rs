@@ -3,6 +3,7 @@
 pub mod contacts;
 pub mod login;
 pub mod sessions;
+pub mod uploads;
 pub mod users;
 
 /// A request field that was sent and is not blank, trimmed.

@@ -1,10 +1,10 @@
-//! `op=logout` and `op=devices`.
+//! `op=logout`, `op=devices` and `op=setnotify`.
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
-use crate::domain::account::Caller;
-use crate::domain::error::ApiError;
+use crate::domain::account::{refuse_control_characters, Caller, PushRegistration};
+use crate::domain::error::{ApiError, ErrorCode};
 use crate::store::Db;
 
 /// `op=logout`: ends the token's session, or with `all` every session of its user.
@@ -22,4 +22,40 @@ pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
     Ok(fields)
+}
+
+/// The fields of `op=setnotify` as the 2021 Android app sends them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetNotify<'a> {
+    pub notify_token: Option<&'a str>,
+    pub fcm_id: Option<&'a str>,
+    pub device_type: Option<&'a str>,
+}
+
+/// Push tokens are opaque but bounded: FCM's are about 160 characters, APNs' 64.
+const MAX_PUSH_TOKEN_CHARS: usize = 4096;
+const MAX_PUSH_FIELD_CHARS: usize = 256;
+
+/// `op=setnotify`: keeps the device's push registration with the caller's session,
+/// replacing the one before; an empty `notifytoken` removes it. Logging out removes it
+/// with the session.
+pub async fn set_notify(db: &Arc<Db>, caller: &Caller, fields: SetNotify<'_>) -> Result<Map<String, Value>, ApiError> {
+    let text = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
+        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+        if value.chars().count() > max {
+            return Err(ApiError::new(ErrorCode::BadParam, format!("{name} must be at most {max} characters")));
+        }
+        refuse_control_characters(name, value)?;
+        Ok(Some(value.to_string()))
+    };
+    let registration = match text("notifytoken", fields.notify_token, MAX_PUSH_TOKEN_CHARS)? {
+        Some(token) => Some(PushRegistration {
+            token,
+            sender: text("fcmid", fields.fcm_id, MAX_PUSH_FIELD_CHARS)?,
+            device_type: text("dt", fields.device_type, MAX_PUSH_FIELD_CHARS)?,
+        }),
+        None => None,
+    };
+    db.set_push(caller.token_sha256.clone(), registration).await?;
+    Ok(Map::new())
 }

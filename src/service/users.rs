@@ -37,6 +37,7 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
         name: field("name", fields.name, MAX_NAME_CHARS)?,
         status: field("status", fields.status, MAX_STATUS_CHARS)?,
         photo: field("photo", fields.photo, MAX_PHOTO_CHARS)?,
+        thumbnail: None,
     };
     if change.name.is_none() && change.status.is_none() && change.photo.is_none() {
         return Err(ApiError::new(ErrorCode::BadParam, "name, status or photo is required"));

@@ -11,6 +11,8 @@ use crate::store::{Db, StorageError};
 pub type UserRow = (i64, String, String, String, String, String, i64, i64, i64);
 /// A session: (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at).
 pub type SessionRow = (String, i64, String, String, i64, i64, i64);
+/// A session's push registration: (token_sha256, notify_token, notify_sender, device_type).
+pub type PushRow = (String, String, Option<String>, Option<String>);
 
 /// The rows that move, read from the SQLite file.
 #[derive(Default)]
@@ -19,6 +21,10 @@ pub struct Snapshot {
     pub sessions: Vec<SessionRow>,
     /// (owner_id, phone, added_at)
     pub contacts: Vec<(i64, String, i64)>,
+    /// (user id, thumbnail JPEG) of users with an uploaded photo.
+    pub thumbnails: Vec<(i64, Vec<u8>)>,
+    /// (token_sha256, notify_token, notify_sender, device_type) of sessions with a push registration.
+    pub push: Vec<PushRow>,
 }
 
 /// What an import moved.
@@ -49,6 +55,12 @@ pub fn read_sqlite(path: &str, now: i64) -> Result<Snapshot, StorageError> {
         .collect::<rusqlite::Result<_>>()?;
     let mut contacts = conn.prepare("SELECT owner_id, phone, added_at FROM contacts")?;
     snapshot.contacts = contacts.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut thumbnails = conn.prepare("SELECT id, thumbnail FROM users WHERE thumbnail IS NOT NULL")?;
+    snapshot.thumbnails = thumbnails.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut push = conn.prepare(
+        "SELECT token_sha256, notify_token, notify_sender, device_type FROM sessions WHERE expires_at > ?1 AND notify_token IS NOT NULL",
+    )?;
+    snapshot.push = push.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
     Ok(snapshot)
 }
 

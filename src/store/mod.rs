@@ -4,6 +4,7 @@
 pub mod allocator;
 pub mod contacts;
 pub mod courier;
+pub mod files;
 pub mod import;
 pub mod outbox;
 pub mod postgres;
@@ -101,6 +102,8 @@ pub enum StorageError {
     Closed,
     /// A thread or task of the store could not be started or did not finish.
     Thread(String),
+    /// An uploaded file could not be written or read (`FILES_DIR`).
+    Files(String),
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -125,6 +128,7 @@ impl std::fmt::Display for StorageError {
             StorageError::Panicked => f.write_str("database job panicked"),
             StorageError::Closed => f.write_str("the database is closed"),
             StorageError::Thread(why) => f.write_str(why),
+            StorageError::Files(why) => f.write_str(why),
         }
     }
 }

@@ -14,7 +14,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange};
+use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange, PushRegistration};
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
 use crate::domain::keys::MessageSeal;
@@ -22,7 +22,7 @@ use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
-use crate::store::import::{Imported, SessionRow, Snapshot, UserRow};
+use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
 use crate::store::outbox::Pending;
 use crate::store::{
     after_wrong_guess, judge, Challenge, CodeGuess, CompletedLogin, Guess, Judgement, LoginRecord, NewChallenge, StorageError,
@@ -30,7 +30,10 @@ use crate::store::{
 };
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
-const MIGRATIONS: &[(u32, &str, &str)] = &[(1, "initial", include_str!("../../migrations/postgres/001_initial.sql"))];
+const MIGRATIONS: &[(u32, &str, &str)] = &[
+    (1, "initial", include_str!("../../migrations/postgres/001_initial.sql")),
+    (2, "photos_and_push", include_str!("../../migrations/postgres/002_photos_and_push.sql")),
+];
 
 /// Key of the advisory lock that migrations take, so that instances starting together
 /// apply each step once.
@@ -243,12 +246,12 @@ impl PgStore {
              ON CONFLICT (address) DO UPDATE SET uid = excluded.uid, last_login = excluded.last_login,
                  ts = CASE WHEN excluded.name <> '' AND excluded.name <> u.name THEN excluded.ts ELSE u.ts END,
                  name = CASE WHEN excluded.name = '' THEN u.name ELSE excluded.name END
-             RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo",
+             RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo, u.thumbnail",
             &[&login.address, &login.uid, &login.name, &login.now],
         )
         .await?;
         let (user_id, first_login): (i64, bool) = (user.try_get(0)?, user.try_get(1)?);
-        let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)? };
+        let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)?, thumbnail: user.try_get(5)? };
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && !login.address.contains('@') {
             let payload = json!({ "type": "contact_joined", "phone": login.address, "name": login.name }).to_string();
@@ -339,7 +342,7 @@ impl PgStore {
         let client = self.client().await?;
         let found = query(
             &client,
-            "SELECT device, appid, created_at, last_seen_ms, token_sha256 = $2 FROM sessions
+            "SELECT device, appid, created_at, last_seen_ms, token_sha256 = $2, notify_token IS NOT NULL, device_type FROM sessions
              WHERE user_id = $1 AND expires_at > $3 ORDER BY last_seen_ms DESC",
             &[&caller.user_id, &caller.token_sha256, &now],
         )
@@ -351,16 +354,39 @@ impl PgStore {
                 "created": r.try_get::<_, i64>(2)?,
                 "last_seen": r.try_get::<_, i64>(3)? / 1000,
                 "current": r.try_get::<_, bool>(4)?,
+                "push": r.try_get::<_, bool>(5)?,
+                "dt": r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
             }))
         });
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }
 
+    /// Replaces the push registration of a session (`None` removes it).
+    pub async fn set_push(&self, token_sha256: String, push: Option<PushRegistration>) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "UPDATE sessions SET notify_token = $2, notify_sender = $3, device_type = $4 WHERE token_sha256 = $1",
+            &[
+                &token_sha256,
+                &push.as_ref().map(|p| &p.token),
+                &push.as_ref().and_then(|p| p.sender.as_ref()),
+                &push.as_ref().and_then(|p| p.device_type.as_ref()),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// The profile of a user.
     pub async fn profile_of(&self, user_id: i64) -> Result<Profile, StorageError> {
         let client = self.client().await?;
-        let row = query_one(&client, "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM users u WHERE u.id = $1", &[&user_id])
-            .await?;
+        let row = query_one(
+            &client,
+            "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM users u WHERE u.id = $1",
+            &[&user_id],
+        )
+        .await?;
         Ok(profile_from_row(&row)?)
     }
 
@@ -369,9 +395,10 @@ impl PgStore {
         let client = self.client().await?;
         let row = query_one(
             &client,
-            "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo), ts = $5
-             WHERE u.id = $1 RETURNING u.address, u.uid, u.name, u.status, u.photo, u.ts",
-            &[&user_id, &change.name, &change.status, &change.photo, &now],
+            "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo),
+                 thumbnail = CASE WHEN $4::TEXT IS NULL THEN u.thumbnail ELSE $6 END, ts = $5
+             WHERE u.id = $1 RETURNING u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail",
+            &[&user_id, &change.name, &change.status, &change.photo, &now, &change.thumbnail],
         )
         .await?;
         Ok(profile_from_row(&row)?)
@@ -429,23 +456,21 @@ impl PgStore {
             Some(phones) => {
                 query(
                     &tx,
-                    "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM users u
+                    "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM users u
                      WHERE u.address = ANY($1::text[]) AND u.id <> $2 AND (u.ts, u.address) > ($3::bigint, $4::text)
                      ORDER BY u.ts, u.address LIMIT $5",
                     &[phones, &q.owner, &after_ts, &after_address, &limit],
                 )
                 .await?
             }
-            None => {
-                query(
-                    &tx,
-                    "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts FROM contacts c JOIN users u ON u.address = c.phone
+            None => query(
+                &tx,
+                "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM contacts c JOIN users u ON u.address = c.phone
                      WHERE c.owner_id = $1 AND u.id <> $1 AND u.ts >= $2 AND (u.ts, u.address) > ($3::bigint, $4::text)
                      ORDER BY u.ts, u.address LIMIT $5",
-                    &[&q.owner, &q.since, &after_ts, &after_address, &limit],
-                )
-                .await?
-            }
+                &[&q.owner, &q.since, &after_ts, &after_address, &limit],
+            )
+            .await?,
         };
         tx.commit().await?;
         let mut page = found.iter().map(profile_from_row).collect::<Result<Vec<_>, _>>()?;
@@ -720,6 +745,27 @@ impl PgStore {
             )
             .await?;
         }
+        for chunk in snapshot.thumbnails.chunks(IMPORT_CHUNK) {
+            let ids: Vec<i64> = chunk.iter().map(|t| t.0).collect();
+            let jpegs: Vec<&[u8]> = chunk.iter().map(|t| t.1.as_slice()).collect();
+            execute(
+                &tx,
+                "UPDATE users SET thumbnail = t.jpeg FROM unnest($1::bigint[], $2::bytea[]) AS t(id, jpeg) WHERE users.id = t.id",
+                &[&ids, &jpegs],
+            )
+            .await?;
+        }
+        for chunk in snapshot.push.chunks(IMPORT_CHUNK) {
+            let text = |pick: fn(&PushRow) -> Option<String>| chunk.iter().map(pick).collect::<Vec<Option<String>>>();
+            execute(
+                &tx,
+                "UPDATE sessions SET notify_token = p.token, notify_sender = p.sender, device_type = p.dt
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS p(session, token, sender, dt)
+                 WHERE sessions.token_sha256 = p.session",
+                &[&text(|p| Some(p.0.clone())), &text(|p| Some(p.1.clone())), &text(|p| p.2.clone()), &text(|p| p.3.clone())],
+            )
+            .await?;
+        }
         for chunk in snapshot.contacts.chunks(IMPORT_CHUNK) {
             let owners: Vec<i64> = chunk.iter().map(|c| c.0).collect();
             let phones: Vec<String> = chunk.iter().map(|c| c.1.clone()).collect();
@@ -859,7 +905,7 @@ fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
     serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
 }
 
-/// A [`Profile`] from a row of `u.address, u.uid, u.name, u.status, u.photo, u.ts`.
+/// A [`Profile`] from a row of `u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail`.
 fn profile_from_row(row: &Row) -> Result<Profile, tokio_postgres::Error> {
     Ok(Profile {
         address: row.try_get(0)?,
@@ -868,6 +914,7 @@ fn profile_from_row(row: &Row) -> Result<Profile, tokio_postgres::Error> {
         status: row.try_get(3)?,
         photo: row.try_get(4)?,
         ts: row.try_get(5)?,
+        thumbnail: row.try_get(6)?,
     })
 }
 

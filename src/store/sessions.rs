@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{json, Value};
 
-use crate::domain::account::{Caller, Evicted};
+use crate::domain::account::{Caller, Evicted, PushRegistration};
 use std::sync::Arc;
 
 use crate::store::{Db, StorageError};
@@ -87,7 +87,7 @@ pub(in crate::store) fn purge_expired(conn: &mut Connection, now: i64) -> rusqli
 /// The caller's live sessions, most recently used first, as reply entries (no tokens).
 pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
     let mut query = conn.prepare_cached(
-        "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2 FROM sessions
+        "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2, notify_token IS NOT NULL, device_type FROM sessions
          WHERE user_id = ?1 AND expires_at > ?3 ORDER BY last_seen_ms DESC",
     )?;
     let rows = query.query_map(params![caller.user_id, caller.token_sha256, now], |r| {
@@ -97,12 +97,30 @@ pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -
             "created": r.get::<_, i64>(2)?,
             "last_seen": r.get::<_, i64>(3)? / 1000,
             "current": r.get::<_, bool>(4)?,
+            "push": r.get::<_, bool>(5)?,
+            "dt": r.get::<_, Option<String>>(6)?.unwrap_or_default(),
         }))
     })?;
     rows.collect()
 }
 
+/// Replaces the push registration of a session (`None` removes it).
+pub(in crate::store) fn set_push(conn: &mut Connection, token_sha256: &str, push: Option<&PushRegistration>) -> rusqlite::Result<()> {
+    conn.prepare_cached("UPDATE sessions SET notify_token = ?2, notify_sender = ?3, device_type = ?4 WHERE token_sha256 = ?1")?.execute(
+        params![token_sha256, push.map(|p| &p.token), push.and_then(|p| p.sender.as_ref()), push.and_then(|p| p.device_type.as_ref())],
+    )?;
+    Ok(())
+}
+
 impl Db {
+    /// Replaces the push registration of the token's session (`None` removes it).
+    pub async fn set_push(&self, token_sha256: String, push: Option<PushRegistration>) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.set_push(token_sha256, push).await;
+        }
+        self.call(move |conn| set_push(conn, &token_sha256, push.as_ref())).await
+    }
+
     /// The live session of a token, marked used; `None` for an unknown or expired token.
     pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
         if let Some(pg) = self.postgres() {

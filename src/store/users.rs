@@ -8,11 +8,19 @@ use std::sync::Arc;
 use crate::store::{self, Db, StorageError};
 
 /// Columns for [`profile_from_row`], for a query over `users u`.
-pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts";
+pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail";
 
 /// A [`Profile`] from a row of [`PROFILE_COLUMNS`].
 pub fn profile_from_row(row: &Row) -> rusqlite::Result<Profile> {
-    Ok(Profile { address: row.get(0)?, uid: row.get(1)?, name: row.get(2)?, status: row.get(3)?, photo: row.get(4)?, ts: row.get(5)? })
+    Ok(Profile {
+        address: row.get(0)?,
+        uid: row.get(1)?,
+        name: row.get(2)?,
+        status: row.get(3)?,
+        photo: row.get(4)?,
+        ts: row.get(5)?,
+        thumbnail: row.get(6)?,
+    })
 }
 
 /// Creates the user or records a new login; a non-empty `name` replaces the stored one.
@@ -35,9 +43,11 @@ pub(in crate::store) fn upsert_at_login(
                          ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
                          name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
                      WHERE id = ?1
-                     RETURNING name, status, photo",
+                     RETURNING name, status, photo, thumbnail",
                 )?
-                .query_row(params![id, uid, name, now], |r| Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)? }))?;
+                .query_row(params![id, uid, name, now], |r| {
+                    Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)?, thumbnail: r.get(3)? })
+                })?;
             Ok((id, false, profile))
         }
         None => {
@@ -56,9 +66,11 @@ pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Re
 pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
     store::atomically(conn, |tx| {
         tx.prepare_cached(
-            "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo), ts = ?5 WHERE id = ?1",
+            "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo),
+                 thumbnail = CASE WHEN ?4 IS NULL THEN thumbnail ELSE ?6 END, ts = ?5
+             WHERE id = ?1",
         )?
-        .execute(params![user_id, change.name, change.status, change.photo, now])?;
+        .execute(params![user_id, change.name, change.status, change.photo, now, change.thumbnail])?;
         profile(tx, user_id)
     })
 }

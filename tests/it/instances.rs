@@ -69,11 +69,13 @@ impl Cluster {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let bind = format!("127.0.0.1:{port}");
         let (sms_url, upstream_url) = (sms.url(), upstream.url());
+        let files = self.dir.path().join("files").to_string_lossy().into_owned();
         let mut command = Command::new(BIN);
         command
             .env_clear()
             .envs([
                 ("BIND", bind.as_str()),
+                ("FILES_DIR", files.as_str()),
                 ("DATABASE_URL", self.database_url.as_str()),
                 ("REDIS_URL", self.redis_url.as_str()),
                 ("REDIS_PREFIX", self.redis_prefix.as_str()),
@@ -269,6 +271,9 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let ann = sqlite.log_in("18005550401", Some("ann-phone")).await;
     sqlite.log_in("18005550402", None).await;
     assert_ok(sqlite.call_op("getcontacts", &ann, json!({ "phones": "18005550402,18005550499" })).await);
+    assert_ok(sqlite.call_op("setnotify", &ann, json!({ "notifytoken": "ann-push", "dt": "1" })).await);
+    let file = rusqlite::Connection::open(sqlite.dir.path().join("otpgate.db")).unwrap();
+    file.execute("UPDATE users SET photo = 'p.jpg', thumbnail = X'FFD8FFD9' WHERE address = '18005550401'", []).unwrap();
     sqlite.stop().await;
     sqlite.state.shutdown(Duration::from_secs(1)).await;
 
@@ -291,6 +296,9 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let instance = cluster.start(&[]).await;
     let (status, me) = instance.call(json!({ "op": "me", "token": ann })).await;
     assert_eq!(status, 200, "the session moved: {me}");
+    assert_eq!((&me["profile"]["photo"], &me["profile"]["tn"]), (&json!("p.jpg"), &json!("/9j/2Q==")), "with its photo: {me}");
+    let (_, devices) = instance.call(json!({ "op": "devices", "token": ann })).await;
+    assert_eq!(devices["devices"][0]["push"], true, "and its push registration: {devices}");
     let (_, synced) = instance.call(json!({ "op": "getcontacts", "token": ann })).await;
     let phones: Vec<&str> = synced["contacts"].as_array().unwrap().iter().map(|c| c["phone"].as_str().unwrap()).collect();
     assert_eq!(phones, ["18005550402"], "{synced}");

@@ -8,6 +8,7 @@ mod compatibility;
 mod contacts;
 mod courier;
 mod delivery;
+mod files;
 mod fraud;
 mod fuzz;
 mod hardening;

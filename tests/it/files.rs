@@ -1,0 +1,249 @@
+//! `upload` and `setnotify` as the 2021 apps and the iOS app send them: attachments
+//! uploaded to the login reply's `urls.upload` and downloaded from the `url` it returns,
+//! profile photos re-encoded without their metadata, and push registrations kept with
+//! the session.
+
+use crate::common::*;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::io::Cursor;
+
+const PHONE: &str = "18005550601";
+
+/// A multipart body as the apps' `postBundle` builds it: text fields, then the file
+/// part named `photo`.
+fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8>) {
+    let boundary = "otpgate-test-7d1c";
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+    }
+    if let Some((file_name, bytes)) = file {
+        body.extend(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend(bytes);
+        body.extend(b"\r\n");
+    }
+    body.extend(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn post_multipart(server: &TestServer, url: &str, fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (u16, Value) {
+    let (content_type, body) = multipart(fields, file);
+    server.send(server.client().post(url).header("content-type", content_type).body(body)).await
+}
+
+/// The login reply of `phone`, through both steps, in either dialect.
+async fn logged_in(server: &TestServer, phone: &str) -> Value {
+    let succeeded = |reply: &Value| reply["result"] == true || reply["result"] == "OK";
+    let (_, started) = server.call(login(phone)).await;
+    assert!(succeeded(&started), "{started}");
+    let (_, verified) = server.call(verify(phone, &server.sender.last_code(phone))).await;
+    assert!(succeeded(&verified), "{verified}");
+    verified
+}
+
+async fn token_of(server: &TestServer, phone: &str) -> String {
+    logged_in(server, phone).await["token"].as_str().unwrap().to_string()
+}
+
+/// A JPEG whose EXIF block carries a GPS position and a camera serial.
+fn jpeg_with_exif() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 90]));
+    let mut plain = Vec::new();
+    image::DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut plain), image::ImageFormat::Jpeg).unwrap();
+    let mut exif = b"Exif\0\0MM\0\x2a\0\0\0\x08\0\0\0\0\0\0".to_vec();
+    exif.extend(b"GPS 51.5007N 0.1246W serial CAM-4411");
+    let length = u16::try_from(exif.len() + 2).unwrap().to_be_bytes();
+    let mut with_exif = plain[..2].to_vec(); // SOI
+    with_exif.extend([0xFF, 0xE1, length[0], length[1]]);
+    with_exif.extend(exif);
+    with_exif.extend(&plain[2..]);
+    assert!(image::load_from_memory(&with_exif).is_ok(), "the fixture is a valid JPEG");
+    with_exif
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|window| window == needle)
+}
+
+async fn download(server: &TestServer, url: &str) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let response = server.client().get(url).send().await.unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, response.bytes().await.unwrap().to_vec())
+}
+
+#[actix_web::test]
+async fn an_attachment_uploaded_to_urls_upload_downloads_from_its_url() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo")]).await;
+    let login = logged_in(&server, PHONE).await;
+    let (upload_url, token) = (login["urls"]["upload"].as_str().unwrap(), login["token"].as_str().unwrap());
+    let upload_url = upload_url.replace("http://127.0.0.1:8080", &server.url);
+    let document = b"%PDF-1.4 a chat attachment".to_vec();
+
+    // The 2021 Android app (and Swift until 2022): `token`, `mid`, `profile=0`; reads `file`.
+    let reply = post_multipart(
+        &server,
+        &upload_url,
+        &[("op", "upload"), ("token", token), ("mid", "77"), ("profile", "0")],
+        Some(("scan.pdf", &document)),
+    )
+    .await;
+    assert_eq!((reply.0, &reply.1["result"]), (200, &json!("OK")), "{}", reply.1);
+    let url = reply.1["url"].as_str().expect("url is a string").to_string();
+    assert_eq!(reply.1["file"], url.as_str(), "file and url are the same full URL");
+    assert_eq!(reply.1["profile"], 0, "a number");
+    let (status, headers, bytes) = download(&server, &url.replace("http://127.0.0.1:8080", &server.url)).await;
+    assert_eq!((status, bytes), (200, document.clone()));
+    assert_eq!(headers["content-type"], "application/pdf");
+    assert_eq!(headers["x-content-type-options"], "nosniff");
+    assert!(headers["cache-control"].to_str().unwrap().contains("immutable"));
+
+    // The Swift app since late 2022 sends the token as `auth`; a page is served as a download.
+    let page = b"<html><script>alert(1)</script></html>".to_vec();
+    let reply = post_multipart(
+        &server,
+        &upload_url,
+        &[("op", "upload"), ("auth", token), ("mid", "78"), ("profile", "0")],
+        Some(("x.html", &page)),
+    )
+    .await;
+    assert_eq!(reply.1["result"], "OK", "{}", reply.1);
+    let url = reply.1["url"].as_str().unwrap().replace("http://127.0.0.1:8080", &server.url);
+    assert!(url.ends_with(".bin"), "{url}");
+    let (_, headers, bytes) = download(&server, &url).await;
+    assert_eq!(bytes, page);
+    assert_eq!(headers["content-type"], "application/octet-stream");
+    assert_eq!(headers["content-disposition"], "attachment");
+    assert!(headers["content-security-policy"].to_str().unwrap().contains("sandbox"));
+
+    for missing in ["/files/../otpgate.db", "/files/otpgate.db", &format!("/files/{}.jpg", "0".repeat(64))] {
+        assert_eq!(download(&server, &format!("{}{missing}", server.url)).await.0, 404, "{missing}");
+    }
+    // No token, no upload.
+    let reply = post_multipart(&server, &upload_url, &[("op", "upload"), ("profile", "0")], Some(("a.pdf", &document))).await;
+    assert_eq!(reply.1["error"], "AUTHFAIL");
+}
+
+#[actix_web::test]
+async fn a_profile_photo_is_stored_without_its_metadata_with_a_thumbnail() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo")]).await;
+    let login = logged_in(&server, PHONE).await;
+    let token = login["token"].as_str().unwrap();
+    let api = format!("{}/messenger/api.php", server.url);
+    let photo = jpeg_with_exif();
+    assert!(contains(&photo, b"CAM-4411"));
+
+    let fields = [("op", "upload"), ("token", token), ("mid", "0"), ("profile", "1"), ("gid", "0")];
+    let reply = post_multipart(&server, &api, &fields, Some(("me.jpg", &photo))).await;
+    assert_eq!(reply.1["result"], "OK", "{}", reply.1);
+    let (name, tn) = (reply.1["photo"].as_str().unwrap().to_string(), reply.1["tn"].as_str().unwrap());
+    assert_eq!((&reply.1["gid"], &reply.1["profile"], &reply.1["phone"]), (&json!(0), &json!(1), &json!(PHONE)));
+    assert!(name.ends_with(".jpg") && !name.contains('/'), "a bare file name: {name}");
+    let thumbnail = image::load_from_memory(&base64::engine::general_purpose::STANDARD.decode(tn).unwrap()).unwrap();
+    assert_eq!((thumbnail.width(), thumbnail.height()), (100, 100));
+
+    let download_base = login["urls"]["download"].as_str().unwrap().replace("http://127.0.0.1:8080", &server.url);
+    let (status, headers, stored) = download(&server, &format!("{download_base}{name}")).await;
+    assert_eq!((status, &headers["content-type"]), (200, &reqwest::header::HeaderValue::from_static("image/jpeg")));
+    assert!(!contains(&stored, b"Exif") && !contains(&stored, b"CAM-4411") && !contains(&stored, b"51.5007"), "no metadata is kept");
+    let on_disk: Vec<Vec<u8>> =
+        std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
+    assert!(on_disk.iter().all(|file| !contains(file, b"CAM-4411")), "nor on disk");
+
+    // The next login and `me` carry the photo and its thumbnail; a contact's sync does too.
+    let again = logged_in(&server, PHONE).await;
+    assert_eq!((&again["photo"], &again["tn"]), (&json!(name), &json!(tn)));
+    let friend = token_of(&server, "18005550602").await;
+    let (_, synced) = server.call_op("getcontacts", &friend, json!({ "phones": PHONE })).await;
+    assert_eq!(synced["contacts"][0]["tn"], tn, "{synced}");
+
+    // Not an image, no file, and a group the caller does not run.
+    let refused = post_multipart(&server, &api, &fields, Some(("me.jpg", b"<svg/>"))).await;
+    assert_eq!((refused.0, &refused.1["error"]), (200, &json!("BADIMAGE")), "{}", refused.1);
+    let refused = post_multipart(&server, &api, &fields, None).await;
+    assert_eq!(refused.1["error"], "MISSINGFILE");
+    let group = [("op", "upload"), ("token", token), ("profile", "1"), ("gid", "41")];
+    assert_eq!(post_multipart(&server, &api, &group, Some(("g.jpg", &photo))).await.1["error"], "BADGROUP");
+    assert_eq!(server.call_op("me", token, json!({})).await.1["profile"]["photo"], name.as_str(), "a refusal changes nothing");
+
+    // delete=1 removes the photo and its thumbnail.
+    let deleted =
+        post_multipart(&server, &api, &[("op", "upload"), ("token", token), ("profile", "1"), ("gid", "0"), ("delete", "1")], None).await;
+    assert_eq!(deleted.1["result"], "OK", "{}", deleted.1);
+    let me = server.call_op("me", token, json!({})).await.1;
+    assert_eq!(me["profile"]["photo"], "");
+    assert!(me["profile"].get("tn").is_none(), "{me}");
+}
+
+#[actix_web::test]
+async fn an_upload_over_max_upload_bytes_is_refused() {
+    let server = TestServer::start(&[("MAX_UPLOAD_BYTES", "1000")]).await;
+    let token = server.log_in(PHONE, None).await;
+    let fields = [("op", "upload"), ("token", token.as_str()), ("profile", "0")];
+    let fits = post_multipart(&server, &server.api(), &fields, Some(("a.bin", &[7u8; 900]))).await;
+    assert_eq!(fits.1["result"], true, "{}", fits.1);
+    let over = post_multipart(&server, &server.api(), &fields, Some(("a.bin", &[7u8; 1001]))).await;
+    assert_error(&over, 400, "BADREQUEST");
+    let body_over = post_multipart(&server, &server.api(), &fields, Some(("a.bin", &vec![7u8; 70_000]))).await;
+    assert_error(&body_over, 400, "BADREQUEST");
+    // Other ops keep MAX_BODY_BYTES, file part or not.
+    let other =
+        post_multipart(&server, &server.api(), &[("op", "me"), ("token", token.as_str())], Some(("a.bin", &vec![7u8; 70_000]))).await;
+    assert_error(&other, 400, "BADREQUEST");
+}
+
+#[actix_web::test]
+async fn the_profile_reply_carries_no_profile_object_for_the_2021_apps() {
+    let mesibo = TestServer::start(&[("API_DIALECT", "mesibo")]).await;
+    let token = token_of(&mesibo, PHONE).await;
+    let form = mesibo.client().post(format!("{}/messenger/api.php", mesibo.url)).form(&[
+        ("op", "profile"),
+        ("token", token.as_str()),
+        ("name", "Ann"),
+        ("status", "Hi"),
+        ("gid", "0"),
+    ]);
+    let (status, reply) = mesibo.send(form).await;
+    assert_eq!((status, &reply["result"]), (200, &json!("OK")), "{reply}");
+    assert!(reply.get("profile").is_none(), "the 2021 Android app parses profile as an int: {reply}");
+    assert_eq!(mesibo.call_op("me", &token, json!({})).await.1["profile"]["status"], "Hi", "the change is kept");
+
+    let json_dialect = TestServer::start(&[]).await;
+    let token = json_dialect.log_in(PHONE, None).await;
+    let reply = assert_ok(json_dialect.call_op("profile", &token, json!({ "name": "Ann" })).await);
+    assert_eq!(reply["profile"]["name"], "Ann", "the json dialect keeps the object");
+}
+
+#[actix_web::test]
+async fn setnotify_keeps_the_push_registration_with_the_session_until_logout() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo")]).await;
+    let token = token_of(&server, PHONE).await;
+    // The 2021 Android app: a form with notifytoken, fcmid and dt.
+    let set = |push: &'static str| {
+        server.client().post(format!("{}/messenger/api.php", server.url)).form(&[
+            ("op", "setnotify"),
+            ("token", token.as_str()),
+            ("notifytoken", push),
+            ("fcmid", "1234567890"),
+            ("dt", "1"),
+        ])
+    };
+    assert_eq!(server.send(set("fcm-token-one")).await.1["result"], "OK");
+    assert_eq!(server.send(set("fcm-token-two")).await.1["result"], "OK");
+    assert_eq!(server.column("SELECT notify_token FROM sessions WHERE notify_token IS NOT NULL"), ["fcm-token-two"], "replaced");
+    let devices = server.call_op("devices", &token, json!({})).await.1;
+    assert_eq!((&devices["devices"][0]["push"], &devices["devices"][0]["dt"]), (&json!(true), &json!("1")), "{devices}");
+    assert!(!devices.to_string().contains("fcm-token"), "devices never shows the push token: {devices}");
+
+    let too_long = "x".repeat(4097);
+    let refused = server.call_op("setnotify", &token, json!({ "notifytoken": too_long })).await;
+    assert_eq!(refused.1["error"], "BADPARAM");
+
+    assert_eq!(server.call_op("logout", &token, json!({})).await.1["result"], "OK");
+    assert_eq!(server.scalar("SELECT count(*) FROM sessions WHERE notify_token IS NOT NULL"), 0, "logout removed it");
+}
