@@ -1,4 +1,4 @@
-//! The durable outbox of upstream messages (today: "contact joined" notices).
+//! The durable outbox of upstream messages: the notices of `domain::notices`.
 //! Rows are written in the transaction that causes them, sent by a background
 //! task, retried with exponential backoff, and deleted once upstream acknowledged
 //! them, so a restart loses none and an acknowledged one is never sent again.
@@ -72,7 +72,7 @@ impl Outbox {
             let payload: Value = serde_json::from_str(&message.payload).unwrap_or(Value::String(message.payload.clone()));
             let recipient = Address::from_stored(&message.recipient);
             let to = recipient.masked();
-            let joined = payload["phone"].as_str().map(|phone| crate::domain::address::Address::Phone(phone.to_string()));
+            let joined = crate::domain::notices::phone_in(&payload).map(Address::Phone);
             let id = message.id;
             match self.upstream.message(&self.from, &message.recipient, &payload).await {
                 Ok(()) => {

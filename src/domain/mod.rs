@@ -9,6 +9,7 @@ pub mod error;
 pub mod images;
 pub mod keys;
 pub mod metrics;
+pub mod notices;
 pub mod otp;
 pub mod phone;
 pub mod ratelimit;

@@ -905,7 +905,8 @@ pub(in crate::store) fn complete_login(
         let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && !login.address.contains('@') {
-            record.notified = outbox::enqueue_contact_joined(tx, user_id, &login.address, &login.name, login.now)?;
+            let payload = outbox::contact_joined(&login.address, &login.name, login.now).payload();
+            record.notified = outbox::enqueue_for_contact_holders(tx, user_id, &login.address, &payload, login.now)?;
         }
         let session = sessions::NewSession {
             user_id,

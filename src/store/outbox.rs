@@ -2,20 +2,24 @@
 //! that causes them (see `delivery::outbox` for their sender).
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
+use crate::domain::notices::{NoticeBody, JOINED_SUBJECT};
 use crate::store::{Db, StorageError};
 
-/// Queues a `contact_joined` notice for every user who has `phone` as a contact.
-/// Call inside the transaction that creates the user; returns how many were queued.
-pub(in crate::store) fn enqueue_contact_joined(
+/// The notice a new user's contacts get.
+pub fn contact_joined(phone: &str, name: &str, now: i64) -> NoticeBody {
+    NoticeBody { subject: JOINED_SUBJECT.into(), name: name.into(), phone: phone.into(), ts: now, ..NoticeBody::default() }
+}
+
+/// Queues `payload` for every user who has `phone` as a contact, but user `user_id`.
+/// Call inside the transaction that causes it; returns how many were queued.
+pub(in crate::store) fn enqueue_for_contact_holders(
     conn: &Connection,
     user_id: i64,
     phone: &str,
-    name: &str,
+    payload: &str,
     now: i64,
 ) -> rusqlite::Result<usize> {
-    let payload = json!({ "type": "contact_joined", "phone": phone, "name": name }).to_string();
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
          SELECT u.address, ?3, ?4, ?4 FROM contacts c JOIN users u ON u.id = c.owner_id

@@ -18,6 +18,7 @@ use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
 use crate::domain::keys::MessageSeal;
+use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
@@ -254,7 +255,7 @@ impl PgStore {
         let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)?, thumbnail: user.try_get(5)? };
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && !login.address.contains('@') {
-            let payload = json!({ "type": "contact_joined", "phone": login.address, "name": login.name }).to_string();
+            let payload = crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload();
             let queued = execute(
                 &tx,
                 "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
@@ -392,16 +393,29 @@ impl PgStore {
 
     /// Applies a profile change and bumps `ts`; returns the new profile.
     pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
-        let client = self.client().await?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
         let row = query_one(
-            &client,
+            &tx,
             "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo),
                  thumbnail = CASE WHEN $4::TEXT IS NULL THEN u.thumbnail ELSE $6 END, ts = $5
              WHERE u.id = $1 RETURNING u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail",
             &[&user_id, &change.name, &change.status, &change.photo, &now, &change.thumbnail],
         )
         .await?;
-        Ok(profile_from_row(&row)?)
+        let profile = profile_from_row(&row)?;
+        // Contacts refresh the profile; no notification is shown (no subject).
+        let payload = NoticeBody::of_user(&profile, "").payload();
+        execute(
+            &tx,
+            "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
+             SELECT u.address, $3::text, $4::bigint, $4::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
+             WHERE c.phone = $2 AND u.id <> $1 ORDER BY u.id",
+            &[&user_id, &profile.address, &payload, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(profile)
     }
 
     /// Records uploaded phones as contacts and returns one page of matching users (never

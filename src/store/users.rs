@@ -5,7 +5,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use crate::domain::account::{OwnProfile, Profile, ProfileChange};
 use std::sync::Arc;
 
-use crate::store::{self, Db, StorageError};
+use crate::domain::notices::NoticeBody;
+use crate::store::{self, outbox, Db, StorageError};
 
 /// Columns for [`profile_from_row`], for a query over `users u`.
 pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail";
@@ -62,7 +63,8 @@ pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Re
     conn.query_row(&format!("SELECT {PROFILE_COLUMNS} FROM users u WHERE u.id = ?1"), [user_id], profile_from_row)
 }
 
-/// Applies the change and bumps `ts`; returns the new profile.
+/// Applies the change and bumps `ts`, and tells the users who have this one as a
+/// contact, in one transaction; returns the new profile.
 pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
     store::atomically(conn, |tx| {
         tx.prepare_cached(
@@ -71,7 +73,11 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
              WHERE id = ?1",
         )?
         .execute(params![user_id, change.name, change.status, change.photo, now, change.thumbnail])?;
-        profile(tx, user_id)
+        let profile = profile(tx, user_id)?;
+        // Contacts refresh the profile; no notification is shown (no subject).
+        let payload = NoticeBody::of_user(&profile, "").payload();
+        outbox::enqueue_for_contact_holders(tx, user_id, &profile.address, &payload, now)?;
+        Ok(profile)
     })
 }
 

@@ -242,7 +242,7 @@ async fn work_held_by_a_killed_instance_is_delivered_once_by_the_others() {
         let mut notices: Vec<(String, String)> = others
             .iter()
             .flat_map(|i| i.upstream.messages())
-            .map(|m| (m["to"].as_str().unwrap().to_string(), m["message"]["phone"].as_str().unwrap().to_string()))
+            .map(|m| (m["to"].as_str().unwrap().to_string(), crate::notifications::notice_text(&m)["phone"].as_str().unwrap().to_string()))
             .collect();
         notices.sort();
         notices

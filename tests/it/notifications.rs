@@ -1,5 +1,7 @@
-//! "Contact joined" notifications: queued with a first login, sent once per
-//! contact through upstream `message`, retried after failures and restarts.
+//! Notices to the apps: "contact joined" with a first login and a refresh with each
+//! profile change, sent once per contact through upstream `message` in the shape the
+//! 2021 apps read (a transient type-1 message whose text is the profile), retried
+//! after failures and restarts.
 
 use crate::common::*;
 use serde_json::{json, Value};
@@ -17,6 +19,11 @@ async fn contacts_waiting_for_new(server: &TestServer) {
         let token = server.log_in(phone, None).await;
         assert_ok(server.call_op("getcontacts", &token, json!({ "phones": [NEW, CAT] })).await);
     }
+}
+
+/// The JSON text of a notice, as the apps parse it.
+pub fn notice_text(message: &Value) -> Value {
+    serde_json::from_str(message["msg"].as_str().expect("msg is the notice's text")).expect("the text is JSON")
 }
 
 fn recipients(messages: &[Value]) -> Vec<String> {
@@ -38,7 +45,13 @@ async fn a_first_login_tells_each_contact_once() {
     for message in &messages {
         assert_eq!(message["token"], APP_TOKEN);
         assert_eq!(message["from"], "otpgate-bot");
-        assert_eq!(message["message"], json!({ "type": "contact_joined", "phone": NEW, "name": "Ann" }));
+        assert_eq!((&message["type"], &message["flag"], &message["expiry"]), (&json!(1), &json!(4), &json!(3600)), "{message}");
+        let body = notice_text(message);
+        assert_eq!(
+            (&body["subject"], &body["phone"], &body["name"], &body["gid"]),
+            (&json!("%NAME% has joined"), &json!(NEW), &json!("Ann"), &json!(0))
+        );
+        assert!(body["ts"].as_i64().is_some(), "{body}");
     }
 
     // A second login is not a first login; nothing is sent again.
@@ -115,4 +128,20 @@ async fn shutdown_waits_for_a_notification_in_flight() {
     let left: Vec<String> = server.column("SELECT recipient FROM outbox");
     assert_eq!(left.len(), 1, "the other notice waits for the next start");
     assert_ne!(left[0], server.upstream.messages()[0]["to"].as_str().unwrap());
+}
+
+#[actix_web::test]
+async fn a_profile_change_refreshes_the_profile_in_the_apps_of_its_contacts() {
+    let server = TestServer::start(&[]).await;
+    contacts_waiting_for_new(&server).await;
+    let new = server.log_in(NEW, None).await;
+    assert!(eventually(30, || server.upstream.messages().len() >= 2).await, "the joined notices");
+    assert_ok(server.call_op("profile", &new, json!({ "status": "on holiday" })).await);
+    assert!(eventually(30, || server.upstream.messages().len() >= 4).await, "both contacts are told of the change");
+    let changes: Vec<Value> = server.upstream.messages().into_iter().skip(2).collect();
+    assert_eq!(recipients(&changes), [ANN, BOB]);
+    for change in &changes {
+        let body = notice_text(change);
+        assert_eq!((&body["subject"], &body["phone"], &body["status"]), (&json!(""), &json!(NEW), &json!("on holiday")), "{body}");
+    }
 }

@@ -132,9 +132,15 @@ impl Upstream {
         }
     }
 
-    /// Sends one message from `from` to `to` (`op:"message"`); `payload` is the message.
+    /// Sends one message from `from` to `to` (`op:"message"`); `payload` holds the
+    /// message's other fields (type, flag, expiry, msg...).
     pub async fn message(&self, from: &str, to: &str, payload: &Value) -> Result<(), UpstreamError> {
-        let request = json!({ "op": "message", "token": self.app_token, "from": from, "to": to, "message": payload });
+        let mut request = json!({ "op": "message", "token": self.app_token, "from": from, "to": to });
+        if let (Value::Object(request), Value::Object(fields)) = (&mut request, payload) {
+            for (name, value) in fields {
+                request.entry(name.clone()).or_insert_with(|| value.clone());
+            }
+        }
         let body = self.post(&request).await?;
         let reply: Value = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
         if reply["result"] == true {
