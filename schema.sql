@@ -142,3 +142,23 @@ ALTER TABLE users ADD COLUMN thumbnail BLOB;        -- 100x100 JPEG of the photo
 ALTER TABLE sessions ADD COLUMN notify_token TEXT;  -- push token of the device; NULL when none was given
 ALTER TABLE sessions ADD COLUMN notify_sender TEXT; -- the push service's sender id (fcmid)
 ALTER TABLE sessions ADD COLUMN device_type TEXT;   -- the platform SDK's device type (dt)
+
+-- migration: 5
+-- Groups (op=setgroup and the ops after it), mirrored from the platform: gid is the
+-- platform's group id. Members are kept by phone, users or not yet.
+CREATE TABLE chat_groups (
+    gid        INTEGER PRIMARY KEY,        -- the platform's group id
+    name       TEXT NOT NULL DEFAULT '',
+    photo      TEXT NOT NULL DEFAULT '',   -- file name under urls.download; '' without one
+    thumbnail  BLOB,                       -- 100x100 JPEG of the photo
+    created_at INTEGER NOT NULL,
+    ts         INTEGER NOT NULL            -- unix seconds of the last change
+);
+CREATE TABLE group_members (
+    gid   INTEGER NOT NULL REFERENCES chat_groups (gid) ON DELETE CASCADE,
+    phone TEXT NOT NULL,                   -- normalised like login phones
+    role  INTEGER NOT NULL DEFAULT 0,      -- 0 member, 1 admin, 2 owner
+    PRIMARY KEY (gid, phone)
+) WITHOUT ROWID;
+-- Finds a user's groups for getcontacts.
+CREATE INDEX group_members_phone ON group_members (phone);

@@ -13,12 +13,31 @@ pub enum Op {
     Me,
     Upload,
     SetNotify,
+    SetGroup,
+    GetGroup,
+    EditMembers,
+    SetAdmin,
+    DelGroup,
 }
 
 impl Op {
     /// Every op, in the order the OpenAPI document lists them.
-    pub const ALL: [Op; 9] =
-        [Op::Login, Op::Logout, Op::Devices, Op::GetContacts, Op::DelContacts, Op::Profile, Op::Me, Op::Upload, Op::SetNotify];
+    pub const ALL: [Op; 14] = [
+        Op::Login,
+        Op::Logout,
+        Op::Devices,
+        Op::GetContacts,
+        Op::DelContacts,
+        Op::Profile,
+        Op::Me,
+        Op::Upload,
+        Op::SetNotify,
+        Op::SetGroup,
+        Op::GetGroup,
+        Op::EditMembers,
+        Op::SetAdmin,
+        Op::DelGroup,
+    ];
 
     /// The op's name in requests and replies.
     pub fn as_str(self) -> &'static str {
@@ -32,6 +51,11 @@ impl Op {
             Op::Me => "me",
             Op::Upload => "upload",
             Op::SetNotify => "setnotify",
+            Op::SetGroup => "setgroup",
+            Op::GetGroup => "getgroup",
+            Op::EditMembers => "editmembers",
+            Op::SetAdmin => "setadmin",
+            Op::DelGroup => "delgroup",
         }
     }
 
@@ -52,7 +76,7 @@ impl Op {
 
     /// Ops that may carry a file part (a photo or an attachment) up to `MAX_UPLOAD_BYTES`.
     pub fn carries_file(self) -> bool {
-        matches!(self, Op::Upload | Op::Profile)
+        matches!(self, Op::Upload | Op::Profile | Op::SetGroup)
     }
 
     /// The label of a request's op in metrics and logs: a known op's name, never the

@@ -79,10 +79,12 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("ts", "integer", "Without phones: only contacts changed at or after this time (unix seconds). Default 0."),
                 ("reset", "boolean", "Forget the caller's previous contacts first."),
                 ("cursor", "string", "Continue a reply that had more:true."),
+                ("hidden", "integer", "Sent by the 2021 apps; not used."),
             ],
             required: &["token"],
             reply: &[
-                ("contacts", "array", "Entries with phone, name, status, photo and ts; never the caller, never a non-user."),
+                ("contacts", "array", "Entries with phone, name, status, photo, ts and tn; never the caller, never a non-user. Without phones, the caller's groups changed since ts follow (gid, name, photo, tn, ts, members, an empty phone)."),
+                ("me", "object", "The caller's own profile: phone or email, name, status, photo, ts, tn."),
                 ("more", "boolean", "More entries follow; ask again with cursor."),
                 ("cursor", "string", "Where the next page starts (with more:true)."),
                 ("invalid", "integer", "Uploaded entries that were not phones."),
@@ -146,8 +148,66 @@ pub fn op_doc(op: Op) -> OpDoc {
             required: &["token"],
             reply: &[],
         },
+        Op::SetGroup => OpDoc {
+            summary: "Create a group (gid 0; the caller becomes its owner) or change one the caller runs: name, photo (a multipart file part) and with m its members. The platform is asked first; nothing changes here if it refuses.",
+            request: &[
+                TOKEN_FIELD,
+                GID_FIELD,
+                ("name", "string", "The group's name, at most 64 characters (percent-encoding is decoded); empty keeps the old one."),
+                ("m", "string", "Member phones, comma-separated, without the caller; replaces the members (the owner stays)."),
+            ],
+            required: &["token"],
+            reply: GROUP_REPLY,
+        },
+        Op::GetGroup => OpDoc {
+            summary: "A group the caller is a member of.",
+            request: &[TOKEN_FIELD, GID_FIELD],
+            required: &["token", "gid"],
+            reply: GROUP_REPLY,
+        },
+        Op::EditMembers => OpDoc {
+            summary: "Add members to a group the caller runs, or with delete=1 remove them (never the owner).",
+            request: &[
+                TOKEN_FIELD,
+                GID_FIELD,
+                ("m", "string", "Phones, comma-separated."),
+                ("delete", "integer", "1: remove them."),
+            ],
+            required: &["token", "gid", "m"],
+            reply: &[GID_FIELD, MEMBERS_FIELD],
+        },
+        Op::SetAdmin => OpDoc {
+            summary: "Make members admins (admin=1) or members again (admin=0) in a group the caller runs; the owner's role never changes.",
+            request: &[
+                TOKEN_FIELD,
+                GID_FIELD,
+                ("m", "string", "Phones, comma-separated."),
+                ("admin", "integer", "1: admin; 0: member."),
+            ],
+            required: &["token", "gid", "m"],
+            reply: &[GID_FIELD, MEMBERS_FIELD],
+        },
+        Op::DelGroup => OpDoc {
+            summary: "The owner deletes the group; any other member leaves it.",
+            request: &[TOKEN_FIELD, GID_FIELD],
+            required: &["token", "gid"],
+            reply: &[GID_FIELD],
+        },
     }
 }
+
+const GID_FIELD: (&str, &str, &str) = ("gid", "integer", "The group's id (the platform's).");
+const MEMBERS_FIELD: (&str, &str, &str) =
+    ("members", "string", "n:phone,phone,...: the owner and admins first, n of them, then the members.");
+const GROUP_REPLY: &[(&str, &str, &str)] = &[
+    GID_FIELD,
+    ("name", "string", "The group's name."),
+    ("status", "string", "Always empty."),
+    ("photo", "string", "The photo's file name under urls.download; empty without one."),
+    ("tn", "string", "Base64 of the photo's 100x100 JPEG thumbnail, when there is a photo."),
+    ("ts", "integer", "Unix seconds of the last change."),
+    MEMBERS_FIELD,
+];
 
 /// Session ops also take the token as `Authorization: Bearer <token>`.
 const TOKEN_FIELD: (&str, &str, &str) = ("token", "string", "The access token from login (or send Authorization: Bearer).");

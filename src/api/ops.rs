@@ -10,6 +10,7 @@ use crate::api::op::Op;
 use crate::config::Dialect;
 use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::groups::{self, SetGroup};
 use crate::service::uploads::{self, UploadRequest, UploadedFile};
 use crate::{api::AppState, service::contacts, service::sessions, service::users};
 
@@ -42,13 +43,31 @@ pub async fn handle(
         Op::GetContacts => {
             let request =
                 contacts::SyncRequest { phones: field("phones"), ts: field("ts"), cursor: field("cursor"), reset: flag(params, "reset") };
-            contacts::getcontacts(&state.db, &state.contact_limits, &caller, client_ip, request).await
+            let first_page_of_changes = request.phones.is_none_or(|p| p.trim().is_empty()) && request.cursor.is_none_or(str::is_empty);
+            let mut reply = contacts::getcontacts(&state.db, &state.contact_limits, &caller, client_ip, request).await?;
+            // The caller's groups changed since `ts` follow the users, as the reference
+            // sent them, with a sync of changes (not with an upload).
+            let own = state.db.profile_of(caller.user_id).await?;
+            if first_page_of_changes {
+                let groups = groups::groups_for_sync(&state.db, &own.address, number(params, "ts")).await?;
+                if let Some(Value::Array(entries)) = reply.get_mut("contacts") {
+                    entries.extend(groups);
+                }
+            }
+            // The seeds: a sync also answers the caller's own profile and status.
+            reply.insert("me".into(), Value::Object(own.public_fields()));
+            Ok(reply)
         }
         Op::DelContacts => contacts::delcontacts(&state.db, &caller, field("phones"), state.contact_limits.max_per_request).await,
-        Op::Profile => {
-            if number(params, "gid") > 0 {
-                return Err(ApiError::new(ErrorCode::BadGroup, "not an admin of this group"));
+        Op::Profile if number(params, "gid") > 0 => {
+            let group = state.groups.rename(&caller, number(params, "gid"), field("name")).await?;
+            let mut reply = Map::new();
+            if state.http.dialect == Dialect::Json {
+                reply.insert("group".into(), Value::Object(group.fields()));
             }
+            Ok(reply)
+        }
+        Op::Profile => {
             let fields = users::ProfileFields { name: field("name"), status: field("status"), photo: field("photo") };
             let texts = fields.name.is_some() || fields.status.is_some() || fields.photo.is_some();
             // The 2021 apps may send the new photo as a file part of the same request.
@@ -67,11 +86,28 @@ pub async fn handle(
             Ok(reply)
         }
         Op::Me => users::me(&state.db, &caller).await,
+        Op::Upload if number(params, "profile") > 0 && number(params, "gid") > 0 => {
+            let gid = number(params, "gid");
+            let group = state.groups.set_photo(&state.files, &caller, gid, flag(params, "delete"), file).await?;
+            // What the 2021 apps rebuild a group's profile from; no `file`, as the reference.
+            let mut reply = group.fields();
+            reply.insert("profile".into(), 1.into());
+            reply.insert("phone".into(), "".into());
+            Ok(reply)
+        }
         Op::Upload => {
             let request =
                 UploadRequest { profile: number(params, "profile") > 0, gid: number(params, "gid"), delete: flag(params, "delete"), file };
             uploads::upload(&state.db, &state.files, &caller, request).await
         }
+        Op::SetGroup => {
+            let request = SetGroup { gid: number(params, "gid"), name: field("name"), members: field("m"), photo: file };
+            state.groups.set(&state.files, &caller, request).await
+        }
+        Op::GetGroup => state.groups.get(&caller, number(params, "gid")).await,
+        Op::EditMembers => state.groups.edit_members(&caller, number(params, "gid"), field("m"), flag(params, "delete")).await,
+        Op::SetAdmin => state.groups.set_admin(&caller, number(params, "gid"), field("m"), number(params, "admin") > 0).await,
+        Op::DelGroup => state.groups.delete(&caller, number(params, "gid")).await,
         Op::SetNotify => {
             let fields = sessions::SetNotify { notify_token: field("notifytoken"), fcm_id: field("fcmid"), device_type: field("dt") };
             sessions::set_notify(&state.db, &caller, fields).await

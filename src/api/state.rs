@@ -9,6 +9,7 @@ use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::ratelimit::SharedLimits;
 use crate::service::contacts::ContactLimits;
+use crate::service::groups::Groups;
 use crate::service::login::LoginFlow;
 use crate::service::uploads::Files;
 use crate::store::Db;
@@ -20,6 +21,8 @@ pub struct AppState {
     /// What the login reply tells each app besides its token.
     pub apps: AppSettings,
     pub contact_limits: Arc<ContactLimits>,
+    /// Groups, mirrored to the platform.
+    pub groups: Groups,
     /// Uploaded photos and attachments.
     pub files: Files,
     /// The rate-limit buckets every instance shares (Redis), when configured.

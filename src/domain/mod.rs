@@ -6,6 +6,7 @@ pub mod app_settings;
 pub mod client_ip;
 pub mod clock;
 pub mod error;
+pub mod groups;
 pub mod images;
 pub mod keys;
 pub mod metrics;

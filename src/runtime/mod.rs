@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::config::RateLimitOnError;
 use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
+use crate::delivery::upstream::Upstream;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::clock::Clock;
@@ -23,6 +24,7 @@ use crate::domain::metrics;
 use crate::domain::ratelimit::SharedLimits;
 use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
+use crate::service::groups::Groups;
 use crate::service::login::LoginFlow;
 use crate::service::uploads::Files;
 use crate::store::files::FileStore;
@@ -51,12 +53,15 @@ impl AppState {
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         let apps = AppSettings::from_config(config)?;
+        let groups = Groups { db: Arc::clone(&db), platform: Upstream::from_config(config)? };
         let files = Files { store: FileStore::open(config.files_directory())?, download_base: apps.for_app("").download_url };
         Ok(AppState {
             db,
             login,
             apps,
             files,
+            groups,
+
             contact_limits: Arc::new(ContactLimits::from_config(config, shared_limits.as_ref())),
             shared_limits,
             outbox,

@@ -1,6 +1,7 @@
 //! The service's operations: login, sessions, profiles and contact sync.
 
 pub mod contacts;
+pub mod groups;
 pub mod login;
 pub mod sessions;
 pub mod uploads;

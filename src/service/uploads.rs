@@ -41,7 +41,9 @@ impl Files {
     }
 }
 
-/// `op=upload`. Every reply carries `profile`, `gid` and `phone`, as the reference's did.
+/// `op=upload` of an attachment or of the caller's own photo (a group's photo is the
+/// groups service's). Every reply carries `profile`, `gid` and `phone`, as the
+/// reference's did.
 pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: UploadRequest) -> Result<Map<String, Value>, ApiError> {
     let mut reply = Map::new();
     reply.insert("profile".into(), i64::from(request.profile).into());
@@ -60,9 +62,6 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
         reply.insert("file".into(), url.clone().into());
         reply.insert("url".into(), url.into());
         return Ok(reply);
-    }
-    if request.gid > 0 {
-        return Err(ApiError::new(ErrorCode::BadGroup, "not an admin of this group"));
     }
     let profile = set_own_photo(db, files, caller, request.delete, request.file).await?;
     if !profile.photo.is_empty() {

@@ -1,10 +1,12 @@
 //! Moving an instance from its SQLite file to PostgreSQL (`otpgate migrate --from-sqlite`):
-//! users keep their ids, sessions (token hashes) stay valid and address books stay.
+//! users keep their ids, sessions (token hashes) stay valid, and address books, photos,
+//! push registrations and groups stay.
 //! Pending codes and queued messages are not carried over: they live minutes, and a user
 //! who was waiting for one asks again.
 
 use rusqlite::OpenFlags;
 
+use crate::domain::groups::Group;
 use crate::store::{Db, StorageError};
 
 /// A user: (id, address, uid, name, status, photo, created_at, last_login, ts).
@@ -25,6 +27,8 @@ pub struct Snapshot {
     pub thumbnails: Vec<(i64, Vec<u8>)>,
     /// (token_sha256, notify_token, notify_sender, device_type) of sessions with a push registration.
     pub push: Vec<PushRow>,
+    /// Groups and their members.
+    pub groups: Vec<Group>,
 }
 
 /// What an import moved.
@@ -61,6 +65,11 @@ pub fn read_sqlite(path: &str, now: i64) -> Result<Snapshot, StorageError> {
         "SELECT token_sha256, notify_token, notify_sender, device_type FROM sessions WHERE expires_at > ?1 AND notify_token IS NOT NULL",
     )?;
     snapshot.push = push.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
+    let gids: Vec<i64> =
+        conn.prepare("SELECT gid FROM chat_groups ORDER BY gid")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+    for gid in gids {
+        snapshot.groups.extend(crate::store::groups::group(&conn, gid)?);
+    }
     Ok(snapshot)
 }
 

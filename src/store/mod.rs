@@ -5,6 +5,7 @@ pub mod allocator;
 pub mod contacts;
 pub mod courier;
 pub mod files;
+pub mod groups;
 pub mod import;
 pub mod outbox;
 pub mod postgres;

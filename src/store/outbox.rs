@@ -28,6 +28,15 @@ pub(in crate::store) fn enqueue_for_contact_holders(
     .execute(params![user_id, phone, payload, now])
 }
 
+/// Queues `payload` for each of `recipients`. Call inside the transaction that causes it.
+pub(in crate::store) fn enqueue_for(conn: &Connection, recipients: &[String], payload: &str, now: i64) -> rusqlite::Result<usize> {
+    let mut insert = conn.prepare_cached("INSERT INTO outbox (recipient, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)")?;
+    for recipient in recipients {
+        insert.execute(params![recipient, payload, now])?;
+    }
+    Ok(recipients.len())
+}
+
 /// A notice taken for sending.
 pub struct Pending {
     pub id: i64,

@@ -17,6 +17,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange, PushRegistration};
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
+use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::MessageSeal;
 use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
@@ -34,6 +35,7 @@ use crate::store::{
 const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/001_initial.sql")),
     (2, "photos_and_push", include_str!("../../migrations/postgres/002_photos_and_push.sql")),
+    (3, "groups", include_str!("../../migrations/postgres/003_groups.sql")),
 ];
 
 /// Key of the advisory lock that migrations take, so that instances starting together
@@ -704,6 +706,153 @@ impl PgStore {
     }
 }
 
+/// The group `gid` with its members, on any client (a transaction included).
+async fn group_on(client: &impl GenericClient, gid: i64) -> Result<Option<Group>, StorageError> {
+    let Some(row) = query_opt(client, "SELECT name, photo, thumbnail, ts FROM chat_groups WHERE gid = $1", &[&gid]).await? else {
+        return Ok(None);
+    };
+    let mut group =
+        Group { gid, name: row.try_get(0)?, photo: row.try_get(1)?, thumbnail: row.try_get(2)?, ts: row.try_get(3)?, members: Vec::new() };
+    let members = query(client, "SELECT phone, role FROM group_members WHERE gid = $1 ORDER BY role DESC, phone", &[&gid]).await?;
+    group.members =
+        members.iter().map(|r| Ok((r.try_get(0)?, i64::from(r.try_get::<_, i32>(1)?)))).collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(Some(group))
+}
+
+async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String], role: i64) -> Result<(), StorageError> {
+    let role = role as i32;
+    execute(
+        tx,
+        "INSERT INTO group_members (gid, phone, role) SELECT $1, phone, $3 FROM unnest($2::text[]) AS phone ON CONFLICT DO NOTHING",
+        &[&gid, &phones, &role],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues the group's notice for its members and `also_tell` who are users, but the actor.
+async fn notify_group(tx: &impl GenericClient, group: &Group, write: &GroupWrite, subject: &str) -> Result<(), StorageError> {
+    let mut phones: Vec<String> = group.members.iter().map(|(phone, _)| phone.clone()).chain(write.also_tell.iter().cloned()).collect();
+    phones.retain(|phone| *phone != write.actor);
+    let payload = group.notice(subject).payload();
+    execute(
+        tx,
+        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
+         SELECT address, $2, $3, $3 FROM users WHERE address = ANY($1::text[]) ORDER BY address",
+        &[&phones, &payload, &write.now],
+    )
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// A group with its members.
+    pub async fn group(&self, gid: i64) -> Result<Option<Group>, StorageError> {
+        let client = self.client().await?;
+        group_on(&client, gid).await
+    }
+
+    /// Applies a group change and queues its notices, in one transaction.
+    pub async fn write_group(&self, write: GroupWrite) -> Result<Group, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let (photo, thumbnail) = match &write.photo {
+            Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
+            None => (None, None),
+        };
+        if write.create {
+            execute(
+                &tx,
+                "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES ($1, coalesce($2, ''), coalesce($3, ''), $4, $5, $5)",
+                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
+            )
+            .await?;
+        } else {
+            execute(
+                &tx,
+                "UPDATE chat_groups SET name = coalesce($2, name), photo = coalesce($3, photo),
+                     thumbnail = CASE WHEN $3::TEXT IS NULL THEN thumbnail ELSE $4 END, ts = $5
+                 WHERE gid = $1",
+                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
+            )
+            .await?;
+        }
+        let owner = OWNER as i32;
+        match &write.members {
+            MemberChange::Keep => {}
+            MemberChange::Create { owner, members } => {
+                add_group_members(&tx, write.gid, std::slice::from_ref(owner), OWNER).await?;
+                add_group_members(&tx, write.gid, members, MEMBER).await?;
+            }
+            MemberChange::Replace { keep, members } => {
+                let staying: Vec<String> = members.iter().chain(std::iter::once(keep)).cloned().collect();
+                execute(
+                    &tx,
+                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND NOT (phone = ANY($3::text[]))",
+                    &[&write.gid, &owner, &staying],
+                )
+                .await?;
+                add_group_members(&tx, write.gid, members, MEMBER).await?;
+            }
+            MemberChange::Add(phones) => add_group_members(&tx, write.gid, phones, MEMBER).await?,
+            MemberChange::Remove(phones) => {
+                execute(
+                    &tx,
+                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                    &[&write.gid, &owner, phones],
+                )
+                .await?;
+            }
+            MemberChange::SetRole { phones, role } => {
+                let role = *role as i32;
+                execute(
+                    &tx,
+                    "UPDATE group_members SET role = $4 WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                    &[&write.gid, &owner, phones, &role],
+                )
+                .await?;
+            }
+        }
+        let group = group_on(&tx, write.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", write.gid)))?;
+        if let Some(subject) = &write.subject {
+            notify_group(&tx, &group, &write, subject).await?;
+        }
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    /// Tells the members but `actor` that the group is gone, then deletes it.
+    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
+        let Some(group) = group_on(&tx, gid).await? else { return Ok(false) };
+        let (gone, write) = group.deletion(&actor, now);
+        notify_group(&tx, &gone, &write, &subject).await?;
+        execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The groups `phone` belongs to that changed at or after `since`, oldest change first.
+    pub async fn groups_of(&self, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
+        let client = self.client().await?;
+        let limit = limit as i64;
+        let gids = query(
+            &client,
+            "SELECT g.gid FROM group_members m JOIN chat_groups g ON g.gid = m.gid
+             WHERE m.phone = $1 AND g.ts >= $2 ORDER BY g.ts, g.gid LIMIT $3",
+            &[&phone, &since, &limit],
+        )
+        .await?;
+        let mut groups = Vec::with_capacity(gids.len());
+        for row in gids {
+            groups.extend(group_on(&client, row.try_get(0)?).await?);
+        }
+        Ok(groups)
+    }
+}
+
 /// Rows per statement when importing: a bound on the size of one statement's arrays.
 const IMPORT_CHUNK: usize = 10_000;
 
@@ -756,6 +905,21 @@ impl PgStore {
                     &number(|s| s.5),
                     &number(|s| s.6),
                 ],
+            )
+            .await?;
+        }
+        for group in &snapshot.groups {
+            execute(
+                &tx,
+                "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES ($1, $2, $3, $4, $5, $5)",
+                &[&group.gid, &group.name, &group.photo, &group.thumbnail, &group.ts],
+            )
+            .await?;
+            let (phones, roles): (Vec<&str>, Vec<i32>) = group.members.iter().map(|(phone, role)| (phone.as_str(), *role as i32)).unzip();
+            execute(
+                &tx,
+                "INSERT INTO group_members (gid, phone, role) SELECT $1, * FROM unnest($2::text[], $3::int[])",
+                &[&group.gid, &phones, &roles],
             )
             .await?;
         }

@@ -12,7 +12,7 @@ const PHONE: &str = "18005550601";
 
 /// A multipart body as the apps' `postBundle` builds it: text fields, then the file
 /// part named `photo`.
-fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8>) {
+pub fn multipart(fields: &[(&str, &str)], file: Option<(&str, &[u8])>) -> (String, Vec<u8>) {
     let boundary = "otpgate-test-7d1c";
     let mut body = Vec::new();
     for (name, value) in fields {

@@ -272,6 +272,7 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     sqlite.log_in("18005550402", None).await;
     assert_ok(sqlite.call_op("getcontacts", &ann, json!({ "phones": "18005550402,18005550499" })).await);
     assert_ok(sqlite.call_op("setnotify", &ann, json!({ "notifytoken": "ann-push", "dt": "1" })).await);
+    let group = assert_ok(sqlite.call_op("setgroup", &ann, json!({ "gid": 0, "name": "Hikers", "m": "18005550402" })).await);
     let file = rusqlite::Connection::open(sqlite.dir.path().join("otpgate.db")).unwrap();
     file.execute("UPDATE users SET photo = 'p.jpg', thumbnail = X'FFD8FFD9' WHERE address = '18005550401'", []).unwrap();
     sqlite.stop().await;
@@ -299,8 +300,11 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     assert_eq!((&me["profile"]["photo"], &me["profile"]["tn"]), (&json!("p.jpg"), &json!("/9j/2Q==")), "with its photo: {me}");
     let (_, devices) = instance.call(json!({ "op": "devices", "token": ann })).await;
     assert_eq!(devices["devices"][0]["push"], true, "and its push registration: {devices}");
+    let (_, moved) = instance.call(json!({ "op": "getgroup", "token": ann, "gid": group["gid"] })).await;
+    assert_eq!((&moved["name"], &moved["members"]), (&group["name"], &group["members"]), "and its groups: {moved}");
     let (_, synced) = instance.call(json!({ "op": "getcontacts", "token": ann })).await;
-    let phones: Vec<&str> = synced["contacts"].as_array().unwrap().iter().map(|c| c["phone"].as_str().unwrap()).collect();
+    let phones: Vec<&str> =
+        synced["contacts"].as_array().unwrap().iter().filter(|c| c.get("gid").is_none()).map(|c| c["phone"].as_str().unwrap()).collect();
     assert_eq!(phones, ["18005550402"], "{synced}");
     // A new user gets an id after the imported ones.
     let (status, _) = instance.call(verify_new_user(&instance, "18005550403").await).await;

@@ -11,6 +11,7 @@ mod delivery;
 mod files;
 mod fraud;
 mod fuzz;
+mod groups;
 mod hardening;
 mod instances;
 mod login_flow;

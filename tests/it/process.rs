@@ -123,7 +123,21 @@ async fn migrate_creates_the_schema_and_exits() {
         .unwrap()
         .map(Result::unwrap)
         .collect();
-    assert_eq!(tables, ["contacts", "courier", "otp_challenges", "outbox", "sessions", "settings", "sqlite_sequence", "users"]);
+    assert_eq!(
+        tables,
+        [
+            "chat_groups",
+            "contacts",
+            "courier",
+            "group_members",
+            "otp_challenges",
+            "outbox",
+            "sessions",
+            "settings",
+            "sqlite_sequence",
+            "users"
+        ]
+    );
     let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
     assert!(version >= 1, "every migration step ran");
 }

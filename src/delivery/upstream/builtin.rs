@@ -25,7 +25,8 @@ pub fn answer(request: &Value) -> Value {
                 "user": { "uid": uid_of(address), "address": address, "token": format!("{FAKE_TOKEN_PREFIX}{}", hex::encode(secret)) }
             })
         }
-        Some("message") => json!({ "result": true }),
+        Some("message") | Some("groupset") | Some("groupeditmembers") | Some("groupdel") => json!({ "result": true }),
+        Some("groupadd") => json!({ "result": true, "group": { "gid": u64::from(rand::random::<u32>() >> 1) + 1 } }),
         _ => json!({ "result": false, "error": "BADOP" }),
     }
 }
@@ -51,6 +52,7 @@ mod tests {
         assert_ne!(first["user"]["token"], second["user"]["token"]);
         assert_eq!(first["user"]["uid"], second["user"]["uid"]);
         assert_eq!(answer(&json!({ "op": "message" }))["result"], true);
-        assert_eq!(answer(&json!({ "op": "groupdel" }))["result"], false);
+        assert!(answer(&json!({ "op": "groupadd" }))["group"]["gid"].as_u64().is_some_and(|gid| gid > 0));
+        assert_eq!(answer(&json!({ "op": "userdel" }))["result"], false);
     }
 }

@@ -1,5 +1,6 @@
 //! Client for the messaging platform: `useradd`, which mints a user's access token,
-//! and `message`, which the outbox uses to notify users.
+//! `message`, which the outbox uses to notify users, and the group operations that
+//! mirror the apps' groups.
 
 pub mod builtin;
 
@@ -147,6 +148,21 @@ impl Upstream {
             Ok(())
         } else {
             Err(self.error("result:false", &body))
+        }
+    }
+
+    /// A group operation (`groupadd`, `groupset`, `groupeditmembers`, `groupdel`) with
+    /// `fields`, in the JSON form of `useradd`; returns the platform's reply.
+    pub async fn group(&self, op: &'static str, fields: Value) -> Result<Value, UpstreamError> {
+        let mut request = json!({ "op": op, "token": self.app_token });
+        if let (Value::Object(request), Value::Object(fields)) = (&mut request, fields) {
+            request.extend(fields);
+        }
+        let body = self.post(&request).await?;
+        let reply: Value = serde_json::from_str(&body).map_err(|_| self.error("unparseable reply", &body))?;
+        match reply["result"] == true {
+            true => Ok(reply),
+            false => Err(self.error("result:false", &body)),
         }
     }
 

@@ -83,6 +83,9 @@ struct Shared {
     fail_messages: AtomicBool,
     /// When set, `op:"message"` calls are received and never answered.
     hang_messages: AtomicBool,
+    /// When set, group operations are refused (`result:false`).
+    refuse_groups: AtomicBool,
+    groups_created: AtomicU64,
 }
 
 impl FakeUpstream {
@@ -99,6 +102,8 @@ impl FakeUpstream {
             issued: AtomicU64::new(0),
             fail_messages: AtomicBool::new(false),
             hang_messages: AtomicBool::new(false),
+            refuse_groups: AtomicBool::new(false),
+            groups_created: AtomicU64::new(0),
         });
         let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
         Arc::new(upstream.listen())
@@ -161,6 +166,20 @@ impl FakeUpstream {
         self.state.hang_messages.store(hang, Ordering::SeqCst);
     }
 
+    /// Makes group operations fail with `result:false`, or succeed again.
+    pub fn refuse_groups(&self, refuse: bool) {
+        self.state.refuse_groups.store(refuse, Ordering::SeqCst);
+    }
+
+    /// The group operations received (refused ones included), in order.
+    pub fn group_calls(&self) -> Vec<Value> {
+        self.received()
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .filter(|m| m["op"].as_str().is_some_and(|op| op.starts_with("group")))
+            .collect()
+    }
+
     /// Stops listening: calls now fail with "connection refused".
     pub async fn stop(&self) {
         let handle = self.handle.lock().unwrap().take();
@@ -221,6 +240,14 @@ fn platform(body: &str, shared: &Shared) -> HttpResponse {
             HttpResponse::InternalServerError().json(json!({ "result": false, "error": "UNAVAILABLE" }))
         }
         Some("message") => HttpResponse::Ok().json(json!({ "op": "message", "result": true })),
+        Some(op) if op.starts_with("group") && shared.refuse_groups.load(Ordering::SeqCst) => {
+            HttpResponse::Ok().json(json!({ "op": op, "result": false, "error": "NOGROUP" }))
+        }
+        Some("groupadd") => {
+            let gid = 5000 + shared.groups_created.fetch_add(1, Ordering::SeqCst) + 1;
+            HttpResponse::Ok().json(json!({ "op": "groupadd", "result": true, "group": { "gid": gid } }))
+        }
+        Some(op @ ("groupset" | "groupeditmembers" | "groupdel")) => HttpResponse::Ok().json(json!({ "op": op, "result": true })),
         _ => HttpResponse::Ok().json(json!({ "result": false, "error": "BADOP" })),
     }
 }

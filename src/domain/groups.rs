@@ -1,0 +1,185 @@
+//! Groups as the 2021 apps see them: a platform group id, a name and photo, and members
+//! by phone with a role (owner, admin, member).
+
+use serde_json::{Map, Value};
+
+use crate::domain::account::thumbnail_field;
+use crate::domain::notices::NoticeBody;
+
+pub const MEMBER: i64 = 0;
+pub const ADMIN: i64 = 1;
+pub const OWNER: i64 = 2;
+/// Groups a getcontacts reply lists at most.
+pub const MAX_GROUPS_PER_SYNC: usize = 500;
+
+/// A group and its members, ordered by role (owner, admins, members) then phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Group {
+    pub gid: i64,
+    pub name: String,
+    pub photo: String,
+    pub thumbnail: Option<Vec<u8>>,
+    /// Unix seconds of the last change.
+    pub ts: i64,
+    pub members: Vec<(String, i64)>,
+}
+
+impl Group {
+    /// The role of `phone`, if it is a member.
+    pub fn role_of(&self, phone: &str) -> Option<i64> {
+        self.members.iter().find(|(member, _)| member == phone).map(|(_, role)| *role)
+    }
+
+    /// May `phone` change the group (its name, photo, members and admins)?
+    pub fn is_run_by(&self, phone: &str) -> bool {
+        self.role_of(phone).is_some_and(|role| role >= ADMIN)
+    }
+
+    /// The apps' `members` text: `n:p1,p2,...`, where the first `n` (owner and admins)
+    /// run the group; `:` alone for a group without members.
+    pub fn members_field(&self) -> String {
+        let admins = self.members.iter().filter(|(_, role)| *role >= ADMIN).count();
+        let phones: Vec<&str> = self.members.iter().map(|(phone, _)| phone.as_str()).collect();
+        let count = if self.members.is_empty() { String::new() } else { admins.to_string() };
+        format!("{count}:{}", phones.join(","))
+    }
+
+    /// The reply fields the apps build the group's profile from: `gid` (a number, as the
+    /// iOS app reads it), `name`, `status`, `photo`, `ts`, `tn` and `members`.
+    pub fn fields(&self) -> Map<String, Value> {
+        let mut fields = Map::new();
+        fields.insert("gid".into(), self.gid.into());
+        fields.insert("name".into(), self.name.clone().into());
+        fields.insert("status".into(), "".into());
+        fields.insert("photo".into(), self.photo.clone().into());
+        fields.insert("ts".into(), self.ts.into());
+        if let Some(thumbnail) = &self.thumbnail {
+            fields.insert("tn".into(), thumbnail_field(thumbnail));
+        }
+        fields.insert("members".into(), self.members_field().into());
+        fields
+    }
+
+    /// An entry of a getcontacts reply: the fields above, with an empty `phone`.
+    pub fn contact_entry(&self) -> Map<String, Value> {
+        let mut entry = self.fields();
+        entry.insert("phone".into(), "".into());
+        entry
+    }
+
+    /// The notice members get of a change, with `subject` (empty: refresh silently).
+    pub fn notice(&self, subject: &str) -> NoticeBody {
+        let mut members = self.members_field();
+        // The reference left long lists out of the message.
+        if members.len() > 256 {
+            members.clear();
+        }
+        NoticeBody {
+            subject: subject.to_string(),
+            name: self.name.clone(),
+            gid: self.gid,
+            photo: self.photo.clone(),
+            ts: self.ts,
+            thumbnail: self.thumbnail.clone(),
+            members: Some(members),
+            ..NoticeBody::default()
+        }
+    }
+}
+
+/// How a write changes a group's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberChange {
+    Keep,
+    /// A new group: its owner and its first members.
+    Create {
+        owner: String,
+        members: Vec<String>,
+    },
+    /// The member list becomes `members` plus the owner and `keep` (the caller).
+    Replace {
+        keep: String,
+        members: Vec<String>,
+    },
+    Add(Vec<String>),
+    /// Removes members; the owner stays (the owner deletes the group instead).
+    Remove(Vec<String>),
+    /// Makes members admins, or members again; the owner's role never changes.
+    SetRole {
+        phones: Vec<String>,
+        role: i64,
+    },
+}
+
+/// A change to a group, written with its notices in one transaction.
+#[derive(Debug, Clone)]
+pub struct GroupWrite {
+    pub gid: i64,
+    /// Create the group (it must not exist) rather than change it.
+    pub create: bool,
+    pub name: Option<String>,
+    /// A new photo: its file name and thumbnail (`("", None)` removes it).
+    pub photo: Option<(String, Option<Vec<u8>>)>,
+    pub members: MemberChange,
+    pub now: i64,
+    /// Who made the change: not notified of it.
+    pub actor: String,
+    /// The notice's subject; `None` sends no notice.
+    pub subject: Option<String>,
+    /// Former members to tell as well (removed, or leaving), so their apps drop the group.
+    pub also_tell: Vec<String>,
+}
+
+impl GroupWrite {
+    /// A change to an existing group by `actor` that tells its members silently; the
+    /// fields left are set with struct update syntax.
+    pub fn change(gid: i64, members: MemberChange, actor: &str, now: i64) -> GroupWrite {
+        GroupWrite {
+            gid,
+            create: false,
+            name: None,
+            photo: None,
+            members,
+            now,
+            actor: actor.to_string(),
+            subject: Some(String::new()),
+            also_tell: Vec::new(),
+        }
+    }
+}
+
+impl Group {
+    /// What the members are told when the group is deleted: the group without members
+    /// (so their apps drop it), sent to every former member but `actor`.
+    pub fn deletion(&self, actor: &str, now: i64) -> (Group, GroupWrite) {
+        let gone = Group { members: Vec::new(), ts: now, ..self.clone() };
+        let write = GroupWrite {
+            subject: None,
+            also_tell: self.members.iter().map(|(phone, _)| phone.clone()).collect(),
+            ..GroupWrite::change(self.gid, MemberChange::Keep, actor, now)
+        };
+        (gone, write)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_list_the_owner_and_admins_first_with_their_count() {
+        let group = Group {
+            gid: 7,
+            name: "Hikers".into(),
+            photo: String::new(),
+            thumbnail: None,
+            ts: 1,
+            members: vec![("18005550001".into(), OWNER), ("18005550003".into(), ADMIN), ("18005550002".into(), MEMBER)],
+        };
+        assert_eq!(group.members_field(), "2:18005550001,18005550003,18005550002");
+        assert!(group.is_run_by("18005550003") && !group.is_run_by("18005550002") && !group.is_run_by("18005550009"));
+        assert_eq!(Group { members: vec![], ..group.clone() }.members_field(), ":");
+        assert_eq!(group.fields()["gid"], 7, "a number");
+        assert_eq!(group.notice("x").members.as_deref(), Some("2:18005550001,18005550003,18005550002"));
+    }
+}

@@ -1,0 +1,300 @@
+//! Groups: `setgroup`, `getgroup`, `editmembers`, `setadmin` and `delgroup`, and a
+//! group's name and photo through `profile` and `upload`. Every change the platform must
+//! know of is made there first: the local change is written only once the platform
+//! accepted it, together with the members' notices.
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use crate::delivery::upstream::Upstream;
+use crate::domain::account::{refuse_control_characters, Caller, MAX_NAME_CHARS};
+use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::groups::{Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
+use crate::service::contacts::parse_phones;
+use crate::service::uploads::{stored_photo, Files, UploadedFile};
+use crate::store::Db;
+
+/// Members one request may name.
+pub const MAX_MEMBERS_PER_REQUEST: usize = 1000;
+
+/// What the group ops share: the platform the groups are mirrored to.
+pub struct Groups {
+    pub db: Arc<Db>,
+    pub platform: Upstream,
+}
+
+/// The fields of `setgroup`.
+#[derive(Debug, Default)]
+pub struct SetGroup<'a> {
+    /// 0 creates a group.
+    pub gid: i64,
+    pub name: Option<&'a str>,
+    /// Member phones, comma-separated, without the caller.
+    pub members: Option<&'a str>,
+    pub photo: Option<UploadedFile>,
+}
+
+impl Groups {
+    /// `setgroup`: creates a group (`gid` 0) with the caller as owner, or changes one the
+    /// caller runs: its name, its photo, and with `m` its member list.
+    pub async fn set(&self, files: &Files, caller: &Caller, request: SetGroup<'_>) -> Result<Map<String, Value>, ApiError> {
+        let me = self.phone_of(caller).await?;
+        let name = request.name.map(decoded).map(|name| checked_name(&name)).transpose()?;
+        let members = match request.members.map(decoded) {
+            Some(list) if !list.trim().is_empty() => {
+                Some(parse_phones(&list, MAX_MEMBERS_PER_REQUEST)?.phones.into_iter().filter(|phone| *phone != me).collect::<Vec<_>>())
+            }
+            _ => None,
+        };
+        let existing = match request.gid {
+            gid if gid > 0 => Some(self.run_by(gid, &me).await?),
+            _ => None,
+        };
+        let photo = match request.photo {
+            Some(file) => Some(stored_photo(files, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?),
+            None => None,
+        };
+        let now = self.db.clock().now();
+        let write = match existing {
+            None => {
+                let name = name.unwrap_or_default();
+                let members = members.unwrap_or_default();
+                let everyone: Vec<&str> = std::iter::once(me.as_str()).chain(members.iter().map(String::as_str)).collect();
+                let fields = serde_json::json!({ "gid": 0, "name": name, "flag": 0, "m": everyone.join(",") });
+                let reply = self.platform.group("groupadd", fields).await.map_err(refused)?;
+                let gid = platform_gid(&reply).ok_or_else(|| refused_with("the platform's groupadd reply has no group gid"))?;
+                GroupWrite {
+                    gid,
+                    create: true,
+                    subject: Some(format!("You have been added to group {name}")),
+                    name: Some(name),
+                    photo,
+                    members: MemberChange::Create { owner: me.clone(), members },
+                    now,
+                    actor: me,
+                    also_tell: Vec::new(),
+                }
+            }
+            Some(group) => {
+                // An empty name keeps the old one.
+                let name = name.filter(|name| !name.is_empty());
+                let owner: Vec<String> = group.members.iter().filter(|(_, role)| *role == OWNER).map(|(phone, _)| phone.clone()).collect();
+                let everyone: Vec<String> = match &members {
+                    Some(members) => unique(std::iter::once(me.clone()).chain(members.iter().cloned()).chain(owner)),
+                    None => group.members.iter().map(|(phone, _)| phone.clone()).collect(),
+                };
+                let fields = serde_json::json!({
+                    "gid": group.gid,
+                    "name": name.as_deref().unwrap_or(&group.name),
+                    "flag": 0,
+                    "m": everyone.join(","),
+                });
+                self.platform.group("groupset", fields).await.map_err(refused)?;
+                let removed: Vec<String> =
+                    group.members.iter().map(|(phone, _)| phone.clone()).filter(|phone| !everyone.contains(phone)).collect();
+                let members = match members {
+                    Some(members) => MemberChange::Replace { keep: me.clone(), members },
+                    None => MemberChange::Keep,
+                };
+                GroupWrite { name, photo, also_tell: removed, ..GroupWrite::change(group.gid, members, &me, now) }
+            }
+        };
+        let group = self.db.write_group(write).await?;
+        Ok(group.fields())
+    }
+
+    /// `getgroup`: a group the caller is a member of.
+    pub async fn get(&self, caller: &Caller, gid: i64) -> Result<Map<String, Value>, ApiError> {
+        if gid <= 0 {
+            return Err(missing("gid"));
+        }
+        let me = self.phone_of(caller).await?;
+        match self.db.group(gid).await? {
+            Some(group) if group.role_of(&me).is_some() => Ok(group.fields()),
+            _ => Err(ApiError::new(ErrorCode::NotMember, "not a member of this group")),
+        }
+    }
+
+    /// `editmembers`: adds (or with `delete` removes) members of a group the caller runs.
+    pub async fn edit_members(
+        &self,
+        caller: &Caller,
+        gid: i64,
+        members: Option<&str>,
+        delete: bool,
+    ) -> Result<Map<String, Value>, ApiError> {
+        let list = members.map(str::trim).filter(|m| !m.is_empty());
+        let (gid, list) = match (gid, list) {
+            (gid, Some(list)) if gid > 0 => (gid, list),
+            _ => return Err(missing("gid and m")),
+        };
+        let me = self.phone_of(caller).await?;
+        let group = self.run_by(gid, &me).await?;
+        let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
+        let fields = serde_json::json!({ "gid": gid, "m": phones.join(","), "delete": i64::from(delete) });
+        self.platform.group("groupeditmembers", fields).await.map_err(refused)?;
+        let now = self.db.clock().now();
+        let write = match delete {
+            true => GroupWrite { also_tell: phones.clone(), ..GroupWrite::change(gid, MemberChange::Remove(phones), &me, now) },
+            false => GroupWrite {
+                subject: Some(format!("You have been added to group {}", group.name)),
+                ..GroupWrite::change(gid, MemberChange::Add(phones), &me, now)
+            },
+        };
+        let group = self.db.write_group(write).await?;
+        Ok(members_reply(&group))
+    }
+
+    /// `setadmin`: makes members admins (`admin` 1) or members again (0). The owner's role
+    /// never changes. The platform has no roles, so nothing goes there.
+    pub async fn set_admin(&self, caller: &Caller, gid: i64, members: Option<&str>, admin: bool) -> Result<Map<String, Value>, ApiError> {
+        if gid <= 0 {
+            return Err(missing("gid"));
+        }
+        let me = self.phone_of(caller).await?;
+        self.run_by(gid, &me).await?;
+        let list = members.map(str::trim).filter(|m| !m.is_empty()).ok_or_else(|| missing("m"))?;
+        let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
+        let role = if admin { ADMIN } else { MEMBER };
+        let write = GroupWrite::change(gid, MemberChange::SetRole { phones, role }, &me, self.db.clock().now());
+        let group = self.db.write_group(write).await?;
+        Ok(members_reply(&group))
+    }
+
+    /// `delgroup`: the owner deletes the group; any other member leaves it.
+    pub async fn delete(&self, caller: &Caller, gid: i64) -> Result<Map<String, Value>, ApiError> {
+        if gid <= 0 {
+            return Err(missing("gid"));
+        }
+        let me = self.phone_of(caller).await?;
+        let group = self.db.group(gid).await?;
+        let role = group.as_ref().and_then(|group| group.role_of(&me)).ok_or_else(not_run_by_caller)?;
+        let group = group.expect("a member's group exists");
+        if role == OWNER {
+            self.platform.group("groupdel", serde_json::json!({ "gid": gid })).await.map_err(refused)?;
+            let subject = format!("The group {} has been deleted", group.name);
+            self.db.delete_group(gid, me, subject, self.db.clock().now()).await?;
+        } else {
+            let fields = serde_json::json!({ "gid": gid, "m": me, "delete": 1 });
+            self.platform.group("groupeditmembers", fields).await.map_err(refused)?;
+            let write = GroupWrite::change(gid, MemberChange::Remove(vec![me.clone()]), &me, self.db.clock().now());
+            self.db.write_group(write).await?;
+        }
+        let mut reply = Map::new();
+        reply.insert("gid".into(), gid.into());
+        Ok(reply)
+    }
+
+    /// `upload` with `profile=1` and `gid`: sets (or with `delete` removes) the photo of
+    /// a group the caller runs. Only the members are told: the platform keeps no photos.
+    pub async fn set_photo(
+        &self,
+        files: &Files,
+        caller: &Caller,
+        gid: i64,
+        delete: bool,
+        file: Option<UploadedFile>,
+    ) -> Result<Group, ApiError> {
+        let me = self.phone_of(caller).await?;
+        self.run_by(gid, &me).await?;
+        let photo = match (delete, file) {
+            (true, _) => (String::new(), None),
+            (false, None) => return Err(ApiError::new(ErrorCode::MissingFile, "a file part is required")),
+            (false, Some(file)) => stored_photo(files, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?,
+        };
+        let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
+        Ok(self.db.write_group(write).await?)
+    }
+
+    /// `profile` with `gid`: renames a group the caller runs.
+    pub async fn rename(&self, caller: &Caller, gid: i64, name: Option<&str>) -> Result<Group, ApiError> {
+        let me = self.phone_of(caller).await?;
+        self.run_by(gid, &me).await?;
+        let name = checked_name(name.unwrap_or_default())?;
+        if name.is_empty() {
+            return Err(ApiError::new(ErrorCode::BadParam, "name is required"));
+        }
+        self.platform.group("groupset", serde_json::json!({ "gid": gid, "name": name, "flag": 0 })).await.map_err(refused)?;
+        let caller_name = self.db.profile_of(caller.user_id).await?.name;
+        let subject = format!("{} has changed group name to {name}", if caller_name.is_empty() { &me } else { &caller_name });
+        let write = GroupWrite {
+            subject: Some(subject),
+            name: Some(name),
+            ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now())
+        };
+        Ok(self.db.write_group(write).await?)
+    }
+
+    /// The caller's phone (or e-mail address): how groups name their members.
+    async fn phone_of(&self, caller: &Caller) -> Result<String, ApiError> {
+        Ok(self.db.profile_of(caller.user_id).await?.address)
+    }
+
+    /// The group `gid` if `phone` is its owner or an admin; `BADGROUP` otherwise.
+    async fn run_by(&self, gid: i64, phone: &str) -> Result<Group, ApiError> {
+        match self.db.group(gid).await? {
+            Some(group) if group.is_run_by(phone) => Ok(group),
+            _ => Err(not_run_by_caller()),
+        }
+    }
+}
+
+/// The groups of `member` (a phone) changed at or after `since`, as getcontacts entries.
+pub async fn groups_for_sync(db: &Arc<Db>, member: &str, since: i64) -> Result<Vec<Value>, ApiError> {
+    let groups = db.groups_of(member.to_string(), since, crate::domain::groups::MAX_GROUPS_PER_SYNC).await?;
+    Ok(groups.iter().map(|group| Value::Object(group.contact_entry())).collect())
+}
+
+/// The phones in order, each once.
+fn unique(phones: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    phones.filter(|phone| seen.insert(phone.clone())).collect()
+}
+
+fn members_reply(group: &Group) -> Map<String, Value> {
+    let mut reply = Map::new();
+    reply.insert("gid".into(), group.gid.into());
+    reply.insert("members".into(), group.members_field().into());
+    reply
+}
+
+/// The 2021 apps percent-encode `name` and `m` in multipart forms; the reference decoded
+/// them. Text that does not decode to UTF-8 is kept as sent.
+fn decoded(text: &str) -> String {
+    match percent_encoding::percent_decode_str(text).decode_utf8() {
+        Ok(decoded) => decoded.into_owned(),
+        Err(_) => text.to_string(),
+    }
+}
+
+fn checked_name(name: &str) -> Result<String, ApiError> {
+    let name = name.trim();
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::new(ErrorCode::BadParam, format!("name must be at most {MAX_NAME_CHARS} characters")));
+    }
+    refuse_control_characters("name", name)?;
+    Ok(name.to_string())
+}
+
+/// The platform's group id in a `groupadd` reply: a number or a numeric string.
+fn platform_gid(reply: &Value) -> Option<i64> {
+    let gid = &reply["group"]["gid"];
+    gid.as_i64().or_else(|| gid.as_str().and_then(|gid| gid.parse().ok())).filter(|gid| *gid > 0)
+}
+
+fn refused(error: crate::delivery::upstream::UpstreamError) -> ApiError {
+    tracing::warn!("upstream group change failed: {}", error.detail);
+    refused_with("the platform did not accept the group change; nothing was changed")
+}
+
+fn refused_with(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::Upstream, message)
+}
+
+fn missing(what: &str) -> ApiError {
+    ApiError::new(ErrorCode::MissingPara, format!("{what} is required"))
+}
+
+fn not_run_by_caller() -> ApiError {
+    ApiError::new(ErrorCode::BadGroup, "not a member of this group, or not its admin or owner")
+}

@@ -1,0 +1,159 @@
+//! The groups and group_members tables: groups mirrored from the platform, with the
+//! notices of each change queued in the change's transaction.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::Value;
+use std::sync::Arc;
+
+use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::store::{self, outbox, Db, StorageError};
+
+pub(in crate::store) fn group(conn: &Connection, gid: i64) -> rusqlite::Result<Option<Group>> {
+    let found = conn
+        .prepare_cached("SELECT name, photo, thumbnail, ts FROM chat_groups WHERE gid = ?1")?
+        .query_row([gid], |r| {
+            Ok(Group { gid, name: r.get(0)?, photo: r.get(1)?, thumbnail: r.get(2)?, ts: r.get(3)?, members: Vec::new() })
+        })
+        .optional()?;
+    let Some(mut group) = found else { return Ok(None) };
+    let mut members = conn.prepare_cached("SELECT phone, role FROM group_members WHERE gid = ?1 ORDER BY role DESC, phone")?;
+    group.members = members.query_map([gid], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
+    Ok(Some(group))
+}
+
+fn json_list(phones: &[String]) -> String {
+    Value::from(phones.to_vec()).to_string()
+}
+
+fn add_members(tx: &Connection, gid: i64, phones: &[String], role: i64) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached("INSERT OR IGNORE INTO group_members (gid, phone, role) VALUES (?1, ?2, ?3)")?;
+    for phone in phones {
+        insert.execute(params![gid, phone, role])?;
+    }
+    Ok(())
+}
+
+/// Queues the group's notice for its members and `also_tell` who are users, but the actor.
+fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str) -> rusqlite::Result<usize> {
+    let mut phones: Vec<String> = group.members.iter().map(|(phone, _)| phone.clone()).chain(write.also_tell.iter().cloned()).collect();
+    phones.retain(|phone| *phone != write.actor);
+    let recipients: Vec<String> = tx
+        .prepare_cached("SELECT address FROM users WHERE address IN (SELECT value FROM json_each(?1)) ORDER BY address")?
+        .query_map([json_list(&phones)], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    outbox::enqueue_for(tx, &recipients, &group.notice(subject).payload(), write.now)
+}
+
+pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite) -> rusqlite::Result<Group> {
+    store::atomically(conn, |tx| {
+        let (photo, thumbnail) = match &write.photo {
+            Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
+            None => (None, None),
+        };
+        if write.create {
+            tx.prepare_cached(
+                "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES (?1, coalesce(?2, ''), coalesce(?3, ''), ?4, ?5, ?5)",
+            )?
+            .execute(params![write.gid, write.name, photo, thumbnail, write.now])?;
+        } else {
+            tx.prepare_cached(
+                "UPDATE chat_groups SET name = coalesce(?2, name), photo = coalesce(?3, photo),
+                     thumbnail = CASE WHEN ?3 IS NULL THEN thumbnail ELSE ?4 END, ts = ?5
+                 WHERE gid = ?1",
+            )?
+            .execute(params![write.gid, write.name, photo, thumbnail, write.now])?;
+        }
+        match &write.members {
+            MemberChange::Keep => {}
+            MemberChange::Create { owner, members } => {
+                add_members(tx, write.gid, std::slice::from_ref(owner), OWNER)?;
+                add_members(tx, write.gid, members, MEMBER)?;
+            }
+            MemberChange::Replace { keep, members } => {
+                let staying: Vec<String> = members.iter().chain(std::iter::once(keep)).cloned().collect();
+                tx.prepare_cached(
+                    "DELETE FROM group_members WHERE gid = ?1 AND role < ?2 AND phone NOT IN (SELECT value FROM json_each(?3))",
+                )?
+                .execute(params![write.gid, OWNER, json_list(&staying)])?;
+                add_members(tx, write.gid, members, MEMBER)?;
+            }
+            MemberChange::Add(phones) => add_members(tx, write.gid, phones, MEMBER)?,
+            MemberChange::Remove(phones) => {
+                tx.prepare_cached("DELETE FROM group_members WHERE gid = ?1 AND role < ?2 AND phone IN (SELECT value FROM json_each(?3))")?
+                    .execute(params![write.gid, OWNER, json_list(phones)])?;
+            }
+            MemberChange::SetRole { phones, role } => {
+                tx.prepare_cached(
+                    "UPDATE group_members SET role = ?4 WHERE gid = ?1 AND role < ?2 AND phone IN (SELECT value FROM json_each(?3))",
+                )?
+                .execute(params![write.gid, OWNER, json_list(phones), role])?;
+            }
+        }
+        let group = group(tx, write.gid)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+        if let Some(subject) = &write.subject {
+            notify(tx, &group, write, subject)?;
+        }
+        Ok(group)
+    })
+}
+
+/// Tells the members (but `actor`) that the group is gone, then deletes it.
+pub(in crate::store) fn delete(conn: &mut Connection, gid: i64, actor: &str, subject: &str, now: i64) -> rusqlite::Result<bool> {
+    store::atomically(conn, |tx| {
+        let Some(group) = group(tx, gid)? else { return Ok(false) };
+        let (gone, write) = group.deletion(actor, now);
+        notify(tx, &gone, &write, subject)?;
+        tx.prepare_cached("DELETE FROM chat_groups WHERE gid = ?1")?.execute([gid])?;
+        Ok(true)
+    })
+}
+
+/// The groups `phone` belongs to that changed at or after `since`, oldest change first.
+pub(in crate::store) fn groups_of(conn: &Connection, phone: &str, since: i64, limit: usize) -> rusqlite::Result<Vec<Group>> {
+    let gids: Vec<i64> = conn
+        .prepare_cached(
+            "SELECT g.gid FROM group_members m JOIN chat_groups g ON g.gid = m.gid
+             WHERE m.phone = ?1 AND g.ts >= ?2 ORDER BY g.ts, g.gid LIMIT ?3",
+        )?
+        .query_map(params![phone, since, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut groups = Vec::with_capacity(gids.len());
+    for gid in gids {
+        groups.extend(group(conn, gid)?);
+    }
+    Ok(groups)
+}
+
+impl Db {
+    /// A group with its members; `None` when there is no such group.
+    pub async fn group(self: &Arc<Self>, gid: i64) -> Result<Option<Group>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.group(gid).await;
+        }
+        self.read(move |conn| group(conn, gid)).await
+    }
+
+    /// Applies a group change and queues its notices, in one transaction; returns the group.
+    pub async fn write_group(&self, change: GroupWrite) -> Result<Group, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.write_group(change).await;
+        }
+        self.call(move |conn| write(conn, &change)).await
+    }
+
+    /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it.
+    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.delete_group(gid, actor, subject, now).await;
+        }
+        self.call(move |conn| delete(conn, gid, &actor, &subject, now)).await
+    }
+
+    /// The groups of `phone` changed at or after `since` (see [`groups_of`]).
+    pub async fn groups_of(self: &Arc<Self>, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.groups_of(phone, since, limit).await;
+        }
+        self.read(move |conn| groups_of(conn, &phone, since, limit)).await
+    }
+}
