@@ -69,16 +69,8 @@ pub async fn handle(
         }
         Op::Profile => {
             let fields = users::ProfileFields { name: field("name"), status: field("status"), photo: field("photo") };
-            let texts = fields.name.is_some() || fields.status.is_some() || fields.photo.is_some();
             // The 2021 apps may send the new photo as a file part of the same request.
-            let photo_sent = file.is_some();
-            if let Some(file) = file {
-                uploads::set_own_photo(&state.db, &state.files, &caller, false, Some(file)).await?;
-            }
-            let mut reply = match photo_sent && !texts {
-                true => users::me(&state.db, &caller).await?,
-                false => users::change_profile(&state.db, &caller, fields).await?,
-            };
+            let mut reply = users::change_profile(&state.db, &caller, fields, file.map(|file| (&state.files, file))).await?;
             // The 2021 Android app reads `profile` as a number: an object fails its whole reply.
             if state.http.dialect == Dialect::Mesibo {
                 reply.remove("profile");

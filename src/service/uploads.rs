@@ -72,7 +72,7 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
 }
 
 /// Stores `file` as the caller's photo, or with `delete` removes the photo.
-pub async fn set_own_photo(
+async fn set_own_photo(
     db: &Arc<Db>,
     files: &Files,
     caller: &Caller,

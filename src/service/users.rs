@@ -7,6 +7,7 @@ use crate::domain::account::{
     refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
 };
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::uploads::{stored_photo, Files, UploadedFile};
 use crate::store::Db;
 
 /// `op=me`: the caller's own profile, with the upstream uid.
@@ -24,8 +25,14 @@ pub struct ProfileFields<'a> {
     pub photo: Option<&'a str>,
 }
 
-/// `op=profile`: changes `name`, `status` and/or `photo`.
-pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields<'_>) -> Result<Map<String, Value>, ApiError> {
+/// `op=profile`: changes `name`, `status` and/or `photo`; a photo sent as a file part
+/// (`uploaded`) is stored as `upload` stores it, in the same change.
+pub async fn change_profile(
+    db: &Arc<Db>,
+    caller: &Caller,
+    fields: ProfileFields<'_>,
+    uploaded: Option<(&Files, UploadedFile)>,
+) -> Result<Map<String, Value>, ApiError> {
     let field = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value.map(|v| v.trim()) else { return Ok(None) };
         if value.chars().count() > max {
@@ -33,13 +40,13 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
         }
         Ok(Some(value.to_string()))
     };
-    let change = ProfileChange {
+    let mut change = ProfileChange {
         name: field("name", fields.name, MAX_NAME_CHARS)?,
         status: field("status", fields.status, MAX_STATUS_CHARS)?,
         photo: field("photo", fields.photo, MAX_PHOTO_CHARS)?,
         thumbnail: None,
     };
-    if change.name.is_none() && change.status.is_none() && change.photo.is_none() {
+    if change.name.is_none() && change.status.is_none() && change.photo.is_none() && uploaded.is_none() {
         return Err(ApiError::new(ErrorCode::BadParam, "name, status or photo is required"));
     }
     if change.photo.as_deref().is_some_and(|p| !p.is_empty() && !p.starts_with("https://") && !p.starts_with("http://")) {
@@ -47,6 +54,10 @@ pub async fn change_profile(db: &Arc<Db>, caller: &Caller, fields: ProfileFields
     }
     for (field, text) in [("name", &change.name), ("status", &change.status), ("photo", &change.photo)] {
         refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
+    }
+    if let Some((files, file)) = uploaded {
+        let (photo, thumbnail) = stored_photo(files, file).await?;
+        (change.photo, change.thumbnail) = (Some(photo), Some(thumbnail));
     }
     let user_id = caller.user_id;
     let updated = db.change_profile(user_id, change, db.clock().now()).await?;

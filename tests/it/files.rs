@@ -213,6 +213,15 @@ async fn the_profile_reply_carries_no_profile_object_for_the_2021_apps() {
     assert!(reply.get("profile").is_none(), "the 2021 Android app parses profile as an int: {reply}");
     assert_eq!(mesibo.call_op("me", &token, json!({})).await.1["profile"]["status"], "Hi", "the change is kept");
 
+    // A photo may come as a file part of the same request: one change with the texts.
+    let fields = [("op", "profile"), ("token", token.as_str()), ("name", "Ann B"), ("status", "Back"), ("gid", "0")];
+    let (status, reply) =
+        post_multipart(&mesibo, &format!("{}/messenger/api.php", mesibo.url), &fields, Some(("me.jpg", &jpeg_with_exif()))).await;
+    assert_eq!((status, &reply["result"]), (200, &json!("OK")), "{reply}");
+    let me = mesibo.call_op("me", &token, json!({})).await.1;
+    assert_eq!((&me["profile"]["name"], &me["profile"]["status"]), (&json!("Ann B"), &json!("Back")));
+    assert!(me["profile"]["photo"].as_str().unwrap().ends_with(".jpg") && me["profile"]["tn"].is_string(), "{me}");
+
     let json_dialect = TestServer::start(&[]).await;
     let token = json_dialect.log_in(PHONE, None).await;
     let reply = assert_ok(json_dialect.call_op("profile", &token, json!({ "name": "Ann" })).await);
