@@ -574,11 +574,10 @@ async fn garbage_collect(service: &Service) {
 #[actix_web::main]
 async fn main() {
     let args = parse_args();
-    // Warnings (an upstream failure, say) explain errors; per-login info lines would swamp the output.
-    if std::env::var_os("RUST_LOG").is_none() {
-        std::env::set_var("RUST_LOG", "warn");
-    }
-    otpgate::runtime::logging::init(otpgate::config::LogFormat::Text);
+    // The service's own default level unless RUST_LOG says otherwise: logging is part of
+    // what a request costs. Send stderr to a file or /dev/null.
+    let _log = otpgate::runtime::logging::init(otpgate::config::LogFormat::Text);
+    println!("log level (RUST_LOG): {}", std::env::var("RUST_LOG").unwrap_or_else(|_| "info (the service's default)".into()));
     if let Some(db_path) = &args.preload_into {
         preload(db_path, args.users, args.contacts, args.pending);
         return;

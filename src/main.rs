@@ -16,7 +16,8 @@ async fn main() -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(CONFIG_ERROR, &e),
     };
-    logging::init(config.log_format);
+    // Held until `main` returns: dropping it writes out the log lines still queued.
+    let _log = logging::init(config.log_format);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }

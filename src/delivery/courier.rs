@@ -219,7 +219,7 @@ impl Courier {
         let (id, otp_hash) = (row.id, row.otp_hash.clone());
         let (dispatch, update) = match result {
             Ok(()) => {
-                tracing::info!(sender = sender_name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
+                tracing::debug!(sender = sender_name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
                 (Dispatch::Sent, AttemptOutcome::Sent)
             }
             Err(error) => {

@@ -77,7 +77,7 @@ impl Outbox {
             match self.upstream.message(&self.from, &message.recipient, &payload).await {
                 Ok(()) => {
                     self.db.acknowledge_notice(id).await?;
-                    tracing::info!(%to, "outbox: message delivered");
+                    tracing::debug!(%to, "outbox: message delivered");
                     sent += 1;
                 }
                 Err(e) => {

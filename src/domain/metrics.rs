@@ -11,6 +11,18 @@ use std::sync::LazyLock;
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
 
+/// Reads how many log lines the log writer dropped so far (see `runtime::logging`).
+static DROPPED_LOG_LINES: std::sync::OnceLock<Box<dyn Fn() -> usize + Send + Sync>> = std::sync::OnceLock::new();
+
+/// Makes `/metrics` report the log lines `dropped` says were lost.
+pub fn count_dropped_log_lines(dropped: impl Fn() -> usize + Send + Sync + 'static) {
+    let _ = DROPPED_LOG_LINES.set(Box::new(dropped));
+}
+
+pub static LOG_LINES_DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
+    counter("otpgate_log_lines_dropped_total", "Log lines dropped because the log writer fell behind (requests never wait for it)")
+});
+
 /// Latency buckets in seconds, from a cached SQLite read to a slow upstream.
 const LATENCY_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
@@ -95,11 +107,17 @@ fn register_all() {
     LazyLock::force(&COURIER_QUEUE_DEPTH);
     LazyLock::force(&REDIS_DURATION);
     LazyLock::force(&RATELIMIT_ERRORS);
+    LazyLock::force(&LOG_LINES_DROPPED);
 }
 
 /// The registry in the Prometheus text format.
 pub fn render() -> String {
     register_all();
+    if let Some(dropped) = DROPPED_LOG_LINES.get() {
+        // The writer counts its losses itself; the counter catches up at each scrape.
+        let lost = dropped() as u64;
+        LOG_LINES_DROPPED.inc_by(lost.saturating_sub(LOG_LINES_DROPPED.get()));
+    }
     let mut out = Vec::new();
     TextEncoder::new().encode(&REGISTRY.gather(), &mut out).expect("text encoding cannot fail");
     String::from_utf8(out).expect("the text format is UTF-8")

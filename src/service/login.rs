@@ -212,7 +212,7 @@ impl LoginFlow {
             Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {
                 metrics::OTP_ISSUED.inc();
                 // The courier logs each delivery from its own task; this line ties the code to the request.
-                tracing::info!(to = %address.masked(), appid, "code issued");
+                tracing::debug!(to = %address.masked(), appid, "code issued");
                 Ok(LoginOutcome::CodeSent { challenge: Some(challenge_id) })
             }
         }
@@ -369,10 +369,10 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
         Ok(record) => {
             for evicted in &record.evicted {
                 let (evicted_appid, evicted_device) = (&evicted.appid, &evicted.device);
-                tracing::info!(to = %address.masked(), evicted_appid, evicted_device, "device limit reached: least recently used session ended");
+                tracing::debug!(to = %address.masked(), evicted_appid, evicted_device, "device limit reached: least recently used session ended");
             }
             if record.notified > 0 {
-                tracing::info!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
+                tracing::debug!(to = %address.masked(), contacts = record.notified, "first login: contacts will be told");
             }
             record.profile
         }
@@ -384,7 +384,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ClaimedLogin) -> 
             return Err(ApiError::new(ErrorCode::Internal, "the login could not be recorded; please retry with the same code"));
         }
     };
-    tracing::info!(to = %address.masked(), appid, "login complete");
+    tracing::debug!(to = %address.masked(), appid, "login complete");
     Ok(LoginOutcome::LoggedIn(Box::new(LoggedIn { address, issued, calling_code, profile })))
 }
 
