@@ -166,12 +166,20 @@ enum Operation {
     Start,
     /// Start, then verify with the code, which calls upstream useradd.
     FullLogin,
-    /// `op=getcontacts` with 200 phones, half of them users.
+    /// `op=getcontacts` with 200 phones, half of them users: a first upload.
     Contacts,
+    /// `op=getcontacts` with 200 phones of which 180 are contacts already (an address
+    /// book uploaded again with a few new numbers).
+    Resync,
+    /// `op=getcontacts` with the last reply's `ts` and no phones: what apps send most.
+    SinceTs,
 }
 
-const OPERATIONS: [Operation; 4] = [Operation::Baseline, Operation::Start, Operation::FullLogin, Operation::Contacts];
+const OPERATIONS: [Operation; 6] =
+    [Operation::Baseline, Operation::Start, Operation::FullLogin, Operation::Contacts, Operation::Resync, Operation::SinceTs];
 const CONTACTS_PER_REQUEST: u64 = 200;
+/// Phones of a re-sync that are contacts already: 90 %.
+const KNOWN_PER_RESYNC: usize = 180;
 
 impl Operation {
     fn label(self) -> &'static str {
@@ -180,7 +188,14 @@ impl Operation {
             Operation::Start => "login start",
             Operation::FullLogin => "full login",
             Operation::Contacts => "getcontacts (200 phones)",
+            Operation::Resync => "getcontacts re-sync (90% known)",
+            Operation::SinceTs => "getcontacts since ts",
         }
+    }
+
+    /// The getcontacts runs: each connection logs in once first.
+    fn needs_session(self) -> bool {
+        matches!(self, Operation::Contacts | Operation::Resync | Operation::SinceTs)
     }
 
     /// Phones of each operation have their own prefix, so counts can be checked per operation.
@@ -211,11 +226,57 @@ struct Service {
 
 const APPID: &str = "com.example.bench";
 
-async fn one(service: &Service, operation: Operation, conn: &mut Connection, token: &str) -> Result<(), String> {
-    if operation == Operation::Contacts {
-        let body = format!(r#"{{"op":"getcontacts","token":"{token}","phones":[{}]}}"#, contact_upload(service).join(","));
-        let (status, body) = conn.request("POST", "/api", &body).await.map_err(|e| e.to_string())?;
-        return if status == 200 && body.contains(r#""result":"OK""#) { Ok(()) } else { Err(format!("getcontacts {status} {body}")) };
+/// What a connection of a getcontacts run keeps between its requests.
+#[derive(Default)]
+struct Session {
+    token: String,
+    /// The address book a re-sync sends again.
+    book: Vec<String>,
+    /// The `ts` of the last reply, for a sync of changes.
+    ts: i64,
+}
+
+impl Session {
+    /// Logs a fresh phone in; a re-sync or a sync of changes first uploads an address
+    /// book, as the app's first sync did.
+    async fn open(service: &Service, operation: Operation, conn: &mut Connection) -> Session {
+        let mut session = Session { token: log_in(service, conn).await, ..Session::default() };
+        if operation != Operation::Contacts {
+            session.book = contact_upload(service);
+            let (status, reply) =
+                getcontacts(conn, &session.token, &format!(r#""phones":[{}]"#, session.book.join(","))).await.expect("first sync");
+            assert!(status == 200 && reply["result"] == "OK", "first sync: {reply}");
+            session.ts = reply["ts"].as_i64().expect("a ts");
+            session.book.truncate(KNOWN_PER_RESYNC);
+        }
+        session
+    }
+}
+
+async fn getcontacts(conn: &mut Connection, token: &str, fields: &str) -> Result<(u16, serde_json::Value), String> {
+    let body = format!(r#"{{"op":"getcontacts","token":"{token}",{fields}}}"#);
+    let (status, body) = conn.request("POST", "/api", &body).await.map_err(|e| e.to_string())?;
+    let reply = serde_json::from_str(&body).map_err(|_| format!("getcontacts {status} {body}"))?;
+    Ok((status, reply))
+}
+
+async fn one(service: &Service, operation: Operation, conn: &mut Connection, session: &mut Session) -> Result<(), String> {
+    let fields = match operation {
+        Operation::Contacts => Some(format!(r#""phones":[{}]"#, contact_upload(service).join(","))),
+        Operation::Resync => {
+            let new = (KNOWN_PER_RESYNC as u64..CONTACTS_PER_REQUEST).map(|_| stranger());
+            Some(format!(r#""phones":[{}]"#, session.book.iter().cloned().chain(new).collect::<Vec<_>>().join(",")))
+        }
+        Operation::SinceTs => Some(format!(r#""ts":{}"#, session.ts)),
+        _ => None,
+    };
+    if let Some(fields) = fields {
+        let (status, reply) = getcontacts(conn, &session.token, &fields).await?;
+        if status != 200 || reply["result"] != "OK" {
+            return Err(format!("getcontacts {status} {reply}"));
+        }
+        session.ts = reply["ts"].as_i64().unwrap_or(session.ts);
+        return Ok(());
     }
     if operation == Operation::Baseline {
         let (status, _) = conn.request("GET", "/healthz", "").await.map_err(|e| e.to_string())?;
@@ -258,9 +319,14 @@ fn contact_upload(service: &Service) -> Vec<String> {
     (0..CONTACTS_PER_REQUEST)
         .map(|i| match i % 2 {
             0 => format!("\"{prefix}{}\"", 2_000_000 + rng.gen_range(0..users.max(1))),
-            _ => format!("\"1999{}\"", 2_000_000 + rng.gen_range(0..7_000_000)),
+            _ => stranger(),
         })
         .collect()
+}
+
+/// A quoted phone that is nobody's, most likely never uploaded before.
+fn stranger() -> String {
+    format!("\"1999{}\"", 2_000_000 + rand::thread_rng().gen_range(0..7_000_000))
 }
 
 struct Measured {
@@ -292,11 +358,12 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
         let addr = service.addrs[worker % service.addrs.len()];
         workers.push(actix_web::rt::spawn(async move {
             let mut conn = Connection::open(addr).await;
-            let token = if operation == Operation::Contacts { log_in(&service, &mut conn).await } else { String::new() };
+            let mut session =
+                if operation.needs_session() { Session::open(&service, operation, &mut conn).await } else { Session::default() };
             let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match one(&service, operation, &mut conn, &token).await {
+                match one(&service, operation, &mut conn, &mut session).await {
                     Ok(()) => latencies.push(t0.elapsed().as_micros() as u64),
                     Err(e) => {
                         errors += 1;
@@ -498,14 +565,14 @@ fn peak_rss_mb() -> f64 {
 
 fn print_header() {
     println!(
-        "{:<24} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9}",
-        "operation", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "ratio"
+        "{:<31} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
+        "operation", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "ratio", "CPU us/op"
     );
 }
 
 fn print_row(label: &str, m: &Measured, ratio: f64) {
     println!(
-        "{:<24} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.3} {:>10.0}",
+        "{:<31} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.3} {:>10.0}",
         label,
         m.per_sec,
         m.percentile_ms(0.50),
@@ -537,10 +604,10 @@ async fn run_all(service: &Arc<Service>, args: &Args) -> Vec<Measured> {
 
 /// Every start sent exactly one code, every full login used its code (none left over)
 /// and got its own token. Workers finish the operation in hand at the deadline, so the
-/// counts must match exactly. Each getcontacts connection logged in once beforehand.
+/// counts must match exactly. Each connection of a getcontacts run logged in once beforehand.
 fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
     let full = results[2].done as i64;
-    let setup_logins = args.conns as i64;
+    let setup_logins = args.conns as i64 * OPERATIONS.iter().filter(|o| o.needs_session()).count() as i64;
     let starts = (results[1].done + results[2].done) as i64 + setup_logins;
     let sent = service.sender.sent.load(Ordering::Relaxed) as i64;
     let leftover = count(&service.database, "SELECT count(*) FROM otp_challenges WHERE address LIKE '1650%'");
@@ -685,7 +752,7 @@ fn run_preloaded(args: &Args, empty: &[Measured]) -> bool {
     }
     println!("\nthroughput ratio, preloaded / empty database:");
     for (operation, (l, e)) in OPERATIONS.iter().zip(loaded.iter().zip(empty)).skip(1) {
-        println!("  {:<26} {:.3}", operation.label(), l / e.per_sec);
+        println!("  {:<31} {:.3}", operation.label(), l / e.per_sec);
     }
     output.status.success()
 }
