@@ -114,7 +114,10 @@ fn register_all() {
 pub fn render() -> String {
     register_all();
     if let Some(dropped) = DROPPED_LOG_LINES.get() {
-        // The writer counts its losses itself; the counter catches up at each scrape.
+        // The writer counts its losses itself; the counter catches up at each scrape, one
+        // scrape at a time so that two cannot add the same losses.
+        static CATCHING_UP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = CATCHING_UP.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let lost = dropped() as u64;
         LOG_LINES_DROPPED.inc_by(lost.saturating_sub(LOG_LINES_DROPPED.get()));
     }
