@@ -334,6 +334,14 @@ pub fn document(dialect: Dialect) -> Value {
             "summary": "Prometheus metrics.",
             "responses": { "200": { "description": "Prometheus text format", "content": { "text/plain": { "schema": { "type": "string" } } } } },
         } })),
+        ("/files/{name}".to_string(), json!({ "get": {
+            "summary": "A file uploaded with op=upload, by the name its reply gave (urls.download + photo, or file/url). Names are content hashes: cached for good.",
+            "parameters": [{ "name": "name", "in": "path", "required": true, "schema": { "type": "string", "pattern": "^[0-9a-f]{64}\\.[a-z0-9]{1,5}$" } }],
+            "responses": {
+                "200": { "description": "The file: images, audio, video and PDF with their type, anything else as an application/octet-stream attachment" },
+                "404": { "description": "No such file" },
+            },
+        } })),
     ]);
     let dialect_note = match dialect {
         Dialect::Mesibo => {
