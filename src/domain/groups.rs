@@ -131,6 +131,13 @@ pub struct GroupWrite {
 }
 
 impl GroupWrite {
+    /// Who may be told of this change to `group`: its members and `also_tell`, but the
+    /// actor (the store keeps those who are users).
+    pub fn told(&self, group: &Group) -> Vec<String> {
+        let everyone = group.members.iter().map(|(phone, _)| phone).chain(&self.also_tell);
+        everyone.filter(|phone| **phone != self.actor).cloned().collect()
+    }
+
     /// A change to an existing group by `actor` that tells its members silently; the
     /// fields left are set with struct update syntax.
     pub fn change(gid: i64, members: MemberChange, actor: &str, now: i64) -> GroupWrite {

@@ -208,15 +208,15 @@ impl Groups {
 
     /// `profile` with `gid`: renames a group the caller runs.
     pub async fn rename(&self, caller: &Caller, gid: i64, name: Option<&str>) -> Result<Group, ApiError> {
-        let me = self.phone_of(caller).await?;
+        let profile = self.db.profile_of(caller.user_id).await?;
+        let me = profile.address;
         self.run_by(gid, &me).await?;
         let name = checked_name(name.unwrap_or_default())?;
         if name.is_empty() {
             return Err(ApiError::new(ErrorCode::BadParam, "name is required"));
         }
         self.platform.group("groupset", serde_json::json!({ "gid": gid, "name": name, "flag": 0 })).await.map_err(refused)?;
-        let caller_name = self.db.profile_of(caller.user_id).await?.name;
-        let subject = format!("{} has changed group name to {name}", if caller_name.is_empty() { &me } else { &caller_name });
+        let subject = format!("{} has changed group name to {name}", if profile.name.is_empty() { &me } else { &profile.name });
         let write = GroupWrite {
             subject: Some(subject),
             name: Some(name),

@@ -35,8 +35,7 @@ fn add_members(tx: &Connection, gid: i64, phones: &[String], role: i64) -> rusql
 
 /// Queues the group's notice for its members and `also_tell` who are users, but the actor.
 fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str) -> rusqlite::Result<usize> {
-    let mut phones: Vec<String> = group.members.iter().map(|(phone, _)| phone.clone()).chain(write.also_tell.iter().cloned()).collect();
-    phones.retain(|phone| *phone != write.actor);
+    let phones = write.told(group);
     let recipients: Vec<String> = tx
         .prepare_cached("SELECT address FROM users WHERE address IN (SELECT value FROM json_each(?1)) ORDER BY address")?
         .query_map([json_list(&phones)], |r| r.get(0))?

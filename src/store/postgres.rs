@@ -732,8 +732,7 @@ async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String],
 
 /// Queues the group's notice for its members and `also_tell` who are users, but the actor.
 async fn notify_group(tx: &impl GenericClient, group: &Group, write: &GroupWrite, subject: &str) -> Result<(), StorageError> {
-    let mut phones: Vec<String> = group.members.iter().map(|(phone, _)| phone.clone()).chain(write.also_tell.iter().cloned()).collect();
-    phones.retain(|phone| *phone != write.actor);
+    let phones = write.told(group);
     let payload = group.notice(subject).payload();
     execute(
         tx,
