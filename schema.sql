@@ -162,3 +162,24 @@ CREATE TABLE group_members (
 ) WITHOUT ROWID;
 -- Finds a user's groups for getcontacts.
 CREATE INDEX group_members_phone ON group_members (phone);
+
+-- migration: 6
+-- Address books keep no phone number: each entry is a 64-bit keyed hash of the phone
+-- (otpgate_phone_hash, registered by the service with a key derived from its secret),
+-- and users are matched by the same hash of their address.
+ALTER TABLE users ADD COLUMN address_hash INTEGER;    -- otpgate_phone_hash(address)
+UPDATE users SET address_hash = otpgate_phone_hash(address);
+-- With ts: a sync of changes skips contacts unchanged since without reading their rows.
+CREATE INDEX users_address_hash ON users (address_hash, ts);
+CREATE TABLE contact_hashes (
+    owner_id   INTEGER NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+    phone_hash INTEGER NOT NULL,                       -- otpgate_phone_hash(phone)
+    PRIMARY KEY (owner_id, phone_hash)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO contact_hashes (owner_id, phone_hash) SELECT owner_id, otpgate_phone_hash(phone) FROM contacts;
+DROP TABLE contacts;
+ALTER TABLE contact_hashes RENAME TO contacts;
+-- Finds who has a phone as a contact when that phone joins or its profile changes.
+CREATE INDEX contacts_phone_hash ON contacts (phone_hash);
+-- The dropped phones are still in free pages: the service rewrites the file at its next start.
+DELETE FROM settings WHERE key = 'rewritten_without_secrets';

@@ -434,10 +434,9 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
     let database = Database::new(dir, args.database_url.as_deref());
-    let mut vars = vec![database.setting(), ("FILES_DIR", dir.join("files").to_string_lossy().into_owned())];
-    if let Database::Postgres { .. } = database {
-        vars.push(("OTP_SECRET", "bench-secret-shared-by-every-instance".into()));
-    }
+    // Set, not a key file: every instance and the preload hash phones alike.
+    let mut vars =
+        vec![database.setting(), ("FILES_DIR", dir.join("files").to_string_lossy().into_owned()), ("OTP_SECRET", BENCH_SECRET.into())];
     if let Some(redis) = &args.redis_url {
         vars.push(("REDIS_URL", redis.clone()));
         vars.push(("REDIS_PREFIX", format!("otpgate-bench-{:016x}", rand::random::<u64>())));
@@ -505,18 +504,23 @@ fn preload(db_path: &str, users: u64, contacts: u64, pending: u64) {
     let tx = conn.transaction().unwrap();
     let now = otpgate::store::now();
     {
-        let mut insert =
-            tx.prepare("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, 'User', ?3, ?3, ?3)").unwrap();
+        let phones = bench_phones();
+        let mut insert = tx
+            .prepare(
+                "INSERT INTO users (address, address_hash, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, 'User', ?4, ?4, ?4)",
+            )
+            .unwrap();
         for n in 0..users {
-            insert.execute(params![format!("1212{}", 2_000_000 + n), n.to_string(), now - 86_400]).unwrap();
+            let address = format!("1212{}", 2_000_000 + n);
+            insert.execute(params![address, phones.hash(&address), n.to_string(), now - 86_400]).unwrap();
         }
-        let mut insert = tx.prepare("INSERT OR IGNORE INTO contacts (owner_id, phone, added_at) VALUES (?1, ?2, ?3)").unwrap();
+        let mut insert = tx.prepare("INSERT OR IGNORE INTO contacts (owner_id, phone_hash) VALUES (?1, ?2)").unwrap();
         let mut rng = rand::thread_rng();
         let per_user = contacts / users.max(1);
         for owner in 1..=users {
             for _ in 0..per_user {
                 let phone = format!("1212{}", 2_000_000 + rng.gen_range(0..users));
-                insert.execute(params![owner, phone, now - 86_400]).unwrap();
+                insert.execute(params![owner, phones.hash(&phone)]).unwrap();
             }
         }
         let mut insert = tx
@@ -719,11 +723,19 @@ async fn main() {
 
 const THROUGHPUT_TAG: &str = "throughput-per-sec:";
 
+/// The server secret of every measured service.
+const BENCH_SECRET: &str = "bench-secret-shared-by-every-instance";
+
+/// Hashes phones as the measured services do.
+fn bench_phones() -> otpgate::domain::keys::PhoneHasher {
+    otpgate::domain::keys::ServerKeys::from_secret(BENCH_SECRET.as_bytes()).phones
+}
+
 /// Preloads a database and measures it in child processes; prints the ratios to `empty`.
 fn run_preloaded(args: &Args, empty: &[Measured]) -> bool {
     let scale_dir = tempfile::tempdir().unwrap();
     let db_path = scale_dir.path().join("otpgate.db");
-    drop(otpgate::store::Db::open(&db_path.to_string_lossy(), 1).expect("create the schema"));
+    drop(otpgate::store::Db::open(&db_path.to_string_lossy(), 1, &bench_phones()).expect("create the schema"));
     let me = std::env::current_exe().unwrap();
     let sizes = ["--users", &args.users.to_string(), "--contacts", &args.contacts.to_string(), "--pending", &args.pending.to_string()]
         .map(String::from);

@@ -7,6 +7,7 @@
 use chacha20poly1305::aead::{Aead, AeadCore, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use sha2::Sha256;
@@ -38,6 +39,8 @@ pub struct ServerKeys {
     /// Keys the shared rate-limit entries, so Redis holds no phone number or IP in clear
     /// and every instance names one phone's entry alike.
     pub limit_key: [u8; 32],
+    /// Hashes the phones of address books, which the database keeps in no other form.
+    pub phones: PhoneHasher,
 }
 
 impl ServerKeys {
@@ -45,7 +48,31 @@ impl ServerKeys {
         // The code hashes keep using the secret itself, so codes pending before an upgrade still verify.
         let mut limit_key = [0u8; 32];
         Hkdf::<Sha256>::new(None, secret).expand(b"otpgate rate-limit key v1", &mut limit_key).expect("32 bytes is a valid HKDF length");
-        ServerKeys { hasher: OtpHasher::new(secret), seal: MessageSeal::derive(secret), limit_key }
+        let mut phone_key = [0u8; 32];
+        Hkdf::<Sha256>::new(None, secret).expand(b"otpgate contact phone key v1", &mut phone_key).expect("32 bytes is a valid HKDF length");
+        ServerKeys { hasher: OtpHasher::new(secret), seal: MessageSeal::derive(secret), limit_key, phones: PhoneHasher::new(&phone_key) }
+    }
+}
+
+/// Turns a phone into the 64-bit keyed hash that address books are stored as: the
+/// first 8 bytes of HMAC-SHA256 under a key derived from the server secret. Users'
+/// phones are matched by the same hash, so the database never needs a contact's number,
+/// and without the key a copy of it cannot tell which numbers a book holds.
+#[derive(Clone)]
+pub struct PhoneHasher {
+    mac: Hmac<Sha256>,
+}
+
+impl PhoneHasher {
+    pub fn new(key: &[u8]) -> PhoneHasher {
+        PhoneHasher { mac: <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts any key length") }
+    }
+
+    pub fn hash(&self, phone: &str) -> i64 {
+        let mut mac = self.mac.clone();
+        mac.update(phone.as_bytes());
+        let digest = mac.finalize().into_bytes();
+        i64::from_be_bytes(digest[..8].try_into().expect("SHA-256 is longer than 8 bytes"))
     }
 }
 
@@ -195,6 +222,18 @@ mod tests {
         assert_eq!(MessageSeal::derive(b"secret two").open(&sealed, b"18005550001"), None);
         assert_eq!(seal.open(&sealed[..10], b"18005550001"), None);
         assert_ne!(sealed, seal.seal(b"Your code is 123456", b"18005550001"), "each seal has a fresh nonce");
+    }
+
+    #[test]
+    fn a_phone_hash_depends_on_the_phone_and_the_secret() {
+        let keys = ServerKeys::from_secret(b"secret one");
+        let hash = keys.phones.hash("14155550001");
+        assert_eq!(hash, keys.phones.hash("14155550001"));
+        assert_eq!(hash, ServerKeys::from_secret(b"secret one").phones.hash("14155550001"));
+        assert_ne!(hash, keys.phones.hash("14155550002"));
+        assert_ne!(hash, ServerKeys::from_secret(b"secret two").phones.hash("14155550001"));
+        // Not the code hasher or the limit key under another name.
+        assert_ne!(hash.to_be_bytes()[..], keys.hasher.hash("14155550001", "")[..8]);
     }
 
     #[test]

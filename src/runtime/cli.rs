@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::config::Config;
 use crate::delivery::senders::{self, OtpMessage};
 use crate::domain::address::{self, Address};
-use crate::{domain::otp, store};
+use crate::domain::otp;
 
 /// One-time-password login backend for messenger apps. Configured by environment
 /// variables (see .env.example).
@@ -91,14 +91,12 @@ pub async fn migrate(config: &Config, from_sqlite: Option<&str>) -> Result<Strin
         if from_sqlite.is_some() {
             return Err("--from-sqlite copies into PostgreSQL: set DATABASE_URL".into());
         }
-        let db = store::Db::open(&config.database_path, 1).map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+        let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
         db.close().map_err(|e| format!("cannot close database {}: {e}", config.database_path))?;
         return Ok(format!("schema applied to {}", config.database_path));
     }
     let target = url_without_credentials(&config.database_url);
-    let db = store::Db::connect_postgres(&config.database_url, 1, crate::domain::clock::Clock::system())
-        .await
-        .map_err(|e| format!("cannot open the PostgreSQL database at {target}: {e}"))?;
+    let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
     let mut done = format!("schema applied to {target}");
     if let Some(path) = from_sqlite {
         let imported = db.import_sqlite(path).await.map_err(|e| format!("cannot import {path}: {e}"))?;

@@ -121,10 +121,10 @@ impl AppState {
 
 /// Opens the database the configuration names (PostgreSQL at DATABASE_URL, or else the
 /// SQLite file at DATABASE_PATH) and finds the server keys.
-async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
+pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
     if !config.database_url.is_empty() {
         let keys = server_keys(config, None)?;
-        let db = Db::connect_postgres(&config.database_url, config.db_pool_size, clock)
+        let db = Db::connect_postgres(&config.database_url, config.db_pool_size, clock, &keys.phones)
             .await
             .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database_url)))?;
         return Ok((db, keys));
@@ -132,7 +132,7 @@ async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, Server
     let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
         .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
     let keys = server_keys(config, stored_key.as_deref())?;
-    let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &keys.seal, stored_key.is_some())
+    let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &keys, stored_key.is_some())
         .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
     Ok((db, keys))
 }

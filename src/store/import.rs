@@ -7,6 +7,7 @@
 use rusqlite::OpenFlags;
 
 use crate::domain::groups::Group;
+use crate::domain::keys::PhoneHasher;
 use crate::store::{Db, StorageError};
 
 /// A user: (id, address, uid, name, status, photo, created_at, last_login, ts).
@@ -21,8 +22,8 @@ pub type PushRow = (String, String, Option<String>, Option<String>);
 pub struct Snapshot {
     pub users: Vec<UserRow>,
     pub sessions: Vec<SessionRow>,
-    /// (owner_id, phone, added_at)
-    pub contacts: Vec<(i64, String, i64)>,
+    /// (owner_id, phone hash): both databases hash phones under the same key.
+    pub contacts: Vec<(i64, i64)>,
     /// (user id, thumbnail JPEG) of users with an uploaded photo.
     pub thumbnails: Vec<(i64, Vec<u8>)>,
     /// (token_sha256, notify_token, notify_sender, device_type) of sessions with a push registration.
@@ -41,11 +42,12 @@ pub struct Imported {
 
 /// Reads users, live sessions and contacts from the SQLite database at `path`, which is
 /// first brought to the latest schema (a file of an earlier release is upgraded).
-pub fn read_sqlite(path: &str, now: i64) -> Result<Snapshot, StorageError> {
+/// `phones` hashes address books, as the service does.
+pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapshot, StorageError> {
     if !std::path::Path::new(path).exists() {
         return Err(StorageError::Thread(format!("{path} does not exist")));
     }
-    Db::open(path, 1)?.close()?;
+    Db::open(path, 1, phones)?.close()?;
     let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let mut snapshot = Snapshot::default();
     let mut users = conn.prepare("SELECT id, address, uid, name, status, photo, created_at, last_login, ts FROM users ORDER BY id")?;
@@ -57,8 +59,17 @@ pub fn read_sqlite(path: &str, now: i64) -> Result<Snapshot, StorageError> {
     snapshot.sessions = sessions
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut contacts = conn.prepare("SELECT owner_id, phone, added_at FROM contacts")?;
-    snapshot.contacts = contacts.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?.collect::<rusqlite::Result<_>>()?;
+    // Address books cannot be hashed again: their phones are gone. They move only under the key they were hashed with.
+    let mut hashes = conn.prepare("SELECT address, address_hash FROM users WHERE address_hash IS NOT NULL")?;
+    let other_key = hashes.query_map([], |r| Ok(phones.hash(&r.get::<_, String>(0)?) != r.get::<_, i64>(1)?))?.next().transpose()?;
+    if other_key == Some(true) {
+        return Err(StorageError::Thread(format!(
+            "{path} hashed its address books under another server key; import with the OTP_SECRET or OTP_SECRET_FILE that instance used (without either, it used the key file {})",
+            crate::domain::keys::default_key_file(path).display()
+        )));
+    }
+    let mut contacts = conn.prepare("SELECT owner_id, phone_hash FROM contacts")?;
+    snapshot.contacts = contacts.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
     let mut thumbnails = conn.prepare("SELECT id, thumbnail FROM users WHERE thumbnail IS NOT NULL")?;
     snapshot.thumbnails = thumbnails.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<_>>()?;
     let mut push = conn.prepare(
@@ -80,10 +91,10 @@ impl Db {
         let Some(pg) = self.postgres() else {
             return Err(StorageError::Thread("importing a SQLite database needs DATABASE_URL (PostgreSQL)".into()));
         };
-        let (path, now) = (path.to_string(), self.clock().now());
-        let snapshot = tokio::task::spawn_blocking(move || read_sqlite(&path, now))
+        let (path, now, phones) = (path.to_string(), self.clock().now(), self.phones.clone());
+        let snapshot = tokio::task::spawn_blocking(move || read_sqlite(&path, now, &phones))
             .await
             .map_err(|e| StorageError::Thread(format!("reading the SQLite database failed: {e}")))??;
-        pg.import(snapshot).await
+        pg.import(snapshot, &self.phones).await
     }
 }

@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::domain::account::{Evicted, OwnProfile};
 use crate::domain::clock::Clock;
 use crate::domain::error::ApiError;
-use crate::domain::keys::{MessageSeal, LEGACY_SETTING};
+use crate::domain::keys::{MessageSeal, PhoneHasher, ServerKeys, LEGACY_SETTING};
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
 
@@ -37,6 +37,8 @@ pub struct Db {
     backend: Backend,
     /// The time that codes, claims, sessions and deliveries expire by.
     clock: Clock,
+    /// Address books are stored, and users matched, by these hashes of phones.
+    phones: PhoneHasher,
 }
 
 /// Where the data lives: one SQLite file (one instance), or a PostgreSQL server that
@@ -162,22 +164,22 @@ fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
 
 impl Db {
     /// Opens the database file (created if missing), applies the schema, and opens
-    /// the writer plus `readers` reader connections.
-    pub fn open(path: &str, readers: usize) -> Result<Arc<Db>, StorageError> {
-        Db::open_after(path, readers, Clock::system(), |_| Ok(()))
+    /// the writer plus `readers` reader connections. `phones` hashes address books.
+    pub fn open(path: &str, readers: usize, phones: &PhoneHasher) -> Result<Arc<Db>, StorageError> {
+        Db::open_after(path, readers, Clock::system(), phones, |_| Ok(()))
     }
 
-    /// [`Db::open`], leaving no secret in clear in the database (see
+    /// [`Db::open`] with the server's keys, leaving no secret in clear in the database (see
     /// [`remove_secrets_in_clear`]); `had_key` says that it holds a key an earlier release kept.
     /// `clock` is the time the service's rules run on.
     pub fn open_without_secrets(
         path: &str,
         readers: usize,
         clock: Clock,
-        seal: &MessageSeal,
+        keys: &ServerKeys,
         had_key: bool,
     ) -> Result<Arc<Db>, StorageError> {
-        Db::open_after(path, readers, clock, |conn| remove_secrets_in_clear(conn, seal, had_key))
+        Db::open_after(path, readers, clock, &keys.phones, |conn| remove_secrets_in_clear(conn, &keys.seal, had_key))
     }
 
     /// [`Db::open`], running `startup` on the writer connection once the schema is applied,
@@ -186,11 +188,12 @@ impl Db {
         path: &str,
         readers: usize,
         clock: Clock,
+        phones: &PhoneHasher,
         startup: impl FnOnce(&mut Connection) -> rusqlite::Result<()>,
     ) -> Result<Arc<Db>, StorageError> {
         let mut writer = connect(path)?;
         let fresh: bool = writer.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |r| r.get(0))?;
-        crate::store::schema::apply(&mut writer)?;
+        crate::store::schema::apply(&mut writer, phones)?;
         if fresh {
             // Created by this release: no secret or code was ever written in clear, nothing to rewrite.
             set_setting(&writer, REWRITTEN_SETTING, &now().to_le_bytes())?;
@@ -218,14 +221,14 @@ impl Db {
             reader_returned: Condvar::new(),
             closed: AtomicBool::new(false),
         };
-        Ok(Arc::new(Db { backend: Backend::Sqlite(sqlite), clock }))
+        Ok(Arc::new(Db { backend: Backend::Sqlite(sqlite), clock, phones: phones.clone() }))
     }
 
     /// Connects to the PostgreSQL server at `url` with a pool of `pool_size` connections
-    /// and applies the migrations it has not had yet.
-    pub async fn connect_postgres(url: &str, pool_size: usize, clock: Clock) -> Result<Arc<Db>, StorageError> {
-        let store = postgres::PgStore::connect(url, pool_size).await?;
-        Ok(Arc::new(Db { backend: Backend::Postgres(store), clock }))
+    /// and applies the migrations it has not had yet. `phones` hashes address books.
+    pub async fn connect_postgres(url: &str, pool_size: usize, clock: Clock, phones: &PhoneHasher) -> Result<Arc<Db>, StorageError> {
+        let store = postgres::PgStore::connect(url, pool_size, phones).await?;
+        Ok(Arc::new(Db { backend: Backend::Postgres(store), clock, phones: phones.clone() }))
     }
 
     /// The PostgreSQL store, when the data lives there.
@@ -900,14 +903,15 @@ pub struct LoginRecord {
 pub(in crate::store) fn complete_login(
     conn: &mut Connection,
     login: &CompletedLogin,
+    address_hash: i64,
     otp_hash: &[u8; 32],
 ) -> rusqlite::Result<LoginRecord> {
     atomically(conn, |tx| {
-        let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, &login.uid, &login.name, login.now)?;
+        let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, address_hash, &login.uid, &login.name, login.now)?;
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && !login.address.contains('@') {
             let payload = outbox::contact_joined(&login.address, &login.name, login.now).payload();
-            record.notified = outbox::enqueue_for_contact_holders(tx, user_id, &login.address, &payload, login.now)?;
+            record.notified = outbox::enqueue_for_contact_holders(tx, user_id, &payload, login.now)?;
         }
         let session = sessions::NewSession {
             user_id,
@@ -984,10 +988,11 @@ impl Db {
 
     /// Records a completed login (see [`complete_login`]).
     pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+        let address_hash = self.phone_hash(&login.address);
         if let Some(pg) = self.postgres() {
-            return pg.record_login(login, otp_hash).await;
+            return pg.record_login(login, address_hash, otp_hash).await;
         }
-        self.call(move |conn| complete_login(conn, &login, &otp_hash)).await
+        self.call(move |conn| complete_login(conn, &login, address_hash, &otp_hash)).await
     }
 }
 

@@ -11,21 +11,15 @@ pub fn contact_joined(phone: &str, name: &str, now: i64) -> NoticeBody {
     NoticeBody { subject: JOINED_SUBJECT.into(), name: name.into(), phone: phone.into(), ts: now, ..NoticeBody::default() }
 }
 
-/// Queues `payload` for every user who has `phone` as a contact, but user `user_id`.
+/// Queues `payload` for every user who has user `user_id`'s phone as a contact.
 /// Call inside the transaction that causes it; returns how many were queued.
-pub(in crate::store) fn enqueue_for_contact_holders(
-    conn: &Connection,
-    user_id: i64,
-    phone: &str,
-    payload: &str,
-    now: i64,
-) -> rusqlite::Result<usize> {
+pub(in crate::store) fn enqueue_for_contact_holders(conn: &Connection, user_id: i64, payload: &str, now: i64) -> rusqlite::Result<usize> {
     conn.prepare_cached(
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
-         SELECT u.address, ?3, ?4, ?4 FROM contacts c JOIN users u ON u.id = c.owner_id
-         WHERE c.phone = ?2 AND u.id <> ?1 ORDER BY u.id",
+         SELECT u.address, ?2, ?3, ?3 FROM contacts c JOIN users u ON u.id = c.owner_id
+         WHERE c.phone_hash = (SELECT address_hash FROM users WHERE id = ?1) AND u.id <> ?1 ORDER BY u.id",
     )?
-    .execute(params![user_id, phone, payload, now])
+    .execute(params![user_id, payload, now])
 }
 
 /// Queues `payload` for each of `recipients`. Call inside the transaction that causes it.

@@ -18,7 +18,7 @@ use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
 use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
-use crate::domain::keys::MessageSeal;
+use crate::domain::keys::{MessageSeal, PhoneHasher};
 use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
@@ -36,7 +36,13 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (1, "initial", include_str!("../../migrations/postgres/001_initial.sql")),
     (2, "photos_and_push", include_str!("../../migrations/postgres/002_photos_and_push.sql")),
     (3, "groups", include_str!("../../migrations/postgres/003_groups.sql")),
+    (4, "hashed_contacts", include_str!("../../migrations/postgres/004_hashed_contacts.sql")),
 ];
+
+/// The step whose file leaves the phones of address books for the service to hash.
+const HASHED_CONTACTS: u32 = 4;
+/// Rows hashed per round trip when address books are moved to hashes.
+const REHASH_BATCH: i64 = 10_000;
 
 /// Key of the advisory lock that migrations take, so that instances starting together
 /// apply each step once.
@@ -55,9 +61,10 @@ impl PgStore {
     /// Connects to the database at `url` (TLS as its `sslmode` says: `prefer` when it says
     /// nothing; see [`CertificateCheck`]) with up to `pool_size` connections, and applies
     /// pending migrations.
-    pub async fn connect(url: &str, pool_size: usize) -> Result<PgStore, StorageError> {
+    /// `phones` hashes the address books an earlier release kept in clear.
+    pub async fn connect(url: &str, pool_size: usize, phones: &PhoneHasher) -> Result<PgStore, StorageError> {
         let store = PgStore::open(url, pool_size)?;
-        let applied = store.migrate().await?;
+        let applied = store.migrate(phones).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied PostgreSQL schema migrations");
         }
@@ -95,8 +102,8 @@ impl PgStore {
 
     /// Applies the migrations this database lacks; returns their versions. Each runs in a
     /// transaction of its own under an advisory lock, and checks again under the lock
-    /// that no other instance applied it meanwhile.
-    pub async fn migrate(&self) -> Result<Vec<u32>, StorageError> {
+    /// that no other instance applied it meanwhile. `phones` hashes address books.
+    pub async fn migrate(&self, phones: &PhoneHasher) -> Result<Vec<u32>, StorageError> {
         let mut client = self.client().await?;
         {
             // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog.
@@ -125,6 +132,9 @@ impl PgStore {
                 continue;
             }
             tx.batch_execute(sql).await?;
+            if version == HASHED_CONTACTS {
+                hash_contacts_in_clear(&tx, phones).await?;
+            }
             execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &super::now()])
                 .await?;
             tx.commit().await?;
@@ -239,18 +249,18 @@ impl PgStore {
     /// Records the user and the session, queues joined notices for a first phone login,
     /// and consumes the challenge, all in one transaction (see `complete_login`). The
     /// user's row stays locked until the commit, so logins of one user run one at a time.
-    pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+    pub async fn record_login(&self, login: CompletedLogin, address_hash: i64, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // A changed name is a profile change: bump ts so contacts' next sync sees it.
         let user = query_one(
             &tx,
-            "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts) VALUES ($1, $2, $3, $4, $4, $4)
+            "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts, address_hash) VALUES ($1, $2, $3, $4, $4, $4, $5)
              ON CONFLICT (address) DO UPDATE SET uid = excluded.uid, last_login = excluded.last_login,
                  ts = CASE WHEN excluded.name <> '' AND excluded.name <> u.name THEN excluded.ts ELSE u.ts END,
                  name = CASE WHEN excluded.name = '' THEN u.name ELSE excluded.name END
              RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo, u.thumbnail",
-            &[&login.address, &login.uid, &login.name, &login.now],
+            &[&login.address, &login.uid, &login.name, &login.now, &address_hash],
         )
         .await?;
         let (user_id, first_login): (i64, bool) = (user.try_get(0)?, user.try_get(1)?);
@@ -262,8 +272,8 @@ impl PgStore {
                 &tx,
                 "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
                  SELECT u.address, $3::text, $4::bigint, $4::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
-                 WHERE c.phone = $2 AND u.id <> $1 ORDER BY u.id",
-                &[&user_id, &login.address, &payload, &login.now],
+                 WHERE c.phone_hash = $2 AND u.id <> $1 ORDER BY u.id",
+                &[&user_id, &address_hash, &payload, &login.now],
             )
             .await?;
             record.notified = rows(queued);
@@ -411,9 +421,9 @@ impl PgStore {
         execute(
             &tx,
             "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
-             SELECT u.address, $3::text, $4::bigint, $4::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
-             WHERE c.phone = $2 AND u.id <> $1 ORDER BY u.id",
-            &[&user_id, &profile.address, &payload, &now],
+             SELECT u.address, $2::text, $3::bigint, $3::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
+             WHERE c.phone_hash = (SELECT address_hash FROM users WHERE id = $1) AND u.id <> $1 ORDER BY u.id",
+            &[&user_id, &payload, &now],
         )
         .await?;
         tx.commit().await?;
@@ -422,11 +432,12 @@ impl PgStore {
 
     /// Records uploaded phones as contacts and returns one page of matching users (never
     /// the caller), ordered by (ts, address), plus whether more follow (see `contacts::sync`).
-    /// `admit` sees how many uploaded phones are not yet contacts and how many contacts
-    /// the upload leaves, before anything is written.
+    /// `hashes` are the uploaded phones' hashes. `admit` sees how many uploaded phones are
+    /// not yet contacts and how many contacts the upload leaves, before anything is written.
     pub async fn sync_contacts(
         &self,
         q: SyncQuery,
+        hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
         let phones = q.phones.as_deref().map(phone_list).transpose()?;
@@ -436,14 +447,14 @@ impl PgStore {
             // Two syncs of one user count and write one after the other.
             execute(&tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&q.owner]).await?;
         }
-        if let Some(phones) = &phones {
+        if phones.is_some() {
             // Known before a reset stays known: uploading the same book again costs nothing.
             let counts = query_one(
                 &tx,
                 "SELECT (SELECT count(*) FROM contacts WHERE owner_id = $1), count(*),
-                    count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = $1 AND c.phone = j.value))
-                 FROM unnest($2::text[]) AS j(value)",
-                &[&q.owner, phones],
+                    count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = $1 AND c.phone_hash = j.value))
+                 FROM unnest($2::bigint[]) AS j(value)",
+                &[&q.owner, &hashes],
             )
             .await?;
             let count = |i: usize| counts.try_get::<_, i64>(i).map(|n| usize::try_from(n).unwrap_or(0));
@@ -457,12 +468,11 @@ impl PgStore {
         if q.reset {
             execute(&tx, "DELETE FROM contacts WHERE owner_id = $1", &[&q.owner]).await?;
         }
-        if let Some(phones) = &phones {
+        if phones.is_some() {
             execute(
                 &tx,
-                "INSERT INTO contacts (owner_id, phone, added_at) SELECT $1::bigint, p, $2::bigint FROM unnest($3::text[]) AS p
-                 ON CONFLICT DO NOTHING",
-                &[&q.owner, &q.now, phones],
+                "INSERT INTO contacts (owner_id, phone_hash) SELECT $1::bigint, h FROM unnest($2::bigint[]) AS h ON CONFLICT DO NOTHING",
+                &[&q.owner, &hashes],
             )
             .await?;
         }
@@ -481,7 +491,7 @@ impl PgStore {
             }
             None => query(
                 &tx,
-                "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM contacts c JOIN users u ON u.address = c.phone
+                "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM contacts c JOIN users u ON u.address_hash = c.phone_hash
                      WHERE c.owner_id = $1 AND u.id <> $1 AND u.ts >= $2 AND (u.ts, u.address) > ($3::bigint, $4::text)
                      ORDER BY u.ts, u.address LIMIT $5",
                 &[&q.owner, &q.since, &after_ts, &after_address, &limit],
@@ -495,11 +505,10 @@ impl PgStore {
         Ok(Ok((page, more)))
     }
 
-    /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
-    pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
-        let phones = phone_list(&phones_json)?;
+    /// Removes phones, given by their hashes, from a user's contacts; returns how many were there.
+    pub async fn remove_contacts(&self, owner: i64, hashes: Vec<i64>) -> Result<usize, StorageError> {
         let client = self.client().await?;
-        Ok(rows(execute(&client, "DELETE FROM contacts WHERE owner_id = $1 AND phone = ANY($2::text[])", &[&owner, &phones]).await?))
+        Ok(rows(execute(&client, "DELETE FROM contacts WHERE owner_id = $1 AND phone_hash = ANY($2::bigint[])", &[&owner, &hashes]).await?))
     }
 
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
@@ -858,7 +867,8 @@ const IMPORT_CHUNK: usize = 10_000;
 impl PgStore {
     /// Writes an imported SQLite snapshot in one transaction (see `store::import`); refuses
     /// a database that has users already, so an import never mixes two histories.
-    pub async fn import(&self, snapshot: Snapshot) -> Result<Imported, StorageError> {
+    /// `phones` hashes the users' addresses, as the snapshot's address books are hashed.
+    pub async fn import(&self, snapshot: Snapshot, phones: &PhoneHasher) -> Result<Imported, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         execute(&tx, "LOCK TABLE users IN EXCLUSIVE MODE", &[]).await?;
@@ -870,8 +880,9 @@ impl PgStore {
             let number = |pick: fn(&UserRow) -> i64| chunk.iter().map(pick).collect::<Vec<i64>>();
             execute(
                 &tx,
-                "INSERT INTO users (id, address, uid, name, status, photo, created_at, last_login, ts) OVERRIDING SYSTEM VALUE
-                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::bigint[])",
+                "INSERT INTO users (id, address, uid, name, status, photo, created_at, last_login, ts, address_hash) OVERRIDING SYSTEM VALUE
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[],
+                     $9::bigint[], $10::bigint[])",
                 &[
                     &number(|u| u.0),
                     &column(|u| u.1.clone()),
@@ -882,6 +893,7 @@ impl PgStore {
                     &number(|u| u.6),
                     &number(|u| u.7),
                     &number(|u| u.8),
+                    &chunk.iter().map(|u| phones.hash(&u.1)).collect::<Vec<i64>>(),
                 ],
             )
             .await?;
@@ -945,12 +957,11 @@ impl PgStore {
         }
         for chunk in snapshot.contacts.chunks(IMPORT_CHUNK) {
             let owners: Vec<i64> = chunk.iter().map(|c| c.0).collect();
-            let phones: Vec<String> = chunk.iter().map(|c| c.1.clone()).collect();
-            let added: Vec<i64> = chunk.iter().map(|c| c.2).collect();
+            let hashes: Vec<i64> = chunk.iter().map(|c| c.1).collect();
             execute(
                 &tx,
-                "INSERT INTO contacts (owner_id, phone, added_at) SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[])",
-                &[&owners, &phones, &added],
+                "INSERT INTO contacts (owner_id, phone_hash) SELECT * FROM unnest($1::bigint[], $2::bigint[])",
+                &[&owners, &hashes],
             )
             .await?;
         }
@@ -1078,6 +1089,52 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 /// The phones of a JSON array of strings, as the service writes them.
+/// The Rust half of the hashed-contacts step: hashes every user's address and every
+/// address-book phone kept in clear, then drops the table that held them.
+async fn hash_contacts_in_clear(tx: &deadpool_postgres::Transaction<'_>, phones: &PhoneHasher) -> Result<(), StorageError> {
+    let mut after = 0i64;
+    loop {
+        let users = query(tx, "SELECT id, address FROM users WHERE id > $1 ORDER BY id LIMIT $2", &[&after, &REHASH_BATCH]).await?;
+        let Some(last) = users.last() else { break };
+        after = last.try_get(0)?;
+        let ids = users.iter().map(|r| r.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
+        let hashes = users.iter().map(|r| r.try_get::<_, &str>(1).map(|address| phones.hash(address))).collect::<Result<Vec<_>, _>>()?;
+        execute(
+            tx,
+            "UPDATE users SET address_hash = h.hash FROM unnest($1::bigint[], $2::bigint[]) AS h(id, hash) WHERE users.id = h.id",
+            &[&ids, &hashes],
+        )
+        .await?;
+    }
+    let (mut owner, mut phone) = (i64::MIN, String::new());
+    loop {
+        let rows = query(
+            tx,
+            "SELECT owner_id, phone FROM contacts_in_clear WHERE (owner_id, phone) > ($1, $2) ORDER BY owner_id, phone LIMIT $3",
+            &[&owner, &phone, &REHASH_BATCH],
+        )
+        .await?;
+        let Some(last) = rows.last() else { break };
+        (owner, phone) = (last.try_get(0)?, last.try_get(1)?);
+        let owners = rows.iter().map(|r| r.try_get::<_, i64>(0)).collect::<Result<Vec<_>, _>>()?;
+        let hashes = rows.iter().map(|r| r.try_get::<_, &str>(1).map(|phone| phones.hash(phone))).collect::<Result<Vec<_>, _>>()?;
+        execute(
+            tx,
+            "INSERT INTO contacts (owner_id, phone_hash) SELECT * FROM unnest($1::bigint[], $2::bigint[]) ON CONFLICT DO NOTHING",
+            &[&owners, &hashes],
+        )
+        .await?;
+    }
+    tx.batch_execute(
+        "DROP TABLE contacts_in_clear;
+         CREATE INDEX users_address_hash ON users (address_hash, ts);
+         -- Finds who has a phone as a contact when that phone joins or its profile changes.
+         CREATE INDEX contacts_phone_hash ON contacts (phone_hash, owner_id);",
+    )
+    .await?;
+    Ok(())
+}
+
 fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
     serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
 }
@@ -1201,6 +1258,10 @@ mod tests {
         ServerKeys::from_secret(b"postgres store tests").seal
     }
 
+    fn phones() -> PhoneHasher {
+        ServerKeys::from_secret(b"postgres store tests").phones
+    }
+
     /// A code for `address`, created at `now`, queued with its sealed message and due at once.
     async fn start(store: &PgStore, address: &str, code: &str, now: i64) -> (i64, [u8; 32]) {
         let otp_hash = otp::OtpHasher::new(b"k").hash(address, code);
@@ -1228,11 +1289,11 @@ mod tests {
     async fn racing_instances_apply_each_migration_once() {
         with_database("racing_instances_apply_each_migration_once", |url| async move {
             let (first, second) = (url.clone(), url.clone());
-            let first = tokio::spawn(async move { PgStore::connect(&first, 2).await });
-            let second = tokio::spawn(async move { PgStore::connect(&second, 2).await });
+            let first = tokio::spawn(async move { PgStore::connect(&first, 2, &phones()).await });
+            let second = tokio::spawn(async move { PgStore::connect(&second, 2, &phones()).await });
             let store = first.await.unwrap().unwrap();
             second.await.unwrap().unwrap();
-            assert_eq!(store.migrate().await.unwrap(), Vec::<u32>::new(), "nothing is left to apply");
+            assert_eq!(store.migrate(&phones()).await.unwrap(), Vec::<u32>::new(), "nothing is left to apply");
             let client = store.client().await.unwrap();
             let recorded: i64 = client.query_one("SELECT count(*) FROM schema_migrations", &[]).await.unwrap().get(0);
             assert_eq!(recorded, MIGRATIONS.len() as i64);
@@ -1240,7 +1301,8 @@ mod tests {
             // Two pools on a database without schema: each step is applied by exactly one.
             client.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public").await.unwrap();
             let (a, b) = (PgStore::open(&url, 2).unwrap(), PgStore::open(&url, 2).unwrap());
-            let (a, b) = tokio::join!(a.migrate(), b.migrate());
+            let phones = phones();
+            let (a, b) = tokio::join!(a.migrate(&phones), b.migrate(&phones));
             let mut applied = [a.unwrap(), b.unwrap()].concat();
             applied.sort_unstable();
             assert_eq!(applied, MIGRATIONS.iter().map(|(version, _, _)| *version).collect::<Vec<_>>());
@@ -1249,9 +1311,60 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_upgrade_hashes_the_address_books_kept_in_clear() {
+        with_database("an_upgrade_hashes_the_address_books_kept_in_clear", |url| async move {
+            let store = PgStore::open(&url, 2).unwrap();
+            let client = store.client().await.unwrap();
+            // A database of the release before: its address books hold phones.
+            client
+                .batch_execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)")
+                .await
+                .unwrap();
+            for (version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| *version < HASHED_CONTACTS) {
+                client.batch_execute(sql).await.unwrap();
+                client.execute("INSERT INTO schema_migrations VALUES ($1, $2, 0)", &[&int(*version), name]).await.unwrap();
+            }
+            client
+                .batch_execute(
+                    "INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0), ('18005550002', '2', 0, 0, 0);
+                     INSERT INTO contacts (owner_id, phone, added_at) VALUES (1, '18005550002', 0), (1, '18005559999', 0), (2, '18005550001', 0);",
+                )
+                .await
+                .unwrap();
+            drop(client);
+
+            assert_eq!(store.migrate(&phones()).await.unwrap(), vec![HASHED_CONTACTS]);
+            let client = store.client().await.unwrap();
+            let rows = client.query("SELECT owner_id, phone_hash FROM contacts ORDER BY owner_id, phone_hash", &[]).await.unwrap();
+            let mut stored: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            stored.sort_unstable();
+            let hash = |phone: &str| phones().hash(phone);
+            let mut expected = vec![(1, hash("18005550002")), (1, hash("18005559999")), (2, hash("18005550001"))];
+            expected.sort_unstable();
+            assert_eq!(stored, expected);
+            let text_columns: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM information_schema.columns WHERE table_name LIKE 'contacts%' AND data_type = 'text'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(text_columns, 0, "no table keeps an address book's phone");
+            let matched: i64 = client
+                .query_one("SELECT count(*) FROM contacts c JOIN users u ON u.address_hash = c.phone_hash", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(matched, 2, "users are found by the hash of their address");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn of_fifty_concurrent_right_guesses_exactly_one_claims_the_code() {
         with_database("of_fifty_concurrent_right_guesses_exactly_one_claims_the_code", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 8).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, 8, &phones()).await.unwrap());
             let now = crate::store::now();
             let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
             let guesses: Vec<_> = (0..50)
@@ -1285,7 +1398,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_senders_never_take_the_same_notice() {
         with_database("concurrent_senders_never_take_the_same_notice", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 4).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, 4, &phones()).await.unwrap());
             let now = crate::store::now();
             store
                 .client()
@@ -1327,7 +1440,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_couriers_never_claim_the_same_message_and_leases_end() {
         with_database("concurrent_couriers_never_claim_the_same_message_and_leases_end", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 4).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, 4, &phones()).await.unwrap());
             let now = crate::store::now();
             let now_ms = now * 1000;
             for n in 0..40 {
@@ -1381,7 +1494,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recorded_login_authenticates_and_notifies_contacts() {
         with_database("a_recorded_login_authenticates_and_notifies_contacts", |url| async move {
-            let store = PgStore::connect(&url, 2).await.unwrap();
+            let store = PgStore::connect(&url, 2, &phones()).await.unwrap();
             let now = crate::store::now();
             let login = |address: &str, token: &str, device: &str| CompletedLogin {
                 address: address.into(),
@@ -1396,7 +1509,7 @@ mod tests {
                 max_devices: 1,
             };
             let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
-            let record = store.record_login(login("18005550001", "t1", "d1"), otp_hash).await.unwrap();
+            let record = store.record_login(login("18005550001", "t1", "d1"), phones().hash("18005550001"), otp_hash).await.unwrap();
             assert!(record.first_login);
             assert_eq!(record.profile.name, "Ann");
             let caller = store.authenticate("t1".into(), now * 1000 + 5).await.unwrap().expect("the session is live");
@@ -1411,25 +1524,25 @@ mod tests {
                 assert_eq!((new, after), (1, 1));
                 Box::pin(std::future::ready(Ok(())))
             };
-            assert_eq!(store.sync_contacts(query, admit).await.unwrap().unwrap(), (vec![], false));
+            assert_eq!(store.sync_contacts(query, vec![phones().hash("18005550002")], admit).await.unwrap().unwrap(), (vec![], false));
             let (_, bob_hash) = start(&store, "18005550002", "654321", now).await;
-            let bob = store.record_login(login("18005550002", "t2", ""), bob_hash).await.unwrap();
+            let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), bob_hash).await.unwrap();
             assert_eq!(bob.notified, 1);
             let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
             let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
-            let (page, more) = store.sync_contacts(query, no_upload).await.unwrap().unwrap();
+            let (page, more) = store.sync_contacts(query, vec![], no_upload).await.unwrap().unwrap();
             assert_eq!((page.len(), page[0].address.as_str(), more), (1, "18005550002", false));
             assert_eq!(store.take_next_notice(now, 60).await.unwrap().expect("a joined notice").recipient, "18005550001");
 
             // A second device of Ann with room for one evicts the first.
             let (_, otp_hash) = start(&store, "18005550001", "111111", now + 60).await;
-            let again = store.record_login(login("18005550001", "t3", "d2"), otp_hash).await.unwrap();
+            let again = store.record_login(login("18005550001", "t3", "d2"), phones().hash("18005550001"), otp_hash).await.unwrap();
             assert!(!again.first_login);
             assert_eq!(again.evicted, vec![Evicted { appid: "app".into(), device: "d1".into() }]);
             assert!(store.authenticate("t1".into(), now * 1000).await.unwrap().is_none());
             let change = ProfileChange { status: Some("here".into()), ..ProfileChange::default() };
             assert_eq!(store.change_profile(caller.user_id, change, now + 1).await.unwrap().status, "here");
-            assert_eq!(store.remove_contacts(caller.user_id, r#"["18005550002"]"#.into()).await.unwrap(), 1);
+            assert_eq!(store.remove_contacts(caller.user_id, vec![phones().hash("18005550002")]).await.unwrap(), 1);
             assert_eq!(store.end_sessions("t3".into(), true).await.unwrap(), 1);
             store.probe_write().await.unwrap();
             store.probe_write().await.unwrap();

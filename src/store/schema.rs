@@ -2,7 +2,10 @@
 //! numbered migration step the database has not had yet, as recorded in
 //! `PRAGMA user_version`.
 
+use rusqlite::functions::FunctionFlags;
 use rusqlite::{Connection, TransactionBehavior};
+
+use crate::domain::keys::PhoneHasher;
 
 const SCHEMA: &str = include_str!("../../schema.sql");
 const STEP_MARKER: &str = "-- migration: ";
@@ -32,8 +35,13 @@ pub fn latest_version() -> u32 {
     split(SCHEMA).1.last().map_or(0, |(version, _)| *version)
 }
 
-/// Brings the database up to the latest schema version.
-pub fn apply(conn: &mut Connection) -> rusqlite::Result<()> {
+/// Brings the database up to the latest schema version. Steps that hash phones call
+/// `otpgate_phone_hash(phone)`, which hashes with `phones`.
+pub fn apply(conn: &mut Connection, phones: &PhoneHasher) -> rusqlite::Result<()> {
+    let phones = phones.clone();
+    conn.create_scalar_function("otpgate_phone_hash", 1, FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC, move |ctx| {
+        Ok(phones.hash(&ctx.get::<String>(0)?))
+    })?;
     let (foundation, steps) = split(SCHEMA);
     conn.execute_batch(&foundation)?;
     for (version, sql) in steps {
@@ -64,13 +72,70 @@ mod tests {
         assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>());
     }
 
+    fn phones() -> PhoneHasher {
+        crate::domain::keys::ServerKeys::from_secret(b"schema tests").phones
+    }
+
     #[test]
     fn applying_twice_is_harmless() {
         let mut conn = Connection::open_in_memory().unwrap();
-        apply(&mut conn).unwrap();
-        apply(&mut conn).unwrap();
+        apply(&mut conn, &phones()).unwrap();
+        apply(&mut conn, &phones()).unwrap();
         let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, latest_version());
         assert!(latest_version() >= 1);
+    }
+
+    /// Every file of the database at `path` that holds `needle`.
+    fn files_holding(path: &std::path::Path, needle: &[u8]) -> Vec<String> {
+        ["", "-wal", "-shm"]
+            .iter()
+            .map(|suffix| format!("{}{suffix}", path.display()))
+            .filter(|file| std::fs::read(file).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle)))
+            .collect()
+    }
+
+    #[test]
+    fn an_upgrade_hashes_address_books_and_leaves_no_phone_in_the_file() {
+        const STRANGER: &str = "18005559999";
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.db");
+        {
+            // A database of the release before: its address books hold phones.
+            let conn = Connection::open(&path).unwrap();
+            let (foundation, steps) = split(SCHEMA);
+            conn.execute_batch(&foundation).unwrap();
+            for (version, sql) in steps.iter().filter(|(version, _)| *version < 6) {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", version).unwrap();
+            }
+            conn.execute_batch(&format!(
+                "INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0), ('18005550002', '2', 0, 0, 0);
+                 INSERT INTO contacts (owner_id, phone, added_at) VALUES (1, '18005550002', 0), (1, '{STRANGER}', 0), (2, '18005550001', 0);
+                 INSERT INTO settings (key, value) VALUES ('rewritten_without_secrets', x'00');"
+            ))
+            .unwrap();
+        }
+        assert!(!files_holding(&path, STRANGER.as_bytes()).is_empty(), "the test starts from a phone in clear");
+
+        let keys = crate::domain::keys::ServerKeys::from_secret(b"schema tests");
+        let clock = crate::domain::clock::Clock::system();
+        let db = crate::store::Db::open_without_secrets(&path.to_string_lossy(), 1, clock, &keys, false).unwrap();
+        let (stored, matched) = db
+            .blocking(|conn| {
+                let mut query = conn.prepare("SELECT owner_id, phone_hash FROM contacts ORDER BY owner_id, phone_hash")?;
+                let stored = query.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+                let matched: i64 =
+                    conn.query_row("SELECT count(*) FROM contacts c JOIN users u ON u.address_hash = c.phone_hash", [], |r| r.get(0))?;
+                Ok((stored, matched))
+            })
+            .unwrap();
+        db.close().unwrap();
+        let hash = |phone: &str| keys.phones.hash(phone);
+        let mut expected = vec![(1, hash("18005550002")), (1, hash(STRANGER)), (2, hash("18005550001"))];
+        expected.sort_unstable();
+        assert_eq!(stored, expected);
+        assert_eq!(matched, 2, "users are found by the hash of their address");
+        assert_eq!(files_holding(&path, STRANGER.as_bytes()), Vec::<String>::new(), "not even in a free page");
     }
 }

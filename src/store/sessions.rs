@@ -168,7 +168,7 @@ mod tests {
     #[test]
     fn expired_sessions_do_not_count_against_the_limit_and_are_purged() {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::apply(&mut conn).unwrap();
+        crate::store::schema::apply(&mut conn, &crate::domain::keys::ServerKeys::from_secret(b"sessions tests").phones).unwrap();
         conn.execute("INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0)", []).unwrap();
         insert(&conn, &session("a", "dev-a", 1000), 1).unwrap();
         // At 1020 "a" has expired: a login with a limit of one evicts nothing live.

@@ -25,10 +25,12 @@ pub fn profile_from_row(row: &Row) -> rusqlite::Result<Profile> {
 }
 
 /// Creates the user or records a new login; a non-empty `name` replaces the stored one.
-/// Returns the local id, whether this was the user's first login, and the profile.
+/// `address_hash` is the address's phone hash. Returns the local id, whether this was
+/// the user's first login, and the profile.
 pub(in crate::store) fn upsert_at_login(
     conn: &Connection,
     address: &str,
+    address_hash: i64,
     uid: &str,
     name: &str,
     now: i64,
@@ -52,8 +54,10 @@ pub(in crate::store) fn upsert_at_login(
             Ok((id, false, profile))
         }
         None => {
-            conn.prepare_cached("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?4, ?4)")?
-                .execute(params![address, uid, name, now])?;
+            conn.prepare_cached(
+                "INSERT INTO users (address, address_hash, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
+            )?
+            .execute(params![address, address_hash, uid, name, now])?;
             Ok((conn.last_insert_rowid(), true, OwnProfile { name: name.to_string(), ..OwnProfile::default() }))
         }
     }
@@ -76,7 +80,7 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
         let profile = profile(tx, user_id)?;
         // Contacts refresh the profile; no notification is shown (no subject).
         let payload = NoticeBody::of_user(&profile, "").payload();
-        outbox::enqueue_for_contact_holders(tx, user_id, &profile.address, &payload, now)?;
+        outbox::enqueue_for_contact_holders(tx, user_id, &payload, now)?;
         Ok(profile)
     })
 }

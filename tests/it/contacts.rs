@@ -97,9 +97,12 @@ async fn large_answers_come_in_pages_of_1000() {
     let server = TestServer::start(&[]).await;
     let ann = server.log_in(ANN, None).await;
     let phones: Vec<String> = (0..1005).map(|i| format!("1900555{i:04}")).collect();
-    let rows: Vec<String> =
-        phones.iter().enumerate().map(|(i, phone)| format!("('{phone}', '{phone}', 'u', 1, 1, {})", 1_000_000 + (i % 7))).collect();
-    server.execute(&format!("INSERT INTO users (address, uid, name, created_at, last_login, ts) VALUES {}", rows.join(", ")));
+    let rows: Vec<String> = phones
+        .iter()
+        .enumerate()
+        .map(|(i, phone)| format!("('{phone}', {}, '{phone}', 'u', 1, 1, {})", server.state.db.phone_hash(phone), 1_000_000 + (i % 7)))
+        .collect();
+    server.execute(&format!("INSERT INTO users (address, address_hash, uid, name, created_at, last_login, ts) VALUES {}", rows.join(", ")));
     let first = assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": phones })).await);
     assert_eq!(first["contacts"].as_array().unwrap().len(), 1000);
     assert_eq!(first["more"], true);
@@ -118,6 +121,35 @@ async fn large_answers_come_in_pages_of_1000() {
     let stored = assert_ok(server.call_op("getcontacts", &ann, json!({})).await);
     assert_eq!((stored["contacts"].as_array().unwrap().len(), &stored["more"]), (1000, &json!(true)));
     assert_error(&server.call_op("getcontacts", &ann, json!({ "cursor": "nonsense" })).await, 400, "BADPARAM");
+}
+
+#[actix_web::test]
+async fn address_books_keep_no_phone_only_its_keyed_hash() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(ANN, None).await;
+    let bob = server.log_in(BOB, None).await;
+    let reply = assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [DAN, BOB] })).await);
+    assert_eq!(phones_of(&reply), [BOB]);
+    let dan = server.state.db.phone_hash(DAN);
+    assert_eq!(server.scalar(&format!("SELECT count(*) FROM contacts WHERE phone_hash = {dan}")), 1, "Dan is stored as his hash");
+    let text_columns = if backend::on_postgres() {
+        "SELECT count(*) FROM information_schema.columns WHERE table_name = 'contacts' AND data_type = 'text'"
+    } else {
+        "SELECT count(*) FROM pragma_table_info('contacts') WHERE type = 'TEXT'"
+    };
+    assert_eq!(server.scalar(text_columns), 0, "no column could hold a phone");
+
+    // Matching by hash finds Bob's later changes and, once he joins, Dan.
+    assert_ok(server.call_op("profile", &bob, json!({ "status": "new" })).await);
+    let changed = assert_ok(server.call_op("getcontacts", &ann, json!({ "ts": reply["ts"] })).await);
+    assert_eq!(phones_of(&changed), [BOB]);
+    server.log_in(DAN, None).await;
+    let all = assert_ok(server.call_op("getcontacts", &ann, json!({})).await);
+    let mut phones = phones_of(&all);
+    phones.sort();
+    assert_eq!(phones, [BOB, DAN]);
+    assert_eq!(server.call_op("delcontacts", &ann, json!({ "phones": [DAN] })).await.1["removed"], 1);
+    assert_eq!(stored_contacts(&server), 1);
 }
 
 #[actix_web::test]

@@ -267,7 +267,7 @@ async fn work_held_by_a_killed_instance_is_delivered_once_by_the_others() {
 async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_contacts() {
     let Some(servers) = shared_servers() else { return };
     // The instance as it ran on SQLite.
-    let sqlite = TestServer::start(&[("DATABASE_URL", ""), ("REDIS_URL", "")]).await;
+    let sqlite = TestServer::start(&[("DATABASE_URL", ""), ("REDIS_URL", ""), ("OTP_SECRET", SECRET)]).await;
     let ann = sqlite.log_in("18005550401", Some("ann-phone")).await;
     sqlite.log_in("18005550402", None).await;
     assert_ok(sqlite.call_op("getcontacts", &ann, json!({ "phones": "18005550402,18005550499" })).await);
@@ -280,14 +280,19 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
 
     let cluster = Cluster::new(servers);
     let source = sqlite.dir.path().join("otpgate.db").to_string_lossy().into_owned();
-    let migrate = || {
+    let migrate_with = |secret: &str| {
         let mut command = Command::new(BIN);
         command
             .args(["migrate", "--from-sqlite", &source])
             .env_clear()
-            .envs([("DATABASE_URL", cluster.database_url.as_str()), ("OTP_SECRET", SECRET)]);
+            .envs([("DATABASE_URL", cluster.database_url.as_str()), ("OTP_SECRET", secret)]);
         command.output().unwrap()
     };
+    let migrate = || migrate_with(SECRET);
+    // Address books are hashed under the instance's key: another key would lose them.
+    let refused = migrate_with("another-secret-than-the-instance-had");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("under another server key"), "{}", String::from_utf8_lossy(&refused.stderr));
     let output = migrate();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

@@ -6,10 +6,14 @@ use rusqlite::params;
 use std::sync::Arc;
 use std::time::Duration;
 
+fn phones() -> otpgate::domain::keys::PhoneHasher {
+    otpgate::domain::keys::ServerKeys::from_secret(b"storage tests").phones
+}
+
 fn open() -> (tempfile::TempDir, Arc<Db>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("otpgate.db").to_string_lossy().into_owned();
-    let db = Db::open(&path, 2).unwrap();
+    let db = Db::open(&path, 2, &phones()).unwrap();
     db.blocking(|conn| conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")).unwrap();
     (dir, db, path)
 }
@@ -66,7 +70,7 @@ async fn concurrent_writes_are_all_committed_and_survive_a_reopen() {
     }
     assert_eq!(count(&db).await, 500);
     db.close().unwrap();
-    let reopened = Db::open(&path, 1).unwrap();
+    let reopened = Db::open(&path, 1, &phones()).unwrap();
     assert_eq!(count(&reopened).await, 500);
 }
 
