@@ -23,6 +23,7 @@ mod backend;
 
 use actix_web::{web, HttpServer};
 use async_trait::async_trait;
+use hdrhistogram::Histogram;
 use rand::Rng;
 use rusqlite::params;
 use std::collections::HashMap;
@@ -335,7 +336,11 @@ struct Measured {
     per_sec: f64,
     /// Process CPU time (service, fake upstream and load generator together) per operation.
     cpu_us_per_op: f64,
-    latencies_us: Vec<u64>,
+    /// Microseconds, to 3 significant digits: a list of every latency grew with the
+    /// request count and its memory counted in the peak RSS the benchmark reports.
+    latencies_us: Histogram<u64>,
+    /// The process's peak RSS when the run ended: shows which run raised it.
+    peak_rss_mb: f64,
 }
 
 impl Measured {
@@ -343,9 +348,12 @@ impl Measured {
         if self.latencies_us.is_empty() {
             return 0.0;
         }
-        let index = ((self.latencies_us.len() as f64 * p).ceil() as usize).clamp(1, self.latencies_us.len()) - 1;
-        self.latencies_us[index] as f64 / 1000.0
+        self.latencies_us.value_at_quantile(p) as f64 / 1000.0
     }
+}
+
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new(3).expect("3 significant digits is a valid precision")
 }
 
 async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> Measured {
@@ -360,11 +368,11 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
             let mut conn = Connection::open(addr).await;
             let mut session =
                 if operation.needs_session() { Session::open(&service, operation, &mut conn).await } else { Session::default() };
-            let (mut latencies, mut errors, mut first_error) = (Vec::new(), 0u64, None);
+            let (mut latencies, mut errors, mut first_error) = (latency_histogram(), 0u64, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
                 match one(&service, operation, &mut conn, &mut session).await {
-                    Ok(()) => latencies.push(t0.elapsed().as_micros() as u64),
+                    Ok(()) => latencies.record(t0.elapsed().as_micros() as u64).expect("the histogram grows to fit"),
                     Err(e) => {
                         errors += 1;
                         first_error.get_or_insert(e);
@@ -375,20 +383,21 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
             (latencies, errors, first_error)
         }));
     }
-    let mut measured = Measured { done: 0, errors: 0, per_sec: 0.0, cpu_us_per_op: 0.0, latencies_us: Vec::new() };
+    let mut measured =
+        Measured { done: 0, errors: 0, per_sec: 0.0, cpu_us_per_op: 0.0, latencies_us: latency_histogram(), peak_rss_mb: 0.0 };
     for worker in workers {
         let (latencies, errors, first_error) = worker.await.unwrap();
         if let Some(e) = first_error {
             eprintln!("  {}: first error: {e}", operation.label());
         }
         measured.errors += errors;
-        measured.latencies_us.extend(latencies);
+        measured.latencies_us.add(latencies).expect("the histogram grows to fit");
     }
     let elapsed = started.elapsed().as_secs_f64();
-    measured.done = measured.latencies_us.len() as u64;
+    measured.done = measured.latencies_us.len();
     measured.per_sec = measured.done as f64 / elapsed;
     measured.cpu_us_per_op = (cpu_seconds() - cpu_before) * 1e6 / measured.done.max(1) as f64;
-    measured.latencies_us.sort_unstable();
+    measured.peak_rss_mb = peak_rss_mb();
     measured
 }
 
@@ -569,14 +578,14 @@ fn peak_rss_mb() -> f64 {
 
 fn print_header() {
     println!(
-        "{:<31} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10}",
-        "operation", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "ratio", "CPU us/op"
+        "{:<31} {:>9} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>10} {:>12}",
+        "operation", "req/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors", "ratio", "CPU us/op", "peak RSS MB"
     );
 }
 
 fn print_row(label: &str, m: &Measured, ratio: f64) {
     println!(
-        "{:<31} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.3} {:>10.0}",
+        "{:<31} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.3} {:>10.0} {:>12.1}",
         label,
         m.per_sec,
         m.percentile_ms(0.50),
@@ -585,7 +594,8 @@ fn print_row(label: &str, m: &Measured, ratio: f64) {
         m.percentile_ms(1.0),
         m.errors,
         ratio,
-        m.cpu_us_per_op
+        m.cpu_us_per_op,
+        m.peak_rss_mb
     );
 }
 
@@ -699,6 +709,7 @@ async fn main() {
     let empty_dir = tempfile::tempdir().unwrap();
     let service = start_service(empty_dir.path(), &args).await;
     println!("\n== empty database");
+    println!("peak RSS once started: {:.1} MB", peak_rss_mb());
     let empty = run_all(&service, &args).await;
     let consistent = check_counts(&service, &empty, &args);
     garbage_collect(&service).await;
