@@ -40,15 +40,48 @@ pub struct Imported {
     pub contacts: usize,
 }
 
-/// Reads users, live sessions and contacts from the SQLite database at `path`, which is
-/// first brought to the latest schema (a file of an earlier release is upgraded).
-/// `phones` hashes address books, as the service does.
+/// Reads users, live sessions and contacts from the SQLite database at `path`.
+/// `phones` hashes address books, as the service does. A file of an earlier release is
+/// upgraded in a copy beside it, never in place: the upgrade hashes its address books,
+/// and under another key than that instance's, the file would lose them.
 pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapshot, StorageError> {
     if !std::path::Path::new(path).exists() {
         return Err(StorageError::Thread(format!("{path} does not exist")));
     }
-    Db::open(path, 1, phones)?.close()?;
-    let conn = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let source = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let version: u32 = source.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= crate::store::schema::latest_version() {
+        return snapshot(&source, path, now, phones);
+    }
+    let copy = UpgradedCopy(format!("{path}.import-copy"));
+    copy.remove();
+    // A consistent snapshot, WAL included, taken through a read-only connection.
+    source.execute("VACUUM INTO ?1", [&copy.0])?;
+    drop(source);
+    Db::open(&copy.0, 1, phones)?.close()?;
+    let upgraded = rusqlite::Connection::open_with_flags(&copy.0, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    snapshot(&upgraded, path, now, phones)
+}
+
+/// A database file made for one import, removed with its WAL when dropped.
+struct UpgradedCopy(String);
+
+impl UpgradedCopy {
+    fn remove(&self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", self.0));
+        }
+    }
+}
+
+impl Drop for UpgradedCopy {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+/// The rows that move, from `conn`, a database at the latest schema (`path` names it in errors).
+fn snapshot(conn: &rusqlite::Connection, path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapshot, StorageError> {
     let mut snapshot = Snapshot::default();
     let mut users = conn.prepare("SELECT id, address, uid, name, status, photo, created_at, last_login, ts FROM users ORDER BY id")?;
     snapshot.users = users
@@ -79,7 +112,7 @@ pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapsho
     let gids: Vec<i64> =
         conn.prepare("SELECT gid FROM chat_groups ORDER BY gid")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     for gid in gids {
-        snapshot.groups.extend(crate::store::groups::group(&conn, gid)?);
+        snapshot.groups.extend(crate::store::groups::group(conn, gid)?);
     }
     Ok(snapshot)
 }
@@ -96,5 +129,61 @@ impl Db {
             .await
             .map_err(|e| StorageError::Thread(format!("reading the SQLite database failed: {e}")))??;
         pg.import(snapshot, &self.phones).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::keys::ServerKeys;
+
+    #[test]
+    fn a_file_of_an_earlier_release_is_upgraded_in_a_copy_and_hashed_with_the_given_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.db").to_string_lossy().into_owned();
+        {
+            let conn = rusqlite::Connection::open(&path).unwrap();
+            crate::store::schema::apply_before(&conn, 6).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0);
+                 INSERT INTO contacts (owner_id, phone, added_at) VALUES (1, '18005550002', 0);",
+            )
+            .unwrap();
+        }
+        let phones = ServerKeys::from_secret(b"the new instances' key").phones;
+        let snapshot = read_sqlite(&path, 0, &phones).unwrap();
+        assert_eq!(snapshot.contacts, vec![(1, phones.hash("18005550002"))]);
+        assert_eq!(snapshot.users.len(), 1);
+
+        // The file itself is as it was, phones and all, for its own instance and key.
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let version: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 5);
+        let phone: String = conn.query_row("SELECT phone FROM contacts", [], |r| r.get(0)).unwrap();
+        assert_eq!(phone, "18005550002");
+        let left: Vec<String> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(left.iter().all(|name| !name.contains("import-copy")), "the copy is removed: {left:?}");
+    }
+
+    #[test]
+    fn address_books_hashed_under_another_key_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("otpgate.db").to_string_lossy().into_owned();
+        let theirs = ServerKeys::from_secret(b"the SQLite instance's key").phones;
+        let db = Db::open(&path, 1, &theirs).unwrap();
+        db.blocking(move |conn| {
+            conn.execute(
+                "INSERT INTO users (address, address_hash, uid, created_at, last_login, ts) VALUES ('18005550001', ?1, '1', 0, 0, 0)",
+                [theirs.hash("18005550001")],
+            )
+        })
+        .unwrap();
+        db.close().unwrap();
+        let ours = ServerKeys::from_secret(b"another key").phones;
+        let refused = read_sqlite(&path, 0, &ours).err().expect("refused").to_string();
+        assert!(refused.contains("under another server key"), "{refused}");
+        assert!(read_sqlite(&path, 0, &ServerKeys::from_secret(b"the SQLite instance's key").phones).is_ok());
     }
 }

@@ -60,6 +60,19 @@ pub fn apply(conn: &mut Connection, phones: &PhoneHasher) -> rusqlite::Result<()
     Ok(())
 }
 
+/// Creates the schema as a release before `version` left it: the foundation and the steps
+/// before `version`. For tests of upgrades.
+#[cfg(test)]
+pub(in crate::store) fn apply_before(conn: &Connection, version: u32) -> rusqlite::Result<()> {
+    let (foundation, steps) = split(SCHEMA);
+    conn.execute_batch(&foundation)?;
+    for (step, sql) in steps.iter().filter(|(step, _)| *step < version) {
+        conn.execute_batch(sql)?;
+        conn.pragma_update(None, "user_version", step)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,12 +116,7 @@ mod tests {
         {
             // A database of the release before: its address books hold phones.
             let conn = Connection::open(&path).unwrap();
-            let (foundation, steps) = split(SCHEMA);
-            conn.execute_batch(&foundation).unwrap();
-            for (version, sql) in steps.iter().filter(|(version, _)| *version < 6) {
-                conn.execute_batch(sql).unwrap();
-                conn.pragma_update(None, "user_version", version).unwrap();
-            }
+            apply_before(&conn, 6).unwrap();
             conn.execute_batch(&format!(
                 "INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0), ('18005550002', '2', 0, 0, 0);
                  INSERT INTO contacts (owner_id, phone, added_at) VALUES (1, '18005550002', 0), (1, '{STRANGER}', 0), (2, '18005550001', 0);
