@@ -1,6 +1,7 @@
 //! The only layer that sees HTTP: routes, request parsing, replies, middleware,
 //! health, metrics and the OpenAPI document.
 
+pub mod admin;
 pub mod fuzz_targets;
 pub mod health;
 pub mod http;

@@ -343,6 +343,7 @@ pub fn document(dialect: Dialect) -> Value {
             },
         } })),
     ]);
+    paths.extend(operator_paths());
     let dialect_note = match dialect {
         Dialect::Mesibo => {
             "Replies in the mesibo dialect (API_DIALECT=mesibo): result is \"OK\" or \"FAIL\", and application errors answer HTTP 200."
@@ -357,8 +358,60 @@ pub fn document(dialect: Dialect) -> Value {
             "description": format!("{} {dialect_note}", env!("CARGO_PKG_DESCRIPTION")),
         },
         "paths": paths,
-        "components": { "schemas": schemas },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": { "operator": { "type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN" } },
+        },
     })
+}
+
+/// The operator API: served only on the ADMIN_BIND listener, never on the public port.
+fn operator_paths() -> Vec<(String, Value)> {
+    let on_admin_bind = json!([{ "url": "http://{admin_bind}", "description": "the ADMIN_BIND listener only; the public port answers 404",
+        "variables": { "admin_bind": { "default": "127.0.0.1:9090" } } }]);
+    let security = json!([{ "operator": [] }]);
+    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } });
+    let user_reply = json!({ "description": "The user (id, phone or email, uid, name, created, last_login) and their live sessions (session, appid, device, created, last_seen, expires, push)" });
+    let refused = |what: &str| json!({ "description": what });
+    let lookup = ["phone", "email", "uid"].map(|name| json!({ "name": name, "in": "query", "schema": { "type": "string" } }));
+    let ended = json!({ "description": "How many sessions ended: {\"ended\": n}; the devices' next call answers AUTHFAIL" });
+    vec![
+        (
+            "/admin/users".to_string(),
+            json!({ "servers": on_admin_bind, "get": {
+            "summary": "Find a user by exactly one of phone, email or uid.",
+            "security": security,
+            "parameters": lookup,
+            "responses": { "200": user_reply, "400": refused("Not exactly one of phone, email, uid, or a malformed one"),
+                "401": refused("No or wrong bearer token"), "404": refused("No such user") },
+        } }),
+        ),
+        (
+            "/admin/users/{id}".to_string(),
+            json!({ "servers": on_admin_bind, "get": {
+            "summary": "A user by local id, with their live sessions.",
+            "security": security, "parameters": [id],
+            "responses": { "200": user_reply, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
+        } }),
+        ),
+        (
+            "/admin/users/{id}/sessions".to_string(),
+            json!({ "servers": on_admin_bind, "delete": {
+            "summary": "End every session of the user.",
+            "security": security, "parameters": [id],
+            "responses": { "200": ended, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
+        } }),
+        ),
+        (
+            "/admin/users/{id}/sessions/{session}".to_string(),
+            json!({ "servers": on_admin_bind, "delete": {
+            "summary": "End one session of the user, by the session id the user's entry lists.",
+            "security": security,
+            "parameters": [id, { "name": "session", "in": "path", "required": true, "schema": { "type": "string" } }],
+            "responses": { "200": ended, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
+        } }),
+        ),
+    ]
 }
 
 /// Lists `code` in the description of the reply with HTTP `status`.

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Dialect};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::{api::http, api::request_log, api::AppState};
+use crate::{api::admin, api::http, api::request_log, api::AppState};
 
 /// The HTTP settings the middleware needs, taken from the configuration.
 pub struct HttpSettings {
@@ -118,17 +118,44 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
         .map_err(|e| format!("cannot listen on BIND={}: {e}", config.bind))?;
     let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
     let server = server.run();
-    let handle = server.handle();
+    let operator = operator_server(config, &state)?;
+    let handles = [Some(server.handle()), operator.as_ref().map(|operator| operator.handle())];
     actix_web::rt::spawn(async move {
         let signal = shutdown_signal().await;
         tracing::info!(signal, "shutting down: no new connections, finishing in-flight requests");
-        handle.stop(true).await;
+        for handle in handles.into_iter().flatten() {
+            handle.stop(true).await;
+        }
     });
     tracing::info!(bind = %addresses.join(","), database = %config.database_path, "otpgate listening");
+    if let Some(operator) = operator {
+        actix_web::rt::spawn(async move {
+            if let Err(e) = operator.await {
+                tracing::error!("operator API server error: {e}");
+            }
+        });
+    }
     server.await.map_err(|e| format!("server error: {e}"))?;
     state.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The operator API's server on `ADMIN_BIND`, when it is set.
+fn operator_server(config: &Config, state: &web::Data<AppState>) -> Result<Option<actix_web::dev::Server>, String> {
+    if config.admin_bind.is_empty() {
+        return Ok(None);
+    }
+    let (state, token) = (state.clone(), config.admin_token.clone());
+    let server = HttpServer::new(move || admin::app(state.clone(), &token))
+        .workers(1)
+        .shutdown_timeout(config.shutdown_grace_secs)
+        .disable_signals()
+        .bind(&config.admin_bind)
+        .map_err(|e| format!("cannot listen on ADMIN_BIND={}: {e}", config.admin_bind))?;
+    let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
+    tracing::info!(admin_bind = %addresses.join(","), "operator API listening");
+    Ok(Some(server.run()))
 }
 
 async fn shutdown_signal() -> &'static str {

@@ -86,6 +86,12 @@ pub struct Config {
     /// How long SIGTERM/SIGINT waits for in-flight requests before closing them.
     #[serde(default = "defaults::shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// `host:port` of the operator API, a listener of its own apart from BIND; empty: off.
+    #[serde(default)]
+    pub admin_bind: String,
+    /// Bearer token of the operator API: required with ADMIN_BIND, 32 characters or more.
+    #[serde(default)]
+    pub admin_token: Secret,
     /// 0: `/readyz` does not contact upstream; N: it does, and keeps the answer N seconds.
     #[serde(default)]
     pub readyz_upstream_cache_secs: u64,
@@ -932,6 +938,18 @@ impl Config {
         if !self.public_url.is_empty() && !is_http_url(&self.public_url) {
             return bad("PUBLIC_URL", "must be an http:// or https:// URL such as https://login.example.com");
         }
+        if !self.admin_bind.is_empty() {
+            if bind_host(&self.admin_bind).is_none() {
+                return bad("ADMIN_BIND", "must be an address and port such as 127.0.0.1:9090, or empty to turn the operator API off");
+            }
+            // Port 0 asks the system for a free port: two of them never collide.
+            if self.admin_bind.trim() == self.bind.trim() && !self.bind.trim().ends_with(":0") {
+                return bad("ADMIN_BIND", "must differ from BIND: the operator API is never served on the public port");
+            }
+            if self.admin_token.expose().len() < MIN_ADMIN_TOKEN_CHARS {
+                return bad("ADMIN_TOKEN", "must be set, 32 characters or more (openssl rand -hex 32), when ADMIN_BIND is");
+            }
+        }
         Ok(())
     }
 
@@ -991,6 +1009,9 @@ impl Config {
 }
 
 /// The host part of a `host:port` BIND, if the port is a number.
+/// Shortest operator token accepted: it guards every user's sessions.
+const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
 fn bind_host(bind: &str) -> Option<&str> {
     let (host, port) = bind.trim().rsplit_once(':')?;
     let well_formed = !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok();

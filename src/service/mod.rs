@@ -3,6 +3,7 @@
 pub mod contacts;
 pub mod groups;
 pub mod login;
+pub mod operators;
 pub mod sessions;
 pub mod uploads;
 pub mod users;

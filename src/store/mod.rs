@@ -7,6 +7,7 @@ pub mod courier;
 pub mod files;
 pub mod groups;
 pub mod import;
+pub mod operators;
 pub mod outbox;
 pub mod postgres;
 pub mod schema;

@@ -225,6 +225,16 @@ async fn openapi_describes_every_op_and_error_code() {
         assert!(schemas[format!("{name}Reply")].is_object(), "reply of {op} is not documented");
         assert!(get_ops.as_array().unwrap().contains(&json!(op)));
     }
+    // The operator API, on its own listener.
+    for (path, method) in [
+        ("/admin/users", "get"),
+        ("/admin/users/{id}", "get"),
+        ("/admin/users/{id}/sessions", "delete"),
+        ("/admin/users/{id}/sessions/{session}", "delete"),
+    ] {
+        assert_eq!(doc["paths"][path][method]["security"], json!([{ "operator": [] }]), "{method} {path}");
+        assert!(doc["paths"][path]["servers"][0]["description"].as_str().unwrap().contains("ADMIN_BIND"));
+    }
     let login = &schemas["LoginRequest"]["properties"];
     for field in ["appid", "phone", "email", "name", "otp", "code", "device"] {
         assert!(login[field].is_object(), "login field {field}");

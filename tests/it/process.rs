@@ -188,9 +188,14 @@ impl Drop for Service {
 
 impl Service {
     async fn start(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> Service {
+        Service::start_with(upstream, dir, &[]).await
+    }
+
+    /// [`Service::start`] with more settings.
+    async fn start_with(upstream: &FakeUpstream, dir: &tempfile::TempDir, more: &[(&str, &str)]) -> Service {
         let db = dir.path().join("otpgate.db");
         let upstream_url = upstream.url();
-        let env = [
+        let mut env = vec![
             ("BIND", "127.0.0.1:0"),
             ("DATABASE_PATH", db.to_str().unwrap()),
             ("APP_TOKEN", APP_TOKEN),
@@ -199,6 +204,7 @@ impl Service {
             ("LOG_FORMAT", "json"),
             ("SHUTDOWN_GRACE_SECS", "10"),
         ];
+        env.extend_from_slice(more);
         let mut child = otpgate(&["serve"], &env).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
         let (send, lines) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -320,4 +326,67 @@ async fn sigint_stops_gracefully_too() {
     // Probes are logged only at debug; other requests at info.
     let routes: Vec<&Value> = logs.iter().filter(|l| l["fields"]["message"] == "request").map(|l| &l["fields"]["route"]).collect();
     assert_eq!(routes, [&json!("unmatched")], "{logs:?}");
+}
+
+const ADMIN_TOKEN: &str = "operator-token-0123456789abcdef-0123";
+
+#[actix_web::test]
+async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
+    let output = run(otpgate(&["check-config"], &[("ADMIN_BIND", "127.0.0.1:9090")])).await;
+    assert_eq!(output.status.code(), Some(2), "ADMIN_BIND without a token is refused");
+    assert!(text(&output.stderr).contains("ADMIN_TOKEN"), "{}", text(&output.stderr));
+    let env = [("ADMIN_BIND", "127.0.0.1:9090"), ("ADMIN_TOKEN", ADMIN_TOKEN)];
+    let output = run(otpgate(&["check-config"], &env)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!text(&output.stdout).contains(ADMIN_TOKEN), "the token is redacted");
+
+    let upstream = FakeUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut service = Service::start_with(&upstream, &dir, &[("ADMIN_BIND", "127.0.0.1:0"), ("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let admin = format!("http://{}", service.wait_for("operator API listening").await["fields"]["admin_bind"].as_str().unwrap());
+    let client = reqwest::Client::new();
+    let api = |body: Value| client.post(format!("{}/api", service.url)).json(&body).send();
+    let login = json!({ "op": "login", "phone": "18005550000", "appid": APPID });
+    assert_eq!(api(login.clone()).await.unwrap().status(), 200);
+    let mut verify = login;
+    verify["otp"] = json!("123456");
+    let reply: Value = api(verify).await.unwrap().json().await.unwrap();
+    let token = reply["token"].as_str().expect("a token").to_string();
+
+    // Without the token, or with another, the operator API answers nothing else.
+    let lookup = format!("{admin}/admin/users?phone=%2B1%20800%20555%200000");
+    assert_eq!(client.get(&lookup).send().await.unwrap().status(), 401);
+    assert_eq!(client.get(&lookup).bearer_auth("operator-token-0123456789abcdef-0124").send().await.unwrap().status(), 401);
+    let found: Value = client.get(&lookup).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(found["user"]["phone"], "18005550000", "{found}");
+    let (id, session) = (found["user"]["id"].as_i64().unwrap(), found["sessions"][0]["session"].as_str().unwrap().to_string());
+    assert_eq!(found["sessions"].as_array().unwrap().len(), 1);
+    assert!(!found.to_string().contains(&token), "no token in what operators see");
+    let missing = client.get(format!("{admin}/admin/users?uid=nobody")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(missing.status(), 404);
+    let ambiguous = client.get(format!("{admin}/admin/users?uid=1&phone=18005550000")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(ambiguous.status(), 400);
+
+    // The public port serves none of it, with or without the token.
+    for path in ["/admin/users?phone=18005550000", &format!("/admin/users/{id}"), &format!("/admin/users/{id}/sessions/{session}")] {
+        let url = format!("{}{path}", service.url);
+        for request in [client.get(&url), client.delete(&url), client.post(&url)] {
+            let status = request.bearer_auth(ADMIN_TOKEN).send().await.unwrap().status();
+            assert_eq!(status, 404, "{path} on the public port");
+        }
+    }
+
+    // Revoking the device's session: its next call is refused.
+    let me = || api(json!({ "op": "me", "token": token }));
+    assert!(!me().await.unwrap().text().await.unwrap().contains("AUTHFAIL"));
+    let revoke = format!("{admin}/admin/users/{id}/sessions/{session}");
+    let ended: Value = client.delete(&revoke).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ended["ended"], 1);
+    assert!(me().await.unwrap().text().await.unwrap().contains("AUTHFAIL"));
+    let again: Value = client.delete(&revoke).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(again["ended"], 0);
+    let after: Value = client.get(format!("{admin}/admin/users/{id}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(after["sessions"], json!([]));
+    service.signal(libc::SIGTERM);
+    assert_eq!(service.exit_code().await.0, Some(0), "both listeners stop on SIGTERM");
 }

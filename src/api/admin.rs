@@ -1,0 +1,124 @@
+//! The operator API: a listener of its own (`ADMIN_BIND`), never the public port, where
+//! a bearer token (`ADMIN_TOKEN`) finds users and revokes their sessions.
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::{header, StatusCode};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::api::{request_log, AppState};
+use crate::config::Secret;
+use crate::domain::error::ApiError;
+use crate::service::operators;
+use crate::store::operators::UserKey;
+
+/// The SHA-256 of the operator token: compared in constant time, whatever the lengths.
+#[derive(Clone)]
+struct OperatorToken([u8; 32]);
+
+/// The operator API as an actix `App`, for the `ADMIN_BIND` listener only.
+pub fn app(
+    state: web::Data<AppState>,
+    token: &Secret,
+) -> App<
+    impl ServiceFactory<ServiceRequest, Config = (), Response = ServiceResponse<impl MessageBody>, Error = actix_web::Error, InitError = ()>,
+> {
+    App::new()
+        .app_data(state)
+        .app_data(web::Data::new(OperatorToken(Sha256::digest(token.expose().as_bytes()).into())))
+        .wrap(from_fn(require_token))
+        .wrap(from_fn(request_log::log_requests))
+        .route("/admin/users", web::get().to(find_user))
+        .route("/admin/users/{id}", web::get().to(user_by_id))
+        .route("/admin/users/{id}/sessions", web::delete().to(revoke_all))
+        .route("/admin/users/{id}/sessions/{session}", web::delete().to(revoke_one))
+}
+
+/// Answers 401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>`.
+async fn require_token(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let expected = request.app_data::<web::Data<OperatorToken>>().map(|token| token.0);
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
+    let allowed = match (expected, given) {
+        (Some(expected), Some(given)) => bool::from(expected.ct_eq(&given)),
+        _ => false,
+    };
+    if !allowed {
+        let mut reply = error(StatusCode::UNAUTHORIZED, "AUTHFAIL", "send Authorization: Bearer with the ADMIN_TOKEN");
+        reply.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return Ok(request.into_response(reply));
+    }
+    Ok(next.call(request).await?.map_into_boxed_body())
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "code": code, "error": message }))
+}
+
+fn api_error(e: ApiError) -> HttpResponse {
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    error(status, e.code.as_str(), &e.message)
+}
+
+fn no_such_user() -> HttpResponse {
+    error(StatusCode::NOT_FOUND, "NOUSER", "no such user")
+}
+
+fn found(user: Result<Option<Map<String, Value>>, ApiError>) -> HttpResponse {
+    match user {
+        Ok(Some(fields)) => HttpResponse::Ok().json(fields),
+        Ok(None) => no_such_user(),
+        Err(e) => api_error(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Lookup {
+    phone: Option<String>,
+    email: Option<String>,
+    uid: Option<String>,
+}
+
+/// `GET /admin/users?phone=…` (or `email=…`, `uid=…`).
+async fn find_user(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpResponse {
+    match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
+        Ok(key) => found(operators::user(&state.db, key).await),
+        Err(e) => api_error(e),
+    }
+}
+
+/// `GET /admin/users/{id}`.
+async fn user_by_id(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    found(operators::user(&state.db, UserKey::Id(id.into_inner())).await)
+}
+
+/// `DELETE /admin/users/{id}/sessions`: every session of the user.
+async fn revoke_all(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    revoked(operators::revoke(&state.db, id.into_inner(), None).await)
+}
+
+/// `DELETE /admin/users/{id}/sessions/{session}`: one session, by the id `GET` shows.
+async fn revoke_one(state: web::Data<AppState>, path: web::Path<(i64, String)>) -> HttpResponse {
+    let (id, session) = path.into_inner();
+    revoked(operators::revoke(&state.db, id, Some(session)).await)
+}
+
+fn revoked(outcome: Result<Option<usize>, ApiError>) -> HttpResponse {
+    match outcome {
+        Ok(Some(ended)) => HttpResponse::Ok().json(json!({ "ended": ended })),
+        Ok(None) => no_such_user(),
+        Err(e) => api_error(e),
+    }
+}

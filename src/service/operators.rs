@@ -1,0 +1,60 @@
+//! The operator API's work: finding a user by phone, e-mail or uid, showing their
+//! sessions, and revoking them.
+
+use serde_json::{json, Map, Value};
+use std::sync::Arc;
+
+use crate::domain::address;
+use crate::domain::error::{ApiError, ErrorCode};
+use crate::store::operators::{UserKey, UserRecord};
+use crate::store::Db;
+
+/// Reads the one way of naming a user that a lookup carries.
+pub fn user_key(phone: Option<&str>, email: Option<&str>, uid: Option<&str>) -> Result<UserKey, ApiError> {
+    let bad = |why: &str| Err(ApiError::new(ErrorCode::BadParam, why.to_string()));
+    match (super::non_empty(phone), super::non_empty(email), super::non_empty(uid)) {
+        (Some(phone), None, None) => match address::normalize_phone(phone) {
+            Some(phone) => Ok(UserKey::Address(phone)),
+            None => bad("phone is not a phone number"),
+        },
+        (None, Some(email), None) => match address::normalize_email(email) {
+            Some(email) => Ok(UserKey::Address(email)),
+            None => bad("email is not an e-mail address"),
+        },
+        (None, None, Some(uid)) => Ok(UserKey::Uid(uid.to_string())),
+        _ => bad("give exactly one of phone, email and uid"),
+    }
+}
+
+/// The user and their live sessions; `None` when there is no such user.
+pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<Map<String, Value>>, ApiError> {
+    let Some(user) = db.find_user(key).await? else { return Ok(None) };
+    let sessions = db.user_sessions(user.id).await?;
+    let mut fields = Map::new();
+    fields.insert("user".into(), user_fields(&user));
+    fields.insert("sessions".into(), sessions.into());
+    Ok(Some(fields))
+}
+
+fn user_fields(user: &UserRecord) -> Value {
+    let kind = if user.address.contains('@') { "email" } else { "phone" };
+    json!({
+        "id": user.id,
+        kind: user.address,
+        "uid": user.uid,
+        "name": user.name,
+        "created": user.created_at,
+        "last_login": user.last_login,
+    })
+}
+
+/// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
+/// there is no such user.
+pub async fn revoke(db: &Arc<Db>, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
+    if db.find_user(UserKey::Id(user_id)).await?.is_none() {
+        return Ok(None);
+    }
+    let ended = db.revoke_sessions(user_id, session).await?;
+    tracing::info!(user_id, ended, "an operator revoked sessions");
+    Ok(Some(ended))
+}

@@ -1,0 +1,119 @@
+//! What the operator API reads and changes: users found by address, upstream uid or
+//! id, their sessions, and revoking them.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::{json, Value};
+
+use crate::store::{Db, StorageError};
+
+/// How an operator names a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKey {
+    /// A normalised phone number or e-mail address.
+    Address(String),
+    /// The platform's user id.
+    Uid(String),
+    /// The local id.
+    Id(i64),
+}
+
+/// A user as an operator sees it: no token, no photo bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub address: String,
+    pub uid: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_login: i64,
+}
+
+/// Characters of a session's token hash that name it to operators: enough to tell one
+/// user's sessions apart, without handing out the whole hash.
+pub const SESSION_ID_CHARS: usize = 16;
+
+const USER_COLUMNS: &str = "id, address, uid, name, created_at, last_login";
+
+fn user_from_row(row: &Row) -> rusqlite::Result<UserRecord> {
+    Ok(UserRecord {
+        id: row.get(0)?,
+        address: row.get(1)?,
+        uid: row.get(2)?,
+        name: row.get(3)?,
+        created_at: row.get(4)?,
+        last_login: row.get(5)?,
+    })
+}
+
+fn find_user(conn: &Connection, key: &UserKey) -> rusqlite::Result<Option<UserRecord>> {
+    // Several users may share an upstream uid only if the platform reused one; the oldest answers.
+    let (condition, value): (&str, &dyn rusqlite::ToSql) = match key {
+        UserKey::Address(address) => ("address = ?1", address),
+        UserKey::Uid(uid) => ("uid = ?1", uid),
+        UserKey::Id(id) => ("id = ?1", id),
+    };
+    conn.query_row(&format!("SELECT {USER_COLUMNS} FROM users WHERE {condition} ORDER BY id LIMIT 1"), [value], user_from_row).optional()
+}
+
+/// A user's live sessions, most recently used first, each named by its session id.
+fn sessions(conn: &Connection, user_id: i64, now: i64) -> rusqlite::Result<Vec<Value>> {
+    let mut query = conn.prepare_cached(
+        "SELECT substr(token_sha256, 1, ?3), appid, device, created_at, last_seen_ms, expires_at, notify_token IS NOT NULL
+         FROM sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY last_seen_ms DESC",
+    )?;
+    let rows = query.query_map(params![user_id, now, SESSION_ID_CHARS as i64], |r| {
+        Ok(session_entry(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+    })?;
+    rows.collect()
+}
+
+/// One session as the operator API shows it.
+pub(in crate::store) fn session_entry(
+    id: String,
+    appid: String,
+    device: String,
+    created: i64,
+    last_seen_ms: i64,
+    expires: i64,
+    push: bool,
+) -> Value {
+    json!({ "session": id, "appid": appid, "device": device, "created": created, "last_seen": last_seen_ms / 1000, "expires": expires, "push": push })
+}
+
+/// Ends one session of the user (`session` is its id) or all of them; returns how many.
+fn revoke(conn: &Connection, user_id: i64, session: Option<&str>) -> rusqlite::Result<usize> {
+    match session {
+        Some(session) => conn
+            .prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND substr(token_sha256, 1, ?3) = ?2")?
+            .execute(params![user_id, session, SESSION_ID_CHARS as i64]),
+        None => conn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1")?.execute([user_id]),
+    }
+}
+
+impl Db {
+    /// The user an operator names, if there is one.
+    pub async fn find_user(&self, key: UserKey) -> Result<Option<UserRecord>, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.find_user(key).await;
+        }
+        self.call(move |conn| find_user(conn, &key)).await
+    }
+
+    /// The user's live sessions for an operator (see `sessions`).
+    pub async fn user_sessions(&self, user_id: i64) -> Result<Vec<Value>, StorageError> {
+        let now = self.clock().now();
+        if let Some(pg) = self.postgres() {
+            return pg.user_sessions(user_id, now).await;
+        }
+        self.call(move |conn| sessions(conn, user_id, now)).await
+    }
+
+    /// Ends one session of the user, named by its id, or with `None` all of them; the
+    /// devices' next call answers AUTHFAIL. Returns how many ended.
+    pub async fn revoke_sessions(&self, user_id: i64, session: Option<String>) -> Result<usize, StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.revoke_sessions(user_id, session).await;
+        }
+        self.call(move |conn| revoke(conn, user_id, session.as_deref())).await
+    }
+}
