@@ -4,7 +4,7 @@
 //! Pending codes and queued messages are not carried over: they live minutes, and a user
 //! who was waiting for one asks again.
 
-use rusqlite::OpenFlags;
+use rusqlite::{OpenFlags, OptionalExtension};
 
 use crate::domain::groups::Group;
 use crate::domain::keys::PhoneHasher;
@@ -93,9 +93,11 @@ fn snapshot(conn: &rusqlite::Connection, path: &str, now: i64, phones: &PhoneHas
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
         .collect::<rusqlite::Result<_>>()?;
     // Address books cannot be hashed again: their phones are gone. They move only under the key they were hashed with.
-    let mut hashes = conn.prepare("SELECT address, address_hash FROM users WHERE address_hash IS NOT NULL")?;
-    let other_key = hashes.query_map([], |r| Ok(phones.hash(&r.get::<_, String>(0)?) != r.get::<_, i64>(1)?))?.next().transpose()?;
-    if other_key == Some(true) {
+    // One user tells the key: every hash in a file was made under the same one.
+    let sample: Option<(String, i64)> = conn
+        .query_row("SELECT address, address_hash FROM users WHERE address_hash IS NOT NULL LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    if sample.is_some_and(|(address, hash)| phones.hash(&address) != hash) {
         return Err(StorageError::Thread(format!(
             "{path} hashed its address books under another server key; import with the OTP_SECRET or OTP_SECRET_FILE that instance used (without either, it used the key file {})",
             crate::domain::keys::default_key_file(path).display()
