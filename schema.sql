@@ -183,3 +183,8 @@ ALTER TABLE contact_hashes RENAME TO contacts;
 CREATE INDEX contacts_phone_hash ON contacts (phone_hash);
 -- The dropped phones are still in free pages: the service rewrites the file at its next start.
 DELETE FROM settings WHERE key = 'rewritten_without_secrets';
+
+-- migration: 7
+-- The outbox also carries the platform's userdel for a deleted account, retried like a
+-- notice until the platform takes it.
+ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';  -- 'message' or 'userdel'

@@ -1,5 +1,5 @@
 //! The operator API: a listener of its own (`ADMIN_BIND`), never the public port, where
-//! a bearer token (`ADMIN_TOKEN`) finds users and revokes their sessions.
+//! a bearer token (`ADMIN_TOKEN`) finds users, revokes their sessions and deletes them.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use crate::api::{request_log, AppState};
 use crate::config::Secret;
 use crate::domain::error::ApiError;
-use crate::service::operators;
+use crate::service::{accounts, operators};
 use crate::store::operators::UserKey;
 
 /// The SHA-256 of the operator token: compared in constant time, whatever the lengths.
@@ -35,6 +35,7 @@ pub fn app(
         .wrap(from_fn(request_log::log_requests))
         .route("/admin/users", web::get().to(find_user))
         .route("/admin/users/{id}", web::get().to(user_by_id))
+        .route("/admin/users/{id}", web::delete().to(delete_user))
         .route("/admin/users/{id}/sessions", web::delete().to(revoke_all))
         .route("/admin/users/{id}/sessions/{session}", web::delete().to(revoke_one))
 }
@@ -102,6 +103,16 @@ async fn find_user(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> Ht
 /// `GET /admin/users/{id}`.
 async fn user_by_id(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
     found(operators::user(&state.db, UserKey::Id(id.into_inner())).await)
+}
+
+/// `DELETE /admin/users/{id}`: the account and everything kept for it, as the user's own
+/// `deleteaccount` does, without a code.
+async fn delete_user(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
+    match accounts::delete(&state.db, &state.files, id.into_inner()).await {
+        Ok(true) => HttpResponse::Ok().json(json!({ "deleted": true })),
+        Ok(false) => no_such_user(),
+        Err(e) => api_error(e),
+    }
 }
 
 /// `DELETE /admin/users/{id}/sessions`: every session of the user.

@@ -18,11 +18,12 @@ pub enum Op {
     EditMembers,
     SetAdmin,
     DelGroup,
+    DeleteAccount,
 }
 
 impl Op {
     /// Every op, in the order the OpenAPI document lists them.
-    pub const ALL: [Op; 14] = [
+    pub const ALL: [Op; 15] = [
         Op::Login,
         Op::Logout,
         Op::Devices,
@@ -37,6 +38,7 @@ impl Op {
         Op::EditMembers,
         Op::SetAdmin,
         Op::DelGroup,
+        Op::DeleteAccount,
     ];
 
     /// The op's name in requests and replies.
@@ -56,6 +58,7 @@ impl Op {
             Op::EditMembers => "editmembers",
             Op::SetAdmin => "setadmin",
             Op::DelGroup => "delgroup",
+            Op::DeleteAccount => "deleteaccount",
         }
     }
 

@@ -193,6 +193,17 @@ pub fn op_doc(op: Op) -> OpDoc {
             required: &["token", "gid"],
             reply: &[GID_FIELD],
         },
+        Op::DeleteAccount => OpDoc {
+            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request.",
+            request: &[
+                TOKEN_FIELD,
+                ("appid", "string", "The app the code was asked for."),
+                ("otp", "string", "The code the login start sent (or code)."),
+                ("challenge", "string", "The challenge id of that start reply, when the app has it."),
+            ],
+            required: &["token", "appid", "otp"],
+            reply: &[],
+        },
     }
 }
 
@@ -392,6 +403,10 @@ fn operator_paths() -> Vec<(String, Value)> {
             "summary": "A user by local id, with their live sessions.",
             "security": security, "parameters": [id],
             "responses": { "200": user_reply, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
+        }, "delete": {
+            "summary": "Delete the account as op=deleteaccount does, without a code: every row of the user, their photo file, and the user on the platform (userdel, retried until taken).",
+            "security": security, "parameters": [id],
+            "responses": { "200": refused("{\"deleted\": true}"), "401": refused("No or wrong bearer token"), "404": refused("No such user") },
         } }),
         ),
         (

@@ -12,7 +12,7 @@ use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::groups::{self, SetGroup};
 use crate::service::uploads::{self, UploadRequest, UploadedFile};
-use crate::{api::AppState, service::contacts, service::sessions, service::users};
+use crate::{api::AppState, service::accounts, service::contacts, service::sessions, service::users};
 
 pub async fn handle(
     state: &AppState,
@@ -103,6 +103,14 @@ pub async fn handle(
         Op::SetNotify => {
             let fields = sessions::SetNotify { notify_token: field("notifytoken"), fcm_id: field("fcmid"), device_type: field("dt") };
             sessions::set_notify(&state.db, &caller, fields).await
+        }
+        Op::DeleteAccount => {
+            let request = accounts::DeleteRequest {
+                appid: field("appid"),
+                code: field("otp").or_else(|| field("code")),
+                challenge: field("challenge"),
+            };
+            accounts::delete_own_account(&state.login, &state.db, &state.files, &caller, request, client_ip).await
         }
         Op::Login | Op::Logout => Err(ApiError::new(ErrorCode::BadOp, "this op needs no session")),
     }

@@ -74,10 +74,14 @@ impl Outbox {
             let to = recipient.masked();
             let joined = crate::domain::notices::phone_in(&payload).map(Address::Phone);
             let id = message.id;
-            match self.upstream.message(&self.from, &message.recipient, &payload).await {
+            let sent_upstream = match message.kind.as_str() {
+                store::outbox::USERDEL => self.upstream.userdel(payload["uid"].as_str().unwrap_or_default(), &message.recipient).await,
+                _ => self.upstream.message(&self.from, &message.recipient, &payload).await,
+            };
+            match sent_upstream {
                 Ok(()) => {
                     self.db.acknowledge_notice(id).await?;
-                    tracing::debug!(%to, "outbox: message delivered");
+                    tracing::debug!(%to, kind = %message.kind, "outbox: message delivered");
                     sent += 1;
                 }
                 Err(e) => {
@@ -85,7 +89,7 @@ impl Outbox {
                     let error = joined.iter().fold(recipient.masked_in(&e.detail), |text, phone| phone.masked_in(&text));
                     let attempts = message.attempts + 1;
                     let wait = backoff(self.retry_secs, attempts);
-                    tracing::warn!(%to, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");
+                    tracing::warn!(%to, kind = %message.kind, attempts, "outbox: upstream message failed, retrying in {wait}s: {error}");
                     let next = self.db.clock().now() + wait as i64;
                     self.db.reschedule_notice(id, attempts, next, error).await?;
                 }

@@ -227,6 +227,41 @@ impl LoginFlow {
         client_ip: &str,
     ) -> Result<LoginOutcome, ApiError> {
         let VerifyRequest { code, name, device, challenge } = request;
+        let otp_hash = self.confirm_code(appid, &address, code, challenge, client_ip).await?;
+        metrics::OTP_VERIFIED.inc();
+        let claimed = ClaimedLogin {
+            // Test numbers skip the phone policy, which finds the calling code of the others.
+            calling_code: calling_code.or_else(|| match &address {
+                Address::Phone(digits) => crate::domain::phone::calling_code_of(digits),
+                Address::Email(_) => None,
+            }),
+            address,
+            name: name.to_string(),
+            appid: appid.to_string(),
+            device: device.map(String::from),
+            otp_hash,
+            token_expiry_secs: self.token_expiry_secs,
+            max_devices: self.max_devices,
+        };
+        // A task of its own: if the request is cut off (timeout, client gone), the claim is
+        // still released or the login still recorded, instead of the code staying claimed.
+        tokio::spawn(exchange(Arc::clone(&self.upstream), Arc::clone(&self.db), claimed).in_current_span()).await.map_err(|e| {
+            tracing::error!("login task failed: {e}");
+            ApiError::internal()
+        })?
+    }
+
+    /// Checks `code` against the pending code of `address` for `appid`, within the verify
+    /// limits, and claims it: a claimed code is accepted once. Returns its hash, for
+    /// whatever the proof is for to consume it (or release the claim on failure).
+    pub async fn confirm_code(
+        &self,
+        appid: &str,
+        address: &Address,
+        code: &str,
+        challenge: Option<&str>,
+        client_ip: &str,
+    ) -> Result<[u8; 32], ApiError> {
         let fixed = self.test_otps.get(address.as_str());
         // A code of another shape cannot match: refused before it spends a guess or a limit.
         // (A JSON number loses a code's leading zeros; the apps send strings.)
@@ -284,27 +319,7 @@ impl LoginFlow {
             }
         }
 
-        metrics::OTP_VERIFIED.inc();
-        let claimed = ClaimedLogin {
-            // Test numbers skip the phone policy, which finds the calling code of the others.
-            calling_code: calling_code.or_else(|| match &address {
-                Address::Phone(digits) => crate::domain::phone::calling_code_of(digits),
-                Address::Email(_) => None,
-            }),
-            address,
-            name: name.to_string(),
-            appid: appid.to_string(),
-            device: device.map(String::from),
-            otp_hash,
-            token_expiry_secs: self.token_expiry_secs,
-            max_devices: self.max_devices,
-        };
-        // A task of its own: if the request is cut off (timeout, client gone), the claim is
-        // still released or the login still recorded, instead of the code staying claimed.
-        tokio::spawn(exchange(Arc::clone(&self.upstream), Arc::clone(&self.db), claimed).in_current_span()).await.map_err(|e| {
-            tracing::error!("login task failed: {e}");
-            ApiError::internal()
-        })?
+        Ok(otp_hash)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The service's operations: login, sessions, profiles and contact sync.
 
+pub mod accounts;
 pub mod contacts;
 pub mod groups;
 pub mod login;

@@ -44,18 +44,35 @@ impl FileStore {
         Ok(name)
     }
 
-    /// The bytes of a stored file and its extension; `None` for a name this store never
-    /// gave out (anything else than `<64 hex digits>.<extension>` is refused unread).
-    pub async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StorageError> {
-        let Some((hash, extension)) = name.split_once('.') else { return Ok(None) };
+    /// Where a file this store gave out lives; `None` for any other name (anything else
+    /// than `<64 hex digits>.<extension>`), which is never looked for.
+    fn path_of(&self, name: &str) -> Option<PathBuf> {
+        let (hash, extension) = name.split_once('.')?;
         let valid = hash.len() == 64
             && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
             && (1..=5).contains(&extension.len())
             && extension.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !valid {
-            return Ok(None);
-        }
-        let path = self.dir.join(name);
+        valid.then(|| self.dir.join(name))
+    }
+
+    /// Deletes a stored file; true if it was there. Other names are left alone.
+    pub async fn remove(&self, name: &str) -> Result<bool, StorageError> {
+        let Some(path) = self.path_of(name) else { return Ok(false) };
+        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| StorageError::Files(format!("file removal task: {e}")))?;
+        removed.map_err(|e| StorageError::Files(format!("removing an uploaded file: {e}")))
+    }
+
+    /// The bytes of a stored file and its extension; `None` for a name this store never
+    /// gave out (anything else than `<64 hex digits>.<extension>` is refused unread).
+    pub async fn get(&self, name: &str) -> Result<Option<(Vec<u8>, String)>, StorageError> {
+        let Some(path) = self.path_of(name) else { return Ok(None) };
+        let extension = name.split_once('.').map_or("", |(_, extension)| extension);
         let extension = extension.to_string();
         let read = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await

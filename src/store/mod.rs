@@ -1,6 +1,7 @@
 //! SQLite storage: one writer thread that commits queued jobs in groups, a pool of
 //! reader connections, and the queries of the login flow.
 
+pub mod accounts;
 pub mod allocator;
 pub mod contacts;
 pub mod courier;

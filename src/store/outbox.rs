@@ -37,17 +37,22 @@ pub struct Pending {
     pub recipient: String,
     pub payload: String,
     pub attempts: u32,
+    /// `message`, or `userdel` for a deleted account (its payload holds the uid).
+    pub kind: String,
 }
+
+/// The outbox kind that asks the platform to delete a user.
+pub const USERDEL: &str = "userdel";
 
 /// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
 fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
     conn.prepare_cached(
         "UPDATE outbox SET next_attempt_at = ?2 WHERE id =
              (SELECT id FROM outbox WHERE next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT 1)
-         RETURNING id, recipient, payload, attempts",
+         RETURNING id, recipient, payload, attempts, kind",
     )?
     .query_row(params![now, now + lease_secs], |r| {
-        Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)? })
+        Ok(Pending { id: r.get(0)?, recipient: r.get(1)?, payload: r.get(2)?, attempts: r.get(3)?, kind: r.get(4)? })
     })
     .optional()
 }

@@ -22,11 +22,13 @@ use crate::domain::keys::{MessageSeal, PhoneHasher};
 use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
+use crate::store::accounts::{userdel_payload, DeletedAccount};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
 use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
 use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
 use crate::store::outbox::Pending;
+use crate::store::outbox::USERDEL;
 use crate::store::{
     after_wrong_guess, judge, Challenge, CodeGuess, CompletedLogin, Guess, Judgement, LoginRecord, NewChallenge, StorageError,
     VerifyOutcome,
@@ -38,6 +40,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (2, "photos_and_push", include_str!("../../migrations/postgres/002_photos_and_push.sql")),
     (3, "groups", include_str!("../../migrations/postgres/003_groups.sql")),
     (4, "hashed_contacts", include_str!("../../migrations/postgres/004_hashed_contacts.sql")),
+    (5, "account_deletion", include_str!("../../migrations/postgres/005_account_deletion.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -375,6 +378,42 @@ impl PgStore {
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }
 
+    /// Deletes an account (see `store::accounts`); `None` when there is no such user.
+    pub async fn delete_account(&self, user_id: i64, now: i64) -> Result<Option<DeletedAccount>, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let Some(user) = query_opt(&tx, "SELECT address, uid, photo FROM users WHERE id = $1 FOR UPDATE", &[&user_id]).await? else {
+            return Ok(None);
+        };
+        let (address, uid, photo): (String, String, String) = (user.try_get(0)?, user.try_get(1)?, user.try_get(2)?);
+        execute(&tx, "DELETE FROM sessions WHERE user_id = $1", &[&user_id]).await?;
+        execute(&tx, "DELETE FROM contacts WHERE owner_id = $1", &[&user_id]).await?;
+        execute(&tx, "DELETE FROM users WHERE id = $1", &[&user_id]).await?;
+        for sql in [
+            "DELETE FROM group_members WHERE phone = $1",
+            "DELETE FROM otp_challenges WHERE address = $1",
+            "DELETE FROM courier WHERE address = $1",
+            "DELETE FROM outbox WHERE recipient = $1",
+        ] {
+            execute(&tx, sql, &[&address]).await?;
+        }
+        execute(
+            &tx,
+            "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES ($1, $2, $3, $3, $4)",
+            &[&address, &userdel_payload(&uid), &now, &USERDEL],
+        )
+        .await?;
+        let shared: bool = query_one(
+            &tx,
+            "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = $1)",
+            &[&photo],
+        )
+        .await?
+        .try_get(0)?;
+        tx.commit().await?;
+        Ok(Some(DeletedAccount { address, unshared_photo: if shared { String::new() } else { photo } }))
+    }
+
     /// The user an operator names (see `store::operators`).
     pub async fn find_user(&self, key: UserKey) -> Result<Option<UserRecord>, StorageError> {
         let client = self.client().await?;
@@ -577,14 +616,18 @@ impl PgStore {
             &client,
             "UPDATE outbox SET next_attempt_at = $2 WHERE id =
                  (SELECT id FROM outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, recipient, payload, attempts",
+             RETURNING id, recipient, payload, attempts, kind",
             &[&now, &(now + lease_secs)],
         )
         .await?;
         Ok(match row {
-            Some(r) => {
-                Some(Pending { id: r.try_get(0)?, recipient: r.try_get(1)?, payload: r.try_get(2)?, attempts: counter(r.try_get(3)?) })
-            }
+            Some(r) => Some(Pending {
+                id: r.try_get(0)?,
+                recipient: r.try_get(1)?,
+                payload: r.try_get(2)?,
+                attempts: counter(r.try_get(3)?),
+                kind: r.try_get(4)?,
+            }),
             None => None,
         })
     }
@@ -1391,7 +1434,8 @@ mod tests {
                 .unwrap();
             drop(client);
 
-            assert_eq!(store.migrate(&phones()).await.unwrap(), vec![HASHED_CONTACTS]);
+            let later: Vec<u32> = MIGRATIONS.iter().map(|(version, _, _)| *version).filter(|version| *version >= HASHED_CONTACTS).collect();
+            assert_eq!(store.migrate(&phones()).await.unwrap(), later);
             let client = store.client().await.unwrap();
             let rows = client.query("SELECT owner_id, phone_hash FROM contacts ORDER BY owner_id, phone_hash", &[]).await.unwrap();
             let mut stored: Vec<(i64, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();

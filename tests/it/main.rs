@@ -3,6 +3,7 @@
 //! allocator once per process) and `tests/metrics.rs` (counters are per process, and
 //! other tests would move them).
 
+mod accounts;
 mod common;
 mod compatibility;
 mod contacts;

@@ -229,6 +229,7 @@ async fn openapi_describes_every_op_and_error_code() {
     for (path, method) in [
         ("/admin/users", "get"),
         ("/admin/users/{id}", "get"),
+        ("/admin/users/{id}", "delete"),
         ("/admin/users/{id}/sessions", "delete"),
         ("/admin/users/{id}/sessions/{session}", "delete"),
     ] {

@@ -387,6 +387,14 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     assert_eq!(again["ended"], 0);
     let after: Value = client.get(format!("{admin}/admin/users/{id}")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
     assert_eq!(after["sessions"], json!([]));
+
+    // Deleting the user: gone here, and the platform is told.
+    let user = format!("{admin}/admin/users/{id}");
+    let deleted: Value = client.delete(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    assert_eq!(deleted["deleted"], true);
+    assert_eq!(client.get(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
+    assert_eq!(client.delete(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
+    assert!(eventually(30, || upstream.userdel_calls().len() == 1).await, "userdel reached the platform");
     service.signal(libc::SIGTERM);
     assert_eq!(service.exit_code().await.0, Some(0), "both listeners stop on SIGTERM");
 }

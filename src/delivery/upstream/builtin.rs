@@ -25,7 +25,7 @@ pub fn answer(request: &Value) -> Value {
                 "user": { "uid": uid_of(address), "address": address, "token": format!("{FAKE_TOKEN_PREFIX}{}", hex::encode(secret)) }
             })
         }
-        Some("message") | Some("groupset") | Some("groupeditmembers") | Some("groupdel") => json!({ "result": true }),
+        Some("message") | Some("groupset") | Some("groupeditmembers") | Some("groupdel") | Some("userdel") => json!({ "result": true }),
         Some("groupadd") => json!({ "result": true, "group": { "gid": u64::from(rand::random::<u32>() >> 1) + 1 } }),
         _ => json!({ "result": false, "error": "BADOP" }),
     }
@@ -53,6 +53,7 @@ mod tests {
         assert_eq!(first["user"]["uid"], second["user"]["uid"]);
         assert_eq!(answer(&json!({ "op": "message" }))["result"], true);
         assert!(answer(&json!({ "op": "groupadd" }))["group"]["gid"].as_u64().is_some_and(|gid| gid > 0));
-        assert_eq!(answer(&json!({ "op": "userdel" }))["result"], false);
+        assert_eq!(answer(&json!({ "op": "userdel" }))["result"], true);
+        assert_eq!(answer(&json!({ "op": "nosuchop" }))["result"], false);
     }
 }

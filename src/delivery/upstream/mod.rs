@@ -154,6 +154,17 @@ impl Upstream {
     /// A group operation (`groupadd`, `groupset`, `groupeditmembers`, `groupdel`) with
     /// `fields`, in the JSON form of `useradd`; returns the platform's reply.
     pub async fn group(&self, op: &'static str, fields: Value) -> Result<Value, UpstreamError> {
+        self.call(op, fields).await
+    }
+
+    /// Deletes a user on the platform (`op:"userdel"`), named by its uid and address.
+    pub async fn userdel(&self, uid: &str, address: &str) -> Result<(), UpstreamError> {
+        self.call("userdel", json!({ "user": { "uid": uid, "address": address } })).await.map(|_| ())
+    }
+
+    /// An operation with `fields` in the JSON form of `useradd`; the platform's reply,
+    /// when it says `result:true`.
+    async fn call(&self, op: &'static str, fields: Value) -> Result<Value, UpstreamError> {
         let mut request = json!({ "op": op, "token": self.app_token });
         if let (Value::Object(request), Value::Object(fields)) = (&mut request, fields) {
             request.extend(fields);

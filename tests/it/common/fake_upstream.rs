@@ -155,7 +155,7 @@ impl FakeUpstream {
         self.received().iter().filter_map(|r| serde_json::from_str::<Value>(&r.body).ok()).filter(|m| m["op"] == "message").collect()
     }
 
-    /// Makes `op:"message"` calls fail (HTTP 500) or succeed again.
+    /// Makes `op:"message"` and `op:"userdel"` calls fail (HTTP 500) or succeed again.
     pub fn fail_messages(&self, fail: bool) {
         self.state.fail_messages.store(fail, Ordering::SeqCst);
     }
@@ -169,6 +169,11 @@ impl FakeUpstream {
     /// Makes group operations fail with `result:false`, or succeed again.
     pub fn refuse_groups(&self, refuse: bool) {
         self.state.refuse_groups.store(refuse, Ordering::SeqCst);
+    }
+
+    /// The `op:"userdel"` calls received (failed ones included), in order.
+    pub fn userdel_calls(&self) -> Vec<Value> {
+        self.received().iter().filter_map(|r| serde_json::from_str::<Value>(&r.body).ok()).filter(|m| m["op"] == "userdel").collect()
     }
 
     /// The group operations received (refused ones included), in order.
@@ -248,6 +253,10 @@ fn platform(body: &str, shared: &Shared) -> HttpResponse {
             HttpResponse::Ok().json(json!({ "op": "groupadd", "result": true, "group": { "gid": gid } }))
         }
         Some(op @ ("groupset" | "groupeditmembers" | "groupdel")) => HttpResponse::Ok().json(json!({ "op": op, "result": true })),
+        Some("userdel") if shared.fail_messages.load(Ordering::SeqCst) => {
+            HttpResponse::InternalServerError().json(json!({ "result": false, "error": "UNAVAILABLE" }))
+        }
+        Some("userdel") => HttpResponse::Ok().json(json!({ "op": "userdel", "result": true })),
         _ => HttpResponse::Ok().json(json!({ "result": false, "error": "BADOP" })),
     }
 }

@@ -1,0 +1,69 @@
+//! Deleting an account: by its user (`op=deleteaccount`, with a fresh code, so that a
+//! stolen token alone cannot), or by an operator.
+
+use serde_json::{Map, Value};
+use std::sync::Arc;
+
+use crate::domain::account::Caller;
+use crate::domain::address::Address;
+use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::login::LoginFlow;
+use crate::service::uploads::Files;
+use crate::store::Db;
+
+/// The fields of `op=deleteaccount` besides the token.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DeleteRequest<'a> {
+    /// The app the code was asked for: codes are bound to it.
+    pub appid: Option<&'a str>,
+    /// The code a login start for the caller's own phone or e-mail sent.
+    pub code: Option<&'a str>,
+    pub challenge: Option<&'a str>,
+}
+
+/// `op=deleteaccount`: the caller proves their address again with a fresh code, then
+/// the account goes (see [`delete`]).
+pub async fn delete_own_account(
+    login: &LoginFlow,
+    db: &Arc<Db>,
+    files: &Files,
+    caller: &Caller,
+    request: DeleteRequest<'_>,
+    client_ip: &str,
+) -> Result<Map<String, Value>, ApiError> {
+    let appid = super::non_empty(request.appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
+    let code = super::non_empty(request.code).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::BadParam,
+            "otp is required: start a login for your own phone or e-mail, then send its code with deleteaccount",
+        )
+    })?;
+    let address = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
+    let otp_hash = login.confirm_code(appid, &address, code, request.challenge, client_ip).await?;
+    match delete(db, files, caller.user_id).await {
+        Ok(true) => Ok(Map::new()),
+        Ok(false) => Err(ApiError::new(ErrorCode::AuthFail, "the account is already deleted")),
+        Err(e) => {
+            // The code was not used up: a retry with it works.
+            if let Err(release) = db.release_code(address.as_str().to_string(), otp_hash).await {
+                tracing::warn!("the code of a failed account deletion could not be released: {release}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the account of user `user_id` (every row of theirs, and their photo file when
+/// nothing else shows it) and queues the platform's `userdel`; false when there is no
+/// such user.
+pub async fn delete(db: &Arc<Db>, files: &Files, user_id: i64) -> Result<bool, ApiError> {
+    let Some(deleted) = db.delete_account(user_id).await? else { return Ok(false) };
+    if !deleted.unshared_photo.is_empty() {
+        // The rows are gone already; a file left behind is served to no one who lacks its name.
+        if let Err(e) = files.store.remove(&deleted.unshared_photo).await {
+            tracing::warn!(user_id, "an account was deleted but its photo file was not: {e}");
+        }
+    }
+    tracing::info!(user_id, "account deleted");
+    Ok(true)
+}

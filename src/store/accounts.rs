@@ -1,0 +1,65 @@
+//! Deleting an account: the user's rows go in one transaction, and the platform's
+//! `userdel` is queued in it, through the outbox, so it is retried until taken.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+
+use crate::store::outbox::USERDEL;
+use crate::store::{self, Db, StorageError};
+
+/// What a deleted account leaves for the caller to clean up outside the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedAccount {
+    pub address: String,
+    /// The photo's file name when no other user or group shows the same file; else empty.
+    pub unshared_photo: String,
+}
+
+/// The `userdel` outbox payload of a user.
+pub(in crate::store) fn userdel_payload(uid: &str) -> String {
+    json!({ "uid": uid }).to_string()
+}
+
+/// Deletes the user and everything kept for them: sessions (and their push tokens),
+/// their address book, their group memberships, pending codes, delivery records and
+/// notices waiting for them. Others' address books that hold their phone stay.
+fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Option<DeletedAccount>> {
+    store::atomically(conn, |tx| {
+        let found: Option<(String, String, String)> = tx
+            .query_row("SELECT address, uid, photo FROM users WHERE id = ?1", [user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((address, uid, photo)) = found else { return Ok(None) };
+        tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
+        tx.execute("DELETE FROM contacts WHERE owner_id = ?1", [user_id])?;
+        tx.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
+        for sql in [
+            "DELETE FROM group_members WHERE phone = ?1",
+            "DELETE FROM otp_challenges WHERE address = ?1",
+            "DELETE FROM courier WHERE address = ?1",
+            "DELETE FROM outbox WHERE recipient = ?1",
+        ] {
+            tx.execute(sql, [&address])?;
+        }
+        tx.execute(
+            "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![address, userdel_payload(&uid), now, USERDEL],
+        )?;
+        let shared: bool = tx.query_row(
+            "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1)",
+            [&photo],
+            |r| r.get(0),
+        )?;
+        Ok(Some(DeletedAccount { address, unshared_photo: if shared { String::new() } else { photo } }))
+    })
+}
+
+impl Db {
+    /// Deletes an account (see [`delete`]); `None` when there is no such user.
+    pub async fn delete_account(&self, user_id: i64) -> Result<Option<DeletedAccount>, StorageError> {
+        let now = self.clock().now();
+        if let Some(pg) = self.postgres() {
+            return pg.delete_account(user_id, now).await;
+        }
+        self.call(move |conn| delete(conn, user_id, now)).await
+    }
+}

@@ -1,0 +1,96 @@
+//! Deleting an account: every row and file of the user goes, the platform is told
+//! (retried until it takes it), and nobody else's data changes.
+
+use crate::common::*;
+use serde_json::{json, Value};
+use std::io::Cursor;
+
+const ANN: &str = "18005550001";
+const BOB: &str = "18005550002";
+const DAN: &str = "18005550004"; // never logs in
+
+fn photo() -> Vec<u8> {
+    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([(x * 4) as u8, (y * 5) as u8, 77]));
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    jpeg
+}
+
+/// Every file under `dir` named `name`.
+fn files_named(dir: &std::path::Path, name: &str) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .map(|path| if path.is_dir() { files_named(&path, name) } else { usize::from(path.file_name().unwrap() == name) })
+        .sum()
+}
+
+#[actix_web::test]
+async fn a_user_deletes_their_account_and_nothing_of_theirs_is_left() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(ANN, Some("ann-phone")).await;
+    let bob = server.log_in(BOB, None).await;
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, DAN] })).await);
+    assert_ok(server.call_op("getcontacts", &bob, json!({ "phones": [ANN] })).await);
+    assert_ok(server.call_op("setnotify", &ann, json!({ "notifytoken": "ann-push" })).await);
+    let group = assert_ok(server.call_op("setgroup", &bob, json!({ "gid": 0, "name": "Hikers", "m": ANN })).await);
+    let (content_type, body) = crate::files::multipart(&[("op", "upload"), ("token", &ann), ("profile", "1")], Some(("me.jpg", &photo())));
+    let (status, uploaded) =
+        server.send(server.client().post(format!("{}/api", server.url)).header("content-type", content_type).body(body)).await;
+    assert_eq!(status, 200, "{uploaded}");
+    let photo_name = uploaded["photo"].as_str().unwrap().to_string();
+    assert_eq!(files_named(server.dir.path(), &photo_name), 1);
+    let ann_id = server.scalar(&format!("SELECT id FROM users WHERE address = '{ANN}'"));
+
+    // A token alone does not delete: a fresh code must come with it.
+    assert_error(&server.call_op("deleteaccount", &ann, json!({ "appid": APPID })).await, 400, "BADPARAM");
+    let code = server.start_login(ANN).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_error(&server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": wrong })).await, 401, "BADCODE");
+    assert_error(&server.call_op("deleteaccount", "not-a-token", json!({ "appid": APPID, "otp": code })).await, 401, "AUTHFAIL");
+    assert_eq!(server.scalar(&format!("SELECT count(*) FROM users WHERE address = '{ANN}'")), 1, "nothing was deleted yet");
+    assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
+
+    for (what, sql) in [
+        ("user", format!("SELECT count(*) FROM users WHERE address = '{ANN}'")),
+        ("sessions and push tokens", format!("SELECT count(*) FROM sessions WHERE user_id = {ann_id}")),
+        ("address book", format!("SELECT count(*) FROM contacts WHERE owner_id = {ann_id}")),
+        ("group membership", format!("SELECT count(*) FROM group_members WHERE phone = '{ANN}'")),
+        ("pending codes", format!("SELECT count(*) FROM otp_challenges WHERE address = '{ANN}'")),
+        ("delivery records", format!("SELECT count(*) FROM courier WHERE address = '{ANN}'")),
+    ] {
+        assert_eq!(server.scalar(&sql), 0, "Ann's {what} is left");
+    }
+    assert_eq!(files_named(server.dir.path(), &photo_name), 0, "the photo file is gone");
+    let ann_hash = server.state.db.phone_hash(ANN);
+    assert_eq!(server.scalar(&format!("SELECT count(*) FROM contacts WHERE phone_hash = {ann_hash}")), 1, "Bob's address book keeps Ann");
+    let (_, kept) = server.call_op("getgroup", &bob, json!({ "gid": group["gid"] })).await;
+    assert!(!kept["members"].as_str().unwrap().contains(ANN), "{kept}");
+
+    assert!(eventually(30, || server.upstream.userdel_calls().len() == 1).await, "the platform is told");
+    let userdel = &server.upstream.userdel_calls()[0];
+    assert_eq!((&userdel["user"]["address"], &userdel["user"]["uid"]), (&json!(ANN), &json!("1001")), "{userdel}");
+    assert_error(&server.call_op("me", &ann, json!({})).await, 401, "AUTHFAIL");
+
+    // The phone can sign up again, as a new user.
+    let again = server.log_in(ANN, None).await;
+    let me: Value = assert_ok(server.call_op("me", &again, json!({})).await);
+    assert_eq!(me["profile"]["photo"], "");
+    assert!(server.scalar(&format!("SELECT id FROM users WHERE address = '{ANN}'")) > ann_id);
+}
+
+#[actix_web::test]
+async fn the_platform_is_asked_to_delete_the_user_until_it_takes_it() {
+    let server = TestServer::start(&[("OUTBOX_RETRY_SECS", "1")]).await;
+    let ann = server.log_in(ANN, None).await;
+    server.upstream.fail_messages(true);
+    let code = server.start_login(ANN).await;
+    assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
+    assert!(eventually(30, || server.upstream.userdel_calls().len() >= 2).await, "a refused userdel is tried again");
+    assert_eq!(server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'"), 1, "and kept until taken");
+    server.upstream.fail_messages(false);
+    assert!(
+        eventually(30, || server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'") == 0).await,
+        "taken, it is not sent again"
+    );
+}
