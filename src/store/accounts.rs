@@ -36,10 +36,11 @@ fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Opt
             "DELETE FROM group_members WHERE phone = ?1",
             "DELETE FROM otp_challenges WHERE address = ?1",
             "DELETE FROM courier WHERE address = ?1",
-            "DELETE FROM outbox WHERE recipient = ?1",
         ] {
             tx.execute(sql, [&address])?;
         }
+        // A userdel still queued for an earlier account of the same address stays.
+        tx.execute("DELETE FROM outbox WHERE recipient = ?1 AND kind <> ?2", params![address, USERDEL])?;
         tx.execute(
             "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES (?1, ?2, ?3, ?3, ?4)",
             params![address, userdel_payload(&uid), now, USERDEL],

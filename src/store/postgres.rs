@@ -393,10 +393,11 @@ impl PgStore {
             "DELETE FROM group_members WHERE phone = $1",
             "DELETE FROM otp_challenges WHERE address = $1",
             "DELETE FROM courier WHERE address = $1",
-            "DELETE FROM outbox WHERE recipient = $1",
         ] {
             execute(&tx, sql, &[&address]).await?;
         }
+        // A userdel still queued for an earlier account of the same address stays.
+        execute(&tx, "DELETE FROM outbox WHERE recipient = $1 AND kind <> $2", &[&address, &USERDEL]).await?;
         execute(
             &tx,
             "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES ($1, $2, $3, $3, $4)",

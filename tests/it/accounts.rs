@@ -88,9 +88,18 @@ async fn the_platform_is_asked_to_delete_the_user_until_it_takes_it() {
     assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
     assert!(eventually(30, || server.upstream.userdel_calls().len() >= 2).await, "a refused userdel is tried again");
     assert_eq!(server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'"), 1, "and kept until taken");
+
+    // The same phone signs up and deletes again meanwhile: both users are deleted upstream.
+    let again = server.log_in(ANN, None).await;
+    let code = server.start_login(ANN).await;
+    assert_ok(server.call_op("deleteaccount", &again, json!({ "appid": APPID, "otp": code })).await);
+    assert_eq!(server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'"), 2);
     server.upstream.fail_messages(false);
     assert!(
         eventually(30, || server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'") == 0).await,
         "taken, it is not sent again"
     );
+    let mut taken: Vec<Value> = server.upstream.userdel_calls().iter().map(|call| call["user"]["uid"].clone()).collect();
+    taken.dedup();
+    assert!(taken.contains(&json!("1001")) && taken.contains(&json!("1002")), "{taken:?}");
 }
