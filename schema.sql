@@ -188,3 +188,17 @@ DELETE FROM settings WHERE key = 'rewritten_without_secrets';
 -- The outbox also carries the platform's userdel for a deleted account, retried like a
 -- notice until the platform takes it.
 ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';  -- 'message' or 'userdel'
+
+-- migration: 8
+-- Security events per address, for operators (GET /admin/events), kept
+-- AUDIT_RETENTION_DAYS. Keyed by the address's phone hash: a failed login on a
+-- number that never became a user leaves no number in clear.
+CREATE TABLE audit_events (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    at           INTEGER NOT NULL,          -- unix seconds
+    address_hash INTEGER NOT NULL,          -- otpgate_phone_hash(address)
+    event        TEXT NOT NULL,             -- login, login_failed, locked_out, delivery_failed, sessions_revoked, account_deleted
+    detail       TEXT NOT NULL DEFAULT ''   -- the app, the reason or the sender; never a code or token
+);
+CREATE INDEX audit_events_address ON audit_events (address_hash, at);
+CREATE INDEX audit_events_at ON audit_events (at);

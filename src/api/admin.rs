@@ -34,6 +34,7 @@ pub fn app(
         .wrap(from_fn(require_token))
         .wrap(from_fn(request_log::log_requests))
         .route("/admin/users", web::get().to(find_user))
+        .route("/admin/events", web::get().to(events))
         .route("/admin/users/{id}", web::get().to(user_by_id))
         .route("/admin/users/{id}", web::delete().to(delete_user))
         .route("/admin/users/{id}/sessions", web::delete().to(revoke_all))
@@ -100,6 +101,18 @@ async fn find_user(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> Ht
     }
 }
 
+/// `GET /admin/events?phone=…` (or `email=…`): the address's security events.
+async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpResponse {
+    let events = match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
+        Ok(key) => operators::events(&state.db, key).await,
+        Err(e) => Err(e),
+    };
+    match events {
+        Ok(fields) => HttpResponse::Ok().json(fields),
+        Err(e) => api_error(e),
+    }
+}
+
 /// `GET /admin/users/{id}`.
 async fn user_by_id(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
     found(operators::user(&state.db, UserKey::Id(id.into_inner())).await)
@@ -108,7 +121,7 @@ async fn user_by_id(state: web::Data<AppState>, id: web::Path<i64>) -> HttpRespo
 /// `DELETE /admin/users/{id}`: the account and everything kept for it, as the user's own
 /// `deleteaccount` does, without a code.
 async fn delete_user(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
-    match accounts::delete(&state.db, &state.files, id.into_inner()).await {
+    match accounts::delete(&state.db, &state.files, id.into_inner(), "operator").await {
         Ok(true) => HttpResponse::Ok().json(json!({ "deleted": true })),
         Ok(false) => no_such_user(),
         Err(e) => api_error(e),

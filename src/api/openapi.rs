@@ -410,6 +410,16 @@ fn operator_paths() -> Vec<(String, Value)> {
         } }),
         ),
         (
+            "/admin/events".to_string(),
+            json!({ "servers": on_admin_bind, "get": {
+            "summary": "The security events of an address, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: login, login_failed, locked_out, delivery_failed, sessions_revoked, account_deleted. By phone or email: events outlive users.",
+            "security": security,
+            "parameters": lookup.clone(),
+            "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": …, \"detail\": …}]}"),
+                "400": refused("Not exactly one of phone, email, or a uid"), "401": refused("No or wrong bearer token") },
+        } }),
+        ),
+        (
             "/admin/users/{id}/sessions".to_string(),
             json!({ "servers": on_admin_bind, "delete": {
             "summary": "End every session of the user.",

@@ -32,4 +32,6 @@ pub struct AppState {
     pub readiness: Readiness,
     pub http: HttpSettings,
     pub proxies: TrustedProxies,
+    /// How long the audit trail keeps an event, in seconds.
+    pub audit_retention_secs: i64,
 }

@@ -92,6 +92,9 @@ pub struct Config {
     /// Bearer token of the operator API: required with ADMIN_BIND, 32 characters or more.
     #[serde(default)]
     pub admin_token: Secret,
+    /// Days the audit trail keeps a security event.
+    #[serde(default = "defaults::audit_retention_days")]
+    pub audit_retention_days: u64,
     /// 0: `/readyz` does not contact upstream; N: it does, and keeps the answer N seconds.
     #[serde(default)]
     pub readyz_upstream_cache_secs: u64,
@@ -699,6 +702,9 @@ mod defaults {
     pub fn outbox_retry_secs() -> u64 {
         5
     }
+    pub fn audit_retention_days() -> u64 {
+        90
+    }
     // Operations
     pub fn log_format() -> super::LogFormat {
         super::LogFormat::Text
@@ -892,6 +898,9 @@ impl Config {
         }
         if self.outbox_retry_secs == 0 {
             return bad("OUTBOX_RETRY_SECS", "must be at least 1");
+        }
+        if !(1..=3650).contains(&self.audit_retention_days) {
+            return bad("AUDIT_RETENTION_DAYS", "must be 1 to 3650");
         }
         Ok(())
     }

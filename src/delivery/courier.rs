@@ -243,9 +243,14 @@ impl Courier {
         }
         let retry = matches!(update, AttemptOutcome::Retry(..));
         let address = row.address;
-        let saved = self.db.record_attempt(id, attempts, update, address, otp_hash).await;
+        let saved = self.db.record_attempt(id, attempts, update, address.clone(), otp_hash).await;
         if let Err(e) = saved {
             tracing::error!("courier: recording a delivery attempt failed: {e}");
+        }
+        if dispatch == Dispatch::Failed {
+            if let Err(e) = self.db.audit(&address, crate::store::audit::DELIVERY_FAILED, sender_name.to_string()).await {
+                tracing::warn!("courier: a failed delivery could not be recorded in the audit trail: {e}");
+            }
         }
         if retry {
             // The worker may be asleep until a later message falls due.

@@ -68,6 +68,7 @@ impl AppState {
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
             proxies: TrustedProxies::parse(&config.trusted_proxies)?,
+            audit_retention_secs: i64::try_from(config.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })
     }
 
@@ -105,14 +106,15 @@ impl AppState {
         }
     }
 
-    /// Drops expired codes, expired sessions, finished courier messages and idle
-    /// rate-limit entries, so none grows without bound.
+    /// Drops expired codes, expired sessions, finished courier messages, audit events
+    /// past AUDIT_RETENTION_DAYS and idle rate-limit entries, so none grows without bound.
     pub async fn housekeeping(&self) -> Result<Purged, store::StorageError> {
         self.login.limits.purge();
         self.login.sms_limits.purge();
         self.contact_limits.purge();
         self.login.courier.purge_finished().await?;
         let (codes, sessions) = self.db.purge_expired(self.db.clock().now()).await?;
+        self.db.purge_audit(self.db.clock().now().saturating_sub(self.audit_retention_secs)).await?;
         let purged = Purged { codes, sessions };
         metrics::OTP_EXPIRED.inc_by(purged.codes as u64);
         Ok(purged)

@@ -9,7 +9,7 @@ use crate::domain::address::Address;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::LoginFlow;
 use crate::service::uploads::Files;
-use crate::store::Db;
+use crate::store::{audit, Db};
 
 /// The fields of `op=deleteaccount` besides the token.
 #[derive(Debug, Default, Clone, Copy)]
@@ -40,7 +40,7 @@ pub async fn delete_own_account(
     })?;
     let address = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
     let otp_hash = login.confirm_code(appid, &address, code, request.challenge, client_ip).await?;
-    match delete(db, files, caller.user_id).await {
+    match delete(db, files, caller.user_id, "user").await {
         Ok(true) => Ok(Map::new()),
         Ok(false) => Err(ApiError::new(ErrorCode::AuthFail, "the account is already deleted")),
         Err(e) => {
@@ -55,9 +55,12 @@ pub async fn delete_own_account(
 
 /// Deletes the account of user `user_id` (every row of theirs, and their photo file when
 /// nothing else shows it) and queues the platform's `userdel`; false when there is no
-/// such user.
-pub async fn delete(db: &Arc<Db>, files: &Files, user_id: i64) -> Result<bool, ApiError> {
+/// such user. `by` (`user` or `operator`) goes to the audit trail.
+pub async fn delete(db: &Arc<Db>, files: &Files, user_id: i64, by: &str) -> Result<bool, ApiError> {
     let Some(deleted) = db.delete_account(user_id).await? else { return Ok(false) };
+    if let Err(e) = db.audit(&deleted.address, audit::ACCOUNT_DELETED, by.to_string()).await {
+        tracing::warn!(user_id, "an account was deleted but the audit trail could not record it: {e}");
+    }
     if !deleted.unshared_photo.is_empty() {
         // The rows are gone already; a file left behind is served to no one who lacks its name.
         if let Err(e) = files.store.remove(&deleted.unshared_photo).await {

@@ -22,7 +22,7 @@ use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLim
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
 use crate::service::non_empty;
-use crate::store::{self, CodeGuess, CompletedLogin, Db, NewChallenge, VerifyOutcome};
+use crate::store::{self, audit, CodeGuess, CompletedLogin, Db, NewChallenge, VerifyOutcome};
 
 const MAX_ID_CHARS: usize = 128;
 
@@ -278,14 +278,10 @@ impl LoginFlow {
         check(&self.limits.verify_per_ip, client_ip).await?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
 
-        let failed = |reason: &str, error: ApiError| {
-            metrics::OTP_FAILED.with_label_values(&[reason]).inc();
-            Err(error)
-        };
         if let Some(fixed) = fixed {
             check(&self.limits.verify_per_address, address.as_str()).await?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
-                return failed("wrong", ApiError::new(ErrorCode::BadCode, "wrong code"));
+                return self.refused(address, "wrong", ApiError::new(ErrorCode::BadCode, "wrong code")).await;
             }
         } else {
             let guess = CodeGuess {
@@ -305,21 +301,36 @@ impl LoginFlow {
                 VerifyOutcome::Refused(refusal) => return Err(refusal.into()),
                 VerifyOutcome::NoCode => {
                     let why = "no valid code for this address (expired, already used, or never sent); request a new one";
-                    return failed("no_code", ApiError::new(ErrorCode::BadCode, why));
+                    return self.refused(address, "no_code", ApiError::new(ErrorCode::BadCode, why)).await;
                 }
                 VerifyOutcome::Wrong { left } => {
-                    return failed("wrong", ApiError::new(ErrorCode::BadCode, format!("wrong code; {left} attempts left")))
+                    return self
+                        .refused(address, "wrong", ApiError::new(ErrorCode::BadCode, format!("wrong code; {left} attempts left")))
+                        .await
                 }
                 VerifyOutcome::TooManyAttempts => {
-                    return failed(
-                        "too_many_attempts",
-                        ApiError::new(ErrorCode::TooManyAttempts, "too many wrong codes; request a new one"),
-                    )
+                    return self
+                        .refused(
+                            address,
+                            "too_many_attempts",
+                            ApiError::new(ErrorCode::TooManyAttempts, "too many wrong codes; request a new one"),
+                        )
+                        .await
                 }
             }
         }
 
         Ok(otp_hash)
+    }
+
+    /// Counts a refused verify and records it in the audit trail; answers `error`.
+    async fn refused(&self, address: &Address, reason: &'static str, error: ApiError) -> Result<[u8; 32], ApiError> {
+        metrics::OTP_FAILED.with_label_values(&[reason]).inc();
+        let event = if error.code == ErrorCode::TooManyAttempts { audit::LOCKED_OUT } else { audit::LOGIN_FAILED };
+        if let Err(e) = self.db.audit(address.as_str(), event, reason.to_string()).await {
+            tracing::warn!("a refused verify could not be recorded in the audit trail: {e}");
+        }
+        Err(error)
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::store::audit;
 use crate::store::operators::{UserKey, UserRecord};
 use crate::store::Db;
 
@@ -51,10 +52,20 @@ fn user_fields(user: &UserRecord) -> Value {
 /// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
 /// there is no such user.
 pub async fn revoke(db: &Arc<Db>, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
-    if db.find_user(UserKey::Id(user_id)).await?.is_none() {
-        return Ok(None);
-    }
+    let Some(user) = db.find_user(UserKey::Id(user_id)).await? else { return Ok(None) };
     let ended = db.revoke_sessions(user_id, session).await?;
     tracing::info!(user_id, ended, "an operator revoked sessions");
+    db.audit(&user.address, audit::SESSIONS_REVOKED, ended.to_string()).await?;
     Ok(Some(ended))
+}
+
+/// The security events of the address a lookup names, newest first.
+pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Map<String, Value>, ApiError> {
+    let address = match key {
+        UserKey::Address(address) => address,
+        UserKey::Uid(_) | UserKey::Id(_) => return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users")),
+    };
+    let mut fields = Map::new();
+    fields.insert("events".into(), db.audit_events(&address).await?.into());
+    Ok(fields)
 }

@@ -3,6 +3,7 @@
 
 pub mod accounts;
 pub mod allocator;
+pub mod audit;
 pub mod contacts;
 pub mod courier;
 pub mod files;
@@ -931,6 +932,7 @@ pub(in crate::store) fn complete_login(
             record.evicted = sessions::insert(tx, &session, login.max_devices)?;
         }
         remove_challenge(tx, &login.address, otp_hash)?;
+        audit::record(tx, address_hash, audit::LOGIN, &login.appid, login.now)?;
         Ok(record)
     })
 }

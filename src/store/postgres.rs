@@ -23,6 +23,7 @@ use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::accounts::{userdel_payload, DeletedAccount};
+use crate::store::audit::{self, MAX_EVENTS};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
 use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
@@ -41,6 +42,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (3, "groups", include_str!("../../migrations/postgres/003_groups.sql")),
     (4, "hashed_contacts", include_str!("../../migrations/postgres/004_hashed_contacts.sql")),
     (5, "account_deletion", include_str!("../../migrations/postgres/005_account_deletion.sql")),
+    (6, "audit_events", include_str!("../../migrations/postgres/006_audit_events.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -325,6 +327,12 @@ impl PgStore {
         }
         let hash: &[u8] = &otp_hash;
         execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&login.address, &hash]).await?;
+        execute(
+            &tx,
+            "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ($1, $2, $3, $4)",
+            &[&login.now, &address_hash, &audit::LOGIN, &login.appid],
+        )
+        .await?;
         tx.commit().await?;
         Ok(record)
     }
@@ -376,6 +384,37 @@ impl PgStore {
             }))
         });
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
+    /// Records a security event (see `store::audit`).
+    pub async fn audit(&self, address_hash: i64, event: &str, detail: String, now: i64) -> Result<(), StorageError> {
+        let client = self.client().await?;
+        execute(
+            &client,
+            "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ($1, $2, $3, $4)",
+            &[&now, &address_hash, &event, &detail],
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The events of an address (by its phone hash), newest first.
+    pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<Value>, StorageError> {
+        let client = self.client().await?;
+        let found = query(
+            &client,
+            "SELECT at, event, detail FROM audit_events WHERE address_hash = $1 ORDER BY at DESC, id DESC LIMIT $2",
+            &[&address_hash, &MAX_EVENTS],
+        )
+        .await?;
+        let entries = found.iter().map(|r| Ok(audit::entry(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
+        Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
+    /// Deletes the events older than `before`; returns how many.
+    pub async fn purge_audit(&self, before: i64) -> Result<usize, StorageError> {
+        let client = self.client().await?;
+        Ok(rows(execute(&client, "DELETE FROM audit_events WHERE at < $1", &[&before]).await?))
     }
 
     /// Deletes an account (see `store::accounts`); `None` when there is no such user.

@@ -103,3 +103,43 @@ async fn the_platform_is_asked_to_delete_the_user_until_it_takes_it() {
     taken.dedup();
     assert!(taken.contains(&json!("1001")) && taken.contains(&json!("1002")), "{taken:?}");
 }
+
+#[actix_web::test]
+async fn security_events_are_kept_per_address_and_dropped_after_their_retention() {
+    let server = TestServer::start(&[("OTP_MAX_ATTEMPTS", "2")]).await;
+    let code = server.start_login(ANN).await;
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert_error(&server.call(verify(ANN, wrong)).await, 401, "BADCODE");
+    assert_error(&server.call(verify(ANN, wrong)).await, 401, "TOOMANYATTEMPTS");
+    server.log_in(ANN, None).await;
+    server.sender.fail.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_error(&server.call(login(BOB)).await, 502, "SENDFAILED");
+
+    let events: Vec<(String, String)> = server
+        .state
+        .db
+        .audit_events(ANN)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap().to_string(), e["detail"].as_str().unwrap().to_string()))
+        .collect();
+    let expected = [("login", APPID), ("locked_out", "too_many_attempts"), ("login_failed", "wrong")];
+    assert_eq!(events, expected.map(|(event, detail)| (event.to_string(), detail.to_string())), "newest first");
+    let bob = server.state.db.audit_events(BOB).await.unwrap();
+    assert_eq!((&bob[0]["event"], &bob[0]["detail"]), (&json!("delivery_failed"), &json!("recording")), "{bob:?}");
+    assert_eq!(server.scalar(&format!("SELECT count(*) FROM audit_events WHERE detail LIKE '%{ANN}%'")), 0);
+
+    // Past AUDIT_RETENTION_DAYS (90 by default) an event goes at the next housekeeping.
+    let now = otpgate::store::now();
+    let ann_hash = server.state.db.phone_hash(ANN);
+    server.execute(&format!(
+        "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ({}, {ann_hash}, 'login', 'old'), ({}, {ann_hash}, 'login', 'recent')",
+        now - 91 * 86_400,
+        now - 89 * 86_400
+    ));
+    server.state.housekeeping().await.unwrap();
+    let details: Vec<Value> = server.state.db.audit_events(ANN).await.unwrap().iter().map(|e| e["detail"].clone()).collect();
+    assert!(details.contains(&json!("recent")) && !details.contains(&json!("old")), "{details:?}");
+    assert_eq!(details.len(), 4);
+}

@@ -228,6 +228,7 @@ async fn openapi_describes_every_op_and_error_code() {
     // The operator API, on its own listener.
     for (path, method) in [
         ("/admin/users", "get"),
+        ("/admin/events", "get"),
         ("/admin/users/{id}", "get"),
         ("/admin/users/{id}", "delete"),
         ("/admin/users/{id}/sessions", "delete"),

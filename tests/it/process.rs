@@ -126,6 +126,7 @@ async fn migrate_creates_the_schema_and_exits() {
     assert_eq!(
         tables,
         [
+            "audit_events",
             "chat_groups",
             "contacts",
             "courier",
@@ -368,7 +369,12 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     assert_eq!(ambiguous.status(), 400);
 
     // The public port serves none of it, with or without the token.
-    for path in ["/admin/users?phone=18005550000", &format!("/admin/users/{id}"), &format!("/admin/users/{id}/sessions/{session}")] {
+    for path in [
+        "/admin/users?phone=18005550000",
+        "/admin/events?phone=18005550000",
+        &format!("/admin/users/{id}"),
+        &format!("/admin/users/{id}/sessions/{session}"),
+    ] {
         let url = format!("{}{path}", service.url);
         for request in [client.get(&url), client.delete(&url), client.post(&url)] {
             let status = request.bearer_auth(ADMIN_TOKEN).send().await.unwrap().status();
@@ -395,6 +401,15 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     assert_eq!(client.get(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
     assert_eq!(client.delete(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
     assert!(eventually(30, || upstream.userdel_calls().len() == 1).await, "userdel reached the platform");
+
+    // The audit trail outlives the user.
+    let trail: Value =
+        client.get(format!("{admin}/admin/events?phone=18005550000")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let events: Vec<&str> = trail["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["account_deleted", "sessions_revoked", "sessions_revoked", "login"], "{trail}");
+    assert_eq!(trail["events"][0]["detail"], "operator");
+    let by_uid = client.get(format!("{admin}/admin/events?uid=1")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
+    assert_eq!(by_uid.status(), 400, "events are found by address: they outlive users");
     service.signal(libc::SIGTERM);
     assert_eq!(service.exit_code().await.0, Some(0), "both listeners stop on SIGTERM");
 }
