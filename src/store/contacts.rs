@@ -94,6 +94,11 @@ pub(in crate::store) fn page_and_more(mut page: Vec<Profile>) -> (Vec<Profile>, 
     (page, more)
 }
 
+/// The phones of a JSON array of strings, as the service layer passes them.
+pub(in crate::store) fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
+    serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
+}
+
 /// Removes phones from a user's contacts; `hashes` is the JSON array of their hashes.
 /// Returns how many were there.
 pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, hashes: &str) -> rusqlite::Result<usize> {
@@ -110,9 +115,10 @@ impl Db {
         query: SyncQuery,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let hashes = query.phones.as_deref().map(|phones| self.phone_hashes(phones)).transpose()?.unwrap_or_default();
+        let phones = query.phones.as_deref().map(phone_list).transpose()?;
+        let hashes = self.phone_hashes(phones.iter().flatten());
         if let Some(pg) = self.postgres() {
-            return pg.sync_contacts(query, hashes, admit).await;
+            return pg.sync_contacts(query, phones, hashes, admit).await;
         }
         let hashes = serde_json::to_string(&hashes).expect("integers serialise");
         let runtime = tokio::runtime::Handle::current();
@@ -121,7 +127,7 @@ impl Db {
 
     /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
     pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
-        let hashes = self.phone_hashes(&phones_json)?;
+        let hashes = self.phone_hashes(&phone_list(&phones_json)?);
         if let Some(pg) = self.postgres() {
             return pg.remove_contacts(owner, hashes).await;
         }
@@ -130,10 +136,8 @@ impl Db {
     }
 
     /// The hashes the phones of `phones_json` (a JSON array of strings) are stored as.
-    fn phone_hashes(&self, phones_json: &str) -> Result<Vec<i64>, StorageError> {
-        let phones: Vec<String> =
-            serde_json::from_str(phones_json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))?;
-        Ok(phones.iter().map(|phone| self.phones.hash(phone)).collect())
+    fn phone_hashes<'a>(&self, phones: impl IntoIterator<Item = &'a String>) -> Vec<i64> {
+        phones.into_iter().map(|phone| self.phones.hash(phone)).collect()
     }
 
     /// The hash a phone is stored as in address books, and a user's address is matched by.

@@ -569,15 +569,15 @@ impl PgStore {
 
     /// Records uploaded phones as contacts and returns one page of matching users (never
     /// the caller), ordered by (ts, address), plus whether more follow (see `contacts::sync`).
-    /// `hashes` are the uploaded phones' hashes. `admit` sees how many uploaded phones are
+    /// `phones` are the uploaded phones (the query's, parsed) and `hashes` their hashes. `admit` sees how many uploaded phones are
     /// not yet contacts and how many contacts the upload leaves, before anything is written.
     pub async fn sync_contacts(
         &self,
         q: SyncQuery,
+        phones: Option<Vec<String>>,
         hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let phones = q.phones.as_deref().map(phone_list).transpose()?;
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         if phones.is_some() || q.reset {
@@ -1276,10 +1276,6 @@ async fn hash_contacts_in_clear(tx: &deadpool_postgres::Transaction<'_>, phones:
     Ok(())
 }
 
-fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
-    serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
-}
-
 /// A [`Profile`] from a row of `u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail`.
 fn profile_from_row(row: &Row) -> Result<Profile, tokio_postgres::Error> {
     Ok(Profile {
@@ -1666,13 +1662,20 @@ mod tests {
                 assert_eq!((new, after), (1, 1));
                 Box::pin(std::future::ready(Ok(())))
             };
-            assert_eq!(store.sync_contacts(query, vec![phones().hash("18005550002")], admit).await.unwrap().unwrap(), (vec![], false));
+            assert_eq!(
+                store
+                    .sync_contacts(query, Some(vec!["18005550002".into()]), vec![phones().hash("18005550002")], admit)
+                    .await
+                    .unwrap()
+                    .unwrap(),
+                (vec![], false)
+            );
             let (_, bob_hash) = start(&store, "18005550002", "654321", now).await;
             let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), bob_hash).await.unwrap();
             assert_eq!(bob.notified, 1);
             let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
             let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
-            let (page, more) = store.sync_contacts(query, vec![], no_upload).await.unwrap().unwrap();
+            let (page, more) = store.sync_contacts(query, None, vec![], no_upload).await.unwrap().unwrap();
             assert_eq!((page.len(), page[0].address.as_str(), more), (1, "18005550002", false));
             assert_eq!(store.take_next_notice(now, 60).await.unwrap().expect("a joined notice").recipient, "18005550001");
 
