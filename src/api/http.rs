@@ -60,7 +60,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     let result = match Op::parse(op) {
         Some(Op::Login) => {
             let request = login_request(&params);
-            let app = state.apps.for_app(request.appid.as_deref().map(str::trim).unwrap_or_default());
+            let app = state.apps.for_app(request.appid.map(str::trim).unwrap_or_default());
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
         Some(session_op) => ops::handle(&state, session_op, &params, file, &request, &client_ip).await,
@@ -72,18 +72,14 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
     reply(dialect, &echoed, result)
 }
 
-fn login_request(params: &Params) -> LoginRequest {
-    let field = |name: &str| params.get(name).cloned();
+fn login_request(params: &Params) -> LoginRequest<'_> {
+    let field = |name: &str| params.get(name).map(String::as_str);
     LoginRequest {
         appid: field("appid"),
-        phone: field("phone"),
-        email: field("email"),
         name: field("name"),
-        // `code` is the field name older apps send.
-        otp: field("otp").or_else(|| field("code")),
         device: field("device"),
         captcha_token: field("captcha_token"),
-        challenge: field("challenge"),
+        proof: ops::proof_fields(params),
     }
 }
 

@@ -23,7 +23,7 @@ pub struct OpDoc {
 pub fn op_doc(op: Op) -> OpDoc {
     match op {
         Op::Login => OpDoc {
-            summary: "Without otp/code: send a one-time code. With it: verify the code and return the user's access token.",
+            summary: "Without otp/code: send a one-time code. With it: verify the code and return the user's access token. With provider and id_token instead: sign in with the ID token of a provider in OIDC_PROVIDERS, in one request.",
             request: &[
                 ("appid", "string", "The app's id (e.g. its bundle id); a code is valid only for the app that asked for it. At most 128 characters."),
                 ("phone", "string", "The user's number; spaces, dashes, dots, parentheses, a leading + and leading zeros are dropped; 9-15 digits must remain."),
@@ -33,6 +33,9 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("code", "string", "Older name of otp."),
                 ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
                 ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
+                PROVIDER_FIELD,
+                ID_TOKEN_FIELD,
+                NONCE_FIELD,
             ],
             required: &["appid"],
             reply: &[
@@ -43,7 +46,8 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("token", "string", "The user's access token (verify only)."),
                 ("uid", "string", "Upstream user id, a number or a string as upstream gave it (verify only)."),
                 ("phone", "string", "The normalised phone (verify of a phone login)."),
-                ("email", "string", "The normalised e-mail address (verify of an e-mail login)."),
+                ("email", "string", "The normalised e-mail address (verify of an e-mail login, or of an ID token whose provider signs in by e-mail)."),
+                ("account", "string", "provider:subject (an ID token whose provider signs in by subject)."),
                 ("cc", "string", "The phone's country calling code, e.g. \"44\"; empty for e-mail (verify only)."),
                 ("name", "string", "The user's display name (verify only)."),
                 ("status", "string", "The user's status text (verify only)."),
@@ -194,19 +198,30 @@ pub fn op_doc(op: Op) -> OpDoc {
             reply: &[GID_FIELD],
         },
         Op::DeleteAccount => OpDoc {
-            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request.",
+            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request (an account signed in with an ID token sends a fresh one instead).",
             request: &[
                 TOKEN_FIELD,
                 ("appid", "string", "The app the code was asked for."),
                 ("otp", "string", "The code the login start sent (or code)."),
                 ("challenge", "string", "The challenge id of that start reply, when the app has it."),
+                PROVIDER_FIELD,
+                ID_TOKEN_FIELD,
+                NONCE_FIELD,
             ],
-            required: &["token", "appid", "otp"],
+            required: &["token", "appid"],
             reply: &[],
         },
     }
 }
 
+const PROVIDER_FIELD: (&str, &str, &str) =
+    ("provider", "string", "A sign-in provider named in OIDC_PROVIDERS (e.g. google, apple), with id_token.");
+const ID_TOKEN_FIELD: (&str, &str, &str) = (
+    "id_token",
+    "string",
+    "The provider's ID token, as its sign-in SDK returned it: signature, issuer, audience (OIDC_PROVIDERS client_ids), lifetime and e-mail verification are checked.",
+);
+const NONCE_FIELD: (&str, &str, &str) = ("nonce", "string", "The nonce the app asked the provider to embed; the token must carry it.");
 const GID_FIELD: (&str, &str, &str) = ("gid", "integer", "The group's id (the platform's).");
 const MEMBERS_FIELD: (&str, &str, &str) =
     ("members", "string", "n:phone,phone,...: the owner and admins first, n of them, then the members.");

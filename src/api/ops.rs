@@ -10,6 +10,7 @@ use crate::api::op::Op;
 use crate::config::Dialect;
 use crate::domain::account::token_hash;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::authenticators::ProofFields;
 use crate::service::groups::{self, SetGroup};
 use crate::service::uploads::{self, UploadRequest, UploadedFile};
 use crate::{api::AppState, service::accounts, service::contacts, service::sessions, service::users};
@@ -105,14 +106,25 @@ pub async fn handle(
             sessions::set_notify(&state.db, &caller, fields).await
         }
         Op::DeleteAccount => {
-            let request = accounts::DeleteRequest {
-                appid: field("appid"),
-                code: field("otp").or_else(|| field("code")),
-                challenge: field("challenge"),
-            };
+            let request = accounts::DeleteRequest { appid: field("appid"), proof: proof_fields(params) };
             accounts::delete_own_account(&state.login, &state.db, &state.files, &caller, request, client_ip).await
         }
         Op::Login | Op::Logout => Err(ApiError::new(ErrorCode::BadOp, "this op needs no session")),
+    }
+}
+
+/// The fields that may prove an address: a code (`code` is the name older apps send),
+/// or an ID token.
+pub fn proof_fields(params: &Params) -> ProofFields<'_> {
+    let field = |name: &str| params.get(name).map(String::as_str);
+    ProofFields {
+        phone: field("phone"),
+        email: field("email"),
+        code: field("otp").or_else(|| field("code")),
+        challenge: field("challenge"),
+        provider: field("provider"),
+        id_token: field("id_token"),
+        nonce: field("nonce"),
     }
 }
 

@@ -136,6 +136,10 @@ pub struct Config {
     /// upload and download URLs, a message shown at login start); `default` applies to all.
     #[serde(default)]
     pub app_settings: String,
+    /// JSON object provider name → `issuer`, `client_ids`, `address_claim` (`email` or
+    /// `sub`): the OpenID Connect issuers whose ID tokens sign users in. Empty: none.
+    #[serde(default)]
+    pub oidc_providers: String,
 
     /// The platform's backend API (`useradd`, messages). (`UPSTREAM_*`)
     #[serde(skip_deserializing)]

@@ -1,7 +1,8 @@
-//! What leaves the service: code messages (senders and the durable courier), notifications (the outbox), the platform's `useradd` and CAPTCHA checks.
+//! What leaves the service: code messages (senders and the durable courier), notifications (the outbox), the platform's `useradd`, CAPTCHA checks and ID-token sign-in.
 
 pub mod captcha;
 pub mod courier;
+pub mod oidc;
 pub mod outbox;
 pub mod senders;
 pub mod upstream;

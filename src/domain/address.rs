@@ -1,4 +1,5 @@
-//! The address a user logs in with: a phone number or an e-mail address, normalised.
+//! The address a user logs in with: a phone number or an e-mail address, normalised, or
+//! an account at a sign-in provider (`provider:subject`).
 
 use std::fmt;
 
@@ -6,21 +7,26 @@ use std::fmt;
 pub enum Address {
     Phone(String),
     Email(String),
+    /// `provider:subject`, for a provider whose ID tokens sign in by their subject.
+    Account(String),
 }
 
 impl Address {
-    /// An address as stored, already normalised: e-mail addresses are the ones with an `@`.
+    /// An address as stored, already normalised: phones are all digits, provider accounts
+    /// hold a `:` (which a normalised e-mail address cannot), e-mail addresses an `@`.
     pub fn from_stored(address: &str) -> Address {
-        if address.contains('@') {
-            Address::Email(address.to_string())
-        } else {
+        if is_phone(address) {
             Address::Phone(address.to_string())
+        } else if address.contains(':') {
+            Address::Account(address.to_string())
+        } else {
+            Address::Email(address.to_string())
         }
     }
 
     pub fn as_str(&self) -> &str {
         match self {
-            Address::Phone(p) | Address::Email(p) => p,
+            Address::Phone(p) | Address::Email(p) | Address::Account(p) => p,
         }
     }
 
@@ -29,6 +35,7 @@ impl Address {
         match self {
             Address::Phone(_) => "phone",
             Address::Email(_) => "email",
+            Address::Account(_) => "account",
         }
     }
 
@@ -45,6 +52,10 @@ impl Address {
                 Some((local, domain)) => format!("{}***@{domain}", &local[..1]),
                 None => "***".into(),
             },
+            Address::Account(a) => match a.split_once(':') {
+                Some((provider, _)) => format!("{provider}:***"),
+                None => "***".into(),
+            },
         }
     }
 }
@@ -53,6 +64,11 @@ impl fmt::Display for Address {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// Whether a stored address is a phone number (normalised phones are all digits).
+pub fn is_phone(stored: &str) -> bool {
+    !stored.is_empty() && stored.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Strips spaces, dashes, dots, parentheses, one leading `+` and leading zeros;
@@ -119,5 +135,18 @@ mod tests {
         assert_eq!(Address::Email("ann@example.com".into()).masked(), "a***@example.com");
         let phone = Address::Phone("18005551234".into());
         assert_eq!(phone.masked_in(r#"{"to":"18005551234"}"#), r#"{"to":"1800555****"}"#);
+        assert_eq!(Address::Account("corp:ann@example.com".into()).masked(), "corp:***");
+    }
+
+    #[test]
+    fn stored_addresses_read_back_as_their_kind() {
+        for address in [
+            Address::Phone("18005551234".into()),
+            Address::Email("ann@example.com".into()),
+            Address::Account("apple:001234.abc".into()),
+            Address::Account("corp:ann@example.com".into()),
+        ] {
+            assert_eq!(Address::from_stored(address.as_str()), address);
+        }
     }
 }

@@ -27,11 +27,13 @@ pub enum ErrorCode {
     BadGroup,
     NotMember,
     MissingPara,
+    BadIdToken,
+    IdProvider,
 }
 
 impl ErrorCode {
     /// Every code, in the order the OpenAPI document lists them.
-    pub const ALL: [ErrorCode; 21] = [
+    pub const ALL: [ErrorCode; 23] = [
         ErrorCode::BadRequest,
         ErrorCode::BadOp,
         ErrorCode::MissingAppid,
@@ -53,6 +55,8 @@ impl ErrorCode {
         ErrorCode::BadGroup,
         ErrorCode::NotMember,
         ErrorCode::MissingPara,
+        ErrorCode::BadIdToken,
+        ErrorCode::IdProvider,
     ];
 
     /// (the code as sent, its HTTP status in the `json` dialect, its meaning).
@@ -85,6 +89,12 @@ impl ErrorCode {
             ErrorCode::BadGroup => ("BADGROUP", 403, "not a member of the group, or not its admin or owner where that is needed"),
             ErrorCode::NotMember => ("NOTMEMBER", 403, "getgroup of a group the caller is not a member of"),
             ErrorCode::MissingPara => ("MISSINGPARA", 400, "gid (or m) missing for a group op"),
+            ErrorCode::BadIdToken => (
+                "BADIDTOKEN",
+                401,
+                "ID token refused: bad signature, unknown key, another issuer or audience, expired, wrong nonce, or e-mail not verified",
+            ),
+            ErrorCode::IdProvider => ("IDPROVIDER", 502, "the sign-in provider's keys could not be fetched; retry"),
         }
     }
 

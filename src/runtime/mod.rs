@@ -76,9 +76,9 @@ impl AppState {
     /// `grace` for the sends under way to be recorded (messages still queued stay in the
     /// database and are sent after the next start) and closes the database cleanly.
     pub async fn shutdown(&self, grace: Duration) {
-        self.login.courier.stop();
+        self.login.codes.courier.stop();
         // Both wait for sends under way to be recorded before the database closes.
-        tokio::join!(self.login.courier.drain(grace), self.outbox.drain(grace));
+        tokio::join!(self.login.codes.courier.drain(grace), self.outbox.drain(grace));
         if let Err(e) = self.db.close() {
             tracing::warn!("closing the database failed: {e}");
         }
@@ -88,7 +88,7 @@ impl AppState {
     /// also sends messages left queued before a restart), the notification outbox and
     /// housekeeping every minute.
     pub fn start_background_tasks(self: Arc<Self>) {
-        tokio::task::spawn_local(self.login.courier.clone().run());
+        tokio::task::spawn_local(self.login.codes.courier.clone().run());
         tokio::task::spawn_local(self.outbox.clone().run());
         tokio::task::spawn_local(self.run_maintenance(Duration::from_secs(60)));
     }
@@ -109,10 +109,10 @@ impl AppState {
     /// Drops expired codes, expired sessions, finished courier messages, audit events
     /// past AUDIT_RETENTION_DAYS and idle rate-limit entries, so none grows without bound.
     pub async fn housekeeping(&self) -> Result<Purged, store::StorageError> {
-        self.login.limits.purge();
-        self.login.sms_limits.purge();
+        self.login.codes.limits.purge();
+        self.login.codes.sms_limits.purge();
         self.contact_limits.purge();
-        self.login.courier.purge_finished().await?;
+        self.login.codes.courier.purge_finished().await?;
         let (codes, sessions) = self.db.purge_expired(self.db.clock().now()).await?;
         self.db.purge_audit(self.db.clock().now().saturating_sub(self.audit_retention_secs)).await?;
         let purged = Purged { codes, sessions };

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::domain::account::Caller;
 use crate::domain::address::Address;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::authenticators::ProofFields;
 use crate::service::login::LoginFlow;
 use crate::service::uploads::Files;
 use crate::store::{audit, Db};
@@ -16,13 +17,13 @@ use crate::store::{audit, Db};
 pub struct DeleteRequest<'a> {
     /// The app the code was asked for: codes are bound to it.
     pub appid: Option<&'a str>,
-    /// The code a login start for the caller's own phone or e-mail sent.
-    pub code: Option<&'a str>,
-    pub challenge: Option<&'a str>,
+    /// A fresh proof of the account's address: the code a login start for it sent (the
+    /// address defaults to the account's own), or an ID token.
+    pub proof: ProofFields<'a>,
 }
 
-/// `op=deleteaccount`: the caller proves their address again with a fresh code, then
-/// the account goes (see [`delete`]).
+/// `op=deleteaccount`: the caller proves their address again (a fresh code, or an ID
+/// token), then the account goes (see [`delete`]).
 pub async fn delete_own_account(
     login: &LoginFlow,
     db: &Arc<Db>,
@@ -32,22 +33,24 @@ pub async fn delete_own_account(
     client_ip: &str,
 ) -> Result<Map<String, Value>, ApiError> {
     let appid = super::non_empty(request.appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
-    let code = super::non_empty(request.code).ok_or_else(|| {
-        ApiError::new(
+    if !request.proof.has_id_token() && super::non_empty(request.proof.code).is_none() {
+        return Err(ApiError::new(
             ErrorCode::BadParam,
-            "otp is required: start a login for your own phone or e-mail, then send its code with deleteaccount",
-        )
-    })?;
-    let address = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
-    let otp_hash = login.confirm_code(appid, &address, code, request.challenge, client_ip).await?;
+            "otp is required: start a login for your own phone or e-mail, then send its code with deleteaccount (or send provider and id_token)",
+        ));
+    }
+    let own = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
+    let proof = login.prove(appid, &request.proof, Some(&own), client_ip).await?;
+    if proof.address != own {
+        login.release(&proof).await;
+        return Err(ApiError::new(ErrorCode::BadParam, "the proof is for another address than this account's"));
+    }
     match delete(db, files, caller.user_id, "user").await {
         Ok(true) => Ok(Map::new()),
         Ok(false) => Err(ApiError::new(ErrorCode::AuthFail, "the account is already deleted")),
         Err(e) => {
             // The code was not used up: a retry with it works.
-            if let Err(release) = db.release_code(address.as_str().to_string(), otp_hash).await {
-                tracing::warn!("the code of a failed account deletion could not be released: {release}");
-            }
+            login.release(&proof).await;
             Err(e)
         }
     }

@@ -1,6 +1,9 @@
-//! The service's operations: login, sessions, profiles and contact sync.
+//! The service's operations: login (and the authenticators that prove an address),
+//! sessions, profiles and contact sync.
 
 pub mod accounts;
+pub mod authenticators;
+pub mod codes;
 pub mod contacts;
 pub mod groups;
 pub mod login;

@@ -903,12 +903,12 @@ pub struct LoginRecord {
 }
 
 /// Records the user and the session, queues joined notices for a first phone login,
-/// and consumes the challenge, all in one transaction.
+/// and consumes the code that proved the address, all in one transaction.
 pub(in crate::store) fn complete_login(
     conn: &mut Connection,
     login: &CompletedLogin,
     address_hash: i64,
-    otp_hash: &[u8; 32],
+    claimed_code: Option<&[u8; 32]>,
 ) -> rusqlite::Result<LoginRecord> {
     atomically(conn, |tx| {
         let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, address_hash, &login.uid, &login.name, login.now)?;
@@ -931,7 +931,9 @@ pub(in crate::store) fn complete_login(
         } else {
             record.evicted = sessions::insert(tx, &session, login.max_devices)?;
         }
-        remove_challenge(tx, &login.address, otp_hash)?;
+        if let Some(otp_hash) = claimed_code {
+            remove_challenge(tx, &login.address, otp_hash)?;
+        }
         audit::record(tx, address_hash, audit::LOGIN, &login.appid, login.now)?;
         Ok(record)
     })
@@ -992,12 +994,13 @@ impl Db {
     }
 
     /// Records a completed login (see [`complete_login`]).
-    pub async fn record_login(&self, login: CompletedLogin, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+    /// `claimed_code` is the code that proved the address, if one did: the login uses it up.
+    pub async fn record_login(&self, login: CompletedLogin, claimed_code: Option<[u8; 32]>) -> Result<LoginRecord, StorageError> {
         let address_hash = self.phone_hash(&login.address);
         if let Some(pg) = self.postgres() {
-            return pg.record_login(login, address_hash, otp_hash).await;
+            return pg.record_login(login, address_hash, claimed_code).await;
         }
-        self.call(move |conn| complete_login(conn, &login, address_hash, &otp_hash)).await
+        self.call(move |conn| complete_login(conn, &login, address_hash, claimed_code.as_ref())).await
     }
 }
 

@@ -255,7 +255,12 @@ impl PgStore {
     /// Records the user and the session, queues joined notices for a first phone login,
     /// and consumes the challenge, all in one transaction (see `complete_login`). The
     /// user's row stays locked until the commit, so logins of one user run one at a time.
-    pub async fn record_login(&self, login: CompletedLogin, address_hash: i64, otp_hash: [u8; 32]) -> Result<LoginRecord, StorageError> {
+    pub async fn record_login(
+        &self,
+        login: CompletedLogin,
+        address_hash: i64,
+        claimed_code: Option<[u8; 32]>,
+    ) -> Result<LoginRecord, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // A changed name is a profile change: bump ts so contacts' next sync sees it.
@@ -325,8 +330,10 @@ impl PgStore {
                     .collect::<Result<_, tokio_postgres::Error>>()?;
             }
         }
-        let hash: &[u8] = &otp_hash;
-        execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&login.address, &hash]).await?;
+        if let Some(otp_hash) = claimed_code {
+            let hash: &[u8] = &otp_hash;
+            execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&login.address, &hash]).await?;
+        }
         execute(
             &tx,
             "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ($1, $2, $3, $4)",
@@ -1647,7 +1654,7 @@ mod tests {
                 max_devices: 1,
             };
             let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
-            let record = store.record_login(login("18005550001", "t1", "d1"), phones().hash("18005550001"), otp_hash).await.unwrap();
+            let record = store.record_login(login("18005550001", "t1", "d1"), phones().hash("18005550001"), Some(otp_hash)).await.unwrap();
             assert!(record.first_login);
             assert_eq!(record.profile.name, "Ann");
             let caller = store.authenticate("t1".into(), now * 1000 + 5).await.unwrap().expect("the session is live");
@@ -1671,7 +1678,7 @@ mod tests {
                 (vec![], false)
             );
             let (_, bob_hash) = start(&store, "18005550002", "654321", now).await;
-            let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), bob_hash).await.unwrap();
+            let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), Some(bob_hash)).await.unwrap();
             assert_eq!(bob.notified, 1);
             let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
             let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
@@ -1681,7 +1688,7 @@ mod tests {
 
             // A second device of Ann with room for one evicts the first.
             let (_, otp_hash) = start(&store, "18005550001", "111111", now + 60).await;
-            let again = store.record_login(login("18005550001", "t3", "d2"), phones().hash("18005550001"), otp_hash).await.unwrap();
+            let again = store.record_login(login("18005550001", "t3", "d2"), phones().hash("18005550001"), Some(otp_hash)).await.unwrap();
             assert!(!again.first_login);
             assert_eq!(again.evicted, vec![Evicted { appid: "app".into(), device: "d1".into() }]);
             assert!(store.authenticate("t1".into(), now * 1000).await.unwrap().is_none());

@@ -18,6 +18,7 @@ mod instances;
 mod login_flow;
 mod migration;
 mod notifications;
+mod oidc;
 mod operations;
 mod process;
 mod protocol;

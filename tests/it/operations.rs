@@ -238,7 +238,7 @@ async fn openapi_describes_every_op_and_error_code() {
         assert!(doc["paths"][path]["servers"][0]["description"].as_str().unwrap().contains("ADMIN_BIND"));
     }
     let login = &schemas["LoginRequest"]["properties"];
-    for field in ["appid", "phone", "email", "name", "otp", "code", "device"] {
+    for field in ["appid", "phone", "email", "name", "otp", "code", "device", "provider", "id_token", "nonce"] {
         assert!(login[field].is_object(), "login field {field}");
     }
     let codes = schemas["Error"]["allOf"][1]["properties"]["error"]["enum"].as_array().unwrap();

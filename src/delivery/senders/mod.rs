@@ -98,6 +98,7 @@ impl Senders {
         match address {
             Address::Phone(_) => self.phone.as_ref(),
             Address::Email(_) => self.email.as_ref(),
+            Address::Account(_) => None,
         }
     }
 }

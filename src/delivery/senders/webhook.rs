@@ -68,6 +68,7 @@ impl OtpSender for WebhookSender {
         let channel = match message.to {
             Address::Phone(_) => "sms",
             Address::Email(_) => "email",
+            Address::Account(_) => return Err("an account at a sign-in provider is sent no code".into()),
         };
         let body = json!({
             "type": "otp",

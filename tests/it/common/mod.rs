@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod fake_upstream;
+pub mod local_issuer;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
@@ -183,7 +184,7 @@ impl TestServer {
         let state =
             web::Data::new(AppState::with_clock(&config, senders, clock.clone()).instrument(span.clone()).await.expect("service starts"));
         let outbox_task = actix_web::rt::spawn(state.outbox.clone().run().instrument(span.clone()));
-        let courier = state.login.courier.clone();
+        let courier = state.login.codes.courier.clone();
         actix_web::rt::spawn(courier.clone().run().instrument(span.clone()));
         let app_state = state.clone();
         let server = HttpServer::new(move || {

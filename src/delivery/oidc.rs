@@ -1,0 +1,363 @@
+//! Sign-in with an OpenID Connect ID token ("Sign in with Google", "Sign in with Apple",
+//! or any issuer the operator configures in `OIDC_PROVIDERS`). A token is accepted when
+//! the issuer's published keys verify its signature (found through the issuer's discovery
+//! document, cached, and fetched again when a token names a key not among them) and its
+//! issuer, audience, lifetime, nonce and e-mail verification hold.
+
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{Mutex, RwLock};
+
+use crate::config::Config;
+use crate::delivery::upstream::describe;
+use crate::domain::address::{self, Address};
+use crate::domain::clock::Clock;
+use crate::domain::error::{ApiError, ErrorCode};
+
+/// Clock skew tolerated between the issuer and this server.
+const LEEWAY_SECS: i64 = 60;
+/// A token naming an unknown key fetches the keys again at most this often, so that
+/// made-up key ids cannot make the server hammer the issuer.
+const MIN_REFRESH_SECS: i64 = 60;
+/// Keys older than this are fetched again, so a key the issuer withdrew stops verifying.
+const MAX_KEYS_AGE_SECS: i64 = 24 * 3600;
+const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
+const MAX_SUBJECT_CHARS: usize = 255;
+
+/// The algorithms of keys an issuer publishes; never `none` or a shared secret.
+const ASYMMETRIC: [Algorithm; 8] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+];
+
+/// Which claim of a verified token becomes the address the user is known by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AddressClaim {
+    /// The verified e-mail address: the same user as an e-mail code login to it.
+    Email,
+    /// The issuer's subject, as `provider:sub`, for issuers that may hide the e-mail.
+    Sub,
+}
+
+/// One provider as `OIDC_PROVIDERS` names it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderSettings {
+    /// Defaults to Google's or Apple's for the providers named `google` and `apple`.
+    #[serde(default)]
+    issuer: Option<String>,
+    /// The app's client ids: a token's audience must be one of them.
+    client_ids: Vec<String>,
+    #[serde(default)]
+    address_claim: Option<AddressClaim>,
+}
+
+struct Provider {
+    name: String,
+    issuer: String,
+    /// `iss` values accepted: the issuer, and for Google the bare host its older tokens carry.
+    accepted_issuers: Vec<String>,
+    client_ids: Vec<String>,
+    address_claim: AddressClaim,
+    keys: RwLock<Option<Keys>>,
+    /// One fetch of the keys at a time; the others wait and use its result.
+    fetching: Mutex<()>,
+}
+
+struct Keys {
+    set: JwkSet,
+    fetched_at: i64,
+}
+
+/// The address a verified ID token proves.
+#[derive(Debug, Clone)]
+pub struct VerifiedIdentity {
+    pub provider: String,
+    pub address: Address,
+}
+
+/// Verifies ID tokens of the providers `OIDC_PROVIDERS` configures.
+pub struct IdTokenVerifier {
+    providers: HashMap<String, Arc<Provider>>,
+    client: reqwest::Client,
+    clock: Clock,
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: String,
+    /// Required (see `required_spec_claims`).
+    exp: Option<i64>,
+    #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    email: Option<String>,
+    /// A boolean, or the string "true"/"false" as Apple sends it.
+    #[serde(default)]
+    email_verified: Option<serde_json::Value>,
+    #[serde(default)]
+    nonce: Option<String>,
+}
+
+impl IdTokenVerifier {
+    /// `None` when `OIDC_PROVIDERS` is empty; an error names what is wrong with it.
+    pub fn from_config(config: &Config, clock: Clock) -> Result<Option<IdTokenVerifier>, String> {
+        let providers = parse_providers(&config.oidc_providers)?;
+        if providers.is_empty() {
+            return Ok(None);
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(config.provider_timeout_secs))
+            .build()
+            .map_err(|e| format!("cannot build the OpenID Connect HTTP client: {e}"))?;
+        let providers = providers.into_iter().map(|provider| (provider.name.clone(), Arc::new(provider))).collect();
+        Ok(Some(IdTokenVerifier { providers, client, clock }))
+    }
+
+    /// The names of the configured providers, sorted.
+    pub fn provider_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
+    /// Verifies `id_token` as one of `provider`'s; `nonce` is the one the app asked the
+    /// issuer to embed, when it asked for one.
+    pub async fn verify(&self, provider: &str, id_token: &str, nonce: Option<&str>) -> Result<VerifiedIdentity, ApiError> {
+        let provider = self
+            .providers
+            .get(provider)
+            .ok_or_else(|| ApiError::new(ErrorCode::BadParam, format!("provider must be one of: {}", self.provider_names().join(", "))))?;
+        if id_token.len() > MAX_ID_TOKEN_BYTES {
+            return Err(bad_token("the ID token is too long"));
+        }
+        let header = jsonwebtoken::decode_header(id_token).map_err(|_| bad_token("the ID token is not a signed JWT"))?;
+        if !ASYMMETRIC.contains(&header.alg) {
+            return Err(bad_token("the ID token is not signed with a public-key algorithm"));
+        }
+        let kid = header.kid.ok_or_else(|| bad_token("the ID token names no signing key (kid)"))?;
+        let jwk =
+            self.key(provider, &kid).await?.ok_or_else(|| bad_token("the ID token is signed with a key its issuer does not publish"))?;
+        if jwk.common.key_algorithm.is_some_and(|alg| format!("{alg:?}") != format!("{:?}", header.alg)) {
+            return Err(bad_token("the ID token's algorithm is not its key's"));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| bad_token("the issuer's key cannot be used"))?;
+
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&provider.accepted_issuers);
+        validation.set_audience(&provider.client_ids);
+        // The lifetime is checked below, on the service's clock.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.required_spec_claims = HashSet::from(["exp", "iss", "aud", "sub"].map(String::from));
+        let claims = jsonwebtoken::decode::<Claims>(id_token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                bad_token(match e.kind() {
+                    ErrorKind::InvalidSignature => "the ID token's signature does not verify",
+                    ErrorKind::InvalidIssuer => "the ID token is from another issuer",
+                    ErrorKind::InvalidAudience => "the ID token is for another app (its audience is not among the provider's client ids)",
+                    ErrorKind::MissingRequiredClaim(_) => "the ID token lacks iss, aud, sub or exp",
+                    _ => "the ID token cannot be read",
+                })
+            })?
+            .claims;
+
+        let now = self.clock.now();
+        let exp = claims.exp.ok_or_else(|| bad_token("the ID token lacks iss, aud, sub or exp"))?;
+        if exp + LEEWAY_SECS <= now {
+            return Err(bad_token("the ID token has expired; sign in again"));
+        }
+        if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) || claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
+            return Err(bad_token("the ID token is not valid yet"));
+        }
+        if let Some(expected) = nonce {
+            if claims.nonce.as_deref() != Some(expected) {
+                return Err(bad_token("the ID token does not carry the nonce the app sent"));
+            }
+        }
+        let address = match provider.address_claim {
+            AddressClaim::Email => {
+                let verified = match &claims.email_verified {
+                    None => true,
+                    Some(serde_json::Value::Bool(verified)) => *verified,
+                    Some(serde_json::Value::String(verified)) => verified == "true",
+                    Some(_) => false,
+                };
+                if !verified {
+                    return Err(bad_token("the issuer has not verified this e-mail address"));
+                }
+                let email = claims.email.as_deref().ok_or_else(|| bad_token("the ID token carries no e-mail address"))?;
+                Address::Email(address::normalize_email(email).ok_or_else(|| bad_token("the ID token's e-mail address is malformed"))?)
+            }
+            AddressClaim::Sub => {
+                let sub = claims.sub.as_str();
+                if sub.is_empty() || sub.chars().count() > MAX_SUBJECT_CHARS || sub.chars().any(char::is_control) {
+                    return Err(bad_token("the ID token's subject is empty, too long or malformed"));
+                }
+                Address::Account(format!("{}:{sub}", provider.name))
+            }
+        };
+        Ok(VerifiedIdentity { provider: provider.name.clone(), address })
+    }
+
+    /// The key `kid` of `provider`: from the cache, or fetched again when the cache lacks it
+    /// (at most once per [`MIN_REFRESH_SECS`]) or is older than [`MAX_KEYS_AGE_SECS`].
+    async fn key(&self, provider: &Provider, kid: &str) -> Result<Option<Jwk>, ApiError> {
+        let now = self.clock.now();
+        let cached = |keys: &Option<Keys>| -> (Option<Jwk>, bool) {
+            match keys {
+                Some(keys) if now - keys.fetched_at < MAX_KEYS_AGE_SECS => {
+                    let found = keys.set.find(kid).cloned();
+                    let may_refresh = found.is_none() && now - keys.fetched_at >= MIN_REFRESH_SECS;
+                    (found, may_refresh)
+                }
+                _ => (None, true),
+            }
+        };
+        let (found, fetch) = cached(&*provider.keys.read().await);
+        if found.is_some() || !fetch {
+            return Ok(found);
+        }
+        let _fetching = provider.fetching.lock().await;
+        // Another request may have fetched them while this one waited.
+        let (found, fetch) = cached(&*provider.keys.read().await);
+        if found.is_some() || !fetch {
+            return Ok(found);
+        }
+        let set = self.fetch_keys(provider).await?;
+        let found = set.find(kid).cloned();
+        *provider.keys.write().await = Some(Keys { set, fetched_at: now });
+        Ok(found)
+    }
+
+    async fn fetch_keys(&self, provider: &Provider) -> Result<JwkSet, ApiError> {
+        let unreachable = |what: &str, why: String| {
+            tracing::warn!(provider = provider.name, "the sign-in provider's {what} could not be fetched: {why}");
+            ApiError::new(ErrorCode::IdProvider, "the sign-in provider's keys could not be fetched; please retry")
+        };
+        let discovery_url = format!("{}/.well-known/openid-configuration", provider.issuer.trim_end_matches('/'));
+        let discovery: Discovery = self.get_json(&discovery_url).await.map_err(|e| unreachable("discovery document", e))?;
+        if discovery.issuer.trim_end_matches('/') != provider.issuer.trim_end_matches('/') {
+            return Err(unreachable("discovery document", format!("it names another issuer ({})", discovery.issuer)));
+        }
+        let set: JwkSet = self.get_json(&discovery.jwks_uri).await.map_err(|e| unreachable("keys", e))?;
+        tracing::debug!(provider = provider.name, keys = set.keys.len(), "sign-in provider's keys fetched");
+        Ok(set)
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, String> {
+        let response = self.client.get(url).send().await.map_err(describe)?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {} from {url}", response.status().as_u16()));
+        }
+        response.json().await.map_err(|e| format!("unreadable reply from {url}: {}", describe(e)))
+    }
+}
+
+fn bad_token(why: &str) -> ApiError {
+    ApiError::new(ErrorCode::BadIdToken, why)
+}
+
+/// Parses `OIDC_PROVIDERS`: a JSON object of provider name → settings.
+fn parse_providers(json: &str) -> Result<Vec<Provider>, String> {
+    let bad = |why: String| format!("invalid configuration: OIDC_PROVIDERS {why}");
+    if json.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let settings: BTreeMap<String, ProviderSettings> =
+        serde_json::from_str(json).map_err(|e| bad(format!("must be a JSON object of provider name to settings: {e}")))?;
+    let mut providers = Vec::new();
+    for (name, settings) in settings {
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+            return Err(bad(format!("names a provider {name:?}: names are lower-case letters, digits and dashes")));
+        }
+        let issuer = match (settings.issuer, name.as_str()) {
+            (Some(issuer), _) => issuer.trim_end_matches('/').to_string(),
+            (None, "google") => "https://accounts.google.com".to_string(),
+            (None, "apple") => "https://appleid.apple.com".to_string(),
+            (None, _) => return Err(bad(format!("provider {name} needs an issuer"))),
+        };
+        let url = reqwest::Url::parse(&issuer).map_err(|e| bad(format!("provider {name} has an issuer that is not a URL: {e}")))?;
+        let host = url.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        // Keys fetched in clear could be swapped on the way; plain HTTP is for a local test issuer.
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(bad(format!("provider {name} must have an https issuer")));
+        }
+        if settings.client_ids.is_empty() || settings.client_ids.iter().any(|id| id.trim().is_empty()) {
+            return Err(bad(format!("provider {name} needs client_ids, the app's client ids at the provider")));
+        }
+        let mut accepted_issuers = vec![issuer.clone()];
+        if issuer == "https://accounts.google.com" {
+            accepted_issuers.push("accounts.google.com".to_string());
+        }
+        providers.push(Provider {
+            name,
+            issuer,
+            accepted_issuers,
+            client_ids: settings.client_ids,
+            address_claim: settings.address_claim.unwrap_or(AddressClaim::Email),
+            keys: RwLock::new(None),
+            fetching: Mutex::new(()),
+        });
+    }
+    Ok(providers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn providers_are_parsed_with_google_and_apple_defaults() {
+        let providers = parse_providers(
+            r#"{"google": {"client_ids": ["web.apps.example"]},
+                "apple": {"client_ids": ["com.example.app"]},
+                "corp": {"issuer": "https://login.example.com/", "client_ids": ["messenger"], "address_claim": "sub"}}"#,
+        )
+        .unwrap();
+        let by_name: HashMap<&str, &Provider> = providers.iter().map(|p| (p.name.as_str(), p)).collect();
+        assert_eq!(by_name["google"].accepted_issuers, ["https://accounts.google.com", "accounts.google.com"]);
+        assert_eq!(by_name["apple"].issuer, "https://appleid.apple.com");
+        assert_eq!(by_name["corp"].issuer, "https://login.example.com");
+        assert_eq!(by_name["corp"].address_claim, AddressClaim::Sub);
+        assert_eq!(by_name["apple"].address_claim, AddressClaim::Email);
+        assert!(parse_providers("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_provider_settings_are_refused_with_a_reason() {
+        for (json, why) in [
+            (r#"{"corp": {"client_ids": ["x"]}}"#, "needs an issuer"),
+            (r#"{"corp": {"issuer": "http://login.example.com", "client_ids": ["x"]}}"#, "https issuer"),
+            (r#"{"google": {"client_ids": []}}"#, "needs client_ids"),
+            (r#"{"Google": {"client_ids": ["x"]}}"#, "lower-case"),
+            (r#"{"google": {"client_ids": ["x"], "audience": "y"}}"#, "unknown field"),
+            (r#"["google"]"#, "JSON object"),
+        ] {
+            let error = parse_providers(json).err().unwrap_or_else(|| panic!("{json} was accepted"));
+            assert!(error.contains(why), "{json}: {error}");
+        }
+        assert!(parse_providers(r#"{"local": {"issuer": "http://127.0.0.1:9", "client_ids": ["x"]}}"#).is_ok());
+    }
+}

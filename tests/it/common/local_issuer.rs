@@ -1,0 +1,135 @@
+//! A local OpenID Connect issuer: its discovery document and published keys on a
+//! loopback port, and ID tokens signed the way a sign-in SDK receives them.
+
+use actix_web::dev::ServerHandle;
+use actix_web::{web, App, HttpResponse, HttpServer};
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rsa::pkcs1::EncodeRsaPrivateKey;
+use rsa::traits::PublicKeyParts;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// The client id the tests' app is registered under at the issuer.
+pub const CLIENT_ID: &str = "com.example.app.signin";
+
+/// An RSA signing key and its public half as a JWK.
+pub struct SigningKey {
+    pub kid: &'static str,
+    encoding: EncodingKey,
+    jwk: Value,
+}
+
+impl SigningKey {
+    fn generate(kid: &'static str) -> SigningKey {
+        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("an RSA key");
+        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let jwk = json!({
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+            "n": b64(private.n().to_bytes_be()), "e": b64(private.e().to_bytes_be()),
+        });
+        let der = private.to_pkcs1_der().expect("the key encodes");
+        SigningKey { kid, encoding: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
+    }
+
+    /// `claims` signed with this key, its header naming `kid`.
+    pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.to_string());
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("the token signs")
+    }
+
+    /// `claims` signed with this key, under its own key id.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_as(self.kid, claims)
+    }
+}
+
+/// Three keys, made once per test process (generating one takes a while): two the
+/// issuer publishes in turn, and one it never publishes.
+pub fn keys() -> &'static [SigningKey; 3] {
+    static KEYS: OnceLock<[SigningKey; 3]> = OnceLock::new();
+    KEYS.get_or_init(|| [SigningKey::generate("key-2026-a"), SigningKey::generate("key-2026-b"), SigningKey::generate("attacker")])
+}
+
+struct Published {
+    keys: Mutex<Vec<Value>>,
+    issuer: Mutex<String>,
+    key_fetches: AtomicU64,
+}
+
+pub struct LocalIssuer {
+    pub url: String,
+    published: web::Data<Published>,
+    handle: ServerHandle,
+}
+
+impl LocalIssuer {
+    /// Serves on a loopback port, publishing `keys`.
+    pub fn start(keys: &[&SigningKey]) -> LocalIssuer {
+        let published = web::Data::new(Published { keys: Mutex::default(), issuer: Mutex::default(), key_fetches: AtomicU64::new(0) });
+        let data = published.clone();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .route("/.well-known/openid-configuration", web::get().to(discovery))
+                .route("/keys", web::get().to(jwks))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .expect("bind the local issuer");
+        let url = format!("http://{}", server.addrs()[0]);
+        let server = server.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        *published.issuer.lock().unwrap() = url.clone();
+        let issuer = LocalIssuer { url, published, handle };
+        issuer.publish(keys);
+        issuer
+    }
+
+    /// From now on the issuer publishes `keys` (and only them).
+    pub fn publish(&self, keys: &[&SigningKey]) {
+        *self.published.keys.lock().unwrap() = keys.iter().map(|key| key.jwk.clone()).collect();
+    }
+
+    /// How many times the keys were fetched.
+    pub fn key_fetches(&self) -> u64 {
+        self.published.key_fetches.load(Ordering::SeqCst)
+    }
+
+    /// The claims of a fresh ID token for `email` at `now` (unix seconds), for the tests' app.
+    pub fn claims(&self, email: &str, now: i64) -> Value {
+        json!({
+            "iss": self.url, "aud": CLIENT_ID, "sub": "248289761001",
+            "email": email, "email_verified": true,
+            "iat": now, "exp": now + 3600,
+        })
+    }
+
+    /// `OIDC_PROVIDERS` naming this issuer as `local`, its address from `claim`.
+    pub fn provider_setting(&self, claim: &str) -> String {
+        json!({ "local": { "issuer": self.url, "client_ids": ["another.client", CLIENT_ID], "address_claim": claim } }).to_string()
+    }
+
+    pub async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn discovery(published: web::Data<Published>) -> HttpResponse {
+    let issuer = published.issuer.lock().unwrap().clone();
+    HttpResponse::Ok().json(json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}/keys"),
+        "id_token_signing_alg_values_supported": ["RS256"],
+    }))
+}
+
+async fn jwks(published: web::Data<Published>) -> HttpResponse {
+    published.key_fetches.fetch_add(1, Ordering::SeqCst);
+    let keys = published.keys.lock().unwrap().clone();
+    HttpResponse::Ok().json(json!({ "keys": keys }))
+}

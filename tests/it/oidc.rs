@@ -1,0 +1,187 @@
+//! Sign-in with an OpenID Connect ID token, against a local issuer: what is accepted,
+//! what is refused and why, and how the issuer's keys are fetched and rotated.
+
+use crate::common::local_issuer::{keys, LocalIssuer};
+use crate::common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+const EMAIL: &str = "ann@example.com";
+
+fn id_token_login(id_token: &str) -> Value {
+    json!({ "op": "login", "appid": APPID, "name": "Ann", "provider": "local", "id_token": id_token })
+}
+
+async fn server_for(issuer: &LocalIssuer, claim: &str) -> TestServer {
+    TestServer::start_on_manual_clock(&[("OIDC_PROVIDERS", &issuer.provider_setting(claim))]).await
+}
+
+#[actix_web::test]
+async fn an_id_token_from_the_issuer_signs_in_and_gets_the_upstream_token() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    let claims = issuer.claims("Ann@Example.com", server.clock.now());
+
+    let (status, reply) = server.call(id_token_login(&key.sign(&claims))).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!((&reply["token"], &reply["email"], &reply["uid"]), (&json!("usertoken-1"), &json!(EMAIL), &json!(1001)));
+    assert_eq!(
+        server.upstream.received()[0].json()["user"],
+        json!({ "address": EMAIL, "name": "Ann", "token": { "appid": APPID, "expiry": 525600 } }),
+        "the verified e-mail address is the address upstream mints the token for"
+    );
+    assert!(server.sender.attempted.lock().unwrap().is_empty(), "no code is sent for an ID token");
+    let token = reply["token"].as_str().unwrap();
+    assert_eq!(assert_ok(server.call_op("me", token, json!({})).await).get("result"), Some(&json!(true)));
+
+    // The same address by an e-mail code is the same user.
+    assert_ok(server.call(json!({ "op": "login", "appid": APPID, "email": EMAIL })).await);
+    let code = server.sender.last_code(EMAIL);
+    let (status, by_code) = server.call(json!({ "op": "login", "appid": APPID, "email": EMAIL, "otp": code })).await;
+    assert_eq!(status, 200, "{by_code}");
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 1);
+    assert_eq!(server.scalar("SELECT count(*) FROM sessions"), 2);
+    assert_eq!(server.scalar("SELECT count(*) FROM audit_events WHERE event = 'login'"), 2);
+    assert!(!server.logs().contains(&key.sign(&claims)[..40]), "the ID token is not logged");
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn id_tokens_that_do_not_verify_are_refused_and_sign_no_one_in() {
+    let [key, _, attacker] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    let now = server.clock.now();
+    let claims = issuer.claims(EMAIL, now);
+    let with = |name: &str, value: Value| {
+        let mut claims = claims.clone();
+        claims[name] = value;
+        claims
+    };
+    let without = |name: &str| {
+        let mut claims = claims.clone();
+        claims.as_object_mut().unwrap().remove(name);
+        claims
+    };
+
+    let cases = [
+        ("a signature by another key under the issuer's key id", attacker.sign_as(key.kid, &claims), "signature does not verify"),
+        ("a key the issuer does not publish", attacker.sign(&claims), "does not publish"),
+        ("another app's audience", key.sign(&with("aud", json!("com.other.app"))), "another app"),
+        ("another issuer", key.sign(&with("iss", json!("https://accounts.example.net"))), "another issuer"),
+        ("an expired token", key.sign(&with("exp", json!(now - 61))), "expired"),
+        ("a token issued in the future", key.sign(&with("iat", json!(now + 3600))), "not valid yet"),
+        ("no expiry", key.sign(&without("exp")), "lacks"),
+        ("an unverified e-mail", key.sign(&with("email_verified", json!(false))), "not verified"),
+        ("Apple's unverified e-mail", key.sign(&with("email_verified", json!("false"))), "not verified"),
+        ("no e-mail", key.sign(&without("email")), "no e-mail"),
+        ("not a JWT", "not-a-token".to_string(), "not a signed JWT"),
+    ];
+    for (case, id_token, why) in cases {
+        let reply = server.call(id_token_login(&id_token)).await;
+        assert_error(&reply, 401, "BADIDTOKEN");
+        let message = reply.1["errmsg"].as_str().unwrap();
+        assert!(message.contains(why), "{case}: {message}");
+    }
+
+    // A nonce the app sent must be the token's.
+    let mut request = id_token_login(&key.sign(&with("nonce", json!("n-1"))));
+    request["nonce"] = json!("n-2");
+    assert_error(&server.call(request.clone()).await, 401, "BADIDTOKEN");
+    request["nonce"] = json!("n-1");
+    assert_eq!(server.call(request).await.0, 200, "the right nonce signs in");
+
+    assert_eq!(server.upstream.issued(), 1, "only the last token reached upstream");
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 1);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn expiry_leaves_a_minute_of_clock_skew() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    let mut claims = issuer.claims(EMAIL, server.clock.now());
+    claims["exp"] = json!(server.clock.now() - 30);
+    assert_eq!(server.call(id_token_login(&key.sign(&claims))).await.0, 200, "30 s past expiry is within the leeway");
+    server.clock.advance(Duration::from_secs(31));
+    assert_error(&server.call(id_token_login(&key.sign(&claims))).await, 401, "BADIDTOKEN");
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn rotated_keys_are_fetched_when_a_token_names_one_and_not_more_than_once_a_minute() {
+    let [old, new, _] = keys();
+    let issuer = LocalIssuer::start(&[old]);
+    let server = server_for(&issuer, "email").await;
+
+    assert_eq!(server.call(id_token_login(&old.sign(&issuer.claims(EMAIL, server.clock.now())))).await.0, 200);
+    assert_eq!(server.call(id_token_login(&old.sign(&issuer.claims(EMAIL, server.clock.now())))).await.0, 200);
+    assert_eq!(issuer.key_fetches(), 1, "the keys are cached");
+
+    // The issuer rotates: the new key only. Made-up key ids must not make the server
+    // fetch at will, so a fetch moments after the last one waits a minute.
+    issuer.publish(&[new]);
+    let reply = server.call(id_token_login(&new.sign(&issuer.claims(EMAIL, server.clock.now())))).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert_eq!(issuer.key_fetches(), 1);
+
+    server.clock.advance(Duration::from_secs(61));
+    let reply = server.call(id_token_login(&new.sign(&issuer.claims(EMAIL, server.clock.now())))).await;
+    assert_eq!(reply.0, 200, "the unknown key id fetched the keys again: {}", reply.1);
+    assert_eq!(issuer.key_fetches(), 2);
+
+    let reply = server.call(id_token_login(&old.sign(&issuer.claims(EMAIL, server.clock.now())))).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("does not publish"), "the withdrawn key no longer verifies");
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn a_provider_by_subject_signs_in_an_account_without_an_e_mail_address() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "sub").await;
+    let mut claims = issuer.claims(EMAIL, server.clock.now());
+    claims.as_object_mut().unwrap().remove("email");
+
+    let (status, reply) = server.call(id_token_login(&key.sign(&claims))).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["account"], "local:248289761001");
+    assert_eq!(server.upstream.received()[0].json()["user"]["address"], "local:248289761001");
+    let token = reply["token"].as_str().unwrap().to_string();
+    let me = assert_ok(server.call_op("me", &token, json!({})).await);
+    assert_eq!(me["result"], true, "{me}");
+
+    // Deleting the account takes a fresh ID token, since no code can reach it.
+    let reply = server.call_op("deleteaccount", &token, json!({ "appid": APPID, "otp": "123456" })).await;
+    assert_error(&reply, 401, "BADCODE");
+    let fresh = key.sign(&claims);
+    let reply = server.call_op("deleteaccount", &token, json!({ "appid": APPID, "provider": "local", "id_token": fresh })).await;
+    assert_ok(reply);
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 0);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn an_unreachable_issuer_or_unknown_provider_is_told_apart_from_a_bad_token() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    let id_token = key.sign(&issuer.claims(EMAIL, server.clock.now()));
+    issuer.stop().await;
+    assert_error(&server.call(id_token_login(&id_token)).await, 502, "IDPROVIDER");
+
+    let mut request = id_token_login(&id_token);
+    request["provider"] = json!("myspace");
+    let reply = server.call(request).await;
+    assert_error(&reply, 400, "BADPARAM");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("one of: local"), "{}", reply.1);
+
+    let plain = TestServer::start(&[]).await;
+    let reply = plain.call(id_token_login(&id_token)).await;
+    assert_error(&reply, 400, "BADPARAM");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("OIDC_PROVIDERS"), "{}", reply.1);
+    assert_eq!(server.upstream.issued() + plain.upstream.issued(), 0);
+}
