@@ -19,11 +19,13 @@ pub enum Op {
     SetAdmin,
     DelGroup,
     DeleteAccount,
+    Link,
+    Unlink,
 }
 
 impl Op {
     /// Every op, in the order the OpenAPI document lists them.
-    pub const ALL: [Op; 15] = [
+    pub const ALL: [Op; 17] = [
         Op::Login,
         Op::Logout,
         Op::Devices,
@@ -39,6 +41,8 @@ impl Op {
         Op::SetAdmin,
         Op::DelGroup,
         Op::DeleteAccount,
+        Op::Link,
+        Op::Unlink,
     ];
 
     /// The op's name in requests and replies.
@@ -59,6 +63,8 @@ impl Op {
             Op::SetAdmin => "setadmin",
             Op::DelGroup => "delgroup",
             Op::DeleteAccount => "deleteaccount",
+            Op::Link => "link",
+            Op::Unlink => "unlink",
         }
     }
 

@@ -69,11 +69,14 @@ pub fn op_doc(op: Op) -> OpDoc {
             summary: "The caller's live sessions, most recently used first, without tokens.",
             request: &[TOKEN_FIELD],
             required: &["token"],
-            reply: &[(
-                "devices",
-                "array",
-                "Entries with device, appid, created, last_seen, current (the session making the request), push (a push token is registered) and dt.",
-            )],
+            reply: &[
+                (
+                    "devices",
+                    "array",
+                    "Entries with device, appid, created, last_seen, current (the session making the request), push (a push token is registered) and dt.",
+                ),
+                LINKED_FIELD,
+            ],
         },
         Op::GetContacts => OpDoc {
             summary: "Record uploaded phones as the caller's contacts and return those that use the app; without phones, the contacts changed since ts.",
@@ -113,10 +116,10 @@ pub fn op_doc(op: Op) -> OpDoc {
             reply: &[("profile", "object", "json dialect only (the 2021 Android app reads profile as a number): phone or email, name, status, photo, ts, tn and uid.")],
         },
         Op::Me => OpDoc {
-            summary: "The caller's own profile.",
+            summary: "The caller's own profile, and the addresses linked to the account.",
             request: &[TOKEN_FIELD],
             required: &["token"],
-            reply: &[PROFILE_FIELD],
+            reply: &[PROFILE_FIELD, LINKED_FIELD],
         },
         Op::Upload => OpDoc {
             summary: "Multipart: store a chat attachment (profile=0), or set or delete (delete=1) the caller's photo (profile=1). The first file part is taken whatever its name (the apps name it photo).",
@@ -211,8 +214,41 @@ pub fn op_doc(op: Op) -> OpDoc {
             required: &["token", "appid"],
             reply: &[],
         },
+        Op::Link => OpDoc {
+            summary: "Links a further address to the caller's account: first start a login for it (op=login with its phone or email), then send its code here; or send an ID token. From then on a login through it is the same user, its token minted with linkto = the account's own address.",
+            request: &[
+                TOKEN_FIELD,
+                ("appid", "string", "The app the code was asked for."),
+                ("phone", "string", "The phone to link, with otp."),
+                ("email", "string", "The e-mail address to link, with otp."),
+                ("otp", "string", "The code the login start for that address sent (or code)."),
+                ("challenge", "string", "The challenge id of that start reply, when the app has it."),
+                PROVIDER_FIELD,
+                ID_TOKEN_FIELD,
+                NONCE_FIELD,
+            ],
+            required: &["token", "appid"],
+            reply: &[LINKED_FIELD],
+        },
+        Op::Unlink => OpDoc {
+            summary: "Unlinks a linked address and ends the sessions that logged in through it; the platform is asked to delete the user it made of it (userdel). The account's own address cannot be unlinked.",
+            request: &[
+                TOKEN_FIELD,
+                ("phone", "string", "The linked phone to unlink."),
+                ("email", "string", "The linked e-mail address to unlink."),
+                ("account", "string", "The linked provider:subject to unlink."),
+            ],
+            required: &["token"],
+            reply: &[LINKED_FIELD, ("ended", "integer", "How many sessions that came through the address ended.")],
+        },
     }
 }
+
+const LINKED_FIELD: (&str, &str, &str) = (
+    "linked",
+    "array",
+    "The addresses linked to the account, oldest first: entries with address, kind (phone, email or account) and linked_at.",
+);
 
 const PROVIDER_FIELD: (&str, &str, &str) =
     ("provider", "string", "A sign-in provider named in OIDC_PROVIDERS (e.g. google, apple), with id_token.");

@@ -13,7 +13,7 @@ use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::authenticators::ProofFields;
 use crate::service::groups::{self, SetGroup};
 use crate::service::uploads::{self, UploadRequest, UploadedFile};
-use crate::{api::AppState, service::accounts, service::contacts, service::sessions, service::users};
+use crate::{api::AppState, service::accounts, service::contacts, service::links, service::sessions, service::users};
 
 pub async fn handle(
     state: &AppState,
@@ -109,6 +109,8 @@ pub async fn handle(
             let request = accounts::DeleteRequest { appid: field("appid"), proof: proof_fields(params) };
             accounts::delete_own_account(&state.login, &state.db, &state.files, &caller, request, client_ip).await
         }
+        Op::Link => links::link(&state.login, &state.db, &caller, field("appid"), proof_fields(params), client_ip).await,
+        Op::Unlink => links::unlink(&state.db, &caller, &proof_fields(params), field("account")).await,
         Op::Login | Op::Logout => Err(ApiError::new(ErrorCode::BadOp, "this op needs no session")),
     }
 }

@@ -41,9 +41,10 @@ pub async fn delete_own_account(
     }
     let own = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
     let proof = login.prove(appid, &request.proof, Some(&own), client_ip).await?;
-    if proof.address != own {
+    let linked = db.linked_addresses(caller.user_id).await?;
+    if proof.address != own && !linked.iter().any(|linked| linked.address == proof.address.as_str()) {
         login.release(&proof).await;
-        return Err(ApiError::new(ErrorCode::BadParam, "the proof is for another address than this account's"));
+        return Err(ApiError::new(ErrorCode::BadParam, "the proof is for an address that is not this account's own or linked"));
     }
     match delete(db, files, caller.user_id, "user").await {
         Ok(true) => Ok(Map::new()),

@@ -173,7 +173,15 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> R
             None => Ok(()),
         }
     };
-    let issued = match upstream.useradd(address.as_str(), &name, &appid, device.as_deref()).await {
+    // A login through a linked address is its user's: the platform links the two.
+    let linkto = match db.link_target(address.as_str()).await {
+        Ok(linkto) => linkto,
+        Err(e) => {
+            release(Arc::clone(&db), address.as_str().to_string()).await.map_err(internal)?;
+            return Err(internal(e));
+        }
+    };
+    let issued = match upstream.useradd(address.as_str(), &name, &appid, device.as_deref(), linkto.as_deref()).await {
         Ok(issued) => issued,
         Err(e) => {
             metrics::UPSTREAM_FAILURES.inc();

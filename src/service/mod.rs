@@ -6,6 +6,7 @@ pub mod authenticators;
 pub mod codes;
 pub mod contacts;
 pub mod groups;
+pub mod links;
 pub mod login;
 pub mod operators;
 pub mod sessions;

@@ -27,18 +27,19 @@ pub fn user_key(phone: Option<&str>, email: Option<&str>, uid: Option<&str>) -> 
     }
 }
 
-/// The user and their live sessions; `None` when there is no such user.
+/// The user, their live sessions and linked addresses; `None` when there is no such user.
 pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<Map<String, Value>>, ApiError> {
     let Some(user) = db.find_user(key).await? else { return Ok(None) };
     let sessions = db.user_sessions(user.id).await?;
     let mut fields = Map::new();
     fields.insert("user".into(), user_fields(&user));
     fields.insert("sessions".into(), sessions.into());
+    fields.extend(super::links::linked_reply(db, user.id).await?);
     Ok(Some(fields))
 }
 
 fn user_fields(user: &UserRecord) -> Value {
-    let kind = if user.address.contains('@') { "email" } else { "phone" };
+    let kind = address::Address::from_stored(&user.address).field();
     json!({
         "id": user.id,
         kind: user.address,

@@ -21,6 +21,7 @@ pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>
     let sessions = db.sessions_of(caller.clone(), db.clock().now()).await?;
     let mut fields = Map::new();
     fields.insert("devices".into(), sessions.into());
+    fields.extend(super::links::linked_reply(db, caller.user_id).await?);
     Ok(fields)
 }
 

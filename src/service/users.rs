@@ -14,7 +14,9 @@ use crate::store::Db;
 pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
     let user_id = caller.user_id;
     let own = db.profile_of(user_id).await?;
-    Ok(profile_reply(own))
+    let mut reply = profile_reply(own);
+    reply.extend(super::links::linked_reply(db, user_id).await?);
+    Ok(reply)
 }
 
 /// The fields of `op=profile` as sent; `None` leaves the stored value.

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::json;
 
 use crate::store::outbox::USERDEL;
-use crate::store::{self, Db, StorageError};
+use crate::store::{self, links, Db, StorageError};
 
 /// What a deleted account leaves for the caller to clean up outside the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,30 +21,33 @@ pub(in crate::store) fn userdel_payload(uid: &str) -> String {
 }
 
 /// Deletes the user and everything kept for them: sessions (and their push tokens),
-/// their address book, their group memberships, pending codes, delivery records and
-/// notices waiting for them. Others' address books that hold their phone stay.
+/// linked addresses, their address book, their group memberships, pending codes,
+/// delivery records and notices waiting for them. Others' address books that hold
+/// their phone stay.
 fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Option<DeletedAccount>> {
     store::atomically(conn, |tx| {
         let found: Option<(String, String, String)> = tx
             .query_row("SELECT address, uid, photo FROM users WHERE id = ?1", [user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let Some((address, uid, photo)) = found else { return Ok(None) };
+        let linked: Vec<(String, String)> = tx
+            .prepare("DELETE FROM linked_addresses WHERE user_id = ?1 RETURNING address, uid")?
+            .query_map([user_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
         tx.execute("DELETE FROM sessions WHERE user_id = ?1", [user_id])?;
         tx.execute("DELETE FROM contacts WHERE owner_id = ?1", [user_id])?;
         tx.execute("DELETE FROM users WHERE id = ?1", [user_id])?;
-        for sql in [
-            "DELETE FROM group_members WHERE phone = ?1",
-            "DELETE FROM otp_challenges WHERE address = ?1",
-            "DELETE FROM courier WHERE address = ?1",
-        ] {
-            tx.execute(sql, [&address])?;
+        tx.execute("DELETE FROM group_members WHERE phone = ?1", [&address])?;
+        for (each, uid) in std::iter::once((address.clone(), uid)).chain(linked) {
+            tx.execute("DELETE FROM otp_challenges WHERE address = ?1", [&each])?;
+            tx.execute("DELETE FROM courier WHERE address = ?1", [&each])?;
+            // A userdel still queued for an earlier account of the same address stays.
+            tx.execute("DELETE FROM outbox WHERE recipient = ?1 AND kind <> ?2", params![each, USERDEL])?;
+            // The platform made a user of each address a login came through: each goes there.
+            if !uid.is_empty() {
+                links::queue_userdel(tx, &each, &uid, now)?;
+            }
         }
-        // A userdel still queued for an earlier account of the same address stays.
-        tx.execute("DELETE FROM outbox WHERE recipient = ?1 AND kind <> ?2", params![address, USERDEL])?;
-        tx.execute(
-            "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES (?1, ?2, ?3, ?3, ?4)",
-            params![address, userdel_payload(&uid), now, USERDEL],
-        )?;
         let shared: bool = tx.query_row(
             "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1)",
             [&photo],

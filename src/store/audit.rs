@@ -18,6 +18,10 @@ pub const DELIVERY_FAILED: &str = "delivery_failed";
 pub const SESSIONS_REVOKED: &str = "sessions_revoked";
 /// The account was deleted; the detail says by whom (`user` or `operator`).
 pub const ACCOUNT_DELETED: &str = "account_deleted";
+/// An address was linked to an account; the detail is the other address, masked.
+pub const ADDRESS_LINKED: &str = "address_linked";
+/// A linked address was unlinked; the detail is the other address, masked.
+pub const ADDRESS_UNLINKED: &str = "address_unlinked";
 
 /// Most events one read answers, newest first.
 pub const MAX_EVENTS: i64 = 1000;

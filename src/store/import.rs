@@ -1,6 +1,6 @@
 //! Moving an instance from its SQLite file to PostgreSQL (`otpgate migrate --from-sqlite`):
 //! users keep their ids, sessions (token hashes) stay valid, and address books, photos,
-//! push registrations and groups stay.
+//! push registrations, groups and linked addresses stay.
 //! Pending codes and queued messages are not carried over: they live minutes, and a user
 //! who was waiting for one asks again.
 
@@ -12,8 +12,8 @@ use crate::store::{Db, StorageError};
 
 /// A user: (id, address, uid, name, status, photo, created_at, last_login, ts).
 pub type UserRow = (i64, String, String, String, String, String, i64, i64, i64);
-/// A session: (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at).
-pub type SessionRow = (String, i64, String, String, i64, i64, i64);
+/// A session: (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via).
+pub type SessionRow = (String, i64, String, String, i64, i64, i64, String);
 /// A session's push registration: (token_sha256, notify_token, notify_sender, device_type).
 pub type PushRow = (String, String, Option<String>, Option<String>);
 
@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub push: Vec<PushRow>,
     /// Groups and their members.
     pub groups: Vec<Group>,
+    /// Linked addresses: (address, user_id, uid, linked_at).
+    pub links: Vec<(String, i64, String, i64)>,
 }
 
 /// What an import moved.
@@ -87,11 +89,14 @@ fn snapshot(conn: &rusqlite::Connection, path: &str, now: i64, phones: &PhoneHas
     snapshot.users = users
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    let mut sessions = conn
-        .prepare("SELECT token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at FROM sessions WHERE expires_at > ?1")?;
+    let mut sessions = conn.prepare(
+        "SELECT token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via FROM sessions WHERE expires_at > ?1",
+    )?;
     snapshot.sessions = sessions
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    let mut links = conn.prepare("SELECT address, user_id, uid, linked_at FROM linked_addresses ORDER BY user_id, address")?;
+    snapshot.links = links.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
     // Address books cannot be hashed again: their phones are gone. They move only under the key they were hashed with.
     // One user tells the key: every hash in a file was made under the same one.
     let sample: Option<(String, i64)> = conn

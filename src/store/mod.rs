@@ -9,6 +9,7 @@ pub mod courier;
 pub mod files;
 pub mod groups;
 pub mod import;
+pub mod links;
 pub mod operators;
 pub mod outbox;
 pub mod postgres;
@@ -911,9 +912,17 @@ pub(in crate::store) fn complete_login(
     claimed_code: Option<&[u8; 32]>,
 ) -> rusqlite::Result<LoginRecord> {
     atomically(conn, |tx| {
-        let (user_id, first_login, profile) = users::upsert_at_login(tx, &login.address, address_hash, &login.uid, &login.name, login.now)?;
+        // A linked address logs its user in; the platform's id of the address is kept for its userdel.
+        let linked: Option<i64> = tx
+            .prepare_cached("UPDATE linked_addresses SET uid = ?2 WHERE address = ?1 RETURNING user_id")?
+            .query_row([&login.address, &login.uid], |r| r.get(0))
+            .optional()?;
+        let (user_id, first_login, profile) = match linked {
+            Some(user_id) => (user_id, false, users::update_at_login(tx, user_id, None, &login.name, login.now)?),
+            None => users::upsert_at_login(tx, &login.address, address_hash, &login.uid, &login.name, login.now)?,
+        };
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
-        if first_login && !login.address.contains('@') {
+        if first_login && crate::domain::address::is_phone(&login.address) {
             let payload = outbox::contact_joined(&login.address, &login.name, login.now).payload();
             record.notified = outbox::enqueue_for_contact_holders(tx, user_id, &payload, login.now)?;
         }
@@ -924,6 +933,7 @@ pub(in crate::store) fn complete_login(
             device: &login.device,
             now_ms: login.now_ms,
             expires_at: login.expires_at,
+            via: if linked.is_some() { &login.address } else { "" },
         };
         if first_login {
             // A new user id has no sessions yet: nothing to replace, expire or evict.

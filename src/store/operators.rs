@@ -9,7 +9,7 @@ use crate::store::{Db, StorageError};
 /// How an operator names a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UserKey {
-    /// A normalised phone number or e-mail address.
+    /// A normalised phone number or e-mail address: the user's own, or one linked to them.
     Address(String),
     /// The platform's user id.
     Uid(String),
@@ -48,7 +48,7 @@ fn user_from_row(row: &Row) -> rusqlite::Result<UserRecord> {
 fn find_user(conn: &Connection, key: &UserKey) -> rusqlite::Result<Option<UserRecord>> {
     // Several users may share an upstream uid only if the platform reused one; the oldest answers.
     let (condition, value): (&str, &dyn rusqlite::ToSql) = match key {
-        UserKey::Address(address) => ("address = ?1", address),
+        UserKey::Address(address) => ("address = ?1 OR id = (SELECT user_id FROM linked_addresses WHERE address = ?1)", address),
         UserKey::Uid(uid) => ("uid = ?1", uid),
         UserKey::Id(id) => ("id = ?1", id),
     };

@@ -27,6 +27,7 @@ use crate::store::audit::{self, MAX_EVENTS};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
 use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
+use crate::store::links::{LinkOutcome, LinkedAddress};
 use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
 use crate::store::outbox::Pending;
 use crate::store::outbox::USERDEL;
@@ -43,6 +44,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (4, "hashed_contacts", include_str!("../../migrations/postgres/004_hashed_contacts.sql")),
     (5, "account_deletion", include_str!("../../migrations/postgres/005_account_deletion.sql")),
     (6, "audit_events", include_str!("../../migrations/postgres/006_audit_events.sql")),
+    (7, "linked_addresses", include_str!("../../migrations/postgres/007_linked_addresses.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -263,21 +265,42 @@ impl PgStore {
     ) -> Result<LoginRecord, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // A linked address logs its user in; the platform's id of the address is kept for its userdel.
+        let linked: Option<i64> =
+            query_opt(&tx, "UPDATE linked_addresses SET uid = $2 WHERE address = $1 RETURNING user_id", &[&login.address, &login.uid])
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
         // A changed name is a profile change: bump ts so contacts' next sync sees it.
-        let user = query_one(
-            &tx,
-            "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts, address_hash) VALUES ($1, $2, $3, $4, $4, $4, $5)
+        let user = match linked {
+            Some(user_id) => {
+                query_one(
+                    &tx,
+                    "UPDATE users AS u SET last_login = $2,
+                         ts = CASE WHEN $3 <> '' AND $3 <> u.name THEN $2 ELSE u.ts END,
+                         name = CASE WHEN $3 = '' THEN u.name ELSE $3 END
+                     WHERE id = $1
+                     RETURNING u.id, false, u.name, u.status, u.photo, u.thumbnail",
+                    &[&user_id, &login.now, &login.name],
+                )
+                .await?
+            }
+            None => query_one(
+                &tx,
+                "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts, address_hash) VALUES ($1, $2, $3, $4, $4, $4, $5)
              ON CONFLICT (address) DO UPDATE SET uid = excluded.uid, last_login = excluded.last_login,
                  ts = CASE WHEN excluded.name <> '' AND excluded.name <> u.name THEN excluded.ts ELSE u.ts END,
                  name = CASE WHEN excluded.name = '' THEN u.name ELSE excluded.name END
              RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo, u.thumbnail",
-            &[&login.address, &login.uid, &login.name, &login.now, &address_hash],
-        )
-        .await?;
+                &[&login.address, &login.uid, &login.name, &login.now, &address_hash],
+            )
+            .await?,
+        };
+        let via = if linked.is_some() { login.address.as_str() } else { "" };
         let (user_id, first_login): (i64, bool) = (user.try_get(0)?, user.try_get(1)?);
         let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)?, thumbnail: user.try_get(5)? };
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
-        if first_login && !login.address.contains('@') {
+        if first_login && crate::domain::address::is_phone(&login.address) {
             let payload = crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload();
             let queued = execute(
                 &tx,
@@ -303,11 +326,11 @@ impl PgStore {
         }
         execute(
             &tx,
-            "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (token_sha256) DO UPDATE SET user_id = excluded.user_id, appid = excluded.appid, device = excluded.device,
-                 created_at = excluded.created_at, last_seen_ms = excluded.last_seen_ms, expires_at = excluded.expires_at",
-            &[&login.token_sha256, &user_id, &login.appid, &login.device, &(login.now_ms / 1000), &login.now_ms, &login.expires_at],
+                 created_at = excluded.created_at, last_seen_ms = excluded.last_seen_ms, expires_at = excluded.expires_at, via = excluded.via",
+            &[&login.token_sha256, &user_id, &login.appid, &login.device, &(login.now_ms / 1000), &login.now_ms, &login.expires_at, &via],
         )
         .await?;
         // A new user id has no other session: nothing to evict.
@@ -432,24 +455,23 @@ impl PgStore {
             return Ok(None);
         };
         let (address, uid, photo): (String, String, String) = (user.try_get(0)?, user.try_get(1)?, user.try_get(2)?);
+        let linked = query(&tx, "DELETE FROM linked_addresses WHERE user_id = $1 RETURNING address, uid", &[&user_id]).await?;
+        let linked =
+            linked.iter().map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).collect::<Result<Vec<(String, String)>, tokio_postgres::Error>>()?;
         execute(&tx, "DELETE FROM sessions WHERE user_id = $1", &[&user_id]).await?;
         execute(&tx, "DELETE FROM contacts WHERE owner_id = $1", &[&user_id]).await?;
         execute(&tx, "DELETE FROM users WHERE id = $1", &[&user_id]).await?;
-        for sql in [
-            "DELETE FROM group_members WHERE phone = $1",
-            "DELETE FROM otp_challenges WHERE address = $1",
-            "DELETE FROM courier WHERE address = $1",
-        ] {
-            execute(&tx, sql, &[&address]).await?;
+        execute(&tx, "DELETE FROM group_members WHERE phone = $1", &[&address]).await?;
+        for (each, uid) in std::iter::once((address.clone(), uid)).chain(linked) {
+            execute(&tx, "DELETE FROM otp_challenges WHERE address = $1", &[&each]).await?;
+            execute(&tx, "DELETE FROM courier WHERE address = $1", &[&each]).await?;
+            // A userdel still queued for an earlier account of the same address stays.
+            execute(&tx, "DELETE FROM outbox WHERE recipient = $1 AND kind <> $2", &[&each, &USERDEL]).await?;
+            // The platform made a user of each address a login came through: each goes there.
+            if !uid.is_empty() {
+                queue_userdel(&tx, &each, &uid, now).await?;
+            }
         }
-        // A userdel still queued for an earlier account of the same address stays.
-        execute(&tx, "DELETE FROM outbox WHERE recipient = $1 AND kind <> $2", &[&address, &USERDEL]).await?;
-        execute(
-            &tx,
-            "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES ($1, $2, $3, $3, $4)",
-            &[&address, &userdel_payload(&uid), &now, &USERDEL],
-        )
-        .await?;
         let shared: bool = query_one(
             &tx,
             "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = $1)",
@@ -467,7 +489,8 @@ impl PgStore {
         let select = "SELECT id, address, uid, name, created_at, last_login FROM users";
         let found = match &key {
             UserKey::Address(address) => {
-                query_opt(&client, &format!("{select} WHERE address = $1 ORDER BY id LIMIT 1"), &[address]).await?
+                let linked = "address = $1 OR id = (SELECT user_id FROM linked_addresses WHERE address = $1)";
+                query_opt(&client, &format!("{select} WHERE {linked} ORDER BY id LIMIT 1"), &[address]).await?
             }
             UserKey::Uid(uid) => query_opt(&client, &format!("{select} WHERE uid = $1 ORDER BY id LIMIT 1"), &[uid]).await?,
             UserKey::Id(id) => query_opt(&client, &format!("{select} WHERE id = $1"), &[id]).await?,
@@ -863,6 +886,98 @@ impl PgStore {
     }
 }
 
+/// Queues the platform's `userdel` of the user `uid` at `address`.
+async fn queue_userdel(tx: &impl GenericClient, address: &str, uid: &str, now: i64) -> Result<(), StorageError> {
+    execute(
+        tx,
+        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES ($1, $2, $3, $3, $4)",
+        &[&address, &userdel_payload(uid), &now, &USERDEL],
+    )
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Links an address (see `store::links`).
+    pub async fn link_address(
+        &self,
+        user_id: i64,
+        address: &str,
+        claimed_code: Option<[u8; 32]>,
+        now: i64,
+    ) -> Result<LinkOutcome, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Two links of one address wait for each other, instead of one failing on the key.
+        execute(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&address]).await?;
+        let owner: Option<i64> =
+            query_opt(&tx, "SELECT id FROM users WHERE address = $1", &[&address]).await?.map(|r| r.try_get(0)).transpose()?;
+        let linked: Option<i64> = query_opt(&tx, "SELECT user_id FROM linked_addresses WHERE address = $1", &[&address])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let outcome = match (owner, linked) {
+            (Some(owner), _) if owner == user_id => LinkOutcome::OwnAddress,
+            (Some(_), _) => LinkOutcome::Taken,
+            (None, Some(holder)) if holder == user_id => LinkOutcome::AlreadyLinked,
+            (None, Some(_)) => LinkOutcome::Taken,
+            (None, None) => {
+                execute(&tx, "INSERT INTO linked_addresses (address, user_id, linked_at) VALUES ($1, $2, $3)", &[&address, &user_id, &now])
+                    .await?;
+                LinkOutcome::Linked
+            }
+        };
+        if matches!(outcome, LinkOutcome::Linked | LinkOutcome::AlreadyLinked) {
+            if let Some(otp_hash) = claimed_code {
+                let hash: &[u8] = &otp_hash;
+                execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&address, &hash]).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Unlinks an address (see `store::links`).
+    pub async fn unlink_address(&self, user_id: i64, address: &str, now: i64) -> Result<Option<usize>, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let removed =
+            query_opt(&tx, "DELETE FROM linked_addresses WHERE address = $1 AND user_id = $2 RETURNING uid", &[&address, &user_id]).await?;
+        let Some(removed) = removed else { return Ok(None) };
+        let uid: String = removed.try_get(0)?;
+        let ended = execute(&tx, "DELETE FROM sessions WHERE user_id = $1 AND via = $2", &[&user_id, &address]).await?;
+        if !uid.is_empty() {
+            queue_userdel(&tx, address, &uid, now).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(rows(ended)))
+    }
+
+    /// A user's linked addresses, oldest first.
+    pub async fn linked_addresses(&self, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
+        let client = self.client().await?;
+        let found =
+            query(&client, "SELECT address, linked_at FROM linked_addresses WHERE user_id = $1 ORDER BY linked_at, address", &[&user_id])
+                .await?;
+        Ok(found
+            .iter()
+            .map(|r| Ok(LinkedAddress { address: r.try_get(0)?, linked_at: r.try_get(1)? }))
+            .collect::<Result<_, tokio_postgres::Error>>()?)
+    }
+
+    /// The user a linked address belongs to, and that user's own address.
+    pub async fn link_holder(&self, address: &str) -> Result<Option<(i64, String)>, StorageError> {
+        let client = self.client().await?;
+        let found = query_opt(
+            &client,
+            "SELECT u.id, u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1",
+            &[&address],
+        )
+        .await?;
+        Ok(found.map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?))).transpose()?)
+    }
+}
+
 /// The group `gid` with its members, on any client (a transaction included).
 async fn group_on(client: &impl GenericClient, gid: i64) -> Result<Option<Group>, StorageError> {
     let Some(row) = query_opt(client, "SELECT name, photo, thumbnail, ts FROM chat_groups WHERE gid = $1", &[&gid]).await? else {
@@ -1053,8 +1168,8 @@ impl PgStore {
             let number = |pick: fn(&SessionRow) -> i64| chunk.iter().map(pick).collect::<Vec<i64>>();
             execute(
                 &tx,
-                "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[])",
+                "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::bigint[], $6::bigint[], $7::bigint[], $8::text[])",
                 &[
                     &text(|s| s.0.clone()),
                     &number(|s| s.1),
@@ -1063,7 +1178,16 @@ impl PgStore {
                     &number(|s| s.4),
                     &number(|s| s.5),
                     &number(|s| s.6),
+                    &text(|s| s.7.clone()),
                 ],
+            )
+            .await?;
+        }
+        for (address, user_id, uid, linked_at) in &snapshot.links {
+            execute(
+                &tx,
+                "INSERT INTO linked_addresses (address, user_id, uid, linked_at) VALUES ($1, $2, $3, $4)",
+                &[address, user_id, uid, linked_at],
             )
             .await?;
         }

@@ -29,6 +29,8 @@ pub struct NewSession<'a> {
     pub device: &'a str,
     pub now_ms: i64,
     pub expires_at: i64,
+    /// The linked address the login came through; empty for the user's own address.
+    pub via: &'a str,
 }
 
 /// Stores a session (replacing the same installation's previous one) and evicts the
@@ -61,10 +63,10 @@ pub(in crate::store) fn insert(conn: &Connection, session: &NewSession, max_devi
 /// Stores the session row alone, for a user who has no other session.
 pub(in crate::store) fn insert_row(conn: &Connection, s: &NewSession) -> rusqlite::Result<()> {
     conn.prepare_cached(
-        "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR REPLACE INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?
-    .execute(params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at])?;
+    .execute(params![s.token_sha256, s.user_id, s.appid, s.device, s.now_ms / 1000, s.now_ms, s.expires_at, s.via])?;
     Ok(())
 }
 
@@ -156,7 +158,7 @@ mod tests {
 
     /// A session of user 1 created at `now_secs`, living ten seconds.
     fn session<'a>(token: &'a str, device: &'a str, now_secs: i64) -> NewSession<'a> {
-        NewSession { user_id: 1, token_sha256: token, appid: "app", device, now_ms: now_secs * 1000, expires_at: now_secs + 10 }
+        NewSession { user_id: 1, token_sha256: token, appid: "app", device, now_ms: now_secs * 1000, expires_at: now_secs + 10, via: "" }
     }
 
     fn tokens(conn: &Connection) -> Vec<String> {

@@ -38,21 +38,7 @@ pub(in crate::store) fn upsert_at_login(
     let existing: Option<i64> =
         conn.prepare_cached("SELECT id FROM users WHERE address = ?1")?.query_row([address], |r| r.get(0)).optional()?;
     match existing {
-        Some(id) => {
-            // A changed name is a profile change: bump ts so contacts' next sync sees it.
-            let profile = conn
-                .prepare_cached(
-                    "UPDATE users SET uid = ?2, last_login = ?4,
-                         ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
-                         name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
-                     WHERE id = ?1
-                     RETURNING name, status, photo, thumbnail",
-                )?
-                .query_row(params![id, uid, name, now], |r| {
-                    Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)?, thumbnail: r.get(3)? })
-                })?;
-            Ok((id, false, profile))
-        }
+        Some(id) => Ok((id, false, update_at_login(conn, id, Some(uid), name, now)?)),
         None => {
             conn.prepare_cached(
                 "INSERT INTO users (address, address_hash, uid, name, created_at, last_login, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?5)",
@@ -61,6 +47,28 @@ pub(in crate::store) fn upsert_at_login(
             Ok((conn.last_insert_rowid(), true, OwnProfile { name: name.to_string(), ..OwnProfile::default() }))
         }
     }
+}
+
+/// Records a login of user `id`: its time, the upstream id when it is the user's own
+/// address's (`None` for a linked address), and a new non-empty name.
+pub(in crate::store) fn update_at_login(
+    conn: &Connection,
+    id: i64,
+    uid: Option<&str>,
+    name: &str,
+    now: i64,
+) -> rusqlite::Result<OwnProfile> {
+    // A changed name is a profile change: bump ts so contacts' next sync sees it.
+    conn.prepare_cached(
+        "UPDATE users SET uid = coalesce(?2, uid), last_login = ?4,
+             ts = CASE WHEN ?3 <> '' AND ?3 <> name THEN ?4 ELSE ts END,
+             name = CASE WHEN ?3 = '' THEN name ELSE ?3 END
+         WHERE id = ?1
+         RETURNING name, status, photo, thumbnail",
+    )?
+    .query_row(params![id, uid, name, now], |r| {
+        Ok(OwnProfile { name: r.get(0)?, status: r.get(1)?, photo: r.get(2)?, thumbnail: r.get(3)? })
+    })
 }
 
 pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Result<Profile> {

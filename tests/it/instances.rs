@@ -273,6 +273,15 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     assert_ok(sqlite.call_op("getcontacts", &ann, json!({ "phones": "18005550402,18005550499" })).await);
     assert_ok(sqlite.call_op("setnotify", &ann, json!({ "notifytoken": "ann-push", "dt": "1" })).await);
     let group = assert_ok(sqlite.call_op("setgroup", &ann, json!({ "gid": 0, "name": "Hikers", "m": "18005550402" })).await);
+    // Ann links her e-mail address and logs in through it.
+    let email_login = json!({ "op": "login", "appid": APPID, "email": "ann@example.com" });
+    assert_ok(sqlite.call(email_login.clone()).await);
+    let link = json!({ "appid": APPID, "email": "ann@example.com", "otp": sqlite.sender.last_code("ann@example.com") });
+    assert_ok(sqlite.call_op("link", &ann, link).await);
+    assert_ok(sqlite.call(email_login.clone()).await);
+    let mut verify_email = email_login;
+    verify_email["otp"] = sqlite.sender.last_code("ann@example.com").into();
+    let by_mail = assert_ok(sqlite.call(verify_email).await)["token"].as_str().unwrap().to_string();
     let file = rusqlite::Connection::open(sqlite.dir.path().join("otpgate.db")).unwrap();
     file.execute("UPDATE users SET photo = 'p.jpg', thumbnail = X'FFD8FFD9' WHERE address = '18005550401'", []).unwrap();
     sqlite.stop().await;
@@ -296,7 +305,7 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let output = migrate();
     let said = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    assert!(said.contains("2 users, 2 sessions, 2 contacts"), "{said}");
+    assert!(said.contains("2 users, 3 sessions, 2 contacts"), "{said}");
     assert!(!said.contains("postgres@"), "no credentials in what it prints: {said}");
 
     let instance = cluster.start(&[]).await;
@@ -311,6 +320,9 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let phones: Vec<&str> =
         synced["contacts"].as_array().unwrap().iter().filter(|c| c.get("gid").is_none()).map(|c| c["phone"].as_str().unwrap()).collect();
     assert_eq!(phones, ["18005550402"], "{synced}");
+    let (_, unlinked) = instance.call(json!({ "op": "unlink", "token": ann, "email": "ann@example.com" })).await;
+    assert_eq!(unlinked["ended"], 1, "the linked address moved, with the session that came through it: {unlinked}");
+    assert_eq!(instance.call(json!({ "op": "me", "token": by_mail })).await.1["error"], "AUTHFAIL");
     // A new user gets an id after the imported ones.
     let (status, _) = instance.call(verify_new_user(&instance, "18005550403").await).await;
     assert_eq!(status, 200);

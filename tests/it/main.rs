@@ -15,6 +15,7 @@ mod fuzz;
 mod groups;
 mod hardening;
 mod instances;
+mod links;
 mod login_flow;
 mod migration;
 mod notifications;

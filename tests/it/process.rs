@@ -131,6 +131,7 @@ async fn migrate_creates_the_schema_and_exits() {
             "contacts",
             "courier",
             "group_members",
+            "linked_addresses",
             "otp_challenges",
             "outbox",
             "sessions",

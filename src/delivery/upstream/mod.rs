@@ -73,6 +73,9 @@ struct UseraddRequestToken<'a> {
     expiry: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     device: Option<&'a str>,
+    /// The user's own address, when the token is for a linked one: the platform links them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    linkto: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
@@ -111,12 +114,18 @@ impl Upstream {
         })
     }
 
-    pub async fn useradd(&self, address: &str, name: &str, appid: &str, device: Option<&str>) -> Result<IssuedToken, UpstreamError> {
-        let request = UseraddRequest {
-            op: "useradd",
-            token: &self.app_token,
-            user: UseraddRequestUser { address, name, token: UseraddRequestToken { appid, expiry: self.token_expiry_mins, device } },
-        };
+    /// Has the platform mint a token for `address`; `linkto` names the user's own address
+    /// when `address` is one linked to it.
+    pub async fn useradd(
+        &self,
+        address: &str,
+        name: &str,
+        appid: &str,
+        device: Option<&str>,
+        linkto: Option<&str>,
+    ) -> Result<IssuedToken, UpstreamError> {
+        let token = UseraddRequestToken { appid, expiry: self.token_expiry_mins, device, linkto };
+        let request = UseraddRequest { op: "useradd", token: &self.app_token, user: UseraddRequestUser { address, name, token } };
         let body = self.post(&request).await?;
         // A 2xx body may carry a freshly issued token: it is never quoted in an error.
         let reply: UseraddReply =
