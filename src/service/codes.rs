@@ -20,10 +20,8 @@ use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLim
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
 use crate::service::authenticators::{Authenticator, Proof, ProofFields};
-use crate::service::non_empty;
+use crate::service::{non_empty, MAX_ID_CHARS};
 use crate::store::{self, audit, CodeGuess, Db, NewChallenge, VerifyOutcome};
-
-const MAX_ID_CHARS: usize = 128;
 
 /// Beyond the upstream timeout, for recording the login (the writer may be busy).
 const CLAIM_MARGIN_SECS: u64 = 30;
@@ -154,7 +152,7 @@ impl CodeAuthenticator {
     /// Checks `code` against the pending code of `address` for `appid`, within the verify
     /// limits, and claims it: a claimed code is accepted once. Returns its hash, for
     /// whatever the proof is for to consume it (or release the claim on failure).
-    pub async fn confirm_code(
+    async fn confirm_code(
         &self,
         appid: &str,
         address: &Address,

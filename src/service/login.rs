@@ -16,10 +16,8 @@ use crate::domain::metrics;
 use crate::domain::ratelimit::SharedLimits;
 use crate::service::authenticators::{Authenticator, IdTokenAuthenticator, Proof, ProofFields};
 use crate::service::codes::CodeAuthenticator;
-use crate::service::non_empty;
+use crate::service::{non_empty, MAX_ID_CHARS};
 use crate::store::{self, CompletedLogin, Db};
-
-const MAX_ID_CHARS: usize = 128;
 
 /// The login fields of a request, as received (not yet validated).
 #[derive(Default, Debug, Clone, Copy)]
@@ -88,7 +86,7 @@ impl LoginFlow {
     }
 
     /// The authenticator the proof in `fields` is for: an ID token's, or a code's.
-    pub fn authenticator(&self, fields: &ProofFields<'_>) -> Result<&dyn Authenticator, ApiError> {
+    fn authenticator(&self, fields: &ProofFields<'_>) -> Result<&dyn Authenticator, ApiError> {
         if !fields.has_id_token() {
             return Ok(&self.codes);
         }
@@ -134,7 +132,7 @@ impl LoginFlow {
         }
         refuse_control_characters("name", name)?;
         refuse_control_characters("device", device.unwrap_or_default())?;
-        let proof = self.authenticator(&fields)?.prove(appid, &fields, None, client_ip).await?;
+        let proof = self.prove(appid, &fields, None, client_ip).await?;
         let login = ProvenLogin {
             proof,
             name: name.to_string(),

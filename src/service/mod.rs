@@ -13,6 +13,9 @@ pub mod sessions;
 pub mod uploads;
 pub mod users;
 
+/// Longest appid, device id or challenge id a request may send.
+const MAX_ID_CHARS: usize = 128;
+
 /// A request field that was sent and is not blank, trimmed.
 fn non_empty(field: Option<&str>) -> Option<&str> {
     field.map(str::trim).filter(|value| !value.is_empty())

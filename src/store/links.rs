@@ -27,6 +27,18 @@ pub struct LinkedAddress {
     pub linked_at: i64,
 }
 
+/// What linking an address to user `user_id` comes to, given the user whose own address
+/// it is and the user it is linked to; `Linked` asks the caller to insert the link.
+pub(in crate::store) fn outcome(user_id: i64, owner: Option<i64>, linked: Option<i64>) -> LinkOutcome {
+    match (owner, linked) {
+        (Some(owner), _) if owner == user_id => LinkOutcome::OwnAddress,
+        (Some(_), _) => LinkOutcome::Taken,
+        (None, Some(holder)) if holder == user_id => LinkOutcome::AlreadyLinked,
+        (None, Some(_)) => LinkOutcome::Taken,
+        (None, None) => LinkOutcome::Linked,
+    }
+}
+
 /// Links `address` to user `user_id`, and uses up the code that proved it, if one did.
 fn link(conn: &mut Connection, user_id: i64, address: &str, claimed_code: Option<&[u8; 32]>, now: i64) -> rusqlite::Result<LinkOutcome> {
     store::atomically(conn, |tx| {

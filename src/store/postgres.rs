@@ -916,17 +916,11 @@ impl PgStore {
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        let outcome = match (owner, linked) {
-            (Some(owner), _) if owner == user_id => LinkOutcome::OwnAddress,
-            (Some(_), _) => LinkOutcome::Taken,
-            (None, Some(holder)) if holder == user_id => LinkOutcome::AlreadyLinked,
-            (None, Some(_)) => LinkOutcome::Taken,
-            (None, None) => {
-                execute(&tx, "INSERT INTO linked_addresses (address, user_id, linked_at) VALUES ($1, $2, $3)", &[&address, &user_id, &now])
-                    .await?;
-                LinkOutcome::Linked
-            }
-        };
+        let outcome = crate::store::links::outcome(user_id, owner, linked);
+        if outcome == LinkOutcome::Linked {
+            execute(&tx, "INSERT INTO linked_addresses (address, user_id, linked_at) VALUES ($1, $2, $3)", &[&address, &user_id, &now])
+                .await?;
+        }
         if matches!(outcome, LinkOutcome::Linked | LinkOutcome::AlreadyLinked) {
             if let Some(otp_hash) = claimed_code {
                 let hash: &[u8] = &otp_hash;
