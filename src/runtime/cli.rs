@@ -83,6 +83,7 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     crate::domain::phone::PhonePolicy::from_config(config)?;
     crate::domain::client_ip::TrustedProxies::parse(&config.trusted_proxies)?;
     otp::test_codes(config.test_otps.expose())?;
+    crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }
 

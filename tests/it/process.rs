@@ -414,3 +414,38 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     service.signal(libc::SIGTERM);
     assert_eq!(service.exit_code().await.0, Some(0), "both listeners stop on SIGTERM");
 }
+
+#[actix_web::test]
+async fn the_binary_signs_in_with_an_id_token_of_its_configured_issuer() {
+    let output = run(otpgate(&["check-config"], &[("OIDC_PROVIDERS", r#"{"corp":{"client_ids":["x"]}}"#)])).await;
+    assert_eq!(output.status.code(), Some(2), "a provider without an issuer is refused");
+    assert!(text(&output.stderr).contains("OIDC_PROVIDERS provider corp needs an issuer"), "{}", text(&output.stderr));
+
+    let [key, ..] = crate::common::local_issuer::keys();
+    let issuer = crate::common::local_issuer::LocalIssuer::start(&[key]);
+    let upstream = FakeUpstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let providers = issuer.provider_setting("email");
+    let mut service = Service::start_with(&upstream, &dir, &[("OIDC_PROVIDERS", &providers), ("RUST_LOG", "debug")]).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let id_token = key.sign(&issuer.claims("ann@example.com", now));
+    let reply: Value = reqwest::Client::new()
+        .post(format!("{}/api", service.url))
+        .json(&json!({ "op": "login", "appid": APPID, "provider": "local", "id_token": id_token }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((&reply["result"], &reply["email"]), (&json!("OK"), &json!("ann@example.com")), "{reply}");
+    assert_eq!(upstream.received()[0].json()["user"]["address"], "ann@example.com");
+    service.wait_for("sign-in provider's keys fetched").await;
+    service.signal(libc::SIGTERM);
+    let (code, lines) = service.exit_code().await;
+    assert_eq!(code, Some(0));
+    let log = lines.iter().map(Value::to_string).collect::<String>();
+    let signature = id_token.rsplit('.').next().unwrap();
+    assert!(!log.contains(signature) && !log.contains(reply["token"].as_str().unwrap()), "no ID token or access token in the log");
+    issuer.stop().await;
+}
