@@ -48,8 +48,24 @@ async fn an_id_token_from_the_issuer_signs_in_and_gets_the_upstream_token() {
 }
 
 #[actix_web::test]
+async fn an_rs256_token_as_google_and_apple_sign_them_signs_in_and_its_key_signs_for_no_other() {
+    let [es256, _, _, rs256] = keys();
+    let issuer = LocalIssuer::start(&[rs256, es256]);
+    let server = server_for(&issuer, "email").await;
+    let claims = issuer.claims(EMAIL, server.clock.now());
+    let (status, reply) = server.call(id_token_login(&rs256.sign(&claims))).await;
+    assert_eq!((status, &reply["email"]), (200, &json!(EMAIL)), "{reply}");
+
+    // A token that names the RSA key but claims another algorithm is refused.
+    let reply = server.call(id_token_login(&es256.sign_as(rs256.kid, &claims))).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("not its key's"), "{}", reply.1);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
 async fn id_tokens_that_do_not_verify_are_refused_and_sign_no_one_in() {
-    let [key, _, attacker] = keys();
+    let [key, _, attacker, _] = keys();
     let issuer = LocalIssuer::start(&[key]);
     let server = server_for(&issuer, "email").await;
     let now = server.clock.now();
@@ -112,7 +128,7 @@ async fn expiry_leaves_a_minute_of_clock_skew() {
 
 #[actix_web::test]
 async fn rotated_keys_are_fetched_when_a_token_names_one_and_not_more_than_once_a_minute() {
-    let [old, new, _] = keys();
+    let [old, new, ..] = keys();
     let issuer = LocalIssuer::start(&[old]);
     let server = server_for(&issuer, "email").await;
 

@@ -5,8 +5,7 @@ use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rsa::pkcs1::EncodeRsaPrivateKey;
-use rsa::traits::PublicKeyParts;
+use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -14,28 +13,46 @@ use std::sync::{Mutex, OnceLock};
 /// The client id the tests' app is registered under at the issuer.
 pub const CLIENT_ID: &str = "com.example.app.signin";
 
-/// An RSA signing key and its public half as a JWK.
+/// A signing key and its public half as a JWK.
 pub struct SigningKey {
     pub kid: &'static str,
+    algorithm: Algorithm,
     encoding: EncodingKey,
     jwk: Value,
 }
 
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
 impl SigningKey {
     fn generate(kid: &'static str) -> SigningKey {
-        let private = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("an RSA key");
-        let b64 = |bytes: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("a P-256 key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng).expect("the key reads back");
+        // An uncompressed point: 0x04, then x and y of 32 bytes each.
+        let point = pair.public_key().as_ref();
         let jwk = json!({
-            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
-            "n": b64(private.n().to_bytes_be()), "e": b64(private.e().to_bytes_be()),
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
         });
-        let der = private.to_pkcs1_der().expect("the key encodes");
-        SigningKey { kid, encoding: EncodingKey::from_rsa_der(der.as_bytes()), jwk }
+        SigningKey { kid, algorithm: Algorithm::ES256, encoding: EncodingKey::from_ec_der(pkcs8.as_ref()), jwk }
+    }
+
+    /// An RS256 key, as Google and Apple sign with: jsonwebtoken's own RSA test key
+    /// (its tests/rsa/private_rsa_key.der, MIT licence), a key of no secret, since
+    /// generating one takes a crate this project has no other use for.
+    fn rs256(kid: &'static str) -> SigningKey {
+        let der = include_bytes!("../fixtures/rs256-test-key.der");
+        let pair = RsaKeyPair::from_der(der).expect("an RSA key");
+        let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(pair.public());
+        let jwk = json!({ "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid, "n": b64(&public.n), "e": b64(&public.e) });
+        SigningKey { kid, algorithm: Algorithm::RS256, encoding: EncodingKey::from_rsa_der(der), jwk }
     }
 
     /// `claims` signed with this key, its header naming `kid`.
     pub fn sign_as(&self, kid: &str, claims: &Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
+        let mut header = Header::new(self.algorithm);
         header.kid = Some(kid.to_string());
         jsonwebtoken::encode(&header, claims, &self.encoding).expect("the token signs")
     }
@@ -46,11 +63,18 @@ impl SigningKey {
     }
 }
 
-/// Three keys, made once per test process (generating one takes a while): two the
-/// issuer publishes in turn, and one it never publishes.
-pub fn keys() -> &'static [SigningKey; 3] {
-    static KEYS: OnceLock<[SigningKey; 3]> = OnceLock::new();
-    KEYS.get_or_init(|| [SigningKey::generate("key-2026-a"), SigningKey::generate("key-2026-b"), SigningKey::generate("attacker")])
+/// The tests' keys, made once per test process: two ES256 keys the issuer publishes in
+/// turn, one it never publishes, and an RS256 key.
+pub fn keys() -> &'static [SigningKey; 4] {
+    static KEYS: OnceLock<[SigningKey; 4]> = OnceLock::new();
+    KEYS.get_or_init(|| {
+        [
+            SigningKey::generate("key-2026-a"),
+            SigningKey::generate("key-2026-b"),
+            SigningKey::generate("attacker"),
+            SigningKey::rs256("rsa-2026"),
+        ]
+    })
 }
 
 struct Published {
@@ -124,7 +148,7 @@ async fn discovery(published: web::Data<Published>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "issuer": issuer,
         "jwks_uri": format!("{issuer}/keys"),
-        "id_token_signing_alg_values_supported": ["RS256"],
+        "id_token_signing_alg_values_supported": ["RS256", "ES256"],
     }))
 }
 
