@@ -25,6 +25,9 @@ const LEEWAY_SECS: i64 = 60;
 const MIN_REFRESH_SECS: i64 = 60;
 /// Keys older than this are fetched again, so a key the issuer withdrew stops verifying.
 const MAX_KEYS_AGE_SECS: i64 = 24 * 3600;
+/// Without keys, a failed fetch is tried again after this long; sign-ins meanwhile are
+/// answered at once instead of each waiting for an issuer that is down.
+const RETRY_SECS: i64 = 10;
 const MAX_ID_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_SUBJECT_CHARS: usize = 255;
 
@@ -70,14 +73,43 @@ struct Provider {
     accepted_issuers: Vec<String>,
     client_ids: Vec<String>,
     address_claim: AddressClaim,
-    keys: RwLock<Option<Keys>>,
+    keys: RwLock<KeyCache>,
     /// One fetch of the keys at a time; the others wait and use its result.
     fetching: Mutex<()>,
+}
+
+#[derive(Default)]
+struct KeyCache {
+    keys: Option<Keys>,
+    /// Unix seconds of the last fetch, whether it succeeded or not.
+    last_attempt: Option<i64>,
 }
 
 struct Keys {
     set: JwkSet,
     fetched_at: i64,
+}
+
+impl KeyCache {
+    /// The answer for `kid` at `now` from what is cached, or `None` when the keys are to be
+    /// fetched first: when they lack `kid` or are older than [`MAX_KEYS_AGE_SECS`], at most
+    /// once per [`MIN_REFRESH_SECS`]; when there are none, at most once per [`RETRY_SECS`].
+    fn answer(&self, kid: &str, now: i64) -> Option<Result<Option<Jwk>, ApiError>> {
+        let fresh = self.keys.as_ref().filter(|keys| now - keys.fetched_at < MAX_KEYS_AGE_SECS);
+        let found = fresh.and_then(|keys| keys.set.find(kid).cloned());
+        if found.is_some() {
+            return Some(Ok(found));
+        }
+        let wait = if self.keys.is_some() { MIN_REFRESH_SECS } else { RETRY_SECS };
+        if self.last_attempt.is_none_or(|at| now - at >= wait) {
+            return None;
+        }
+        Some(if fresh.is_some() { Ok(None) } else { Err(keys_unavailable()) })
+    }
+}
+
+fn keys_unavailable() -> ApiError {
+    ApiError::new(ErrorCode::IdProvider, "the sign-in provider's keys could not be fetched; please retry")
 }
 
 /// The address a verified ID token proves.
@@ -220,40 +252,30 @@ impl IdTokenVerifier {
         Ok(VerifiedIdentity { provider: provider.name.clone(), address })
     }
 
-    /// The key `kid` of `provider`: from the cache, or fetched again when the cache lacks it
-    /// (at most once per [`MIN_REFRESH_SECS`]) or is older than [`MAX_KEYS_AGE_SECS`].
+    /// The key `kid` of `provider`, from the cache or fetched (see [`KeyCache::answer`]).
     async fn key(&self, provider: &Provider, kid: &str) -> Result<Option<Jwk>, ApiError> {
         let now = self.clock.now();
-        let cached = |keys: &Option<Keys>| -> (Option<Jwk>, bool) {
-            match keys {
-                Some(keys) if now - keys.fetched_at < MAX_KEYS_AGE_SECS => {
-                    let found = keys.set.find(kid).cloned();
-                    let may_refresh = found.is_none() && now - keys.fetched_at >= MIN_REFRESH_SECS;
-                    (found, may_refresh)
-                }
-                _ => (None, true),
-            }
-        };
-        let (found, fetch) = cached(&*provider.keys.read().await);
-        if found.is_some() || !fetch {
-            return Ok(found);
+        if let Some(answer) = provider.keys.read().await.answer(kid, now) {
+            return answer;
         }
         let _fetching = provider.fetching.lock().await;
         // Another request may have fetched them while this one waited.
-        let (found, fetch) = cached(&*provider.keys.read().await);
-        if found.is_some() || !fetch {
-            return Ok(found);
+        if let Some(answer) = provider.keys.read().await.answer(kid, now) {
+            return answer;
         }
-        let set = self.fetch_keys(provider).await?;
+        let fetched = self.fetch_keys(provider).await;
+        let mut cache = provider.keys.write().await;
+        cache.last_attempt = Some(now);
+        let set = fetched?;
         let found = set.find(kid).cloned();
-        *provider.keys.write().await = Some(Keys { set, fetched_at: now });
+        cache.keys = Some(Keys { set, fetched_at: now });
         Ok(found)
     }
 
     async fn fetch_keys(&self, provider: &Provider) -> Result<JwkSet, ApiError> {
         let unreachable = |what: &str, why: String| {
             tracing::warn!(provider = provider.name, "the sign-in provider's {what} could not be fetched: {why}");
-            ApiError::new(ErrorCode::IdProvider, "the sign-in provider's keys could not be fetched; please retry")
+            keys_unavailable()
         };
         let discovery_url = format!("{}/.well-known/openid-configuration", provider.issuer.trim_end_matches('/'));
         let discovery: Discovery = self.get_json(&discovery_url).await.map_err(|e| unreachable("discovery document", e))?;
@@ -317,7 +339,7 @@ fn parse_providers(json: &str) -> Result<Vec<Provider>, String> {
             accepted_issuers,
             client_ids: settings.client_ids,
             address_claim: settings.address_claim.unwrap_or(AddressClaim::Email),
-            keys: RwLock::new(None),
+            keys: RwLock::default(),
             fetching: Mutex::new(()),
         });
     }
@@ -343,6 +365,27 @@ mod tests {
         assert_eq!(by_name["corp"].address_claim, AddressClaim::Sub);
         assert_eq!(by_name["apple"].address_claim, AddressClaim::Email);
         assert!(parse_providers("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_cache_answers_fresh_keys_and_says_when_to_fetch() {
+        let set: JwkSet =
+            serde_json::from_value(serde_json::json!({ "keys": [{ "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA", "kid": "k1" }] }))
+                .unwrap();
+        let cache = KeyCache { keys: Some(Keys { set, fetched_at: 0 }), last_attempt: Some(0) };
+        let kid = |answer: Option<Result<Option<Jwk>, ApiError>>| answer.map(|a| a.map(|jwk| jwk.and_then(|jwk| jwk.common.key_id)));
+        assert_eq!(kid(cache.answer("k1", 100)), Some(Ok(Some("k1".into()))), "a cached key answers");
+        assert_eq!(kid(cache.answer("k2", MIN_REFRESH_SECS - 1)), Some(Ok(None)), "an unknown key waits for the next refresh");
+        assert_eq!(kid(cache.answer("k2", MIN_REFRESH_SECS)), None, "then fetches");
+        assert_eq!(kid(cache.answer("k1", MAX_KEYS_AGE_SECS)), None, "keys a day old are fetched again before they verify");
+        let failed = KeyCache { last_attempt: Some(MAX_KEYS_AGE_SECS), ..cache };
+        let answer = failed.answer("k1", MAX_KEYS_AGE_SECS + 1).unwrap();
+        assert_eq!(answer.unwrap_err().code, ErrorCode::IdProvider, "a stale key does not verify while its issuer is down");
+        let never = KeyCache::default();
+        assert_eq!(kid(never.answer("k1", 0)), None);
+        let down = KeyCache { last_attempt: Some(0), ..KeyCache::default() };
+        assert_eq!(down.answer("k1", RETRY_SECS - 1).unwrap().unwrap_err().code, ErrorCode::IdProvider);
+        assert_eq!(kid(down.answer("k1", RETRY_SECS)), None);
     }
 
     #[test]

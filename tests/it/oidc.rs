@@ -155,6 +155,27 @@ async fn rotated_keys_are_fetched_when_a_token_names_one_and_not_more_than_once_
 }
 
 #[actix_web::test]
+async fn an_issuer_that_fails_is_asked_again_after_ten_seconds_not_by_every_sign_in() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    issuer.fail_keys(true);
+    let server = server_for(&issuer, "email").await;
+    let id_token = || key.sign(&issuer.claims(EMAIL, server.clock.now()));
+    assert_error(&server.call(id_token_login(&id_token())).await, 502, "IDPROVIDER");
+    assert_error(&server.call(id_token_login(&id_token())).await, 502, "IDPROVIDER");
+    assert_eq!(issuer.key_fetches(), 1, "the second sign-in was answered without asking the issuer");
+
+    issuer.fail_keys(false);
+    server.clock.advance(Duration::from_secs(9));
+    assert_error(&server.call(id_token_login(&id_token())).await, 502, "IDPROVIDER");
+    server.clock.advance(Duration::from_secs(1));
+    let (status, reply) = server.call(id_token_login(&id_token())).await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(issuer.key_fetches(), 2);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
 async fn a_provider_by_subject_signs_in_an_account_without_an_e_mail_address() {
     let [key, ..] = keys();
     let issuer = LocalIssuer::start(&[key]);

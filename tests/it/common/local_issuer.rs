@@ -7,7 +7,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use ring::signature::{EcdsaKeyPair, KeyPair, RsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// The client id the tests' app is registered under at the issuer.
@@ -81,6 +81,8 @@ struct Published {
     keys: Mutex<Vec<Value>>,
     issuer: Mutex<String>,
     key_fetches: AtomicU64,
+    /// When set, the keys are answered with HTTP 500, as by an issuer that is down.
+    failing: AtomicBool,
 }
 
 pub struct LocalIssuer {
@@ -92,7 +94,12 @@ pub struct LocalIssuer {
 impl LocalIssuer {
     /// Serves on a loopback port, publishing `keys`.
     pub fn start(keys: &[&SigningKey]) -> LocalIssuer {
-        let published = web::Data::new(Published { keys: Mutex::default(), issuer: Mutex::default(), key_fetches: AtomicU64::new(0) });
+        let published = web::Data::new(Published {
+            keys: Mutex::default(),
+            issuer: Mutex::default(),
+            key_fetches: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
+        });
         let data = published.clone();
         let server = HttpServer::new(move || {
             App::new()
@@ -119,7 +126,12 @@ impl LocalIssuer {
         *self.published.keys.lock().unwrap() = keys.iter().map(|key| key.jwk.clone()).collect();
     }
 
-    /// How many times the keys were fetched.
+    /// Makes the keys' address answer HTTP 500, or the keys again.
+    pub fn fail_keys(&self, failing: bool) {
+        self.published.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// How many times the keys were asked for (failed answers included).
     pub fn key_fetches(&self) -> u64 {
         self.published.key_fetches.load(Ordering::SeqCst)
     }
@@ -154,6 +166,9 @@ async fn discovery(published: web::Data<Published>) -> HttpResponse {
 
 async fn jwks(published: web::Data<Published>) -> HttpResponse {
     published.key_fetches.fetch_add(1, Ordering::SeqCst);
+    if published.failing.load(Ordering::SeqCst) {
+        return HttpResponse::InternalServerError().finish();
+    }
     let keys = published.keys.lock().unwrap().clone();
     HttpResponse::Ok().json(json!({ "keys": keys }))
 }
