@@ -103,10 +103,8 @@ impl LoginFlow {
 
     /// Gives back the code a proof claimed, when what it was for failed.
     pub async fn release(&self, proof: &Proof) {
-        if let Some(otp_hash) = proof.claimed_code {
-            if let Err(e) = self.db.release_code(proof.address.as_str().to_string(), otp_hash).await {
-                tracing::warn!(to = %proof.address.masked(), "a claimed code could not be given back (it frees itself after its claim times out): {e}");
-            }
+        if let Err(e) = release_claim(&self.db, &proof.address, proof.claimed_code).await {
+            tracing::warn!(to = %proof.address.masked(), "a claimed code could not be given back (it frees itself after its claim times out): {e}");
         }
     }
 
@@ -165,17 +163,11 @@ struct ProvenLogin {
 async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> Result<LoginOutcome, ApiError> {
     let ProvenLogin { proof, name, appid, device, token_expiry_secs, max_devices } = login;
     let Proof { address, calling_code, claimed_code } = proof;
-    let release = |db: Arc<Db>, address: String| async move {
-        match claimed_code {
-            Some(otp_hash) => db.release_code(address, otp_hash).await,
-            None => Ok(()),
-        }
-    };
     // A login through a linked address is its user's: the platform links the two.
     let linkto = match db.link_target(address.as_str()).await {
         Ok(linkto) => linkto,
         Err(e) => {
-            release(Arc::clone(&db), address.as_str().to_string()).await.map_err(internal)?;
+            release_claim(&db, &address, claimed_code).await.map_err(internal)?;
             return Err(internal(e));
         }
     };
@@ -185,7 +177,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> R
             metrics::UPSTREAM_FAILURES.inc();
             tracing::warn!(to = %address.masked(), "upstream useradd failed: {}", address.masked_in(&e.detail));
             // The user did nothing wrong: give the code back so a retry with it works.
-            release(Arc::clone(&db), address.as_str().to_string()).await.map_err(internal)?;
+            release_claim(&db, &address, claimed_code).await.map_err(internal)?;
             let message = match e.unreachable {
                 Some(cause) => format!("the messaging platform could not be reached ({cause}); the server's UPSTREAM_URL or network needs attention, and your code stays valid for a retry"),
                 None => "the messaging platform did not issue a token; retry with the same code".to_string(),
@@ -225,7 +217,7 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> R
         }
         Err(e) => {
             tracing::error!(to = %address.masked(), "upstream issued a token but the login could not be recorded: {e}");
-            if let Err(e) = release(Arc::clone(&db), address.as_str().to_string()).await {
+            if let Err(e) = release_claim(&db, &address, claimed_code).await {
                 tracing::error!(to = %address.masked(), "the code could not be given back either (it frees itself after its claim times out): {e}");
             }
             return Err(ApiError::new(ErrorCode::Internal, "the login could not be recorded; please retry with the same code"));
@@ -233,6 +225,14 @@ async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> R
     };
     tracing::debug!(to = %address.masked(), appid, "login complete");
     Ok(LoginOutcome::LoggedIn(Box::new(LoggedIn { address, issued, calling_code, profile })))
+}
+
+/// Gives back `claimed_code` of `address`, if a code was claimed, so that a retry with it works.
+async fn release_claim(db: &Db, address: &Address, claimed_code: Option<[u8; 32]>) -> Result<(), store::StorageError> {
+    match claimed_code {
+        Some(otp_hash) => db.release_code(address.as_str().to_string(), otp_hash).await,
+        None => Ok(()),
+    }
 }
 
 fn internal(e: store::StorageError) -> ApiError {
