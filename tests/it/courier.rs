@@ -169,17 +169,27 @@ async fn retries_stop_when_the_code_expires() {
     let env = [
         ("OTP_SENDER", "http"),
         ("SMS_HTTP_URL", url.as_str()),
-        // Expiry is kept in whole seconds: 2 s leaves at least one second, so the first
-        // 200 ms retry is always worth trying and the request is answered as sent.
         ("OTP_TTL_SECS", "2"),
         ("COURIER_MAX_ATTEMPTS", "50"),
         ("COURIER_RETRY_BASE_MS", "200"),
     ];
-    let server = TestServer::start_with(&env, FakeUpstream::start(), Arc::new(tempfile::tempdir().unwrap()), Delivery::Configured).await;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let clock = otpgate::domain::clock::Clock::manual();
+    // Expiry is kept in whole seconds: starting on one makes the code live exactly 2000 ms.
+    clock.advance(Duration::from_millis((1000 - clock.now_ms().rem_euclid(1000)) as u64));
+    let server = TestServer::start_full(&env, FakeUpstream::start(), dir, Delivery::Configured, clock.clone()).await;
     assert_eq!(server.call(login(PHONE)).await.0, 200);
+    // Attempts at 0, 200, 600 and 1400 ms; the next retry (3000 ms) falls after the expiry.
+    let attempts = || server.scalar("SELECT attempts FROM courier");
+    for (done, wait_ms) in [(1, 200), (2, 400), (3, 800)] {
+        assert!(eventually(30, || attempts() == done).await, "attempt {done} was not recorded: {}", attempts());
+        assert_eq!(queued_rows(&server), 1, "retried after attempt {done}");
+        clock.advance(Duration::from_millis(wait_ms));
+    }
     let row = finished_row(&server).await;
-    assert!(matches!(row.status.as_str(), "failed" | "cancelled"), "{row:?}");
-    assert!((2..=4).contains(&row.attempts), "a few retries within the code's two seconds: {row:?}");
+    assert_eq!(row.status, "failed", "{row:?}");
+    assert_eq!(row.attempts, 4, "no retry is scheduled past the code's expiry: {row:?}");
+    assert_eq!(gateway.received().len(), 4);
     assert_eq!(queued_rows(&server), 0, "nothing is left to send for an expired code");
     assert!(row.cleared);
 }

@@ -150,7 +150,8 @@ impl TestServer {
         Self::start_full(env, upstream, dir, delivery, Clock::system()).await
     }
 
-    async fn start_full(
+    /// A service over a given database directory, upstream, delivery and clock.
+    pub async fn start_full(
         env: &[(&str, &str)],
         upstream: Arc<FakeUpstream>,
         dir: Arc<tempfile::TempDir>,
