@@ -201,7 +201,7 @@ pub fn op_doc(op: Op) -> OpDoc {
             reply: &[GID_FIELD],
         },
         Op::DeleteAccount => OpDoc {
-            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request (an account signed in with an ID token sends a fresh one instead).",
+            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request (an account signed in with an ID token sends one issued within the last 5 minutes instead).",
             request: &[
                 TOKEN_FIELD,
                 ("appid", "string", "The app the code was asked for."),
@@ -255,7 +255,7 @@ const PROVIDER_FIELD: (&str, &str, &str) =
 const ID_TOKEN_FIELD: (&str, &str, &str) = (
     "id_token",
     "string",
-    "The provider's ID token, as its sign-in SDK returned it: signature, issuer, audience (OIDC_PROVIDERS client_ids), lifetime and e-mail verification are checked.",
+    "The provider's ID token, as its sign-in SDK returned it: signature, issuer, audience and authorized party (OIDC_PROVIDERS client_ids), lifetime and e-mail verification are checked.",
 );
 const NONCE_FIELD: (&str, &str, &str) = ("nonce", "string", "The nonce the app asked the provider to embed; the token must carry it.");
 const GID_FIELD: (&str, &str, &str) = ("gid", "integer", "The group's id (the platform's).");

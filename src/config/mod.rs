@@ -137,7 +137,8 @@ pub struct Config {
     #[serde(default)]
     pub app_settings: String,
     /// JSON object provider name → `issuer`, `client_ids`, `address_claim` (`email` or
-    /// `sub`): the OpenID Connect issuers whose ID tokens sign users in. Empty: none.
+    /// `sub`), `email_verified_if_absent` (default false): the OpenID Connect issuers whose
+    /// ID tokens sign users in, parsed and checked by `delivery::oidc`. Empty: none.
     #[serde(default)]
     pub oidc_providers: String,
 

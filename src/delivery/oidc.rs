@@ -2,7 +2,7 @@
 //! or any issuer the operator configures in `OIDC_PROVIDERS`). A token is accepted when
 //! the issuer's published keys verify its signature (found through the issuer's discovery
 //! document, cached, and fetched again when a token names a key not among them) and its
-//! issuer, audience, lifetime, nonce and e-mail verification hold.
+//! issuer, audience, authorized party, lifetime, nonce and e-mail verification hold.
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -64,6 +64,10 @@ struct ProviderSettings {
     client_ids: Vec<String>,
     #[serde(default)]
     address_claim: Option<AddressClaim>,
+    /// Whether a token without `email_verified` counts as verified: only for an issuer that
+    /// puts no e-mail address in a token before verifying it.
+    #[serde(default)]
+    email_verified_if_absent: bool,
 }
 
 struct Provider {
@@ -73,6 +77,7 @@ struct Provider {
     accepted_issuers: Vec<String>,
     client_ids: Vec<String>,
     address_claim: AddressClaim,
+    email_verified_if_absent: bool,
     keys: RwLock<KeyCache>,
     /// One fetch of the keys at a time; the others wait and use its result.
     fetching: Mutex<()>,
@@ -117,6 +122,8 @@ fn keys_unavailable() -> ApiError {
 pub struct VerifiedIdentity {
     pub provider: String,
     pub address: Address,
+    /// When the issuer issued the token (`iat`, unix seconds), when it says.
+    pub issued_at: Option<i64>,
 }
 
 /// Verifies ID tokens of the providers `OIDC_PROVIDERS` configures.
@@ -148,6 +155,9 @@ struct Claims {
     email_verified: Option<serde_json::Value>,
     #[serde(default)]
     nonce: Option<String>,
+    /// The client the token was issued to, when the issuer names it.
+    #[serde(default)]
+    azp: Option<String>,
 }
 
 impl IdTokenVerifier {
@@ -222,6 +232,12 @@ impl IdTokenVerifier {
         if claims.iat.is_some_and(|iat| iat > now + LEEWAY_SECS) || claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECS) {
             return Err(bad_token("the ID token is not valid yet"));
         }
+        // A token issued to another client is not the app's, whatever else its audience holds.
+        if claims.azp.as_ref().is_some_and(|azp| !provider.client_ids.contains(azp)) {
+            return Err(bad_token(
+                "the ID token was issued to another app (its authorized party, azp, is not among the provider's client ids)",
+            ));
+        }
         if let Some(expected) = nonce {
             if claims.nonce.as_deref() != Some(expected) {
                 return Err(bad_token("the ID token does not carry the nonce the app sent"));
@@ -229,8 +245,15 @@ impl IdTokenVerifier {
         }
         let address = match provider.address_claim {
             AddressClaim::Email => {
+                // An issuer that lets users type in any e-mail address must not sign them in
+                // as that address's account: only an issuer's word that it verified it counts.
                 let verified = match &claims.email_verified {
-                    None => true,
+                    None if provider.email_verified_if_absent => true,
+                    None => {
+                        return Err(bad_token(
+                            "the ID token does not say the issuer verified this e-mail address (no email_verified claim)",
+                        ))
+                    }
                     Some(serde_json::Value::Bool(verified)) => *verified,
                     Some(serde_json::Value::String(verified)) => verified == "true",
                     Some(_) => false,
@@ -249,7 +272,7 @@ impl IdTokenVerifier {
                 Address::Account(format!("{}:{sub}", provider.name))
             }
         };
-        Ok(VerifiedIdentity { provider: provider.name.clone(), address })
+        Ok(VerifiedIdentity { provider: provider.name.clone(), address, issued_at: claims.iat })
     }
 
     /// The key `kid` of `provider`, from the cache or fetched (see [`KeyCache::answer`]).
@@ -329,6 +352,10 @@ fn parse_providers(json: &str) -> Result<Vec<Provider>, String> {
         if settings.client_ids.is_empty() || settings.client_ids.iter().any(|id| id.trim().is_empty()) {
             return Err(bad(format!("provider {name} needs client_ids, the app's client ids at the provider")));
         }
+        let address_claim = settings.address_claim.unwrap_or(AddressClaim::Email);
+        if settings.email_verified_if_absent && address_claim != AddressClaim::Email {
+            return Err(bad(format!("provider {name} sets email_verified_if_absent, which only applies with address_claim \"email\"")));
+        }
         let mut accepted_issuers = vec![issuer.clone()];
         if issuer == "https://accounts.google.com" {
             accepted_issuers.push("accounts.google.com".to_string());
@@ -338,7 +365,8 @@ fn parse_providers(json: &str) -> Result<Vec<Provider>, String> {
             issuer,
             accepted_issuers,
             client_ids: settings.client_ids,
-            address_claim: settings.address_claim.unwrap_or(AddressClaim::Email),
+            address_claim,
+            email_verified_if_absent: settings.email_verified_if_absent,
             keys: RwLock::default(),
             fetching: Mutex::new(()),
         });
@@ -364,6 +392,10 @@ mod tests {
         assert_eq!(by_name["corp"].issuer, "https://login.example.com");
         assert_eq!(by_name["corp"].address_claim, AddressClaim::Sub);
         assert_eq!(by_name["apple"].address_claim, AddressClaim::Email);
+        assert!(!by_name["corp"].email_verified_if_absent, "a missing email_verified is not trusted unless asked");
+        let trusting =
+            parse_providers(r#"{"corp": {"issuer": "https://login.example.com", "client_ids": ["x"], "email_verified_if_absent": true}}"#);
+        assert!(trusting.unwrap()[0].email_verified_if_absent);
         assert!(parse_providers("").unwrap().is_empty());
     }
 
@@ -397,6 +429,8 @@ mod tests {
             (r#"{"Google": {"client_ids": ["x"]}}"#, "lower-case"),
             (r#"{"google": {"client_ids": ["x"], "audience": "y"}}"#, "unknown field"),
             (r#"["google"]"#, "JSON object"),
+            (r#"{"google": {"client_ids": ["x"], "email_verified_if_absent": "yes"}}"#, "expected a boolean"),
+            (r#"{"google": {"client_ids": ["x"], "address_claim": "sub", "email_verified_if_absent": true}}"#, "only applies with"),
         ] {
             let error = parse_providers(json).err().unwrap_or_else(|| panic!("{json} was accepted"));
             assert!(error.contains(why), "{json}: {error}");

@@ -1,5 +1,5 @@
-//! Deleting an account: by its user (`op=deleteaccount`, with a fresh code, so that a
-//! stolen token alone cannot), or by an operator.
+//! Deleting an account: by its user (`op=deleteaccount`, with a fresh code or ID token,
+//! so that a stolen access token alone cannot), or by an operator.
 
 use serde_json::{Map, Value};
 use std::sync::Arc;
@@ -11,6 +11,10 @@ use crate::service::authenticators::ProofFields;
 use crate::service::login::LoginFlow;
 use crate::service::uploads::Files;
 use crate::store::{audit, Db};
+
+/// How old an ID token may be to delete an account: an ID token signs in until it expires
+/// (usually an hour), and one caught on its way to an earlier sign-in must not delete.
+pub const MAX_ID_TOKEN_AGE_TO_DELETE_SECS: i64 = 5 * 60;
 
 /// The fields of `op=deleteaccount` besides the token.
 #[derive(Debug, Default, Clone, Copy)]
@@ -41,6 +45,10 @@ pub async fn delete_own_account(
     }
     let own = Address::from_stored(&db.profile_of(caller.user_id).await?.address);
     let proof = login.prove(appid, &request.proof, Some(&own), client_ip).await?;
+    if let Err(e) = proof.require_fresh(db.clock().now(), MAX_ID_TOKEN_AGE_TO_DELETE_SECS) {
+        login.release(&proof).await;
+        return Err(e);
+    }
     let linked = db.linked_addresses(caller.user_id).await?;
     if proof.address != own && !linked.iter().any(|linked| linked.address == proof.address.as_str()) {
         login.release(&proof).await;

@@ -42,6 +42,39 @@ pub struct Proof {
     /// The hash of a code claimed as this proof: whatever the proof is for consumes it
     /// in its own transaction, or gives it back when it fails, so a retry works.
     pub claimed_code: Option<[u8; 32]>,
+    pub made: ProofTime,
+}
+
+/// When a proof was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProofTime {
+    /// As it was checked: a code proves the address when it is sent in, within its short life.
+    Now,
+    /// At these unix seconds: an ID token's `iat`. The token may sign in until it expires.
+    At(i64),
+    /// Not said: an ID token without `iat`.
+    Unknown,
+}
+
+impl Proof {
+    /// Refuses a proof made more than `max_age_secs` before `now`, or at a time it does not
+    /// say, for what a stolen ID token must not do within its lifetime.
+    pub fn require_fresh(&self, now: i64, max_age_secs: i64) -> Result<(), ApiError> {
+        match self.made {
+            ProofTime::Now => Ok(()),
+            ProofTime::At(issued_at) if now - issued_at <= max_age_secs => Ok(()),
+            ProofTime::At(_) => Err(ApiError::new(
+                ErrorCode::BadIdToken,
+                format!(
+                    "the ID token is not fresh: it was issued more than {} minutes ago; sign in with the provider again",
+                    max_age_secs / 60
+                ),
+            )),
+            ProofTime::Unknown => {
+                Err(ApiError::new(ErrorCode::BadIdToken, "the ID token is not fresh: it does not say when it was issued (no iat claim)"))
+            }
+        }
+    }
 }
 
 /// A way to prove an address.
@@ -78,6 +111,23 @@ impl Authenticator for IdTokenAuthenticator {
         // Each check verifies a signature and may fetch the issuer's keys.
         self.limits.verify_per_ip.check(client_ip).await?;
         let identity = self.verifier.verify(provider, id_token, non_empty(fields.nonce)).await?;
-        Ok(Proof { address: identity.address, calling_code: None, claimed_code: None })
+        let made = identity.issued_at.map_or(ProofTime::Unknown, ProofTime::At);
+        Ok(Proof { address: identity.address, calling_code: None, claimed_code: None, made })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_recent_proof_is_fresh() {
+        let proof = |made| Proof { address: Address::Account("corp:1".into()), calling_code: None, claimed_code: None, made };
+        assert!(proof(ProofTime::Now).require_fresh(1_000, 300).is_ok());
+        assert!(proof(ProofTime::At(700)).require_fresh(1_000, 300).is_ok(), "five minutes old is fresh still");
+        let stale = proof(ProofTime::At(699)).require_fresh(1_000, 300).unwrap_err();
+        assert_eq!(stale.code, ErrorCode::BadIdToken);
+        assert!(stale.message.contains("not fresh") && stale.message.contains("5 minutes"), "{}", stale.message);
+        assert_eq!(proof(ProofTime::Unknown).require_fresh(1_000, 300).unwrap_err().code, ErrorCode::BadIdToken);
     }
 }

@@ -19,7 +19,7 @@ use crate::domain::phone::PhonePolicy;
 use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLimits};
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
-use crate::service::authenticators::{Authenticator, Proof, ProofFields};
+use crate::service::authenticators::{Authenticator, Proof, ProofFields, ProofTime};
 use crate::service::{non_empty, MAX_ID_CHARS};
 use crate::store::{self, audit, CodeGuess, Db, NewChallenge, VerifyOutcome};
 
@@ -265,7 +265,7 @@ impl Authenticator for CodeAuthenticator {
             Address::Phone(digits) => crate::domain::phone::calling_code_of(digits),
             Address::Email(_) | Address::Account(_) => None,
         });
-        Ok(Proof { address, calling_code, claimed_code: Some(otp_hash) })
+        Ok(Proof { address, calling_code, claimed_code: Some(otp_hash), made: ProofTime::Now })
     }
 }
 

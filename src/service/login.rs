@@ -162,7 +162,7 @@ struct ProvenLogin {
 /// code back so that a retry with it works.
 async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> Result<LoginOutcome, ApiError> {
     let ProvenLogin { proof, name, appid, device, token_expiry_secs, max_devices } = login;
-    let Proof { address, calling_code, claimed_code } = proof;
+    let Proof { address, calling_code, claimed_code, .. } = proof;
     // A login through a linked address is its user's: the platform links the two.
     let linkto = match db.link_target(address.as_str()).await {
         Ok(linkto) => linkto,

@@ -1,7 +1,7 @@
 //! Sign-in with an OpenID Connect ID token, against a local issuer: what is accepted,
 //! what is refused and why, and how the issuer's keys are fetched and rotated.
 
-use crate::common::local_issuer::{keys, LocalIssuer};
+use crate::common::local_issuer::{keys, LocalIssuer, CLIENT_ID};
 use crate::common::*;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -85,12 +85,14 @@ async fn id_tokens_that_do_not_verify_are_refused_and_sign_no_one_in() {
         ("a signature by another key under the issuer's key id", attacker.sign_as(key.kid, &claims), "signature does not verify"),
         ("a key the issuer does not publish", attacker.sign(&claims), "does not publish"),
         ("another app's audience", key.sign(&with("aud", json!("com.other.app"))), "another app"),
+        ("issued to another app", key.sign(&with("azp", json!("com.other.app"))), "authorized party, azp"),
         ("another issuer", key.sign(&with("iss", json!("https://accounts.example.net"))), "another issuer"),
         ("an expired token", key.sign(&with("exp", json!(now - 61))), "expired"),
         ("a token issued in the future", key.sign(&with("iat", json!(now + 3600))), "not valid yet"),
         ("no expiry", key.sign(&without("exp")), "lacks"),
         ("an unverified e-mail", key.sign(&with("email_verified", json!(false))), "not verified"),
         ("Apple's unverified e-mail", key.sign(&with("email_verified", json!("false"))), "not verified"),
+        ("no word on the e-mail's verification", key.sign(&without("email_verified")), "no email_verified claim"),
         ("no e-mail", key.sign(&without("email")), "no e-mail"),
         ("not a JWT", "not-a-token".to_string(), "not a signed JWT"),
     ];
@@ -110,6 +112,104 @@ async fn id_tokens_that_do_not_verify_are_refused_and_sign_no_one_in() {
 
     assert_eq!(server.upstream.issued(), 1, "only the last token reached upstream");
     assert_eq!(server.scalar("SELECT count(*) FROM users"), 1);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn an_issuer_silent_on_email_verified_cannot_sign_in_as_an_e_mail_account_unless_trusted() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    // Ann's account, made with an e-mail code.
+    assert_ok(server.call(json!({ "op": "login", "appid": APPID, "email": EMAIL })).await);
+    let code = server.sender.last_code(EMAIL);
+    assert_eq!(server.call(json!({ "op": "login", "appid": APPID, "email": EMAIL, "otp": code })).await.0, 200);
+
+    // An issuer that lets its users set any e-mail address leaves out email_verified.
+    let mut claims = issuer.claims(EMAIL, server.clock.now());
+    claims.as_object_mut().unwrap().remove("email_verified");
+    let reply = server.call(id_token_login(&key.sign(&claims))).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("no email_verified claim"), "{}", reply.1);
+    assert_eq!(server.upstream.issued(), 1, "only Ann's code login reached upstream");
+    assert_eq!(server.scalar("SELECT count(*) FROM sessions"), 1);
+
+    // An operator who knows the issuer verifies every address it puts in a token opts in.
+    let trusting = TestServer::start_on_manual_clock(&[(
+        "OIDC_PROVIDERS",
+        &issuer.provider_setting_with("email", json!({ "email_verified_if_absent": true })),
+    )])
+    .await;
+    let mut claims = issuer.claims(EMAIL, trusting.clock.now());
+    claims.as_object_mut().unwrap().remove("email_verified");
+    let (status, reply) = trusting.call(id_token_login(&key.sign(&claims))).await;
+    assert_eq!((status, &reply["email"]), (200, &json!(EMAIL)), "{reply}");
+    for unverified in [json!(false), json!("false")] {
+        claims["email_verified"] = unverified;
+        let reply = trusting.call(id_token_login(&key.sign(&claims))).await;
+        assert_error(&reply, 401, "BADIDTOKEN");
+        assert!(reply.1["errmsg"].as_str().unwrap().contains("not verified"), "a stated false is refused still: {}", reply.1);
+    }
+    claims["email_verified"] = json!("true");
+    assert_eq!(trusting.call(id_token_login(&key.sign(&claims))).await.0, 200, "Apple's string form of true");
+    assert_eq!(trusting.upstream.issued(), 2);
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn a_token_issued_to_another_client_is_refused_even_when_the_app_is_among_its_audience() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "email").await;
+    let mut claims = issuer.claims(EMAIL, server.clock.now());
+    claims["aud"] = json!([CLIENT_ID, "com.other.app"]);
+    claims["azp"] = json!("com.other.app");
+    let reply = server.call(id_token_login(&key.sign(&claims))).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("issued to another app"), "{}", reply.1);
+    assert_eq!(server.upstream.issued(), 0);
+
+    // Issued to one of the provider's client ids (Google names the Android client there).
+    for azp in ["another.client", CLIENT_ID] {
+        claims["azp"] = json!(azp);
+        let (status, reply) = server.call(id_token_login(&key.sign(&claims))).await;
+        assert_eq!(status, 200, "azp {azp}: {reply}");
+    }
+    issuer.stop().await;
+}
+
+#[actix_web::test]
+async fn deleting_an_account_takes_an_id_token_issued_within_five_minutes() {
+    let [key, ..] = keys();
+    let issuer = LocalIssuer::start(&[key]);
+    let server = server_for(&issuer, "sub").await;
+    let (status, reply) = server.call(id_token_login(&key.sign(&issuer.claims(EMAIL, server.clock.now())))).await;
+    assert_eq!(status, 200, "{reply}");
+    let token = reply["token"].as_str().unwrap().to_string();
+    let delete =
+        |id_token: String| server.call_op("deleteaccount", &token, json!({ "appid": APPID, "provider": "local", "id_token": id_token }));
+
+    // A token an hour from expiring, but issued five minutes and a second ago, as one
+    // caught on its way to an earlier sign-in would be.
+    let earlier = key.sign(&issuer.claims(EMAIL, server.clock.now()));
+    server.clock.advance(Duration::from_secs(5 * 60 + 1));
+    let reply = delete(earlier.clone()).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("not fresh"), "{}", reply.1);
+    assert_eq!(server.call(id_token_login(&earlier)).await.0, 200, "it still signs in, as its issuer means it to");
+
+    let mut undated = issuer.claims(EMAIL, server.clock.now());
+    undated.as_object_mut().unwrap().remove("iat");
+    let reply = delete(key.sign(&undated)).await;
+    assert_error(&reply, 401, "BADIDTOKEN");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("not fresh: it does not say when"), "{}", reply.1);
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 1, "the account stays");
+    assert_eq!(assert_ok(server.call_op("me", &token, json!({})).await)["result"], true);
+
+    let fresh = key.sign(&issuer.claims(EMAIL, server.clock.now()));
+    server.clock.advance(Duration::from_secs(5 * 60));
+    assert_ok(delete(fresh).await);
+    assert_eq!(server.scalar("SELECT count(*) FROM users"), 0);
     issuer.stop().await;
 }
 

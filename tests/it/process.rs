@@ -420,6 +420,11 @@ async fn the_binary_signs_in_with_an_id_token_of_its_configured_issuer() {
     let output = run(otpgate(&["check-config"], &[("OIDC_PROVIDERS", r#"{"corp":{"client_ids":["x"]}}"#)])).await;
     assert_eq!(output.status.code(), Some(2), "a provider without an issuer is refused");
     assert!(text(&output.stderr).contains("OIDC_PROVIDERS provider corp needs an issuer"), "{}", text(&output.stderr));
+    let trusting_by_subject =
+        r#"{"corp":{"issuer":"https://login.example.com","client_ids":["x"],"address_claim":"sub","email_verified_if_absent":true}}"#;
+    let output = run(otpgate(&["check-config"], &[("OIDC_PROVIDERS", trusting_by_subject)])).await;
+    assert_eq!(output.status.code(), Some(2), "trusting a missing email_verified where no e-mail is used is refused");
+    assert!(text(&output.stderr).contains("email_verified_if_absent, which only applies with"), "{}", text(&output.stderr));
 
     let [key, ..] = crate::common::local_issuer::keys();
     let issuer = crate::common::local_issuer::LocalIssuer::start(&[key]);

@@ -147,7 +147,14 @@ impl LocalIssuer {
 
     /// `OIDC_PROVIDERS` naming this issuer as `local`, its address from `claim`.
     pub fn provider_setting(&self, claim: &str) -> String {
-        json!({ "local": { "issuer": self.url, "client_ids": ["another.client", CLIENT_ID], "address_claim": claim } }).to_string()
+        self.provider_setting_with(claim, json!({}))
+    }
+
+    /// As [`LocalIssuer::provider_setting`], with the further settings in `extra` (an object).
+    pub fn provider_setting_with(&self, claim: &str, extra: Value) -> String {
+        let mut settings = json!({ "issuer": self.url, "client_ids": ["another.client", CLIENT_ID], "address_claim": claim });
+        settings.as_object_mut().unwrap().extend(extra.as_object().expect("extra settings are an object").clone());
+        json!({ "local": settings }).to_string()
     }
 
     pub async fn stop(&self) {
