@@ -251,6 +251,9 @@ pub struct LimitSettings {
     pub start_per_subnet_per_hour: u32,
     #[serde(default = "defaults::limit_start_per_calling_code")]
     pub start_per_calling_code_per_hour: u32,
+    /// Members a user may add to groups per hour (those already members cost nothing); 0 = no limit.
+    #[serde(default = "defaults::limit_group_adds_per_user")]
+    pub group_adds_per_user_per_hour: u32,
 }
 
 impl Default for LimitSettings {
@@ -755,6 +758,9 @@ mod defaults {
     }
     pub fn limit_start_per_calling_code() -> u32 {
         1000
+    }
+    pub fn limit_group_adds_per_user() -> u32 {
+        200
     }
     pub fn sms_budget_per_hour() -> u32 {
         1000

@@ -2,6 +2,7 @@
 //! by phone with a role (owner, admin, member).
 
 use serde_json::{Map, Value};
+use std::collections::HashSet;
 
 use crate::domain::account::thumbnail_field;
 use crate::domain::notices::NoticeBody;
@@ -67,9 +68,17 @@ impl Group {
         entry
     }
 
-    /// The notice members get of a change, with `subject` (empty: refresh silently).
-    pub fn notice(&self, subject: &str) -> NoticeBody {
-        let mut members = self.members_field();
+    /// The notice `recipient` gets of a change by `actor`, with `subject` (empty: refresh
+    /// silently). Its `members` lists only the phones the recipient already knows: their
+    /// own, the actor's, and those in their address book (`knows`). Anyone may add anyone,
+    /// so listing every phone would hand the members' numbers to whoever a stranger adds.
+    /// The others are left out rather than masked: the apps take each entry for a phone,
+    /// and a list of fewer phones is one they already read (the reference sent an empty
+    /// list when it grew long). The recipient's own phone stays, or the apps drop the group.
+    pub fn notice_for(&self, subject: &str, recipient: &str, actor: &str, knows: impl Fn(&str) -> bool) -> NoticeBody {
+        let shown = |phone: &str| phone == recipient || phone == actor || knows(phone);
+        let visible = Group { members: self.members.iter().filter(|(phone, _)| shown(phone)).cloned().collect(), ..self.clone() };
+        let mut members = visible.members_field();
         // The reference left long lists out of the message.
         if members.len() > 256 {
             members.clear();
@@ -126,6 +135,9 @@ pub struct GroupWrite {
     pub actor: String,
     /// The notice's subject; `None` sends no notice.
     pub subject: Option<String>,
+    /// When set, only these are shown `subject` (the members just added); the others
+    /// told are refreshed silently, so adding someone does not notify everyone again.
+    pub subject_only_for: Option<Vec<String>>,
     /// Former members to tell as well (removed, or leaving), so their apps drop the group.
     pub also_tell: Vec<String>,
 }
@@ -136,6 +148,24 @@ impl GroupWrite {
     pub fn told(&self, group: &Group) -> Vec<String> {
         let everyone = group.members.iter().map(|(phone, _)| phone).chain(&self.also_tell);
         everyone.filter(|phone| **phone != self.actor).cloned().collect()
+    }
+
+    /// The notices of this change to `group` with `subject`, as (recipient, outbox
+    /// payload), for each of `recipients` (those [`GroupWrite::told`] who are users).
+    /// `known` holds the (recipient, member phone) pairs where the recipient has the
+    /// member in their address book.
+    pub fn notices(&self, group: &Group, subject: &str, recipients: &[String], known: &HashSet<(String, String)>) -> Vec<(String, String)> {
+        recipients
+            .iter()
+            .map(|recipient| {
+                let subject = match &self.subject_only_for {
+                    Some(only) if !only.contains(recipient) => "",
+                    _ => subject,
+                };
+                let knows = |phone: &str| known.contains(&(recipient.clone(), phone.to_string()));
+                (recipient.clone(), group.notice_for(subject, recipient, &self.actor, knows).payload())
+            })
+            .collect()
     }
 
     /// A change to an existing group by `actor` that tells its members silently; the
@@ -150,6 +180,7 @@ impl GroupWrite {
             now,
             actor: actor.to_string(),
             subject: Some(String::new()),
+            subject_only_for: None,
             also_tell: Vec::new(),
         }
     }
@@ -187,6 +218,48 @@ mod tests {
         assert!(group.is_run_by("18005550003") && !group.is_run_by("18005550002") && !group.is_run_by("18005550009"));
         assert_eq!(Group { members: vec![], ..group.clone() }.members_field(), ":");
         assert_eq!(group.fields()["gid"], 7, "a number");
-        assert_eq!(group.notice("x").members.as_deref(), Some("2:18005550001,18005550003,18005550002"));
+        let everyone = group.notice_for("x", "18005550002", "18005550001", |_| true);
+        assert_eq!(everyone.members.as_deref(), Some("2:18005550001,18005550003,18005550002"));
+    }
+
+    #[test]
+    fn a_notice_lists_only_the_phones_its_recipient_knows() {
+        let group = Group {
+            gid: 7,
+            name: "Spam".into(),
+            photo: String::new(),
+            thumbnail: None,
+            ts: 1,
+            members: vec![
+                ("18005550001".into(), OWNER),
+                ("18005550003".into(), ADMIN),
+                ("18005550002".into(), MEMBER),
+                ("18005550004".into(), MEMBER),
+                ("18005550005".into(), MEMBER),
+            ],
+        };
+        // The admin ...03 adds; ...02 has ...05 in their address book.
+        let notice = group.notice_for("", "18005550002", "18005550003", |phone| phone == "18005550005");
+        assert_eq!(notice.members.as_deref(), Some("1:18005550003,18005550002,18005550005"), "the owner and ...04 are unknown");
+        let stranger = group.notice_for("", "18005550004", "18005550003", |_| false);
+        assert_eq!(stranger.members.as_deref(), Some("1:18005550003,18005550004"), "the adder and oneself only");
+
+        let write = GroupWrite {
+            subject_only_for: Some(vec!["18005550004".into()]),
+            ..GroupWrite::change(7, MemberChange::Keep, "18005550003", 1)
+        };
+        let known = HashSet::from([("18005550002".to_string(), "18005550005".to_string())]);
+        let notices = write.notices(&group, "added", &["18005550002".into(), "18005550004".into()], &known);
+        let bodies: Vec<(String, Value)> = notices
+            .iter()
+            .map(|(to, payload)| {
+                let payload: Value = serde_json::from_str(payload).unwrap();
+                (to.clone(), serde_json::from_str(payload["msg"].as_str().unwrap()).unwrap())
+            })
+            .collect();
+        assert_eq!((&bodies[0].0, &bodies[0].1["subject"]), (&"18005550002".to_string(), &Value::from("")), "already a member: silent");
+        assert_eq!(bodies[0].1["members"], "1:18005550003,18005550002,18005550005");
+        assert_eq!((&bodies[1].0, &bodies[1].1["subject"]), (&"18005550004".to_string(), &Value::from("added")));
+        assert_eq!(bodies[1].1["members"], "1:18005550003,18005550004");
     }
 }

@@ -15,7 +15,6 @@ use crate::config::Config;
 use crate::config::RateLimitOnError;
 use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
-use crate::delivery::upstream::Upstream;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::clock::Clock;
@@ -53,7 +52,7 @@ impl AppState {
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         let apps = AppSettings::from_config(config)?;
-        let groups = Groups { db: Arc::clone(&db), platform: Upstream::from_config(config)? };
+        let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
         let files = Files { store: FileStore::open(config.files_directory())?, download_base: apps.for_app("").download_url };
         Ok(AppState {
             db,
@@ -112,6 +111,7 @@ impl AppState {
         self.login.codes.limits.purge();
         self.login.codes.sms_limits.purge();
         self.contact_limits.purge();
+        self.groups.purge();
         self.login.codes.courier.purge_finished().await?;
         let (codes, sessions) = self.db.purge_expired(self.db.clock().now()).await?;
         self.db.purge_audit(self.db.clock().now().saturating_sub(self.audit_retention_secs)).await?;

@@ -6,10 +6,12 @@
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::delivery::upstream::Upstream;
 use crate::domain::account::{refuse_control_characters, Caller, MAX_NAME_CHARS};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::groups::{Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
+use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 use crate::service::contacts::parse_phones;
 use crate::service::uploads::{stored_photo, Files, UploadedFile};
 use crate::store::Db;
@@ -17,10 +19,14 @@ use crate::store::Db;
 /// Members one request may name.
 pub const MAX_MEMBERS_PER_REQUEST: usize = 1000;
 
-/// What the group ops share: the platform the groups are mirrored to.
+/// What the group ops share: the platform the groups are mirrored to, and the limit
+/// on members each user adds.
 pub struct Groups {
     pub db: Arc<Db>,
     pub platform: Upstream,
+    /// Members a user may add per hour, over all their groups: each add notifies someone
+    /// who did not ask for it.
+    pub adds_per_user: KeyedLimit,
 }
 
 /// The fields of `setgroup`.
@@ -35,6 +41,30 @@ pub struct SetGroup<'a> {
 }
 
 impl Groups {
+    pub fn new(config: &Config, db: Arc<Db>, shared: Option<&Arc<SharedLimits>>) -> Result<Groups, String> {
+        Ok(Groups {
+            db,
+            platform: Upstream::from_config(config)?,
+            adds_per_user: KeyedLimit::per_hour(config.limit.group_adds_per_user_per_hour).named("group_adds_per_user").shared(shared),
+        })
+    }
+
+    /// Spends the caller's budget of added members on `added`, those not members before.
+    async fn admit_adds(&self, caller: &Caller, added: usize) -> Result<(), ApiError> {
+        let added = u32::try_from(added).unwrap_or(u32::MAX);
+        self.adds_per_user.check_n(&caller.user_id.to_string(), added).await.map_err(|refusal| match refusal {
+            Refusal::Wait(wait) => {
+                ApiError::rate_limited(wait, format!("too many members added to groups this hour; retry in {wait} seconds"))
+            }
+            Refusal::TooMany => ApiError::new(ErrorCode::TooMany, "more members at once than a user may add to groups in an hour"),
+            Refusal::Unavailable => refusal.into(),
+        })
+    }
+
+    pub fn purge(&self) {
+        self.adds_per_user.purge();
+    }
+
     /// `setgroup`: creates a group (`gid` 0) with the caller as owner, or changes one the
     /// caller runs: its name, its photo, and with `m` its member list.
     pub async fn set(&self, files: &Files, caller: &Caller, request: SetGroup<'_>) -> Result<Map<String, Value>, ApiError> {
@@ -54,6 +84,12 @@ impl Groups {
             Some(file) => Some(stored_photo(files, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?),
             None => None,
         };
+        let added = match (&existing, &members) {
+            (_, None) => 0,
+            (None, Some(members)) => members.len(),
+            (Some(group), Some(members)) => members.iter().filter(|phone| group.role_of(phone).is_none()).count(),
+        };
+        self.admit_adds(caller, added).await?;
         let now = self.db.clock().now();
         let write = match existing {
             None => {
@@ -72,6 +108,7 @@ impl Groups {
                     members: MemberChange::Create { owner: me.clone(), members },
                     now,
                     actor: me,
+                    subject_only_for: None,
                     also_tell: Vec::new(),
                 }
             }
@@ -131,14 +168,23 @@ impl Groups {
         let me = self.phone_of(caller).await?;
         let group = self.run_by(gid, &me).await?;
         let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
+        let newcomers: Vec<String> = phones.iter().filter(|phone| group.role_of(phone).is_none()).cloned().collect();
+        if !delete {
+            self.admit_adds(caller, newcomers.len()).await?;
+        }
         let fields = serde_json::json!({ "gid": gid, "m": phones.join(","), "delete": i64::from(delete) });
         self.platform.group("groupeditmembers", fields).await.map_err(refused)?;
+        if !delete && newcomers.is_empty() {
+            // Adding members again changes nothing here: nobody is told of it again.
+            return Ok(members_reply(&group));
+        }
         let now = self.db.clock().now();
         let write = match delete {
             true => GroupWrite { also_tell: phones.clone(), ..GroupWrite::change(gid, MemberChange::Remove(phones), &me, now) },
             false => GroupWrite {
                 subject: Some(format!("You have been added to group {}", group.name)),
-                ..GroupWrite::change(gid, MemberChange::Add(phones), &me, now)
+                subject_only_for: Some(newcomers.clone()),
+                ..GroupWrite::change(gid, MemberChange::Add(newcomers), &me, now)
             },
         };
         let group = self.db.write_group(write).await?;

@@ -3,9 +3,11 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::domain::keys::PhoneHasher;
 use crate::store::{self, outbox, Db, StorageError};
 
 pub(in crate::store) fn group(conn: &Connection, gid: i64) -> rusqlite::Result<Option<Group>> {
@@ -33,17 +35,38 @@ fn add_members(tx: &Connection, gid: i64, phones: &[String], role: i64) -> rusql
     Ok(())
 }
 
-/// Queues the group's notice for its members and `also_tell` who are users, but the actor.
-fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str) -> rusqlite::Result<usize> {
-    let phones = write.told(group);
+/// Queues the group's notices for its members and `also_tell` who are users, but the
+/// actor: each recipient's lists the members they know (see [`Group::notice_for`]).
+fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str, phones: &PhoneHasher) -> rusqlite::Result<usize> {
     let recipients: Vec<String> = tx
         .prepare_cached("SELECT address FROM users WHERE address IN (SELECT value FROM json_each(?1)) ORDER BY address")?
-        .query_map([json_list(&phones)], |r| r.get(0))?
+        .query_map([json_list(&write.told(group))], |r| r.get(0))?
         .collect::<rusqlite::Result<_>>()?;
-    outbox::enqueue_for(tx, &recipients, &group.notice(subject).payload(), write.now)
+    let members = member_hashes(group, phones);
+    let hashes = Value::from(members.keys().copied().collect::<Vec<i64>>()).to_string();
+    let mut known = HashSet::new();
+    let mut contacts = tx.prepare_cached(
+        "SELECT u.address, c.phone_hash FROM users u JOIN contacts c ON c.owner_id = u.id
+         WHERE u.address IN (SELECT value FROM json_each(?1)) AND c.phone_hash IN (SELECT value FROM json_each(?2))",
+    )?;
+    for row in contacts.query_map(params![json_list(&recipients), hashes], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))? {
+        let (recipient, hash) = row?;
+        known.extend(members.get(&hash).into_iter().flatten().map(|phone| (recipient.clone(), phone.clone())));
+    }
+    let notices = write.notices(group, subject, &recipients, &known);
+    outbox::enqueue_each(tx, &notices, write.now)
 }
 
-pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite) -> rusqlite::Result<Group> {
+/// The group's members by the hash their phone is kept as in address books.
+pub(in crate::store) fn member_hashes(group: &Group, phones: &PhoneHasher) -> HashMap<i64, Vec<String>> {
+    let mut by_hash: HashMap<i64, Vec<String>> = HashMap::new();
+    for (phone, _) in &group.members {
+        by_hash.entry(phones.hash(phone)).or_default().push(phone.clone());
+    }
+    by_hash
+}
+
+pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<Group> {
     store::atomically(conn, |tx| {
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
@@ -90,18 +113,25 @@ pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite) -> rusq
         }
         let group = group(tx, write.gid)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         if let Some(subject) = &write.subject {
-            notify(tx, &group, write, subject)?;
+            notify(tx, &group, write, subject, phones)?;
         }
         Ok(group)
     })
 }
 
 /// Tells the members (but `actor`) that the group is gone, then deletes it.
-pub(in crate::store) fn delete(conn: &mut Connection, gid: i64, actor: &str, subject: &str, now: i64) -> rusqlite::Result<bool> {
+pub(in crate::store) fn delete(
+    conn: &mut Connection,
+    gid: i64,
+    actor: &str,
+    subject: &str,
+    now: i64,
+    phones: &PhoneHasher,
+) -> rusqlite::Result<bool> {
     store::atomically(conn, |tx| {
         let Some(group) = group(tx, gid)? else { return Ok(false) };
         let (gone, write) = group.deletion(actor, now);
-        notify(tx, &gone, &write, subject)?;
+        notify(tx, &gone, &write, subject, phones)?;
         tx.prepare_cached("DELETE FROM chat_groups WHERE gid = ?1")?.execute([gid])?;
         Ok(true)
     })
@@ -135,17 +165,19 @@ impl Db {
     /// Applies a group change and queues its notices, in one transaction; returns the group.
     pub async fn write_group(&self, change: GroupWrite) -> Result<Group, StorageError> {
         if let Some(pg) = self.postgres() {
-            return pg.write_group(change).await;
+            return pg.write_group(change, &self.phones).await;
         }
-        self.call(move |conn| write(conn, &change)).await
+        let phones = self.phones.clone();
+        self.call(move |conn| write(conn, &change, &phones)).await
     }
 
     /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it.
     pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
         if let Some(pg) = self.postgres() {
-            return pg.delete_group(gid, actor, subject, now).await;
+            return pg.delete_group(gid, actor, subject, now, &self.phones).await;
         }
-        self.call(move |conn| delete(conn, gid, &actor, &subject, now)).await
+        let phones = self.phones.clone();
+        self.call(move |conn| delete(conn, gid, &actor, &subject, now, &phones)).await
     }
 
     /// The groups of `phone` changed at or after `since` (see [`groups_of`]).

@@ -22,13 +22,13 @@ pub(in crate::store) fn enqueue_for_contact_holders(conn: &Connection, user_id: 
     .execute(params![user_id, payload, now])
 }
 
-/// Queues `payload` for each of `recipients`. Call inside the transaction that causes it.
-pub(in crate::store) fn enqueue_for(conn: &Connection, recipients: &[String], payload: &str, now: i64) -> rusqlite::Result<usize> {
+/// Queues each (recipient, payload). Call inside the transaction that causes them.
+pub(in crate::store) fn enqueue_each(conn: &Connection, notices: &[(String, String)], now: i64) -> rusqlite::Result<usize> {
     let mut insert = conn.prepare_cached("INSERT INTO outbox (recipient, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)")?;
-    for recipient in recipients {
+    for (recipient, payload) in notices {
         insert.execute(params![recipient, payload, now])?;
     }
-    Ok(recipients.len())
+    Ok(notices.len())
 }
 
 /// A notice taken for sending.

@@ -996,15 +996,38 @@ async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String],
     Ok(())
 }
 
-/// Queues the group's notice for its members and `also_tell` who are users, but the actor.
-async fn notify_group(tx: &impl GenericClient, group: &Group, write: &GroupWrite, subject: &str) -> Result<(), StorageError> {
-    let phones = write.told(group);
-    let payload = group.notice(subject).payload();
+/// Queues the group's notices for its members and `also_tell` who are users, but the
+/// actor: each recipient's lists the members they know (see `Group::notice_for`).
+async fn notify_group(
+    tx: &impl GenericClient,
+    group: &Group,
+    write: &GroupWrite,
+    subject: &str,
+    phones: &PhoneHasher,
+) -> Result<(), StorageError> {
+    let told = write.told(group);
+    let rows = query(tx, "SELECT address FROM users WHERE address = ANY($1::text[]) ORDER BY address", &[&told]).await?;
+    let recipients = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+    let members = crate::store::groups::member_hashes(group, phones);
+    let hashes: Vec<i64> = members.keys().copied().collect();
+    let rows = query(
+        tx,
+        "SELECT u.address, c.phone_hash FROM users u JOIN contacts c ON c.owner_id = u.id
+         WHERE u.address = ANY($1::text[]) AND c.phone_hash = ANY($2::bigint[])",
+        &[&recipients, &hashes],
+    )
+    .await?;
+    let mut known = std::collections::HashSet::new();
+    for row in &rows {
+        let (recipient, hash): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        known.extend(members.get(&hash).into_iter().flatten().map(|phone| (recipient.clone(), phone.clone())));
+    }
+    let (to, payloads): (Vec<String>, Vec<String>) = write.notices(group, subject, &recipients, &known).into_iter().unzip();
     execute(
         tx,
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
-         SELECT address, $2, $3, $3 FROM users WHERE address = ANY($1::text[]) ORDER BY address",
-        &[&phones, &payload, &write.now],
+         SELECT recipient, payload, $3, $3 FROM unnest($1::text[], $2::text[]) AS n(recipient, payload)",
+        &[&to, &payloads, &write.now],
     )
     .await?;
     Ok(())
@@ -1018,7 +1041,7 @@ impl PgStore {
     }
 
     /// Applies a group change and queues its notices, in one transaction.
-    pub async fn write_group(&self, write: GroupWrite) -> Result<Group, StorageError> {
+    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         let (photo, thumbnail) = match &write.photo {
@@ -1080,20 +1103,27 @@ impl PgStore {
         }
         let group = group_on(&tx, write.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", write.gid)))?;
         if let Some(subject) = &write.subject {
-            notify_group(&tx, &group, &write, subject).await?;
+            notify_group(&tx, &group, &write, subject, phones).await?;
         }
         tx.commit().await?;
         Ok(group)
     }
 
     /// Tells the members but `actor` that the group is gone, then deletes it.
-    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
+    pub async fn delete_group(
+        &self,
+        gid: i64,
+        actor: String,
+        subject: String,
+        now: i64,
+        phones: &PhoneHasher,
+    ) -> Result<bool, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
         let Some(group) = group_on(&tx, gid).await? else { return Ok(false) };
         let (gone, write) = group.deletion(&actor, now);
-        notify_group(&tx, &gone, &write, &subject).await?;
+        notify_group(&tx, &gone, &write, &subject, phones).await?;
         execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
         tx.commit().await?;
         Ok(true)

@@ -224,3 +224,104 @@ async fn group_notices_queued_before_a_restart_are_sent_after_it() {
     assert!(eventually(30, || delivered() == [BOB, CAT]).await, "sent after the restart: {:?}", delivered());
     assert!(eventually(30, || second.scalar("SELECT count(*) FROM outbox") == 0).await);
 }
+
+/// The notices upstream received about group `gid`, as (recipient, subject, members).
+fn group_notice_members(server: &TestServer, gid: i64) -> Vec<(String, String, String)> {
+    let mut notices: Vec<(String, String, String)> = server
+        .upstream
+        .messages()
+        .iter()
+        .map(|m| (m["to"].as_str().unwrap().to_string(), crate::notifications::notice_text(m)))
+        .filter(|(_, body)| body["gid"] == gid)
+        .map(|(to, body)| (to, body["subject"].as_str().unwrap().to_string(), body["members"].as_str().unwrap().to_string()))
+        .collect();
+    notices.sort();
+    notices
+}
+
+#[actix_web::test]
+async fn members_added_per_user_and_hour_are_limited() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo"), ("LIMIT_GROUP_ADDS_PER_USER_PER_HOUR", "3")]).await;
+    let ann = App2021::log_in(&server, ANN).await;
+    let bob = App2021::log_in(&server, BOB).await;
+    let created = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Spam"), ("m", &format!("{BOB},{CAT}"))]).await).clone();
+    let g = created["gid"].as_i64().unwrap().to_string();
+    ok(&ann.op("editmembers", &[("gid", &g), ("m", DAN), ("delete", "0")]).await);
+    let calls = server.upstream.group_calls().len();
+
+    let refused = ann.op("editmembers", &[("gid", &g), ("m", EVE), ("delete", "0")]).await;
+    failed(&refused, "RATELIMIT");
+    assert!(refused["retry_after"].as_u64().is_some_and(|wait| wait > 0), "{refused}");
+    assert_eq!(server.upstream.group_calls().len(), calls, "the platform is not asked");
+    assert!(!ok(&ann.op("getgroup", &[("gid", &g)]).await)["members"].as_str().unwrap().contains(EVE));
+    failed(&ann.op("setgroup", &[("gid", "0"), ("name", "More"), ("m", EVE)]).await, "RATELIMIT");
+    failed(&ann.op("setgroup", &[("gid", &g), ("name", ""), ("m", &format!("{BOB},{CAT},{DAN},{EVE}"))]).await, "RATELIMIT");
+    assert_eq!(server.scalar("SELECT count(*) FROM chat_groups"), 1);
+
+    // Members already there cost nothing; other users keep their own budget.
+    ok(&ann.op("editmembers", &[("gid", &g), ("m", &format!("{BOB},{DAN}")), ("delete", "0")]).await);
+    ok(&ann.op("setgroup", &[("gid", &g), ("name", "Renamed"), ("m", &format!("{BOB},{CAT},{DAN}"))]).await);
+    ok(&bob.op("setgroup", &[("gid", "0"), ("name", "Bob's"), ("m", &format!("{CAT},{DAN},{EVE}"))]).await);
+    failed(
+        &bob.op("setgroup", &[("gid", "0"), ("name", "Too big"), ("m", "18005550706,18005550707,18005550708,18005550709")]).await,
+        "TOOMANY",
+    );
+}
+
+#[actix_web::test]
+async fn adding_members_again_tells_nobody_and_adding_one_tells_only_the_newcomer() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo"), ("OUTBOX_RETRY_SECS", "1")]).await;
+    let ann = App2021::log_in(&server, ANN).await;
+    App2021::log_in(&server, BOB).await;
+    App2021::log_in(&server, CAT).await;
+    App2021::log_in(&server, EVE).await;
+    let gid = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Hikers"), ("m", &format!("{BOB},{CAT}"))]).await)["gid"].as_i64().unwrap();
+    let g = gid.to_string();
+    let added = "You have been added to group Hikers".to_string();
+    assert!(eventually(30, || group_notices(&server, gid).len() == 2).await);
+    assert!(eventually(30, || server.scalar("SELECT count(*) FROM outbox") == 0).await);
+
+    // A notice is queued in the change's transaction: after the reply it is in the outbox or sent.
+    let again = ok(&ann.op("editmembers", &[("gid", &g), ("m", &format!("{BOB},{CAT}")), ("delete", "0")]).await).clone();
+    assert_eq!(again["members"], format!("1:{ANN},{BOB},{CAT}"));
+    assert_eq!(server.scalar("SELECT count(*) FROM outbox"), 0, "nothing queued");
+    assert_eq!(group_notices(&server, gid).len(), 2, "nobody told again");
+
+    ok(&ann.op("editmembers", &[("gid", &g), ("m", &format!("{BOB},{EVE}")), ("delete", "0")]).await);
+    assert!(eventually(30, || group_notices(&server, gid).len() == 5).await, "{:?}", group_notices(&server, gid));
+    let notices = group_notices(&server, gid);
+    let told_added: Vec<&str> = notices.iter().filter(|(_, subject)| *subject == added).map(|(to, _)| to.as_str()).collect();
+    assert_eq!(told_added, [BOB, CAT, EVE], "the first two when created, then only Eve");
+    let silent: Vec<&str> = notices.iter().filter(|(_, subject)| subject.is_empty()).map(|(to, _)| to.as_str()).collect();
+    assert_eq!(silent, [BOB, CAT], "the members refresh silently");
+}
+
+#[actix_web::test]
+async fn a_group_notice_shows_its_recipient_only_the_phones_they_know() {
+    let server = TestServer::start(&[("API_DIALECT", "mesibo"), ("OUTBOX_RETRY_SECS", "1")]).await;
+    let ann = App2021::log_in(&server, ANN).await;
+    let bob = App2021::log_in(&server, BOB).await;
+    let cat = App2021::log_in(&server, CAT).await;
+    App2021::log_in(&server, EVE).await;
+    // Cat has Bob (and a non-member) in her address book; Eve has nobody.
+    ok(&cat.op("getcontacts", &[("phones", &format!("{BOB},18005550799"))]).await);
+    ok(&bob.op("getcontacts", &[("phones", &format!("{ANN},{CAT},{DAN},{EVE}"))]).await);
+
+    let members = format!("{BOB},{CAT},{DAN},{EVE}");
+    let created = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Strangers"), ("m", &members)]).await).clone();
+    let gid = created["gid"].as_i64().unwrap();
+    assert_eq!(created["members"], format!("1:{ANN},{BOB},{CAT},{DAN},{EVE}"), "the reply to the owner is the whole group");
+    assert!(eventually(30, || group_notice_members(&server, gid).len() == 3).await, "{:?}", group_notice_members(&server, gid));
+    let added = "You have been added to group Strangers".to_string();
+    assert_eq!(
+        group_notice_members(&server, gid),
+        [
+            (BOB.to_string(), added.clone(), format!("1:{ANN},{BOB},{CAT},{DAN},{EVE}")),
+            (CAT.to_string(), added.clone(), format!("1:{ANN},{BOB},{CAT}")),
+            (EVE.to_string(), added.clone(), format!("1:{ANN},{EVE}")),
+        ],
+        "own phone, the adder's and the recipient's contacts"
+    );
+    // A member may still read the group.
+    assert_eq!(ok(&cat.op("getgroup", &[("gid", &gid.to_string())]).await)["members"], created["members"]);
+}
