@@ -112,6 +112,9 @@ pub struct Config {
     /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
     #[serde(default = "defaults::phone_mobile_only")]
     pub phone_mobile_only: bool,
+    /// Serve satellite and international-network numbers (+870, +881, +882, +883).
+    #[serde(default)]
+    pub phone_allow_satellite: bool,
     /// ISO codes or calling codes, comma-separated; empty = all.
     #[serde(default)]
     pub allowed_countries: String,
@@ -122,6 +125,15 @@ pub struct Config {
     pub trusted_proxies: String,
     #[serde(default = "defaults::sms_budget_per_hour")]
     pub sms_budget_per_hour: u32,
+    /// Percent of SMS_BUDGET_PER_HOUR one country calling code may spend (0 or 100: no share).
+    #[serde(default = "defaults::sms_budget_country_share")]
+    pub sms_budget_country_share: u32,
+    /// Countries (ISO or calling codes) held to no country share; empty = DEFAULT_REGION's.
+    #[serde(default)]
+    pub sms_budget_home_countries: String,
+    /// Percent of SMS_BUDGET_PER_HOUR one client network (IPv4 /24, IPv6 /64) may spend.
+    #[serde(default = "defaults::sms_budget_network_share")]
+    pub sms_budget_network_share: u32,
 
     // --- What the apps read ---
     /// `mesibo`: the replies the mesibo messenger apps parse (`result` "OK"/"FAIL", HTTP 200
@@ -765,6 +777,12 @@ mod defaults {
     pub fn sms_budget_per_hour() -> u32 {
         1000
     }
+    pub fn sms_budget_country_share() -> u32 {
+        25
+    }
+    pub fn sms_budget_network_share() -> u32 {
+        10
+    }
     pub fn courier_max_attempts() -> u32 {
         5
     }
@@ -1055,6 +1073,13 @@ impl Config {
         }
         if self.courier.max_attempts == 0 {
             return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
+        }
+        for (name, share) in
+            [("SMS_BUDGET_COUNTRY_SHARE", self.sms_budget_country_share), ("SMS_BUDGET_NETWORK_SHARE", self.sms_budget_network_share)]
+        {
+            if share > 100 {
+                return Err(format!("invalid configuration: {name} is a percentage of SMS_BUDGET_PER_HOUR: 0 to 100"));
+            }
         }
         Ok(())
     }

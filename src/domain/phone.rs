@@ -15,6 +15,11 @@ use crate::domain::error::{ApiError, ErrorCode};
 /// Re-parses of a number's E.164 form before it must parse to itself (each drops zeros).
 const MAX_CANONICAL_ROUNDS: usize = 4;
 
+/// Satellite (+870 Inmarsat, +881 the global mobile satellite system) and international
+/// networks (+882, +883): no country's, priced far above any, and the ranges SMS
+/// pumping favours.
+pub const SATELLITE_CALLING_CODES: [u16; 4] = [870, 881, 882, 883];
+
 /// A number that passed every check.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidPhone {
@@ -32,6 +37,8 @@ pub struct PhonePolicy {
     sends_nothing: bool,
     allowed: Vec<CountryMatch>,
     blocked: Vec<CountryMatch>,
+    /// `PHONE_ALLOW_SATELLITE`: serve [`SATELLITE_CALLING_CODES`].
+    allow_satellite: bool,
     recent: Mutex<RecentlyValid>,
 }
 
@@ -104,6 +111,7 @@ impl PhonePolicy {
             sends_nothing: config.otp.sender == crate::config::SenderKind::Log,
             allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
             blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
+            allow_satellite: config.phone_allow_satellite,
             recent: Mutex::default(),
         })
     }
@@ -169,6 +177,12 @@ impl PhonePolicy {
         if !(self.allowed.is_empty() || self.allowed.iter().any(|c| c.matches(&number))) {
             return Err(refused_by("ALLOWED_COUNTRIES", "phone numbers from this country are not served"));
         }
+        if !self.allow_satellite && SATELLITE_CALLING_CODES.contains(&number.code().value()) {
+            return Err(refused_by(
+                "PHONE_ALLOW_SATELLITE",
+                "satellite and international-network numbers (+870, +881, +882, +883) are not served",
+            ));
+        }
         // Mobile ranges, and ranges where fixed and mobile numbers cannot be told apart (e.g. the US).
         if self.mobile_only && !matches!(kind, Type::Mobile | Type::FixedLineOrMobile) {
             if !self.sends_nothing {
@@ -183,6 +197,15 @@ impl PhonePolicy {
 /// The country calling code of E.164 digits, e.g. 44 for `447400123456`.
 pub fn calling_code_of(digits: &str) -> Option<u16> {
     phonenumber::parse(None, format!("+{digits}")).ok().map(|number| number.code().value())
+}
+
+/// The calling codes of a list of ISO codes or calling codes (`DE, 44` gives 49 and 44).
+pub fn calling_codes(name: &str, value: &str) -> Result<Vec<u16>, String> {
+    let codes = country_list(name, value)?.into_iter().map(|entry| match entry {
+        CountryMatch::CallingCode(code) => Some(code),
+        CountryMatch::Region(id) => phonenumber::metadata::DATABASE.by_id(id.as_ref()).map(|metadata| metadata.country_code()),
+    });
+    codes.collect::<Option<Vec<u16>>>().ok_or_else(|| format!("invalid configuration: {name} names a country without a calling code"))
 }
 
 fn parse_region(code: &str) -> Option<Id> {
@@ -266,6 +289,22 @@ mod tests {
         assert!(p.check("+44 7400 123456").err().unwrap().message.contains("not served"));
         let narnia = Config::from_vars([("ALLOWED_COUNTRIES", "Narnia")]).unwrap();
         assert!(PhonePolicy::from_config(&narnia).err().unwrap().contains("ALLOWED_COUNTRIES"));
+    }
+
+    #[test]
+    fn satellite_and_international_network_numbers_are_refused_unless_allowed() {
+        let sender = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+        let p = policy(&sender);
+        for raw in ["+881 6 12345678", "+870 301 234 567", "+882 34 21234"] {
+            let refused = p.check(raw).err().unwrap_or_else(|| panic!("{raw} is refused"));
+            assert_eq!(refused.code, "BADPHONE", "{raw}");
+            assert!(refused.message.contains("satellite"), "{raw}: {}", refused.message);
+        }
+        assert!(p.check("+49 151 23456789").is_ok(), "the rest of the world is served");
+        let allowed = policy(&[&sender[..], &[("PHONE_ALLOW_SATELLITE", "true")]].concat());
+        assert_eq!(allowed.check("+881 6 12345678").unwrap().calling_code, 881);
+        assert_eq!(allowed.check("+870 301 234 567").unwrap().digits, "870301234567");
+        assert_eq!(calling_codes("X", "DE, +44, 1").unwrap(), [49, 44, 1]);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl CodeAuthenticator {
             require_challenge: config.require_challenge,
             templates,
             phones: PhonePolicy::from_config(config)?,
-            sms_limits: SmsLimits::from_config(config, shared),
+            sms_limits: SmsLimits::from_config(config, shared)?,
             captcha: Captcha::from_config(config)?,
             courier,
             claim_secs: i64::try_from(config.upstream.timeout_secs.saturating_add(CLAIM_MARGIN_SECS)).unwrap_or(i64::MAX / 2),
@@ -120,11 +120,11 @@ impl CodeAuthenticator {
         };
         let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
         // Only SMS spends the global budget (e-mail costs nothing per message).
-        let budget = calling_code.map(|_| self.sms_limits.budget());
+        let budget = calling_code.map(|code| (self.sms_limits.budget(), code, network_key(client_ip)));
         let admit = move || -> Admission<Refusal> {
             Box::pin(async move {
                 match budget {
-                    Some(budget) => budget.spend().await,
+                    Some((budget, calling_code, network)) => budget.spend(calling_code, &network).await,
                     None => Ok(()),
                 }
             })

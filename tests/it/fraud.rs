@@ -101,7 +101,8 @@ async fn starts_are_limited_per_calling_code() {
 
 #[actix_web::test]
 async fn the_global_budget_stops_all_sms() {
-    let server = TestServer::start(&[("SMS_BUDGET_PER_HOUR", "2"), ("OTP_RESEND_SECS", "60")]).await;
+    let no_shares = [("SMS_BUDGET_NETWORK_SHARE", "0"), ("SMS_BUDGET_COUNTRY_SHARE", "0")];
+    let server = TestServer::start(&[&[("SMS_BUDGET_PER_HOUR", "2"), ("OTP_RESEND_SECS", "60")][..], &no_shares].concat()).await;
     assert_eq!(server.call(login("18005550001")).await.0, 200);
     // A resend refused by the resend window sends nothing, so it spends nothing.
     let resend = server.call(login("18005550001")).await;
@@ -117,6 +118,60 @@ async fn the_global_budget_stops_all_sms() {
     assert_eq!(server.logs().matches("SMS_BUDGET_PER_HOUR is spent").count(), 1, "one ERROR, not one per request");
     // E-mail is not SMS: it still works.
     assert_eq!(server.call(json!({ "op": "login", "email": "ann@example.com", "appid": APPID })).await.0, 200);
+}
+
+#[actix_web::test]
+async fn one_client_network_cannot_spend_the_whole_budget() {
+    let env = [("SMS_BUDGET_PER_HOUR", "10"), ("SMS_BUDGET_NETWORK_SHARE", "20"), ("SMS_BUDGET_COUNTRY_SHARE", "0")];
+    let server = TestServer::start(&env).await;
+    assert_eq!(server.call_from("127.0.0.1", login("18005550001")).await.0, 200);
+    assert_eq!(server.call_from("127.0.0.2", login("18005550002")).await.0, 200);
+    for (ip, phone) in [("127.0.0.3", "18005550003"), ("127.0.0.4", UK_MOBILE)] {
+        let reply = server.call_from(ip, login(phone)).await;
+        assert_error(&reply, 429, "RATELIMIT");
+        assert!(reply.1["retry_after"].as_u64().is_some_and(|s| s > 0), "{}", reply.1);
+    }
+    assert_eq!(server.sender.count(), 2, "the network's share is 2 of 10");
+    assert_eq!(server.call_from("127.0.1.1", login("18005550003")).await.0, 200, "another /24 still gets codes");
+    assert_eq!(server.call_from("127.0.2.1", login(UK_MOBILE)).await.0, 200);
+    assert_eq!(server.sender.count(), 4);
+}
+
+#[actix_web::test]
+async fn one_country_cannot_spend_the_whole_budget_but_the_home_country_may() {
+    let env = [("SMS_BUDGET_PER_HOUR", "10"), ("SMS_BUDGET_COUNTRY_SHARE", "20"), ("SMS_BUDGET_NETWORK_SHARE", "0")];
+    let server = TestServer::start(&env).await;
+    assert_eq!(server.call(login("18005550001")).await.0, 200);
+    assert_eq!(server.call(login(US_MOBILE)).await.0, 200);
+    let reply = server.call(login("18005550002")).await;
+    assert_error(&reply, 429, "RATELIMIT");
+    assert!(reply.1["retry_after"].as_u64().is_some_and(|s| s > 0), "{}", reply.1);
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200, "another country still gets codes");
+    assert_eq!(server.sender.count(), 3);
+
+    let server = TestServer::start(&[&env[..], &[("SMS_BUDGET_HOME_COUNTRIES", "US")]].concat()).await;
+    for n in 0..5 {
+        assert_eq!(server.call(login(&format!("1800555001{n}"))).await.0, 200, "a home country has no share");
+    }
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200);
+    assert_eq!(server.call(login("447400123457")).await.0, 200);
+    assert_error(&server.call(login("447400123458")).await, 429, "RATELIMIT");
+}
+
+#[actix_web::test]
+async fn satellite_numbers_are_refused_unless_allowed() {
+    let server = TestServer::start(&[]).await;
+    for phone in ["881612345678", "870301234567", "8823421234"] {
+        let reply = server.call(login(phone)).await;
+        assert_error(&reply, 400, "BADPHONE");
+        assert!(reply.1["errmsg"].as_str().unwrap().contains("satellite"), "{}", reply.1);
+    }
+    assert_eq!(server.sender.count(), 0);
+    assert_eq!(server.call(login(UK_MOBILE)).await.0, 200, "the rest of the world is served");
+
+    let server = TestServer::start(&[("PHONE_ALLOW_SATELLITE", "true")]).await;
+    assert_eq!(server.call(login("881612345678")).await.0, 200);
+    assert_eq!(server.sender.last_code("881612345678").len(), 6);
 }
 
 #[actix_web::test]

@@ -103,6 +103,8 @@ impl Cluster {
                 ("LIMIT_START_PER_SUBNET_PER_HOUR", "0"),
                 ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0"),
                 ("SMS_BUDGET_PER_HOUR", "0"),
+                ("SMS_BUDGET_NETWORK_SHARE", "0"),
+                ("SMS_BUDGET_COUNTRY_SHARE", "0"),
                 ("RUST_LOG", "warn"),
             ])
             .envs(env.iter().copied())
@@ -206,6 +208,29 @@ async fn limits_and_the_sms_budget_hold_across_instances() {
     assert_eq!(sent, 3);
     let delivered: usize = instances.iter().map(|i| i.sms.received().len()).sum();
     assert_eq!(delivered, 6, "six messages in all were sent");
+}
+
+#[actix_web::test]
+async fn a_countrys_share_of_the_sms_budget_holds_across_instances() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let env = [("SMS_BUDGET_PER_HOUR", "10"), ("SMS_BUDGET_COUNTRY_SHARE", "30")];
+    let instances = [cluster.start(&env).await, cluster.start(&env).await, cluster.start(&env).await];
+
+    // +1's share is 3 of 10, whichever instance the starts reach.
+    let mut sent = 0;
+    for n in 0..6 {
+        let (status, reply) = instances[n % 3].call(login(&format!("1800555003{n}"))).await;
+        match status {
+            200 => sent += 1,
+            _ => assert_eq!(reply["error"], "RATELIMIT", "{reply}"),
+        }
+    }
+    assert_eq!(sent, 3);
+    for (n, instance) in instances.iter().enumerate() {
+        let (status, reply) = instance.call(login(&format!("44740012345{n}"))).await;
+        assert_eq!(status, 200, "another country still gets codes: {reply}");
+    }
 }
 
 #[actix_web::test]
