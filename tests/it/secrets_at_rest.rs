@@ -191,3 +191,29 @@ async fn a_named_key_file_that_is_missing_stops_the_start() {
     let both = otpgate::config::Config::from_vars([("OTP_SECRET", "a-long-enough-secret-value"), ("OTP_SECRET_FILE", "/tmp/x")]);
     assert!(both.err().unwrap().contains("OTP_SECRET_FILE and OTP_SECRET are both set"));
 }
+
+/// After the README's first command (default settings, run from the checkout) the server
+/// secret's key file and the uploaded files must not show up as untracked in `git status`.
+#[test]
+fn the_default_key_file_and_files_directory_are_ignored_by_git() {
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let in_git = std::process::Command::new("git").arg("-C").arg(checkout).args(["rev-parse", "--git-dir"]).output();
+    if !in_git.is_ok_and(|out| out.status.success()) {
+        eprintln!("skipped: git is not installed, or {} is not a git checkout", checkout.display());
+        return;
+    }
+    let config = otpgate::config::Config::from_vars(Vec::<(String, String)>::new()).unwrap();
+    let key_file = otpgate::domain::keys::default_key_file(&config.database_path);
+    let uploaded = config.files_directory().join("3f2a9c.jpg");
+    for path in [key_file, uploaded] {
+        // --no-index: the verdict of .gitignore alone, even for a path someone committed.
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(checkout)
+            .args(["check-ignore", "-q", "--no-index", "--"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{} is not ignored by .gitignore: `git status` would offer it for a commit", path.display());
+    }
+}
