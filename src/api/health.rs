@@ -1,7 +1,7 @@
 //! Probes: `/healthz` says the process is alive (no I/O: it is also the benchmark
-//! baseline), `/readyz` says it can serve logins (database writable, the shared rate
-//! limits answering when `REDIS_URL` is set, and, when `READYZ_UPSTREAM_CACHE_SECS` is
-//! set, upstream reachable).
+//! baseline), `/readyz` says it can serve logins (database writable and, for SQLite,
+//! still the file at DATABASE_PATH; the shared rate limits answering when `REDIS_URL` is
+//! set; and, when `READYZ_UPSTREAM_CACHE_SECS` is set, upstream reachable).
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -20,6 +20,7 @@ pub async fn healthz() -> HttpResponse {
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let database = match tokio::time::timeout(DATABASE_PROBE_TIMEOUT, state.db.probe_write()).await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(e @ crate::store::StorageError::Unlinked(_))) => Err(e.to_string()),
         Ok(Err(e)) => Err(format!("not writable: {e}")),
         Err(_) => Err(format!("no write within {} ms (locked or overloaded)", DATABASE_PROBE_TIMEOUT.as_millis())),
     };

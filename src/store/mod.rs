@@ -61,6 +61,59 @@ struct Sqlite {
     reader_permits: tokio::sync::Semaphore,
     /// Set by [`Db::close`] at shutdown; later calls fail instead of waiting.
     closed: AtomicBool,
+    /// The file the connections opened, when the database is a file on disk.
+    file: Option<DatabaseFile>,
+}
+
+/// The database file as it was at open. Removing or replacing it leaves the open
+/// connections writing to a file nobody can reach any more, while every write still succeeds.
+struct DatabaseFile {
+    path: std::path::PathBuf,
+    identity: FileIdentity,
+}
+
+/// Device and inode number: what stays the same while the path names the same file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity(u64, u64);
+
+impl FileIdentity {
+    fn of(path: &std::path::Path) -> std::io::Result<FileIdentity> {
+        let metadata = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Ok(FileIdentity(metadata.dev(), metadata.ino()))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = metadata;
+            Ok(FileIdentity(0, 0))
+        }
+    }
+}
+
+impl DatabaseFile {
+    /// The file at `path` once SQLite has opened it; `None` for a database not on disk.
+    fn opened(path: &str) -> Option<DatabaseFile> {
+        let path = std::path::PathBuf::from(path);
+        FileIdentity::of(&path).ok().map(|identity| DatabaseFile { path, identity })
+    }
+
+    /// Whether `path` still names the file the connections have open.
+    fn still_linked(&self) -> Result<(), StorageError> {
+        let unlinked = |what: &str| {
+            StorageError::Unlinked(format!(
+                "the database file {} {what} since it was opened: writes go to a file no longer at DATABASE_PATH; restore it and restart",
+                self.path.display()
+            ))
+        };
+        match FileIdentity::of(&self.path) {
+            Ok(identity) if identity == self.identity => Ok(()),
+            Ok(_) => Err(unlinked("was replaced")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(unlinked("was removed")),
+            Err(e) => Err(StorageError::Unlinked(format!("the database file {} cannot be checked: {e}", self.path.display()))),
+        }
+    }
 }
 
 /// Runs a job on the writer connection; answers `Err` if the job failed, or else a
@@ -112,6 +165,8 @@ pub enum StorageError {
     Thread(String),
     /// An uploaded file could not be written or read (`FILES_DIR`).
     Files(String),
+    /// The SQLite file was removed or replaced under the open connections.
+    Unlinked(String),
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -137,6 +192,7 @@ impl std::fmt::Display for StorageError {
             StorageError::Closed => f.write_str("the database is closed"),
             StorageError::Thread(why) => f.write_str(why),
             StorageError::Files(why) => f.write_str(why),
+            StorageError::Unlinked(why) => f.write_str(why),
         }
     }
 }
@@ -225,6 +281,7 @@ impl Db {
             readers: Mutex::new(readers),
             reader_returned: Condvar::new(),
             closed: AtomicBool::new(false),
+            file: DatabaseFile::opened(path),
         };
         Ok(Arc::new(Db { backend: Backend::Sqlite(sqlite), clock, phones: phones.clone() }))
     }
@@ -962,10 +1019,14 @@ impl Db {
         .await
     }
 
-    /// A real write, so readiness fails when the file is read-only, locked or full.
+    /// A real write, so readiness fails when the file is read-only, locked or full, and a
+    /// look at the file, since a write to a removed or replaced one still succeeds.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
         if let Some(pg) = self.postgres() {
             return pg.probe_write().await;
+        }
+        if let Some(file) = &self.sqlite()?.file {
+            file.still_linked()?;
         }
         self.call(|conn| {
             conn.execute("INSERT OR REPLACE INTO settings (key, value) VALUES ('readyz_probe', ?1)", [now()])?;

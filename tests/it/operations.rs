@@ -43,6 +43,41 @@ async fn healthz_is_alive_even_when_the_database_is_not_writable() {
 }
 
 #[actix_web::test]
+async fn readyz_fails_once_the_database_directory_is_removed() {
+    let server = TestServer::start(&[]).await;
+    if backend::sqlite_only("removing the SQLite file under the service") {
+        return;
+    }
+    server.log_in(PHONE, None).await;
+    assert_eq!(get(&server, "/readyz").await.0, 200);
+
+    // Writes still succeed on the open, unlinked file: only a look at the path tells.
+    std::fs::remove_dir_all(server.dir.path()).unwrap();
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!((status, &body["status"]), (503, &json!("unavailable")), "{body}");
+    let why = body["checks"]["database"].as_str().unwrap();
+    assert!(why.contains("otpgate.db was removed") && why.contains("DATABASE_PATH"), "{body}");
+    assert_eq!(get(&server, "/healthz").await.0, 200, "liveness does not depend on the database");
+}
+
+#[actix_web::test]
+async fn readyz_fails_once_the_database_file_is_replaced() {
+    let server = TestServer::start(&[]).await;
+    if backend::sqlite_only("replacing the SQLite file under the service") {
+        return;
+    }
+    let path = server.dir.path().join("otpgate.db");
+    let copy = server.dir.path().join("restored.db");
+    std::fs::copy(&path, &copy).unwrap();
+    assert_eq!(get(&server, "/readyz").await.0, 200);
+
+    std::fs::rename(&copy, &path).unwrap();
+    let (status, body) = get(&server, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["checks"]["database"].as_str().unwrap().contains("otpgate.db was replaced"), "{body}");
+}
+
+#[actix_web::test]
 async fn readyz_checks_upstream_and_caches_the_answer() {
     // A cache far longer than the test: the cached answer cannot expire by accident.
     let server = TestServer::start(&[("READYZ_UPSTREAM_CACHE_SECS", "3600")]).await;
