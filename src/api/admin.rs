@@ -15,6 +15,7 @@ use crate::api::{request_log, AppState};
 use crate::config::Secret;
 use crate::domain::error::ApiError;
 use crate::service::{accounts, operators};
+use crate::store::audit;
 use crate::store::operators::UserKey;
 
 /// The SHA-256 of the operator token: compared in constant time, whatever the lengths.
@@ -35,17 +36,30 @@ pub fn app(
         .wrap(from_fn(request_log::log_requests))
         .route("/admin/users", web::get().to(find_user))
         .route("/admin/events", web::get().to(events))
+        .route("/admin/events/operator", web::get().to(operator_events))
         .route("/admin/users/{id}", web::get().to(user_by_id))
         .route("/admin/users/{id}", web::delete().to(delete_user))
         .route("/admin/users/{id}/sessions", web::delete().to(revoke_all))
         .route("/admin/users/{id}/sessions/{session}", web::delete().to(revoke_one))
 }
 
-/// Answers 401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>`.
+/// Answers 401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>`. Each
+/// failure goes in the operator trail; a client IP out of failures (ADMIN_FAILURES_PER_IP_PER_HOUR)
+/// is answered 429 whatever it sends, so the token cannot be guessed.
 async fn require_token(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(request.into_response(error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "the operator API has no state")));
+    };
+    let client_ip = state.proxies.client_ip(request.request());
+    if let Some(wait) = state.operator_failures.refusal(&client_ip) {
+        let mut reply =
+            api_error(ApiError::rate_limited(wait, format!("too many failed operator logins from {client_ip}; retry in {wait} seconds")));
+        reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
+        return Ok(request.into_response(reply));
+    }
     let expected = request.app_data::<web::Data<OperatorToken>>().map(|token| token.0);
     let given = request
         .headers()
@@ -53,11 +67,18 @@ async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(|token| <[u8; 32]>::from(Sha256::digest(token.trim().as_bytes())));
-    let allowed = match (expected, given) {
-        (Some(expected), Some(given)) => bool::from(expected.ct_eq(&given)),
-        _ => false,
+    let failure = match (expected, given) {
+        (Some(expected), Some(given)) if bool::from(expected.ct_eq(&given)) => None,
+        (_, Some(_)) => Some("wrong token"),
+        (_, None) => Some("no token"),
     };
-    if !allowed {
+    if let Some(failure) = failure {
+        state.operator_failures.record_failure(&client_ip);
+        tracing::warn!(client_ip = %client_ip, "operator API login failed: {failure}");
+        let detail = format!("{client_ip}: {failure}");
+        if let Err(e) = state.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_AUTH_FAILED, detail).await {
+            tracing::error!("recording a failed operator login failed: {e}");
+        }
         let mut reply = error(StatusCode::UNAUTHORIZED, "AUTHFAIL", "send Authorization: Bearer with the ADMIN_TOKEN");
         reply.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
         return Ok(request.into_response(reply));
@@ -108,6 +129,14 @@ async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpR
         Err(e) => Err(e),
     };
     match events {
+        Ok(fields) => HttpResponse::Ok().json(fields),
+        Err(e) => api_error(e),
+    }
+}
+
+/// `GET /admin/events/operator`: the operator API's own events (failed logins), newest first.
+async fn operator_events(state: web::Data<AppState>) -> HttpResponse {
+    match operators::events(&state.db, UserKey::Address(audit::OPERATOR_TRAIL.to_string())).await {
         Ok(fields) => HttpResponse::Ok().json(fields),
         Err(e) => api_error(e),
     }

@@ -471,6 +471,15 @@ fn operator_paths() -> Vec<(String, Value)> {
         } }),
         ),
         (
+            "/admin/events/operator".to_string(),
+            json!({ "servers": on_admin_bind, "get": {
+            "summary": "The operator API's own events, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: operator_auth_failed, whose detail is the client IP and `no token` or `wrong token`. A client IP with ADMIN_FAILURES_PER_IP_PER_HOUR failures is answered 429, even with the right token, until its hour is over.",
+            "security": security,
+            "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": \"operator_auth_failed\", \"detail\": …}]}"),
+                "401": refused("No or wrong bearer token"), "429": refused("Too many failed logins from this client IP; Retry-After says when to retry") },
+        } }),
+        ),
+        (
             "/admin/users/{id}/sessions".to_string(),
             json!({ "servers": on_admin_bind, "delete": {
             "summary": "End every session of the user.",

@@ -7,7 +7,7 @@ use crate::api::server::HttpSettings;
 use crate::delivery::outbox::Outbox;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
-use crate::domain::ratelimit::SharedLimits;
+use crate::domain::ratelimit::{FailureLimit, SharedLimits};
 use crate::service::contacts::ContactLimits;
 use crate::service::groups::Groups;
 use crate::service::login::LoginFlow;
@@ -34,4 +34,6 @@ pub struct AppState {
     pub proxies: TrustedProxies,
     /// How long the audit trail keeps an event, in seconds.
     pub audit_retention_secs: i64,
+    /// Failed logins to the operator API, per client IP.
+    pub operator_failures: FailureLimit,
 }

@@ -92,6 +92,10 @@ pub struct Config {
     /// Bearer token of the operator API: required with ADMIN_BIND, 32 characters or more.
     #[serde(default)]
     pub admin_token: Secret,
+    /// Failed operator API logins a client IP may make per hour; beyond them it is refused,
+    /// even with the right token, until the hour is over. 0: no limit.
+    #[serde(default = "defaults::admin_failures_per_ip_per_hour")]
+    pub admin_failures_per_ip_per_hour: u32,
     /// Days the audit trail keeps a security event.
     #[serde(default = "defaults::audit_retention_days")]
     pub audit_retention_days: u64,
@@ -749,6 +753,9 @@ mod defaults {
     pub fn shutdown_grace_secs() -> u64 {
         20
     }
+    pub fn admin_failures_per_ip_per_hour() -> u32 {
+        10
+    }
     // --- Production sending, phone checks and SMS-fraud defences ---
     pub fn provider_timeout_secs() -> u64 {
         10
@@ -1002,6 +1009,9 @@ impl Config {
         if !self.database_url.is_empty() && self.redis_url.is_empty() {
             warnings.push("DATABASE_URL without REDIS_URL: rate limits and the SMS budget are kept per instance, so N instances allow N times as much; set REDIS_URL to share them");
         }
+        if !self.admin_bind.is_empty() && !is_loopback_bind(&self.admin_bind) {
+            warnings.push("ADMIN_BIND is not a loopback address and the operator API speaks plain HTTP: ADMIN_TOKEN and users' data cross the network in clear; bind it to 127.0.0.1 (and reach it through an SSH tunnel) or put a TLS proxy in front on the same host");
+        }
         if !self.otp.secret.is_empty() && self.otp.secret.expose().len() < MIN_OTP_SECRET_BYTES {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
@@ -1010,11 +1020,7 @@ impl Config {
 
     /// True when BIND listens on a loopback address only.
     pub fn binds_loopback_only(&self) -> bool {
-        match bind_host(&self.bind) {
-            Some(host) if host.eq_ignore_ascii_case("localhost") => true,
-            Some(host) => host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
-            None => false,
-        }
+        is_loopback_bind(&self.bind)
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -1049,6 +1055,15 @@ impl Config {
 /// The host part of a `host:port` BIND, if the port is a number.
 /// Shortest operator token accepted: it guards every user's sessions.
 const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+/// Whether a `host:port` listens on a loopback address only.
+fn is_loopback_bind(bind: &str) -> bool {
+    match bind_host(bind) {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
 
 fn bind_host(bind: &str) -> Option<&str> {
     let (host, port) = bind.trim().rsplit_once(':')?;
@@ -1135,6 +1150,21 @@ mod tests {
             let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
             assert!(error.contains(name), "{error}");
             assert!(!error.contains('\n'), "one line: {error}");
+        }
+    }
+
+    #[test]
+    fn an_operator_api_off_loopback_is_warned_about() {
+        let token = "t".repeat(MIN_ADMIN_TOKEN_CHARS);
+        let warned = |bind: &str| {
+            let config = load(&[("ADMIN_BIND", bind), ("ADMIN_TOKEN", &token)]).unwrap();
+            config.warnings().iter().any(|w| w.starts_with("ADMIN_BIND is not a loopback address") && w.contains("TLS"))
+        };
+        for bind in ["0.0.0.0:9090", "10.0.0.5:9090", "[::]:9090", "admin.internal:9090"] {
+            assert!(warned(bind), "ADMIN_BIND={bind}");
+        }
+        for bind in ["127.0.0.1:9090", "[::1]:9090", "localhost:9090", ""] {
+            assert!(!warned(bind), "ADMIN_BIND={bind}");
         }
     }
 

@@ -258,6 +258,60 @@ impl Limits {
     }
 }
 
+/// Keys a [`FailureLimit`] tracks at most before it forgets those not refused.
+const MAX_FAILING_KEYS: usize = 100_000;
+
+/// Counts failures per key (a wrong secret, say) in a window that starts at the key's first
+/// failure, on the service's clock. A key with `max` failures in its window is refused until
+/// the window ends, whatever it presents then: a secret found by guessing must not get in.
+/// Kept in this process's memory: each instance counts its own.
+pub struct FailureLimit {
+    max: u32,
+    window_secs: i64,
+    clock: crate::domain::clock::Clock,
+    /// Key → (start of its window, unix seconds; failures in it).
+    failures: std::sync::Mutex<std::collections::HashMap<String, (i64, u32)>>,
+}
+
+impl FailureLimit {
+    /// `max` failures per key per hour; 0 turns the limit off.
+    pub fn per_hour(max: u32, clock: crate::domain::clock::Clock) -> FailureLimit {
+        FailureLimit { max, window_secs: 3600, clock, failures: Default::default() }
+    }
+
+    /// The seconds `key` must wait, when it has used up its failures.
+    pub fn refusal(&self, key: &str) -> Option<u64> {
+        let now = self.clock.now();
+        let failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match failures.get(key) {
+            Some(&(start, count)) if self.max > 0 && count >= self.max && now < start + self.window_secs => {
+                Some(u64::try_from(start + self.window_secs - now).unwrap_or(1).max(1))
+            }
+            _ => None,
+        }
+    }
+
+    /// Counts one failure of `key`.
+    pub fn record_failure(&self, key: &str) {
+        if self.max == 0 {
+            return;
+        }
+        let now = self.clock.now();
+        let mut failures = self.failures.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if failures.len() >= MAX_FAILING_KEYS && !failures.contains_key(key) {
+            failures.retain(|_, (start, _)| now < *start + self.window_secs);
+            if failures.len() >= MAX_FAILING_KEYS {
+                failures.retain(|_, (_, count)| *count >= self.max);
+            }
+        }
+        let entry = failures.entry(key.to_string()).or_insert((now, 0));
+        if now >= entry.0 + self.window_secs {
+            *entry = (now, 0);
+        }
+        entry.1 = entry.1.saturating_add(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +348,31 @@ mod tests {
         for _ in 0..100 {
             assert_eq!(now(limit.check("a")), Ok(()));
         }
+    }
+
+    #[test]
+    fn a_key_out_of_failures_is_refused_until_its_window_ends() {
+        let clock = crate::domain::clock::Clock::manual();
+        let limit = FailureLimit::per_hour(3, clock.clone());
+        for _ in 0..2 {
+            limit.record_failure("a");
+        }
+        assert_eq!(limit.refusal("a"), None, "two of three failures");
+        clock.advance(Duration::from_secs(600));
+        limit.record_failure("a");
+        assert_eq!(limit.refusal("a"), Some(3000), "the hour runs from the first failure");
+        assert_eq!(limit.refusal("b"), None, "keys are independent");
+        clock.advance(Duration::from_secs(2999));
+        assert_eq!(limit.refusal("a"), Some(1));
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(limit.refusal("a"), None, "the window is over");
+        limit.record_failure("a");
+        assert_eq!(limit.refusal("a"), None, "a new window starts with one failure");
+
+        let off = FailureLimit::per_hour(0, clock);
+        for _ in 0..100 {
+            off.record_failure("a");
+        }
+        assert_eq!(off.refusal("a"), None);
     }
 }

@@ -20,7 +20,7 @@ use crate::domain::client_ip::TrustedProxies;
 use crate::domain::clock::Clock;
 use crate::domain::keys::{self, KeySource, ServerKeys};
 use crate::domain::metrics;
-use crate::domain::ratelimit::SharedLimits;
+use crate::domain::ratelimit::{FailureLimit, SharedLimits};
 use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
 use crate::service::groups::Groups;
@@ -54,7 +54,9 @@ impl AppState {
         let apps = AppSettings::from_config(config)?;
         let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
         let files = Files { store: FileStore::open(config.files_directory())?, download_base: apps.for_app("").download_url };
+        let operator_failures = FailureLimit::per_hour(config.admin_failures_per_ip_per_hour, db.clock().clone());
         Ok(AppState {
+            operator_failures,
             db,
             login,
             apps,

@@ -23,6 +23,12 @@ pub const ADDRESS_LINKED: &str = "address_linked";
 /// A linked address was unlinked; the detail is the other address, masked.
 pub const ADDRESS_UNLINKED: &str = "address_unlinked";
 
+/// A request to the operator API without its token, or with another; the detail is the
+/// client IP and which (`no token` or `wrong token`), never what was presented.
+pub const OPERATOR_AUTH_FAILED: &str = "operator_auth_failed";
+/// The trail the operator API's own events are kept under, in place of an address.
+pub const OPERATOR_TRAIL: &str = "operator-api";
+
 /// Most events one read answers, newest first.
 pub const MAX_EVENTS: i64 = 1000;
 

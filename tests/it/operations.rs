@@ -264,6 +264,7 @@ async fn openapi_describes_every_op_and_error_code() {
     for (path, method) in [
         ("/admin/users", "get"),
         ("/admin/events", "get"),
+        ("/admin/events/operator", "get"),
         ("/admin/users/{id}", "get"),
         ("/admin/users/{id}", "delete"),
         ("/admin/users/{id}/sessions", "delete"),
@@ -313,4 +314,61 @@ async fn shutdown_checkpoints_and_closes_the_database() {
     assert_eq!(pending, 1, "nothing written before the shutdown is lost");
     let after = server.state.db.call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await;
     assert!(after.unwrap_err().to_string().contains("closed"), "a late call fails instead of waiting forever");
+}
+
+const OPERATOR_TOKEN: &str = "operator-token-0123456789abcdef-0123";
+
+/// One request to the operator API at `admin` from `ip` (forwarded by the trusted loopback
+/// proxy), with `token` as its bearer token: status, Retry-After and body.
+async fn operator_call(admin: &str, ip: &str, token: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut request = reqwest::Client::new().get(format!("{admin}/admin/events/operator")).header("X-Forwarded-For", ip);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let reply = request.send().await.unwrap();
+    let status = reply.status().as_u16();
+    let retry_after = reply.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, reply.json().await.unwrap_or(Value::Null))
+}
+
+#[actix_web::test]
+async fn failed_operator_logins_are_audited_and_then_refused_even_with_the_token() {
+    let server = TestServer::start_on_manual_clock(&[("ADMIN_FAILURES_PER_IP_PER_HOUR", "3"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let (state, token) = (server.state.clone(), otpgate::config::Secret::from(OPERATOR_TOKEN));
+    let listener = actix_web::HttpServer::new(move || otpgate::api::admin::app(state.clone(), &token))
+        .workers(1)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let app = format!("http://{}", listener.addrs()[0]);
+    let listener = listener.run();
+    let handle = listener.handle();
+    actix_web::rt::spawn(listener);
+    let (guesser, operator) = ("192.0.2.7", "192.0.2.8");
+    let wrong = "operator-token-0123456789abcdef-0124";
+
+    assert_eq!(operator_call(&app, guesser, None).await.0, 401);
+    assert_eq!(operator_call(&app, guesser, Some(wrong)).await.0, 401);
+    assert_eq!(operator_call(&app, guesser, Some(wrong)).await.0, 401);
+    // Out of failures: the right token is refused too, and further guesses are not counted.
+    let (status, retry_after, body) = operator_call(&app, guesser, Some(OPERATOR_TOKEN)).await;
+    assert_eq!((status, retry_after.as_deref(), &body["code"]), (429, Some("3600"), &json!("RATELIMIT")), "{body}");
+    assert_eq!(operator_call(&app, guesser, Some(wrong)).await.0, 429);
+
+    // Another address is not held back, and reads the failures in the operator trail.
+    let (status, _, trail) = operator_call(&app, operator, Some(OPERATOR_TOKEN)).await;
+    assert_eq!(status, 200, "{trail}");
+    let events: Vec<(&str, &str)> =
+        trail["events"].as_array().unwrap().iter().map(|e| (e["event"].as_str().unwrap(), e["detail"].as_str().unwrap())).collect();
+    let failed = "operator_auth_failed";
+    let expected = [(failed, "192.0.2.7: wrong token"), (failed, "192.0.2.7: wrong token"), (failed, "192.0.2.7: no token")];
+    assert_eq!(events, expected, "{trail}");
+    assert!(!trail.to_string().contains(wrong), "the presented secret is not kept");
+    assert!(!server.logs().contains(wrong), "nor logged");
+
+    server.clock.advance(Duration::from_secs(3599));
+    assert_eq!(operator_call(&app, guesser, Some(OPERATOR_TOKEN)).await.0, 429);
+    server.clock.advance(Duration::from_secs(1));
+    assert_eq!(operator_call(&app, guesser, Some(OPERATOR_TOKEN)).await.0, 200, "the hour is over");
+    handle.stop(false).await;
 }

@@ -341,6 +341,13 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     let output = run(otpgate(&["check-config"], &env)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(!text(&output.stdout).contains(ADMIN_TOKEN), "the token is redacted");
+    assert!(!text(&output.stderr).contains("ADMIN_BIND is not a loopback address"), "{}", text(&output.stderr));
+    // Off loopback the token would cross the network in clear: allowed, and warned about as serve does.
+    let output = run(otpgate(&["check-config"], &[("ADMIN_BIND", "0.0.0.0:9090"), ("ADMIN_TOKEN", ADMIN_TOKEN)])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let warning = "ADMIN_BIND is not a loopback address and the operator API speaks plain HTTP";
+    assert!(text(&output.stderr).contains(warning), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("TLS"), "{}", text(&output.stderr));
 
     let upstream = FakeUpstream::start();
     let dir = tempfile::tempdir().unwrap();
