@@ -20,23 +20,25 @@ impl FileStore {
         Ok(FileStore { dir })
     }
 
-    /// Keeps `bytes` under `<sha256>.<extension>` and returns that name. The file is
-    /// written beside its final name and renamed once complete: a reader never sees part
-    /// of a file, and a crash leaves at most a temporary file.
+    /// Keeps `bytes` under `<sha256>.<extension>` and returns that name. The bytes go to
+    /// a temporary file of their own (a unique name, so that uploads of the same bytes at
+    /// once never write into one file), synced, then renamed over the final name in one
+    /// step: a reader never sees part of a file, two identical uploads both succeed, and a
+    /// crash leaves at most a temporary file (never served: its name is not a hash).
     pub async fn put(&self, bytes: Vec<u8>, extension: &'static str) -> Result<String, StorageError> {
         let name = format!("{}.{extension}", hex::encode(Sha256::digest(&bytes)));
-        let path = self.dir.join(&name);
-        let temporary = self.dir.join(format!(".{name}.{}", std::process::id()));
+        let (dir, path) = (self.dir.clone(), self.dir.join(&name));
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if path.exists() {
                 return Ok(());
             }
-            let mut file = std::fs::File::create(&temporary)?;
-            let result = file.write_all(&bytes).and_then(|_| file.sync_all()).and_then(|_| std::fs::rename(&temporary, &path));
-            if result.is_err() {
-                let _ = std::fs::remove_file(&temporary);
-            }
-            result
+            // Removed when dropped, so an error leaves nothing behind.
+            let mut temporary = tempfile::Builder::new().prefix(".upload-").tempfile_in(&dir)?;
+            temporary.write_all(&bytes)?;
+            temporary.as_file().sync_all()?;
+            temporary.persist(&path).map_err(|e| e.error)?;
+            // The rename itself survives a power loss only once the directory is synced.
+            sync_directory(&dir)
         })
         .await
         .map_err(|e| StorageError::Files(format!("file write task: {e}")))?;
@@ -85,6 +87,16 @@ impl FileStore {
     }
 }
 
+#[cfg(unix)]
+fn sync_directory(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(not(unix))]
+fn sync_directory(_dir: &std::path::Path) -> std::io::Result<()> {
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +114,36 @@ mod tests {
         }
         let left: Vec<_> = std::fs::read_dir(dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 1, "no temporary file is left: {left:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puts_of_the_same_bytes_at_once_all_succeed_and_a_reader_sees_all_or_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FileStore::open(dir.path()).unwrap());
+        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let name = format!("{}.bin", hex::encode(Sha256::digest(&bytes)));
+        let writers = (0..32).map(|_| {
+            tokio::spawn({
+                let (store, bytes) = (store.clone(), bytes.clone());
+                async move { store.put(bytes, "bin").await }
+            })
+        });
+        let readers = (0..32).map(|_| {
+            tokio::spawn({
+                let (store, name) = (store.clone(), name.clone());
+                async move { store.get(&name).await.unwrap().map(|(read, _)| read.len()) }
+            })
+        });
+        let (written, read) =
+            futures_util::future::join(futures_util::future::join_all(writers), futures_util::future::join_all(readers)).await;
+        for put in written {
+            let put = put.unwrap();
+            assert!(put.as_deref().is_ok_and(|put| put == name), "every identical put succeeds: {put:?}");
+        }
+        for length in read {
+            assert!(matches!(length.unwrap(), None | Some(2_000_000)), "a reader sees the whole file or none");
+        }
+        assert_eq!(store.get(&name).await.unwrap().map(|(read, _)| read), Some(bytes));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary file is left");
     }
 }

@@ -256,3 +256,35 @@ async fn setnotify_keeps_the_push_registration_with_the_session_until_logout() {
     assert_eq!(server.call_op("logout", &token, json!({})).await.1["result"], "OK");
     assert_eq!(server.scalar("SELECT count(*) FROM sessions WHERE notify_token IS NOT NULL"), 0, "logout removed it");
 }
+
+#[actix_web::test]
+async fn uploads_of_the_same_bytes_at_once_all_succeed_and_no_download_is_ever_partial() {
+    let server = TestServer::start(&[]).await;
+    let token = server.log_in(PHONE, None).await;
+    // Large enough that writing it takes many system calls, so that uploads overlap.
+    let bytes: Vec<u8> = (0..4_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let url = format!("{}/files/{}.pdf", server.url, hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    let (api, fields) = (server.api(), [("op", "upload"), ("token", token.as_str()), ("profile", "0")]);
+    let uploads = (0..40).map(|_| post_multipart(&server, &api, &fields, Some(("scan.pdf", &bytes))));
+    // Downloads run beside the uploads: each finds nothing yet or the whole file.
+    let downloads = (0..80).map(|_| async {
+        let (status, _, body) = download(&server, &url).await;
+        assert!(
+            status == 404 || (status == 200 && body == bytes),
+            "a download answered {status} with {} of {} bytes",
+            body.len(),
+            bytes.len()
+        );
+        status
+    });
+    let (uploaded, _) =
+        futures_util::future::join(futures_util::future::join_all(uploads), futures_util::future::join_all(downloads)).await;
+    let failed: Vec<_> = uploaded.iter().filter(|(status, reply)| *status != 200 || reply["result"] != true).collect();
+    assert!(failed.is_empty(), "{} of 40 identical uploads failed: {:?}", failed.len(), failed.first());
+    assert!(uploaded.iter().all(|(_, reply)| reply["url"].as_str().unwrap().ends_with(&url[url.len() - 68..])), "one name for one content");
+    let (status, _, body) = download(&server, &url).await;
+    assert_eq!((status, body.len()), (200, bytes.len()));
+    assert_eq!(body, bytes);
+    let left: Vec<_> = std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(left.len(), 1, "one file, no temporary file left: {left:?}");
+}
