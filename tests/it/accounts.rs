@@ -143,3 +143,42 @@ async fn security_events_are_kept_per_address_and_dropped_after_their_retention(
     assert!(details.contains(&json!("recent")) && !details.contains(&json!("old")), "{details:?}");
     assert_eq!(details.len(), 4);
 }
+
+#[actix_web::test]
+async fn a_deleted_account_leaves_nothing_readable_in_the_database_files() {
+    if backend::sqlite_only("the bytes of the SQLite files") {
+        return;
+    }
+    const MAIL: &str = "ann.quartz@example.com";
+    const NAME: &str = "Annabel Quartzfield";
+    const STATUS: &str = "climbing the Zugspitze";
+    const PUSH: &str = "fcm-push-token-5d8e71c0a2";
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(ANN, None).await;
+    assert_ok(server.call_op("profile", &ann, json!({ "name": NAME, "status": STATUS })).await);
+    assert_ok(server.call_op("setnotify", &ann, json!({ "notifytoken": PUSH })).await);
+    assert_ok(server.call(json!({ "op": "login", "appid": APPID, "email": MAIL })).await);
+    let code = server.sender.last_code(MAIL);
+    assert_ok(server.call_op("link", &ann, json!({ "appid": APPID, "email": MAIL, "otp": code })).await);
+    let needles = [ANN, MAIL, NAME, STATUS, PUSH];
+    let holding = |needle: &str| -> Vec<&'static str> {
+        ["otpgate.db", "otpgate.db-wal"]
+            .into_iter()
+            .filter(|file| {
+                std::fs::read(server.dir.path().join(file)).is_ok_and(|bytes| bytes.windows(needle.len()).any(|w| w == needle.as_bytes()))
+            })
+            .collect()
+    };
+    assert!(needles.iter().all(|needle| !holding(needle).is_empty()), "the fixture is on disk before the deletion");
+
+    let code = server.start_login(ANN).await;
+    assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
+    // The queued userdel names the addresses until the platform takes it.
+    assert!(eventually(30, || server.scalar("SELECT count(*) FROM outbox") == 0).await, "both userdels are taken");
+    let db = server.db();
+    let checkpointed = eventually(30, || db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).unwrap() == 0).await;
+    assert!(checkpointed, "the WAL is copied into the database file");
+    for needle in needles {
+        assert_eq!(holding(needle), Vec::<&str>::new(), "{needle:?} is still readable");
+    }
+}
