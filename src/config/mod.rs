@@ -263,6 +263,12 @@ pub struct LimitSettings {
     /// The same per client IP, over all its users; 0 = no limit.
     #[serde(default = "defaults::limit_new_contacts_per_ip_per_day")]
     pub new_contacts_per_ip_per_day: u32,
+    /// Files (attachments and photos) a user may upload per hour; 0 = no limit.
+    #[serde(default = "defaults::limit_uploads_per_user_per_hour")]
+    pub uploads_per_user_per_hour: u32,
+    /// Bytes of files a user may upload per day; 0 = no limit.
+    #[serde(default = "defaults::limit_upload_bytes_per_user_per_day")]
+    pub upload_bytes_per_user_per_day: u32,
     #[serde(default = "defaults::limit_start_per_subnet")]
     pub start_per_subnet_per_hour: u32,
     #[serde(default = "defaults::limit_start_per_calling_code")]
@@ -720,6 +726,13 @@ mod defaults {
     pub fn limit_new_contacts_per_ip_per_day() -> u32 {
         50_000
     }
+    pub fn limit_uploads_per_user_per_hour() -> u32 {
+        100
+    }
+    /// 512 MiB: 32 files of the largest size a day.
+    pub fn limit_upload_bytes_per_user_per_day() -> u32 {
+        512 * 1024 * 1024
+    }
     pub fn system_address() -> String {
         "system".into()
     }
@@ -949,6 +962,11 @@ impl Config {
         if self.max_upload_bytes == 0 {
             return bad("MAX_UPLOAD_BYTES", "must be at least 1");
         }
+        let daily_bytes = usize::try_from(self.limit.upload_bytes_per_user_per_day).unwrap_or(usize::MAX);
+        if daily_bytes != 0 && daily_bytes < self.max_upload_bytes {
+            // Else a file that MAX_UPLOAD_BYTES admits could never be uploaded.
+            return bad("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "must be 0 or at least MAX_UPLOAD_BYTES");
+        }
         if self.max_contacts_body_bytes < self.max_body_bytes {
             return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
         }
@@ -1136,6 +1154,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("MAX_BODY_BYTES", "10"),
             ("MAX_CONTACTS_BODY_BYTES", "2048"),
+            ("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "1000000"),
             ("REQUEST_TIMEOUT_SECS", "0"),
             ("REQUEST_TIMEOUT_SECS", "10"),
             ("CORS_ORIGINS", "app.example.com"),

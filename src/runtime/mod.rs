@@ -25,7 +25,7 @@ use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
 use crate::service::groups::Groups;
 use crate::service::login::LoginFlow;
-use crate::service::uploads::Files;
+use crate::service::uploads::{Files, UploadLimits};
 use crate::store::files::FileStore;
 use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
@@ -53,7 +53,11 @@ impl AppState {
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         let apps = AppSettings::from_config(config)?;
         let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
-        let files = Files { store: FileStore::open(config.files_directory())?, download_base: apps.for_app("").download_url };
+        let files = Files {
+            store: FileStore::open(config.files_directory())?,
+            download_base: apps.for_app("").download_url,
+            limits: UploadLimits::from_config(config, shared_limits.as_ref()),
+        };
         let operator_failures = FailureLimit::per_hour(config.admin_failures_per_ip_per_hour, db.clock().clone());
         Ok(AppState {
             operator_failures,
@@ -114,6 +118,7 @@ impl AppState {
         self.login.codes.sms_limits.purge();
         self.contact_limits.purge();
         self.groups.purge();
+        self.files.limits.purge();
         self.login.codes.courier.purge_finished().await?;
         let (codes, sessions) = self.db.purge_expired(self.db.clock().now()).await?;
         self.db.purge_audit(self.db.clock().now().saturating_sub(self.audit_retention_secs)).await?;

@@ -81,7 +81,7 @@ impl Groups {
             _ => None,
         };
         let photo = match request.photo {
-            Some(file) => Some(stored_photo(files, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?),
+            Some(file) => Some(stored_photo(files, caller, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?),
             None => None,
         };
         let added = match (&existing, &members) {
@@ -246,7 +246,7 @@ impl Groups {
         let photo = match (delete, file) {
             (true, _) => (String::new(), None),
             (false, None) => return Err(ApiError::new(ErrorCode::MissingFile, "a file part is required")),
-            (false, Some(file)) => stored_photo(files, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?,
+            (false, Some(file)) => stored_photo(files, caller, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?,
         };
         let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
         Ok(self.db.write_group(write).await?)

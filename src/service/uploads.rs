@@ -3,9 +3,11 @@
 use serde_json::{Map, Value};
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::domain::account::{Caller, Profile, ProfileChange};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::images::{self, Photo};
+use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 use crate::store::files::FileStore;
 use crate::store::Db;
 
@@ -33,6 +35,49 @@ pub struct UploadRequest {
 pub struct Files {
     pub store: FileStore,
     pub download_base: String,
+    pub limits: UploadLimits,
+}
+
+/// What bounds what one user may put in `FILES_DIR`: files per hour and bytes per day,
+/// counted before anything is decoded or written. With `REDIS_URL` every instance
+/// counts in the same buckets.
+pub struct UploadLimits {
+    files_per_user: KeyedLimit,
+    bytes_per_user: KeyedLimit,
+}
+
+impl UploadLimits {
+    pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> UploadLimits {
+        UploadLimits {
+            files_per_user: KeyedLimit::per_hour(config.limit.uploads_per_user_per_hour).named("uploads_per_user").shared(shared),
+            bytes_per_user: KeyedLimit::per_day(config.limit.upload_bytes_per_user_per_day).named("upload_bytes_per_user").shared(shared),
+        }
+    }
+
+    /// Admits one file of `bytes` from user `user_id`, or answers `RATELIMIT` with the wait.
+    pub async fn admit(&self, user_id: i64, bytes: usize) -> Result<(), ApiError> {
+        let user = user_id.to_string();
+        self.files_per_user.check(&user).await.map_err(|refusal| match refusal {
+            Refusal::Wait(wait) => {
+                ApiError::rate_limited(wait, format!("too many uploads by this user this hour; retry in {wait} seconds"))
+            }
+            other => other.into(),
+        })?;
+        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+        self.bytes_per_user.check_n(&user, bytes).await.map_err(|refusal| match refusal {
+            Refusal::Wait(wait) => {
+                ApiError::rate_limited(wait, format!("this user's upload volume for today is spent; retry in {wait} seconds"))
+            }
+            Refusal::TooMany => ApiError::new(ErrorCode::TooMany, "the file is larger than a user may upload in a day"),
+            Refusal::Unavailable => refusal.into(),
+        })
+    }
+
+    /// Forgets users whose budgets are full again.
+    pub fn purge(&self) {
+        self.files_per_user.purge();
+        self.bytes_per_user.purge();
+    }
 }
 
 impl Files {
@@ -55,6 +100,7 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
             (true, _) => files.download_base.clone(),
             (false, None) => return Err(missing_file()),
             (false, Some(file)) => {
+                files.limits.admit(caller.user_id, file.bytes.len()).await?;
                 let name = files.store.put(file.bytes, images::stored_extension(&file.file_name)).await?;
                 files.url(&name)
             }
@@ -83,16 +129,18 @@ async fn set_own_photo(
         (true, _) => ProfileChange { photo: Some(String::new()), ..ProfileChange::default() },
         (false, None) => return Err(missing_file()),
         (false, Some(file)) => {
-            let photo = stored_photo(files, file).await?;
+            let photo = stored_photo(files, caller, file).await?;
             ProfileChange { photo: Some(photo.0), thumbnail: Some(photo.1), ..ProfileChange::default() }
         }
     };
     Ok(db.change_profile(caller.user_id, change, db.clock().now()).await?)
 }
 
-/// Decodes and re-encodes a photo (off the request threads: it is CPU work) and keeps
-/// it; returns its stored name and its thumbnail.
-pub async fn stored_photo(files: &Files, file: UploadedFile) -> Result<(String, Vec<u8>), ApiError> {
+/// Decodes and re-encodes a photo `caller` uploads (off the request threads: it is CPU
+/// work) and keeps it; returns its stored name and its thumbnail. It counts against the
+/// caller's upload limits before it is decoded.
+pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<(String, Vec<u8>), ApiError> {
+    files.limits.admit(caller.user_id, file.bytes.len()).await?;
     let photo = tokio::task::spawn_blocking(move || images::photo_from_upload(&file.bytes))
         .await
         .map_err(|_| ApiError::internal())?

@@ -58,7 +58,7 @@ pub async fn change_profile(
         refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
     }
     if let Some((files, file)) = uploaded {
-        let (photo, thumbnail) = stored_photo(files, file).await?;
+        let (photo, thumbnail) = stored_photo(files, caller, file).await?;
         (change.photo, change.thumbnail) = (Some(photo), Some(thumbnail));
     }
     let user_id = caller.user_id;

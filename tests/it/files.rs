@@ -288,3 +288,58 @@ async fn uploads_of_the_same_bytes_at_once_all_succeed_and_no_download_is_ever_p
     let left: Vec<_> = std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(left.len(), 1, "one file, no temporary file left: {left:?}");
 }
+
+/// An attachment upload of `bytes` by `token` in the server's dialect.
+async fn attach(server: &TestServer, token: &str, bytes: &[u8]) -> (u16, reqwest::header::HeaderMap, Value) {
+    let (content_type, body) = multipart(&[("op", "upload"), ("token", token), ("profile", "0")], Some(("a.bin", bytes)));
+    server.send_full(server.client().post(server.api()).header("content-type", content_type).body(body)).await
+}
+
+#[actix_web::test]
+async fn a_user_uploading_more_files_per_hour_than_the_limit_is_refused() {
+    let server = TestServer::start(&[("LIMIT_UPLOADS_PER_USER_PER_HOUR", "3")]).await;
+    let (ann, bob) = (server.log_in(PHONE, None).await, server.log_in("18005550602", None).await);
+    for n in 0..2u8 {
+        let (status, _, reply) = attach(&server, &ann, &[n; 10]).await;
+        assert_eq!((status, &reply["result"]), (200, &json!(true)), "{reply}");
+    }
+    // A photo counts as an upload too.
+    let photo = [("op", "upload"), ("token", ann.as_str()), ("profile", "1"), ("gid", "0")];
+    assert_eq!(post_multipart(&server, &server.api(), &photo, Some(("me.jpg", &jpeg_with_exif()))).await.1["result"], true);
+    let (status, headers, reply) = attach(&server, &ann, b"one too many").await;
+    assert_error(&(status, reply.clone()), 429, "RATELIMIT");
+    assert!(reply["retry_after"].as_u64().is_some_and(|wait| (1..=1200).contains(&wait)) && headers.contains_key("retry-after"), "{reply}");
+    let refused = post_multipart(&server, &server.api(), &photo, Some(("me.jpg", &jpeg_with_exif()))).await;
+    assert_error(&refused, 429, "RATELIMIT");
+    let before = server.call_op("me", &ann, json!({})).await.1["profile"].clone();
+    let profile = [("op", "profile"), ("token", ann.as_str()), ("name", "Ann Refused")];
+    assert_error(&post_multipart(&server, &server.api(), &profile, Some(("me.jpg", &jpeg_with_exif()))).await, 429, "RATELIMIT");
+    assert_eq!(server.call_op("me", &ann, json!({})).await.1["profile"], before, "a refused profile change changes nothing");
+    assert_eq!(attach(&server, &bob, b"bob's own budget").await.2["result"], true, "another user is not limited");
+
+    // The apps' dialect answers it as a failure, with the wait.
+    let mesibo = TestServer::start(&[("API_DIALECT", "mesibo"), ("LIMIT_UPLOADS_PER_USER_PER_HOUR", "1")]).await;
+    let token = token_of(&mesibo, PHONE).await;
+    assert_eq!(attach(&mesibo, &token, b"first").await.2["result"], "OK");
+    let (status, headers, reply) = attach(&mesibo, &token, b"second").await;
+    assert_eq!((status, &reply["result"], &reply["error"]), (200, &json!("FAIL"), &json!("RATELIMIT")), "{reply}");
+    assert!(headers.contains_key("retry-after"), "{reply}");
+}
+
+#[actix_web::test]
+async fn a_user_uploading_more_bytes_per_day_than_the_limit_is_refused() {
+    let server = TestServer::start(&[("MAX_UPLOAD_BYTES", "1000"), ("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "2500")]).await;
+    let (ann, bob) = (server.log_in(PHONE, None).await, server.log_in("18005550602", None).await);
+    for n in 0..2u8 {
+        let (status, _, reply) = attach(&server, &ann, &[n; 900]).await;
+        assert_eq!((status, &reply["result"]), (200, &json!(true)), "{reply}");
+    }
+    let (status, _, reply) = attach(&server, &ann, &[3; 900]).await;
+    assert_error(&(status, reply.clone()), 429, "RATELIMIT");
+    // 700 bytes of the day are left: about two hours of refill until 900 more fit.
+    assert!(reply["retry_after"].as_u64().is_some_and(|wait| (6_000..=7_000).contains(&wait)), "{reply}");
+    let name = format!("{}.bin", hex::encode(<sha2::Sha256 as sha2::Digest>::digest([3u8; 900])));
+    assert_eq!(download(&server, &format!("{}/files/{name}", server.url)).await.0, 404, "a refused file is not stored");
+    assert_eq!(attach(&server, &ann, &[4; 600]).await.2["result"], true, "what is left of the day can still be used");
+    assert_eq!(attach(&server, &bob, &[5; 900]).await.2["result"], true, "another user is not limited");
+}
