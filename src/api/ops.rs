@@ -71,7 +71,7 @@ pub async fn handle(
         Op::Profile => {
             let fields = users::ProfileFields { name: field("name"), status: field("status"), photo: field("photo") };
             // The 2021 apps may send the new photo as a file part of the same request.
-            let mut reply = users::change_profile(&state.db, &caller, fields, file.map(|file| (&state.files, file))).await?;
+            let mut reply = users::change_profile(&state.db, &caller, fields, &state.files, file).await?;
             // The 2021 Android app reads `profile` as a number: an object fails its whole reply.
             if state.http.dialect == Dialect::Mesibo {
                 reply.remove("profile");

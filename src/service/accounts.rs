@@ -66,19 +66,14 @@ pub async fn delete_own_account(
 }
 
 /// Deletes the account of user `user_id` (every row of theirs, and their photo file when
-/// nothing else shows it) and queues the platform's `userdel`; false when there is no
+/// nothing else refers to it) and queues the platform's `userdel`; false when there is no
 /// such user. `by` (`user` or `operator`) goes to the audit trail.
 pub async fn delete(db: &Arc<Db>, files: &Files, user_id: i64, by: &str) -> Result<bool, ApiError> {
     let Some(deleted) = db.delete_account(user_id).await? else { return Ok(false) };
     if let Err(e) = db.audit(&deleted.address, audit::ACCOUNT_DELETED, by.to_string()).await {
         tracing::warn!(user_id, "an account was deleted but the audit trail could not record it: {e}");
     }
-    if !deleted.unshared_photo.is_empty() {
-        // The rows are gone already; a file left behind is served to no one who lacks its name.
-        if let Err(e) = files.store.remove(&deleted.unshared_photo).await {
-            tracing::warn!(user_id, "an account was deleted but its photo file was not: {e}");
-        }
-    }
+    files.release(db, &deleted.photo).await;
     tracing::info!(user_id, "account deleted");
     Ok(true)
 }

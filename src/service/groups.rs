@@ -80,16 +80,19 @@ impl Groups {
             gid if gid > 0 => Some(self.run_by(gid, &me).await?),
             _ => None,
         };
-        let photo = match request.photo {
-            Some(file) => Some(stored_photo(files, caller, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?),
-            None => None,
-        };
         let added = match (&existing, &members) {
             (_, None) => 0,
             (None, Some(members)) => members.len(),
             (Some(group), Some(members)) => members.iter().filter(|phone| group.role_of(phone).is_none()).count(),
         };
+        // Before the photo is stored: a refused change keeps nothing of it.
         self.admit_adds(caller, added).await?;
+        let replaced = existing.as_ref().map(|group| group.photo.clone()).unwrap_or_default();
+        let stored = match request.photo {
+            Some(file) => Some(stored_photo(files, caller, file).await?),
+            None => None,
+        };
+        let photo = stored.as_ref().map(|stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
         let now = self.db.clock().now();
         let write = match existing {
             None => {
@@ -137,6 +140,12 @@ impl Groups {
             }
         };
         let group = self.db.write_group(write).await?;
+        if let Some(stored) = &stored {
+            stored.keep(files).await?;
+        }
+        if replaced != group.photo {
+            files.release(&self.db, &replaced).await;
+        }
         Ok(group.fields())
     }
 
@@ -242,14 +251,22 @@ impl Groups {
         file: Option<UploadedFile>,
     ) -> Result<Group, ApiError> {
         let me = self.phone_of(caller).await?;
-        self.run_by(gid, &me).await?;
-        let photo = match (delete, file) {
-            (true, _) => (String::new(), None),
+        let replaced = self.run_by(gid, &me).await?.photo;
+        let stored = match (delete, file) {
+            (true, _) => None,
             (false, None) => return Err(ApiError::new(ErrorCode::MissingFile, "a file part is required")),
-            (false, Some(file)) => stored_photo(files, caller, file).await.map(|(name, thumbnail)| (name, Some(thumbnail)))?,
+            (false, Some(file)) => Some(stored_photo(files, caller, file).await?),
         };
+        let photo = stored.as_ref().map_or((String::new(), None), |stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
         let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
-        Ok(self.db.write_group(write).await?)
+        let group = self.db.write_group(write).await?;
+        if let Some(stored) = &stored {
+            stored.keep(files).await?;
+        }
+        if replaced != group.photo {
+            files.release(&self.db, &replaced).await;
+        }
+        Ok(group)
     }
 
     /// `profile` with `gid`: renames a group the caller runs.

@@ -84,6 +84,32 @@ impl Files {
     fn url(&self, name: &str) -> String {
         format!("{}{name}", self.download_base)
     }
+
+    /// Deletes stored file `name` (a photo no longer shown by whoever showed it) unless a
+    /// user, a group or an attachment still refers to it. A failure is only logged: the
+    /// file then stays, served only to who knows its name.
+    pub async fn release(&self, db: &Db, name: &str) {
+        match db.remove_file_unless_referenced(&self.store, name).await {
+            Ok(true) => tracing::debug!("an unused photo file was deleted"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("an unused photo file could not be deleted: {e}"),
+        }
+    }
+}
+
+/// A photo kept in the file store, for a row to refer to.
+pub struct StoredPhoto {
+    pub name: String,
+    pub thumbnail: Vec<u8>,
+    jpeg: Arc<Vec<u8>>,
+}
+
+impl StoredPhoto {
+    /// Called once the row showing the photo is committed: a deletion of an unused file
+    /// of the same bytes may have come in between (see `store::files`), and is undone.
+    pub async fn keep(&self, files: &Files) -> Result<(), ApiError> {
+        Ok(files.store.restore(&self.name, Arc::clone(&self.jpeg)).await?)
+    }
 }
 
 /// `op=upload` of an attachment or of the caller's own photo (a group's photo is the
@@ -101,7 +127,11 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
             (false, None) => return Err(missing_file()),
             (false, Some(file)) => {
                 files.limits.admit(caller.user_id, file.bytes.len()).await?;
-                let name = files.store.put(file.bytes, images::stored_extension(&file.file_name)).await?;
+                let bytes = Arc::new(file.bytes);
+                let name = files.store.put(Arc::clone(&bytes), images::stored_extension(&file.file_name)).await?;
+                // Recorded, so that it is never taken for an unused photo of the same bytes.
+                db.keep_attachment(&name).await?;
+                files.store.restore(&name, bytes).await?;
                 files.url(&name)
             }
         };
@@ -125,29 +155,53 @@ async fn set_own_photo(
     delete: bool,
     file: Option<UploadedFile>,
 ) -> Result<Profile, ApiError> {
-    let change = match (delete, file) {
-        (true, _) => ProfileChange { photo: Some(String::new()), ..ProfileChange::default() },
+    let stored = match (delete, file) {
+        (true, _) => None,
         (false, None) => return Err(missing_file()),
-        (false, Some(file)) => {
-            let photo = stored_photo(files, caller, file).await?;
-            ProfileChange { photo: Some(photo.0), thumbnail: Some(photo.1), ..ProfileChange::default() }
+        (false, Some(file)) => Some(stored_photo(files, caller, file).await?),
+    };
+    let change = match &stored {
+        None => ProfileChange { photo: Some(String::new()), ..ProfileChange::default() },
+        Some(photo) => {
+            ProfileChange { photo: Some(photo.name.clone()), thumbnail: Some(photo.thumbnail.clone()), ..ProfileChange::default() }
         }
     };
-    Ok(db.change_profile(caller.user_id, change, db.clock().now()).await?)
+    change_photo(db, files, caller, change, stored.as_ref()).await
+}
+
+/// Applies a profile change that sets (or removes) the photo: the photo `stored` for it
+/// is kept, and the one it replaces deleted unless someone else shows it.
+pub async fn change_photo(
+    db: &Arc<Db>,
+    files: &Files,
+    caller: &Caller,
+    change: ProfileChange,
+    stored: Option<&StoredPhoto>,
+) -> Result<Profile, ApiError> {
+    let replaced = db.profile_of(caller.user_id).await?.photo;
+    let profile = db.change_profile(caller.user_id, change, db.clock().now()).await?;
+    if let Some(stored) = stored {
+        stored.keep(files).await?;
+    }
+    if replaced != profile.photo {
+        files.release(db, &replaced).await;
+    }
+    Ok(profile)
 }
 
 /// Decodes and re-encodes a photo `caller` uploads (off the request threads: it is CPU
 /// work) and keeps it; returns its stored name and its thumbnail. It counts against the
 /// caller's upload limits before it is decoded.
-pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<(String, Vec<u8>), ApiError> {
+pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<StoredPhoto, ApiError> {
     files.limits.admit(caller.user_id, file.bytes.len()).await?;
     let photo = tokio::task::spawn_blocking(move || images::photo_from_upload(&file.bytes))
         .await
         .map_err(|_| ApiError::internal())?
         .map_err(|_| ApiError::new(ErrorCode::BadImage, "the photo is not a JPEG, PNG, GIF or WebP image"))?;
     let Photo { jpeg, thumbnail } = photo;
-    let name = files.store.put(jpeg, "jpg").await?;
-    Ok((name, thumbnail))
+    let jpeg = Arc::new(jpeg);
+    let name = files.store.put(Arc::clone(&jpeg), "jpg").await?;
+    Ok(StoredPhoto { name, thumbnail, jpeg })
 }
 
 /// A profile as the 2021 apps rebuild it after an upload: `name`, `status`, `photo`,

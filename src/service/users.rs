@@ -7,7 +7,7 @@ use crate::domain::account::{
     refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
 };
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::service::uploads::{stored_photo, Files, UploadedFile};
+use crate::service::uploads::{change_photo, stored_photo, Files, UploadedFile};
 use crate::store::Db;
 
 /// `op=me`: the caller's own profile, with the upstream uid.
@@ -33,7 +33,8 @@ pub async fn change_profile(
     db: &Arc<Db>,
     caller: &Caller,
     fields: ProfileFields<'_>,
-    uploaded: Option<(&Files, UploadedFile)>,
+    files: &Files,
+    uploaded: Option<UploadedFile>,
 ) -> Result<Map<String, Value>, ApiError> {
     let field = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value.map(|v| v.trim()) else { return Ok(None) };
@@ -57,13 +58,18 @@ pub async fn change_profile(
     for (field, text) in [("name", &change.name), ("status", &change.status), ("photo", &change.photo)] {
         refuse_control_characters(field, text.as_deref().unwrap_or_default())?;
     }
-    if let Some((files, file)) = uploaded {
-        let (photo, thumbnail) = stored_photo(files, caller, file).await?;
-        (change.photo, change.thumbnail) = (Some(photo), Some(thumbnail));
+    let stored = match uploaded {
+        Some(file) => Some(stored_photo(files, caller, file).await?),
+        None => None,
+    };
+    if let Some(stored) = &stored {
+        (change.photo, change.thumbnail) = (Some(stored.name.clone()), Some(stored.thumbnail.clone()));
     }
-    let user_id = caller.user_id;
-    let updated = db.change_profile(user_id, change, db.clock().now()).await?;
-    Ok(profile_reply(updated))
+    if change.photo.is_none() {
+        let updated = db.change_profile(caller.user_id, change, db.clock().now()).await?;
+        return Ok(profile_reply(updated));
+    }
+    Ok(profile_reply(change_photo(db, files, caller, change, stored.as_ref()).await?))
 }
 
 /// A profile goes under `profile`: its `ts` would clash with the reply's.

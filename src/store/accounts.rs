@@ -11,8 +11,8 @@ use crate::store::{self, links, Db, StorageError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeletedAccount {
     pub address: String,
-    /// The photo's file name when no other user or group shows the same file; else empty.
-    pub unshared_photo: String,
+    /// The photo the account showed: a stored file's name, a URL, or empty.
+    pub photo: String,
 }
 
 /// The `userdel` outbox payload of a user.
@@ -48,12 +48,7 @@ fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Opt
                 links::queue_userdel(tx, &each, &uid, now)?;
             }
         }
-        let shared: bool = tx.query_row(
-            "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1)",
-            [&photo],
-            |r| r.get(0),
-        )?;
-        Ok(Some(DeletedAccount { address, unshared_photo: if shared { String::new() } else { photo } }))
+        Ok(Some(DeletedAccount { address, photo }))
     })
 }
 

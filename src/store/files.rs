@@ -1,12 +1,28 @@
 //! Uploaded files in a local directory (`FILES_DIR`), named by their content: the same
 //! bytes are kept once, a name can never be guessed from another, and a name always
 //! means the same bytes, so they may be cached for good.
+//!
+//! One file may be shown by several users and groups, or sent as an attachment, so a
+//! file is deleted only when nothing refers to it: no user's or group's photo, and no
+//! attachment (their names are recorded in `attachment_files`, as no other row holds
+//! them). The check and the deletion run under the database's lock (SQLite's writer,
+//! a PostgreSQL advisory lock on the name), as does every transaction that makes a row
+//! refer to a file; the writer of such a row puts the file again once it is committed
+//! ([`FileStore::put`] costs nothing when the file is there), so a deletion that came
+//! between the file's write and the row's commit is undone and a committed reference
+//! always finds its file.
 
 use sha2::{Digest, Sha256};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::store::StorageError;
+use crate::store::{Db, StorageError};
+
+/// Whether a row refers to stored file `?1`.
+pub(in crate::store) const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM attachment_files WHERE name = ?1)";
 
 pub struct FileStore {
     dir: PathBuf,
@@ -25,9 +41,25 @@ impl FileStore {
     /// once never write into one file), synced, then renamed over the final name in one
     /// step: a reader never sees part of a file, two identical uploads both succeed, and a
     /// crash leaves at most a temporary file (never served: its name is not a hash).
-    pub async fn put(&self, bytes: Vec<u8>, extension: &'static str) -> Result<String, StorageError> {
-        let name = format!("{}.{extension}", hex::encode(Sha256::digest(&bytes)));
-        let (dir, path) = (self.dir.clone(), self.dir.join(&name));
+    pub async fn put(&self, bytes: impl Into<Arc<Vec<u8>>>, extension: &'static str) -> Result<String, StorageError> {
+        let bytes = bytes.into();
+        let name = format!("{}.{extension}", hex::encode(Sha256::digest(bytes.as_slice())));
+        self.write_if_missing(self.dir.join(&name), bytes).await?;
+        Ok(name)
+    }
+
+    /// Writes `bytes` again under `name`, which [`FileStore::put`] gave for them, if the
+    /// file is gone; called once the row that refers to it is committed (see the module's
+    /// documentation).
+    pub async fn restore(&self, name: &str, bytes: Arc<Vec<u8>>) -> Result<(), StorageError> {
+        match self.path_of(name) {
+            Some(path) => self.write_if_missing(path, bytes).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn write_if_missing(&self, path: PathBuf, bytes: Arc<Vec<u8>>) -> Result<(), StorageError> {
+        let dir = self.dir.clone();
         let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             if path.exists() {
                 return Ok(());
@@ -42,8 +74,7 @@ impl FileStore {
         })
         .await
         .map_err(|e| StorageError::Files(format!("file write task: {e}")))?;
-        written.map_err(|e| StorageError::Files(format!("writing an uploaded file: {e}")))?;
-        Ok(name)
+        written.map_err(|e| StorageError::Files(format!("writing an uploaded file: {e}")))
     }
 
     /// Where a file this store gave out lives; `None` for any other name (anything else
@@ -55,19 +86,6 @@ impl FileStore {
             && (1..=5).contains(&extension.len())
             && extension.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         valid.then(|| self.dir.join(name))
-    }
-
-    /// Deletes a stored file; true if it was there. Other names are left alone.
-    pub async fn remove(&self, name: &str) -> Result<bool, StorageError> {
-        let Some(path) = self.path_of(name) else { return Ok(false) };
-        let removed = tokio::task::spawn_blocking(move || match std::fs::remove_file(path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|e| StorageError::Files(format!("file removal task: {e}")))?;
-        removed.map_err(|e| StorageError::Files(format!("removing an uploaded file: {e}")))
     }
 
     /// The bytes of a stored file and its extension; `None` for a name this store never
@@ -84,6 +102,52 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StorageError::Files(format!("reading an uploaded file: {e}"))),
         }
+    }
+}
+
+/// Deletes the file at `path` on the blocking pool; true if it was there.
+pub(in crate::store) async fn remove_in_background(path: PathBuf) -> Result<bool, StorageError> {
+    tokio::task::spawn_blocking(move || remove_file(&path)).await.map_err(|e| StorageError::Files(format!("file removal task: {e}")))?
+}
+
+fn remove_file(path: &Path) -> Result<bool, StorageError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(StorageError::Files(format!("removing an uploaded file: {e}"))),
+    }
+}
+
+impl Db {
+    /// Records that stored file `name` was uploaded as a chat attachment: it is never
+    /// deleted as an unused photo.
+    pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
+        if let Some(pg) = self.postgres() {
+            return pg.keep_attachment(name).await;
+        }
+        let name = name.to_string();
+        self.call(move |conn| conn.prepare_cached("INSERT OR IGNORE INTO attachment_files (name) VALUES (?1)")?.execute([name]).map(|_| ()))
+            .await
+    }
+
+    /// Deletes stored file `name` from `files` unless a user's or a group's photo or an
+    /// attachment is that file (see the module's documentation); true if it was deleted.
+    /// Anything but a stored file's name (a photo URL, '') is left alone.
+    pub async fn remove_file_unless_referenced(&self, files: &FileStore, name: &str) -> Result<bool, StorageError> {
+        let Some(path) = files.path_of(name) else { return Ok(false) };
+        if let Some(pg) = self.postgres() {
+            return pg.remove_file_unless_referenced(name, path).await;
+        }
+        let name = name.to_string();
+        // On the writer, so that no commit of a row referring to the file falls between
+        // the check and the deletion.
+        let removed = self
+            .call(move |conn| {
+                let referenced: bool = conn.prepare_cached(REFERENCED)?.query_row([name], |r| r.get(0))?;
+                Ok(if referenced { Ok(false) } else { remove_file(&path) })
+            })
+            .await?;
+        removed
     }
 }
 

@@ -26,6 +26,7 @@ use crate::store::accounts::{userdel_payload, DeletedAccount};
 use crate::store::audit::{self, MAX_EVENTS};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
+use crate::store::files;
 use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
 use crate::store::links::{LinkOutcome, LinkedAddress};
 use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
@@ -45,6 +46,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (5, "account_deletion", include_str!("../../migrations/postgres/005_account_deletion.sql")),
     (6, "audit_events", include_str!("../../migrations/postgres/006_audit_events.sql")),
     (7, "linked_addresses", include_str!("../../migrations/postgres/007_linked_addresses.sql")),
+    (8, "file_references", include_str!("../../migrations/postgres/008_file_references.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -472,15 +474,8 @@ impl PgStore {
                 queue_userdel(&tx, &each, &uid, now).await?;
             }
         }
-        let shared: bool = query_one(
-            &tx,
-            "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1) OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = $1)",
-            &[&photo],
-        )
-        .await?
-        .try_get(0)?;
         tx.commit().await?;
-        Ok(Some(DeletedAccount { address, unshared_photo: if shared { String::new() } else { photo } }))
+        Ok(Some(DeletedAccount { address, photo }))
     }
 
     /// The user an operator names (see `store::operators`).
@@ -574,6 +569,9 @@ impl PgStore {
     pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        if let Some(photo) = change.photo.as_deref() {
+            lock_file(&tx, photo).await?;
+        }
         let row = query_one(
             &tx,
             "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo),
@@ -1048,6 +1046,9 @@ impl PgStore {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
             None => (None, None),
         };
+        if let Some(photo) = photo {
+            lock_file(&tx, photo).await?;
+        }
         if write.create {
             execute(
                 &tx,
@@ -1460,6 +1461,39 @@ fn rows(count: u64) -> usize {
 }
 
 // Each statement is prepared once per connection, through deadpool's statement cache.
+
+/// Serialises, on every instance, a transaction that makes a row refer to stored file
+/// `name` with one that deletes the file unless a row refers to it (see
+/// `store::files`); no lock for no file.
+async fn lock_file(tx: &impl GenericClient, name: &str) -> Result<(), StorageError> {
+    if !name.is_empty() {
+        execute(tx, "SELECT pg_advisory_xact_lock(hashtextextended('file:' || $1, 0))", &[&name]).await?;
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// Records that stored file `name` is a chat attachment (see `store::files`).
+    pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_file(&tx, name).await?;
+        execute(&tx, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes the stored file `name` at `path` unless a row refers to it (see `store::files`).
+    pub async fn remove_file_unless_referenced(&self, name: &str, path: std::path::PathBuf) -> Result<bool, StorageError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        lock_file(&tx, name).await?;
+        let referenced: bool = query_one(&tx, &files::REFERENCED.replace("?1", "$1"), &[&name]).await?.try_get(0)?;
+        let removed = if referenced { false } else { files::remove_in_background(path).await? };
+        tx.commit().await?;
+        Ok(removed)
+    }
+}
 
 async fn execute(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
     let statement = client.prepare_cached(sql).await?;

@@ -343,3 +343,84 @@ async fn a_user_uploading_more_bytes_per_day_than_the_limit_is_refused() {
     assert_eq!(attach(&server, &ann, &[4; 600]).await.2["result"], true, "what is left of the day can still be used");
     assert_eq!(attach(&server, &bob, &[5; 900]).await.2["result"], true, "another user is not limited");
 }
+
+/// A JPEG of one colour: photos of different colours are different files.
+fn photo_of(shade: u8) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([shade, (x * 3) as u8, (y * 5) as u8]));
+    let mut jpeg = Vec::new();
+    image::DynamicImage::ImageRgb8(image).write_to(&mut Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+    jpeg
+}
+
+/// Sets `token`'s own photo; returns the stored file's name.
+async fn set_photo(server: &TestServer, token: &str, jpeg: &[u8]) -> String {
+    let fields = [("op", "upload"), ("token", token), ("profile", "1"), ("gid", "0")];
+    let (status, reply) = post_multipart(server, &server.api(), &fields, Some(("me.jpg", jpeg))).await;
+    assert_eq!((status, &reply["result"]), (200, &json!(true)), "{reply}");
+    reply["photo"].as_str().unwrap().to_string()
+}
+
+async fn served(server: &TestServer, name: &str) -> u16 {
+    download(server, &format!("{}/files/{name}", server.url)).await.0
+}
+
+#[actix_web::test]
+async fn a_replaced_or_removed_photo_is_deleted_unless_someone_else_still_shows_it() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(PHONE, None).await;
+    let bob = server.log_in("18005550602", None).await;
+
+    // Replaced: the old file goes.
+    let first = set_photo(&server, &ann, &photo_of(10)).await;
+    assert_eq!(served(&server, &first).await, 200);
+    let second = set_photo(&server, &ann, &photo_of(20)).await;
+    assert_eq!((served(&server, &first).await, served(&server, &second).await), (404, 200), "the replaced photo is deleted");
+
+    // Bob shows the same file: Ann's removal keeps it; Bob's replacement through `profile` deletes it.
+    assert_eq!(set_photo(&server, &bob, &photo_of(20)).await, second, "the same photo is the same file");
+    let remove = [("op", "upload"), ("token", ann.as_str()), ("profile", "1"), ("gid", "0"), ("delete", "1")];
+    assert_eq!(post_multipart(&server, &server.api(), &remove, None).await.1["result"], true);
+    assert_eq!(served(&server, &second).await, 200, "Bob still shows it");
+    let profile = [("op", "profile"), ("token", bob.as_str()), ("name", "Bob")];
+    let (_, reply) = post_multipart(&server, &server.api(), &profile, Some(("me.jpg", &photo_of(30)))).await;
+    assert_eq!(reply["result"], true, "{reply}");
+    assert_eq!(served(&server, &second).await, 404, "nobody shows it any more");
+    // A photo URL instead of a stored photo deletes the stored one too.
+    let third = reply["profile"]["photo"].as_str().unwrap().to_string();
+    assert_ok(server.call_op("profile", &bob, json!({ "photo": "https://example.com/bob.jpg" })).await);
+    assert_eq!(served(&server, &third).await, 404);
+
+    // A group's photo, and an attachment of the same bytes, keep the file.
+    let group = assert_ok(server.call_op("setgroup", &ann, json!({ "gid": 0, "name": "Hikers" })).await);
+    let gid = group["gid"].as_i64().unwrap().to_string();
+    let own = set_photo(&server, &ann, &photo_of(40)).await;
+    let group_photo = [("op", "upload"), ("token", ann.as_str()), ("profile", "1"), ("gid", gid.as_str())];
+    let (_, reply) = post_multipart(&server, &server.api(), &group_photo, Some(("g.jpg", &photo_of(40)))).await;
+    assert_eq!(reply["photo"], own.as_str(), "{reply}");
+    set_photo(&server, &ann, &photo_of(50)).await;
+    assert_eq!(served(&server, &own).await, 200, "the group still shows it");
+    let (_, reply) = post_multipart(&server, &server.api(), &group_photo, Some(("g.jpg", &photo_of(45)))).await;
+    assert_eq!(reply["result"], true, "{reply}");
+    assert_eq!(served(&server, &own).await, 404, "the group's replaced photo is deleted too");
+
+    let kept = set_photo(&server, &bob, &photo_of(60)).await;
+    let (_, _, bytes) = download(&server, &format!("{}/files/{kept}", server.url)).await;
+    let attachment = [("op", "upload"), ("token", ann.as_str()), ("profile", "0")];
+    let (_, reply) = post_multipart(&server, &server.api(), &attachment, Some(("forwarded.jpg", &bytes))).await;
+    assert!(reply["url"].as_str().unwrap().ends_with(&kept), "{reply}");
+    assert_ok(server.call_op("profile", &bob, json!({ "photo": "" })).await);
+    assert_eq!(served(&server, &kept).await, 200, "an attachment of the same bytes is still in a chat");
+}
+
+#[actix_web::test]
+async fn a_deleted_accounts_photo_is_no_longer_served() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(PHONE, None).await;
+    let earlier = set_photo(&server, &ann, &photo_of(70)).await;
+    let photo = set_photo(&server, &ann, &photo_of(80)).await;
+    assert_eq!(served(&server, &photo).await, 200);
+    let code = server.start_login(PHONE).await;
+    assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
+    assert_eq!(served(&server, &photo).await, 404, "the account is gone, and so is its photo");
+    assert_eq!(served(&server, &earlier).await, 404, "and the one it replaced");
+}

@@ -126,6 +126,7 @@ async fn migrate_creates_the_schema_and_exits() {
     assert_eq!(
         tables,
         [
+            "attachment_files",
             "audit_events",
             "chat_groups",
             "contacts",
