@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub groups: Vec<Group>,
     /// Linked addresses: (address, user_id, uid, linked_at).
     pub links: Vec<(String, i64, String, i64)>,
+    /// Names of the stored files uploaded as attachments.
+    pub attachments: Vec<String>,
 }
 
 /// What an import moved.
@@ -116,6 +118,8 @@ fn snapshot(conn: &rusqlite::Connection, path: &str, now: i64, phones: &PhoneHas
         "SELECT token_sha256, notify_token, notify_sender, device_type FROM sessions WHERE expires_at > ?1 AND notify_token IS NOT NULL",
     )?;
     snapshot.push = push.query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect::<rusqlite::Result<_>>()?;
+    let mut attachments = conn.prepare("SELECT name FROM attachment_files ORDER BY name")?;
+    snapshot.attachments = attachments.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     let gids: Vec<i64> =
         conn.prepare("SELECT gid FROM chat_groups ORDER BY gid")?.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
     for gid in gids {

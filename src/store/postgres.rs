@@ -1216,6 +1216,8 @@ impl PgStore {
             )
             .await?;
         }
+        execute(&tx, "INSERT INTO attachment_files (name) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING", &[&snapshot.attachments])
+            .await?;
         for group in &snapshot.groups {
             execute(
                 &tx,

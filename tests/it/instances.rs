@@ -309,6 +309,7 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let by_mail = assert_ok(sqlite.call(verify_email).await)["token"].as_str().unwrap().to_string();
     let file = rusqlite::Connection::open(sqlite.dir.path().join("otpgate.db")).unwrap();
     file.execute("UPDATE users SET photo = 'p.jpg', thumbnail = X'FFD8FFD9' WHERE address = '18005550401'", []).unwrap();
+    file.execute("INSERT INTO attachment_files (name) VALUES ('a.pdf')", []).unwrap();
     sqlite.stop().await;
     sqlite.state.shutdown(Duration::from_secs(1)).await;
 
@@ -353,6 +354,8 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     assert_eq!(status, 200);
     let ids = backend::run_sql(&cluster.database_url, "SELECT id FROM users ORDER BY id");
     assert_eq!(ids.len(), 3);
+    let attachments = backend::run_sql(&cluster.database_url, "SELECT name FROM attachment_files");
+    assert_eq!(attachments, [Some("a.pdf".to_string())], "the attachments' names moved: no photo of their bytes is deleted");
 
     let again = migrate();
     assert!(!again.status.success());
