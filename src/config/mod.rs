@@ -76,6 +76,20 @@ pub struct Config {
     /// Largest file part of `upload` (and of `profile` with a photo).
     #[serde(default = "defaults::max_upload_bytes")]
     pub max_upload_bytes: usize,
+    /// Largest photo, in pixels (width × height), that is decoded; larger ones get
+    /// `IMAGETOOLARGE`, refused from their header.
+    #[serde(default = "defaults::max_photo_pixels")]
+    pub max_photo_pixels: u64,
+    /// Photos decoded at once (each may take 4 bytes a pixel while it runs).
+    #[serde(default = "defaults::photo_decodes")]
+    pub photo_decodes: usize,
+    /// Photos that may wait for a decode's turn; one more gets `BUSY`.
+    #[serde(default = "defaults::photo_decode_queue")]
+    pub photo_decode_queue: usize,
+    /// Uploads whose file part comes before their token, read at once (their file is held
+    /// in memory until the token is checked); one more gets `BUSY`.
+    #[serde(default = "defaults::max_uploads_before_token")]
+    pub max_uploads_before_token: usize,
     /// Where uploaded photos and attachments are kept (served at `/files/`); empty: a
     /// `files` directory beside DATABASE_PATH.
     #[serde(default)]
@@ -755,6 +769,19 @@ mod defaults {
     pub fn max_upload_bytes() -> usize {
         16 * 1024 * 1024
     }
+    /// The full resolution of the 48 and 50 megapixel phone cameras (8160 × 6120).
+    pub fn max_photo_pixels() -> u64 {
+        50_000_000
+    }
+    pub fn photo_decodes() -> usize {
+        2
+    }
+    pub fn photo_decode_queue() -> usize {
+        16
+    }
+    pub fn max_uploads_before_token() -> usize {
+        4
+    }
 
     /// A contact upload of MAX_CONTACTS_PER_REQUEST (5000) formatted phones fits.
     pub fn max_contacts_body_bytes() -> usize {
@@ -966,6 +993,14 @@ impl Config {
         if daily_bytes != 0 && daily_bytes < self.max_upload_bytes {
             // Else a file that MAX_UPLOAD_BYTES admits could never be uploaded.
             return bad("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "must be 0 or at least MAX_UPLOAD_BYTES");
+        }
+        // Photos are kept at up to 1024 pixels a side: a smaller bound would refuse a photo
+        // that needs no scaling.
+        if self.max_photo_pixels < 1024 * 1024 {
+            return bad("MAX_PHOTO_PIXELS", "must be at least 1048576 (1024 × 1024)");
+        }
+        if self.photo_decodes == 0 {
+            return bad("PHOTO_DECODES", "must be at least 1");
         }
         if self.max_contacts_body_bytes < self.max_body_bytes {
             return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");

@@ -24,6 +24,8 @@ pub enum ErrorCode {
     Timeout,
     MissingFile,
     BadImage,
+    ImageTooLarge,
+    Busy,
     BadGroup,
     NotMember,
     MissingPara,
@@ -33,7 +35,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order the OpenAPI document lists them.
-    pub const ALL: [ErrorCode; 23] = [
+    pub const ALL: [ErrorCode; 25] = [
         ErrorCode::BadRequest,
         ErrorCode::BadOp,
         ErrorCode::MissingAppid,
@@ -52,6 +54,8 @@ impl ErrorCode {
         ErrorCode::Timeout,
         ErrorCode::MissingFile,
         ErrorCode::BadImage,
+        ErrorCode::ImageTooLarge,
+        ErrorCode::Busy,
         ErrorCode::BadGroup,
         ErrorCode::NotMember,
         ErrorCode::MissingPara,
@@ -86,6 +90,12 @@ impl ErrorCode {
             ErrorCode::Timeout => ("TIMEOUT", 504, "the request took longer than REQUEST_TIMEOUT_SECS; retry"),
             ErrorCode::MissingFile => ("MISSINGFILE", 400, "upload without a file part"),
             ErrorCode::BadImage => ("BADIMAGE", 415, "a photo that is not a JPEG, PNG, GIF or WebP image"),
+            ErrorCode::ImageTooLarge => ("IMAGETOOLARGE", 413, "a photo of more pixels than MAX_PHOTO_PIXELS"),
+            ErrorCode::Busy => (
+                "BUSY",
+                503,
+                "too many photos being processed, or too many uploads waiting for their token; retry after retry_after seconds",
+            ),
             ErrorCode::BadGroup => ("BADGROUP", 403, "not a member of the group, or not its admin or owner where that is needed"),
             ErrorCode::NotMember => ("NOTMEMBER", 403, "getgroup of a group the caller is not a member of"),
             ErrorCode::MissingPara => ("MISSINGPARA", 400, "gid (or m) missing for a group op"),
@@ -145,6 +155,11 @@ impl ApiError {
 
     pub fn rate_limited(retry_after: u64, message: impl Into<String>) -> Self {
         ApiError { code: ErrorCode::RateLimit, message: message.into(), retry_after: Some(retry_after.max(1)), keeps_status: false }
+    }
+
+    /// A refusal for want of capacity right now; the request may be sent again as it was.
+    pub fn busy(retry_after: u64, message: impl Into<String>) -> Self {
+        ApiError { code: ErrorCode::Busy, message: message.into(), retry_after: Some(retry_after.max(1)), keeps_status: false }
     }
 
     pub fn internal() -> Self {

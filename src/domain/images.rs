@@ -13,10 +13,9 @@ use std::io::Cursor;
 pub const MAX_PHOTO_SIDE: u32 = 1024;
 /// The thumbnail the apps show in lists: a centre-cropped square.
 pub const THUMBNAIL_SIDE: u32 = 100;
-/// Larger images are refused before their pixels are decoded (a small file can claim a
-/// huge image).
-const MAX_DECODED_SIDE: u32 = 8192;
-const MAX_DECODE_BYTES: u64 = 256 * 1024 * 1024;
+/// What a decoder may allocate per pixel of the image its header announces: an 8-bit
+/// RGBA image needs 4 bytes; a 16-bit one, which needs more, counts as that many more pixels.
+const DECODE_BYTES_PER_PIXEL: u64 = 4;
 
 /// A photo as stored: a JPEG without metadata, and its thumbnail.
 #[derive(Debug, Clone)]
@@ -27,20 +26,39 @@ pub struct Photo {
 
 /// Why a photo was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAnImage;
+pub enum PhotoRefused {
+    /// Not a JPEG, PNG, GIF or WebP image, or a damaged one.
+    NotAnImage,
+    /// More pixels than allowed (a small file can claim a huge image): refused from its
+    /// header, before any pixel is decoded.
+    TooManyPixels { width: u32, height: u32 },
+}
 
-/// Decodes a JPEG, PNG, GIF or WebP image and encodes it again without metadata, scaled
-/// down to [`MAX_PHOTO_SIDE`], with its [`THUMBNAIL_SIDE`] thumbnail.
-pub fn photo_from_upload(bytes: &[u8]) -> Result<Photo, NotAnImage> {
-    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|_| NotAnImage)?;
+/// Decodes a JPEG, PNG, GIF or WebP image of at most `max_pixels` pixels and encodes it
+/// again without metadata, scaled down to [`MAX_PHOTO_SIDE`], with its
+/// [`THUMBNAIL_SIDE`] thumbnail.
+pub fn photo_from_upload(bytes: &[u8], max_pixels: u64) -> Result<Photo, PhotoRefused> {
+    let reader = || ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|_| PhotoRefused::NotAnImage);
+    let (width, height) = reader()?.into_dimensions().map_err(|_| PhotoRefused::NotAnImage)?;
+    let too_many_pixels = PhotoRefused::TooManyPixels { width, height };
+    if u64::from(width) * u64::from(height) > max_pixels {
+        return Err(too_many_pixels);
+    }
+    let mut reader = reader()?;
     let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_DECODED_SIDE);
-    limits.max_image_height = Some(MAX_DECODED_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    // The decoder must not meet a larger image than its header announced.
+    limits.max_image_width = Some(width);
+    limits.max_image_height = Some(height);
+    limits.max_alloc = Some(max_pixels.saturating_mul(DECODE_BYTES_PER_PIXEL));
     reader.limits(limits);
-    let image = reader.decode().map_err(|_| NotAnImage)?;
+    let image = reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => too_many_pixels,
+        _ => PhotoRefused::NotAnImage,
+    })?;
     let stored = if image.width() > MAX_PHOTO_SIDE || image.height() > MAX_PHOTO_SIDE {
-        image.resize(MAX_PHOTO_SIDE, MAX_PHOTO_SIDE, FilterType::Triangle)
+        // Averages source pixels into the small image directly: a filtered resize would
+        // first build an intermediate image of floats as tall as the source.
+        image.thumbnail(MAX_PHOTO_SIDE, MAX_PHOTO_SIDE)
     } else {
         image
     };
@@ -48,10 +66,10 @@ pub fn photo_from_upload(bytes: &[u8]) -> Result<Photo, NotAnImage> {
     Ok(Photo { jpeg: jpeg(&stored, 85)?, thumbnail: jpeg(&thumbnail, 50)? })
 }
 
-fn jpeg(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, NotAnImage> {
+fn jpeg(image: &DynamicImage, quality: u8) -> Result<Vec<u8>, PhotoRefused> {
     let mut out = Vec::new();
     let rgb = DynamicImage::ImageRgb8(image.to_rgb8());
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(&rgb).map_err(|_| NotAnImage)?;
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality).encode_image(&rgb).map_err(|_| PhotoRefused::NotAnImage)?;
     Ok(out)
 }
 
@@ -102,7 +120,7 @@ mod tests {
 
     #[test]
     fn a_photo_becomes_a_jpeg_with_a_square_thumbnail() {
-        let photo = photo_from_upload(&png(300, 200)).unwrap();
+        let photo = photo_from_upload(&png(300, 200), 300 * 200).unwrap();
         let stored = image::load_from_memory(&photo.jpeg).unwrap();
         assert_eq!((stored.width(), stored.height()), (300, 200));
         assert_eq!(image::guess_format(&photo.jpeg).unwrap(), image::ImageFormat::Jpeg);
@@ -112,11 +130,37 @@ mod tests {
 
     #[test]
     fn large_photos_are_scaled_down_and_text_is_refused() {
-        let photo = photo_from_upload(&png(2048, 1024)).unwrap();
+        let photo = photo_from_upload(&png(2048, 1024), MANY).unwrap();
         let stored = image::load_from_memory(&photo.jpeg).unwrap();
         assert_eq!((stored.width(), stored.height()), (MAX_PHOTO_SIDE, MAX_PHOTO_SIDE / 2));
-        assert_eq!(photo_from_upload(b"<svg xmlns='http://www.w3.org/2000/svg'/>").unwrap_err(), NotAnImage);
-        assert_eq!(photo_from_upload(&png(300, 200)[..100]).unwrap_err(), NotAnImage, "a cut file");
+        let svg = b"<svg xmlns='http://www.w3.org/2000/svg'/>";
+        assert_eq!(photo_from_upload(svg, MANY).unwrap_err(), PhotoRefused::NotAnImage);
+        assert_eq!(photo_from_upload(&png(300, 200)[..100], MANY).unwrap_err(), PhotoRefused::NotAnImage, "a cut file");
+    }
+
+    const MANY: u64 = 50_000_000;
+
+    /// A small JPEG whose frame header claims `width` × `height` pixels.
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        DynamicImage::ImageRgb8(image::RgbImage::new(16, 16)).write_to(&mut Cursor::new(&mut out), image::ImageFormat::Jpeg).unwrap();
+        let frame = out.windows(2).position(|marker| marker == [0xFF, 0xC0]).expect("a baseline frame header");
+        out[frame + 5..frame + 7].copy_from_slice(&height.to_be_bytes());
+        out[frame + 7..frame + 9].copy_from_slice(&width.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_photo_of_more_pixels_than_allowed_is_refused_from_its_header() {
+        assert!(photo_from_upload(&png(100, 100), 100 * 100).is_ok(), "at the bound");
+        let over = PhotoRefused::TooManyPixels { width: 101, height: 100 };
+        assert_eq!(photo_from_upload(&png(101, 100), 100 * 100).unwrap_err(), over);
+        // The header lies (the data is of 16 × 16 pixels), so only a refusal from the header
+        // names the size: a decode would have failed on the data.
+        assert_eq!(photo_from_upload(&jpeg_claiming(101, 100), 100 * 100).unwrap_err(), over);
+        let huge = jpeg_claiming(8192, 8192);
+        assert!(huge.len() < 4096);
+        assert_eq!(photo_from_upload(&huge, MANY).unwrap_err(), PhotoRefused::TooManyPixels { width: 8192, height: 8192 });
     }
 
     #[test]

@@ -77,6 +77,10 @@ pub static RATELIMIT_REJECTIONS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_ratelimit_rejections_total", "Requests refused by a rate limit, by limiter", &["limiter"]));
 pub static COURIER_QUEUE_DEPTH: LazyLock<IntGauge> =
     LazyLock::new(|| gauge("otpgate_courier_queue_depth", "Code messages not yet delivered or given up (queued or in flight)"));
+pub static PHOTO_DECODES_RUNNING: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("otpgate_photo_decodes_running", "Photos being decoded and encoded again now (at most PHOTO_DECODES)"));
+pub static PHOTO_DECODES_WAITING: LazyLock<IntGauge> =
+    LazyLock::new(|| gauge("otpgate_photo_decodes_waiting", "Photos waiting for a decode's turn (at most PHOTO_DECODE_QUEUE)"));
 pub static DB_POOL_WAIT: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_db_pool_wait_seconds", "Time spent waiting for a free database connection"));
 pub static REDIS_DURATION: LazyLock<Histogram> = LazyLock::new(|| {
@@ -105,6 +109,8 @@ fn register_all() {
     LazyLock::force(&RATELIMIT_REJECTIONS);
     LazyLock::force(&DB_POOL_WAIT);
     LazyLock::force(&COURIER_QUEUE_DEPTH);
+    LazyLock::force(&PHOTO_DECODES_RUNNING);
+    LazyLock::force(&PHOTO_DECODES_WAITING);
     LazyLock::force(&REDIS_DURATION);
     LazyLock::force(&RATELIMIT_ERRORS);
     LazyLock::force(&LOG_LINES_DROPPED);

@@ -25,7 +25,7 @@ use crate::runtime::cli::url_without_credentials;
 use crate::service::contacts::ContactLimits;
 use crate::service::groups::Groups;
 use crate::service::login::LoginFlow;
-use crate::service::uploads::{Files, UploadLimits};
+use crate::service::uploads::{Files, PhotoDecodes, UploadLimits};
 use crate::store::files::FileStore;
 use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
@@ -57,6 +57,7 @@ impl AppState {
             store: FileStore::open(config.files_directory())?,
             download_base: apps.for_app("").download_url,
             limits: UploadLimits::from_config(config, shared_limits.as_ref()),
+            decodes: PhotoDecodes::new(config.photo_decodes, config.photo_decode_queue, config.max_photo_pixels),
         };
         let operator_failures = FailureLimit::per_hour(config.admin_failures_per_ip_per_hour, db.clock().clone());
         Ok(AppState {

@@ -1,12 +1,15 @@
 //! `op=upload`: chat attachments, and the caller's own profile photo.
 
 use serde_json::{Map, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
 use crate::domain::account::{Caller, Profile, ProfileChange};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::domain::images::{self, Photo};
+use crate::domain::images::{self, Photo, PhotoRefused};
+use crate::domain::metrics;
 use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 use crate::store::files::FileStore;
 use crate::store::Db;
@@ -36,6 +39,8 @@ pub struct Files {
     pub store: FileStore,
     pub download_base: String,
     pub limits: UploadLimits,
+    /// Every photo is decoded through these.
+    pub decodes: PhotoDecodes,
 }
 
 /// What bounds what one user may put in `FILES_DIR`: files per hour and bytes per day,
@@ -190,18 +195,100 @@ pub async fn change_photo(
 }
 
 /// Decodes and re-encodes a photo `caller` uploads (off the request threads: it is CPU
-/// work) and keeps it; returns its stored name and its thumbnail. It counts against the
+/// work, bounded by [`PhotoDecodes`]) and keeps it; returns its stored name and its thumbnail. It counts against the
 /// caller's upload limits before it is decoded.
 pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<StoredPhoto, ApiError> {
     files.limits.admit(caller.user_id, file.bytes.len()).await?;
-    let photo = tokio::task::spawn_blocking(move || images::photo_from_upload(&file.bytes))
-        .await
-        .map_err(|_| ApiError::internal())?
-        .map_err(|_| ApiError::new(ErrorCode::BadImage, "the photo is not a JPEG, PNG, GIF or WebP image"))?;
-    let Photo { jpeg, thumbnail } = photo;
+    let Photo { jpeg, thumbnail } = files.decodes.decode(file.bytes).await?;
     let jpeg = Arc::new(jpeg);
     let name = files.store.put(Arc::clone(&jpeg), "jpg").await?;
     Ok(StoredPhoto { name, thumbnail, jpeg })
+}
+
+/// The photo decodes: a decode holds the memory of every pixel while it runs, so only
+/// `at_once` run at a time, and only `max_waiting` more may wait for their turn.
+pub struct PhotoDecodes {
+    turns: Arc<Semaphore>,
+    at_once: usize,
+    waiting: Arc<AtomicUsize>,
+    max_waiting: usize,
+    max_pixels: u64,
+}
+
+/// A decode's turn, given back when dropped.
+pub struct DecodeTurn {
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for DecodeTurn {
+    fn drop(&mut self) {
+        metrics::PHOTO_DECODES_RUNNING.dec();
+    }
+}
+
+/// Counts a request among the waiting ones while it exists.
+struct Waiting(Arc<AtomicUsize>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        metrics::PHOTO_DECODES_WAITING.dec();
+    }
+}
+
+impl PhotoDecodes {
+    pub fn new(at_once: usize, max_waiting: usize, max_pixels: u64) -> PhotoDecodes {
+        let at_once = at_once.max(1);
+        PhotoDecodes { turns: Arc::new(Semaphore::new(at_once)), at_once, waiting: Arc::default(), max_waiting, max_pixels }
+    }
+
+    /// Turns taken now (decodes running).
+    pub fn running(&self) -> usize {
+        self.at_once - self.turns.available_permits()
+    }
+
+    /// Requests waiting for a turn now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Waits for a decode's turn; `BUSY` when `max_waiting` requests already wait.
+    pub async fn turn(&self) -> Result<DecodeTurn, ApiError> {
+        let permit = match Arc::clone(&self.turns).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.max_waiting {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(ApiError::busy(1, "too many photos are being processed; retry"));
+                }
+                metrics::PHOTO_DECODES_WAITING.inc();
+                let _waiting = Waiting(Arc::clone(&self.waiting));
+                Arc::clone(&self.turns).acquire_owned().await.map_err(|_| ApiError::internal())?
+            }
+        };
+        metrics::PHOTO_DECODES_RUNNING.inc();
+        Ok(DecodeTurn { _permit: permit })
+    }
+
+    /// Decodes a photo in its turn, on a blocking thread that keeps the turn until the
+    /// decode ends, even when the request gave up waiting for it.
+    async fn decode(&self, bytes: Vec<u8>) -> Result<Photo, ApiError> {
+        let turn = self.turn().await?;
+        let max_pixels = self.max_pixels;
+        let decoded = tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            images::photo_from_upload(&bytes, max_pixels)
+        })
+        .await
+        .map_err(|_| ApiError::internal())?;
+        decoded.map_err(|refused| match refused {
+            PhotoRefused::NotAnImage => ApiError::new(ErrorCode::BadImage, "the photo is not a JPEG, PNG, GIF or WebP image"),
+            PhotoRefused::TooManyPixels { width, height } => ApiError::new(
+                ErrorCode::ImageTooLarge,
+                format!("the photo has {width} × {height} pixels, more than {} in all", self.max_pixels),
+            ),
+        })
+    }
 }
 
 /// A profile as the 2021 apps rebuild it after an upload: `name`, `status`, `photo`,

@@ -28,4 +28,5 @@ mod secrets_at_rest;
 mod sessions;
 mod shared_limits;
 mod storage;
+mod upload_limits;
 mod upstream_failures;
