@@ -7,6 +7,7 @@ use actix_web::http::header::{self, ContentType};
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -15,6 +16,7 @@ use crate::api::ops;
 use crate::api::server::HttpSettings;
 use crate::api::AppState;
 use crate::config::Dialect;
+use crate::domain::account::{token_hash, Caller};
 use crate::domain::app_settings::AppReply;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
@@ -46,7 +48,7 @@ pub type Params = HashMap<String, String>;
 
 async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let dialect = state.http.dialect;
-    let (params, file) = match read_params(&request, payload, &state.http).await {
+    let (params, upload) = match read_params(&request, payload, &state).await {
         Ok(read) => read,
         Err(e) => {
             request_log::note_api_call(&request, Op::label(""), Some(e.code.as_str()));
@@ -63,7 +65,7 @@ async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppSt
             let app = state.apps.for_app(request.appid.map(str::trim).unwrap_or_default());
             state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
         }
-        Some(session_op) => ops::handle(&state, session_op, &params, file, &request, &client_ip).await,
+        Some(session_op) => ops::handle(&state, session_op, &params, upload, &request, &client_ip).await,
         None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
@@ -175,41 +177,174 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
 /// Reads the request's fields and its first file part (see [`parse_request`]). Contact
 /// ops carry whole address books and may send up to `max_contacts_body_bytes`; ops that
 /// take a file may add `max_upload_bytes` in a multipart body; every other op is held to
-/// `max_body_bytes`, checked once the op is known.
+/// `max_body_bytes`, checked once the op is known. A multipart body is read as it
+/// arrives, and its file part only once its token is checked (see [`SessionGate`]): the
+/// session comes back with the file.
 async fn read_params(
     request: &HttpRequest,
     payload: web::Payload,
-    limits: &HttpSettings,
-) -> Result<(Params, Option<UploadedFile>), ApiError> {
-    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
-    let too_large = |limit: usize| ApiError { keeps_status: true, ..bad(&format!("the request body is larger than {limit} bytes")) };
+    state: &AppState,
+) -> Result<(Params, (Option<UploadedFile>, Option<Caller>)), ApiError> {
+    let limits = &state.http;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let with_file = limits.max_body_bytes + limits.max_upload_bytes;
-    let read_limit = match is_multipart(content_type) {
-        true => limits.max_contacts_body_bytes.max(with_file),
-        false => limits.max_contacts_body_bytes.max(limits.max_body_bytes),
-    };
+    if is_multipart(content_type) {
+        return read_multipart(request, content_type, payload, state).await;
+    }
+    let read_limit = limits.max_contacts_body_bytes.max(limits.max_body_bytes);
     let body = payload
         .to_bytes_limited(read_limit)
         .await
         .map_err(|_| too_large(read_limit))?
-        .map_err(|_| bad("the request body could not be read"))?;
+        .map_err(|_| bad_request("the request body could not be read"))?;
     let size = body.len();
-    let (params, file) = parse_request(request.query_string(), content_type, body).await?;
+    let (params, _) = parse_request(request.query_string(), content_type, body).await?;
+    check_size(&params, size, false, limits)?;
+    Ok((params, (None, None)))
+}
+
+/// Holds a request's size to its op's limit (see [`read_params`]).
+fn check_size(params: &Params, size: usize, multipart: bool, limits: &HttpSettings) -> Result<Option<Op>, ApiError> {
     let op = Op::parse(&params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default());
     let limit = match op {
         Some(op) if op.carries_address_book() => limits.max_contacts_body_bytes,
-        Some(op) if op.carries_file() && is_multipart(content_type) => with_file,
+        Some(op) if op.carries_file() && multipart => limits.max_body_bytes + limits.max_upload_bytes,
         _ => limits.max_body_bytes,
     };
     if size > limit {
         return Err(too_large(limit));
     }
-    let file = file.filter(|_| op.is_some_and(Op::carries_file));
-    if file.as_ref().is_some_and(|file| file.bytes.len() > limits.max_upload_bytes) {
-        return Err(ApiError { keeps_status: true, ..bad(&format!("the file is larger than {} bytes", limits.max_upload_bytes)) });
+    Ok(op)
+}
+
+fn bad_request(message: &str) -> ApiError {
+    ApiError::new(ErrorCode::BadRequest, message)
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError { keeps_status: true, ..bad_request(&format!("the request body is larger than {limit} bytes")) }
+}
+
+/// A multipart request, read from the connection as it arrives.
+async fn read_multipart(
+    request: &HttpRequest,
+    content_type: &str,
+    mut payload: web::Payload,
+    state: &AppState,
+) -> Result<(Params, (Option<UploadedFile>, Option<Caller>)), ApiError> {
+    let limits = FormLimits::of(&state.http);
+    // The form reader wants a stream it can send between threads, which actix's payload
+    // is not: a channel of one chunk carries it, so the body is read only as far as the
+    // form reader has got.
+    let (chunks, received) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(received, |mut received| async move { received.recv().await.map(|chunk| (chunk, received)) });
+    let feed = async move {
+        while let Some(chunk) = payload.next().await {
+            let failed = chunk.is_err();
+            if chunks.send(chunk.map_err(std::io::Error::other)).await.is_err() || failed {
+                break;
+            }
+        }
+    };
+    let gate = SessionGate { state, request };
+    let query = url_encoded_params(request.query_string())?;
+    let form = multipart_form(content_type, query, body, &limits, &gate);
+    futures_util::pin_mut!(feed, form);
+    let form = match futures_util::future::select(form, feed).await {
+        futures_util::future::Either::Left((form, _)) => form,
+        futures_util::future::Either::Right(((), form)) => form.await,
+    }?;
+    let op = check_size(&form.params, form.size, true, &state.http)?;
+    let file = form.file.filter(|_| op.is_some_and(Op::carries_file));
+    let Some(admitted) = form.admitted else { return Ok((form.params, (file, None))) };
+    let token = ops::access_token(&form.params, request);
+    let caller = match admitted.caller {
+        // A second token after the file part must not stand for the one checked.
+        Some(caller) if token.as_deref().map(token_hash).as_ref() != Some(&caller.token_sha256) => {
+            return Err(ops::authfail("the token changed within the request"));
+        }
+        Some(caller) => Some(caller),
+        None if file.is_some() => Some(ops::caller_of(state, token.as_deref()).await?),
+        None => None,
+    };
+    Ok((form.params, (file, caller)))
+}
+
+/// Decides at the first file part of a multipart form whether its bytes are read, from
+/// the fields read before it.
+trait FileGate {
+    /// What an admitted file keeps until the form is read.
+    type Admitted;
+    /// `None`: the file is skipped, its bytes not kept.
+    async fn admit(&self, known: &Params) -> Result<Option<Self::Admitted>, ApiError>;
+}
+
+/// Every file is read: a form held in memory costs no more for it.
+struct AdmitEvery;
+
+impl FileGate for AdmitEvery {
+    type Admitted = ();
+    async fn admit(&self, _: &Params) -> Result<Option<()>, ApiError> {
+        Ok(Some(()))
     }
-    Ok((params, file))
+}
+
+/// A file is read only for an op that takes one, and only once its token is checked:
+/// a bad token is answered `AUTHFAIL` before the file is read. The apps send the token
+/// before the file; a file before its token is read while fewer than
+/// `MAX_UPLOADS_BEFORE_TOKEN` others are, and its token checked once the form is read.
+struct SessionGate<'a> {
+    state: &'a AppState,
+    request: &'a HttpRequest,
+}
+
+struct Admitted {
+    caller: Option<Caller>,
+    _before_token: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl FileGate for SessionGate<'_> {
+    type Admitted = Admitted;
+    async fn admit(&self, known: &Params) -> Result<Option<Admitted>, ApiError> {
+        let op = Op::parse(&known.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default());
+        if op.is_some_and(|op| !op.carries_file()) {
+            return Ok(None);
+        }
+        if let Some(token) = ops::access_token(known, self.request) {
+            let caller = ops::caller_of(self.state, Some(&token)).await?;
+            return Ok(Some(Admitted { caller: Some(caller), _before_token: None }));
+        }
+        match std::sync::Arc::clone(&self.state.uploads_before_token).try_acquire_owned() {
+            Ok(permit) => Ok(Some(Admitted { caller: None, _before_token: Some(permit) })),
+            Err(_) => Err(ApiError::busy(1, "too many uploads are being read before their token; send the token before the file")),
+        }
+    }
+}
+
+/// How much of a multipart form is read: the whole body, its text fields together, and
+/// its file part.
+struct FormLimits {
+    body: usize,
+    text: usize,
+    file: usize,
+}
+
+impl FormLimits {
+    fn of(limits: &HttpSettings) -> FormLimits {
+        FormLimits {
+            body: limits.max_contacts_body_bytes.max(limits.max_body_bytes + limits.max_upload_bytes),
+            text: limits.max_contacts_body_bytes.max(limits.max_body_bytes),
+            file: limits.max_upload_bytes,
+        }
+    }
+}
+
+/// A multipart form as read: its fields merged over the query string's, its first file
+/// part, the bytes of every part, and what the gate admitted the file with.
+struct MultipartForm<A> {
+    params: Params,
+    file: Option<UploadedFile>,
+    size: usize,
+    admitted: Option<A>,
 }
 
 fn is_multipart(content_type: &str) -> bool {
@@ -224,24 +359,26 @@ pub async fn parse_fields(query: &str, content_type: &str, body: web::Bytes) -> 
 /// Merges query-string parameters with the body's (JSON object, relaxed JSON, form or
 /// multipart form); body fields win. A multipart body's first file part comes apart.
 pub async fn parse_request(query: &str, content_type: &str, body: web::Bytes) -> Result<(Params, Option<UploadedFile>), ApiError> {
-    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
-    let mut params: Params =
-        url_encoded(query).ok_or_else(|| bad("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect();
-    let mut file = None;
+    let bad = bad_request;
+    let mut params = url_encoded_params(query)?;
     if is_multipart(content_type) {
-        let (fields, first_file) = multipart_fields(content_type, body).await?;
-        params.extend(fields);
-        file = first_file;
-    } else {
-        let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
-        // JSON whatever the Content-Type (the iOS app sends none, `curl -d` a form type).
-        if content_type.contains("json") || text.starts_with('{') {
-            params.extend(json_fields(text)?);
-        } else if !text.is_empty() {
-            params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
-        }
+        let limits = FormLimits { body: body.len(), text: body.len(), file: body.len() };
+        let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
+        let form = multipart_form(content_type, params, body, &limits, &AdmitEvery).await?;
+        return Ok((form.params, form.file));
     }
-    Ok((params, file))
+    let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
+    // JSON whatever the Content-Type (the iOS app sends none, `curl -d` a form type).
+    if content_type.contains("json") || text.starts_with('{') {
+        params.extend(json_fields(text)?);
+    } else if !text.is_empty() {
+        params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
+    }
+    Ok((params, None))
+}
+
+fn url_encoded_params(query: &str) -> Result<Params, ApiError> {
+    Ok(url_encoded(query).ok_or_else(|| bad_request("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect())
 }
 
 /// The fields of a URL-encoded form or query string. serde_urlencoded decodes bytes that
@@ -269,27 +406,63 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect())
 }
 
-/// The text fields of a multipart form (the 2021 apps' encoding when a file is attached)
-/// and its first file part, whatever its name, as the reference took it.
-async fn multipart_fields(content_type: &str, body: web::Bytes) -> Result<(Vec<(String, String)>, Option<UploadedFile>), ApiError> {
-    let bad = |message: &str| ApiError::new(ErrorCode::BadRequest, message);
-    let boundary = multer::parse_boundary(content_type).map_err(|_| bad("the multipart Content-Type has no boundary"))?;
-    let mut form = multer::Multipart::new(futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) }), boundary);
-    let mut fields = Vec::new();
-    let mut file = None;
-    while let Some(field) = form.next_field().await.map_err(|_| bad("the request body is not a valid multipart form"))? {
-        if let Some(file_name) = field.file_name().map(String::from) {
-            if file.is_none() {
-                let bytes = field.bytes().await.map_err(|_| bad("the request body is not a valid multipart form"))?;
-                file = Some(UploadedFile { file_name, bytes: bytes.to_vec() });
+/// Reads a multipart form (the 2021 apps' encoding when a file is attached) as it
+/// arrives: its text fields over `params`, and its first file part, whatever its name,
+/// as the reference took it, once `gate` admits it. Later file parts are skipped.
+async fn multipart_form<G: FileGate>(
+    content_type: &str,
+    mut params: Params,
+    body: impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> + Send + 'static,
+    limits: &FormLimits,
+    gate: &G,
+) -> Result<MultipartForm<G::Admitted>, ApiError> {
+    let not_a_form = || bad_request("the request body is not a valid multipart form");
+    let read_error = |e: multer::Error| match e {
+        multer::Error::StreamSizeExceeded { .. } => too_large(limits.body),
+        _ => not_a_form(),
+    };
+    let boundary = multer::parse_boundary(content_type).map_err(|_| bad_request("the multipart Content-Type has no boundary"))?;
+    let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limits.body as u64));
+    let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
+    let (mut file, mut admitted, mut size, mut text_size) = (None, None, 0, 0);
+    let mut file_seen = false;
+    while let Some(mut field) = form.next_field().await.map_err(read_error)? {
+        let file_name = field.file_name().map(String::from);
+        let name = field.name().map(String::from);
+        let keep = match &file_name {
+            Some(_) if !file_seen => {
+                file_seen = true;
+                admitted = gate.admit(&params).await?;
+                admitted.is_some()
             }
-            continue;
+            Some(_) => false,
+            None => name.is_some(),
+        };
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(read_error)? {
+            size += chunk.len();
+            if file_name.is_none() {
+                text_size += chunk.len();
+                if text_size > limits.text {
+                    return Err(too_large(limits.text));
+                }
+            } else if keep && bytes.len() + chunk.len() > limits.file {
+                return Err(ApiError { keeps_status: true, ..bad_request(&format!("the file is larger than {} bytes", limits.file)) });
+            }
+            if keep {
+                bytes.extend_from_slice(&chunk);
+            }
         }
-        let Some(name) = field.name().map(String::from) else { continue };
-        let value = field.text().await.map_err(|_| bad("a multipart field is not text"))?;
-        fields.push((name, value));
+        match (file_name, name) {
+            (Some(file_name), _) if keep => file = Some(UploadedFile { file_name, bytes }),
+            (None, Some(name)) => {
+                let value = String::from_utf8(bytes).map_err(|_| bad_request("a multipart field is not text"))?;
+                params.insert(name, value);
+            }
+            _ => {}
+        }
     }
-    Ok((fields, file))
+    Ok(MultipartForm { params, file, size, admitted })
 }
 
 /// `GET /files/{name}`: an uploaded file. Names are content hashes, so a file never

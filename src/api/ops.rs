@@ -8,18 +8,20 @@ use serde_json::{Map, Value};
 use crate::api::http::Params;
 use crate::api::op::Op;
 use crate::config::Dialect;
-use crate::domain::account::token_hash;
+use crate::domain::account::{token_hash, Caller};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::authenticators::ProofFields;
 use crate::service::groups::{self, SetGroup};
 use crate::service::uploads::{self, UploadRequest, UploadedFile};
 use crate::{api::AppState, service::accounts, service::contacts, service::links, service::sessions, service::users};
 
+/// Answers a session op; `caller` is the session when reading the request checked its
+/// token already.
 pub async fn handle(
     state: &AppState,
     op: Op,
     params: &Params,
-    file: Option<UploadedFile>,
+    (file, caller): (Option<UploadedFile>, Option<Caller>),
     request: &HttpRequest,
     client_ip: &str,
 ) -> Result<Map<String, Value>, ApiError> {
@@ -32,12 +34,10 @@ pub async fn handle(
             None => Ok(Map::from_iter([("ended".to_string(), Value::from(0))])),
         };
     }
-    let token_sha256 = token_hash(&token.ok_or_else(|| authfail("token is required"))?);
-    let caller = state
-        .db
-        .authenticate(token_sha256, state.db.clock().now_ms())
-        .await?
-        .ok_or_else(|| authfail("unknown or expired token; log in again"))?;
+    let caller = match caller {
+        Some(caller) => caller,
+        None => caller_of(state, token.as_deref()).await?,
+    };
     let field = |name: &str| params.get(name).map(String::as_str);
     match op {
         Op::Devices => sessions::devices(&state.db, &caller).await,
@@ -130,9 +130,15 @@ pub fn proof_fields(params: &Params) -> ProofFields<'_> {
     }
 }
 
+/// The session of an access token; `AUTHFAIL` without one.
+pub async fn caller_of(state: &AppState, token: Option<&str>) -> Result<Caller, ApiError> {
+    let token_sha256 = token_hash(token.ok_or_else(|| authfail("token is required"))?);
+    state.db.authenticate(token_sha256, state.db.clock().now_ms()).await?.ok_or_else(|| authfail("unknown or expired token; log in again"))
+}
+
 /// The token from the `token` field (`auth`, as the iOS app names it with attachments),
 /// or else from `Authorization: Bearer`.
-fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
+pub fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
     let field = |name: &str| params.get(name).map(|t| t.trim()).filter(|t| !t.is_empty());
     let from_field = field("token").or_else(|| field("auth"));
     let from_header = || {
@@ -144,7 +150,7 @@ fn access_token(params: &Params, request: &HttpRequest) -> Option<String> {
     from_field.or_else(from_header).map(String::from)
 }
 
-fn authfail(message: &str) -> ApiError {
+pub fn authfail(message: &str) -> ApiError {
     ApiError::new(ErrorCode::AuthFail, message)
 }
 

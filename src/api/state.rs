@@ -1,6 +1,7 @@
 //! What every request handler shares; built by `runtime` from the configuration.
 
 use std::sync::Arc;
+use tokio::sync::Semaphore;
 
 use crate::api::health::Readiness;
 use crate::api::server::HttpSettings;
@@ -31,6 +32,9 @@ pub struct AppState {
     pub outbox: Arc<Outbox>,
     pub readiness: Readiness,
     pub http: HttpSettings,
+    /// Multipart requests whose file part is being read before their token was seen
+    /// (`MAX_UPLOADS_BEFORE_TOKEN`).
+    pub uploads_before_token: Arc<Semaphore>,
     pub proxies: TrustedProxies,
     /// How long the audit trail keeps an event, in seconds.
     pub audit_retention_secs: i64,

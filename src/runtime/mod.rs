@@ -73,6 +73,7 @@ impl AppState {
             outbox,
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
+            uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.max_uploads_before_token)),
             proxies: TrustedProxies::parse(&config.trusted_proxies)?,
             audit_retention_secs: i64::try_from(config.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })

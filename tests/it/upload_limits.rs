@@ -104,3 +104,124 @@ async fn photos_beyond_photo_decodes_wait_their_turn_and_beyond_the_queue_are_bu
     assert!(reply["photo"].as_str().is_some_and(|name| name.ends_with(".jpg")), "{reply}");
     assert_eq!((decodes.running(), decodes.waiting()), (0, 0));
 }
+
+/// A multipart body with its file part first and the text fields after it.
+fn file_first_multipart(file: (&str, &[u8]), fields: &[(&str, &str)]) -> (String, Vec<u8>, usize) {
+    let (content_type, with_fields_first) = multipart(&[], Some(file));
+    let boundary = content_type.split("boundary=").nth(1).unwrap().to_string();
+    let closing = format!("--{boundary}--\r\n");
+    let mut body = with_fields_first[..with_fields_first.len() - closing.len()].to_vec();
+    let file_starts = body.len() - file.1.len() - 2;
+    for (name, value) in fields {
+        body.extend(format!("--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n").as_bytes());
+    }
+    body.extend(closing.as_bytes());
+    (content_type, body, file_starts)
+}
+
+/// A POST to the API on a connection of its own, its body sent in the parts the test
+/// chooses, so that a reply can be seen to come before the rest of the body.
+struct HeldUpload {
+    connection: tokio::net::TcpStream,
+    body: Vec<u8>,
+    sent: usize,
+}
+
+impl HeldUpload {
+    /// Sends the head (announcing the whole body) and the body's first `first` bytes.
+    async fn open(server: &TestServer, headers: &[(&str, &str)], body: Vec<u8>, first: usize) -> HeldUpload {
+        use tokio::io::AsyncWriteExt;
+        let address = server.url.trim_start_matches("http://").to_string();
+        let mut connection = tokio::net::TcpStream::connect(&address).await.unwrap();
+        let mut head = format!("POST /api HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\n", body.len());
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        connection.write_all(head.as_bytes()).await.unwrap();
+        connection.write_all(&body[..first]).await.unwrap();
+        HeldUpload { connection, body, sent: first }
+    }
+
+    async fn send_the_rest(&mut self) {
+        use tokio::io::AsyncWriteExt;
+        self.connection.write_all(&self.body[self.sent..]).await.unwrap();
+        self.sent = self.body.len();
+    }
+
+    /// The reply: its status and JSON body (a test fails after a generous deadline).
+    async fn reply(&mut self) -> (u16, Value) {
+        use tokio::io::AsyncReadExt;
+        let read = async {
+            let mut received = Vec::new();
+            let mut buffer = [0u8; 4096];
+            loop {
+                if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+                    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix("content-length:"))
+                        .map(|value| value.trim().parse().unwrap())
+                        .expect("a reply with a Content-Length");
+                    if received.len() >= end + 4 + length {
+                        return (status, serde_json::from_slice(&received[end + 4..end + 4 + length]).unwrap());
+                    }
+                }
+                let read = self.connection.read(&mut buffer).await.unwrap();
+                assert!(read > 0, "the connection closed without a reply: {}", String::from_utf8_lossy(&received));
+                received.extend_from_slice(&buffer[..read]);
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(20), read).await.expect("a reply before the rest of the body")
+    }
+}
+
+#[actix_web::test]
+async fn a_bad_token_is_refused_before_the_file_part_is_read() {
+    let server = TestServer::start(&[]).await;
+    let file = vec![7u8; 8 * 1024 * 1024];
+    for (headers, fields) in [
+        (vec![], vec![("op", "upload"), ("token", "not-a-token-of-anyone"), ("profile", "0")]),
+        (vec![("Authorization", "Bearer not-a-token-of-anyone")], vec![("op", "upload"), ("profile", "0")]),
+    ] {
+        let (content_type, body) = multipart(&fields, Some(("big.bin", &file)));
+        // All of the text fields and the first kilobyte of the file; 8 MB are held back.
+        let first = body.len() - file.len() + 1024;
+        let mut headers = headers;
+        headers.push(("Content-Type", &content_type));
+        let mut upload = HeldUpload::open(&server, &headers, body, first).await;
+        // The reply comes while the file is still held back.
+        assert_error(&upload.reply().await, 401, "AUTHFAIL");
+    }
+    assert_eq!(std::fs::read_dir(server.dir.path().join("files")).map(|files| files.count()).unwrap_or(0), 0, "nothing stored");
+}
+
+#[actix_web::test]
+async fn a_file_before_its_token_is_read_for_at_most_max_uploads_before_token_requests() {
+    let server = TestServer::start(&[("MAX_UPLOADS_BEFORE_TOKEN", "1")]).await;
+    let token = server.log_in(PHONE, None).await;
+    let waiting_for_token = &server.state.uploads_before_token;
+    let attachment = vec![9u8; 64 * 1024];
+    let fields = [("op", "upload"), ("profile", "0"), ("token", token.as_str())];
+    let (content_type, body, file_starts) = file_first_multipart(("a.bin", &attachment), &fields);
+
+    // The first such upload is being read: its token has not arrived yet.
+    let mut first = HeldUpload::open(&server, &[("Content-Type", &content_type)], body.clone(), file_starts + 1024).await;
+    assert!(eventually(20, || waiting_for_token.available_permits() == 0).await, "the first upload is read before its token");
+    let second = || server.client().post(server.api()).header("content-type", &content_type).body(body.clone());
+    let (status, busy) = server.send(second()).await;
+    assert_error(&(status, busy.clone()), 503, "BUSY");
+    assert_eq!(busy["retry_after"], 1);
+
+    // Its token, once it comes, is checked before the file is kept.
+    first.send_the_rest().await;
+    let stored = assert_ok(first.reply().await);
+    assert!(stored["url"].as_str().is_some_and(|url| url.contains("/files/")), "{stored}");
+    assert!(eventually(20, || waiting_for_token.available_permits() == 1).await, "its place is free again");
+    assert_ok(server.send(second()).await);
+    let stranger = [("op", "upload"), ("profile", "0"), ("token", "not-a-token-of-anyone")];
+    let (content_type, body, _) = file_first_multipart(("a.bin", &attachment), &stranger);
+    let refused = server.send(server.client().post(server.api()).header("content-type", content_type).body(body)).await;
+    assert_error(&refused, 401, "AUTHFAIL");
+}
