@@ -1478,9 +1478,16 @@ impl PgStore {
     /// Records that stored file `name` is a chat attachment (see `store::files`).
     pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
         let mut client = self.client().await?;
+        let inserted = execute(&client, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
+        if inserted == 0 {
+            // Listed before: no removal can have found it unreferenced since. Identical
+            // uploads at once thus do not queue on one lock, each holding a connection.
+            return Ok(());
+        }
+        // A removal that checked before the insert may still be deleting the file: waiting
+        // for its lock makes the caller's restore of the file come after it.
         let tx = client.transaction().await?;
         lock_file(&tx, name).await?;
-        execute(&tx, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
         tx.commit().await?;
         Ok(())
     }
