@@ -55,6 +55,15 @@ struct Args {
     database_url: Option<String>,
     redis_url: Option<String>,
     instances: usize,
+    /// `--callgrind`: count the service's instructions per operation under valgrind, at
+    /// these two request counts (see [`callgrind`]).
+    callgrind: Option<(u64, u64)>,
+    /// Internal: serve in this directory under valgrind for a `--callgrind` parent, with
+    /// its upstream at `upstream_url`.
+    callgrind_service: Option<String>,
+    upstream_url: Option<String>,
+    /// `--callgrind-out DIR`: keep the dump files there, for callgrind_annotate.
+    callgrind_out: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -70,6 +79,10 @@ fn parse_args() -> Args {
         database_url: None,
         redis_url: None,
         instances: 1,
+        callgrind: None,
+        callgrind_service: None,
+        upstream_url: None,
+        callgrind_out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,8 +99,22 @@ fn parse_args() -> Args {
             "--database-url" => args.database_url = it.next(),
             "--redis-url" => args.redis_url = it.next(),
             "--instances" => args.instances = (number() as usize).max(1),
+            "--callgrind" => args.callgrind = args.callgrind.or(Some(CALLGRIND_REQUESTS)),
+            "--callgrind-requests" => {
+                let counts = it.next().and_then(|v| {
+                    let (n1, n2) = v.split_once(',')?;
+                    Some((n1.trim().parse::<u64>().ok()?, n2.trim().parse::<u64>().ok()?))
+                });
+                match counts {
+                    Some((n1, n2)) if n1 < n2 => args.callgrind = Some((n1, n2)),
+                    _ => panic!("--callgrind-requests needs two counts N1,N2 with N1 < N2, e.g. 200,1200"),
+                }
+            }
+            "--callgrind-service" => args.callgrind_service = it.next(),
+            "--upstream-url" => args.upstream_url = it.next(),
+            "--callgrind-out" => args.callgrind_out = it.next(),
             other => panic!(
-                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N"
+                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR]"
             ),
         }
     }
@@ -111,6 +138,24 @@ impl OtpSender for MemorySender {
         self.codes.lock().unwrap().insert(message.to.as_str().to_string(), message.otp.clone());
         self.sent.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl MemorySender {
+    /// The code last sent to `phone`. A service in this process has handed it over before
+    /// it answers; one in a child process (`--callgrind`) reports it on a pipe, which may
+    /// be read a moment after the reply.
+    async fn take(&self, phone: &str) -> Option<String> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(code) = self.codes.lock().unwrap().remove(phone) {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            actix_web::rt::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }
 
@@ -210,19 +255,32 @@ impl Operation {
     }
 }
 
-struct Service {
+/// What the load generator needs of the services it drives: where they listen and the
+/// codes they sent.
+struct Driver {
     /// One per instance; connection `i` goes to `addrs[i % len]`.
     addrs: Vec<SocketAddr>,
-    state: web::Data<AppState>,
-    /// The other instances, stopped with the first before the benchmark's database is dropped.
-    others: Vec<web::Data<AppState>>,
     sender: Arc<MemorySender>,
-    upstream: Arc<fake_upstream::FakeUpstream>,
-    database: Database,
     next_phone: AtomicU64,
     /// Phones of existing users, `prefix` + (2_000_000 + n) for n below the count: half of
     /// every contact upload.
     user_phones: std::sync::OnceLock<(&'static str, u64)>,
+}
+
+impl Driver {
+    fn new(addrs: Vec<SocketAddr>, sender: Arc<MemorySender>) -> Driver {
+        Driver { addrs, sender, next_phone: AtomicU64::new(0), user_phones: Default::default() }
+    }
+}
+
+/// The services under load, in this process.
+struct Service {
+    driver: Driver,
+    state: web::Data<AppState>,
+    /// The other instances, stopped with the first before the benchmark's database is dropped.
+    others: Vec<web::Data<AppState>>,
+    upstream: Arc<fake_upstream::FakeUpstream>,
+    database: Database,
 }
 
 const APPID: &str = "com.example.bench";
@@ -240,7 +298,7 @@ struct Session {
 impl Session {
     /// Logs a fresh phone in; a re-sync or a sync of changes first uploads an address
     /// book, as the app's first sync did.
-    async fn open(service: &Service, operation: Operation, conn: &mut Connection) -> Session {
+    async fn open(service: &Driver, operation: Operation, conn: &mut Connection) -> Session {
         let mut session = Session { token: log_in(service, conn).await, ..Session::default() };
         if operation != Operation::Contacts {
             session.book = contact_upload(service);
@@ -261,7 +319,7 @@ async fn getcontacts(conn: &mut Connection, token: &str, fields: &str) -> Result
     Ok((status, reply))
 }
 
-async fn one(service: &Service, operation: Operation, conn: &mut Connection, session: &mut Session) -> Result<(), String> {
+async fn one(service: &Driver, operation: Operation, conn: &mut Connection, session: &mut Session) -> Result<(), String> {
     let fields = match operation {
         Operation::Contacts => Some(format!(r#""phones":[{}]"#, contact_upload(service).join(","))),
         Operation::Resync => {
@@ -289,7 +347,7 @@ async fn one(service: &Service, operation: Operation, conn: &mut Connection, ses
     if status != 200 || !body.contains(r#""result":"OK""#) {
         return Err(format!("start {status} {body}"));
     }
-    let code = service.sender.codes.lock().unwrap().remove(&phone).ok_or("no code was sent")?;
+    let code = service.sender.take(&phone).await.ok_or("no code was sent")?;
     if operation == Operation::Start {
         return Ok(());
     }
@@ -302,11 +360,11 @@ async fn one(service: &Service, operation: Operation, conn: &mut Connection, ses
 }
 
 /// Logs a fresh phone in and returns its access token.
-async fn log_in(service: &Service, conn: &mut Connection) -> String {
+async fn log_in(service: &Driver, conn: &mut Connection) -> String {
     let phone = Operation::Contacts.phone(service.next_phone.fetch_add(1, Ordering::Relaxed));
     let start = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}"}}"#);
     conn.request("POST", "/api", &start).await.expect("login start");
-    let code = service.sender.codes.lock().unwrap().remove(&phone).expect("code sent");
+    let code = service.sender.take(&phone).await.expect("code sent");
     let verify = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}","otp":"{code}"}}"#);
     let (_, body) = conn.request("POST", "/api", &verify).await.expect("login verify");
     let reply: serde_json::Value = serde_json::from_str(&body).expect("JSON reply");
@@ -314,7 +372,7 @@ async fn log_in(service: &Service, conn: &mut Connection) -> String {
 }
 
 /// 200 quoted phones: half existing users, half strangers.
-fn contact_upload(service: &Service) -> Vec<String> {
+fn contact_upload(service: &Driver) -> Vec<String> {
     let (prefix, users) = *service.user_phones.get().expect("user phones are set before the contacts run");
     let mut rng = rand::thread_rng();
     (0..CONTACTS_PER_REQUEST)
@@ -363,15 +421,16 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
     let mut workers = Vec::new();
     for worker in 0..args.conns {
         let service = service.clone();
-        let addr = service.addrs[worker % service.addrs.len()];
+        let addr = service.driver.addrs[worker % service.driver.addrs.len()];
         workers.push(actix_web::rt::spawn(async move {
+            let service = &service.driver;
             let mut conn = Connection::open(addr).await;
             let mut session =
-                if operation.needs_session() { Session::open(&service, operation, &mut conn).await } else { Session::default() };
+                if operation.needs_session() { Session::open(service, operation, &mut conn).await } else { Session::default() };
             let (mut latencies, mut errors, mut first_error) = (latency_histogram(), 0u64, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match one(&service, operation, &mut conn, &mut session).await {
+                match one(service, operation, &mut conn, &mut session).await {
                     Ok(()) => latencies.record(t0.elapsed().as_micros() as u64).expect("the histogram grows to fit"),
                     Err(e) => {
                         errors += 1;
@@ -443,6 +502,35 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
     let database = Database::new(dir, args.database_url.as_deref());
+    let config = bench_config(dir, &database, &upstream.url(), args);
+    assert!(args.instances == 1 || !config.database_url.is_empty(), "--instances needs --database-url");
+    // Every instance hands its codes to the one load generator.
+    let sender = Arc::new(MemorySender::default());
+    let (mut addrs, mut states) = (Vec::new(), Vec::new());
+    for _ in 0..args.instances {
+        let (addr, state) = serve(&config, Senders::all(sender.clone())).await;
+        addrs.push(addr);
+        states.push(state);
+    }
+    let state = states.remove(0);
+    let others = states;
+    Arc::new(Service { driver: Driver::new(addrs, sender), state, others, upstream, database })
+}
+
+/// Starts one instance of the service with its periodic tasks; returns where it listens.
+async fn serve(config: &Config, senders: Senders) -> (SocketAddr, web::Data<AppState>) {
+    let state = web::Data::new(AppState::new(config, senders).await.expect("service starts"));
+    let server_state = state.clone();
+    let server = HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
+    let addr = server.addrs()[0];
+    actix_web::rt::spawn(server.run());
+    state.clone().into_inner().start_background_tasks();
+    (addr, state)
+}
+
+/// The configuration of every measured service: its data in `dir` or `database`, the
+/// upstream at `upstream_url`.
+fn bench_config(dir: &std::path::Path, database: &Database, upstream_url: &str, args: &Args) -> Config {
     // Set, not a key file: every instance and the preload hash phones alike.
     let mut vars =
         vec![database.setting(), ("FILES_DIR", dir.join("files").to_string_lossy().into_owned()), ("OTP_SECRET", BENCH_SECRET.into())];
@@ -452,7 +540,7 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     }
     vars.extend([
         ("APP_TOKEN", "bench-app-token".into()),
-        ("UPSTREAM_URL", upstream.url()),
+        ("UPSTREAM_URL", upstream_url.to_string()),
         // All load comes from one IP in one country: the per-IP, per-network and per-calling-code
         // limits and the SMS budget are off; per-phone limits stay at their defaults.
         ("LIMIT_START_PER_IP_PER_HOUR", "0".into()),
@@ -468,24 +556,7 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
         // SQLite: reader connections; PostgreSQL: connections per instance, which also carry the writes.
         ("DB_POOL_SIZE", std::env::var("DB_POOL_SIZE").unwrap_or(if args.database_url.is_some() { "16" } else { "4" }.into())),
     ]);
-    let config = Config::from_vars(vars).expect("bench configuration");
-    assert!(args.instances == 1 || !config.database_url.is_empty(), "--instances needs --database-url");
-    // Every instance hands its codes to the one load generator.
-    let sender = Arc::new(MemorySender::default());
-    let (mut addrs, mut states) = (Vec::new(), Vec::new());
-    for _ in 0..args.instances {
-        let state = web::Data::new(AppState::new(&config, Senders::all(sender.clone())).await.expect("service starts"));
-        let server_state = state.clone();
-        let server =
-            HttpServer::new(move || otpgate::api::server::app(server_state.clone())).disable_signals().bind("127.0.0.1:0").unwrap();
-        addrs.push(server.addrs()[0]);
-        actix_web::rt::spawn(server.run());
-        state.clone().into_inner().start_background_tasks();
-        states.push(state);
-    }
-    let state = states.remove(0);
-    let others = states;
-    Arc::new(Service { addrs, state, others, sender, upstream, database, next_phone: AtomicU64::new(0), user_phones: Default::default() })
+    Config::from_vars(vars).expect("bench configuration")
 }
 
 fn count(database: &Database, sql: &str) -> i64 {
@@ -605,7 +676,7 @@ async fn run_all(service: &Arc<Service>, args: &Args) -> Vec<Measured> {
     for operation in OPERATIONS {
         if operation == Operation::Contacts {
             // Without preloaded users, the users are those the full-login run made.
-            let _ = service.user_phones.set(("1650", results[2].done));
+            let _ = service.driver.user_phones.set(("1650", results[2].done));
         }
         results.push(measure(service, operation, args).await);
     }
@@ -623,7 +694,7 @@ fn check_counts(service: &Service, results: &[Measured], args: &Args) -> bool {
     let full = results[2].done as i64;
     let setup_logins = args.conns as i64 * OPERATIONS.iter().filter(|o| o.needs_session()).count() as i64;
     let starts = (results[1].done + results[2].done) as i64 + setup_logins;
-    let sent = service.sender.sent.load(Ordering::Relaxed) as i64;
+    let sent = service.driver.sender.sent.load(Ordering::Relaxed) as i64;
     let leftover = count(&service.database, "SELECT count(*) FROM otp_challenges WHERE address LIKE '1650%'");
     let users = count(&service.database, "SELECT count(*) FROM users WHERE address LIKE '1650%'");
     let issued = service.upstream.issued() as i64 - setup_logins;
@@ -659,6 +730,13 @@ async fn main() {
     // what a request costs. Send stderr to a file or /dev/null.
     let _log = otpgate::runtime::logging::init(otpgate::config::LogFormat::Text);
     println!("log level (RUST_LOG): {}", std::env::var("RUST_LOG").unwrap_or_else(|_| "info (the service's default)".into()));
+    if let Some(dir) = &args.callgrind_service {
+        return callgrind_service(std::path::Path::new(dir), &args).await;
+    }
+    if let Some(counts) = args.callgrind {
+        let ok = callgrind(counts, &args).await;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
     if let Some(db_path) = &args.preload_into {
         preload(db_path, args.users, args.contacts, args.pending);
         return;
@@ -681,7 +759,7 @@ async fn main() {
             codes(""),
             codes(&expired)
         );
-        let _ = service.user_phones.set(("1212", args.users));
+        let _ = service.driver.user_phones.set(("1212", args.users));
         let loaded = run_all(&service, &args).await;
         let consistent = check_counts(&service, &loaded, &args);
         garbage_collect(&service).await;
@@ -778,4 +856,199 @@ fn run_preloaded(args: &Args, empty: &[Measured]) -> bool {
         println!("  {:<31} {:.3}", operation.label(), l / e.per_sec);
     }
     output.status.success()
+}
+
+/// Requests per operation of the two counted runs of `--callgrind`.
+const CALLGRIND_REQUESTS: (u64, u64) = (200, 1200);
+/// Valgrind dumps the counts each time the service's process enters this function.
+const CALLGRIND_MARK: &str = "loadgen_callgrind_mark";
+
+/// `--callgrind`: the service runs in a child process under valgrind's callgrind (the
+/// load generator and the fake upstream stay in this one, so only the service's
+/// instructions count). Each operation runs on one connection, one request at a time,
+/// with the service's instructions counted after `n1` and after `n2` requests;
+/// instructions per operation are (Ir(n2) - Ir(n1)) / (n2 - n1), so what the first
+/// requests cost once (lazily compiled metadata, caches filling) cancels out.
+/// Deterministic enough to compare builds on any machine.
+async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
+    use std::io::{BufRead, Write};
+    assert!(args.instances == 1, "--callgrind measures one instance");
+    let upstream = fake_upstream::FakeUpstream::start();
+    upstream.set_recording(false);
+    let dir = tempfile::tempdir().unwrap();
+    let out_dir = args.callgrind_out.as_ref().map_or(dir.path().to_path_buf(), std::path::PathBuf::from);
+    std::fs::create_dir_all(&out_dir).expect("create the --callgrind-out directory");
+    let out_file = out_dir.join("callgrind.out");
+    let me = std::env::current_exe().unwrap();
+    let mut command = std::process::Command::new("valgrind");
+    command
+        .args(["--tool=callgrind", "--quiet", &format!("--dump-before={CALLGRIND_MARK}")])
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(&me)
+        .args(["--callgrind-service", &dir.path().to_string_lossy(), "--upstream-url", &upstream.url()]);
+    if let Some(url) = &args.database_url {
+        command.args(["--database-url", url]);
+    }
+    if let Some(url) = &args.redis_url {
+        command.args(["--redis-url", url]);
+    }
+    let mut child = match command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("--callgrind runs the service under valgrind, which could not be started ({e}): apt-get install valgrind");
+            return false;
+        }
+    };
+    // The child reports `listening ADDR`, each code it sends (`code PHONE OTP`) and each dump (`marked`).
+    let sender = Arc::new(MemorySender::default());
+    let (events, reports) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    let codes = sender.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some((phone, otp)) = line.strip_prefix("code ").and_then(|rest| rest.split_once(' ')) {
+                codes.codes.lock().unwrap().insert(phone.to_string(), otp.to_string());
+                codes.sent.fetch_add(1, Ordering::Relaxed);
+            } else if events.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |prefix: &str| -> Option<String> {
+        loop {
+            let line = reports.recv_timeout(Duration::from_secs(600)).ok()?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    };
+    let Some(addr) = wait_for("listening ").and_then(|addr| addr.parse::<SocketAddr>().ok()) else {
+        eprintln!("the service under valgrind did not start (its stderr is above)");
+        let _ = child.kill();
+        return false;
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut dumps = 0;
+    // Has the child dump its counts; returns the instructions since the dump before, and its file.
+    let mut dump = || -> Option<(u64, String)> {
+        writeln!(stdin, "mark").ok()?;
+        stdin.flush().ok()?;
+        wait_for("marked")?;
+        dumps += 1;
+        let file = format!("{}.{dumps}", out_file.display());
+        Some((dump_total(&std::fs::read_to_string(&file).ok()?)?, file))
+    };
+
+    println!(
+        "otpgate loadgen --callgrind: the service under valgrind (callgrind), {} on one connection, {n1} then {n2} requests per operation",
+        if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" }
+    );
+    println!("{:<31} {:>14} {:>14} {:>10} {:>8}", "operation", format!("Ir({n1})"), format!("Ir({n2})"), "Ir/op", "secs");
+    let driver = Driver::new(vec![addr], sender);
+    let mut ok = true;
+    let mut full_logins = 0;
+    let mut kept = Vec::new();
+    for operation in OPERATIONS {
+        if operation == Operation::Contacts {
+            // The users are those the full-login run made.
+            let _ = driver.user_phones.set(("1650", full_logins));
+        }
+        let started = Instant::now();
+        let mut conn = Connection::open(addr).await;
+        let mut session = if operation.needs_session() { Session::open(&driver, operation, &mut conn).await } else { Session::default() };
+        let mut counted = Vec::new();
+        let mut failed = None;
+        // The first dump ends what is not counted (the connection, the session, the operation
+        // before); then the first n1 requests, then the rest up to n2.
+        for requests in [0, n1, n2 - n1] {
+            for _ in 0..requests {
+                if let Err(e) = one(&driver, operation, &mut conn, &mut session).await {
+                    failed.get_or_insert(e);
+                }
+            }
+            counted.push(dump());
+        }
+        if operation == Operation::FullLogin {
+            full_logins = n2;
+        }
+        let (Some((ir1, _)), Some((rest, rest_file))) = (counted[1].clone(), counted[2].clone()) else {
+            eprintln!("{}: the callgrind dump could not be read", operation.label());
+            ok = false;
+            break;
+        };
+        if let Some(e) = failed {
+            eprintln!("{}: a request failed: {e}", operation.label());
+            ok = false;
+        }
+        // Each dump counts from the one before: Ir(n2) is both together.
+        let ir2 = ir1 + rest;
+        let per_op = (ir2 - ir1) as f64 / (n2 - n1) as f64;
+        println!("{:<31} {:>14} {:>14} {:>10.0} {:>8.1}", operation.label(), ir1, ir2, per_op, started.elapsed().as_secs_f64());
+        if args.callgrind_out.is_some() {
+            kept.push(format!("  {}: {rest_file}", operation.label()));
+        }
+    }
+    if !kept.is_empty() {
+        println!("the dumps of the last {n2} - {n1} requests of each operation, for callgrind_annotate:\n{}", kept.join("\n"));
+    }
+    // Closing its standard input ends the child.
+    drop(stdin);
+    ok & child.wait().is_ok_and(|status| status.success())
+}
+
+/// The instruction count of a callgrind dump: its `summary:` line (or `totals:`).
+fn dump_total(text: &str) -> Option<u64> {
+    let line = text.lines().find_map(|l| l.strip_prefix("summary:")).or_else(|| text.lines().find_map(|l| l.strip_prefix("totals:")))?;
+    line.split_whitespace().next()?.parse().ok()
+}
+
+/// Reports each code sent on standard output, for the `--callgrind` parent.
+struct PipeSender;
+
+#[async_trait]
+impl OtpSender for PipeSender {
+    fn name(&self) -> &'static str {
+        "pipe"
+    }
+
+    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "code {} {}", message.to.as_str(), message.otp)
+            .and_then(|()| out.flush())
+            .map_err(|e| SendError::transient(e.to_string()))
+    }
+}
+
+/// Where valgrind dumps the counts (`--dump-before`): the parent asks for each dump on
+/// standard input. Kept out of line and unmangled so that valgrind finds it by name.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn loadgen_callgrind_mark() {
+    std::hint::black_box(());
+}
+
+/// The child of `--callgrind`: the service alone, until standard input closes.
+async fn callgrind_service(dir: &std::path::Path, args: &Args) {
+    use std::io::{BufRead, Write};
+    let database = Database::new(dir, args.database_url.as_deref());
+    let upstream_url = args.upstream_url.as_deref().expect("--callgrind-service needs --upstream-url");
+    let config = bench_config(dir, &database, upstream_url, args);
+    let (addr, state) = serve(&config, Senders::all(Arc::new(PipeSender))).await;
+    println!("listening {addr}");
+    std::io::stdout().flush().unwrap();
+    let (closed, mut stop) = tokio::sync::mpsc::channel::<()>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if line.trim() == "mark" {
+                loadgen_callgrind_mark();
+                println!("marked");
+                let _ = std::io::stdout().flush();
+            }
+        }
+        let _ = closed.blocking_send(());
+    });
+    stop.recv().await;
+    state.shutdown(Duration::from_secs(1)).await;
+    database.drop_postgres();
 }
