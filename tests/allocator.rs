@@ -1,11 +1,16 @@
-//! SQLite allocates from mimalloc once routed there (src/allocator.rs). A test binary of
+//! SQLite allocates from mimalloc once routed there (src/store/allocator.rs). A test binary of
 //! its own: SQLite takes the allocator only before its first use in the process.
 
 use rusqlite::ffi;
 
 #[test]
 fn sqlite_allocates_from_mimalloc() {
-    assert!(otpgate::store::allocator::route_sqlite(), "SQLite takes the allocator before its first use");
+    // The service's start looks a setting up before it opens the database: that first use
+    // of SQLite must not keep it on the system allocator.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("none.db");
+    assert_eq!(otpgate::store::setting_before_open(&missing.to_string_lossy(), "any").unwrap(), None);
+    assert!(otpgate::store::allocator::route_sqlite(), "SQLite took the allocator before its first use");
     let conn = rusqlite::Connection::open_in_memory().unwrap();
     conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (randomblob(100000));").unwrap();
     let blob_len: i64 = conn.query_row("SELECT length(x) FROM t", [], |r| r.get(0)).unwrap();

@@ -1,13 +1,27 @@
 //! One allocator for the whole process, mimalloc: Rust's allocations and SQLite's.
 //! glibc's malloc spent much of the login paths' CPU consolidating fast bins and
 //! searching free lists (docs/performance-log.md has the profiles).
-//! SQLite allocates through its own hooks, so it is pointed at mimalloc separately.
+//! SQLite allocates through its own hooks, so it is pointed at mimalloc separately,
+//! which it accepts only before its first use: every connection of the service is
+//! opened through [`open`], which routes first.
 
-use rusqlite::ffi;
+use rusqlite::{ffi, Connection, OpenFlags};
 use std::os::raw::{c_int, c_void};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Opens a SQLite connection, SQLite's allocations routed to mimalloc first (see
+/// [`route_sqlite`]); says so in the log when they could not be.
+pub fn open(path: &str, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    if !route_sqlite() {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            tracing::warn!("SQLite was in use before its allocator could be set: it allocates from the system allocator, which is slower")
+        });
+    }
+    Connection::open_with_flags(path, flags)
+}
 
 /// Points SQLite's allocations at mimalloc. SQLite accepts this only before its first
 /// use in the process; after that (a connection opened elsewhere first), SQLite keeps

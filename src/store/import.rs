@@ -52,7 +52,7 @@ pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapsho
     if !std::path::Path::new(path).exists() {
         return Err(StorageError::Thread(format!("{path} does not exist")));
     }
-    let source = rusqlite::Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let source = crate::store::allocator::open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let version: u32 = source.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version >= crate::store::schema::latest_version() {
         return snapshot(&source, path, now, phones);
@@ -63,7 +63,7 @@ pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapsho
     source.execute("VACUUM INTO ?1", [&copy.0])?;
     drop(source);
     Db::open(&copy.0, 1, phones)?.close()?;
-    let upgraded = rusqlite::Connection::open_with_flags(&copy.0, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let upgraded = crate::store::allocator::open(&copy.0, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     snapshot(&upgraded, path, now, phones)
 }
 

@@ -208,9 +208,7 @@ impl std::error::Error for StorageError {
 }
 
 fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
-    // Before SQLite's first use, or it keeps the system allocator.
-    crate::store::allocator::route_sqlite();
-    let conn = Connection::open(path)?;
+    let conn = allocator::open(path, rusqlite::OpenFlags::default())?;
     // Other processes (an operator's sqlite3 shell, a second instance) may still hold locks.
     conn.busy_timeout(Duration::from_secs(5))?;
     // WAL lets readers run beside the writer; NORMAL sync is durable in WAL mode
@@ -727,7 +725,7 @@ impl From<StorageError> for ApiError {
 /// The value stored under `key` in the database at `path`, read before the database is
 /// opened for service; `None` when there is no database or no such setting yet.
 pub fn setting_before_open(path: &str, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
-    let conn = match Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE) {
+    let conn = match allocator::open(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(conn) => conn,
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::CannotOpen => return Ok(None),
         Err(e) => return Err(e.into()),
