@@ -144,27 +144,36 @@ impl PhonePolicy {
             let kind = number.number_type(&phonenumber::metadata::DATABASE);
             (kind != Type::Unknown).then_some((number, kind))
         };
-        let international = address::normalize_phone(raw).and_then(|digits| phonenumber::parse(None, format!("+{digits}")).ok());
-        let (mut number, mut kind) = international
-            .and_then(typed)
-            .or_else(|| self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed))
-            .ok_or_else(malformed)?;
+        let international_text = address::normalize_phone(raw).map(|digits| format!("+{digits}"));
+        let international = international_text.as_deref().and_then(|text| phonenumber::parse(None, text).ok()).and_then(typed);
+        let ((mut number, mut kind), parsed_text) = match international {
+            Some(typed_number) => (typed_number, international_text),
+            None => {
+                let national = self.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed);
+                (national.ok_or_else(malformed)?, None)
+            }
+        };
 
         // Zeros typed after the country code (`+91 0 98765 43210`) come back from the
         // parser in the E.164 form, and that form parses to one with fewer zeros: the
         // same phone under two addresses, each with its own account and limits. The
-        // stored form is the one that parses to itself.
+        // stored form is the one that parses to itself. A number parsed from its own
+        // E.164 text is that form already (parsing is a function of the text alone), so
+        // the common case parses once and looks the type up once.
         let mut e164 = number.format().mode(phonenumber::Mode::E164).to_string();
-        for _ in 0..MAX_CANONICAL_ROUNDS {
-            let (again, again_kind) = phonenumber::parse(None, &e164).ok().and_then(typed).ok_or_else(malformed)?;
-            let again_e164 = again.format().mode(phonenumber::Mode::E164).to_string();
-            if again_e164 == e164 {
-                break;
+        if parsed_text.as_deref() != Some(e164.as_str()) {
+            for _ in 0..MAX_CANONICAL_ROUNDS {
+                let (again, again_kind) = phonenumber::parse(None, &e164).ok().and_then(typed).ok_or_else(malformed)?;
+                let again_e164 = again.format().mode(phonenumber::Mode::E164).to_string();
+                if again_e164 == e164 {
+                    break;
+                }
+                (number, kind, e164) = (again, again_kind, again_e164);
             }
-            (number, kind, e164) = (again, again_kind, again_e164);
-        }
-        if phonenumber::parse(None, &e164).ok().map(|n| n.format().mode(phonenumber::Mode::E164).to_string()).as_ref() != Some(&e164) {
-            return Err(malformed());
+            let reparsed = phonenumber::parse(None, &e164).ok().map(|n| n.format().mode(phonenumber::Mode::E164).to_string());
+            if reparsed.as_ref() != Some(&e164) {
+                return Err(malformed());
+            }
         }
         let masked = || crate::domain::address::Address::Phone(e164.trim_start_matches('+').to_string()).masked();
         let refused_by = |setting: &str, message: &str| {
@@ -255,6 +264,50 @@ mod tests {
             assert_eq!(p.check(raw).map(|phone| phone.digits).ok().as_deref(), Some("442079460958"), "{raw}");
         }
         assert_eq!(p.check("+39 347 123 4567").unwrap().digits, "393471234567");
+    }
+
+    /// The E.164 form as found by parsing to a fixed point every time (what `check` did
+    /// before it parsed international input once).
+    fn fixed_point(p: &PhonePolicy, raw: &str) -> Option<String> {
+        let typed = |number: PhoneNumber| (number.number_type(&phonenumber::metadata::DATABASE) != Type::Unknown).then_some(number);
+        let number = address::normalize_phone(raw)
+            .and_then(|digits| phonenumber::parse(None, format!("+{digits}")).ok())
+            .and_then(typed)
+            .or_else(|| p.default_region.and_then(|region| phonenumber::parse(Some(region), raw).ok()).and_then(typed))?;
+        let mut e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+        for _ in 0..MAX_CANONICAL_ROUNDS {
+            let again = phonenumber::parse(None, &e164).ok().and_then(typed)?.format().mode(phonenumber::Mode::E164).to_string();
+            if again == e164 {
+                break;
+            }
+            e164 = again;
+        }
+        let reparsed = phonenumber::parse(None, &e164).ok()?.format().mode(phonenumber::Mode::E164).to_string();
+        (reparsed == e164).then(|| e164.trim_start_matches('+').to_string())
+    }
+
+    #[test]
+    fn parsing_once_finds_the_form_parsing_to_a_fixed_point_finds() {
+        let p = policy(&[("DEFAULT_REGION", "GB"), ("PHONE_MOBILE_ONLY", "false")]);
+        let inputs = [
+            "+44 7400 123456",
+            "0044 7400 123456",
+            "447400123456",
+            "07400 123456",
+            "+91 0 98765 43210",
+            "+91 00098765 43210",
+            "+44 0 20 7946 0958",
+            "+39 06 1234 5678",
+            "+39 347 123 4567",
+            "+1 650 200 0000",
+            "+1 212 555 0123",
+            "+49 151 23456789",
+            "+44 99 1234 5678",
+            "12",
+        ];
+        for raw in inputs {
+            assert_eq!(p.check_afresh(raw).ok().map(|phone| phone.digits), fixed_point(&p, raw), "{raw}");
+        }
     }
 
     #[test]
