@@ -981,8 +981,8 @@ pub(in crate::store) fn complete_login(
         };
         let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
         if first_login && crate::domain::address::is_phone(&login.address) {
-            let payload = outbox::contact_joined(&login.address, &login.name, login.now).payload();
-            record.notified = outbox::enqueue_for_contact_holders(tx, user_id, &payload, login.now)?;
+            let joined = || outbox::contact_joined(&login.address, &login.name, login.now).payload();
+            record.notified = outbox::enqueue_for_contact_holders(tx, user_id, joined, login.now)?;
         }
         let session = sessions::NewSession {
             user_id,

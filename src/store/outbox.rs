@@ -11,15 +11,31 @@ pub fn contact_joined(phone: &str, name: &str, now: i64) -> NoticeBody {
     NoticeBody { subject: JOINED_SUBJECT.into(), name: name.into(), phone: phone.into(), ts: now, ..NoticeBody::default() }
 }
 
-/// Queues `payload` for every user who has user `user_id`'s phone as a contact.
+/// Queues the payload `payload` builds for every user who has user `user_id`'s phone as
+/// a contact, built only when there is one (most new users are nobody's contact yet).
 /// Call inside the transaction that causes it; returns how many were queued.
-pub(in crate::store) fn enqueue_for_contact_holders(conn: &Connection, user_id: i64, payload: &str, now: i64) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
-         SELECT u.address, ?2, ?3, ?3 FROM contacts c JOIN users u ON u.id = c.owner_id
-         WHERE c.phone_hash = (SELECT address_hash FROM users WHERE id = ?1) AND u.id <> ?1 ORDER BY u.id",
-    )?
-    .execute(params![user_id, payload, now])
+pub(in crate::store) fn enqueue_for_contact_holders(
+    conn: &Connection,
+    user_id: i64,
+    payload: impl FnOnce() -> String,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let recipients = conn
+        .prepare_cached(
+            "SELECT u.address FROM contacts c JOIN users u ON u.id = c.owner_id
+             WHERE c.phone_hash = (SELECT address_hash FROM users WHERE id = ?1) AND u.id <> ?1 ORDER BY u.id",
+        )?
+        .query_map([user_id], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    if recipients.is_empty() {
+        return Ok(0);
+    }
+    let payload = payload();
+    let mut insert = conn.prepare_cached("INSERT INTO outbox (recipient, payload, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)")?;
+    for recipient in &recipients {
+        insert.execute(params![recipient, payload, now])?;
+    }
+    Ok(recipients.len())
 }
 
 /// Queues each (recipient, payload). Call inside the transaction that causes them.

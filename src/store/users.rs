@@ -87,8 +87,7 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
         .execute(params![user_id, change.name, change.status, change.photo, now, change.thumbnail])?;
         let profile = profile(tx, user_id)?;
         // Contacts refresh the profile; no notification is shown (no subject).
-        let payload = NoticeBody::of_user(&profile, "").payload();
-        outbox::enqueue_for_contact_holders(tx, user_id, &payload, now)?;
+        outbox::enqueue_for_contact_holders(tx, user_id, || NoticeBody::of_user(&profile, "").payload(), now)?;
         Ok(profile)
     })
 }
