@@ -4,8 +4,10 @@
 
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::domain::recent::Recent;
 use crate::domain::templates::{json_map, looks_like_an_app_id};
 
 /// One entry of `APP_SETTINGS`; the entry of an appid overrides `default` field by field.
@@ -65,6 +67,10 @@ pub struct AppSettings {
     per_app: HashMap<String, Entry>,
     app_names: HashMap<String, String>,
     public_url: String,
+    /// What each app named in the configuration is told, made at start; other appids'
+    /// as they come (every login reply carries it).
+    filled: HashMap<String, Arc<AppReply>>,
+    recent: Mutex<Recent<Arc<AppReply>>>,
 }
 
 const DEFAULT_SHARE_TEXT: &str = "Let's chat on {appname}: {public_url}";
@@ -81,11 +87,29 @@ impl AppSettings {
             })?
         };
         let default = per_app.remove("default").unwrap_or_default();
-        Ok(AppSettings { default, per_app, app_names: json_map("APP_NAMES", &config.app_names)?, public_url: config.public_base_url() })
+        let mut settings = AppSettings {
+            default,
+            per_app,
+            app_names: json_map("APP_NAMES", &config.app_names)?,
+            public_url: config.public_base_url(),
+            filled: HashMap::new(),
+            recent: Mutex::default(),
+        };
+        let named: Vec<String> = settings.per_app.keys().chain(settings.app_names.keys()).cloned().collect();
+        settings.filled = named.into_iter().map(|appid| (appid.clone(), Arc::new(settings.fill_in(&appid)))).collect();
+        Ok(settings)
     }
 
     /// The settings of `appid`: its own entry, then `default`, then the built-in defaults.
-    pub fn for_app(&self, appid: &str) -> AppReply {
+    pub fn for_app(&self, appid: &str) -> Arc<AppReply> {
+        if let Some(filled) = self.filled.get(appid) {
+            return Arc::clone(filled);
+        }
+        let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        recent.get_or_insert_with(appid, || Arc::new(self.fill_in(appid)))
+    }
+
+    fn fill_in(&self, appid: &str) -> AppReply {
         let own = self.per_app.get(appid);
         let pick = |field: fn(&Entry) -> Option<&String>| own.and_then(field).or_else(|| field(&self.default)).cloned();
         let appname = self.app_names.get(appid).map_or(if looks_like_an_app_id(appid) { appid } else { "the app" }, String::as_str);
@@ -122,7 +146,7 @@ mod tests {
         assert_eq!(app.share_text, "Let's chat on Example Chat: https://login.example.com");
         assert_eq!(app.invite, app.share_text);
         assert_eq!(app.share_subject, "Join me on Example Chat");
-        assert_eq!((app.start_title, app.start_message, app.start_delay), (None, None, None));
+        assert_eq!((&app.start_title, &app.start_message, app.start_delay), (&None, &None, None));
     }
 
     #[test]
@@ -150,5 +174,19 @@ mod tests {
         let other = all.for_app("org.other");
         assert_eq!(other.share_text, "Let's chat on org.other: http://127.0.0.1:8080");
         assert_eq!(other.share_title, "Share via");
+    }
+
+    #[test]
+    fn settings_are_filled_once_per_app() {
+        let all = settings(&[("APP_SETTINGS", r#"{"com.example.app": {"invite": "Get {appname}"}}"#), ("APP_NAMES", r#"{"com.b":"B"}"#)]);
+        assert!(all.filled.contains_key("com.example.app") && all.filled.contains_key("com.b"), "filled at start");
+        assert!(all.recent.lock().unwrap().is_empty());
+        for appid in ["com.example.app", "com.b", "org.other", "not an id", ""] {
+            let first = all.for_app(appid);
+            assert_eq!(*first, all.fill_in(appid), "{appid:?}");
+            assert!(Arc::ptr_eq(&first, &all.for_app(appid)), "{appid:?} is filled once");
+        }
+        assert_eq!(all.for_app("com.example.app").invite, "Get com.example.app");
+        assert_eq!(all.recent.lock().unwrap().len(), 3, "the other appids as they come");
     }
 }

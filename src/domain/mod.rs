@@ -14,5 +14,6 @@ pub mod notices;
 pub mod otp;
 pub mod phone;
 pub mod ratelimit;
+pub mod recent;
 pub mod sms_limits;
 pub mod templates;

@@ -2,8 +2,10 @@
 //! `{otp}`, `{appid}`, `{appname}` and `{minutes}` filled in.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use crate::config::Config;
+use crate::domain::recent::Recent;
 
 /// Characters of the GSM 03.38 default alphabet, one septet each.
 const GSM7_BASIC: &str =
@@ -16,7 +18,14 @@ pub struct Templates {
     per_app: HashMap<String, String>,
     app_names: HashMap<String, String>,
     minutes: u64,
+    /// The message of each app named in the configuration, filled in but for the code,
+    /// made at start; other appids' as they come (see [`Templates::render`]).
+    filled: HashMap<String, Arc<AroundCode>>,
+    recent: Mutex<Recent<Arc<AroundCode>>>,
 }
+
+/// A message with every placeholder but `{otp}` filled in: the text around each `{otp}`.
+struct AroundCode(Vec<String>);
 
 impl Templates {
     pub fn from_config(config: &Config) -> Result<Templates, String> {
@@ -24,17 +33,42 @@ impl Templates {
         if let Some(appid) = per_app.iter().find(|(_, template)| !template.contains("{otp}")).map(|(appid, _)| appid) {
             return Err(format!("invalid configuration: OTP_MESSAGE_PER_APP template for {appid:?} must contain {{otp}}"));
         }
-        Ok(Templates {
+        let mut templates = Templates {
             default: config.otp.message.clone(),
             per_app,
             app_names: json_map("APP_NAMES", &config.app_names)?,
             minutes: config.otp.ttl_secs.div_ceil(60),
-        })
+            filled: HashMap::new(),
+            recent: Mutex::default(),
+        };
+        let named: Vec<String> = templates.per_app.keys().chain(templates.app_names.keys()).cloned().collect();
+        templates.filled = named.into_iter().map(|appid| (appid.clone(), Arc::new(templates.around_code(&appid)))).collect();
+        Ok(templates)
     }
 
     /// The message text for `appid`: its override or `OTP_MESSAGE`, filled in.
     pub fn render(&self, appid: &str, otp: &str) -> String {
-        self.fill(self.per_app.get(appid).unwrap_or(&self.default), appid, otp)
+        // Filling the text around the code gives what filling the code first does, as long
+        // as the code cannot be part of a placeholder: digits cannot, the empty text can.
+        if otp.is_empty() || !otp.bytes().all(|b| b.is_ascii_digit()) {
+            return self.fill(self.template(appid), appid, otp);
+        }
+        let around = match self.filled.get(appid) {
+            Some(around) => Arc::clone(around),
+            None => {
+                let mut recent = self.recent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                recent.get_or_insert_with(appid, || Arc::new(self.around_code(appid)))
+            }
+        };
+        around.0.join(otp)
+    }
+
+    fn template(&self, appid: &str) -> &str {
+        self.per_app.get(appid).unwrap_or(&self.default)
+    }
+
+    fn around_code(&self, appid: &str) -> AroundCode {
+        AroundCode(self.template(appid).split("{otp}").map(|part| self.fill(part, appid, "")).collect())
     }
 
     /// Fills the placeholders of any template (e.g. `EMAIL_SUBJECT`).
@@ -123,6 +157,25 @@ mod tests {
         assert_eq!(t.render("com.a", "123456"), "Alpha: 123456, valid 2 min");
         assert_eq!(t.render("com.c", "123456"), "com.c: 123456, valid 2 min");
         assert_eq!(t.render("com.b", "123456"), "B code 123456 for com.b");
+    }
+
+    #[test]
+    fn messages_filled_around_the_code_are_those_filled_with_it() {
+        let t = templates(&[
+            ("OTP_MESSAGE", "{otp} is your {appname} code ({appid}, {minutes} min). {otp}"),
+            ("APP_NAMES", r#"{"com.a":"Alpha {minutes}"}"#),
+            ("OTP_MESSAGE_PER_APP", r#"{"com.b":"{otp}{otp}{appid}{ap{otp}pid}"}"#),
+        ]);
+        for appid in ["com.a", "com.b", "com.c", "not an id", ""] {
+            for otp in ["123456", "0042", "", "{appid}"] {
+                let template = t.template(appid);
+                assert_eq!(t.render(appid, otp), t.fill(template, appid, otp), "{appid:?} {otp:?}");
+                assert_eq!(t.render(appid, otp), t.fill(template, appid, otp), "{appid:?} {otp:?}, kept");
+            }
+        }
+        assert_eq!(t.render("com.a", "123456"), "123456 is your Alpha 5 code (com.a, 5 min). 123456");
+        assert!(t.filled.contains_key("com.a") && t.filled.contains_key("com.b"), "the configured apps are filled at start");
+        assert!(t.recent.lock().unwrap().len() <= 3, "other appids as they come");
     }
 
     #[test]

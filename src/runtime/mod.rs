@@ -55,7 +55,7 @@ impl AppState {
         let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
         let files = Files {
             store: FileStore::open(config.files_directory())?,
-            download_base: apps.for_app("").download_url,
+            download_base: apps.for_app("").download_url.clone(),
             limits: UploadLimits::from_config(config, shared_limits.as_ref()),
             decodes: PhotoDecodes::new(config.photo_decodes, config.photo_decode_queue, config.max_photo_pixels),
         };
