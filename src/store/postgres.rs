@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::FutureExt;
 use serde_json::{json, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
@@ -47,6 +48,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (6, "audit_events", include_str!("../../migrations/postgres/006_audit_events.sql")),
     (7, "linked_addresses", include_str!("../../migrations/postgres/007_linked_addresses.sql")),
     (8, "file_references", include_str!("../../migrations/postgres/008_file_references.sql")),
+    (9, "login_functions", include_str!("../../migrations/postgres/009_login_functions.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -199,11 +201,10 @@ impl PgStore {
         claim_secs: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         // Returning without a commit rolls the transaction back, which releases the row.
-        let tx = client.transaction().await?;
-        let row = query_opt(
-            &tx,
+        let (tx, row) = Pipelined::begin_with(
+            &client,
             "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts
              FROM otp_challenges WHERE address = $1 FOR UPDATE",
             &[&guess.address],
@@ -233,8 +234,7 @@ impl PgStore {
             }
         }
         if challenge.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, &guess.otp_hash)) {
-            execute(&tx, "UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1", &[&guess.address, &now]).await?;
-            tx.commit().await?;
+            tx.execute_and_commit("UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1", &[&guess.address, &now]).await?;
             return Ok(VerifyOutcome::Claimed);
         }
         let count_it = if bound {
@@ -242,8 +242,7 @@ impl PgStore {
         } else {
             "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = $1"
         };
-        execute(&tx, count_it, &[&guess.address]).await?;
-        tx.commit().await?;
+        tx.execute_and_commit(count_it, &[&guess.address]).await?;
         Ok(after_wrong_guess(max_attempts, attempts))
     }
 
@@ -257,116 +256,49 @@ impl PgStore {
     }
 
     /// Records the user and the session, queues joined notices for a first phone login,
-    /// and consumes the challenge, all in one transaction (see `complete_login`). The
-    /// user's row stays locked until the commit, so logins of one user run one at a time.
+    /// and consumes the challenge, all in one statement (`otpgate_record_login`, the same
+    /// steps as `complete_login`), hence one transaction. The user's row stays locked until
+    /// it ends, so logins of one user run one at a time.
     pub async fn record_login(
         &self,
         login: CompletedLogin,
         address_hash: i64,
         claimed_code: Option<[u8; 32]>,
     ) -> Result<LoginRecord, StorageError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        // A linked address logs its user in; the platform's id of the address is kept for its userdel.
-        let linked: Option<i64> =
-            query_opt(&tx, "UPDATE linked_addresses SET uid = $2 WHERE address = $1 RETURNING user_id", &[&login.address, &login.uid])
-                .await?
-                .map(|r| r.try_get(0))
-                .transpose()?;
-        // A changed name is a profile change: bump ts so contacts' next sync sees it.
-        let user = match linked {
-            Some(user_id) => {
-                query_one(
-                    &tx,
-                    "UPDATE users AS u SET last_login = $2,
-                         ts = CASE WHEN $3 <> '' AND $3 <> u.name THEN $2 ELSE u.ts END,
-                         name = CASE WHEN $3 = '' THEN u.name ELSE $3 END
-                     WHERE id = $1
-                     RETURNING u.id, false, u.name, u.status, u.photo, u.thumbnail",
-                    &[&user_id, &login.now, &login.name],
-                )
-                .await?
-            }
-            None => query_one(
-                &tx,
-                "INSERT INTO users AS u (address, uid, name, created_at, last_login, ts, address_hash) VALUES ($1, $2, $3, $4, $4, $4, $5)
-             ON CONFLICT (address) DO UPDATE SET uid = excluded.uid, last_login = excluded.last_login,
-                 ts = CASE WHEN excluded.name <> '' AND excluded.name <> u.name THEN excluded.ts ELSE u.ts END,
-                 name = CASE WHEN excluded.name = '' THEN u.name ELSE excluded.name END
-             RETURNING u.id, (u.xmax = 0) AS inserted, u.name, u.status, u.photo, u.thumbnail",
-                &[&login.address, &login.uid, &login.name, &login.now, &address_hash],
-            )
-            .await?,
-        };
-        let via = if linked.is_some() { login.address.as_str() } else { "" };
-        let (user_id, first_login): (i64, bool) = (user.try_get(0)?, user.try_get(1)?);
-        let profile = OwnProfile { name: user.try_get(2)?, status: user.try_get(3)?, photo: user.try_get(4)?, thumbnail: user.try_get(5)? };
-        let mut record = LoginRecord { first_login, profile, ..LoginRecord::default() };
-        if first_login && crate::domain::address::is_phone(&login.address) {
-            let payload = crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload();
-            let queued = execute(
-                &tx,
-                "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
-                 SELECT u.address, $3::text, $4::bigint, $4::bigint FROM contacts c JOIN users u ON u.id = c.owner_id
-                 WHERE c.phone_hash = $2 AND u.id <> $1 ORDER BY u.id",
-                &[&user_id, &address_hash, &payload, &login.now],
-            )
-            .await?;
-            record.notified = rows(queued);
-        }
-        if !first_login {
-            // Expired sessions count against no limit.
-            execute(&tx, "DELETE FROM sessions WHERE user_id = $1 AND expires_at <= $2", &[&user_id, &(login.now_ms / 1000)]).await?;
-            if !login.device.is_empty() {
-                execute(
-                    &tx,
-                    "DELETE FROM sessions WHERE user_id = $1 AND appid = $2 AND device = $3",
-                    &[&user_id, &login.appid, &login.device],
-                )
-                .await?;
-            }
-        }
-        execute(
-            &tx,
-            "INSERT INTO sessions (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (token_sha256) DO UPDATE SET user_id = excluded.user_id, appid = excluded.appid, device = excluded.device,
-                 created_at = excluded.created_at, last_seen_ms = excluded.last_seen_ms, expires_at = excluded.expires_at, via = excluded.via",
-            &[&login.token_sha256, &user_id, &login.appid, &login.device, &(login.now_ms / 1000), &login.now_ms, &login.expires_at, &via],
+        let client = self.client().await?;
+        let joined = crate::domain::address::is_phone(&login.address)
+            .then(|| crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload());
+        let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
+        let consumed: Option<&[u8]> = claimed_code.as_ref().map(|hash| &hash[..]);
+        let row = query_one(
+            &client,
+            "SELECT * FROM otpgate_record_login($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &login.address,
+                &login.uid,
+                &login.name,
+                &login.now,
+                &address_hash,
+                &joined,
+                &login.token_sha256,
+                &login.appid,
+                &login.device,
+                &login.now_ms,
+                &login.expires_at,
+                &max_devices,
+                &consumed,
+                &audit::LOGIN,
+            ],
         )
         .await?;
-        // A new user id has no other session: nothing to evict.
-        if !first_login {
-            let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
-            let sessions: i64 = query_one(&tx, "SELECT count(*) FROM sessions WHERE user_id = $1", &[&user_id]).await?.try_get(0)?;
-            if sessions > max_devices {
-                let evicted = query(
-                    &tx,
-                    "DELETE FROM sessions WHERE token_sha256 IN (
-                         SELECT token_sha256 FROM sessions WHERE user_id = $1
-                         ORDER BY token_sha256 = $2 DESC, last_seen_ms DESC OFFSET $3)
-                     RETURNING appid, device",
-                    &[&user_id, &login.token_sha256, &max_devices],
-                )
-                .await?;
-                record.evicted = evicted
-                    .iter()
-                    .map(|r| Ok(Evicted { appid: r.try_get(0)?, device: r.try_get(1)? }))
-                    .collect::<Result<_, tokio_postgres::Error>>()?;
-            }
-        }
-        if let Some(otp_hash) = claimed_code {
-            let hash: &[u8] = &otp_hash;
-            execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&login.address, &hash]).await?;
-        }
-        execute(
-            &tx,
-            "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ($1, $2, $3, $4)",
-            &[&login.now, &address_hash, &audit::LOGIN, &login.appid],
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(record)
+        let profile = OwnProfile { name: row.try_get(2)?, status: row.try_get(3)?, photo: row.try_get(4)?, thumbnail: row.try_get(5)? };
+        let (appids, devices): (Vec<String>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
+        Ok(LoginRecord {
+            first_login: row.try_get(1)?,
+            notified: rows(u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0)),
+            evicted: appids.into_iter().zip(devices).map(|(appid, device)| Evicted { appid, device }).collect(),
+            profile,
+        })
     }
 
     /// The live session of a token, marked used; `None` for an unknown or expired token.
@@ -732,13 +664,11 @@ impl PgStore {
     ) -> Result<Enqueued, StorageError> {
         let c = &challenge;
         let (address, appid, sealed) = &message;
-        let mut client = self.client().await?;
+        let client = self.client().await?;
         // Returning without a commit rolls the transaction back and releases the lock.
-        let tx = client.transaction().await?;
-        execute(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&c.address]).await?;
-        let previous = query_opt(&tx, "SELECT created_at FROM otp_challenges WHERE address = $1", &[&c.address]).await?;
-        if let Some(previous) = previous {
-            let wait = previous.try_get::<_, i64>(0)? + c.resend_secs - c.now;
+        let (tx, previous) = Pipelined::begin_with(&client, "SELECT otpgate_lock_code($1)", &[&c.address]).await?;
+        if let Some(previous) = previous.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten() {
+            let wait = previous + c.resend_secs - c.now;
             if wait > 0 {
                 return Ok(Enqueued::TooSoon(wait as u64));
             }
@@ -749,25 +679,20 @@ impl PgStore {
         }
         let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
         let expires_at = c.now + c.ttl_secs;
-        execute(
-            &tx,
-            "INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
-             VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
-             ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
-                 created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
-                 challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0",
-            &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256],
-        )
-        .await?;
-        let id: i64 = query_one(
-            &tx,
-            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
-             VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7) RETURNING id",
-            &[address, appid, &otp_hash, sealed, &lease_until, &expires_at, &c.now],
-        )
-        .await?
-        .try_get(0)?;
-        tx.commit().await?;
+        let id: i64 = tx
+            .query_one_and_commit(
+                "WITH challenge AS (
+                     INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+                     VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
+                     ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
+                         created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
+                         challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
+                 INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
+                 VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4) RETURNING id",
+                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until],
+            )
+            .await?
+            .try_get(0)?;
         Ok(Enqueued::Stored(id))
     }
 
@@ -841,32 +766,32 @@ impl PgStore {
         address: String,
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
+        // One statement each, so none needs a transaction of its own.
+        let client = self.client().await?;
         let attempts = int(attempts);
         match &outcome {
             AttemptOutcome::Sent => {
-                execute(&tx, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts]).await?;
+                execute(&client, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts])
+                    .await?;
             }
             AttemptOutcome::Failed(error) => {
                 execute(
-                    &tx,
-                    "UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1",
-                    &[&id, &attempts, error],
+                    &client,
+                    "WITH failed AS (UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1)
+                     DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5",
+                    &[&id, &attempts, error, &address, &otp_hash],
                 )
                 .await?;
-                execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&address, &otp_hash]).await?;
             }
             AttemptOutcome::Retry(error, retry_at) => {
                 execute(
-                    &tx,
+                    &client,
                     "UPDATE courier SET attempts = $2, last_error = $3, next_attempt_ms = $4 WHERE id = $1",
                     &[&id, &attempts, error, retry_at],
                 )
                 .await?;
             }
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -1462,6 +1387,85 @@ fn rows(count: u64) -> usize {
     usize::try_from(count).unwrap_or(usize::MAX)
 }
 
+/// A transaction whose BEGIN is sent with its first statement, and whose last statement
+/// is sent with its COMMIT: a request waits for the database twice, not once per statement.
+/// Statements are prepared before they are sent together, since a statement sent after
+/// a COMMIT in the same batch would run outside the transaction. Dropped open (an early
+/// return, an error, a cancelled request), it is rolled back, like tokio-postgres's own.
+struct Pipelined<'a> {
+    client: &'a Object,
+    open: bool,
+}
+
+impl<'a> Pipelined<'a> {
+    /// BEGIN, then `sql`: its row, if any.
+    async fn begin_with(
+        client: &'a Object,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<(Pipelined<'a>, Option<Row>), StorageError> {
+        let statement = client.prepare_cached(sql).await?;
+        let tx = Pipelined { client, open: true };
+        count_statements(2);
+        // Requests are sent in the order they are first polled, and `join` polls in order.
+        let (begun, row) = futures_util::future::join(client.batch_execute("BEGIN"), client.query_opt(&statement, params)).await;
+        begun?;
+        Ok((tx, row?))
+    }
+
+    /// `sql`, then COMMIT: the statement's row count.
+    async fn execute_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
+        let statement = self.client.prepare_cached(sql).await?;
+        let client = self.finish();
+        let (executed, committed) = futures_util::future::join(client.execute(&statement, params), client.batch_execute("COMMIT")).await;
+        // After a failed statement the COMMIT rolls back: the statement's error is the answer.
+        let count = executed?;
+        committed?;
+        Ok(count)
+    }
+
+    /// `sql`, then COMMIT: the statement's one row.
+    async fn query_one_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
+        let statement = self.client.prepare_cached(sql).await?;
+        let client = self.finish();
+        let (row, committed) = futures_util::future::join(client.query_one(&statement, params), client.batch_execute("COMMIT")).await;
+        let row = row?;
+        committed?;
+        Ok(row)
+    }
+
+    /// The client, for the statements that end the transaction; no rollback on drop.
+    fn finish(mut self) -> &'a Object {
+        self.open = false;
+        count_statements(2);
+        self.client
+    }
+}
+
+impl Drop for Pipelined<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            // The first poll sends the request; its answer is not waited for, and the next
+            // user of the connection is queued behind it.
+            let _ = self.client.batch_execute("ROLLBACK").now_or_never();
+        }
+    }
+}
+
+#[cfg(test)]
+tokio::task_local! {
+    /// Statements sent by the login path (BEGIN and COMMIT included), counted for the test
+    /// that keeps their number down.
+    static STATEMENTS: std::cell::Cell<u64>;
+}
+
+fn count_statements(sent: u64) {
+    #[cfg(test)]
+    let _ = STATEMENTS.try_with(|count| count.set(count.get() + sent));
+    #[cfg(not(test))]
+    let _ = sent;
+}
+
 // Each statement is prepared once per connection, through deadpool's statement cache.
 
 /// Serialises, on every instance, a transaction that makes a row refer to stored file
@@ -1505,21 +1509,25 @@ impl PgStore {
 }
 
 async fn execute(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
+    count_statements(1);
     let statement = client.prepare_cached(sql).await?;
     Ok(client.execute(&statement, params).await?)
 }
 
 async fn query(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StorageError> {
+    count_statements(1);
     let statement = client.prepare_cached(sql).await?;
     Ok(client.query(&statement, params).await?)
 }
 
 async fn query_one(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
+    count_statements(1);
     let statement = client.prepare_cached(sql).await?;
     Ok(client.query_one(&statement, params).await?)
 }
 
 async fn query_opt(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
+    count_statements(1);
     let statement = client.prepare_cached(sql).await?;
     Ok(client.query_opt(&statement, params).await?)
 }
@@ -1823,6 +1831,50 @@ mod tests {
             assert_eq!(store.purge_finished_messages(now + 1).await.unwrap(), 1 + BATCH);
             let (codes, _) = store.purge_expired(now + 600).await.unwrap();
             assert_eq!(codes, 40 - BATCH, "the undecryptable messages' codes were deleted already");
+        })
+        .await;
+    }
+
+    /// A login start and a full login on warm connections (each statement already prepared):
+    /// the statements they send, BEGIN and COMMIT included.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_login_sends_few_statements() {
+        with_database("a_login_sends_few_statements", |url| async move {
+            let store = PgStore::connect(&url, 1, &phones()).await.unwrap();
+            let now = crate::store::now();
+            let full_login = |address: &'static str, token: &'static str| {
+                let store = &store;
+                async move {
+                    let (id, otp_hash) = start(store, address, "123456", now).await;
+                    store.record_attempt(id, 1, AttemptOutcome::Sent, address.into(), otp_hash.to_vec()).await.unwrap();
+                    let started = STATEMENTS.with(|count| count.get());
+                    let claimed = store.claim_code(guess(address, otp_hash), now, 5, 60, admitted).await.unwrap();
+                    assert_eq!(claimed, VerifyOutcome::Claimed);
+                    assert!(store.link_holder(address).await.unwrap().is_none());
+                    let login = CompletedLogin {
+                        address: address.into(),
+                        uid: "u1".into(),
+                        name: "Ann".into(),
+                        token_sha256: token.into(),
+                        now,
+                        appid: "app".into(),
+                        device: "d1".into(),
+                        now_ms: now * 1000,
+                        expires_at: now + 3600,
+                        max_devices: 1,
+                    };
+                    assert!(store.record_login(login, phones().hash(address), Some(otp_hash)).await.unwrap().first_login);
+                    (started, STATEMENTS.with(|count| count.get()))
+                }
+            };
+            // The first login prepares the statements on the pool's one connection.
+            STATEMENTS.scope(std::cell::Cell::new(0), full_login("18005550001", "t1")).await;
+            let (start, full) = STATEMENTS.scope(std::cell::Cell::new(0), full_login("18005550002", "t2")).await;
+            // BEGIN with the lock and read, the writes with COMMIT; the delivery's record.
+            assert_eq!(start, 5, "statements of a login start");
+            // BEGIN with the locked read, the claim with COMMIT; the link lookup; the record.
+            assert_eq!(full - start, 6, "statements of a verify");
+            assert!(store.authenticate("t2".into(), now * 1000).await.unwrap().is_some());
         })
         .await;
     }
