@@ -103,6 +103,12 @@ pub(crate) async fn time_limit(
     }
 }
 
+/// The HTTP workers [`serve`] runs, one thread each: one per available CPU (actix's own
+/// default, made explicit so the database pool can be sized to it).
+pub fn http_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get).min(512)
+}
+
 /// Serves until SIGTERM or SIGINT, then stops accepting, lets in-flight requests
 /// finish within `SHUTDOWN_GRACE_SECS`, and closes the database.
 pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), String> {
@@ -111,6 +117,7 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
         HttpServer::new(move || app(state.clone()))
     };
     let server = server
+        .workers(http_workers())
         .shutdown_timeout(config.shutdown_grace_secs)
         // actix stops abruptly on SIGINT; both signals get the graceful path below.
         .disable_signals()

@@ -10,7 +10,9 @@ pub struct Config {
     pub bind: String,
     #[serde(default = "defaults::database_path")]
     pub database_path: String,
-    #[serde(default = "defaults::db_pool_size")]
+    /// SQLite: reader connections; PostgreSQL: connections per instance. 0: sized to the
+    /// HTTP workers (see `runtime::pool_size`).
+    #[serde(default)]
     pub db_pool_size: usize,
     /// `postgres://user:password@host/db`: keep the data in PostgreSQL, shared by several
     /// instances; empty: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
@@ -663,9 +665,6 @@ mod defaults {
         super::RateLimitOnError::Deny
     }
 
-    pub fn db_pool_size() -> usize {
-        4
-    }
     pub fn upstream_url() -> String {
         "https://api.mesibo.com/backend/".into()
     }
@@ -909,9 +908,6 @@ impl Config {
         }
         if self.otp.max_attempts == 0 {
             return bad("OTP_MAX_ATTEMPTS", "must be at least 1");
-        }
-        if self.db_pool_size == 0 {
-            return bad("DB_POOL_SIZE", "must be at least 1");
         }
         if !self.otp.message.contains("{otp}") {
             return bad("OTP_MESSAGE", "must contain {otp}");

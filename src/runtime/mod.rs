@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::health::Readiness;
-use crate::api::server::HttpSettings;
+use crate::api::server::{self, HttpSettings};
 use crate::api::AppState;
 use crate::config::Config;
 use crate::config::RateLimitOnError;
@@ -130,12 +130,39 @@ impl AppState {
     }
 }
 
+/// The tasks [`AppState::start_background_tasks`] starts, each of which holds a connection
+/// while it works.
+const BACKGROUND_TASKS: usize = 3;
+
+/// PostgreSQL connections per HTTP worker by default: a worker interleaves many requests,
+/// each holding a connection only while it waits for the database, so one connection per
+/// worker leaves the worker idle (see docs/performance.md).
+const PG_CONNECTIONS_PER_WORKER: usize = 8;
+/// The most connections an instance opens by default, so that three instances stay below
+/// PostgreSQL's default `max_connections` (100).
+const PG_DEFAULT_MAX: usize = 32;
+/// The fewest SQLite reader connections by default (the earlier fixed default).
+const SQLITE_MIN_READERS: usize = 4;
+
+/// `DB_POOL_SIZE`, or a size from the HTTP workers: on PostgreSQL, where every read and
+/// write goes through the pool, [`PG_CONNECTIONS_PER_WORKER`] per worker plus one for each
+/// background task, at most [`PG_DEFAULT_MAX`]; on SQLite a reader per worker, at least
+/// [`SQLITE_MIN_READERS`].
+pub fn pool_size(config: &Config) -> usize {
+    let workers = server::http_workers();
+    match config.db_pool_size {
+        0 if config.database_url.is_empty() => workers.max(SQLITE_MIN_READERS),
+        0 => (workers * PG_CONNECTIONS_PER_WORKER + BACKGROUND_TASKS).min(PG_DEFAULT_MAX),
+        size => size,
+    }
+}
+
 /// Opens the database the configuration names (PostgreSQL at DATABASE_URL, or else the
 /// SQLite file at DATABASE_PATH) and finds the server keys.
 pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
     if !config.database_url.is_empty() {
         let keys = server_keys(config, None)?;
-        let db = Db::connect_postgres(&config.database_url, config.db_pool_size, clock, &keys.phones)
+        let db = Db::connect_postgres(&config.database_url, pool_size(config), clock, &keys.phones)
             .await
             .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database_url)))?;
         return Ok((db, keys));
@@ -143,7 +170,7 @@ pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<
     let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
         .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
     let keys = server_keys(config, stored_key.as_deref())?;
-    let db = Db::open_without_secrets(&config.database_path, config.db_pool_size, clock, &keys, stored_key.is_some())
+    let db = Db::open_without_secrets(&config.database_path, pool_size(config), clock, &keys, stored_key.is_some())
         .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
     Ok((db, keys))
 }
@@ -175,4 +202,26 @@ fn server_keys(config: &Config, stored: Option<&[u8]>) -> Result<ServerKeys, Str
 pub struct Purged {
     pub codes: usize,
     pub sessions: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Config {
+        Config::from_vars(vars.iter().copied()).expect("a valid configuration")
+    }
+
+    #[test]
+    fn the_pool_is_sized_to_the_http_workers_unless_set() {
+        let workers = server::http_workers();
+        assert!(workers >= 1);
+        assert_eq!(pool_size(&config(&[])), workers.max(4), "SQLite: a reader per worker, at least 4");
+        let postgres = [("DATABASE_URL", "postgres://db/otpgate"), ("OTP_SECRET", "0123456789abcdef0123")];
+        let expected = (8 * workers + BACKGROUND_TASKS).min(32);
+        assert_eq!(pool_size(&config(&postgres)), expected, "PostgreSQL: 8 per worker and the background tasks, at most 32");
+        let set = [("DATABASE_URL", "postgres://db/otpgate"), ("OTP_SECRET", "0123456789abcdef0123"), ("DB_POOL_SIZE", "7")];
+        assert_eq!(pool_size(&config(&set)), 7);
+        assert_eq!(pool_size(&config(&[("DB_POOL_SIZE", "2")])), 2);
+    }
 }
