@@ -226,3 +226,10 @@ CREATE TABLE attachment_files (
 -- Whether anyone still shows a photo file, asked when a photo is replaced or removed.
 CREATE INDEX users_photo ON users (photo) WHERE photo <> '';
 CREATE INDEX chat_groups_photo ON chat_groups (photo) WHERE photo <> '';
+
+-- migration: 11
+-- How many contacts each user keeps, changed with their address book in the same
+-- transaction, so that admitting an upload does not count the whole book.
+ALTER TABLE users ADD COLUMN contact_count INTEGER NOT NULL DEFAULT 0;
+UPDATE users SET contact_count = (SELECT count(*) FROM contacts WHERE owner_id = users.id)
+    WHERE id IN (SELECT owner_id FROM contacts);

@@ -146,9 +146,12 @@ pub async fn getcontacts(
     client_ip: &str,
     request: SyncRequest<'_>,
 ) -> Result<Map<String, Value>, ApiError> {
-    let uploaded = match non_empty(request.phones) {
-        Some(raw) => Some(parse_phones(raw, limits.max_per_request)?),
-        None => None,
+    let (phones, invalid) = match non_empty(request.phones) {
+        Some(raw) => {
+            let list = parse_phones(raw, limits.max_per_request)?;
+            (Some(list.phones), Some(list.invalid))
+        }
+        None => (None, None),
     };
     let since = match non_empty(request.ts) {
         Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new(ErrorCode::BadParam, "ts must be unix seconds"))?,
@@ -163,7 +166,7 @@ pub async fn getcontacts(
     let started = after.as_ref().map_or(now, |c| c.started);
     let query = SyncQuery {
         owner: caller.user_id,
-        phones: uploaded.as_ref().map(|list| Value::from(list.phones.clone()).to_string()),
+        phones,
         since,
         // A reset applies to the first page only; later pages re-send the same phones.
         reset: after.is_none() && request.reset,
@@ -181,8 +184,8 @@ pub async fn getcontacts(
     }
     fields.insert("more".into(), more.into());
     fields.insert("contacts".into(), page.iter().map(|p| Value::Object(p.public_fields())).collect::<Vec<_>>().into());
-    if let Some(list) = uploaded {
-        fields.insert("invalid".into(), list.invalid.into());
+    if let Some(invalid) = invalid {
+        fields.insert("invalid".into(), invalid.into());
     }
     fields.insert("ts".into(), started.into());
     Ok(fields)
@@ -192,8 +195,7 @@ pub async fn getcontacts(
 pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Map<String, Value>, ApiError> {
     let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
     let list = parse_phones(raw, max_phones)?;
-    let (owner, phones) = (caller.user_id, Value::from(list.phones).to_string());
-    let removed = db.remove_contacts(owner, phones).await?;
+    let removed = db.remove_contacts(caller.user_id, list.phones).await?;
     let mut fields = Map::new();
     fields.insert("removed".into(), removed.into());
     fields.insert("invalid".into(), list.invalid.into());

@@ -2,7 +2,7 @@
 //! necessarily users), kept as keyed hashes (see `PhoneHasher`), and the sync queries
 //! over it.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
@@ -15,8 +15,8 @@ pub const PAGE_SIZE: usize = 1000;
 
 pub struct SyncQuery {
     pub owner: i64,
-    /// Uploaded phones: answer those that are users, whatever their ts.
-    pub phones: Option<String>,
+    /// Uploaded phones, normalised: answer those that are users, whatever their ts.
+    pub phones: Option<Vec<String>>,
     pub since: i64,
     pub reset: bool,
     /// The (ts, address) of the last entry already sent.
@@ -24,55 +24,88 @@ pub struct SyncQuery {
     pub now: i64,
 }
 
+/// An upload as the SQLite queries read it: JSON arrays of the phones and of their hashes.
+pub(in crate::store) struct Upload {
+    pub phones: String,
+    pub hashes: String,
+    /// How many phones (and hashes) there are.
+    pub count: usize,
+}
+
 /// Records uploaded phones as contacts and returns one page of matching users
-/// (never the caller), ordered by (ts, address), plus whether more follow. `hashes` is
-/// the JSON array of the uploaded phones' hashes. `admit` sees how many uploaded phones
-/// are not yet contacts and how many contacts the upload leaves, before anything is written.
+/// (never the caller), ordered by (ts, address), plus whether more follow. `admit` sees
+/// how many uploaded phones are not yet contacts and how many contacts the upload
+/// leaves; a refusal leaves nothing written. Each user's `contact_count` changes with
+/// their contacts, so admission never counts the whole book.
 pub(in crate::store) fn sync(
     conn: &mut Connection,
     q: &SyncQuery,
-    hashes: &str,
+    upload: Option<&Upload>,
     admit: impl FnOnce(usize, usize) -> Result<(), ApiError>,
 ) -> rusqlite::Result<Result<(Vec<Profile>, bool), ApiError>> {
-    let page = store::atomically(conn, |tx| {
-        if q.phones.is_some() {
-            // Known before a reset stays known: uploading the same book again costs nothing.
-            let (stored, uploaded, new): (usize, usize, usize) = tx
-                .prepare_cached(
-                    "SELECT (SELECT count(*) FROM contacts WHERE owner_id = ?1), count(*),
-                        count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = ?1 AND c.phone_hash = j.value))
-                     FROM json_each(?2) j",
-                )?
-                .query_row(params![q.owner, hashes], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            let after = if q.reset { uploaded } else { stored + new };
-            if let Err(refused) = admit(new, after) {
+    let page = store::atomically_unless_refused(conn, |tx| {
+        let insert = |upload: &Upload| {
+            tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone_hash) SELECT ?1, value FROM json_each(?2)")?
+                .execute(params![q.owner, upload.hashes])
+        };
+        let (added, removed) = if q.reset {
+            if let Some(upload) = upload {
+                // Known before a reset stays known: uploading the same book again costs nothing.
+                let new: usize = tx
+                    .prepare_cached(
+                        "SELECT count(*) FROM json_each(?2) j
+                         WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = ?1 AND c.phone_hash = j.value)",
+                    )?
+                    .query_row(params![q.owner, upload.hashes], |r| r.get(0))?;
+                if let Err(refused) = admit(new, upload.count) {
+                    return Ok(Err(refused));
+                }
+            }
+            let removed = tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
+            (upload.map(insert).transpose()?.unwrap_or(0), removed)
+        } else if let Some(upload) = upload {
+            // The insert finds which phones are new; a refusal rolls it back.
+            let added = insert(upload)?;
+            let stored: usize = tx
+                .prepare_cached("SELECT contact_count FROM users WHERE id = ?1")?
+                .query_row([q.owner], |r| r.get(0))
+                .optional()?
+                .unwrap_or(0);
+            if let Err(refused) = admit(added, stored + added) {
                 return Ok(Err(refused));
             }
-        }
-        if q.reset {
-            tx.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1")?.execute([q.owner])?;
-        }
-        if q.phones.is_some() {
-            tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone_hash) SELECT ?1, value FROM json_each(?2)")?
-                .execute(params![q.owner, hashes])?;
-        }
-        Ok(Ok(matching_users(tx, q)?))
+            (added, 0)
+        } else {
+            (0, 0)
+        };
+        count_contacts(tx, q.owner, added, removed)?;
+        Ok(Ok(matching_users(tx, q, upload)?))
     })?;
     Ok(page.map(page_and_more))
 }
 
+/// Keeps the owner's `contact_count` equal to their contacts after `added` were inserted
+/// and `removed` deleted.
+fn count_contacts(conn: &Connection, owner: i64, added: usize, removed: usize) -> rusqlite::Result<()> {
+    if added != removed {
+        let change = i64::try_from(added).unwrap_or(i64::MAX) - i64::try_from(removed).unwrap_or(i64::MAX);
+        conn.prepare_cached("UPDATE users SET contact_count = contact_count + ?2 WHERE id = ?1")?.execute(params![owner, change])?;
+    }
+    Ok(())
+}
+
 /// One page of the users `q` asks for, with one entry more when more follow: the
 /// uploaded phones that are users, or else the caller's contacts changed since `q.since`.
-fn matching_users(conn: &Connection, q: &SyncQuery) -> rusqlite::Result<Vec<Profile>> {
+fn matching_users(conn: &Connection, q: &SyncQuery, upload: Option<&Upload>) -> rusqlite::Result<Vec<Profile>> {
     let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |(ts, address)| (*ts, address.as_str()));
     let limit = PAGE_SIZE as i64 + 1;
-    match &q.phones {
-        Some(phones) => {
+    match upload {
+        Some(upload) => {
             let mut query = conn.prepare_cached(&format!(
                 "SELECT {PROFILE_COLUMNS} FROM users u WHERE u.address IN (SELECT value FROM json_each(?1))
                  AND u.id <> ?2 AND (u.ts, u.address) > (?3, ?4) ORDER BY u.ts, u.address LIMIT ?5"
             ))?;
-            let rows = query.query_map(params![phones, q.owner, after_ts, after_address, limit], profile_from_row)?;
+            let rows = query.query_map(params![upload.phones, q.owner, after_ts, after_address, limit], profile_from_row)?;
             rows.collect()
         }
         None => {
@@ -94,16 +127,16 @@ pub(in crate::store) fn page_and_more(mut page: Vec<Profile>) -> (Vec<Profile>, 
     (page, more)
 }
 
-/// The phones of a JSON array of strings, as the service layer passes them.
-pub(in crate::store) fn phone_list(json: &str) -> Result<Vec<String>, StorageError> {
-    serde_json::from_str(json).map_err(|e| StorageError::Thread(format!("phones is not a JSON array of strings: {e}")))
-}
-
 /// Removes phones from a user's contacts; `hashes` is the JSON array of their hashes.
 /// Returns how many were there.
 pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, hashes: &str) -> rusqlite::Result<usize> {
-    conn.prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone_hash IN (SELECT value FROM json_each(?2))")?
-        .execute(params![owner, hashes])
+    store::atomically(conn, |tx| {
+        let removed = tx
+            .prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone_hash IN (SELECT value FROM json_each(?2))")?
+            .execute(params![owner, hashes])?;
+        count_contacts(tx, owner, 0, removed)?;
+        Ok(removed)
+    })
 }
 
 impl Db {
@@ -115,19 +148,22 @@ impl Db {
         query: SyncQuery,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let phones = query.phones.as_deref().map(phone_list).transpose()?;
-        let hashes = self.phone_hashes(phones.iter().flatten());
+        let hashes = self.phone_hashes(query.phones.iter().flatten());
         if let Some(pg) = self.postgres() {
-            return pg.sync_contacts(query, phones, hashes, admit).await;
+            return pg.sync_contacts(query, hashes, admit).await;
         }
-        let hashes = serde_json::to_string(&hashes).expect("integers serialise");
+        let upload = query.phones.as_ref().map(|phones| Upload {
+            phones: serde_json::to_string(phones).expect("strings serialise"),
+            hashes: serde_json::to_string(&hashes).expect("integers serialise"),
+            count: hashes.len(),
+        });
         let runtime = tokio::runtime::Handle::current();
-        self.call(move |conn| sync(conn, &query, &hashes, |new, after| store::admitted(&runtime, admit(new, after)))).await
+        self.call(move |conn| sync(conn, &query, upload.as_ref(), |new, after| store::admitted(&runtime, admit(new, after)))).await
     }
 
-    /// Removes phones (a JSON array) from a user's contacts; returns how many were there.
-    pub async fn remove_contacts(&self, owner: i64, phones_json: String) -> Result<usize, StorageError> {
-        let hashes = self.phone_hashes(&phone_list(&phones_json)?);
+    /// Removes phones (normalised) from a user's contacts; returns how many were there.
+    pub async fn remove_contacts(&self, owner: i64, phones: Vec<String>) -> Result<usize, StorageError> {
+        let hashes = self.phone_hashes(&phones);
         if let Some(pg) = self.postgres() {
             return pg.remove_contacts(owner, hashes).await;
         }
@@ -135,7 +171,7 @@ impl Db {
         self.call(move |conn| remove(conn, owner, &hashes)).await
     }
 
-    /// The hashes the phones of `phones_json` (a JSON array of strings) are stored as.
+    /// The hashes `phones` are stored as.
     fn phone_hashes<'a>(&self, phones: impl IntoIterator<Item = &'a String>) -> Vec<i64> {
         phones.into_iter().map(|phone| self.phones.hash(phone)).collect()
     }

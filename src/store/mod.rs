@@ -693,6 +693,24 @@ pub fn atomically<T>(conn: &Connection, f: impl FnOnce(&Connection) -> rusqlite:
     }
 }
 
+/// Like [`atomically`], but a refusal (`Ok(Err(_))`) also rolls back what `f` wrote:
+/// `f` may write first and decide from what its writes changed.
+pub fn atomically_unless_refused<T, E>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<Result<T, E>>,
+) -> rusqlite::Result<Result<T, E>> {
+    run(conn, "SAVEPOINT atomically")?;
+    let outcome = f(conn);
+    if let Ok(Ok(_)) = outcome {
+        return run(conn, "RELEASE atomically").and(outcome);
+    }
+    let undone = run(conn, "ROLLBACK TO atomically").and_then(|()| run(conn, "RELEASE atomically"));
+    match outcome {
+        Ok(refused) => undone.map(|()| refused),
+        Err(e) => Err(e),
+    }
+}
+
 fn answer(waiting: &mut Vec<Reply>, outcome: Result<(), StorageError>) {
     for reply in waiting.drain(..) {
         reply(outcome.clone());

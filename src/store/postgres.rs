@@ -49,6 +49,7 @@ const MIGRATIONS: &[(u32, &str, &str)] = &[
     (7, "linked_addresses", include_str!("../../migrations/postgres/007_linked_addresses.sql")),
     (8, "file_references", include_str!("../../migrations/postgres/008_file_references.sql")),
     (9, "login_functions", include_str!("../../migrations/postgres/009_login_functions.sql")),
+    (10, "contact_counts", include_str!("../../migrations/postgres/010_contact_counts.sql")),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
@@ -529,53 +530,59 @@ impl PgStore {
 
     /// Records uploaded phones as contacts and returns one page of matching users (never
     /// the caller), ordered by (ts, address), plus whether more follow (see `contacts::sync`).
-    /// `phones` are the uploaded phones (the query's, parsed) and `hashes` their hashes. `admit` sees how many uploaded phones are
-    /// not yet contacts and how many contacts the upload leaves, before anything is written.
+    /// `hashes` are the hashes of the uploaded phones. `admit` sees how many uploaded phones
+    /// are not yet contacts and how many contacts the upload leaves; a refusal leaves nothing written.
     pub async fn sync_contacts(
         &self,
         q: SyncQuery,
-        phones: Option<Vec<String>>,
         hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        if phones.is_some() || q.reset {
-            // Two syncs of one user count and write one after the other.
-            execute(&tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&q.owner]).await?;
+        let count = |n: i64| usize::try_from(n).unwrap_or(0);
+        let mut stored = 0;
+        if q.phones.is_some() || q.reset {
+            // Two syncs of one user count and write one after the other; every change to the
+            // user's contacts takes this lock first, so none waits for another in reverse.
+            let owner = query_opt(&tx, "SELECT contact_count FROM users WHERE id = $1 FOR UPDATE", &[&q.owner]).await?;
+            stored = owner.map(|row| row.try_get::<_, i64>(0)).transpose()?.map_or(0, count);
         }
-        if phones.is_some() {
-            // Known before a reset stays known: uploading the same book again costs nothing.
-            let counts = query_one(
+        if q.reset {
+            if q.phones.is_some() {
+                // Known before a reset stays known: uploading the same book again costs nothing.
+                let new = query_one(
+                    &tx,
+                    "SELECT count(*) FROM unnest($2::bigint[]) AS j(value)
+                     WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = $1 AND c.phone_hash = j.value)",
+                    &[&q.owner, &hashes],
+                )
+                .await?;
+                // Returning rolls the transaction back: nothing was written.
+                if let Err(refused) = admit(count(new.try_get(0)?), hashes.len()).await {
+                    return Ok(Err(refused));
+                }
+            }
+            execute(
                 &tx,
-                "SELECT (SELECT count(*) FROM contacts WHERE owner_id = $1), count(*),
-                    count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM contacts c WHERE c.owner_id = $1 AND c.phone_hash = j.value))
-                 FROM unnest($2::bigint[]) AS j(value)",
-                &[&q.owner, &hashes],
+                "WITH removed AS (DELETE FROM contacts WHERE owner_id = $1 RETURNING 1)
+                 UPDATE users SET contact_count = contact_count - (SELECT count(*) FROM removed) WHERE id = $1",
+                &[&q.owner],
             )
             .await?;
-            let count = |i: usize| counts.try_get::<_, i64>(i).map(|n| usize::try_from(n).unwrap_or(0));
-            let (stored, uploaded, new) = (count(0)?, count(1)?, count(2)?);
-            let after = if q.reset { uploaded } else { stored + new };
-            // Returning rolls the transaction back: nothing was written.
-            if let Err(refused) = admit(new, after).await {
+            if q.phones.is_some() {
+                self.add_contacts(&tx, q.owner, &hashes).await?;
+            }
+        } else if q.phones.is_some() {
+            // The insert finds which phones are new; a refusal rolls it back.
+            let after = self.add_contacts(&tx, q.owner, &hashes).await?;
+            if let Err(refused) = admit(after.saturating_sub(stored), after).await {
                 return Ok(Err(refused));
             }
         }
-        if q.reset {
-            execute(&tx, "DELETE FROM contacts WHERE owner_id = $1", &[&q.owner]).await?;
-        }
-        if phones.is_some() {
-            execute(
-                &tx,
-                "INSERT INTO contacts (owner_id, phone_hash) SELECT $1::bigint, h FROM unnest($2::bigint[]) AS h ON CONFLICT DO NOTHING",
-                &[&q.owner, &hashes],
-            )
-            .await?;
-        }
         let (after_ts, after_address) = q.after.as_ref().map_or((i64::MIN, ""), |(ts, address)| (*ts, address.as_str()));
         let limit = i64::try_from(PAGE_SIZE + 1).unwrap_or(i64::MAX);
-        let found = match &phones {
+        let found = match &q.phones {
             Some(phones) => {
                 query(
                     &tx,
@@ -602,10 +609,36 @@ impl PgStore {
         Ok(Ok((page, more)))
     }
 
+    /// Adds the phones of `hashes` that `owner` does not have yet to their contacts, counting
+    /// them in `contact_count`; returns how many contacts the owner has now.
+    async fn add_contacts(&self, tx: &deadpool_postgres::Transaction<'_>, owner: i64, hashes: &[i64]) -> Result<usize, StorageError> {
+        let counted = query_opt(
+            tx,
+            "WITH added AS (
+                 INSERT INTO contacts (owner_id, phone_hash) SELECT $1::bigint, h FROM unnest($2::bigint[]) AS h ON CONFLICT DO NOTHING
+                 RETURNING 1)
+             UPDATE users SET contact_count = contact_count + (SELECT count(*) FROM added) WHERE id = $1 RETURNING contact_count",
+            &[&owner, &hashes],
+        )
+        .await?;
+        let after = counted.map(|row| row.try_get::<_, i64>(0)).transpose()?;
+        Ok(after.map_or(0, |n| usize::try_from(n).unwrap_or(0)))
+    }
+
     /// Removes phones, given by their hashes, from a user's contacts; returns how many were there.
     pub async fn remove_contacts(&self, owner: i64, hashes: Vec<i64>) -> Result<usize, StorageError> {
-        let client = self.client().await?;
-        Ok(rows(execute(&client, "DELETE FROM contacts WHERE owner_id = $1 AND phone_hash = ANY($2::bigint[])", &[&owner, &hashes]).await?))
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The lock an upload takes, first: an upload holds it while it inserts.
+        execute(&tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&owner]).await?;
+        let removed =
+            rows(execute(&tx, "DELETE FROM contacts WHERE owner_id = $1 AND phone_hash = ANY($2::bigint[])", &[&owner, &hashes]).await?);
+        if removed > 0 {
+            let removed = i64::try_from(removed).unwrap_or(i64::MAX);
+            execute(&tx, "UPDATE users SET contact_count = contact_count - $2 WHERE id = $1", &[&owner, &removed]).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
     }
 
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
@@ -1189,6 +1222,13 @@ impl PgStore {
             )
             .await?;
         }
+        execute(
+            &tx,
+            "UPDATE users SET contact_count = c.n FROM (SELECT owner_id, count(*) AS n FROM contacts GROUP BY owner_id) AS c
+             WHERE users.id = c.owner_id",
+            &[],
+        )
+        .await?;
         tx.commit().await?;
         Ok(Imported { users: snapshot.users.len(), sessions: snapshot.sessions.len(), contacts: snapshot.contacts.len() })
     }
@@ -1686,6 +1726,9 @@ mod tests {
             let mut expected = vec![(1, hash("18005550002")), (1, hash("18005559999")), (2, hash("18005550001"))];
             expected.sort_unstable();
             assert_eq!(stored, expected);
+            let counts = client.query("SELECT id, contact_count FROM users ORDER BY id", &[]).await.unwrap();
+            let counts: Vec<(i64, i64)> = counts.iter().map(|r| (r.get(0), r.get(1))).collect();
+            assert_eq!(counts, vec![(1, 2), (2, 1)], "each user's contacts are counted");
             let text_columns: i64 = client
                 .query_one(
                     "SELECT count(*) FROM information_schema.columns WHERE table_name LIKE 'contacts%' AND data_type = 'text'",
@@ -1907,25 +1950,18 @@ mod tests {
 
             // Ann uploads Bob's phone; Bob's first login notifies her.
             let query =
-                SyncQuery { owner: caller.user_id, phones: Some(r#"["18005550002"]"#.into()), since: 0, reset: false, after: None, now };
+                SyncQuery { owner: caller.user_id, phones: Some(vec!["18005550002".into()]), since: 0, reset: false, after: None, now };
             let admit = |new: usize, after: usize| -> Admission<ApiError> {
                 assert_eq!((new, after), (1, 1));
                 Box::pin(std::future::ready(Ok(())))
             };
-            assert_eq!(
-                store
-                    .sync_contacts(query, Some(vec!["18005550002".into()]), vec![phones().hash("18005550002")], admit)
-                    .await
-                    .unwrap()
-                    .unwrap(),
-                (vec![], false)
-            );
+            assert_eq!(store.sync_contacts(query, vec![phones().hash("18005550002")], admit).await.unwrap().unwrap(), (vec![], false));
             let (_, bob_hash) = start(&store, "18005550002", "654321", now).await;
             let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), Some(bob_hash)).await.unwrap();
             assert_eq!(bob.notified, 1);
             let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
             let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
-            let (page, more) = store.sync_contacts(query, None, vec![], no_upload).await.unwrap().unwrap();
+            let (page, more) = store.sync_contacts(query, vec![], no_upload).await.unwrap().unwrap();
             assert_eq!((page.len(), page[0].address.as_str(), more), (1, "18005550002", false));
             assert_eq!(store.take_next_notice(now, 60).await.unwrap().expect("a joined notice").recipient, "18005550001");
 

@@ -129,13 +129,15 @@ mod tests {
         let keys = crate::domain::keys::ServerKeys::from_secret(b"schema tests");
         let clock = crate::domain::clock::Clock::system();
         let db = crate::store::Db::open_without_secrets(&path.to_string_lossy(), 1, clock, &keys, false).unwrap();
-        let (stored, matched) = db
+        let (stored, matched, counts) = db
             .blocking(|conn| {
                 let mut query = conn.prepare("SELECT owner_id, phone_hash FROM contacts ORDER BY owner_id, phone_hash")?;
                 let stored = query.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
                 let matched: i64 =
                     conn.query_row("SELECT count(*) FROM contacts c JOIN users u ON u.address_hash = c.phone_hash", [], |r| r.get(0))?;
-                Ok((stored, matched))
+                let mut query = conn.prepare("SELECT id, contact_count FROM users ORDER BY id")?;
+                let counts = query.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<(i64, i64)>>>()?;
+                Ok((stored, matched, counts))
             })
             .unwrap();
         db.close().unwrap();
@@ -144,6 +146,7 @@ mod tests {
         expected.sort_unstable();
         assert_eq!(stored, expected);
         assert_eq!(matched, 2, "users are found by the hash of their address");
+        assert_eq!(counts, vec![(1, 2), (2, 1)], "each user's contacts are counted");
         assert_eq!(files_holding(&path, STRANGER.as_bytes()), Vec::<String>::new(), "not even in a free page");
     }
 }

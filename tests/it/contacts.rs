@@ -226,6 +226,41 @@ async fn a_user_keeps_at_most_max_contacts_per_user() {
     assert_eq!(stored_contacts(&server), 3);
 }
 
+/// A user's contacts as counted for the limit, checked against their rows.
+fn counted_contacts(server: &TestServer, user: &str) -> i64 {
+    let counted = server.scalar(&format!("SELECT contact_count FROM users WHERE address = '{user}'"));
+    assert_eq!(
+        counted,
+        server.scalar(&format!("SELECT count(*) FROM contacts c JOIN users u ON u.id = c.owner_id WHERE u.address = '{user}'"))
+    );
+    counted
+}
+
+#[actix_web::test]
+async fn the_contact_limit_counts_what_delcontacts_and_reset_removed() {
+    let server = TestServer::start(&[("MAX_CONTACTS_PER_USER", "3")]).await;
+    let ann = server.log_in(ANN, None).await;
+    let would_make_4 = |reply: &(u16, Value)| {
+        assert_error(reply, 413, "TOOMANY");
+        assert!(reply.1["errmsg"].as_str().unwrap().contains("this upload would make 4;"), "{}", reply.1);
+    };
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT, DAN] })).await);
+    would_make_4(&server.call_op("getcontacts", &ann, json!({ "phones": ["18005550005"] })).await);
+    assert_eq!(counted_contacts(&server, ANN), 3, "a refused upload is not counted");
+    assert_eq!(server.call_op("delcontacts", &ann, json!({ "phones": [BOB, "18005550009"] })).await.1["removed"], 1);
+    assert_eq!(counted_contacts(&server, ANN), 2);
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": ["18005550005"] })).await);
+    would_make_4(&server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT] })).await);
+    // A reset forgets the book; one without phones empties it.
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB], "reset": true })).await);
+    assert_eq!(counted_contacts(&server, ANN), 1);
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "reset": true })).await);
+    assert_eq!(counted_contacts(&server, ANN), 0);
+    assert_ok(server.call_op("getcontacts", &ann, json!({ "phones": [BOB, CAT, DAN] })).await);
+    would_make_4(&server.call_op("getcontacts", &ann, json!({ "phones": [BOB, "18005550005"] })).await);
+    assert_eq!(counted_contacts(&server, ANN), 3);
+}
+
 #[actix_web::test]
 async fn new_numbers_are_limited_per_user_per_day_and_known_ones_cost_nothing() {
     let server = TestServer::start(&[("LIMIT_NEW_CONTACTS_PER_USER_PER_DAY", "3")]).await;

@@ -211,6 +211,37 @@ async fn limits_and_the_sms_budget_hold_across_instances() {
 }
 
 #[actix_web::test]
+async fn the_contact_limit_holds_across_instances_and_concurrent_uploads() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let env = [("MAX_CONTACTS_PER_USER", "10")];
+    let instances = [cluster.start(&env).await, cluster.start(&env).await];
+    let (status, reply) = instances[1].call(verify_new_user(&instances[0], "18005550001").await).await;
+    assert_eq!(status, 200, "{reply}");
+    let token = reply["token"].as_str().expect("a token").to_string();
+    let pair = |n: usize| [format!("1800556{:04}", 2 * n), format!("1800556{:04}", 2 * n + 1)];
+    let upload = |n: usize| json!({ "op": "getcontacts", "token": token, "phones": pair(n) });
+    let sql = |query: &str| backend::run_sql(&cluster.database_url, query)[0].clone().expect("a value");
+
+    // 12 uploads of two new numbers each at once, spread over both instances: 5 fit.
+    let replies = futures_util::future::join_all((0..12).map(|n| instances[n % 2].call(upload(n)))).await;
+    assert!(replies.iter().all(|(status, reply)| *status == 200 || reply["error"] == "TOOMANY"), "{replies:?}");
+    assert_eq!(replies.iter().filter(|(status, _)| *status == 200).count(), 5, "{replies:?}");
+    assert_eq!((sql("SELECT count(*) FROM contacts"), sql("SELECT contact_count FROM users")), ("10".into(), "10".into()));
+
+    // Deletions and uploads at once: none waits for another forever, and the count stays that of the rows.
+    let mixed = (0..24).map(|n| match n % 2 {
+        0 => instances[n % 2].call(json!({ "op": "delcontacts", "token": token, "phones": pair(n / 2) })),
+        _ => instances[n % 2].call(upload(100 + n)),
+    });
+    let replies = futures_util::future::join_all(mixed).await;
+    assert!(replies.iter().all(|(status, reply)| *status == 200 || reply["error"] == "TOOMANY"), "{replies:?}");
+    let (rows, counted) = (sql("SELECT count(*) FROM contacts"), sql("SELECT contact_count FROM users"));
+    assert_eq!(rows, counted);
+    assert!(rows.parse::<i64>().unwrap() <= 10, "{rows}");
+}
+
+#[actix_web::test]
 async fn a_countrys_share_of_the_sms_budget_holds_across_instances() {
     let Some(servers) = shared_servers() else { return };
     let cluster = Cluster::new(servers);
@@ -346,6 +377,8 @@ async fn an_instance_moves_from_sqlite_to_postgres_with_its_users_sessions_and_c
     let phones: Vec<&str> =
         synced["contacts"].as_array().unwrap().iter().filter(|c| c.get("gid").is_none()).map(|c| c["phone"].as_str().unwrap()).collect();
     assert_eq!(phones, ["18005550402"], "{synced}");
+    let counted = backend::run_sql(&cluster.database_url, "SELECT contact_count FROM users WHERE address = '18005550401'");
+    assert_eq!(counted, [Some("2".to_string())], "the imported address book is counted for the limit");
     let (_, unlinked) = instance.call(json!({ "op": "unlink", "token": ann, "email": "ann@example.com" })).await;
     assert_eq!(unlinked["ended"], 1, "the linked address moved, with the session that came through it: {unlinked}");
     assert_eq!(instance.call(json!({ "op": "me", "token": by_mail })).await.1["error"], "AUTHFAIL");
