@@ -47,7 +47,8 @@ async fn logged_in(server: &TestServer, phone: &str) -> Value {
     verified
 }
 
-async fn token_of(server: &TestServer, phone: &str) -> String {
+/// The token of `phone`, logged in through both steps in either dialect.
+pub async fn token_of(server: &TestServer, phone: &str) -> String {
     logged_in(server, phone).await["token"].as_str().unwrap().to_string()
 }
 

@@ -3,7 +3,7 @@
 //! token is checked.
 
 use crate::common::*;
-use crate::files::multipart;
+use crate::files::{multipart, token_of};
 use serde_json::{json, Value};
 use std::io::Cursor;
 
@@ -27,16 +27,6 @@ fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
     out
 }
 
-/// The token of `phone`, logged in through both steps in either dialect.
-async fn token_in_any_dialect(server: &TestServer, phone: &str) -> String {
-    let succeeded = |reply: &Value| reply["result"] == true || reply["result"] == "OK";
-    let (_, started) = server.call(login(phone)).await;
-    assert!(succeeded(&started), "{started}");
-    let (_, verified) = server.call(verify(phone, &server.sender.last_code(phone))).await;
-    assert!(succeeded(&verified), "{verified}");
-    verified["token"].as_str().unwrap().to_string()
-}
-
 fn own_photo_fields(token: &str) -> Vec<(&str, &str)> {
     vec![("op", "upload"), ("token", token), ("mid", "0"), ("profile", "1"), ("gid", "0")]
 }
@@ -50,7 +40,7 @@ fn multipart_request(server: &TestServer, fields: &[(&str, &str)], file: Option<
 async fn a_photo_claiming_more_pixels_than_max_photo_pixels_is_refused_in_both_dialects() {
     for dialect in ["json", "mesibo"] {
         let server = TestServer::start(&[("API_DIALECT", dialect)]).await;
-        let token = token_in_any_dialect(&server, PHONE).await;
+        let token = token_of(&server, PHONE).await;
         let huge = jpeg_claiming(8192, 8192);
         let (status, reply) = server.send(multipart_request(&server, &own_photo_fields(&token), Some(("me.jpg", &huge)))).await;
         assert_eq!(reply["error"], "IMAGETOOLARGE", "{dialect}: {reply}");
