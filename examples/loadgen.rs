@@ -64,6 +64,8 @@ struct Args {
     upstream_url: Option<String>,
     /// `--callgrind-out DIR`: keep the dump files there, for callgrind_annotate.
     callgrind_out: Option<String>,
+    /// `--callgrind-logins`: only the baseline and the two login runs (a few minutes less).
+    callgrind_logins: bool,
 }
 
 fn parse_args() -> Args {
@@ -83,6 +85,7 @@ fn parse_args() -> Args {
         callgrind_service: None,
         upstream_url: None,
         callgrind_out: None,
+        callgrind_logins: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,8 +116,12 @@ fn parse_args() -> Args {
             "--callgrind-service" => args.callgrind_service = it.next(),
             "--upstream-url" => args.upstream_url = it.next(),
             "--callgrind-out" => args.callgrind_out = it.next(),
+            "--callgrind-logins" => {
+                args.callgrind = args.callgrind.or(Some(CALLGRIND_REQUESTS));
+                args.callgrind_logins = true;
+            }
             other => panic!(
-                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR]"
+                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR] [--callgrind-logins]"
             ),
         }
     }
@@ -949,6 +956,9 @@ async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
     let mut full_logins = 0;
     let mut kept = Vec::new();
     for operation in OPERATIONS {
+        if args.callgrind_logins && operation.needs_session() {
+            break;
+        }
         if operation == Operation::Contacts {
             // The users are those the full-login run made.
             let _ = driver.user_phones.set(("1650", full_logins));
