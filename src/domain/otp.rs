@@ -35,16 +35,17 @@ pub fn challenge_sha256(id: &str) -> [u8; 32] {
 /// so a leaked database reveals no code and a hash cannot be reused for another user.
 #[derive(Clone)]
 pub struct OtpHasher {
-    key: Vec<u8>,
+    /// Keyed once: each hash then starts from the key's two hashed pads.
+    mac: Hmac<Sha256>,
 }
 
 impl OtpHasher {
     pub fn new(key: &[u8]) -> Self {
-        OtpHasher { key: key.to_vec() }
+        OtpHasher { mac: Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length") }
     }
 
     pub fn hash(&self, address: &str, code: &str) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC accepts any key length");
+        let mut mac = self.mac.clone();
         mac.update(address.as_bytes());
         mac.update(&[0]);
         mac.update(code.as_bytes());
