@@ -171,7 +171,7 @@ pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value
         }
     };
     // Replies may carry access tokens: no cache may keep them.
-    response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(Value::Object(body).to_string())
+    response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(json_bytes(&Value::Object(body)))
 }
 
 /// Reads the request's fields and its first file part (see [`parse_request`]). Contact
@@ -401,9 +401,19 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         .filter_map(|(key, value)| match value {
             Value::Null => None,
             Value::String(s) => Some((key, s)),
-            other => Some((key, other.to_string())),
+            other => Some((key, json_text(&other))),
         })
         .collect())
+}
+
+/// Compact JSON, as `Value`'s `Display` writes it, but straight into a buffer rather than
+/// through a formatter one piece at a time.
+fn json_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).expect("a JSON value always serializes")
+}
+
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).expect("a JSON value always serializes")
 }
 
 /// Reads a multipart form (the 2021 apps' encoding when a file is attached) as it
