@@ -138,8 +138,13 @@ const WRITER_CACHE_KIB: i64 = 4 * 1024;
 /// copied and synced most of it by then, so the writer's checkpoint costs about the same at
 /// any size, and a larger WAL makes it rarer than SQLite's default of 1000 pages.
 pub const CHECKPOINT_PAGES: i64 = 10_000;
-/// Pause of the background checkpointer between two rounds, so that it copies frames in
-/// batches instead of after every commit.
+/// New WAL frames (4 KiB pages) that start a background checkpoint round: it copies frames
+/// in batches instead of after every commit.
+const BACKGROUND_CHECKPOINT_FRAMES: i64 = 1024;
+/// A writer idle this long asks for a round for the frames it committed since the last one.
+const BACKGROUND_CHECKPOINT_WHEN_IDLE: Duration = Duration::from_secs(1);
+/// Pause of the background checkpointer between two rounds, so that under a heavy load
+/// its rounds do not follow each other without a break.
 const BACKGROUND_CHECKPOINT_PAUSE: Duration = Duration::from_millis(10);
 /// After a checkpoint, a WAL file that grew larger (a long reader held it) is cut back to this.
 const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
@@ -450,6 +455,8 @@ struct Writer {
     // Declared first so that it is closed before the counter its WAL hook writes to is freed.
     conn: Connection,
     wal_frames: Box<AtomicI64>,
+    /// The WAL's frames when the background checkpointer was last asked for a round.
+    frames_at_last_round: i64,
 }
 
 impl Writer {
@@ -467,7 +474,30 @@ impl Writer {
                 std::ptr::from_ref::<AtomicI64>(&wal_frames).cast_mut().cast(),
             );
         }
-        Writer { conn, wal_frames }
+        Writer { conn, wal_frames, frames_at_last_round: 0 }
+    }
+
+    /// Asks the background checkpointer for a round once `BACKGROUND_CHECKPOINT_FRAMES` more
+    /// frames are in the WAL: while writes come, rounds follow them, not the clock, so the
+    /// work a write costs is the same on a fast machine and a slow one.
+    fn wake_checkpointer_if_grown(&mut self, checkpointer: &Checkpointer) {
+        let (due, at_last_round) = background_round_due(self.wal_frames.load(Ordering::Relaxed), self.frames_at_last_round);
+        self.frames_at_last_round = at_last_round;
+        if due {
+            checkpointer.wake();
+        }
+    }
+
+    /// Whether frames were committed since the background checkpointer's last round.
+    fn has_uncopied_frames(&self) -> bool {
+        self.wal_frames.load(Ordering::Relaxed) > self.frames_at_last_round
+    }
+
+    /// Asks for a round for the frames committed since the last one: once the writes stop,
+    /// the database file catches up with them.
+    fn wake_checkpointer_now(&mut self, checkpointer: &Checkpointer) {
+        self.frames_at_last_round = self.wal_frames.load(Ordering::Relaxed);
+        checkpointer.wake();
     }
 
     /// Checkpoints and truncates the WAL once it holds `CHECKPOINT_PAGES`. Between two of
@@ -488,6 +518,18 @@ impl Writer {
     }
 }
 
+/// Whether a WAL of `frames` frames is due a background round, `at_last_round` frames
+/// having been there at the last one; and the frames to count the next round from.
+fn background_round_due(frames: i64, at_last_round: i64) -> (bool, i64) {
+    // Fewer frames than at the last round: the WAL started over.
+    let at_last_round = if frames < at_last_round { 0 } else { at_last_round };
+    if frames - at_last_round >= BACKGROUND_CHECKPOINT_FRAMES {
+        (true, frames)
+    } else {
+        (false, at_last_round)
+    }
+}
+
 unsafe extern "C" fn record_wal_frames(
     counter: *mut std::ffi::c_void,
     _db: *mut rusqlite::ffi::sqlite3,
@@ -502,7 +544,22 @@ unsafe extern "C" fn record_wal_frames(
 /// The writer thread: takes every job waiting in the queue and commits them together.
 fn run_writer(mut writer: Writer, queue: mpsc::Receiver<WriterMessage>, checkpointer: Checkpointer) {
     let mut group: Vec<Job> = Vec::with_capacity(MAX_GROUP);
-    while let Ok(message) = queue.recv() {
+    loop {
+        let message = if writer.has_uncopied_frames() {
+            match queue.recv_timeout(BACKGROUND_CHECKPOINT_WHEN_IDLE) {
+                Ok(message) => message,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    writer.wake_checkpointer_now(&checkpointer);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match queue.recv() {
+                Ok(message) => message,
+                Err(_) => return,
+            }
+        };
         let mut close = None;
         let mut next = Some(message);
         while let Some(message) = next.take() {
@@ -519,7 +576,7 @@ fn run_writer(mut writer: Writer, queue: mpsc::Receiver<WriterMessage>, checkpoi
         }
         commit_group(&mut writer.conn, group.drain(..));
         writer.checkpoint_if_full(&checkpointer);
-        checkpointer.wake();
+        writer.wake_checkpointer_if_grown(&checkpointer);
         if let Some(done) = close {
             checkpointer.stop();
             let _ = done.send(checkpoint_and_close(writer.conn));
@@ -1119,4 +1176,23 @@ fn remove_secrets_in_clear(conn: &mut rusqlite::Connection, seal: &MessageSeal, 
         tracing::info!(messages = sealed, "encrypted the messages an earlier release kept in clear, and rewrote the database file");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn background_rounds_follow_the_frames_written() {
+        let step = BACKGROUND_CHECKPOINT_FRAMES;
+        assert_eq!(background_round_due(0, 0), (false, 0));
+        assert_eq!(background_round_due(step - 1, 0), (false, 0));
+        assert_eq!(background_round_due(step, 0), (true, step));
+        // Counted from the last round, not from the start of the WAL.
+        assert_eq!(background_round_due(2 * step - 1, step), (false, step));
+        assert_eq!(background_round_due(2 * step + 5, step), (true, 2 * step + 5));
+        // After the writer's checkpoint the WAL starts over: counting does too.
+        assert_eq!(background_round_due(3, 2 * step), (false, 0));
+        assert_eq!(background_round_due(step, 2 * step), (true, step));
+    }
 }

@@ -104,8 +104,8 @@ async fn committed_writes_reach_the_database_file_before_the_wal_fills() {
     let (_dir, db, path) = open();
     let marker = "committed-and-checkpointed-7f3a";
     db.call(move |conn| conn.execute("INSERT INTO notes (body) VALUES (?1)", [marker])).await.unwrap();
-    // The background checkpointer copies the frame into the database file, long before the
-    // writer's own checkpoint at CHECKPOINT_PAGES would.
+    // Once the writer is idle, the background checkpointer copies the frame into the
+    // database file, long before the writer's own checkpoint at CHECKPOINT_PAGES would.
     let mut waited = Duration::ZERO;
     loop {
         let file = std::fs::read(&path).unwrap();
