@@ -43,6 +43,15 @@ pub struct Proof {
     /// in its own transaction, or gives it back when it fails, so a retry works.
     pub claimed_code: Option<[u8; 32]>,
     pub made: ProofTime,
+    pub link_lookup: LinkLookup,
+}
+
+/// Whether proving the address looked up the user it is linked to, on the way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkLookup {
+    NotDone,
+    /// The own address of the user it is linked to; `None` when it is linked to no one.
+    Done(Option<String>),
 }
 
 /// When a proof was made.
@@ -112,7 +121,7 @@ impl Authenticator for IdTokenAuthenticator {
         self.limits.verify_per_ip.check(client_ip).await?;
         let identity = self.verifier.verify(provider, id_token, non_empty(fields.nonce)).await?;
         let made = identity.issued_at.map_or(ProofTime::Unknown, ProofTime::At);
-        Ok(Proof { address: identity.address, calling_code: None, claimed_code: None, made })
+        Ok(Proof { address: identity.address, calling_code: None, claimed_code: None, made, link_lookup: LinkLookup::NotDone })
     }
 }
 
@@ -122,7 +131,13 @@ mod tests {
 
     #[test]
     fn only_a_recent_proof_is_fresh() {
-        let proof = |made| Proof { address: Address::Account("corp:1".into()), calling_code: None, claimed_code: None, made };
+        let proof = |made| Proof {
+            address: Address::Account("corp:1".into()),
+            calling_code: None,
+            claimed_code: None,
+            made,
+            link_lookup: LinkLookup::NotDone,
+        };
         assert!(proof(ProofTime::Now).require_fresh(1_000, 300).is_ok());
         assert!(proof(ProofTime::At(700)).require_fresh(1_000, 300).is_ok(), "five minutes old is fresh still");
         let stale = proof(ProofTime::At(699)).require_fresh(1_000, 300).unwrap_err();

@@ -19,7 +19,7 @@ use crate::domain::phone::PhonePolicy;
 use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLimits};
 use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
-use crate::service::authenticators::{Authenticator, Proof, ProofFields, ProofTime};
+use crate::service::authenticators::{Authenticator, LinkLookup, Proof, ProofFields, ProofTime};
 use crate::service::{non_empty, MAX_ID_CHARS};
 use crate::store::{self, audit, CodeGuess, Db, NewChallenge, VerifyOutcome};
 
@@ -159,7 +159,7 @@ impl CodeAuthenticator {
         code: &str,
         challenge: Option<&str>,
         client_ip: &str,
-    ) -> Result<[u8; 32], ApiError> {
+    ) -> Result<([u8; 32], LinkLookup), ApiError> {
         let fixed = self.test_otps.get(address.as_str());
         // A code of another shape cannot match: refused before it spends a guess or a limit.
         // (A JSON number loses a code's leading zeros; the apps send strings.)
@@ -176,6 +176,7 @@ impl CodeAuthenticator {
         check(&self.limits.verify_per_ip, client_ip).await?;
         let otp_hash = self.hasher.hash(address.as_str(), code);
 
+        let mut link_lookup = LinkLookup::NotDone;
         if let Some(fixed) = fixed {
             check(&self.limits.verify_per_address, address.as_str()).await?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
@@ -195,7 +196,7 @@ impl CodeAuthenticator {
             let outcome =
                 self.db.claim_code(guess, self.db.clock().now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
             match outcome {
-                VerifyOutcome::Claimed => {}
+                VerifyOutcome::Claimed { link_target } => link_lookup = LinkLookup::Done(link_target),
                 VerifyOutcome::Refused(refusal) => return Err(refusal.into()),
                 VerifyOutcome::NoCode => {
                     let why = "no valid code for this address (expired, already used, or never sent); request a new one";
@@ -218,11 +219,11 @@ impl CodeAuthenticator {
             }
         }
 
-        Ok(otp_hash)
+        Ok((otp_hash, link_lookup))
     }
 
     /// Counts a refused verify and records it in the audit trail; answers `error`.
-    async fn refused(&self, address: &Address, reason: &'static str, error: ApiError) -> Result<[u8; 32], ApiError> {
+    async fn refused<T>(&self, address: &Address, reason: &'static str, error: ApiError) -> Result<T, ApiError> {
         metrics::OTP_FAILED.with_label_values(&[reason]).inc();
         let event = if error.code == ErrorCode::TooManyAttempts { audit::LOCKED_OUT } else { audit::LOGIN_FAILED };
         if let Err(e) = self.db.audit(address.as_str(), event, reason.to_string()).await {
@@ -258,14 +259,14 @@ impl Authenticator for CodeAuthenticator {
             _ => self.parse_address(fields)?,
         };
         let code = non_empty(fields.code).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "otp is required"))?;
-        let otp_hash = self.confirm_code(appid, &address, code, non_empty(fields.challenge), client_ip).await?;
+        let (otp_hash, link_lookup) = self.confirm_code(appid, &address, code, non_empty(fields.challenge), client_ip).await?;
         metrics::OTP_VERIFIED.inc();
         // Test numbers skip the phone policy, which finds the calling code of the others.
         let calling_code = calling_code.or_else(|| match &address {
             Address::Phone(digits) => crate::domain::phone::calling_code_of(digits),
             Address::Email(_) | Address::Account(_) => None,
         });
-        Ok(Proof { address, calling_code, claimed_code: Some(otp_hash), made: ProofTime::Now })
+        Ok(Proof { address, calling_code, claimed_code: Some(otp_hash), made: ProofTime::Now, link_lookup })
     }
 }
 

@@ -14,7 +14,7 @@ use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::keys::ServerKeys;
 use crate::domain::metrics;
 use crate::domain::ratelimit::SharedLimits;
-use crate::service::authenticators::{Authenticator, IdTokenAuthenticator, Proof, ProofFields};
+use crate::service::authenticators::{Authenticator, IdTokenAuthenticator, LinkLookup, Proof, ProofFields};
 use crate::service::codes::CodeAuthenticator;
 use crate::service::{non_empty, MAX_ID_CHARS};
 use crate::store::{self, CompletedLogin, Db};
@@ -162,14 +162,17 @@ struct ProvenLogin {
 /// code back so that a retry with it works.
 async fn exchange(upstream: Arc<Upstream>, db: Arc<Db>, login: ProvenLogin) -> Result<LoginOutcome, ApiError> {
     let ProvenLogin { proof, name, appid, device, token_expiry_secs, max_devices } = login;
-    let Proof { address, calling_code, claimed_code, .. } = proof;
+    let Proof { address, calling_code, claimed_code, link_lookup, .. } = proof;
     // A login through a linked address is its user's: the platform links the two.
-    let linkto = match db.link_target(address.as_str()).await {
-        Ok(linkto) => linkto,
-        Err(e) => {
-            release_claim(&db, &address, claimed_code).await.map_err(internal)?;
-            return Err(internal(e));
-        }
+    let linkto = match link_lookup {
+        LinkLookup::Done(linkto) => linkto,
+        LinkLookup::NotDone => match db.link_target(address.as_str()).await {
+            Ok(linkto) => linkto,
+            Err(e) => {
+                release_claim(&db, &address, claimed_code).await.map_err(internal)?;
+                return Err(internal(e));
+            }
+        },
     };
     let issued = match upstream.useradd(address.as_str(), &name, &appid, device.as_deref(), linkto.as_deref()).await {
         Ok(issued) => issued,

@@ -919,7 +919,9 @@ pub(in crate::store) fn after_wrong_guess(max_attempts: u32, attempts: u32) -> V
 #[derive(Debug, PartialEq, Eq)]
 pub enum VerifyOutcome {
     /// The code was right; the challenge is claimed so no concurrent request can use it.
-    Claimed,
+    /// `link_target` is the own address of the user the address is linked to, if it is:
+    /// the login that follows needs it, and it is read in the claim's transaction.
+    Claimed { link_target: Option<String> },
     /// No code this guess could match: never issued, expired, used, claimed by another
     /// request, asked for by another app, or bound to another challenge id. Nothing was spent.
     NoCode,
@@ -986,7 +988,8 @@ pub fn check_and_claim(
         }
         if row.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, guess.otp_hash)) {
             tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
-            return Ok(VerifyOutcome::Claimed);
+            let link_target = links::holder(tx, address)?.map(|(_, own)| own);
+            return Ok(VerifyOutcome::Claimed { link_target });
         }
         let count_it = if bound {
             "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = ?1"

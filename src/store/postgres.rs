@@ -235,8 +235,16 @@ impl PgStore {
             }
         }
         if challenge.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, &guess.otp_hash)) {
-            tx.execute_and_commit("UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1", &[&guess.address, &now]).await?;
-            return Ok(VerifyOutcome::Claimed);
+            // The claim and the link lookup the login needs next, in one statement.
+            let linked = tx
+                .query_opt_and_commit(
+                    "WITH claimed AS (UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1)
+                     SELECT u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1",
+                    &[&guess.address, &now],
+                )
+                .await?;
+            let link_target = linked.map(|row| row.try_get(0)).transpose()?;
+            return Ok(VerifyOutcome::Claimed { link_target });
         }
         let count_it = if bound {
             "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = $1"
@@ -1464,6 +1472,16 @@ impl<'a> Pipelined<'a> {
         Ok(count)
     }
 
+    /// `sql`, then COMMIT: the statement's row, if any.
+    async fn query_opt_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
+        let statement = self.client.prepare_cached(sql).await?;
+        let client = self.finish();
+        let (row, committed) = futures_util::future::join(client.query_opt(&statement, params), client.batch_execute("COMMIT")).await;
+        let row = row?;
+        committed?;
+        Ok(row)
+    }
+
     /// `sql`, then COMMIT: the statement's one row.
     async fn query_one_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
@@ -1763,7 +1781,7 @@ mod tests {
             let mut claimed = 0;
             for outcome in guesses {
                 match outcome.await.unwrap() {
-                    VerifyOutcome::Claimed => claimed += 1,
+                    VerifyOutcome::Claimed { link_target: None } => claimed += 1,
                     other => assert_eq!(other, VerifyOutcome::NoCode, "the others find the code claimed"),
                 }
             }
@@ -1777,7 +1795,7 @@ mod tests {
             let refused = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, refuse).await.unwrap();
             assert_eq!(refused, VerifyOutcome::Refused(Refusal::Wait(7)));
             let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, admitted).await.unwrap();
-            assert_eq!(claimed, VerifyOutcome::Claimed);
+            assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
         })
         .await;
     }
@@ -1892,8 +1910,7 @@ mod tests {
                     store.record_attempt(id, 1, AttemptOutcome::Sent, address.into(), otp_hash.to_vec()).await.unwrap();
                     let started = STATEMENTS.with(|count| count.get());
                     let claimed = store.claim_code(guess(address, otp_hash), now, 5, 60, admitted).await.unwrap();
-                    assert_eq!(claimed, VerifyOutcome::Claimed);
-                    assert!(store.link_holder(address).await.unwrap().is_none());
+                    assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
                     let login = CompletedLogin {
                         address: address.into(),
                         uid: "u1".into(),
@@ -1915,8 +1932,8 @@ mod tests {
             let (start, full) = STATEMENTS.scope(std::cell::Cell::new(0), full_login("18005550002", "t2")).await;
             // BEGIN with the lock and read, the writes with COMMIT; the delivery's record.
             assert_eq!(start, 5, "statements of a login start");
-            // BEGIN with the locked read, the claim with COMMIT; the link lookup; the record.
-            assert_eq!(full - start, 6, "statements of a verify");
+            // BEGIN with the locked read, the claim and the link lookup with COMMIT; the record.
+            assert_eq!(full - start, 5, "statements of a verify");
             assert!(store.authenticate("t2".into(), now * 1000).await.unwrap().is_some());
         })
         .await;
