@@ -16,8 +16,18 @@ pub struct Config {
     pub db_pool_size: usize,
     /// `postgres://user:password@host/db`: keep the data in PostgreSQL, shared by several
     /// instances; empty: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
+    /// Several hosts (`host1:5432,host2:5432`, or `?host=h1,h2`) are tried in turn;
+    /// `?target_session_attrs=read-write` skips standbys.
     #[serde(default)]
     pub database_url: String,
+    /// PostgreSQL: longest one host may take to accept a connection and finish its
+    /// handshake (TLS, startup, authentication, the read-write check); then the next is tried.
+    #[serde(default = "defaults::db_connect_timeout_ms")]
+    pub db_connect_timeout_ms: u64,
+    /// PostgreSQL: longest one operation waits for the server's answers (a frozen server
+    /// answers nothing); then it fails, or runs again on a fresh connection where that is safe.
+    #[serde(default = "defaults::db_query_timeout_ms")]
+    pub db_query_timeout_ms: u64,
     /// `redis://host:6379`: keep every rate limit in Redis, shared by every instance;
     /// empty: in each process's memory.
     #[serde(default)]
@@ -657,6 +667,12 @@ mod defaults {
     pub fn database_path() -> String {
         "./otpgate.db".into()
     }
+    pub fn db_connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn db_query_timeout_ms() -> u64 {
+        10_000
+    }
     pub fn redis_prefix() -> String {
         "otpgate".into()
     }
@@ -927,10 +943,18 @@ impl Config {
     fn validate_shared_state(&self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         if !self.database_url.is_empty() {
-            let well_formed = reqwest::Url::parse(&self.database_url)
-                .is_ok_and(|url| matches!(url.scheme(), "postgres" | "postgresql") && url.host_str().is_some_and(|h| !h.is_empty()));
-            if !well_formed {
-                return bad("DATABASE_URL", "must be a URL such as postgres://otpgate:password@db.example.com/otpgate");
+            if let Err(why) = postgres_url_hosts(&self.database_url) {
+                let why = format!(
+                    "must be a URL such as postgres://otpgate:password@db.example.com/otpgate or, with a standby, \
+                     postgres://otpgate:password@db1:5432,db2:5432/otpgate?target_session_attrs=read-write: {why}"
+                );
+                return bad("DATABASE_URL", &why);
+            }
+            if self.db_connect_timeout_ms == 0 {
+                return bad("DB_CONNECT_TIMEOUT_MS", "must be at least 1");
+            }
+            if self.db_query_timeout_ms == 0 {
+                return bad("DB_QUERY_TIMEOUT_MS", "must be at least 1");
             }
             // Instances that hash codes with different keys would refuse each other's codes.
             if self.otp.secret.is_empty() && self.otp.secret_file.is_empty() {
@@ -1149,6 +1173,48 @@ impl Config {
     }
 }
 
+/// How many hosts a PostgreSQL URL names, in libpq's forms: `postgres://` or `postgresql://`, then
+/// `user:password@` if any, then one host or several (`h1:5432,h2:5433`, `[::1]:5432`),
+/// or none with `?host=h1,h2` (and `?port=`) instead. The driver parses it in full when
+/// the pool is made; this catches what is not a PostgreSQL URL at all.
+fn postgres_url_hosts(url: &str) -> Result<usize, String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or("it does not start with postgres:// or postgresql://")?;
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+    let mut found = 0;
+    if !hosts.is_empty() {
+        for host in hosts.split(',') {
+            let (name, port) = match host.strip_prefix('[') {
+                Some(v6) => {
+                    let (name, after) = v6.split_once(']').ok_or("an IPv6 host lacks its closing ]")?;
+                    (name, after.strip_prefix(':'))
+                }
+                None => host.split_once(':').map_or((host, None), |(name, port)| (name, Some(port))),
+            };
+            if name.is_empty() {
+                return Err("a host in the list is empty".into());
+            }
+            if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+                return Err(format!("the port of {name} is not a number"));
+            }
+            found += 1;
+        }
+    }
+    for pair in query.split('&') {
+        if let Some(("host" | "hostaddr", value)) = pair.split_once('=') {
+            found += value.split(',').filter(|name| !name.is_empty()).count();
+        }
+    }
+    if found == 0 {
+        return Err("it names no host".into());
+    }
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1167,6 +1233,38 @@ mod tests {
         assert_eq!(config.otp.sender, "log");
         assert_eq!(config.token_expiry_mins, 525_600);
         assert_eq!(config.upstream.url, "https://api.mesibo.com/backend/");
+    }
+
+    #[test]
+    fn postgres_urls_in_libpq_forms_are_accepted() {
+        for (url, hosts) in [
+            ("postgres://u:p@db.example.com/otpgate", 1),
+            ("postgresql://db:5432/otpgate?sslmode=require", 1),
+            ("postgres://u@h1:5432,h2:5433/db?target_session_attrs=read-write", 2),
+            ("postgres://u@[::1]:5432,[fd00::2]/db", 2),
+            ("postgres:///db?host=h1,h2&port=5432,5433", 2),
+            ("postgres://u@/db?host=h1", 1),
+        ] {
+            assert_eq!(postgres_url_hosts(url), Ok(hosts), "{url}");
+            let with_secret = [("DATABASE_URL", url), ("OTP_SECRET", "s")];
+            assert!(load(&with_secret).is_ok(), "{url}");
+        }
+        for url in [
+            "mysql://db/otpgate",
+            "postgres:///db",
+            "postgres://u@h1,,h2/db",
+            "postgres://h1:port/db",
+            "postgres://[::1/db",
+            "host=h1 dbname=db",
+        ] {
+            assert!(postgres_url_hosts(url).is_err(), "{url} was accepted");
+            let refused = load(&[("DATABASE_URL", url), ("OTP_SECRET", "s")]).err().unwrap_or_default();
+            assert!(refused.contains("DATABASE_URL must be a URL"), "{url}: {refused}");
+        }
+        for name in ["DB_CONNECT_TIMEOUT_MS", "DB_QUERY_TIMEOUT_MS"] {
+            let refused = load(&[("DATABASE_URL", "postgres://db/otpgate"), ("OTP_SECRET", "s"), (name, "0")]).err().unwrap_or_default();
+            assert!(refused.contains(name), "{name}=0: {refused}");
+        }
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub struct PushRegistration {
 }
 
 /// Fields of `op=profile`; `None` leaves the stored value.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ProfileChange {
     pub name: Option<String>,
     pub status: Option<String>,

@@ -84,6 +84,9 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     crate::domain::client_ip::TrustedProxies::parse(&config.trusted_proxies)?;
     otp::test_codes(config.test_otps.expose())?;
     crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
+    if !config.database_url.is_empty() {
+        crate::store::postgres::check_url(&config.database_url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
+    }
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }
 

@@ -162,7 +162,12 @@ pub fn pool_size(config: &Config) -> usize {
 pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
     if !config.database_url.is_empty() {
         let keys = server_keys(config, None)?;
-        let db = Db::connect_postgres(&config.database_url, pool_size(config), clock, &keys.phones)
+        let settings = store::postgres::PgSettings {
+            pool_size: pool_size(config),
+            connect_timeout: std::time::Duration::from_millis(config.db_connect_timeout_ms),
+            query_timeout: std::time::Duration::from_millis(config.db_query_timeout_ms),
+        };
+        let db = Db::connect_postgres(&config.database_url, settings, clock, &keys.phones)
             .await
             .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database_url)))?;
         return Ok((db, keys));

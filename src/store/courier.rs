@@ -76,6 +76,7 @@ impl Db {
 }
 
 /// How a delivery attempt ended, as recorded.
+#[derive(Clone)]
 pub enum AttemptOutcome {
     Sent,
     Failed(String),

@@ -172,6 +172,8 @@ pub enum StorageError {
     Files(String),
     /// The SQLite file was removed or replaced under the open connections.
     Unlinked(String),
+    /// PostgreSQL did not answer within `DB_QUERY_TIMEOUT_MS` (a frozen server).
+    TimedOut(std::time::Duration),
 }
 
 impl From<rusqlite::Error> for StorageError {
@@ -190,7 +192,7 @@ impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageError::Sqlite(e) => write!(f, "{e}"),
-            StorageError::Postgres(e) => write!(f, "{e}"),
+            StorageError::Postgres(e) => f.write_str(&postgres::describe(e)),
             StorageError::Pool(why) => write!(f, "no database connection: {why}"),
             StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
             StorageError::Panicked => f.write_str("database job panicked"),
@@ -198,6 +200,9 @@ impl std::fmt::Display for StorageError {
             StorageError::Thread(why) => f.write_str(why),
             StorageError::Files(why) => f.write_str(why),
             StorageError::Unlinked(why) => f.write_str(why),
+            StorageError::TimedOut(waited) => {
+                write!(f, "PostgreSQL did not answer within {} ms (DB_QUERY_TIMEOUT_MS)", waited.as_millis())
+            }
         }
     }
 }
@@ -294,8 +299,13 @@ impl Db {
 
     /// Connects to the PostgreSQL server at `url` with a pool of `pool_size` connections
     /// and applies the migrations it has not had yet. `phones` hashes address books.
-    pub async fn connect_postgres(url: &str, pool_size: usize, clock: Clock, phones: &PhoneHasher) -> Result<Arc<Db>, StorageError> {
-        let store = postgres::PgStore::connect(url, pool_size, phones).await?;
+    pub async fn connect_postgres(
+        url: &str,
+        settings: postgres::PgSettings,
+        clock: Clock,
+        phones: &PhoneHasher,
+    ) -> Result<Arc<Db>, StorageError> {
+        let store = postgres::PgStore::connect(url, settings, phones).await?;
         Ok(Arc::new(Db { backend: Backend::Postgres(store), clock, phones: phones.clone() }))
     }
 
@@ -1014,6 +1024,7 @@ pub(in crate::store) fn release_claim(conn: &mut Connection, address: &str, otp_
     Ok(())
 }
 
+#[derive(Clone)]
 pub struct CompletedLogin {
     pub address: String,
     pub uid: String,

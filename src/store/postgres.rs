@@ -4,13 +4,18 @@
 //! gets from its single writer, this gets from row locks (`FOR UPDATE`), `SKIP LOCKED`
 //! for work queues and purges, and transaction-scoped advisory locks.
 
+use std::future::Future;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use futures_util::future::BoxFuture;
 use futures_util::FutureExt;
 use serde_json::{json, Value};
+use tokio_postgres::config::{Host, LoadBalanceHosts};
+use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 use tokio_postgres_rustls::MakeRustlsConnect;
@@ -61,22 +66,63 @@ const REHASH_BATCH: i64 = 10_000;
 /// apply each step once.
 const MIGRATION_LOCK: i64 = 0x6f74_7067_6174_6501;
 
-/// Longest a request waits for a pooled connection, or for a new one to be opened:
-/// with the server down, requests fail instead of piling up.
+/// Longest a request waits for a pooled connection: with every connection busy, requests
+/// fail instead of piling up. Opening one is bounded per host (see [`PgSettings::connect_timeout`]).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause between two tries to record a login while no host takes writes.
+const LOGIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+/// How the pool connects and how long it waits for the server.
+#[derive(Debug, Clone, Copy)]
+pub struct PgSettings {
+    /// Connections per instance.
+    pub pool_size: usize,
+    /// Longest one host may take to accept a connection, finish TLS, the startup and
+    /// authentication, and say whether it takes writes; then the next host is tried.
+    pub connect_timeout: Duration,
+    /// Longest one operation waits for the server's answers. A frozen server keeps its
+    /// connections open and answers nothing: past this the operation fails (or is
+    /// retried where that is safe) and the idle connections are dropped.
+    pub query_timeout: Duration,
+}
+
+impl PgSettings {
+    /// Defaults for tests and tools: those of `DB_CONNECT_TIMEOUT_MS` and `DB_QUERY_TIMEOUT_MS`.
+    pub fn with_pool_size(pool_size: usize) -> PgSettings {
+        PgSettings { pool_size, connect_timeout: Duration::from_secs(5), query_timeout: Duration::from_secs(10) }
+    }
+}
 
 /// A pool of connections to one PostgreSQL database, which other instances may share.
 pub struct PgStore {
     pool: Pool,
+    query_timeout: Duration,
+}
+
+/// Checks a `DATABASE_URL` the way the pool will read it, without connecting: the driver's
+/// own parser, which knows libpq's URL forms (several `host:port` before the path, or
+/// `?host=h1,h2&port=p1,p2`) and options such as `target_session_attrs`.
+pub fn check_url(url: &str) -> Result<(), String> {
+    let (url, _) = driver_url(url);
+    let config = tokio_postgres::Config::from_str(&url).map_err(|e| with_causes(&e))?;
+    let hosts = config.get_hosts().len().max(config.get_hostaddrs().len());
+    if hosts == 0 {
+        return Err("names no host".into());
+    }
+    let ports = config.get_ports().len();
+    if ports > 1 && ports != hosts {
+        return Err(format!("names {hosts} hosts but {ports} ports: give one port for all, or one per host"));
+    }
+    Ok(())
 }
 
 impl PgStore {
     /// Connects to the database at `url` (TLS as its `sslmode` says: `prefer` when it says
-    /// nothing; see [`CertificateCheck`]) with up to `pool_size` connections, and applies
-    /// pending migrations.
+    /// nothing; see [`CertificateCheck`]) with `settings`, and applies pending migrations.
     /// `phones` hashes the address books an earlier release kept in clear.
-    pub async fn connect(url: &str, pool_size: usize, phones: &PhoneHasher) -> Result<PgStore, StorageError> {
-        let store = PgStore::open(url, pool_size)?;
+    pub async fn connect(url: &str, settings: PgSettings, phones: &PhoneHasher) -> Result<PgStore, StorageError> {
+        let store = PgStore::open(url, settings)?;
         let applied = store.migrate(phones).await?;
         if !applied.is_empty() {
             tracing::info!(?applied, "applied PostgreSQL schema migrations");
@@ -85,19 +131,23 @@ impl PgStore {
     }
 
     /// The pool alone: no connection is made until one is asked for.
-    fn open(url: &str, pool_size: usize) -> Result<PgStore, StorageError> {
-        let (url, check) = tls_options(url);
+    fn open(url: &str, settings: PgSettings) -> Result<PgStore, StorageError> {
+        check_url(url).map_err(|why| StorageError::Thread(format!("DATABASE_URL {why}")))?;
+        let (url, check) = driver_url(url);
         let config = tokio_postgres::Config::from_str(&url)?;
-        let manager = Manager::from_config(config, tls(&check)?, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connect = HostByHost { tls: tls(&check)?, timeout: settings.connect_timeout, last_good: AtomicUsize::new(0) };
+        let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
-            .max_size(pool_size.max(1))
+            .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
+            // Each host's attempt is bounded by `connect_timeout`: a bound on the whole
+            // would cut off the later hosts behind a frozen first one.
+            .create_timeout(None)
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Pool(e.to_string()))?;
-        Ok(PgStore { pool })
+        Ok(PgStore { pool, query_timeout: settings.query_timeout })
     }
 
     /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
@@ -160,7 +210,10 @@ impl PgStore {
     /// Rows another transaction holds are left for the next round, so purges running on
     /// every instance never wait for each other or for a login.
     pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.purge_expired_once(client, now)).await
+    }
+
+    async fn purge_expired_once(&self, client: Object, now: i64) -> Result<(usize, usize), StorageError> {
         let codes = execute(
             &client,
             "DELETE FROM otp_challenges WHERE address IN
@@ -180,7 +233,10 @@ impl PgStore {
 
     /// A real write, so readiness fails when the database is read-only or unreachable.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.probe_write_once(client)).await
+    }
+
+    async fn probe_write_once(&self, client: Object) -> Result<(), StorageError> {
         let value = super::now().to_le_bytes();
         execute(
             &client,
@@ -202,15 +258,14 @@ impl PgStore {
         claim_secs: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
-        let client = self.client().await?;
         // Returning without a commit rolls the transaction back, which releases the row.
-        let (tx, row) = Pipelined::begin_with(
-            &client,
-            "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts
-             FROM otp_challenges WHERE address = $1 FOR UPDATE",
-            &[&guess.address],
-        )
-        .await?;
+        let (tx, row) = self
+            .begin_retrying(
+                "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts
+                 FROM otp_challenges WHERE address = $1 FOR UPDATE",
+                &[&guess.address],
+            )
+            .await?;
         let challenge = match row {
             Some(row) => Some(Challenge {
                 appid: row.try_get(0)?,
@@ -234,15 +289,13 @@ impl PgStore {
                 return Ok(VerifyOutcome::Refused(refusal));
             }
         }
+        // Not run again when interrupted: the claim may have been committed. A code is
+        // never accepted twice; at worst it is held until its claim times out.
         if challenge.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, &guess.otp_hash)) {
             // The claim and the link lookup the login needs next, in one statement.
-            let linked = tx
-                .query_opt_and_commit(
-                    "WITH claimed AS (UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1)
-                     SELECT u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1",
-                    &[&guess.address, &now],
-                )
-                .await?;
+            let claim = "WITH claimed AS (UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1)
+                 SELECT u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1";
+            let linked = self.timed(tx.query_opt_and_commit(claim, &[&guess.address, &now])).await?;
             let link_target = linked.map(|row| row.try_get(0)).transpose()?;
             return Ok(VerifyOutcome::Claimed { link_target });
         }
@@ -251,14 +304,17 @@ impl PgStore {
         } else {
             "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = $1"
         };
-        tx.execute_and_commit(count_it, &[&guess.address]).await?;
+        self.timed(tx.execute_and_commit(count_it, &[&guess.address])).await?;
         Ok(after_wrong_guess(max_attempts, attempts))
     }
 
     /// Gives a claimed code back after the upstream call failed, so the same code works
     /// again; a newer code for the address stays as it is.
     pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.release_code_once(client, address.clone(), otp_hash)).await
+    }
+
+    async fn release_code_once(&self, client: Object, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
         let hash: &[u8] = &otp_hash;
         execute(&client, "UPDATE otp_challenges SET claimed_at = NULL WHERE address = $1 AND otp_hash = $2", &[&address, &hash]).await?;
         Ok(())
@@ -274,7 +330,35 @@ impl PgStore {
         address_hash: i64,
         claimed_code: Option<[u8; 32]>,
     ) -> Result<LoginRecord, StorageError> {
-        let client = self.client().await?;
+        // Upstream has issued the token already: unrecorded, it is lost and the user starts
+        // over. Through a failover the login is tried again, on fresh connections, for up to
+        // the query timeout after the first failure, long enough for a standby to take over.
+        // Running it twice is safe: the session is keyed by its token, a first login is one
+        // only once, and the code is consumed once (only the audit event may be written twice).
+        let attempt = |client| self.record_login_once(client, login.clone(), address_hash, claimed_code);
+        let mut failed = match self.guarded(attempt).await {
+            Err(e) if interrupted(&e).is_some() => e,
+            outcome => return outcome,
+        };
+        let deadline = Instant::now() + self.query_timeout;
+        loop {
+            tracing::info!("recording the login again on a fresh PostgreSQL connection after: {failed}");
+            match self.guarded(attempt).await {
+                Err(e) if (interrupted(&e).is_some() || matches!(e, StorageError::Pool(_))) && Instant::now() < deadline => failed = e,
+                outcome => return outcome,
+            }
+            // Until a standby is promoted every host refuses; each try costs a connection attempt per host.
+            tokio::time::sleep(LOGIN_RETRY_PAUSE).await;
+        }
+    }
+
+    async fn record_login_once(
+        &self,
+        client: Object,
+        login: CompletedLogin,
+        address_hash: i64,
+        claimed_code: Option<[u8; 32]>,
+    ) -> Result<LoginRecord, StorageError> {
         let joined = crate::domain::address::is_phone(&login.address)
             .then(|| crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload());
         let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
@@ -312,7 +396,10 @@ impl PgStore {
 
     /// The live session of a token, marked used; `None` for an unknown or expired token.
     pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.authenticate_once(client, token_sha256.clone(), now_ms)).await
+    }
+
+    async fn authenticate_once(&self, client: Object, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
         let row = query_opt(
             &client,
             "UPDATE sessions SET last_seen_ms = $2 WHERE token_sha256 = $1 AND expires_at > $3 RETURNING user_id",
@@ -327,7 +414,10 @@ impl PgStore {
 
     /// Ends the token's session, or with `all` every session of its user; returns how many.
     pub async fn end_sessions(&self, token_sha256: String, all: bool) -> Result<usize, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.end_sessions_once(client, token_sha256.clone(), all)).await
+    }
+
+    async fn end_sessions_once(&self, client: Object, token_sha256: String, all: bool) -> Result<usize, StorageError> {
         let sql = match all {
             true => "DELETE FROM sessions WHERE user_id = (SELECT user_id FROM sessions WHERE token_sha256 = $1)",
             false => "DELETE FROM sessions WHERE token_sha256 = $1",
@@ -337,7 +427,10 @@ impl PgStore {
 
     /// The caller's live sessions, most recently used first, as reply entries (no tokens).
     pub async fn sessions_of(&self, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.sessions_of_once(client, caller.clone(), now)).await
+    }
+
+    async fn sessions_of_once(&self, client: Object, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
         let found = query(
             &client,
             "SELECT device, appid, created_at, last_seen_ms, token_sha256 = $2, notify_token IS NOT NULL, device_type FROM sessions
@@ -361,7 +454,10 @@ impl PgStore {
 
     /// Records a security event (see `store::audit`).
     pub async fn audit(&self, address_hash: i64, event: &str, detail: String, now: i64) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.audit_once(client, address_hash, event, detail.clone(), now)).await
+    }
+
+    async fn audit_once(&self, client: Object, address_hash: i64, event: &str, detail: String, now: i64) -> Result<(), StorageError> {
         execute(
             &client,
             "INSERT INTO audit_events (at, address_hash, event, detail) VALUES ($1, $2, $3, $4)",
@@ -373,7 +469,10 @@ impl PgStore {
 
     /// The events of an address (by its phone hash), newest first.
     pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<Value>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.audit_events_once(client, address_hash)).await
+    }
+
+    async fn audit_events_once(&self, client: Object, address_hash: i64) -> Result<Vec<Value>, StorageError> {
         let found = query(
             &client,
             "SELECT at, event, detail FROM audit_events WHERE address_hash = $1 ORDER BY at DESC, id DESC LIMIT $2",
@@ -386,13 +485,19 @@ impl PgStore {
 
     /// Deletes the events older than `before`; returns how many.
     pub async fn purge_audit(&self, before: i64) -> Result<usize, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.purge_audit_once(client, before)).await
+    }
+
+    async fn purge_audit_once(&self, client: Object, before: i64) -> Result<usize, StorageError> {
         Ok(rows(execute(&client, "DELETE FROM audit_events WHERE at < $1", &[&before]).await?))
     }
 
     /// Deletes an account (see `store::accounts`); `None` when there is no such user.
     pub async fn delete_account(&self, user_id: i64, now: i64) -> Result<Option<DeletedAccount>, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.delete_account_once(client, user_id, now)).await
+    }
+
+    async fn delete_account_once(&self, mut client: Object, user_id: i64, now: i64) -> Result<Option<DeletedAccount>, StorageError> {
         let tx = client.transaction().await?;
         let Some(user) = query_opt(&tx, "SELECT address, uid, photo FROM users WHERE id = $1 FOR UPDATE", &[&user_id]).await? else {
             return Ok(None);
@@ -421,7 +526,10 @@ impl PgStore {
 
     /// The user an operator names (see `store::operators`).
     pub async fn find_user(&self, key: UserKey) -> Result<Option<UserRecord>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.find_user_once(client, key.clone())).await
+    }
+
+    async fn find_user_once(&self, client: Object, key: UserKey) -> Result<Option<UserRecord>, StorageError> {
         let select = "SELECT id, address, uid, name, created_at, last_login FROM users";
         let found = match &key {
             UserKey::Address(address) => {
@@ -446,7 +554,10 @@ impl PgStore {
 
     /// A user's live sessions for an operator, most recently used first.
     pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.user_sessions_once(client, user_id, now)).await
+    }
+
+    async fn user_sessions_once(&self, client: Object, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
         let found = query(
             &client,
             "SELECT substr(token_sha256, 1, $3), appid, device, created_at, last_seen_ms, expires_at, notify_token IS NOT NULL
@@ -462,7 +573,10 @@ impl PgStore {
 
     /// Ends one session of the user (named by its id) or all of them; returns how many.
     pub async fn revoke_sessions(&self, user_id: i64, session: Option<String>) -> Result<usize, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.revoke_sessions_once(client, user_id, session.clone())).await
+    }
+
+    async fn revoke_sessions_once(&self, client: Object, user_id: i64, session: Option<String>) -> Result<usize, StorageError> {
         let ended = match session {
             Some(session) => {
                 execute(
@@ -479,7 +593,10 @@ impl PgStore {
 
     /// Replaces the push registration of a session (`None` removes it).
     pub async fn set_push(&self, token_sha256: String, push: Option<PushRegistration>) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.set_push_once(client, token_sha256.clone(), push.clone())).await
+    }
+
+    async fn set_push_once(&self, client: Object, token_sha256: String, push: Option<PushRegistration>) -> Result<(), StorageError> {
         execute(
             &client,
             "UPDATE sessions SET notify_token = $2, notify_sender = $3, device_type = $4 WHERE token_sha256 = $1",
@@ -496,7 +613,10 @@ impl PgStore {
 
     /// The profile of a user.
     pub async fn profile_of(&self, user_id: i64) -> Result<Profile, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.profile_of_once(client, user_id)).await
+    }
+
+    async fn profile_of_once(&self, client: Object, user_id: i64) -> Result<Profile, StorageError> {
         let row = query_one(
             &client,
             "SELECT u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail FROM users u WHERE u.id = $1",
@@ -508,7 +628,16 @@ impl PgStore {
 
     /// Applies a profile change and bumps `ts`; returns the new profile.
     pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.change_profile_once(client, user_id, change.clone(), now)).await
+    }
+
+    async fn change_profile_once(
+        &self,
+        mut client: Object,
+        user_id: i64,
+        change: ProfileChange,
+        now: i64,
+    ) -> Result<Profile, StorageError> {
         let tx = client.transaction().await?;
         if let Some(photo) = change.photo.as_deref() {
             lock_file(&tx, photo).await?;
@@ -546,7 +675,16 @@ impl PgStore {
         hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let mut client = self.client().await?;
+        self.guarded(|client| self.sync_contacts_once(client, q, hashes, admit)).await
+    }
+
+    async fn sync_contacts_once(
+        &self,
+        mut client: Object,
+        q: SyncQuery,
+        hashes: Vec<i64>,
+        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
         let tx = client.transaction().await?;
         let count = |n: i64| usize::try_from(n).unwrap_or(0);
         let mut stored = 0;
@@ -635,7 +773,10 @@ impl PgStore {
 
     /// Removes phones, given by their hashes, from a user's contacts; returns how many were there.
     pub async fn remove_contacts(&self, owner: i64, hashes: Vec<i64>) -> Result<usize, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.remove_contacts_once(client, owner, hashes.clone())).await
+    }
+
+    async fn remove_contacts_once(&self, mut client: Object, owner: i64, hashes: Vec<i64>) -> Result<usize, StorageError> {
         let tx = client.transaction().await?;
         // The lock an upload takes, first: an upload holds it while it inserts.
         execute(&tx, "SELECT 1 FROM users WHERE id = $1 FOR UPDATE", &[&owner]).await?;
@@ -652,7 +793,10 @@ impl PgStore {
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
     /// A notice another instance is taking at this moment is skipped, not waited for.
     pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.take_next_notice_once(client, now, lease_secs)).await
+    }
+
+    async fn take_next_notice_once(&self, client: Object, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
         let row = query_opt(
             &client,
             "UPDATE outbox SET next_attempt_at = $2 WHERE id =
@@ -675,14 +819,27 @@ impl PgStore {
 
     /// Upstream took the notice: it is never sent again.
     pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.acknowledge_notice_once(client, id)).await
+    }
+
+    async fn acknowledge_notice_once(&self, client: Object, id: i64) -> Result<(), StorageError> {
         execute(&client, "DELETE FROM outbox WHERE id = $1", &[&id]).await?;
         Ok(())
     }
 
     /// A failed send: try again at `next_attempt_at` (unix seconds).
     pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.reschedule_notice_once(client, id, attempts, next_attempt_at, error.clone())).await
+    }
+
+    async fn reschedule_notice_once(
+        &self,
+        client: Object,
+        id: i64,
+        attempts: u32,
+        next_attempt_at: i64,
+        error: String,
+    ) -> Result<(), StorageError> {
         execute(
             &client,
             "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1",
@@ -705,23 +862,28 @@ impl PgStore {
     ) -> Result<Enqueued, StorageError> {
         let c = &challenge;
         let (address, appid, sealed) = &message;
-        let client = self.client().await?;
-        // Returning without a commit rolls the transaction back and releases the lock.
-        let (tx, previous) = Pipelined::begin_with(&client, "SELECT otpgate_lock_code($1)", &[&c.address]).await?;
-        if let Some(previous) = previous.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten() {
-            let wait = previous + c.resend_secs - c.now;
-            if wait > 0 {
-                return Ok(Enqueued::TooSoon(wait as u64));
+        let (mut admit, mut retried) = (Some(admit), false);
+        loop {
+            // Returning without a commit rolls the transaction back and releases the lock.
+            let (tx, previous) = self.begin_retrying("SELECT otpgate_lock_code($1)", &[&c.address]).await?;
+            if let Some(previous) = previous.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten() {
+                let wait = previous + c.resend_secs - c.now;
+                if wait > 0 {
+                    return Ok(Enqueued::TooSoon(wait as u64));
+                }
             }
-        }
-        // Checked before anything is written: a refusal leaves the previous code valid.
-        if let Err(refusal) = admit().await {
-            return Ok(Enqueued::Refused(refusal));
-        }
-        let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
-        let expires_at = c.now + c.ttl_secs;
-        let id: i64 = tx
-            .query_one_and_commit(
+            // Checked before anything is written: a refusal leaves the previous code valid.
+            // Once: a start that runs again below was admitted already.
+            if let Some(admit) = admit.take() {
+                if let Err(refusal) = admit().await {
+                    return Ok(Enqueued::Refused(refusal));
+                }
+            }
+            let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
+            let expires_at = c.now + c.ttl_secs;
+            let params: &[&(dyn ToSql + Sync)] =
+                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until];
+            let stored = tx.query_one_and_commit(
                 "WITH challenge AS (
                      INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
                      VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
@@ -730,18 +892,36 @@ impl PgStore {
                          challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
                  INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
                  VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4) RETURNING id",
-                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until],
-            )
-            .await?
-            .try_get(0)?;
-        Ok(Enqueued::Stored(id))
+                params,
+            );
+            match self.timed(stored).await {
+                Ok(row) => return Ok(Enqueued::Stored(row.try_get(0)?)),
+                // A demoted primary refuses the write (the lock it took): again on a fresh
+                // connection, whose transaction checks the resend window anew. Only then:
+                // after a connection lost at the COMMIT the code may be stored already, and
+                // its message on its way; the client asks again.
+                Err(e) if interrupted(&e) == Some(Interrupted::NotApplied) && !std::mem::replace(&mut retried, true) => {
+                    tracing::info!("retrying on a fresh PostgreSQL connection after: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. Rows another
     /// instance is claiming are skipped, so no row is handed out twice. A message the key
     /// cannot open (the key changed since it was queued) fails for good.
     pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.claim_due_messages_once(client, seal.clone(), now_ms, lease_until)).await
+    }
+
+    async fn claim_due_messages_once(
+        &self,
+        mut client: Object,
+        seal: MessageSeal,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<Claimed, StorageError> {
         let tx = client.transaction().await?;
         // A code that was used, replaced by a newer one or expired is not worth an SMS.
         execute(
@@ -807,8 +987,22 @@ impl PgStore {
         address: String,
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
+        self.retrying(Retry::Always, |client| {
+            self.record_attempt_once(client, id, attempts, outcome.clone(), address.clone(), otp_hash.clone())
+        })
+        .await
+    }
+
+    async fn record_attempt_once(
+        &self,
+        client: Object,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
         // One statement each, so none needs a transaction of its own.
-        let client = self.client().await?;
         let attempts = int(attempts);
         match &outcome {
             AttemptOutcome::Sent => {
@@ -838,7 +1032,10 @@ impl PgStore {
 
     /// Deletes finished rows created before `before` (unix seconds); returns how many.
     pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.purge_finished_messages_once(client, before)).await
+    }
+
+    async fn purge_finished_messages_once(&self, client: Object, before: i64) -> Result<usize, StorageError> {
         let purged = execute(
             &client,
             "DELETE FROM courier WHERE id IN
@@ -870,7 +1067,17 @@ impl PgStore {
         claimed_code: Option<[u8; 32]>,
         now: i64,
     ) -> Result<LinkOutcome, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.link_address_once(client, user_id, address, claimed_code, now)).await
+    }
+
+    async fn link_address_once(
+        &self,
+        mut client: Object,
+        user_id: i64,
+        address: &str,
+        claimed_code: Option<[u8; 32]>,
+        now: i64,
+    ) -> Result<LinkOutcome, StorageError> {
         let tx = client.transaction().await?;
         // Two links of one address wait for each other, instead of one failing on the key.
         execute(&tx, "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", &[&address]).await?;
@@ -897,7 +1104,10 @@ impl PgStore {
 
     /// Unlinks an address (see `store::links`).
     pub async fn unlink_address(&self, user_id: i64, address: &str, now: i64) -> Result<Option<usize>, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.unlink_address_once(client, user_id, address, now)).await
+    }
+
+    async fn unlink_address_once(&self, mut client: Object, user_id: i64, address: &str, now: i64) -> Result<Option<usize>, StorageError> {
         let tx = client.transaction().await?;
         let removed =
             query_opt(&tx, "DELETE FROM linked_addresses WHERE address = $1 AND user_id = $2 RETURNING uid", &[&address, &user_id]).await?;
@@ -913,7 +1123,10 @@ impl PgStore {
 
     /// A user's linked addresses, oldest first.
     pub async fn linked_addresses(&self, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.linked_addresses_once(client, user_id)).await
+    }
+
+    async fn linked_addresses_once(&self, client: Object, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
         let found =
             query(&client, "SELECT address, linked_at FROM linked_addresses WHERE user_id = $1 ORDER BY linked_at, address", &[&user_id])
                 .await?;
@@ -925,7 +1138,10 @@ impl PgStore {
 
     /// The user a linked address belongs to, and that user's own address.
     pub async fn link_holder(&self, address: &str) -> Result<Option<(i64, String)>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.link_holder_once(client, address)).await
+    }
+
+    async fn link_holder_once(&self, client: Object, address: &str) -> Result<Option<(i64, String)>, StorageError> {
         let found = query_opt(
             &client,
             "SELECT u.id, u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1",
@@ -1000,13 +1216,19 @@ async fn notify_group(
 impl PgStore {
     /// A group with its members.
     pub async fn group(&self, gid: i64) -> Result<Option<Group>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.group_once(client, gid)).await
+    }
+
+    async fn group_once(&self, client: Object, gid: i64) -> Result<Option<Group>, StorageError> {
         group_on(&client, gid).await
     }
 
     /// Applies a group change and queues its notices, in one transaction.
     pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.write_group_once(client, write.clone(), phones)).await
+    }
+
+    async fn write_group_once(&self, mut client: Object, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
         let tx = client.transaction().await?;
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
@@ -1085,7 +1307,18 @@ impl PgStore {
         now: i64,
         phones: &PhoneHasher,
     ) -> Result<bool, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.delete_group_once(client, gid, actor.clone(), subject.clone(), now, phones)).await
+    }
+
+    async fn delete_group_once(
+        &self,
+        mut client: Object,
+        gid: i64,
+        actor: String,
+        subject: String,
+        now: i64,
+        phones: &PhoneHasher,
+    ) -> Result<bool, StorageError> {
         let tx = client.transaction().await?;
         execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
         let Some(group) = group_on(&tx, gid).await? else { return Ok(false) };
@@ -1098,7 +1331,10 @@ impl PgStore {
 
     /// The groups `phone` belongs to that changed at or after `since`, oldest change first.
     pub async fn groups_of(&self, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
-        let client = self.client().await?;
+        self.retrying(Retry::Always, |client| self.groups_of_once(client, phone.clone(), since, limit)).await
+    }
+
+    async fn groups_of_once(&self, client: Object, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
         let limit = limit as i64;
         let gids = query(
             &client,
@@ -1242,6 +1478,248 @@ impl PgStore {
     }
 }
 
+/// Opens a connection by trying the URL's hosts one at a time, each within `timeout`.
+/// tokio-postgres tries them in turn too, but bounds only the TCP connect: a frozen
+/// server accepts the connection and never answers the startup, so the next host would
+/// never be tried. The host that last took a connection is tried first.
+struct HostByHost {
+    tls: MakeRustlsConnect,
+    timeout: Duration,
+    last_good: AtomicUsize,
+}
+
+impl deadpool_postgres::Connect for HostByHost {
+    fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> BoxFuture<'_, Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
+        let hosts = single_hosts(config);
+        Box::pin(async move {
+            let mut order: Vec<usize> = (0..hosts.len()).collect();
+            if config_balances(&hosts) {
+                use rand::seq::SliceRandom;
+                order.shuffle(&mut rand::thread_rng());
+            } else {
+                order.rotate_left(self.last_good.load(Ordering::Relaxed).min(hosts.len().saturating_sub(1)));
+            }
+            // The driver's own "timeout waiting for server": its error has no other public
+            // constructor, and the pool's `Connect` must answer one.
+            let mut failure = tokio_postgres::Error::__private_api_timeout();
+            for index in order {
+                let host = &hosts[index];
+                let attempt = tokio::time::timeout(self.timeout, host.connect(self.tls.clone())).await;
+                match attempt {
+                    Ok(Ok((client, connection))) => {
+                        self.last_good.store(index, Ordering::Relaxed);
+                        let task = tokio::spawn(async move {
+                            if let Err(e) = connection.await {
+                                tracing::debug!("PostgreSQL connection ended: {}", describe(&e));
+                            }
+                        });
+                        return Ok((client, task));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!(host = %host_name(host), "PostgreSQL host not used: {}", describe(&e));
+                        failure = e;
+                    }
+                    Err(_) => {
+                        let waited = self.timeout.as_millis();
+                        tracing::warn!(host = %host_name(host), "PostgreSQL host not used: no answer within {waited} ms (DB_CONNECT_TIMEOUT_MS)");
+                        failure = tokio_postgres::Error::__private_api_timeout();
+                    }
+                }
+            }
+            Err(failure)
+        })
+    }
+}
+
+/// Whether the URL asks for hosts in random order (`load_balance_hosts=random`).
+fn config_balances(hosts: &[tokio_postgres::Config]) -> bool {
+    hosts.first().is_some_and(|host| host.get_load_balance_hosts() == LoadBalanceHosts::Random)
+}
+
+/// `host:port` of a one-host configuration, for logs (never its credentials).
+fn host_name(config: &tokio_postgres::Config) -> String {
+    let host = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        (_, Some(address)) => address.to_string(),
+        (Some(Host::Tcp(name)), None) => name.clone(),
+        (Some(Host::Unix(path)), None) => path.display().to_string(),
+        (None, None) => String::new(),
+    };
+    format!("{host}:{}", config.get_ports().first().copied().unwrap_or(5432))
+}
+
+/// One configuration per host of `config`, each with every other setting of it, in the
+/// URL's order (a port per host, or one port for all, as libpq reads them).
+fn single_hosts(config: &tokio_postgres::Config) -> Vec<tokio_postgres::Config> {
+    let (hosts, addresses, ports) = (config.get_hosts(), config.get_hostaddrs(), config.get_ports());
+    let count = hosts.len().max(addresses.len());
+    if count <= 1 {
+        return vec![config.clone()];
+    }
+    (0..count)
+        .map(|i| {
+            let mut one = tokio_postgres::Config::new();
+            if let Some(user) = config.get_user() {
+                one.user(user);
+            }
+            if let Some(password) = config.get_password() {
+                one.password(password);
+            }
+            if let Some(dbname) = config.get_dbname() {
+                one.dbname(dbname);
+            }
+            if let Some(options) = config.get_options() {
+                one.options(options);
+            }
+            if let Some(name) = config.get_application_name() {
+                one.application_name(name);
+            }
+            if let Some(timeout) = config.get_connect_timeout() {
+                one.connect_timeout(*timeout);
+            }
+            if let Some(timeout) = config.get_tcp_user_timeout() {
+                one.tcp_user_timeout(*timeout);
+            }
+            if let Some(interval) = config.get_keepalives_interval() {
+                one.keepalives_interval(interval);
+            }
+            if let Some(retries) = config.get_keepalives_retries() {
+                one.keepalives_retries(retries);
+            }
+            one.ssl_mode(config.get_ssl_mode())
+                .ssl_negotiation(config.get_ssl_negotiation())
+                .keepalives(config.get_keepalives())
+                .keepalives_idle(config.get_keepalives_idle())
+                .target_session_attrs(config.get_target_session_attrs())
+                .channel_binding(config.get_channel_binding())
+                .load_balance_hosts(config.get_load_balance_hosts());
+            match hosts.get(i) {
+                Some(Host::Tcp(name)) => {
+                    one.host(name);
+                }
+                Some(Host::Unix(path)) => {
+                    one.host_path(path);
+                }
+                None => {}
+            }
+            if let Some(address) = addresses.get(i) {
+                one.hostaddr(*address);
+            }
+            one.port(ports.get(i).or(ports.first()).copied().unwrap_or(5432));
+            one
+        })
+        .collect()
+}
+
+/// How a failure that a failover causes left the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interrupted {
+    /// The server refused the statement: nothing of the transaction was committed
+    /// (a primary demoted to a standby answers writes with `read_only_sql_transaction`).
+    NotApplied,
+    /// The connection closed, the server shut down, or it stopped answering: a COMMIT
+    /// in flight may or may not have been applied.
+    Unknown,
+}
+
+/// Whether `error` is what a server that went away, froze or was demoted answers.
+fn interrupted(error: &StorageError) -> Option<Interrupted> {
+    let e = match error {
+        StorageError::TimedOut(_) => return Some(Interrupted::Unknown),
+        StorageError::Postgres(e) => e,
+        _ => return None,
+    };
+    match e.code() {
+        Some(code) if *code == SqlState::READ_ONLY_SQL_TRANSACTION || *code == SqlState::CANNOT_CONNECT_NOW => {
+            return Some(Interrupted::NotApplied)
+        }
+        Some(code) if *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN => return Some(Interrupted::Unknown),
+        Some(code) if code.code().starts_with("08") => return Some(Interrupted::Unknown),
+        _ => {}
+    }
+    let io = std::error::Error::source(e.as_ref()).is_some_and(|cause| cause.is::<std::io::Error>());
+    (e.is_closed() || io).then_some(Interrupted::Unknown)
+}
+
+/// When an operation interrupted by a failover may run again on a fresh connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Running it twice leaves what running it once does (reads, and writes that set a
+    /// value, delete, or lease work that then waits for its lease).
+    Always,
+    /// Only when nothing of it was applied.
+    IfNotApplied,
+}
+
+impl PgStore {
+    /// Runs `operation` on a pooled connection, the server's answers within the query
+    /// timeout (getting the connection has bounds of its own: the pool's wait and each
+    /// host's connect timeout).
+    async fn guarded<T, Fut>(&self, operation: impl FnOnce(Object) -> Fut) -> Result<T, StorageError>
+    where
+        Fut: Future<Output = Result<T, StorageError>>,
+    {
+        let client = self.client().await?;
+        self.timed(operation(client)).await
+    }
+
+    /// `answers` within the query timeout. When a failover interrupted it, the idle
+    /// connections go (they lead to the same server; the one it used is among them, back
+    /// in the pool), so that the next request connects afresh to whichever host takes writes.
+    async fn timed<T>(&self, answers: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
+        let outcome = tokio::time::timeout(self.query_timeout, answers).await.unwrap_or(Err(StorageError::TimedOut(self.query_timeout)));
+        if let Err(e) = &outcome {
+            if interrupted(e).is_some() {
+                let dropped = self.pool.retain(|_, _| false).removed.len();
+                tracing::warn!(dropped, "PostgreSQL connection lost ({e}); idle connections dropped, new ones will be opened");
+            }
+        }
+        outcome
+    }
+
+    /// [`guarded`](Self::guarded), and once more on a fresh connection when a failover
+    /// interrupted the first run and `retry` allows it.
+    async fn retrying<T, Fut>(&self, retry: Retry, operation: impl Fn(Object) -> Fut) -> Result<T, StorageError>
+    where
+        Fut: Future<Output = Result<T, StorageError>>,
+    {
+        match self.guarded(&operation).await {
+            Err(e) if may_retry(retry, &e) => {
+                tracing::info!("retrying on a fresh PostgreSQL connection after: {e}");
+                self.guarded(&operation).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// BEGIN and `sql` on a connection of its own (see [`Pipelined::begin_with`]); again
+    /// on a fresh connection when a failover interrupted it, since nothing was written yet.
+    async fn begin_retrying(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(Pipelined, Option<Row>), StorageError> {
+        self.retrying(Retry::Always, |client| Pipelined::begin_with(client, sql, params)).await
+    }
+}
+
+/// Whether an operation that `retry` describes may run again after `error`.
+fn may_retry(retry: Retry, error: &StorageError) -> bool {
+    match interrupted(error) {
+        Some(Interrupted::NotApplied) => true,
+        Some(Interrupted::Unknown) => retry == Retry::Always,
+        None => false,
+    }
+}
+
+/// `error` with the server's message, for the "db error" that tokio-postgres says alone.
+/// The message only: its DETAIL may quote the row (an address), and no log may hold one.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    let mut text = with_causes(error);
+    if error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+        text.push_str(" (the server is a standby: list every host in DATABASE_URL with ?target_session_attrs=read-write)");
+    }
+    text
+}
+
 /// How the server's certificate is checked, from the URL's `sslmode` (libpq's words).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum CertificateCheck {
@@ -1253,9 +1731,11 @@ enum CertificateCheck {
     Verify { root_file: Option<String> },
 }
 
-/// Splits the TLS options tokio-postgres does not know (`sslmode=verify-*`, `sslrootcert`)
-/// off the URL; answers the URL it parses and the check to make.
-fn tls_options(url: &str) -> (String, CertificateCheck) {
+/// Rewrites the URL's options that tokio-postgres reads otherwise than libpq: splits off
+/// the TLS options it does not know (`sslmode=verify-*`, `sslrootcert`), and spells
+/// `host=h1,h2` (one host named "h1,h2" to it) as `host=h1&host=h2`. Answers the URL it
+/// parses and the check to make.
+fn driver_url(url: &str) -> (String, CertificateCheck) {
     let Some((base, query)) = url.split_once('?') else { return (url.to_string(), CertificateCheck::None) };
     let (mut verify, mut root_file, mut kept) = (false, None, Vec::new());
     for pair in query.split('&') {
@@ -1267,6 +1747,7 @@ fn tls_options(url: &str) -> (String, CertificateCheck) {
             Some(("sslrootcert", path)) => {
                 root_file = Some(percent_encoding::percent_decode_str(path).decode_utf8_lossy().into_owned());
             }
+            Some(("host", hosts)) => kept.extend(hosts.split(',').map(|host| format!("host={host}"))),
             _ => kept.push(pair.to_string()),
         }
     }
@@ -1351,6 +1832,11 @@ fn with_causes(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut cause = error.source();
     while let Some(e) = cause {
+        if let Some(db) = e.downcast_ref::<tokio_postgres::error::DbError>() {
+            // Its message only (see `describe`).
+            text = format!("{text}: {}: {}", db.severity(), db.message());
+            break;
+        }
         let next = e.to_string();
         if !text.ends_with(&next) {
             text = format!("{text}: {next}");
@@ -1440,29 +1926,26 @@ fn rows(count: u64) -> usize {
 /// Statements are prepared before they are sent together, since a statement sent after
 /// a COMMIT in the same batch would run outside the transaction. Dropped open (an early
 /// return, an error, a cancelled request), it is rolled back, like tokio-postgres's own.
-struct Pipelined<'a> {
-    client: &'a Object,
+struct Pipelined {
+    client: Object,
     open: bool,
 }
 
-impl<'a> Pipelined<'a> {
-    /// BEGIN, then `sql`: its row, if any.
-    async fn begin_with(
-        client: &'a Object,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<(Pipelined<'a>, Option<Row>), StorageError> {
+impl Pipelined {
+    /// BEGIN, then `sql`, on `client`: its row, if any.
+    async fn begin_with(client: Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(Pipelined, Option<Row>), StorageError> {
         let statement = client.prepare_cached(sql).await?;
         let tx = Pipelined { client, open: true };
         count_statements(2);
         // Requests are sent in the order they are first polled, and `join` polls in order.
-        let (begun, row) = futures_util::future::join(client.batch_execute("BEGIN"), client.query_opt(&statement, params)).await;
+        let (begun, row) = futures_util::future::join(tx.client.batch_execute("BEGIN"), tx.client.query_opt(&statement, params)).await;
         begun?;
-        Ok((tx, row?))
+        let row = row?;
+        Ok((tx, row))
     }
 
     /// `sql`, then COMMIT: the statement's row count.
-    async fn execute_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
+    async fn execute_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
         let (executed, committed) = futures_util::future::join(client.execute(&statement, params), client.batch_execute("COMMIT")).await;
@@ -1473,7 +1956,7 @@ impl<'a> Pipelined<'a> {
     }
 
     /// `sql`, then COMMIT: the statement's row, if any.
-    async fn query_opt_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
+    async fn query_opt_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
         let (row, committed) = futures_util::future::join(client.query_opt(&statement, params), client.batch_execute("COMMIT")).await;
@@ -1483,7 +1966,7 @@ impl<'a> Pipelined<'a> {
     }
 
     /// `sql`, then COMMIT: the statement's one row.
-    async fn query_one_and_commit(self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
+    async fn query_one_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
         let (row, committed) = futures_util::future::join(client.query_one(&statement, params), client.batch_execute("COMMIT")).await;
@@ -1493,14 +1976,14 @@ impl<'a> Pipelined<'a> {
     }
 
     /// The client, for the statements that end the transaction; no rollback on drop.
-    fn finish(mut self) -> &'a Object {
+    fn finish(&mut self) -> &Object {
         self.open = false;
         count_statements(2);
-        self.client
+        &self.client
     }
 }
 
-impl Drop for Pipelined<'_> {
+impl Drop for Pipelined {
     fn drop(&mut self) {
         if self.open {
             // The first poll sends the request; its answer is not waited for, and the next
@@ -1539,7 +2022,10 @@ async fn lock_file(tx: &impl GenericClient, name: &str) -> Result<(), StorageErr
 impl PgStore {
     /// Records that stored file `name` is a chat attachment (see `store::files`).
     pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.keep_attachment_once(client, name)).await
+    }
+
+    async fn keep_attachment_once(&self, mut client: Object, name: &str) -> Result<(), StorageError> {
         let inserted = execute(&client, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
         if inserted == 0 {
             // Listed before: no removal can have found it unreferenced since. Identical
@@ -1556,7 +2042,15 @@ impl PgStore {
 
     /// Deletes the stored file `name` at `path` unless a row refers to it (see `store::files`).
     pub async fn remove_file_unless_referenced(&self, name: &str, path: std::path::PathBuf) -> Result<bool, StorageError> {
-        let mut client = self.client().await?;
+        self.retrying(Retry::IfNotApplied, |client| self.remove_file_unless_referenced_once(client, name, path.clone())).await
+    }
+
+    async fn remove_file_unless_referenced_once(
+        &self,
+        mut client: Object,
+        name: &str,
+        path: std::path::PathBuf,
+    ) -> Result<bool, StorageError> {
         let tx = client.transaction().await?;
         lock_file(&tx, name).await?;
         let referenced: bool = query_one(&tx, &files::REFERENCED.replace("?1", "$1"), &[&name]).await?.try_get(0)?;
@@ -1612,7 +2106,7 @@ mod tests {
             return;
         };
         let name = format!("otpgate_unit_{:016x}", rand::random::<u64>());
-        let admin = PgStore::open(&database_url(&server, server_database(&server)), 1).unwrap();
+        let admin = PgStore::open(&database_url(&server, server_database(&server)), PgSettings::with_pool_size(1)).unwrap();
         admin.client().await.unwrap().batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap();
         let outcome = tokio::spawn(test(database_url(&server, &name))).await;
         admin.client().await.unwrap().batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")).await.unwrap();
@@ -1632,16 +2126,115 @@ mod tests {
 
     #[test]
     fn tls_options_follow_libpq() {
-        assert_eq!(tls_options("postgres://h/db"), ("postgres://h/db".into(), CertificateCheck::None));
-        assert_eq!(tls_options("postgres://h/db?sslmode=require"), ("postgres://h/db?sslmode=require".into(), CertificateCheck::None));
+        assert_eq!(driver_url("postgres://h/db"), ("postgres://h/db".into(), CertificateCheck::None));
+        assert_eq!(driver_url("postgres://h/db?sslmode=require"), ("postgres://h/db?sslmode=require".into(), CertificateCheck::None));
         assert_eq!(
-            tls_options("postgres://h/db?sslmode=verify-full&application_name=x"),
+            driver_url("postgres://h/db?sslmode=verify-full&application_name=x"),
             ("postgres://h/db?sslmode=require&application_name=x".into(), CertificateCheck::Verify { root_file: None })
         );
         assert_eq!(
-            tls_options("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-ca"),
+            driver_url("postgres://h/db?sslrootcert=%2Fetc%2Fca.pem&sslmode=verify-ca"),
             ("postgres://h/db?sslmode=require".into(), CertificateCheck::Verify { root_file: Some("/etc/ca.pem".into()) })
         );
+        assert_eq!(
+            driver_url("postgres:///db?host=h1,h2&port=1,2"),
+            ("postgres:///db?host=h1&host=h2&port=1,2".into(), CertificateCheck::None)
+        );
+    }
+
+    #[test]
+    fn each_host_keeps_every_other_setting_of_the_url() {
+        let options = "application_name=x&sslmode=require&connect_timeout=3&keepalives_idle=30&target_session_attrs=read-write";
+        let parse = |url: &str| tokio_postgres::Config::from_str(&driver_url(url).0).unwrap();
+        let one = parse(&format!("postgres://u:pw@h1:5433/db?{options}"));
+        assert_eq!(single_hosts(&one), vec![one.clone()]);
+        let many = parse(&format!("postgres://u:pw@h1:5433,h2,[::1]:5435/db?{options}"));
+        let expected: Vec<_> =
+            ["h1:5433", "h2:5432", "[::1]:5435"].iter().map(|host| parse(&format!("postgres://u:pw@{host}/db?{options}"))).collect();
+        assert_eq!(single_hosts(&many), expected);
+        // libpq's other form: the hosts and their ports as parameters, one port for all.
+        let listed = parse("postgres:///db?host=h1,h2&port=5433&user=u&target_session_attrs=read-write");
+        let expected: Vec<_> =
+            ["h1", "h2"].iter().map(|host| parse(&format!("postgres://u@{host}:5433/db?target_session_attrs=read-write"))).collect();
+        assert_eq!(single_hosts(&listed), expected);
+        assert_eq!(host_name(&expected[1]), "h2:5433");
+    }
+
+    #[test]
+    fn urls_are_checked_by_the_drivers_parser() {
+        check_url("postgres://u:pw@h1:5432,h2:5432/db?target_session_attrs=read-write").unwrap();
+        check_url("postgres:///db?host=h1,h2&port=5432,5433").unwrap();
+        check_url("postgres://h/db?sslmode=verify-full&sslrootcert=%2Fetc%2Fca.pem").unwrap();
+        let refused = check_url("postgres://u:secret-pw@h1/db?target_session_attrs=primary").unwrap_err();
+        assert!(refused.contains("target_session_attrs"), "{refused}");
+        assert!(!refused.contains("secret-pw"), "{refused}");
+        assert!(check_url("postgres://h1:5432,h2:5432,h3/db?port=1,2").is_err(), "two lists of ports");
+    }
+
+    async fn backend_pid(client: &Object) -> i32 {
+        client.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0)
+    }
+
+    /// `server`'s user, password and database, reached through `hosts` instead.
+    fn through_hosts(server: &str, hosts: &str) -> String {
+        let config = tokio_postgres::Config::from_str(server).unwrap();
+        let user = config.get_user().unwrap_or("postgres");
+        let password = config.get_password().map(|p| format!(":{}", String::from_utf8_lossy(p))).unwrap_or_default();
+        format!("postgres://{user}{password}@{hosts}/{}?sslmode=disable", config.get_dbname().unwrap_or("postgres"))
+    }
+
+    /// The `host:port` of the server at `server`.
+    fn host_port(server: &str) -> String {
+        host_name(&tokio_postgres::Config::from_str(server).unwrap())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_host_that_accepts_and_never_answers_is_passed_over() {
+        with_database("a_host_that_accepts_and_never_answers_is_passed_over", |url| async move {
+            // The kernel completes the TCP handshake of a listener nobody accepts on, as it
+            // does for a frozen server's; the startup is never answered.
+            let frozen = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let frozen_port = frozen.local_addr().unwrap().port();
+            let hosts = format!("127.0.0.1:{frozen_port},{}", host_port(&url));
+            let settings = PgSettings { connect_timeout: Duration::from_millis(300), ..PgSettings::with_pool_size(2) };
+            let store = PgStore::connect(&through_hosts(&url, &hosts), settings, &phones()).await.unwrap();
+            store.probe_write().await.unwrap();
+
+            // The frozen host alone: refused once its time is up, and said so.
+            let store = PgStore::open(&through_hosts(&url, &format!("127.0.0.1:{frozen_port}")), settings).unwrap();
+            let refused = store.probe_write().await.unwrap_err().to_string();
+            assert!(refused.contains("timeout waiting for server"), "{refused}");
+            drop(frozen);
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_to_a_read_only_server_is_replaced_and_the_operation_runs_again() {
+        with_database("a_connection_to_a_read_only_server_is_replaced_and_the_operation_runs_again", |url| async move {
+            let store = PgStore::connect(&url, PgSettings::with_pool_size(1), &phones()).await.unwrap();
+            // What a primary demoted under an open connection answers: every write refused.
+            let client = store.client().await.unwrap();
+            client.batch_execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY").await.unwrap();
+            let demoted = backend_pid(&client).await;
+            drop(client);
+            store.probe_write().await.expect("run again on a fresh connection");
+            let client = store.client().await.unwrap();
+            assert_ne!(backend_pid(&client).await, demoted, "the read-only connection was dropped");
+            drop(client);
+
+            // A server that refuses writes on every connection (a standby): the server's
+            // own message comes through, with what to do about it.
+            let name = server_database(&url).to_string();
+            let client = store.client().await.unwrap();
+            client.batch_execute(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on")).await.unwrap();
+            drop(client);
+            store.pool.retain(|_, _| false);
+            let refused = store.probe_write().await.unwrap_err().to_string();
+            assert!(refused.starts_with("db error: ERROR: cannot execute INSERT in a read-only transaction"), "{refused}");
+            assert!(refused.contains("target_session_attrs=read-write"), "{refused}");
+        })
+        .await;
     }
 
     /// The database named in `server`, where the test databases are created from.
@@ -1690,8 +2283,8 @@ mod tests {
     async fn racing_instances_apply_each_migration_once() {
         with_database("racing_instances_apply_each_migration_once", |url| async move {
             let (first, second) = (url.clone(), url.clone());
-            let first = tokio::spawn(async move { PgStore::connect(&first, 2, &phones()).await });
-            let second = tokio::spawn(async move { PgStore::connect(&second, 2, &phones()).await });
+            let first = tokio::spawn(async move { PgStore::connect(&first, PgSettings::with_pool_size(2), &phones()).await });
+            let second = tokio::spawn(async move { PgStore::connect(&second, PgSettings::with_pool_size(2), &phones()).await });
             let store = first.await.unwrap().unwrap();
             second.await.unwrap().unwrap();
             assert_eq!(store.migrate(&phones()).await.unwrap(), Vec::<u32>::new(), "nothing is left to apply");
@@ -1701,7 +2294,8 @@ mod tests {
 
             // Two pools on a database without schema: each step is applied by exactly one.
             client.batch_execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public").await.unwrap();
-            let (a, b) = (PgStore::open(&url, 2).unwrap(), PgStore::open(&url, 2).unwrap());
+            let (a, b) =
+                (PgStore::open(&url, PgSettings::with_pool_size(2)).unwrap(), PgStore::open(&url, PgSettings::with_pool_size(2)).unwrap());
             let phones = phones();
             let (a, b) = tokio::join!(a.migrate(&phones), b.migrate(&phones));
             let mut applied = [a.unwrap(), b.unwrap()].concat();
@@ -1714,7 +2308,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_upgrade_hashes_the_address_books_kept_in_clear() {
         with_database("an_upgrade_hashes_the_address_books_kept_in_clear", |url| async move {
-            let store = PgStore::open(&url, 2).unwrap();
+            let store = PgStore::open(&url, PgSettings::with_pool_size(2)).unwrap();
             let client = store.client().await.unwrap();
             // A database of the release before: its address books hold phones.
             client
@@ -1769,7 +2363,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn of_fifty_concurrent_right_guesses_exactly_one_claims_the_code() {
         with_database("of_fifty_concurrent_right_guesses_exactly_one_claims_the_code", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 8, &phones()).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(8), &phones()).await.unwrap());
             let now = crate::store::now();
             let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
             let guesses: Vec<_> = (0..50)
@@ -1803,7 +2397,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_senders_never_take_the_same_notice() {
         with_database("concurrent_senders_never_take_the_same_notice", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 4, &phones()).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(4), &phones()).await.unwrap());
             let now = crate::store::now();
             store
                 .client()
@@ -1845,7 +2439,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_couriers_never_claim_the_same_message_and_leases_end() {
         with_database("concurrent_couriers_never_claim_the_same_message_and_leases_end", |url| async move {
-            let store = Arc::new(PgStore::connect(&url, 4, &phones()).await.unwrap());
+            let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(4), &phones()).await.unwrap());
             let now = crate::store::now();
             let now_ms = now * 1000;
             for n in 0..40 {
@@ -1901,7 +2495,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_login_sends_few_statements() {
         with_database("a_login_sends_few_statements", |url| async move {
-            let store = PgStore::connect(&url, 1, &phones()).await.unwrap();
+            let store = PgStore::connect(&url, PgSettings::with_pool_size(1), &phones()).await.unwrap();
             let now = crate::store::now();
             let full_login = |address: &'static str, token: &'static str| {
                 let store = &store;
@@ -1942,7 +2536,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_recorded_login_authenticates_and_notifies_contacts() {
         with_database("a_recorded_login_authenticates_and_notifies_contacts", |url| async move {
-            let store = PgStore::connect(&url, 2, &phones()).await.unwrap();
+            let store = PgStore::connect(&url, PgSettings::with_pool_size(2), &phones()).await.unwrap();
             let now = crate::store::now();
             let login = |address: &str, token: &str, device: &str| CompletedLogin {
                 address: address.into(),

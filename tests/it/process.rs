@@ -86,6 +86,21 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
     assert!(text(&output.stderr).contains("DATABASE_URL must be a URL such as postgres://"), "{}", text(&output.stderr));
     let output = run(otpgate(&["check-config"], &[("DATABASE_URL", "postgres://db/otpgate")])).await;
     assert!(text(&output.stderr).contains("needs OTP_SECRET or OTP_SECRET_FILE"), "{}", text(&output.stderr));
+    // libpq's forms with several hosts pass, printed without the password; what the
+    // driver would refuse is refused here, before anything connects.
+    let standby = "postgres://otpgate:db-pass-44@db1:5432,db2:5433/otpgate?target_session_attrs=read-write";
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", standby), ("OTP_SECRET", "otp-secret-value-91")])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed: Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    assert_eq!(printed["database_url"], "postgres://db1:5432,db2:5433/otpgate");
+    let listed = "postgres:///otpgate?host=db1,db2&port=5432,5433&target_session_attrs=read-write";
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", listed), ("OTP_SECRET", "otp-secret-value-91")])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let unknown = "postgres://otpgate:db-pass-44@db1,db2/otpgate?target_session_attrs=primary";
+    let output = run(otpgate(&["check-config"], &[("DATABASE_URL", unknown), ("OTP_SECRET", "otp-secret-value-91")])).await;
+    assert!(!output.status.success());
+    assert!(text(&output.stderr).contains("DATABASE_URL invalid connection string"), "{}", text(&output.stderr));
+    assert!(!text(&output.stderr).contains("db-pass-44"), "{}", text(&output.stderr));
     let output = run(otpgate(&["check-config"], &[("REDIS_URL", "127.0.0.1:6379")])).await;
     assert!(text(&output.stderr).contains("REDIS_URL must be a URL"), "{}", text(&output.stderr));
     let output = run(otpgate(&["check-config"], &[("DATABASE_URL", "postgres://db/otpgate"), ("OTP_SECRET", "otp-secret-value-91")])).await;
