@@ -9,6 +9,7 @@ mod compatibility;
 mod contacts;
 mod courier;
 mod delivery;
+mod failover;
 mod files;
 mod fraud;
 mod fuzz;
