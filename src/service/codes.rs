@@ -199,13 +199,11 @@ impl CodeAuthenticator {
                 VerifyOutcome::Claimed { link_target } => link_lookup = LinkLookup::Done(link_target),
                 VerifyOutcome::Refused(refusal) => return Err(refusal.into()),
                 VerifyOutcome::NoCode => {
-                    let why = "no valid code for this address (expired, already used, or never sent); request a new one";
+                    let why = "no valid code for this address and app (expired, already used, asked for by another app, or never sent); request a new one";
                     return self.refused(address, "no_code", ApiError::new(ErrorCode::BadCode, why)).await;
                 }
                 VerifyOutcome::Wrong { left } => {
-                    return self
-                        .refused(address, "wrong", ApiError::new(ErrorCode::BadCode, format!("wrong code; {left} attempts left")))
-                        .await
+                    return self.refused(address, "wrong", ApiError::new(ErrorCode::BadCode, wrong_code(left))).await
                 }
                 VerifyOutcome::TooManyAttempts => {
                     return self
@@ -285,4 +283,12 @@ async fn check(limit: &KeyedLimit, key: &str) -> Result<(), ApiError> {
 fn internal(e: store::StorageError) -> ApiError {
     tracing::error!("database error: {e}");
     ApiError::internal()
+}
+
+/// The refusal of a wrong guess that leaves `left` more.
+fn wrong_code(left: u32) -> String {
+    match left {
+        1 => "wrong code; 1 attempt left".to_string(),
+        left => format!("wrong code; {left} attempts left"),
+    }
 }

@@ -52,6 +52,8 @@ async fn wrong_code_is_refused_and_counts_down() {
     let reply = server.call(verify(PHONE, wrong)).await;
     assert_error(&reply, 401, "BADCODE");
     assert!(reply.1["errmsg"].as_str().unwrap().contains("2 attempts left"), "{}", reply.1);
+    let reply = server.call(verify(PHONE, wrong)).await;
+    assert!(reply.1["errmsg"].as_str().unwrap().ends_with("wrong code; 1 attempt left"), "{}", reply.1);
     assert!(server.upstream.received().is_empty());
 
     let (status, reply) = server.call(verify(PHONE, &code)).await;
@@ -150,7 +152,9 @@ async fn a_code_is_bound_to_the_app_that_asked_for_it() {
     let code = server.start_login(PHONE).await;
     let mut request = verify(PHONE, &code);
     request["appid"] = json!("com.other.app");
-    assert_error(&server.call(request).await, 401, "BADCODE");
+    let reply = server.call(request).await;
+    assert_error(&reply, 401, "BADCODE");
+    assert!(reply.1["errmsg"].as_str().unwrap().contains("asked for by another app"), "{}", reply.1);
     assert!(server.upstream.received().is_empty());
 }
 
