@@ -35,6 +35,23 @@ async fn upstream_result_false_keeps_the_code() {
 }
 
 #[actix_web::test]
+async fn a_refusal_without_an_app_token_is_logged_with_the_reason() {
+    let refusal = Mode::Reply(200, r#"{"result":false,"error":"AUTHFAIL"}"#.into());
+    let hint = "APP_TOKEN is not set, and the platform refuses requests without it";
+    for (app_token, hinted) in [("", true), (APP_TOKEN, false)] {
+        let server = TestServer::start(&[("APP_TOKEN", app_token)]).await;
+        let code = server.start_login(PHONE).await;
+        server.upstream.set_mode(refusal.clone());
+        let reply = server.call(verify(PHONE, &code)).await;
+        assert_error(&reply, 502, "UPSTREAM");
+        assert!(!reply.1.to_string().contains("APP_TOKEN"), "the reply is the apps' and stays as it was: {}", reply.1);
+        let logs = server.logs();
+        assert!(logs.contains("upstream useradd failed") && logs.contains("AUTHFAIL"), "{logs}");
+        assert_eq!(logs.contains(hint), hinted, "APP_TOKEN={app_token:?}: {logs}");
+    }
+}
+
+#[actix_web::test]
 async fn upstream_garbage_keeps_the_code() {
     let server = TestServer::start(&[]).await;
     retry_after_failure(&server, Mode::Reply(200, "<html>bad gateway</html>".into())).await;

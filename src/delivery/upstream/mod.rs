@@ -209,7 +209,12 @@ impl Upstream {
     /// An error quoting the start of `body`, the app token blanked before the cut so
     /// that no cut can leave part of it behind.
     fn error(&self, what: &str, body: &str) -> UpstreamError {
-        UpstreamError::answered(format!("{what}; body: {}", shorten(&self.redact(body), LOGGED_BODY_LIMIT)))
+        let mut detail = format!("{what}; body: {}", shorten(&self.redact(body), LOGGED_BODY_LIMIT));
+        // The platform's own answer (often a bare AUTHFAIL) does not say why.
+        if self.app_token.is_empty() && !self.builtin {
+            detail.push_str("; APP_TOKEN is not set, and the platform refuses requests without it");
+        }
+        UpstreamError::answered(detail)
     }
 
     /// Upstreams sometimes echo the request; the app token must never reach a log.
