@@ -29,5 +29,6 @@ mod secrets_at_rest;
 mod sessions;
 mod shared_limits;
 mod storage;
+mod test_databases;
 mod upload_limits;
 mod upstream_failures;

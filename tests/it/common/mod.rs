@@ -172,8 +172,8 @@ impl TestServer {
         }
         if let Some(url) = backend::redis_url() {
             vars.insert("REDIS_URL".into(), url);
-            // Keys of their own: tests run side by side on one Redis.
-            vars.insert("REDIS_PREFIX".into(), format!("otpgate-test-{}-{id}", std::process::id()));
+            // Keys of their own: tests (and runs on other machines) run side by side on one Redis.
+            vars.insert("REDIS_PREFIX".into(), format!("otpgate-test-{:016x}-{id}", backend::run_tag()));
         }
         vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_vars(vars).expect("test configuration is valid");
