@@ -100,22 +100,12 @@ pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecre
             created_file: false,
         });
     }
-    let explicit = !config.otp.secret_file.is_empty();
-    let path = if explicit { PathBuf::from(&config.otp.secret_file) } else { default_key_file(&config.database_path) };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let secret = parse_key_file(&text).map_err(|why| format!("key file {}: {why}", path.display()))?;
-            warn_if_readable_by_others(&path);
-            Ok(LoadedSecret { secret, source: KeySource::File(path), created_file: false })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A named file that is missing is more likely a missing mount than a first start,
-            // and a new key there would void every pending code.
+    let (path, explicit) = key_file(config);
+    match read_key_file(&path)? {
+        Some(secret) => Ok(LoadedSecret { secret, source: KeySource::File(path), created_file: false }),
+        None => {
             if explicit && stored.is_none() {
-                return Err(format!(
-                    "OTP_SECRET_FILE {} does not exist; create it with `openssl rand -hex 32 > {0}` (mode 0600) or unset OTP_SECRET_FILE to have one created beside the database",
-                    path.display()
-                ));
+                return Err(missing_named_file(&path));
             }
             let secret = match stored {
                 Some(key) => key.to_vec(),
@@ -128,8 +118,52 @@ pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecre
             write_key_file(&path, &secret).map_err(|e| format!("cannot create the key file {}: {e}", path.display()))?;
             Ok(LoadedSecret { secret, source: KeySource::File(path), created_file: true })
         }
+    }
+}
+
+/// Whether a start would find the server secret, as [`load_secret`] looks for it, without
+/// creating anything: for check-config. `stored` is asked only when a named key file is
+/// missing: whether the database holds an earlier release's key, which would be moved there.
+pub fn check_secret(config: &Config, stored: impl FnOnce() -> bool) -> Result<(), String> {
+    if !config.otp.secret.is_empty() {
+        return Ok(());
+    }
+    let (path, explicit) = key_file(config);
+    // Otherwise a missing file is created at start.
+    if read_key_file(&path)?.is_none() && explicit && !stored() {
+        return Err(missing_named_file(&path));
+    }
+    Ok(())
+}
+
+/// The key file, and whether OTP_SECRET_FILE names it.
+fn key_file(config: &Config) -> (PathBuf, bool) {
+    match config.otp.secret_file.as_str() {
+        "" => (default_key_file(&config.database_path), false),
+        named => (PathBuf::from(named), true),
+    }
+}
+
+/// The key in the file at `path`; `None` when there is no such file.
+fn read_key_file(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = parse_key_file(&text).map_err(|why| format!("key file {}: {why}", path.display()))?;
+            warn_if_readable_by_others(path);
+            Ok(Some(secret))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("cannot read the key file {}: {e}", path.display())),
     }
+}
+
+/// A named file that is missing is more likely a missing mount than a first start, and a
+/// new key there would void every pending code: refused.
+fn missing_named_file(path: &Path) -> String {
+    format!(
+        "OTP_SECRET_FILE {} does not exist; create it with `openssl rand -hex 32 > {0}` (mode 0600) or unset OTP_SECRET_FILE to have one created beside the database",
+        path.display()
+    )
 }
 
 /// A key file holds the key as hexadecimal digits (as `openssl rand -hex 32` writes them).

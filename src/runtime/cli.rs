@@ -83,6 +83,12 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     crate::domain::phone::PhonePolicy::from_config(config)?;
     crate::domain::client_ip::TrustedProxies::parse(&config.trusted_proxies)?;
     otp::test_codes(config.test_otps.expose())?;
+    // Serve refuses a named key file that is missing, unless the SQLite database holds an
+    // earlier release's key to move there.
+    crate::domain::keys::check_secret(config, || {
+        config.database_url.is_empty()
+            && crate::store::setting_before_open(&config.database_path, crate::domain::keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
+    })?;
     crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
     if !config.database_url.is_empty() {
         crate::store::postgres::check_url(&config.database_url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;

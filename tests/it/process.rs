@@ -125,6 +125,51 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
 }
 
 #[actix_web::test]
+async fn check_config_refuses_the_key_file_and_gateway_body_that_serve_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otpgate.db");
+    let db = db.to_str().unwrap();
+    let missing = dir.path().join("secrets").join("otp.key");
+    let missing = missing.to_str().unwrap();
+    let named = [("DATABASE_PATH", db), ("OTP_SECRET_FILE", missing), ("BIND", "127.0.0.1:0")];
+    for subcommand in ["check-config", "serve"] {
+        let output = run(otpgate(&[subcommand], &named)).await;
+        assert_eq!(output.status.code(), Some(2), "{subcommand}: {}", text(&output.stderr));
+        assert!(text(&output.stderr).contains(&format!("OTP_SECRET_FILE {missing} does not exist")), "{}", text(&output.stderr));
+    }
+    assert!(!std::path::Path::new(missing).exists() && !std::path::Path::new(db).exists(), "check-config created nothing");
+
+    let key_file = dir.path().join("otp.key");
+    let with_key_file = [("DATABASE_PATH", db), ("OTP_SECRET_FILE", key_file.to_str().unwrap())];
+    std::fs::write(&key_file, "not hex\n").unwrap();
+    let output = run(otpgate(&["check-config"], &with_key_file)).await;
+    assert_eq!(output.status.code(), Some(2), "a key file serve cannot read is refused");
+    assert!(text(&output.stderr).contains("hexadecimal digits"), "{}", text(&output.stderr));
+    std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+    let output = run(otpgate(&["check-config"], &with_key_file)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    // The key an earlier release kept in the database is moved to a missing named file at start.
+    let legacy = rusqlite::Connection::open(db).unwrap();
+    legacy.execute_batch("CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)").unwrap();
+    legacy.execute("INSERT INTO settings (key, value) VALUES ('otp_hash_key', ?1)", [&[0x5a_u8; 32][..]]).unwrap();
+    drop(legacy);
+    let output = run(otpgate(&["check-config"], &named[..2])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!std::path::Path::new(missing).exists());
+
+    let gateway = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+    for (body, placeholder) in [(r#"{"to":"{phone}","text":"hello"}"#, "{message}"), (r#"{"text":"{message}"}"#, "{phone}")] {
+        let mut env = gateway.to_vec();
+        env.push(("SMS_HTTP_BODY", body));
+        let output = run(otpgate(&["check-config"], &env)).await;
+        assert_eq!(output.status.code(), Some(2), "{body} was accepted");
+        assert!(text(&output.stderr).contains(&format!("SMS_HTTP_BODY has no {placeholder}")), "{}", text(&output.stderr));
+    }
+    let output = run(otpgate(&["check-config"], &gateway)).await;
+    assert!(output.status.success(), "the default body has both: {}", text(&output.stderr));
+}
+
+#[actix_web::test]
 async fn migrate_creates_the_schema_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh.db");

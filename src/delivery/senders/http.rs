@@ -17,7 +17,16 @@ impl HttpSmsSender {
         if config.sms_http.url.is_empty() {
             return Err("invalid configuration: SMS_HTTP_URL is required when the http sender is used".into());
         }
-        let sample = render_body(config.sms_http.body.expose(), "18005551234", "Your code is 123456");
+        let template = config.sms_http.body.expose();
+        // Without them every message would reach the gateway without its number or its code.
+        for placeholder in ["{phone}", "{message}"] {
+            if !template.contains(placeholder) {
+                return Err(format!(
+                    "invalid configuration: SMS_HTTP_BODY has no {placeholder}; it must be a JSON template using {{phone}} and {{message}}"
+                ));
+            }
+        }
+        let sample = render_body(template, "18005551234", "Your code is 123456");
         if serde_json::from_str::<serde_json::Value>(&sample).is_err() {
             return Err("invalid configuration: SMS_HTTP_BODY must be a JSON template using {phone} and {message}".into());
         }
