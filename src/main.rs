@@ -18,10 +18,19 @@ async fn main() -> ExitCode {
     };
     // Held until `main` returns: dropping it writes out the log lines still queued.
     let _log = logging::init(config.log_format);
-    for warning in config.warnings() {
-        tracing::warn!("{warning}");
+    let command = cli.command.unwrap_or(Command::Serve);
+    if command.reads_settings() {
+        let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());
+        for warning in Config::unknown_variable_warnings(names) {
+            tracing::warn!("{warning}");
+        }
     }
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    if command.serves_or_checks() {
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+    let result = match command {
         Command::Serve => return serve(config).await,
         Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
         Command::Migrate { from_sqlite } => cli::migrate(&config, from_sqlite.as_deref()).await.map_err(|e| (1, e)),

@@ -914,6 +914,31 @@ impl Config {
         flat
     }
 
+    /// Every setting's variable name (`BIND`, `OTP_LENGTH`...).
+    pub fn setting_names() -> Vec<String> {
+        let defaults = Config::from_vars(std::iter::empty::<(String, String)>()).expect("the defaults are a valid configuration");
+        defaults.settings().keys().map(|name| name.to_uppercase()).collect()
+    }
+
+    /// A warning for each of `names` that starts as a setting does (`OTP_`, `SMTP_`,
+    /// `MAX_`...) but is none, naming the setting closest to it: otherwise a misspelled
+    /// setting (`OTP_LENGHT`) would be ignored without a word. Variables read elsewhere
+    /// (`RUST_LOG`) start as no setting does.
+    pub fn unknown_variable_warnings<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Vec<String> {
+        let known = Config::setting_names();
+        let prefixes: std::collections::BTreeSet<&str> = known.iter().filter_map(|name| name.find('_').map(|end| &name[..=end])).collect();
+        let mut warnings = Vec::new();
+        for name in names {
+            let name = name.as_ref();
+            if known.iter().any(|k| k == name) || !prefixes.iter().any(|prefix| name.starts_with(prefix)) {
+                continue;
+            }
+            let closest = known.iter().min_by_key(|k| edit_distance(k, name)).expect("there are settings");
+            warnings.push(format!("{name} is not a setting of otpgate and is ignored (the closest setting is {closest})"));
+        }
+        warnings
+    }
+
     fn validate(&self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         if !(4..=10).contains(&self.otp.length) {
@@ -1144,6 +1169,21 @@ fn bind_host(bind: &str) -> Option<&str> {
     well_formed.then_some(host)
 }
 
+/// The Levenshtein distance: characters inserted, deleted or replaced to turn `a` into `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let replaced = previous[j] + usize::from(ca != *cb);
+            current.push(replaced.min(previous[j + 1] + 1).min(current[j] + 1));
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
 /// An absolute http(s) URL with a host.
 fn is_http_url(text: &str) -> bool {
     reqwest::Url::parse(text).is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
@@ -1340,6 +1380,26 @@ mod tests {
                 field.to_uppercase()
             );
         }
+    }
+
+    #[test]
+    fn a_variable_that_looks_like_a_setting_is_warned_about_with_the_closest_one() {
+        assert_eq!(edit_distance("OTP_LENGHT", "OTP_LENGTH"), 2);
+        assert_eq!(edit_distance("", "ABC"), 3);
+        assert_eq!(edit_distance("SMTP_HOST", "SMTP_HOST"), 0);
+        let warnings = Config::unknown_variable_warnings(["OTP_LENGHT", "SMTP_PASWORD", "MAX_DEVICE"]);
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        for (warning, (name, closest)) in
+            warnings.iter().zip([("OTP_LENGHT", "OTP_LENGTH"), ("SMTP_PASWORD", "SMTP_PASSWORD"), ("MAX_DEVICE", "MAX_DEVICES")])
+        {
+            assert!(warning.starts_with(&format!("{name} is not a setting")), "{warning}");
+            assert!(warning.ends_with(&format!("the closest setting is {closest})")), "{warning}");
+        }
+        // Every setting is known, and variables that start as no setting does are not otpgate's.
+        let mut quiet = Config::setting_names();
+        quiet.extend(["RUST_LOG", "PATH", "HOME", "BINDING", "HTTPS_PROXY", "otp_lenght"].map(String::from));
+        assert_eq!(Config::unknown_variable_warnings(&quiet), Vec::<String>::new());
+        assert!(Config::setting_names().contains(&"SMS_HTTP_BODY".to_string()));
     }
 
     #[test]

@@ -46,6 +46,20 @@ pub enum Command {
     },
 }
 
+impl Command {
+    /// Whether it acts on the settings, so that a misspelled one is worth a warning; the
+    /// healthcheck reads only BIND, and runs every few seconds.
+    pub fn reads_settings(&self) -> bool {
+        !matches!(self, Command::Healthcheck { .. })
+    }
+
+    /// Whether the warnings about serving ([`Config::warnings`]: APP_TOKEN unset, the
+    /// built-in upstream...) concern it: serve, and check-config, which is asked before it.
+    pub fn serves_or_checks(&self) -> bool {
+        matches!(self, Command::Serve | Command::CheckConfig)
+    }
+}
+
 /// The effective configuration, as check-config prints it: every [`Secret`](crate::config::Secret)
 /// setting serialises as `"<redacted>"` (or `""` when unset, so an operator sees which are
 /// missing), and URLs lose their credentials.

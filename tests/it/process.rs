@@ -170,6 +170,39 @@ async fn check_config_refuses_the_key_file_and_gateway_body_that_serve_refuses()
 }
 
 #[actix_web::test]
+async fn a_misspelled_setting_is_warned_about_with_the_one_meant() {
+    let output = run(otpgate(&["check-config"], &[("OTP_LENGHT", "8"), ("RUST_LOG", "info"), ("OTP_TTL_SECS", "60")])).await;
+    assert!(output.status.success(), "a warning, not a refusal: {}", text(&output.stderr));
+    let warnings = text(&output.stderr);
+    assert!(warnings.contains("OTP_LENGHT is not a setting of otpgate and is ignored (the closest setting is OTP_LENGTH)"), "{warnings}");
+    assert_eq!(warnings.matches("is not a setting").count(), 1, "RUST_LOG and OTP_TTL_SECS are known: {warnings}");
+    assert_eq!(serde_json::from_str::<Value>(&text(&output.stdout)).unwrap()["otp_length"], 6);
+}
+
+#[actix_web::test]
+async fn the_warnings_about_serving_are_for_serve_and_check_config_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otpgate.db");
+    // Nothing listens on a port just let go of.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let env = [("BIND", bind.as_str()), ("DATABASE_PATH", db.to_str().unwrap()), ("OTP_LENGHT", "8")];
+    let output = run(otpgate(&["check-config"], &env)).await;
+    assert!(text(&output.stderr).contains("APP_TOKEN is not set"), "{}", text(&output.stderr));
+
+    let output = run(otpgate(&["healthcheck"], &env)).await;
+    assert_eq!(output.status.code(), Some(1));
+    let said = text(&output.stderr);
+    assert!(!said.contains("APP_TOKEN") && !said.contains("OTP_LENGHT"), "the healthcheck warns of nothing: {said}");
+
+    let output = run(otpgate(&["migrate"], &env)).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let said = text(&output.stderr);
+    assert!(!said.contains("APP_TOKEN"), "migrate does not use it: {said}");
+    assert!(said.contains("OTP_LENGHT is not a setting"), "a misspelled setting matters to every subcommand that reads them: {said}");
+}
+
+#[actix_web::test]
 async fn migrate_creates_the_schema_and_exits() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fresh.db");
