@@ -165,7 +165,14 @@ pub async fn healthcheck(config: &Config, path: &str) -> Result<String, String> 
     let address = config.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
     let url = format!("http://{address}{path}");
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
-    let response = client.get(&url).send().await.map_err(|e| format!("{url}: {e}"))?;
+    let response = client.get(&url).send().await.map_err(|e| {
+        let hint = match e.is_connect() {
+            true => format!("; is `otpgate serve` running, with this BIND ({})?", config.bind),
+            false => String::new(),
+        };
+        // With its causes: reqwest's own text is only "error sending request".
+        format!("{url}: {}{hint}", crate::delivery::upstream::describe(e))
+    })?;
     let status = response.status();
     let body = response.text().await.unwrap_or_default();
     if status.is_success() {

@@ -43,7 +43,9 @@ impl AppState {
         let shared_limits = match config.redis_url.as_str() {
             "" => None,
             url => {
-                let buckets = RedisBuckets::connect(url, &config.redis_prefix).await?;
+                let buckets = RedisBuckets::connect(url, &config.redis_prefix)
+                    .await
+                    .map_err(|e| format!("{e} (REDIS_URL={})", url_without_credentials(url)))?;
                 let allow = config.rate_limit_on_error == RateLimitOnError::Allow;
                 tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={})", config.rate_limit_on_error.as_str());
                 Some(SharedLimits::new(Arc::new(buckets), keys.limit_key, allow))

@@ -194,12 +194,29 @@ async fn the_warnings_about_serving_are_for_serve_and_check_config_only() {
     assert_eq!(output.status.code(), Some(1));
     let said = text(&output.stderr);
     assert!(!said.contains("APP_TOKEN") && !said.contains("OTP_LENGHT"), "the healthcheck warns of nothing: {said}");
+    // With the cause and what to check, not only "error sending request".
+    assert!(said.to_lowercase().contains("connection refused"), "{said}");
+    assert!(said.contains(&format!("is `otpgate serve` running, with this BIND ({bind})?")), "{said}");
 
     let output = run(otpgate(&["migrate"], &env)).await;
     assert!(output.status.success(), "{}", text(&output.stderr));
     let said = text(&output.stderr);
     assert!(!said.contains("APP_TOKEN"), "migrate does not use it: {said}");
     assert!(said.contains("OTP_LENGHT is not a setting"), "a misspelled setting matters to every subcommand that reads them: {said}");
+}
+
+#[actix_web::test]
+async fn a_redis_that_cannot_be_reached_is_named_by_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otpgate.db");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let redis = format!("redis://:redis-pass-33@127.0.0.1:{port}/0");
+    let env = [("BIND", "127.0.0.1:0"), ("DATABASE_PATH", db.to_str().unwrap()), ("REDIS_URL", redis.as_str())];
+    let output = run(otpgate(&["serve"], &env)).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    let said = text(&output.stderr);
+    assert!(said.contains(&format!("(REDIS_URL=redis://127.0.0.1:{port}/0)")), "{said}");
+    assert!(!said.contains("redis-pass-33"), "{said}");
 }
 
 #[actix_web::test]
