@@ -32,7 +32,7 @@ async fn main() -> ExitCode {
     }
     let result = match command {
         Command::Serve => return serve(config).await,
-        Command::CheckConfig => cli::check_config(&config).map_err(|e| (CONFIG_ERROR, e)),
+        Command::CheckConfig => cli::check_config(&config).await.map_err(|e| (CONFIG_ERROR, e)),
         Command::Migrate { from_sqlite } => cli::migrate(&config, from_sqlite.as_deref()).await.map_err(|e| (1, e)),
         Command::SendTest { to } => cli::send_test(&config, &to).await.map_err(|e| (1, e)),
         Command::Healthcheck { path } => cli::healthcheck(&config, &path).await.map_err(|e| (1, e)),

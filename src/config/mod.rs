@@ -2,7 +2,11 @@
 //! upper case, after its section's prefix: `smtp.host` is SMTP_HOST, `otp.length` is
 //! OTP_LENGTH, `bind` is BIND. Every variable and its default is in `.env.example`.
 
+mod redis_url;
+
 use serde::{Deserialize, Serialize};
+
+pub use redis_url::RedisTopology;
 
 #[derive(Clone, Deserialize, Serialize)]
 pub struct Config {
@@ -28,7 +32,8 @@ pub struct Config {
     /// answers nothing); then it fails, or runs again on a fresh connection where that is safe.
     #[serde(default = "defaults::db_query_timeout_ms")]
     pub db_query_timeout_ms: u64,
-    /// `redis://host:6379`: keep every rate limit in Redis, shared by every instance;
+    /// `redis://host:6379` (or `redis+cluster://…`, `redis+sentinel://…/master`, see
+    /// [`RedisTopology`]): keep every rate limit in Redis, shared by every instance;
     /// empty: in each process's memory.
     #[serde(default)]
     pub redis_url: String,
@@ -989,15 +994,11 @@ impl Config {
                 );
             }
         }
-        if !self.redis_url.is_empty() {
-            let well_formed = reqwest::Url::parse(&self.redis_url)
-                .is_ok_and(|url| matches!(url.scheme(), "redis" | "rediss") && url.host_str().is_some_and(|h| !h.is_empty()));
-            if !well_formed {
-                return bad("REDIS_URL", "must be a URL such as redis://127.0.0.1:6379");
-            }
-        }
-        if self.redis_prefix.trim().is_empty() || self.redis_prefix.contains(char::is_whitespace) {
-            return bad("REDIS_PREFIX", "must be a word without spaces");
+        self.redis_topology().map_err(|e| format!("invalid configuration: {e}"))?;
+        // Braces would make Redis Cluster hash the prefix instead of each key's own tag.
+        if self.redis_prefix.trim().is_empty() || self.redis_prefix.contains(char::is_whitespace) || self.redis_prefix.contains(['{', '}'])
+        {
+            return bad("REDIS_PREFIX", "must be a word without spaces or braces");
         }
         Ok(())
     }
@@ -1094,6 +1095,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where the shared rate limits live; `None` without `REDIS_URL`.
+    pub fn redis_topology(&self) -> Result<Option<RedisTopology>, String> {
+        match self.redis_url.trim() {
+            "" => Ok(None),
+            url => RedisTopology::parse(url).map(Some),
+        }
     }
 
     /// What is allowed but probably not meant; `serve` and `check-config` log each line.

@@ -89,7 +89,10 @@ pub fn url_without_credentials(url: &str) -> String {
     }
 }
 
-pub fn check_config(config: &Config) -> Result<String, String> {
+/// Checks what can be checked without serving. Redis, when it answers, must be what
+/// `REDIS_URL` says (a Cluster's node given as one server is refused); one that does
+/// not answer is only a warning, since the configuration may be checked elsewhere.
+pub async fn check_config(config: &Config) -> Result<String, String> {
     // Senders validate their own settings (URLs, templates, SMTP addresses) when built.
     senders::build(config)?;
     crate::domain::app_settings::AppSettings::from_config(config)?;
@@ -106,6 +109,14 @@ pub fn check_config(config: &Config) -> Result<String, String> {
     crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
     if !config.database_url.is_empty() {
         crate::store::postgres::check_url(&config.database_url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
+    }
+    if let Some(topology) = config.redis_topology()? {
+        let at = url_without_credentials(&config.redis_url);
+        match crate::store::shared_limits::probe(&topology).await {
+            Ok(None) => {}
+            Ok(Some(why)) => tracing::warn!("Redis at {at} cannot be reached from here ({why}); not checked"),
+            Err(why) => return Err(format!("REDIS_URL {at}: {why}")),
+        }
     }
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }

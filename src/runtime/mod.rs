@@ -40,15 +40,23 @@ impl AppState {
     /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
     pub async fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
         let (db, keys) = open_database(config, clock).await?;
-        let shared_limits = match config.redis_url.as_str() {
-            "" => None,
-            url => {
-                let buckets = RedisBuckets::connect(url, &config.redis_prefix)
-                    .await
-                    .map_err(|e| format!("{e} (REDIS_URL={})", url_without_credentials(url)))?;
+        let shared_limits = match config.redis_topology()? {
+            None => None,
+            Some(topology) => {
                 let allow = config.rate_limit_on_error == RateLimitOnError::Allow;
-                tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={})", config.rate_limit_on_error.as_str());
-                Some(SharedLimits::new(Arc::new(buckets), keys.limit_key, allow))
+                let policy = config.rate_limit_on_error.as_str();
+                let buckets = RedisBuckets::connect(&topology, &config.redis_prefix, allow)
+                    .await
+                    .map_err(|e| format!("{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})", url_without_credentials(&config.redis_url)))?;
+                let shared = SharedLimits::new(Arc::new(buckets), keys.limit_key, allow);
+                match shared.ping().await {
+                    Ok(()) => tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={policy})"),
+                    // Only RATE_LIMIT_ON_ERROR=allow starts without Redis.
+                    Err(why) => tracing::warn!(
+                        "Redis cannot be reached ({why}): starting with rate limits not enforced until it answers (RATE_LIMIT_ON_ERROR=allow)"
+                    ),
+                }
+                Some(shared)
             }
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;

@@ -25,6 +25,8 @@ mod operations;
 mod process;
 mod protocol;
 mod providers;
+mod redis_cluster;
+mod redis_outage;
 mod secrets_at_rest;
 mod sessions;
 mod shared_limits;

@@ -215,7 +215,7 @@ async fn a_redis_that_cannot_be_reached_is_named_by_its_setting() {
     let output = run(otpgate(&["serve"], &env)).await;
     assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
     let said = text(&output.stderr);
-    assert!(said.contains(&format!("(REDIS_URL=redis://127.0.0.1:{port}/0)")), "{said}");
+    assert!(said.contains(&format!("(REDIS_URL=redis://127.0.0.1:{port}/0, RATE_LIMIT_ON_ERROR=deny)")), "{said}");
     assert!(!said.contains("redis-pass-33"), "{said}");
 }
 

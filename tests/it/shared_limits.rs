@@ -95,7 +95,8 @@ async fn redis_buckets_decide_as_the_in_process_ones() {
         return;
     };
     let prefix = format!("otpgate-gcra-{}-{:x}", std::process::id(), rand::random::<u64>());
-    let buckets = otpgate::store::shared_limits::RedisBuckets::connect(&redis, &prefix).await.unwrap();
+    let buckets =
+        otpgate::store::shared_limits::RedisBuckets::connect(&otpgate::config::RedisTopology::Server(redis), &prefix, false).await.unwrap();
     let shared = SharedLimits::new(Arc::new(buckets), [7; 32], false);
     let (local, remote) = (KeyedLimit::per_hour(3).named("gcra"), KeyedLimit::per_hour(3).named("gcra").shared(Some(&shared)));
     for key in ["a", "b"] {

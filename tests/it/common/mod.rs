@@ -5,6 +5,7 @@
 pub mod backend;
 pub mod fake_upstream;
 pub mod local_issuer;
+pub mod redis_servers;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, HttpServer};
