@@ -56,12 +56,25 @@ pub enum Taken {
     Wait(Duration),
 }
 
+/// `n` from bucket `key` (capacity `burst`, one back every `per_unit`); `n` is at most `burst`.
+#[derive(Debug, Clone)]
+pub struct Take {
+    pub key: String,
+    pub n: u32,
+    pub per_unit: Duration,
+    pub burst: u32,
+}
+
 /// Buckets every instance shares (Redis, in `store`).
 #[async_trait]
 pub trait SharedBuckets: Send + Sync {
     /// Takes `n` from bucket `key` (capacity `burst`, one back every `per_unit`) in one
     /// atomic step, or says how long until they would fit. `n` is at most `burst`.
     async fn take(&self, key: &str, n: u32, per_unit: Duration, burst: u32) -> Result<Taken, String>;
+    /// Takes from every bucket of `takes` or from none, in one atomic step: `None` when
+    /// taken, or the index of the first that refused and its wait. The buckets are
+    /// kept together as `group` (in a Redis Cluster: one slot).
+    async fn take_all(&self, group: &str, takes: &[Take]) -> Result<Option<(usize, Duration)>, String>;
     /// Whether the buckets can be reached, for `/readyz`.
     async fn ping(&self) -> Result<(), String>;
 }
@@ -95,12 +108,28 @@ impl SharedLimits {
         let started = Instant::now();
         let taken = self.buckets.take(&self.entry(limit, key), n, per_unit, burst).await;
         metrics::REDIS_DURATION.observe(started.elapsed().as_secs_f64());
-        match taken {
-            Ok(taken) => {
+        self.decide(taken, Taken::Yes)
+    }
+
+    /// `takes` are (limit, key, n, per unit, burst).
+    async fn take_all(&self, group: &str, takes: &[(&str, &str, u32, Duration, u32)]) -> Result<Option<(usize, Duration)>, Refusal> {
+        let takes: Vec<Take> =
+            takes.iter().map(|&(limit, key, n, per_unit, burst)| Take { key: self.entry(limit, key), n, per_unit, burst }).collect();
+        let started = Instant::now();
+        let taken = self.buckets.take_all(group, &takes).await;
+        metrics::REDIS_DURATION.observe(started.elapsed().as_secs_f64());
+        self.decide(taken, None)
+    }
+
+    /// What the buckets answered, or, when they could not be asked, what
+    /// `RATE_LIMIT_ON_ERROR` says: `let_through`, or a refusal.
+    fn decide<T>(&self, answer: Result<T, String>, let_through: T) -> Result<T, Refusal> {
+        match answer {
+            Ok(answer) => {
                 if self.failing.swap(false, Ordering::Relaxed) {
                     tracing::info!("shared rate limits answer again");
                 }
-                Ok(taken)
+                Ok(answer)
             }
             Err(e) => {
                 metrics::RATELIMIT_ERRORS.inc();
@@ -109,7 +138,7 @@ impl SharedLimits {
                     tracing::error!("shared rate limits cannot be checked ({e}): {decision} until they answer (RATE_LIMIT_ON_ERROR)");
                 }
                 if self.allow_on_error {
-                    Ok(Taken::Yes)
+                    Ok(let_through)
                 } else {
                     Err(Refusal::Unavailable)
                 }
@@ -216,6 +245,38 @@ impl KeyedLimit {
             Ok(Err(not_until)) => refused(Refusal::Wait(whole_seconds(not_until.wait_time_from(DefaultClock::default().now())))),
             Err(_) => refused(Refusal::TooMany),
         }
+    }
+
+    /// Takes one from each limit for its key, or, when one refuses, says which (its
+    /// index in `checks`) and why. Shared limits decide all together in one step and
+    /// take nothing when one refuses; in-process ones are checked in order, and those
+    /// before the one that refused have taken theirs. `group` keeps the shared buckets
+    /// together (see [`SharedBuckets::take_all`]).
+    pub async fn check_all(group: &str, checks: &[(&KeyedLimit, &str)]) -> Result<(), (usize, Refusal)> {
+        let enabled: Vec<(usize, &KeyedLimit, Rule, &str)> =
+            checks.iter().enumerate().filter_map(|(i, &(limit, key))| limit.rule.map(|rule| (i, limit, rule, key))).collect();
+        let shared = enabled.first().and_then(|(_, limit, _, _)| limit.shared.clone());
+        let together = shared.as_ref().filter(|shared| enabled.iter().all(|(_, limit, _, _)| limit.shares(shared)));
+        let Some(shared) = together else {
+            for (i, limit, _, key) in enabled {
+                limit.check(key).await.map_err(|refusal| (i, refusal))?;
+            }
+            return Ok(());
+        };
+        let takes: Vec<_> = enabled.iter().map(|&(_, limit, rule, key)| (limit.name, key, 1, rule.per_unit, rule.burst.get())).collect();
+        match shared.take_all(group, &takes).await {
+            Ok(None) => Ok(()),
+            Ok(Some((refused, wait))) => {
+                let (i, limit, _, _) = enabled.get(refused).copied().ok_or((0, Refusal::Unavailable))?;
+                metrics::RATELIMIT_REJECTIONS.with_label_values(&[limit.name]).inc();
+                Err((i, Refusal::Wait(whole_seconds(wait))))
+            }
+            Err(refusal) => Err((enabled[0].0, refusal)),
+        }
+    }
+
+    fn shares(&self, shared: &Arc<SharedLimits>) -> bool {
+        self.shared.as_ref().is_some_and(|own| Arc::ptr_eq(own, shared))
     }
 
     /// Forgets keys whose budget is full again, so the maps do not grow without bound

@@ -76,32 +76,34 @@ fn share_of(budget: u32, percent: u32) -> u32 {
 impl SmsBudget {
     /// Takes one message from the budget (every instance's, when the limits are shared)
     /// for a number with `calling_code`, asked for from the client network `network`.
-    /// The shares are taken first, so a network or country over its share spends
-    /// nothing of what the rest of the world has left.
+    /// A network or country over its share spends nothing of what the rest of the world
+    /// has left; in Redis the three are decided in one step, all or nothing.
     pub async fn spend(&self, calling_code: u16, network: &str) -> Result<(), Refusal> {
-        if let Err(refusal) = self.per_network.check(network).await {
-            tracing::info!(network, "SMS_BUDGET_NETWORK_SHARE of this client network is spent");
-            return Err(refusal);
-        }
+        let country = calling_code.to_string();
+        let mut checks = vec![(&self.per_network, network)];
         if !self.home_countries.contains(&calling_code) {
-            if let Err(refusal) = self.per_country.check(&calling_code.to_string()).await {
-                tracing::info!("SMS_BUDGET_COUNTRY_SHARE of calling code +{calling_code} is spent");
-                return Err(refusal);
-            }
+            checks.push((&self.per_country, country.as_str()));
         }
-        match self.limit.check("").await {
+        checks.push((&self.limit, ""));
+        let (refused, refusal) = match KeyedLimit::check_all("sms_budget", &checks).await {
             Ok(()) => {
                 self.spent.store(false, Ordering::Relaxed);
-                Ok(())
+                return Ok(());
             }
-            Err(Refusal::Wait(wait)) => {
-                if !self.spent.swap(true, Ordering::Relaxed) {
-                    tracing::error!("SMS_BUDGET_PER_HOUR is spent: no SMS is sent until it refills (next in {wait} s)");
-                }
-                Err(Refusal::Wait(wait))
+            Err((_, Refusal::Unavailable)) => return Err(Refusal::Unavailable),
+            Err(refused) => refused,
+        };
+        let limit = checks[refused].0;
+        if std::ptr::eq(limit, &self.per_network) {
+            tracing::info!(network, "SMS_BUDGET_NETWORK_SHARE of this client network is spent");
+        } else if std::ptr::eq(limit, &self.per_country) {
+            tracing::info!("SMS_BUDGET_COUNTRY_SHARE of calling code +{calling_code} is spent");
+        } else if let Refusal::Wait(wait) = refusal {
+            if !self.spent.swap(true, Ordering::Relaxed) {
+                tracing::error!("SMS_BUDGET_PER_HOUR is spent: no SMS is sent until it refills (next in {wait} s)");
             }
-            Err(refusal) => Err(refusal),
         }
+        Err(refusal)
     }
 }
 

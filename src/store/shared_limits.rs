@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 use crate::config::RedisTopology;
-use crate::domain::ratelimit::{SharedBuckets, Taken};
+use crate::domain::ratelimit::{SharedBuckets, Take, Taken};
 
 /// The longest a check waits for Redis before it counts as failed.
 const REDIS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -30,25 +30,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 const LONGEST_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
 
-/// governor's GCRA, step for step, on Redis's clock in milliseconds: a key never seen
-/// starts at `now + t`; `n` fit when `tat + t*(n-1) - tau <= now` (tau = t * burst);
-/// taking them moves `tat` to `max(tat, now) + t*n`. The key expires once its bucket is
-/// full again. Answers -1 when taken, or else the wait in milliseconds.
+/// governor's GCRA, step for step, on Redis's clock in milliseconds, for each bucket
+/// `KEYS[i]` with `t, burst, n` in `ARGV[3i-2..3i]`: a key never seen starts at
+/// `now + t`; `n` fit when `tat + t*(n-1) - tau <= now` (tau = t * burst); taking them
+/// moves `tat` to `max(tat, now) + t*n`. Every bucket is checked before any is taken, so
+/// they are taken all or none. A key expires once its bucket is full again. Answers
+/// `{0, 0}` when taken, or else `{i, wait in milliseconds}` for the first that refused.
 const GCRA: &str = r"
-local t = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local n = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + tonumber(clock[2]) / 1000
-local tau = t * burst
-local tat = tonumber(redis.call('GET', KEYS[1])) or (now + t)
-local earliest = tat + t * (n - 1) - tau
-if now < earliest then
-  return math.ceil(earliest - now)
+local next_tats = {}
+for i = 1, #KEYS do
+  local t = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local n = tonumber(ARGV[3 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or (now + t)
+  local earliest = tat + t * (n - 1) - t * burst
+  if now < earliest then
+    return {i, math.ceil(earliest - now)}
+  end
+  next_tats[i] = math.max(tat, now) + t * n
 end
-local next_tat = math.max(tat, now) + t * n
-redis.call('SET', KEYS[1], string.format('%.3f', next_tat), 'PX', math.ceil(next_tat - now))
-return -1
+for i = 1, #KEYS do
+  redis.call('SET', KEYS[i], string.format('%.3f', next_tats[i]), 'PX', math.ceil(next_tats[i] - now))
+end
+return {0, 0}
 ";
 
 /// How to reach Redis, made once from `REDIS_URL`.
@@ -341,10 +347,25 @@ impl RedisBuckets {
         Ok(RedisBuckets { connection, reconnecting, script: redis::Script::new(GCRA), prefix: prefix.to_string() })
     }
 
-    /// A bucket's key: the hash tag (`{…}`) is the whole bucket, so a Redis Cluster
-    /// spreads buckets over its nodes and every key a script touches is in its slot.
-    fn key(&self, bucket: &str) -> String {
-        format!("{}:rl:{{{bucket}}}", self.prefix)
+    /// Runs the script on `keys` (the Redis keys of `takes`): `None` when taken, or the
+    /// index of the first bucket that refused and its wait.
+    async fn take_keys(&self, keys: &[String], takes: &[Take]) -> Result<Option<(usize, Duration)>, String> {
+        let (refused, wait_ms): (i64, u64) = self
+            .connection
+            .run(|mut link| {
+                let mut call = self.script.prepare_invoke();
+                for (key, take) in keys.iter().zip(takes) {
+                    call.key(key).arg(take.per_unit.as_secs_f64() * 1000.0).arg(take.burst).arg(take.n);
+                }
+                // EVALSHA, falling back to EVAL once when Redis does not know the script yet.
+                async move { call.invoke_async(&mut link).await }
+            })
+            .await?;
+        match usize::try_from(refused) {
+            Ok(0) => Ok(None),
+            Ok(first) if first <= takes.len() => Ok(Some((first - 1, Duration::from_millis(wait_ms.max(1))))),
+            _ => Err(format!("the rate-limit script answered bucket {refused} of {}", takes.len())),
+        }
     }
 }
 
@@ -361,21 +382,18 @@ pub async fn probe(topology: &RedisTopology) -> Result<Option<String>, String> {
 #[async_trait]
 impl SharedBuckets for RedisBuckets {
     async fn take(&self, key: &str, n: u32, per_unit: Duration, burst: u32) -> Result<Taken, String> {
-        let per_unit_ms = per_unit.as_secs_f64() * 1000.0;
-        let key = self.key(key);
-        let answer: i64 = self
-            .connection
-            .run(|mut link| {
-                let mut call = self.script.key(&key);
-                call.arg(per_unit_ms).arg(burst).arg(n);
-                // EVALSHA, falling back to EVAL once when Redis does not know the script yet.
-                async move { call.invoke_async(&mut link).await }
-            })
-            .await?;
-        Ok(match u64::try_from(answer) {
-            Ok(wait_ms) => Taken::Wait(Duration::from_millis(wait_ms.max(1))),
-            Err(_) => Taken::Yes,
+        // The bucket is its own hash tag (`{…}`), so a Redis Cluster spreads buckets over its nodes.
+        let keys = [format!("{}:rl:{{{key}}}", self.prefix)];
+        Ok(match self.take_keys(&keys, &[Take { key: key.to_string(), n, per_unit, burst }]).await? {
+            None => Taken::Yes,
+            Some((_, wait)) => Taken::Wait(wait),
         })
+    }
+
+    async fn take_all(&self, group: &str, takes: &[Take]) -> Result<Option<(usize, Duration)>, String> {
+        // One hash tag for the group: a script's keys must be in one slot of a Redis Cluster.
+        let keys: Vec<String> = takes.iter().map(|take| format!("{}:rl:{{{group}}}:{}", self.prefix, take.key)).collect();
+        self.take_keys(&keys, takes).await
     }
 
     async fn ping(&self) -> Result<(), String> {

@@ -119,3 +119,36 @@ async fn redis_buckets_decide_as_the_in_process_ones() {
     assert_eq!(daily_remote.check_n("c", 40).await, Ok(()), "what is left can still be taken");
     assert_eq!(daily_remote.check_n("d", 101).await, Err(Refusal::TooMany));
 }
+
+#[actix_web::test]
+async fn in_redis_the_sms_budget_and_its_shares_are_spent_all_or_nothing() {
+    use otpgate::domain::ratelimit::{Refusal, SharedLimits};
+    let Some(redis) = backend::redis_url() else {
+        println!("skipped: needs REDIS_URL");
+        return;
+    };
+    let prefix = format!("otpgate-sms-{}-{:x}", std::process::id(), rand::random::<u64>());
+    let topology = otpgate::config::RedisTopology::Server(redis);
+    let buckets = otpgate::store::shared_limits::RedisBuckets::connect(&topology, &prefix, false).await.unwrap();
+    let shared = SharedLimits::new(Arc::new(buckets), [9; 32], false);
+    let vars = [
+        ("SMS_BUDGET_PER_HOUR", "20"),
+        ("SMS_BUDGET_NETWORK_SHARE", "25"),
+        ("SMS_BUDGET_COUNTRY_SHARE", "10"),
+        ("SMS_BUDGET_HOME_COUNTRIES", "44"),
+    ];
+    let config = otpgate::config::Config::from_vars(vars).unwrap();
+    let budget = otpgate::domain::sms_limits::SmsLimits::from_config(&config, Some(&shared)).unwrap().budget();
+    let network = "198.51.100.0/24";
+    for _ in 0..2 {
+        budget.spend(33, network).await.unwrap();
+    }
+    assert!(matches!(budget.spend(33, network).await, Err(Refusal::Wait(_))), "+33's share (2 of 20) is spent");
+    // The refused message took nothing of the network's share: 5 of 20, 2 used. (+44
+    // is a home country, held to no country share.)
+    for _ in 0..3 {
+        budget.spend(44, network).await.expect("the network has 3 left");
+    }
+    assert!(matches!(budget.spend(44, network).await, Err(Refusal::Wait(_))), "the network's share is spent");
+    budget.spend(49, "203.0.113.0/24").await.expect("the budget has 15 left for others");
+}
