@@ -218,7 +218,7 @@ impl Connection {
         match current {
             State::Up { link, generation } => Ok((link, generation)),
             State::Down(why) => Err(format!("{why}; reconnecting in the background")),
-            State::Reconnecting => Err("Redis is reconnecting".into()),
+            State::Reconnecting => Err("the connection to Redis broke; reconnecting in the background".into()),
         }
     }
 

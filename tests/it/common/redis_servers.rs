@@ -58,6 +58,19 @@ impl RedisProcess {
     }
 
     async fn launch(config: Option<String>, extra: &[&str]) -> RedisProcess {
+        // A free port may be taken before redis-server binds it: then another is tried.
+        for _ in 0..4 {
+            let mut redis = RedisProcess::prepare(config.clone(), extra);
+            if redis.spawn().await {
+                return redis;
+            }
+        }
+        let mut redis = RedisProcess::prepare(config, extra);
+        redis.restart().await;
+        redis
+    }
+
+    fn prepare(config: Option<String>, extra: &[&str]) -> RedisProcess {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut args = Vec::new();
@@ -70,9 +83,7 @@ impl RedisProcess {
         args.extend(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"].map(String::from));
         args.extend(["--port".into(), port.to_string(), "--dir".into(), dir.path().to_string_lossy().into_owned()]);
         args.extend(extra.iter().map(|arg| arg.to_string()));
-        let mut redis = RedisProcess { port, args, dir, child: None };
-        redis.restart().await;
-        redis
+        RedisProcess { port, args, dir, child: None }
     }
 
     pub fn url(&self) -> String {
@@ -93,11 +104,21 @@ impl RedisProcess {
 
     /// Starts the server again on its port (empty: it keeps nothing) and waits until it answers.
     pub async fn restart(&mut self) {
+        assert!(self.spawn().await, "redis-server on {} did not start: {}", self.port, self.log());
+    }
+
+    /// Starts the server and waits until it answers PING (true) or exits (false).
+    async fn spawn(&mut self) -> bool {
         self.kill();
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = Command::new("redis-server").args(&self.args).stdout(log).stderr(Stdio::null()).spawn().expect("redis-server starts");
         self.child = Some(child);
-        assert!(super::eventually(30, || self.answers_ping()).await, "redis-server on {} did not answer: {}", self.port, self.log());
+        let settled = super::eventually(30, || {
+            let exited = self.child.as_mut().is_none_or(|child| child.try_wait().is_ok_and(|status| status.is_some()));
+            exited || self.answers_ping()
+        })
+        .await;
+        settled && self.answers_ping()
     }
 
     fn answers_ping(&self) -> bool {
