@@ -5,7 +5,7 @@
 /// Where the shared rate limits live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RedisTopology {
-    /// `redis://[user:password@]host[:port][/db]` (or `rediss://`): one server.
+    /// `redis://[user:password@]host[:port][/db]`: one server.
     Server(String),
     /// `redis+cluster://[user:password@]host:port,host:port,…`: the nodes to learn the
     /// cluster from, each as a `redis://` URL (with the credentials, which every node takes).
@@ -23,7 +23,7 @@ impl RedisTopology {
         let bad = |why: &str| Err(format!("REDIS_URL must be a URL of one of the forms {FORMS}: {why}"));
         let Some((scheme, rest)) = url.split_once("://") else { return bad("not a URL") };
         match scheme {
-            "redis" | "rediss" => {
+            "redis" => {
                 let single = reqwest::Url::parse(url).is_ok_and(|parsed| parsed.host_str().is_some_and(|h| !h.is_empty()));
                 if !single {
                     return bad("not a URL with a host");
@@ -64,7 +64,10 @@ impl RedisTopology {
                     credentials: credentials.to_string(),
                 })
             }
-            "rediss+cluster" | "rediss+sentinel" => bad("TLS to a Redis Cluster or Sentinel is not supported"),
+            // The redis crate is built without TLS: a rediss:// URL would fail at the first connection.
+            "rediss" | "rediss+cluster" | "rediss+sentinel" => {
+                bad("TLS to Redis is not supported by this build; reach Redis over a private network or a TLS tunnel")
+            }
             _ => bad(&format!("unknown scheme {scheme}")),
         }
     }
@@ -108,6 +111,7 @@ mod tests {
             "redis+sentinel://s1:26379",
             "redis+sentinel://s1:26379/a/b",
             "rediss+cluster://h1:7000",
+            "rediss://127.0.0.1:6380",
         ] {
             let error = RedisTopology::parse(url).expect_err(url);
             assert!(error.contains("redis+cluster://"), "{url}: {error}");
