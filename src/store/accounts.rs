@@ -2,10 +2,9 @@
 //! `userdel` is queued in it, through the outbox, so it is retried until taken.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
 
-use crate::store::outbox::USERDEL;
-use crate::store::{self, links, Db, StorageError};
+use crate::store::outbox::{self, USERDEL};
+use crate::store::{self, Db, StorageError};
 
 /// What a deleted account leaves for the caller to clean up outside the database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,11 +12,6 @@ pub struct DeletedAccount {
     pub address: String,
     /// The photo the account showed: a stored file's name, a URL, or empty.
     pub photo: String,
-}
-
-/// The `userdel` outbox payload of a user.
-pub(in crate::store) fn userdel_payload(uid: &str) -> String {
-    json!({ "uid": uid }).to_string()
 }
 
 /// Deletes the user and everything kept for them: sessions (and their push tokens),
@@ -45,7 +39,7 @@ fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Opt
             tx.execute("DELETE FROM outbox WHERE recipient = ?1 AND kind <> ?2", params![each, USERDEL])?;
             // The platform made a user of each address a login came through: each goes there.
             if !uid.is_empty() {
-                links::queue_userdel(tx, &each, &uid, now)?;
+                outbox::queue_userdel(tx, &each, &uid, now)?;
             }
         }
         Ok(Some(DeletedAccount { address, photo }))

@@ -4,8 +4,8 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::outbox::USERDEL;
-use crate::store::{self, accounts::userdel_payload, Db, StorageError};
+use crate::store::outbox::queue_userdel;
+use crate::store::{self, Db, StorageError};
 
 /// What asking to link an address did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,15 +84,6 @@ fn unlink(conn: &mut Connection, user_id: i64, address: &str, now: i64) -> rusql
         }
         Ok(Some(ended))
     })
-}
-
-/// Queues the platform's `userdel` of the user `uid` at `address`.
-pub(in crate::store) fn queue_userdel(conn: &Connection, address: &str, uid: &str, now: i64) -> rusqlite::Result<()> {
-    conn.execute(
-        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES (?1, ?2, ?3, ?3, ?4)",
-        params![address, userdel_payload(uid), now, USERDEL],
-    )?;
-    Ok(())
 }
 
 pub(in crate::store) fn linked_addresses(conn: &Connection, user_id: i64) -> rusqlite::Result<Vec<LinkedAddress>> {

@@ -60,6 +60,20 @@ pub struct Pending {
 /// The outbox kind that asks the platform to delete a user.
 pub const USERDEL: &str = "userdel";
 
+/// The `userdel` outbox payload of a user.
+pub(in crate::store) fn userdel_payload(uid: &str) -> String {
+    serde_json::json!({ "uid": uid }).to_string()
+}
+
+/// Queues the platform's `userdel` of the user `uid` at `address`.
+pub(in crate::store) fn queue_userdel(conn: &Connection, address: &str, uid: &str, now: i64) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES (?1, ?2, ?3, ?3, ?4)",
+        params![address, userdel_payload(uid), now, USERDEL],
+    )?;
+    Ok(())
+}
+
 /// Takes the next due message and leases it for `lease_secs`, so no other sender takes it meanwhile.
 fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::Result<Option<Pending>> {
     conn.prepare_cached(

@@ -28,7 +28,7 @@ use crate::domain::keys::{MessageSeal, PhoneHasher};
 use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
-use crate::store::accounts::{userdel_payload, DeletedAccount};
+use crate::store::accounts::DeletedAccount;
 use crate::store::audit::{self, MAX_EVENTS};
 use crate::store::contacts::{SyncQuery, PAGE_SIZE};
 use crate::store::courier::{self, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
@@ -36,6 +36,7 @@ use crate::store::files;
 use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
 use crate::store::links::{LinkOutcome, LinkedAddress};
 use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
+use crate::store::outbox::userdel_payload;
 use crate::store::outbox::Pending;
 use crate::store::outbox::USERDEL;
 use crate::store::{
