@@ -3,50 +3,23 @@
 //! files (`/files/...`), and the operational routes (`/healthz`, `/readyz`, `/metrics`,
 //! `/openapi.json`).
 
-use actix_web::http::header::{self, ContentType};
-use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
+use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
-use crate::api::op::Op;
+use crate::api::op::{Op, Params};
 use crate::api::ops;
-use crate::api::server::HttpSettings;
-use crate::api::AppState;
-use crate::config::Dialect;
+use crate::api::reply::reply;
+use crate::api::request_log;
+use crate::api::{AppState, HttpSettings};
 use crate::domain::account::{token_hash, Caller};
 use crate::domain::app_settings::AppReply;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
 use crate::service::uploads::UploadedFile;
-use crate::store;
-use crate::{api::health, api::openapi, api::request_log, api::server, domain::metrics};
 
-/// Where the API answers: the apps post to their configured base URL itself (current
-/// apps), to `api.php` under it, or to `/messenger/api.php` (the 2021 apps).
-pub const API_PATHS: &[&str] = &["/", "/api", "/api.php", "/messenger/api.php"];
-
-/// Registers the routes and the shared state on an actix `App`.
-pub fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
-    move |cfg| {
-        cfg.app_data(state);
-        for path in API_PATHS {
-            // The timeout wraps the resource, not the App: it must not hold the request while routing.
-            cfg.service(web::resource(*path).wrap(from_fn(server::time_limit)).route(web::post().to(api)).route(web::get().to(api)));
-        }
-        cfg.route("/files/{name}", web::get().to(serve_file))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(metrics::serve))
-            .route("/openapi.json", web::get().to(openapi::serve));
-    }
-}
-
-pub type Params = HashMap<String, String>;
-
-async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let dialect = state.http.dialect;
     let (params, upload) = match read_params(&request, payload, &state).await {
         Ok(read) => read,
@@ -132,46 +105,6 @@ fn login_fields(outcome: LoginOutcome, app: &AppReply) -> Map<String, Value> {
         }
     }
     fields
-}
-
-/// Every reply carries `op`, `result` and `ts`; failures add `error`, `errmsg` and maybe
-/// `retry_after`. In the `mesibo` dialect `result` is "OK" or "FAIL" and an application
-/// error answers HTTP 200: the apps read the error from the body and take any other
-/// status for a lost connection. Only refusals of the request itself keep their status.
-pub(crate) fn reply(dialect: Dialect, op: &str, result: Result<Map<String, Value>, ApiError>) -> HttpResponse {
-    let result_field = |ok: bool| -> Value {
-        match dialect {
-            Dialect::Mesibo => (if ok { "OK" } else { "FAIL" }).into(),
-            Dialect::Json => ok.into(),
-        }
-    };
-    let mut body = Map::new();
-    body.insert("op".into(), op.into());
-    body.insert("ts".into(), store::now().into());
-    let mut response = match result {
-        Ok(fields) => {
-            body.insert("result".into(), result_field(true));
-            body.extend(fields);
-            HttpResponse::Ok()
-        }
-        Err(error) => {
-            let status = match dialect {
-                Dialect::Mesibo if !error.keeps_status => StatusCode::OK,
-                _ => StatusCode::from_u16(error.status()).unwrap_or(StatusCode::BAD_REQUEST),
-            };
-            body.insert("result".into(), result_field(false));
-            body.insert("error".into(), error.code.as_str().into());
-            body.insert("errmsg".into(), error.message.into());
-            let mut response = HttpResponse::build(status);
-            if let Some(wait) = error.retry_after {
-                body.insert("retry_after".into(), wait.into());
-                response.insert_header((header::RETRY_AFTER, wait.to_string()));
-            }
-            response
-        }
-    };
-    // Replies may carry access tokens: no cache may keep them.
-    response.insert_header((header::CACHE_CONTROL, "no-store")).content_type(ContentType::json()).body(json_bytes(&Value::Object(body)))
 }
 
 /// Reads the request's fields and its first file part (see [`parse_request`]). Contact
@@ -406,12 +339,6 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         .collect())
 }
 
-/// Compact JSON, as `Value`'s `Display` writes it, but straight into a buffer rather than
-/// through a formatter one piece at a time.
-fn json_bytes(value: &Value) -> Vec<u8> {
-    serde_json::to_vec(value).expect("a JSON value always serializes")
-}
-
 fn json_text(value: &Value) -> String {
     serde_json::to_string(value).expect("a JSON value always serializes")
 }
@@ -478,7 +405,7 @@ async fn multipart_form<G: FileGate>(
 /// `GET /files/{name}`: an uploaded file. Names are content hashes, so a file never
 /// changes and may be cached for good; types outside a short list are served as
 /// downloads, and nothing is run by a browser (`nosniff`, a sandboxing CSP).
-async fn serve_file(name: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn serve_file(name: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
     let found = match state.files.store.get(&name).await {
         Ok(found) => found,
         Err(e) => {

@@ -8,8 +8,9 @@ pub mod http;
 pub mod op;
 pub mod openapi;
 pub mod ops;
+pub mod reply;
 pub mod request_log;
 pub mod server;
 mod state;
 
-pub use state::AppState;
+pub use state::{AppState, HttpSettings};

@@ -1,6 +1,15 @@
 //! The ops of the API, named in one place: the dispatcher, the body-size limits, the
 //! metrics labels and the OpenAPI document all take them from [`Op`].
 
+use std::collections::HashMap;
+
+/// Where the API answers: the apps post to their configured base URL itself (current
+/// apps), to `api.php` under it, or to `/messenger/api.php` (the 2021 apps).
+pub const API_PATHS: &[&str] = &["/", "/api", "/api.php", "/messenger/api.php"];
+
+/// A request's fields as sent, by name.
+pub type Params = HashMap<String, String>;
+
 /// An op a request can name in its `op` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {

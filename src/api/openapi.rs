@@ -5,8 +5,8 @@
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::api::http::API_PATHS;
 use crate::api::op::Op;
+use crate::api::op::API_PATHS;
 use crate::api::AppState;
 use crate::config::Dialect;
 use crate::domain::error::ErrorCode;

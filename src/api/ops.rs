@@ -5,8 +5,8 @@ use actix_web::http::header;
 use actix_web::HttpRequest;
 use serde_json::{Map, Value};
 
-use crate::api::http::Params;
 use crate::api::op::Op;
+use crate::api::op::Params;
 use crate::config::Dialect;
 use crate::domain::account::{token_hash, Caller};
 use crate::domain::error::{ApiError, ErrorCode};

@@ -9,33 +9,12 @@ use actix_web::middleware::{from_fn, Condition, Next};
 use actix_web::{web, App, HttpServer};
 use std::time::Duration;
 
+use crate::api::op::API_PATHS;
+use crate::api::reply::reply;
 use crate::config::{Config, Dialect};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::{api::admin, api::http, api::request_log, api::AppState};
-
-/// The HTTP settings the middleware needs, taken from the configuration.
-pub struct HttpSettings {
-    pub dialect: Dialect,
-    pub cors_origins: Vec<String>,
-    pub max_body_bytes: usize,
-    pub max_contacts_body_bytes: usize,
-    /// What a file part may add to a body, for the ops that take one.
-    pub max_upload_bytes: usize,
-    pub request_timeout: Duration,
-}
-
-impl HttpSettings {
-    pub fn from_config(config: &Config) -> HttpSettings {
-        HttpSettings {
-            dialect: config.dialect(),
-            cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
-            max_body_bytes: config.max_body_bytes,
-            max_contacts_body_bytes: config.max_contacts_body_bytes,
-            max_upload_bytes: config.max_upload_bytes,
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
-        }
-    }
-}
+use crate::domain::metrics;
+use crate::{api::admin, api::health, api::http, api::openapi, api::request_log, api::AppState};
 
 /// The whole service as an actix `App`; `main` and the tests serve exactly this.
 pub fn app(
@@ -50,7 +29,23 @@ pub fn app(
         .wrap(Condition::new(!settings.cors_origins.is_empty(), cors))
         .wrap(from_fn(preflight_no_content))
         .wrap(from_fn(request_log::log_requests))
-        .configure(http::configure(state))
+        .configure(configure(state))
+}
+
+/// Registers the routes and the shared state on an actix `App`.
+fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig) {
+    move |cfg| {
+        cfg.app_data(state);
+        for path in API_PATHS {
+            // The timeout wraps the resource, not the App: it must not hold the request while routing.
+            cfg.service(web::resource(*path).wrap(from_fn(time_limit)).route(web::post().to(http::api)).route(web::get().to(http::api)));
+        }
+        cfg.route("/files/{name}", web::get().to(http::serve_file))
+            .route("/healthz", web::get().to(health::healthz))
+            .route("/readyz", web::get().to(health::readyz))
+            .route("/metrics", web::get().to(metrics::serve))
+            .route("/openapi.json", web::get().to(openapi::serve));
+    }
 }
 
 /// Tokens travel in bodies and bearer headers, never in cookies, so no credentials mode.
@@ -98,7 +93,7 @@ pub(crate) async fn time_limit(
         Ok(response) => Ok(response?.map_into_boxed_body()),
         Err(_) => {
             let error = ApiError::new(ErrorCode::Timeout, format!("the request took longer than {} seconds; retry", limit.as_secs()));
-            Ok(ServiceResponse::new(http_request, http::reply(dialect, "", Err(error))))
+            Ok(ServiceResponse::new(http_request, reply(dialect, "", Err(error))))
         }
     }
 }

@@ -1,10 +1,11 @@
 //! What every request handler shares; built by `runtime` from the configuration.
 
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::api::health::Readiness;
-use crate::api::server::HttpSettings;
+use crate::config::{Config, Dialect};
 use crate::delivery::outbox::Outbox;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
@@ -40,4 +41,28 @@ pub struct AppState {
     pub audit_retention_secs: i64,
     /// Failed logins to the operator API, per client IP.
     pub operator_failures: FailureLimit,
+}
+
+/// The HTTP settings the middleware needs, taken from the configuration.
+pub struct HttpSettings {
+    pub dialect: Dialect,
+    pub cors_origins: Vec<String>,
+    pub max_body_bytes: usize,
+    pub max_contacts_body_bytes: usize,
+    /// What a file part may add to a body, for the ops that take one.
+    pub max_upload_bytes: usize,
+    pub request_timeout: Duration,
+}
+
+impl HttpSettings {
+    pub fn from_config(config: &Config) -> HttpSettings {
+        HttpSettings {
+            dialect: config.dialect(),
+            cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
+            max_body_bytes: config.max_body_bytes,
+            max_contacts_body_bytes: config.max_contacts_body_bytes,
+            max_upload_bytes: config.max_upload_bytes,
+            request_timeout: Duration::from_secs(config.request_timeout_secs),
+        }
+    }
 }

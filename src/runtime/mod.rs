@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::health::Readiness;
-use crate::api::server::{self, HttpSettings};
+use crate::api::server;
 use crate::api::AppState;
+use crate::api::HttpSettings;
 use crate::config::Config;
 use crate::config::RateLimitOnError;
 use crate::delivery::outbox;

@@ -189,7 +189,7 @@ async fn failures_answer_200_with_fail_and_the_code_in_the_mesibo_dialect() {
 #[actix_web::test]
 async fn the_api_answers_at_every_path_the_apps_use_by_get_and_post() {
     let server = server_in("mesibo").await;
-    for path in otpgate::api::http::API_PATHS {
+    for path in otpgate::api::op::API_PATHS {
         let url = format!("{}{path}", server.url);
         let (status, reply) = server.send(server.client().post(&url).json(&login(PHONE))).await;
         assert_eq!((status, &reply["result"]), (200, &json!("OK")), "POST {path}: {reply}");
@@ -250,7 +250,7 @@ async fn openapi_describes_the_dialect_in_force() {
         let server = server_in(dialect).await;
         let (_, doc) = server.send(server.client().get(format!("{}/openapi.json", server.url))).await;
         assert_eq!(doc["components"]["schemas"]["Reply"]["properties"]["result"], result, "{dialect}");
-        for path in otpgate::api::http::API_PATHS {
+        for path in otpgate::api::op::API_PATHS {
             assert!(doc["paths"][path]["post"].is_object(), "{path} is documented");
         }
         let badcode = &doc["paths"]["/"]["post"]["responses"][if dialect == "mesibo" { "200" } else { "401" }];
