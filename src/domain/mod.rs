@@ -7,6 +7,7 @@ pub mod client_ip;
 pub mod clock;
 pub mod error;
 pub mod groups;
+pub mod guesses;
 pub mod images;
 pub mod keys;
 pub mod metrics;

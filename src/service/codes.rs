@@ -12,6 +12,7 @@ use crate::delivery::senders::{OtpMessage, Senders};
 use crate::domain::address::{self, Address};
 use crate::domain::client_ip::network_key;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::guesses::VerifyOutcome;
 use crate::domain::keys::ServerKeys;
 use crate::domain::metrics;
 use crate::domain::otp::{self, OtpHasher};
@@ -21,7 +22,7 @@ use crate::domain::sms_limits::SmsLimits;
 use crate::domain::templates::Templates;
 use crate::service::authenticators::{Authenticator, LinkLookup, Proof, ProofFields, ProofTime};
 use crate::service::{non_empty, MAX_ID_CHARS};
-use crate::store::{self, audit, CodeGuess, Db, NewChallenge, VerifyOutcome};
+use crate::store::{self, audit, CodeGuess, Db, NewChallenge};
 
 /// Beyond the upstream timeout, for recording the login (the writer may be busy).
 const CLAIM_MARGIN_SECS: u64 = 30;

@@ -6,6 +6,7 @@ pub mod allocator;
 pub mod audit;
 pub mod contacts;
 pub mod courier;
+mod error;
 pub mod files;
 pub mod groups;
 pub mod import;
@@ -18,6 +19,8 @@ pub mod sessions;
 pub mod shared_limits;
 pub mod users;
 
+pub use error::StorageError;
+
 use rusqlite::{params, Connection, OptionalExtension};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
@@ -27,6 +30,7 @@ use std::time::Instant;
 use crate::domain::account::{Evicted, OwnProfile};
 use crate::domain::clock::Clock;
 use crate::domain::error::ApiError;
+use crate::domain::guesses::{after_wrong_guess, judge, Challenge, Guess, Judgement, VerifyOutcome};
 use crate::domain::keys::{MessageSeal, PhoneHasher, ServerKeys, LEGACY_SETTING};
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
@@ -151,71 +155,6 @@ const WAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
 
 /// More than the distinct statements of every job together (about 60), so none is prepared twice.
 const STATEMENT_CACHE_CAPACITY: usize = 128;
-
-/// Why a database call failed. SQLite's own error is kept whole, so a caller can tell a
-/// full disk from a constraint, and a group commit's failure reaches every job in it.
-#[derive(Debug, Clone)]
-pub enum StorageError {
-    Sqlite(Arc<rusqlite::Error>),
-    /// PostgreSQL's own error.
-    Postgres(Arc<tokio_postgres::Error>),
-    /// No connection could be had from the pool (the server is down or every one is busy).
-    Pool(String),
-    /// Some errors (disk full, I/O) make SQLite roll back the whole group commit.
-    RolledBack,
-    /// The job panicked; the writer thread lives on.
-    Panicked,
-    Closed,
-    /// A thread or task of the store could not be started or did not finish.
-    Thread(String),
-    /// An uploaded file could not be written or read (`FILES_DIR`).
-    Files(String),
-    /// The SQLite file was removed or replaced under the open connections.
-    Unlinked(String),
-    /// PostgreSQL did not answer within `DB_QUERY_TIMEOUT_MS` (a frozen server).
-    TimedOut(std::time::Duration),
-}
-
-impl From<rusqlite::Error> for StorageError {
-    fn from(e: rusqlite::Error) -> Self {
-        StorageError::Sqlite(Arc::new(e))
-    }
-}
-
-impl From<tokio_postgres::Error> for StorageError {
-    fn from(e: tokio_postgres::Error) -> Self {
-        StorageError::Postgres(Arc::new(e))
-    }
-}
-
-impl std::fmt::Display for StorageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StorageError::Sqlite(e) => write!(f, "{e}"),
-            StorageError::Postgres(e) => f.write_str(&postgres::describe(e)),
-            StorageError::Pool(why) => write!(f, "no database connection: {why}"),
-            StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
-            StorageError::Panicked => f.write_str("database job panicked"),
-            StorageError::Closed => f.write_str("the database is closed"),
-            StorageError::Thread(why) => f.write_str(why),
-            StorageError::Files(why) => f.write_str(why),
-            StorageError::Unlinked(why) => f.write_str(why),
-            StorageError::TimedOut(waited) => {
-                write!(f, "PostgreSQL did not answer within {} ms (DB_QUERY_TIMEOUT_MS)", waited.as_millis())
-            }
-        }
-    }
-}
-
-impl std::error::Error for StorageError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StorageError::Sqlite(e) => Some(e.as_ref()),
-            StorageError::Postgres(e) => Some(e.as_ref()),
-            _ => None,
-        }
-    }
-}
 
 fn connect(path: &str) -> Result<Connection, rusqlite::Error> {
     let conn = allocator::open(path, rusqlite::OpenFlags::default())?;
@@ -875,81 +814,6 @@ pub(in crate::store) fn store_challenge(conn: &Connection, c: &NewChallenge) -> 
     )?
     .execute(params![c.address, c.appid, &c.otp_hash[..], c.now, c.now + c.ttl_secs, &c.challenge_sha256[..]])?;
     Ok(())
-}
-
-/// A pending code as stored, as a guess at it is judged.
-pub(in crate::store) struct Challenge {
-    pub appid: String,
-    pub otp_hash: Vec<u8>,
-    pub expires_at: i64,
-    pub attempts: u32,
-    pub claimed_at: Option<i64>,
-    pub challenge_sha256: Option<Vec<u8>>,
-    pub bound_attempts: u32,
-}
-
-/// What a guess meets before its code is compared (the same rules on every backend).
-pub(in crate::store) enum Judgement {
-    /// Answered without comparing the code; nothing is written.
-    Answer(VerifyOutcome),
-    /// Compare it: `bound` when it sent the code's challenge id (its wrong guesses are
-    /// counted apart and spend no per-address budget), `attempts` wrong guesses so far.
-    Compare { bound: bool, attempts: u32 },
-}
-
-/// Judges a guess against the stored challenge (see [`check_and_claim`]).
-pub(in crate::store) fn judge(challenge: Option<&Challenge>, guess: &Guess, now: i64, max_attempts: u32, claim_secs: i64) -> Judgement {
-    let Some(challenge) = challenge else {
-        return Judgement::Answer(VerifyOutcome::NoCode);
-    };
-    let claimed = challenge.claimed_at.is_some_and(|at| at + claim_secs > now);
-    if challenge.expires_at <= now || claimed || challenge.appid != guess.appid {
-        return Judgement::Answer(VerifyOutcome::NoCode);
-    }
-    let bound = match (&guess.challenge_sha256, &challenge.challenge_sha256) {
-        (None, _) => false,
-        (Some(sent), Some(stored)) if otp::same(sent, stored) => true,
-        (Some(_), _) => return Judgement::Answer(VerifyOutcome::NoCode),
-    };
-    let attempts = if bound { challenge.bound_attempts } else { challenge.attempts };
-    if attempts >= max_attempts {
-        return Judgement::Answer(VerifyOutcome::TooManyAttempts);
-    }
-    Judgement::Compare { bound, attempts }
-}
-
-/// The answer to a wrong guess, the `attempts + 1`-th of at most `max_attempts`.
-pub(in crate::store) fn after_wrong_guess(max_attempts: u32, attempts: u32) -> VerifyOutcome {
-    match max_attempts - attempts - 1 {
-        0 => VerifyOutcome::TooManyAttempts,
-        left => VerifyOutcome::Wrong { left },
-    }
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum VerifyOutcome {
-    /// The code was right; the challenge is claimed so no concurrent request can use it.
-    /// `link_target` is the own address of the user the address is linked to, if it is:
-    /// the login that follows needs it, and it is read in the claim's transaction.
-    Claimed { link_target: Option<String> },
-    /// No code this guess could match: never issued, expired, used, claimed by another
-    /// request, asked for by another app, or bound to another challenge id. Nothing was spent.
-    NoCode,
-    /// Wrong code; this many guesses remain.
-    Wrong { left: u32 },
-    /// Too many wrong guesses; the challenge is dead.
-    TooManyAttempts,
-    /// `admit` refused the guess. Nothing was evaluated.
-    Refused(Refusal),
-}
-
-/// A guess at the pending code of `address`.
-pub struct Guess<'a> {
-    pub address: &'a str,
-    pub appid: &'a str,
-    pub otp_hash: &'a [u8; 32],
-    /// SHA-256 of the challenge id the client sent back, if it sent one.
-    pub challenge_sha256: Option<[u8; 32]>,
 }
 
 /// Checks a guess and, when right, claims the challenge, all in one write transaction,

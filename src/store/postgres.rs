@@ -24,6 +24,7 @@ use crate::domain::account::{Caller, Evicted, OwnProfile, Profile, ProfileChange
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
 use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::domain::guesses::{after_wrong_guess, judge, Challenge, Guess, Judgement, VerifyOutcome};
 use crate::domain::keys::{MessageSeal, PhoneHasher};
 use crate::domain::notices::NoticeBody;
 use crate::domain::otp;
@@ -39,10 +40,7 @@ use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHA
 use crate::store::outbox::userdel_payload;
 use crate::store::outbox::Pending;
 use crate::store::outbox::USERDEL;
-use crate::store::{
-    after_wrong_guess, judge, Challenge, CodeGuess, CompletedLogin, Guess, Judgement, LoginRecord, NewChallenge, StorageError,
-    VerifyOutcome,
-};
+use crate::store::{CodeGuess, CompletedLogin, LoginRecord, NewChallenge, StorageError};
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[

@@ -1,0 +1,68 @@
+//! Why a database call failed, on either backend.
+
+use std::sync::Arc;
+
+/// Why a database call failed. SQLite's own error is kept whole, so a caller can tell a
+/// full disk from a constraint, and a group commit's failure reaches every job in it.
+#[derive(Debug, Clone)]
+pub enum StorageError {
+    Sqlite(Arc<rusqlite::Error>),
+    /// PostgreSQL's own error.
+    Postgres(Arc<tokio_postgres::Error>),
+    /// No connection could be had from the pool (the server is down or every one is busy).
+    Pool(String),
+    /// Some errors (disk full, I/O) make SQLite roll back the whole group commit.
+    RolledBack,
+    /// The job panicked; the writer thread lives on.
+    Panicked,
+    Closed,
+    /// A thread or task of the store could not be started or did not finish.
+    Thread(String),
+    /// An uploaded file could not be written or read (`FILES_DIR`).
+    Files(String),
+    /// The SQLite file was removed or replaced under the open connections.
+    Unlinked(String),
+    /// PostgreSQL did not answer within `DB_QUERY_TIMEOUT_MS` (a frozen server).
+    TimedOut(std::time::Duration),
+}
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(e: rusqlite::Error) -> Self {
+        StorageError::Sqlite(Arc::new(e))
+    }
+}
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StorageError::Postgres(Arc::new(e))
+    }
+}
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageError::Sqlite(e) => write!(f, "{e}"),
+            StorageError::Postgres(e) => f.write_str(&crate::store::postgres::describe(e)),
+            StorageError::Pool(why) => write!(f, "no database connection: {why}"),
+            StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
+            StorageError::Panicked => f.write_str("database job panicked"),
+            StorageError::Closed => f.write_str("the database is closed"),
+            StorageError::Thread(why) => f.write_str(why),
+            StorageError::Files(why) => f.write_str(why),
+            StorageError::Unlinked(why) => f.write_str(why),
+            StorageError::TimedOut(waited) => {
+                write!(f, "PostgreSQL did not answer within {} ms (DB_QUERY_TIMEOUT_MS)", waited.as_millis())
+            }
+        }
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StorageError::Sqlite(e) => Some(e.as_ref()),
+            StorageError::Postgres(e) => Some(e.as_ref()),
+            _ => None,
+        }
+    }
+}
