@@ -1947,31 +1947,21 @@ impl Pipelined {
     async fn execute_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
-        let (executed, committed) = futures_util::future::join(client.execute(&statement, params), client.batch_execute("COMMIT")).await;
-        // After a failed statement the COMMIT rolls back: the statement's error is the answer.
-        let count = executed?;
-        committed?;
-        Ok(count)
+        with_commit(client, client.execute(&statement, params)).await
     }
 
     /// `sql`, then COMMIT: the statement's row, if any.
     async fn query_opt_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
-        let (row, committed) = futures_util::future::join(client.query_opt(&statement, params), client.batch_execute("COMMIT")).await;
-        let row = row?;
-        committed?;
-        Ok(row)
+        with_commit(client, client.query_opt(&statement, params)).await
     }
 
     /// `sql`, then COMMIT: the statement's one row.
     async fn query_one_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
         let statement = self.client.prepare_cached(sql).await?;
         let client = self.finish();
-        let (row, committed) = futures_util::future::join(client.query_one(&statement, params), client.batch_execute("COMMIT")).await;
-        let row = row?;
-        committed?;
-        Ok(row)
+        with_commit(client, client.query_one(&statement, params)).await
     }
 
     /// The client, for the statements that end the transaction; no rollback on drop.
@@ -1980,6 +1970,16 @@ impl Pipelined {
         count_statements(2);
         &self.client
     }
+}
+
+/// The last statement of a transaction, sent with the COMMIT on `client`: its answer.
+async fn with_commit<T>(client: &Object, answer: impl Future<Output = Result<T, tokio_postgres::Error>>) -> Result<T, StorageError> {
+    // Polled first, the statement is sent before the COMMIT.
+    let (answer, committed) = futures_util::future::join(answer, client.batch_execute("COMMIT")).await;
+    // After a failed statement the COMMIT rolls back: the statement's error is the answer.
+    let answer = answer?;
+    committed?;
+    Ok(answer)
 }
 
 impl Drop for Pipelined {
