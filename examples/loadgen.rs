@@ -12,6 +12,12 @@
 //! `--database-url postgres://…` runs the service on a fresh PostgreSQL database made on
 //! that server (and dropped after), `--redis-url redis://…` keeps its limits in Redis,
 //! and `--instances N` starts N services on them, the connections spread over them.
+//! `--service-process` runs each instance in a child process of its own, so that the CPU
+//! column counts the service alone (not the load generator or the fake upstream).
+//!
+//! `--target-url http://HOST:PORT/PATH --target-otp CODE` compares the service with
+//! another backend of the same protocol (such as the reference PHP one), whose codes
+//! are all `CODE`: login start and full login, on each in turn for `--rounds` rounds.
 
 #[path = "../tests/it/common/fake_upstream.rs"]
 #[allow(dead_code)]
@@ -58,14 +64,27 @@ struct Args {
     /// `--callgrind`: count the service's instructions per operation under valgrind, at
     /// these two request counts (see [`callgrind`]).
     callgrind: Option<(u64, u64)>,
-    /// Internal: serve in this directory under valgrind for a `--callgrind` parent, with
-    /// its upstream at `upstream_url`.
-    callgrind_service: Option<String>,
+    /// Internal: serve in this directory for a `--callgrind` parent (under valgrind) or a
+    /// `--service-process` one, with its upstream at `upstream_url`.
+    serve_child: Option<String>,
     upstream_url: Option<String>,
     /// `--callgrind-out DIR`: keep the dump files there, for callgrind_annotate.
     callgrind_out: Option<String>,
     /// `--callgrind-logins`: only the baseline and the two login runs (a few minutes less).
     callgrind_logins: bool,
+    /// `--service-process`: every instance in a child process, its CPU time read from /proc.
+    service_process: bool,
+    /// Internal, for a child service: the benchmark's PostgreSQL database (on
+    /// `database_url`'s server), made and dropped by the parent.
+    database_name: Option<String>,
+    /// Internal, for a child service: the Redis prefix every instance shares.
+    redis_prefix: Option<String>,
+    /// `--target-url`: another backend of the same protocol, compared with the service.
+    target_url: Option<String>,
+    /// `--target-otp`: the code the other backend accepts for every phone.
+    target_otp: Option<String>,
+    /// `--rounds`: rounds of the comparison, each measuring both backends.
+    rounds: u64,
 }
 
 fn parse_args() -> Args {
@@ -82,10 +101,16 @@ fn parse_args() -> Args {
         redis_url: None,
         instances: 1,
         callgrind: None,
-        callgrind_service: None,
+        serve_child: None,
         upstream_url: None,
         callgrind_out: None,
         callgrind_logins: false,
+        service_process: false,
+        database_name: None,
+        redis_prefix: None,
+        target_url: None,
+        target_otp: None,
+        rounds: 3,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -113,7 +138,13 @@ fn parse_args() -> Args {
                     _ => panic!("--callgrind-requests needs two counts N1,N2 with N1 < N2, e.g. 200,1200"),
                 }
             }
-            "--callgrind-service" => args.callgrind_service = it.next(),
+            "--serve-child" => args.serve_child = it.next(),
+            "--service-process" => args.service_process = true,
+            "--database-name" => args.database_name = it.next(),
+            "--redis-prefix" => args.redis_prefix = it.next(),
+            "--target-url" => args.target_url = it.next(),
+            "--target-otp" => args.target_otp = it.next(),
+            "--rounds" => args.rounds = number().max(1),
             "--upstream-url" => args.upstream_url = it.next(),
             "--callgrind-out" => args.callgrind_out = it.next(),
             "--callgrind-logins" => {
@@ -121,7 +152,7 @@ fn parse_args() -> Args {
                 args.callgrind_logins = true;
             }
             other => panic!(
-                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR] [--callgrind-logins]"
+                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --service-process --target-url URL --target-otp CODE --rounds N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR] [--callgrind-logins]"
             ),
         }
     }
@@ -191,7 +222,7 @@ impl Connection {
         self.line.clear();
         self.reader.read_line(&mut self.line).await?;
         let status = self.line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let mut length = 0;
+        let (mut length, mut chunked) = (0, false);
         loop {
             self.line.clear();
             self.reader.read_line(&mut self.line).await?;
@@ -202,11 +233,32 @@ impl Connection {
             if let Some((name, value)) = header.split_once(':') {
                 if name.eq_ignore_ascii_case("content-length") {
                     length = value.trim().parse().unwrap_or(0);
+                } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                    chunked = value.trim().eq_ignore_ascii_case("chunked");
                 }
             }
         }
-        let mut body = vec![0; length];
-        self.reader.read_exact(&mut body).await?;
+        let mut body = Vec::new();
+        if !chunked {
+            body.resize(length, 0);
+            self.reader.read_exact(&mut body).await?;
+        } else {
+            // PHP behind nginx answers in chunks: each a hex size line, the bytes and CRLF,
+            // ended by a chunk of size 0 and an empty line (no trailers are expected).
+            loop {
+                self.line.clear();
+                self.reader.read_line(&mut self.line).await?;
+                let size = usize::from_str_radix(self.line.trim_end().split(';').next().unwrap_or("").trim(), 16)
+                    .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunk size"))?;
+                let start = body.len();
+                body.resize(start + size + 2, 0);
+                self.reader.read_exact(&mut body[start..]).await?;
+                body.truncate(start + size);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
@@ -280,14 +332,153 @@ impl Driver {
     }
 }
 
-/// The services under load, in this process.
+/// The services under load.
 struct Service {
     driver: Driver,
-    state: web::Data<AppState>,
-    /// The other instances, stopped with the first before the benchmark's database is dropped.
-    others: Vec<web::Data<AppState>>,
+    instances: Instances,
     upstream: Arc<fake_upstream::FakeUpstream>,
     database: Database,
+}
+
+/// Where the instances run.
+enum Instances {
+    /// In this process, with the load generator and the fake upstream.
+    InProcess(Vec<web::Data<AppState>>),
+    /// Each in a child process of its own (`--service-process`), so that its CPU time can
+    /// be read apart from the load generator's.
+    Children(Mutex<Vec<ChildService>>),
+}
+
+impl Service {
+    /// CPU seconds so far of the processes that run the service: this whole process when
+    /// the instances run in it, else the children alone.
+    fn cpu_seconds(&self) -> f64 {
+        match &self.instances {
+            Instances::InProcess(_) => cpu_seconds(None),
+            Instances::Children(children) => children.lock().unwrap().iter().map(|c| cpu_seconds(Some(c.pid))).sum(),
+        }
+    }
+
+    /// The peak RSS of the process running the service (the largest child's, for children).
+    fn peak_rss_mb(&self) -> f64 {
+        match &self.instances {
+            Instances::InProcess(_) => peak_rss_mb(None),
+            Instances::Children(children) => children.lock().unwrap().iter().map(|c| peak_rss_mb(Some(c.pid))).fold(0.0, f64::max),
+        }
+    }
+
+    /// Stops every instance, then drops the benchmark's PostgreSQL database, if any.
+    async fn stop(&self) {
+        match &self.instances {
+            Instances::InProcess(states) => {
+                if let Database::Postgres { .. } = self.database {
+                    for state in states {
+                        state.shutdown(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+            Instances::Children(children) => {
+                for child in children.lock().unwrap().iter_mut() {
+                    child.stop();
+                }
+            }
+        }
+        self.database.drop_postgres();
+    }
+}
+
+/// A service in a child process (`--serve-child`): it reports where it listens and every
+/// code it sends on standard output, and stops when its standard input closes.
+struct ChildService {
+    child: std::process::Child,
+    pid: u32,
+    stdin: Option<std::process::ChildStdin>,
+    /// The lines of its standard output other than codes.
+    events: std::sync::mpsc::Receiver<String>,
+}
+
+impl ChildService {
+    /// Starts `command`, whose codes go to `sender`, and waits until it listens.
+    fn spawn(mut command: std::process::Command, sender: Arc<MemorySender>) -> std::io::Result<(ChildService, SocketAddr)> {
+        use std::io::BufRead;
+        let mut child = command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn()?;
+        let (events, reports) = std::sync::mpsc::channel::<String>();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some((phone, otp)) = line.strip_prefix("code ").and_then(|rest| rest.split_once(' ')) {
+                    sender.codes.lock().unwrap().insert(phone.to_string(), otp.to_string());
+                    sender.sent.fetch_add(1, Ordering::Relaxed);
+                } else if events.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut service = ChildService { pid: child.id(), child, stdin, events: reports };
+        match service.wait_for("listening ").and_then(|addr| addr.parse::<SocketAddr>().ok()) {
+            Some(addr) => Ok((service, addr)),
+            None => {
+                let _ = service.child.kill();
+                Err(std::io::Error::other("the child service did not start (its stderr is above)"))
+            }
+        }
+    }
+
+    /// The rest of the next line of its output that starts with `prefix`.
+    fn wait_for(&self, prefix: &str) -> Option<String> {
+        loop {
+            let line = self.events.recv_timeout(Duration::from_secs(600)).ok()?;
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return Some(rest.trim().to_string());
+            }
+        }
+    }
+
+    /// Closes its standard input and waits for it to end; true if it ended well.
+    fn stop(&mut self) -> bool {
+        drop(self.stdin.take());
+        self.child.wait().is_ok_and(|status| status.success())
+    }
+}
+
+/// What `measure` drives: how a connection is opened and one operation is done on it,
+/// and whose CPU time counts.
+#[async_trait(?Send)]
+trait Load {
+    fn addrs(&self) -> &[SocketAddr];
+    /// What a connection of an operation sets up before it is measured.
+    async fn session(&self, operation: Operation, conn: &mut Connection) -> Session;
+    async fn one(&self, operation: Operation, conn: &mut Connection, session: &mut Session) -> Result<(), String>;
+    fn cpu_seconds(&self) -> f64;
+    fn peak_rss_mb(&self) -> f64;
+}
+
+#[async_trait(?Send)]
+impl Load for Service {
+    fn addrs(&self) -> &[SocketAddr] {
+        &self.driver.addrs
+    }
+
+    async fn session(&self, operation: Operation, conn: &mut Connection) -> Session {
+        if operation.needs_session() {
+            Session::open(&self.driver, operation, conn).await
+        } else {
+            Session::default()
+        }
+    }
+
+    async fn one(&self, operation: Operation, conn: &mut Connection, session: &mut Session) -> Result<(), String> {
+        one(&self.driver, operation, conn, session).await
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        Service::cpu_seconds(self)
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        Service::peak_rss_mb(self)
+    }
 }
 
 const APPID: &str = "com.example.bench";
@@ -399,7 +590,8 @@ struct Measured {
     done: u64,
     errors: u64,
     per_sec: f64,
-    /// Process CPU time (service, fake upstream and load generator together) per operation.
+    /// CPU time per operation of the processes that run the service: with the fake
+    /// upstream and the load generator unless the service runs in child processes.
     cpu_us_per_op: f64,
     /// Microseconds, to 3 significant digits: a list of every latency grew with the
     /// request count and its memory counted in the peak RSS the benchmark reports.
@@ -421,23 +613,21 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant digits is a valid precision")
 }
 
-async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> Measured {
+async fn measure<L: Load + 'static>(load: &Arc<L>, operation: Operation, args: &Args) -> Measured {
     let deadline = Instant::now() + Duration::from_secs(args.secs);
     let started = Instant::now();
-    let cpu_before = cpu_seconds();
+    let cpu_before = load.cpu_seconds();
     let mut workers = Vec::new();
     for worker in 0..args.conns {
-        let service = service.clone();
-        let addr = service.driver.addrs[worker % service.driver.addrs.len()];
+        let load = load.clone();
+        let addr = load.addrs()[worker % load.addrs().len()];
         workers.push(actix_web::rt::spawn(async move {
-            let service = &service.driver;
             let mut conn = Connection::open(addr).await;
-            let mut session =
-                if operation.needs_session() { Session::open(service, operation, &mut conn).await } else { Session::default() };
+            let mut session = load.session(operation, &mut conn).await;
             let (mut latencies, mut errors, mut first_error) = (latency_histogram(), 0u64, None);
             while Instant::now() < deadline {
                 let t0 = Instant::now();
-                match one(service, operation, &mut conn, &mut session).await {
+                match load.one(operation, &mut conn, &mut session).await {
                     Ok(()) => latencies.record(t0.elapsed().as_micros() as u64).expect("the histogram grows to fit"),
                     Err(e) => {
                         errors += 1;
@@ -462,8 +652,8 @@ async fn measure(service: &Arc<Service>, operation: Operation, args: &Args) -> M
     let elapsed = started.elapsed().as_secs_f64();
     measured.done = measured.latencies_us.len();
     measured.per_sec = measured.done as f64 / elapsed;
-    measured.cpu_us_per_op = (cpu_seconds() - cpu_before) * 1e6 / measured.done.max(1) as f64;
-    measured.peak_rss_mb = peak_rss_mb();
+    measured.cpu_us_per_op = (load.cpu_seconds() - cpu_before) * 1e6 / measured.done.max(1) as f64;
+    measured.peak_rss_mb = load.peak_rss_mb();
     measured
 }
 
@@ -509,19 +699,44 @@ async fn start_service(dir: &std::path::Path, args: &Args) -> Arc<Service> {
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
     let database = Database::new(dir, args.database_url.as_deref());
-    let config = bench_config(dir, &database, &upstream.url(), args);
-    assert!(args.instances == 1 || !config.database_url.is_empty(), "--instances needs --database-url");
+    assert!(args.instances == 1 || matches!(database, Database::Postgres { .. }), "--instances needs --database-url");
+    // Every instance shares the limits kept in Redis.
+    let redis_prefix = args.redis_prefix.clone().unwrap_or_else(random_redis_prefix);
     // Every instance hands its codes to the one load generator.
     let sender = Arc::new(MemorySender::default());
-    let (mut addrs, mut states) = (Vec::new(), Vec::new());
-    for _ in 0..args.instances {
-        let (addr, state) = serve(&config, Senders::all(sender.clone())).await;
-        addrs.push(addr);
-        states.push(state);
-    }
-    let state = states.remove(0);
-    let others = states;
-    Arc::new(Service { driver: Driver::new(addrs, sender), state, others, upstream, database })
+    let mut addrs = Vec::new();
+    let instances = if args.service_process {
+        let me = std::env::current_exe().unwrap();
+        let mut children = Vec::new();
+        for _ in 0..args.instances {
+            let mut command = std::process::Command::new(&me);
+            command.args(["--serve-child", &dir.to_string_lossy(), "--upstream-url", &upstream.url()]);
+            if let Database::Postgres { server, name } = &database {
+                command.args(["--database-url", server, "--database-name", name]);
+            }
+            if let Some(redis) = &args.redis_url {
+                command.args(["--redis-url", redis, "--redis-prefix", &redis_prefix]);
+            }
+            let (child, addr) = ChildService::spawn(command, sender.clone()).expect("start the service in a child process");
+            addrs.push(addr);
+            children.push(child);
+        }
+        Instances::Children(Mutex::new(children))
+    } else {
+        let config = bench_config(dir, &database, &upstream.url(), &redis_prefix, args);
+        let mut states = Vec::new();
+        for _ in 0..args.instances {
+            let (addr, state) = serve(&config, Senders::all(sender.clone())).await;
+            addrs.push(addr);
+            states.push(state);
+        }
+        Instances::InProcess(states)
+    };
+    Arc::new(Service { driver: Driver::new(addrs, sender), instances, upstream, database })
+}
+
+fn random_redis_prefix() -> String {
+    format!("otpgate-bench-{:016x}", rand::random::<u64>())
 }
 
 /// Starts one instance of the service with its periodic tasks; returns where it listens.
@@ -536,14 +751,14 @@ async fn serve(config: &Config, senders: Senders) -> (SocketAddr, web::Data<AppS
 }
 
 /// The configuration of every measured service: its data in `dir` or `database`, the
-/// upstream at `upstream_url`.
-fn bench_config(dir: &std::path::Path, database: &Database, upstream_url: &str, args: &Args) -> Config {
+/// upstream at `upstream_url`, its keys in Redis (if any) under `redis_prefix`.
+fn bench_config(dir: &std::path::Path, database: &Database, upstream_url: &str, redis_prefix: &str, args: &Args) -> Config {
     // Set, not a key file: every instance and the preload hash phones alike.
     let mut vars =
         vec![database.setting(), ("FILES_DIR", dir.join("files").to_string_lossy().into_owned()), ("OTP_SECRET", BENCH_SECRET.into())];
     if let Some(redis) = &args.redis_url {
         vars.push(("REDIS_URL", redis.clone()));
-        vars.push(("REDIS_PREFIX", format!("otpgate-bench-{:016x}", rand::random::<u64>())));
+        vars.push(("REDIS_PREFIX", redis_prefix.to_string()));
     }
     vars.extend([
         ("APP_TOKEN", "bench-app-token".into()),
@@ -638,17 +853,26 @@ fn preload(db_path: &str, users: u64, contacts: u64, pending: u64) {
     );
 }
 
-/// User plus system CPU seconds of this process so far.
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+/// `/proc/self/…` or `/proc/PID/…`.
+fn proc_file(pid: Option<u32>, file: &str) -> String {
+    let path = match pid {
+        None => format!("/proc/self/{file}"),
+        Some(pid) => format!("/proc/{pid}/{file}"),
+    };
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// User plus system CPU seconds so far of this process or of process `pid`, all its threads.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let stat = proc_file(pid, "stat");
     // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
     let ticks: f64 = fields.get(11..13).map_or(0.0, |f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum());
     ticks / 100.0
 }
 
-fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+fn peak_rss_mb(pid: Option<u32>) -> f64 {
+    let status = proc_file(pid, "status");
     let kb: f64 =
         status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0.0);
     kb / 1024.0
@@ -661,9 +885,11 @@ fn print_header() {
     );
 }
 
-fn print_row(label: &str, m: &Measured, ratio: f64) {
+/// `ratio` to the baseline, when there is one in the run.
+fn print_row(label: &str, m: &Measured, ratio: Option<f64>) {
+    let ratio = ratio.map_or("-".to_string(), |r| format!("{r:.3}"));
     println!(
-        "{:<31} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9.3} {:>10.0} {:>12.1}",
+        "{:<31} {:>9.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>7} {:>9} {:>10.0} {:>12.1}",
         label,
         m.per_sec,
         m.percentile_ms(0.50),
@@ -689,7 +915,7 @@ async fn run_all(service: &Arc<Service>, args: &Args) -> Vec<Measured> {
     }
     print_header();
     for (operation, m) in OPERATIONS.iter().zip(&results) {
-        print_row(operation.label(), m, m.per_sec / results[0].per_sec);
+        print_row(operation.label(), m, Some(m.per_sec / results[0].per_sec));
     }
     results
 }
@@ -720,7 +946,11 @@ async fn garbage_collect(service: &Service) {
     let expired = |table: &str| count(&service.database, &format!("SELECT count(*) FROM {table} WHERE expires_at <= {now}"));
     let (codes, expired_codes, sessions, expired_sessions) =
         (rows("otp_challenges"), expired("otp_challenges"), rows("sessions"), expired("sessions"));
-    let purged = service.state.housekeeping().await.expect("housekeeping");
+    let Instances::InProcess(states) = &service.instances else {
+        println!("garbage collection: not shown, the service runs in child processes");
+        return;
+    };
+    let purged = states[0].housekeeping().await.expect("housekeeping");
     println!(
         "garbage collection: otp_challenges {codes} rows ({expired_codes} expired) -> {}, sessions {sessions} rows ({expired_sessions} expired) -> {} (purged {} codes, {} sessions)",
         rows("otp_challenges"),
@@ -737,8 +967,8 @@ async fn main() {
     // what a request costs. Send stderr to a file or /dev/null.
     let _log = otpgate::runtime::logging::init(otpgate::config::LogFormat::Text);
     println!("log level (RUST_LOG): {}", std::env::var("RUST_LOG").unwrap_or_else(|_| "info (the service's default)".into()));
-    if let Some(dir) = &args.callgrind_service {
-        return callgrind_service(std::path::Path::new(dir), &args).await;
+    if let Some(dir) = &args.serve_child {
+        return serve_child(std::path::Path::new(dir), &args).await;
     }
     if let Some(counts) = args.callgrind {
         let ok = callgrind(counts, &args).await;
@@ -770,7 +1000,7 @@ async fn main() {
         let loaded = run_all(&service, &args).await;
         let consistent = check_counts(&service, &loaded, &args);
         garbage_collect(&service).await;
-        println!("peak RSS of this run: {:.1} MB", peak_rss_mb());
+        println!("peak RSS of this run: {:.1} MB", service.peak_rss_mb());
         for m in &loaded {
             println!("{THROUGHPUT_TAG} {}", m.per_sec);
         }
@@ -779,7 +1009,7 @@ async fn main() {
     }
     assert!(!args.scale || args.database_url.is_none(), "--scale preloads a SQLite file; run it without --database-url");
     println!(
-        "otpgate loadgen: {} s per operation, {} connections, {} cores, {} on {}{}",
+        "otpgate loadgen: {} s per operation, {} connections, {} cores, {} on {}{}{}",
         args.secs,
         args.conns,
         std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -789,28 +1019,28 @@ async fn main() {
         },
         if args.database_url.is_some() { "PostgreSQL" } else { "SQLite" },
         if args.redis_url.is_some() { ", limits in Redis" } else { "" },
+        if args.service_process { ", each instance in a child process (the CPU column is theirs alone)" } else { "" },
     );
+    if args.target_url.is_some() {
+        let ok = compare(&args).await;
+        std::process::exit(if ok { 0 } else { 1 });
+    }
 
     let empty_dir = tempfile::tempdir().unwrap();
     let service = start_service(empty_dir.path(), &args).await;
     println!("\n== empty database");
-    println!("peak RSS once started: {:.1} MB", peak_rss_mb());
+    println!("peak RSS once started: {:.1} MB", service.peak_rss_mb());
     let empty = run_all(&service, &args).await;
     let consistent = check_counts(&service, &empty, &args);
     garbage_collect(&service).await;
-    println!("peak RSS of this run: {:.1} MB", peak_rss_mb());
+    println!("peak RSS of this run: {:.1} MB", service.peak_rss_mb());
     let errors: u64 = empty.iter().map(|m| m.errors).sum();
     let mut ok = errors == 0 && consistent;
 
     if args.scale {
         ok &= run_preloaded(&args, &empty);
     }
-    if let Database::Postgres { .. } = service.database {
-        for state in std::iter::once(&service.state).chain(&service.others) {
-            state.shutdown(Duration::from_secs(1)).await;
-        }
-        service.database.drop_postgres();
-    }
+    service.stop().await;
     if !ok {
         eprintln!("FAILED: errors or inconsistent counts (see above)");
         std::process::exit(1);
@@ -865,6 +1095,174 @@ fn run_preloaded(args: &Args, empty: &[Measured]) -> bool {
     output.status.success()
 }
 
+/// A backend driven by `--target-url` comparisons: the service, or another one of the
+/// same protocol. Both are sent the same requests and their replies checked alike.
+struct Target {
+    name: &'static str,
+    addrs: Vec<SocketAddr>,
+    /// The request path, such as `/api` or the other backend's `/index.php`.
+    path: String,
+    codes: Codes,
+    next_phone: AtomicU64,
+    /// The service, when it is the target: whose CPU time counts. Otherwise this process's.
+    service: Option<Arc<Service>>,
+}
+
+/// How the load generator learns the code of a login.
+enum Codes {
+    /// The service hands each code it sends to the load generator.
+    Sent(Arc<MemorySender>),
+    /// The other backend accepts this one code for every phone (set up so for the benchmark).
+    Fixed(String),
+}
+
+impl Target {
+    fn service(service: &Arc<Service>) -> Target {
+        Target {
+            name: "otpgate",
+            addrs: service.driver.addrs.clone(),
+            path: "/api".into(),
+            codes: Codes::Sent(service.driver.sender.clone()),
+            next_phone: AtomicU64::new(0),
+            service: Some(service.clone()),
+        }
+    }
+
+    /// The backend at `url` (`http://HOST:PORT/PATH`, plain HTTP), whose code is `otp`.
+    fn external(url: &str, otp: &str) -> Target {
+        use std::net::ToSocketAddrs;
+        let rest = url.strip_prefix("http://").unwrap_or_else(|| panic!("--target-url {url}: only http:// URLs are supported"));
+        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+        let authority = if authority.contains(':') { authority.to_string() } else { format!("{authority}:80") };
+        let addr =
+            authority.to_socket_addrs().ok().and_then(|mut a| a.next()).unwrap_or_else(|| panic!("--target-url {url}: unknown host"));
+        Target {
+            name: "target",
+            addrs: vec![addr],
+            path,
+            codes: Codes::Fixed(otp.to_string()),
+            next_phone: AtomicU64::new(0),
+            service: None,
+        }
+    }
+}
+
+/// Parses a login reply, which must say `"result": "OK"` (in any JSON spacing).
+fn login_reply(step: &str, status: u16, body: &str) -> Result<serde_json::Value, String> {
+    let reply: serde_json::Value = serde_json::from_str(body).map_err(|_| format!("{step} {status} {body}"))?;
+    if status != 200 || reply["result"] != "OK" {
+        return Err(format!("{step} {status} {body}"));
+    }
+    Ok(reply)
+}
+
+#[async_trait(?Send)]
+impl Load for Target {
+    fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    async fn session(&self, _operation: Operation, _conn: &mut Connection) -> Session {
+        Session::default()
+    }
+
+    async fn one(&self, operation: Operation, conn: &mut Connection, _session: &mut Session) -> Result<(), String> {
+        assert!(matches!(operation, Operation::Start | Operation::FullLogin), "a comparison runs the login operations only");
+        let phone = operation.phone(self.next_phone.fetch_add(1, Ordering::Relaxed));
+        let start = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}","name":"Bench"}}"#);
+        let (status, body) = conn.request("POST", &self.path, &start).await.map_err(|e| e.to_string())?;
+        login_reply("start", status, &body)?;
+        let code = match &self.codes {
+            // Taken after a start too, as the other runs do, so the map stays small.
+            Codes::Sent(sender) => sender.take(&phone).await.ok_or("no code was sent")?,
+            Codes::Fixed(code) => code.clone(),
+        };
+        if operation == Operation::Start {
+            return Ok(());
+        }
+        let verify = format!(r#"{{"op":"login","phone":"{phone}","appid":"{APPID}","name":"Bench","otp":"{code}"}}"#);
+        let (status, body) = conn.request("POST", &self.path, &verify).await.map_err(|e| e.to_string())?;
+        let reply = login_reply("verify", status, &body)?;
+        if reply["token"].as_str().is_none_or(str::is_empty) {
+            return Err(format!("verify without a token: {body}"));
+        }
+        Ok(())
+    }
+
+    fn cpu_seconds(&self) -> f64 {
+        self.service.as_ref().map_or_else(|| cpu_seconds(None), |service| service.cpu_seconds())
+    }
+
+    fn peak_rss_mb(&self) -> f64 {
+        self.service.as_ref().map_or_else(|| peak_rss_mb(None), |service| service.peak_rss_mb())
+    }
+}
+
+/// `--target-url`: login start, then full login, on the service and on the other backend
+/// in turn, `--rounds` times, each run `--secs` long on `--conns` connections; which
+/// backend goes first alternates by round, so both see the same drift of a shared
+/// machine. Prints each run, then the service's throughput over the other's.
+async fn compare(args: &Args) -> bool {
+    let url = args.target_url.as_deref().unwrap();
+    let otp = args.target_otp.as_deref().expect("--target-url needs --target-otp CODE, the code the other backend accepts");
+    let dir = tempfile::tempdir().unwrap();
+    let service = start_service(dir.path(), args).await;
+    let ours = Arc::new(Target::service(&service));
+    let theirs = Arc::new(Target::external(url, otp));
+    println!(
+        "\n== otpgate against {url}: {} rounds; CPU us/op counts {} for otpgate, this process (the load generator) for the target",
+        args.rounds,
+        if args.service_process { "the service's processes" } else { "this process (service, fake upstream, load generator)" }
+    );
+    print_header();
+    let operations = [Operation::Start, Operation::FullLogin];
+    // Requests done and seconds spent, per operation, for (otpgate, target).
+    let mut totals = [[(0u64, 0.0f64); 2]; 2];
+    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut ok = true;
+    for round in 1..=args.rounds {
+        for (i, operation) in operations.into_iter().enumerate() {
+            let mut per_sec = [0.0; 2];
+            let order = if round % 2 == 1 { [0, 1] } else { [1, 0] };
+            for side in order {
+                let target = if side == 0 { &ours } else { &theirs };
+                let m = measure(target, operation, args).await;
+                ok &= m.errors == 0;
+                print_row(&format!("{} {}, round {round}", operation.label(), target.name), &m, None);
+                per_sec[side] = m.per_sec;
+                totals[i][side].0 += m.done;
+                totals[i][side].1 += m.done as f64 / m.per_sec.max(f64::MIN_POSITIVE);
+            }
+            ratios[i].push(per_sec[0] / per_sec[1].max(f64::MIN_POSITIVE));
+        }
+    }
+    println!("\nthroughput, otpgate / target (per round; over all rounds):");
+    for (i, operation) in operations.iter().enumerate() {
+        let rate = |(done, secs): (u64, f64)| done as f64 / secs.max(f64::MIN_POSITIVE);
+        let rounds: Vec<String> = ratios[i].iter().map(|r| format!("{r:.2}")).collect();
+        println!(
+            "  {:<12} {:>8.0} / {:>8.0} req/s = {:.2}x (rounds: {})",
+            operation.label(),
+            rate(totals[i][0]),
+            rate(totals[i][1]),
+            rate(totals[i][0]) / rate(totals[i][1]).max(f64::MIN_POSITIVE),
+            rounds.join(", ")
+        );
+    }
+    // Every otpgate start sent one code; every full login got a token from the fake upstream.
+    let starts = totals[0][0].0 + totals[1][0].0;
+    let sent = service.driver.sender.sent.load(Ordering::Relaxed);
+    let issued = service.upstream.issued();
+    let consistent = sent == starts && issued == totals[1][0].0;
+    println!(
+        "counts (otpgate): codes sent {sent} for {starts} completed starts, tokens issued {issued} for {} full logins -> {}",
+        totals[1][0].0,
+        if consistent { "consistent" } else { "INCONSISTENT" }
+    );
+    service.stop().await;
+    ok && consistent
+}
+
 /// Requests per operation of the two counted runs of `--callgrind`.
 const CALLGRIND_REQUESTS: (u64, u64) = (200, 1200);
 /// Valgrind dumps the counts each time the service's process enters this function.
@@ -878,7 +1276,7 @@ const CALLGRIND_MARK: &str = "loadgen_callgrind_mark";
 /// requests cost once (lazily compiled metadata, caches filling) cancels out.
 /// Deterministic enough to compare builds on any machine.
 async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
-    use std::io::{BufRead, Write};
+    use std::io::Write;
     assert!(args.instances == 1, "--callgrind measures one instance");
     let upstream = fake_upstream::FakeUpstream::start();
     upstream.set_recording(false);
@@ -892,55 +1290,31 @@ async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
         .args(["--tool=callgrind", "--quiet", &format!("--dump-before={CALLGRIND_MARK}")])
         .arg(format!("--callgrind-out-file={}", out_file.display()))
         .arg(&me)
-        .args(["--callgrind-service", &dir.path().to_string_lossy(), "--upstream-url", &upstream.url()]);
+        .args(["--serve-child", &dir.path().to_string_lossy(), "--upstream-url", &upstream.url()]);
     if let Some(url) = &args.database_url {
         command.args(["--database-url", url]);
     }
     if let Some(url) = &args.redis_url {
         command.args(["--redis-url", url]);
     }
-    let mut child = match command.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).spawn() {
-        Ok(child) => child,
+    // The child reports `listening ADDR`, each code it sends (`code PHONE OTP`) and each dump (`marked`).
+    let sender = Arc::new(MemorySender::default());
+    let (mut child, addr) = match ChildService::spawn(command, sender.clone()) {
+        Ok(started) => started,
         Err(e) => {
-            eprintln!("--callgrind runs the service under valgrind, which could not be started ({e}): apt-get install valgrind");
+            eprintln!(
+                "--callgrind runs the service under valgrind, which could not be started or did not start ({e}): apt-get install valgrind"
+            );
             return false;
         }
     };
-    // The child reports `listening ADDR`, each code it sends (`code PHONE OTP`) and each dump (`marked`).
-    let sender = Arc::new(MemorySender::default());
-    let (events, reports) = std::sync::mpsc::channel::<String>();
-    let stdout = child.stdout.take().unwrap();
-    let codes = sender.clone();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some((phone, otp)) = line.strip_prefix("code ").and_then(|rest| rest.split_once(' ')) {
-                codes.codes.lock().unwrap().insert(phone.to_string(), otp.to_string());
-                codes.sent.fetch_add(1, Ordering::Relaxed);
-            } else if events.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let wait_for = |prefix: &str| -> Option<String> {
-        loop {
-            let line = reports.recv_timeout(Duration::from_secs(600)).ok()?;
-            if let Some(rest) = line.strip_prefix(prefix) {
-                return Some(rest.trim().to_string());
-            }
-        }
-    };
-    let Some(addr) = wait_for("listening ").and_then(|addr| addr.parse::<SocketAddr>().ok()) else {
-        eprintln!("the service under valgrind did not start (its stderr is above)");
-        let _ = child.kill();
-        return false;
-    };
-    let mut stdin = child.stdin.take().unwrap();
     let mut dumps = 0;
     // Has the child dump its counts; returns the instructions since the dump before, and its file.
     let mut dump = || -> Option<(u64, String)> {
+        let stdin = child.stdin.as_mut()?;
         writeln!(stdin, "mark").ok()?;
         stdin.flush().ok()?;
-        wait_for("marked")?;
+        child.wait_for("marked")?;
         dumps += 1;
         let file = format!("{}.{dumps}", out_file.display());
         Some((dump_total(&std::fs::read_to_string(&file).ok()?)?, file))
@@ -1002,8 +1376,7 @@ async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
         println!("the dumps of the last {n2} - {n1} requests of each operation, for callgrind_annotate:\n{}", kept.join("\n"));
     }
     // Closing its standard input ends the child.
-    drop(stdin);
-    ok & child.wait().is_ok_and(|status| status.success())
+    ok & child.stop()
 }
 
 /// The instruction count of a callgrind dump: its `summary:` line (or `totals:`).
@@ -1038,12 +1411,17 @@ pub extern "C" fn loadgen_callgrind_mark() {
     std::hint::black_box(());
 }
 
-/// The child of `--callgrind`: the service alone, until standard input closes.
-async fn callgrind_service(dir: &std::path::Path, args: &Args) {
+/// The child of `--callgrind` or `--service-process`: the service alone, until standard
+/// input closes. With `--database-name` the database is the parent's, which drops it.
+async fn serve_child(dir: &std::path::Path, args: &Args) {
     use std::io::{BufRead, Write};
-    let database = Database::new(dir, args.database_url.as_deref());
-    let upstream_url = args.upstream_url.as_deref().expect("--callgrind-service needs --upstream-url");
-    let config = bench_config(dir, &database, upstream_url, args);
+    let database = match (&args.database_url, &args.database_name) {
+        (Some(server), Some(name)) => Database::Postgres { server: server.clone(), name: name.clone() },
+        (server, _) => Database::new(dir, server.as_deref()),
+    };
+    let upstream_url = args.upstream_url.as_deref().expect("--serve-child needs --upstream-url");
+    let redis_prefix = args.redis_prefix.clone().unwrap_or_else(random_redis_prefix);
+    let config = bench_config(dir, &database, upstream_url, &redis_prefix, args);
     let (addr, state) = serve(&config, Senders::all(Arc::new(PipeSender))).await;
     println!("listening {addr}");
     std::io::stdout().flush().unwrap();
@@ -1060,5 +1438,7 @@ async fn callgrind_service(dir: &std::path::Path, args: &Args) {
     });
     stop.recv().await;
     state.shutdown(Duration::from_secs(1)).await;
-    database.drop_postgres();
+    if args.database_name.is_none() {
+        database.drop_postgres();
+    }
 }
