@@ -17,7 +17,7 @@ async fn main() -> ExitCode {
         Err(e) => return fail(CONFIG_ERROR, &e),
     };
     // Held until `main` returns: dropping it writes out the log lines still queued.
-    let _log = logging::init(config.log_format);
+    let _log = logging::init(config.logging.format);
     let command = cli.command.unwrap_or(Command::Serve);
     if command.reads_settings() {
         let names = std::env::vars_os().filter_map(|(name, _)| name.into_string().ok());

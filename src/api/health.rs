@@ -66,7 +66,7 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn from_config(config: &Config) -> Result<Readiness, String> {
-        let upstream = match config.readyz_upstream_cache_secs {
+        let upstream = match config.upstream.readyz_upstream_cache_secs {
             0 => None,
             secs => Some(UpstreamProbe::new(config, Duration::from_secs(secs))?),
         };

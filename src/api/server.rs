@@ -113,11 +113,11 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
     };
     let server = server
         .workers(http_workers())
-        .shutdown_timeout(config.shutdown_grace_secs)
+        .shutdown_timeout(config.http.shutdown_grace_secs)
         // actix stops abruptly on SIGINT; both signals get the graceful path below.
         .disable_signals()
-        .bind(&config.bind)
-        .map_err(|e| format!("cannot listen on BIND={}: {e}", config.bind))?;
+        .bind(&config.http.bind)
+        .map_err(|e| format!("cannot listen on BIND={}: {e}", config.http.bind))?;
     let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
     let server = server.run();
     let operator = operator_server(config, &state)?;
@@ -129,7 +129,7 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
             handle.stop(true).await;
         }
     });
-    tracing::info!(bind = %addresses.join(","), database = %config.database_path, "otpgate listening");
+    tracing::info!(bind = %addresses.join(","), database = %config.database.path, "otpgate listening");
     if let Some(operator) = operator {
         actix_web::rt::spawn(async move {
             if let Err(e) = operator.await {
@@ -138,23 +138,23 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
         });
     }
     server.await.map_err(|e| format!("server error: {e}"))?;
-    state.shutdown(Duration::from_secs(config.shutdown_grace_secs)).await;
+    state.shutdown(Duration::from_secs(config.http.shutdown_grace_secs)).await;
     tracing::info!("shutdown complete");
     Ok(())
 }
 
 /// The operator API's server on `ADMIN_BIND`, when it is set.
 fn operator_server(config: &Config, state: &web::Data<AppState>) -> Result<Option<actix_web::dev::Server>, String> {
-    if config.admin_bind.is_empty() {
+    if config.admin.bind.is_empty() {
         return Ok(None);
     }
-    let (state, token) = (state.clone(), config.admin_token.clone());
+    let (state, token) = (state.clone(), config.admin.token.clone());
     let server = HttpServer::new(move || admin::app(state.clone(), &token))
         .workers(1)
-        .shutdown_timeout(config.shutdown_grace_secs)
+        .shutdown_timeout(config.http.shutdown_grace_secs)
         .disable_signals()
-        .bind(&config.admin_bind)
-        .map_err(|e| format!("cannot listen on ADMIN_BIND={}: {e}", config.admin_bind))?;
+        .bind(&config.admin.bind)
+        .map_err(|e| format!("cannot listen on ADMIN_BIND={}: {e}", config.admin.bind))?;
     let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
     tracing::info!(admin_bind = %addresses.join(","), "operator API listening");
     Ok(Some(server.run()))

@@ -58,11 +58,11 @@ impl HttpSettings {
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
             dialect: config.dialect(),
-            cors_origins: config.cors_origin_list().into_iter().map(String::from).collect(),
-            max_body_bytes: config.max_body_bytes,
-            max_contacts_body_bytes: config.max_contacts_body_bytes,
-            max_upload_bytes: config.max_upload_bytes,
-            request_timeout: Duration::from_secs(config.request_timeout_secs),
+            cors_origins: config.http.cors_origin_list().into_iter().map(String::from).collect(),
+            max_body_bytes: config.http.max_body_bytes,
+            max_contacts_body_bytes: config.http.max_contacts_body_bytes,
+            max_upload_bytes: config.files.max_upload_bytes,
+            request_timeout: Duration::from_secs(config.http.request_timeout_secs),
         }
     }
 }

@@ -32,7 +32,7 @@ impl Captcha {
         };
         let url = if config.captcha.verify_url.is_empty() { default_url.to_string() } else { config.captcha.verify_url.clone() };
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.provider_timeout_secs))
+            .timeout(Duration::from_secs(config.provider.timeout_secs))
             .build()
             .map_err(|e| format!("cannot build the CAPTCHA HTTP client: {e}"))?;
         Ok(Some(Captcha { client, url, secret: config.captcha.secret.expose().to_string() }))

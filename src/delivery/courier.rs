@@ -82,7 +82,7 @@ impl Drop for InFlight<'_> {
 
 impl Courier {
     pub fn from_config(config: &Config, db: Arc<Db>, senders: Senders, seal: MessageSeal) -> Courier {
-        let slowest_secs = config.provider_timeout_secs.max(config.sms_http.timeout_secs).max(30);
+        let slowest_secs = config.provider.timeout_secs.max(config.sms_http.timeout_secs).max(30);
         Courier {
             db,
             senders,

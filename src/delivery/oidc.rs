@@ -163,12 +163,12 @@ struct Claims {
 impl IdTokenVerifier {
     /// `None` when `OIDC_PROVIDERS` is empty; an error names what is wrong with it.
     pub fn from_config(config: &Config, clock: Clock) -> Result<Option<IdTokenVerifier>, String> {
-        let providers = parse_providers(&config.oidc_providers)?;
+        let providers = parse_providers(&config.oidc.providers)?;
         if providers.is_empty() {
             return Ok(None);
         }
         let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(config.provider_timeout_secs))
+            .timeout(Duration::from_secs(config.provider.timeout_secs))
             .build()
             .map_err(|e| format!("cannot build the OpenID Connect HTTP client: {e}"))?;
         let providers = providers.into_iter().map(|provider| (provider.name.clone(), Arc::new(provider))).collect();

@@ -41,8 +41,8 @@ impl Outbox {
         Ok(Outbox {
             db,
             upstream: Upstream::from_config(config)?,
-            from: config.system_address.clone(),
-            retry_secs: config.outbox_retry_secs,
+            from: config.outbox.system_address.clone(),
+            retry_secs: config.outbox.retry_secs,
             // Longer than one send can take; a crash mid-send delays the retry by this much.
             lease_secs: (config.upstream.connect_timeout_secs + config.upstream.timeout_secs + 5) as i64,
             stopped: AtomicBool::new(false),

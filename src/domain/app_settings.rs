@@ -79,10 +79,10 @@ const DEFAULT_SHARE_TITLE: &str = "Invite a friend";
 
 impl AppSettings {
     pub fn from_config(config: &Config) -> Result<AppSettings, String> {
-        let mut per_app: HashMap<String, Entry> = if config.app_settings.trim().is_empty() {
+        let mut per_app: HashMap<String, Entry> = if config.apps.settings.trim().is_empty() {
             HashMap::new()
         } else {
-            serde_json::from_str(&config.app_settings).map_err(|e| {
+            serde_json::from_str(&config.apps.settings).map_err(|e| {
                 format!("invalid configuration: APP_SETTINGS must be a JSON object of appid -> {{share, invite, urls, start}}: {e}")
             })?
         };
@@ -90,7 +90,7 @@ impl AppSettings {
         let mut settings = AppSettings {
             default,
             per_app,
-            app_names: json_map("APP_NAMES", &config.app_names)?,
+            app_names: json_map("APP_NAMES", &config.apps.names)?,
             public_url: config.public_base_url(),
             filled: HashMap::new(),
             recent: Mutex::default(),

@@ -139,7 +139,7 @@ pub fn check_secret(config: &Config, stored: impl FnOnce() -> bool) -> Result<()
 /// The key file, and whether OTP_SECRET_FILE names it.
 fn key_file(config: &Config) -> (PathBuf, bool) {
     match config.otp.secret_file.as_str() {
-        "" => (default_key_file(&config.database_path), false),
+        "" => (default_key_file(&config.database.path), false),
         named => (PathBuf::from(named), true),
     }
 }

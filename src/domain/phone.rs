@@ -99,7 +99,7 @@ impl CountryMatch {
 
 impl PhonePolicy {
     pub fn from_config(config: &Config) -> Result<PhonePolicy, String> {
-        let default_region = match config.default_region.trim() {
+        let default_region = match config.phone.default_region.trim() {
             "" => None,
             region => Some(parse_region(region).ok_or("invalid configuration: DEFAULT_REGION must be an ISO country code such as GB")?),
         };
@@ -107,11 +107,11 @@ impl PhonePolicy {
         let _ = phonenumber::parse(None, "+447400123456").map(|n| n.is_valid());
         Ok(PhonePolicy {
             default_region,
-            mobile_only: config.phone_mobile_only,
+            mobile_only: config.phone.mobile_only,
             sends_nothing: config.otp.sender == crate::config::SenderKind::Log,
-            allowed: country_list("ALLOWED_COUNTRIES", &config.allowed_countries)?,
-            blocked: country_list("BLOCKED_COUNTRIES", &config.blocked_countries)?,
-            allow_satellite: config.phone_allow_satellite,
+            allowed: country_list("ALLOWED_COUNTRIES", &config.phone.allowed_countries)?,
+            blocked: country_list("BLOCKED_COUNTRIES", &config.phone.blocked_countries)?,
+            allow_satellite: config.phone.allow_satellite,
             recent: Mutex::default(),
         })
     }

@@ -33,9 +33,9 @@ pub struct SmsBudget {
 impl SmsLimits {
     pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> Result<Self, String> {
         let limit = |n, name| KeyedLimit::per_hour(n).named(name).shared(shared);
-        let budget = config.sms_budget_per_hour;
-        let home_countries = match config.sms_budget_home_countries.trim() {
-            "" => phone::calling_codes("DEFAULT_REGION", &config.default_region)?,
+        let budget = config.sms_budget.per_hour;
+        let home_countries = match config.sms_budget.home_countries.trim() {
+            "" => phone::calling_codes("DEFAULT_REGION", &config.phone.default_region)?,
             home => phone::calling_codes("SMS_BUDGET_HOME_COUNTRIES", home)?,
         };
         Ok(SmsLimits {
@@ -43,8 +43,8 @@ impl SmsLimits {
             start_per_calling_code: limit(config.limit.start_per_calling_code_per_hour, "start_per_calling_code"),
             budget: Arc::new(SmsBudget {
                 limit: limit(budget, "sms_budget"),
-                per_network: limit(share_of(budget, config.sms_budget_network_share), "sms_budget_network_share"),
-                per_country: limit(share_of(budget, config.sms_budget_country_share), "sms_budget_country_share"),
+                per_network: limit(share_of(budget, config.sms_budget.network_share), "sms_budget_network_share"),
+                per_country: limit(share_of(budget, config.sms_budget.country_share), "sms_budget_country_share"),
                 home_countries,
                 spent: AtomicBool::new(false),
             }),

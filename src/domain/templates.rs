@@ -36,7 +36,7 @@ impl Templates {
         let mut templates = Templates {
             default: config.otp.message.clone(),
             per_app,
-            app_names: json_map("APP_NAMES", &config.app_names)?,
+            app_names: json_map("APP_NAMES", &config.apps.names)?,
             minutes: config.otp.ttl_secs.div_ceil(60),
             filled: HashMap::new(),
             recent: Mutex::default(),

@@ -98,20 +98,20 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
     crate::domain::app_settings::AppSettings::from_config(config)?;
     crate::domain::templates::Templates::from_config(config)?;
     crate::domain::phone::PhonePolicy::from_config(config)?;
-    crate::domain::client_ip::TrustedProxies::parse(&config.trusted_proxies)?;
-    otp::test_codes(config.test_otps.expose())?;
+    crate::domain::client_ip::TrustedProxies::parse(&config.http.trusted_proxies)?;
+    otp::test_codes(config.otp.test_otps.expose())?;
     // Serve refuses a named key file that is missing, unless the SQLite database holds an
     // earlier release's key to move there.
     crate::domain::keys::check_secret(config, || {
-        config.database_url.is_empty()
-            && crate::store::setting_before_open(&config.database_path, crate::domain::keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
+        config.database.url.is_empty()
+            && crate::store::setting_before_open(&config.database.path, crate::domain::keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
     })?;
     crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
-    if !config.database_url.is_empty() {
-        crate::store::postgres::check_url(&config.database_url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
+    if !config.database.url.is_empty() {
+        crate::store::postgres::check_url(&config.database.url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
     }
-    if let Some(topology) = config.redis_topology()? {
-        let at = url_without_credentials(&config.redis_url);
+    if let Some(topology) = config.redis.topology()? {
+        let at = url_without_credentials(&config.redis.url);
         match crate::store::shared_limits::probe(&topology).await {
             Ok(None) => {}
             Ok(Some(why)) => tracing::warn!("Redis at {at} cannot be reached from here ({why}); not checked"),
@@ -122,15 +122,15 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
 }
 
 pub async fn migrate(config: &Config, from_sqlite: Option<&str>) -> Result<String, String> {
-    if config.database_url.is_empty() {
+    if config.database.url.is_empty() {
         if from_sqlite.is_some() {
             return Err("--from-sqlite copies into PostgreSQL: set DATABASE_URL".into());
         }
         let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
-        db.close().map_err(|e| format!("cannot close database {}: {e}", config.database_path))?;
-        return Ok(format!("schema applied to {}", config.database_path));
+        db.close().map_err(|e| format!("cannot close database {}: {e}", config.database.path))?;
+        return Ok(format!("schema applied to {}", config.database.path));
     }
-    let target = url_without_credentials(&config.database_url);
+    let target = url_without_credentials(&config.database.url);
     let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
     let mut done = format!("schema applied to {target}");
     if let Some(path) = from_sqlite {
@@ -173,12 +173,12 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
 
 pub async fn healthcheck(config: &Config, path: &str) -> Result<String, String> {
     // A wildcard BIND is reached over loopback.
-    let address = config.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let address = config.http.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
     let url = format!("http://{address}{path}");
     let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(3)).build().map_err(|e| e.to_string())?;
     let response = client.get(&url).send().await.map_err(|e| {
         let hint = match e.is_connect() {
-            true => format!("; is `otpgate serve` running, with this BIND ({})?", config.bind),
+            true => format!("; is `otpgate serve` running, with this BIND ({})?", config.http.bind),
             false => String::new(),
         };
         // With its causes: reqwest's own text is only "error sending request".

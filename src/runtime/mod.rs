@@ -41,14 +41,14 @@ impl AppState {
     /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
     pub async fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
         let (db, keys) = open_database(config, clock).await?;
-        let shared_limits = match config.redis_topology()? {
+        let shared_limits = match config.redis.topology()? {
             None => None,
             Some(topology) => {
-                let allow = config.rate_limit_on_error == RateLimitOnError::Allow;
-                let policy = config.rate_limit_on_error.as_str();
-                let buckets = RedisBuckets::connect(&topology, &config.redis_prefix, allow)
+                let allow = config.redis.rate_limit_on_error == RateLimitOnError::Allow;
+                let policy = config.redis.rate_limit_on_error.as_str();
+                let buckets = RedisBuckets::connect(&topology, &config.redis.prefix, allow)
                     .await
-                    .map_err(|e| format!("{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})", url_without_credentials(&config.redis_url)))?;
+                    .map_err(|e| format!("{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})", url_without_credentials(&config.redis.url)))?;
                 let shared = SharedLimits::new(Arc::new(buckets), keys.limit_key, allow);
                 match shared.ping().await {
                     Ok(()) => tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={policy})"),
@@ -68,9 +68,9 @@ impl AppState {
             store: FileStore::open(config.files_directory())?,
             download_base: apps.for_app("").download_url.clone(),
             limits: UploadLimits::from_config(config, shared_limits.as_ref()),
-            decodes: PhotoDecodes::new(config.photo_decodes, config.photo_decode_queue, config.max_photo_pixels),
+            decodes: PhotoDecodes::new(config.files.photo_decodes, config.files.photo_decode_queue, config.files.max_photo_pixels),
         };
-        let operator_failures = FailureLimit::per_hour(config.admin_failures_per_ip_per_hour, db.clock().clone());
+        let operator_failures = FailureLimit::per_hour(config.admin.failures_per_ip_per_hour, db.clock().clone());
         Ok(AppState {
             operator_failures,
             db,
@@ -84,9 +84,9 @@ impl AppState {
             outbox,
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
-            uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.max_uploads_before_token)),
-            proxies: TrustedProxies::parse(&config.trusted_proxies)?,
-            audit_retention_secs: i64::try_from(config.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
+            uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.files.max_uploads_before_token)),
+            proxies: TrustedProxies::parse(&config.http.trusted_proxies)?,
+            audit_retention_secs: i64::try_from(config.admin.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })
     }
 
@@ -161,8 +161,8 @@ const SQLITE_MIN_READERS: usize = 4;
 /// [`SQLITE_MIN_READERS`].
 pub fn pool_size(config: &Config) -> usize {
     let workers = server::http_workers();
-    match config.db_pool_size {
-        0 if config.database_url.is_empty() => workers.max(SQLITE_MIN_READERS),
+    match config.database.pool_size {
+        0 if config.database.url.is_empty() => workers.max(SQLITE_MIN_READERS),
         0 => (workers * PG_CONNECTIONS_PER_WORKER + BACKGROUND_TASKS).min(PG_DEFAULT_MAX),
         size => size,
     }
@@ -171,23 +171,23 @@ pub fn pool_size(config: &Config) -> usize {
 /// Opens the database the configuration names (PostgreSQL at DATABASE_URL, or else the
 /// SQLite file at DATABASE_PATH) and finds the server keys.
 pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
-    if !config.database_url.is_empty() {
+    if !config.database.url.is_empty() {
         let keys = server_keys(config, None)?;
         let settings = store::postgres::PgSettings {
             pool_size: pool_size(config),
-            connect_timeout: std::time::Duration::from_millis(config.db_connect_timeout_ms),
-            query_timeout: std::time::Duration::from_millis(config.db_query_timeout_ms),
+            connect_timeout: std::time::Duration::from_millis(config.database.connect_timeout_ms),
+            query_timeout: std::time::Duration::from_millis(config.database.query_timeout_ms),
         };
-        let db = Db::connect_postgres(&config.database_url, settings, clock, &keys.phones)
+        let db = Db::connect_postgres(&config.database.url, settings, clock, &keys.phones)
             .await
-            .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database_url)))?;
+            .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database.url)))?;
         return Ok((db, keys));
     }
-    let stored_key = store::setting_before_open(&config.database_path, keys::LEGACY_SETTING)
-        .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+    let stored_key = store::setting_before_open(&config.database.path, keys::LEGACY_SETTING)
+        .map_err(|e| format!("cannot open database {}: {e}", config.database.path))?;
     let keys = server_keys(config, stored_key.as_deref())?;
-    let db = Db::open_without_secrets(&config.database_path, pool_size(config), clock, &keys, stored_key.is_some())
-        .map_err(|e| format!("cannot open database {}: {e}", config.database_path))?;
+    let db = Db::open_without_secrets(&config.database.path, pool_size(config), clock, &keys, stored_key.is_some())
+        .map_err(|e| format!("cannot open database {}: {e}", config.database.path))?;
     Ok((db, keys))
 }
 

@@ -67,8 +67,8 @@ pub struct ContactLimits {
 impl ContactLimits {
     pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> ContactLimits {
         ContactLimits {
-            max_per_request: config.max_contacts_per_request,
-            max_per_user: config.max_contacts_per_user,
+            max_per_request: config.contacts.max_per_request,
+            max_per_user: config.contacts.max_per_user,
             new_per_user: KeyedLimit::per_day(config.limit.new_contacts_per_user_per_day).named("new_contacts_per_user").shared(shared),
             new_per_ip: KeyedLimit::per_day(config.limit.new_contacts_per_ip_per_day).named("new_contacts_per_ip").shared(shared),
         }

@@ -80,8 +80,8 @@ impl LoginFlow {
             upstream: Arc::new(Upstream::from_config(config)?),
             codes,
             id_tokens,
-            max_devices: config.max_devices,
-            token_expiry_secs: i64::try_from(config.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
+            max_devices: config.sessions.max_devices,
+            token_expiry_secs: i64::try_from(config.upstream.token_expiry_mins.saturating_mul(60)).unwrap_or(i64::MAX / 2),
         })
     }
 

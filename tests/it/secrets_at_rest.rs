@@ -203,7 +203,7 @@ fn the_default_key_file_and_files_directory_are_ignored_by_git() {
         return;
     }
     let config = otpgate::config::Config::from_vars(Vec::<(String, String)>::new()).unwrap();
-    let key_file = otpgate::domain::keys::default_key_file(&config.database_path);
+    let key_file = otpgate::domain::keys::default_key_file(&config.database.path);
     let uploaded = config.files_directory().join("3f2a9c.jpg");
     for path in [key_file, uploaded] {
         // --no-index: the verdict of .gitignore alone, even for a path someone committed.

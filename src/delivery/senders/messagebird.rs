@@ -23,7 +23,7 @@ impl MessageBirdSender {
             ],
         )?;
         Ok(MessageBirdSender {
-            client: provider_http::client(config.provider_timeout_secs)?,
+            client: provider_http::client(config.provider.timeout_secs)?,
             url: format!("{}/messages", config.messagebird.base_url.trim_end_matches('/')),
             authorization: format!("AccessKey {}", config.messagebird.access_key.expose()),
             originator: config.messagebird.originator.clone(),

@@ -118,7 +118,7 @@ fn reaches(kind: SenderKind) -> (bool, bool) {
 pub fn build(config: &Config) -> Result<Senders, String> {
     let main = by_name(config.otp.sender, config)?;
     let (main_phone, main_email) = reaches(config.otp.sender);
-    let email = match config.email_sender {
+    let email = match config.email.sender {
         Some(kind) => Some(by_name(kind.into(), config)?),
         None => main_email.then(|| main.clone()),
     };

@@ -36,14 +36,14 @@ impl SmtpSender {
         }
         .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
         // Bounded like the other providers, so the courier's lease outlasts any attempt.
-        let mut builder = builder.port(config.smtp.port).timeout(Some(std::time::Duration::from_secs(config.provider_timeout_secs)));
+        let mut builder = builder.port(config.smtp.port).timeout(Some(std::time::Duration::from_secs(config.provider.timeout_secs)));
         if !config.smtp.user.is_empty() {
             builder = builder.credentials(Credentials::new(config.smtp.user.clone(), config.smtp.password.expose().to_string()));
         }
         Ok(SmtpSender {
             transport: builder.build(),
             from,
-            subject: config.email_subject.clone(),
+            subject: config.email.subject.clone(),
             templates: Templates::from_config(config)?,
         })
     }

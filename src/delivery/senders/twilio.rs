@@ -29,7 +29,7 @@ impl TwilioSender {
         };
         let base = config.twilio.base_url.trim_end_matches('/');
         Ok(TwilioSender {
-            client: provider_http::client(config.provider_timeout_secs)?,
+            client: provider_http::client(config.provider.timeout_secs)?,
             url: format!("{base}/2010-04-01/Accounts/{}/Messages.json", config.twilio.account_sid),
             account_sid: config.twilio.account_sid.clone(),
             auth_token: config.twilio.auth_token.expose().to_string(),

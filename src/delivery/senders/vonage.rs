@@ -40,7 +40,7 @@ impl VonageSender {
             ],
         )?;
         Ok(VonageSender {
-            client: provider_http::client(config.provider_timeout_secs)?,
+            client: provider_http::client(config.provider.timeout_secs)?,
             url: format!("{}/sms/json", config.vonage.base_url.trim_end_matches('/')),
             api_key: config.vonage.api_key.expose().to_string(),
             api_secret: config.vonage.api_secret.expose().to_string(),

@@ -23,7 +23,7 @@ impl WebhookSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
         require("webhook", &[("WEBHOOK_URL", &config.webhook.url), ("WEBHOOK_SECRET", config.webhook.secret.expose())])?;
         Ok(WebhookSender {
-            client: provider_http::client(config.provider_timeout_secs)?,
+            client: provider_http::client(config.provider.timeout_secs)?,
             url: config.webhook.url.clone(),
             key: signing_key(config.webhook.secret.expose())?,
         })

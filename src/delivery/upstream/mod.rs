@@ -109,8 +109,8 @@ impl Upstream {
             client,
             builtin,
             url: config.upstream.url.clone(),
-            app_token: config.app_token.expose().to_string(),
-            token_expiry_mins: config.token_expiry_mins,
+            app_token: config.upstream.app_token.expose().to_string(),
+            token_expiry_mins: config.upstream.token_expiry_mins,
         })
     }
 

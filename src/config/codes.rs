@@ -1,0 +1,75 @@
+//! One-time codes: their shape, life, message, sender, fixed test codes and the server secret.
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{choice, Secret};
+
+/// One-time codes. (`OTP_*`, and `TEST_OTPS`, `REQUIRE_CHALLENGE`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct OtpSettings {
+    /// OTP_SECRET, the server secret (keys code hashes and queued-message encryption); when
+    /// empty it is read from OTP_SECRET_FILE, or from a key file created beside the database.
+    #[serde(default, rename = "otp_secret")]
+    pub secret: Secret,
+    /// OTP_SECRET_FILE, holding the server secret in hex; empty: `DATABASE_PATH` + `.key`,
+    /// created on first start.
+    #[serde(default, rename = "otp_secret_file")]
+    pub secret_file: String,
+
+    #[serde(default = "defaults::otp_length", rename = "otp_length")]
+    pub length: usize,
+    #[serde(default = "defaults::otp_ttl_secs", rename = "otp_ttl_secs")]
+    pub ttl_secs: u64,
+    #[serde(default = "defaults::otp_max_attempts", rename = "otp_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "defaults::otp_resend_secs", rename = "otp_resend_secs")]
+    pub resend_secs: u64,
+    #[serde(default = "defaults::otp_message", rename = "otp_message")]
+    pub message: String,
+
+    #[serde(default = "defaults::otp_sender", rename = "otp_sender")]
+    pub sender: SenderKind,
+    /// JSON object appid → message template overriding `OTP_MESSAGE`.
+    #[serde(default, rename = "otp_message_per_app")]
+    pub message_per_app: String,
+
+    /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
+    #[serde(default)]
+    pub test_otps: Secret,
+    /// Refuse a verify that does not send back the challenge id of its start reply.
+    #[serde(default)]
+    pub require_challenge: bool,
+}
+
+choice!(
+    /// What sends codes, `OTP_SENDER`.
+    SenderKind, "OTP_SENDER", "one of: log, http, smtp, twilio, vonage, messagebird, webhook", {
+    Log = "log",
+    Http = "http",
+    Smtp = "smtp",
+    Twilio = "twilio",
+    Vonage = "vonage",
+    Messagebird = "messagebird",
+    Webhook = "webhook",
+});
+
+mod defaults {
+    pub fn otp_length() -> usize {
+        6
+    }
+    pub fn otp_ttl_secs() -> u64 {
+        300
+    }
+    pub fn otp_max_attempts() -> u32 {
+        5
+    }
+    pub fn otp_resend_secs() -> u64 {
+        30
+    }
+    pub fn otp_message() -> String {
+        "Your code is {otp}".into()
+    }
+    pub fn otp_sender() -> super::SenderKind {
+        super::SenderKind::Log
+    }
+}

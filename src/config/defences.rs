@@ -1,0 +1,147 @@
+//! What keeps abuse and SMS bills down: rate limits, the phone policy, the SMS budget and
+//! CAPTCHA.
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{choice, Secret};
+
+/// Rate limits per key; 0 turns one off. (`LIMIT_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct LimitSettings {
+    #[serde(default = "defaults::limit_start_per_phone", rename = "limit_start_per_phone_per_hour")]
+    pub start_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_ip", rename = "limit_start_per_ip_per_hour")]
+    pub start_per_ip_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_phone", rename = "limit_verify_per_phone_per_hour")]
+    pub verify_per_phone_per_hour: u32,
+    #[serde(default = "defaults::limit_verify_per_ip", rename = "limit_verify_per_ip_per_hour")]
+    pub verify_per_ip_per_hour: u32,
+    /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_user_per_day", rename = "limit_new_contacts_per_user_per_day")]
+    pub new_contacts_per_user_per_day: u32,
+    /// The same per client IP, over all its users; 0 = no limit.
+    #[serde(default = "defaults::limit_new_contacts_per_ip_per_day", rename = "limit_new_contacts_per_ip_per_day")]
+    pub new_contacts_per_ip_per_day: u32,
+    /// Files (attachments and photos) a user may upload per hour; 0 = no limit.
+    #[serde(default = "defaults::limit_uploads_per_user_per_hour", rename = "limit_uploads_per_user_per_hour")]
+    pub uploads_per_user_per_hour: u32,
+    /// Bytes of files a user may upload per day; 0 = no limit.
+    #[serde(default = "defaults::limit_upload_bytes_per_user_per_day", rename = "limit_upload_bytes_per_user_per_day")]
+    pub upload_bytes_per_user_per_day: u32,
+    #[serde(default = "defaults::limit_start_per_subnet", rename = "limit_start_per_subnet_per_hour")]
+    pub start_per_subnet_per_hour: u32,
+    #[serde(default = "defaults::limit_start_per_calling_code", rename = "limit_start_per_calling_code_per_hour")]
+    pub start_per_calling_code_per_hour: u32,
+    /// Members a user may add to groups per hour (those already members cost nothing); 0 = no limit.
+    #[serde(default = "defaults::limit_group_adds_per_user", rename = "limit_group_adds_per_user_per_hour")]
+    pub group_adds_per_user_per_hour: u32,
+}
+
+/// Which phone numbers are served. The countries are ISO codes or calling codes, told
+/// apart by `domain::phone`, which knows the countries.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct PhoneSettings {
+    /// ISO region for numbers given in national format, e.g. `GB`.
+    #[serde(default)]
+    pub default_region: String,
+    /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
+    #[serde(default = "defaults::phone_mobile_only", rename = "phone_mobile_only")]
+    pub mobile_only: bool,
+    /// Serve satellite and international-network numbers (+870, +881, +882, +883).
+    #[serde(default, rename = "phone_allow_satellite")]
+    pub allow_satellite: bool,
+    /// Comma-separated; empty = all.
+    #[serde(default)]
+    pub allowed_countries: String,
+    #[serde(default)]
+    pub blocked_countries: String,
+}
+
+/// The SMS the whole service may send per hour, and the shares of it. (`SMS_BUDGET_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmsBudgetSettings {
+    #[serde(default = "defaults::sms_budget_per_hour", rename = "sms_budget_per_hour")]
+    pub per_hour: u32,
+    /// Percent of SMS_BUDGET_PER_HOUR one country calling code may spend (0 or 100: no share).
+    #[serde(default = "defaults::sms_budget_country_share", rename = "sms_budget_country_share")]
+    pub country_share: u32,
+    /// Countries (ISO or calling codes) held to no country share; empty = DEFAULT_REGION's.
+    #[serde(default, rename = "sms_budget_home_countries")]
+    pub home_countries: String,
+    /// Percent of SMS_BUDGET_PER_HOUR one client network (IPv4 /24, IPv6 /64) may spend.
+    #[serde(default = "defaults::sms_budget_network_share", rename = "sms_budget_network_share")]
+    pub network_share: u32,
+}
+
+/// CAPTCHA at login start. (`CAPTCHA_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct CaptchaSettings {
+    /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
+    #[serde(default = "defaults::captcha_provider", rename = "captcha_provider")]
+    pub provider: CaptchaProvider,
+    #[serde(default, rename = "captcha_secret")]
+    pub secret: Secret,
+    /// Siteverify endpoint; empty = the provider's own.
+    #[serde(default, rename = "captcha_verify_url")]
+    pub verify_url: String,
+}
+
+choice!(
+    /// Who checks CAPTCHA tokens at login start, `CAPTCHA_PROVIDER`; empty: nobody.
+    CaptchaProvider, "CAPTCHA_PROVIDER", "hcaptcha, turnstile or empty", {
+    Off = "",
+    Hcaptcha = "hcaptcha",
+    Turnstile = "turnstile",
+});
+
+mod defaults {
+    pub fn limit_start_per_phone() -> u32 {
+        10
+    }
+    pub fn limit_start_per_ip() -> u32 {
+        100
+    }
+    pub fn limit_verify_per_phone() -> u32 {
+        30
+    }
+    pub fn limit_verify_per_ip() -> u32 {
+        300
+    }
+    pub fn limit_new_contacts_per_user_per_day() -> u32 {
+        10_000
+    }
+    pub fn limit_new_contacts_per_ip_per_day() -> u32 {
+        50_000
+    }
+    pub fn limit_uploads_per_user_per_hour() -> u32 {
+        100
+    }
+    /// 512 MiB: 32 files of the largest size a day.
+    pub fn limit_upload_bytes_per_user_per_day() -> u32 {
+        512 * 1024 * 1024
+    }
+    pub fn limit_start_per_subnet() -> u32 {
+        300
+    }
+    pub fn limit_start_per_calling_code() -> u32 {
+        1000
+    }
+    pub fn limit_group_adds_per_user() -> u32 {
+        200
+    }
+    pub fn phone_mobile_only() -> bool {
+        true
+    }
+    pub fn sms_budget_per_hour() -> u32 {
+        1000
+    }
+    pub fn sms_budget_country_share() -> u32 {
+        25
+    }
+    pub fn sms_budget_network_share() -> u32 {
+        10
+    }
+    pub fn captcha_provider() -> super::CaptchaProvider {
+        super::CaptchaProvider::Off
+    }
+}

@@ -1,0 +1,196 @@
+//! What carries code messages: the e-mail sender, each provider's settings and the
+//! courier that delivers and retries them.
+
+use serde::{Deserialize, Serialize};
+
+use super::codes::SenderKind;
+use super::values::{choice, Secret};
+
+/// E-mail logins. (`EMAIL_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct EmailSettings {
+    #[serde(default, deserialize_with = "optional_email_sender", rename = "email_sender")]
+    pub sender: Option<EmailSenderKind>,
+    #[serde(default = "defaults::email_subject", rename = "email_subject")]
+    pub subject: String,
+}
+
+/// What every provider's requests share. (`PROVIDER_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct ProviderSettings {
+    /// Per-request timeout of the twilio, vonage, messagebird and webhook senders.
+    #[serde(default = "defaults::provider_timeout_secs", rename = "provider_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// The generic HTTP SMS gateway (`OTP_SENDER=http`). (`SMS_HTTP_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmsHttpSettings {
+    #[serde(default, rename = "sms_http_url")]
+    pub url: String,
+    #[serde(default, rename = "sms_http_auth")]
+    pub auth: Secret,
+    #[serde(default = "defaults::sms_http_body", rename = "sms_http_body")]
+    pub body: Secret,
+    #[serde(default = "defaults::sms_http_timeout_secs", rename = "sms_http_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// E-mail delivery (`smtp`). (`SMTP_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmtpSettings {
+    #[serde(default, rename = "smtp_host")]
+    pub host: String,
+    #[serde(default = "defaults::smtp_port", rename = "smtp_port")]
+    pub port: u16,
+    #[serde(default = "defaults::smtp_tls", rename = "smtp_tls")]
+    pub tls: SmtpTls,
+    #[serde(default, rename = "smtp_user")]
+    pub user: String,
+    #[serde(default, rename = "smtp_password")]
+    pub password: Secret,
+    #[serde(default, rename = "smtp_from")]
+    pub from: String,
+}
+
+/// Twilio (`twilio`). (`TWILIO_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct TwilioSettings {
+    #[serde(default, rename = "twilio_account_sid")]
+    pub account_sid: String,
+    #[serde(default, rename = "twilio_auth_token")]
+    pub auth_token: Secret,
+    #[serde(default, rename = "twilio_from")]
+    pub from: String,
+    #[serde(default, rename = "twilio_messaging_service_sid")]
+    pub messaging_service_sid: String,
+    #[serde(default = "defaults::twilio_base_url", rename = "twilio_base_url")]
+    pub base_url: String,
+}
+
+/// Vonage (`vonage`). (`VONAGE_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct VonageSettings {
+    #[serde(default, rename = "vonage_api_key")]
+    pub api_key: Secret,
+    #[serde(default, rename = "vonage_api_secret")]
+    pub api_secret: Secret,
+    #[serde(default, rename = "vonage_from")]
+    pub from: String,
+    #[serde(default = "defaults::vonage_base_url", rename = "vonage_base_url")]
+    pub base_url: String,
+}
+
+/// MessageBird (`messagebird`). (`MESSAGEBIRD_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct MessageBirdSettings {
+    #[serde(default, rename = "messagebird_access_key")]
+    pub access_key: Secret,
+    #[serde(default, rename = "messagebird_originator")]
+    pub originator: String,
+    #[serde(default = "defaults::messagebird_base_url", rename = "messagebird_base_url")]
+    pub base_url: String,
+}
+
+/// The signed webhook (`webhook`). (`WEBHOOK_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct WebhookSettings {
+    #[serde(default, rename = "webhook_url")]
+    pub url: String,
+    #[serde(default, rename = "webhook_secret")]
+    pub secret: Secret,
+}
+
+/// The durable delivery of code messages. (`COURIER_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct CourierSettings {
+    /// Delivery attempts per message (1 = no retries).
+    #[serde(default = "defaults::courier_max_attempts", rename = "courier_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay; each further retry waits twice as long.
+    #[serde(default = "defaults::courier_retry_base_ms", rename = "courier_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// How long a login request waits for the first delivery attempt.
+    #[serde(default = "defaults::courier_wait_ms", rename = "courier_wait_ms")]
+    pub wait_ms: u64,
+    /// How long a message being sent stays hidden from other senders; after a crash another
+    /// instance (or the restart) sends it once this has passed. 0: twice the slowest
+    /// provider timeout, at least a minute.
+    #[serde(default, rename = "courier_lease_secs")]
+    pub lease_secs: u64,
+}
+
+choice!(
+    /// What sends codes to e-mail addresses when it is not `OTP_SENDER`: `EMAIL_SENDER`.
+    EmailSenderKind, "EMAIL_SENDER", "one of: log, smtp, webhook", {
+    Log = "log",
+    Smtp = "smtp",
+    Webhook = "webhook",
+});
+
+impl From<EmailSenderKind> for SenderKind {
+    fn from(kind: EmailSenderKind) -> SenderKind {
+        match kind {
+            EmailSenderKind::Log => SenderKind::Log,
+            EmailSenderKind::Smtp => SenderKind::Smtp,
+            EmailSenderKind::Webhook => SenderKind::Webhook,
+        }
+    }
+}
+
+choice!(
+    /// How SMTP connections are secured, `SMTP_TLS`.
+    SmtpTls, "SMTP_TLS", "one of: starttls, tls, none", {
+    Starttls = "starttls",
+    Tls = "tls",
+    None = "none",
+});
+
+/// `EMAIL_SENDER`, where an empty value (an empty line in an env file) means "not set".
+fn optional_email_sender<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<EmailSenderKind>, D::Error> {
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) if !text.trim().is_empty() => {
+            EmailSenderKind::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(text)).map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+mod defaults {
+    pub fn email_subject() -> String {
+        "Your login code".into()
+    }
+    pub fn provider_timeout_secs() -> u64 {
+        10
+    }
+    pub fn sms_http_body() -> super::Secret {
+        r#"{"to":"{phone}","text":"{message}"}"#.into()
+    }
+    pub fn sms_http_timeout_secs() -> u64 {
+        10
+    }
+    pub fn smtp_port() -> u16 {
+        587
+    }
+    pub fn smtp_tls() -> super::SmtpTls {
+        super::SmtpTls::Starttls
+    }
+    pub fn twilio_base_url() -> String {
+        "https://api.twilio.com".into()
+    }
+    pub fn vonage_base_url() -> String {
+        "https://rest.nexmo.com".into()
+    }
+    pub fn messagebird_base_url() -> String {
+        "https://rest.messagebird.com".into()
+    }
+    pub fn courier_max_attempts() -> u32 {
+        5
+    }
+    pub fn courier_retry_base_ms() -> u64 {
+        2000
+    }
+    pub fn courier_wait_ms() -> u64 {
+        3000
+    }
+}

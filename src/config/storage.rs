@@ -1,0 +1,83 @@
+//! Where the data and the shared rate limits live: SQLite or PostgreSQL, and Redis.
+
+use serde::{Deserialize, Serialize};
+
+use super::redis_url::RedisTopology;
+use super::values::choice;
+
+/// The database: the SQLite file, or PostgreSQL shared by several instances.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct DatabaseSettings {
+    #[serde(default = "defaults::database_path", rename = "database_path")]
+    pub path: String,
+    /// `postgres://user:password@host/db`: keep the data in PostgreSQL, shared by several
+    /// instances; empty: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
+    /// Several hosts (`host1:5432,host2:5432`, or `?host=h1,h2`) are tried in turn;
+    /// `?target_session_attrs=read-write` skips standbys.
+    #[serde(default, rename = "database_url")]
+    pub url: String,
+    /// SQLite: reader connections; PostgreSQL: connections per instance. 0: sized to the
+    /// HTTP workers (see `runtime::pool_size`).
+    #[serde(default, rename = "db_pool_size")]
+    pub pool_size: usize,
+    /// PostgreSQL: longest one host may take to accept a connection and finish its
+    /// handshake (TLS, startup, authentication, the read-write check); then the next is tried.
+    #[serde(default = "defaults::db_connect_timeout_ms", rename = "db_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// PostgreSQL: longest one operation waits for the server's answers (a frozen server
+    /// answers nothing); then it fails, or runs again on a fresh connection where that is safe.
+    #[serde(default = "defaults::db_query_timeout_ms", rename = "db_query_timeout_ms")]
+    pub query_timeout_ms: u64,
+}
+
+/// Redis, which keeps every rate limit when it is set.
+#[derive(Clone, Deserialize, Serialize)]
+pub struct RedisSettings {
+    /// `redis://host:6379` (or `redis+cluster://…`, `redis+sentinel://…/master`, see
+    /// [`RedisTopology`]): keep every rate limit in Redis, shared by every instance;
+    /// empty: in each process's memory.
+    #[serde(default, rename = "redis_url")]
+    pub url: String,
+    /// Starts the name of every Redis key, so several services can share one Redis.
+    #[serde(default = "defaults::redis_prefix", rename = "redis_prefix")]
+    pub prefix: String,
+    /// What a limit does when Redis cannot be asked: `deny` (refuse with INTERNAL) or `allow`.
+    #[serde(default = "defaults::rate_limit_on_error")]
+    pub rate_limit_on_error: RateLimitOnError,
+}
+
+impl RedisSettings {
+    /// Where the shared rate limits live; `None` without `REDIS_URL`.
+    pub fn topology(&self) -> Result<Option<RedisTopology>, String> {
+        match self.url.trim() {
+            "" => Ok(None),
+            url => RedisTopology::parse(url).map(Some),
+        }
+    }
+}
+
+choice!(
+    /// What a rate limit does when its shared store (Redis) cannot be asked, `RATE_LIMIT_ON_ERROR`.
+    RateLimitOnError, "RATE_LIMIT_ON_ERROR", "deny or allow", {
+    /// Refuse: an open limiter is an open SMS bill.
+    Deny = "deny",
+    Allow = "allow",
+});
+
+mod defaults {
+    pub fn database_path() -> String {
+        "./otpgate.db".into()
+    }
+    pub fn db_connect_timeout_ms() -> u64 {
+        5_000
+    }
+    pub fn db_query_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn redis_prefix() -> String {
+        "otpgate".into()
+    }
+    pub fn rate_limit_on_error() -> super::RateLimitOnError {
+        super::RateLimitOnError::Deny
+    }
+}

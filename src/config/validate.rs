@@ -1,0 +1,274 @@
+//! The checks of the settings together, run once at load in this order: the first one
+//! failed is the error, one line naming the variable.
+
+use super::upstream::BUILTIN_UPSTREAM;
+use super::{CaptchaProvider, Config};
+
+/// Below this length `OTP_SECRET` draws a warning.
+pub(super) const MIN_OTP_SECRET_BYTES: usize = 16;
+/// Shortest operator token accepted: it guards every user's sessions.
+pub(super) const MIN_ADMIN_TOKEN_CHARS: usize = 32;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        let otp = &self.otp;
+        if !(4..=10).contains(&otp.length) {
+            return bad("OTP_LENGTH", "must be between 4 and 10");
+        }
+        if otp.ttl_secs == 0 {
+            return bad("OTP_TTL_SECS", "must be at least 1");
+        }
+        if otp.max_attempts == 0 {
+            return bad("OTP_MAX_ATTEMPTS", "must be at least 1");
+        }
+        if !otp.message.contains("{otp}") {
+            return bad("OTP_MESSAGE", "must contain {otp}");
+        }
+        if !otp.secret.is_empty() && !otp.secret_file.is_empty() {
+            return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
+        }
+        self.validate_shared_state()?;
+        self.validate_addresses()?;
+        self.validate_sessions()?;
+        self.validate_operations()?;
+        self.validate_fraud_defences()?;
+        Ok(())
+    }
+
+    /// DATABASE_URL and REDIS_URL, and what sharing a database asks of the secret.
+    fn validate_shared_state(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        let database = &self.database;
+        if !database.url.is_empty() {
+            if let Err(why) = postgres_url_hosts(&database.url) {
+                let why = format!(
+                    "must be a URL such as postgres://otpgate:password@db.example.com/otpgate or, with a standby, \
+                     postgres://otpgate:password@db1:5432,db2:5432/otpgate?target_session_attrs=read-write: {why}"
+                );
+                return bad("DATABASE_URL", &why);
+            }
+            if database.connect_timeout_ms == 0 {
+                return bad("DB_CONNECT_TIMEOUT_MS", "must be at least 1");
+            }
+            if database.query_timeout_ms == 0 {
+                return bad("DB_QUERY_TIMEOUT_MS", "must be at least 1");
+            }
+            // Instances that hash codes with different keys would refuse each other's codes.
+            if self.otp.secret.is_empty() && self.otp.secret_file.is_empty() {
+                return bad(
+                    "DATABASE_URL",
+                    "needs OTP_SECRET or OTP_SECRET_FILE: every instance on one database must hash codes with the same key",
+                );
+            }
+        }
+        self.redis.topology().map_err(|e| format!("invalid configuration: {e}"))?;
+        // Braces would make Redis Cluster hash the prefix instead of each key's own tag.
+        let prefix = &self.redis.prefix;
+        if prefix.trim().is_empty() || prefix.contains(char::is_whitespace) || prefix.contains(['{', '}']) {
+            return bad("REDIS_PREFIX", "must be a word without spaces or braces");
+        }
+        Ok(())
+    }
+
+    /// BIND, UPSTREAM_URL and PUBLIC_URL: caught here, before anything tries to use them.
+    fn validate_addresses(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        let bind = &self.http.bind;
+        if bind_host(bind).is_none() {
+            return bad("BIND", "must be an address and port such as 127.0.0.1:8080 or 0.0.0.0:8080");
+        }
+        if self.upstream.url == BUILTIN_UPSTREAM {
+            if !self.binds_loopback_only() {
+                return bad("UPSTREAM_URL", "builtin mints fake tokens for local testing and is refused unless BIND is a loopback address");
+            }
+        } else if !is_http_url(&self.upstream.url) {
+            return bad("UPSTREAM_URL", "must be an http:// or https:// URL (or builtin, for local testing)");
+        }
+        if !self.apps.public_url.is_empty() && !is_http_url(&self.apps.public_url) {
+            return bad("PUBLIC_URL", "must be an http:// or https:// URL such as https://login.example.com");
+        }
+        let admin = &self.admin;
+        if !admin.bind.is_empty() {
+            if bind_host(&admin.bind).is_none() {
+                return bad("ADMIN_BIND", "must be an address and port such as 127.0.0.1:9090, or empty to turn the operator API off");
+            }
+            // Port 0 asks the system for a free port: two of them never collide.
+            if admin.bind.trim() == bind.trim() && !bind.trim().ends_with(":0") {
+                return bad("ADMIN_BIND", "must differ from BIND: the operator API is never served on the public port");
+            }
+            if admin.token.expose().len() < MIN_ADMIN_TOKEN_CHARS {
+                return bad("ADMIN_TOKEN", "must be set, 32 characters or more (openssl rand -hex 32), when ADMIN_BIND is");
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings of sessions, contact sync and notifications.
+    fn validate_sessions(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        if self.sessions.max_devices == 0 {
+            return bad("MAX_DEVICES", "must be at least 1");
+        }
+        if self.contacts.max_per_request == 0 {
+            return bad("MAX_CONTACTS_PER_REQUEST", "must be at least 1");
+        }
+        if self.contacts.max_per_user == 0 {
+            return bad("MAX_CONTACTS_PER_USER", "must be at least 1");
+        }
+        if self.outbox.system_address.trim().is_empty() {
+            return bad("SYSTEM_ADDRESS", "must not be empty");
+        }
+        if self.outbox.retry_secs == 0 {
+            return bad("OUTBOX_RETRY_SECS", "must be at least 1");
+        }
+        if !(1..=3650).contains(&self.admin.audit_retention_days) {
+            return bad("AUDIT_RETENTION_DAYS", "must be 1 to 3650");
+        }
+        Ok(())
+    }
+
+    fn validate_operations(&self) -> Result<(), String> {
+        let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
+        let (http, files) = (&self.http, &self.files);
+        if http.max_body_bytes < 1024 {
+            return bad("MAX_BODY_BYTES", "must be at least 1024");
+        }
+        if files.max_upload_bytes == 0 {
+            return bad("MAX_UPLOAD_BYTES", "must be at least 1");
+        }
+        let daily_bytes = usize::try_from(self.limit.upload_bytes_per_user_per_day).unwrap_or(usize::MAX);
+        if daily_bytes != 0 && daily_bytes < files.max_upload_bytes {
+            // Else a file that MAX_UPLOAD_BYTES admits could never be uploaded.
+            return bad("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "must be 0 or at least MAX_UPLOAD_BYTES");
+        }
+        // Photos are kept at up to 1024 pixels a side: a smaller bound would refuse a photo
+        // that needs no scaling.
+        if files.max_photo_pixels < 1024 * 1024 {
+            return bad("MAX_PHOTO_PIXELS", "must be at least 1048576 (1024 × 1024)");
+        }
+        if files.photo_decodes == 0 {
+            return bad("PHOTO_DECODES", "must be at least 1");
+        }
+        if http.max_contacts_body_bytes < http.max_body_bytes {
+            return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
+        }
+        // A login must not time out while upstream may still issue its token, or the user
+        // would lose both the token and the code.
+        if http.request_timeout_secs <= self.upstream.timeout_secs {
+            return bad("REQUEST_TIMEOUT_SECS", "must be longer than UPSTREAM_TIMEOUT_SECS");
+        }
+        for origin in http.cors_origin_list() {
+            let well_formed = origin == "*"
+                || ((origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/') && !origin.contains(' '));
+            if !well_formed {
+                return bad("CORS_ORIGINS", "must be * or origins like https://app.example.com, comma-separated");
+            }
+        }
+        Ok(())
+    }
+
+    /// The CAPTCHA, provider and courier settings. Templates, the phone policy and test
+    /// codes are checked where they are built, once (`runtime`).
+    fn validate_fraud_defences(&self) -> Result<(), String> {
+        if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_empty() {
+            return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
+        }
+        if self.provider.timeout_secs == 0 {
+            return Err("invalid configuration: PROVIDER_TIMEOUT_SECS must be at least 1".into());
+        }
+        if self.courier.max_attempts == 0 {
+            return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
+        }
+        let budget = &self.sms_budget;
+        for (name, share) in [("SMS_BUDGET_COUNTRY_SHARE", budget.country_share), ("SMS_BUDGET_NETWORK_SHARE", budget.network_share)] {
+            if share > 100 {
+                return Err(format!("invalid configuration: {name} is a percentage of SMS_BUDGET_PER_HOUR: 0 to 100"));
+            }
+        }
+        Ok(())
+    }
+
+    /// What is allowed but probably not meant; `serve` and `check-config` log each line.
+    pub fn warnings(&self) -> Vec<&'static str> {
+        let mut warnings = Vec::new();
+        if self.upstream.url == BUILTIN_UPSTREAM {
+            warnings.push(super::BUILTIN_UPSTREAM_WARNING);
+        } else if self.upstream.app_token.is_empty() {
+            warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
+        }
+        if !self.database.url.is_empty() && self.redis.url.is_empty() {
+            warnings.push("DATABASE_URL without REDIS_URL: rate limits and the SMS budget are kept per instance, so N instances allow N times as much; set REDIS_URL to share them");
+        }
+        if !self.admin.bind.is_empty() && !is_loopback_bind(&self.admin.bind) {
+            warnings.push("ADMIN_BIND is not a loopback address and the operator API speaks plain HTTP: ADMIN_TOKEN and users' data cross the network in clear; bind it to 127.0.0.1 (and reach it through an SSH tunnel) or put a TLS proxy in front on the same host");
+        }
+        if !self.otp.secret.is_empty() && self.otp.secret.expose().len() < MIN_OTP_SECRET_BYTES {
+            warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
+        }
+        warnings
+    }
+}
+
+/// Whether a `host:port` listens on a loopback address only.
+pub(super) fn is_loopback_bind(bind: &str) -> bool {
+    match bind_host(bind) {
+        Some(host) if host.eq_ignore_ascii_case("localhost") => true,
+        Some(host) => host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+/// The host part of a `host:port` BIND, if the port is a number.
+fn bind_host(bind: &str) -> Option<&str> {
+    let (host, port) = bind.trim().rsplit_once(':')?;
+    let well_formed = !host.is_empty() && !host.contains(['/', ' ']) && port.parse::<u16>().is_ok();
+    well_formed.then_some(host)
+}
+
+/// An absolute http(s) URL with a host.
+fn is_http_url(text: &str) -> bool {
+    reqwest::Url::parse(text).is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
+}
+
+/// How many hosts a PostgreSQL URL names, in libpq's forms: `postgres://` or `postgresql://`, then
+/// `user:password@` if any, then one host or several (`h1:5432,h2:5433`, `[::1]:5432`),
+/// or none with `?host=h1,h2` (and `?port=`) instead. The driver parses it in full when
+/// the pool is made; this catches what is not a PostgreSQL URL at all.
+pub(super) fn postgres_url_hosts(url: &str) -> Result<usize, String> {
+    let rest = url
+        .strip_prefix("postgres://")
+        .or_else(|| url.strip_prefix("postgresql://"))
+        .ok_or("it does not start with postgres:// or postgresql://")?;
+    let (before_query, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let authority = before_query.split('/').next().unwrap_or_default();
+    let hosts = authority.rsplit_once('@').map_or(authority, |(_, hosts)| hosts);
+    let mut found = 0;
+    if !hosts.is_empty() {
+        for host in hosts.split(',') {
+            let (name, port) = match host.strip_prefix('[') {
+                Some(v6) => {
+                    let (name, after) = v6.split_once(']').ok_or("an IPv6 host lacks its closing ]")?;
+                    (name, after.strip_prefix(':'))
+                }
+                None => host.split_once(':').map_or((host, None), |(name, port)| (name, Some(port))),
+            };
+            if name.is_empty() {
+                return Err("a host in the list is empty".into());
+            }
+            if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+                return Err(format!("the port of {name} is not a number"));
+            }
+            found += 1;
+        }
+    }
+    for pair in query.split('&') {
+        if let Some(("host" | "hostaddr", value)) = pair.split_once('=') {
+            found += value.split(',').filter(|name| !name.is_empty()).count();
+        }
+    }
+    if found == 0 {
+        return Err("it names no host".into());
+    }
+    Ok(found)
+}
