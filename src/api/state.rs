@@ -58,7 +58,7 @@ impl HttpSettings {
     pub fn from_config(config: &Config) -> HttpSettings {
         HttpSettings {
             dialect: config.dialect(),
-            cors_origins: config.http.cors_origin_list().into_iter().map(String::from).collect(),
+            cors_origins: config.http.cors_origins.to_vec(),
             max_body_bytes: config.http.max_body_bytes,
             max_contacts_body_bytes: config.http.max_contacts_body_bytes,
             max_upload_bytes: config.files.max_upload_bytes,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{choice, Secret};
+use super::values::{choice, List, Secret};
 
 /// One-time codes. (`OTP_*`, and `TEST_OTPS`, `REQUIRE_CHALLENGE`)
 #[derive(Clone, Deserialize, Serialize)]
@@ -33,9 +33,9 @@ pub struct OtpSettings {
     #[serde(default, rename = "otp_message_per_app")]
     pub message_per_app: String,
 
-    /// `phone:otp` pairs, comma-separated, that accept a fixed code and send nothing.
+    /// `phone:otp` pairs that accept a fixed code and send nothing.
     #[serde(default)]
-    pub test_otps: Secret,
+    pub test_otps: Secret<List>,
     /// Refuse a verify that does not send back the challenge id of its start reply.
     #[serde(default)]
     pub require_challenge: bool,

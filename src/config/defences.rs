@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{choice, Secret};
+use super::values::{choice, List, Secret};
 
 /// Rate limits per key; 0 turns one off. (`LIMIT_*`)
 #[derive(Clone, Deserialize, Serialize)]
@@ -50,11 +50,11 @@ pub struct PhoneSettings {
     /// Serve satellite and international-network numbers (+870, +881, +882, +883).
     #[serde(default, rename = "phone_allow_satellite")]
     pub allow_satellite: bool,
-    /// Comma-separated; empty = all.
+    /// None: all.
     #[serde(default)]
-    pub allowed_countries: String,
+    pub allowed_countries: List,
     #[serde(default)]
-    pub blocked_countries: String,
+    pub blocked_countries: List,
 }
 
 /// The SMS the whole service may send per hour, and the shares of it. (`SMS_BUDGET_*`)
@@ -65,9 +65,9 @@ pub struct SmsBudgetSettings {
     /// Percent of SMS_BUDGET_PER_HOUR one country calling code may spend (0 or 100: no share).
     #[serde(default = "defaults::sms_budget_country_share", rename = "sms_budget_country_share")]
     pub country_share: u32,
-    /// Countries (ISO or calling codes) held to no country share; empty = DEFAULT_REGION's.
+    /// Countries (ISO or calling codes) held to no country share; none = DEFAULT_REGION's.
     #[serde(default, rename = "sms_budget_home_countries")]
-    pub home_countries: String,
+    pub home_countries: List,
     /// Percent of SMS_BUDGET_PER_HOUR one client network (IPv4 /24, IPv6 /64) may spend.
     #[serde(default = "defaults::sms_budget_network_share", rename = "sms_budget_network_share")]
     pub network_share: u32,

@@ -1,18 +1,21 @@
 //! The public HTTP listener: where it listens, whom it believes and what it accepts.
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+
+use super::values::List;
 
 /// The public HTTP listener and the bounds of its requests.
 #[derive(Clone, Deserialize, Serialize)]
 pub struct HttpSettings {
     #[serde(default = "defaults::bind")]
     pub bind: String,
-    /// Browser origins allowed by CORS, comma-separated; `*` allows any; empty turns CORS off.
+    /// Browser origins allowed by CORS; `*` allows any; none turns CORS off.
     #[serde(default = "defaults::cors_origins")]
-    pub cors_origins: String,
-    /// CIDR list of reverse proxies whose `X-Forwarded-For` / `Forwarded` is believed.
-    #[serde(default)]
-    pub trusted_proxies: String,
+    pub cors_origins: List,
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` is believed.
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: List<IpNet>,
     /// Largest request body of every op but the contact ops.
     #[serde(default = "defaults::max_body_bytes")]
     pub max_body_bytes: usize,
@@ -27,21 +30,31 @@ pub struct HttpSettings {
     pub shutdown_grace_secs: u64,
 }
 
-impl HttpSettings {
-    /// `CORS_ORIGINS` split into its entries.
-    pub fn cors_origin_list(&self) -> Vec<&str> {
-        self.cors_origins.split(',').map(str::trim).filter(|o| !o.is_empty()).collect()
-    }
+/// `TRUSTED_PROXIES` as written: CIDR ranges, comma-separated; a bare address means just
+/// that address.
+pub fn parse_trusted_proxies(text: &str) -> Result<List<IpNet>, String> {
+    List::parse_with(text, |entry| {
+        entry
+            .parse::<IpNet>()
+            .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("TRUSTED_PROXIES entry {entry:?} is not an address or CIDR range"))
+    })
+}
+
+fn trusted_proxies<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<List<IpNet>, D::Error> {
+    parse_trusted_proxies(&String::deserialize(deserializer)?).map_err(serde::de::Error::custom)
 }
 
 mod defaults {
+    use super::List;
+
     pub fn bind() -> String {
         "127.0.0.1:8080".into()
     }
     /// The web app calls from its own origin; tokens travel in bodies or bearer headers,
     /// never in cookies, so allowing any origin grants other sites nothing.
-    pub fn cors_origins() -> String {
-        "*".into()
+    pub fn cors_origins() -> List {
+        List::from("*")
     }
     pub fn max_body_bytes() -> usize {
         64 * 1024

@@ -4,7 +4,7 @@
 //! name, or its `rename`). Every variable and its default is in `.env.example`.
 //!
 //! The files hold the sections by concern; `values` the kinds of value they take
-//! (secrets, choices); `validate` the checks across them.
+//! (secrets, lists, choices), parsed here once; `validate` the checks across them.
 
 mod accounts;
 mod apps;
@@ -25,7 +25,7 @@ pub use accounts::{ContactSettings, FileSettings, OutboxSettings, SessionSetting
 pub use apps::{AppsSettings, Dialect, OidcSettings};
 pub use codes::{OtpSettings, SenderKind};
 pub use defences::{CaptchaProvider, CaptchaSettings, LimitSettings, PhoneSettings, SmsBudgetSettings};
-pub use http::HttpSettings;
+pub use http::{parse_trusted_proxies, HttpSettings};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};
 pub use redis_url::RedisTopology;
 pub use senders::{
@@ -34,7 +34,7 @@ pub use senders::{
 };
 pub use storage::{DatabaseSettings, RateLimitOnError, RedisSettings};
 pub use upstream::{UpstreamSettings, BUILTIN_UPSTREAM, BUILTIN_UPSTREAM_WARNING};
-pub use values::Secret;
+pub use values::{List, Secret};
 
 #[derive(Clone, Serialize)]
 pub struct Config {
@@ -111,7 +111,7 @@ impl Config {
         V: Into<String>,
     {
         let vars: Vec<(String, String)> = vars.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
-        let config = Config {
+        let mut config = Config {
             http: section(&vars)?,
             database: section(&vars)?,
             redis: section(&vars)?,

@@ -44,11 +44,18 @@ pub struct RedisSettings {
     /// What a limit does when Redis cannot be asked: `deny` (refuse with INTERNAL) or `allow`.
     #[serde(default = "defaults::rate_limit_on_error")]
     pub rate_limit_on_error: RateLimitOnError,
+    /// REDIS_URL parsed, at load.
+    #[serde(skip)]
+    pub(super) topology: Option<RedisTopology>,
 }
 
 impl RedisSettings {
     /// Where the shared rate limits live; `None` without `REDIS_URL`.
-    pub fn topology(&self) -> Result<Option<RedisTopology>, String> {
+    pub fn topology(&self) -> Option<&RedisTopology> {
+        self.topology.as_ref()
+    }
+
+    pub(super) fn parse_topology(&self) -> Result<Option<RedisTopology>, String> {
         match self.url.trim() {
             "" => Ok(None),
             url => RedisTopology::parse(url).map(Some),

@@ -10,7 +10,8 @@ pub(super) const MIN_OTP_SECRET_BYTES: usize = 16;
 pub(super) const MIN_ADMIN_TOKEN_CHARS: usize = 32;
 
 impl Config {
-    pub(super) fn validate(&self) -> Result<(), String> {
+    /// Refuses what is wrong, and keeps what had to be parsed to know it (REDIS_URL's form).
+    pub(super) fn validate(&mut self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         let otp = &self.otp;
         if !(4..=10).contains(&otp.length) {
@@ -37,7 +38,7 @@ impl Config {
     }
 
     /// DATABASE_URL and REDIS_URL, and what sharing a database asks of the secret.
-    fn validate_shared_state(&self) -> Result<(), String> {
+    fn validate_shared_state(&mut self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         let database = &self.database;
         if !database.url.is_empty() {
@@ -62,7 +63,7 @@ impl Config {
                 );
             }
         }
-        self.redis.topology().map_err(|e| format!("invalid configuration: {e}"))?;
+        self.redis.topology = self.redis.parse_topology().map_err(|e| format!("invalid configuration: {e}"))?;
         // Braces would make Redis Cluster hash the prefix instead of each key's own tag.
         let prefix = &self.redis.prefix;
         if prefix.trim().is_empty() || prefix.contains(char::is_whitespace) || prefix.contains(['{', '}']) {
@@ -158,7 +159,7 @@ impl Config {
         if http.request_timeout_secs <= self.upstream.timeout_secs {
             return bad("REQUEST_TIMEOUT_SECS", "must be longer than UPSTREAM_TIMEOUT_SECS");
         }
-        for origin in http.cors_origin_list() {
+        for origin in http.cors_origins.iter() {
             let well_formed = origin == "*"
                 || ((origin.starts_with("https://") || origin.starts_with("http://")) && !origin.ends_with('/') && !origin.contains(' '));
             if !well_formed {

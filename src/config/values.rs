@@ -1,5 +1,5 @@
-//! The kinds of value settings take beyond numbers and words: a credential ([`Secret`])
-//! and one of a few words ([`choice!`]).
+//! The kinds of value settings take beyond numbers and words: a credential ([`Secret`]),
+//! a comma-separated list ([`List`]) and one of a few words ([`choice!`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -56,24 +56,50 @@ pub(crate) use choice;
 /// when unset, so an operator sees what is missing), whatever the setting is called.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
-pub struct Secret(String);
+pub struct Secret<T = String>(T);
 
 impl Secret {
     /// The value, for the one place that uses it.
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
 
+impl Secret<List> {
+    /// The entries, for the one place that uses them.
+    pub fn expose(&self) -> &List {
+        &self.0
+    }
+}
+
+impl<T: Unset> Secret<T> {
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_unset()
     }
 
     fn shown(&self) -> &'static str {
-        if self.0.is_empty() {
+        if self.is_empty() {
             ""
         } else {
             "<redacted>"
         }
+    }
+}
+
+/// What a [`Secret`] may hold: a value that can be unset.
+pub trait Unset {
+    fn is_unset(&self) -> bool;
+}
+
+impl Unset for String {
+    fn is_unset(&self) -> bool {
+        self.is_empty()
+    }
+}
+
+impl<T> Unset for List<T> {
+    fn is_unset(&self) -> bool {
+        self.is_empty()
     }
 }
 
@@ -83,14 +109,94 @@ impl From<&str> for Secret {
     }
 }
 
-impl std::fmt::Debug for Secret {
+impl<T: Unset> std::fmt::Debug for Secret<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.shown())
     }
 }
 
-impl Serialize for Secret {
+impl<T: Unset> Serialize for Secret<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.shown())
+    }
+}
+
+/// A comma-separated setting, split once at load into its entries (trimmed, the empty
+/// ones dropped) and each entry parsed into a `T`. It reads as a slice of its entries;
+/// the printed configuration shows it as it was set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct List<T = String> {
+    text: String,
+    entries: Vec<T>,
+}
+
+impl<T> List<T> {
+    /// Splits `text` and parses each entry with `entry`; the first entry it refuses is the error.
+    pub fn parse_with<E>(text: &str, entry: impl Fn(&str) -> Result<T, E>) -> Result<List<T>, E> {
+        let entries = text.split(',').map(str::trim).filter(|e| !e.is_empty()).map(entry).collect::<Result<_, _>>()?;
+        Ok(List { text: text.to_string(), entries })
+    }
+}
+
+impl<T> Default for List<T> {
+    fn default() -> Self {
+        List { text: String::new(), entries: Vec::new() }
+    }
+}
+
+impl<T> std::ops::Deref for List<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        &self.entries
+    }
+}
+
+/// Entries that are words (ISO codes, origins...): splitting never fails.
+impl From<&str> for List {
+    fn from(text: &str) -> Self {
+        List::parse_with(text, |entry| Ok::<_, std::convert::Infallible>(entry.to_string())).unwrap_or_default()
+    }
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(List::from(String::deserialize(deserializer)?.as_str()))
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for List<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.entries.fmt(f)
+    }
+}
+
+impl<T> Serialize for List<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_is_split_once_and_shown_as_set() {
+        let list = List::from(" US, ,44 ,");
+        assert_eq!(&list[..], ["US", "44"]);
+        assert_eq!(serde_json::to_value(&list).unwrap(), " US, ,44 ,");
+        assert!(List::from(" , ").is_empty());
+        let numbers = List::parse_with("1, 2,x", |e| e.parse::<u8>().map_err(|_| e.to_string()));
+        assert_eq!(numbers.err().as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_secret_list_is_redacted() {
+        let secret: Secret<List> = serde_json::from_value("18005550000:123456".into()).unwrap();
+        assert_eq!(&secret.expose()[..], ["18005550000:123456"]);
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(serde_json::to_value(&secret).unwrap(), "<redacted>");
+        assert_eq!(serde_json::to_value(Secret::<List>::default()).unwrap(), "");
     }
 }

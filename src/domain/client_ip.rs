@@ -6,25 +6,23 @@ use actix_web::HttpRequest;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
+use crate::config::parse_trusted_proxies;
+
 pub struct TrustedProxies {
     networks: Vec<IpNet>,
 }
 
 impl TrustedProxies {
-    /// `value` is a comma-separated CIDR list; a bare address means just that address.
+    /// The networks of `TRUSTED_PROXIES`, parsed with the configuration.
+    pub fn new(networks: &[IpNet]) -> TrustedProxies {
+        TrustedProxies { networks: networks.to_vec() }
+    }
+
+    /// `value` written as `TRUSTED_PROXIES` is: a comma-separated CIDR list, where a bare
+    /// address means just that address.
     pub fn parse(value: &str) -> Result<TrustedProxies, String> {
-        let networks = value
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .map(|entry| {
-                entry
-                    .parse::<IpNet>()
-                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
-                    .map_err(|_| format!("invalid configuration: TRUSTED_PROXIES entry {entry:?} is not an address or CIDR range"))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(TrustedProxies { networks })
+        let networks = parse_trusted_proxies(value).map_err(|e| format!("invalid configuration: {e}"))?;
+        Ok(TrustedProxies::new(&networks))
     }
 
     fn trusts(&self, ip: &IpAddr) -> bool {

@@ -7,6 +7,7 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use subtle::ConstantTimeEq;
 
+use crate::config::List;
 use crate::domain::address;
 
 /// A fresh code of `len` (at most 19) uniformly random decimal digits, drawn as one
@@ -53,10 +54,10 @@ impl OtpHasher {
     }
 }
 
-/// `TEST_OTPS` as normalised phone → fixed code.
-pub fn test_codes(setting: &str) -> Result<HashMap<String, String>, String> {
+/// `TEST_OTPS`' entries (`phone:code`) as normalised phone → fixed code.
+pub fn test_codes(setting: impl Into<List>) -> Result<HashMap<String, String>, String> {
     let mut map = HashMap::new();
-    for entry in setting.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+    for entry in setting.into().iter() {
         let parsed = entry.split_once(':').and_then(|(phone, code)| {
             let phone = address::normalize_phone(phone)?;
             let code = code.trim();

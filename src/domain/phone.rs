@@ -8,7 +8,7 @@ use phonenumber::{PhoneNumber, Type};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use crate::config::Config;
+use crate::config::{Config, List};
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
 
@@ -209,8 +209,8 @@ pub fn calling_code_of(digits: &str) -> Option<u16> {
 }
 
 /// The calling codes of a list of ISO codes or calling codes (`DE, 44` gives 49 and 44).
-pub fn calling_codes(name: &str, value: &str) -> Result<Vec<u16>, String> {
-    let codes = country_list(name, value)?.into_iter().map(|entry| match entry {
+pub fn calling_codes(name: &str, countries: impl Into<List>) -> Result<Vec<u16>, String> {
+    let codes = country_list(name, &countries.into())?.into_iter().map(|entry| match entry {
         CountryMatch::CallingCode(code) => Some(code),
         CountryMatch::Region(id) => phonenumber::metadata::DATABASE.by_id(id.as_ref()).map(|metadata| metadata.country_code()),
     });
@@ -221,11 +221,9 @@ fn parse_region(code: &str) -> Option<Id> {
     code.trim().to_ascii_uppercase().parse().ok()
 }
 
-fn country_list(name: &str, value: &str) -> Result<Vec<CountryMatch>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
+fn country_list(name: &str, countries: &List) -> Result<Vec<CountryMatch>, String> {
+    countries
+        .iter()
         .map(|entry| {
             let calling_code = entry.trim_start_matches('+').parse::<u16>().ok().filter(|c| (1..=999).contains(c));
             calling_code

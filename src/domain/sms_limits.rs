@@ -34,9 +34,11 @@ impl SmsLimits {
     pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> Result<Self, String> {
         let limit = |n, name| KeyedLimit::per_hour(n).named(name).shared(shared);
         let budget = config.sms_budget.per_hour;
-        let home_countries = match config.sms_budget.home_countries.trim() {
-            "" => phone::calling_codes("DEFAULT_REGION", &config.phone.default_region)?,
-            home => phone::calling_codes("SMS_BUDGET_HOME_COUNTRIES", home)?,
+        let home = &config.sms_budget.home_countries;
+        let home_countries = if home.is_empty() {
+            phone::calling_codes("DEFAULT_REGION", config.phone.default_region.as_str())?
+        } else {
+            phone::calling_codes("SMS_BUDGET_HOME_COUNTRIES", home.clone())?
         };
         Ok(SmsLimits {
             start_per_network: limit(config.limit.start_per_subnet_per_hour, "start_per_network"),

@@ -41,12 +41,12 @@ impl AppState {
     /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
     pub async fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
         let (db, keys) = open_database(config, clock).await?;
-        let shared_limits = match config.redis.topology()? {
+        let shared_limits = match config.redis.topology() {
             None => None,
             Some(topology) => {
                 let allow = config.redis.rate_limit_on_error == RateLimitOnError::Allow;
                 let policy = config.redis.rate_limit_on_error.as_str();
-                let buckets = RedisBuckets::connect(&topology, &config.redis.prefix, allow)
+                let buckets = RedisBuckets::connect(topology, &config.redis.prefix, allow)
                     .await
                     .map_err(|e| format!("{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})", url_without_credentials(&config.redis.url)))?;
                 let shared = SharedLimits::new(Arc::new(buckets), keys.limit_key, allow);
@@ -85,7 +85,7 @@ impl AppState {
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
             uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.files.max_uploads_before_token)),
-            proxies: TrustedProxies::parse(&config.http.trusted_proxies)?,
+            proxies: TrustedProxies::new(&config.http.trusted_proxies),
             audit_retention_secs: i64::try_from(config.admin.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })
     }

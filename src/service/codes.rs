@@ -66,7 +66,7 @@ impl CodeAuthenticator {
             hasher: keys.hasher.clone(),
             senders,
             limits: Arc::new(Limits::from_config(config, shared)),
-            test_otps: otp::test_codes(config.otp.test_otps.expose())?,
+            test_otps: otp::test_codes(config.otp.test_otps.expose().clone())?,
             otp_length: config.otp.length,
             otp_ttl_secs: config.otp.ttl_secs as i64,
             otp_resend_secs: config.otp.resend_secs as i64,
