@@ -1,0 +1,211 @@
+//! Code messages: queued with their code, claimed by one courier at a time (see `store::courier`).
+
+use deadpool_postgres::Object;
+use tokio_postgres::types::ToSql;
+
+use crate::domain::address::Address;
+use crate::domain::keys::MessageSeal;
+use crate::domain::ratelimit::{Admission, Refusal};
+use crate::store::courier::{AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
+use crate::store::{courier, NewChallenge, StorageError};
+
+use super::{counter, execute, int, interrupted, query, query_one, rows, Interrupted, PgStore, Retry};
+
+impl PgStore {
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
+    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
+    /// a new code, before anything is written. An advisory lock on the address makes
+    /// concurrent starts for it take turns, so the resend window holds across instances.
+    pub async fn enqueue_message(
+        &self,
+        challenge: NewChallenge,
+        message: (String, String, Vec<u8>),
+        lease_until: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<Enqueued, StorageError> {
+        let c = &challenge;
+        let (address, appid, sealed) = &message;
+        let (mut admit, mut retried) = (Some(admit), false);
+        loop {
+            // Returning without a commit rolls the transaction back and releases the lock.
+            let (tx, previous) = self.begin_retrying("SELECT otpgate_lock_code($1)", &[&c.address]).await?;
+            if let Some(previous) = previous.map(|row| row.try_get::<_, Option<i64>>(0)).transpose()?.flatten() {
+                let wait = previous + c.resend_secs - c.now;
+                if wait > 0 {
+                    return Ok(Enqueued::TooSoon(wait as u64));
+                }
+            }
+            // Checked before anything is written: a refusal leaves the previous code valid.
+            // Once: a start that runs again below was admitted already.
+            if let Some(admit) = admit.take() {
+                if let Err(refusal) = admit().await {
+                    return Ok(Enqueued::Refused(refusal));
+                }
+            }
+            let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
+            let expires_at = c.now + c.ttl_secs;
+            let params: &[&(dyn ToSql + Sync)] =
+                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until];
+            let stored = tx.query_one_and_commit(
+                "WITH challenge AS (
+                     INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+                     VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
+                     ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
+                         created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
+                         challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
+                 INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
+                 VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4) RETURNING id",
+                params,
+            );
+            match self.timed(stored).await {
+                Ok(row) => return Ok(Enqueued::Stored(row.try_get(0)?)),
+                // A demoted primary refuses the write (the lock it took): again on a fresh
+                // connection, whose transaction checks the resend window anew. Only then:
+                // after a connection lost at the COMMIT the code may be stored already, and
+                // its message on its way; the client asks again.
+                Err(e) if interrupted(&e) == Some(Interrupted::NotApplied) && !std::mem::replace(&mut retried, true) => {
+                    tracing::info!("retrying on a fresh PostgreSQL connection after: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. Rows another
+    /// instance is claiming are skipped, so no row is handed out twice. A message the key
+    /// cannot open (the key changed since it was queued) fails for good.
+    pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
+        self.retrying(Retry::Always, |client| self.claim_due_messages_once(client, seal.clone(), now_ms, lease_until)).await
+    }
+
+    async fn claim_due_messages_once(
+        &self,
+        mut client: Object,
+        seal: MessageSeal,
+        now_ms: i64,
+        lease_until: i64,
+    ) -> Result<Claimed, StorageError> {
+        let tx = client.transaction().await?;
+        // A code that was used, replaced by a newer one or expired is not worth an SMS.
+        execute(
+            &tx,
+            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
+             WHERE id IN (SELECT id FROM courier WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > $1) FOR UPDATE SKIP LOCKED)",
+            &[&(now_ms / 1000)],
+        )
+        .await?;
+        let batch_size = i64::try_from(BATCH).unwrap_or(i64::MAX);
+        let due = query(
+            &tx,
+            "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+             WHERE status = 'queued' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+            &[&now_ms, &batch_size],
+        )
+        .await?;
+        let mut batch = Vec::with_capacity(due.len());
+        for r in &due {
+            let mut row = QueuedMessage {
+                id: r.try_get(0)?,
+                address: r.try_get(1)?,
+                appid: r.try_get(2)?,
+                otp_hash: r.try_get(3)?,
+                otp: String::new(),
+                body: String::new(),
+                attempts: counter(r.try_get(5)?),
+                expires_at: r.try_get(6)?,
+            };
+            let sealed: Option<Vec<u8>> = r.try_get(4)?;
+            match sealed.and_then(|sealed| courier::open_message(&seal, &sealed, &row.address, &row.otp_hash)) {
+                Some((otp, body)) => {
+                    (row.otp, row.body) = (otp, body);
+                    batch.push(row);
+                }
+                None => {
+                    let error = "the message cannot be decrypted: the server key changed since it was queued";
+                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
+                    execute(&tx, "UPDATE courier SET status = 'failed', last_error = $2, sealed = NULL WHERE id = $1", &[&row.id, &error])
+                        .await?;
+                    execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&row.address, &row.otp_hash]).await?;
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let ids: Vec<i64> = batch.iter().map(|row| row.id).collect();
+            execute(&tx, "UPDATE courier SET next_attempt_ms = $2 WHERE id = ANY($1)", &[&ids, &lease_until]).await?;
+        }
+        let left = query_one(&tx, "SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'", &[]).await?;
+        let (next_due, queued) = (left.try_get(0)?, left.try_get(1)?);
+        tx.commit().await?;
+        Ok(Claimed { batch, next_due, queued })
+    }
+
+    /// Records a delivery attempt. A final outcome wipes the sealed message; a final
+    /// failure also deletes the challenge, since nobody received that code.
+    pub async fn record_attempt(
+        &self,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.retrying(Retry::Always, |client| {
+            self.record_attempt_once(client, id, attempts, outcome.clone(), address.clone(), otp_hash.clone())
+        })
+        .await
+    }
+
+    async fn record_attempt_once(
+        &self,
+        client: Object,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        // One statement each, so none needs a transaction of its own.
+        let attempts = int(attempts);
+        match &outcome {
+            AttemptOutcome::Sent => {
+                execute(&client, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts])
+                    .await?;
+            }
+            AttemptOutcome::Failed(error) => {
+                execute(
+                    &client,
+                    "WITH failed AS (UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1)
+                     DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5",
+                    &[&id, &attempts, error, &address, &otp_hash],
+                )
+                .await?;
+            }
+            AttemptOutcome::Retry(error, retry_at) => {
+                execute(
+                    &client,
+                    "UPDATE courier SET attempts = $2, last_error = $3, next_attempt_ms = $4 WHERE id = $1",
+                    &[&id, &attempts, error, retry_at],
+                )
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes finished rows created before `before` (unix seconds); returns how many.
+    pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
+        self.retrying(Retry::Always, |client| self.purge_finished_messages_once(client, before)).await
+    }
+
+    async fn purge_finished_messages_once(&self, client: Object, before: i64) -> Result<usize, StorageError> {
+        let purged = execute(
+            &client,
+            "DELETE FROM courier WHERE id IN
+                 (SELECT id FROM courier WHERE status <> 'queued' AND created_at < $1 FOR UPDATE SKIP LOCKED)",
+            &[&before],
+        )
+        .await?;
+        Ok(rows(purged))
+    }
+}

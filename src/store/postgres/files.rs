@@ -1,0 +1,58 @@
+//! Which stored files rows refer to, under an advisory lock per file (see `store::files`).
+
+use deadpool_postgres::{GenericClient, Object};
+
+use crate::store::{files, StorageError};
+
+use super::{execute, query_one, PgStore, Retry};
+
+/// Serialises, on every instance, a transaction that makes a row refer to stored file
+/// `name` with one that deletes the file unless a row refers to it (see
+/// `store::files`); no lock for no file.
+pub(super) async fn lock_file(tx: &impl GenericClient, name: &str) -> Result<(), StorageError> {
+    if !name.is_empty() {
+        execute(tx, "SELECT pg_advisory_xact_lock(hashtextextended('file:' || $1, 0))", &[&name]).await?;
+    }
+    Ok(())
+}
+
+impl PgStore {
+    /// Records that stored file `name` is a chat attachment (see `store::files`).
+    pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
+        self.retrying(Retry::IfNotApplied, |client| self.keep_attachment_once(client, name)).await
+    }
+
+    async fn keep_attachment_once(&self, mut client: Object, name: &str) -> Result<(), StorageError> {
+        let inserted = execute(&client, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
+        if inserted == 0 {
+            // Listed before: no removal can have found it unreferenced since. Identical
+            // uploads at once thus do not queue on one lock, each holding a connection.
+            return Ok(());
+        }
+        // A removal that checked before the insert may still be deleting the file: waiting
+        // for its lock makes the caller's restore of the file come after it.
+        let tx = client.transaction().await?;
+        lock_file(&tx, name).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes the stored file `name` at `path` unless a row refers to it (see `store::files`).
+    pub async fn remove_file_unless_referenced(&self, name: &str, path: std::path::PathBuf) -> Result<bool, StorageError> {
+        self.retrying(Retry::IfNotApplied, |client| self.remove_file_unless_referenced_once(client, name, path.clone())).await
+    }
+
+    async fn remove_file_unless_referenced_once(
+        &self,
+        mut client: Object,
+        name: &str,
+        path: std::path::PathBuf,
+    ) -> Result<bool, StorageError> {
+        let tx = client.transaction().await?;
+        lock_file(&tx, name).await?;
+        let referenced: bool = query_one(&tx, &files::REFERENCED.replace("?1", "$1"), &[&name]).await?.try_get(0)?;
+        let removed = if referenced { false } else { files::remove_in_background(path).await? };
+        tx.commit().await?;
+        Ok(removed)
+    }
+}

@@ -1,0 +1,209 @@
+//! Groups and their members (see `store::groups`).
+
+use deadpool_postgres::{GenericClient, Object};
+
+use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::domain::keys::PhoneHasher;
+use crate::store::StorageError;
+
+use super::files::lock_file;
+use super::{execute, query, query_opt, PgStore, Retry};
+
+/// The group `gid` with its members, on any client (a transaction included).
+async fn group_on(client: &impl GenericClient, gid: i64) -> Result<Option<Group>, StorageError> {
+    let Some(row) = query_opt(client, "SELECT name, photo, thumbnail, ts FROM chat_groups WHERE gid = $1", &[&gid]).await? else {
+        return Ok(None);
+    };
+    let mut group =
+        Group { gid, name: row.try_get(0)?, photo: row.try_get(1)?, thumbnail: row.try_get(2)?, ts: row.try_get(3)?, members: Vec::new() };
+    let members = query(client, "SELECT phone, role FROM group_members WHERE gid = $1 ORDER BY role DESC, phone", &[&gid]).await?;
+    group.members =
+        members.iter().map(|r| Ok((r.try_get(0)?, i64::from(r.try_get::<_, i32>(1)?)))).collect::<Result<_, tokio_postgres::Error>>()?;
+    Ok(Some(group))
+}
+
+async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String], role: i64) -> Result<(), StorageError> {
+    let role = role as i32;
+    execute(
+        tx,
+        "INSERT INTO group_members (gid, phone, role) SELECT $1, phone, $3 FROM unnest($2::text[]) AS phone ON CONFLICT DO NOTHING",
+        &[&gid, &phones, &role],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Queues the group's notices for its members and `also_tell` who are users, but the
+/// actor: each recipient's lists the members they know (see `Group::notice_for`).
+async fn notify_group(
+    tx: &impl GenericClient,
+    group: &Group,
+    write: &GroupWrite,
+    subject: &str,
+    phones: &PhoneHasher,
+) -> Result<(), StorageError> {
+    let told = write.told(group);
+    let rows = query(tx, "SELECT address FROM users WHERE address = ANY($1::text[]) ORDER BY address", &[&told]).await?;
+    let recipients = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
+    let members = crate::store::groups::member_hashes(group, phones);
+    let hashes: Vec<i64> = members.keys().copied().collect();
+    let rows = query(
+        tx,
+        "SELECT u.address, c.phone_hash FROM users u JOIN contacts c ON c.owner_id = u.id
+         WHERE u.address = ANY($1::text[]) AND c.phone_hash = ANY($2::bigint[])",
+        &[&recipients, &hashes],
+    )
+    .await?;
+    let mut known = std::collections::HashSet::new();
+    for row in &rows {
+        let (recipient, hash): (String, i64) = (row.try_get(0)?, row.try_get(1)?);
+        known.extend(members.get(&hash).into_iter().flatten().map(|phone| (recipient.clone(), phone.clone())));
+    }
+    let (to, payloads): (Vec<String>, Vec<String>) = write.notices(group, subject, &recipients, &known).into_iter().unzip();
+    execute(
+        tx,
+        "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at)
+         SELECT recipient, payload, $3, $3 FROM unnest($1::text[], $2::text[]) AS n(recipient, payload)",
+        &[&to, &payloads, &write.now],
+    )
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// A group with its members.
+    pub async fn group(&self, gid: i64) -> Result<Option<Group>, StorageError> {
+        self.retrying(Retry::Always, |client| self.group_once(client, gid)).await
+    }
+
+    async fn group_once(&self, client: Object, gid: i64) -> Result<Option<Group>, StorageError> {
+        group_on(&client, gid).await
+    }
+
+    /// Applies a group change and queues its notices, in one transaction.
+    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+        self.retrying(Retry::IfNotApplied, |client| self.write_group_once(client, write.clone(), phones)).await
+    }
+
+    async fn write_group_once(&self, mut client: Object, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+        let tx = client.transaction().await?;
+        let (photo, thumbnail) = match &write.photo {
+            Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
+            None => (None, None),
+        };
+        if let Some(photo) = photo {
+            lock_file(&tx, photo).await?;
+        }
+        if write.create {
+            execute(
+                &tx,
+                "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES ($1, coalesce($2, ''), coalesce($3, ''), $4, $5, $5)",
+                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
+            )
+            .await?;
+        } else {
+            execute(
+                &tx,
+                "UPDATE chat_groups SET name = coalesce($2, name), photo = coalesce($3, photo),
+                     thumbnail = CASE WHEN $3::TEXT IS NULL THEN thumbnail ELSE $4 END, ts = $5
+                 WHERE gid = $1",
+                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
+            )
+            .await?;
+        }
+        let owner = OWNER as i32;
+        match &write.members {
+            MemberChange::Keep => {}
+            MemberChange::Create { owner, members } => {
+                add_group_members(&tx, write.gid, std::slice::from_ref(owner), OWNER).await?;
+                add_group_members(&tx, write.gid, members, MEMBER).await?;
+            }
+            MemberChange::Replace { keep, members } => {
+                let staying: Vec<String> = members.iter().chain(std::iter::once(keep)).cloned().collect();
+                execute(
+                    &tx,
+                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND NOT (phone = ANY($3::text[]))",
+                    &[&write.gid, &owner, &staying],
+                )
+                .await?;
+                add_group_members(&tx, write.gid, members, MEMBER).await?;
+            }
+            MemberChange::Add(phones) => add_group_members(&tx, write.gid, phones, MEMBER).await?,
+            MemberChange::Remove(phones) => {
+                execute(
+                    &tx,
+                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                    &[&write.gid, &owner, phones],
+                )
+                .await?;
+            }
+            MemberChange::SetRole { phones, role } => {
+                let role = *role as i32;
+                execute(
+                    &tx,
+                    "UPDATE group_members SET role = $4 WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                    &[&write.gid, &owner, phones, &role],
+                )
+                .await?;
+            }
+        }
+        let group = group_on(&tx, write.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", write.gid)))?;
+        if let Some(subject) = &write.subject {
+            notify_group(&tx, &group, &write, subject, phones).await?;
+        }
+        tx.commit().await?;
+        Ok(group)
+    }
+
+    /// Tells the members but `actor` that the group is gone, then deletes it.
+    pub async fn delete_group(
+        &self,
+        gid: i64,
+        actor: String,
+        subject: String,
+        now: i64,
+        phones: &PhoneHasher,
+    ) -> Result<bool, StorageError> {
+        self.retrying(Retry::IfNotApplied, |client| self.delete_group_once(client, gid, actor.clone(), subject.clone(), now, phones)).await
+    }
+
+    async fn delete_group_once(
+        &self,
+        mut client: Object,
+        gid: i64,
+        actor: String,
+        subject: String,
+        now: i64,
+        phones: &PhoneHasher,
+    ) -> Result<bool, StorageError> {
+        let tx = client.transaction().await?;
+        execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
+        let Some(group) = group_on(&tx, gid).await? else { return Ok(false) };
+        let (gone, write) = group.deletion(&actor, now);
+        notify_group(&tx, &gone, &write, &subject, phones).await?;
+        execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The groups `phone` belongs to that changed at or after `since`, oldest change first.
+    pub async fn groups_of(&self, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
+        self.retrying(Retry::Always, |client| self.groups_of_once(client, phone.clone(), since, limit)).await
+    }
+
+    async fn groups_of_once(&self, client: Object, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
+        let limit = limit as i64;
+        let gids = query(
+            &client,
+            "SELECT g.gid FROM group_members m JOIN chat_groups g ON g.gid = m.gid
+             WHERE m.phone = $1 AND g.ts >= $2 ORDER BY g.ts, g.gid LIMIT $3",
+            &[&phone, &since, &limit],
+        )
+        .await?;
+        let mut groups = Vec::with_capacity(gids.len());
+        for row in gids {
+            groups.extend(group_on(&client, row.try_get(0)?).await?);
+        }
+        Ok(groups)
+    }
+}

@@ -1,0 +1,190 @@
+//! The login queries: purging expired codes, claiming a code, recording a login.
+
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Object;
+
+use crate::domain::account::{Evicted, OwnProfile};
+use crate::domain::guesses::{after_wrong_guess, judge, Challenge, Guess, Judgement, VerifyOutcome};
+use crate::domain::otp;
+use crate::domain::ratelimit::{Admission, Refusal};
+use crate::store::{audit, CodeGuess, CompletedLogin, LoginRecord, StorageError};
+
+use super::{counter, execute, interrupted, query_one, rows, PgStore, Retry};
+
+/// The pause between two tries to record a login while no host takes writes.
+const LOGIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+
+impl PgStore {
+    /// Deletes the codes and sessions that expired before `now`; returns how many of each.
+    /// Rows another transaction holds are left for the next round, so purges running on
+    /// every instance never wait for each other or for a login.
+    pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
+        self.retrying(Retry::Always, |client| self.purge_expired_once(client, now)).await
+    }
+
+    async fn purge_expired_once(&self, client: Object, now: i64) -> Result<(usize, usize), StorageError> {
+        let codes = execute(
+            &client,
+            "DELETE FROM otp_challenges WHERE address IN
+                 (SELECT address FROM otp_challenges WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+            &[&now],
+        )
+        .await?;
+        let sessions = execute(
+            &client,
+            "DELETE FROM sessions WHERE token_sha256 IN
+                 (SELECT token_sha256 FROM sessions WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+            &[&now],
+        )
+        .await?;
+        Ok((rows(codes), rows(sessions)))
+    }
+
+    /// Checks a guess at a pending code and claims the code when it is right, like
+    /// [`check_and_claim`](crate::store::check_and_claim). The challenge row stays locked
+    /// from the read to the commit, so of concurrent right guesses exactly one claims it.
+    pub async fn claim_code(
+        &self,
+        guess: CodeGuess,
+        now: i64,
+        max_attempts: u32,
+        claim_secs: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<VerifyOutcome, StorageError> {
+        // Returning without a commit rolls the transaction back, which releases the row.
+        let (tx, row) = self
+            .begin_retrying(
+                "SELECT appid, otp_hash, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts
+                 FROM otp_challenges WHERE address = $1 FOR UPDATE",
+                &[&guess.address],
+            )
+            .await?;
+        let challenge = match row {
+            Some(row) => Some(Challenge {
+                appid: row.try_get(0)?,
+                otp_hash: row.try_get(1)?,
+                expires_at: row.try_get(2)?,
+                attempts: counter(row.try_get(3)?),
+                claimed_at: row.try_get(4)?,
+                challenge_sha256: row.try_get(5)?,
+                bound_attempts: counter(row.try_get(6)?),
+            }),
+            None => None,
+        };
+        let judged =
+            Guess { address: &guess.address, appid: &guess.appid, otp_hash: &guess.otp_hash, challenge_sha256: guess.challenge_sha256 };
+        let (bound, attempts) = match judge(challenge.as_ref(), &judged, now, max_attempts, claim_secs) {
+            Judgement::Answer(outcome) => return Ok(outcome),
+            Judgement::Compare { bound, attempts } => (bound, attempts),
+        };
+        if !bound {
+            if let Err(refusal) = admit().await {
+                return Ok(VerifyOutcome::Refused(refusal));
+            }
+        }
+        // Not run again when interrupted: the claim may have been committed. A code is
+        // never accepted twice; at worst it is held until its claim times out.
+        if challenge.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, &guess.otp_hash)) {
+            // The claim and the link lookup the login needs next, in one statement.
+            let claim = "WITH claimed AS (UPDATE otp_challenges SET claimed_at = $2 WHERE address = $1)
+                 SELECT u.address FROM linked_addresses l JOIN users u ON u.id = l.user_id WHERE l.address = $1";
+            let linked = self.timed(tx.query_opt_and_commit(claim, &[&guess.address, &now])).await?;
+            let link_target = linked.map(|row| row.try_get(0)).transpose()?;
+            return Ok(VerifyOutcome::Claimed { link_target });
+        }
+        let count_it = if bound {
+            "UPDATE otp_challenges SET bound_attempts = bound_attempts + 1 WHERE address = $1"
+        } else {
+            "UPDATE otp_challenges SET attempts = attempts + 1 WHERE address = $1"
+        };
+        self.timed(tx.execute_and_commit(count_it, &[&guess.address])).await?;
+        Ok(after_wrong_guess(max_attempts, attempts))
+    }
+
+    /// Gives a claimed code back after the upstream call failed, so the same code works
+    /// again; a newer code for the address stays as it is.
+    pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        self.retrying(Retry::Always, |client| self.release_code_once(client, address.clone(), otp_hash)).await
+    }
+
+    async fn release_code_once(&self, client: Object, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        let hash: &[u8] = &otp_hash;
+        execute(&client, "UPDATE otp_challenges SET claimed_at = NULL WHERE address = $1 AND otp_hash = $2", &[&address, &hash]).await?;
+        Ok(())
+    }
+
+    /// Records the user and the session, queues joined notices for a first phone login,
+    /// and consumes the challenge, all in one statement (`otpgate_record_login`, the same
+    /// steps as `complete_login`), hence one transaction. The user's row stays locked until
+    /// it ends, so logins of one user run one at a time.
+    pub async fn record_login(
+        &self,
+        login: CompletedLogin,
+        address_hash: i64,
+        claimed_code: Option<[u8; 32]>,
+    ) -> Result<LoginRecord, StorageError> {
+        // Upstream has issued the token already: unrecorded, it is lost and the user starts
+        // over. Through a failover the login is tried again, on fresh connections, for up to
+        // the query timeout after the first failure, long enough for a standby to take over.
+        // Running it twice is safe: the session is keyed by its token, a first login is one
+        // only once, and the code is consumed once (only the audit event may be written twice).
+        let attempt = |client| self.record_login_once(client, login.clone(), address_hash, claimed_code);
+        let mut failed = match self.guarded(attempt).await {
+            Err(e) if interrupted(&e).is_some() => e,
+            outcome => return outcome,
+        };
+        let deadline = Instant::now() + self.query_timeout;
+        loop {
+            tracing::info!("recording the login again on a fresh PostgreSQL connection after: {failed}");
+            match self.guarded(attempt).await {
+                Err(e) if (interrupted(&e).is_some() || matches!(e, StorageError::Pool(_))) && Instant::now() < deadline => failed = e,
+                outcome => return outcome,
+            }
+            // Until a standby is promoted every host refuses; each try costs a connection attempt per host.
+            tokio::time::sleep(LOGIN_RETRY_PAUSE).await;
+        }
+    }
+
+    async fn record_login_once(
+        &self,
+        client: Object,
+        login: CompletedLogin,
+        address_hash: i64,
+        claimed_code: Option<[u8; 32]>,
+    ) -> Result<LoginRecord, StorageError> {
+        let joined = crate::domain::address::is_phone(&login.address)
+            .then(|| crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload());
+        let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
+        let consumed: Option<&[u8]> = claimed_code.as_ref().map(|hash| &hash[..]);
+        let row = query_one(
+            &client,
+            "SELECT * FROM otpgate_record_login($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            &[
+                &login.address,
+                &login.uid,
+                &login.name,
+                &login.now,
+                &address_hash,
+                &joined,
+                &login.token_sha256,
+                &login.appid,
+                &login.device,
+                &login.now_ms,
+                &login.expires_at,
+                &max_devices,
+                &consumed,
+                &audit::LOGIN,
+            ],
+        )
+        .await?;
+        let profile = OwnProfile { name: row.try_get(2)?, status: row.try_get(3)?, photo: row.try_get(4)?, thumbnail: row.try_get(5)? };
+        let (appids, devices): (Vec<String>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
+        Ok(LoginRecord {
+            first_login: row.try_get(1)?,
+            notified: rows(u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0)),
+            evicted: appids.into_iter().zip(devices).map(|(appid, device)| Evicted { appid, device }).collect(),
+            profile,
+        })
+    }
+}
