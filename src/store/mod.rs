@@ -1,23 +1,15 @@
 //! SQLite storage: one writer thread that commits queued jobs in groups, a pool of
 //! reader connections, and the queries of the login flow.
 
-pub mod accounts;
 pub mod allocator;
-pub mod audit;
-pub mod contacts;
-pub mod courier;
 mod error;
 pub mod files;
-pub mod groups;
 pub mod import;
-pub mod links;
-pub mod operators;
-pub mod outbox;
 pub mod postgres;
-pub mod schema;
-pub mod sessions;
 pub mod shared_limits;
-pub mod users;
+mod sqlite;
+
+pub use sqlite::{accounts, audit, contacts, courier, groups, links, operators, outbox, schema, sessions, users};
 
 pub use error::StorageError;
 

@@ -7,7 +7,7 @@ use rusqlite::{Connection, TransactionBehavior};
 
 use crate::domain::keys::PhoneHasher;
 
-const SCHEMA: &str = include_str!("../../schema.sql");
+const SCHEMA: &str = include_str!("../../../schema.sql");
 const STEP_MARKER: &str = "-- migration: ";
 
 /// The foundation part of `schema` and its migration steps as (version, SQL), in file order.
