@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tokio_postgres::error::SqlState;
+
 /// Why a database call failed. SQLite's own error is kept whole, so a caller can tell a
 /// full disk from a constraint, and a group commit's failure reaches every job in it.
 #[derive(Debug, Clone)]
@@ -42,7 +44,7 @@ impl std::fmt::Display for StorageError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageError::Sqlite(e) => write!(f, "{e}"),
-            StorageError::Postgres(e) => f.write_str(&crate::store::postgres::describe(e)),
+            StorageError::Postgres(e) => f.write_str(&describe(e)),
             StorageError::Pool(why) => write!(f, "no database connection: {why}"),
             StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
             StorageError::Panicked => f.write_str("database job panicked"),
@@ -65,4 +67,34 @@ impl std::error::Error for StorageError {
             _ => None,
         }
     }
+}
+
+/// `error` with the server's message, for the "db error" that tokio-postgres says alone.
+/// The message only: its DETAIL may quote the row (an address), and no log may hold one.
+pub(in crate::store) fn describe(error: &tokio_postgres::Error) -> String {
+    let mut text = with_causes(error);
+    if error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
+        text.push_str(" (the server is a standby: list every host in DATABASE_URL with ?target_session_attrs=read-write)");
+    }
+    text
+}
+
+/// An error with its causes: a failed connection says only "error performing TLS
+/// handshake" or "error connecting to server" without them.
+pub(in crate::store) fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        if let Some(db) = e.downcast_ref::<tokio_postgres::error::DbError>() {
+            // Its message only (see `describe`).
+            text = format!("{text}: {}: {}", db.severity(), db.message());
+            break;
+        }
+        let next = e.to_string();
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = e.source();
+    }
+    text
 }

@@ -17,12 +17,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{Db, StorageError};
-
-/// Whether a row refers to stored file `?1`.
-pub(in crate::store) const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1 AND photo <> '')
-     OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1 AND photo <> '')
-     OR EXISTS (SELECT 1 FROM attachment_files WHERE name = ?1)";
+use crate::store::{Backend, Db, StorageError};
 
 pub struct FileStore {
     dir: PathBuf,
@@ -105,11 +100,6 @@ impl FileStore {
     }
 }
 
-/// Deletes the file at `path` on the blocking pool; true if it was there.
-pub(in crate::store) async fn remove_in_background(path: PathBuf) -> Result<bool, StorageError> {
-    tokio::task::spawn_blocking(move || remove_file(&path)).await.map_err(|e| StorageError::Files(format!("file removal task: {e}")))?
-}
-
 fn remove_file(path: &Path) -> Result<bool, StorageError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
@@ -122,12 +112,10 @@ impl Db {
     /// Records that stored file `name` was uploaded as a chat attachment: it is never
     /// deleted as an unused photo.
     pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.keep_attachment(name).await;
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.keep_attachment(name.to_string()).await,
+            Backend::Postgres(pg) => pg.keep_attachment(name).await,
         }
-        let name = name.to_string();
-        self.call(move |conn| conn.prepare_cached("INSERT OR IGNORE INTO attachment_files (name) VALUES (?1)")?.execute([name]).map(|_| ()))
-            .await
     }
 
     /// Deletes stored file `name` from `files` unless a user's or a group's photo or an
@@ -135,19 +123,11 @@ impl Db {
     /// Anything but a stored file's name (a photo URL, '') is left alone.
     pub async fn remove_file_unless_referenced(&self, files: &FileStore, name: &str) -> Result<bool, StorageError> {
         let Some(path) = files.path_of(name) else { return Ok(false) };
-        if let Some(pg) = self.postgres() {
-            return pg.remove_file_unless_referenced(name, path).await;
+        let remove = move || remove_file(&path);
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.remove_file_unless_referenced(name.to_string(), remove).await,
+            Backend::Postgres(pg) => pg.remove_file_unless_referenced(name, remove).await,
         }
-        let name = name.to_string();
-        // On the writer, so that no commit of a row referring to the file falls between
-        // the check and the deletion.
-        let removed = self
-            .call(move |conn| {
-                let referenced: bool = conn.prepare_cached(REFERENCED)?.query_row([name], |r| r.get(0))?;
-                Ok(if referenced { Ok(false) } else { remove_file(&path) })
-            })
-            .await?;
-        removed
     }
 }
 

@@ -38,7 +38,7 @@ async fn a_foundation_database_upgrades_without_losing_users_or_codes() {
     let env = [("OTP_SECRET", SECRET)];
     let server = TestServer::start_with(&env, FakeUpstream::start(), dir.clone(), Delivery::Recording).await;
     let version: u32 = server.db().query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, otpgate::store::schema::latest_version());
+    assert_eq!(version, otpgate::store::sqlite::schema::latest_version());
 
     // Ann's last token from the foundation release is still a session.
     let me = assert_ok(server.call_op("me", "legacy-token", json!({})).await);

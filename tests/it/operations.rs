@@ -312,7 +312,7 @@ async fn shutdown_checkpoints_and_closes_the_database() {
     let db = rusqlite::Connection::open(server.dir.path().join("otpgate.db")).unwrap();
     let pending: i64 = db.query_row("SELECT count(*) FROM otp_challenges", [], |r| r.get(0)).unwrap();
     assert_eq!(pending, 1, "nothing written before the shutdown is lost");
-    let after = server.state.db.call(|conn| conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))).await;
+    let after = server.state.db.probe_write().await;
     assert!(after.unwrap_err().to_string().contains("closed"), "a late call fails instead of waiting forever");
 }
 

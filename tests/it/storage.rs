@@ -1,7 +1,7 @@
 //! The writer thread: jobs waiting together are committed together, yet each job
 //! succeeds or fails on its own, and the WAL does not grow without bound.
 
-use otpgate::store::Db;
+use otpgate::store::sqlite::{atomically, SqliteStore, CHECKPOINT_PAGES};
 use rusqlite::params;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,15 +10,15 @@ fn phones() -> otpgate::domain::keys::PhoneHasher {
     otpgate::domain::keys::ServerKeys::from_secret(b"storage tests").phones
 }
 
-fn open() -> (tempfile::TempDir, Arc<Db>, String) {
+fn open() -> (tempfile::TempDir, Arc<SqliteStore>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("otpgate.db").to_string_lossy().into_owned();
-    let db = Db::open(&path, 2, &phones()).unwrap();
+    let db = SqliteStore::open(&path, 2, &phones()).unwrap();
     db.blocking(|conn| conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")).unwrap();
     (dir, db, path)
 }
 
-async fn count(db: &Arc<Db>) -> i64 {
+async fn count(db: &Arc<SqliteStore>) -> i64 {
     db.read(|conn| conn.query_row("SELECT count(*) FROM notes", [], |r| r.get(0))).await.unwrap()
 }
 
@@ -70,7 +70,7 @@ async fn concurrent_writes_are_all_committed_and_survive_a_reopen() {
     }
     assert_eq!(count(&db).await, 500);
     db.close().unwrap();
-    let reopened = Db::open(&path, 1, &phones()).unwrap();
+    let reopened = SqliteStore::open(&path, 1, &phones()).unwrap();
     assert_eq!(count(&reopened).await, 500);
 }
 
@@ -94,7 +94,7 @@ async fn the_wal_stays_bounded_under_sustained_writes() {
     // A frame is a 4 KiB page plus a 24-byte header; the commit that crosses the limit adds
     // a few pages more. The background checkpointer's pace plays no part: the writer's own
     // checkpoint waits for its turn instead of being skipped.
-    let limit = (otpgate::store::CHECKPOINT_PAGES as u64 + 1000) * (4096 + 24);
+    let limit = (CHECKPOINT_PAGES as u64 + 1000) * (4096 + 24);
     assert!(largest < limit, "WAL grew to {largest} bytes, over {limit}");
     assert!(largest > limit / 2, "the WAL never filled ({largest} bytes): the test wrote too little to show the bound");
 }
@@ -124,7 +124,7 @@ fn atomically_keeps_all_of_a_step_or_none_of_it() {
     let conn = rusqlite::Connection::open_in_memory().unwrap();
     conn.execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)").unwrap();
     let step = |id: i64, fail: bool| {
-        otpgate::store::atomically(&conn, |tx| {
+        atomically(&conn, |tx| {
             tx.execute("INSERT INTO notes (id, body) VALUES (?1, 'x')", [id])?;
             if fail {
                 tx.execute("INSERT INTO notes (id, body) VALUES (?1, NULL)", [id + 1000])?;

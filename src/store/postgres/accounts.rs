@@ -2,9 +2,9 @@
 
 use deadpool_postgres::Object;
 
-use crate::store::accounts::DeletedAccount;
-use crate::store::outbox::USERDEL;
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::DeletedAccount;
+use crate::store::records::USERDEL;
 
 use super::outbox::queue_userdel;
 use super::{execute, query, query_opt, PgStore, Retry};

@@ -3,8 +3,8 @@
 use deadpool_postgres::Object;
 use serde_json::Value;
 
-use crate::store::audit::MAX_EVENTS;
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{audit_entry, MAX_EVENTS};
 
 use super::{execute, query, rows, PgStore, Retry};
 
@@ -36,7 +36,7 @@ impl PgStore {
             &[&address_hash, &MAX_EVENTS],
         )
         .await?;
-        let entries = found.iter().map(|r| Ok(crate::store::audit::entry(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
+        let entries = found.iter().map(|r| Ok(audit_entry(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }
 

@@ -5,8 +5,8 @@ use deadpool_postgres::Object;
 use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
-use crate::store::contacts::{SyncQuery, PAGE_SIZE};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{SyncQuery, PAGE_SIZE};
 
 use super::users::profile_from_row;
 use super::{execute, query, query_one, query_opt, rows, PgStore, Retry};

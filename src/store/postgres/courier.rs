@@ -6,8 +6,8 @@ use tokio_postgres::types::ToSql;
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
-use crate::store::courier::{AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
-use crate::store::{courier, NewChallenge, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{open_message, AttemptOutcome, Claimed, Enqueued, NewChallenge, QueuedMessage, BATCH};
 
 use super::{counter, execute, int, interrupted, query, query_one, rows, Interrupted, PgStore, Retry};
 
@@ -116,7 +116,7 @@ impl PgStore {
                 expires_at: r.try_get(6)?,
             };
             let sealed: Option<Vec<u8>> = r.try_get(4)?;
-            match sealed.and_then(|sealed| courier::open_message(&seal, &sealed, &row.address, &row.otp_hash)) {
+            match sealed.and_then(|sealed| open_message(&seal, &sealed, &row.address, &row.otp_hash)) {
                 Some((otp, body)) => {
                     (row.otp, row.body) = (otp, body);
                     batch.push(row);

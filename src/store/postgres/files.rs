@@ -2,9 +2,14 @@
 
 use deadpool_postgres::{GenericClient, Object};
 
-use crate::store::{files, StorageError};
+use crate::store::error::StorageError;
 
 use super::{execute, query_one, PgStore, Retry};
+
+/// Whether a row refers to stored file `$1`.
+const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = $1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM attachment_files WHERE name = $1)";
 
 /// Serialises, on every instance, a transaction that makes a row refer to stored file
 /// `name` with one that deletes the file unless a row refers to it (see
@@ -37,21 +42,30 @@ impl PgStore {
         Ok(())
     }
 
-    /// Deletes the stored file `name` at `path` unless a row refers to it (see `store::files`).
-    pub async fn remove_file_unless_referenced(&self, name: &str, path: std::path::PathBuf) -> Result<bool, StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.remove_file_unless_referenced_once(client, name, path.clone())).await
+    /// Runs `remove` (which deletes the file, answering whether it was there) unless a row
+    /// refers to stored file `name` (see `store::files`).
+    pub async fn remove_file_unless_referenced(
+        &self,
+        name: &str,
+        remove: impl FnOnce() -> Result<bool, StorageError> + Clone + Send + 'static,
+    ) -> Result<bool, StorageError> {
+        self.retrying(Retry::IfNotApplied, |client| self.remove_file_unless_referenced_once(client, name, remove.clone())).await
     }
 
     async fn remove_file_unless_referenced_once(
         &self,
         mut client: Object,
         name: &str,
-        path: std::path::PathBuf,
+        remove: impl FnOnce() -> Result<bool, StorageError> + Send + 'static,
     ) -> Result<bool, StorageError> {
         let tx = client.transaction().await?;
         lock_file(&tx, name).await?;
-        let referenced: bool = query_one(&tx, &files::REFERENCED.replace("?1", "$1"), &[&name]).await?.try_get(0)?;
-        let removed = if referenced { false } else { files::remove_in_background(path).await? };
+        let referenced: bool = query_one(&tx, REFERENCED, &[&name]).await?.try_get(0)?;
+        let removed = if referenced {
+            false
+        } else {
+            tokio::task::spawn_blocking(remove).await.map_err(|e| StorageError::Files(format!("file removal task: {e}")))??
+        };
         tx.commit().await?;
         Ok(removed)
     }

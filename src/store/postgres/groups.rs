@@ -4,7 +4,8 @@ use deadpool_postgres::{GenericClient, Object};
 
 use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::member_hashes;
 
 use super::files::lock_file;
 use super::{execute, query, query_opt, PgStore, Retry};
@@ -45,7 +46,7 @@ async fn notify_group(
     let told = write.told(group);
     let rows = query(tx, "SELECT address FROM users WHERE address = ANY($1::text[]) ORDER BY address", &[&told]).await?;
     let recipients = rows.iter().map(|r| r.try_get(0)).collect::<Result<Vec<String>, _>>()?;
-    let members = crate::store::groups::member_hashes(group, phones);
+    let members = member_hashes(group, phones);
     let hashes: Vec<i64> = members.keys().copied().collect();
     let rows = query(
         tx,

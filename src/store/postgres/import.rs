@@ -1,8 +1,8 @@
 //! Writing a SQLite snapshot into an empty PostgreSQL database (see `store::import`).
 
 use crate::domain::keys::PhoneHasher;
-use crate::store::import::{Imported, PushRow, SessionRow, Snapshot, UserRow};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{Imported, PushRow, SessionRow, Snapshot, UserRow};
 
 use super::{execute, query_opt, PgStore};
 

@@ -2,8 +2,8 @@
 
 use deadpool_postgres::Object;
 
-use crate::store::links::{LinkOutcome, LinkedAddress};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{link_outcome, LinkOutcome, LinkedAddress};
 
 use super::outbox::queue_userdel;
 use super::{execute, query, query_opt, rows, PgStore, Retry};
@@ -37,7 +37,7 @@ impl PgStore {
             .await?
             .map(|r| r.try_get(0))
             .transpose()?;
-        let outcome = crate::store::links::outcome(user_id, owner, linked);
+        let outcome = link_outcome(user_id, owner, linked);
         if outcome == LinkOutcome::Linked {
             execute(&tx, "INSERT INTO linked_addresses (address, user_id, linked_at) VALUES ($1, $2, $3)", &[&address, &user_id, &now])
                 .await?;

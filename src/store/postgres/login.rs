@@ -8,7 +8,8 @@ use crate::domain::account::{Evicted, OwnProfile};
 use crate::domain::guesses::{after_wrong_guess, judge, Challenge, Guess, Judgement, VerifyOutcome};
 use crate::domain::otp;
 use crate::domain::ratelimit::{Admission, Refusal};
-use crate::store::{audit, CodeGuess, CompletedLogin, LoginRecord, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{contact_joined, CodeGuess, CompletedLogin, LoginRecord, LOGIN};
 
 use super::{counter, execute, interrupted, query_one, rows, PgStore, Retry};
 
@@ -42,7 +43,7 @@ impl PgStore {
     }
 
     /// Checks a guess at a pending code and claims the code when it is right, like
-    /// [`check_and_claim`](crate::store::check_and_claim). The challenge row stays locked
+    /// the SQLite store's `check_and_claim`. The challenge row stays locked
     /// from the read to the commit, so of concurrent right guesses exactly one claims it.
     pub async fn claim_code(
         &self,
@@ -153,8 +154,8 @@ impl PgStore {
         address_hash: i64,
         claimed_code: Option<[u8; 32]>,
     ) -> Result<LoginRecord, StorageError> {
-        let joined = crate::domain::address::is_phone(&login.address)
-            .then(|| crate::store::outbox::contact_joined(&login.address, &login.name, login.now).payload());
+        let joined =
+            crate::domain::address::is_phone(&login.address).then(|| contact_joined(&login.address, &login.name, login.now).payload());
         let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
         let consumed: Option<&[u8]> = claimed_code.as_ref().map(|hash| &hash[..]);
         let row = query_one(
@@ -174,7 +175,7 @@ impl PgStore {
                 &login.expires_at,
                 &max_devices,
                 &consumed,
-                &audit::LOGIN,
+                &LOGIN,
             ],
         )
         .await?;

@@ -30,11 +30,13 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
+use crate::domain::clock::Clock;
 use crate::domain::keys::PhoneHasher;
-use crate::store::StorageError;
+use crate::store::error::StorageError;
 
+use crate::store::error::with_causes;
 pub use pool::check_url;
-use pool::{driver_url, tls, with_causes, HostByHost};
+use pool::{driver_url, tls, HostByHost};
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -171,7 +173,7 @@ impl PgStore {
             if version == HASHED_CONTACTS {
                 hash_contacts_in_clear(&tx, phones).await?;
             }
-            execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &super::now()])
+            execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &now()])
                 .await?;
             tx.commit().await?;
             done.push(version);
@@ -185,7 +187,7 @@ impl PgStore {
     }
 
     async fn probe_write_once(&self, client: Object) -> Result<(), StorageError> {
-        let value = super::now().to_le_bytes();
+        let value = now().to_le_bytes();
         execute(
             &client,
             "INSERT INTO settings (key, value) VALUES ('readyz_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -293,14 +295,9 @@ fn may_retry(retry: Retry, error: &StorageError) -> bool {
     }
 }
 
-/// `error` with the server's message, for the "db error" that tokio-postgres says alone.
-/// The message only: its DETAIL may quote the row (an address), and no log may hold one.
-pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
-    let mut text = with_causes(error);
-    if error.code() == Some(&SqlState::READ_ONLY_SQL_TRANSACTION) {
-        text.push_str(" (the server is a standby: list every host in DATABASE_URL with ?target_session_attrs=read-write)");
-    }
-    text
+/// Wall-clock unix seconds, for the markers the store writes.
+fn now() -> i64 {
+    Clock::system().now()
 }
 
 /// The Rust half of the hashed-contacts step: hashes every user's address and every
@@ -487,9 +484,7 @@ mod tests {
     use crate::domain::keys::ServerKeys;
     use crate::domain::otp;
     use crate::domain::ratelimit::{Admission, Refusal};
-    use crate::store::contacts::SyncQuery;
-    use crate::store::courier::{self, AttemptOutcome, Enqueued, BATCH};
-    use crate::store::{CodeGuess, CompletedLogin, NewChallenge};
+    use crate::store::records::{seal_message, AttemptOutcome, CodeGuess, CompletedLogin, Enqueued, NewChallenge, SyncQuery, BATCH};
     use std::collections::HashSet;
     use std::future::Future;
     use std::sync::Arc;
@@ -671,7 +666,7 @@ mod tests {
             ttl_secs: 600,
             resend_secs: 60,
         };
-        let sealed = courier::seal_message(&seal(), address, code, &format!("your code is {code}"), &otp_hash);
+        let sealed = seal_message(&seal(), address, code, &format!("your code is {code}"), &otp_hash);
         match store.enqueue_message(challenge, (address.to_string(), "app".into(), sealed), now * 1000, admitted).await.unwrap() {
             Enqueued::Stored(id) => (id, otp_hash),
             _ => panic!("the code was not stored"),
@@ -767,7 +762,7 @@ mod tests {
     async fn of_fifty_concurrent_right_guesses_exactly_one_claims_the_code() {
         with_database("of_fifty_concurrent_right_guesses_exactly_one_claims_the_code", |url| async move {
             let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(8), &phones()).await.unwrap());
-            let now = crate::store::now();
+            let now = now();
             let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
             let guesses: Vec<_> = (0..50)
                 .map(|_| {
@@ -801,7 +796,7 @@ mod tests {
     async fn concurrent_senders_never_take_the_same_notice() {
         with_database("concurrent_senders_never_take_the_same_notice", |url| async move {
             let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(4), &phones()).await.unwrap());
-            let now = crate::store::now();
+            let now = now();
             store
                 .client()
                 .await
@@ -843,7 +838,7 @@ mod tests {
     async fn concurrent_couriers_never_claim_the_same_message_and_leases_end() {
         with_database("concurrent_couriers_never_claim_the_same_message_and_leases_end", |url| async move {
             let store = Arc::new(PgStore::connect(&url, PgSettings::with_pool_size(4), &phones()).await.unwrap());
-            let now = crate::store::now();
+            let now = now();
             let now_ms = now * 1000;
             for n in 0..40 {
                 start(&store, &format!("1800555{n:04}"), &format!("{n:06}"), now).await;
@@ -899,7 +894,7 @@ mod tests {
     async fn a_login_sends_few_statements() {
         with_database("a_login_sends_few_statements", |url| async move {
             let store = PgStore::connect(&url, PgSettings::with_pool_size(1), &phones()).await.unwrap();
-            let now = crate::store::now();
+            let now = now();
             let full_login = |address: &'static str, token: &'static str| {
                 let store = &store;
                 async move {
@@ -940,7 +935,7 @@ mod tests {
     async fn a_recorded_login_authenticates_and_notifies_contacts() {
         with_database("a_recorded_login_authenticates_and_notifies_contacts", |url| async move {
             let store = PgStore::connect(&url, PgSettings::with_pool_size(2), &phones()).await.unwrap();
-            let now = crate::store::now();
+            let now = now();
             let login = |address: &str, token: &str, device: &str| CompletedLogin {
                 address: address.into(),
                 uid: "u1".into(),

@@ -3,8 +3,8 @@
 use deadpool_postgres::Object;
 use serde_json::Value;
 
-use crate::store::operators::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
 
 use super::{execute, query, query_opt, rows, PgStore, Retry};
 

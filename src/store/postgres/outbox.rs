@@ -2,8 +2,8 @@
 
 use deadpool_postgres::{GenericClient, Object};
 
-use crate::store::outbox::{userdel_payload, Pending, USERDEL};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
+use crate::store::records::{userdel_payload, Pending, USERDEL};
 
 use super::{counter, execute, int, query_opt, PgStore, Retry};
 

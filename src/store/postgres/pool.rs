@@ -9,9 +9,9 @@ use futures_util::future::BoxFuture;
 use tokio_postgres::config::{Host, LoadBalanceHosts};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::store::StorageError;
+use crate::store::error::StorageError;
 
-use super::describe;
+use crate::store::error::{describe, with_causes};
 
 /// Checks a `DATABASE_URL` the way the pool will read it, without connecting: the driver's
 /// own parser, which knows libpq's URL forms (several `host:port` before the path, or
@@ -269,24 +269,4 @@ impl rustls::client::danger::ServerCertVerifier for EncryptOnly {
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
-}
-
-/// An error with its causes: a failed connection says only "error performing TLS
-/// handshake" or "error connecting to server" without them.
-pub(super) fn with_causes(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(e) = cause {
-        if let Some(db) = e.downcast_ref::<tokio_postgres::error::DbError>() {
-            // Its message only (see `describe`).
-            text = format!("{text}: {}: {}", db.severity(), db.message());
-            break;
-        }
-        let next = e.to_string();
-        if !text.ends_with(&next) {
-            text = format!("{text}: {next}");
-        }
-        cause = e.source();
-    }
-    text
 }

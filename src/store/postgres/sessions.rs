@@ -4,7 +4,7 @@ use deadpool_postgres::Object;
 use serde_json::{json, Value};
 
 use crate::domain::account::{Caller, PushRegistration};
-use crate::store::StorageError;
+use crate::store::error::StorageError;
 
 use super::{execute, query, query_opt, rows, PgStore, Retry};
 

@@ -5,7 +5,7 @@ use tokio_postgres::Row;
 
 use crate::domain::account::{Profile, ProfileChange};
 use crate::domain::notices::NoticeBody;
-use crate::store::StorageError;
+use crate::store::error::StorageError;
 
 use super::files::lock_file;
 use super::{execute, query_one, PgStore, Retry};

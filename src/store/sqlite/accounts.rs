@@ -3,23 +3,17 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::store::outbox::{self, USERDEL};
-use crate::store::{self, Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{DeletedAccount, USERDEL};
 
-/// What a deleted account leaves for the caller to clean up outside the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeletedAccount {
-    pub address: String,
-    /// The photo the account showed: a stored file's name, a URL, or empty.
-    pub photo: String,
-}
+use super::{atomically, outbox, SqliteStore};
 
 /// Deletes the user and everything kept for them: sessions (and their push tokens),
 /// linked addresses, their address book, their group memberships, pending codes,
 /// delivery records and notices waiting for them. Others' address books that hold
 /// their phone stay.
 fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Option<DeletedAccount>> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let found: Option<(String, String, String)> = tx
             .query_row("SELECT address, uid, photo FROM users WHERE id = ?1", [user_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
@@ -46,13 +40,9 @@ fn delete(conn: &mut Connection, user_id: i64, now: i64) -> rusqlite::Result<Opt
     })
 }
 
-impl Db {
+impl SqliteStore {
     /// Deletes an account (see [`delete`]); `None` when there is no such user.
-    pub async fn delete_account(&self, user_id: i64) -> Result<Option<DeletedAccount>, StorageError> {
-        let now = self.clock().now();
-        if let Some(pg) = self.postgres() {
-            return pg.delete_account(user_id, now).await;
-        }
+    pub async fn delete_account(&self, user_id: i64, now: i64) -> Result<Option<DeletedAccount>, StorageError> {
         self.call(move |conn| delete(conn, user_id, now)).await
     }
 }

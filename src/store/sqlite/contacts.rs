@@ -7,22 +7,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
-use crate::store::users::{profile_from_row, PROFILE_COLUMNS};
-use crate::store::{self, Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{SyncQuery, PAGE_SIZE};
 
-/// Most entries in one reply; the rest follow with a cursor.
-pub const PAGE_SIZE: usize = 1000;
-
-pub struct SyncQuery {
-    pub owner: i64,
-    /// Uploaded phones, normalised: answer those that are users, whatever their ts.
-    pub phones: Option<Vec<String>>,
-    pub since: i64,
-    pub reset: bool,
-    /// The (ts, address) of the last entry already sent.
-    pub after: Option<(i64, String)>,
-    pub now: i64,
-}
+use super::users::{profile_from_row, PROFILE_COLUMNS};
+use super::{admitted, atomically, atomically_unless_refused, SqliteStore};
 
 /// An upload as the SQLite queries read it: JSON arrays of the phones and of their hashes.
 pub(in crate::store) struct Upload {
@@ -43,7 +32,7 @@ pub(in crate::store) fn sync(
     upload: Option<&Upload>,
     admit: impl FnOnce(usize, usize) -> Result<(), ApiError>,
 ) -> rusqlite::Result<Result<(Vec<Profile>, bool), ApiError>> {
-    let page = store::atomically_unless_refused(conn, |tx| {
+    let page = atomically_unless_refused(conn, |tx| {
         let insert = |upload: &Upload| {
             tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone_hash) SELECT ?1, value FROM json_each(?2)")?
                 .execute(params![q.owner, upload.hashes])
@@ -130,7 +119,7 @@ pub(in crate::store) fn page_and_more(mut page: Vec<Profile>) -> (Vec<Profile>, 
 /// Removes phones from a user's contacts; `hashes` is the JSON array of their hashes.
 /// Returns how many were there.
 pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, hashes: &str) -> rusqlite::Result<usize> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let removed = tx
             .prepare_cached("DELETE FROM contacts WHERE owner_id = ?1 AND phone_hash IN (SELECT value FROM json_each(?2))")?
             .execute(params![owner, hashes])?;
@@ -139,45 +128,27 @@ pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, hashes: &str) 
     })
 }
 
-impl Db {
-    /// Records uploaded phones and answers a page of the caller's contacts (see [`sync`]).
-    /// A sync that only reads runs on the writer too: the readers' page caches start
-    /// cold whenever the writer committed, which made it several times slower.
+impl SqliteStore {
+    /// Records uploaded phones, whose hashes are `hashes`, and answers a page of the
+    /// caller's contacts (see [`sync`]).
     pub async fn sync_contacts(
         &self,
         query: SyncQuery,
+        hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let hashes = self.phone_hashes(query.phones.iter().flatten());
-        if let Some(pg) = self.postgres() {
-            return pg.sync_contacts(query, hashes, admit).await;
-        }
         let upload = query.phones.as_ref().map(|phones| Upload {
             phones: serde_json::to_string(phones).expect("strings serialise"),
             hashes: serde_json::to_string(&hashes).expect("integers serialise"),
             count: hashes.len(),
         });
         let runtime = tokio::runtime::Handle::current();
-        self.call(move |conn| sync(conn, &query, upload.as_ref(), |new, after| store::admitted(&runtime, admit(new, after)))).await
+        self.call(move |conn| sync(conn, &query, upload.as_ref(), |new, after| admitted(&runtime, admit(new, after)))).await
     }
 
-    /// Removes phones (normalised) from a user's contacts; returns how many were there.
-    pub async fn remove_contacts(&self, owner: i64, phones: Vec<String>) -> Result<usize, StorageError> {
-        let hashes = self.phone_hashes(&phones);
-        if let Some(pg) = self.postgres() {
-            return pg.remove_contacts(owner, hashes).await;
-        }
+    /// Removes phones, given by their hashes, from a user's contacts; returns how many were there.
+    pub async fn remove_contacts(&self, owner: i64, hashes: Vec<i64>) -> Result<usize, StorageError> {
         let hashes = serde_json::to_string(&hashes).expect("integers serialise");
         self.call(move |conn| remove(conn, owner, &hashes)).await
-    }
-
-    /// The hashes `phones` are stored as.
-    fn phone_hashes<'a>(&self, phones: impl IntoIterator<Item = &'a String>) -> Vec<i64> {
-        phones.into_iter().map(|phone| self.phones.hash(phone)).collect()
-    }
-
-    /// The hash a phone is stored as in address books, and a user's address is matched by.
-    pub fn phone_hash(&self, phone: &str) -> i64 {
-        self.phones.hash(phone)
     }
 }

@@ -7,112 +7,16 @@ use rusqlite::{params, Connection};
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
-use crate::store::{self, Db, NewChallenge, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{open_message, seal_context, AttemptOutcome, Claimed, Enqueued, NewChallenge, QueuedMessage, BATCH};
 
-/// Rows claimed per round.
-pub const BATCH: usize = 16;
-
-/// A queued message, opened.
-pub struct QueuedMessage {
-    pub id: i64,
-    pub address: String,
-    pub appid: String,
-    pub otp_hash: Vec<u8>,
-    pub otp: String,
-    pub body: String,
-    pub attempts: u32,
-    /// Unix seconds: the code's expiry.
-    pub expires_at: i64,
-}
-
-impl Db {
-    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
-    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
-    /// a new code, before anything is written.
-    pub async fn enqueue_message(
-        &self,
-        challenge: NewChallenge,
-        message: (String, String, Vec<u8>),
-        lease_until: i64,
-        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
-    ) -> Result<Enqueued, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.enqueue_message(challenge, message, lease_until, admit).await;
-        }
-        let runtime = tokio::runtime::Handle::current();
-        self.call(move |conn| enqueue(conn, &challenge, &message, lease_until, || store::admitted(&runtime, admit()))).await
-    }
-
-    /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`.
-    pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.claim_due_messages(seal, now_ms, lease_until).await;
-        }
-        self.call(move |conn| claim_due(conn, &seal, now_ms, lease_until)).await
-    }
-
-    /// Records a delivery attempt (see [`record_attempt`]).
-    pub async fn record_attempt(
-        &self,
-        id: i64,
-        attempts: u32,
-        outcome: AttemptOutcome,
-        address: String,
-        otp_hash: Vec<u8>,
-    ) -> Result<(), StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.record_attempt(id, attempts, outcome, address, otp_hash).await;
-        }
-        self.call(move |conn| record_attempt(conn, id, attempts, &outcome, &address, &otp_hash)).await
-    }
-
-    /// Deletes finished rows created before `before` (unix seconds); returns how many.
-    pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.purge_finished_messages(before).await;
-        }
-        self.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
-    }
-}
-
-/// How a delivery attempt ended, as recorded.
-#[derive(Clone)]
-pub enum AttemptOutcome {
-    Sent,
-    Failed(String),
-    Retry(String, i64),
-}
-
-/// What queueing a code message did.
-pub enum Enqueued {
-    /// Stored, with the courier row's id.
-    Stored(i64),
-    TooSoon(u64),
-    Refused(Refusal),
-}
-
-/// What binds a sealed message to its row: it opens only for this address and code.
-fn seal_context(address: &str, otp_hash: &[u8]) -> Vec<u8> {
-    [address.as_bytes(), &[0], otp_hash].concat()
-}
-
-/// The code and the rendered text, encrypted: `code \n text` (a code has no line break).
-pub fn seal_message(seal: &MessageSeal, address: &str, otp: &str, text: &str, otp_hash: &[u8]) -> Vec<u8> {
-    let plaintext = format!("{otp}\n{text}");
-    seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
-}
-
-/// The code and the text of a sealed message, or `None` when this key cannot open it.
-pub(in crate::store) fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
-    let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
-    let (otp, text) = plaintext.split_once('\n')?;
-    Some((otp.to_string(), text.to_string()))
-}
+use super::login::{remove_challenge, resend_wait, store_challenge};
+use super::{admitted, atomically, SqliteStore};
 
 /// Encrypts the messages that earlier releases queued in clear and clears the text of
 /// finished ones; returns how many rows held text in clear.
 pub(in crate::store) fn seal_rows_in_clear(conn: &mut Connection, seal: &MessageSeal) -> rusqlite::Result<usize> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let rows = tx
             .prepare("SELECT id, address, otp_hash, coalesce(otp, ''), coalesce(body, ''), status FROM courier WHERE otp IS NOT NULL OR body IS NOT NULL")?
             .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, String>(3)?, r.get::<_, String>(4)?, r.get::<_, String>(5)?)))?
@@ -135,15 +39,15 @@ fn enqueue(
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), Refusal>,
 ) -> rusqlite::Result<Enqueued> {
-    if let Some(wait) = store::resend_wait(conn, challenge)? {
+    if let Some(wait) = resend_wait(conn, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
     }
     // Checked before anything is written: a refusal leaves the previous code valid.
     if let Err(refusal) = admit() {
         return Ok(Enqueued::Refused(refusal));
     }
-    store::atomically(conn, |tx| {
-        store::store_challenge(tx, challenge)?;
+    atomically(conn, |tx| {
+        store_challenge(tx, challenge)?;
         tx.prepare_cached(
             "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
@@ -161,18 +65,10 @@ fn enqueue(
     })
 }
 
-pub struct Claimed {
-    pub batch: Vec<QueuedMessage>,
-    /// When the next queued message falls due.
-    pub next_due: Option<i64>,
-    /// Messages still queued, in flight included.
-    pub queued: i64,
-}
-
 /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
 /// key cannot open (the key changed since it was queued) fails for good.
 fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until: i64) -> rusqlite::Result<Claimed> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         // A code that was used, replaced by a newer one or expired is not worth an SMS.
         tx.prepare_cached(
             "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
@@ -213,7 +109,7 @@ fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until
                     tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
                     tx.prepare_cached("UPDATE courier SET status = 'failed', last_error = ?2, sealed = NULL WHERE id = ?1")?
                         .execute(params![row.id, error])?;
-                    store::remove_challenge(tx, &row.address, &row.otp_hash)?;
+                    remove_challenge(tx, &row.address, &row.otp_hash)?;
                 }
             }
         }
@@ -237,7 +133,7 @@ fn record_attempt(
     address: &str,
     otp_hash: &[u8],
 ) -> rusqlite::Result<()> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         match update {
             AttemptOutcome::Sent => {
                 tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, sealed = NULL WHERE id = ?1")?
@@ -246,7 +142,7 @@ fn record_attempt(
             AttemptOutcome::Failed(error) => {
                 tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
                     .execute(params![id, attempts, error])?;
-                store::remove_challenge(tx, address, otp_hash)?;
+                remove_challenge(tx, address, otp_hash)?;
             }
             AttemptOutcome::Retry(error, retry_at) => {
                 tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
@@ -255,4 +151,42 @@ fn record_attempt(
         }
         Ok(())
     })
+}
+
+impl SqliteStore {
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
+    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
+    /// a new code, before anything is written.
+    pub async fn enqueue_message(
+        &self,
+        challenge: NewChallenge,
+        message: (String, String, Vec<u8>),
+        lease_until: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<Enqueued, StorageError> {
+        let runtime = tokio::runtime::Handle::current();
+        self.call(move |conn| enqueue(conn, &challenge, &message, lease_until, || admitted(&runtime, admit()))).await
+    }
+
+    /// Takes up to [`BATCH`] due messages, leasing them until `lease_until` (see [`claim_due`]).
+    pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
+        self.call(move |conn| claim_due(conn, &seal, now_ms, lease_until)).await
+    }
+
+    /// Records a delivery attempt (see [`record_attempt`]).
+    pub async fn record_attempt(
+        &self,
+        id: i64,
+        attempts: u32,
+        outcome: AttemptOutcome,
+        address: String,
+        otp_hash: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        self.call(move |conn| record_attempt(conn, id, attempts, &outcome, &address, &otp_hash)).await
+    }
+
+    /// Deletes finished rows created before `before` (unix seconds); returns how many.
+    pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
+        self.call(move |conn| conn.execute("DELETE FROM courier WHERE status != 'queued' AND created_at < ?1", [before])).await
+    }
 }

@@ -3,12 +3,15 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
-use crate::store::{self, outbox, Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::member_hashes;
+
+use super::{atomically, outbox, SqliteStore};
 
 pub(in crate::store) fn group(conn: &Connection, gid: i64) -> rusqlite::Result<Option<Group>> {
     let found = conn
@@ -57,17 +60,8 @@ fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str, pho
     outbox::enqueue_each(tx, &notices, write.now)
 }
 
-/// The group's members by the hash their phone is kept as in address books.
-pub(in crate::store) fn member_hashes(group: &Group, phones: &PhoneHasher) -> HashMap<i64, Vec<String>> {
-    let mut by_hash: HashMap<i64, Vec<String>> = HashMap::new();
-    for (phone, _) in &group.members {
-        by_hash.entry(phones.hash(phone)).or_default().push(phone.clone());
-    }
-    by_hash
-}
-
 pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<Group> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
             None => (None, None),
@@ -128,7 +122,7 @@ pub(in crate::store) fn delete(
     now: i64,
     phones: &PhoneHasher,
 ) -> rusqlite::Result<bool> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let Some(group) = group(tx, gid)? else { return Ok(false) };
         let (gone, write) = group.deletion(actor, now);
         notify(tx, &gone, &write, subject, phones)?;
@@ -153,38 +147,33 @@ pub(in crate::store) fn groups_of(conn: &Connection, phone: &str, since: i64, li
     Ok(groups)
 }
 
-impl Db {
+impl SqliteStore {
     /// A group with its members; `None` when there is no such group.
     pub async fn group(self: &Arc<Self>, gid: i64) -> Result<Option<Group>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.group(gid).await;
-        }
         self.read(move |conn| group(conn, gid)).await
     }
 
     /// Applies a group change and queues its notices, in one transaction; returns the group.
-    pub async fn write_group(&self, change: GroupWrite) -> Result<Group, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.write_group(change, &self.phones).await;
-        }
-        let phones = self.phones.clone();
+    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+        let phones = phones.clone();
         self.call(move |conn| write(conn, &change, &phones)).await
     }
 
     /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it.
-    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.delete_group(gid, actor, subject, now, &self.phones).await;
-        }
-        let phones = self.phones.clone();
+    pub async fn delete_group(
+        &self,
+        gid: i64,
+        actor: String,
+        subject: String,
+        now: i64,
+        phones: &PhoneHasher,
+    ) -> Result<bool, StorageError> {
+        let phones = phones.clone();
         self.call(move |conn| delete(conn, gid, &actor, &subject, now, &phones)).await
     }
 
     /// The groups of `phone` changed at or after `since` (see [`groups_of`]).
     pub async fn groups_of(self: &Arc<Self>, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.groups_of(phone, since, limit).await;
-        }
         self.read(move |conn| groups_of(conn, &phone, since, limit)).await
     }
 }

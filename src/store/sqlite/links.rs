@@ -1,47 +1,20 @@
 //! Linked addresses: further addresses a user proved while signed in. A login through
-//! one of them is the same user (see `store::complete_login`), and its sessions end
+//! one of them is the same user (see `login::complete_login`), and its sessions end
 //! when the address is unlinked.
 
 use rusqlite::{params, Connection, OptionalExtension};
+use std::sync::Arc;
 
-use crate::store::outbox::queue_userdel;
-use crate::store::{self, Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{LinkOutcome, LinkedAddress};
 
-/// What asking to link an address did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LinkOutcome {
-    Linked,
-    /// It was linked to this user already.
-    AlreadyLinked,
-    /// It is the address the user's account was made with.
-    OwnAddress,
-    /// Another account has it, as its own address or a linked one.
-    Taken,
-}
-
-/// One linked address of a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkedAddress {
-    pub address: String,
-    /// Unix seconds.
-    pub linked_at: i64,
-}
-
-/// What linking an address to user `user_id` comes to, given the user whose own address
-/// it is and the user it is linked to; `Linked` asks the caller to insert the link.
-pub(in crate::store) fn outcome(user_id: i64, owner: Option<i64>, linked: Option<i64>) -> LinkOutcome {
-    match (owner, linked) {
-        (Some(owner), _) if owner == user_id => LinkOutcome::OwnAddress,
-        (Some(_), _) => LinkOutcome::Taken,
-        (None, Some(holder)) if holder == user_id => LinkOutcome::AlreadyLinked,
-        (None, Some(_)) => LinkOutcome::Taken,
-        (None, None) => LinkOutcome::Linked,
-    }
-}
+use super::login::remove_challenge;
+use super::outbox::queue_userdel;
+use super::{atomically, SqliteStore};
 
 /// Links `address` to user `user_id`, and uses up the code that proved it, if one did.
 fn link(conn: &mut Connection, user_id: i64, address: &str, claimed_code: Option<&[u8; 32]>, now: i64) -> rusqlite::Result<LinkOutcome> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let owner: Option<i64> = tx.query_row("SELECT id FROM users WHERE address = ?1", [address], |r| r.get(0)).optional()?;
         let linked: Option<i64> =
             tx.query_row("SELECT user_id FROM linked_addresses WHERE address = ?1", [address], |r| r.get(0)).optional()?;
@@ -60,7 +33,7 @@ fn link(conn: &mut Connection, user_id: i64, address: &str, claimed_code: Option
         };
         if matches!(outcome, LinkOutcome::Linked | LinkOutcome::AlreadyLinked) {
             if let Some(otp_hash) = claimed_code {
-                store::remove_challenge(tx, address, otp_hash)?;
+                remove_challenge(tx, address, otp_hash)?;
             }
         }
         Ok(outcome)
@@ -71,7 +44,7 @@ fn link(conn: &mut Connection, user_id: i64, address: &str, claimed_code: Option
 /// queues the platform's `userdel` of the user a login through it made there. `None`
 /// when it is not linked to this user; else how many sessions ended.
 fn unlink(conn: &mut Connection, user_id: i64, address: &str, now: i64) -> rusqlite::Result<Option<usize>> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         let uid: Option<String> = tx
             .query_row("DELETE FROM linked_addresses WHERE address = ?1 AND user_id = ?2 RETURNING uid", params![address, user_id], |r| {
                 r.get(0)
@@ -100,39 +73,30 @@ pub(in crate::store) fn holder(conn: &Connection, address: &str) -> rusqlite::Re
         .optional()
 }
 
-impl Db {
+impl SqliteStore {
     /// Links `address` to user `user_id` (see [`link`]).
-    pub async fn link_address(&self, user_id: i64, address: &str, claimed_code: Option<[u8; 32]>) -> Result<LinkOutcome, StorageError> {
-        let (address, now) = (address.to_string(), self.clock().now());
-        if let Some(pg) = self.postgres() {
-            return pg.link_address(user_id, &address, claimed_code, now).await;
-        }
+    pub async fn link_address(
+        &self,
+        user_id: i64,
+        address: String,
+        claimed_code: Option<[u8; 32]>,
+        now: i64,
+    ) -> Result<LinkOutcome, StorageError> {
         self.call(move |conn| link(conn, user_id, &address, claimed_code.as_ref(), now)).await
     }
 
     /// Unlinks `address` from user `user_id` (see [`unlink`]).
-    pub async fn unlink_address(&self, user_id: i64, address: &str) -> Result<Option<usize>, StorageError> {
-        let (address, now) = (address.to_string(), self.clock().now());
-        if let Some(pg) = self.postgres() {
-            return pg.unlink_address(user_id, &address, now).await;
-        }
+    pub async fn unlink_address(&self, user_id: i64, address: String, now: i64) -> Result<Option<usize>, StorageError> {
         self.call(move |conn| unlink(conn, user_id, &address, now)).await
     }
 
     /// The addresses linked to user `user_id`, oldest first.
-    pub async fn linked_addresses(self: &std::sync::Arc<Self>, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.linked_addresses(user_id).await;
-        }
+    pub async fn linked_addresses(self: &Arc<Self>, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
         self.read(move |conn| linked_addresses(conn, user_id)).await
     }
 
-    /// The own address of the user `address` is linked to; `None` when it is linked to no one.
-    pub async fn link_target(self: &std::sync::Arc<Self>, address: &str) -> Result<Option<String>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return Ok(pg.link_holder(address).await?.map(|(_, own)| own));
-        }
-        let address = address.to_string();
-        Ok(self.read(move |conn| holder(conn, &address)).await?.map(|(_, own)| own))
+    /// The user a linked address belongs to, and that user's own address.
+    pub async fn link_holder(self: &Arc<Self>, address: String) -> Result<Option<(i64, String)>, StorageError> {
+        self.read(move |conn| holder(conn, &address)).await
     }
 }

@@ -2,35 +2,12 @@
 //! id, their sessions, and revoking them.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::store::{Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
 
-/// How an operator names a user.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UserKey {
-    /// A normalised phone number or e-mail address: the user's own, or one linked to them.
-    Address(String),
-    /// The platform's user id.
-    Uid(String),
-    /// The local id.
-    Id(i64),
-}
-
-/// A user as an operator sees it: no token, no photo bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UserRecord {
-    pub id: i64,
-    pub address: String,
-    pub uid: String,
-    pub name: String,
-    pub created_at: i64,
-    pub last_login: i64,
-}
-
-/// Characters of a session's token hash that name it to operators: enough to tell one
-/// user's sessions apart, without handing out the whole hash.
-pub const SESSION_ID_CHARS: usize = 16;
+use super::SqliteStore;
 
 const USER_COLUMNS: &str = "id, address, uid, name, created_at, last_login";
 
@@ -67,19 +44,6 @@ fn sessions(conn: &Connection, user_id: i64, now: i64) -> rusqlite::Result<Vec<V
     rows.collect()
 }
 
-/// One session as the operator API shows it.
-pub(in crate::store) fn session_entry(
-    id: String,
-    appid: String,
-    device: String,
-    created: i64,
-    last_seen_ms: i64,
-    expires: i64,
-    push: bool,
-) -> Value {
-    json!({ "session": id, "appid": appid, "device": device, "created": created, "last_seen": last_seen_ms / 1000, "expires": expires, "push": push })
-}
-
 /// Ends one session of the user (`session` is its id) or all of them; returns how many.
 fn revoke(conn: &Connection, user_id: i64, session: Option<&str>) -> rusqlite::Result<usize> {
     match session {
@@ -90,30 +54,19 @@ fn revoke(conn: &Connection, user_id: i64, session: Option<&str>) -> rusqlite::R
     }
 }
 
-impl Db {
+impl SqliteStore {
     /// The user an operator names, if there is one.
     pub async fn find_user(&self, key: UserKey) -> Result<Option<UserRecord>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.find_user(key).await;
-        }
         self.call(move |conn| find_user(conn, &key)).await
     }
 
-    /// The user's live sessions for an operator (see `sessions`).
-    pub async fn user_sessions(&self, user_id: i64) -> Result<Vec<Value>, StorageError> {
-        let now = self.clock().now();
-        if let Some(pg) = self.postgres() {
-            return pg.user_sessions(user_id, now).await;
-        }
+    /// A user's live sessions for an operator (see [`sessions`]).
+    pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
         self.call(move |conn| sessions(conn, user_id, now)).await
     }
 
-    /// Ends one session of the user, named by its id, or with `None` all of them; the
-    /// devices' next call answers AUTHFAIL. Returns how many ended.
+    /// Ends one session of the user (named by its id) or all of them; returns how many.
     pub async fn revoke_sessions(&self, user_id: i64, session: Option<String>) -> Result<usize, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.revoke_sessions(user_id, session).await;
-        }
         self.call(move |conn| revoke(conn, user_id, session.as_deref())).await
     }
 }

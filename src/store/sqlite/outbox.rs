@@ -3,13 +3,10 @@
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use crate::domain::notices::{NoticeBody, JOINED_SUBJECT};
-use crate::store::{Db, StorageError};
+use crate::store::error::StorageError;
+use crate::store::records::{userdel_payload, Pending, USERDEL};
 
-/// The notice a new user's contacts get.
-pub fn contact_joined(phone: &str, name: &str, now: i64) -> NoticeBody {
-    NoticeBody { subject: JOINED_SUBJECT.into(), name: name.into(), phone: phone.into(), ts: now, ..NoticeBody::default() }
-}
+use super::SqliteStore;
 
 /// Queues the payload `payload` builds for every user who has user `user_id`'s phone as
 /// a contact, built only when there is one (most new users are nobody's contact yet).
@@ -47,24 +44,6 @@ pub(in crate::store) fn enqueue_each(conn: &Connection, notices: &[(String, Stri
     Ok(notices.len())
 }
 
-/// A notice taken for sending.
-pub struct Pending {
-    pub id: i64,
-    pub recipient: String,
-    pub payload: String,
-    pub attempts: u32,
-    /// `message`, or `userdel` for a deleted account (its payload holds the uid).
-    pub kind: String,
-}
-
-/// The outbox kind that asks the platform to delete a user.
-pub const USERDEL: &str = "userdel";
-
-/// The `userdel` outbox payload of a user.
-pub(in crate::store) fn userdel_payload(uid: &str) -> String {
-    serde_json::json!({ "uid": uid }).to_string()
-}
-
 /// Queues the platform's `userdel` of the user `uid` at `address`.
 pub(in crate::store) fn queue_userdel(conn: &Connection, address: &str, uid: &str, now: i64) -> rusqlite::Result<()> {
     conn.execute(
@@ -87,28 +66,19 @@ fn take_next_due(conn: &mut Connection, now: i64, lease_secs: i64) -> rusqlite::
     .optional()
 }
 
-impl Db {
+impl SqliteStore {
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
     pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.take_next_notice(now, lease_secs).await;
-        }
         self.call(move |conn| take_next_due(conn, now, lease_secs)).await
     }
 
     /// Upstream took the notice: it is never sent again.
     pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.acknowledge_notice(id).await;
-        }
         self.call(move |conn| conn.prepare_cached("DELETE FROM outbox WHERE id = ?1")?.execute([id]).map(|_| ())).await
     }
 
     /// A failed send: try again at `next_attempt_at` (unix seconds).
     pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.reschedule_notice(id, attempts, next_attempt_at, error).await;
-        }
         self.call(move |conn| {
             conn.prepare_cached("UPDATE outbox SET attempts = ?2, next_attempt_at = ?3, last_error = ?4 WHERE id = ?1")?
                 .execute(params![id, attempts, next_attempt_at, error])

@@ -127,8 +127,7 @@ mod tests {
         assert!(!files_holding(&path, STRANGER.as_bytes()).is_empty(), "the test starts from a phone in clear");
 
         let keys = crate::domain::keys::ServerKeys::from_secret(b"schema tests");
-        let clock = crate::domain::clock::Clock::system();
-        let db = crate::store::Db::open_without_secrets(&path.to_string_lossy(), 1, clock, &keys, false).unwrap();
+        let db = crate::store::sqlite::SqliteStore::open_without_secrets(&path.to_string_lossy(), 1, &keys, false).unwrap();
         let (stored, matched, counts) = db
             .blocking(|conn| {
                 let mut query = conn.prepare("SELECT owner_id, phone_hash FROM contacts ORDER BY owner_id, phone_hash")?;

@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use crate::domain::account::{Caller, Evicted, PushRegistration};
 use std::sync::Arc;
 
-use crate::store::{Db, StorageError};
+use crate::store::error::StorageError;
+
+use super::SqliteStore;
 
 /// Finds the live session of a token and marks it used; `None` for an unknown or expired token.
 pub(in crate::store) fn authenticate(conn: &mut Connection, token_sha256: &str, now_ms: i64) -> rusqlite::Result<Option<Caller>> {
@@ -114,28 +116,19 @@ pub(in crate::store) fn set_push(conn: &mut Connection, token_sha256: &str, push
     Ok(())
 }
 
-impl Db {
+impl SqliteStore {
     /// Replaces the push registration of the token's session (`None` removes it).
     pub async fn set_push(&self, token_sha256: String, push: Option<PushRegistration>) -> Result<(), StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.set_push(token_sha256, push).await;
-        }
         self.call(move |conn| set_push(conn, &token_sha256, push.as_ref())).await
     }
 
     /// The live session of a token, marked used; `None` for an unknown or expired token.
     pub async fn authenticate(&self, token_sha256: String, now_ms: i64) -> Result<Option<Caller>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.authenticate(token_sha256, now_ms).await;
-        }
         self.call(move |conn| authenticate(conn, &token_sha256, now_ms)).await
     }
 
     /// Ends the token's session, or with `all` every session of its user; returns how many.
     pub async fn end_sessions(&self, token_sha256: String, all: bool) -> Result<usize, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.end_sessions(token_sha256, all).await;
-        }
         self.call(move |conn| match all {
             true => remove_all_of_user(conn, &token_sha256),
             false => remove(conn, &token_sha256).map(usize::from),
@@ -145,9 +138,6 @@ impl Db {
 
     /// The caller's live sessions (see [`list`]).
     pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.sessions_of(caller, now).await;
-        }
         self.read(move |conn| list(conn, &caller, now)).await
     }
 }
@@ -170,7 +160,7 @@ mod tests {
     #[test]
     fn expired_sessions_do_not_count_against_the_limit_and_are_purged() {
         let mut conn = Connection::open_in_memory().unwrap();
-        crate::store::schema::apply(&mut conn, &crate::domain::keys::ServerKeys::from_secret(b"sessions tests").phones).unwrap();
+        crate::store::sqlite::schema::apply(&mut conn, &crate::domain::keys::ServerKeys::from_secret(b"sessions tests").phones).unwrap();
         conn.execute("INSERT INTO users (address, uid, created_at, last_login, ts) VALUES ('18005550001', '1', 0, 0, 0)", []).unwrap();
         insert(&conn, &session("a", "dev-a", 1000), 1).unwrap();
         // At 1020 "a" has expired: a login with a limit of one evicts nothing live.

@@ -6,7 +6,9 @@ use crate::domain::account::{OwnProfile, Profile, ProfileChange};
 use std::sync::Arc;
 
 use crate::domain::notices::NoticeBody;
-use crate::store::{self, outbox, Db, StorageError};
+use crate::store::error::StorageError;
+
+use super::{atomically, outbox, SqliteStore};
 
 /// Columns for [`profile_from_row`], for a query over `users u`.
 pub const PROFILE_COLUMNS: &str = "u.address, u.uid, u.name, u.status, u.photo, u.ts, u.thumbnail";
@@ -78,7 +80,7 @@ pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Re
 /// Applies the change and bumps `ts`, and tells the users who have this one as a
 /// contact, in one transaction; returns the new profile.
 pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
-    store::atomically(conn, |tx| {
+    atomically(conn, |tx| {
         tx.prepare_cached(
             "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo),
                  thumbnail = CASE WHEN ?4 IS NULL THEN thumbnail ELSE ?6 END, ts = ?5
@@ -92,20 +94,14 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
     })
 }
 
-impl Db {
+impl SqliteStore {
     /// The profile of a user.
     pub async fn profile_of(self: &Arc<Self>, user_id: i64) -> Result<Profile, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.profile_of(user_id).await;
-        }
         self.read(move |conn| profile(conn, user_id)).await
     }
 
     /// Applies a profile change and bumps `ts` (see [`update_profile`]).
     pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
-        if let Some(pg) = self.postgres() {
-            return pg.change_profile(user_id, change, now).await;
-        }
         self.call(move |conn| update_profile(conn, user_id, &change, now)).await
     }
 }

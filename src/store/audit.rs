@@ -1,0 +1,38 @@
+//! The audit trail: security events per address (by its phone hash), kept for
+//! `AUDIT_RETENTION_DAYS` and read by operators.
+
+use serde_json::Value;
+
+pub use crate::store::records::{
+    ACCOUNT_DELETED, ADDRESS_LINKED, ADDRESS_UNLINKED, DELIVERY_FAILED, LOCKED_OUT, LOGIN, LOGIN_FAILED, MAX_EVENTS, OPERATOR_AUTH_FAILED,
+    OPERATOR_TRAIL, SESSIONS_REVOKED,
+};
+use crate::store::{Backend, Db, StorageError};
+
+impl Db {
+    /// Records a security event of `address`.
+    pub async fn audit(&self, address: &str, event: &'static str, detail: String) -> Result<(), StorageError> {
+        let (address_hash, now) = (self.phone_hash(address), self.clock().now());
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.audit(address_hash, event, detail, now).await,
+            Backend::Postgres(pg) => pg.audit(address_hash, event, detail, now).await,
+        }
+    }
+
+    /// The events of `address`, newest first, at most [`MAX_EVENTS`].
+    pub async fn audit_events(&self, address: &str) -> Result<Vec<Value>, StorageError> {
+        let address_hash = self.phone_hash(address);
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.audit_events(address_hash).await,
+            Backend::Postgres(pg) => pg.audit_events(address_hash).await,
+        }
+    }
+
+    /// Deletes the events older than `before` (unix seconds); returns how many.
+    pub async fn purge_audit(&self, before: i64) -> Result<usize, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.purge_audit(before).await,
+            Backend::Postgres(pg) => pg.purge_audit(before).await,
+        }
+    }
+}

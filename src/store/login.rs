@@ -1,0 +1,54 @@
+//! The login: a guess at a pending code claims it, and a proven address becomes a user
+//! with a session, each in one transaction.
+
+use crate::domain::guesses::VerifyOutcome;
+use crate::domain::ratelimit::{Admission, Refusal};
+use crate::store::{Backend, CodeGuess, CompletedLogin, Db, LoginRecord, StorageError};
+
+impl Db {
+    /// Deletes the codes and sessions that expired before `now`; returns how many of each.
+    pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.purge_expired(now).await,
+            Backend::Postgres(pg) => pg.purge_expired(now).await,
+        }
+    }
+
+    /// Checks a guess at a pending code and, when right, claims the code, so of concurrent
+    /// right guesses exactly one succeeds. A claim older than `claim_secs` was left by a
+    /// process that died while exchanging the code: the code is free again. `admit` (the
+    /// per-address budget) is spent only by a guess without challenge id that could match.
+    pub async fn claim_code(
+        &self,
+        guess: CodeGuess,
+        now: i64,
+        max_attempts: u32,
+        claim_secs: i64,
+        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+    ) -> Result<VerifyOutcome, StorageError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.claim_code(guess, now, max_attempts, claim_secs, admit).await,
+            Backend::Postgres(pg) => pg.claim_code(guess, now, max_attempts, claim_secs, admit).await,
+        }
+    }
+
+    /// Gives a claimed code back after the upstream call failed, so the same code works
+    /// again; a newer code for the address stays as it is.
+    pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.release_code(address, otp_hash).await,
+            Backend::Postgres(pg) => pg.release_code(address, otp_hash).await,
+        }
+    }
+
+    /// Records the user and the session, queues joined notices for a first phone login,
+    /// and consumes the code that proved the address (`claimed_code`, if one did), all in
+    /// one transaction.
+    pub async fn record_login(&self, login: CompletedLogin, claimed_code: Option<[u8; 32]>) -> Result<LoginRecord, StorageError> {
+        let address_hash = self.phone_hash(&login.address);
+        match &self.backend {
+            Backend::Sqlite(sqlite) => sqlite.record_login(login, address_hash, claimed_code).await,
+            Backend::Postgres(pg) => pg.record_login(login, address_hash, claimed_code).await,
+        }
+    }
+}

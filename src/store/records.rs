@@ -1,0 +1,325 @@
+//! The records both backends take and answer with, defined once: a query of either
+//! backend returns the same types, and what builds them from a row's values (a JSON
+//! entry, a payload, a sealed message) is the same on both.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+use crate::domain::account::{Evicted, OwnProfile};
+use crate::domain::groups::Group;
+use crate::domain::keys::{MessageSeal, PhoneHasher};
+use crate::domain::notices::{NoticeBody, JOINED_SUBJECT};
+use crate::domain::ratelimit::Refusal;
+
+// The login.
+
+pub struct NewChallenge {
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: [u8; 32],
+    /// SHA-256 of the challenge id the start reply carries.
+    pub challenge_sha256: [u8; 32],
+    pub now: i64,
+    pub ttl_secs: i64,
+    pub resend_secs: i64,
+}
+
+/// A guess at the pending code of `address`, owned to travel to the writer thread.
+pub struct CodeGuess {
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: [u8; 32],
+    pub challenge_sha256: Option<[u8; 32]>,
+}
+
+#[derive(Clone)]
+pub struct CompletedLogin {
+    pub address: String,
+    pub uid: String,
+    pub name: String,
+    pub token_sha256: String,
+    pub now: i64,
+    pub appid: String,
+    /// Installation id; empty when the app sent none.
+    pub device: String,
+    pub now_ms: i64,
+    /// Unix seconds; the token expiry asked of upstream.
+    pub expires_at: i64,
+    pub max_devices: usize,
+}
+
+/// What recording a login did besides storing the session.
+#[derive(Debug, Default)]
+pub struct LoginRecord {
+    pub first_login: bool,
+    /// "contact joined" messages queued for users who have this phone as a contact.
+    pub notified: usize,
+    pub evicted: Vec<Evicted>,
+    pub profile: OwnProfile,
+}
+
+// Deleting an account.
+
+/// What a deleted account leaves for the caller to clean up outside the database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeletedAccount {
+    pub address: String,
+    /// The photo the account showed: a stored file's name, a URL, or empty.
+    pub photo: String,
+}
+
+// The audit trail's events.
+
+/// A login completed; the detail is the app.
+pub const LOGIN: &str = "login";
+/// A verify with a wrong code, or without a pending one; the detail is the error code.
+pub const LOGIN_FAILED: &str = "login_failed";
+/// The wrong guess that used up a code's attempts.
+pub const LOCKED_OUT: &str = "locked_out";
+/// A code that could not be delivered, for good; the detail is the sender.
+pub const DELIVERY_FAILED: &str = "delivery_failed";
+/// An operator ended sessions; the detail is how many.
+pub const SESSIONS_REVOKED: &str = "sessions_revoked";
+/// The account was deleted; the detail says by whom (`user` or `operator`).
+pub const ACCOUNT_DELETED: &str = "account_deleted";
+/// An address was linked to an account; the detail is the other address, masked.
+pub const ADDRESS_LINKED: &str = "address_linked";
+/// A linked address was unlinked; the detail is the other address, masked.
+pub const ADDRESS_UNLINKED: &str = "address_unlinked";
+
+/// A request to the operator API without its token, or with another; the detail is the
+/// client IP and which (`no token` or `wrong token`), never what was presented.
+pub const OPERATOR_AUTH_FAILED: &str = "operator_auth_failed";
+/// The trail the operator API's own events are kept under, in place of an address.
+pub const OPERATOR_TRAIL: &str = "operator-api";
+
+/// Most events one read answers, newest first.
+pub const MAX_EVENTS: i64 = 1000;
+
+/// One event as operators read it.
+pub(in crate::store) fn audit_entry(at: i64, event: String, detail: String) -> Value {
+    json!({ "at": at, "event": event, "detail": detail })
+}
+
+// Address books.
+
+/// Most entries in one reply; the rest follow with a cursor.
+pub const PAGE_SIZE: usize = 1000;
+
+pub struct SyncQuery {
+    pub owner: i64,
+    /// Uploaded phones, normalised: answer those that are users, whatever their ts.
+    pub phones: Option<Vec<String>>,
+    pub since: i64,
+    pub reset: bool,
+    /// The (ts, address) of the last entry already sent.
+    pub after: Option<(i64, String)>,
+    pub now: i64,
+}
+
+// The courier's code messages.
+
+/// Rows claimed per round.
+pub const BATCH: usize = 16;
+
+/// A queued message, opened.
+pub struct QueuedMessage {
+    pub id: i64,
+    pub address: String,
+    pub appid: String,
+    pub otp_hash: Vec<u8>,
+    pub otp: String,
+    pub body: String,
+    pub attempts: u32,
+    /// Unix seconds: the code's expiry.
+    pub expires_at: i64,
+}
+
+/// How a delivery attempt ended, as recorded.
+#[derive(Clone)]
+pub enum AttemptOutcome {
+    Sent,
+    Failed(String),
+    Retry(String, i64),
+}
+
+/// What queueing a code message did.
+pub enum Enqueued {
+    /// Stored, with the courier row's id.
+    Stored(i64),
+    TooSoon(u64),
+    Refused(Refusal),
+}
+
+pub struct Claimed {
+    pub batch: Vec<QueuedMessage>,
+    /// When the next queued message falls due.
+    pub next_due: Option<i64>,
+    /// Messages still queued, in flight included.
+    pub queued: i64,
+}
+
+/// What binds a sealed message to its row: it opens only for this address and code.
+pub(in crate::store) fn seal_context(address: &str, otp_hash: &[u8]) -> Vec<u8> {
+    [address.as_bytes(), &[0], otp_hash].concat()
+}
+
+/// The code and the rendered text, encrypted: `code \n text` (a code has no line break).
+pub fn seal_message(seal: &MessageSeal, address: &str, otp: &str, text: &str, otp_hash: &[u8]) -> Vec<u8> {
+    let plaintext = format!("{otp}\n{text}");
+    seal.seal(plaintext.as_bytes(), &seal_context(address, otp_hash))
+}
+
+/// The code and the text of a sealed message, or `None` when this key cannot open it.
+pub(in crate::store) fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
+    let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
+    let (otp, text) = plaintext.split_once('\n')?;
+    Some((otp.to_string(), text.to_string()))
+}
+
+// Linked addresses.
+
+/// What asking to link an address did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkOutcome {
+    Linked,
+    /// It was linked to this user already.
+    AlreadyLinked,
+    /// It is the address the user's account was made with.
+    OwnAddress,
+    /// Another account has it, as its own address or a linked one.
+    Taken,
+}
+
+/// One linked address of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkedAddress {
+    pub address: String,
+    /// Unix seconds.
+    pub linked_at: i64,
+}
+
+/// What linking an address to user `user_id` comes to, given the user whose own address
+/// it is and the user it is linked to; `Linked` asks the caller to insert the link.
+pub(in crate::store) fn link_outcome(user_id: i64, owner: Option<i64>, linked: Option<i64>) -> LinkOutcome {
+    match (owner, linked) {
+        (Some(owner), _) if owner == user_id => LinkOutcome::OwnAddress,
+        (Some(_), _) => LinkOutcome::Taken,
+        (None, Some(holder)) if holder == user_id => LinkOutcome::AlreadyLinked,
+        (None, Some(_)) => LinkOutcome::Taken,
+        (None, None) => LinkOutcome::Linked,
+    }
+}
+
+// Groups.
+
+/// The group's members by the hash their phone is kept as in address books.
+pub(in crate::store) fn member_hashes(group: &Group, phones: &PhoneHasher) -> HashMap<i64, Vec<String>> {
+    let mut by_hash: HashMap<i64, Vec<String>> = HashMap::new();
+    for (phone, _) in &group.members {
+        by_hash.entry(phones.hash(phone)).or_default().push(phone.clone());
+    }
+    by_hash
+}
+
+// The operator API.
+
+/// How an operator names a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserKey {
+    /// A normalised phone number or e-mail address: the user's own, or one linked to them.
+    Address(String),
+    /// The platform's user id.
+    Uid(String),
+    /// The local id.
+    Id(i64),
+}
+
+/// A user as an operator sees it: no token, no photo bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub id: i64,
+    pub address: String,
+    pub uid: String,
+    pub name: String,
+    pub created_at: i64,
+    pub last_login: i64,
+}
+
+/// Characters of a session's token hash that name it to operators: enough to tell one
+/// user's sessions apart, without handing out the whole hash.
+pub const SESSION_ID_CHARS: usize = 16;
+
+/// One session as the operator API shows it.
+pub(in crate::store) fn session_entry(
+    id: String,
+    appid: String,
+    device: String,
+    created: i64,
+    last_seen_ms: i64,
+    expires: i64,
+    push: bool,
+) -> Value {
+    json!({ "session": id, "appid": appid, "device": device, "created": created, "last_seen": last_seen_ms / 1000, "expires": expires, "push": push })
+}
+
+// The notification outbox.
+
+/// A notice taken for sending.
+pub struct Pending {
+    pub id: i64,
+    pub recipient: String,
+    pub payload: String,
+    pub attempts: u32,
+    /// `message`, or `userdel` for a deleted account (its payload holds the uid).
+    pub kind: String,
+}
+
+/// The outbox kind that asks the platform to delete a user.
+pub const USERDEL: &str = "userdel";
+
+/// The `userdel` outbox payload of a user.
+pub(in crate::store) fn userdel_payload(uid: &str) -> String {
+    serde_json::json!({ "uid": uid }).to_string()
+}
+
+/// The notice a new user's contacts get.
+pub(in crate::store) fn contact_joined(phone: &str, name: &str, now: i64) -> NoticeBody {
+    NoticeBody { subject: JOINED_SUBJECT.into(), name: name.into(), phone: phone.into(), ts: now, ..NoticeBody::default() }
+}
+
+// Moving from SQLite to PostgreSQL.
+
+/// A user: (id, address, uid, name, status, photo, created_at, last_login, ts).
+pub type UserRow = (i64, String, String, String, String, String, i64, i64, i64);
+/// A session: (token_sha256, user_id, appid, device, created_at, last_seen_ms, expires_at, via).
+pub type SessionRow = (String, i64, String, String, i64, i64, i64, String);
+/// A session's push registration: (token_sha256, notify_token, notify_sender, device_type).
+pub type PushRow = (String, String, Option<String>, Option<String>);
+
+/// The rows that move, read from the SQLite file.
+#[derive(Default)]
+pub struct Snapshot {
+    pub users: Vec<UserRow>,
+    pub sessions: Vec<SessionRow>,
+    /// (owner_id, phone hash): both databases hash phones under the same key.
+    pub contacts: Vec<(i64, i64)>,
+    /// (user id, thumbnail JPEG) of users with an uploaded photo.
+    pub thumbnails: Vec<(i64, Vec<u8>)>,
+    /// (token_sha256, notify_token, notify_sender, device_type) of sessions with a push registration.
+    pub push: Vec<PushRow>,
+    /// Groups and their members.
+    pub groups: Vec<Group>,
+    /// Linked addresses: (address, user_id, uid, linked_at).
+    pub links: Vec<(String, i64, String, i64)>,
+    /// Names of the stored files uploaded as attachments.
+    pub attachments: Vec<String>,
+}
+
+/// What an import moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub users: usize,
+    pub sessions: usize,
+    pub contacts: usize,
+}

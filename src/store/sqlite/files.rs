@@ -1,0 +1,35 @@
+//! Which stored files rows refer to, checked on the writer (see `store::files`).
+
+use crate::store::error::StorageError;
+
+use super::SqliteStore;
+
+/// Whether a row refers to stored file `?1`.
+const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM chat_groups WHERE photo = ?1 AND photo <> '')
+     OR EXISTS (SELECT 1 FROM attachment_files WHERE name = ?1)";
+
+impl SqliteStore {
+    /// Records that stored file `name` is a chat attachment.
+    pub async fn keep_attachment(&self, name: String) -> Result<(), StorageError> {
+        self.call(move |conn| conn.prepare_cached("INSERT OR IGNORE INTO attachment_files (name) VALUES (?1)")?.execute([name]).map(|_| ()))
+            .await
+    }
+
+    /// Runs `remove` (which deletes the file, answering whether it was there) unless a row
+    /// refers to stored file `name`. On the writer, so that no commit of a row referring to
+    /// the file falls between the check and the deletion.
+    pub async fn remove_file_unless_referenced(
+        &self,
+        name: String,
+        remove: impl FnOnce() -> Result<bool, StorageError> + Send + 'static,
+    ) -> Result<bool, StorageError> {
+        let removed = self
+            .call(move |conn| {
+                let referenced: bool = conn.prepare_cached(REFERENCED)?.query_row([name], |r| r.get(0))?;
+                Ok(if referenced { Ok(false) } else { remove() })
+            })
+            .await?;
+        removed
+    }
+}
