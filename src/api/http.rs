@@ -11,12 +11,11 @@ use serde_json::{Map, Value};
 use crate::api::op::{Op, Params};
 use crate::api::ops;
 use crate::api::reply::reply;
+use crate::api::request::{access_token, Request};
 use crate::api::request_log;
 use crate::api::{AppState, HttpSettings};
 use crate::domain::account::{token_hash, Caller};
-use crate::domain::app_settings::AppReply;
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::service::login::{LoggedIn, LoginOutcome, LoginRequest};
 use crate::service::uploads::UploadedFile;
 
 pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
@@ -33,78 +32,16 @@ pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web:
     let op = op.as_str();
     let client_ip = state.proxies.client_ip(&request);
     let result = match Op::parse(op) {
-        Some(Op::Login) => {
-            let request = login_request(&params);
-            let app = state.apps.for_app(request.appid.map(str::trim).unwrap_or_default());
-            state.login.login(request, &client_ip).await.map(|outcome| login_fields(outcome, &app))
+        Some(op) => {
+            let (file, checked) = upload;
+            ops::handle(&state, Request::parse(op, &params, request.headers(), file), checked, &client_ip).await
         }
-        Some(session_op) => ops::handle(&state, session_op, &params, upload, &request, &client_ip).await,
         None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
     request_log::note_api_call(&request, Op::label(op), result.as_ref().err().map(|e| e.code.as_str()));
     let echoed: String = op.chars().take(32).collect();
     reply(dialect, &echoed, result)
-}
-
-fn login_request(params: &Params) -> LoginRequest<'_> {
-    let field = |name: &str| params.get(name).map(String::as_str);
-    LoginRequest {
-        appid: field("appid"),
-        name: field("name"),
-        device: field("device"),
-        captcha_token: field("captcha_token"),
-        proof: ops::proof_fields(params),
-    }
-}
-
-/// The login reply's fields, with the JSON types the apps read them as: a start may
-/// carry the app's notice; a verify carries the token and what the apps build the
-/// user's own profile and their invite and file-transfer settings from.
-fn login_fields(outcome: LoginOutcome, app: &AppReply) -> Map<String, Value> {
-    let mut fields = Map::new();
-    match outcome {
-        LoginOutcome::CodeSent { challenge } => {
-            if let Some(challenge) = challenge {
-                fields.insert("challenge".into(), challenge.into());
-            }
-            if let Some(title) = &app.start_title {
-                fields.insert("title".into(), title.as_str().into());
-            }
-            if let Some(message) = &app.start_message {
-                fields.insert("message".into(), message.as_str().into());
-            }
-            if let Some(delay) = app.start_delay {
-                fields.insert("delay".into(), delay.into());
-            }
-        }
-        LoginOutcome::LoggedIn(logged_in) => {
-            let LoggedIn { address, issued, calling_code, profile } = *logged_in;
-            fields.insert("token".into(), issued.token.into());
-            fields.insert(address.field().into(), address.as_str().into());
-            fields.insert("uid".into(), issued.uid);
-            fields.insert("cc".into(), calling_code.map(|code| code.to_string()).unwrap_or_default().into());
-            fields.insert("name".into(), profile.name.into());
-            fields.insert("status".into(), profile.status.into());
-            fields.insert("photo".into(), profile.photo.into());
-            if let Some(thumbnail) = &profile.thumbnail {
-                fields.insert("tn".into(), crate::domain::account::thumbnail_field(thumbnail));
-            }
-            fields.insert("urls".into(), serde_json::json!({ "upload": app.upload_url, "download": app.download_url }));
-            fields.insert(
-                "share".into(),
-                serde_json::json!({ "text": app.share_text, "subject": app.share_subject, "title": app.share_title }),
-            );
-            fields.insert("invite".into(), app.invite.as_str().into());
-            if let Some(linked) = issued.linked {
-                fields.insert("linked".into(), linked);
-            }
-            if let Some(linkto) = issued.linkto {
-                fields.insert("linkto".into(), linkto);
-            }
-        }
-    }
-    fields
 }
 
 /// Reads the request's fields and its first file part (see [`parse_request`]). Contact
@@ -189,14 +126,14 @@ async fn read_multipart(
     let op = check_size(&form.params, form.size, true, &state.http)?;
     let file = form.file.filter(|_| op.is_some_and(Op::carries_file));
     let Some(admitted) = form.admitted else { return Ok((form.params, (file, None))) };
-    let token = ops::access_token(&form.params, request);
+    let token = access_token(&form.params, request.headers());
     let caller = match admitted.caller {
         // A second token after the file part must not stand for the one checked.
-        Some(caller) if token.as_deref().map(token_hash).as_ref() != Some(&caller.token_sha256) => {
+        Some(caller) if token.map(token_hash).as_ref() != Some(&caller.token_sha256) => {
             return Err(ops::authfail("the token changed within the request"));
         }
         Some(caller) => Some(caller),
-        None if file.is_some() => Some(ops::caller_of(state, token.as_deref()).await?),
+        None if file.is_some() => Some(ops::caller_of(state, token).await?),
         None => None,
     };
     Ok((form.params, (file, caller)))
@@ -242,8 +179,8 @@ impl FileGate for SessionGate<'_> {
         if op.is_some_and(|op| !op.carries_file()) {
             return Ok(None);
         }
-        if let Some(token) = ops::access_token(known, self.request) {
-            let caller = ops::caller_of(self.state, Some(&token)).await?;
+        if let Some(token) = access_token(known, self.request.headers()) {
+            let caller = ops::caller_of(self.state, Some(token)).await?;
             return Ok(Some(Admitted { caller: Some(caller), _before_token: None }));
         }
         match std::sync::Arc::clone(&self.state.uploads_before_token).try_acquire_owned() {

@@ -9,6 +9,7 @@ pub mod op;
 pub mod openapi;
 pub mod ops;
 pub mod reply;
+pub mod request;
 pub mod request_log;
 pub mod server;
 mod state;
