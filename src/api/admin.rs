@@ -129,7 +129,7 @@ async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpR
         Err(e) => Err(e),
     };
     match events {
-        Ok(fields) => HttpResponse::Ok().json(fields),
+        Ok(events) => HttpResponse::Ok().json(json!({ "events": events })),
         Err(e) => api_error(e),
     }
 }
@@ -137,7 +137,7 @@ async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpR
 /// `GET /admin/events/operator`: the operator API's own events (failed logins), newest first.
 async fn operator_events(state: web::Data<AppState>) -> HttpResponse {
     match operators::events(&state.db, UserKey::Address(audit::OPERATOR_TRAIL.to_string())).await {
-        Ok(fields) => HttpResponse::Ok().json(fields),
+        Ok(events) => HttpResponse::Ok().json(json!({ "events": events })),
         Err(e) => api_error(e),
     }
 }

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod reply;
 pub mod request;
 pub mod request_log;
+pub mod results;
 pub mod server;
 mod state;
 

@@ -1,7 +1,6 @@
 //! Deleting an account: by its user (`op=deleteaccount`, with a fresh code or ID token,
 //! so that a stolen access token alone cannot), or by an operator.
 
-use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use crate::domain::account::Caller;
@@ -35,7 +34,7 @@ pub async fn delete_own_account(
     caller: &Caller,
     request: DeleteRequest<'_>,
     client_ip: &str,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<(), ApiError> {
     let appid = super::non_empty(request.appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
     if !request.proof.has_id_token() && super::non_empty(request.proof.code).is_none() {
         return Err(ApiError::new(
@@ -55,7 +54,7 @@ pub async fn delete_own_account(
         return Err(ApiError::new(ErrorCode::BadParam, "the proof is for an address that is not this account's own or linked"));
     }
     match delete(db, files, caller.user_id, "user").await {
-        Ok(true) => Ok(Map::new()),
+        Ok(true) => Ok(()),
         Ok(false) => Err(ApiError::new(ErrorCode::AuthFail, "the account is already deleted")),
         Err(e) => {
             // The code was not used up: a retry with it works.

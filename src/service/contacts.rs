@@ -1,14 +1,15 @@
 //! Contact sync: an app uploads the phones of its address book and learns which
 //! of them use the app, then asks for changes since its last sync.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::config::Config;
-use crate::domain::account::Caller;
+use crate::domain::account::{Caller, Profile};
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::domain::groups::{Group, MAX_GROUPS_PER_SYNC};
 use crate::domain::ratelimit::{Admission, KeyedLimit, Refusal, SharedLimits};
 use crate::service::non_empty;
 use crate::store::contacts::SyncQuery;
@@ -138,6 +139,25 @@ pub struct SyncRequest<'a> {
     pub reset: bool,
 }
 
+/// A page of a contact sync.
+#[derive(Debug)]
+pub struct SyncPage {
+    /// The caller's contacts who use the app, changed since `ts` (or uploaded now).
+    pub contacts: Vec<Profile>,
+    /// The caller's groups changed since `ts`, which follow the users as the reference
+    /// sent them: with the first page of a sync of changes only, never with an upload.
+    pub groups: Vec<Group>,
+    /// The caller's own profile: a sync also seeds it.
+    pub me: Profile,
+    /// Where the next page starts, when there is one (`more`).
+    pub cursor: Option<String>,
+    pub more: bool,
+    /// How many uploaded entries were not phones; `None` without an upload.
+    pub invalid: Option<usize>,
+    /// When the first page was taken: what the next sync asks for changes since.
+    pub ts: i64,
+}
+
 /// `op=getcontacts`.
 pub async fn getcontacts(
     db: &Arc<Db>,
@@ -145,7 +165,8 @@ pub async fn getcontacts(
     caller: &Caller,
     client_ip: &str,
     request: SyncRequest<'_>,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<SyncPage, ApiError> {
+    let first_page_of_changes = request.phones.is_none_or(|p| p.trim().is_empty()) && request.cursor.is_none_or(str::is_empty);
     let (phones, invalid) = match non_empty(request.phones) {
         Some(raw) => {
             let list = parse_phones(raw, limits.max_per_request)?;
@@ -175,31 +196,33 @@ pub async fn getcontacts(
     };
     let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
     let admit = move |new, stored| -> Admission<ApiError> { Box::pin(async move { limits.admit(user_id, &client_ip, new, stored).await }) };
-    let (page, more) = db.sync_contacts(query, admit).await??;
+    let (contacts, more) = db.sync_contacts(query, admit).await??;
+    let me = db.profile_of(caller.user_id).await?;
+    let groups = match first_page_of_changes {
+        true => db.groups_of(me.address.clone(), since, MAX_GROUPS_PER_SYNC).await?,
+        false => Vec::new(),
+    };
+    let cursor = more.then(|| {
+        let last = contacts.last().expect("a page with more has entries");
+        Cursor { started, ts: last.ts, address: last.address.clone() }.encode()
+    });
+    Ok(SyncPage { contacts, groups, me, cursor, more, invalid, ts: started })
+}
 
-    let mut fields = Map::new();
-    if more {
-        let last = page.last().expect("a page with more has entries");
-        fields.insert("cursor".into(), Cursor { started, ts: last.ts, address: last.address.clone() }.encode().into());
-    }
-    fields.insert("more".into(), more.into());
-    fields.insert("contacts".into(), page.iter().map(|p| Value::Object(p.public_fields())).collect::<Vec<_>>().into());
-    if let Some(invalid) = invalid {
-        fields.insert("invalid".into(), invalid.into());
-    }
-    fields.insert("ts".into(), started.into());
-    Ok(fields)
+/// What `op=delcontacts` did: how many of the phones were among the caller's contacts,
+/// and how many entries were not phones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removed {
+    pub removed: usize,
+    pub invalid: usize,
 }
 
 /// `op=delcontacts`: `phones` as sent.
-pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Map<String, Value>, ApiError> {
+pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Removed, ApiError> {
     let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
     let list = parse_phones(raw, max_phones)?;
     let removed = db.remove_contacts(caller.user_id, list.phones).await?;
-    let mut fields = Map::new();
-    fields.insert("removed".into(), removed.into());
-    fields.insert("invalid".into(), list.invalid.into());
-    Ok(fields)
+    Ok(Removed { removed, invalid: list.invalid })
 }
 
 #[cfg(test)]

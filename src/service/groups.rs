@@ -3,7 +3,7 @@
 //! know of is made there first: the local change is written only once the platform
 //! accepted it, together with the members' notices.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 use crate::config::Config;
@@ -67,7 +67,7 @@ impl Groups {
 
     /// `setgroup`: creates a group (`gid` 0) with the caller as owner, or changes one the
     /// caller runs: its name, its photo, and with `m` its member list.
-    pub async fn set(&self, files: &Files, caller: &Caller, request: SetGroup<'_>) -> Result<Map<String, Value>, ApiError> {
+    pub async fn set(&self, files: &Files, caller: &Caller, request: SetGroup<'_>) -> Result<Group, ApiError> {
         let me = self.phone_of(caller).await?;
         let name = request.name.map(decoded).map(|name| checked_name(&name)).transpose()?;
         let members = match request.members.map(decoded) {
@@ -146,29 +146,24 @@ impl Groups {
         if replaced != group.photo {
             files.release(&self.db, &replaced).await;
         }
-        Ok(group.fields())
+        Ok(group)
     }
 
     /// `getgroup`: a group the caller is a member of.
-    pub async fn get(&self, caller: &Caller, gid: i64) -> Result<Map<String, Value>, ApiError> {
+    pub async fn get(&self, caller: &Caller, gid: i64) -> Result<Group, ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
         let me = self.phone_of(caller).await?;
         match self.db.group(gid).await? {
-            Some(group) if group.role_of(&me).is_some() => Ok(group.fields()),
+            Some(group) if group.role_of(&me).is_some() => Ok(group),
             _ => Err(ApiError::new(ErrorCode::NotMember, "not a member of this group")),
         }
     }
 
-    /// `editmembers`: adds (or with `delete` removes) members of a group the caller runs.
-    pub async fn edit_members(
-        &self,
-        caller: &Caller,
-        gid: i64,
-        members: Option<&str>,
-        delete: bool,
-    ) -> Result<Map<String, Value>, ApiError> {
+    /// `editmembers`: adds (or with `delete` removes) members of a group the caller runs;
+    /// answers the group as it is now.
+    pub async fn edit_members(&self, caller: &Caller, gid: i64, members: Option<&str>, delete: bool) -> Result<Group, ApiError> {
         let list = members.map(str::trim).filter(|m| !m.is_empty());
         let (gid, list) = match (gid, list) {
             (gid, Some(list)) if gid > 0 => (gid, list),
@@ -185,7 +180,7 @@ impl Groups {
         self.platform.group("groupeditmembers", fields).await.map_err(refused)?;
         if !delete && newcomers.is_empty() {
             // Adding members again changes nothing here: nobody is told of it again.
-            return Ok(members_reply(&group));
+            return Ok(group);
         }
         let now = self.db.clock().now();
         let write = match delete {
@@ -196,13 +191,13 @@ impl Groups {
                 ..GroupWrite::change(gid, MemberChange::Add(newcomers), &me, now)
             },
         };
-        let group = self.db.write_group(write).await?;
-        Ok(members_reply(&group))
+        Ok(self.db.write_group(write).await?)
     }
 
     /// `setadmin`: makes members admins (`admin` 1) or members again (0). The owner's role
-    /// never changes. The platform has no roles, so nothing goes there.
-    pub async fn set_admin(&self, caller: &Caller, gid: i64, members: Option<&str>, admin: bool) -> Result<Map<String, Value>, ApiError> {
+    /// never changes. The platform has no roles, so nothing goes there. Answers the group
+    /// as it is now.
+    pub async fn set_admin(&self, caller: &Caller, gid: i64, members: Option<&str>, admin: bool) -> Result<Group, ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
@@ -212,12 +207,11 @@ impl Groups {
         let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
         let role = if admin { ADMIN } else { MEMBER };
         let write = GroupWrite::change(gid, MemberChange::SetRole { phones, role }, &me, self.db.clock().now());
-        let group = self.db.write_group(write).await?;
-        Ok(members_reply(&group))
+        Ok(self.db.write_group(write).await?)
     }
 
     /// `delgroup`: the owner deletes the group; any other member leaves it.
-    pub async fn delete(&self, caller: &Caller, gid: i64) -> Result<Map<String, Value>, ApiError> {
+    pub async fn delete(&self, caller: &Caller, gid: i64) -> Result<(), ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
@@ -235,9 +229,7 @@ impl Groups {
             let write = GroupWrite::change(gid, MemberChange::Remove(vec![me.clone()]), &me, self.db.clock().now());
             self.db.write_group(write).await?;
         }
-        let mut reply = Map::new();
-        reply.insert("gid".into(), gid.into());
-        Ok(reply)
+        Ok(())
     }
 
     /// `upload` with `profile=1` and `gid`: sets (or with `delete` removes) the photo of
@@ -302,23 +294,10 @@ impl Groups {
     }
 }
 
-/// The groups of `member` (a phone) changed at or after `since`, as getcontacts entries.
-pub async fn groups_for_sync(db: &Arc<Db>, member: &str, since: i64) -> Result<Vec<Value>, ApiError> {
-    let groups = db.groups_of(member.to_string(), since, crate::domain::groups::MAX_GROUPS_PER_SYNC).await?;
-    Ok(groups.iter().map(|group| Value::Object(group.contact_entry())).collect())
-}
-
 /// The phones in order, each once.
 fn unique(phones: impl Iterator<Item = String>) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
     phones.filter(|phone| seen.insert(phone.clone())).collect()
-}
-
-fn members_reply(group: &Group) -> Map<String, Value> {
-    let mut reply = Map::new();
-    reply.insert("gid".into(), group.gid.into());
-    reply.insert("members".into(), group.members_field().into());
-    reply
 }
 
 /// The 2021 apps percent-encode `name` and `m` in multipart forms; the reference decoded

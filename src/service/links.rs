@@ -2,7 +2,7 @@
 //! ID token), and from then on a login through it is the same user, its token minted with
 //! `linkto` = the user's own address so that the platform links the two.
 
-use serde_json::{json, Map, Value};
+use serde::Serialize;
 use std::sync::Arc;
 
 use crate::domain::account::Caller;
@@ -14,6 +14,22 @@ use crate::service::non_empty;
 use crate::store::links::LinkOutcome;
 use crate::store::{audit, Db};
 
+/// A linked address as replies show it: the address, its kind (`phone`, `email` or
+/// `account`) and when it was linked (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Linked {
+    pub address: String,
+    pub kind: &'static str,
+    pub linked_at: i64,
+}
+
+/// What `op=unlink` leaves: the linked addresses, and the sessions it ended.
+#[derive(Debug)]
+pub struct Unlinked {
+    pub linked: Vec<Linked>,
+    pub ended: usize,
+}
+
 /// `op=link`: proves `fields`' address for `appid` and links it to the caller's account;
 /// answers the account's linked addresses.
 pub async fn link(
@@ -23,7 +39,7 @@ pub async fn link(
     appid: Option<&str>,
     fields: ProofFields<'_>,
     client_ip: &str,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<Vec<Linked>, ApiError> {
     let appid = non_empty(appid).ok_or_else(|| ApiError::new(ErrorCode::MissingAppid, "appid is required"))?;
     if !fields.has_id_token() && non_empty(fields.code).is_none() {
         return Err(ApiError::new(
@@ -53,17 +69,12 @@ pub async fn link(
         record(db, &own, &proof.address, audit::ADDRESS_LINKED).await;
         tracing::info!(user_id = caller.user_id, linked = %proof.address.masked(), "address linked");
     }
-    linked_reply(db, caller.user_id).await
+    linked(db, caller.user_id).await
 }
 
 /// `op=unlink`: unlinks the address named by `phone`, `email` or `account`, ending the
 /// sessions that logged in through it; answers the linked addresses left.
-pub async fn unlink(
-    db: &Arc<Db>,
-    caller: &Caller,
-    fields: &ProofFields<'_>,
-    account: Option<&str>,
-) -> Result<Map<String, Value>, ApiError> {
+pub async fn unlink(db: &Arc<Db>, caller: &Caller, fields: &ProofFields<'_>, account: Option<&str>) -> Result<Unlinked, ApiError> {
     let address = if let Some(phone) = non_empty(fields.phone) {
         Address::Phone(address::normalize_phone(phone).ok_or_else(|| ApiError::new(ErrorCode::BadPhone, "phone is not a valid number"))?)
     } else if let Some(email) = non_empty(fields.email) {
@@ -87,24 +98,17 @@ pub async fn unlink(
     };
     record(db, &own, &address, audit::ADDRESS_UNLINKED).await;
     tracing::info!(user_id = caller.user_id, unlinked = %address.masked(), sessions = ended, "address unlinked");
-    let mut reply = linked_reply(db, caller.user_id).await?;
-    reply.insert("ended".into(), ended.into());
-    Ok(reply)
+    Ok(Unlinked { linked: linked(db, caller.user_id).await?, ended })
 }
 
-/// `linked`: the account's linked addresses, oldest first, each with its kind (`phone`,
-/// `email` or `account`) and when it was linked.
-pub async fn linked_reply(db: &Arc<Db>, user_id: i64) -> Result<Map<String, Value>, ApiError> {
-    let linked: Vec<Value> = db
-        .linked_addresses(user_id)
-        .await?
-        .into_iter()
-        .map(|linked| {
-            let kind = Address::from_stored(&linked.address).field();
-            json!({ "address": linked.address, "kind": kind, "linked_at": linked.linked_at })
-        })
-        .collect();
-    Ok(Map::from_iter([("linked".to_string(), Value::Array(linked))]))
+/// The account's linked addresses, oldest first.
+pub async fn linked(db: &Arc<Db>, user_id: i64) -> Result<Vec<Linked>, ApiError> {
+    let linked = db.linked_addresses(user_id).await?.into_iter().map(|linked| Linked {
+        kind: Address::from_stored(&linked.address).field(),
+        address: linked.address,
+        linked_at: linked.linked_at,
+    });
+    Ok(linked.collect())
 }
 
 /// Records a link or unlink in the trail of both addresses, each naming the other masked.

@@ -34,7 +34,8 @@ pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<Map<String, Value
     let mut fields = Map::new();
     fields.insert("user".into(), user_fields(&user));
     fields.insert("sessions".into(), sessions.into());
-    fields.extend(super::links::linked_reply(db, user.id).await?);
+    let linked = super::links::linked(db, user.id).await?;
+    fields.insert("linked".into(), serde_json::to_value(linked).expect("linked addresses serialize"));
     Ok(Some(fields))
 }
 
@@ -61,12 +62,10 @@ pub async fn revoke(db: &Arc<Db>, user_id: i64, session: Option<String>) -> Resu
 }
 
 /// The security events of the address a lookup names, newest first.
-pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Map<String, Value>, ApiError> {
+pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Vec<Value>, ApiError> {
     let address = match key {
         UserKey::Address(address) => address,
         UserKey::Uid(_) | UserKey::Id(_) => return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users")),
     };
-    let mut fields = Map::new();
-    fields.insert("events".into(), db.audit_events(&address).await?.into());
-    Ok(fields)
+    Ok(db.audit_events(&address).await?)
 }

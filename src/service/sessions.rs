@@ -1,28 +1,32 @@
 //! `op=logout`, `op=devices` and `op=setnotify`.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use std::sync::Arc;
 
 use crate::domain::account::{refuse_control_characters, Caller, PushRegistration};
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::links::{self, Linked};
 use crate::store::Db;
 
 /// `op=logout`: ends the token's session, or with `all` every session of its user.
 /// An unknown or already ended token is not an error: the app's goal is reached.
-pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<Map<String, Value>, ApiError> {
-    let ended = db.end_sessions(token_sha256, all).await?;
-    let mut fields = Map::new();
-    fields.insert("ended".into(), ended.into());
-    Ok(fields)
+/// Answers how many sessions ended.
+pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<usize, ApiError> {
+    Ok(db.end_sessions(token_sha256, all).await?)
+}
+
+/// What `op=devices` shows: the user's live sessions (as the store describes them) and
+/// their linked addresses.
+#[derive(Debug)]
+pub struct Devices {
+    pub sessions: Vec<Value>,
+    pub linked: Vec<Linked>,
 }
 
 /// `op=devices`.
-pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
+pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Devices, ApiError> {
     let sessions = db.sessions_of(caller.clone(), db.clock().now()).await?;
-    let mut fields = Map::new();
-    fields.insert("devices".into(), sessions.into());
-    fields.extend(super::links::linked_reply(db, caller.user_id).await?);
-    Ok(fields)
+    Ok(Devices { sessions, linked: links::linked(db, caller.user_id).await? })
 }
 
 /// The fields of `op=setnotify` as the 2021 Android app sends them.
@@ -40,7 +44,7 @@ const MAX_PUSH_FIELD_CHARS: usize = 256;
 /// `op=setnotify`: keeps the device's push registration with the caller's session,
 /// replacing the one before; an empty `notifytoken` removes it. Logging out removes it
 /// with the session.
-pub async fn set_notify(db: &Arc<Db>, caller: &Caller, fields: SetNotify<'_>) -> Result<Map<String, Value>, ApiError> {
+pub async fn set_notify(db: &Arc<Db>, caller: &Caller, fields: SetNotify<'_>) -> Result<(), ApiError> {
     let text = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
         if value.chars().count() > max {
@@ -58,5 +62,5 @@ pub async fn set_notify(db: &Arc<Db>, caller: &Caller, fields: SetNotify<'_>) ->
         None => None,
     };
     db.set_push(caller.token_sha256.clone(), registration).await?;
-    Ok(Map::new())
+    Ok(())
 }

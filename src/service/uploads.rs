@@ -1,6 +1,5 @@
 //! `op=upload`: chat attachments, and the caller's own profile photo.
 
-use serde_json::{Map, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -117,14 +116,19 @@ impl StoredPhoto {
     }
 }
 
+/// What `op=upload` stored.
+#[derive(Debug)]
+pub enum Uploaded {
+    /// A chat attachment, served at `url` (the download base alone when one was deleted).
+    Attachment { url: String },
+    /// The caller's own photo, set or removed: their profile as changed, and the photo's
+    /// URL when they have one.
+    OwnPhoto { profile: Profile, url: Option<String> },
+}
+
 /// `op=upload` of an attachment or of the caller's own photo (a group's photo is the
-/// groups service's). Every reply carries `profile`, `gid` and `phone`, as the
-/// reference's did.
-pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: UploadRequest) -> Result<Map<String, Value>, ApiError> {
-    let mut reply = Map::new();
-    reply.insert("profile".into(), i64::from(request.profile).into());
-    reply.insert("gid".into(), request.gid.max(0).into());
-    reply.insert("phone".into(), "".into());
+/// groups service's).
+pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: UploadRequest) -> Result<Uploaded, ApiError> {
     if !request.profile {
         // A chat attachment: kept as sent, served under a safe content type.
         let url = match (request.delete, request.file) {
@@ -140,16 +144,11 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
                 files.url(&name)
             }
         };
-        reply.insert("file".into(), url.clone().into());
-        reply.insert("url".into(), url.into());
-        return Ok(reply);
+        return Ok(Uploaded::Attachment { url });
     }
     let profile = set_own_photo(db, files, caller, request.delete, request.file).await?;
-    if !profile.photo.is_empty() {
-        reply.insert("file".into(), files.url(&profile.photo).into());
-    }
-    reply.extend(photo_fields(&profile));
-    Ok(reply)
+    let url = (!profile.photo.is_empty()).then(|| files.url(&profile.photo));
+    Ok(Uploaded::OwnPhoto { profile, url })
 }
 
 /// Stores `file` as the caller's photo, or with `delete` removes the photo.
@@ -289,14 +288,6 @@ impl PhotoDecodes {
             ),
         })
     }
-}
-
-/// A profile as the 2021 apps rebuild it after an upload: `name`, `status`, `photo`,
-/// `ts`, `tn` and the caller's address.
-fn photo_fields(profile: &Profile) -> Map<String, Value> {
-    let mut fields = profile.public_fields();
-    fields.insert("gid".into(), 0.into());
-    fields
 }
 
 fn missing_file() -> ApiError {

@@ -1,22 +1,28 @@
 //! `op=me` and `op=profile`: the caller's own profile.
 
-use serde_json::{Map, Value};
 use std::sync::Arc;
 
 use crate::domain::account::{
     refuse_control_characters, Caller, Profile, ProfileChange, MAX_NAME_CHARS, MAX_PHOTO_CHARS, MAX_STATUS_CHARS,
 };
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::links::{self, Linked};
 use crate::service::uploads::{change_photo, stored_photo, Files, UploadedFile};
 use crate::store::Db;
 
-/// `op=me`: the caller's own profile, with the upstream uid.
-pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Map<String, Value>, ApiError> {
+/// What `op=me` shows: the caller's own profile (its `uid` the upstream one) and their
+/// linked addresses.
+#[derive(Debug)]
+pub struct Me {
+    pub profile: Profile,
+    pub linked: Vec<Linked>,
+}
+
+/// `op=me`.
+pub async fn me(db: &Arc<Db>, caller: &Caller) -> Result<Me, ApiError> {
     let user_id = caller.user_id;
-    let own = db.profile_of(user_id).await?;
-    let mut reply = profile_reply(own);
-    reply.extend(super::links::linked_reply(db, user_id).await?);
-    Ok(reply)
+    let profile = db.profile_of(user_id).await?;
+    Ok(Me { profile, linked: links::linked(db, user_id).await? })
 }
 
 /// The fields of `op=profile` as sent; `None` leaves the stored value.
@@ -28,14 +34,15 @@ pub struct ProfileFields<'a> {
 }
 
 /// `op=profile`: changes `name`, `status` and/or `photo`; a photo sent as a file part
-/// (`uploaded`) is stored as `upload` stores it, in the same change.
+/// (`uploaded`) is stored as `upload` stores it, in the same change. Answers the profile
+/// as changed.
 pub async fn change_profile(
     db: &Arc<Db>,
     caller: &Caller,
     fields: ProfileFields<'_>,
     files: &Files,
     uploaded: Option<UploadedFile>,
-) -> Result<Map<String, Value>, ApiError> {
+) -> Result<Profile, ApiError> {
     let field = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
         let Some(value) = value.map(|v| v.trim()) else { return Ok(None) };
         if value.chars().count() > max {
@@ -66,17 +73,7 @@ pub async fn change_profile(
         (change.photo, change.thumbnail) = (Some(stored.name.clone()), Some(stored.thumbnail.clone()));
     }
     if change.photo.is_none() {
-        let updated = db.change_profile(caller.user_id, change, db.clock().now()).await?;
-        return Ok(profile_reply(updated));
+        return Ok(db.change_profile(caller.user_id, change, db.clock().now()).await?);
     }
-    Ok(profile_reply(change_photo(db, files, caller, change, stored.as_ref()).await?))
-}
-
-/// A profile goes under `profile`: its `ts` would clash with the reply's.
-fn profile_reply(profile: Profile) -> Map<String, Value> {
-    let mut fields = profile.public_fields();
-    fields.insert("uid".into(), profile.uid.into());
-    let mut reply = Map::new();
-    reply.insert("profile".into(), Value::Object(fields));
-    reply
+    change_photo(db, files, caller, change, stored.as_ref()).await
 }
