@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use crate::config::Config;
 use crate::domain::phone::PhonePolicy;
-use crate::{api::http, domain::address, service::contacts};
+use crate::{api::http, api::request, domain::address, service::contacts};
 
 /// The Content-Types a request body is parsed under; the first input byte picks one.
 pub const CONTENT_TYPES: [&str; 5] =
@@ -30,7 +30,7 @@ pub fn request_fields(data: &[u8]) {
         .now_or_never()
         .expect("parsing a body held in memory never waits");
     if let Ok(params) = parsed {
-        if let Some(phones) = params.get("phones") {
+        if let Some(phones) = request::phones(&params, "phones") {
             if let Ok(list) = contacts::parse_phones(phones, 5000) {
                 assert!(list.phones.iter().all(|p| address::normalize_phone(p).as_deref() == Some(p.as_str())));
             }

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use crate::api::op::{Op, Params};
+use crate::api::op::{Field, Op, Params};
 use crate::api::ops;
 use crate::api::reply::reply;
 use crate::api::request::{access_token, Request};
@@ -28,7 +28,7 @@ pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web:
         }
     };
     // The reference lower-cases the op before dispatch.
-    let op = params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default();
+    let op = params.get("op").map(|op| op.text().trim().to_ascii_lowercase()).unwrap_or_default();
     let op = op.as_str();
     let client_ip = state.proxies.client_ip(&request);
     let result = match Op::parse(op) {
@@ -74,7 +74,7 @@ async fn read_params(
 
 /// Holds a request's size to its op's limit (see [`read_params`]).
 fn check_size(params: &Params, size: usize, multipart: bool, limits: &HttpSettings) -> Result<Option<Op>, ApiError> {
-    let op = Op::parse(&params.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default());
+    let op = Op::parse(&params.get("op").map(|op| op.text().trim().to_ascii_lowercase()).unwrap_or_default());
     let limit = match op {
         Some(op) if op.carries_address_book() => limits.max_contacts_body_bytes,
         Some(op) if op.carries_file() && multipart => limits.max_body_bytes + limits.max_upload_bytes,
@@ -175,7 +175,7 @@ struct Admitted {
 impl FileGate for SessionGate<'_> {
     type Admitted = Admitted;
     async fn admit(&self, known: &Params) -> Result<Option<Admitted>, ApiError> {
-        let op = Op::parse(&known.get("op").map(|op| op.trim().to_ascii_lowercase()).unwrap_or_default());
+        let op = Op::parse(&known.get("op").map(|op| op.text().trim().to_ascii_lowercase()).unwrap_or_default());
         if op.is_some_and(|op| !op.carries_file()) {
             return Ok(None);
         }
@@ -242,13 +242,15 @@ pub async fn parse_request(query: &str, content_type: &str, body: web::Bytes) ->
     if content_type.contains("json") || text.starts_with('{') {
         params.extend(json_fields(text)?);
     } else if !text.is_empty() {
-        params.extend(url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?);
+        let fields = url_encoded(text).ok_or_else(|| bad("the request body is not valid form encoding of UTF-8 text"))?;
+        params.extend(fields.into_iter().map(|(name, value)| (name, Field::Text(value))));
     }
     Ok((params, None))
 }
 
 fn url_encoded_params(query: &str) -> Result<Params, ApiError> {
-    Ok(url_encoded(query).ok_or_else(|| bad_request("the query string is not valid URL encoding of UTF-8 text"))?.into_iter().collect())
+    let fields = url_encoded(query).ok_or_else(|| bad_request("the query string is not valid URL encoding of UTF-8 text"))?;
+    Ok(fields.into_iter().map(|(name, value)| (name, Field::Text(value))).collect())
 }
 
 /// The fields of a URL-encoded form or query string. serde_urlencoded decodes bytes that
@@ -259,10 +261,10 @@ fn url_encoded(text: &str) -> Option<Vec<(String, String)>> {
     text.split(['&', '=']).all(utf8).then(|| serde_urlencoded::from_str(text).ok()).flatten()
 }
 
-/// The fields of a JSON object; numbers and booleans as their JSON text. JavaScript-style
-/// objects (unquoted keys, single quotes), as the platform's own examples write them, are
-/// read as JSON5 when strict JSON fails.
-fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
+/// The fields of a JSON object; arrays as their items, numbers, booleans and objects as
+/// their JSON text. JavaScript-style objects (unquoted keys, single quotes), as the
+/// platform's own examples write them, are read as JSON5 when strict JSON fails.
+fn json_fields(text: &str) -> Result<Vec<(String, Field)>, ApiError> {
     let object: Map<String, Value> = serde_json::from_str(text)
         .or_else(|_| json5::from_str(text))
         .map_err(|_| ApiError::new(ErrorCode::BadRequest, "the request body is not a JSON object"))?;
@@ -270,8 +272,9 @@ fn json_fields(text: &str) -> Result<Vec<(String, String)>, ApiError> {
         .into_iter()
         .filter_map(|(key, value)| match value {
             Value::Null => None,
-            Value::String(s) => Some((key, s)),
-            other => Some((key, json_text(&other))),
+            Value::String(s) => Some((key, Field::Text(s))),
+            Value::Array(items) => Some((key, Field::array(items))),
+            other => Some((key, Field::Text(json_text(&other)))),
         })
         .collect())
 }
@@ -331,7 +334,7 @@ async fn multipart_form<G: FileGate>(
             (Some(file_name), _) if keep => file = Some(UploadedFile { file_name, bytes }),
             (None, Some(name)) => {
                 let value = String::from_utf8(bytes).map_err(|_| bad_request("a multipart field is not text"))?;
-                params.insert(name, value);
+                params.insert(name, Field::Text(value));
             }
             _ => {}
         }

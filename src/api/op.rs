@@ -1,14 +1,54 @@
 //! The ops of the API, named in one place: the dispatcher, the body-size limits, the
 //! metrics labels and the OpenAPI document all take them from [`Op`].
 
+use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 /// Where the API answers: the apps post to their configured base URL itself (current
 /// apps), to `api.php` under it, or to `/messenger/api.php` (the 2021 apps).
 pub const API_PATHS: &[&str] = &["/", "/api", "/api.php", "/messenger/api.php"];
 
 /// A request's fields as sent, by name.
-pub type Params = HashMap<String, String>;
+pub type Params = HashMap<String, Field>;
+
+/// A request field as sent: text, or an array of a JSON body, kept as its items so that
+/// a list of phones is read from them rather than written out as JSON text to be parsed
+/// again. An array is boxed: a field of text, as nearly every field is, stays the size
+/// of its `String`.
+#[derive(Debug)]
+pub enum Field {
+    Text(String),
+    Array(Box<JsonArray>),
+}
+
+/// The items of an array field, and its JSON text once something read it as text.
+#[derive(Debug)]
+pub struct JsonArray {
+    pub items: Vec<Value>,
+    text: OnceLock<String>,
+}
+
+impl Field {
+    pub fn array(items: Vec<Value>) -> Field {
+        Field::Array(Box::new(JsonArray { items, text: OnceLock::new() }))
+    }
+
+    /// The field as text; an array as its compact JSON text, written the first time it
+    /// is asked for.
+    pub fn text(&self) -> &str {
+        match self {
+            Field::Text(text) => text,
+            Field::Array(array) => array.text.get_or_init(|| serde_json::to_string(&array.items).expect("a JSON value always serializes")),
+        }
+    }
+}
+
+impl From<String> for Field {
+    fn from(text: String) -> Field {
+        Field::Text(text)
+    }
+}
 
 /// An op a request can name in its `op` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -119,5 +159,13 @@ mod tests {
         }
         assert_eq!(Op::parse("LOGIN"), None, "the dispatcher lower-cases first");
         assert_eq!((Op::label(""), Op::label("drop table"), Op::label("me")), ("none", "unknown", "me"));
+    }
+
+    #[test]
+    fn an_array_field_reads_as_its_json_text() {
+        let array = Field::array(vec!["18005550001".into(), 18005550002_i64.into(), Value::Null]);
+        assert_eq!(array.text(), r#"["18005550001",18005550002,null]"#);
+        assert_eq!(Field::from(" x ".to_string()).text(), " x ");
+        assert_eq!(std::mem::size_of::<Field>(), std::mem::size_of::<String>(), "a text field costs no more than its text");
     }
 }

@@ -5,10 +5,10 @@
 
 use actix_web::http::header::{self, HeaderMap};
 
-use crate::api::op::{Op, Params};
+use crate::api::op::{Field, Op, Params};
 use crate::service::accounts::DeleteRequest;
 use crate::service::authenticators::ProofFields;
-use crate::service::contacts::SyncRequest;
+use crate::service::contacts::{Phones, SyncRequest};
 use crate::service::groups::SetGroup;
 use crate::service::login::LoginRequest;
 use crate::service::sessions::SetNotify;
@@ -37,7 +37,7 @@ pub enum Request<'a> {
     },
     DelContacts {
         token: Token<'a>,
-        phones: Option<&'a str>,
+        phones: Option<Phones<'a>>,
     },
     Profile {
         token: Token<'a>,
@@ -79,13 +79,13 @@ pub enum Request<'a> {
     EditMembers {
         token: Token<'a>,
         gid: i64,
-        members: Option<&'a str>,
+        members: Option<Phones<'a>>,
         delete: bool,
     },
     SetAdmin {
         token: Token<'a>,
         gid: i64,
-        members: Option<&'a str>,
+        members: Option<Phones<'a>>,
         admin: bool,
     },
     DelGroup {
@@ -113,7 +113,8 @@ impl<'a> Request<'a> {
     /// carries it). `file` is the request's file part, kept by the ops that take one.
     /// Never fails: what a field says is checked by the op.
     pub fn parse(op: Op, params: &'a Params, headers: &'a HeaderMap, file: Option<UploadedFile>) -> Request<'a> {
-        let field = |name: &str| params.get(name).map(String::as_str);
+        let field = |name: &str| params.get(name).map(Field::text);
+        let phones = |name: &str| phones(params, name);
         let number = |name: &str| number(params, name);
         let flag = |name: &str| flag(params, name);
         // Only the ops that act for a session look for a token.
@@ -130,9 +131,9 @@ impl<'a> Request<'a> {
             Op::Devices => Request::Devices { token: token() },
             Op::GetContacts => Request::GetContacts {
                 token: token(),
-                sync: SyncRequest { phones: field("phones"), ts: field("ts"), cursor: field("cursor"), reset: flag("reset") },
+                sync: SyncRequest { phones: phones("phones"), ts: field("ts"), cursor: field("cursor"), reset: flag("reset") },
             },
-            Op::DelContacts => Request::DelContacts { token: token(), phones: field("phones") },
+            Op::DelContacts => Request::DelContacts { token: token(), phones: phones("phones") },
             Op::Profile if number("gid") > 0 => Request::GroupName { token: token(), gid: number("gid"), name: field("name") },
             Op::Profile => Request::Profile {
                 token: token(),
@@ -156,8 +157,8 @@ impl<'a> Request<'a> {
                 group: SetGroup { gid: number("gid"), name: field("name"), members: field("m"), photo: file },
             },
             Op::GetGroup => Request::GetGroup { token: token(), gid: number("gid") },
-            Op::EditMembers => Request::EditMembers { token: token(), gid: number("gid"), members: field("m"), delete: flag("delete") },
-            Op::SetAdmin => Request::SetAdmin { token: token(), gid: number("gid"), members: field("m"), admin: number("admin") > 0 },
+            Op::EditMembers => Request::EditMembers { token: token(), gid: number("gid"), members: phones("m"), delete: flag("delete") },
+            Op::SetAdmin => Request::SetAdmin { token: token(), gid: number("gid"), members: phones("m"), admin: number("admin") > 0 },
             Op::DelGroup => Request::DelGroup { token: token(), gid: number("gid") },
             Op::DeleteAccount => {
                 Request::DeleteAccount { token: token(), delete: DeleteRequest { appid: field("appid"), proof: proof_fields(params) } }
@@ -171,7 +172,7 @@ impl<'a> Request<'a> {
 /// The fields that may prove an address: a code (`code` is the name older apps send),
 /// or an ID token.
 fn proof_fields(params: &Params) -> ProofFields<'_> {
-    let field = |name: &str| params.get(name).map(String::as_str);
+    let field = |name: &str| params.get(name).map(Field::text);
     ProofFields {
         phone: field("phone"),
         email: field("email"),
@@ -186,7 +187,7 @@ fn proof_fields(params: &Params) -> ProofFields<'_> {
 /// The token from the `token` field (`auth`, as the iOS app names it with attachments),
 /// or else from `Authorization: Bearer`; trimmed, and never blank.
 pub fn access_token<'a>(params: &'a Params, headers: &'a HeaderMap) -> Token<'a> {
-    let field = |name: &str| params.get(name).map(|t| t.trim()).filter(|t| !t.is_empty());
+    let field = |name: &str| params.get(name).map(|t| t.text().trim()).filter(|t| !t.is_empty());
     let from_header = || {
         let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
         let (scheme, token) = value.trim().split_once(' ')?;
@@ -196,14 +197,22 @@ pub fn access_token<'a>(params: &'a Params, headers: &'a HeaderMap) -> Token<'a>
     field("token").or_else(|| field("auth")).or_else(from_header)
 }
 
+/// A list of phones: a JSON body's array as its items, anything else as its text.
+pub fn phones<'a>(params: &'a Params, name: &str) -> Option<Phones<'a>> {
+    params.get(name).map(|field| match field {
+        Field::Array(array) => Phones::Items(&array.items),
+        Field::Text(text) => Phones::Text(text),
+    })
+}
+
 /// An integer request field; missing or not a number reads as 0, as the reference read it.
 fn number(params: &Params, name: &str) -> i64 {
-    params.get(name).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    params.get(name).and_then(|v| v.text().trim().parse().ok()).unwrap_or(0)
 }
 
 /// A boolean request field: `1`, `true` or `yes`.
 fn flag(params: &Params, name: &str) -> bool {
-    params.get(name).is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    params.get(name).is_some_and(|v| matches!(v.text().trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
 }
 
 #[cfg(test)]
@@ -212,7 +221,7 @@ mod tests {
     use actix_web::http::header::HeaderValue;
 
     fn params(fields: &[(&str, &str)]) -> Params {
-        fields.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+        fields.iter().map(|(name, value)| (name.to_string(), Field::Text(value.to_string()))).collect()
     }
 
     #[test]
@@ -220,7 +229,8 @@ mod tests {
         let sent = params(&[("gid", " 7 "), ("admin", "x"), ("delete", " YES "), ("m", "18005550001")]);
         let headers = HeaderMap::new();
         let Request::SetAdmin { gid, admin, members, .. } = Request::parse(Op::SetAdmin, &sent, &headers, None) else { panic!() };
-        assert_eq!((gid, admin, members), (7, false, Some("18005550001")));
+        assert_eq!((gid, admin), (7, false));
+        assert!(matches!(members, Some(Phones::Text("18005550001"))));
         let Request::EditMembers { delete, .. } = Request::parse(Op::EditMembers, &sent, &headers, None) else { panic!() };
         assert!(delete);
         let Request::GetGroup { gid, .. } = Request::parse(Op::GetGroup, &params(&[]), &headers, None) else { panic!() };

@@ -2,6 +2,7 @@
 //! of them use the app, then asks for changes since its last sync.
 
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -22,22 +23,40 @@ pub struct PhoneList {
     pub invalid: usize,
 }
 
-/// Parses `phones`: a comma-separated string or a JSON array of strings or numbers.
-pub fn parse_phones(raw: &str, max: usize) -> Result<PhoneList, ApiError> {
-    let raw = raw.trim();
-    let entries: Vec<String> = if raw.starts_with('[') {
-        let items: Vec<Value> =
-            serde_json::from_str(raw).map_err(|_| ApiError::new(ErrorCode::BadParam, "phones is not a valid JSON array"))?;
-        items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(s) => s,
-                Value::Number(n) => n.to_string(),
-                _ => String::new(),
-            })
-            .collect()
-    } else {
-        raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from).collect()
+/// A list of phones as sent: text (comma-separated, or a JSON array written out, as
+/// forms carry it), or the items of a JSON body's array.
+#[derive(Debug, Clone, Copy)]
+pub enum Phones<'a> {
+    Text(&'a str),
+    Items(&'a [Value]),
+}
+
+impl Phones<'_> {
+    /// Whether no phones were sent: blank text (an array, even empty, is a list sent).
+    pub fn is_blank(&self) -> bool {
+        matches!(self, Phones::Text(text) if text.trim().is_empty())
+    }
+}
+
+/// Parses a list of phones: a comma-separated string, or a JSON array of strings or
+/// numbers (any other item is not a phone).
+pub fn parse_phones(phones: Phones<'_>, max: usize) -> Result<PhoneList, ApiError> {
+    fn item(item: &Value) -> Cow<'_, str> {
+        match item {
+            Value::String(s) => Cow::Borrowed(s),
+            Value::Number(n) => Cow::Owned(n.to_string()),
+            _ => Cow::Borrowed(""),
+        }
+    }
+    let parsed: Vec<Value>;
+    let entries: Vec<Cow<'_, str>> = match phones {
+        Phones::Items(items) => items.iter().map(item).collect(),
+        Phones::Text(raw) if raw.trim().starts_with('[') => {
+            parsed =
+                serde_json::from_str(raw.trim()).map_err(|_| ApiError::new(ErrorCode::BadParam, "phones is not a valid JSON array"))?;
+            parsed.iter().map(item).collect()
+        }
+        Phones::Text(raw) => raw.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Cow::Borrowed).collect(),
     };
     if entries.len() > max {
         return Err(ApiError::new(ErrorCode::TooMany, format!("at most {max} phones per request")));
@@ -130,8 +149,8 @@ impl Cursor {
 /// The fields of `op=getcontacts` as sent.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SyncRequest<'a> {
-    /// Phones to add: a comma-separated list or a JSON array.
-    pub phones: Option<&'a str>,
+    /// Phones to add.
+    pub phones: Option<Phones<'a>>,
     /// Unix seconds: answer contacts changed since.
     pub ts: Option<&'a str>,
     pub cursor: Option<&'a str>,
@@ -166,10 +185,10 @@ pub async fn getcontacts(
     client_ip: &str,
     request: SyncRequest<'_>,
 ) -> Result<SyncPage, ApiError> {
-    let first_page_of_changes = request.phones.is_none_or(|p| p.trim().is_empty()) && request.cursor.is_none_or(str::is_empty);
-    let (phones, invalid) = match non_empty(request.phones) {
-        Some(raw) => {
-            let list = parse_phones(raw, limits.max_per_request)?;
+    let first_page_of_changes = request.phones.is_none_or(|p| p.is_blank()) && request.cursor.is_none_or(str::is_empty);
+    let (phones, invalid) = match request.phones.filter(|p| !p.is_blank()) {
+        Some(sent) => {
+            let list = parse_phones(sent, limits.max_per_request)?;
             (Some(list.phones), Some(list.invalid))
         }
         None => (None, None),
@@ -217,10 +236,10 @@ pub struct Removed {
     pub invalid: usize,
 }
 
-/// `op=delcontacts`: `phones` as sent.
-pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<&str>, max_phones: usize) -> Result<Removed, ApiError> {
-    let raw = phones.filter(|p| !p.trim().is_empty()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
-    let list = parse_phones(raw, max_phones)?;
+/// `op=delcontacts`.
+pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<Phones<'_>>, max_phones: usize) -> Result<Removed, ApiError> {
+    let sent = phones.filter(|p| !p.is_blank()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
+    let list = parse_phones(sent, max_phones)?;
     let removed = db.remove_contacts(caller.user_id, list.phones).await?;
     Ok(Removed { removed, invalid: list.invalid })
 }
@@ -231,12 +250,18 @@ mod tests {
 
     #[test]
     fn phones_come_as_a_list_or_a_json_array() {
-        let list = parse_phones("+1 800 555 0001, 18005550002,12, 18005550001", 10).unwrap();
+        let text = |raw| parse_phones(Phones::Text(raw), 10);
+        let list = text("+1 800 555 0001, 18005550002,12, 18005550001").unwrap();
         assert_eq!(list, PhoneList { phones: vec!["18005550001".into(), "18005550002".into()], invalid: 1 });
-        let list = parse_phones(r#"["18005550003", 18005550004, "x", null]"#, 10).unwrap();
+        let array = r#"["18005550003", 18005550004, "x", null]"#;
+        let list = text(array).unwrap();
         assert_eq!(list, PhoneList { phones: vec!["18005550003".into(), "18005550004".into()], invalid: 2 });
-        assert_eq!(parse_phones("[1,2", 10).unwrap_err().code, "BADPARAM");
-        assert_eq!(parse_phones("18005550001,18005550002,18005550003", 2).unwrap_err().code, "TOOMANY");
+        let items: Vec<Value> = serde_json::from_str(array).unwrap();
+        assert_eq!(parse_phones(Phones::Items(&items), 10).unwrap(), list, "a JSON body's array reads as its text does");
+        assert_eq!(text("[1,2").unwrap_err().code, "BADPARAM");
+        assert_eq!(parse_phones(Phones::Text("18005550001,18005550002,18005550003"), 2).unwrap_err().code, "TOOMANY");
+        assert_eq!(parse_phones(Phones::Items(&items), 3).unwrap_err().code, "TOOMANY");
+        assert!(Phones::Text(" ").is_blank() && !Phones::Items(&[]).is_blank());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::domain::account::{refuse_control_characters, Caller, MAX_NAME_CHARS};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::groups::{Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
 use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
-use crate::service::contacts::parse_phones;
+use crate::service::contacts::{parse_phones, Phones};
 use crate::service::uploads::{stored_photo, Files, UploadedFile};
 use crate::store::Db;
 
@@ -71,9 +71,13 @@ impl Groups {
         let me = self.phone_of(caller).await?;
         let name = request.name.map(decoded).map(|name| checked_name(&name)).transpose()?;
         let members = match request.members.map(decoded) {
-            Some(list) if !list.trim().is_empty() => {
-                Some(parse_phones(&list, MAX_MEMBERS_PER_REQUEST)?.phones.into_iter().filter(|phone| *phone != me).collect::<Vec<_>>())
-            }
+            Some(list) if !list.trim().is_empty() => Some(
+                parse_phones(Phones::Text(&list), MAX_MEMBERS_PER_REQUEST)?
+                    .phones
+                    .into_iter()
+                    .filter(|phone| *phone != me)
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         };
         let existing = match request.gid {
@@ -163,8 +167,8 @@ impl Groups {
 
     /// `editmembers`: adds (or with `delete` removes) members of a group the caller runs;
     /// answers the group as it is now.
-    pub async fn edit_members(&self, caller: &Caller, gid: i64, members: Option<&str>, delete: bool) -> Result<Group, ApiError> {
-        let list = members.map(str::trim).filter(|m| !m.is_empty());
+    pub async fn edit_members(&self, caller: &Caller, gid: i64, members: Option<Phones<'_>>, delete: bool) -> Result<Group, ApiError> {
+        let list = members.filter(|m| !m.is_blank());
         let (gid, list) = match (gid, list) {
             (gid, Some(list)) if gid > 0 => (gid, list),
             _ => return Err(missing("gid and m")),
@@ -197,13 +201,13 @@ impl Groups {
     /// `setadmin`: makes members admins (`admin` 1) or members again (0). The owner's role
     /// never changes. The platform has no roles, so nothing goes there. Answers the group
     /// as it is now.
-    pub async fn set_admin(&self, caller: &Caller, gid: i64, members: Option<&str>, admin: bool) -> Result<Group, ApiError> {
+    pub async fn set_admin(&self, caller: &Caller, gid: i64, members: Option<Phones<'_>>, admin: bool) -> Result<Group, ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
         let me = self.phone_of(caller).await?;
         self.run_by(gid, &me).await?;
-        let list = members.map(str::trim).filter(|m| !m.is_empty()).ok_or_else(|| missing("m"))?;
+        let list = members.filter(|m| !m.is_blank()).ok_or_else(|| missing("m"))?;
         let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
         let role = if admin { ADMIN } else { MEMBER };
         let write = GroupWrite::change(gid, MemberChange::SetRole { phones, role }, &me, self.db.clock().now());
