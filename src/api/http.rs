@@ -74,7 +74,7 @@ async fn read_params(
 
 /// Holds a request's size to its op's limit (see [`read_params`]).
 fn check_size(params: &Params, size: usize, multipart: bool, limits: &HttpSettings) -> Result<Option<Op>, ApiError> {
-    let op = Op::parse(&params.get("op").map(|op| op.text().trim().to_ascii_lowercase()).unwrap_or_default());
+    let op = params.get("op").and_then(|op| Op::parse_any_case(op.text().trim()));
     let limit = match op {
         Some(op) if op.carries_address_book() => limits.max_contacts_body_bytes,
         Some(op) if op.carries_file() && multipart => limits.max_body_bytes + limits.max_upload_bytes,
@@ -175,7 +175,7 @@ struct Admitted {
 impl FileGate for SessionGate<'_> {
     type Admitted = Admitted;
     async fn admit(&self, known: &Params) -> Result<Option<Admitted>, ApiError> {
-        let op = Op::parse(&known.get("op").map(|op| op.text().trim().to_ascii_lowercase()).unwrap_or_default());
+        let op = known.get("op").and_then(|op| Op::parse_any_case(op.text().trim()));
         if op.is_some_and(|op| !op.carries_file()) {
             return Ok(None);
         }
@@ -218,7 +218,8 @@ struct MultipartForm<A> {
 }
 
 fn is_multipart(content_type: &str) -> bool {
-    content_type.trim_start().to_ascii_lowercase().starts_with("multipart/form-data")
+    const MULTIPART: &str = "multipart/form-data";
+    content_type.trim_start().as_bytes().get(..MULTIPART.len()).is_some_and(|start| start.eq_ignore_ascii_case(MULTIPART.as_bytes()))
 }
 
 /// The request's fields (see [`parse_request`]) without its file.

@@ -122,6 +122,12 @@ impl Op {
         Op::ALL.into_iter().find(|op| op.as_str() == name)
     }
 
+    /// The op a request names in any case, as [`Op::parse`] finds it once lower-cased;
+    /// `name` is already trimmed.
+    pub fn parse_any_case(name: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|op| op.as_str().eq_ignore_ascii_case(name))
+    }
+
     /// Every op but `login` acts for the holder of an access token.
     pub fn needs_session(self) -> bool {
         self != Op::Login
@@ -158,6 +164,7 @@ mod tests {
             assert_eq!(Op::parse(op.as_str()), Some(op));
         }
         assert_eq!(Op::parse("LOGIN"), None, "the dispatcher lower-cases first");
+        assert_eq!((Op::parse_any_case("LogIn"), Op::parse_any_case("logins")), (Some(Op::Login), None));
         assert_eq!((Op::label(""), Op::label("drop table"), Op::label("me")), ("none", "unknown", "me"));
     }
 
