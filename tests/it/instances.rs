@@ -111,7 +111,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         let child = command.spawn().unwrap();
-        let instance = Instance { child, url: format!("http://{bind}"), sms, upstream, client: reqwest::Client::new() };
+        let instance = Instance { child, url: format!("http://{bind}"), sms, upstream, client: http_client() };
         let started = Instant::now();
         loop {
             let ready = instance.client.get(format!("{}/readyz", instance.url)).send().await;
@@ -456,7 +456,7 @@ async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_th
         println!("skipped: nginx is not installed");
         return;
     };
-    let client = reqwest::Client::new();
+    let client = http_client();
     let post = |body: Value| {
         let request = client.post(format!("{front}/")).json(&body);
         async move {

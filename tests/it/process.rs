@@ -374,7 +374,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
     upstream.set_mode(Mode::Slow(Duration::from_millis(1500)));
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::start(&upstream, &dir).await;
-    let client = reqwest::Client::new();
+    let client = http_client();
     let in_flight = {
         let request =
             client.post(format!("{}/api", service.url)).header("x-request-id", "in-flight-1").json(&verify("18005550000", "123456"));
@@ -464,7 +464,7 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     let dir = tempfile::tempdir().unwrap();
     let mut service = Service::start_with(&upstream, &dir, &[("ADMIN_BIND", "127.0.0.1:0"), ("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
     let admin = format!("http://{}", service.wait_for("operator API listening").await["fields"]["admin_bind"].as_str().unwrap());
-    let client = reqwest::Client::new();
+    let client = http_client();
     let api = |body: Value| client.post(format!("{}/api", service.url)).json(&body).send();
     let login = json!({ "op": "login", "phone": "18005550000", "appid": APPID });
     assert_eq!(api(login.clone()).await.unwrap().status(), 200);
@@ -552,7 +552,7 @@ async fn the_binary_signs_in_with_an_id_token_of_its_configured_issuer() {
     let mut service = Service::start_with(&upstream, &dir, &[("OIDC_PROVIDERS", &providers), ("RUST_LOG", "debug")]).await;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     let id_token = key.sign(&issuer.claims("ann@example.com", now));
-    let reply: Value = reqwest::Client::new()
+    let reply: Value = http_client()
         .post(format!("{}/api", service.url))
         .json(&json!({ "op": "login", "appid": APPID, "provider": "local", "id_token": id_token }))
         .send()

@@ -205,7 +205,7 @@ impl TestServer {
         let server = server.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        let client = reqwest::Client::new();
+        let client = http_client();
         TestServer { url, id, clock, upstream, sender, dir, state, handle, courier, client, outbox_task, database_url }
     }
 
@@ -335,6 +335,14 @@ impl Drop for TestServer {
 }
 
 /// Asserts a successful reply and returns its body.
+/// A client that opens a connection per request. A pooled connection left idle while a
+/// test works (building a large photo, waiting for a state) may be closed by the server's
+/// keep-alive timer just as the next request is written on it, and that request then
+/// fails with no reply; how long the test worked decides, so the machine's load would.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder().pool_max_idle_per_host(0).build().expect("an HTTP client")
+}
+
 pub fn assert_ok(reply: (u16, Value)) -> Value {
     assert_eq!((reply.0, &reply.1["result"]), (200, &Value::Bool(true)), "{}", reply.1);
     reply.1
