@@ -7,12 +7,13 @@ use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, App, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::api::{request_log, AppState};
 use crate::config::Secret;
+use crate::domain::address::Address;
 use crate::domain::error::ApiError;
 use crate::service::{accounts, operators};
 use crate::store::audit;
@@ -99,12 +100,31 @@ fn no_such_user() -> HttpResponse {
     error(StatusCode::NOT_FOUND, "NOUSER", "no such user")
 }
 
-fn found(user: Result<Option<Map<String, Value>>, ApiError>) -> HttpResponse {
+fn found(user: Result<Option<operators::UserDetails>, ApiError>) -> HttpResponse {
     match user {
-        Ok(Some(fields)) => HttpResponse::Ok().json(fields),
+        Ok(Some(details)) => HttpResponse::Ok().json(user_fields(details)),
         Ok(None) => no_such_user(),
         Err(e) => api_error(e),
     }
+}
+
+/// A looked-up user as the operator API answers it: the address under its kind
+/// (`phone` or `email`), no token, no photo.
+fn user_fields(details: operators::UserDetails) -> Value {
+    let user = details.user;
+    let kind = Address::from_stored(&user.address).field();
+    json!({
+        "user": {
+            "id": user.id,
+            kind: user.address,
+            "uid": user.uid,
+            "name": user.name,
+            "created": user.created_at,
+            "last_login": user.last_login,
+        },
+        "sessions": details.sessions,
+        "linked": details.linked,
+    })
 }
 
 #[derive(Deserialize)]

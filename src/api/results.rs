@@ -77,7 +77,7 @@ pub fn ended(ended: usize) -> Fields {
 /// `devices`.
 pub fn devices(devices: Devices) -> Fields {
     let mut fields = linked(&devices.linked);
-    fields.insert("devices".into(), devices.sessions.into());
+    fields.insert("devices".into(), serde_json::to_value(devices.sessions).expect("sessions serialize"));
     fields
 }
 

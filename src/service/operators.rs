@@ -1,13 +1,14 @@
 //! The operator API's work: finding a user by phone, e-mail or uid, showing their
 //! sessions, and revoking them.
 
-use serde_json::{json, Map, Value};
 use std::sync::Arc;
 
 use crate::domain::address;
 use crate::domain::error::{ApiError, ErrorCode};
+use crate::service::links::Linked;
 use crate::store::audit;
 use crate::store::operators::{UserKey, UserRecord};
+use crate::store::records::{AuditEvent, OperatorSession};
 use crate::store::Db;
 
 /// Reads the one way of naming a user that a lookup carries.
@@ -28,27 +29,20 @@ pub fn user_key(phone: Option<&str>, email: Option<&str>, uid: Option<&str>) -> 
 }
 
 /// The user, their live sessions and linked addresses; `None` when there is no such user.
-pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<Map<String, Value>>, ApiError> {
+pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<UserDetails>, ApiError> {
     let Some(user) = db.find_user(key).await? else { return Ok(None) };
     let sessions = db.user_sessions(user.id).await?;
-    let mut fields = Map::new();
-    fields.insert("user".into(), user_fields(&user));
-    fields.insert("sessions".into(), sessions.into());
     let linked = super::links::linked(db, user.id).await?;
-    fields.insert("linked".into(), serde_json::to_value(linked).expect("linked addresses serialize"));
-    Ok(Some(fields))
+    Ok(Some(UserDetails { user, sessions, linked }))
 }
 
-fn user_fields(user: &UserRecord) -> Value {
-    let kind = address::Address::from_stored(&user.address).field();
-    json!({
-        "id": user.id,
-        kind: user.address,
-        "uid": user.uid,
-        "name": user.name,
-        "created": user.created_at,
-        "last_login": user.last_login,
-    })
+/// A user as an operator looks them up.
+#[derive(Debug)]
+pub struct UserDetails {
+    pub user: UserRecord,
+    /// Live sessions, most recently used first.
+    pub sessions: Vec<OperatorSession>,
+    pub linked: Vec<Linked>,
 }
 
 /// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
@@ -62,7 +56,7 @@ pub async fn revoke(db: &Arc<Db>, user_id: i64, session: Option<String>) -> Resu
 }
 
 /// The security events of the address a lookup names, newest first.
-pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Vec<Value>, ApiError> {
+pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Vec<AuditEvent>, ApiError> {
     let address = match key {
         UserKey::Address(address) => address,
         UserKey::Uid(_) | UserKey::Id(_) => return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users")),

@@ -1,11 +1,11 @@
 //! `op=logout`, `op=devices` and `op=setnotify`.
 
-use serde_json::Value;
 use std::sync::Arc;
 
 use crate::domain::account::{refuse_control_characters, Caller, PushRegistration};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::links::{self, Linked};
+use crate::store::records::DeviceSession;
 use crate::store::Db;
 
 /// `op=logout`: ends the token's session, or with `all` every session of its user.
@@ -19,7 +19,7 @@ pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<usi
 /// their linked addresses.
 #[derive(Debug)]
 pub struct Devices {
-    pub sessions: Vec<Value>,
+    pub sessions: Vec<DeviceSession>,
     pub linked: Vec<Linked>,
 }
 

@@ -1,8 +1,7 @@
 //! The audit trail: security events per address (by its phone hash), kept for
 //! `AUDIT_RETENTION_DAYS` and read by operators.
 
-use serde_json::Value;
-
+use crate::store::records::AuditEvent;
 pub use crate::store::records::{
     ACCOUNT_DELETED, ADDRESS_LINKED, ADDRESS_UNLINKED, DELIVERY_FAILED, LOCKED_OUT, LOGIN, LOGIN_FAILED, MAX_EVENTS, OPERATOR_AUTH_FAILED,
     OPERATOR_TRAIL, SESSIONS_REVOKED,
@@ -20,7 +19,7 @@ impl Db {
     }
 
     /// The events of `address`, newest first, at most [`MAX_EVENTS`].
-    pub async fn audit_events(&self, address: &str) -> Result<Vec<Value>, StorageError> {
+    pub async fn audit_events(&self, address: &str) -> Result<Vec<AuditEvent>, StorageError> {
         let address_hash = self.phone_hash(address);
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.audit_events(address_hash).await,

@@ -1,8 +1,7 @@
 //! What the operator API reads and changes: users found by address, upstream uid or
 //! id, their sessions, and revoking them.
 
-use serde_json::Value;
-
+use crate::store::records::OperatorSession;
 pub use crate::store::records::{UserKey, UserRecord, SESSION_ID_CHARS};
 use crate::store::{Backend, Db, StorageError};
 
@@ -17,7 +16,7 @@ impl Db {
 
     /// The user's live sessions for an operator, most recently used first, each named by
     /// its session id.
-    pub async fn user_sessions(&self, user_id: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn user_sessions(&self, user_id: i64) -> Result<Vec<OperatorSession>, StorageError> {
         let now = self.clock().now();
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.user_sessions(user_id, now).await,

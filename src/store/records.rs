@@ -2,7 +2,6 @@
 //! backend returns the same types, and what builds them from a row's values (a JSON
 //! entry, a payload, a sealed message) is the same on both.
 
-use serde_json::{json, Value};
 use std::collections::HashMap;
 
 use crate::domain::account::{Evicted, OwnProfile};
@@ -96,9 +95,12 @@ pub const OPERATOR_TRAIL: &str = "operator-api";
 /// Most events one read answers, newest first.
 pub const MAX_EVENTS: i64 = 1000;
 
-/// One event as operators read it.
-pub(in crate::store) fn audit_entry(at: i64, event: String, detail: String) -> Value {
-    json!({ "at": at, "event": event, "detail": detail })
+/// One security event as operators read it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEvent {
+    pub at: i64,
+    pub event: String,
+    pub detail: String,
 }
 
 // Address books.
@@ -250,17 +252,32 @@ pub struct UserRecord {
 /// user's sessions apart, without handing out the whole hash.
 pub const SESSION_ID_CHARS: usize = 16;
 
-/// One session as the operator API shows it.
-pub(in crate::store) fn session_entry(
-    id: String,
-    appid: String,
-    device: String,
-    created: i64,
-    last_seen_ms: i64,
-    expires: i64,
-    push: bool,
-) -> Value {
-    json!({ "session": id, "appid": appid, "device": device, "created": created, "last_seen": last_seen_ms / 1000, "expires": expires, "push": push })
+/// One session as the operator API shows it: named by the start of its token's hash.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorSession {
+    pub session: String,
+    pub appid: String,
+    pub device: String,
+    pub created: i64,
+    /// Seconds, as `created` and `expires`.
+    pub last_seen: i64,
+    pub expires: i64,
+    pub push: bool,
+}
+
+/// One of the caller's own sessions as `op=devices` lists it (no token).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceSession {
+    pub device: String,
+    pub appid: String,
+    pub created: i64,
+    /// Seconds, as `created`.
+    pub last_seen: i64,
+    /// The session of the request that asked.
+    pub current: bool,
+    pub push: bool,
+    /// The device type the push registration named; empty without one.
+    pub dt: String,
 }
 
 // The notification outbox.

@@ -1,10 +1,10 @@
 //! Sessions: one per logged-in device, found by the SHA-256 of its access token (the
 //! token itself is never stored), at most `MAX_DEVICES` per user.
 
-use serde_json::Value;
 use std::sync::Arc;
 
 use crate::domain::account::{Caller, PushRegistration};
+use crate::store::records::DeviceSession;
 use crate::store::{Backend, Db, StorageError};
 
 impl Db {
@@ -33,7 +33,7 @@ impl Db {
     }
 
     /// The caller's live sessions, most recently used first, as reply entries (no tokens).
-    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.sessions_of(caller, now).await,
             Backend::Postgres(pg) => pg.sessions_of(caller, now).await,

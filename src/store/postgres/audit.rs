@@ -1,10 +1,9 @@
 //! The audit trail (see `store::audit`).
 
 use deadpool_postgres::Object;
-use serde_json::Value;
 
 use crate::store::error::StorageError;
-use crate::store::records::{audit_entry, MAX_EVENTS};
+use crate::store::records::{AuditEvent, MAX_EVENTS};
 
 use super::{execute, query, rows, PgStore, Retry};
 
@@ -25,18 +24,18 @@ impl PgStore {
     }
 
     /// The events of an address (by its phone hash), newest first.
-    pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<AuditEvent>, StorageError> {
         self.retrying(Retry::Always, |client| self.audit_events_once(client, address_hash)).await
     }
 
-    async fn audit_events_once(&self, client: Object, address_hash: i64) -> Result<Vec<Value>, StorageError> {
+    async fn audit_events_once(&self, client: Object, address_hash: i64) -> Result<Vec<AuditEvent>, StorageError> {
         let found = query(
             &client,
             "SELECT at, event, detail FROM audit_events WHERE address_hash = $1 ORDER BY at DESC, id DESC LIMIT $2",
             &[&address_hash, &MAX_EVENTS],
         )
         .await?;
-        let entries = found.iter().map(|r| Ok(audit_entry(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)));
+        let entries = found.iter().map(|r| Ok(AuditEvent { at: r.try_get(0)?, event: r.try_get(1)?, detail: r.try_get(2)? }));
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }
 

@@ -1,10 +1,9 @@
 //! What the operator API reads and changes (see `store::operators`).
 
 use deadpool_postgres::Object;
-use serde_json::Value;
 
 use crate::store::error::StorageError;
-use crate::store::records::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
+use crate::store::records::{OperatorSession, UserKey, UserRecord, SESSION_ID_CHARS};
 
 use super::{execute, query, query_opt, rows, PgStore, Retry};
 
@@ -38,11 +37,11 @@ impl PgStore {
     }
 
     /// A user's live sessions for an operator, most recently used first.
-    pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<OperatorSession>, StorageError> {
         self.retrying(Retry::Always, |client| self.user_sessions_once(client, user_id, now)).await
     }
 
-    async fn user_sessions_once(&self, client: Object, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
+    async fn user_sessions_once(&self, client: Object, user_id: i64, now: i64) -> Result<Vec<OperatorSession>, StorageError> {
         let found = query(
             &client,
             "SELECT substr(token_sha256, 1, $3), appid, device, created_at, last_seen_ms, expires_at, notify_token IS NOT NULL
@@ -51,7 +50,15 @@ impl PgStore {
         )
         .await?;
         let entries = found.iter().map(|r| {
-            Ok(session_entry(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?, r.try_get(4)?, r.try_get(5)?, r.try_get(6)?))
+            Ok(OperatorSession {
+                session: r.try_get(0)?,
+                appid: r.try_get(1)?,
+                device: r.try_get(2)?,
+                created: r.try_get(3)?,
+                last_seen: r.try_get::<_, i64>(4)? / 1000,
+                expires: r.try_get(5)?,
+                push: r.try_get(6)?,
+            })
         });
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }

@@ -1,10 +1,10 @@
 //! Sessions: one row per logged-in device (see `store::sessions`).
 
 use deadpool_postgres::Object;
-use serde_json::{json, Value};
 
 use crate::domain::account::{Caller, PushRegistration};
 use crate::store::error::StorageError;
+use crate::store::records::DeviceSession;
 
 use super::{execute, query, query_opt, rows, PgStore, Retry};
 
@@ -41,11 +41,11 @@ impl PgStore {
     }
 
     /// The caller's live sessions, most recently used first, as reply entries (no tokens).
-    pub async fn sessions_of(&self, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn sessions_of(&self, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
         self.retrying(Retry::Always, |client| self.sessions_of_once(client, caller.clone(), now)).await
     }
 
-    async fn sessions_of_once(&self, client: Object, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+    async fn sessions_of_once(&self, client: Object, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
         let found = query(
             &client,
             "SELECT device, appid, created_at, last_seen_ms, token_sha256 = $2, notify_token IS NOT NULL, device_type FROM sessions
@@ -54,15 +54,15 @@ impl PgStore {
         )
         .await?;
         let entries = found.iter().map(|r| {
-            Ok(json!({
-                "device": r.try_get::<_, String>(0)?,
-                "appid": r.try_get::<_, String>(1)?,
-                "created": r.try_get::<_, i64>(2)?,
-                "last_seen": r.try_get::<_, i64>(3)? / 1000,
-                "current": r.try_get::<_, bool>(4)?,
-                "push": r.try_get::<_, bool>(5)?,
-                "dt": r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
-            }))
+            Ok(DeviceSession {
+                device: r.try_get(0)?,
+                appid: r.try_get(1)?,
+                created: r.try_get(2)?,
+                last_seen: r.try_get::<_, i64>(3)? / 1000,
+                current: r.try_get(4)?,
+                push: r.try_get(5)?,
+                dt: r.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+            })
         });
         Ok(entries.collect::<Result<_, tokio_postgres::Error>>()?)
     }

@@ -2,10 +2,9 @@
 //! `AUDIT_RETENTION_DAYS` and read by operators.
 
 use rusqlite::{params, Connection};
-use serde_json::Value;
 
 use crate::store::error::StorageError;
-use crate::store::records::{audit_entry, MAX_EVENTS};
+use crate::store::records::{AuditEvent, MAX_EVENTS};
 
 use super::SqliteStore;
 
@@ -19,10 +18,11 @@ pub(in crate::store) fn record(conn: &Connection, address_hash: i64, event: &str
     Ok(())
 }
 
-fn read(conn: &Connection, address_hash: i64) -> rusqlite::Result<Vec<Value>> {
+fn read(conn: &Connection, address_hash: i64) -> rusqlite::Result<Vec<AuditEvent>> {
     let mut query =
         conn.prepare_cached("SELECT at, event, detail FROM audit_events WHERE address_hash = ?1 ORDER BY at DESC, id DESC LIMIT ?2")?;
-    let rows = query.query_map(params![address_hash, MAX_EVENTS], |r| Ok(audit_entry(r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    let rows =
+        query.query_map(params![address_hash, MAX_EVENTS], |r| Ok(AuditEvent { at: r.get(0)?, event: r.get(1)?, detail: r.get(2)? }))?;
     rows.collect()
 }
 
@@ -33,7 +33,7 @@ impl SqliteStore {
     }
 
     /// The events of an address (by its phone hash), newest first.
-    pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn audit_events(&self, address_hash: i64) -> Result<Vec<AuditEvent>, StorageError> {
         self.call(move |conn| read(conn, address_hash)).await
     }
 

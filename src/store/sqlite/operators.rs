@@ -2,10 +2,9 @@
 //! id, their sessions, and revoking them.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::Value;
 
 use crate::store::error::StorageError;
-use crate::store::records::{session_entry, UserKey, UserRecord, SESSION_ID_CHARS};
+use crate::store::records::{OperatorSession, UserKey, UserRecord, SESSION_ID_CHARS};
 
 use super::SqliteStore;
 
@@ -33,13 +32,21 @@ fn find_user(conn: &Connection, key: &UserKey) -> rusqlite::Result<Option<UserRe
 }
 
 /// A user's live sessions, most recently used first, each named by its session id.
-fn sessions(conn: &Connection, user_id: i64, now: i64) -> rusqlite::Result<Vec<Value>> {
+fn sessions(conn: &Connection, user_id: i64, now: i64) -> rusqlite::Result<Vec<OperatorSession>> {
     let mut query = conn.prepare_cached(
         "SELECT substr(token_sha256, 1, ?3), appid, device, created_at, last_seen_ms, expires_at, notify_token IS NOT NULL
          FROM sessions WHERE user_id = ?1 AND expires_at > ?2 ORDER BY last_seen_ms DESC",
     )?;
     let rows = query.query_map(params![user_id, now, SESSION_ID_CHARS as i64], |r| {
-        Ok(session_entry(r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+        Ok(OperatorSession {
+            session: r.get(0)?,
+            appid: r.get(1)?,
+            device: r.get(2)?,
+            created: r.get(3)?,
+            last_seen: r.get::<_, i64>(4)? / 1000,
+            expires: r.get(5)?,
+            push: r.get(6)?,
+        })
     })?;
     rows.collect()
 }
@@ -61,7 +68,7 @@ impl SqliteStore {
     }
 
     /// A user's live sessions for an operator (see [`sessions`]).
-    pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn user_sessions(&self, user_id: i64, now: i64) -> Result<Vec<OperatorSession>, StorageError> {
         self.call(move |conn| sessions(conn, user_id, now)).await
     }
 

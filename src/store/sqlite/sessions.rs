@@ -2,12 +2,12 @@
 //! access token (the token itself is never stored), at most `MAX_DEVICES` per user.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::{json, Value};
 
 use crate::domain::account::{Caller, Evicted, PushRegistration};
 use std::sync::Arc;
 
 use crate::store::error::StorageError;
+use crate::store::records::DeviceSession;
 
 use super::SqliteStore;
 
@@ -89,21 +89,21 @@ pub(in crate::store) fn purge_expired(conn: &mut Connection, now: i64) -> rusqli
 }
 
 /// The caller's live sessions, most recently used first, as reply entries (no tokens).
-pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<Value>> {
+pub(in crate::store) fn list(conn: &mut Connection, caller: &Caller, now: i64) -> rusqlite::Result<Vec<DeviceSession>> {
     let mut query = conn.prepare_cached(
         "SELECT device, appid, created_at, last_seen_ms, token_sha256 = ?2, notify_token IS NOT NULL, device_type FROM sessions
          WHERE user_id = ?1 AND expires_at > ?3 ORDER BY last_seen_ms DESC",
     )?;
     let rows = query.query_map(params![caller.user_id, caller.token_sha256, now], |r| {
-        Ok(json!({
-            "device": r.get::<_, String>(0)?,
-            "appid": r.get::<_, String>(1)?,
-            "created": r.get::<_, i64>(2)?,
-            "last_seen": r.get::<_, i64>(3)? / 1000,
-            "current": r.get::<_, bool>(4)?,
-            "push": r.get::<_, bool>(5)?,
-            "dt": r.get::<_, Option<String>>(6)?.unwrap_or_default(),
-        }))
+        Ok(DeviceSession {
+            device: r.get(0)?,
+            appid: r.get(1)?,
+            created: r.get(2)?,
+            last_seen: r.get::<_, i64>(3)? / 1000,
+            current: r.get(4)?,
+            push: r.get(5)?,
+            dt: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
+        })
     })?;
     rows.collect()
 }
@@ -137,7 +137,7 @@ impl SqliteStore {
     }
 
     /// The caller's live sessions (see [`list`]).
-    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<Value>, StorageError> {
+    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
         self.read(move |conn| list(conn, &caller, now)).await
     }
 }
