@@ -10,10 +10,18 @@ use super::values::{choice, List, Secret};
 pub struct LimitSettings {
     #[serde(default = "defaults::limit_start_per_phone", rename = "limit_start_per_phone_per_hour")]
     pub start_per_phone_per_hour: u32,
+    /// Codes sent per address per day, beside the hourly bound: each code's first guess
+    /// bound to its challenge is free, so this bounds those guesses.
+    #[serde(default = "defaults::limit_start_per_phone_per_day", rename = "limit_start_per_phone_per_day")]
+    pub start_per_phone_per_day: u32,
     #[serde(default = "defaults::limit_start_per_ip", rename = "limit_start_per_ip_per_hour")]
     pub start_per_ip_per_hour: u32,
     #[serde(default = "defaults::limit_verify_per_phone", rename = "limit_verify_per_phone_per_hour")]
     pub verify_per_phone_per_hour: u32,
+    /// Guesses at an address's codes per day, bound to a challenge or not, beside the
+    /// hourly bound: what bounds a year of guessing.
+    #[serde(default = "defaults::limit_verify_per_phone_per_day", rename = "limit_verify_per_phone_per_day")]
+    pub verify_per_phone_per_day: u32,
     #[serde(default = "defaults::limit_verify_per_ip", rename = "limit_verify_per_ip_per_hour")]
     pub verify_per_ip_per_hour: u32,
     /// Numbers a user may look up per day that are not already among their contacts; 0 = no limit.
@@ -71,6 +79,13 @@ pub struct SmsBudgetSettings {
     /// Percent of SMS_BUDGET_PER_HOUR one client network (IPv4 /24, IPv6 /64) may spend.
     #[serde(default = "defaults::sms_budget_network_share", rename = "sms_budget_network_share")]
     pub network_share: u32,
+    /// Percent of SMS_BUDGET_PER_HOUR one client IP may spend, inside its network's share.
+    #[serde(default = "defaults::sms_budget_ip_share", rename = "sms_budget_ip_share")]
+    pub ip_share: u32,
+    /// Percent of SMS_BUDGET_PER_HOUR kept for the home countries: the rest of the
+    /// world together may not spend it.
+    #[serde(default = "defaults::sms_budget_home_reserve", rename = "sms_budget_home_reserve")]
+    pub home_reserve: u32,
 }
 
 /// CAPTCHA at login start. (`CAPTCHA_*`)
@@ -97,6 +112,12 @@ choice!(
 mod defaults {
     pub fn limit_start_per_phone() -> u32 {
         10
+    }
+    pub fn limit_start_per_phone_per_day() -> u32 {
+        12
+    }
+    pub fn limit_verify_per_phone_per_day() -> u32 {
+        12
     }
     pub fn limit_start_per_ip() -> u32 {
         100
@@ -140,6 +161,12 @@ mod defaults {
     }
     pub fn sms_budget_network_share() -> u32 {
         10
+    }
+    pub fn sms_budget_ip_share() -> u32 {
+        3
+    }
+    pub fn sms_budget_home_reserve() -> u32 {
+        20
     }
     pub fn captcha_provider() -> super::CaptchaProvider {
         super::CaptchaProvider::Off

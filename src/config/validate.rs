@@ -182,10 +182,19 @@ impl Config {
             return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
         }
         let budget = &self.sms_budget;
-        for (name, share) in [("SMS_BUDGET_COUNTRY_SHARE", budget.country_share), ("SMS_BUDGET_NETWORK_SHARE", budget.network_share)] {
+        let shares = [
+            ("SMS_BUDGET_COUNTRY_SHARE", budget.country_share),
+            ("SMS_BUDGET_NETWORK_SHARE", budget.network_share),
+            ("SMS_BUDGET_IP_SHARE", budget.ip_share),
+            ("SMS_BUDGET_HOME_RESERVE", budget.home_reserve),
+        ];
+        for (name, share) in shares {
             if share > 100 {
                 return Err(format!("invalid configuration: {name} is a percentage of SMS_BUDGET_PER_HOUR: 0 to 100"));
             }
+        }
+        if budget.home_reserve == 100 {
+            return Err("invalid configuration: SMS_BUDGET_HOME_RESERVE of 100 would leave nothing for the other countries: 0 to 99".into());
         }
         Ok(())
     }

@@ -16,5 +16,5 @@ pub mod otp;
 pub mod phone;
 pub mod ratelimit;
 pub mod recent;
-pub mod sms_limits;
+pub mod start_limits;
 pub mod templates;

@@ -1,18 +1,17 @@
 //! Keyed rate limits, one limiter per kind of key so that a busy IP cannot exhaust a
 //! phone's budget and one phone cannot exhaust an IP's. Each limit is a GCRA bucket
-//! (burst `n`, refilled evenly over its period): in this process's memory (governor),
-//! or, with `REDIS_URL`, in Redis, shared by every instance.
+//! (burst `n`, refilled evenly over its period): in this process's memory, or, with
+//! `REDIS_URL`, in Redis, shared by every instance. Both run the same GCRA step, so that
+//! several limits can be decided together, all or nothing.
 
 use async_trait::async_trait;
-use governor::clock::{Clock, DefaultClock};
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -115,8 +114,10 @@ impl SharedLimits {
     async fn take_all(&self, group: &str, takes: &[(&str, &str, u32, Duration, u32)]) -> Result<Option<(usize, Duration)>, Refusal> {
         let takes: Vec<Take> =
             takes.iter().map(|&(limit, key, n, per_unit, burst)| Take { key: self.entry(limit, key), n, per_unit, burst }).collect();
+        // A group may be an address: keyed like the buckets, never in clear.
+        let group = self.entry("group", group);
         let started = Instant::now();
-        let taken = self.buckets.take_all(group, &takes).await;
+        let taken = self.buckets.take_all(&group, &takes).await;
         metrics::REDIS_DURATION.observe(started.elapsed().as_secs_f64());
         self.decide(taken, None)
     }
@@ -157,7 +158,33 @@ impl SharedLimits {
     }
 }
 
-type KeyedLimiter = RateLimiter<u64, DefaultKeyedStateStore<u64>, DefaultClock>;
+/// The buckets of one in-process limit: key hash → theoretical arrival time, in
+/// nanoseconds since [`EPOCH`].
+type LocalBuckets = HashMap<u64, u64>;
+
+/// The origin of the in-process buckets' monotonic clock.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn local_now() -> u64 {
+    u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// One GCRA step, the same as the shared buckets' script: a key never seen starts at
+/// `now + t`; `n` fit when `tat + t*(n-1) - t*burst <= now`, and taking them moves `tat`
+/// to `max(tat, now) + t*n`. Answers the new `tat`, or the wait until `n` would fit.
+fn gcra(tat: Option<u64>, now: u64, rule: Rule, n: u32) -> Result<u64, Duration> {
+    let t = nanos(rule.per_unit);
+    let tat = tat.unwrap_or(now.saturating_add(t));
+    let earliest = (tat.saturating_add(t.saturating_mul(u64::from(n - 1)))).saturating_sub(t.saturating_mul(u64::from(rule.burst.get())));
+    if now < earliest {
+        return Err(Duration::from_nanos(earliest - now));
+    }
+    Ok(tat.max(now).saturating_add(t.saturating_mul(u64::from(n))))
+}
 
 /// The rule of a limit: a burst of `burst`, one back every `per_unit`.
 #[derive(Clone, Copy)]
@@ -169,8 +196,8 @@ struct Rule {
 /// Allows a burst of `n` per key, refilled evenly over an hour (or a day). `n = 0` disables the limit.
 pub struct KeyedLimit {
     rule: Option<Rule>,
-    /// The buckets in this process; `None` when the limit is off or shared.
-    limiter: Option<KeyedLimiter>,
+    /// The buckets in this process (unused when the limit is shared).
+    local: Mutex<LocalBuckets>,
     shared: Option<Arc<SharedLimits>>,
     /// Keys are kept as 64-bit hashes under this per-process random key: a map holds every
     /// key seen within the period, and a phone's string makes its entry far larger.
@@ -192,14 +219,7 @@ impl KeyedLimit {
 
     fn over(n: u32, period: Duration) -> Self {
         let rule = NonZeroU32::new(n).map(|burst| Rule { per_unit: (period / burst.get()).max(Duration::from_nanos(1)), burst });
-        KeyedLimit {
-            rule,
-            limiter: rule
-                .map(|rule| RateLimiter::keyed(Quota::with_period(rule.per_unit).expect("a positive period").allow_burst(rule.burst))),
-            shared: None,
-            hasher: RandomState::new(),
-            name: "unnamed",
-        }
+        KeyedLimit { rule, local: Mutex::new(LocalBuckets::new()), shared: None, hasher: RandomState::new(), name: "unnamed" }
     }
 
     /// Names the limit in the rejection metric.
@@ -210,7 +230,7 @@ impl KeyedLimit {
     /// Keeps the buckets in `shared` (when given) instead of this process's memory.
     pub fn shared(self, shared: Option<&Arc<SharedLimits>>) -> Self {
         match shared {
-            Some(shared) => KeyedLimit { limiter: None, shared: Some(Arc::clone(shared)), ..self },
+            Some(shared) => KeyedLimit { shared: Some(Arc::clone(shared)), ..self },
             None => self,
         }
     }
@@ -239,29 +259,41 @@ impl KeyedLimit {
                 Err(refusal) => refused(refusal),
             };
         }
-        let Some(limiter) = &self.limiter else { return Ok(()) };
-        match limiter.check_key_n(&self.hasher.hash_one(key), n) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => refused(Refusal::Wait(whole_seconds(not_until.wait_time_from(DefaultClock::default().now())))),
-            Err(_) => refused(Refusal::TooMany),
+        let hash = self.hasher.hash_one(key);
+        let mut buckets = self.buckets();
+        match gcra(buckets.get(&hash).copied(), local_now(), rule, n.get()) {
+            Ok(tat) => {
+                buckets.insert(hash, tat);
+                Ok(())
+            }
+            Err(wait) => refused(Refusal::Wait(whole_seconds(wait))),
         }
     }
 
+    fn buckets(&self) -> MutexGuard<'_, LocalBuckets> {
+        self.local.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Takes one from each limit for its key, or, when one refuses, says which (its
-    /// index in `checks`) and why. Shared limits decide all together in one step and
-    /// take nothing when one refuses; in-process ones are checked in order, and those
-    /// before the one that refused have taken theirs. `group` keeps the shared buckets
-    /// together (see [`SharedBuckets::take_all`]).
+    /// index in `checks`) and why; all or nothing: when one refuses, none is taken.
+    /// In-process limits are decided under all their locks at once, shared ones in one
+    /// step of the shared buckets. `group` keeps the shared buckets together (see
+    /// [`SharedBuckets::take_all`]); a shared bucket is kept under its group, so a limit
+    /// checked here is always checked with the same group, and never by [`KeyedLimit::check`].
     pub async fn check_all(group: &str, checks: &[(&KeyedLimit, &str)]) -> Result<(), (usize, Refusal)> {
         let enabled: Vec<(usize, &KeyedLimit, Rule, &str)> =
             checks.iter().enumerate().filter_map(|(i, &(limit, key))| limit.rule.map(|rule| (i, limit, rule, key))).collect();
         let shared = enabled.first().and_then(|(_, limit, _, _)| limit.shared.clone());
         let together = shared.as_ref().filter(|shared| enabled.iter().all(|(_, limit, _, _)| limit.shares(shared)));
         let Some(shared) = together else {
-            for (i, limit, _, key) in enabled {
-                limit.check(key).await.map_err(|refusal| (i, refusal))?;
+            if enabled.iter().any(|(_, limit, _, _)| limit.shared.is_some()) {
+                // Mixed in-process and shared limits: no one step decides them all.
+                for (i, limit, _, key) in enabled {
+                    limit.check(key).await.map_err(|refusal| (i, refusal))?;
+                }
+                return Ok(());
             }
-            return Ok(());
+            return KeyedLimit::take_all_local(&enabled);
         };
         let takes: Vec<_> = enabled.iter().map(|&(_, limit, rule, key)| (limit.name, key, 1, rule.per_unit, rule.burst.get())).collect();
         match shared.take_all(group, &takes).await {
@@ -275,6 +307,36 @@ impl KeyedLimit {
         }
     }
 
+    /// [`KeyedLimit::check_all`] for in-process limits: every bucket is read under its
+    /// limit's lock, locked in address order so that two calls cannot wait on each other,
+    /// and written only when all have room.
+    fn take_all_local(enabled: &[(usize, &KeyedLimit, Rule, &str)]) -> Result<(), (usize, Refusal)> {
+        let mut limits: Vec<&KeyedLimit> = enabled.iter().map(|&(_, limit, _, _)| limit).collect();
+        limits.sort_by_key(|limit| std::ptr::from_ref(*limit) as usize);
+        limits.dedup_by_key(|limit| std::ptr::from_ref(*limit) as usize);
+        let mut locked: Vec<(&KeyedLimit, MutexGuard<'_, LocalBuckets>)> =
+            limits.into_iter().map(|limit| (limit, limit.buckets())).collect();
+        let now = local_now();
+        // (index in `locked`, key hash, new tat): read back by a later check of the same bucket.
+        let mut taken: Vec<(usize, u64, u64)> = Vec::with_capacity(enabled.len());
+        for &(i, limit, rule, key) in enabled {
+            let at = locked.iter().position(|(held, _)| std::ptr::eq(*held, limit)).expect("every limit is locked");
+            let hash = limit.hasher.hash_one(key);
+            let tat = taken.iter().rev().find(|&&(held, h, _)| held == at && h == hash).map(|&(_, _, tat)| tat);
+            match gcra(tat.or_else(|| locked[at].1.get(&hash).copied()), now, rule, 1) {
+                Ok(tat) => taken.push((at, hash, tat)),
+                Err(wait) => {
+                    metrics::RATELIMIT_REJECTIONS.with_label_values(&[limit.name]).inc();
+                    return Err((i, Refusal::Wait(whole_seconds(wait))));
+                }
+            }
+        }
+        for (at, hash, tat) in taken {
+            locked[at].1.insert(hash, tat);
+        }
+        Ok(())
+    }
+
     fn shares(&self, shared: &Arc<SharedLimits>) -> bool {
         self.shared.as_ref().is_some_and(|own| Arc::ptr_eq(own, shared))
     }
@@ -282,10 +344,12 @@ impl KeyedLimit {
     /// Forgets keys whose budget is full again, so the maps do not grow without bound
     /// (shared entries expire in Redis on their own).
     pub fn purge(&self) {
-        if let Some(limiter) = &self.limiter {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
+        let Some(rule) = self.rule else { return };
+        // A bucket at `now + t` or earlier is as full as one never seen.
+        let full = local_now().saturating_add(nanos(rule.per_unit));
+        let mut buckets = self.buckets();
+        buckets.retain(|_, tat| *tat > full);
+        buckets.shrink_to_fit();
     }
 }
 
@@ -294,10 +358,10 @@ fn whole_seconds(wait: Duration) -> u64 {
     (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
+/// The limits on guesses at codes (the limits on starts are `start_limits`).
 pub struct Limits {
-    pub start_per_address: KeyedLimit,
-    pub start_per_ip: KeyedLimit,
     pub verify_per_address: KeyedLimit,
+    pub verify_per_address_daily: KeyedLimit,
     pub verify_per_ip: KeyedLimit,
 }
 
@@ -305,15 +369,32 @@ impl Limits {
     pub fn from_config(config: &Config, shared: Option<&Arc<SharedLimits>>) -> Self {
         let limit = |n, name| KeyedLimit::per_hour(n).named(name).shared(shared);
         Limits {
-            start_per_address: limit(config.limit.start_per_phone_per_hour, "start_per_address"),
-            start_per_ip: limit(config.limit.start_per_ip_per_hour, "start_per_ip"),
             verify_per_address: limit(config.limit.verify_per_phone_per_hour, "verify_per_address"),
+            verify_per_address_daily: KeyedLimit::per_day(config.limit.verify_per_phone_per_day)
+                .named("verify_per_address_per_day")
+                .shared(shared),
             verify_per_ip: limit(config.limit.verify_per_ip_per_hour, "verify_per_ip"),
         }
     }
 
+    /// Charges a guess at a pending code of `address` that has had `attempts` wrong guesses
+    /// of its kind: one sent without the code's challenge id spends the hourly and the daily
+    /// budget of the address; one sent with it spends the daily one, but for the first of
+    /// its challenge, which the one who asked for the code (and alone holds its id) always
+    /// gets. Starts per address per day bound those first guesses.
+    pub async fn admit_guess(&self, address: &str, bound: bool, attempts: u32) -> Result<(), Refusal> {
+        let unbound = [(&self.verify_per_address, address), (&self.verify_per_address_daily, address)];
+        let checks = match (bound, attempts) {
+            (false, _) => &unbound[..],
+            (true, 0) => return Ok(()),
+            (true, _) => &unbound[1..],
+        };
+        // Grouped by address, so that a Redis Cluster spreads addresses over its nodes.
+        KeyedLimit::check_all(address, checks).await.map_err(|(_, refusal)| refusal)
+    }
+
     pub fn purge(&self) {
-        for limit in [&self.start_per_address, &self.start_per_ip, &self.verify_per_address, &self.verify_per_ip] {
+        for limit in [&self.verify_per_address, &self.verify_per_address_daily, &self.verify_per_ip] {
             limit.purge();
         }
     }
@@ -401,6 +482,36 @@ mod tests {
         assert_eq!(now(limit.check_n("a", 40)), Ok(()), "what is left can still be taken");
         assert_eq!(now(limit.check_n("b", 101)), Err(Refusal::TooMany), "more than the whole budget never fits");
         assert_eq!(now(KeyedLimit::per_day(0).check_n("a", 1_000_000)), Ok(()));
+    }
+
+    #[test]
+    fn limits_checked_together_take_all_or_nothing() {
+        let (a, b) = (KeyedLimit::per_hour(3), KeyedLimit::per_hour(1));
+        assert_eq!(now(KeyedLimit::check_all("g", &[(&a, "k"), (&b, "k")])), Ok(()));
+        assert!(matches!(now(KeyedLimit::check_all("g", &[(&a, "k"), (&b, "k")])), Err((1, Refusal::Wait(_)))));
+        // The refusal took nothing from the first: it still has two.
+        assert_eq!(now(a.check_n("k", 2)), Ok(()));
+        assert!(now(a.check("k")).is_err());
+        // One limit twice in one check sees its own first take.
+        let c = KeyedLimit::per_hour(1);
+        assert!(matches!(now(KeyedLimit::check_all("g", &[(&c, "k"), (&c, "k")])), Err((1, Refusal::Wait(_)))));
+        assert_eq!(now(c.check("k")), Ok(()), "and took nothing");
+    }
+
+    #[test]
+    fn a_guess_with_its_challenge_id_is_free_once_then_spends_the_daily_budget() {
+        let config = Config::from_vars([("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "30"), ("LIMIT_VERIFY_PER_PHONE_PER_DAY", "3")]).unwrap();
+        let limits = Limits::from_config(&config, None);
+        for _ in 0..10 {
+            assert_eq!(now(limits.admit_guess("a", true, 0)), Ok(()), "the first of each challenge");
+        }
+        assert_eq!(now(limits.admit_guess("a", true, 1)), Ok(()));
+        assert_eq!(now(limits.admit_guess("a", false, 0)), Ok(()));
+        assert_eq!(now(limits.admit_guess("a", false, 3)), Ok(()));
+        let Err(Refusal::Wait(wait)) = now(limits.admit_guess("a", true, 2)) else { panic!("the day's guesses are spent") };
+        assert!(wait > 3600, "one comes back every 8 hours, got {wait}");
+        assert!(now(limits.admit_guess("a", false, 0)).is_err());
+        assert_eq!(now(limits.admit_guess("b", false, 0)), Ok(()), "another address has its own");
     }
 
     #[test]

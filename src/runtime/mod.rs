@@ -128,7 +128,7 @@ impl AppState {
     /// past AUDIT_RETENTION_DAYS and idle rate-limit entries, so none grows without bound.
     pub async fn housekeeping(&self) -> Result<Purged, store::StorageError> {
         self.login.codes.limits.purge();
-        self.login.codes.sms_limits.purge();
+        self.login.codes.start_limits.purge();
         self.contact_limits.purge();
         self.groups.purge();
         self.files.limits.purge();

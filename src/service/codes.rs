@@ -10,7 +10,6 @@ use crate::delivery::captcha::Captcha;
 use crate::delivery::courier::{Courier, Dispatch};
 use crate::delivery::senders::{OtpMessage, Senders};
 use crate::domain::address::{self, Address};
-use crate::domain::client_ip::network_key;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::guesses::VerifyOutcome;
 use crate::domain::keys::ServerKeys;
@@ -18,7 +17,7 @@ use crate::domain::metrics;
 use crate::domain::otp::{self, OtpHasher};
 use crate::domain::phone::PhonePolicy;
 use crate::domain::ratelimit::{Admission, KeyedLimit, Limits, Refusal, SharedLimits};
-use crate::domain::sms_limits::SmsLimits;
+use crate::domain::start_limits::{Start, StartLimits};
 use crate::domain::templates::Templates;
 use crate::service::authenticators::{Authenticator, LinkLookup, Proof, ProofFields, ProofTime};
 use crate::service::{non_empty, MAX_ID_CHARS};
@@ -41,7 +40,7 @@ pub struct CodeAuthenticator {
     require_challenge: bool,
     templates: Templates,
     phones: PhonePolicy,
-    pub sms_limits: SmsLimits,
+    pub start_limits: Arc<StartLimits>,
     captcha: Option<Captcha>,
     pub courier: Arc<Courier>,
     /// How long a claimed code stays claimed: the exchange ends within the upstream
@@ -74,7 +73,7 @@ impl CodeAuthenticator {
             require_challenge: config.otp.require_challenge,
             templates,
             phones: PhonePolicy::from_config(config)?,
-            sms_limits: SmsLimits::from_config(config, shared)?,
+            start_limits: Arc::new(StartLimits::from_config(config, shared)?),
             captcha: Captcha::from_config(config)?,
             courier,
             claim_secs: i64::try_from(config.upstream.timeout_secs.saturating_add(CLAIM_MARGIN_SECS)).unwrap_or(i64::MAX / 2),
@@ -94,14 +93,8 @@ impl CodeAuthenticator {
         if self.senders.for_address(&address).is_none() {
             return Err(not_enabled(&address));
         }
-        check(&self.limits.start_per_ip, client_ip).await?;
-        check(&self.sms_limits.start_per_network, &network_key(client_ip)).await?;
         if let Some(captcha) = &self.captcha {
             captcha.verify(captcha_token, client_ip).await?;
-        }
-        check(&self.limits.start_per_address, address.as_str()).await?;
-        if let Some(code) = calling_code {
-            check(&self.sms_limits.start_per_calling_code, &code.to_string()).await?;
         }
         if self.test_otps.contains_key(address.as_str()) {
             return Ok(None);
@@ -120,23 +113,15 @@ impl CodeAuthenticator {
             resend_secs: self.otp_resend_secs,
         };
         let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
-        // Only SMS spends the global budget (e-mail costs nothing per message).
-        let budget = calling_code.map(|code| (self.sms_limits.budget(), code, network_key(client_ip)));
-        let admit = move || -> Admission<Refusal> {
-            Box::pin(async move {
-                match budget {
-                    Some((budget, calling_code, network)) => budget.spend(calling_code, &network).await,
-                    None => Ok(()),
-                }
-            })
-        };
+        let start = Start { client_ip: client_ip.to_string(), address: address.as_str().to_string(), calling_code };
+        let limits = Arc::clone(&self.start_limits);
+        // Charged once the resend window allows a new code, so that only a start that
+        // sends one spends the limits.
+        let admit = move || -> Admission<Refusal> { Box::pin(async move { limits.admit(&start).await }) };
         match self.courier.store_and_send(challenge, message, admit).await.map_err(internal)? {
             Dispatch::TooSoon(wait) => {
                 metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
                 Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
-            }
-            Dispatch::Refused(Refusal::Wait(wait)) => {
-                Err(ApiError::rate_limited(wait, format!("sending is paused; retry in {wait} seconds")))
             }
             Dispatch::Refused(refusal) => Err(refusal.into()),
             // The courier already logged why, and deleted the code nobody received.
@@ -179,7 +164,7 @@ impl CodeAuthenticator {
 
         let mut link_lookup = LinkLookup::NotDone;
         if let Some(fixed) = fixed {
-            check(&self.limits.verify_per_address, address.as_str()).await?;
+            self.limits.admit_guess(address.as_str(), false, 0).await?;
             if !otp::same(fixed.as_bytes(), code.as_bytes()) {
                 return self.refused(address, "wrong", ApiError::new(ErrorCode::BadCode, "wrong code")).await;
             }
@@ -193,7 +178,8 @@ impl CodeAuthenticator {
             let (limits, owned) = (Arc::clone(&self.limits), address.as_str().to_string());
             // Spent only by a guess that could match a pending code: guesses that cannot
             // (another app, no code) must not lock the address's owner out.
-            let admit = move || -> Admission<Refusal> { Box::pin(async move { limits.verify_per_address.check(&owned).await }) };
+            let admit =
+                move |bound, attempts| -> Admission<Refusal> { Box::pin(async move { limits.admit_guess(&owned, bound, attempts).await }) };
             let outcome =
                 self.db.claim_code(guess, self.db.clock().now(), self.otp_max_attempts, self.claim_secs, admit).await.map_err(internal)?;
             match outcome {

@@ -24,7 +24,7 @@ impl Db {
         now: i64,
         max_attempts: u32,
         claim_secs: i64,
-        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+        admit: impl FnOnce(bool, u32) -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.claim_code(guess, now, max_attempts, claim_secs, admit).await,

@@ -97,14 +97,17 @@ impl Cluster {
                 ("COURIER_RETRY_BASE_MS", "200"),
                 ("OUTBOX_RETRY_SECS", "1"),
                 ("LIMIT_START_PER_PHONE_PER_HOUR", "0"),
+                ("LIMIT_START_PER_PHONE_PER_DAY", "0"),
                 ("LIMIT_START_PER_IP_PER_HOUR", "0"),
                 ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "0"),
+                ("LIMIT_VERIFY_PER_PHONE_PER_DAY", "0"),
                 ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0"),
                 ("LIMIT_START_PER_SUBNET_PER_HOUR", "0"),
                 ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0"),
                 ("SMS_BUDGET_PER_HOUR", "0"),
                 ("SMS_BUDGET_NETWORK_SHARE", "0"),
                 ("SMS_BUDGET_COUNTRY_SHARE", "0"),
+                ("SMS_BUDGET_IP_SHARE", "0"),
                 ("RUST_LOG", "warn"),
             ])
             .envs(env.iter().copied())

@@ -30,6 +30,7 @@ mod redis_outage;
 mod secrets_at_rest;
 mod sessions;
 mod shared_limits;
+mod start_limits;
 mod storage;
 mod test_databases;
 mod upload_limits;

@@ -121,8 +121,9 @@ async fn redis_buckets_decide_as_the_in_process_ones() {
 }
 
 #[actix_web::test]
-async fn in_redis_the_sms_budget_and_its_shares_are_spent_all_or_nothing() {
+async fn in_redis_a_starts_limits_and_the_sms_budget_are_spent_all_or_nothing() {
     use otpgate::domain::ratelimit::{Refusal, SharedLimits};
+    use otpgate::domain::start_limits::{Start, StartLimits};
     let Some(redis) = backend::redis_url() else {
         println!("skipped: needs REDIS_URL");
         return;
@@ -135,20 +136,31 @@ async fn in_redis_the_sms_budget_and_its_shares_are_spent_all_or_nothing() {
         ("SMS_BUDGET_PER_HOUR", "20"),
         ("SMS_BUDGET_NETWORK_SHARE", "25"),
         ("SMS_BUDGET_COUNTRY_SHARE", "10"),
+        ("SMS_BUDGET_IP_SHARE", "0"),
         ("SMS_BUDGET_HOME_COUNTRIES", "44"),
+        ("LIMIT_START_PER_IP_PER_HOUR", "4"),
     ];
     let config = otpgate::config::Config::from_vars(vars).unwrap();
-    let budget = otpgate::domain::sms_limits::SmsLimits::from_config(&config, Some(&shared)).unwrap().budget();
-    let network = "198.51.100.0/24";
-    for _ in 0..2 {
-        budget.spend(33, network).await.unwrap();
+    let limits = StartLimits::from_config(&config, Some(&shared)).unwrap();
+    let spend = |calling_code: u16, ip: &str, n: u32| {
+        let start = Start { client_ip: ip.into(), address: format!("{calling_code}{n}"), calling_code: Some(calling_code) };
+        let limits = &limits;
+        async move { limits.admit(&start).await }
+    };
+    let ip = "198.51.100.1";
+    for n in 0..2 {
+        spend(33, ip, n).await.unwrap();
     }
-    assert!(matches!(budget.spend(33, network).await, Err(Refusal::Wait(_))), "+33's share (2 of 20) is spent");
-    // The refused message took nothing of the network's share: 5 of 20, 2 used. (+44
-    // is a home country, held to no country share.)
-    for _ in 0..3 {
-        budget.spend(44, network).await.expect("the network has 3 left");
+    for n in 2..6 {
+        assert!(matches!(spend(33, ip, n).await, Err(Refusal::Wait(_))), "+33's share (2 of 20) is spent");
     }
-    assert!(matches!(budget.spend(44, network).await, Err(Refusal::Wait(_))), "the network's share is spent");
-    budget.spend(49, "203.0.113.0/24").await.expect("the budget has 15 left for others");
+    // The refused starts took nothing of the IP's starts (4, 2 used) nor of the network's
+    // share (5 of 20, 2 used). (+44 is a home country, held to no country share.)
+    for n in 0..2 {
+        spend(44, ip, n).await.expect("the IP has 2 starts left");
+    }
+    assert!(matches!(spend(44, ip, 2).await, Err(Refusal::Wait(_))), "the IP's starts are spent");
+    spend(44, "198.51.100.2", 3).await.expect("the network has one left");
+    assert!(matches!(spend(44, "198.51.100.3", 4).await, Err(Refusal::Wait(_))), "the network's share is spent");
+    spend(49, "203.0.113.1", 1).await.expect("the budget has 15 left for others");
 }

@@ -51,7 +51,7 @@ impl PgStore {
         now: i64,
         max_attempts: u32,
         claim_secs: i64,
-        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+        admit: impl FnOnce(bool, u32) -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
         // Returning without a commit rolls the transaction back, which releases the row.
         let (tx, row) = self
@@ -79,10 +79,8 @@ impl PgStore {
             Judgement::Answer(outcome) => return Ok(outcome),
             Judgement::Compare { bound, attempts } => (bound, attempts),
         };
-        if !bound {
-            if let Err(refusal) = admit().await {
-                return Ok(VerifyOutcome::Refused(refusal));
-            }
+        if let Err(refusal) = admit(bound, attempts).await {
+            return Ok(VerifyOutcome::Refused(refusal));
         }
         // Not run again when interrupted: the claim may have been committed. A code is
         // never accepted twice; at worst it is held until its claim times out.

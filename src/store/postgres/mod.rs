@@ -646,6 +646,10 @@ mod tests {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    fn guess_admitted(_bound: bool, _attempts: u32) -> Admission<Refusal> {
+        admitted()
+    }
+
     fn seal() -> MessageSeal {
         ServerKeys::from_secret(b"postgres store tests").seal
     }
@@ -767,7 +771,7 @@ mod tests {
             let guesses: Vec<_> = (0..50)
                 .map(|_| {
                     let store = Arc::clone(&store);
-                    tokio::spawn(async move { store.claim_code(guess("18005550001", otp_hash), now, 5, 60, admitted).await.unwrap() })
+                    tokio::spawn(async move { store.claim_code(guess("18005550001", otp_hash), now, 5, 60, guess_admitted).await.unwrap() })
                 })
                 .collect();
             let mut claimed = 0;
@@ -781,12 +785,12 @@ mod tests {
 
             // Given back, the code works again; a wrong guess and a refusal behave as in SQLite.
             store.release_code("18005550001".into(), otp_hash).await.unwrap();
-            let wrong = store.claim_code(guess("18005550001", [0; 32]), now, 5, 60, admitted).await.unwrap();
+            let wrong = store.claim_code(guess("18005550001", [0; 32]), now, 5, 60, guess_admitted).await.unwrap();
             assert_eq!(wrong, VerifyOutcome::Wrong { left: 4 });
-            let refuse = || -> Admission<Refusal> { Box::pin(std::future::ready(Err(Refusal::Wait(7)))) };
+            let refuse = |_, _| -> Admission<Refusal> { Box::pin(std::future::ready(Err(Refusal::Wait(7)))) };
             let refused = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, refuse).await.unwrap();
             assert_eq!(refused, VerifyOutcome::Refused(Refusal::Wait(7)));
-            let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, admitted).await.unwrap();
+            let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, guess_admitted).await.unwrap();
             assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
         })
         .await;
@@ -901,7 +905,7 @@ mod tests {
                     let (id, otp_hash) = start(store, address, "123456", now).await;
                     store.record_attempt(id, 1, AttemptOutcome::Sent, address.into(), otp_hash.to_vec()).await.unwrap();
                     let started = STATEMENTS.with(|count| count.get());
-                    let claimed = store.claim_code(guess(address, otp_hash), now, 5, 60, admitted).await.unwrap();
+                    let claimed = store.claim_code(guess(address, otp_hash), now, 5, 60, guess_admitted).await.unwrap();
                     assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
                     let login = CompletedLogin {
                         address: address.into(),

@@ -37,15 +37,16 @@ pub(in crate::store) fn store_challenge(conn: &Connection, c: &NewChallenge) -> 
 ///
 /// A guess that sends the code's challenge id is counted apart from guesses without
 /// one (`bound_attempts`), so guesses from someone who never saw the start reply cannot
-/// use up the attempts of the one who did. `admit` (the per-address budget) is spent
-/// only by a guess without challenge id that could match a pending code.
+/// use up the attempts of the one who did. `admit` (the per-address budgets) is asked,
+/// with whether the guess is bound and its kind's wrong guesses so far, only for a guess
+/// that could match a pending code.
 pub fn check_and_claim(
     conn: &mut Connection,
     guess: &Guess,
     now: i64,
     max_attempts: u32,
     claim_secs: i64,
-    admit: impl FnOnce() -> Result<(), Refusal>,
+    admit: impl FnOnce(bool, u32) -> Result<(), Refusal>,
 ) -> rusqlite::Result<VerifyOutcome> {
     let address = guess.address;
     atomically(conn, |tx| {
@@ -69,10 +70,8 @@ pub fn check_and_claim(
             Judgement::Answer(outcome) => return Ok(outcome),
             Judgement::Compare { bound, attempts } => (bound, attempts),
         };
-        if !bound {
-            if let Err(refusal) = admit() {
-                return Ok(VerifyOutcome::Refused(refusal));
-            }
+        if let Err(refusal) = admit(bound, attempts) {
+            return Ok(VerifyOutcome::Refused(refusal));
         }
         if row.as_ref().is_some_and(|challenge| otp::same(&challenge.otp_hash, guess.otp_hash)) {
             tx.prepare_cached("UPDATE otp_challenges SET claimed_at = ?2 WHERE address = ?1")?.execute(params![address, now])?;
@@ -165,13 +164,13 @@ impl SqliteStore {
         now: i64,
         max_attempts: u32,
         claim_secs: i64,
-        admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
+        admit: impl FnOnce(bool, u32) -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
         let runtime = tokio::runtime::Handle::current();
         self.call(move |conn| {
             let borrowed =
                 Guess { address: &guess.address, appid: &guess.appid, otp_hash: &guess.otp_hash, challenge_sha256: guess.challenge_sha256 };
-            check_and_claim(conn, &borrowed, now, max_attempts, claim_secs, || admitted(&runtime, admit()))
+            check_and_claim(conn, &borrowed, now, max_attempts, claim_secs, |bound, attempts| admitted(&runtime, admit(bound, attempts)))
         })
         .await
     }

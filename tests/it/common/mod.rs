@@ -112,12 +112,16 @@ fn base_env(upstream: &FakeUpstream, dir: &tempfile::TempDir) -> BTreeMap<String
         ("UPSTREAM_TIMEOUT_SECS", "2".into()),
         ("OTP_RESEND_SECS", "0".into()),
         ("LIMIT_START_PER_PHONE_PER_HOUR", "0".into()),
+        ("LIMIT_START_PER_PHONE_PER_DAY", "0".into()),
         ("LIMIT_START_PER_IP_PER_HOUR", "0".into()),
         ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "0".into()),
+        ("LIMIT_VERIFY_PER_PHONE_PER_DAY", "0".into()),
         ("LIMIT_VERIFY_PER_IP_PER_HOUR", "0".into()),
         ("LIMIT_START_PER_SUBNET_PER_HOUR", "0".into()),
         ("LIMIT_START_PER_CALLING_CODE_PER_HOUR", "0".into()),
         ("SMS_BUDGET_PER_HOUR", "0".into()),
+        // Tests of the budget send from one IP: its share is turned on where tested.
+        ("SMS_BUDGET_IP_SHARE", "0".into()),
         // The protocol's example numbers are US toll-free (1800555xxxx), which cannot get SMS.
         ("PHONE_MOBILE_ONLY", "false".into()),
         // One delivery attempt: a failure is answered SENDFAILED at once. Courier tests turn retries on.
