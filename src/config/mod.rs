@@ -25,7 +25,7 @@ pub use accounts::{ContactSettings, FileSettings, OutboxSettings, SessionSetting
 pub use apps::{AppsSettings, Dialect, OidcSettings};
 pub use codes::{OtpSettings, SenderKind};
 pub use defences::{CaptchaProvider, CaptchaSettings, LimitSettings, PhoneSettings, SmsBudgetSettings};
-pub use http::{parse_trusted_proxies, HttpSettings};
+pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};
 pub use redis_url::RedisTopology;
 pub use senders::{

@@ -85,7 +85,7 @@ impl AppState {
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
             uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.files.max_uploads_before_token)),
-            proxies: TrustedProxies::new(&config.http.trusted_proxies),
+            proxies: TrustedProxies::new(&config.http.trusted_proxies, config.http.trusted_proxy_header),
             audit_retention_secs: i64::try_from(config.admin.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })
     }

@@ -69,7 +69,7 @@ async fn a_trusted_proxy_passes_the_client_address() {
     let server = TestServer::start(&[("LIMIT_START_PER_IP_PER_HOUR", "1"), ("TRUSTED_PROXIES", "127.0.0.1/32")]).await;
     assert_eq!(start_with_headers(&server, "18005550001", &[("x-forwarded-for", "198.51.100.1")]).await.0, 200);
     assert_eq!(start_with_headers(&server, "18005550002", &[("x-forwarded-for", "198.51.100.2")]).await.0, 200);
-    assert_eq!(start_with_headers(&server, "18005550003", &[("forwarded", "for=\"[2001:db8::7]:443\"")]).await.0, 200);
+    assert_eq!(start_with_headers(&server, "18005550003", &[("x-forwarded-for", "[2001:db8::7]:443")]).await.0, 200);
     let reply = start_with_headers(&server, "18005550009", &[("x-forwarded-for", "198.51.100.1")]).await;
     assert_error(&reply, 429, "RATELIMIT");
     // 127.0.0.2 is not trusted: its headers are ignored and its own address counts.
@@ -77,6 +77,41 @@ async fn a_trusted_proxy_passes_the_client_address() {
     for (phone, forwarded_for, status) in [("18005551234", "198.51.100.20", 200), ("18005550000", "198.51.100.21", 429)] {
         let request = untrusted.post(server.api()).json(&login(phone)).header("x-forwarded-for", forwarded_for);
         assert_eq!(server.send(request).await.0, status, "{forwarded_for}");
+    }
+}
+
+/// POSTs a login start for `phone` as nginx passes on one from `client` who wrote
+/// `X-Forwarded-For: {spoofed}` and `Forwarded: for={spoofed}`: it appends to the first
+/// and passes the second on unchanged.
+async fn start_through_nginx(server: &TestServer, phone: &str, spoofed: &str, client: &str) -> (u16, Value) {
+    let (x_forwarded_for, forwarded) = (format!("{spoofed}, {client}"), format!("for={spoofed}"));
+    start_with_headers(server, phone, &[("x-forwarded-for", &x_forwarded_for), ("forwarded", &forwarded)]).await
+}
+
+#[actix_web::test]
+async fn a_client_behind_a_trusted_proxy_cannot_choose_its_address() {
+    // The test client plays the proxy at 127.0.0.1.
+    let server = TestServer::start(&[("LIMIT_START_PER_IP_PER_HOUR", "3"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    for (phone, spoofed) in [("18005550001", "203.0.113.1"), ("18005550002", "203.0.113.2"), ("18005550003", "203.0.113.3")] {
+        assert_eq!(start_through_nginx(&server, phone, spoofed, "198.51.100.50").await.0, 200, "{spoofed}");
+    }
+    // A fourth address of its choosing: still counted as 198.51.100.50, which has spent its 3.
+    assert_error(&start_through_nginx(&server, "18005550004", "203.0.113.4", "198.51.100.50").await, 429, "RATELIMIT");
+    assert_eq!(start_through_nginx(&server, "18005550005", "203.0.113.4", "198.51.100.51").await.0, 200, "another client");
+}
+
+#[actix_web::test]
+async fn a_proxy_that_writes_forwarded_is_believed_in_that_header_only() {
+    let server =
+        TestServer::start(&[("LIMIT_START_PER_IP_PER_HOUR", "2"), ("TRUSTED_PROXIES", "127.0.0.1"), ("TRUSTED_PROXY_HEADER", "Forwarded")])
+            .await;
+    for (phone, spoofed, status) in
+        [("18005550001", "203.0.113.1", 200), ("18005550002", "203.0.113.2", 200), ("18005550003", "203.0.113.3", 429)]
+    {
+        // This proxy appends to Forwarded; X-Forwarded-For is the client's own.
+        let forwarded = format!("for={spoofed}, for=\"198.51.100.50:4711\"");
+        let reply = start_with_headers(&server, phone, &[("forwarded", &forwarded), ("x-forwarded-for", spoofed)]).await;
+        assert_eq!(reply.0, status, "{spoofed}: {}", reply.1);
     }
 }
 

@@ -22,6 +22,21 @@ async fn run(mut command: Command) -> Output {
     actix_web::rt::task::spawn_blocking(move || command.output().unwrap()).await.unwrap()
 }
 
+/// As [`run`], but a command still running after `secs` seconds (a `serve` that should have
+/// refused to start) is killed and gives None.
+async fn run_for_at_most(mut command: Command, secs: u64) -> Option<Output> {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    for _ in 0..secs * 20 {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    None
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -122,6 +137,35 @@ async fn check_config_prints_the_effective_configuration_without_secrets() {
     let output = run(otpgate(&["check-config"], &[])).await;
     assert!(output.status.success());
     assert!(text(&output.stderr).contains("APP_TOKEN is not set"), "warned as serve does: {}", text(&output.stderr));
+}
+
+#[actix_web::test]
+async fn trusting_every_address_as_a_proxy_is_refused() {
+    // Every client would be a trusted proxy, and could write its own address.
+    for everything in ["0.0.0.0/0", "127.0.0.1, ::/0"] {
+        for subcommand in ["check-config", "serve"] {
+            let command = otpgate(&[subcommand], &[("BIND", "127.0.0.1:0"), ("TRUSTED_PROXIES", everything)]);
+            let output =
+                run_for_at_most(command, 30).await.unwrap_or_else(|| panic!("{subcommand} started with TRUSTED_PROXIES={everything}"));
+            assert_eq!(output.status.code(), Some(2), "{subcommand} with TRUSTED_PROXIES={everything}");
+            assert!(
+                text(&output.stderr).contains("TRUSTED_PROXIES entry") && text(&output.stderr).contains("wider than /8"),
+                "{}",
+                text(&output.stderr)
+            );
+        }
+    }
+    let output = run(otpgate(&["check-config"], &[("TRUSTED_PROXY_HEADER", "X-Real-IP")])).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("TRUSTED_PROXY_HEADER must be X-Forwarded-For or Forwarded"), "{}", text(&output.stderr));
+    let output =
+        run(otpgate(&["check-config"], &[("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"), ("TRUSTED_PROXY_HEADER", "Forwarded")])).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let printed: Value = serde_json::from_str(&text(&output.stdout)).unwrap();
+    assert_eq!(
+        (printed["trusted_proxies"].as_str(), printed["trusted_proxy_header"].as_str()),
+        (Some("127.0.0.1, 10.0.0.0/8"), Some("Forwarded"))
+    );
 }
 
 #[actix_web::test]
