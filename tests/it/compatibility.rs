@@ -217,6 +217,26 @@ async fn the_seeds_javascript_style_json_is_understood() {
 }
 
 #[actix_web::test]
+async fn only_small_bodies_are_read_as_json5_and_large_ones_must_be_strict_json() {
+    let server = server_in("mesibo").await;
+    let padding = "x".repeat(8 * 1024);
+    let post = |body: String| server.client().post(format!("{}/", server.url)).body(body);
+    // Past 4 KiB, a JavaScript-style object is not parsed as JSON5.
+    let large_json5 = format!("{{op: 'login', phone: '{PHONE}', appid: '{APPID}', note: '{padding}'}}");
+    let (status, reply) = server.send(post(large_json5)).await;
+    assert_eq!((status, &reply["error"]), (200, &json!("BADREQUEST")), "{reply}");
+    assert_eq!(reply["errmsg"], "the request body is not a JSON object", "{reply}");
+    // The same request in strict JSON is read whatever its size,
+    let large_json = json!({ "op": "login", "phone": PHONE, "appid": APPID, "note": padding }).to_string();
+    let (status, reply) = server.send(post(large_json)).await;
+    assert_eq!((status, &reply["result"]), (200, &json!("OK")), "{reply}");
+    // and a small JavaScript-style one still is.
+    let small_json5 = format!("{{op: 'login', phone: '{PHONE}', appid: '{APPID}', note: 'short'}}");
+    let (status, reply) = server.send(post(small_json5)).await;
+    assert_eq!((status, &reply["result"]), (200, &json!("OK")), "{reply}");
+}
+
+#[actix_web::test]
 async fn app_settings_fill_the_login_replies() {
     let settings = json!({
         "default": { "start": { "title": "Important", "message": "Your code is on its way", "delay": 2000 } },
