@@ -101,6 +101,15 @@ pub struct ProfileChange {
     pub thumbnail: Option<Vec<u8>>,
 }
 
+/// A profile as a change left it, and the photo it showed just before: read in the
+/// change's own transaction, so that of two changes at once each learns the photo it
+/// replaced, and every replaced photo is freed exactly once.
+#[derive(Debug, Clone)]
+pub struct ChangedProfile {
+    pub profile: Profile,
+    pub replaced_photo: String,
+}
+
 /// A thumbnail as the apps read it (`tn`): standard base64 of the JPEG.
 pub fn thumbnail_field(jpeg: &[u8]) -> Value {
     use base64::Engine;

@@ -145,7 +145,7 @@ impl Groups {
         };
         let group = self.db.write_group(write).await?;
         if let Some(stored) = &stored {
-            stored.keep(files).await?;
+            stored.keep(&self.db, files).await?;
         }
         if replaced != group.photo {
             files.release(&self.db, &replaced).await;
@@ -257,7 +257,7 @@ impl Groups {
         let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
         let group = self.db.write_group(write).await?;
         if let Some(stored) = &stored {
-            stored.keep(files).await?;
+            stored.keep(&self.db, files).await?;
         }
         if replaced != group.photo {
             files.release(&self.db, &replaced).await;

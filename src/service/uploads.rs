@@ -5,7 +5,7 @@ use std::sync::Arc;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::Config;
-use crate::domain::account::{Caller, Profile, ProfileChange};
+use crate::domain::account::{Caller, ChangedProfile, Profile, ProfileChange};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::images::{self, Photo, PhotoRefused};
 use crate::domain::metrics;
@@ -110,9 +110,10 @@ pub struct StoredPhoto {
 
 impl StoredPhoto {
     /// Called once the row showing the photo is committed: a deletion of an unused file
-    /// of the same bytes may have come in between (see `store::files`), and is undone.
-    pub async fn keep(&self, files: &Files) -> Result<(), ApiError> {
-        Ok(files.store.restore(&self.name, Arc::clone(&self.jpeg)).await?)
+    /// of the same bytes may have come in between (see `store::files`), and is undone,
+    /// unless the photo was replaced again since.
+    pub async fn keep(&self, db: &Db, files: &Files) -> Result<(), ApiError> {
+        Ok(db.restore_file_if_referenced(&files.store, &self.name, Arc::clone(&self.jpeg)).await?)
     }
 }
 
@@ -174,7 +175,9 @@ async fn set_own_photo(
 }
 
 /// Applies a profile change that sets (or removes) the photo: the photo `stored` for it
-/// is kept, and the one it replaces deleted unless someone else shows it.
+/// is kept, and the one it replaces deleted unless someone else shows it. The store
+/// says which photo the change replaced: of two changes at once, each frees the photo
+/// it replaced itself, so none is left behind and none freed twice.
 pub async fn change_photo(
     db: &Arc<Db>,
     files: &Files,
@@ -182,13 +185,12 @@ pub async fn change_photo(
     change: ProfileChange,
     stored: Option<&StoredPhoto>,
 ) -> Result<Profile, ApiError> {
-    let replaced = db.profile_of(caller.user_id).await?.photo;
-    let profile = db.change_profile(caller.user_id, change, db.clock().now()).await?;
+    let ChangedProfile { profile, replaced_photo } = db.change_profile(caller.user_id, change, db.clock().now()).await?;
     if let Some(stored) = stored {
-        stored.keep(files).await?;
+        stored.keep(db, files).await?;
     }
-    if replaced != profile.photo {
-        files.release(db, &replaced).await;
+    if replaced_photo != profile.photo {
+        files.release(db, &replaced_photo).await;
     }
     Ok(profile)
 }

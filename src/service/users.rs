@@ -73,7 +73,7 @@ pub async fn change_profile(
         (change.photo, change.thumbnail) = (Some(stored.name.clone()), Some(stored.thumbnail.clone()));
     }
     if change.photo.is_none() {
-        return Ok(db.change_profile(caller.user_id, change, db.clock().now()).await?);
+        return Ok(db.change_profile(caller.user_id, change, db.clock().now()).await?.profile);
     }
     change_photo(db, files, caller, change, stored.as_ref()).await
 }

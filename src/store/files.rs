@@ -7,10 +7,11 @@
 //! attachment (their names are recorded in `attachment_files`, as no other row holds
 //! them). The check and the deletion run under the database's lock (SQLite's writer,
 //! a PostgreSQL advisory lock on the name), as does every transaction that makes a row
-//! refer to a file; the writer of such a row puts the file again once it is committed
-//! ([`FileStore::put`] costs nothing when the file is there), so a deletion that came
-//! between the file's write and the row's commit is undone and a committed reference
-//! always finds its file.
+//! refer to a file; the writer of such a row puts the file again once it is committed,
+//! under the same lock and only while a row still refers to it
+//! ([`Db::restore_file_if_referenced`]), so a deletion that came between the file's
+//! write and the row's commit is undone, a committed reference always finds its file,
+//! and a photo replaced again in the meantime is not brought back.
 
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -55,21 +56,9 @@ impl FileStore {
 
     async fn write_if_missing(&self, path: PathBuf, bytes: Arc<Vec<u8>>) -> Result<(), StorageError> {
         let dir = self.dir.clone();
-        let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            if path.exists() {
-                return Ok(());
-            }
-            // Removed when dropped, so an error leaves nothing behind.
-            let mut temporary = tempfile::Builder::new().prefix(".upload-").tempfile_in(&dir)?;
-            temporary.write_all(&bytes)?;
-            temporary.as_file().sync_all()?;
-            temporary.persist(&path).map_err(|e| e.error)?;
-            // The rename itself survives a power loss only once the directory is synced.
-            sync_directory(&dir)
-        })
-        .await
-        .map_err(|e| StorageError::Files(format!("file write task: {e}")))?;
-        written.map_err(|e| StorageError::Files(format!("writing an uploaded file: {e}")))
+        tokio::task::spawn_blocking(move || write_if_missing(&dir, &path, &bytes))
+            .await
+            .map_err(|e| StorageError::Files(format!("file write task: {e}")))?
     }
 
     /// Where a file this store gave out lives; `None` for any other name (anything else
@@ -100,6 +89,23 @@ impl FileStore {
     }
 }
 
+/// Writes `bytes` to `path` in `dir` unless a file is there (see [`FileStore::put`]).
+fn write_if_missing(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    let written = (|| -> std::io::Result<()> {
+        if path.exists() {
+            return Ok(());
+        }
+        // Removed when dropped, so an error leaves nothing behind.
+        let mut temporary = tempfile::Builder::new().prefix(".upload-").tempfile_in(dir)?;
+        temporary.write_all(bytes)?;
+        temporary.as_file().sync_all()?;
+        temporary.persist(path).map_err(|e| e.error)?;
+        // The rename itself survives a power loss only once the directory is synced.
+        sync_directory(dir)
+    })();
+    written.map_err(|e| StorageError::Files(format!("writing an uploaded file: {e}")))
+}
+
 fn remove_file(path: &Path) -> Result<bool, StorageError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(true),
@@ -123,10 +129,31 @@ impl Db {
     /// Anything but a stored file's name (a photo URL, '') is left alone.
     pub async fn remove_file_unless_referenced(&self, files: &FileStore, name: &str) -> Result<bool, StorageError> {
         let Some(path) = files.path_of(name) else { return Ok(false) };
-        let remove = move || remove_file(&path);
+        self.act_on_file(name, move |referenced| if referenced { Ok(false) } else { remove_file(&path) }).await
+    }
+
+    /// Writes stored file `name` again from `bytes` if it is gone and a row still refers
+    /// to it: called once the row that made it a photo is committed (see the module's
+    /// documentation). A photo replaced again since is not brought back, as its deletion
+    /// by the replacing change may already have run.
+    pub async fn restore_file_if_referenced(&self, files: &FileStore, name: &str, bytes: Arc<Vec<u8>>) -> Result<(), StorageError> {
+        let Some(path) = files.path_of(name) else { return Ok(()) };
+        let dir = files.dir.clone();
+        self.act_on_file(name, move |referenced| if referenced { write_if_missing(&dir, &path, &bytes).map(|()| true) } else { Ok(false) })
+            .await
+            .map(|_| ())
+    }
+
+    /// Runs `act` with whether a row refers to stored file `name`, under the lock that
+    /// every change making a row refer to it takes (see the module's documentation).
+    async fn act_on_file(
+        &self,
+        name: &str,
+        act: impl FnOnce(bool) -> Result<bool, StorageError> + Clone + Send + 'static,
+    ) -> Result<bool, StorageError> {
         match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.remove_file_unless_referenced(name.to_string(), remove).await,
-            Backend::Postgres(pg) => pg.remove_file_unless_referenced(name, remove).await,
+            Backend::Sqlite(sqlite) => sqlite.act_on_file(name.to_string(), act).await,
+            Backend::Postgres(pg) => pg.act_on_file(name, act).await,
         }
     }
 }

@@ -436,3 +436,21 @@ async fn a_deleted_accounts_photo_is_no_longer_served() {
     assert_eq!(served(&server, &photo).await, 404, "the account is gone, and so is its photo");
     assert_eq!(served(&server, &earlier).await, 404, "and the one it replaced");
 }
+
+#[actix_web::test]
+async fn photos_replaced_at_once_leave_no_file_that_no_profile_shows() {
+    let server = TestServer::start(&[("PHOTO_DECODES", "8")]).await;
+    let ann = server.log_in(PHONE, None).await;
+    set_photo(&server, &ann, &photo_of(0)).await;
+    // Each replacement must free the photo it replaced itself: two that both read the
+    // same old photo free it twice and leave one of theirs behind, served to anyone.
+    for round in 0..4u8 {
+        let photos: Vec<Vec<u8>> = (1..=6).map(|n| photo_of(round * 10 + n)).collect();
+        futures_util::future::join_all(photos.iter().map(|photo| set_photo(&server, &ann, photo))).await;
+    }
+    let shown = server.call_op("me", &ann, json!({})).await.1["profile"]["photo"].as_str().unwrap().to_string();
+    let kept: Vec<String> =
+        std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(shown.ends_with(".jpg"), "{shown}");
+    assert_eq!(kept, vec![shown], "only the photo Ann shows is kept");
+}

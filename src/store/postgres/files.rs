@@ -42,31 +42,28 @@ impl PgStore {
         Ok(())
     }
 
-    /// Runs `remove` (which deletes the file, answering whether it was there) unless a row
-    /// refers to stored file `name` (see `store::files`).
-    pub async fn remove_file_unless_referenced(
+    /// Runs `act` (which deletes or writes the file) with whether a row refers to stored
+    /// file `name`, under the file's lock (see `store::files`).
+    pub async fn act_on_file(
         &self,
         name: &str,
-        remove: impl FnOnce() -> Result<bool, StorageError> + Clone + Send + 'static,
+        act: impl FnOnce(bool) -> Result<bool, StorageError> + Clone + Send + 'static,
     ) -> Result<bool, StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.remove_file_unless_referenced_once(client, name, remove.clone())).await
+        self.retrying(Retry::IfNotApplied, |client| self.act_on_file_once(client, name, act.clone())).await
     }
 
-    async fn remove_file_unless_referenced_once(
+    async fn act_on_file_once(
         &self,
         mut client: Object,
         name: &str,
-        remove: impl FnOnce() -> Result<bool, StorageError> + Send + 'static,
+        act: impl FnOnce(bool) -> Result<bool, StorageError> + Send + 'static,
     ) -> Result<bool, StorageError> {
         let tx = client.transaction().await?;
         lock_file(&tx, name).await?;
         let referenced: bool = query_one(&tx, REFERENCED, &[&name]).await?.try_get(0)?;
-        let removed = if referenced {
-            false
-        } else {
-            tokio::task::spawn_blocking(remove).await.map_err(|e| StorageError::Files(format!("file removal task: {e}")))??
-        };
+        let acted =
+            tokio::task::spawn_blocking(move || act(referenced)).await.map_err(|e| StorageError::Files(format!("file task: {e}")))??;
         tx.commit().await?;
-        Ok(removed)
+        Ok(acted)
     }
 }

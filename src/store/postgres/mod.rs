@@ -985,7 +985,7 @@ mod tests {
             assert_eq!(again.evicted, vec![Evicted { appid: "app".into(), device: "d1".into() }]);
             assert!(store.authenticate("t1".into(), now * 1000).await.unwrap().is_none());
             let change = ProfileChange { status: Some("here".into()), ..ProfileChange::default() };
-            assert_eq!(store.change_profile(caller.user_id, change, now + 1).await.unwrap().status, "here");
+            assert_eq!(store.change_profile(caller.user_id, change, now + 1).await.unwrap().profile.status, "here");
             assert_eq!(store.remove_contacts(caller.user_id, vec![phones().hash("18005550002")]).await.unwrap(), 1);
             assert_eq!(store.end_sessions("t3".into(), true).await.unwrap(), 1);
             store.probe_write().await.unwrap();

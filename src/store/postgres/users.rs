@@ -3,7 +3,7 @@
 use deadpool_postgres::Object;
 use tokio_postgres::Row;
 
-use crate::domain::account::{Profile, ProfileChange};
+use crate::domain::account::{ChangedProfile, Profile, ProfileChange};
 use crate::domain::notices::NoticeBody;
 use crate::store::error::StorageError;
 
@@ -26,8 +26,9 @@ impl PgStore {
         Ok(profile_from_row(&row)?)
     }
 
-    /// Applies a profile change and bumps `ts`; returns the new profile.
-    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
+    /// Applies a profile change and bumps `ts`; returns the new profile and the photo it
+    /// replaced.
+    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<ChangedProfile, StorageError> {
         self.retrying(Retry::IfNotApplied, |client| self.change_profile_once(client, user_id, change.clone(), now)).await
     }
 
@@ -37,11 +38,13 @@ impl PgStore {
         user_id: i64,
         change: ProfileChange,
         now: i64,
-    ) -> Result<Profile, StorageError> {
+    ) -> Result<ChangedProfile, StorageError> {
         let tx = client.transaction().await?;
         if let Some(photo) = change.photo.as_deref() {
             lock_file(&tx, photo).await?;
         }
+        // Locked until the commit: a change at the same moment waits, then reads this one's photo.
+        let replaced_photo: String = query_one(&tx, "SELECT photo FROM users WHERE id = $1 FOR UPDATE", &[&user_id]).await?.try_get(0)?;
         let row = query_one(
             &tx,
             "UPDATE users u SET name = coalesce($2, u.name), status = coalesce($3, u.status), photo = coalesce($4, u.photo),
@@ -62,7 +65,7 @@ impl PgStore {
         )
         .await?;
         tx.commit().await?;
-        Ok(profile)
+        Ok(ChangedProfile { profile, replaced_photo })
     }
 }
 

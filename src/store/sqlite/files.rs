@@ -16,20 +16,20 @@ impl SqliteStore {
             .await
     }
 
-    /// Runs `remove` (which deletes the file, answering whether it was there) unless a row
-    /// refers to stored file `name`. On the writer, so that no commit of a row referring to
-    /// the file falls between the check and the deletion.
-    pub async fn remove_file_unless_referenced(
+    /// Runs `act` (which deletes or writes the file) with whether a row refers to stored
+    /// file `name`. On the writer, so that no commit of a row referring to the file falls
+    /// between the check and the act.
+    pub async fn act_on_file(
         &self,
         name: String,
-        remove: impl FnOnce() -> Result<bool, StorageError> + Send + 'static,
+        act: impl FnOnce(bool) -> Result<bool, StorageError> + Send + 'static,
     ) -> Result<bool, StorageError> {
-        let removed = self
+        let acted = self
             .call(move |conn| {
                 let referenced: bool = conn.prepare_cached(REFERENCED)?.query_row([name], |r| r.get(0))?;
-                Ok(if referenced { Ok(false) } else { remove() })
+                Ok(act(referenced))
             })
             .await?;
-        removed
+        acted
     }
 }

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use crate::domain::account::{OwnProfile, Profile, ProfileChange};
+use crate::domain::account::{ChangedProfile, OwnProfile, Profile, ProfileChange};
 use std::sync::Arc;
 
 use crate::domain::notices::NoticeBody;
@@ -78,9 +78,15 @@ pub(in crate::store) fn profile(conn: &Connection, user_id: i64) -> rusqlite::Re
 }
 
 /// Applies the change and bumps `ts`, and tells the users who have this one as a
-/// contact, in one transaction; returns the new profile.
-pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, change: &ProfileChange, now: i64) -> rusqlite::Result<Profile> {
+/// contact, in one transaction; returns the new profile and the photo it replaced.
+pub(in crate::store) fn update_profile(
+    conn: &mut Connection,
+    user_id: i64,
+    change: &ProfileChange,
+    now: i64,
+) -> rusqlite::Result<ChangedProfile> {
     atomically(conn, |tx| {
+        let replaced_photo: String = tx.query_row("SELECT photo FROM users WHERE id = ?1", [user_id], |r| r.get(0))?;
         tx.prepare_cached(
             "UPDATE users SET name = coalesce(?2, name), status = coalesce(?3, status), photo = coalesce(?4, photo),
                  thumbnail = CASE WHEN ?4 IS NULL THEN thumbnail ELSE ?6 END, ts = ?5
@@ -90,7 +96,7 @@ pub(in crate::store) fn update_profile(conn: &mut Connection, user_id: i64, chan
         let profile = profile(tx, user_id)?;
         // Contacts refresh the profile; no notification is shown (no subject).
         outbox::enqueue_for_contact_holders(tx, user_id, || NoticeBody::of_user(&profile, "").payload(), now)?;
-        Ok(profile)
+        Ok(ChangedProfile { profile, replaced_photo })
     })
 }
 
@@ -101,7 +107,7 @@ impl SqliteStore {
     }
 
     /// Applies a profile change and bumps `ts` (see [`update_profile`]).
-    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<Profile, StorageError> {
+    pub async fn change_profile(&self, user_id: i64, change: ProfileChange, now: i64) -> Result<ChangedProfile, StorageError> {
         self.call(move |conn| update_profile(conn, user_id, &change, now)).await
     }
 }
