@@ -13,6 +13,7 @@ use crate::api::ops;
 use crate::api::reply::reply;
 use crate::api::request::{access_token, Request};
 use crate::api::request_log;
+use crate::api::state::UploadPlace;
 use crate::api::{AppState, HttpSettings};
 use crate::domain::account::{token_hash, Caller};
 use crate::domain::error::{ApiError, ErrorCode};
@@ -32,10 +33,8 @@ pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web:
     let op = op.as_str();
     let client_ip = state.proxies.client_ip(&request);
     let result = match Op::parse(op) {
-        Some(op) => {
-            let (file, checked) = upload;
-            ops::handle(&state, Request::parse(op, &params, request.headers(), file), checked, &client_ip).await
-        }
+        // The upload's place, if it holds one, is kept until the request is answered.
+        Some(op) => ops::handle(&state, Request::parse(op, &params, request.headers(), upload.file), upload.caller, &client_ip).await,
         None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };
@@ -50,11 +49,7 @@ pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web:
 /// `max_body_bytes`, checked once the op is known. A multipart body is read as it
 /// arrives, and its file part only once its token is checked (see [`SessionGate`]): the
 /// session comes back with the file.
-async fn read_params(
-    request: &HttpRequest,
-    payload: web::Payload,
-    state: &AppState,
-) -> Result<(Params, (Option<UploadedFile>, Option<Caller>)), ApiError> {
+async fn read_params(request: &HttpRequest, payload: web::Payload, state: &AppState) -> Result<(Params, Upload), ApiError> {
     let limits = &state.http;
     let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default();
     if is_multipart(content_type) {
@@ -69,7 +64,16 @@ async fn read_params(
     let size = body.len();
     let (params, _) = parse_request(request.query_string(), content_type, body).await?;
     check_size(&params, size, false, limits)?;
-    Ok((params, (None, None)))
+    Ok((params, Upload::default()))
+}
+
+/// What a request brings besides its fields: its first file part, the session checked
+/// before the file was read, and the user's upload place, held until it is answered.
+#[derive(Default)]
+struct Upload {
+    file: Option<UploadedFile>,
+    caller: Option<Caller>,
+    _place: Option<UploadPlace>,
 }
 
 /// Holds a request's size to its op's limit (see [`read_params`]).
@@ -100,7 +104,7 @@ async fn read_multipart(
     content_type: &str,
     mut payload: web::Payload,
     state: &AppState,
-) -> Result<(Params, (Option<UploadedFile>, Option<Caller>)), ApiError> {
+) -> Result<(Params, Upload), ApiError> {
     let limits = FormLimits::of(&state.http);
     // The form reader wants a stream it can send between threads, which actix's payload
     // is not: a channel of one chunk carries it, so the body is read only as far as the
@@ -117,7 +121,8 @@ async fn read_multipart(
     };
     let gate = SessionGate { state, request };
     let query = url_encoded_params(request.query_string())?;
-    let form = multipart_form(content_type, query, body, &limits, &gate);
+    let length = request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
+    let form = multipart_form(content_type, query, body, length, &limits, &gate);
     futures_util::pin_mut!(feed, form);
     let form = match futures_util::future::select(form, feed).await {
         futures_util::future::Either::Left((form, _)) => form,
@@ -125,7 +130,7 @@ async fn read_multipart(
     }?;
     let op = check_size(&form.params, form.size, true, &state.http)?;
     let file = form.file.filter(|_| op.is_some_and(Op::carries_file));
-    let Some(admitted) = form.admitted else { return Ok((form.params, (file, None))) };
+    let Some(admitted) = form.admitted else { return Ok((form.params, Upload { file, ..Upload::default() })) };
     let token = access_token(&form.params, request.headers());
     let caller = match admitted.caller {
         // A second token after the file part must not stand for the one checked.
@@ -136,7 +141,8 @@ async fn read_multipart(
         None if file.is_some() => Some(ops::caller_of(state, token).await?),
         None => None,
     };
-    Ok((form.params, (file, caller)))
+    let file = file.map(|file| UploadedFile { counted: admitted.counted, ..file });
+    Ok((form.params, Upload { file, caller, _place: admitted.place }))
 }
 
 /// Decides at the first file part of a multipart form whether its bytes are read, from
@@ -144,8 +150,13 @@ async fn read_multipart(
 trait FileGate {
     /// What an admitted file keeps until the form is read.
     type Admitted;
-    /// `None`: the file is skipped, its bytes not kept.
-    async fn admit(&self, known: &Params) -> Result<Option<Self::Admitted>, ApiError>;
+    /// `None`: the file is skipped, its bytes not kept. `file_bytes`: the most the file
+    /// can hold, when the body's length says it.
+    async fn admit(&self, known: &Params, file_bytes: Option<usize>) -> Result<Option<Self::Admitted>, ApiError>;
+    /// When the rest of the form must have been read, if ever.
+    fn deadline(_: &Self::Admitted) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// Every file is read: a form held in memory costs no more for it.
@@ -153,15 +164,17 @@ struct AdmitEvery;
 
 impl FileGate for AdmitEvery {
     type Admitted = ();
-    async fn admit(&self, _: &Params) -> Result<Option<()>, ApiError> {
+    async fn admit(&self, _: &Params, _: Option<usize>) -> Result<Option<()>, ApiError> {
         Ok(Some(()))
     }
 }
 
 /// A file is read only for an op that takes one, and only once its token is checked:
-/// a bad token is answered `AUTHFAIL` before the file is read. The apps send the token
-/// before the file; a file before its token is read while fewer than
-/// `MAX_UPLOADS_BEFORE_TOKEN` others are, and its token checked once the form is read.
+/// a bad token is answered `AUTHFAIL`, a user with `MAX_CONCURRENT_UPLOADS_PER_USER`
+/// uploads under way or past their upload limits `RATELIMIT`, before the file is read.
+/// The apps send the token before the file; a file before its token is read while
+/// fewer than `MAX_UPLOADS_BEFORE_TOKEN` others are, for at most
+/// `UPLOAD_BEFORE_TOKEN_TIMEOUT_SECS`, and its token checked once the form is read.
 struct SessionGate<'a> {
     state: &'a AppState,
     request: &'a HttpRequest,
@@ -169,24 +182,43 @@ struct SessionGate<'a> {
 
 struct Admitted {
     caller: Option<Caller>,
+    /// The file was counted against the caller's upload limits.
+    counted: bool,
+    place: Option<UploadPlace>,
     _before_token: Option<tokio::sync::OwnedSemaphorePermit>,
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl FileGate for SessionGate<'_> {
     type Admitted = Admitted;
-    async fn admit(&self, known: &Params) -> Result<Option<Admitted>, ApiError> {
+    async fn admit(&self, known: &Params, file_bytes: Option<usize>) -> Result<Option<Admitted>, ApiError> {
         let op = known.get("op").and_then(|op| Op::parse_any_case(op.text().trim()));
         if op.is_some_and(|op| !op.carries_file()) {
             return Ok(None);
         }
         if let Some(token) = access_token(known, self.request.headers()) {
             let caller = ops::caller_of(self.state, Some(token)).await?;
-            return Ok(Some(Admitted { caller: Some(caller), _before_token: None }));
+            let Some(place) = self.state.uploads_per_user.take(caller.user_id) else {
+                return Err(ApiError::rate_limited(1, "this user has as many uploads under way as allowed; retry once one is answered"));
+            };
+            let file_bytes = file_bytes.map(|bytes| bytes.min(self.state.http.max_upload_bytes));
+            if let Some(bytes) = file_bytes {
+                self.state.files.limits.admit(caller.user_id, bytes).await?;
+            }
+            let counted = file_bytes.is_some();
+            return Ok(Some(Admitted { caller: Some(caller), counted, place: Some(place), _before_token: None, deadline: None }));
         }
         match std::sync::Arc::clone(&self.state.uploads_before_token).try_acquire_owned() {
-            Ok(permit) => Ok(Some(Admitted { caller: None, _before_token: Some(permit) })),
+            Ok(permit) => {
+                let deadline = tokio::time::Instant::now() + self.state.http.upload_before_token_timeout;
+                Ok(Some(Admitted { caller: None, counted: false, place: None, _before_token: Some(permit), deadline: Some(deadline) }))
+            }
             Err(_) => Err(ApiError::busy(1, "too many uploads are being read before their token; send the token before the file")),
         }
+    }
+
+    fn deadline(admitted: &Admitted) -> Option<tokio::time::Instant> {
+        admitted.deadline
     }
 }
 
@@ -234,8 +266,9 @@ pub async fn parse_request(query: &str, content_type: &str, body: web::Bytes) ->
     let mut params = url_encoded_params(query)?;
     if is_multipart(content_type) {
         let limits = FormLimits { body: body.len(), text: body.len(), file: body.len() };
+        let length = Some(body.len() as u64);
         let body = futures_util::stream::once(async move { Ok::<_, std::io::Error>(body) });
-        let form = multipart_form(content_type, params, body, &limits, &AdmitEvery).await?;
+        let form = multipart_form(content_type, params, body, length, &limits, &AdmitEvery).await?;
         return Ok((form.params, form.file));
     }
     let text = std::str::from_utf8(&body).map_err(|_| bad("the request body is not UTF-8"))?.trim();
@@ -297,37 +330,50 @@ fn json_text(value: &Value) -> String {
 /// Reads a multipart form (the 2021 apps' encoding when a file is attached) as it
 /// arrives: its text fields over `params`, and its first file part, whatever its name,
 /// as the reference took it, once `gate` admits it. Later file parts are skipped.
+/// `length`: the body's, when it is known.
 async fn multipart_form<G: FileGate>(
     content_type: &str,
     mut params: Params,
     body: impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> + Send + 'static,
+    length: Option<u64>,
     limits: &FormLimits,
     gate: &G,
 ) -> Result<MultipartForm<G::Admitted>, ApiError> {
     let not_a_form = || bad_request("the request body is not a valid multipart form");
     let read_error = |e: multer::Error| match e {
         multer::Error::StreamSizeExceeded { .. } => too_large(limits.body),
+        multer::Error::StreamReadFailed(e) if PartScanner::refused(e.as_ref()) => bad_request(&format!(
+            "a multipart part's headers, or the text before the first part, are longer than {MAX_PART_HEAD_BYTES} bytes"
+        )),
         _ => not_a_form(),
     };
     let boundary = multer::parse_boundary(content_type).map_err(|_| bad_request("the multipart Content-Type has no boundary"))?;
+    // What follows a file's bytes at the least: the closing delimiter.
+    let closing = format!("\r\n--{boundary}--").len() as u64;
+    let scanner = PartScanner::new(&boundary);
+    let content_starts = std::sync::Arc::clone(&scanner.content_starts);
+    let body = scanner.watch(body);
     let constraints = multer::Constraints::new().size_limit(multer::SizeLimit::new().whole_stream(limits.body as u64));
     let mut form = multer::Multipart::with_constraints(body, boundary, constraints);
     let (mut file, mut admitted, mut size, mut text_size) = (None, None, 0, 0);
-    let mut file_seen = false;
-    while let Some(mut field) = form.next_field().await.map_err(read_error)? {
+    let (mut file_seen, mut deadline) = (false, None);
+    while let Some(mut field) = within(deadline, form.next_field()).await?.map_err(read_error)? {
+        let content_starts_at = content_starts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop_front();
         let file_name = field.file_name().map(String::from);
         let name = field.name().map(String::from);
         let keep = match &file_name {
             Some(_) if !file_seen => {
                 file_seen = true;
-                admitted = gate.admit(&params).await?;
+                let file_bytes = length.zip(content_starts_at).map(|(length, start)| length.saturating_sub(start + closing));
+                admitted = gate.admit(&params, file_bytes.map(|bytes| usize::try_from(bytes).unwrap_or(usize::MAX))).await?;
+                deadline = admitted.as_ref().and_then(G::deadline);
                 admitted.is_some()
             }
             Some(_) => false,
             None => name.is_some(),
         };
         let mut bytes = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(read_error)? {
+        while let Some(chunk) = within(deadline, field.chunk()).await?.map_err(read_error)? {
             size += chunk.len();
             if file_name.is_none() {
                 text_size += chunk.len();
@@ -342,7 +388,7 @@ async fn multipart_form<G: FileGate>(
             }
         }
         match (file_name, name) {
-            (Some(file_name), _) if keep => file = Some(UploadedFile { file_name, bytes }),
+            (Some(file_name), _) if keep => file = Some(UploadedFile { file_name, bytes, counted: false }),
             (None, Some(name)) => {
                 let value = String::from_utf8(bytes).map_err(|_| bad_request("a multipart field is not text"))?;
                 params.insert(name, Field::Text(value));
@@ -351,6 +397,127 @@ async fn multipart_form<G: FileGate>(
         }
     }
     Ok(MultipartForm { params, file, size, admitted })
+}
+
+/// `read`, unless `deadline` passes first.
+async fn within<T>(deadline: Option<tokio::time::Instant>, read: impl std::future::Future<Output = T>) -> Result<T, ApiError> {
+    let Some(deadline) = deadline else { return Ok(read.await) };
+    tokio::time::timeout_at(deadline, read).await.map_err(|_| {
+        ApiError::new(ErrorCode::Timeout, "the form was not all received in time after its file; send the token before the file")
+    })
+}
+
+/// Most bytes before a multipart body's first boundary, and of a part's head (from its
+/// boundary to the blank line that ends its headers). The form reader keeps them whole
+/// until they end, with no bound of its own; the apps' parts have two short headers.
+const MAX_PART_HEAD_BYTES: usize = 8 * 1024;
+
+/// Watches a multipart body on its way to the form reader, finding its boundaries as
+/// the reader does: a body whose preamble or part head runs past
+/// [`MAX_PART_HEAD_BYTES`] is refused, and where each part's content starts is noted.
+struct PartScanner {
+    /// `\r\n--<boundary>`; the first delimiter is found without its line break.
+    delimiter: Vec<u8>,
+    stage: ScanStage,
+    /// Bytes of the current preamble or part head so far.
+    head: usize,
+    /// The last bytes scanned in this stage that may begin what it looks for.
+    carry: Vec<u8>,
+    scanned: u64,
+    /// Offsets in the body where parts' contents start, in order, until the form reader
+    /// takes the part.
+    content_starts: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<u64>>>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum ScanStage {
+    /// Before the first boundary.
+    Preamble,
+    /// The rest of a boundary's line.
+    BoundaryLine,
+    /// A part's headers, up to the blank line.
+    Headers,
+    /// A part's content, up to the next delimiter.
+    Content,
+}
+
+impl PartScanner {
+    fn new(boundary: &str) -> PartScanner {
+        PartScanner {
+            delimiter: format!("\r\n--{boundary}").into_bytes(),
+            stage: ScanStage::Preamble,
+            head: 0,
+            carry: Vec::new(),
+            scanned: 0,
+            content_starts: std::sync::Arc::default(),
+        }
+    }
+
+    fn watch(
+        mut self,
+        body: impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> + Send + 'static,
+    ) -> impl futures_util::Stream<Item = Result<web::Bytes, std::io::Error>> + Send + 'static {
+        body.map(move |chunk| {
+            let chunk = chunk?;
+            self.scan(&chunk)?;
+            Ok(chunk)
+        })
+    }
+
+    /// Whether the form reader's stream `error` is this scanner's refusal.
+    fn refused(error: &(dyn std::error::Error + Send + Sync + 'static)) -> bool {
+        error.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::InvalidData)
+    }
+
+    fn scan(&mut self, chunk: &[u8]) -> Result<(), std::io::Error> {
+        let mut rest = chunk;
+        loop {
+            let (pattern, next): (&[u8], ScanStage) = match self.stage {
+                ScanStage::Preamble => (&self.delimiter[2..], ScanStage::BoundaryLine),
+                ScanStage::BoundaryLine => (b"\r\n", ScanStage::Headers),
+                ScanStage::Headers => (b"\r\n\r\n", ScanStage::Content),
+                ScanStage::Content => (&self.delimiter, ScanStage::BoundaryLine),
+            };
+            let found = find_after(&self.carry, rest, pattern);
+            let scanned = found.unwrap_or(rest.len());
+            if self.stage != ScanStage::Content {
+                self.head += scanned;
+                if self.head > MAX_PART_HEAD_BYTES {
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "a multipart part's head is too long"));
+                }
+            }
+            self.scanned += scanned as u64;
+            let Some(end) = found else {
+                let keep = pattern.len() - 1;
+                let mut carry = std::mem::take(&mut self.carry);
+                carry.extend_from_slice(&rest[rest.len().saturating_sub(keep)..]);
+                self.carry = carry.split_off(carry.len().saturating_sub(keep));
+                return Ok(());
+            };
+            if next == ScanStage::Content {
+                self.content_starts.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push_back(self.scanned);
+            }
+            if next != ScanStage::Headers {
+                self.head = 0;
+            }
+            self.stage = next;
+            self.carry.clear();
+            rest = &rest[end..];
+        }
+    }
+}
+
+/// Where `pattern` ends in `rest` (the index just past it), when it starts in `carry`
+/// (the bytes before `rest`, fewer than the pattern's) or in `rest`.
+fn find_after(carry: &[u8], rest: &[u8], pattern: &[u8]) -> Option<usize> {
+    if !carry.is_empty() {
+        let mut joined = carry.to_vec();
+        joined.extend_from_slice(&rest[..rest.len().min(pattern.len() - 1)]);
+        if let Some(at) = memchr::memmem::find(&joined, pattern) {
+            return Some(at + pattern.len() - carry.len());
+        }
+    }
+    memchr::memmem::find(rest, pattern).map(|at| at + pattern.len())
 }
 
 /// `GET /files/{name}`: an uploaded file. Names are content hashes, so a file never

@@ -15,4 +15,4 @@ pub mod results;
 pub mod server;
 mod state;
 
-pub use state::{AppState, HttpSettings};
+pub use state::{AppState, HttpSettings, UploadsPerUser};

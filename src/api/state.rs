@@ -1,6 +1,7 @@
 //! What every request handler shares; built by `runtime` from the configuration.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Semaphore;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     /// Multipart requests whose file part is being read before their token was seen
     /// (`MAX_UPLOADS_BEFORE_TOKEN`).
     pub uploads_before_token: Arc<Semaphore>,
+    /// Uploads under way per user (`MAX_CONCURRENT_UPLOADS_PER_USER`).
+    pub uploads_per_user: UploadsPerUser,
     pub proxies: TrustedProxies,
     /// How long the audit trail keeps an event, in seconds.
     pub audit_retention_secs: i64,
@@ -52,6 +55,8 @@ pub struct HttpSettings {
     /// What a file part may add to a body, for the ops that take one.
     pub max_upload_bytes: usize,
     pub request_timeout: Duration,
+    /// How long the rest of a form may take once its file is read before its token.
+    pub upload_before_token_timeout: Duration,
 }
 
 impl HttpSettings {
@@ -63,6 +68,54 @@ impl HttpSettings {
             max_contacts_body_bytes: config.http.max_contacts_body_bytes,
             max_upload_bytes: config.files.max_upload_bytes,
             request_timeout: Duration::from_secs(config.http.request_timeout_secs),
+            upload_before_token_timeout: Duration::from_secs(config.files.upload_before_token_timeout_secs),
+        }
+    }
+}
+
+/// The uploads each user has under way in this process, at most `max` each: every one
+/// holds its file in memory until it is answered.
+pub struct UploadsPerUser {
+    max: usize,
+    running: Arc<Mutex<HashMap<i64, usize>>>,
+}
+
+/// One of a user's upload places, given back when dropped.
+pub struct UploadPlace {
+    running: Arc<Mutex<HashMap<i64, usize>>>,
+    user_id: i64,
+}
+
+impl UploadsPerUser {
+    pub fn new(max: usize) -> UploadsPerUser {
+        UploadsPerUser { max, running: Arc::default() }
+    }
+
+    /// Takes one of `user_id`'s places; `None` when they are all taken.
+    pub fn take(&self, user_id: i64) -> Option<UploadPlace> {
+        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let count = running.entry(user_id).or_default();
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(UploadPlace { running: Arc::clone(&self.running), user_id })
+    }
+
+    /// The places `user_id` holds now.
+    pub fn held(&self, user_id: i64) -> usize {
+        self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(&user_id).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for UploadPlace {
+    fn drop(&mut self) {
+        let mut running = self.running.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(count) = running.get_mut(&self.user_id) {
+            *count -= 1;
+            if *count == 0 {
+                running.remove(&self.user_id);
+            }
         }
     }
 }

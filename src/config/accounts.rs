@@ -57,6 +57,14 @@ pub struct FileSettings {
     /// in memory until the token is checked); one more gets `BUSY`.
     #[serde(default = "defaults::max_uploads_before_token")]
     pub max_uploads_before_token: usize,
+    /// Seconds within which the rest of a form must arrive once its file part is being
+    /// read before its token; a slower one loses its place and gets `TIMEOUT`.
+    #[serde(default = "defaults::upload_before_token_timeout_secs")]
+    pub upload_before_token_timeout_secs: u64,
+    /// Uploads (multipart requests of ops that take a file) one user may send at once;
+    /// one more gets `RATELIMIT` before its file is read.
+    #[serde(default = "defaults::max_concurrent_uploads_per_user")]
+    pub max_concurrent_uploads_per_user: usize,
 }
 
 mod defaults {
@@ -89,6 +97,14 @@ mod defaults {
         16
     }
     pub fn max_uploads_before_token() -> usize {
+        4
+    }
+    /// 16 MiB in 15 seconds takes about 9 Mbit/s; no app sends its file before its token.
+    pub fn upload_before_token_timeout_secs() -> u64 {
+        15
+    }
+    /// The apps upload one file at a time; a few attachments sent together still fit.
+    pub fn max_concurrent_uploads_per_user() -> usize {
         4
     }
 }

@@ -151,6 +151,12 @@ impl Config {
         if files.photo_decodes == 0 {
             return bad("PHOTO_DECODES", "must be at least 1");
         }
+        if files.max_concurrent_uploads_per_user == 0 {
+            return bad("MAX_CONCURRENT_UPLOADS_PER_USER", "must be at least 1");
+        }
+        if files.upload_before_token_timeout_secs == 0 {
+            return bad("UPLOAD_BEFORE_TOKEN_TIMEOUT_SECS", "must be at least 1");
+        }
         if http.max_contacts_body_bytes < http.max_body_bytes {
             return bad("MAX_CONTACTS_BODY_BYTES", "must be at least MAX_BODY_BYTES");
         }

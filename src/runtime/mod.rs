@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::api::health::Readiness;
 use crate::api::server;
 use crate::api::AppState;
-use crate::api::HttpSettings;
+use crate::api::{HttpSettings, UploadsPerUser};
 use crate::config::Config;
 use crate::config::RateLimitOnError;
 use crate::delivery::outbox;
@@ -85,6 +85,7 @@ impl AppState {
             readiness: Readiness::from_config(config)?,
             http: HttpSettings::from_config(config),
             uploads_before_token: Arc::new(tokio::sync::Semaphore::new(config.files.max_uploads_before_token)),
+            uploads_per_user: UploadsPerUser::new(config.files.max_concurrent_uploads_per_user),
             proxies: TrustedProxies::new(&config.http.trusted_proxies, config.http.trusted_proxy_header),
             audit_retention_secs: i64::try_from(config.admin.audit_retention_days.saturating_mul(86_400)).unwrap_or(i64::MAX),
         })

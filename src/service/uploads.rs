@@ -19,6 +19,9 @@ pub struct UploadedFile {
     /// The name the app gave the file; only its extension is used.
     pub file_name: String,
     pub bytes: Vec<u8>,
+    /// Already counted against the user's upload limits, before it was read (see
+    /// [`UploadLimits::admit`]): it is not counted again.
+    pub counted: bool,
 }
 
 /// The fields of `op=upload` as the apps send them.
@@ -59,6 +62,8 @@ impl UploadLimits {
     }
 
     /// Admits one file of `bytes` from user `user_id`, or answers `RATELIMIT` with the wait.
+    /// Called before the file is read when its size is bounded beforehand (its body's
+    /// `Content-Length`), and otherwise once it is read.
     pub async fn admit(&self, user_id: i64, bytes: usize) -> Result<(), ApiError> {
         let user = user_id.to_string();
         self.files_per_user.check(&user).await.map_err(|refusal| match refusal {
@@ -75,6 +80,14 @@ impl UploadLimits {
             Refusal::TooMany => ApiError::new(ErrorCode::TooMany, "the file is larger than a user may upload in a day"),
             Refusal::Unavailable => refusal.into(),
         })
+    }
+
+    /// Admits `file` from user `user_id` unless it was counted before it was read.
+    async fn admit_file(&self, user_id: i64, file: &UploadedFile) -> Result<(), ApiError> {
+        match file.counted {
+            true => Ok(()),
+            false => self.admit(user_id, file.bytes.len()).await,
+        }
     }
 
     /// Forgets users whose budgets are full again.
@@ -136,7 +149,7 @@ pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: Uploa
             (true, _) => files.download_base.clone(),
             (false, None) => return Err(missing_file()),
             (false, Some(file)) => {
-                files.limits.admit(caller.user_id, file.bytes.len()).await?;
+                files.limits.admit_file(caller.user_id, &file).await?;
                 let bytes = Arc::new(file.bytes);
                 let name = files.store.put(Arc::clone(&bytes), images::stored_extension(&file.file_name)).await?;
                 // Recorded, so that it is never taken for an unused photo of the same bytes.
@@ -199,7 +212,7 @@ pub async fn change_photo(
 /// work, bounded by [`PhotoDecodes`]) and keeps it; returns its stored name and its thumbnail. It counts against the
 /// caller's upload limits before it is decoded.
 pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<StoredPhoto, ApiError> {
-    files.limits.admit(caller.user_id, file.bytes.len()).await?;
+    files.limits.admit_file(caller.user_id, &file).await?;
     let Photo { jpeg, thumbnail } = files.decodes.decode(file.bytes).await?;
     let jpeg = Arc::new(jpeg);
     let name = files.store.put(Arc::clone(&jpeg), "jpg").await?;

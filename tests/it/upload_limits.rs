@@ -215,3 +215,101 @@ async fn a_file_before_its_token_is_read_for_at_most_max_uploads_before_token_re
     let refused = server.send(server.client().post(server.api()).header("content-type", content_type).body(body)).await;
     assert_error(&refused, 401, "AUTHFAIL");
 }
+
+/// The id of `phone`'s user.
+fn user_id_of(server: &TestServer, phone: &str) -> i64 {
+    server.scalar(&format!("SELECT id FROM users WHERE address = '{phone}'"))
+}
+
+#[actix_web::test]
+async fn a_part_head_or_preamble_past_8_kib_is_refused_before_the_rest_arrives() {
+    let server = TestServer::start(&[]).await;
+    let boundary = "otpgate-test-7d1c";
+    let content_type = format!("multipart/form-data; boundary={boundary}");
+    let endless_header = format!("--{boundary}\r\nContent-Disposition: form-data; name=\"op\"\r\nX-Padding: ");
+    for start in [endless_header.into_bytes(), Vec::new()] {
+        // A megabyte announced; 32 KiB of it sent, with no end of the head (or no boundary) in sight.
+        let mut body = start;
+        body.resize(1024 * 1024, b'a');
+        let mut upload = HeldUpload::open(&server, &[("Content-Type", &content_type)], body, 32 * 1024).await;
+        let refused = upload.reply().await;
+        assert_error(&refused, 400, "BADREQUEST");
+        assert!(refused.1["errmsg"].as_str().unwrap().contains("longer than 8192 bytes"), "{}", refused.1);
+    }
+    // The apps' forms, and a file of many times the bound, are read as before.
+    let token = token_of(&server, PHONE).await;
+    let fields = [("op", "upload"), ("token", token.as_str()), ("profile", "0")];
+    assert_ok(server.send(multipart_request(&server, &fields, Some(("a.bin", &vec![b'a'; 64 * 1024])))).await);
+}
+
+#[actix_web::test]
+async fn a_user_past_their_upload_limits_is_refused_before_the_file_is_read() {
+    let server = TestServer::start(&[("LIMIT_UPLOADS_PER_USER_PER_HOUR", "1")]).await;
+    let token = token_of(&server, PHONE).await;
+    let fields = [("op", "upload"), ("token", token.as_str()), ("profile", "0")];
+    assert_ok(server.send(multipart_request(&server, &fields, Some(("a.bin", b"the hour's one file")))).await);
+    let file = vec![7u8; 8 * 1024 * 1024];
+    let (content_type, body) = multipart(&fields, Some(("big.bin", &file)));
+    let first = body.len() - file.len() + 1024;
+    let mut upload = HeldUpload::open(&server, &[("Content-Type", &content_type)], body, first).await;
+    // Answered while 8 MB are still held back.
+    assert_error(&upload.reply().await, 429, "RATELIMIT");
+
+    // The bytes of the day too: 16 MB of a 20 MB day are spent, and the next body announces 8 MB.
+    let server = TestServer::start(&[("LIMIT_UPLOAD_BYTES_PER_USER_PER_DAY", "20000000")]).await;
+    let token = token_of(&server, PHONE).await;
+    let fields = [("op", "upload"), ("token", token.as_str()), ("profile", "0")];
+    for n in 0..2u8 {
+        assert_ok(server.send(multipart_request(&server, &fields, Some(("a.bin", &vec![n; 8_000_000])))).await);
+    }
+    let (content_type, body) = multipart(&fields, Some(("big.bin", &file)));
+    let first = body.len() - file.len() + 1024;
+    let mut upload = HeldUpload::open(&server, &[("Content-Type", &content_type)], body, first).await;
+    assert_error(&upload.reply().await, 429, "RATELIMIT");
+}
+
+#[actix_web::test]
+async fn uploads_of_one_user_beyond_max_concurrent_uploads_per_user_are_refused() {
+    let server = TestServer::start(&[("MAX_CONCURRENT_UPLOADS_PER_USER", "1")]).await;
+    let (ann, bob) = (server.log_in(PHONE, None).await, server.log_in("18005550702", None).await);
+    let ann_id = user_id_of(&server, PHONE);
+    let uploads = &server.state.uploads_per_user;
+    let file = vec![7u8; 1024 * 1024];
+    let fields = [("op", "upload"), ("token", ann.as_str()), ("profile", "0")];
+    let (content_type, body) = multipart(&fields, Some(("big.bin", &file)));
+    let first = body.len() - file.len() + 1024;
+    let mut held = HeldUpload::open(&server, &[("Content-Type", &content_type)], body, first).await;
+    assert!(eventually(20, || uploads.held(ann_id) == 1).await, "the first upload holds Ann's place");
+
+    let small = |token: &str| {
+        let fields = [("op", "upload"), ("token", token), ("profile", "0")];
+        multipart_request(&server, &fields, Some(("a.bin", b"a small file")))
+    };
+    let (status, headers, refused) = server.send_full(small(&ann)).await;
+    assert_error(&(status, refused.clone()), 429, "RATELIMIT");
+    assert_eq!((&refused["retry_after"], &headers["retry-after"]), (&json!(1), &reqwest::header::HeaderValue::from_static("1")));
+    assert_ok(server.send(small(&bob)).await);
+
+    held.send_the_rest().await;
+    assert_ok(held.reply().await);
+    assert!(eventually(20, || uploads.held(ann_id) == 0).await, "her place is free once the upload is answered");
+    assert_ok(server.send(small(&ann)).await);
+}
+
+#[actix_web::test]
+async fn a_file_before_its_token_that_stalls_loses_its_place() {
+    let server = TestServer::start(&[("MAX_UPLOADS_BEFORE_TOKEN", "1"), ("UPLOAD_BEFORE_TOKEN_TIMEOUT_SECS", "1")]).await;
+    let token = server.log_in(PHONE, None).await;
+    let waiting_for_token = &server.state.uploads_before_token;
+    let attachment = vec![9u8; 64 * 1024];
+    let fields = [("op", "upload"), ("profile", "0"), ("token", token.as_str())];
+    let (content_type, body, file_starts) = file_first_multipart(("a.bin", &attachment), &fields);
+
+    // A kilobyte of the file, then nothing more.
+    let mut stalled = HeldUpload::open(&server, &[("Content-Type", &content_type)], body.clone(), file_starts + 1024).await;
+    assert!(eventually(20, || waiting_for_token.available_permits() == 0).await, "the stalled upload holds the place");
+    assert_error(&stalled.reply().await, 504, "TIMEOUT");
+    assert!(eventually(20, || waiting_for_token.available_permits() == 1).await, "and loses it");
+    let again = server.client().post(server.api()).header("content-type", &content_type).body(body);
+    assert_ok(server.send(again).await);
+}
