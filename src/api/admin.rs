@@ -5,7 +5,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::{header, StatusCode};
 use actix_web::middleware::{from_fn, Next};
-use actix_web::{web, App, HttpResponse};
+use actix_web::{web, App, HttpMessage, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -15,6 +15,7 @@ use crate::api::{request_log, AppState};
 use crate::config::Secret;
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
+use crate::service::operators::Operator;
 use crate::service::{accounts, operators};
 use crate::store::audit;
 use crate::store::operators::UserKey;
@@ -46,7 +47,8 @@ pub fn app(
 
 /// Answers 401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>`. Each
 /// failure goes in the operator trail; a client IP out of failures (ADMIN_FAILURES_PER_IP_PER_HOUR)
-/// is answered 429 whatever it sends, so the token cannot be guessed.
+/// is answered 429 for any other token, unrecorded. The request goes on with the
+/// [`operators::Operator`] the trail names.
 async fn require_token(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -55,12 +57,6 @@ async fn require_token(
         return Ok(request.into_response(error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", "the operator API has no state")));
     };
     let client_ip = state.proxies.client_ip(request.request());
-    if let Some(wait) = state.operator_failures.refusal(&client_ip) {
-        let mut reply =
-            api_error(ApiError::rate_limited(wait, format!("too many failed operator logins from {client_ip}; retry in {wait} seconds")));
-        reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
-        return Ok(request.into_response(reply));
-    }
     let expected = request.app_data::<web::Data<OperatorToken>>().map(|token| token.0);
     let given = request
         .headers()
@@ -73,18 +69,31 @@ async fn require_token(
         (_, Some(_)) => Some("wrong token"),
         (_, None) => Some("no token"),
     };
-    if let Some(failure) = failure {
-        state.operator_failures.record_failure(&client_ip);
-        tracing::warn!(client_ip = %client_ip, "operator API login failed: {failure}");
-        let detail = format!("{client_ip}: {failure}");
-        if let Err(e) = state.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_AUTH_FAILED, detail).await {
-            tracing::error!("recording a failed operator login failed: {e}");
-        }
-        let mut reply = error(StatusCode::UNAUTHORIZED, "AUTHFAIL", "send Authorization: Bearer with the ADMIN_TOKEN");
-        reply.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    let Some(failure) = failure else {
+        // The right token gets in even from a client IP out of failures: a guesser behind
+        // the operators' own address (a bastion, a NAT) must not lock them out. That answer
+        // tells a locked-out IP that a guess was right, so the count is not what stops
+        // guessing: the token is (32+ random characters, 2^128 guesses and more). The count
+        // keeps a guesser from filling the trail and the log, and every other guess from a
+        // locked-out IP gets the same 429, whatever it presented.
+        request.extensions_mut().insert(operators::Operator::from_client_ip(client_ip));
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    };
+    if let Some(wait) = state.operator_failures.refusal(&client_ip) {
+        let mut reply =
+            api_error(ApiError::rate_limited(wait, format!("too many failed operator logins from {client_ip}; retry in {wait} seconds")));
+        reply.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from(wait));
         return Ok(request.into_response(reply));
     }
-    Ok(next.call(request).await?.map_into_boxed_body())
+    state.operator_failures.record_failure(&client_ip);
+    tracing::warn!(client_ip = %client_ip, "operator API login failed: {failure}");
+    let detail = format!("{client_ip}: {failure}");
+    if let Err(e) = state.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_AUTH_FAILED, detail).await {
+        tracing::error!("recording a failed operator login failed: {e}");
+    }
+    let mut reply = error(StatusCode::UNAUTHORIZED, "AUTHFAIL", "send Authorization: Bearer with the ADMIN_TOKEN");
+    reply.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    Ok(request.into_response(reply))
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> HttpResponse {
@@ -135,17 +144,17 @@ struct Lookup {
 }
 
 /// `GET /admin/users?phone=…` (or `email=…`, `uid=…`).
-async fn find_user(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpResponse {
+async fn find_user(state: web::Data<AppState>, operator: web::ReqData<Operator>, lookup: web::Query<Lookup>) -> HttpResponse {
     match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
-        Ok(key) => found(operators::user(&state.db, key).await),
+        Ok(key) => found(operators::user(&state.db, &operator, key).await),
         Err(e) => api_error(e),
     }
 }
 
 /// `GET /admin/events?phone=…` (or `email=…`): the address's security events.
-async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpResponse {
+async fn events(state: web::Data<AppState>, operator: web::ReqData<Operator>, lookup: web::Query<Lookup>) -> HttpResponse {
     let events = match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
-        Ok(key) => operators::events(&state.db, key).await,
+        Ok(key) => operators::events(&state.db, &operator, key).await,
         Err(e) => Err(e),
     };
     match events {
@@ -154,17 +163,18 @@ async fn events(state: web::Data<AppState>, lookup: web::Query<Lookup>) -> HttpR
     }
 }
 
-/// `GET /admin/events/operator`: the operator API's own events (failed logins), newest first.
+/// `GET /admin/events/operator`: the operator API's own events (failed logins, lookups,
+/// revokes), newest first.
 async fn operator_events(state: web::Data<AppState>) -> HttpResponse {
-    match operators::events(&state.db, UserKey::Address(audit::OPERATOR_TRAIL.to_string())).await {
+    match operators::operator_events(&state.db).await {
         Ok(events) => HttpResponse::Ok().json(json!({ "events": events })),
         Err(e) => api_error(e),
     }
 }
 
 /// `GET /admin/users/{id}`.
-async fn user_by_id(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
-    found(operators::user(&state.db, UserKey::Id(id.into_inner())).await)
+async fn user_by_id(state: web::Data<AppState>, operator: web::ReqData<Operator>, id: web::Path<i64>) -> HttpResponse {
+    found(operators::user(&state.db, &operator, UserKey::Id(id.into_inner())).await)
 }
 
 /// `DELETE /admin/users/{id}`: the account and everything kept for it, as the user's own
@@ -178,14 +188,14 @@ async fn delete_user(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResp
 }
 
 /// `DELETE /admin/users/{id}/sessions`: every session of the user.
-async fn revoke_all(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
-    revoked(operators::revoke(&state.db, id.into_inner(), None).await)
+async fn revoke_all(state: web::Data<AppState>, operator: web::ReqData<Operator>, id: web::Path<i64>) -> HttpResponse {
+    revoked(operators::revoke(&state.db, &operator, id.into_inner(), None).await)
 }
 
 /// `DELETE /admin/users/{id}/sessions/{session}`: one session, by the id `GET` shows.
-async fn revoke_one(state: web::Data<AppState>, path: web::Path<(i64, String)>) -> HttpResponse {
+async fn revoke_one(state: web::Data<AppState>, operator: web::ReqData<Operator>, path: web::Path<(i64, String)>) -> HttpResponse {
     let (id, session) = path.into_inner();
-    revoked(operators::revoke(&state.db, id, Some(session)).await)
+    revoked(operators::revoke(&state.db, &operator, id, Some(session)).await)
 }
 
 fn revoked(outcome: Result<Option<usize>, ApiError>) -> HttpResponse {

@@ -463,7 +463,7 @@ fn operator_paths() -> Vec<(String, Value)> {
         (
             "/admin/events".to_string(),
             json!({ "servers": on_admin_bind, "get": {
-            "summary": "The security events of an address, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: login, login_failed, locked_out, delivery_failed, sessions_revoked, account_deleted. By phone or email: events outlive users.",
+            "summary": "The security events of an address, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: login, login_failed, locked_out, delivery_failed, sessions_revoked, operator_lookup, account_deleted, address_linked, address_unlinked. By phone or email: events outlive users. The lookup is recorded (operator_lookup) in this trail and the operator trail.",
             "security": security,
             "parameters": lookup.clone(),
             "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": …, \"detail\": …}]}"),
@@ -473,7 +473,7 @@ fn operator_paths() -> Vec<(String, Value)> {
         (
             "/admin/events/operator".to_string(),
             json!({ "servers": on_admin_bind, "get": {
-            "summary": "The operator API's own events, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: operator_auth_failed, whose detail is the client IP and `no token` or `wrong token`. A client IP with ADMIN_FAILURES_PER_IP_PER_HOUR failures is answered 429, even with the right token, until its hour is over.",
+            "summary": "The operator API's own events, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: operator_lookup and sessions_revoked (who, and the user's id and masked address), and operator_auth_failed, whose detail is the client IP and `no token` or `wrong token`. A client IP with ADMIN_FAILURES_PER_IP_PER_HOUR failures is answered 429 for any token but the right one until its hour is over.",
             "security": security,
             "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": \"operator_auth_failed\", \"detail\": …}]}"),
                 "401": refused("No or wrong bearer token"), "429": refused("Too many failed logins from this client IP; Retry-After says when to retry") },

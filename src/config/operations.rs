@@ -21,8 +21,8 @@ pub struct AdminSettings {
     /// Bearer token of the operator API: required with ADMIN_BIND, 32 characters or more.
     #[serde(default, rename = "admin_token")]
     pub token: Secret,
-    /// Failed operator API logins a client IP may make per hour; beyond them it is refused,
-    /// even with the right token, until the hour is over. 0: no limit.
+    /// Failed operator API logins a client IP may make per hour; beyond them it is refused
+    /// for any token but the right one until the hour is over. 0: no limit.
     #[serde(default = "defaults::admin_failures_per_ip_per_hour", rename = "admin_failures_per_ip_per_hour")]
     pub failures_per_ip_per_hour: u32,
     /// Days the audit trail keeps a security event.

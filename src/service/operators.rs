@@ -1,9 +1,11 @@
 //! The operator API's work: finding a user by phone, e-mail or uid, showing their
-//! sessions, and revoking them.
+//! sessions, and revoking them. Each look at a user's data and each revoke goes in the
+//! audit trail, under the user's address and in the operator trail, naming the operator.
 
+use std::fmt;
 use std::sync::Arc;
 
-use crate::domain::address;
+use crate::domain::address::{self, Address};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::service::links::Linked;
 use crate::store::audit;
@@ -28,9 +30,52 @@ pub fn user_key(phone: Option<&str>, email: Option<&str>, uid: Option<&str>) -> 
     }
 }
 
+/// Who acts through the operator API, as the audit trail names them: the one operator
+/// credential there is (ADMIN_TOKEN, never its value) and the client IP that presented it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Operator {
+    client_ip: String,
+}
+
+impl Operator {
+    pub fn from_client_ip(client_ip: String) -> Operator {
+        Operator { client_ip }
+    }
+}
+
+impl fmt::Display for Operator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "operator (ADMIN_TOKEN) from {}", self.client_ip)
+    }
+}
+
+/// How a lookup named the user, as the trail keeps it: addresses masked, a uid not kept.
+fn looked_up_by(key: &UserKey) -> String {
+    match key {
+        UserKey::Address(stored) => {
+            let address = Address::from_stored(stored);
+            format!("{} {}", address.field(), address.masked())
+        }
+        UserKey::Uid(_) => "uid".to_string(),
+        UserKey::Id(id) => format!("id {id}"),
+    }
+}
+
+/// A user as the operator trail names them: local id and masked address.
+fn named(user: &UserRecord) -> String {
+    format!("user {} ({})", user.id, Address::from_stored(&user.address).masked())
+}
+
 /// The user, their live sessions and linked addresses; `None` when there is no such user.
-pub async fn user(db: &Arc<Db>, key: UserKey) -> Result<Option<UserDetails>, ApiError> {
-    let Some(user) = db.find_user(key).await? else { return Ok(None) };
+/// The lookup is recorded before anything is answered: no data is shown unrecorded.
+pub async fn user(db: &Arc<Db>, operator: &Operator, key: UserKey) -> Result<Option<UserDetails>, ApiError> {
+    let by = looked_up_by(&key);
+    let Some(user) = db.find_user(key).await? else {
+        db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: no user by {by}")).await?;
+        return Ok(None);
+    };
+    db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: {} by {by}", named(&user))).await?;
+    db.audit(&user.address, audit::OPERATOR_LOOKUP, format!("{operator}: user")).await?;
     let sessions = db.user_sessions(user.id).await?;
     let linked = super::links::linked(db, user.id).await?;
     Ok(Some(UserDetails { user, sessions, linked }))
@@ -47,19 +92,30 @@ pub struct UserDetails {
 
 /// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
 /// there is no such user.
-pub async fn revoke(db: &Arc<Db>, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
+pub async fn revoke(db: &Arc<Db>, operator: &Operator, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
     let Some(user) = db.find_user(UserKey::Id(user_id)).await? else { return Ok(None) };
     let ended = db.revoke_sessions(user_id, session).await?;
     tracing::info!(user_id, ended, "an operator revoked sessions");
-    db.audit(&user.address, audit::SESSIONS_REVOKED, ended.to_string()).await?;
+    db.audit(&user.address, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended}")).await?;
+    db.audit(audit::OPERATOR_TRAIL, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended} of {}", named(&user))).await?;
     Ok(Some(ended))
 }
 
-/// The security events of the address a lookup names, newest first.
-pub async fn events(db: &Arc<Db>, key: UserKey) -> Result<Vec<AuditEvent>, ApiError> {
+/// The security events of the address a lookup names, newest first. The lookup is
+/// recorded after the read, so that it shows in the next one.
+pub async fn events(db: &Arc<Db>, operator: &Operator, key: UserKey) -> Result<Vec<AuditEvent>, ApiError> {
+    let by = looked_up_by(&key);
     let address = match key {
         UserKey::Address(address) => address,
         UserKey::Uid(_) | UserKey::Id(_) => return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users")),
     };
-    Ok(db.audit_events(&address).await?)
+    let events = db.audit_events(&address).await?;
+    db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: events of {by}")).await?;
+    db.audit(&address, audit::OPERATOR_LOOKUP, format!("{operator}: events")).await?;
+    Ok(events)
+}
+
+/// The operator API's own trail (failed logins, lookups, revokes), newest first.
+pub async fn operator_events(db: &Arc<Db>) -> Result<Vec<AuditEvent>, ApiError> {
+    Ok(db.audit_events(audit::OPERATOR_TRAIL).await?)
 }

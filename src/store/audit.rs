@@ -8,6 +8,11 @@ pub use crate::store::records::{
 };
 use crate::store::{Backend, Db, StorageError};
 
+/// An operator looked at a user's data (`/admin/users`, `/admin/events`): in the user's
+/// trail the detail names the operator and what they read; in the operator trail, the
+/// user's id and masked address as well.
+pub const OPERATOR_LOOKUP: &str = "operator_lookup";
+
 impl Db {
     /// Records a security event of `address`.
     pub async fn audit(&self, address: &str, event: &'static str, detail: String) -> Result<(), StorageError> {

@@ -77,7 +77,7 @@ pub const LOGIN_FAILED: &str = "login_failed";
 pub const LOCKED_OUT: &str = "locked_out";
 /// A code that could not be delivered, for good; the detail is the sender.
 pub const DELIVERY_FAILED: &str = "delivery_failed";
-/// An operator ended sessions; the detail is how many.
+/// An operator ended sessions; the detail names the operator and says how many.
 pub const SESSIONS_REVOKED: &str = "sessions_revoked";
 /// The account was deleted; the detail says by whom (`user` or `operator`).
 pub const ACCOUNT_DELETED: &str = "account_deleted";

@@ -129,7 +129,8 @@ async fn an_id_token_links_its_address_and_deleting_the_account_deletes_every_pl
     assert_eq!(server.scalar("SELECT count(*) FROM users"), 1);
 
     // The operator finds the account by its linked address.
-    let user = otpgate::service::operators::user(&server.state.db, otpgate::store::operators::UserKey::Address(ANN_MAIL.into()))
+    let operator = otpgate::service::operators::Operator::from_client_ip("127.0.0.1".into());
+    let user = otpgate::service::operators::user(&server.state.db, &operator, otpgate::store::operators::UserKey::Address(ANN_MAIL.into()))
         .await
         .unwrap()
         .expect("found by the linked address");

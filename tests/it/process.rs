@@ -569,10 +569,40 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     let trail: Value =
         client.get(format!("{admin}/admin/events?phone=18005550000")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
     let events: Vec<&str> = trail["events"].as_array().unwrap().iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["account_deleted", "sessions_revoked", "sessions_revoked", "login"], "{trail}");
+    assert_eq!(
+        events,
+        ["account_deleted", "operator_lookup", "sessions_revoked", "sessions_revoked", "operator_lookup", "login"],
+        "{trail}"
+    );
     assert_eq!(trail["events"][0]["detail"], "operator");
+    // Each look at the user's data and each revoke names the operator, not the token.
+    let operator = "operator (ADMIN_TOKEN) from 127.0.0.1";
+    let details: Vec<&str> = trail["events"].as_array().unwrap()[1..5].iter().map(|e| e["detail"].as_str().unwrap()).collect();
+    assert_eq!(
+        details,
+        [format!("{operator}: user"), format!("{operator}: ended 0"), format!("{operator}: ended 1"), format!("{operator}: user")]
+    );
     let by_uid = client.get(format!("{admin}/admin/events?uid=1")).bearer_auth(ADMIN_TOKEN).send().await.unwrap();
     assert_eq!(by_uid.status(), 400, "events are found by address: they outlive users");
+    // The operator trail holds every lookup and revoke too, with the user's address masked.
+    let trail: Value =
+        client.get(format!("{admin}/admin/events/operator")).bearer_auth(ADMIN_TOKEN).send().await.unwrap().json().await.unwrap();
+    let events: Vec<(&str, &str)> =
+        trail["events"].as_array().unwrap().iter().map(|e| (e["event"].as_str().unwrap(), e["detail"].as_str().unwrap())).collect();
+    let (lookup, revoked, user) = ("operator_lookup", "sessions_revoked", format!("user {id} (1800555****)"));
+    let expected = [
+        (lookup, format!("{operator}: events of phone 1800555****")),
+        (lookup, format!("{operator}: no user by id {id}")),
+        (lookup, format!("{operator}: {user} by id {id}")),
+        (revoked, format!("{operator}: ended 0 of {user}")),
+        (revoked, format!("{operator}: ended 1 of {user}")),
+        (lookup, format!("{operator}: no user by uid")),
+        (lookup, format!("{operator}: {user} by phone 1800555****")),
+        ("operator_auth_failed", "127.0.0.1: wrong token".to_string()),
+        ("operator_auth_failed", "127.0.0.1: no token".to_string()),
+    ];
+    assert_eq!(events, expected.iter().map(|(event, detail)| (*event, detail.as_str())).collect::<Vec<_>>(), "{trail}");
+    assert!(!trail.to_string().contains("18005550000") && !trail.to_string().contains(ADMIN_TOKEN), "{trail}");
     service.signal(libc::SIGTERM);
     assert_eq!(service.exit_code().await.0, Some(0), "both listeners stop on SIGTERM");
 }
