@@ -34,15 +34,23 @@ pub fn app(
     App::new()
         .app_data(state)
         .app_data(web::Data::new(OperatorToken(Sha256::digest(token.expose().as_bytes()).into())))
+        // A path or query that does not parse gets the API's own JSON error, not actix's text.
+        .app_data(web::PathConfig::default().error_handler(|e, _| bad_param(e)))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| bad_param(e)))
         .wrap(from_fn(require_token))
         .wrap(from_fn(request_log::log_requests))
-        .route("/admin/users", web::get().to(find_user))
-        .route("/admin/events", web::get().to(events))
-        .route("/admin/events/operator", web::get().to(operator_events))
-        .route("/admin/users/{id}", web::get().to(user_by_id))
-        .route("/admin/users/{id}", web::delete().to(delete_user))
-        .route("/admin/users/{id}/sessions", web::delete().to(revoke_all))
-        .route("/admin/users/{id}/sessions/{session}", web::delete().to(revoke_one))
+        // One resource per path: another method answers 405 with Allow, not 404.
+        .service(web::resource("/admin/users").route(web::get().to(find_user)))
+        .service(web::resource("/admin/events").route(web::get().to(events)))
+        .service(web::resource("/admin/events/operator").route(web::get().to(operator_events)))
+        .service(web::resource("/admin/users/{id}").route(web::get().to(user_by_id)).route(web::delete().to(delete_user)))
+        .service(web::resource("/admin/users/{id}/sessions").route(web::delete().to(revoke_all)))
+        .service(web::resource("/admin/users/{id}/sessions/{session}").route(web::delete().to(revoke_one)))
+}
+
+fn bad_param(e: impl std::fmt::Display) -> actix_web::Error {
+    let reply = error(StatusCode::BAD_REQUEST, "BADPARAM", &e.to_string());
+    actix_web::error::InternalError::from_response(e.to_string(), reply).into()
 }
 
 /// Answers 401 unless the request carries `Authorization: Bearer <ADMIN_TOKEN>`. Each

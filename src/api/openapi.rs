@@ -62,13 +62,13 @@ pub fn op_doc(op: Op) -> OpDoc {
         Op::Logout => OpDoc {
             summary: "End this session, or with all:true every session of the user. An already ended token still succeeds.",
             request: &[TOKEN_FIELD, ("all", "boolean", "End every session of the user (1, true or yes).")],
-            required: &["token"],
+            required: &[],
             reply: &[("ended", "integer", "How many sessions were ended.")],
         },
         Op::Devices => OpDoc {
             summary: "The caller's live sessions, most recently used first, without tokens.",
             request: &[TOKEN_FIELD],
-            required: &["token"],
+            required: &[],
             reply: &[
                 (
                     "devices",
@@ -88,7 +88,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("cursor", "string", "Continue a reply that had more:true."),
                 ("hidden", "integer", "Sent by the 2021 apps; not used."),
             ],
-            required: &["token"],
+            required: &[],
             reply: &[
                 ("contacts", "array", "Entries with phone, name, status, photo, ts and tn; never the caller, never a non-user. Without phones, the caller's groups changed since ts follow (gid, name, photo, tn, ts, members, an empty phone)."),
                 ("me", "object", "The caller's own profile: phone or email, name, status, photo, ts, tn."),
@@ -101,7 +101,7 @@ pub fn op_doc(op: Op) -> OpDoc {
         Op::DelContacts => OpDoc {
             summary: "Remove phones from the caller's contacts.",
             request: &[TOKEN_FIELD, ("phones", "string", "Phones as a JSON array or a comma-separated list.")],
-            required: &["token", "phones"],
+            required: &["phones"],
             reply: &[("removed", "integer", "How many contacts were removed."), ("invalid", "integer", "Entries that were not phones.")],
         },
         Op::Profile => OpDoc {
@@ -112,13 +112,13 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("status", "string", "At most 140 characters."),
                 ("photo", "string", "An http(s) URL, at most 512 characters; or send the photo as a multipart file part."),
             ],
-            required: &["token"],
+            required: &[],
             reply: &[("profile", "object", "json dialect only (the 2021 Android app reads profile as a number): phone or email, name, status, photo, ts, tn and uid.")],
         },
         Op::Me => OpDoc {
             summary: "The caller's own profile, and the addresses linked to the account.",
             request: &[TOKEN_FIELD],
-            required: &["token"],
+            required: &[],
             reply: &[PROFILE_FIELD, LINKED_FIELD],
         },
         Op::Upload => OpDoc {
@@ -131,7 +131,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("delete", "integer", "1: remove the photo."),
                 ("mid", "string", "The app's message id; not used."),
             ],
-            required: &["token"],
+            required: &[],
             reply: &[
                 ("file", "string", "The stored file's full URL (attachment, or the new photo)."),
                 ("url", "string", "Attachments: the same URL."),
@@ -152,7 +152,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("fcmid", "string", "The push sender id."),
                 ("dt", "string", "The platform SDK's device type."),
             ],
-            required: &["token"],
+            required: &[],
             reply: &[],
         },
         Op::SetGroup => OpDoc {
@@ -163,13 +163,13 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("name", "string", "The group's name, at most 64 characters (percent-encoding is decoded); empty keeps the old one."),
                 ("m", "string", "Member phones, comma-separated, without the caller; replaces the members (the owner stays)."),
             ],
-            required: &["token"],
+            required: &[],
             reply: GROUP_REPLY,
         },
         Op::GetGroup => OpDoc {
             summary: "A group the caller is a member of.",
             request: &[TOKEN_FIELD, GID_FIELD],
-            required: &["token", "gid"],
+            required: &["gid"],
             reply: GROUP_REPLY,
         },
         Op::EditMembers => OpDoc {
@@ -180,7 +180,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("m", "string", "Phones, comma-separated."),
                 ("delete", "integer", "1: remove them."),
             ],
-            required: &["token", "gid", "m"],
+            required: &["gid", "m"],
             reply: &[GID_FIELD, MEMBERS_FIELD],
         },
         Op::SetAdmin => OpDoc {
@@ -191,13 +191,13 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("m", "string", "Phones, comma-separated."),
                 ("admin", "integer", "1: admin; 0: member."),
             ],
-            required: &["token", "gid", "m"],
+            required: &["gid", "m"],
             reply: &[GID_FIELD, MEMBERS_FIELD],
         },
         Op::DelGroup => OpDoc {
             summary: "The owner deletes the group; any other member leaves it.",
             request: &[TOKEN_FIELD, GID_FIELD],
-            required: &["token", "gid"],
+            required: &["gid"],
             reply: &[GID_FIELD],
         },
         Op::DeleteAccount => OpDoc {
@@ -211,7 +211,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ID_TOKEN_FIELD,
                 NONCE_FIELD,
             ],
-            required: &["token", "appid"],
+            required: &["appid"],
             reply: &[],
         },
         Op::Link => OpDoc {
@@ -227,7 +227,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ID_TOKEN_FIELD,
                 NONCE_FIELD,
             ],
-            required: &["token", "appid"],
+            required: &["appid"],
             reply: &[LINKED_FIELD],
         },
         Op::Unlink => OpDoc {
@@ -238,7 +238,7 @@ pub fn op_doc(op: Op) -> OpDoc {
                 ("email", "string", "The linked e-mail address to unlink."),
                 ("account", "string", "The linked provider:subject to unlink."),
             ],
-            required: &["token"],
+            required: &[],
             reply: &[LINKED_FIELD, ("ended", "integer", "How many sessions that came through the address ended.")],
         },
     }
@@ -271,12 +271,37 @@ const GROUP_REPLY: &[(&str, &str, &str)] = &[
     MEMBERS_FIELD,
 ];
 
-/// Session ops also take the token as `Authorization: Bearer <token>`.
+/// Session ops also take the token as `Authorization: Bearer <token>` (the `session`
+/// security scheme), so no op requires the field.
 const TOKEN_FIELD: (&str, &str, &str) = ("token", "string", "The access token from login (or send Authorization: Bearer).");
+
+/// Characters an `appid` may not hold: controls and bidirectional formatting.
+const NOT_IN_APPID: &str = r"\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069";
+
+/// What the code checks of a field beyond its type, as schema keywords: an `appid` is
+/// at most 128 characters, not blank once trimmed, and free of control characters.
+fn constraints(name: &str) -> Value {
+    match name {
+        "appid" => {
+            let allowed = format!("[^{NOT_IN_APPID}]*");
+            json!({ "minLength": 1, "maxLength": 128, "pattern": format!("^{allowed}[^\\s{NOT_IN_APPID}]{allowed}$") })
+        }
+        _ => json!({}),
+    }
+}
 const PROFILE_FIELD: (&str, &str, &str) = ("profile", "object", "phone or email, name, status, photo, ts and uid.");
 
 fn properties(fields: &[(&str, &str, &str)]) -> Map<String, Value> {
-    fields.iter().map(|(name, kind, about)| (name.to_string(), json!({ "type": kind, "description": about }))).collect()
+    fields
+        .iter()
+        .map(|(name, kind, about)| {
+            let mut schema = json!({ "type": kind, "description": about });
+            if let (Some(schema), Value::Object(more)) = (schema.as_object_mut(), constraints(name)) {
+                schema.extend(more);
+            }
+            (name.to_string(), schema)
+        })
+        .collect()
 }
 
 fn json_reply(description: &str, schema: Value) -> Value {
@@ -288,6 +313,12 @@ pub fn document(dialect: Dialect) -> Value {
     let mut schemas = Map::new();
     let mut requests = Vec::new();
     let mut replies = Vec::new();
+    // `result` keeps a success apart from an error whatever the op: the 200 reply's
+    // branches must not overlap, and `op` alone is the op as sent, in errors too.
+    let (ok, fail) = match dialect {
+        Dialect::Mesibo => (json!("OK"), json!("FAIL")),
+        Dialect::Json => (json!(true), json!(false)),
+    };
     for op in Op::ALL {
         let doc = op_doc(op);
         let op = op.as_str();
@@ -302,6 +333,7 @@ pub fn document(dialect: Dialect) -> Value {
         );
         let mut reply = properties(doc.reply);
         reply.insert("op".into(), json!({ "type": "string", "enum": [op] }));
+        reply.insert("result".into(), json!({ "enum": [ok] }));
         schemas.insert(
             format!("{name}Reply"),
             json!({ "allOf": [{ "$ref": "#/components/schemas/Reply" }, { "type": "object", "properties": reply }] }),
@@ -334,6 +366,7 @@ pub fn document(dialect: Dialect) -> Value {
                 "required": ["error", "errmsg"],
                 "properties": {
                     "error": { "type": "string", "enum": codes, "description": code_list.join("\n") },
+                    "result": { "enum": [fail] },
                     "errmsg": { "type": "string", "description": "Human explanation for the app developer." },
                     "retry_after": { "type": "integer", "description": "Seconds to wait (RATELIMIT only; also a Retry-After header)." },
                 },
@@ -368,10 +401,13 @@ pub fn document(dialect: Dialect) -> Value {
         }
     };
     let api_request = json!({ "oneOf": requests, "discriminator": { "propertyName": "op" } });
+    // The token may come as a field or as a bearer header; login needs neither.
+    let session_or_none = json!([{ "session": [] }, {}]);
     let status = |what: &str| json_reply(what, json!({ "type": "object", "properties": { "status": { "type": "string" } } }));
     let api_path = json!({
         "post": {
             "summary": "Call an op; the body is a JSON object (whatever the Content-Type; JavaScript-style objects too), a form or a multipart form, with query-string fields merged in (body wins).",
+            "security": session_or_none,
             "requestBody": { "required": true, "content": {
                 "application/json": { "schema": api_request },
                 "application/x-www-form-urlencoded": { "schema": api_request },
@@ -381,6 +417,7 @@ pub fn document(dialect: Dialect) -> Value {
         },
         "get": {
             "summary": "Call an op with query-string fields (same fields as POST).",
+            "security": session_or_none,
             "parameters": [{ "name": "op", "in": "query", "required": true, "schema": { "type": "string", "enum": Op::ALL.map(Op::as_str) } }],
             "responses": api_responses,
         },
@@ -406,6 +443,7 @@ pub fn document(dialect: Dialect) -> Value {
         } })),
     ]);
     paths.extend(operator_paths());
+    schemas.extend(operator_schemas());
     let dialect_note = match dialect {
         Dialect::Mesibo => {
             "Replies in the mesibo dialect (API_DIALECT=mesibo): result is \"OK\" or \"FAIL\", and application errors answer HTTP 200."
@@ -422,79 +460,136 @@ pub fn document(dialect: Dialect) -> Value {
         "paths": paths,
         "components": {
             "schemas": schemas,
-            "securitySchemes": { "operator": { "type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN" } },
+            "securitySchemes": {
+                "operator": { "type": "http", "scheme": "bearer", "description": "ADMIN_TOKEN" },
+                "session": { "type": "http", "scheme": "bearer", "description": "The access token from login, instead of the token field (or auth, for upload)." },
+            },
         },
     })
 }
 
+/// The operator API's reply bodies, as `admin.rs` writes them.
+fn operator_schemas() -> Vec<(String, Value)> {
+    let integer = json!({ "type": "integer" });
+    let string = json!({ "type": "string" });
+    let object = |required: &[&str], properties: Value| json!({ "type": "object", "required": required, "properties": properties });
+    let session = object(
+        &["session", "appid", "device", "created", "last_seen", "expires", "push"],
+        json!({ "session": string, "appid": string, "device": string, "created": integer, "last_seen": integer, "expires": integer,
+            "push": { "type": "boolean" } }),
+    );
+    let linked = object(&["address", "kind", "linked_at"], json!({ "address": string, "kind": string, "linked_at": integer }));
+    let user = object(
+        &["id", "uid", "name", "created", "last_login"],
+        json!({ "id": integer, "phone": string, "email": string, "account": string, "uid": string, "name": string,
+            "created": integer, "last_login": integer }),
+    );
+    let event = object(&["at", "event", "detail"], json!({ "at": integer, "event": string, "detail": string }));
+    vec![
+        (
+            "OperatorError".into(),
+            object(
+                &["code", "error"],
+                json!({ "code": { "type": "string", "description": "AUTHFAIL, RATELIMIT, NOUSER, BADPARAM, …" },
+                "error": { "type": "string", "description": "Human explanation." } }),
+            ),
+        ),
+        (
+            "OperatorUser".into(),
+            object(
+                &["user", "sessions", "linked"],
+                json!({ "user": user, "sessions": { "type": "array", "items": session },
+                "linked": { "type": "array", "items": linked } }),
+            ),
+        ),
+        ("OperatorEvents".into(), object(&["events"], json!({ "events": { "type": "array", "items": event } }))),
+        ("OperatorEnded".into(), object(&["ended"], json!({ "ended": integer }))),
+        ("OperatorDeleted".into(), object(&["deleted"], json!({ "deleted": { "type": "boolean" } }))),
+    ]
+}
+
 /// The operator API: served only on the ADMIN_BIND listener, never on the public port.
+/// Every operation may answer 401 (no or wrong token) and 429 (the client IP is out of
+/// failures and did not send the right token).
 fn operator_paths() -> Vec<(String, Value)> {
     let on_admin_bind = json!([{ "url": "http://{admin_bind}", "description": "the ADMIN_BIND listener only; the public port answers 404",
         "variables": { "admin_bind": { "default": "127.0.0.1:9090" } } }]);
-    let security = json!([{ "operator": [] }]);
-    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer" } });
-    let user_reply = json!({ "description": "The user (id, phone or email, uid, name, created, last_login) and their live sessions (session, appid, device, created, last_seen, expires, push)" });
-    let refused = |what: &str| json!({ "description": what });
-    let lookup = ["phone", "email", "uid"].map(|name| json!({ "name": name, "in": "query", "schema": { "type": "string" } }));
-    let ended = json!({ "description": "How many sessions ended: {\"ended\": n}; the devices' next call answers AUTHFAIL" });
+    let reply = |what: &str, schema: &str| json_reply(what, json!({ "$ref": format!("#/components/schemas/{schema}") }));
+    let refused = |what: &str| reply(what, "OperatorError");
+    let responses = |ok: Value, more: &[(&str, &str)]| {
+        let mut responses = Map::new();
+        responses.insert("200".into(), ok);
+        responses.insert("401".into(), refused("No or wrong bearer token (AUTHFAIL; WWW-Authenticate: Bearer)"));
+        let mut limited =
+            refused("RATELIMIT: this client IP is out of failed logins (ADMIN_FAILURES_PER_IP_PER_HOUR) and did not send the right token");
+        limited["headers"] =
+            json!({ "Retry-After": { "description": "Seconds until the IP's hour is over", "schema": { "type": "integer" } } });
+        responses.insert("429".into(), limited);
+        for (status, what) in more {
+            responses.insert(status.to_string(), refused(what));
+        }
+        Value::Object(responses)
+    };
+    let operation = |summary: &str, parameters: Value, responses: Value| json!({ "summary": summary, "security": [{ "operator": [] }], "parameters": parameters, "responses": responses });
+    let id = json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "integer", "format": "int64" } });
+    let user_reply = reply("The user (id, phone or email, uid, name, created, last_login) and their live sessions (session, appid, device, created, last_seen, expires, push)", "OperatorUser");
+    let lookup = json!(["phone", "email", "uid"].map(|name| json!({ "name": name, "in": "query", "schema": { "type": "string" } })));
+    let ended = reply("How many sessions ended; the devices' next call answers AUTHFAIL", "OperatorEnded");
+    let no_user = ("404", "No such user (NOUSER)");
+    let bad_id = ("400", "The id is not a number (BADPARAM)");
+    let path = |operations: Value| {
+        let mut path = operations;
+        path["servers"] = on_admin_bind.clone();
+        path
+    };
     vec![
         (
             "/admin/users".to_string(),
-            json!({ "servers": on_admin_bind, "get": {
-            "summary": "Find a user by exactly one of phone, email or uid.",
-            "security": security,
-            "parameters": lookup,
-            "responses": { "200": user_reply, "400": refused("Not exactly one of phone, email, uid, or a malformed one"),
-                "401": refused("No or wrong bearer token"), "404": refused("No such user") },
-        } }),
+            path(json!({ "get": operation(
+                "Find a user by exactly one of phone, email or uid. Recorded in the audit trail (operator_lookup).",
+                lookup.clone(),
+                responses(user_reply.clone(), &[("400", "Not exactly one of phone, email, uid, or a malformed one (BADPARAM)"), no_user]),
+            ) })),
         ),
         (
             "/admin/users/{id}".to_string(),
-            json!({ "servers": on_admin_bind, "get": {
-            "summary": "A user by local id, with their live sessions.",
-            "security": security, "parameters": [id],
-            "responses": { "200": user_reply, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
-        }, "delete": {
-            "summary": "Delete the account as op=deleteaccount does, without a code: every row of the user, their photo file, and the user on the platform (userdel, retried until taken).",
-            "security": security, "parameters": [id],
-            "responses": { "200": refused("{\"deleted\": true}"), "401": refused("No or wrong bearer token"), "404": refused("No such user") },
-        } }),
+            path(json!({
+                "get": operation("A user by local id, with their live sessions. Recorded in the audit trail (operator_lookup).",
+                    json!([id]), responses(user_reply, &[bad_id, no_user])),
+                "delete": operation(
+                    "Delete the account as op=deleteaccount does, without a code: every row of the user, their photo file, and the user on the platform (userdel, retried until taken).",
+                    json!([id]), responses(reply("Deleted", "OperatorDeleted"), &[bad_id, no_user])),
+            })),
         ),
         (
             "/admin/events".to_string(),
-            json!({ "servers": on_admin_bind, "get": {
-            "summary": "The security events of an address, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: login, login_failed, locked_out, delivery_failed, sessions_revoked, operator_lookup, account_deleted, address_linked, address_unlinked. By phone or email: events outlive users. The lookup is recorded (operator_lookup) in this trail and the operator trail.",
-            "security": security,
-            "parameters": lookup.clone(),
-            "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": …, \"detail\": …}]}"),
-                "400": refused("Not exactly one of phone, email, or a uid"), "401": refused("No or wrong bearer token") },
-        } }),
+            path(json!({ "get": operation(
+                "The security events of an address, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: login, login_failed, locked_out, delivery_failed, sessions_revoked, operator_lookup, account_deleted, address_linked, address_unlinked. By phone or email: events outlive users. The lookup is recorded (operator_lookup) in this trail and the operator trail.",
+                lookup,
+                responses(reply("The events", "OperatorEvents"), &[("400", "Not exactly one of phone, email, or a uid (BADPARAM)")]),
+            ) })),
         ),
         (
             "/admin/events/operator".to_string(),
-            json!({ "servers": on_admin_bind, "get": {
-            "summary": "The operator API's own events, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: operator_lookup and sessions_revoked (who, and the user's id and masked address), and operator_auth_failed, whose detail is the client IP and `no token` or `wrong token`. A client IP with ADMIN_FAILURES_PER_IP_PER_HOUR failures is answered 429 for any token but the right one until its hour is over.",
-            "security": security,
-            "responses": { "200": refused("{\"events\": [{\"at\": unix seconds, \"event\": \"operator_auth_failed\", \"detail\": …}]}"),
-                "401": refused("No or wrong bearer token"), "429": refused("Too many failed logins from this client IP; Retry-After says when to retry") },
-        } }),
+            path(json!({ "get": operation(
+                "The operator API's own events, newest first (at most 1000), kept AUDIT_RETENTION_DAYS: operator_lookup and sessions_revoked (who, and the user's id and masked address), and operator_auth_failed, whose detail is the client IP and `no token` or `wrong token`. A client IP with ADMIN_FAILURES_PER_IP_PER_HOUR failures is answered 429 for any token but the right one until its hour is over.",
+                json!([]),
+                responses(reply("The events", "OperatorEvents"), &[]),
+            ) })),
         ),
         (
             "/admin/users/{id}/sessions".to_string(),
-            json!({ "servers": on_admin_bind, "delete": {
-            "summary": "End every session of the user.",
-            "security": security, "parameters": [id],
-            "responses": { "200": ended, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
-        } }),
+            path(
+                json!({ "delete": operation("End every session of the user.", json!([id]), responses(ended.clone(), &[bad_id, no_user])) }),
+            ),
         ),
         (
             "/admin/users/{id}/sessions/{session}".to_string(),
-            json!({ "servers": on_admin_bind, "delete": {
-            "summary": "End one session of the user, by the session id the user's entry lists.",
-            "security": security,
-            "parameters": [id, { "name": "session", "in": "path", "required": true, "schema": { "type": "string" } }],
-            "responses": { "200": ended, "401": refused("No or wrong bearer token"), "404": refused("No such user") },
-        } }),
+            path(json!({ "delete": operation(
+                "End one session of the user, by the session id the user's entry lists.",
+                json!([id, { "name": "session", "in": "path", "required": true, "schema": { "type": "string" } }]),
+                responses(ended, &[bad_id, no_user]),
+            ) })),
         ),
     ]
 }
@@ -512,4 +607,144 @@ fn add_error(responses: &mut Map<String, Value>, status: &str, code: &str) {
 
 pub async fn serve(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(document(state.http.dialect))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `value` is valid against `schema` of `doc`, for the keywords this document
+    /// uses (`$ref`, `allOf`, `oneOf`, `type`, `enum`, `required`, `properties`,
+    /// `minLength`, `maxLength`; `pattern` is not read).
+    fn valid(doc: &Value, schema: &Value, value: &Value) -> bool {
+        if let Some(reference) = schema["$ref"].as_str() {
+            let name = reference.trim_start_matches("#/components/schemas/");
+            return valid(doc, &doc["components"]["schemas"][name], value);
+        }
+        let type_ok = match schema["type"].as_str() {
+            Some("object") => value.is_object(),
+            Some("string") => value.is_string(),
+            Some("integer") => value.is_i64() || value.is_u64(),
+            Some("boolean") => value.is_boolean(),
+            Some("array") => value.is_array(),
+            _ => true,
+        };
+        let length = value.as_str().map(|text| text.chars().count() as u64);
+        let within = |keyword: &str, ok: fn(u64, u64) -> bool| match (schema[keyword].as_u64(), length) {
+            (Some(bound), Some(length)) => ok(length, bound),
+            _ => true,
+        };
+        let list = |keyword: &str| schema[keyword].as_array().cloned().unwrap_or_default();
+        type_ok
+            && within("minLength", |length, bound| length >= bound)
+            && within("maxLength", |length, bound| length <= bound)
+            && schema["enum"].as_array().is_none_or(|allowed| allowed.contains(value))
+            && list("required").iter().all(|name| value.get(name.as_str().unwrap()).is_some())
+            && schema["properties"].as_object().is_none_or(|properties| {
+                properties.iter().all(|(name, property)| value.get(name).is_none_or(|field| valid(doc, property, field)))
+            })
+            && list("allOf").iter().all(|part| valid(doc, part, value))
+            && (schema["oneOf"].is_null() || branches(doc, schema, value) == 1)
+    }
+
+    /// How many branches of `schema`'s `oneOf` `value` is valid against.
+    fn branches(doc: &Value, schema: &Value, value: &Value) -> usize {
+        schema["oneOf"].as_array().unwrap().iter().filter(|branch| valid(doc, branch, value)).count()
+    }
+
+    fn reply_schema<'a>(doc: &'a Value, status: &str) -> &'a Value {
+        &doc["paths"]["/api"]["post"]["responses"][status]["content"]["application/json"]["schema"]
+    }
+
+    #[test]
+    fn every_reply_is_valid_against_exactly_one_branch_of_its_schema() {
+        for (dialect, ok, fail, error_status) in
+            [(Dialect::Mesibo, json!("OK"), json!("FAIL"), "200"), (Dialect::Json, json!(true), json!(false), "401")]
+        {
+            let doc = document(dialect);
+            let success = json!({ "op": "me", "result": ok, "ts": 1, "profile": {}, "linked": [] });
+            assert_eq!(branches(&doc, reply_schema(&doc, "200"), &success), 1, "{dialect:?}: {success}");
+            let error = json!({ "op": "me", "result": fail, "ts": 1, "error": "AUTHFAIL", "errmsg": "log in again" });
+            let schema = reply_schema(&doc, error_status);
+            assert!(valid(&doc, schema, &error), "{dialect:?}: {error}");
+            if schema["oneOf"].is_array() {
+                assert_eq!(branches(&doc, schema, &error), 1, "{dialect:?}: an error is an error, not also the op's reply");
+            }
+            let unknown_op = json!({ "op": "nosuch", "result": fail, "ts": 1, "error": "BADOP", "errmsg": "no such op" });
+            assert!(valid(&doc, reply_schema(&doc, if dialect == Dialect::Json { "400" } else { "200" }), &unknown_op));
+        }
+    }
+
+    #[test]
+    fn no_op_requires_the_token_field_that_a_bearer_header_replaces() {
+        for dialect in [Dialect::Mesibo, Dialect::Json] {
+            let doc = document(dialect);
+            for op in Op::ALL.map(Op::as_str) {
+                let name = format!("{}{}Request", op[..1].to_uppercase(), &op[1..]);
+                let request = &doc["components"]["schemas"][&name];
+                assert!(!request["required"].as_array().unwrap().contains(&json!("token")), "{name} requires token");
+                let by_header = json!({ "op": op, "appid": "com.example.app", "phones": "18005550001", "gid": 1, "m": "18005550001" });
+                assert!(valid(&doc, request, &by_header), "{name}: a request whose token is a header is valid");
+            }
+            assert_eq!(doc["components"]["securitySchemes"]["session"]["scheme"], "bearer");
+            for method in ["get", "post"] {
+                assert_eq!(doc["paths"]["/api"][method]["security"], json!([{ "session": [] }, {}]), "{method}: the header is optional");
+            }
+        }
+    }
+
+    #[test]
+    fn a_blank_or_overlong_appid_is_not_valid() {
+        let doc = document(Dialect::Json);
+        for request in ["Login", "Deleteaccount", "Link"] {
+            let appid = &doc["components"]["schemas"][format!("{request}Request")]["properties"]["appid"];
+            assert!(valid(&doc, appid, &json!("com.example.app")));
+            assert!(!valid(&doc, appid, &json!("")), "{request}: the code answers MISSINGAPPID");
+            assert!(!valid(&doc, appid, &json!("a".repeat(129))), "{request}: the code answers BADPARAM");
+            // Blank and control characters are left to the pattern: anchored, one non-space.
+            let allowed = format!("[^{NOT_IN_APPID}]*");
+            assert_eq!(appid["pattern"], format!("^{allowed}[^\\s{NOT_IN_APPID}]{allowed}$"));
+        }
+    }
+
+    #[test]
+    fn the_characters_an_appid_may_not_hold_are_those_the_code_refuses() {
+        let ranges: Vec<(u32, u32)> = NOT_IN_APPID
+            .split("\\u")
+            .skip(1)
+            .map(|item| u32::from_str_radix(&item[..4], 16).unwrap())
+            .zip(NOT_IN_APPID.split("\\u").skip(1).map(|item| item.ends_with('-')))
+            .fold(Vec::new(), |mut ranges, (code, opens_range)| {
+                match ranges.last_mut() {
+                    Some((_, end)) if *end == u32::MAX => *end = code,
+                    _ => ranges.push((code, if opens_range { u32::MAX } else { code })),
+                }
+                ranges
+            });
+        for c in (0..=0x10FFFF).filter_map(char::from_u32) {
+            let in_pattern = ranges.iter().any(|&(start, end)| (start..=end).contains(&u32::from(c)));
+            let refused = crate::domain::account::refuse_control_characters("appid", &c.to_string()).is_err();
+            assert_eq!(in_pattern, refused, "U+{:04X}", u32::from(c));
+        }
+    }
+
+    #[test]
+    fn every_operator_operation_documents_its_refusals_as_sent() {
+        let doc = document(Dialect::Mesibo);
+        let refusal = json!({ "code": "RATELIMIT", "error": "too many failed operator logins from 192.0.2.7; retry in 60 seconds" });
+        let mut operations = 0;
+        for (path, item) in doc["paths"].as_object().unwrap().iter().filter(|(path, _)| path.starts_with("/admin/")) {
+            for method in ["get", "delete"].into_iter().filter(|method| item[method].is_object()) {
+                let responses = &item[method]["responses"];
+                for status in ["401", "429"] {
+                    let schema = &responses[status]["content"]["application/json"]["schema"];
+                    assert!(valid(&doc, schema, &refusal), "{method} {path} {status}");
+                    assert!(!valid(&doc, schema, &json!({ "error": "no code" })), "{method} {path} {status}");
+                }
+                assert_eq!(responses["429"]["headers"]["Retry-After"]["schema"]["type"], "integer", "{method} {path}");
+                operations += 1;
+            }
+        }
+        assert_eq!(operations, 7);
+    }
 }

@@ -40,11 +40,12 @@ fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig)
             // The timeout wraps the resource, not the App: it must not hold the request while routing.
             cfg.service(web::resource(*path).wrap(from_fn(time_limit)).route(web::post().to(http::api)).route(web::get().to(http::api)));
         }
-        cfg.route("/files/{name}", web::get().to(http::serve_file))
-            .route("/healthz", web::get().to(health::healthz))
-            .route("/readyz", web::get().to(health::readyz))
-            .route("/metrics", web::get().to(metrics::serve))
-            .route("/openapi.json", web::get().to(openapi::serve));
+        // Resources rather than bare routes: another method answers 405 with Allow, not 404.
+        cfg.service(web::resource("/files/{name}").route(web::get().to(http::serve_file)))
+            .service(web::resource("/healthz").route(web::get().to(health::healthz)))
+            .service(web::resource("/readyz").route(web::get().to(health::readyz)))
+            .service(web::resource("/metrics").route(web::get().to(metrics::serve)))
+            .service(web::resource("/openapi.json").route(web::get().to(openapi::serve)));
     }
 }
 

@@ -331,9 +331,9 @@ async fn operator_call(admin: &str, ip: &str, token: Option<&str>) -> (u16, Opti
     (status, retry_after, reply.json().await.unwrap_or(Value::Null))
 }
 
-#[actix_web::test]
-async fn failed_operator_logins_are_audited_and_then_refused_unless_the_token_is_right() {
-    let server = TestServer::start_on_manual_clock(&[("ADMIN_FAILURES_PER_IP_PER_HOUR", "3"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
+/// The operator API of `server`'s state on a loopback port of its own, with
+/// [`OPERATOR_TOKEN`]: its URL, and the handle that stops it.
+fn operator_listener(server: &TestServer) -> (String, actix_web::dev::ServerHandle) {
     let (state, token) = (server.state.clone(), otpgate::config::Secret::from(OPERATOR_TOKEN));
     let listener = actix_web::HttpServer::new(move || otpgate::api::admin::app(state.clone(), &token))
         .workers(1)
@@ -344,6 +344,41 @@ async fn failed_operator_logins_are_audited_and_then_refused_unless_the_token_is
     let listener = listener.run();
     let handle = listener.handle();
     actix_web::rt::spawn(listener);
+    (app, handle)
+}
+
+#[actix_web::test]
+async fn another_method_on_a_documented_path_answers_405_with_the_documented_ones() {
+    let server = TestServer::start(&[]).await;
+    let (admin, handle) = operator_listener(&server);
+    let (_, doc) = get(&server, "/openapi.json").await;
+    let mut checked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let mut documented: Vec<String> =
+            ["get", "post", "put", "patch", "delete"].into_iter().filter(|m| item[*m].is_object()).map(str::to_uppercase).collect();
+        documented.sort();
+        let base = if path.starts_with("/admin/") { &admin } else { &server.url };
+        let url = format!("{base}{}", path.replace("{name}", "x.jpg").replace("{id}", "1").replace("{session}", "0123456789abcdef"));
+        for method in ["TRACE", "PUT", "PATCH"].into_iter().filter(|m| !documented.contains(&m.to_string())) {
+            let request =
+                server.client().request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &url).bearer_auth(OPERATOR_TOKEN);
+            let reply = request.send().await.unwrap();
+            assert_eq!(reply.status().as_u16(), 405, "{method} {path}");
+            let allow = reply.headers().get("allow").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+            let mut allowed: Vec<String> = allow.split(',').map(|m| m.trim().to_string()).filter(|m| !m.is_empty()).collect();
+            allowed.sort();
+            assert_eq!(allowed, documented, "{method} {path}: Allow is {allow:?}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 14 * 2, "only {checked} requests");
+    handle.stop(false).await;
+}
+
+#[actix_web::test]
+async fn failed_operator_logins_are_audited_and_then_refused_unless_the_token_is_right() {
+    let server = TestServer::start_on_manual_clock(&[("ADMIN_FAILURES_PER_IP_PER_HOUR", "3"), ("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let (app, handle) = operator_listener(&server);
     let (guesser, operator) = ("192.0.2.7", "192.0.2.8");
     let wrong = "operator-token-0123456789abcdef-0124";
 
