@@ -50,7 +50,9 @@ impl TrustedProxies {
     /// not trusted, or a hop is no address (a trusted proxy writes none such), the rest
     /// is the client's own writing and the walk ends, as nginx's `real_ip_recursive` does.
     pub fn resolve(&self, peer: IpAddr, header: &str) -> IpAddr {
-        let mut client = peer;
+        // A dual-stack listener sees an IPv4 peer as `::ffff:a.b.c.d`: it is that IPv4 address.
+        let mut client = peer.to_canonical();
+        let peer = client;
         if !self.trusts(&peer) || header.trim().is_empty() {
             return client;
         }
@@ -60,7 +62,7 @@ impl TrustedProxies {
                 ProxyHeader::Forwarded => forwarded_for(hop).and_then(parse_hop),
             };
             let Some(address) = address else { break };
-            client = address;
+            client = address.to_canonical();
             if !self.trusts(&client) {
                 break;
             }
@@ -82,10 +84,17 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse() {
         return Some(ip);
     }
-    if let Some(rest) = hop.strip_prefix('[') {
-        return rest.split(']').next()?.parse().ok();
+    let (address, port) = match hop.strip_prefix('[') {
+        Some(rest) => {
+            let (address, rest) = rest.split_once(']')?;
+            (address, if rest.is_empty() { None } else { Some(rest.strip_prefix(':')?) })
+        }
+        None => hop.rsplit_once(':').map(|(address, port)| (address, Some(port)))?,
+    };
+    if port.is_some_and(|port| port.parse::<u16>().is_err()) {
+        return None;
     }
-    hop.rsplit_once(':')?.0.parse().ok()
+    address.parse().ok()
 }
 
 /// The network an address belongs to for the per-network limit: its /24 (IPv4) or /64 (IPv6),
@@ -157,6 +166,24 @@ mod tests {
         for narrow in ["10.0.0.0/8", "172.16.0.0/12", "127.0.0.1", "fd00::/8", "::1", "::ffff:10.0.0.0/104"] {
             assert!(TrustedProxies::parse(narrow, ProxyHeader::XForwardedFor).is_ok(), "{narrow}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_peers_and_hops_are_their_ipv4_address() {
+        let proxies = TrustedProxies::parse("127.0.0.1", ProxyHeader::XForwardedFor).unwrap();
+        assert_eq!(proxies.resolve(ip("::ffff:127.0.0.1"), "198.51.100.7"), ip("198.51.100.7"), "a trusted proxy on a dual-stack listener");
+        assert_eq!(proxies.resolve(ip("::ffff:203.0.113.9"), ""), ip("203.0.113.9"));
+        assert_eq!(proxies.resolve(ip("127.0.0.1"), "198.51.100.7, ::ffff:127.0.0.1"), ip("198.51.100.7"));
+    }
+
+    #[test]
+    fn a_hop_with_a_port_that_is_no_port_is_no_address() {
+        assert_eq!(parse_hop("1.2.3.4:5678"), Some(ip("1.2.3.4")));
+        assert_eq!(parse_hop("[2001:db8::1]:4711"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_hop("[2001:db8::1]"), Some(ip("2001:db8::1")));
+        assert_eq!(parse_hop("1.2.3.4:junk"), None);
+        assert_eq!(parse_hop("[2001:db8::1]junk"), None);
+        assert_eq!(parse_hop("[2001:db8::1]:99999"), None);
     }
 
     #[test]
