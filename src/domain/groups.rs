@@ -120,6 +120,15 @@ pub enum MemberChange {
     },
 }
 
+/// A group as a change left it, and the photo it showed just before ('' for a new
+/// group): read in the change's own transaction, so that of two changes at once each
+/// learns the photo it replaced, and every replaced photo is freed exactly once.
+#[derive(Debug, Clone)]
+pub struct ChangedGroup {
+    pub group: Group,
+    pub replaced_photo: String,
+}
+
 /// A change to a group, written with its notices in one transaction.
 #[derive(Debug, Clone)]
 pub struct GroupWrite {

@@ -10,10 +10,10 @@ use crate::config::Config;
 use crate::delivery::upstream::Upstream;
 use crate::domain::account::{refuse_control_characters, Caller, MAX_NAME_CHARS};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::domain::groups::{Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
+use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
 use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 use crate::service::contacts::{parse_phones, Phones};
-use crate::service::uploads::{stored_photo, Files, UploadedFile};
+use crate::service::uploads::{stored_photo, Files, StoredPhoto, UploadedFile};
 use crate::store::Db;
 
 /// Members one request may name.
@@ -91,7 +91,6 @@ impl Groups {
         };
         // Before the photo is stored: a refused change keeps nothing of it.
         self.admit_adds(caller, added).await?;
-        let replaced = existing.as_ref().map(|group| group.photo.clone()).unwrap_or_default();
         let stored = match request.photo {
             Some(file) => Some(stored_photo(files, caller, file).await?),
             None => None,
@@ -143,14 +142,7 @@ impl Groups {
                 GroupWrite { name, photo, also_tell: removed, ..GroupWrite::change(group.gid, members, &me, now) }
             }
         };
-        let group = self.db.write_group(write).await?;
-        if let Some(stored) = &stored {
-            stored.keep(&self.db, files).await?;
-        }
-        if replaced != group.photo {
-            files.release(&self.db, &replaced).await;
-        }
-        Ok(group)
+        self.write_photo(files, write, stored.as_ref()).await
     }
 
     /// `getgroup`: a group the caller is a member of.
@@ -195,7 +187,7 @@ impl Groups {
                 ..GroupWrite::change(gid, MemberChange::Add(newcomers), &me, now)
             },
         };
-        Ok(self.db.write_group(write).await?)
+        Ok(self.db.write_group(write).await?.group)
     }
 
     /// `setadmin`: makes members admins (`admin` 1) or members again (0). The owner's role
@@ -211,7 +203,7 @@ impl Groups {
         let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
         let role = if admin { ADMIN } else { MEMBER };
         let write = GroupWrite::change(gid, MemberChange::SetRole { phones, role }, &me, self.db.clock().now());
-        Ok(self.db.write_group(write).await?)
+        Ok(self.db.write_group(write).await?.group)
     }
 
     /// `delgroup`: the owner deletes the group; any other member leaves it.
@@ -247,7 +239,7 @@ impl Groups {
         file: Option<UploadedFile>,
     ) -> Result<Group, ApiError> {
         let me = self.phone_of(caller).await?;
-        let replaced = self.run_by(gid, &me).await?.photo;
+        self.run_by(gid, &me).await?;
         let stored = match (delete, file) {
             (true, _) => None,
             (false, None) => return Err(ApiError::new(ErrorCode::MissingFile, "a file part is required")),
@@ -255,12 +247,20 @@ impl Groups {
         };
         let photo = stored.as_ref().map_or((String::new(), None), |stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
         let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
-        let group = self.db.write_group(write).await?;
-        if let Some(stored) = &stored {
+        self.write_photo(files, write, stored.as_ref()).await
+    }
+
+    /// Writes a change that may set (or remove) the group's photo: the photo `stored` for
+    /// it is kept, and the one it replaced deleted unless something else shows it. The store
+    /// says which photo the change replaced: of two changes at once, each frees the photo
+    /// it replaced itself, so none is left behind and none freed twice.
+    async fn write_photo(&self, files: &Files, write: GroupWrite, stored: Option<&StoredPhoto>) -> Result<Group, ApiError> {
+        let ChangedGroup { group, replaced_photo } = self.db.write_group(write).await?;
+        if let Some(stored) = stored {
             stored.keep(&self.db, files).await?;
         }
-        if replaced != group.photo {
-            files.release(&self.db, &replaced).await;
+        if replaced_photo != group.photo {
+            files.release(&self.db, &replaced_photo).await;
         }
         Ok(group)
     }
@@ -281,7 +281,7 @@ impl Groups {
             name: Some(name),
             ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now())
         };
-        Ok(self.db.write_group(write).await?)
+        Ok(self.db.write_group(write).await?.group)
     }
 
     /// The caller's phone (or e-mail address): how groups name their members.

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use crate::domain::groups::{Group, GroupWrite};
+use crate::domain::groups::{ChangedGroup, Group, GroupWrite};
 use crate::store::{Backend, Db, StorageError};
 
 impl Db {
@@ -15,8 +15,9 @@ impl Db {
         }
     }
 
-    /// Applies a group change and queues its notices, in one transaction; returns the group.
-    pub async fn write_group(&self, change: GroupWrite) -> Result<Group, StorageError> {
+    /// Applies a group change and queues its notices, in one transaction; returns the group
+    /// and the photo it replaced.
+    pub async fn write_group(&self, change: GroupWrite) -> Result<ChangedGroup, StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.write_group(change, &self.phones).await,
             Backend::Postgres(pg) => pg.write_group(change, &self.phones).await,

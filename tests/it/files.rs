@@ -456,3 +456,34 @@ async fn photos_replaced_at_once_leave_no_file_that_no_profile_shows() {
     assert!(shown.ends_with(".jpg"), "{shown}");
     assert_eq!(kept, vec![shown], "only the photo Ann shows is kept");
 }
+
+/// Sets group `gid`'s photo, by `upload` for even `n` and by `setgroup` for odd.
+async fn set_group_photo(server: &TestServer, token: &str, gid: &str, n: usize, jpeg: &[u8]) {
+    let fields: &[(&str, &str)] = match n % 2 {
+        0 => &[("op", "upload"), ("token", token), ("profile", "1"), ("gid", gid)],
+        _ => &[("op", "setgroup"), ("token", token), ("gid", gid)],
+    };
+    let (status, reply) = post_multipart(server, &server.api(), fields, Some(("g.jpg", jpeg))).await;
+    assert_eq!((status, &reply["result"]), (200, &json!(true)), "{reply}");
+}
+
+#[actix_web::test]
+async fn group_photos_replaced_at_once_leave_no_file_that_no_group_shows() {
+    let server = TestServer::start(&[("PHOTO_DECODES", "8"), ("MAX_CONCURRENT_UPLOADS_PER_USER", "8")]).await;
+    let ann = server.log_in(PHONE, None).await;
+    let group = assert_ok(server.call_op("setgroup", &ann, json!({ "gid": 0, "name": "Hikers" })).await);
+    let gid = group["gid"].as_i64().unwrap().to_string();
+    set_group_photo(&server, &ann, &gid, 0, &photo_of(0)).await;
+    // Each replacement must free the photo it replaced itself, whichever op made it: two
+    // that both read the same old photo free it twice and leave one of theirs behind,
+    // served to anyone though no group shows it.
+    for round in 0..4u8 {
+        let photos: Vec<Vec<u8>> = (1..=6).map(|n| photo_of(round * 10 + n)).collect();
+        futures_util::future::join_all(photos.iter().enumerate().map(|(n, photo)| set_group_photo(&server, &ann, &gid, n, photo))).await;
+    }
+    let shown = server.call_op("getgroup", &ann, json!({ "gid": group["gid"] })).await.1["photo"].as_str().unwrap().to_string();
+    let kept: Vec<String> =
+        std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert!(shown.ends_with(".jpg"), "{shown}");
+    assert_eq!(kept, vec![shown], "only the photo the group shows is kept");
+}

@@ -2,7 +2,7 @@
 
 use deadpool_postgres::{GenericClient, Object};
 
-use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
 use crate::store::error::StorageError;
 use crate::store::records::member_hashes;
@@ -81,12 +81,13 @@ impl PgStore {
         group_on(&client, gid).await
     }
 
-    /// Applies a group change and queues its notices, in one transaction.
-    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+    /// Applies a group change and queues its notices, in one transaction; returns the group
+    /// and the photo it replaced.
+    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
         self.retrying(Retry::IfNotApplied, |client| self.write_group_once(client, write.clone(), phones)).await
     }
 
-    async fn write_group_once(&self, mut client: Object, write: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+    async fn write_group_once(&self, mut client: Object, write: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
         let tx = client.transaction().await?;
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
@@ -95,6 +96,11 @@ impl PgStore {
         if let Some(photo) = photo {
             lock_file(&tx, photo).await?;
         }
+        // Locked until the commit: a change at the same moment waits, then reads this one's photo.
+        let replaced_photo: String = match query_opt(&tx, "SELECT photo FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&write.gid]).await? {
+            Some(row) => row.try_get(0)?,
+            None => String::new(),
+        };
         if write.create {
             execute(
                 &tx,
@@ -153,7 +159,7 @@ impl PgStore {
             notify_group(&tx, &group, &write, subject, phones).await?;
         }
         tx.commit().await?;
-        Ok(group)
+        Ok(ChangedGroup { group, replaced_photo })
     }
 
     /// Tells the members but `actor` that the group is gone, then deletes it.

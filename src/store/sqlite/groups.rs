@@ -6,7 +6,7 @@ use serde_json::Value;
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use crate::domain::groups::{Group, GroupWrite, MemberChange, MEMBER, OWNER};
+use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
 use crate::store::error::StorageError;
 use crate::store::records::member_hashes;
@@ -60,8 +60,15 @@ fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str, pho
     outbox::enqueue_each(tx, &notices, write.now)
 }
 
-pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<Group> {
+/// Applies the change and queues its notices, in one transaction; returns the group and
+/// the photo it replaced.
+pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<ChangedGroup> {
     atomically(conn, |tx| {
+        let replaced_photo: String = tx
+            .prepare_cached("SELECT photo FROM chat_groups WHERE gid = ?1")?
+            .query_row([write.gid], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
             None => (None, None),
@@ -109,7 +116,7 @@ pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones:
         if let Some(subject) = &write.subject {
             notify(tx, &group, write, subject, phones)?;
         }
-        Ok(group)
+        Ok(ChangedGroup { group, replaced_photo })
     })
 }
 
@@ -153,8 +160,8 @@ impl SqliteStore {
         self.read(move |conn| group(conn, gid)).await
     }
 
-    /// Applies a group change and queues its notices, in one transaction; returns the group.
-    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<Group, StorageError> {
+    /// Applies a group change and queues its notices (see [`write`]).
+    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
         let phones = phones.clone();
         self.call(move |conn| write(conn, &change, &phones)).await
     }
