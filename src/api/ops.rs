@@ -63,7 +63,7 @@ pub async fn handle<'r>(state: &AppState, request: Request<'r>, checked: Option<
             Ok(results::members(&state.groups.set_admin(&session(token).await?, gid, members, admin).await?))
         }
         Request::DelGroup { token, gid } => {
-            state.groups.delete(&session(token).await?, gid).await?;
+            state.groups.delete(&state.files, &session(token).await?, gid).await?;
             Ok(results::deleted_group(gid))
         }
         Request::SetNotify { token, fields } => {

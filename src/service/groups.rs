@@ -206,8 +206,9 @@ impl Groups {
         Ok(self.db.write_group(write).await?.group)
     }
 
-    /// `delgroup`: the owner deletes the group; any other member leaves it.
-    pub async fn delete(&self, caller: &Caller, gid: i64) -> Result<(), ApiError> {
+    /// `delgroup`: the owner deletes the group, and its photo unless something else shows
+    /// it; any other member leaves it.
+    pub async fn delete(&self, files: &Files, caller: &Caller, gid: i64) -> Result<(), ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
@@ -218,7 +219,10 @@ impl Groups {
         if role == OWNER {
             self.platform.group("groupdel", serde_json::json!({ "gid": gid })).await.map_err(refused)?;
             let subject = format!("The group {} has been deleted", group.name);
-            self.db.delete_group(gid, me, subject, self.db.clock().now()).await?;
+            // The photo the deletion read: one replaced meanwhile was freed by its replacer.
+            if let Some(deleted) = self.db.delete_group(gid, me, subject, self.db.clock().now()).await? {
+                files.release(&self.db, &deleted.photo).await;
+            }
         } else {
             let fields = serde_json::json!({ "gid": gid, "m": me, "delete": 1 });
             self.platform.group("groupeditmembers", fields).await.map_err(refused)?;

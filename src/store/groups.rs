@@ -24,8 +24,10 @@ impl Db {
         }
     }
 
-    /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it.
-    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<bool, StorageError> {
+    /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it;
+    /// returns the group as the deletion read it (its photo is to be freed by this caller
+    /// alone), `None` when there was no such group.
+    pub async fn delete_group(&self, gid: i64, actor: String, subject: String, now: i64) -> Result<Option<Group>, StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.delete_group(gid, actor, subject, now, &self.phones).await,
             Backend::Postgres(pg) => pg.delete_group(gid, actor, subject, now, &self.phones).await,

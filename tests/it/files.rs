@@ -457,14 +457,16 @@ async fn photos_replaced_at_once_leave_no_file_that_no_profile_shows() {
     assert_eq!(kept, vec![shown], "only the photo Ann shows is kept");
 }
 
-/// Sets group `gid`'s photo, by `upload` for even `n` and by `setgroup` for odd.
-async fn set_group_photo(server: &TestServer, token: &str, gid: &str, n: usize, jpeg: &[u8]) {
+/// Sets group `gid`'s photo, by `upload` for even `n` and by `setgroup` for odd; returns
+/// the stored file's name.
+async fn set_group_photo(server: &TestServer, token: &str, gid: &str, n: usize, jpeg: &[u8]) -> String {
     let fields: &[(&str, &str)] = match n % 2 {
         0 => &[("op", "upload"), ("token", token), ("profile", "1"), ("gid", gid)],
         _ => &[("op", "setgroup"), ("token", token), ("gid", gid)],
     };
     let (status, reply) = post_multipart(server, &server.api(), fields, Some(("g.jpg", jpeg))).await;
     assert_eq!((status, &reply["result"]), (200, &json!(true)), "{reply}");
+    reply["photo"].as_str().unwrap().to_string()
 }
 
 #[actix_web::test]
@@ -486,4 +488,25 @@ async fn group_photos_replaced_at_once_leave_no_file_that_no_group_shows() {
         std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(shown.ends_with(".jpg"), "{shown}");
     assert_eq!(kept, vec![shown], "only the photo the group shows is kept");
+}
+
+#[actix_web::test]
+async fn a_deleted_groups_photo_is_no_longer_served_unless_someone_else_shows_it() {
+    let server = TestServer::start(&[]).await;
+    let ann = server.log_in(PHONE, None).await;
+    let bob = server.log_in("18005550602", None).await;
+    let create = |name: &str| server.call_op("setgroup", &ann, json!({ "gid": 0, "name": name, "m": "18005550602" }));
+    let hikers = assert_ok(create("Hikers").await)["gid"].as_i64().unwrap().to_string();
+    let climbers = assert_ok(create("Climbers").await)["gid"].as_i64().unwrap().to_string();
+    let photo = set_group_photo(&server, &ann, &hikers, 0, &photo_of(90)).await;
+    let shared = set_group_photo(&server, &ann, &climbers, 1, &photo_of(95)).await;
+    assert_eq!(set_photo(&server, &bob, &photo_of(95)).await, shared, "Bob shows the same bytes: one file");
+
+    // A member leaving changes nothing of the photo.
+    assert_ok(server.call_op("delgroup", &bob, json!({ "gid": hikers })).await);
+    assert_eq!(served(&server, &photo).await, 200);
+    assert_ok(server.call_op("delgroup", &ann, json!({ "gid": hikers })).await);
+    assert_eq!(served(&server, &photo).await, 404, "the group is gone, and so is its photo");
+    assert_ok(server.call_op("delgroup", &ann, json!({ "gid": climbers })).await);
+    assert_eq!(served(&server, &shared).await, 200, "Bob still shows it");
 }

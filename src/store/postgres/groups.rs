@@ -162,7 +162,8 @@ impl PgStore {
         Ok(ChangedGroup { group, replaced_photo })
     }
 
-    /// Tells the members but `actor` that the group is gone, then deletes it.
+    /// Tells the members but `actor` that the group is gone, then deletes it; returns the
+    /// group deleted, as read under its row lock.
     pub async fn delete_group(
         &self,
         gid: i64,
@@ -170,7 +171,7 @@ impl PgStore {
         subject: String,
         now: i64,
         phones: &PhoneHasher,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Group>, StorageError> {
         self.retrying(Retry::IfNotApplied, |client| self.delete_group_once(client, gid, actor.clone(), subject.clone(), now, phones)).await
     }
 
@@ -182,15 +183,15 @@ impl PgStore {
         subject: String,
         now: i64,
         phones: &PhoneHasher,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Group>, StorageError> {
         let tx = client.transaction().await?;
         execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
-        let Some(group) = group_on(&tx, gid).await? else { return Ok(false) };
+        let Some(group) = group_on(&tx, gid).await? else { return Ok(None) };
         let (gone, write) = group.deletion(&actor, now);
         notify_group(&tx, &gone, &write, &subject, phones).await?;
         execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
         tx.commit().await?;
-        Ok(true)
+        Ok(Some(group))
     }
 
     /// The groups `phone` belongs to that changed at or after `since`, oldest change first.

@@ -120,7 +120,8 @@ pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones:
     })
 }
 
-/// Tells the members (but `actor`) that the group is gone, then deletes it.
+/// Tells the members (but `actor`) that the group is gone, then deletes it; returns the
+/// group deleted.
 pub(in crate::store) fn delete(
     conn: &mut Connection,
     gid: i64,
@@ -128,13 +129,13 @@ pub(in crate::store) fn delete(
     subject: &str,
     now: i64,
     phones: &PhoneHasher,
-) -> rusqlite::Result<bool> {
+) -> rusqlite::Result<Option<Group>> {
     atomically(conn, |tx| {
-        let Some(group) = group(tx, gid)? else { return Ok(false) };
+        let Some(group) = group(tx, gid)? else { return Ok(None) };
         let (gone, write) = group.deletion(actor, now);
         notify(tx, &gone, &write, subject, phones)?;
         tx.prepare_cached("DELETE FROM chat_groups WHERE gid = ?1")?.execute([gid])?;
-        Ok(true)
+        Ok(Some(group))
     })
 }
 
@@ -166,7 +167,8 @@ impl SqliteStore {
         self.call(move |conn| write(conn, &change, &phones)).await
     }
 
-    /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it.
+    /// Tells the members but `actor` (with `subject`) that the group is gone, and deletes it
+    /// (see [`delete`]).
     pub async fn delete_group(
         &self,
         gid: i64,
@@ -174,7 +176,7 @@ impl SqliteStore {
         subject: String,
         now: i64,
         phones: &PhoneHasher,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Group>, StorageError> {
         let phones = phones.clone();
         self.call(move |conn| delete(conn, gid, &actor, &subject, now, &phones)).await
     }
