@@ -96,8 +96,27 @@ impl Groups {
             None => None,
         };
         let photo = stored.as_ref().map(|stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
+        let write = match self.mirror(me, existing, name, members).await {
+            Ok(write) => GroupWrite { photo, ..write },
+            Err(e) => {
+                self.forget(files, stored.as_ref()).await;
+                return Err(e);
+            }
+        };
+        self.write_photo(files, write, stored.as_ref()).await
+    }
+
+    /// Makes a `setgroup` change on the platform (`groupadd` creates the group, `groupset`
+    /// changes `existing`); returns the local write that follows it, without the photo.
+    async fn mirror(
+        &self,
+        me: String,
+        existing: Option<Group>,
+        name: Option<String>,
+        members: Option<Vec<String>>,
+    ) -> Result<GroupWrite, ApiError> {
         let now = self.db.clock().now();
-        let write = match existing {
+        Ok(match existing {
             None => {
                 let name = name.unwrap_or_default();
                 let members = members.unwrap_or_default();
@@ -110,7 +129,7 @@ impl Groups {
                     create: true,
                     subject: Some(format!("You have been added to group {name}")),
                     name: Some(name),
-                    photo,
+                    photo: None,
                     members: MemberChange::Create { owner: me.clone(), members },
                     now,
                     actor: me,
@@ -139,10 +158,9 @@ impl Groups {
                     Some(members) => MemberChange::Replace { keep: me.clone(), members },
                     None => MemberChange::Keep,
                 };
-                GroupWrite { name, photo, also_tell: removed, ..GroupWrite::change(group.gid, members, &me, now) }
+                GroupWrite { name, also_tell: removed, ..GroupWrite::change(group.gid, members, &me, now) }
             }
-        };
-        self.write_photo(files, write, stored.as_ref()).await
+        })
     }
 
     /// `getgroup`: a group the caller is a member of.
@@ -187,7 +205,7 @@ impl Groups {
                 ..GroupWrite::change(gid, MemberChange::Add(newcomers), &me, now)
             },
         };
-        Ok(self.db.write_group(write).await?.group)
+        Ok(self.written(write).await?.group)
     }
 
     /// `setadmin`: makes members admins (`admin` 1) or members again (0). The owner's role
@@ -203,7 +221,7 @@ impl Groups {
         let phones = parse_phones(list, MAX_MEMBERS_PER_REQUEST)?.phones;
         let role = if admin { ADMIN } else { MEMBER };
         let write = GroupWrite::change(gid, MemberChange::SetRole { phones, role }, &me, self.db.clock().now());
-        Ok(self.db.write_group(write).await?.group)
+        Ok(self.written(write).await?.group)
     }
 
     /// `delgroup`: the owner deletes the group, and its photo unless something else shows
@@ -227,7 +245,7 @@ impl Groups {
             let fields = serde_json::json!({ "gid": gid, "m": me, "delete": 1 });
             self.platform.group("groupeditmembers", fields).await.map_err(refused)?;
             let write = GroupWrite::change(gid, MemberChange::Remove(vec![me.clone()]), &me, self.db.clock().now());
-            self.db.write_group(write).await?;
+            self.written(write).await?;
         }
         Ok(())
     }
@@ -259,7 +277,14 @@ impl Groups {
     /// says which photo the change replaced: of two changes at once, each frees the photo
     /// it replaced itself, so none is left behind and none freed twice.
     async fn write_photo(&self, files: &Files, write: GroupWrite, stored: Option<&StoredPhoto>) -> Result<Group, ApiError> {
-        let ChangedGroup { group, replaced_photo } = self.db.write_group(write).await?;
+        let ChangedGroup { group, replaced_photo } = match self.written(write).await {
+            Ok(changed) => changed,
+            Err(e) => {
+                // The group may be gone since it was read: then no row shows the photo.
+                self.forget(files, stored).await;
+                return Err(e);
+            }
+        };
         if let Some(stored) = stored {
             stored.keep(&self.db, files).await?;
         }
@@ -267,6 +292,19 @@ impl Groups {
             files.release(&self.db, &replaced_photo).await;
         }
         Ok(group)
+    }
+
+    /// Writes a group change; a group deleted since it was read answers `BADGROUP`.
+    async fn written(&self, write: GroupWrite) -> Result<ChangedGroup, ApiError> {
+        self.db.write_group(write).await?.ok_or_else(not_run_by_caller)
+    }
+
+    /// Frees the photo stored for a change that was not written, unless something else
+    /// shows the same file.
+    async fn forget(&self, files: &Files, stored: Option<&StoredPhoto>) {
+        if let Some(stored) = stored {
+            files.release(&self.db, &stored.name).await;
+        }
     }
 
     /// `profile` with `gid`: renames a group the caller runs.
@@ -285,7 +323,7 @@ impl Groups {
             name: Some(name),
             ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now())
         };
-        Ok(self.db.write_group(write).await?.group)
+        Ok(self.written(write).await?.group)
     }
 
     /// The caller's phone (or e-mail address): how groups name their members.

@@ -16,8 +16,8 @@ impl Db {
     }
 
     /// Applies a group change and queues its notices, in one transaction; returns the group
-    /// and the photo it replaced.
-    pub async fn write_group(&self, change: GroupWrite) -> Result<ChangedGroup, StorageError> {
+    /// and the photo it replaced, `None` (changing nothing) when the group to change is gone.
+    pub async fn write_group(&self, change: GroupWrite) -> Result<Option<ChangedGroup>, StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.write_group(change, &self.phones).await,
             Backend::Postgres(pg) => pg.write_group(change, &self.phones).await,

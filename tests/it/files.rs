@@ -484,10 +484,13 @@ async fn group_photos_replaced_at_once_leave_no_file_that_no_group_shows() {
         futures_util::future::join_all(photos.iter().enumerate().map(|(n, photo)| set_group_photo(&server, &ann, &gid, n, photo))).await;
     }
     let shown = server.call_op("getgroup", &ann, json!({ "gid": group["gid"] })).await.1["photo"].as_str().unwrap().to_string();
-    let kept: Vec<String> =
-        std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert!(shown.ends_with(".jpg"), "{shown}");
-    assert_eq!(kept, vec![shown], "only the photo the group shows is kept");
+    assert_eq!(kept_files(&server), vec![shown], "only the photo the group shows is kept");
+}
+
+/// The names of the files in `FILES_DIR`.
+fn kept_files(server: &TestServer) -> Vec<String> {
+    std::fs::read_dir(server.dir.path().join("files")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect()
 }
 
 #[actix_web::test]
@@ -509,4 +512,36 @@ async fn a_deleted_groups_photo_is_no_longer_served_unless_someone_else_shows_it
     assert_eq!(served(&server, &photo).await, 404, "the group is gone, and so is its photo");
     assert_ok(server.call_op("delgroup", &ann, json!({ "gid": climbers })).await);
     assert_eq!(served(&server, &shared).await, 200, "Bob still shows it");
+}
+
+#[actix_web::test]
+async fn a_group_photo_whose_change_is_not_written_is_not_kept() {
+    let server = TestServer::start(&[("PHOTO_DECODES", "1")]).await;
+    let ann = server.log_in(PHONE, None).await;
+    let gid = assert_ok(server.call_op("setgroup", &ann, json!({ "gid": 0, "name": "Hikers" })).await)["gid"].as_i64().unwrap().to_string();
+    let shown = set_group_photo(&server, &ann, &gid, 0, &photo_of(100)).await;
+
+    // The platform refuses the change after the photo was stored: the photo goes.
+    server.upstream.refuse_groups(true);
+    let setgroup = [("op", "setgroup"), ("token", ann.as_str()), ("gid", gid.as_str())];
+    let (_, refused) = post_multipart(&server, &server.api(), &setgroup, Some(("g.jpg", &photo_of(101)))).await;
+    assert_eq!(refused["error"], "UPSTREAM", "{refused}");
+    assert_eq!(kept_files(&server), vec![shown.clone()], "the refused change's photo is not kept");
+    server.upstream.refuse_groups(false);
+
+    // The group is deleted while its new photo waits for its decode: the photo finds no
+    // group to show it.
+    let decodes = &server.state.files.decodes;
+    let held = decodes.turn().await.unwrap();
+    let upload = [("op", "upload"), ("token", ann.as_str()), ("profile", "1"), ("gid", gid.as_str())];
+    let (api, jpeg) = (server.api(), photo_of(102));
+    let late = post_multipart(&server, &api, &upload, Some(("g.jpg", &jpeg)));
+    let delete = async {
+        assert!(eventually(20, || decodes.waiting() == 1).await, "the photo waits for the turn");
+        assert_ok(server.call_op("delgroup", &ann, json!({ "gid": gid })).await);
+        drop(held);
+    };
+    let ((_, late), ()) = futures_util::future::join(late, delete).await;
+    assert_eq!(late["error"], "BADGROUP", "the group is gone: {late}");
+    assert_eq!(kept_files(&server), Vec::<String>::new(), "neither the deleted group's photo nor the late one is kept");
 }

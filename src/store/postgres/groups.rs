@@ -82,12 +82,17 @@ impl PgStore {
     }
 
     /// Applies a group change and queues its notices, in one transaction; returns the group
-    /// and the photo it replaced.
-    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
+    /// and the photo it replaced, `None` (changing nothing) when the group to change is gone.
+    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Option<ChangedGroup>, StorageError> {
         self.retrying(Retry::IfNotApplied, |client| self.write_group_once(client, write.clone(), phones)).await
     }
 
-    async fn write_group_once(&self, mut client: Object, write: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
+    async fn write_group_once(
+        &self,
+        mut client: Object,
+        write: GroupWrite,
+        phones: &PhoneHasher,
+    ) -> Result<Option<ChangedGroup>, StorageError> {
         let tx = client.transaction().await?;
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
@@ -99,7 +104,9 @@ impl PgStore {
         // Locked until the commit: a change at the same moment waits, then reads this one's photo.
         let replaced_photo: String = match query_opt(&tx, "SELECT photo FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&write.gid]).await? {
             Some(row) => row.try_get(0)?,
-            None => String::new(),
+            None if write.create => String::new(),
+            // Returning without a commit rolls the transaction back.
+            None => return Ok(None),
         };
         if write.create {
             execute(
@@ -159,7 +166,7 @@ impl PgStore {
             notify_group(&tx, &group, &write, subject, phones).await?;
         }
         tx.commit().await?;
-        Ok(ChangedGroup { group, replaced_photo })
+        Ok(Some(ChangedGroup { group, replaced_photo }))
     }
 
     /// Tells the members but `actor` that the group is gone, then deletes it; returns the

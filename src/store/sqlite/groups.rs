@@ -61,14 +61,16 @@ fn notify(tx: &Connection, group: &Group, write: &GroupWrite, subject: &str, pho
 }
 
 /// Applies the change and queues its notices, in one transaction; returns the group and
-/// the photo it replaced.
-pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<ChangedGroup> {
+/// the photo it replaced, `None` (changing nothing) when the group to change is gone.
+pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones: &PhoneHasher) -> rusqlite::Result<Option<ChangedGroup>> {
     atomically(conn, |tx| {
-        let replaced_photo: String = tx
-            .prepare_cached("SELECT photo FROM chat_groups WHERE gid = ?1")?
-            .query_row([write.gid], |r| r.get(0))
-            .optional()?
-            .unwrap_or_default();
+        let shown: Option<String> =
+            tx.prepare_cached("SELECT photo FROM chat_groups WHERE gid = ?1")?.query_row([write.gid], |r| r.get(0)).optional()?;
+        let replaced_photo = match shown {
+            Some(photo) => photo,
+            None if write.create => String::new(),
+            None => return Ok(None),
+        };
         let (photo, thumbnail) = match &write.photo {
             Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
             None => (None, None),
@@ -116,7 +118,7 @@ pub(in crate::store) fn write(conn: &mut Connection, write: &GroupWrite, phones:
         if let Some(subject) = &write.subject {
             notify(tx, &group, write, subject, phones)?;
         }
-        Ok(ChangedGroup { group, replaced_photo })
+        Ok(Some(ChangedGroup { group, replaced_photo }))
     })
 }
 
@@ -162,7 +164,7 @@ impl SqliteStore {
     }
 
     /// Applies a group change and queues its notices (see [`write`]).
-    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<ChangedGroup, StorageError> {
+    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<Option<ChangedGroup>, StorageError> {
         let phones = phones.clone();
         self.call(move |conn| write(conn, &change, &phones)).await
     }
