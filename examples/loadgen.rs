@@ -778,6 +778,10 @@ fn bench_config(dir: &std::path::Path, database: &Database, upstream_url: &str, 
         // SQLite: reader connections; PostgreSQL: connections per instance, which also carry the writes.
         ("DB_POOL_SIZE", std::env::var("DB_POOL_SIZE").unwrap_or(if args.database_url.is_some() { "16" } else { "4" }.into())),
     ]);
+    // PostgreSQL: prepared (the default) or unnamed statements, to compare their cost.
+    if let Ok(statements) = std::env::var("DB_STATEMENTS") {
+        vars.push(("DB_STATEMENTS", statements));
+    }
     Config::from_vars(vars).expect("bench configuration")
 }
 

@@ -32,7 +32,7 @@ pub use senders::{
     CourierSettings, EmailSenderKind, EmailSettings, MessageBirdSettings, ProviderSettings, SmsHttpSettings, SmtpSettings, SmtpTls,
     TwilioSettings, VonageSettings, WebhookSettings,
 };
-pub use storage::{DatabaseSettings, RateLimitOnError, RedisSettings};
+pub use storage::{DatabaseSettings, DbStatements, RateLimitOnError, RedisSettings};
 pub use upstream::{UpstreamSettings, BUILTIN_UPSTREAM, BUILTIN_UPSTREAM_WARNING};
 pub use values::{List, Secret};
 

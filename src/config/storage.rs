@@ -28,7 +28,24 @@ pub struct DatabaseSettings {
     /// answers nothing); then it fails, or runs again on a fresh connection where that is safe.
     #[serde(default = "defaults::db_query_timeout_ms", rename = "db_query_timeout_ms")]
     pub query_timeout_ms: u64,
+    /// PostgreSQL: how statements reach the server, `DB_STATEMENTS` (see [`DbStatements`]).
+    #[serde(default = "defaults::db_statements", rename = "db_statements")]
+    pub statements: DbStatements,
 }
+
+choice!(
+    /// How the PostgreSQL store sends its statements, `DB_STATEMENTS`.
+    DbStatements, "DB_STATEMENTS", "prepared or unnamed", {
+    /// Each statement prepared once per connection and named there, then only bound and
+    /// run: the fewest bytes and the least parsing, but it needs the same server session
+    /// from one transaction to the next.
+    Prepared = "prepared",
+    /// Each statement sent unnamed, with its parameters' types, parsed and planned anew:
+    /// nothing named is left on the server, so it works behind a transaction-pooling proxy
+    /// (PgBouncer's `pool_mode = transaction`), which may change the server session
+    /// between transactions.
+    Unnamed = "unnamed",
+});
 
 /// Redis, which keeps every rate limit when it is set.
 #[derive(Clone, Deserialize, Serialize)]
@@ -80,6 +97,9 @@ mod defaults {
     }
     pub fn db_query_timeout_ms() -> u64 {
         10_000
+    }
+    pub fn db_statements() -> super::DbStatements {
+        super::DbStatements::Prepared
     }
     pub fn redis_prefix() -> String {
         "otpgate".into()

@@ -178,6 +178,7 @@ pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<
             pool_size: pool_size(config),
             connect_timeout: std::time::Duration::from_millis(config.database.connect_timeout_ms),
             query_timeout: std::time::Duration::from_millis(config.database.query_timeout_ms),
+            statements: config.database.statements,
         };
         let db = Db::connect_postgres(&config.database.url, settings, clock, &keys.phones)
             .await

@@ -79,7 +79,7 @@ fn run(args: &[&str]) {
 }
 
 /// A port nothing listens on at the moment.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

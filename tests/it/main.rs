@@ -22,6 +22,7 @@ mod migration;
 mod notifications;
 mod oidc;
 mod operations;
+mod pgbouncer;
 mod process;
 mod protocol;
 mod providers;

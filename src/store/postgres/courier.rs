@@ -1,7 +1,6 @@
 //! Code messages: queued with their code, claimed by one courier at a time (see `store::courier`).
 
 use deadpool_postgres::Object;
-use tokio_postgres::types::ToSql;
 
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
@@ -9,7 +8,7 @@ use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::error::StorageError;
 use crate::store::records::{open_message, AttemptOutcome, Claimed, Enqueued, NewChallenge, QueuedMessage, BATCH};
 
-use super::{counter, execute, int, interrupted, query, query_one, rows, Interrupted, PgStore, Retry};
+use super::{counter, execute, int, interrupted, query, query_one, rows, Interrupted, Param, PgStore, Retry};
 
 impl PgStore {
     /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
@@ -44,7 +43,7 @@ impl PgStore {
             }
             let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
             let expires_at = c.now + c.ttl_secs;
-            let params: &[&(dyn ToSql + Sync)] =
+            let params: &[&dyn Param] =
                 &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until];
             let stored = tx.query_one_and_commit(
                 "WITH challenge AS (

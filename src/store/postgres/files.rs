@@ -1,10 +1,10 @@
 //! Which stored files rows refer to, under an advisory lock per file (see `store::files`).
 
-use deadpool_postgres::{GenericClient, Object};
+use deadpool_postgres::Object;
 
 use crate::store::error::StorageError;
 
-use super::{execute, query_one, PgStore, Retry};
+use super::{execute, query_one, PgStore, Retry, Session};
 
 /// Whether a row refers to stored file `$1`.
 const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1 AND photo <> '')
@@ -14,7 +14,7 @@ const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = $1 AN
 /// Serialises, on every instance, a transaction that makes a row refer to stored file
 /// `name` with one that deletes the file unless a row refers to it (see
 /// `store::files`); no lock for no file.
-pub(super) async fn lock_file(tx: &impl GenericClient, name: &str) -> Result<(), StorageError> {
+pub(super) async fn lock_file(tx: &impl Session, name: &str) -> Result<(), StorageError> {
     if !name.is_empty() {
         execute(tx, "SELECT pg_advisory_xact_lock(hashtextextended('file:' || $1, 0))", &[&name]).await?;
     }

@@ -1,6 +1,6 @@
 //! Groups and their members (see `store::groups`).
 
-use deadpool_postgres::{GenericClient, Object};
+use deadpool_postgres::Object;
 
 use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
@@ -8,10 +8,10 @@ use crate::store::error::StorageError;
 use crate::store::records::member_hashes;
 
 use super::files::lock_file;
-use super::{execute, query, query_opt, PgStore, Retry};
+use super::{execute, query, query_opt, PgStore, Retry, Session};
 
 /// The group `gid` with its members, on any client (a transaction included).
-async fn group_on(client: &impl GenericClient, gid: i64) -> Result<Option<Group>, StorageError> {
+async fn group_on(client: &impl Session, gid: i64) -> Result<Option<Group>, StorageError> {
     let Some(row) = query_opt(client, "SELECT name, photo, thumbnail, ts FROM chat_groups WHERE gid = $1", &[&gid]).await? else {
         return Ok(None);
     };
@@ -23,7 +23,7 @@ async fn group_on(client: &impl GenericClient, gid: i64) -> Result<Option<Group>
     Ok(Some(group))
 }
 
-async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String], role: i64) -> Result<(), StorageError> {
+async fn add_group_members(tx: &impl Session, gid: i64, phones: &[String], role: i64) -> Result<(), StorageError> {
     let role = role as i32;
     execute(
         tx,
@@ -37,7 +37,7 @@ async fn add_group_members(tx: &impl GenericClient, gid: i64, phones: &[String],
 /// Queues the group's notices for its members and `also_tell` who are users, but the
 /// actor: each recipient's lists the members they know (see `Group::notice_for`).
 async fn notify_group(
-    tx: &impl GenericClient,
+    tx: &impl Session,
     group: &Group,
     write: &GroupWrite,
     subject: &str,

@@ -14,6 +14,10 @@ impl PgStore {
     /// a database that has users already, so an import never mixes two histories.
     /// `phones` hashes the users' addresses, as the snapshot's address books are hashed.
     pub async fn import(&self, snapshot: Snapshot, phones: &PhoneHasher) -> Result<Imported, StorageError> {
+        self.in_statement_mode(self.import_in_mode(snapshot, phones)).await
+    }
+
+    async fn import_in_mode(&self, snapshot: Snapshot, phones: &PhoneHasher) -> Result<Imported, StorageError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         execute(&tx, "LOCK TABLE users IN EXCLUSIVE MODE", &[]).await?;

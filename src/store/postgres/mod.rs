@@ -28,8 +28,11 @@ use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, Rec
 use futures_util::FutureExt;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::types::Type;
+use tokio_postgres::GenericClient as _;
 use tokio_postgres::Row;
 
+use crate::config::DbStatements;
 use crate::domain::clock::Clock;
 use crate::domain::keys::PhoneHasher;
 use crate::store::error::StorageError;
@@ -77,12 +80,20 @@ pub struct PgSettings {
     /// connections open and answers nothing: past this the operation fails (or is
     /// retried where that is safe) and the idle connections are dropped.
     pub query_timeout: Duration,
+    /// Prepared statements, or unnamed ones for a transaction-pooling proxy.
+    pub statements: DbStatements,
 }
 
 impl PgSettings {
-    /// Defaults for tests and tools: those of `DB_CONNECT_TIMEOUT_MS` and `DB_QUERY_TIMEOUT_MS`.
+    /// Defaults for tests and tools: those of `DB_CONNECT_TIMEOUT_MS`, `DB_QUERY_TIMEOUT_MS`
+    /// and `DB_STATEMENTS`.
     pub fn with_pool_size(pool_size: usize) -> PgSettings {
-        PgSettings { pool_size, connect_timeout: Duration::from_secs(5), query_timeout: Duration::from_secs(10) }
+        PgSettings {
+            pool_size,
+            connect_timeout: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(10),
+            statements: DbStatements::Prepared,
+        }
     }
 }
 
@@ -90,6 +101,7 @@ impl PgSettings {
 pub struct PgStore {
     pool: Pool,
     query_timeout: Duration,
+    statements: DbStatements,
 }
 
 impl PgStore {
@@ -122,7 +134,7 @@ impl PgStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Pool(e.to_string()))?;
-        Ok(PgStore { pool, query_timeout: settings.query_timeout })
+        Ok(PgStore { pool, query_timeout: settings.query_timeout, statements: settings.statements })
     }
 
     /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
@@ -142,6 +154,10 @@ impl PgStore {
     /// transaction of its own under an advisory lock, and checks again under the lock
     /// that no other instance applied it meanwhile. `phones` hashes address books.
     pub async fn migrate(&self, phones: &PhoneHasher) -> Result<Vec<u32>, StorageError> {
+        self.in_statement_mode(self.migrate_in_mode(phones)).await
+    }
+
+    async fn migrate_in_mode(&self, phones: &PhoneHasher) -> Result<Vec<u32>, StorageError> {
         let mut client = self.client().await?;
         {
             // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog.
@@ -250,10 +266,16 @@ impl PgStore {
         self.timed(operation(client)).await
     }
 
+    /// `work`, its statements sent as `DB_STATEMENTS` says (see [`statement_mode`]).
+    fn in_statement_mode<F: Future>(&self, work: F) -> impl Future<Output = F::Output> {
+        STATEMENT_MODE.scope(self.statements, work)
+    }
+
     /// `answers` within the query timeout. When a failover interrupted it, the idle
     /// connections go (they lead to the same server; the one it used is among them, back
     /// in the pool), so that the next request connects afresh to whichever host takes writes.
     async fn timed<T>(&self, answers: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
+        let answers = self.in_statement_mode(answers);
         let outcome = tokio::time::timeout(self.query_timeout, answers).await.unwrap_or(Err(StorageError::TimedOut(self.query_timeout)));
         if let Err(e) = &outcome {
             if interrupted(e).is_some() {
@@ -281,7 +303,7 @@ impl PgStore {
 
     /// BEGIN and `sql` on a connection of its own (see [`Pipelined::begin_with`]); again
     /// on a fresh connection when a failover interrupted it, since nothing was written yet.
-    async fn begin_retrying(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(Pipelined, Option<Row>), StorageError> {
+    async fn begin_retrying(&self, sql: &str, params: &[&dyn Param]) -> Result<(Pipelined, Option<Row>), StorageError> {
         self.retrying(Retry::Always, |client| Pipelined::begin_with(client, sql, params)).await
     }
 }
@@ -363,9 +385,10 @@ fn rows(count: u64) -> usize {
 
 /// A transaction whose BEGIN is sent with its first statement, and whose last statement
 /// is sent with its COMMIT: a request waits for the database twice, not once per statement.
-/// Statements are prepared before they are sent together, since a statement sent after
-/// a COMMIT in the same batch would run outside the transaction. Dropped open (an early
-/// return, an error, a cancelled request), it is rolled back, like tokio-postgres's own.
+/// Prepared statements are prepared before they are sent together, since a statement sent
+/// after a COMMIT in the same batch would run outside the transaction; unnamed ones are
+/// parsed with their parameters. Dropped open (an early return, an error, a cancelled
+/// request), it is rolled back, like tokio-postgres's own.
 struct Pipelined {
     client: Object,
     open: bool,
@@ -373,36 +396,67 @@ struct Pipelined {
 
 impl Pipelined {
     /// BEGIN, then `sql`, on `client`: its row, if any.
-    async fn begin_with(client: Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(Pipelined, Option<Row>), StorageError> {
-        let statement = client.prepare_cached(sql).await?;
+    async fn begin_with(client: Object, sql: &str, params: &[&dyn Param]) -> Result<(Pipelined, Option<Row>), StorageError> {
+        let prepared = match statement_mode() {
+            DbStatements::Prepared => Some(client.prepare_cached(sql).await?),
+            DbStatements::Unnamed => None,
+        };
         let tx = Pipelined { client, open: true };
         count_statements(2);
         // Requests are sent in the order they are first polled, and `join` polls in order.
-        let (begun, row) = futures_util::future::join(tx.client.batch_execute("BEGIN"), tx.client.query_opt(&statement, params)).await;
+        let begin = tx.client.batch_execute("BEGIN");
+        let (begun, row) = match &prepared {
+            Some(statement) => futures_util::future::join(begin, tx.client.query_opt(statement, &values(params))).await,
+            None => futures_util::future::join(begin, tx.client.query_typed_opt(sql, &typed(params))).await,
+        };
         begun?;
         let row = row?;
         Ok((tx, row))
     }
 
     /// `sql`, then COMMIT: the statement's row count.
-    async fn execute_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
-        let statement = self.client.prepare_cached(sql).await?;
-        let client = self.finish();
-        with_commit(client, client.execute(&statement, params)).await
+    async fn execute_and_commit(mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, StorageError> {
+        match statement_mode() {
+            DbStatements::Prepared => {
+                let statement = self.client.prepare_cached(sql).await?;
+                let client = self.finish();
+                with_commit(client, client.execute(&statement, &values(params))).await
+            }
+            DbStatements::Unnamed => {
+                let client = self.finish();
+                with_commit(client, client.execute_typed(sql, &typed(params))).await
+            }
+        }
     }
 
     /// `sql`, then COMMIT: the statement's row, if any.
-    async fn query_opt_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
-        let statement = self.client.prepare_cached(sql).await?;
-        let client = self.finish();
-        with_commit(client, client.query_opt(&statement, params)).await
+    async fn query_opt_and_commit(mut self, sql: &str, params: &[&dyn Param]) -> Result<Option<Row>, StorageError> {
+        match statement_mode() {
+            DbStatements::Prepared => {
+                let statement = self.client.prepare_cached(sql).await?;
+                let client = self.finish();
+                with_commit(client, client.query_opt(&statement, &values(params))).await
+            }
+            DbStatements::Unnamed => {
+                let client = self.finish();
+                with_commit(client, client.query_typed_opt(sql, &typed(params))).await
+            }
+        }
     }
 
     /// `sql`, then COMMIT: the statement's one row.
-    async fn query_one_and_commit(mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
-        let statement = self.client.prepare_cached(sql).await?;
-        let client = self.finish();
-        with_commit(client, client.query_one(&statement, params)).await
+    async fn query_one_and_commit(mut self, sql: &str, params: &[&dyn Param]) -> Result<Row, StorageError> {
+        match statement_mode() {
+            DbStatements::Prepared => {
+                let statement = self.client.prepare_cached(sql).await?;
+                let client = self.finish();
+                with_commit(client, client.query_one(&statement, &values(params))).await
+            }
+            DbStatements::Unnamed => {
+                let client = self.finish();
+                with_commit(client, client.query_typed_one(sql, &typed(params))).await
+            }
+        }
     }
 
     /// The client, for the statements that end the transaction; no rollback on drop.
@@ -447,30 +501,152 @@ fn count_statements(sent: u64) {
     let _ = sent;
 }
 
-// Each statement is prepared once per connection, through deadpool's statement cache.
-
-async fn execute(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StorageError> {
-    count_statements(1);
-    let statement = client.prepare_cached(sql).await?;
-    Ok(client.execute(&statement, params).await?)
+tokio::task_local! {
+    /// How the store whose operation runs on this task sends its statements: set around
+    /// each operation (see [`PgStore::timed`]), so that the helpers below, which see only
+    /// a connection or a transaction, follow `DB_STATEMENTS`.
+    static STATEMENT_MODE: DbStatements;
 }
 
-async fn query(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, StorageError> {
-    count_statements(1);
-    let statement = client.prepare_cached(sql).await?;
-    Ok(client.query(&statement, params).await?)
+/// The mode of the operation running on this task. Outside any (a mistake the debug build
+/// reports), unnamed statements, which work behind any proxy.
+fn statement_mode() -> DbStatements {
+    let mode = STATEMENT_MODE.try_with(|mode| *mode);
+    debug_assert!(mode.is_ok(), "a PostgreSQL statement ran outside a store operation");
+    mode.unwrap_or(DbStatements::Unnamed)
 }
 
-async fn query_one(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Row, StorageError> {
-    count_statements(1);
-    let statement = client.prepare_cached(sql).await?;
-    Ok(client.query_one(&statement, params).await?)
+/// A statement's parameter, with the PostgreSQL type an unnamed statement declares for it
+/// (a prepared one learns it from the server). Each type below is the one the server
+/// infers for the place the store binds it, so both modes read the same statement alike.
+trait Param: ToSql + Sync {
+    fn sql_type(&self) -> Type;
+    fn value(&self) -> &(dyn ToSql + Sync);
 }
 
-async fn query_opt(client: &impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, StorageError> {
+/// The PostgreSQL type a Rust value is sent as.
+trait SqlType {
+    const SQL_TYPE: Type;
+}
+
+impl<T: SqlType + ToSql + Sync> Param for T {
+    fn sql_type(&self) -> Type {
+        T::SQL_TYPE
+    }
+    fn value(&self) -> &(dyn ToSql + Sync) {
+        self
+    }
+}
+
+/// `Rust type => PostgreSQL type`, for the parameter types the store binds.
+macro_rules! sql_types {
+    ($($rust:ty => $sql:ident),* $(,)?) => {
+        $(impl SqlType for $rust {
+            const SQL_TYPE: Type = Type::$sql;
+        })*
+    };
+}
+
+sql_types!(
+    bool => BOOL,
+    i32 => INT4,
+    i64 => INT8,
+    String => TEXT,
+    &str => TEXT,
+    Vec<u8> => BYTEA,
+    &[u8] => BYTEA,
+    Vec<i32> => INT4_ARRAY,
+    Vec<i64> => INT8_ARRAY,
+    &[i64] => INT8_ARRAY,
+    Vec<String> => TEXT_ARRAY,
+    &[String] => TEXT_ARRAY,
+    Vec<&str> => TEXT_ARRAY,
+    Vec<Option<String>> => TEXT_ARRAY,
+    Vec<&[u8]> => BYTEA_ARRAY,
+);
+
+impl<T: SqlType> SqlType for Option<T> {
+    const SQL_TYPE: Type = T::SQL_TYPE;
+}
+
+impl<T: SqlType> SqlType for &T {
+    const SQL_TYPE: Type = T::SQL_TYPE;
+}
+
+/// The parameters as a prepared statement takes them.
+fn values<'a>(params: &[&'a dyn Param]) -> Vec<&'a (dyn ToSql + Sync)> {
+    params.iter().map(|param| param.value()).collect()
+}
+
+/// The parameters with their types, as an unnamed statement takes them.
+fn typed<'a>(params: &[&'a dyn Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)> {
+    params.iter().map(|param| (param.value(), param.sql_type())).collect()
+}
+
+/// A connection or a transaction on one: what a statement runs on.
+trait Session: GenericClient {
+    /// The driver's own client or transaction, which sends unnamed statements.
+    fn driver(&self) -> &(impl tokio_postgres::GenericClient + Sync);
+}
+
+impl Session for Object {
+    fn driver(&self) -> &(impl tokio_postgres::GenericClient + Sync) {
+        &***self
+    }
+}
+
+impl Session for deadpool_postgres::Transaction<'_> {
+    fn driver(&self) -> &(impl tokio_postgres::GenericClient + Sync) {
+        &**self
+    }
+}
+
+// With `DB_STATEMENTS=prepared` each statement is prepared once per connection, through
+// deadpool's statement cache, then bound and run in one round trip. With `unnamed` it is
+// parsed, bound and run in one round trip, and nothing of it outlives it on the server.
+
+async fn execute(client: &impl Session, sql: &str, params: &[&dyn Param]) -> Result<u64, StorageError> {
     count_statements(1);
-    let statement = client.prepare_cached(sql).await?;
-    Ok(client.query_opt(&statement, params).await?)
+    match statement_mode() {
+        DbStatements::Prepared => {
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.execute(&statement, &values(params)).await?)
+        }
+        DbStatements::Unnamed => Ok(client.driver().execute_typed(sql, &typed(params)).await?),
+    }
+}
+
+async fn query(client: &impl Session, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>, StorageError> {
+    count_statements(1);
+    match statement_mode() {
+        DbStatements::Prepared => {
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query(&statement, &values(params)).await?)
+        }
+        DbStatements::Unnamed => Ok(client.driver().query_typed(sql, &typed(params)).await?),
+    }
+}
+
+async fn query_one(client: &impl Session, sql: &str, params: &[&dyn Param]) -> Result<Row, StorageError> {
+    count_statements(1);
+    match statement_mode() {
+        DbStatements::Prepared => {
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_one(&statement, &values(params)).await?)
+        }
+        DbStatements::Unnamed => Ok(client.driver().query_typed_one(sql, &typed(params)).await?),
+    }
+}
+
+async fn query_opt(client: &impl Session, sql: &str, params: &[&dyn Param]) -> Result<Option<Row>, StorageError> {
+    count_statements(1);
+    match statement_mode() {
+        DbStatements::Prepared => {
+            let statement = client.prepare_cached(sql).await?;
+            Ok(client.query_opt(&statement, &values(params)).await?)
+        }
+        DbStatements::Unnamed => Ok(client.driver().query_typed_opt(sql, &typed(params)).await?),
+    }
 }
 
 #[cfg(test)]
@@ -892,47 +1068,67 @@ mod tests {
         .await;
     }
 
-    /// A login start and a full login on warm connections (each statement already prepared):
-    /// the statements they send, BEGIN and COMMIT included.
+    /// A login start and a full login on warm connections (each statement already prepared,
+    /// or sent unnamed): the statements they send, BEGIN and COMMIT included, as many in
+    /// both modes; unnamed ones leave no named statement on the server's session, which a
+    /// transaction-pooling proxy may hand to another client.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_login_sends_few_statements() {
         with_database("a_login_sends_few_statements", |url| async move {
-            let store = PgStore::connect(&url, PgSettings::with_pool_size(1), &phones()).await.unwrap();
-            let now = now();
-            let full_login = |address: &'static str, token: &'static str| {
-                let store = &store;
-                async move {
-                    let (id, otp_hash) = start(store, address, "123456", now).await;
-                    store.record_attempt(id, 1, AttemptOutcome::Sent, address.into(), otp_hash.to_vec()).await.unwrap();
-                    let started = STATEMENTS.with(|count| count.get());
-                    let claimed = store.claim_code(guess(address, otp_hash), now, 5, 60, guess_admitted).await.unwrap();
-                    assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
-                    let login = CompletedLogin {
-                        address: address.into(),
-                        uid: "u1".into(),
-                        name: "Ann".into(),
-                        token_sha256: token.into(),
-                        now,
-                        appid: "app".into(),
-                        device: "d1".into(),
-                        now_ms: now * 1000,
-                        expires_at: now + 3600,
-                        max_devices: 1,
-                    };
-                    assert!(store.record_login(login, phones().hash(address), Some(otp_hash)).await.unwrap().first_login);
-                    (started, STATEMENTS.with(|count| count.get()))
+            for (mode, first) in [(DbStatements::Prepared, 1), (DbStatements::Unnamed, 3)] {
+                let settings = PgSettings { statements: mode, ..PgSettings::with_pool_size(1) };
+                let store = PgStore::connect(&url, settings, &phones()).await.unwrap();
+                let (start, full) = login_statements(&store, first).await;
+                // BEGIN with the lock and read, the writes with COMMIT; the delivery's record.
+                assert_eq!(start, 5, "statements of a login start ({mode:?})");
+                // BEGIN with the locked read, the claim and the link lookup with COMMIT; the record.
+                assert_eq!(full - start, 5, "statements of a verify ({mode:?})");
+                let token = format!("t{}", first + 1);
+                assert!(store.authenticate(token, now() * 1000).await.unwrap().is_some());
+                let client = store.client().await.unwrap();
+                let named = client.simple_query("SELECT count(*) FROM pg_prepared_statements").await.unwrap();
+                let named = named.iter().find_map(|message| match message {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(String::from),
+                    _ => None,
+                });
+                match mode {
+                    DbStatements::Prepared => assert_ne!(named.as_deref(), Some("0"), "prepared statements are named on the server"),
+                    DbStatements::Unnamed => assert_eq!(named.as_deref(), Some("0"), "unnamed statements leave nothing named"),
                 }
-            };
-            // The first login prepares the statements on the pool's one connection.
-            STATEMENTS.scope(std::cell::Cell::new(0), full_login("18005550001", "t1")).await;
-            let (start, full) = STATEMENTS.scope(std::cell::Cell::new(0), full_login("18005550002", "t2")).await;
-            // BEGIN with the lock and read, the writes with COMMIT; the delivery's record.
-            assert_eq!(start, 5, "statements of a login start");
-            // BEGIN with the locked read, the claim and the link lookup with COMMIT; the record.
-            assert_eq!(full - start, 5, "statements of a verify");
-            assert!(store.authenticate("t2".into(), now * 1000).await.unwrap().is_some());
+            }
         })
         .await;
+    }
+
+    /// Two full logins on `store` (phones and tokens numbered from `first`), the first to
+    /// warm the pool's connection: the statements of the second's start, and of all of it.
+    async fn login_statements(store: &PgStore, first: u32) -> (u64, u64) {
+        let now = now();
+        let full_login = |n: u32| async move {
+            let address = format!("1800555{n:04}");
+            let (id, otp_hash) = start(store, &address, "123456", now).await;
+            store.record_attempt(id, 1, AttemptOutcome::Sent, address.clone(), otp_hash.to_vec()).await.unwrap();
+            let started = STATEMENTS.with(|count| count.get());
+            let claimed = store.claim_code(guess(&address, otp_hash), now, 5, 60, guess_admitted).await.unwrap();
+            assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
+            let login = CompletedLogin {
+                address: address.clone(),
+                uid: "u1".into(),
+                name: "Ann".into(),
+                token_sha256: format!("t{n}"),
+                now,
+                appid: "app".into(),
+                device: "d1".into(),
+                now_ms: now * 1000,
+                expires_at: now + 3600,
+                max_devices: 1,
+            };
+            assert!(store.record_login(login, phones().hash(&address), Some(otp_hash)).await.unwrap().first_login);
+            (started, STATEMENTS.with(|count| count.get()))
+        };
+        // The first login prepares the statements on the pool's one connection.
+        STATEMENTS.scope(std::cell::Cell::new(0), full_login(first)).await;
+        STATEMENTS.scope(std::cell::Cell::new(0), full_login(first + 1)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,11 +1,11 @@
 //! The notification outbox, taken with `SKIP LOCKED` so no two senders take one notice (see `store::outbox`).
 
-use deadpool_postgres::{GenericClient, Object};
+use deadpool_postgres::Object;
 
 use crate::store::error::StorageError;
 use crate::store::records::{userdel_payload, Pending, USERDEL};
 
-use super::{counter, execute, int, query_opt, PgStore, Retry};
+use super::{counter, execute, int, query_opt, PgStore, Retry, Session};
 
 impl PgStore {
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
@@ -69,7 +69,7 @@ impl PgStore {
 }
 
 /// Queues the platform's `userdel` of the user `uid` at `address`.
-pub(super) async fn queue_userdel(tx: &impl GenericClient, address: &str, uid: &str, now: i64) -> Result<(), StorageError> {
+pub(super) async fn queue_userdel(tx: &impl Session, address: &str, uid: &str, now: i64) -> Result<(), StorageError> {
     execute(
         tx,
         "INSERT INTO outbox (recipient, payload, created_at, next_attempt_at, kind) VALUES ($1, $2, $3, $3, $4)",
