@@ -4,7 +4,9 @@
 //! Redis is one server, a Redis Cluster or a master found through Sentinel (see
 //! [`RedisTopology`]). Every request shares one connection. When it breaks, a task of
 //! its own reconnects, backing off; meanwhile Redis is known to be down and a check
-//! fails at once instead of waiting for a connection that is refused anyway.
+//! fails at once instead of waiting for a connection that is refused anyway. A cluster
+//! connection keeps one connection per node and mends them itself: a node that fails
+//! fails only the checks whose buckets it holds.
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -261,8 +263,12 @@ impl Connection {
                 }
                 Err(_) => {
                     // Silence from a connection that looks open (a cut network): a new one
-                    // is made, and checks fail at once until it is.
-                    self.lost(generation);
+                    // is made, and checks fail at once until it is. In a cluster the silence
+                    // is one node's: only the checks whose buckets it holds wait for it, and
+                    // replacing the connection would stall the checks the others answer.
+                    if !cluster {
+                        self.lost(generation);
+                    }
                     return Err("Redis did not answer in time".into());
                 }
             }
@@ -273,10 +279,11 @@ impl Connection {
 
 /// Errors after which the connection is not worth using again: it is closed, or it
 /// reaches a node that no longer takes writes (a demoted master). A cluster connection
-/// reconnects to each node by itself; it is replaced only when the cluster as a whole fails.
+/// never is: it reconnects to each node, and learns the slots again, by itself, and an
+/// error of one node (CLUSTERDOWN for a slot nobody serves, say) is that node's alone.
 fn breaks_connection(e: &RedisError, cluster: bool) -> bool {
     if cluster {
-        return matches!(e.kind(), ErrorKind::ClusterDown | ErrorKind::ClusterConnectionNotFound);
+        return false;
     }
     e.is_io_error() || e.is_unrecoverable_error() || matches!(e.kind(), ErrorKind::ReadOnly | ErrorKind::MasterDown)
 }

@@ -1,7 +1,8 @@
 //! The limits in a Redis Cluster of three local nodes: logins through it keep every
 //! rule (a code used once, a token per login, the per-phone limit refusing at its
-//! count), the buckets spread over every node, and a node given as a plain
-//! `redis://` URL is refused at start and by `check-config`.
+//! count), the buckets spread over every node, a frozen node fails only the checks
+//! whose buckets it holds, and a node given as a plain `redis://` URL is refused at
+//! start and by `check-config`.
 
 use crate::common::redis_servers::{self, RedisProcess};
 use crate::common::*;
@@ -93,4 +94,72 @@ async fn a_cluster_node_given_as_one_server_is_refused_with_the_form_to_use() {
     assert_eq!(check.status.code(), Some(2), "check-config refuses it");
     let stderr = String::from_utf8_lossy(&check.stderr);
     assert!(stderr.contains("redis+cluster://"), "{stderr}");
+}
+
+/// How many keys of `node` match `pattern`.
+fn keys(node: &RedisProcess, pattern: &str) -> usize {
+    node.cli(&["keys", pattern]).lines().filter(|line| !line.trim().is_empty()).count()
+}
+
+/// A code of the same shape that is not `code`.
+fn wrong(code: &str) -> String {
+    code.chars().map(|digit| if digit == '0' { '1' } else { '0' }).collect()
+}
+
+#[actix_web::test]
+async fn a_frozen_cluster_node_fails_only_the_checks_whose_buckets_it_holds() {
+    if !redis_servers::available() {
+        return;
+    }
+    let nodes = cluster().await;
+    let url = format!("redis+cluster://{}", nodes.iter().map(RedisProcess::address).collect::<Vec<_>>().join(","));
+    let env = [
+        ("REDIS_URL", url.as_str()),
+        ("RATE_LIMIT_ON_ERROR", "deny"),
+        ("LIMIT_START_PER_PHONE_PER_HOUR", "10"),
+        ("LIMIT_START_PER_IP_PER_HOUR", "1000"),
+        ("SMS_BUDGET_PER_HOUR", "1000"),
+        ("LIMIT_VERIFY_PER_PHONE_PER_HOUR", "10"),
+        ("LIMIT_VERIFY_PER_IP_PER_HOUR", "1000"),
+    ];
+    let server = TestServer::start(&env).await;
+    // A first login makes the buckets every start shares (one slot) and this client's guesses share.
+    server.log_in("18005553000", None).await;
+    let holder = |pattern: &str| nodes.iter().position(|node| keys(node, pattern) > 0).unwrap_or_else(|| panic!("no key {pattern}"));
+    let (start_node, guess_ip_node) = (holder("*:start_per_address:*"), holder("*{verify_per_ip:*"));
+    let frozen = (0..nodes.len()).find(|&n| n != start_node && n != guess_ip_node).unwrap();
+
+    // Pending codes, sorted by where their address's guess buckets are: a wrong guess makes them.
+    let (mut on_frozen, mut elsewhere) = (Vec::new(), Vec::new());
+    let count = |nodes: &[RedisProcess]| nodes.iter().map(|node| keys(node, "*:verify_per_address:*")).collect::<Vec<_>>();
+    let mut before = count(&nodes);
+    for n in 0..24 {
+        let phone = format!("180055531{n:02}");
+        let code = server.start_login(&phone).await;
+        assert_error(&server.call(verify(&phone, &wrong(&code))).await, 401, "BADCODE");
+        let after = count(&nodes);
+        let node = (0..nodes.len()).find(|&i| after[i] > before[i]).expect("a guess makes its address's buckets");
+        before = after;
+        if node == frozen { &mut on_frozen } else { &mut elsewhere }.push((phone, code));
+    }
+    // 24 addresses over three nodes: none on one is (2/3)^24 ≈ 6e-5 likely.
+    assert!(!on_frozen.is_empty() && elsewhere.len() >= 3, "{} on the node to freeze, {} elsewhere", on_frozen.len(), elsewhere.len());
+
+    nodes[frozen].freeze();
+    for (round, ((phone, code), (other_phone, other_code))) in on_frozen.iter().cycle().zip(&elsewhere).take(3).enumerate() {
+        // The frozen node holds this guess's buckets: under deny it is refused once the check times out.
+        assert_error(&server.call(verify(phone, code)).await, 503, "INTERNAL");
+        // Right after, checks whose buckets the other nodes hold go on: a start (its group
+        // is on a live node) and a login whose address's buckets are elsewhere.
+        assert_ok(server.call(login(&format!("180055532{round:02}"))).await);
+        let reply = assert_ok(server.call(verify(other_phone, other_code)).await);
+        assert!(reply["token"].is_string(), "{reply}");
+    }
+    nodes[frozen].thaw();
+    // Once it answers again, so do its buckets.
+    for (phone, code) in &on_frozen {
+        let reply = assert_ok(server.call(verify(phone, code)).await);
+        assert!(reply["token"].is_string(), "{reply}");
+    }
+    server.stop().await;
 }

@@ -102,6 +102,23 @@ impl RedisProcess {
         }
     }
 
+    /// Freezes the server (SIGSTOP): its port still takes connections, but nothing
+    /// answers, as a node stalled by its host or a cut network looks.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server runs");
+        let sent = Command::new("kill").arg(format!("-{signal}")).arg(child.id().to_string()).status().unwrap();
+        assert!(sent.success(), "kill -{signal} {}", child.id());
+    }
+
     /// Starts the server again on its port (empty: it keeps nothing) and waits until it answers.
     pub async fn restart(&mut self) {
         assert!(self.spawn().await, "redis-server on {} did not start: {}", self.port, self.log());
