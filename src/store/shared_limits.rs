@@ -66,6 +66,8 @@ enum Target {
     Sentinel {
         // `Sentinel` asks its nodes through `&mut self`; only the reconnecting task does.
         sentinels: tokio::sync::Mutex<Sentinel>,
+        /// The sentinels' URLs, to ask them ourselves what they know of `master`.
+        sentinel_urls: Vec<String>,
         master: String,
         node: SentinelNodeConnectionInfo,
     },
@@ -96,13 +98,18 @@ impl Target {
                     .build()
                     .map_err(bad)?,
             ),
-            RedisTopology::Sentinel { sentinels, master, credentials } => {
-                let sentinels = Sentinel::build(sentinels.iter().map(String::as_str).collect::<Vec<_>>()).map_err(bad)?;
+            RedisTopology::Sentinel { sentinels: urls, master, credentials } => {
+                let sentinels = Sentinel::build(urls.iter().map(String::as_str).collect::<Vec<_>>()).map_err(bad)?;
                 // The master's credentials (and database 0), read as a URL would give them.
                 let at = if credentials.is_empty() { String::new() } else { format!("{credentials}@") };
                 let master_auth = format!("redis://{at}localhost").into_connection_info().map_err(bad)?.redis;
                 let node = SentinelNodeConnectionInfo { tls_mode: None, redis_connection_info: Some(master_auth) };
-                Target::Sentinel { sentinels: tokio::sync::Mutex::new(sentinels), master: master.clone(), node }
+                Target::Sentinel {
+                    sentinels: tokio::sync::Mutex::new(sentinels),
+                    sentinel_urls: urls.clone(),
+                    master: master.clone(),
+                    node,
+                }
             }
         })
     }
@@ -124,16 +131,46 @@ impl Target {
                 Ok(Link::Server(connection))
             }
             Target::Cluster(client) => Ok(Link::Cluster(client.get_async_connection().await.map_err(unreachable)?)),
-            Target::Sentinel { sentinels, master, node } => {
-                let client = sentinels.lock().await.async_master_for(master, Some(node)).await.map_err(|e| match e.kind() {
-                    ErrorKind::MasterNameNotFoundBySentinel => {
-                        ConnectError::Misconfigured(format!("no sentinel of REDIS_URL watches a master named {master:?}"))
+            Target::Sentinel { sentinels, sentinel_urls, master, node } => {
+                let found = sentinels.lock().await.async_master_for(master, Some(node)).await;
+                let client = match found {
+                    Ok(client) => client,
+                    Err(e) if e.kind() == ErrorKind::MasterNameNotFoundBySentinel => {
+                        return Err(why_no_master(sentinel_urls, master, &config).await)
                     }
-                    _ => unreachable(e),
-                })?;
+                    Err(e) => return Err(unreachable(e)),
+                };
                 Ok(Link::Server(client.get_multiplexed_async_connection_with_config(&config).await.map_err(unreachable)?))
             }
         }
+    }
+}
+
+/// Why the sentinels gave no master named `master`. The redis crate says "not found"
+/// both for a name no sentinel watches and for a master that is down or failing over
+/// (one it cannot reach, or flagged down): asked by name, a sentinel answers nothing
+/// for a name it does not watch, and the master's address for one it does, down or not.
+async fn why_no_master(sentinel_urls: &[String], master: &str, config: &AsyncConnectionConfig) -> ConnectError {
+    let mut answered = false;
+    for url in sentinel_urls {
+        let address = async {
+            let mut sentinel = redis::Client::open(url.as_str())?.get_multiplexed_async_connection_with_config(config).await?;
+            redis::cmd("SENTINEL").arg("GET-MASTER-ADDR-BY-NAME").arg(master).query_async::<Option<(String, String)>>(&mut sentinel).await
+        };
+        match address.await {
+            Ok(Some((host, port))) => {
+                return ConnectError::Unreachable(format!(
+                    "the master {master:?} the sentinels watch ({host}:{port}) is down or failing over"
+                ))
+            }
+            Ok(None) => answered = true,
+            Err(_) => {}
+        }
+    }
+    if answered {
+        ConnectError::Misconfigured(format!("no sentinel of REDIS_URL watches a master named {master:?}"))
+    } else {
+        ConnectError::Unreachable(format!("no sentinel of REDIS_URL answers for the master {master:?}"))
     }
 }
 

@@ -1,6 +1,8 @@
 //! A Redis of the test's own that dies and comes back: under RATE_LIMIT_ON_ERROR=allow
 //! the service keeps serving, starts without Redis, and enforces the limits again once
-//! Redis is back; a Redis restarted between two requests costs none of them.
+//! Redis is back; a Redis restarted between two requests costs none of them. Through
+//! Sentinel, a master that is down is an outage (not a wrong master name) and the
+//! limits follow it to the replica promoted in its place.
 
 use crate::common::redis_servers::{self, RedisProcess};
 use crate::common::*;
@@ -135,4 +137,62 @@ async fn through_sentinel_the_limits_follow_the_master_to_the_replica_it_promote
     until_redis_answers(&server).await;
     limit_of_two_holds([&server; 3], "18005550122").await;
     server.stop().await;
+}
+
+#[actix_web::test]
+async fn through_sentinel_an_instance_starts_under_allow_while_the_master_is_down_and_follows_the_failover() {
+    if !redis_servers::available() {
+        return;
+    }
+    let mut master = RedisProcess::start(&[]).await;
+    let master_port = master.port.to_string();
+    // Not to be promoted until the test says so: the master stays down as long as it needs.
+    let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &master_port, "--replica-priority", "0"]).await;
+    assert!(eventually(30, || master.cli(&["info", "replication"]).contains("connected_slaves:1")).await, "the replica does not follow");
+    let sentinel = RedisProcess::sentinel(&master).await;
+    // A failover that found no replica to promote is tried again after twice this.
+    sentinel.cli(&["sentinel", "set", "mymaster", "failover-timeout", "1000"]);
+    let replica_port = replica.port.to_string();
+    let knows_replica = eventually(30, || sentinel.cli(&["sentinel", "replicas", "mymaster"]).contains(&replica_port)).await;
+    assert!(knows_replica, "the sentinel does not know the replica: {}", sentinel.log());
+
+    master.kill();
+    let url = format!("redis+sentinel://{}/mymaster", sentinel.address());
+    let env = [("REDIS_URL", url.as_str()), ("RATE_LIMIT_ON_ERROR", "allow"), ("LIMIT_START_PER_PHONE_PER_HOUR", "2")];
+    // The sentinel still names the master it watches, which is down: the instance starts.
+    let server = TestServer::start(&env).await;
+    let check = redis_check(&server).await;
+    assert!(check.contains("is down or failing over") && check.contains("reconnecting in the background"), "{check}");
+    assert!(!server.logs().contains("no sentinel"), "{}", server.logs());
+    for _ in 0..3 {
+        assert_ok(server.call(login("18005550131")).await);
+    }
+
+    replica.cli(&["config", "set", "replica-priority", "100"]);
+    let promoted = eventually(60, || replica.cli(&["info", "replication"]).contains("role:master")).await;
+    assert!(promoted, "the sentinel did not promote the replica: {}", sentinel.log());
+    until_redis_answers(&server).await;
+    limit_of_two_holds([&server; 3], "18005550132").await;
+    server.stop().await;
+}
+
+#[actix_web::test]
+async fn through_sentinel_a_master_name_no_sentinel_watches_is_refused_even_under_allow() {
+    if !redis_servers::available() {
+        return;
+    }
+    let master = RedisProcess::start(&[]).await;
+    let sentinel = RedisProcess::sentinel(&master).await;
+    let url = format!("redis+sentinel://{}/othermaster", sentinel.address());
+    let dir = tempfile::tempdir().unwrap();
+    let database = dir.path().join("otpgate.db").to_string_lossy().into_owned();
+    let config = otpgate::config::Config::from_vars([
+        ("DATABASE_PATH", database.as_str()),
+        ("REDIS_URL", url.as_str()),
+        ("RATE_LIMIT_ON_ERROR", "allow"),
+    ])
+    .unwrap();
+    let senders = otpgate::delivery::senders::Senders::all(std::sync::Arc::new(RecordingSender::default()));
+    let refused = otpgate::api::AppState::new(&config, senders).await.err().expect("a master name no sentinel watches is refused");
+    assert!(refused.contains(r#"no sentinel of REDIS_URL watches a master named "othermaster""#), "{refused}");
 }
