@@ -10,11 +10,11 @@ use sha2::Sha256;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
+use crate::domain::clock::Clock;
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::metrics;
 
@@ -86,13 +86,37 @@ pub struct SharedLimits {
     key: [u8; 32],
     /// `RATE_LIMIT_ON_ERROR=allow`: let a request through when the buckets cannot be asked.
     allow_on_error: bool,
-    /// Set while the buckets fail, so the ERROR is logged once per episode, not per request.
-    failing: AtomicBool,
+    /// What was logged of the current outage, so that it is told once, not per request.
+    outage: Mutex<Outage>,
+    clock: Clock,
+}
+
+/// An ERROR line says checks fail again at most this often while they go on failing.
+const OUTAGE_REMINDER: Duration = Duration::from_secs(60);
+
+/// An outage is over once no check failed for this long. Waiting for a quiet spell, not
+/// for one answer, keeps a partial outage (a Cluster node down: its checks fail, the
+/// others' succeed) from logging a line at every turn.
+const OUTAGE_QUIET: Duration = Duration::from_secs(10);
+
+/// The current outage of the shared buckets, on the service's clock in milliseconds.
+#[derive(Default)]
+struct Outage {
+    /// When the last ERROR line was logged; `None` while there is no outage.
+    told_at: Option<i64>,
+    /// Checks that failed since that line.
+    failed_since_told: u64,
+    last_failure_at: i64,
 }
 
 impl SharedLimits {
     pub fn new(buckets: Arc<dyn SharedBuckets>, key: [u8; 32], allow_on_error: bool) -> Arc<SharedLimits> {
-        Arc::new(SharedLimits { buckets, key, allow_on_error, failing: AtomicBool::new(false) })
+        SharedLimits::with_clock(buckets, key, allow_on_error, Clock::system())
+    }
+
+    /// [`SharedLimits::new`] whose outage lines follow `clock`.
+    pub fn with_clock(buckets: Arc<dyn SharedBuckets>, key: [u8; 32], allow_on_error: bool, clock: Clock) -> Arc<SharedLimits> {
+        Arc::new(SharedLimits { buckets, key, allow_on_error, outage: Mutex::new(Outage::default()), clock })
     }
 
     fn entry(&self, limit: &str, key: &str) -> String {
@@ -124,20 +148,45 @@ impl SharedLimits {
 
     /// What the buckets answered, or, when they could not be asked, what
     /// `RATE_LIMIT_ON_ERROR` says: `let_through`, or a refusal.
+    /// One ERROR line opens an outage and another says so every [`OUTAGE_REMINDER`] while
+    /// checks go on failing; one INFO line closes it at the first answer after
+    /// [`OUTAGE_QUIET`] without a failure.
     fn decide<T>(&self, answer: Result<T, String>, let_through: T) -> Result<T, Refusal> {
+        let now = self.clock.now_ms();
+        let mut outage = self.outage.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         match answer {
             Ok(answer) => {
-                if self.failing.swap(false, Ordering::Relaxed) {
-                    tracing::info!("shared rate limits answer again");
+                if outage.told_at.is_some() && now - outage.last_failure_at >= millis(OUTAGE_QUIET) {
+                    *outage = Outage::default();
+                    tracing::info!("shared rate limits answer again: none failed for {} s", OUTAGE_QUIET.as_secs());
                 }
                 Ok(answer)
             }
             Err(e) => {
                 metrics::RATELIMIT_ERRORS.inc();
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    let decision = if self.allow_on_error { "letting requests through unlimited" } else { "refusing limited requests" };
-                    tracing::error!("shared rate limits cannot be checked ({e}): {decision} until they answer (RATE_LIMIT_ON_ERROR)");
+                outage.last_failure_at = now;
+                outage.failed_since_told += 1;
+                let decision = if self.allow_on_error { "letting requests through unlimited" } else { "refusing limited requests" };
+                let told = match outage.told_at {
+                    None => {
+                        tracing::error!("shared rate limits cannot be checked ({e}): {decision} until they answer (RATE_LIMIT_ON_ERROR)");
+                        true
+                    }
+                    Some(told_at) if now - told_at >= millis(OUTAGE_REMINDER) => {
+                        tracing::error!(
+                            "shared rate limits still fail: {} more checks failed since this was logged {} s ago, the last with {e}: {decision} (RATE_LIMIT_ON_ERROR)",
+                            outage.failed_since_told,
+                            (now - told_at) / 1000,
+                        );
+                        true
+                    }
+                    Some(_) => false,
+                };
+                if told {
+                    outage.told_at = Some(now);
+                    outage.failed_since_told = 0;
                 }
+                drop(outage);
                 if self.allow_on_error {
                     Ok(let_through)
                 } else {
@@ -167,6 +216,10 @@ static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
 fn local_now() -> u64 {
     u64::try_from(EPOCH.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn nanos(duration: Duration) -> u64 {
@@ -512,6 +565,94 @@ mod tests {
         assert!(wait > 3600, "one comes back every 8 hours, got {wait}");
         assert!(now(limits.admit_guess("a", false, 0)).is_err());
         assert_eq!(now(limits.admit_guess("b", false, 0)), Ok(()), "another address has its own");
+    }
+
+    /// Buckets that fail while `failing` is set, and take otherwise.
+    struct FlakyBuckets {
+        failing: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait]
+    impl SharedBuckets for FlakyBuckets {
+        async fn take(&self, _: &str, _: u32, _: Duration, _: u32) -> Result<Taken, String> {
+            self.answer().map(|()| Taken::Yes)
+        }
+        async fn take_all(&self, _: &str, _: &[Take]) -> Result<Option<(usize, Duration)>, String> {
+            self.answer().map(|()| None)
+        }
+        async fn ping(&self) -> Result<(), String> {
+            self.answer()
+        }
+    }
+
+    impl FlakyBuckets {
+        fn answer(&self) -> Result<(), String> {
+            if self.failing.load(std::sync::atomic::Ordering::SeqCst) {
+                Err("a node did not answer in time".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    /// A writer into a buffer the test reads back.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn count(&self, level: &str) -> usize {
+            String::from_utf8_lossy(&self.0.lock().unwrap()).lines().filter(|line| line.contains(level)).count()
+        }
+    }
+
+    #[test]
+    fn a_flapping_outage_is_told_once_then_reminded_and_closed_after_a_quiet_spell() {
+        let buckets = Arc::new(FlakyBuckets { failing: Default::default() });
+        let clock = Clock::manual();
+        let limits = SharedLimits::with_clock(buckets.clone(), [1; 32], false, clock.clone());
+        let logs = Captured::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt().with_ansi(false).with_writer(move || writer.clone()).finish();
+        let check = |fail: bool| {
+            buckets.failing.store(fail, std::sync::atomic::Ordering::SeqCst);
+            now(limits.take("limit", "key", 1, Duration::from_secs(1), 10))
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            // A partial outage: every other check fails, for 50 s.
+            for _ in 0..250 {
+                assert_eq!(check(true), Err(Refusal::Unavailable));
+                clock.advance(Duration::from_millis(100));
+                assert_eq!(check(false), Ok(Taken::Yes));
+                clock.advance(Duration::from_millis(100));
+            }
+            assert_eq!((logs.count("ERROR"), logs.count("INFO")), (1, 0), "one ERROR for 250 failures between answers");
+            // Still failing a minute after the ERROR: one more says so, with the count.
+            clock.advance(Duration::from_secs(10));
+            assert!(check(true).is_err());
+            assert_eq!(logs.count("ERROR"), 2);
+            assert_eq!(logs.count("still fail: 250 more checks failed since this was logged 60 s ago"), 1);
+            // Answers, but too soon after the last failure to call the outage over.
+            clock.advance(Duration::from_secs(9));
+            assert!(check(false).is_ok());
+            assert_eq!(logs.count("INFO"), 0);
+            clock.advance(Duration::from_secs(1));
+            assert!(check(false).is_ok());
+            assert!(check(false).is_ok());
+            assert_eq!(logs.count("INFO"), 1, "one INFO once none failed for 10 s");
+            // A later failure is a new outage, told at once.
+            assert!(check(true).is_err());
+            assert_eq!((logs.count("ERROR"), logs.count("cannot be checked")), (3, 2));
+        });
     }
 
     #[test]

@@ -78,7 +78,6 @@ async fn under_allow_a_redis_outage_lets_requests_through_and_the_limits_return_
     // instances count into the one bucket again.
     limit_of_two_holds([&first, &second, &first], "18005550104").await;
     limit_of_two_holds([&second, &first, &second], "18005550105").await;
-    assert!(first.logs().contains("shared rate limits answer again"), "{}", first.logs());
     first.stop().await;
     second.stop().await;
 }
