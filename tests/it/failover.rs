@@ -1,9 +1,9 @@
-//! A PostgreSQL failover under load: a primary and its streaming standby of the test's own,
+//! PostgreSQL failovers under load: a primary and its streaming standby of the test's own,
 //! the service given both hosts (`target_session_attrs=read-write`), logins running while the
 //! primary is frozen (SIGSTOP: its connections stay open and nothing answers, the harder case
-//! than a dead one) and the standby promoted. Every login succeeds or gets a clean retryable
-//! error, no code is accepted twice, no token upstream issued goes unrecorded, and logins
-//! succeed on the new primary.
+//! than a dead one), or made read-only as a switchover does, and the standby promoted. Every
+//! login succeeds or gets a clean retryable error, no code is accepted twice, no token
+//! upstream issued goes unrecorded, and logins succeed on the new primary.
 //!
 //! Runs in the PostgreSQL pass (DATABASE_URL set): it tests the PostgreSQL store and needs
 //! only the PostgreSQL binaries, which that pass has; on SQLite it would test nothing new.
@@ -23,6 +23,10 @@ const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 const CLIENTS: usize = 4;
 /// Logins that must succeed before the freeze, and after the promotion.
 const LOGINS_EACH_SIDE: usize = 8;
+/// Concurrent clients through a switchover, and how many of them wait for their token
+/// when writes stop (the others' requests fail meanwhile).
+const SWITCHOVER_CLIENTS: usize = 8;
+const HELD_LOGINS: u64 = 4;
 
 /// A running PostgreSQL server of this test.
 struct Node {
@@ -301,8 +305,102 @@ async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
     let (_, recovered) = futures_util::future::join(clients, failover).await;
     let attempts = attempts.into_inner();
     assert!(recovered, "logins after the promotion: {:?}", attempts.iter().filter(|a| a.after_promotion).collect::<Vec<_>>());
+    // A verify cut off at its COMMIT by the freeze may leave its code held until the claim
+    // times out, or used up by a login recorded anyway.
+    no_code_twice_and_no_token_lost(&server, pair.standby.port, &attempts, FailedCodes::WorkOrAreUsedUp).await;
 
-    // Every reply was a success or a clean error to retry.
+    // The freeze was met: operations on the frozen primary's connections timed out, and a
+    // new connection passed over it for the standby.
+    let logs = server.logs();
+    assert!(logs.contains("PostgreSQL connection lost (PostgreSQL did not answer within 3000 ms"), "{logs}");
+    let passed_over = format!("host=127.0.0.1:{}", pair.primary.port);
+    assert!(logs.lines().any(|line| line.contains(&passed_over) && line.contains("no answer within 1000 ms")), "{logs}");
+    server.stop().await;
+}
+
+/// A planned switchover done by hand while logins run: the primary stops taking writes (as
+/// a cluster manager makes it read-only or restarts it as a standby first: either way writes
+/// there answer `read_only_sql_transaction` and a new connection is refused as not
+/// read-write), then the standby is promoted. Logins that upstream has been asked for a
+/// token when writes stop must record it once the standby takes over, and a verify that
+/// failed must leave its code usable.
+#[actix_web::test]
+async fn a_switchover_through_a_read_only_primary_loses_no_token_and_strands_no_code() {
+    if !backend::on_postgres() {
+        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    assert!(
+        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
+        "the standby never streamed synchronously"
+    );
+    let url = pair.url();
+    let server = TestServer::start(&[
+        ("DATABASE_URL", url.as_str()),
+        ("DB_POOL_SIZE", "6"),
+        ("DB_CONNECT_TIMEOUT_MS", "1000"),
+        // Long enough for the promotion on a loaded machine: recording a login and giving a
+        // code back are tried again for this long.
+        ("DB_QUERY_TIMEOUT_MS", "10000"),
+        // Tokens are held back for a while.
+        ("UPSTREAM_TIMEOUT_SECS", "30"),
+        ("REQUEST_TIMEOUT_SECS", "60"),
+        ("MAX_DEVICES", "100"),
+    ])
+    .await;
+
+    let attempts = RefCell::new(Vec::<Attempt>::new());
+    let (next_phone, promoted, stop) = (Cell::new(0u32), Cell::new(false), Cell::new(false));
+    let succeeded =
+        |after_promotion: bool| attempts.borrow().iter().filter(|a| a.after_promotion == after_promotion && a.token().is_some()).count();
+    let upstream = &server.upstream;
+    let switchover = async {
+        assert!(eventually(60, || succeeded(false) >= LOGINS_EACH_SIDE).await, "logins before the switchover: {:?}", attempts.borrow());
+        // Some logins have claimed their code and wait for their token.
+        upstream.hold_useradd(HELD_LOGINS);
+        assert!(eventually(60, || upstream.held_useradd() == HELD_LOGINS).await, "logins never reached upstream");
+        query(pair.primary.port, "ALTER SYSTEM SET default_transaction_read_only = on").await.unwrap();
+        query(pair.primary.port, "SELECT pg_reload_conf()").await.unwrap();
+        // The other clients' requests fail for want of a host that takes writes.
+        let failed = || attempts.borrow().iter().any(|a| a.start.0 != 200 || a.verify.as_ref().is_some_and(|(status, _)| *status != 200));
+        assert!(eventually(60, failed).await, "no request failed on the read-only primary: {:?}", attempts.borrow());
+        // Upstream issues the held tokens, and the service tries to record them.
+        upstream.release_useradd();
+        let tried = || server.logs().contains("recording the login again") || server.logs().contains("the login could not be recorded");
+        assert!(eventually(60, tried).await, "no login was recorded while no host takes writes");
+        let standby = pair.standby.data.clone();
+        actix_web::rt::task::spawn_blocking(move || run(&["pg_ctl", "-D", path(&standby), "-w", "-t", "60", "promote"])).await.unwrap();
+        promoted.set(true);
+        let recovered = eventually(60, || succeeded(true) >= LOGINS_EACH_SIDE).await;
+        stop.set(true);
+        recovered
+    };
+    let clients =
+        futures_util::future::join_all((0..SWITCHOVER_CLIENTS).map(|_| client(&server, &attempts, &next_phone, &promoted, &stop)));
+    let (_, recovered) = futures_util::future::join(clients, switchover).await;
+    let attempts = attempts.into_inner();
+    assert!(recovered, "logins after the promotion: {:?}", attempts.iter().filter(|a| a.after_promotion).collect::<Vec<_>>());
+    // No COMMIT was cut off (the primary never went away): every code whose verify failed
+    // was given back, and logs in now.
+    no_code_twice_and_no_token_lost(&server, pair.standby.port, &attempts, FailedCodes::Work).await;
+    server.stop().await;
+}
+
+/// What a code whose verify failed must do when tried again after the failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FailedCodes {
+    /// Log in: the failure gave the code back.
+    Work,
+    /// Log in, or be refused because a login recorded anyway used it up.
+    WorkOrAreUsedUp,
+}
+
+/// The failover's outcome as clients and upstream see it, checked on the new primary at
+/// `new_primary`: every reply a success or a clean error to retry, no code accepted twice,
+/// each code whose verify failed tried again as `failed` says, and every token upstream
+/// issued recorded as the session of the user it was issued for.
+async fn no_code_twice_and_no_token_lost(server: &TestServer, new_primary: u16, attempts: &[Attempt], failed: FailedCodes) {
     let unclean: Vec<&Attempt> = attempts.iter().filter(|a| !clean(&a.start) || a.verify.as_ref().is_some_and(|v| !clean(v))).collect();
     assert!(unclean.is_empty(), "replies neither successes nor clean retryable errors: {unclean:?}");
     assert!(attempts.iter().all(|a| a.start.0 != 200 || a.code.is_some()), "a started login got no code");
@@ -313,20 +411,18 @@ async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
         let again = server.call(verify(&attempt.phone, attempt.code.as_deref().unwrap())).await;
         assert_eq!((again.0, again.1["error"].as_str()), (401, Some("BADCODE")), "{} accepted twice: {}", attempt.phone, again.1);
     }
-    // A code whose verify failed is given back, or was used up by a login recorded anyway:
-    // tried again it logs in once or is refused.
     for attempt in attempts.iter().filter(|a| a.verify.as_ref().is_some_and(|(status, _)| *status != 200)) {
         let again = server.call(verify(&attempt.phone, attempt.code.as_deref().unwrap())).await;
-        match again.0 {
-            200 => logged_in.push((attempt.phone.clone(), again.1["token"].as_str().unwrap().to_string())),
-            _ => assert_eq!(again.1["error"], "BADCODE", "{}: {}", attempt.phone, again.1),
+        match (again.0, failed) {
+            (200, _) => logged_in.push((attempt.phone.clone(), again.1["token"].as_str().unwrap().to_string())),
+            (_, FailedCodes::WorkOrAreUsedUp) => assert_eq!(again.1["error"], "BADCODE", "{}: {}", attempt.phone, again.1),
+            (_, FailedCodes::Work) => panic!("{}'s code, whose verify failed, does not log in: {}", attempt.phone, again.1),
         }
     }
 
     // Every token upstream issued is recorded, as the session of the user it was issued for.
-    let rows = query(pair.standby.port, "SELECT s.token_sha256 || ' ' || u.address FROM sessions s JOIN users u ON u.id = s.user_id")
-        .await
-        .unwrap();
+    let rows =
+        query(new_primary, "SELECT s.token_sha256 || ' ' || u.address FROM sessions s JOIN users u ON u.id = s.user_id").await.unwrap();
     let sessions: std::collections::HashMap<String, String> =
         rows.into_iter().flatten().filter_map(|row| row.split_once(' ').map(|(h, a)| (h.to_string(), a.to_string()))).collect();
     let issued = server.upstream.issued();
@@ -339,17 +435,10 @@ async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
         let holder = sessions.get(&otpgate::domain::account::token_hash(token));
         assert_eq!(holder, Some(phone), "the token of {phone}'s login");
     }
-    // The freeze was met: operations on the frozen primary's connections timed out, and a
-    // new connection passed over it for the standby.
-    let logs = server.logs();
-    assert!(logs.contains("PostgreSQL connection lost (PostgreSQL did not answer within 3000 ms"), "{logs}");
-    let passed_over = format!("host=127.0.0.1:{}", pair.primary.port);
-    assert!(logs.lines().any(|line| line.contains(&passed_over) && line.contains("no answer within 1000 ms")), "{logs}");
     for failed in attempts.iter().filter(|a| a.token().is_none()) {
         let (step, reply) = failed.verify.as_ref().map_or(("start", &failed.start), |verify| ("verify", verify));
         println!("{} failed at its {step}: {} {}", failed.phone, reply.0, reply.1["errmsg"]);
     }
     let failures = attempts.iter().filter(|a| a.token().is_none()).count();
     println!("{} logins, {} failed cleanly, {issued} tokens issued, all recorded", attempts.len(), failures);
-    server.stop().await;
 }

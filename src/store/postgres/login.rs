@@ -1,7 +1,5 @@
 //! The login queries: purging expired codes, claiming a code, recording a login.
 
-use std::time::{Duration, Instant};
-
 use deadpool_postgres::Object;
 
 use crate::domain::account::{Evicted, OwnProfile};
@@ -11,10 +9,7 @@ use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::error::StorageError;
 use crate::store::records::{contact_joined, CodeGuess, CompletedLogin, LoginRecord, LOGIN};
 
-use super::{counter, execute, interrupted, query_one, rows, PgStore, Retry};
-
-/// The pause between two tries to record a login while no host takes writes.
-const LOGIN_RETRY_PAUSE: Duration = Duration::from_millis(200);
+use super::{counter, execute, query_one, rows, PgStore, Retry};
 
 impl PgStore {
     /// Deletes the codes and sessions that expired before `now`; returns how many of each.
@@ -102,9 +97,12 @@ impl PgStore {
     }
 
     /// Gives a claimed code back after the upstream call failed, so the same code works
-    /// again; a newer code for the address stays as it is.
+    /// again; a newer code for the address stays as it is. Through a failover it is tried
+    /// again for up to the query timeout, as recording a login is: a code not given back
+    /// stays claimed until its claim times out, and the user's retry is refused meanwhile.
+    /// Running it twice is safe.
     pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
-        self.retrying(Retry::Always, |client| self.release_code_once(client, address.clone(), otp_hash)).await
+        self.persisting("giving the code back", |client| self.release_code_once(client, address.clone(), otp_hash)).await
     }
 
     async fn release_code_once(&self, client: Object, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
@@ -128,21 +126,7 @@ impl PgStore {
         // the query timeout after the first failure, long enough for a standby to take over.
         // Running it twice is safe: the session is keyed by its token, a first login is one
         // only once, and the code is consumed once (only the audit event may be written twice).
-        let attempt = |client| self.record_login_once(client, login.clone(), address_hash, claimed_code);
-        let mut failed = match self.guarded(attempt).await {
-            Err(e) if interrupted(&e).is_some() => e,
-            outcome => return outcome,
-        };
-        let deadline = Instant::now() + self.query_timeout;
-        loop {
-            tracing::info!("recording the login again on a fresh PostgreSQL connection after: {failed}");
-            match self.guarded(attempt).await {
-                Err(e) if (interrupted(&e).is_some() || matches!(e, StorageError::Pool(_))) && Instant::now() < deadline => failed = e,
-                outcome => return outcome,
-            }
-            // Until a standby is promoted every host refuses; each try costs a connection attempt per host.
-            tokio::time::sleep(LOGIN_RETRY_PAUSE).await;
-        }
+        self.persisting("recording the login", |client| self.record_login_once(client, login.clone(), address_hash, claimed_code)).await
     }
 
     async fn record_login_once(

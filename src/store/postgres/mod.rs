@@ -22,6 +22,7 @@ mod users;
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -39,7 +40,7 @@ use crate::store::error::StorageError;
 
 use crate::store::error::with_causes;
 pub use pool::check_url;
-use pool::{driver_url, tls, HostByHost};
+use pool::{driver_url, tls, HostByHost, StaleConnections};
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -67,6 +68,11 @@ const MIGRATION_LOCK: i64 = 0x6f74_7067_6174_6501;
 /// Longest a request waits for a pooled connection: with every connection busy, requests
 /// fail instead of piling up. Opening one is bounded per host (see [`PgSettings::connect_timeout`]).
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The pause between two tries of an operation that persists through a failover (see
+/// [`PgStore::persisting`]): until a standby is promoted every host refuses, and each try
+/// costs a connection attempt per host.
+const PERSIST_PAUSE: Duration = Duration::from_millis(200);
 
 /// How the pool connects and how long it waits for the server.
 #[derive(Debug, Clone, Copy)]
@@ -102,6 +108,7 @@ pub struct PgStore {
     pool: Pool,
     query_timeout: Duration,
     statements: DbStatements,
+    stale: Arc<StaleConnections>,
 }
 
 impl PgStore {
@@ -124,7 +131,9 @@ impl PgStore {
         let config = tokio_postgres::Config::from_str(&url)?;
         let connect = HostByHost { tls: tls(&check)?, timeout: settings.connect_timeout, last_good: AtomicUsize::new(0) };
         let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let stale = Arc::new(StaleConnections::default());
         let pool = Pool::builder(manager)
+            .pre_recycle(StaleConnections::check(Arc::clone(&stale)))
             .max_size(settings.pool_size.max(1))
             .runtime(Runtime::Tokio1)
             .wait_timeout(Some(POOL_TIMEOUT))
@@ -134,7 +143,7 @@ impl PgStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Pool(e.to_string()))?;
-        Ok(PgStore { pool, query_timeout: settings.query_timeout, statements: settings.statements })
+        Ok(PgStore { pool, query_timeout: settings.query_timeout, statements: settings.statements, stale })
     }
 
     /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
@@ -273,12 +282,14 @@ impl PgStore {
 
     /// `answers` within the query timeout. When a failover interrupted it, the idle
     /// connections go (they lead to the same server; the one it used is among them, back
-    /// in the pool), so that the next request connects afresh to whichever host takes writes.
+    /// in the pool), and so do those in use once they come back, so that the next request
+    /// connects afresh to whichever host takes writes.
     async fn timed<T>(&self, answers: impl Future<Output = Result<T, StorageError>>) -> Result<T, StorageError> {
         let answers = self.in_statement_mode(answers);
         let outcome = tokio::time::timeout(self.query_timeout, answers).await.unwrap_or(Err(StorageError::TimedOut(self.query_timeout)));
         if let Err(e) = &outcome {
             if interrupted(e).is_some() {
+                self.stale.mark();
                 let dropped = self.pool.retain(|_, _| false).removed.len();
                 tracing::warn!(dropped, "PostgreSQL connection lost ({e}); idle connections dropped, new ones will be opened");
             }
@@ -299,6 +310,37 @@ impl PgStore {
             }
             outcome => outcome,
         }
+    }
+
+    /// [`guarded`](Self::guarded), run again on fresh connections for up to the query
+    /// timeout after the first failure while a failover keeps it from a host that takes
+    /// writes: interrupted, or no connection to be had (no host takes writes yet, or the one
+    /// that does is still starting). For the operations whose failure costs more than the
+    /// wait (`doing` says which, for the logs), and that leave the same state when run twice.
+    async fn persisting<T, Fut>(&self, doing: &str, operation: impl Fn(Object) -> Fut) -> Result<T, StorageError>
+    where
+        Fut: Future<Output = Result<T, StorageError>>,
+    {
+        let mut failed = match self.guarded(&operation).await {
+            Err(e) if self.may_persist(&e) => e,
+            outcome => return outcome,
+        };
+        tracing::info!("{doing} again on fresh PostgreSQL connections for up to {} ms after: {failed}", self.query_timeout.as_millis());
+        let deadline = Instant::now() + self.query_timeout;
+        loop {
+            match self.guarded(&operation).await {
+                Err(e) if self.may_persist(&e) && Instant::now() < deadline => failed = e,
+                outcome => return outcome,
+            }
+            tracing::debug!("{doing} again after: {failed}");
+            tokio::time::sleep(PERSIST_PAUSE).await;
+        }
+    }
+
+    /// Whether `error` is one a failover causes, after which [`persisting`](Self::persisting)
+    /// tries again (not once the pool is closed at shutdown).
+    fn may_persist(&self, error: &StorageError) -> bool {
+        interrupted(error).is_some() || (matches!(error, StorageError::Pool(_)) && !self.pool.is_closed())
     }
 
     /// BEGIN and `sql` on a connection of its own (see [`Pipelined::begin_with`]); again
@@ -807,6 +849,50 @@ mod tests {
             let refused = store.probe_write().await.unwrap_err().to_string();
             assert!(refused.starts_with("db error: ERROR: cannot execute INSERT in a read-only transaction"), "{refused}");
             assert!(refused.contains("target_session_attrs=read-write"), "{refused}");
+        })
+        .await;
+    }
+
+    /// A server that stops taking writes (a primary being demoted before its standby is
+    /// promoted): a claimed code is given back once writes come back, within the query
+    /// timeout, not refused after the one retry every operation gets.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_code_is_given_back_once_the_server_takes_writes_again() {
+        with_database("a_code_is_given_back_once_the_server_takes_writes_again", |url| async move {
+            let settings = PgSettings { query_timeout: Duration::from_secs(60), ..PgSettings::with_pool_size(2) };
+            let store = Arc::new(PgStore::connect(&url, settings, &phones()).await.unwrap());
+            let now = now();
+            let (_, otp_hash) = start(&store, "18005550001", "123456", now).await;
+            let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, guess_admitted).await.unwrap();
+            assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None });
+
+            // Opened before, this session still writes.
+            let admin = PgStore::open(&url, PgSettings::with_pool_size(1)).unwrap();
+            let admin = admin.client().await.unwrap();
+            let name = server_database(&url).to_string();
+            admin.batch_execute(&format!("ALTER DATABASE {name} SET default_transaction_read_only = on")).await.unwrap();
+            store.pool.retain(|_, _| false);
+            let refusals = || async {
+                let sql = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+                admin.query_one(sql, &[]).await.unwrap().get::<_, i64>(0)
+            };
+            let before = refusals().await;
+            let release = tokio::spawn({
+                let store = Arc::clone(&store);
+                async move { store.release_code("18005550001".into(), otp_hash).await }
+            });
+            let mut waited = 0;
+            while refusals().await < before + 3 && !release.is_finished() && waited < 1200 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += 1;
+            }
+            assert!(!release.is_finished(), "gave up while no host takes writes: {:?}", release.await.unwrap());
+            assert!(refusals().await >= before + 3, "the server never refused the code's release");
+
+            admin.batch_execute(&format!("ALTER DATABASE {name} RESET default_transaction_read_only")).await.unwrap();
+            release.await.unwrap().expect("given back once the server takes writes");
+            let claimed = store.claim_code(guess("18005550001", otp_hash), now, 5, 60, guess_admitted).await.unwrap();
+            assert_eq!(claimed, VerifyOutcome::Claimed { link_target: None }, "the code works again");
         })
         .await;
     }

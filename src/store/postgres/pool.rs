@@ -2,8 +2,8 @@
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use tokio_postgres::config::{Host, LoadBalanceHosts};
@@ -82,6 +82,30 @@ impl deadpool_postgres::Connect for HostByHost {
                 }
             }
             Err(failure)
+        })
+    }
+}
+
+/// When a failover last interrupted an operation. The connections opened before then lead
+/// to the server that went away, froze or stopped taking writes: those in use then are not
+/// handed out again when they come back to the pool (the idle ones are dropped at once).
+#[derive(Default)]
+pub(super) struct StaleConnections(Mutex<Option<Instant>>);
+
+impl StaleConnections {
+    /// Every connection open now is stale.
+    pub(super) fn mark(&self) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
+
+    /// The pool's check before it hands out a connection again: a stale one is closed and
+    /// another taken or opened.
+    pub(super) fn check(stale: Arc<StaleConnections>) -> deadpool_postgres::Hook {
+        deadpool_postgres::Hook::sync_fn(move |_, metrics| match *stale.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(since) if metrics.created <= since => {
+                Err(deadpool_postgres::HookError::message("opened before a failover interrupted an operation"))
+            }
+            _ => Ok(()),
         })
     }
 }

@@ -86,6 +86,12 @@ struct Shared {
     /// When set, group operations are refused (`result:false`).
     refuse_groups: AtomicBool,
     groups_created: AtomicU64,
+    /// How many more `useradd` calls to hold (see [`FakeUpstream::hold_useradd`]).
+    to_hold: AtomicU64,
+    /// True while held `useradd` calls wait.
+    holding: tokio::sync::watch::Sender<bool>,
+    /// `useradd` calls waiting to be released.
+    held_useradd: AtomicU64,
 }
 
 impl FakeUpstream {
@@ -104,6 +110,9 @@ impl FakeUpstream {
             hang_messages: AtomicBool::new(false),
             refuse_groups: AtomicBool::new(false),
             groups_created: AtomicU64::new(0),
+            to_hold: AtomicU64::new(0),
+            holding: tokio::sync::watch::Sender::new(false),
+            held_useradd: AtomicU64::new(0),
         });
         let upstream = FakeUpstream { addr, state, handle: Mutex::new(None) };
         Arc::new(upstream.listen())
@@ -171,6 +180,24 @@ impl FakeUpstream {
         self.state.refuse_groups.store(refuse, Ordering::SeqCst);
     }
 
+    /// Holds the next `count` `useradd` calls, each answered once released: a test can act
+    /// while logins wait for their token.
+    pub fn hold_useradd(&self, count: u64) {
+        self.state.holding.send_replace(true);
+        self.state.to_hold.store(count, Ordering::SeqCst);
+    }
+
+    /// Answers the held `useradd` calls, and holds no more.
+    pub fn release_useradd(&self) {
+        self.state.to_hold.store(0, Ordering::SeqCst);
+        self.state.holding.send_replace(false);
+    }
+
+    /// How many `useradd` calls are being held.
+    pub fn held_useradd(&self) -> u64 {
+        self.state.held_useradd.load(Ordering::SeqCst)
+    }
+
     /// The `op:"userdel"` calls received (failed ones included), in order.
     pub fn userdel_calls(&self) -> Vec<Value> {
         self.received().iter().filter_map(|r| serde_json::from_str::<Value>(&r.body).ok()).filter(|m| m["op"] == "userdel").collect()
@@ -207,6 +234,9 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
     if shared.recording.load(Ordering::SeqCst) {
         shared.received.lock().unwrap().push(Received { authorization, body: body.clone(), path, headers });
     }
+    if body.contains(r#""op":"useradd""#) {
+        wait_while_held(&shared).await;
+    }
     let mode = shared.mode.lock().unwrap().pop_scripted();
     match mode {
         Mode::Reply(status, reply) => {
@@ -229,6 +259,17 @@ async fn handle(request: HttpRequest, body: web::Bytes, shared: web::Data<Shared
         }
         Mode::Useradd | Mode::Sequence(_) => platform(&body, &shared),
     }
+}
+
+/// Returns at once, or once released when this call is one to hold (see [`FakeUpstream::hold_useradd`]).
+async fn wait_while_held(shared: &Shared) {
+    let mut holding = shared.holding.subscribe();
+    if shared.to_hold.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_err() {
+        return;
+    }
+    shared.held_useradd.fetch_add(1, Ordering::SeqCst);
+    let _ = holding.wait_for(|holding| !holding).await;
+    shared.held_useradd.fetch_sub(1, Ordering::SeqCst);
 }
 
 /// Answers like the platform: `useradd` and `message`, with a non-empty app token.
