@@ -442,3 +442,100 @@ async fn no_code_twice_and_no_token_lost(server: &TestServer, new_primary: u16, 
     let failures = attempts.iter().filter(|a| a.token().is_none()).count();
     println!("{} logins, {} failed cleanly, {issued} tokens issued, all recorded", attempts.len(), failures);
 }
+
+/// Two primaries: the standby promoted by hand (`pg_ctl promote`, no cluster manager to
+/// fence the old primary), which still runs and takes writes. An instance given both hosts,
+/// the old primary first, whose connections end (as when the old primary restarts), and an
+/// instance started afresh write to neither: requests answer a retryable error, /readyz
+/// fails and an ERROR names both hosts. Once the old primary is stopped the new one is
+/// used; if the old one then comes back alone, it is refused as behind the timeline the
+/// instance wrote to.
+#[actix_web::test]
+async fn with_two_primaries_the_service_writes_to_neither() {
+    if !backend::on_postgres() {
+        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
+        return;
+    }
+    let Some(pair) = Pair::start() else { return };
+    assert!(
+        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
+        "the standby never streamed synchronously"
+    );
+    let url = pair.url();
+    let server = TestServer::start(&[("DATABASE_URL", url.as_str()), ("DB_POOL_SIZE", "4"), ("DB_CONNECT_TIMEOUT_MS", "1000")]).await;
+    server.log_in("18005550001", None).await;
+
+    // The split: the old primary stops waiting for its standby, which is promoted unfenced.
+    query(pair.primary.port, "ALTER SYSTEM SET synchronous_standby_names = ''").await.unwrap();
+    query(pair.primary.port, "SELECT pg_reload_conf()").await.unwrap();
+    let standby = pair.standby.data.clone();
+    actix_web::rt::task::spawn_blocking(move || run(&["pg_ctl", "-D", path(&standby), "-w", "-t", "60", "promote"])).await.unwrap();
+    for port in [pair.primary.port, pair.standby.port] {
+        assert!(until_answers(port, "SELECT NOT pg_is_in_recovery()", "t").await, "{port} takes no writes");
+    }
+    let codes = "SELECT count(*) FROM otp_challenges";
+    let codes_before = (query(pair.primary.port, codes).await.unwrap(), query(pair.standby.port, codes).await.unwrap());
+    query(
+        pair.primary.port,
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+
+    let hosts = [format!("127.0.0.1:{}", pair.primary.port), format!("127.0.0.1:{}", pair.standby.port)];
+    let refused = server.call(login("18005550002")).await;
+    assert_eq!((refused.0, refused.1["error"].as_str()), (503, Some("INTERNAL")), "{}", refused.1);
+    let (status, ready) = server.send(server.client().get(format!("{}/readyz", server.url))).await;
+    let said = ready["checks"]["database"].as_str().unwrap_or_default();
+    assert!(status == 503 && said.contains("split brain") && hosts.iter().all(|host| said.contains(host)), "{status} {ready}");
+    let logs = server.logs();
+    let named = |line: &&str| line.contains("ERROR") && line.contains("split brain") && hosts.iter().all(|host| line.contains(host));
+    assert!(logs.lines().any(|line| named(&line)), "no ERROR naming both primaries: {logs}");
+    let codes_after = (query(pair.primary.port, codes).await.unwrap(), query(pair.standby.port, codes).await.unwrap());
+    assert_eq!(codes_after, codes_before, "a code was written during the split brain");
+
+    // An instance started now refuses too, and says why.
+    let fresh = actix_web::rt::task::spawn_blocking({
+        let url = url.clone();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_otpgate"))
+                .arg("migrate")
+                .env_clear()
+                .env("DATABASE_URL", url)
+                .env("OTP_SECRET", "a-test-secret-shared-by-instances")
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&fresh.stderr);
+    assert!(!fresh.status.success() && stderr.contains("split brain"), "a fresh instance: {stderr}");
+
+    // Fenced: the old primary stopped, the new one is used.
+    run(&["pg_ctl", "-D", path(&pair.primary.data), "-m", "fast", "-w", "stop"]);
+    assert!(logs_in_within_a_minute(&server, "18005550003").await, "no login once the old primary was stopped");
+
+    // The old primary back alone, the new one gone: it is behind the timeline written to.
+    pair.start_node(&pair.primary);
+    run(&["pg_ctl", "-D", path(&pair.standby.data), "-m", "immediate", "-w", "stop"]);
+    let codes_before = query(pair.primary.port, codes).await.unwrap();
+    let refused = server.call(login("18005550004")).await;
+    assert_eq!((refused.0, refused.1["error"].as_str()), (503, Some("INTERNAL")), "{}", refused.1);
+    let behind = format!("PostgreSQL host {} not used: it takes writes on timeline 1, behind timeline 2", hosts[0]);
+    let logs = server.logs();
+    assert!(logs.lines().any(|line| line.contains("ERROR") && line.contains(&behind)), "no ERROR refusing the old primary: {logs}");
+    assert_eq!(query(pair.primary.port, codes).await.unwrap(), codes_before, "a code was written to the old primary");
+    server.stop().await;
+}
+
+/// Whether a login start for `phone` succeeds within a minute of tries.
+async fn logs_in_within_a_minute(server: &TestServer, phone: &str) -> bool {
+    for _ in 0..600 {
+        if server.call(login(phone)).await.0 == 200 {
+            return true;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}

@@ -40,7 +40,7 @@ use crate::store::error::StorageError;
 
 use crate::store::error::with_causes;
 pub use pool::check_url;
-use pool::{driver_url, tls, HostByHost, StaleConnections};
+use pool::{driver_url, tls, Fencing, HostByHost, StaleConnections};
 
 /// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
@@ -109,6 +109,7 @@ pub struct PgStore {
     query_timeout: Duration,
     statements: DbStatements,
     stale: Arc<StaleConnections>,
+    fencing: Arc<Fencing>,
 }
 
 impl PgStore {
@@ -129,7 +130,13 @@ impl PgStore {
         check_url(url).map_err(|why| StorageError::Thread(format!("DATABASE_URL {why}")))?;
         let (url, check) = driver_url(url);
         let config = tokio_postgres::Config::from_str(&url)?;
-        let connect = HostByHost { tls: tls(&check)?, timeout: settings.connect_timeout, last_good: AtomicUsize::new(0) };
+        let fencing = Arc::new(Fencing::default());
+        let connect = HostByHost {
+            tls: tls(&check)?,
+            timeout: settings.connect_timeout,
+            last_good: AtomicUsize::new(0),
+            fencing: Arc::clone(&fencing),
+        };
         let manager = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let stale = Arc::new(StaleConnections::default());
         let pool = Pool::builder(manager)
@@ -143,7 +150,7 @@ impl PgStore {
             .recycle_timeout(Some(POOL_TIMEOUT))
             .build()
             .map_err(|e| StorageError::Pool(e.to_string()))?;
-        Ok(PgStore { pool, query_timeout: settings.query_timeout, statements: settings.statements, stale })
+        Ok(PgStore { pool, query_timeout: settings.query_timeout, statements: settings.statements, stale, fencing })
     }
 
     /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
@@ -154,7 +161,8 @@ impl PgStore {
     /// A connection from the pool.
     async fn client(&self) -> Result<Object, StorageError> {
         let started = Instant::now();
-        let client = self.pool.get().await.map_err(|e| StorageError::Pool(with_causes(&e)))?;
+        // A host refused as a split brain's gives the driver's "timeout" error: say why instead.
+        let client = self.pool.get().await.map_err(|e| StorageError::Pool(self.fencing.refusal().unwrap_or_else(|| with_causes(&e))))?;
         crate::domain::metrics::DB_POOL_WAIT.observe(started.elapsed().as_secs_f64());
         Ok(client)
     }

@@ -1,7 +1,8 @@
 //! The connection pool's connector: one host at a time, each within its connect timeout, and TLS as the URL's `sslmode` asks.
 
+use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -33,11 +34,13 @@ pub fn check_url(url: &str) -> Result<(), String> {
 /// Opens a connection by trying the URL's hosts one at a time, each within `timeout`.
 /// tokio-postgres tries them in turn too, but bounds only the TCP connect: a frozen
 /// server accepts the connection and never answers the startup, so the next host would
-/// never be tried. The host that last took a connection is tried first.
+/// never be tried. The host that last took a connection is tried first. A host that takes
+/// writes is used only if [`Fencing`] finds no sign of a split brain.
 pub(super) struct HostByHost {
     pub(super) tls: MakeRustlsConnect,
     pub(super) timeout: Duration,
     pub(super) last_good: AtomicUsize,
+    pub(super) fencing: Arc<Fencing>,
 }
 
 impl deadpool_postgres::Connect for HostByHost {
@@ -62,13 +65,21 @@ impl deadpool_postgres::Connect for HostByHost {
                 let attempt = tokio::time::timeout(self.timeout, host.connect(self.tls.clone())).await;
                 match attempt {
                     Ok(Ok((client, connection))) => {
-                        self.last_good.store(index, Ordering::Relaxed);
                         let task = tokio::spawn(async move {
                             if let Err(e) = connection.await {
                                 tracing::debug!("PostgreSQL connection ended: {}", describe(&e));
                             }
                         });
-                        return Ok((client, task));
+                        match self.fence(&hosts, index, &client).await {
+                            Verdict::Use => {
+                                self.last_good.store(index, Ordering::Relaxed);
+                                self.fencing.accepted();
+                                return Ok((client, task));
+                            }
+                            // Dropping the client ends its connection.
+                            Verdict::NextHost => failure = tokio_postgres::Error::__private_api_timeout(),
+                            Verdict::Neither => return Err(tokio_postgres::Error::__private_api_timeout()),
+                        }
                     }
                     Ok(Err(e)) => {
                         tracing::warn!(host = %host_name(host), "PostgreSQL host not used: {}", describe(&e));
@@ -83,6 +94,162 @@ impl deadpool_postgres::Connect for HostByHost {
             }
             Err(failure)
         })
+    }
+}
+
+/// What to do with a host that took a connection.
+enum Verdict {
+    Use,
+    /// Try the next host (this one is behind, or failed to say what it is).
+    NextHost,
+    /// Use no host: more than one takes writes.
+    Neither,
+}
+
+impl HostByHost {
+    /// Whether the host at `index`, connected as `client`, may take this instance's writes:
+    /// not when it is on an older timeline than a primary this instance wrote to (it was
+    /// replaced by its standby), nor when another host of the URL takes writes too. A host
+    /// that does not take writes is used as before: its refusals say what it is.
+    async fn fence(&self, hosts: &[tokio_postgres::Config], index: usize, client: &tokio_postgres::Client) -> Verdict {
+        let name = host_name(&hosts[index]);
+        let server = match tokio::time::timeout(self.timeout, identify(client)).await {
+            Ok(Ok(server)) => server,
+            // A server that does not have these functions (some proxies and managed services):
+            // it is used, and what cannot be checked is said.
+            Ok(Err(e)) if e.code().is_some() => {
+                if !self.fencing.blind.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(host = %name, "cannot tell whether this PostgreSQL host is the newest primary, split brain is not detected: {}", describe(&e));
+                }
+                return Verdict::Use;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(host = %name, "PostgreSQL host not used: {}", describe(&e));
+                return Verdict::NextHost;
+            }
+            Err(_) => {
+                let waited = self.timeout.as_millis();
+                tracing::warn!(host = %name, "PostgreSQL host not used: no answer within {waited} ms (DB_CONNECT_TIMEOUT_MS)");
+                return Verdict::NextHost;
+            }
+        };
+        let Some(timeline) = server.timeline.filter(|_| server.takes_writes) else { return Verdict::Use };
+        if let Some(highest) = self.fencing.highest(&server.system).filter(|highest| timeline < *highest) {
+            self.fencing.refuse(format!(
+                "PostgreSQL host {name} not used: it takes writes on timeline {timeline}, behind timeline {highest} of a primary \
+                 this instance wrote to; it is a primary that was replaced and still runs (split brain): fence it off"
+            ));
+            return Verdict::NextHost;
+        }
+        let peers = hosts.iter().enumerate().filter(|(other, _)| *other != index).map(|(_, peer)| self.rival(peer, &server));
+        let rivals: Vec<String> = futures_util::future::join_all(peers).await.into_iter().flatten().collect();
+        if !rivals.is_empty() {
+            self.fencing.refuse(format!(
+                "PostgreSQL split brain: {name} (timeline {timeline}) and {} take writes; writing to none of them until all \
+                 but one are fenced off (stopped, or made standbys of the new primary)",
+                rivals.join(" and ")
+            ));
+            return Verdict::Neither;
+        }
+        self.fencing.wrote_to(&server.system, timeline);
+        Verdict::Use
+    }
+
+    /// `peer` as "host (timeline n)" when it is another server than `this` and takes writes
+    /// too; None when it does not, or does not answer within the connect timeout.
+    async fn rival(&self, peer: &tokio_postgres::Config, this: &Server) -> Option<String> {
+        let ask = async {
+            // With `target_session_attrs=read-write` a standby refuses here already.
+            let (client, connection) = peer.connect(self.tls.clone()).await.ok()?;
+            tokio::spawn(connection);
+            identify(&client).await.ok()
+        };
+        let server = tokio::time::timeout(self.timeout, ask).await.ok().flatten()?;
+        let same = server.system == this.system && server.started == this.started;
+        let timeline = server.timeline.map_or_else(|| "unknown".to_string(), |timeline| timeline.to_string());
+        (server.takes_writes && !same).then(|| format!("{} (timeline {timeline})", host_name(peer)))
+    }
+}
+
+/// What a server says of itself.
+#[derive(Debug)]
+struct Server {
+    /// Neither in recovery (a standby) nor read-only.
+    takes_writes: bool,
+    /// The cluster's system identifier, which a standby shares with its primary.
+    system: String,
+    /// The timeline it writes WAL on, for a server not in recovery. A promoted standby is on
+    /// a new one at once; `pg_control_checkpoint()` would say so only after its next checkpoint.
+    timeline: Option<u32>,
+    /// When its postmaster started: with `system`, tells one server under two names from two.
+    started: String,
+}
+
+const IDENTIFY: &str = "SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off', \
+     (SELECT system_identifier FROM pg_control_system())::text, \
+     CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END, \
+     pg_postmaster_start_time()::text";
+
+/// Asks the server behind `client` what it is (a simple query: it needs no prepared
+/// statement, so it works through a transaction-pooling proxy too).
+async fn identify(client: &tokio_postgres::Client) -> Result<Server, tokio_postgres::Error> {
+    let messages = client.simple_query(IDENTIFY).await?;
+    let row = messages.iter().find_map(|message| match message {
+        tokio_postgres::SimpleQueryMessage::Row(row) => Some(row),
+        _ => None,
+    });
+    let column = |i: usize| row.and_then(|row| row.get(i)).map(str::to_string);
+    Ok(Server {
+        takes_writes: column(0).as_deref() == Some("t"),
+        system: column(1).unwrap_or_default(),
+        // A WAL file's name starts with its timeline, 8 hex digits.
+        timeline: column(2).and_then(|wal| u32::from_str_radix(wal.get(..8)?, 16).ok()),
+        started: column(3).unwrap_or_default(),
+    })
+}
+
+/// What this instance knows of the servers' histories, to refuse writing to a primary that
+/// was replaced by its standby and still runs (a split brain).
+#[derive(Default)]
+pub(super) struct Fencing {
+    /// Per cluster (system identifier), the highest timeline of a primary this instance used.
+    highest: Mutex<HashMap<String, u32>>,
+    /// Why the last new connection was refused, until one is accepted: the pool's error says it.
+    refusal: Mutex<Option<String>>,
+    /// Whether a server could not say what it is (said once).
+    blind: AtomicBool,
+}
+
+impl Fencing {
+    fn highest(&self, system: &str) -> Option<u32> {
+        self.highest.lock().unwrap_or_else(PoisonError::into_inner).get(system).copied()
+    }
+
+    fn wrote_to(&self, system: &str, timeline: u32) {
+        let mut highest = self.highest.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = highest.entry(system.to_string()).or_insert(timeline);
+        *seen = (*seen).max(timeline);
+    }
+
+    /// Records why a host was refused; says it as an ERROR once, not at every connection
+    /// attempt while it lasts.
+    fn refuse(&self, why: String) {
+        let mut refusal = self.refusal.lock().unwrap_or_else(PoisonError::into_inner);
+        if refusal.as_deref() == Some(why.as_str()) {
+            tracing::debug!("{why}");
+        } else {
+            tracing::error!("{why}");
+            *refusal = Some(why);
+        }
+    }
+
+    fn accepted(&self) {
+        *self.refusal.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// Why new connections are refused, while they are.
+    pub(super) fn refusal(&self) -> Option<String> {
+        self.refusal.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 }
 
