@@ -257,6 +257,21 @@ async fn log_in(server: &TestServer, phone: String, after_promotion: bool) -> At
     attempt
 }
 
+/// A primary and its standby, streaming synchronously; `None` (the test skipped) outside
+/// the PostgreSQL pass or without the PostgreSQL binaries.
+async fn streaming_pair() -> Option<Pair> {
+    if !backend::on_postgres() {
+        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
+        return None;
+    }
+    let pair = Pair::start()?;
+    assert!(
+        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
+        "the standby never streamed synchronously"
+    );
+    Some(pair)
+}
+
 /// Logs in new phones, one after another, until `stop`.
 async fn client(server: &TestServer, attempts: &RefCell<Vec<Attempt>>, next_phone: &Cell<u32>, promoted: &Cell<bool>, stop: &Cell<bool>) {
     while !stop.get() {
@@ -268,15 +283,7 @@ async fn client(server: &TestServer, attempts: &RefCell<Vec<Attempt>>, next_phon
 
 #[actix_web::test]
 async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
-    if !backend::on_postgres() {
-        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
-        return;
-    }
-    let Some(pair) = Pair::start() else { return };
-    assert!(
-        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
-        "the standby never streamed synchronously"
-    );
+    let Some(pair) = streaming_pair().await else { return };
     let url = pair.url();
     let server = TestServer::start(&[
         ("DATABASE_URL", url.as_str()),
@@ -326,15 +333,7 @@ async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
 /// failed must leave its code usable.
 #[actix_web::test]
 async fn a_switchover_through_a_read_only_primary_loses_no_token_and_strands_no_code() {
-    if !backend::on_postgres() {
-        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
-        return;
-    }
-    let Some(pair) = Pair::start() else { return };
-    assert!(
-        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
-        "the standby never streamed synchronously"
-    );
+    let Some(pair) = streaming_pair().await else { return };
     let url = pair.url();
     let server = TestServer::start(&[
         ("DATABASE_URL", url.as_str()),
@@ -452,15 +451,7 @@ async fn no_code_twice_and_no_token_lost(server: &TestServer, new_primary: u16, 
 /// instance wrote to.
 #[actix_web::test]
 async fn with_two_primaries_the_service_writes_to_neither() {
-    if !backend::on_postgres() {
-        println!("skipped: the failover test runs in the PostgreSQL pass (DATABASE_URL)");
-        return;
-    }
-    let Some(pair) = Pair::start() else { return };
-    assert!(
-        until_answers(pair.primary.port, "SELECT sync_state FROM pg_stat_replication", "sync").await,
-        "the standby never streamed synchronously"
-    );
+    let Some(pair) = streaming_pair().await else { return };
     let url = pair.url();
     let server = TestServer::start(&[("DATABASE_URL", url.as_str()), ("DB_POOL_SIZE", "4"), ("DB_CONNECT_TIMEOUT_MS", "1000")]).await;
     server.log_in("18005550001", None).await;

@@ -28,13 +28,18 @@ async fn cluster() -> Vec<RedisProcess> {
     nodes
 }
 
+/// The `REDIS_URL` of a cluster of `nodes`.
+fn cluster_url(nodes: &[RedisProcess]) -> String {
+    format!("redis+cluster://{}", nodes.iter().map(RedisProcess::address).collect::<Vec<_>>().join(","))
+}
+
 #[actix_web::test]
 async fn logins_through_a_redis_cluster_keep_every_rule() {
     if !redis_servers::available() {
         return;
     }
     let nodes = cluster().await;
-    let url = format!("redis+cluster://{}", nodes.iter().map(RedisProcess::address).collect::<Vec<_>>().join(","));
+    let url = cluster_url(&nodes);
     let env = [
         ("REDIS_URL", url.as_str()),
         ("LIMIT_START_PER_PHONE_PER_HOUR", "3"),
@@ -112,7 +117,7 @@ async fn a_frozen_cluster_node_fails_only_the_checks_whose_buckets_it_holds() {
         return;
     }
     let nodes = cluster().await;
-    let url = format!("redis+cluster://{}", nodes.iter().map(RedisProcess::address).collect::<Vec<_>>().join(","));
+    let url = cluster_url(&nodes);
     let env = [
         ("REDIS_URL", url.as_str()),
         ("RATE_LIMIT_ON_ERROR", "deny"),
