@@ -112,12 +112,10 @@ async fn counters_follow_what_happened() {
 /// The courier's queue depth once it reads `expected`, or what it read last after 30 s.
 async fn queue_depth_once_it_reads(server: &TestServer, expected: f64) -> f64 {
     let mut depth = f64::NAN;
-    for _ in 0..600 {
+    eventually(30, async || {
         depth = scrape(server).await.get("otpgate_courier_queue_depth").copied().unwrap_or(f64::NAN);
-        if depth == expected {
-            break;
-        }
-        actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        depth == expected
+    })
+    .await;
     depth
 }

@@ -67,7 +67,7 @@ async fn a_user_deletes_their_account_and_nothing_of_theirs_is_left() {
     let (_, kept) = server.call_op("getgroup", &bob, json!({ "gid": group["gid"] })).await;
     assert!(!kept["members"].as_str().unwrap().contains(ANN), "{kept}");
 
-    assert!(eventually(30, || server.upstream.userdel_calls().len() == 1).await, "the platform is told");
+    assert!(eventually(30, async || server.upstream.userdel_calls().len() == 1).await, "the platform is told");
     let userdel = &server.upstream.userdel_calls()[0];
     assert_eq!((&userdel["user"]["address"], &userdel["user"]["uid"]), (&json!(ANN), &json!("1001")), "{userdel}");
     assert_error(&server.call_op("me", &ann, json!({})).await, 401, "AUTHFAIL");
@@ -86,7 +86,7 @@ async fn the_platform_is_asked_to_delete_the_user_until_it_takes_it() {
     server.upstream.fail_messages(true);
     let code = server.start_login(ANN).await;
     assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
-    assert!(eventually(30, || server.upstream.userdel_calls().len() >= 2).await, "a refused userdel is tried again");
+    assert!(eventually(30, async || server.upstream.userdel_calls().len() >= 2).await, "a refused userdel is tried again");
     assert_eq!(server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'"), 1, "and kept until taken");
 
     // The same phone signs up and deletes again meanwhile: both users are deleted upstream.
@@ -96,7 +96,7 @@ async fn the_platform_is_asked_to_delete_the_user_until_it_takes_it() {
     assert_eq!(server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'"), 2);
     server.upstream.fail_messages(false);
     assert!(
-        eventually(30, || server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'") == 0).await,
+        eventually(30, async || server.scalar("SELECT count(*) FROM outbox WHERE kind = 'userdel'") == 0).await,
         "taken, it is not sent again"
     );
     let mut taken: Vec<Value> = server.upstream.userdel_calls().iter().map(|call| call["user"]["uid"].clone()).collect();
@@ -167,9 +167,10 @@ async fn a_deleted_account_leaves_nothing_readable_in_the_database_files() {
     let code = server.start_login(ANN).await;
     assert_ok(server.call_op("deleteaccount", &ann, json!({ "appid": APPID, "otp": code })).await);
     // The queued userdel names the addresses until the platform takes it.
-    assert!(eventually(30, || server.scalar("SELECT count(*) FROM outbox") == 0).await, "both userdels are taken");
+    assert!(eventually(30, async || server.scalar("SELECT count(*) FROM outbox") == 0).await, "both userdels are taken");
     let db = server.db();
-    let checkpointed = eventually(30, || db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).unwrap() == 0).await;
+    let checkpointed =
+        eventually(30, async || db.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get::<_, i64>(0)).unwrap() == 0).await;
     assert!(checkpointed, "the WAL is copied into the database file");
     for needle in needles {
         assert_eq!(holding(needle), Vec::<&str>::new(), "{needle:?} is still readable");

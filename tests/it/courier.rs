@@ -3,7 +3,7 @@
 
 use crate::common::*;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PHONE: &str = "18005551234";
 
@@ -22,11 +22,8 @@ async fn server_over(gateway: &FakeUpstream, dir: Arc<tempfile::TempDir>, retry_
 
 /// Waits (at most 30 s, for a loaded machine) until the gateway has received `n` requests.
 async fn wait_for_requests(gateway: &FakeUpstream, n: usize) {
-    let started = Instant::now();
-    while gateway.received().len() < n {
-        assert!(started.elapsed() < Duration::from_secs(30), "only {} of {n} requests arrived", gateway.received().len());
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    let arrived = eventually(30, async || gateway.received().len() >= n).await;
+    assert!(arrived, "only {} of {n} requests arrived", gateway.received().len());
 }
 
 /// Courier rows still queued: the only ones the courier ever sends.
@@ -45,25 +42,18 @@ struct Row {
 
 /// The courier row once it is no longer queued (waits at most 30 s).
 async fn finished_row(server: &TestServer) -> Row {
-    let started = Instant::now();
     let cleared = match backend::on_postgres() {
         true => "SELECT count(*) FROM courier WHERE sealed IS NULL",
         false => "SELECT count(*) FROM courier WHERE sealed IS NULL AND body IS NULL AND otp IS NULL",
     };
-    loop {
-        let status = server.column("SELECT status FROM courier").remove(0);
-        if status != "queued" {
-            let last_error = server.column("SELECT coalesce(last_error, '') FROM courier").remove(0);
-            return Row {
-                status,
-                attempts: server.scalar("SELECT attempts FROM courier") as u32,
-                cleared: server.scalar(cleared) == 1,
-                last_error: Some(last_error).filter(|e| !e.is_empty()),
-            };
-        }
-        let row = status;
-        assert!(started.elapsed() < Duration::from_secs(30), "still queued: {row:?}");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
+    let finished = async || Some(server.column("SELECT status FROM courier").remove(0)).filter(|status| status != "queued");
+    let status = eventually_some(30, finished).await.expect("the courier row is still queued after 30 s");
+    let last_error = server.column("SELECT coalesce(last_error, '') FROM courier").remove(0);
+    Row {
+        status,
+        attempts: server.scalar("SELECT attempts FROM courier") as u32,
+        cleared: server.scalar(cleared) == 1,
+        last_error: Some(last_error).filter(|e| !e.is_empty()),
     }
 }
 
@@ -141,7 +131,7 @@ async fn a_replaced_code_is_not_retried() {
     assert_eq!(server.call(login(PHONE)).await.0, 200);
     let statuses = || server.column("SELECT status FROM courier ORDER BY id");
     // The worker cancels the first message at its next look at the queue, instead of retrying it.
-    assert!(eventually(30, || statuses() == ["cancelled", "sent"]).await, "{:?}", statuses());
+    assert!(eventually(30, async || statuses() == ["cancelled", "sent"]).await, "{:?}", statuses());
     assert_eq!(gateway.received().len(), 2, "the replaced code was not sent again");
 }
 
@@ -182,7 +172,7 @@ async fn retries_stop_when_the_code_expires() {
     // Attempts at 0, 200, 600 and 1400 ms; the next retry (3000 ms) falls after the expiry.
     let attempts = || server.scalar("SELECT attempts FROM courier");
     for (done, wait_ms) in [(1, 200), (2, 400), (3, 800)] {
-        assert!(eventually(30, || attempts() == done).await, "attempt {done} was not recorded: {}", attempts());
+        assert!(eventually(30, async || attempts() == done).await, "attempt {done} was not recorded: {}", attempts());
         assert_eq!(queued_rows(&server), 1, "retried after attempt {done}");
         clock.advance(Duration::from_millis(wait_ms));
     }

@@ -15,7 +15,6 @@ use serde_json::Value;
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
 
 const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 
@@ -204,13 +203,7 @@ async fn query(port: u16, sql: &str) -> Result<Vec<Option<String>>, String> {
 
 /// Polls `sql` on the server at `port` until its first row is `expected`, for up to 60 s.
 async fn until_answers(port: u16, sql: &str, expected: &str) -> bool {
-    for _ in 0..1200 {
-        if query(port, sql).await.is_ok_and(|rows| rows.first().cloned().flatten().as_deref() == Some(expected)) {
-            return true;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    eventually(60, async || query(port, sql).await.is_ok_and(|rows| rows.first().cloned().flatten().as_deref() == Some(expected))).await
 }
 
 /// One login through both steps, as a client sees it.
@@ -240,7 +233,7 @@ fn clean(reply: &(u16, Value)) -> bool {
 async fn code_for(server: &TestServer, phone: &str) -> Option<String> {
     let sent =
         |server: &TestServer| server.sender.sent.lock().unwrap().iter().rev().find(|m| m.to.as_str() == phone).map(|m| m.otp.clone());
-    eventually(20, || sent(server).is_some()).await;
+    eventually(20, async || sent(server).is_some()).await;
     sent(server)
 }
 
@@ -299,12 +292,12 @@ async fn logins_survive_a_frozen_primary_and_the_promotion_of_its_standby() {
     let succeeded =
         |after_promotion: bool| attempts.borrow().iter().filter(|a| a.after_promotion == after_promotion && a.token().is_some()).count();
     let failover = async {
-        assert!(eventually(60, || succeeded(false) >= LOGINS_EACH_SIDE).await, "logins before the failover: {:?}", attempts.borrow());
+        assert!(eventually(60, async || succeeded(false) >= LOGINS_EACH_SIDE).await, "logins before the failover: {:?}", attempts.borrow());
         signal_all(&pair.primary.data, libc::SIGSTOP);
         let standby = pair.standby.data.clone();
         actix_web::rt::task::spawn_blocking(move || run(&["pg_ctl", "-D", path(&standby), "-w", "-t", "60", "promote"])).await.unwrap();
         promoted.set(true);
-        let recovered = eventually(60, || succeeded(true) >= LOGINS_EACH_SIDE).await;
+        let recovered = eventually(60, async || succeeded(true) >= LOGINS_EACH_SIDE).await;
         stop.set(true);
         recovered
     };
@@ -355,23 +348,27 @@ async fn a_switchover_through_a_read_only_primary_loses_no_token_and_strands_no_
         |after_promotion: bool| attempts.borrow().iter().filter(|a| a.after_promotion == after_promotion && a.token().is_some()).count();
     let upstream = &server.upstream;
     let switchover = async {
-        assert!(eventually(60, || succeeded(false) >= LOGINS_EACH_SIDE).await, "logins before the switchover: {:?}", attempts.borrow());
+        assert!(
+            eventually(60, async || succeeded(false) >= LOGINS_EACH_SIDE).await,
+            "logins before the switchover: {:?}",
+            attempts.borrow()
+        );
         // Some logins have claimed their code and wait for their token.
         upstream.hold_useradd(HELD_LOGINS);
-        assert!(eventually(60, || upstream.held_useradd() == HELD_LOGINS).await, "logins never reached upstream");
+        assert!(eventually(60, async || upstream.held_useradd() == HELD_LOGINS).await, "logins never reached upstream");
         query(pair.primary.port, "ALTER SYSTEM SET default_transaction_read_only = on").await.unwrap();
         query(pair.primary.port, "SELECT pg_reload_conf()").await.unwrap();
         // The other clients' requests fail for want of a host that takes writes.
         let failed = || attempts.borrow().iter().any(|a| a.start.0 != 200 || a.verify.as_ref().is_some_and(|(status, _)| *status != 200));
-        assert!(eventually(60, failed).await, "no request failed on the read-only primary: {:?}", attempts.borrow());
+        assert!(eventually(60, async || failed()).await, "no request failed on the read-only primary: {:?}", attempts.borrow());
         // Upstream issues the held tokens, and the service tries to record them.
         upstream.release_useradd();
         let tried = || server.logs().contains("recording the login again") || server.logs().contains("the login could not be recorded");
-        assert!(eventually(60, tried).await, "no login was recorded while no host takes writes");
+        assert!(eventually(60, async || tried()).await, "no login was recorded while no host takes writes");
         let standby = pair.standby.data.clone();
         actix_web::rt::task::spawn_blocking(move || run(&["pg_ctl", "-D", path(&standby), "-w", "-t", "60", "promote"])).await.unwrap();
         promoted.set(true);
-        let recovered = eventually(60, || succeeded(true) >= LOGINS_EACH_SIDE).await;
+        let recovered = eventually(60, async || succeeded(true) >= LOGINS_EACH_SIDE).await;
         stop.set(true);
         recovered
     };
@@ -522,11 +519,5 @@ async fn with_two_primaries_the_service_writes_to_neither() {
 
 /// Whether a login start for `phone` succeeds within a minute of tries.
 async fn logs_in_within_a_minute(server: &TestServer, phone: &str) -> bool {
-    for _ in 0..600 {
-        if server.call(login(phone)).await.0 == 200 {
-            return true;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    eventually(60, async || server.call(login(phone)).await.0 == 200).await
 }

@@ -537,7 +537,7 @@ async fn a_group_photo_whose_change_is_not_written_is_not_kept() {
     let (api, jpeg) = (server.api(), photo_of(102));
     let late = post_multipart(&server, &api, &upload, Some(("g.jpg", &jpeg)));
     let delete = async {
-        assert!(eventually(20, || decodes.waiting() == 1).await, "the photo waits for the turn");
+        assert!(eventually(20, async || decodes.waiting() == 1).await, "the photo waits for the turn");
         assert_ok(server.call_op("delgroup", &ann, json!({ "gid": gid })).await);
         drop(held);
     };

@@ -98,7 +98,7 @@ async fn a_group_lives_from_creation_to_deletion_as_the_2021_apps_drive_it() {
     let add = &server.upstream.group_calls()[0];
     assert_eq!((&add["op"], &add["token"], &add["m"]), (&json!("groupadd"), &json!(APP_TOKEN), &json!(format!("{ANN},{BOB},{CAT},{DAN}"))));
     let added = "You have been added to group Hikers ⛰".to_string();
-    assert!(eventually(30, || group_notices(&server, gid).len() == 2).await, "the members who are users are told");
+    assert!(eventually(30, async || group_notices(&server, gid).len() == 2).await, "the members who are users are told");
     assert_eq!(group_notices(&server, gid), [(BOB.to_string(), added.clone()), (CAT.to_string(), added.clone())]);
 
     // Reading: members only.
@@ -166,7 +166,7 @@ async fn a_group_lives_from_creation_to_deletion_as_the_2021_apps_drive_it() {
     failed(&bob.op("getgroup", &[("gid", g)]).await, "NOTMEMBER");
     assert_eq!(server.scalar("SELECT count(*) FROM chat_groups") + server.scalar("SELECT count(*) FROM group_members"), 0);
     let deleted = "The group Climbers has been deleted".to_string();
-    assert!(eventually(30, || group_notices(&server, gid).iter().filter(|(_, subject)| *subject == deleted).count() == 2).await);
+    assert!(eventually(30, async || group_notices(&server, gid).iter().filter(|(_, subject)| *subject == deleted).count() == 2).await);
     let told: Vec<String> = group_notices(&server, gid).into_iter().filter(|(_, s)| *s == deleted).map(|(to, _)| to).collect();
     assert_eq!(told, [BOB, EVE], "the members left, but the owner who deleted it");
 }
@@ -205,7 +205,7 @@ async fn group_notices_queued_before_a_restart_are_sent_after_it() {
     upstream.fail_messages(true);
     let gid = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Hikers"), ("m", &format!("{BOB},{CAT}"))]).await)["gid"].as_i64().unwrap();
     let tried = || first.scalar("SELECT count(*) FROM outbox WHERE attempts >= 1");
-    assert!(eventually(30, || tried() == 2).await, "both notices were tried and failed");
+    assert!(eventually(30, async || tried() == 2).await, "both notices were tried and failed");
     first.stop().await;
 
     upstream.fail_messages(false);
@@ -221,8 +221,8 @@ async fn group_notices_queued_before_a_restart_are_sent_after_it() {
         to.dedup();
         to
     };
-    assert!(eventually(30, || delivered() == [BOB, CAT]).await, "sent after the restart: {:?}", delivered());
-    assert!(eventually(30, || second.scalar("SELECT count(*) FROM outbox") == 0).await);
+    assert!(eventually(30, async || delivered() == [BOB, CAT]).await, "sent after the restart: {:?}", delivered());
+    assert!(eventually(30, async || second.scalar("SELECT count(*) FROM outbox") == 0).await);
 }
 
 /// The notices upstream received about group `gid`, as (recipient, subject, members).
@@ -278,8 +278,8 @@ async fn adding_members_again_tells_nobody_and_adding_one_tells_only_the_newcome
     let gid = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Hikers"), ("m", &format!("{BOB},{CAT}"))]).await)["gid"].as_i64().unwrap();
     let g = gid.to_string();
     let added = "You have been added to group Hikers".to_string();
-    assert!(eventually(30, || group_notices(&server, gid).len() == 2).await);
-    assert!(eventually(30, || server.scalar("SELECT count(*) FROM outbox") == 0).await);
+    assert!(eventually(30, async || group_notices(&server, gid).len() == 2).await);
+    assert!(eventually(30, async || server.scalar("SELECT count(*) FROM outbox") == 0).await);
 
     // A notice is queued in the change's transaction: after the reply it is in the outbox or sent.
     let again = ok(&ann.op("editmembers", &[("gid", &g), ("m", &format!("{BOB},{CAT}")), ("delete", "0")]).await).clone();
@@ -288,7 +288,7 @@ async fn adding_members_again_tells_nobody_and_adding_one_tells_only_the_newcome
     assert_eq!(group_notices(&server, gid).len(), 2, "nobody told again");
 
     ok(&ann.op("editmembers", &[("gid", &g), ("m", &format!("{BOB},{EVE}")), ("delete", "0")]).await);
-    assert!(eventually(30, || group_notices(&server, gid).len() == 5).await, "{:?}", group_notices(&server, gid));
+    assert!(eventually(30, async || group_notices(&server, gid).len() == 5).await, "{:?}", group_notices(&server, gid));
     let notices = group_notices(&server, gid);
     let told_added: Vec<&str> = notices.iter().filter(|(_, subject)| *subject == added).map(|(to, _)| to.as_str()).collect();
     assert_eq!(told_added, [BOB, CAT, EVE], "the first two when created, then only Eve");
@@ -311,7 +311,7 @@ async fn a_group_notice_shows_its_recipient_only_the_phones_they_know() {
     let created = ok(&ann.op("setgroup", &[("gid", "0"), ("name", "Strangers"), ("m", &members)]).await).clone();
     let gid = created["gid"].as_i64().unwrap();
     assert_eq!(created["members"], format!("1:{ANN},{BOB},{CAT},{DAN},{EVE}"), "the reply to the owner is the whole group");
-    assert!(eventually(30, || group_notice_members(&server, gid).len() == 3).await, "{:?}", group_notice_members(&server, gid));
+    assert!(eventually(30, async || group_notice_members(&server, gid).len() == 3).await, "{:?}", group_notice_members(&server, gid));
     let added = "You have been added to group Strangers".to_string();
     assert_eq!(
         group_notice_members(&server, gid),

@@ -7,7 +7,7 @@ use crate::common::*;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 const SECRET: &str = "one-secret-for-every-instance-0123";
@@ -115,15 +115,9 @@ impl Cluster {
             .stderr(Stdio::inherit());
         let child = command.spawn().unwrap();
         let instance = Instance { child, url: format!("http://{bind}"), sms, upstream, client: http_client() };
-        let started = Instant::now();
-        loop {
-            let ready = instance.client.get(format!("{}/readyz", instance.url)).send().await;
-            if ready.is_ok_and(|r| r.status().is_success()) {
-                return instance;
-            }
-            assert!(started.elapsed() < Duration::from_secs(60), "the instance on {bind} did not become ready");
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
+        let ready = async || instance.client.get(format!("{}/readyz", instance.url)).send().await.is_ok_and(|r| r.status().is_success());
+        assert!(eventually(60, ready).await, "the instance on {bind} did not become ready");
+        instance
     }
 }
 
@@ -141,18 +135,6 @@ impl Instance {
         let digits: String = body.split(|c: char| !c.is_ascii_digit()).find(|run| run.len() == 6).expect("a six-digit code").into();
         digits
     }
-}
-
-/// Polls `condition` every 50 ms for up to `secs` seconds.
-async fn within(secs: u64, mut condition: impl FnMut() -> bool) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(secs) {
-        if condition() {
-            return true;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
-    condition()
 }
 
 #[actix_web::test]
@@ -291,7 +273,10 @@ async fn work_held_by_a_killed_instance_is_delivered_once_by_the_others() {
     for phone in coded {
         assert_ok(a.call(login(phone)).await);
     }
-    assert!(within(30, || a.sms.received().len() >= 3 && !a.upstream.messages().is_empty()).await, "A holds code messages and a notice");
+    assert!(
+        eventually(30, async || a.sms.received().len() >= 3 && !a.upstream.messages().is_empty()).await,
+        "A holds code messages and a notice"
+    );
 
     let others = [cluster.start(&env).await, cluster.start(&env).await];
     drop(a); // kill -9: no shutdown, no lease given back
@@ -307,12 +292,13 @@ async fn work_held_by_a_killed_instance_is_delivered_once_by_the_others() {
         notices
     };
     let all_sent = || coded.iter().all(|phone| sms_to(phone) >= 1) && notices().len() >= 4;
-    assert!(within(60, all_sent).await, "every message was delivered after the kill");
+    assert!(eventually(60, async || all_sent()).await, "every message was delivered after the kill");
     // Once the database says every message is done, none can be sent again.
     let rows = |sql: &str| backend::run_sql(&cluster.database_url, sql)[0].clone().unwrap_or_default();
     assert!(
-        within(30, || rows("SELECT count(*) FROM courier WHERE status = 'queued'") == "0" && rows("SELECT count(*) FROM outbox") == "0")
-            .await
+        eventually(30, async || rows("SELECT count(*) FROM courier WHERE status = 'queued'") == "0"
+            && rows("SELECT count(*) FROM outbox") == "0")
+        .await
     );
     for phone in coded {
         assert_eq!(sms_to(phone), 1, "one SMS to {phone}");
@@ -463,17 +449,12 @@ async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_th
     let post = |body: Value| {
         let request = client.post(format!("{front}/")).json(&body);
         async move {
-            let started = Instant::now();
-            loop {
-                match request.try_clone().unwrap().send().await {
-                    Ok(response) if response.status() != 502 => {
-                        return (response.status().as_u16(), response.json::<Value>().await.unwrap())
-                    }
-                    // nginx is still starting.
-                    _ if started.elapsed() < Duration::from_secs(30) => actix_web::rt::time::sleep(Duration::from_millis(50)).await,
-                    other => panic!("nginx does not answer: {other:?}"),
-                }
-            }
+            // nginx may still be starting: it answers 502 until it reaches an instance.
+            let answered = eventually_some(30, async || {
+                let response = request.try_clone().unwrap().send().await.ok().filter(|r| r.status() != 502)?;
+                Some((response.status().as_u16(), response.json::<Value>().await.unwrap()))
+            });
+            answered.await.expect("nginx does not answer")
         }
     };
     const PHONE: &str = "18005550501";

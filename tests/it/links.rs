@@ -99,7 +99,7 @@ async fn unlinking_ends_the_sessions_that_came_through_the_address() {
     assert_eq!((&reply["ended"], &reply["linked"]), (&json!(1), &json!([])), "{reply}");
     assert_error(&server.call_op("me", &by_mail, json!({})).await, 401, "AUTHFAIL");
     assert_ok(server.call_op("me", &by_phone, json!({})).await);
-    assert!(eventually(30, || server.upstream.userdel_calls().len() == 1).await, "the platform is told");
+    assert!(eventually(30, async || server.upstream.userdel_calls().len() == 1).await, "the platform is told");
     assert_eq!(server.upstream.userdel_calls()[0]["user"], json!({ "uid": "1002", "address": ANN_MAIL }));
 
     // The address is free again: a login through it makes a user of its own.
@@ -142,7 +142,7 @@ async fn an_id_token_links_its_address_and_deleting_the_account_deletes_every_pl
     for table in ["users", "sessions", "linked_addresses"] {
         assert_eq!(server.scalar(&format!("SELECT count(*) FROM {table}")), 0, "{table}");
     }
-    assert!(eventually(30, || server.upstream.userdel_calls().len() == 2).await, "both platform users are deleted");
+    assert!(eventually(30, async || server.upstream.userdel_calls().len() == 2).await, "both platform users are deleted");
     let mut deleted: Vec<Value> = server.upstream.userdel_calls().iter().map(|call| call["user"]["address"].clone()).collect();
     deleted.sort_by_key(Value::to_string);
     assert_eq!(deleted, [json!(ANN), json!(ANN_MAIL)]);

@@ -39,7 +39,7 @@ async fn a_first_login_tells_each_contact_once() {
     assert!(server.upstream.messages().is_empty(), "existing users' logins notify nobody");
 
     server.log_in(NEW, None).await;
-    assert!(eventually(30, || server.upstream.messages().len() >= 2).await, "both contacts are told");
+    assert!(eventually(30, async || server.upstream.messages().len() >= 2).await, "both contacts are told");
     let messages = server.upstream.messages();
     assert_eq!(recipients(&messages), [ANN, BOB]);
     for message in &messages {
@@ -58,7 +58,7 @@ async fn a_first_login_tells_each_contact_once() {
     server.log_in(NEW, Some("tablet")).await;
     // Notices are queued in the login's own transaction: with the outbox empty, none is on its way.
     let queued = || server.scalar("SELECT count(*) FROM outbox");
-    assert!(eventually(30, || queued() == 0).await, "acknowledged messages leave the outbox");
+    assert!(eventually(30, async || queued() == 0).await, "acknowledged messages leave the outbox");
     assert_eq!(server.upstream.messages().len(), 2);
 }
 
@@ -73,7 +73,7 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     first.log_in(NEW, None).await;
     // Stop only once both failures are recorded (a stop mid-send leaves a lease to run out).
     let failed = || first.scalar("SELECT count(*) FROM outbox WHERE attempts >= 1");
-    assert!(eventually(30, || failed() == 2).await, "both sends were tried");
+    assert!(eventually(30, async || failed() == 2).await, "both sends were tried");
     first.stop().await;
     let tried = upstream.messages().len();
     let (queued, attempts) = (first.scalar("SELECT count(*) FROM outbox"), first.scalar("SELECT min(attempts) FROM outbox"));
@@ -83,8 +83,8 @@ async fn a_failed_notification_is_retried_and_survives_a_restart() {
     // Upstream recovers while the service is down; the restarted service sends the queue.
     upstream.fail_messages(false);
     let second = TestServer::start_with(&env, upstream.clone(), dir.clone(), Delivery::Recording).await;
-    assert!(eventually(30, || upstream.messages().len() >= tried + 2).await, "the queue is sent after the restart");
-    assert!(eventually(30, || second.scalar("SELECT count(*) FROM outbox") == 0).await);
+    assert!(eventually(30, async || upstream.messages().len() >= tried + 2).await, "the queue is sent after the restart");
+    assert!(eventually(30, async || second.scalar("SELECT count(*) FROM outbox") == 0).await);
     let delivered = upstream.messages().len();
     assert_eq!(recipients(&upstream.messages()[tried..]), [ANN, BOB]);
     second.stop().await;
@@ -103,10 +103,10 @@ async fn a_failed_notification_is_retried_until_upstream_takes_it() {
     contacts_waiting_for_new(&server).await;
     server.upstream.fail_messages(true);
     server.log_in(NEW, None).await;
-    assert!(eventually(30, || server.upstream.messages().len() >= 2).await, "both sends were tried");
+    assert!(eventually(30, async || server.upstream.messages().len() >= 2).await, "both sends were tried");
     server.upstream.fail_messages(false);
     let outbox = || server.scalar("SELECT count(*) FROM outbox");
-    assert!(eventually(30, || outbox() == 0).await, "the retries went through");
+    assert!(eventually(30, async || outbox() == 0).await, "the retries went through");
     let messages = server.upstream.messages();
     assert!(messages.len() >= 4, "{messages:?}");
     assert_eq!(recipients(&messages[messages.len() - 2..]), [ANN, BOB]);
@@ -121,7 +121,7 @@ async fn shutdown_waits_for_a_notification_in_flight() {
     // Upstream is slow to answer from now on; shutdown comes while the first notice is under way.
     server.upstream.set_mode(Mode::Slow(std::time::Duration::from_millis(800)));
     server.log_in(NEW, None).await;
-    assert!(eventually(30, || !server.upstream.messages().is_empty()).await, "a notice is being sent");
+    assert!(eventually(30, async || !server.upstream.messages().is_empty()).await, "a notice is being sent");
     server.state.shutdown(std::time::Duration::from_secs(5)).await;
     // It was recorded as delivered before the database closed, and no other was started.
     assert_eq!(server.upstream.messages().len(), 1);
@@ -135,9 +135,9 @@ async fn a_profile_change_refreshes_the_profile_in_the_apps_of_its_contacts() {
     let server = TestServer::start(&[]).await;
     contacts_waiting_for_new(&server).await;
     let new = server.log_in(NEW, None).await;
-    assert!(eventually(30, || server.upstream.messages().len() >= 2).await, "the joined notices");
+    assert!(eventually(30, async || server.upstream.messages().len() >= 2).await, "the joined notices");
     assert_ok(server.call_op("profile", &new, json!({ "status": "on holiday" })).await);
-    assert!(eventually(30, || server.upstream.messages().len() >= 4).await, "both contacts are told of the change");
+    assert!(eventually(30, async || server.upstream.messages().len() >= 4).await, "both contacts are told of the change");
     let changes: Vec<Value> = server.upstream.messages().into_iter().skip(2).collect();
     assert_eq!(recipients(&changes), [ANN, BOB]);
     for change in &changes {

@@ -82,7 +82,7 @@ impl PgBouncer {
             }
             let child = command.arg(&config_file).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("pgbouncer starts");
             let mut bouncer = PgBouncer { port, dir, child };
-            let settled = eventually(30, || bouncer.exited() || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
+            let settled = eventually(30, async || bouncer.exited() || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()).await;
             if settled && !bouncer.exited() {
                 return bouncer;
             }
@@ -186,12 +186,12 @@ async fn logins_contacts_codes_and_notices_work_behind_transaction_pooling() {
     assert!(failures.is_empty(), "{} failures through PgBouncer: {failures:#?}\n{}", failures.len(), service.logs());
 
     // The outbox delivers every notice, and each leaves it.
-    let delivered = eventually(60, || service.upstream.messages().len() >= USERS).await;
+    let delivered = eventually(60, async || service.upstream.messages().len() >= USERS).await;
     let mut recipients: Vec<String> =
         service.upstream.messages().iter().map(|m| m["to"].as_str().unwrap_or_default().to_string()).collect();
     recipients.sort();
     assert!(delivered && recipients == users, "joined notices delivered to {recipients:?}\n{}", service.logs());
-    assert!(eventually(60, || service.scalar("SELECT count(*) FROM outbox") == 0).await, "the outbox empties");
+    assert!(eventually(60, async || service.scalar("SELECT count(*) FROM outbox") == 0).await, "the outbox empties");
     let logs = service.logs();
     assert!(!logs.contains("prepared statement"), "{logs}");
     assert_eq!(service.scalar("SELECT count(*) FROM courier WHERE status = 'queued'"), 0, "every code message was sent");

@@ -26,11 +26,8 @@ async fn run(mut command: Command) -> Output {
 /// refused to start) is killed and gives None.
 async fn run_for_at_most(mut command: Command, secs: u64) -> Option<Output> {
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    for _ in 0..secs * 20 {
-        if child.try_wait().unwrap().is_some() {
-            return Some(child.wait_with_output().unwrap());
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+    if eventually(secs, async || child.try_wait().unwrap().is_some()).await {
+        return Some(child.wait_with_output().unwrap());
     }
     child.kill().unwrap();
     child.wait().unwrap();
@@ -382,16 +379,14 @@ impl Service {
     /// Waits for a log line whose message is `message`, for up to 30 s: the process may
     /// start slowly on a loaded machine.
     async fn wait_for(&mut self, message: &str) -> Value {
-        for _ in 0..600 {
+        let found = eventually_some(30, async || {
             while let Ok(line) = self.lines.try_recv() {
                 self.seen.push(line);
             }
-            if let Some(line) = self.seen.iter().find(|l| l["fields"]["message"] == message) {
-                return line.clone();
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no log line {message:?} in {:?}", self.seen);
+            self.seen.iter().find(|l| l["fields"]["message"] == message).cloned()
+        })
+        .await;
+        found.unwrap_or_else(|| panic!("no log line {message:?} in {:?}", self.seen))
     }
 
     fn signal(&self, signal: libc::c_int) {
@@ -399,16 +394,14 @@ impl Service {
     }
 
     async fn exit_code(mut self) -> (Option<i32>, Vec<Value>) {
-        for _ in 0..600 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return (status.code(), std::mem::take(&mut self.seen));
-            }
-            actix_web::rt::time::sleep(Duration::from_millis(50)).await;
+        let Some(status) = eventually_some(30, async || self.child.try_wait().unwrap()).await else {
+            panic!("the service did not exit: {:?}", self.seen);
+        };
+        // The log lines written before the exit are all in the pipe: read it to its end.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
         }
-        panic!("the service did not exit: {:?}", self.seen);
+        (status.code(), std::mem::take(&mut self.seen))
     }
 }
 
@@ -425,12 +418,7 @@ async fn sigterm_lets_the_request_in_flight_finish() {
         actix_web::rt::spawn(request.send())
     };
     // Wait (up to 30 s) until upstream holds the request, then ask the service to stop.
-    for _ in 0..1200 {
-        if !upstream.received().is_empty() {
-            break;
-        }
-        actix_web::rt::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(30, async || !upstream.received().is_empty()).await;
     assert_eq!(upstream.received().len(), 1, "the login reached upstream");
     service.signal(libc::SIGTERM);
     service.wait_for("shutting down: no new connections, finishing in-flight requests").await;
@@ -563,7 +551,7 @@ async fn the_operator_api_revokes_a_device_and_is_not_on_the_public_port() {
     assert_eq!(deleted["deleted"], true);
     assert_eq!(client.get(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
     assert_eq!(client.delete(&user).bearer_auth(ADMIN_TOKEN).send().await.unwrap().status(), 404);
-    assert!(eventually(30, || upstream.userdel_calls().len() == 1).await, "userdel reached the platform");
+    assert!(eventually(30, async || upstream.userdel_calls().len() == 1).await, "userdel reached the platform");
 
     // The audit trail outlives the user.
     let trail: Value =

@@ -217,11 +217,7 @@ async fn webhook_retries_keep_the_message_id() {
     ])
     .await;
     assert_eq!(server.call(login(PHONE)).await.0, 200);
-    let started = std::time::Instant::now();
-    while hook.received().len() < 2 {
-        assert!(started.elapsed() < Duration::from_secs(30), "no retry");
-        actix_web::rt::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(eventually(30, async || hook.received().len() >= 2).await, "no retry");
     let received = hook.received();
     assert_eq!(received[0].header("webhook-id"), received[1].header("webhook-id"), "receivers can drop duplicates");
     assert_eq!(received[0].body, received[1].body);

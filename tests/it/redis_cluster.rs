@@ -23,7 +23,7 @@ async fn cluster() -> Vec<RedisProcess> {
         .output()
         .unwrap();
     assert!(create.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&create.stdout));
-    let joined = eventually(60, || nodes.iter().all(|node| node.cli(&["cluster", "info"]).contains("cluster_state:ok"))).await;
+    let joined = eventually(60, async || nodes.iter().all(|node| node.cli(&["cluster", "info"]).contains("cluster_state:ok"))).await;
     assert!(joined, "the cluster did not form: {}", nodes[0].cli(&["cluster", "info"]));
     nodes
 }

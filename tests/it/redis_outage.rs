@@ -7,7 +7,6 @@
 use crate::common::redis_servers::{self, RedisProcess};
 use crate::common::*;
 use serde_json::Value;
-use std::time::{Duration, Instant};
 
 async fn readyz(server: &TestServer) -> (u16, Value) {
     server.send(server.client().get(format!("{}/readyz", server.url))).await
@@ -20,11 +19,8 @@ async fn redis_check(server: &TestServer) -> String {
 
 /// Polls `/readyz` until Redis is reported reachable, for up to a minute.
 async fn until_redis_answers(server: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while redis_check(server).await != "ok" {
-        assert!(Instant::now() < deadline, "Redis is back but the service does not say so: {}", redis_check(server).await);
-        actix_web::rt::time::sleep(Duration::from_millis(50)).await;
-    }
+    let answers = eventually(60, async || redis_check(server).await == "ok").await;
+    assert!(answers, "Redis is back but the service does not say so: {}", redis_check(server).await);
 }
 
 /// Two starts for `phone` are let through and counted, the third is refused.
@@ -122,7 +118,10 @@ async fn through_sentinel_the_limits_follow_the_master_to_the_replica_it_promote
     let mut master = RedisProcess::start(&[]).await;
     let master_port = master.port.to_string();
     let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &master_port]).await;
-    assert!(eventually(30, || master.cli(&["info", "replication"]).contains("connected_slaves:1")).await, "the replica does not follow");
+    assert!(
+        eventually(30, async || master.cli(&["info", "replication"]).contains("connected_slaves:1")).await,
+        "the replica does not follow"
+    );
     let sentinel = RedisProcess::sentinel(&master).await;
     let url = format!("redis+sentinel://{}/mymaster", sentinel.address());
     let env = [("REDIS_URL", url.as_str()), ("RATE_LIMIT_ON_ERROR", "deny"), ("LIMIT_START_PER_PHONE_PER_HOUR", "2")];
@@ -131,7 +130,7 @@ async fn through_sentinel_the_limits_follow_the_master_to_the_replica_it_promote
     assert!(master.cli(&["dbsize"]).trim() != "0", "the buckets are on the master");
 
     master.kill();
-    let promoted = eventually(60, || replica.cli(&["info", "replication"]).contains("role:master")).await;
+    let promoted = eventually(60, async || replica.cli(&["info", "replication"]).contains("role:master")).await;
     assert!(promoted, "the sentinel did not promote the replica: {}", sentinel.log());
     until_redis_answers(&server).await;
     limit_of_two_holds([&server; 3], "18005550122").await;
@@ -147,12 +146,15 @@ async fn through_sentinel_an_instance_starts_under_allow_while_the_master_is_dow
     let master_port = master.port.to_string();
     // Not to be promoted until the test says so: the master stays down as long as it needs.
     let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &master_port, "--replica-priority", "0"]).await;
-    assert!(eventually(30, || master.cli(&["info", "replication"]).contains("connected_slaves:1")).await, "the replica does not follow");
+    assert!(
+        eventually(30, async || master.cli(&["info", "replication"]).contains("connected_slaves:1")).await,
+        "the replica does not follow"
+    );
     let sentinel = RedisProcess::sentinel(&master).await;
     // A failover that found no replica to promote is tried again after twice this.
     sentinel.cli(&["sentinel", "set", "mymaster", "failover-timeout", "1000"]);
     let replica_port = replica.port.to_string();
-    let knows_replica = eventually(30, || sentinel.cli(&["sentinel", "replicas", "mymaster"]).contains(&replica_port)).await;
+    let knows_replica = eventually(30, async || sentinel.cli(&["sentinel", "replicas", "mymaster"]).contains(&replica_port)).await;
     assert!(knows_replica, "the sentinel does not know the replica: {}", sentinel.log());
 
     master.kill();
@@ -168,7 +170,7 @@ async fn through_sentinel_an_instance_starts_under_allow_while_the_master_is_dow
     }
 
     replica.cli(&["config", "set", "replica-priority", "100"]);
-    let promoted = eventually(60, || replica.cli(&["info", "replication"]).contains("role:master")).await;
+    let promoted = eventually(60, async || replica.cli(&["info", "replication"]).contains("role:master")).await;
     assert!(promoted, "the sentinel did not promote the replica: {}", sentinel.log());
     until_redis_answers(&server).await;
     limit_of_two_holds([&server; 3], "18005550132").await;

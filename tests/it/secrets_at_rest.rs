@@ -65,7 +65,8 @@ async fn no_code_or_message_reaches_the_database_files_in_clear_and_retries_surv
 
     // After the restart the courier can still read what it queued, and delivers it.
     let again = TestServer::start_with(&env, FakeUpstream::start(), dir.clone(), Delivery::Recording).await;
-    let delivered = eventually(60, || (10..20).all(|n| again.sender.sent.lock().unwrap().iter().any(|m| m.to.as_str() == phone(n)))).await;
+    let delivered =
+        eventually(60, async || (10..20).all(|n| again.sender.sent.lock().unwrap().iter().any(|m| m.to.as_str() == phone(n)))).await;
     assert!(delivered, "the messages queued before the restart were delivered after it");
     for n in 10..20 {
         let code = again.sender.last_code(&phone(n));
@@ -162,7 +163,7 @@ async fn an_upgraded_database_loses_its_key_and_its_messages_in_clear_but_no_pen
     assert_eq!(settings, 0);
 
     // Bob's queued message is delivered, and both pending codes still verify.
-    assert!(eventually(30, || server.sender.count() == 1).await, "the message queued before the upgrade is delivered");
+    assert!(eventually(30, async || server.sender.count() == 1).await, "the message queued before the upgrade is delivered");
     assert_eq!(server.sender.last_code(BOB), "55667788");
     assert_eq!(server.call(verify(ANN, "11223344")).await.0, 200);
     assert_eq!(server.call(verify(BOB, "55667788")).await.0, 200);

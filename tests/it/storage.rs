@@ -1,10 +1,10 @@
 //! The writer thread: jobs waiting together are committed together, yet each job
 //! succeeds or fails on its own, and the WAL does not grow without bound.
 
+use crate::common::eventually;
 use otpgate::store::sqlite::{atomically, SqliteStore, CHECKPOINT_PAGES};
 use rusqlite::params;
 use std::sync::Arc;
-use std::time::Duration;
 
 fn phones() -> otpgate::domain::keys::PhoneHasher {
     otpgate::domain::keys::ServerKeys::from_secret(b"storage tests").phones
@@ -25,9 +25,10 @@ async fn count(db: &Arc<SqliteStore>) -> i64 {
 #[actix_web::test]
 async fn a_failing_job_is_rolled_back_alone_within_its_group() {
     let (_dir, db, _) = open();
-    // The first job holds the writer, so the next ones queue up and run as one group.
-    let held = db.call(|_| {
-        std::thread::sleep(Duration::from_millis(100));
+    // The first job holds the writer until every other job is queued, so they run as one group.
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let held = db.call(move |_| {
+        released.recv().expect("the test releases the writer");
         Ok(())
     });
     let insert = |id: i64, fail: bool| {
@@ -44,7 +45,11 @@ async fn a_failing_job_is_rolled_back_alone_within_its_group() {
         conn.execute("INSERT INTO notes (id, body) VALUES (50, 'x')", [])?;
         panic!("job bug");
     });
-    let (held, a, b, c, panicked, d) = tokio::join!(held, insert(1, false), insert(2, true), insert(3, false), panicking, insert(4, false));
+    // `join!` first polls its futures in order, and each job is queued when first polled:
+    // the last future runs once the others are queued.
+    let queued = async { release.send(()).unwrap() };
+    let (held, a, b, c, panicked, d, ()) =
+        tokio::join!(held, insert(1, false), insert(2, true), insert(3, false), panicking, insert(4, false), queued);
     held.unwrap();
     assert_eq!((a.unwrap(), c.unwrap(), d.unwrap()), (1, 3, 4));
     assert!(b.unwrap_err().to_string().contains("NOT NULL"));
@@ -106,16 +111,8 @@ async fn committed_writes_reach_the_database_file_before_the_wal_fills() {
     db.call(move |conn| conn.execute("INSERT INTO notes (body) VALUES (?1)", [marker])).await.unwrap();
     // Once the writer is idle, the background checkpointer copies the frame into the
     // database file, long before the writer's own checkpoint at CHECKPOINT_PAGES would.
-    let mut waited = Duration::ZERO;
-    loop {
-        let file = std::fs::read(&path).unwrap();
-        if file.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-            break;
-        }
-        assert!(waited < Duration::from_secs(60), "the row is still only in the WAL after {waited:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        waited += Duration::from_millis(20);
-    }
+    let in_file = async || std::fs::read(&path).unwrap().windows(marker.len()).any(|w| w == marker.as_bytes());
+    assert!(eventually(60, in_file).await, "the row is still only in the WAL after a minute");
     assert_eq!(count(&db).await, 1);
 }
 

@@ -34,7 +34,7 @@ async fn only_the_databases_of_runs_that_are_over_are_dropped() {
     // next cleanup; the unrelated one never does.
     drop(client);
     connection.await.unwrap().unwrap();
-    let dropped = eventually(30, || {
+    let dropped = eventually(30, async || {
         backend::drop_left_by_ended_runs(&server);
         !exists(&server, &theirs)
     })

@@ -81,7 +81,7 @@ async fn photos_beyond_photo_decodes_wait_their_turn_and_beyond_the_queue_are_bu
 
     let waiting = multipart_request(&server, &own_photo_fields(&token), Some(("me.png", &photo))).send();
     let waiting = actix_web::rt::spawn(waiting);
-    assert!(eventually(20, || decodes.waiting() == 1).await, "the first photo waits for the turn");
+    assert!(eventually(20, async || decodes.waiting() == 1).await, "the first photo waits for the turn");
     let (status, headers, busy) = server.send_full(multipart_request(&server, &own_photo_fields(&token), Some(("me.png", &photo)))).await;
     assert_error(&(status, busy.clone()), 503, "BUSY");
     assert_eq!((&busy["retry_after"], &headers["retry-after"]), (&json!(1), &reqwest::header::HeaderValue::from_static("1")));
@@ -198,7 +198,7 @@ async fn a_file_before_its_token_is_read_for_at_most_max_uploads_before_token_re
 
     // The first such upload is being read: its token has not arrived yet.
     let mut first = HeldUpload::open(&server, &[("Content-Type", &content_type)], body.clone(), file_starts + 1024).await;
-    assert!(eventually(20, || waiting_for_token.available_permits() == 0).await, "the first upload is read before its token");
+    assert!(eventually(20, async || waiting_for_token.available_permits() == 0).await, "the first upload is read before its token");
     let second = || server.client().post(server.api()).header("content-type", &content_type).body(body.clone());
     let (status, busy) = server.send(second()).await;
     assert_error(&(status, busy.clone()), 503, "BUSY");
@@ -208,7 +208,7 @@ async fn a_file_before_its_token_is_read_for_at_most_max_uploads_before_token_re
     first.send_the_rest().await;
     let stored = assert_ok(first.reply().await);
     assert!(stored["url"].as_str().is_some_and(|url| url.contains("/files/")), "{stored}");
-    assert!(eventually(20, || waiting_for_token.available_permits() == 1).await, "its place is free again");
+    assert!(eventually(20, async || waiting_for_token.available_permits() == 1).await, "its place is free again");
     assert_ok(server.send(second()).await);
     let stranger = [("op", "upload"), ("profile", "0"), ("token", "not-a-token-of-anyone")];
     let (content_type, body, _) = file_first_multipart(("a.bin", &attachment), &stranger);
@@ -279,7 +279,7 @@ async fn uploads_of_one_user_beyond_max_concurrent_uploads_per_user_are_refused(
     let (content_type, body) = multipart(&fields, Some(("big.bin", &file)));
     let first = body.len() - file.len() + 1024;
     let mut held = HeldUpload::open(&server, &[("Content-Type", &content_type)], body, first).await;
-    assert!(eventually(20, || uploads.held(ann_id) == 1).await, "the first upload holds Ann's place");
+    assert!(eventually(20, async || uploads.held(ann_id) == 1).await, "the first upload holds Ann's place");
 
     let small = |token: &str| {
         let fields = [("op", "upload"), ("token", token), ("profile", "0")];
@@ -292,7 +292,7 @@ async fn uploads_of_one_user_beyond_max_concurrent_uploads_per_user_are_refused(
 
     held.send_the_rest().await;
     assert_ok(held.reply().await);
-    assert!(eventually(20, || uploads.held(ann_id) == 0).await, "her place is free once the upload is answered");
+    assert!(eventually(20, async || uploads.held(ann_id) == 0).await, "her place is free once the upload is answered");
     assert_ok(server.send(small(&ann)).await);
 }
 
@@ -307,9 +307,9 @@ async fn a_file_before_its_token_that_stalls_loses_its_place() {
 
     // A kilobyte of the file, then nothing more.
     let mut stalled = HeldUpload::open(&server, &[("Content-Type", &content_type)], body.clone(), file_starts + 1024).await;
-    assert!(eventually(20, || waiting_for_token.available_permits() == 0).await, "the stalled upload holds the place");
+    assert!(eventually(20, async || waiting_for_token.available_permits() == 0).await, "the stalled upload holds the place");
     assert_error(&stalled.reply().await, 504, "TIMEOUT");
-    assert!(eventually(20, || waiting_for_token.available_permits() == 1).await, "and loses it");
+    assert!(eventually(20, async || waiting_for_token.available_permits() == 1).await, "and loses it");
     let again = server.client().post(server.api()).header("content-type", &content_type).body(body);
     assert_ok(server.send(again).await);
 }

@@ -352,15 +352,26 @@ pub fn assert_ok(reply: (u16, Value)) -> Value {
     reply.1
 }
 
-/// Polls `condition` every 50 ms for up to `secs` seconds.
-pub async fn eventually(secs: u64, mut condition: impl FnMut() -> bool) -> bool {
-    for _ in 0..secs * 20 {
-        if condition() {
-            return true;
+/// Polls `condition` every 50 ms until it holds or `secs` seconds have passed, and says
+/// whether it held. Every test that waits for a state waits through this (or
+/// [`eventually_some`]): the deadline is generous, so a loaded machine only makes it slower.
+pub async fn eventually(secs: u64, mut condition: impl AsyncFnMut() -> bool) -> bool {
+    eventually_some(secs, async || condition().await.then_some(())).await.is_some()
+}
+
+/// [`eventually`] for a probe that finds something: what it found first, or None when it
+/// found nothing within `secs` seconds.
+pub async fn eventually_some<T>(secs: u64, mut probe: impl AsyncFnMut() -> Option<T>) -> Option<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(found) = probe().await {
+            return Some(found);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
         }
         actix_web::rt::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    condition()
 }
 
 /// `{"op":"login","phone":..,"appid":..,"name":"Ann"}`

@@ -130,7 +130,7 @@ impl RedisProcess {
         let log = std::fs::File::create(self.dir.path().join("redis.log")).unwrap();
         let child = Command::new("redis-server").args(&self.args).stdout(log).stderr(Stdio::null()).spawn().expect("redis-server starts");
         self.child = Some(child);
-        let settled = super::eventually(30, || {
+        let settled = super::eventually(30, async || {
             let exited = self.child.as_mut().is_none_or(|child| child.try_wait().is_ok_and(|status| status.is_some()));
             exited || self.answers_ping()
         })
