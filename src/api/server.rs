@@ -146,16 +146,17 @@ pub async fn serve(config: &Config, state: web::Data<AppState>) -> Result<(), St
 
 /// The operator API's server on `ADMIN_BIND`, when it is set.
 fn operator_server(config: &Config, state: &web::Data<AppState>) -> Result<Option<actix_web::dev::Server>, String> {
-    if config.admin.bind.is_empty() {
+    // ADMIN_TOKEN is required with ADMIN_BIND (config::validate): never served without one.
+    let (Some(bind), Some(token)) = (&config.admin.bind, &config.admin.token) else {
         return Ok(None);
-    }
-    let (state, token) = (state.clone(), config.admin.token.clone());
+    };
+    let (state, token) = (state.clone(), token.clone());
     let server = HttpServer::new(move || admin::app(state.clone(), &token))
         .workers(1)
         .shutdown_timeout(config.http.shutdown_grace_secs)
         .disable_signals()
-        .bind(&config.admin.bind)
-        .map_err(|e| format!("cannot listen on ADMIN_BIND={}: {e}", config.admin.bind))?;
+        .bind(bind)
+        .map_err(|e| format!("cannot listen on ADMIN_BIND={bind}: {e}"))?;
     let addresses: Vec<String> = server.addrs().iter().map(ToString::to_string).collect();
     tracing::info!(admin_bind = %addresses.join(","), "operator API listening");
     Ok(Some(server.run()))

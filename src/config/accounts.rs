@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::values::unless_empty;
+
 /// Sessions (devices) per user.
 #[derive(Clone, Deserialize, Serialize)]
 pub struct SessionSettings {
@@ -36,10 +38,10 @@ pub struct OutboxSettings {
 /// Uploaded files and photos.
 #[derive(Clone, Deserialize, Serialize)]
 pub struct FileSettings {
-    /// Where uploaded photos and attachments are kept (served at `/files/`); empty: a
+    /// Where uploaded photos and attachments are kept (served at `/files/`); unset: a
     /// `files` directory beside DATABASE_PATH (see `Config::files_directory`).
-    #[serde(default, rename = "files_dir")]
-    pub dir: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "files_dir")]
+    pub dir: Option<String>,
     /// Largest file part of `upload` (and of `profile` with a photo).
     #[serde(default = "defaults::max_upload_bytes")]
     pub max_upload_bytes: usize,

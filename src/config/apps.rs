@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::choice;
+use super::values::{choice, unless_empty};
 
 /// What the apps read.
 #[derive(Clone, Deserialize, Serialize)]
@@ -13,9 +13,9 @@ pub struct AppsSettings {
     #[serde(default = "defaults::api_dialect")]
     pub api_dialect: Dialect,
     /// The service's address as apps reach it, e.g. `https://login.example.com`; the base of
-    /// the default upload and download URLs. Empty: `http://` and BIND.
-    #[serde(default)]
-    pub public_url: String,
+    /// the default upload and download URLs. Unset: `http://` and BIND.
+    #[serde(default, deserialize_with = "unless_empty")]
+    pub public_url: Option<String>,
     /// JSON object appid → display name for `{appname}`.
     #[serde(default, rename = "app_names")]
     pub names: String,

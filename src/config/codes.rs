@@ -2,19 +2,19 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{choice, List, Secret};
+use super::values::{choice, unless_empty, List, Secret};
 
 /// One-time codes. (`OTP_*`, and `TEST_OTPS`, `REQUIRE_CHALLENGE`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct OtpSettings {
     /// OTP_SECRET, the server secret (keys code hashes and queued-message encryption); when
-    /// empty it is read from OTP_SECRET_FILE, or from a key file created beside the database.
-    #[serde(default, rename = "otp_secret")]
-    pub secret: Secret,
-    /// OTP_SECRET_FILE, holding the server secret in hex; empty: `DATABASE_PATH` + `.key`,
+    /// unset it is read from OTP_SECRET_FILE, or from a key file created beside the database.
+    #[serde(default, deserialize_with = "unless_empty", rename = "otp_secret")]
+    pub secret: Option<Secret>,
+    /// OTP_SECRET_FILE, holding the server secret in hex; unset: `DATABASE_PATH` + `.key`,
     /// created on first start.
-    #[serde(default, rename = "otp_secret_file")]
-    pub secret_file: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "otp_secret_file")]
+    pub secret_file: Option<String>,
 
     #[serde(default = "defaults::otp_length", rename = "otp_length")]
     pub length: usize,

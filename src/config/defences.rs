@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{choice, List, Secret};
+use super::values::{choice, unless_empty, List, Secret};
 
 /// Rate limits per key; 0 turns one off. (`LIMIT_*`)
 #[derive(Clone, Deserialize, Serialize)]
@@ -50,8 +50,8 @@ pub struct LimitSettings {
 #[derive(Clone, Deserialize, Serialize)]
 pub struct PhoneSettings {
     /// ISO region for numbers given in national format, e.g. `GB`.
-    #[serde(default)]
-    pub default_region: String,
+    #[serde(default, deserialize_with = "unless_empty")]
+    pub default_region: Option<String>,
     /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
     #[serde(default = "defaults::phone_mobile_only", rename = "phone_mobile_only")]
     pub mobile_only: bool,
@@ -94,11 +94,11 @@ pub struct CaptchaSettings {
     /// `hcaptcha`, `turnstile`, or empty for no CAPTCHA.
     #[serde(default = "defaults::captcha_provider", rename = "captcha_provider")]
     pub provider: CaptchaProvider,
-    #[serde(default, rename = "captcha_secret")]
-    pub secret: Secret,
-    /// Siteverify endpoint; empty = the provider's own.
-    #[serde(default, rename = "captcha_verify_url")]
-    pub verify_url: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "captcha_secret")]
+    pub secret: Option<Secret>,
+    /// Siteverify endpoint; unset: the provider's own.
+    #[serde(default, deserialize_with = "unless_empty", rename = "captcha_verify_url")]
+    pub verify_url: Option<String>,
 }
 
 choice!(

@@ -193,8 +193,8 @@ impl Config {
 
     /// The directory of uploaded files: FILES_DIR, or `files` beside DATABASE_PATH.
     pub fn files_directory(&self) -> std::path::PathBuf {
-        if !self.files.dir.is_empty() {
-            return self.files.dir.clone().into();
+        if let Some(dir) = &self.files.dir {
+            return dir.into();
         }
         let database = std::path::Path::new(&self.database.path);
         database.parent().unwrap_or(std::path::Path::new(".")).join("files")
@@ -203,8 +203,8 @@ impl Config {
     /// The base URL apps reach the service at: `PUBLIC_URL`, or else `http://` and BIND
     /// (a wildcard address replaced by loopback), without a trailing slash.
     pub fn public_base_url(&self) -> String {
-        if !self.apps.public_url.is_empty() {
-            return self.apps.public_url.trim_end_matches('/').to_string();
+        if let Some(url) = &self.apps.public_url {
+            return url.trim_end_matches('/').to_string();
         }
         let address = self.http.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
         format!("http://{address}")
@@ -245,6 +245,20 @@ mod tests {
         assert_eq!(config.otp.sender, "log");
         assert_eq!(config.upstream.token_expiry_mins, 525_600);
         assert_eq!(config.upstream.url, "https://api.mesibo.com/backend/");
+    }
+
+    #[test]
+    fn a_setting_left_empty_is_unset() {
+        let unset = load(&[]).unwrap();
+        let empty = load(&[("SMTP_HOST", ""), ("OTP_SECRET", ""), ("DATABASE_URL", ""), ("FILES_DIR", "")]).unwrap();
+        for config in [&unset, &empty] {
+            assert_eq!(config.smtp.host, None);
+            assert!(config.otp.secret.is_none() && config.database.url.is_none());
+            assert_eq!(config.files_directory(), std::path::Path::new(".").join("files"));
+        }
+        let set = load(&[("SMTP_HOST", " mail.example.com"), ("OTP_SECRET", "  ")]).unwrap();
+        assert_eq!(set.smtp.host.as_deref(), Some(" mail.example.com"), "the value as set");
+        assert_eq!(set.otp.secret.as_ref().map(|secret| secret.expose()), Some("  "), "blanks are a value");
     }
 
     #[test]

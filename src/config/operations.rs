@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::{choice, Secret};
+use super::values::{choice, unless_empty, Secret};
 
 /// The log.
 #[derive(Clone, Deserialize, Serialize)]
@@ -15,12 +15,12 @@ pub struct LoggingSettings {
 /// The operator API and the audit trail it reads. (`ADMIN_*`, and `AUDIT_RETENTION_DAYS`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct AdminSettings {
-    /// `host:port` of the operator API, a listener of its own apart from BIND; empty: off.
-    #[serde(default, rename = "admin_bind")]
-    pub bind: String,
+    /// `host:port` of the operator API, a listener of its own apart from BIND; unset: off.
+    #[serde(default, deserialize_with = "unless_empty", rename = "admin_bind")]
+    pub bind: Option<String>,
     /// Bearer token of the operator API: required with ADMIN_BIND, 32 characters or more.
-    #[serde(default, rename = "admin_token")]
-    pub token: Secret,
+    #[serde(default, deserialize_with = "unless_empty", rename = "admin_token")]
+    pub token: Option<Secret>,
     /// Failed operator API logins a client IP may make per hour; beyond them it is refused
     /// for any token but the right one until the hour is over. 0: no limit.
     #[serde(default = "defaults::admin_failures_per_ip_per_hour", rename = "admin_failures_per_ip_per_hour")]

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::codes::SenderKind;
-use super::values::{choice, Secret};
+use super::values::{choice, unless_empty, Secret};
 
 /// E-mail logins. (`EMAIL_*`)
 #[derive(Clone, Deserialize, Serialize)]
@@ -26,10 +26,10 @@ pub struct ProviderSettings {
 /// The generic HTTP SMS gateway (`OTP_SENDER=http`). (`SMS_HTTP_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct SmsHttpSettings {
-    #[serde(default, rename = "sms_http_url")]
-    pub url: String,
-    #[serde(default, rename = "sms_http_auth")]
-    pub auth: Secret,
+    #[serde(default, deserialize_with = "unless_empty", rename = "sms_http_url")]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "sms_http_auth")]
+    pub auth: Option<Secret>,
     #[serde(default = "defaults::sms_http_body", rename = "sms_http_body")]
     pub body: Secret,
     #[serde(default = "defaults::sms_http_timeout_secs", rename = "sms_http_timeout_secs")]
@@ -39,31 +39,31 @@ pub struct SmsHttpSettings {
 /// E-mail delivery (`smtp`). (`SMTP_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct SmtpSettings {
-    #[serde(default, rename = "smtp_host")]
-    pub host: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "smtp_host")]
+    pub host: Option<String>,
     #[serde(default = "defaults::smtp_port", rename = "smtp_port")]
     pub port: u16,
     #[serde(default = "defaults::smtp_tls", rename = "smtp_tls")]
     pub tls: SmtpTls,
-    #[serde(default, rename = "smtp_user")]
-    pub user: String,
-    #[serde(default, rename = "smtp_password")]
-    pub password: Secret,
-    #[serde(default, rename = "smtp_from")]
-    pub from: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "smtp_user")]
+    pub user: Option<String>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "smtp_password")]
+    pub password: Option<Secret>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "smtp_from")]
+    pub from: Option<String>,
 }
 
 /// Twilio (`twilio`). (`TWILIO_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct TwilioSettings {
-    #[serde(default, rename = "twilio_account_sid")]
-    pub account_sid: String,
-    #[serde(default, rename = "twilio_auth_token")]
-    pub auth_token: Secret,
-    #[serde(default, rename = "twilio_from")]
-    pub from: String,
-    #[serde(default, rename = "twilio_messaging_service_sid")]
-    pub messaging_service_sid: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "twilio_account_sid")]
+    pub account_sid: Option<String>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "twilio_auth_token")]
+    pub auth_token: Option<Secret>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "twilio_from")]
+    pub from: Option<String>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "twilio_messaging_service_sid")]
+    pub messaging_service_sid: Option<String>,
     #[serde(default = "defaults::twilio_base_url", rename = "twilio_base_url")]
     pub base_url: String,
 }
@@ -71,12 +71,12 @@ pub struct TwilioSettings {
 /// Vonage (`vonage`). (`VONAGE_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct VonageSettings {
-    #[serde(default, rename = "vonage_api_key")]
-    pub api_key: Secret,
-    #[serde(default, rename = "vonage_api_secret")]
-    pub api_secret: Secret,
-    #[serde(default, rename = "vonage_from")]
-    pub from: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "vonage_api_key")]
+    pub api_key: Option<Secret>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "vonage_api_secret")]
+    pub api_secret: Option<Secret>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "vonage_from")]
+    pub from: Option<String>,
     #[serde(default = "defaults::vonage_base_url", rename = "vonage_base_url")]
     pub base_url: String,
 }
@@ -84,10 +84,10 @@ pub struct VonageSettings {
 /// MessageBird (`messagebird`). (`MESSAGEBIRD_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct MessageBirdSettings {
-    #[serde(default, rename = "messagebird_access_key")]
-    pub access_key: Secret,
-    #[serde(default, rename = "messagebird_originator")]
-    pub originator: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "messagebird_access_key")]
+    pub access_key: Option<Secret>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "messagebird_originator")]
+    pub originator: Option<String>,
     #[serde(default = "defaults::messagebird_base_url", rename = "messagebird_base_url")]
     pub base_url: String,
 }
@@ -95,10 +95,10 @@ pub struct MessageBirdSettings {
 /// The signed webhook (`webhook`). (`WEBHOOK_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct WebhookSettings {
-    #[serde(default, rename = "webhook_url")]
-    pub url: String,
-    #[serde(default, rename = "webhook_secret")]
-    pub secret: Secret,
+    #[serde(default, deserialize_with = "unless_empty", rename = "webhook_url")]
+    pub url: Option<String>,
+    #[serde(default, deserialize_with = "unless_empty", rename = "webhook_secret")]
+    pub secret: Option<Secret>,
 }
 
 /// The durable delivery of code messages. (`COURIER_*`)

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::redis_url::RedisTopology;
-use super::values::choice;
+use super::values::{choice, unless_empty};
 
 /// The database: the SQLite file, or PostgreSQL shared by several instances.
 #[derive(Clone, Deserialize, Serialize)]
@@ -11,11 +11,11 @@ pub struct DatabaseSettings {
     #[serde(default = "defaults::database_path", rename = "database_path")]
     pub path: String,
     /// `postgres://user:password@host/db`: keep the data in PostgreSQL, shared by several
-    /// instances; empty: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
+    /// instances; unset: the SQLite file at DATABASE_PATH. `?sslmode=require` asks for TLS.
     /// Several hosts (`host1:5432,host2:5432`, or `?host=h1,h2`) are tried in turn;
     /// `?target_session_attrs=read-write` skips standbys.
-    #[serde(default, rename = "database_url")]
-    pub url: String,
+    #[serde(default, deserialize_with = "unless_empty", rename = "database_url")]
+    pub url: Option<String>,
     /// SQLite: reader connections; PostgreSQL: connections per instance. 0: sized to the
     /// HTTP workers (see `runtime::pool_size`).
     #[serde(default, rename = "db_pool_size")]
@@ -52,9 +52,9 @@ choice!(
 pub struct RedisSettings {
     /// `redis://host:6379` (or `redis+cluster://…`, `redis+sentinel://…/master`, see
     /// [`RedisTopology`]): keep every rate limit in Redis, shared by every instance;
-    /// empty: in each process's memory.
-    #[serde(default, rename = "redis_url")]
-    pub url: String,
+    /// unset: in each process's memory.
+    #[serde(default, deserialize_with = "unless_empty", rename = "redis_url")]
+    pub url: Option<String>,
     /// Starts the name of every Redis key, so several services can share one Redis.
     #[serde(default = "defaults::redis_prefix", rename = "redis_prefix")]
     pub prefix: String,
@@ -73,9 +73,9 @@ impl RedisSettings {
     }
 
     pub(super) fn parse_topology(&self) -> Result<Option<RedisTopology>, String> {
-        match self.url.trim() {
-            "" => Ok(None),
-            url => RedisTopology::parse(url).map(Some),
+        match self.url.as_deref().map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(url) => RedisTopology::parse(url).map(Some),
         }
     }
 }

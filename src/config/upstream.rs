@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::values::Secret;
+use super::values::{unless_empty, Secret};
 
 /// The platform's backend API (`useradd`, messages).
 #[derive(Clone, Deserialize, Serialize)]
@@ -14,8 +14,8 @@ pub struct UpstreamSettings {
     #[serde(default = "defaults::upstream_timeout_secs", rename = "upstream_timeout_secs")]
     pub timeout_secs: u64,
     /// Secret app token for the upstream `useradd` call. Never logged or returned.
-    #[serde(default)]
-    pub app_token: Secret,
+    #[serde(default, deserialize_with = "unless_empty")]
+    pub app_token: Option<Secret>,
     /// The lifetime of the tokens upstream issues.
     #[serde(default = "defaults::token_expiry_mins")]
     pub token_expiry_mins: u64,

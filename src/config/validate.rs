@@ -26,7 +26,7 @@ impl Config {
         if !otp.message.contains("{otp}") {
             return bad("OTP_MESSAGE", "must contain {otp}");
         }
-        if !otp.secret.is_empty() && !otp.secret_file.is_empty() {
+        if otp.secret.is_some() && otp.secret_file.is_some() {
             return bad("OTP_SECRET_FILE", "and OTP_SECRET are both set; keep one");
         }
         self.validate_shared_state()?;
@@ -41,8 +41,8 @@ impl Config {
     fn validate_shared_state(&mut self) -> Result<(), String> {
         let bad = |name: &str, why: &str| Err(format!("invalid configuration: {name} {why}"));
         let database = &self.database;
-        if !database.url.is_empty() {
-            if let Err(why) = postgres_url_hosts(&database.url) {
+        if let Some(url) = &database.url {
+            if let Err(why) = postgres_url_hosts(url) {
                 let why = format!(
                     "must be a URL such as postgres://otpgate:password@db.example.com/otpgate or, with a standby, \
                      postgres://otpgate:password@db1:5432,db2:5432/otpgate?target_session_attrs=read-write: {why}"
@@ -56,7 +56,7 @@ impl Config {
                 return bad("DB_QUERY_TIMEOUT_MS", "must be at least 1");
             }
             // Instances that hash codes with different keys would refuse each other's codes.
-            if self.otp.secret.is_empty() && self.otp.secret_file.is_empty() {
+            if self.otp.secret.is_none() && self.otp.secret_file.is_none() {
                 return bad(
                     "DATABASE_URL",
                     "needs OTP_SECRET or OTP_SECRET_FILE: every instance on one database must hash codes with the same key",
@@ -86,19 +86,19 @@ impl Config {
         } else if !is_http_url(&self.upstream.url) {
             return bad("UPSTREAM_URL", "must be an http:// or https:// URL (or builtin, for local testing)");
         }
-        if !self.apps.public_url.is_empty() && !is_http_url(&self.apps.public_url) {
+        if self.apps.public_url.as_deref().is_some_and(|url| !is_http_url(url)) {
             return bad("PUBLIC_URL", "must be an http:// or https:// URL such as https://login.example.com");
         }
         let admin = &self.admin;
-        if !admin.bind.is_empty() {
-            if bind_host(&admin.bind).is_none() {
+        if let Some(admin_bind) = &admin.bind {
+            if bind_host(admin_bind).is_none() {
                 return bad("ADMIN_BIND", "must be an address and port such as 127.0.0.1:9090, or empty to turn the operator API off");
             }
             // Port 0 asks the system for a free port: two of them never collide.
-            if admin.bind.trim() == bind.trim() && !bind.trim().ends_with(":0") {
+            if admin_bind.trim() == bind.trim() && !bind.trim().ends_with(":0") {
                 return bad("ADMIN_BIND", "must differ from BIND: the operator API is never served on the public port");
             }
-            if admin.token.expose().len() < MIN_ADMIN_TOKEN_CHARS {
+            if admin.token.as_ref().map_or(0, |token| token.expose().len()) < MIN_ADMIN_TOKEN_CHARS {
                 return bad("ADMIN_TOKEN", "must be set, 32 characters or more (openssl rand -hex 32), when ADMIN_BIND is");
             }
         }
@@ -178,7 +178,7 @@ impl Config {
     /// The CAPTCHA, provider and courier settings. Templates, the phone policy and test
     /// codes are checked where they are built, once (`runtime`).
     fn validate_fraud_defences(&self) -> Result<(), String> {
-        if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_empty() {
+        if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_none() {
             return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
         }
         if self.provider.timeout_secs == 0 {
@@ -210,16 +210,16 @@ impl Config {
         let mut warnings = Vec::new();
         if self.upstream.url == BUILTIN_UPSTREAM {
             warnings.push(super::BUILTIN_UPSTREAM_WARNING);
-        } else if self.upstream.app_token.is_empty() {
+        } else if self.upstream.app_token.is_none() {
             warnings.push("APP_TOKEN is not set: the upstream platform will refuse to issue tokens until it is (UPSTREAM_URL=builtin tries the service without one)");
         }
-        if !self.database.url.is_empty() && self.redis.url.is_empty() {
+        if self.database.url.is_some() && self.redis.url.is_none() {
             warnings.push("DATABASE_URL without REDIS_URL: rate limits and the SMS budget are kept per instance, so N instances allow N times as much; set REDIS_URL to share them");
         }
-        if !self.admin.bind.is_empty() && !is_loopback_bind(&self.admin.bind) {
+        if self.admin.bind.as_deref().is_some_and(|bind| !is_loopback_bind(bind)) {
             warnings.push("ADMIN_BIND is not a loopback address and the operator API speaks plain HTTP: ADMIN_TOKEN and users' data cross the network in clear; bind it to 127.0.0.1 (and reach it through an SSH tunnel) or put a TLS proxy in front on the same host");
         }
-        if !self.otp.secret.is_empty() && self.otp.secret.expose().len() < MIN_OTP_SECRET_BYTES {
+        if self.otp.secret.as_ref().is_some_and(|secret| secret.expose().len() < MIN_OTP_SECRET_BYTES) {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
         warnings

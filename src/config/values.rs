@@ -1,5 +1,6 @@
 //! The kinds of value settings take beyond numbers and words: a credential ([`Secret`]),
-//! a comma-separated list ([`List`]) and one of a few words ([`choice!`]).
+//! a comma-separated list ([`List`]), one of a few words ([`choice!`]) and a setting that
+//! may be left unset ([`unless_empty`]).
 
 use serde::{Deserialize, Serialize};
 
@@ -51,9 +52,24 @@ macro_rules! choice {
 }
 pub(crate) use choice;
 
+/// Reads a setting that may be left unset: `None` when it is, or is set to the empty text
+/// (an empty line in an env file means "not set"). Any other text, blanks included, is
+/// the value. For a field `#[serde(default, deserialize_with = "unless_empty")]`.
+pub(super) fn unless_empty<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<String>::deserialize(deserializer)? {
+        Some(text) if !text.is_empty() => T::deserialize(serde::de::value::StringDeserializer::<D::Error>::new(text)).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// A setting whose value is a credential (or, for `TEST_OTPS` and `SMS_HTTP_BODY`, may
 /// hold one): its Debug form and the printed configuration show `<redacted>` (or `""`
-/// when unset, so an operator sees what is missing), whatever the setting is called.
+/// when it holds nothing, so an operator sees what is missing), whatever the setting is
+/// called. A credential that may be left unset is an `Option<Secret>`.
 #[derive(Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret<T = String>(T);

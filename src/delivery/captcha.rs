@@ -30,12 +30,12 @@ impl Captcha {
             CaptchaProvider::Hcaptcha => "https://api.hcaptcha.com/siteverify",
             CaptchaProvider::Turnstile => "https://challenges.cloudflare.com/turnstile/v0/siteverify",
         };
-        let url = if config.captcha.verify_url.is_empty() { default_url.to_string() } else { config.captcha.verify_url.clone() };
+        let url = config.captcha.verify_url.clone().unwrap_or_else(|| default_url.to_string());
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(config.provider.timeout_secs))
             .build()
             .map_err(|e| format!("cannot build the CAPTCHA HTTP client: {e}"))?;
-        Ok(Some(Captcha { client, url, secret: config.captcha.secret.expose().to_string() }))
+        Ok(Some(Captcha { client, url, secret: config.captcha.secret.as_ref().map_or("", |secret| secret.expose()).to_string() }))
     }
 
     pub async fn verify(&self, token: Option<&str>, client_ip: &str) -> Result<(), ApiError> {

@@ -93,12 +93,8 @@ pub struct LoadedSecret {
 /// when no key file exists yet it is moved to one (so codes pending across the upgrade
 /// still verify); the caller then deletes it from the database.
 pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecret, String> {
-    if !config.otp.secret.is_empty() {
-        return Ok(LoadedSecret {
-            secret: config.otp.secret.expose().as_bytes().to_vec(),
-            source: KeySource::Setting,
-            created_file: false,
-        });
+    if let Some(secret) = &config.otp.secret {
+        return Ok(LoadedSecret { secret: secret.expose().as_bytes().to_vec(), source: KeySource::Setting, created_file: false });
     }
     let (path, explicit) = key_file(config);
     match read_key_file(&path)? {
@@ -125,7 +121,7 @@ pub fn load_secret(config: &Config, stored: Option<&[u8]>) -> Result<LoadedSecre
 /// creating anything: for check-config. `stored` is asked only when a named key file is
 /// missing: whether the database holds an earlier release's key, which would be moved there.
 pub fn check_secret(config: &Config, stored: impl FnOnce() -> bool) -> Result<(), String> {
-    if !config.otp.secret.is_empty() {
+    if config.otp.secret.is_some() {
         return Ok(());
     }
     let (path, explicit) = key_file(config);
@@ -138,9 +134,9 @@ pub fn check_secret(config: &Config, stored: impl FnOnce() -> bool) -> Result<()
 
 /// The key file, and whether OTP_SECRET_FILE names it.
 fn key_file(config: &Config) -> (PathBuf, bool) {
-    match config.otp.secret_file.as_str() {
-        "" => (default_key_file(&config.database.path), false),
-        named => (PathBuf::from(named), true),
+    match &config.otp.secret_file {
+        None => (default_key_file(&config.database.path), false),
+        Some(named) => (PathBuf::from(named), true),
     }
 }
 

@@ -99,7 +99,7 @@ impl CountryMatch {
 
 impl PhonePolicy {
     pub fn from_config(config: &Config) -> Result<PhonePolicy, String> {
-        let default_region = match config.phone.default_region.trim() {
+        let default_region = match config.phone.default_region.as_deref().map(str::trim).unwrap_or_default() {
             "" => None,
             region => Some(parse_region(region).ok_or("invalid configuration: DEFAULT_REGION must be an ISO country code such as GB")?),
         };

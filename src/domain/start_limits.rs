@@ -59,7 +59,7 @@ impl StartLimits {
         let shares = &config.sms_budget;
         let home = &shares.home_countries;
         let home_countries = if home.is_empty() {
-            phone::calling_codes("DEFAULT_REGION", config.phone.default_region.as_str())?
+            phone::calling_codes("DEFAULT_REGION", config.phone.default_region.as_deref().unwrap_or_default())?
         } else {
             phone::calling_codes("SMS_BUDGET_HOME_COUNTRIES", home.clone())?
         };

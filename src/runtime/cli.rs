@@ -61,15 +61,15 @@ impl Command {
 }
 
 /// The effective configuration, as check-config prints it: every [`Secret`](crate::config::Secret)
-/// setting serialises as `"<redacted>"` (or `""` when unset, so an operator sees which are
-/// missing), and URLs lose their credentials.
+/// setting serialises as `"<redacted>"`, a setting left unset as `""` (as an env file
+/// leaves it, so an operator sees which are missing), and URLs lose their credentials.
 pub fn redacted_config(config: &Config) -> Value {
     let mut settings = config.settings();
     for (name, field) in settings.iter_mut() {
-        if let Value::String(text) = field {
-            if name.ends_with("_url") {
-                *text = url_without_credentials(text);
-            }
+        match field {
+            Value::Null => *field = Value::String(String::new()),
+            Value::String(text) if name.ends_with("_url") => *text = url_without_credentials(text),
+            _ => {}
         }
     }
     Value::Object(settings)
@@ -102,15 +102,15 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
     // Serve refuses a named key file that is missing, unless the SQLite database holds an
     // earlier release's key to move there.
     crate::domain::keys::check_secret(config, || {
-        config.database.url.is_empty()
+        config.database.url.is_none()
             && crate::store::setting_before_open(&config.database.path, crate::domain::keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
     })?;
     crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
-    if !config.database.url.is_empty() {
-        crate::store::postgres::check_url(&config.database.url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
+    if let Some(url) = &config.database.url {
+        crate::store::postgres::check_url(url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
     }
     if let Some(topology) = config.redis.topology() {
-        let at = url_without_credentials(&config.redis.url);
+        let at = url_without_credentials(config.redis.url.as_deref().unwrap_or_default());
         match crate::store::shared_limits::probe(topology).await {
             Ok(None) => {}
             Ok(Some(why)) => tracing::warn!("Redis at {at} cannot be reached from here ({why}); not checked"),
@@ -121,15 +121,15 @@ pub async fn check_config(config: &Config) -> Result<String, String> {
 }
 
 pub async fn migrate(config: &Config, from_sqlite: Option<&str>) -> Result<String, String> {
-    if config.database.url.is_empty() {
+    let Some(url) = &config.database.url else {
         if from_sqlite.is_some() {
             return Err("--from-sqlite copies into PostgreSQL: set DATABASE_URL".into());
         }
         let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
         db.close().map_err(|e| format!("cannot close database {}: {e}", config.database.path))?;
         return Ok(format!("schema applied to {}", config.database.path));
-    }
-    let target = url_without_credentials(&config.database.url);
+    };
+    let target = url_without_credentials(url);
     let (db, _) = super::open_database(config, crate::domain::clock::Clock::system()).await?;
     let mut done = format!("schema applied to {target}");
     if let Some(path) = from_sqlite {

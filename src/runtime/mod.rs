@@ -46,9 +46,12 @@ impl AppState {
             Some(topology) => {
                 let allow = config.redis.rate_limit_on_error == RateLimitOnError::Allow;
                 let policy = config.redis.rate_limit_on_error.as_str();
-                let buckets = RedisBuckets::connect(topology, &config.redis.prefix, allow)
-                    .await
-                    .map_err(|e| format!("{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})", url_without_credentials(&config.redis.url)))?;
+                let buckets = RedisBuckets::connect(topology, &config.redis.prefix, allow).await.map_err(|e| {
+                    format!(
+                        "{e} (REDIS_URL={}, RATE_LIMIT_ON_ERROR={policy})",
+                        url_without_credentials(config.redis.url.as_deref().unwrap_or_default())
+                    )
+                })?;
                 let shared = SharedLimits::new(Arc::new(buckets), keys.limit_key, allow);
                 match shared.ping().await {
                     Ok(()) => tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={policy})"),
@@ -163,7 +166,7 @@ const SQLITE_MIN_READERS: usize = 4;
 pub fn pool_size(config: &Config) -> usize {
     let workers = server::http_workers();
     match config.database.pool_size {
-        0 if config.database.url.is_empty() => workers.max(SQLITE_MIN_READERS),
+        0 if config.database.url.is_none() => workers.max(SQLITE_MIN_READERS),
         0 => (workers * PG_CONNECTIONS_PER_WORKER + BACKGROUND_TASKS).min(PG_DEFAULT_MAX),
         size => size,
     }
@@ -172,7 +175,7 @@ pub fn pool_size(config: &Config) -> usize {
 /// Opens the database the configuration names (PostgreSQL at DATABASE_URL, or else the
 /// SQLite file at DATABASE_PATH) and finds the server keys.
 pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<Db>, ServerKeys), String> {
-    if !config.database.url.is_empty() {
+    if let Some(url) = &config.database.url {
         let keys = server_keys(config, None)?;
         let settings = store::postgres::PgSettings {
             pool_size: pool_size(config),
@@ -180,9 +183,9 @@ pub(crate) async fn open_database(config: &Config, clock: Clock) -> Result<(Arc<
             query_timeout: std::time::Duration::from_millis(config.database.query_timeout_ms),
             statements: config.database.statements,
         };
-        let db = Db::connect_postgres(&config.database.url, settings, clock, &keys.phones)
+        let db = Db::connect_postgres(url, settings, clock, &keys.phones)
             .await
-            .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(&config.database.url)))?;
+            .map_err(|e| format!("cannot open the PostgreSQL database at {}: {e}", url_without_credentials(url)))?;
         return Ok((db, keys));
     }
     let stored_key = store::setting_before_open(&config.database.path, keys::LEGACY_SETTING)

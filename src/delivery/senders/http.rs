@@ -14,9 +14,9 @@ pub struct HttpSmsSender {
 
 impl HttpSmsSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        if config.sms_http.url.is_empty() {
+        let Some(url) = &config.sms_http.url else {
             return Err("invalid configuration: SMS_HTTP_URL is required when the http sender is used".into());
-        }
+        };
         let template = config.sms_http.body.expose();
         // Without them every message would reach the gateway without its number or its code.
         for placeholder in ["{phone}", "{message}"] {
@@ -32,8 +32,8 @@ impl HttpSmsSender {
         }
         Ok(HttpSmsSender {
             client: provider_http::client(config.sms_http.timeout_secs)?,
-            url: config.sms_http.url.clone(),
-            authorization: config.sms_http.auth.expose().to_string(),
+            url: url.clone(),
+            authorization: config.sms_http.auth.as_ref().map_or("", |secret| secret.expose()).to_string(),
             body_template: config.sms_http.body.expose().to_string(),
         })
     }

@@ -15,18 +15,14 @@ pub struct MessageBirdSender {
 
 impl MessageBirdSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require(
-            "messagebird",
-            &[
-                ("MESSAGEBIRD_ACCESS_KEY", config.messagebird.access_key.expose()),
-                ("MESSAGEBIRD_ORIGINATOR", &config.messagebird.originator),
-            ],
-        )?;
+        let messagebird = &config.messagebird;
+        let access_key = messagebird.access_key.as_ref().map(|secret| secret.expose());
+        require("messagebird", &[("MESSAGEBIRD_ACCESS_KEY", access_key), ("MESSAGEBIRD_ORIGINATOR", messagebird.originator.as_deref())])?;
         Ok(MessageBirdSender {
             client: provider_http::client(config.provider.timeout_secs)?,
             url: format!("{}/messages", config.messagebird.base_url.trim_end_matches('/')),
-            authorization: format!("AccessKey {}", config.messagebird.access_key.expose()),
-            originator: config.messagebird.originator.clone(),
+            authorization: format!("AccessKey {}", access_key.unwrap_or_default()),
+            originator: messagebird.originator.clone().unwrap_or_default(),
         })
     }
 }

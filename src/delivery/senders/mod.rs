@@ -143,8 +143,8 @@ fn e164(message: &OtpMessage) -> String {
 }
 
 /// Fails with `name` and the variables it lacks when a provider is chosen but not configured.
-fn require(sender: &str, vars: &[(&str, &str)]) -> Result<(), String> {
-    let missing: Vec<&str> = vars.iter().filter(|(_, value)| value.is_empty()).map(|(name, _)| *name).collect();
+fn require(sender: &str, vars: &[(&str, Option<&str>)]) -> Result<(), String> {
+    let missing: Vec<&str> = vars.iter().filter(|(_, value)| value.is_none()).map(|(name, _)| *name).collect();
     if missing.is_empty() {
         Ok(())
     } else {

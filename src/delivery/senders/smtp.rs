@@ -20,15 +20,16 @@ pub struct SmtpSender {
 
 impl SmtpSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        if config.smtp.host.is_empty() {
+        let Some(host) = config.smtp.host.as_deref() else {
             return Err("invalid configuration: SMTP_HOST is required when the smtp sender is used".into());
-        }
+        };
         let from: Mailbox = config
             .smtp
             .from
+            .as_deref()
+            .unwrap_or_default()
             .parse()
             .map_err(|_| "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string())?;
-        let host = config.smtp.host.as_str();
         let builder = match config.smtp.tls {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),
@@ -37,8 +38,9 @@ impl SmtpSender {
         .map_err(|e| format!("invalid configuration: SMTP_HOST: {e}"))?;
         // Bounded like the other providers, so the courier's lease outlasts any attempt.
         let mut builder = builder.port(config.smtp.port).timeout(Some(std::time::Duration::from_secs(config.provider.timeout_secs)));
-        if !config.smtp.user.is_empty() {
-            builder = builder.credentials(Credentials::new(config.smtp.user.clone(), config.smtp.password.expose().to_string()));
+        if let Some(user) = &config.smtp.user {
+            let password = config.smtp.password.as_ref().map_or("", |secret| secret.expose());
+            builder = builder.credentials(Credentials::new(user.clone(), password.to_string()));
         }
         Ok(SmtpSender {
             transport: builder.build(),

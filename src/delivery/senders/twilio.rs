@@ -17,11 +17,14 @@ pub struct TwilioSender {
 
 impl TwilioSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require("twilio", &[("TWILIO_ACCOUNT_SID", &config.twilio.account_sid), ("TWILIO_AUTH_TOKEN", config.twilio.auth_token.expose())])?;
-        let sender_field = match (config.twilio.from.as_str(), config.twilio.messaging_service_sid.as_str()) {
-            (_, sid) if !sid.is_empty() => ("MessagingServiceSid", sid.to_string()),
-            (from, _) if !from.is_empty() => ("From", from.to_string()),
-            _ => {
+        let twilio = &config.twilio;
+        let (account_sid, auth_token) = (twilio.account_sid.as_deref(), twilio.auth_token.as_ref().map(|secret| secret.expose()));
+        require("twilio", &[("TWILIO_ACCOUNT_SID", account_sid), ("TWILIO_AUTH_TOKEN", auth_token)])?;
+        let (account_sid, auth_token) = (account_sid.unwrap_or_default(), auth_token.unwrap_or_default());
+        let sender_field = match (&twilio.from, &twilio.messaging_service_sid) {
+            (_, Some(sid)) => ("MessagingServiceSid", sid.clone()),
+            (Some(from), None) => ("From", from.clone()),
+            (None, None) => {
                 return Err(
                     "invalid configuration: TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when the twilio sender is used".into()
                 )
@@ -30,9 +33,9 @@ impl TwilioSender {
         let base = config.twilio.base_url.trim_end_matches('/');
         Ok(TwilioSender {
             client: provider_http::client(config.provider.timeout_secs)?,
-            url: format!("{base}/2010-04-01/Accounts/{}/Messages.json", config.twilio.account_sid),
-            account_sid: config.twilio.account_sid.clone(),
-            auth_token: config.twilio.auth_token.expose().to_string(),
+            url: format!("{base}/2010-04-01/Accounts/{account_sid}/Messages.json"),
+            account_sid: account_sid.to_string(),
+            auth_token: auth_token.to_string(),
             sender_field,
         })
     }

@@ -31,20 +31,16 @@ struct MessageStatus {
 
 impl VonageSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require(
-            "vonage",
-            &[
-                ("VONAGE_API_KEY", config.vonage.api_key.expose()),
-                ("VONAGE_API_SECRET", config.vonage.api_secret.expose()),
-                ("VONAGE_FROM", &config.vonage.from),
-            ],
-        )?;
+        let vonage = &config.vonage;
+        let (api_key, api_secret) =
+            (vonage.api_key.as_ref().map(|secret| secret.expose()), vonage.api_secret.as_ref().map(|secret| secret.expose()));
+        require("vonage", &[("VONAGE_API_KEY", api_key), ("VONAGE_API_SECRET", api_secret), ("VONAGE_FROM", vonage.from.as_deref())])?;
         Ok(VonageSender {
             client: provider_http::client(config.provider.timeout_secs)?,
             url: format!("{}/sms/json", config.vonage.base_url.trim_end_matches('/')),
-            api_key: config.vonage.api_key.expose().to_string(),
-            api_secret: config.vonage.api_secret.expose().to_string(),
-            from: config.vonage.from.clone(),
+            api_key: api_key.unwrap_or_default().to_string(),
+            api_secret: api_secret.unwrap_or_default().to_string(),
+            from: vonage.from.clone().unwrap_or_default(),
         })
     }
 }

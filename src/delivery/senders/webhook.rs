@@ -21,11 +21,12 @@ pub struct WebhookSender {
 
 impl WebhookSender {
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        require("webhook", &[("WEBHOOK_URL", &config.webhook.url), ("WEBHOOK_SECRET", config.webhook.secret.expose())])?;
+        let secret = config.webhook.secret.as_ref().map(|secret| secret.expose());
+        require("webhook", &[("WEBHOOK_URL", config.webhook.url.as_deref()), ("WEBHOOK_SECRET", secret)])?;
         Ok(WebhookSender {
             client: provider_http::client(config.provider.timeout_secs)?,
-            url: config.webhook.url.clone(),
-            key: signing_key(config.webhook.secret.expose())?,
+            url: config.webhook.url.clone().unwrap_or_default(),
+            key: signing_key(secret.unwrap_or_default())?,
         })
     }
 }

@@ -109,7 +109,7 @@ impl Upstream {
             client,
             builtin,
             url: config.upstream.url.clone(),
-            app_token: config.upstream.app_token.expose().to_string(),
+            app_token: config.upstream.app_token.as_ref().map_or("", |secret| secret.expose()).to_string(),
             token_expiry_mins: config.upstream.token_expiry_mins,
         })
     }
