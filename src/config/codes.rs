@@ -1,8 +1,9 @@
 //! One-time codes: their shape, life, message, sender, fixed test codes and the server secret.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
-use super::values::{choice, unless_empty, List, Secret};
+use super::values::{choice, texts_by_app, unless_empty, Json, List, Secret};
 
 /// One-time codes. (`OTP_*`, and `TEST_OTPS`, `REQUIRE_CHALLENGE`)
 #[derive(Clone, Deserialize, Serialize)]
@@ -29,9 +30,9 @@ pub struct OtpSettings {
 
     #[serde(default = "defaults::otp_sender", rename = "otp_sender")]
     pub sender: SenderKind,
-    /// JSON object appid → message template overriding `OTP_MESSAGE`.
-    #[serde(default, rename = "otp_message_per_app")]
-    pub message_per_app: String,
+    /// JSON object appid → message template overriding `OTP_MESSAGE`, each with `{otp}`.
+    #[serde(default, deserialize_with = "message_per_app", rename = "otp_message_per_app")]
+    pub message_per_app: Json<BTreeMap<String, String>>,
 
     /// `phone:otp` pairs that accept a fixed code and send nothing.
     #[serde(default)]
@@ -52,6 +53,18 @@ choice!(
     Messagebird = "messagebird",
     Webhook = "webhook",
 });
+
+/// `OTP_MESSAGE_PER_APP`: a template without the code would send messages without it.
+fn message_per_app<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Json<BTreeMap<String, String>>, D::Error> {
+    Json::parse_with(String::deserialize(deserializer)?, |text| {
+        let templates = texts_by_app("OTP_MESSAGE_PER_APP", text)?;
+        match templates.iter().find(|(_, template)| !template.contains("{otp}")) {
+            Some((appid, _)) => Err(format!("OTP_MESSAGE_PER_APP template for {appid:?} must contain {{otp}}")),
+            None => Ok(templates),
+        }
+    })
+    .map_err(serde::de::Error::custom)
+}
 
 mod defaults {
     pub fn otp_length() -> usize {

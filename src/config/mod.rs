@@ -22,7 +22,7 @@ mod values;
 use serde::Serialize;
 
 pub use accounts::{ContactSettings, FileSettings, OutboxSettings, SessionSettings};
-pub use apps::{AppsSettings, Dialect, OidcSettings};
+pub use apps::{AddressClaim, AppEntry, AppsSettings, Dialect, OidcProvider, OidcSettings, ShareEntry, StartEntry, UrlsEntry};
 pub use codes::{OtpSettings, SenderKind};
 pub use defences::{CaptchaProvider, CaptchaSettings, LimitSettings, PhoneSettings, SmsBudgetSettings};
 pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
@@ -34,7 +34,7 @@ pub use senders::{
 };
 pub use storage::{DatabaseSettings, DbStatements, RateLimitOnError, RedisSettings};
 pub use upstream::{UpstreamSettings, BUILTIN_UPSTREAM, BUILTIN_UPSTREAM_WARNING};
-pub use values::{List, Secret};
+pub use values::{Json, List, Secret};
 
 #[derive(Clone, Serialize)]
 pub struct Config {
@@ -325,6 +325,30 @@ mod tests {
             assert!(error.contains(name), "{error}");
             assert!(!error.contains('\n'), "one line: {error}");
         }
+    }
+
+    #[test]
+    fn json_settings_are_parsed_at_load_and_their_errors_name_them() {
+        for (name, value) in [
+            ("OTP_MESSAGE_PER_APP", r#"{"com.a":"no code"}"#),
+            ("OTP_MESSAGE_PER_APP", "[1]"),
+            ("APP_NAMES", "Alpha"),
+            ("APP_SETTINGS", "{not json"),
+            ("APP_SETTINGS", r#"{"default":{"share":{"txt":"x"}}}"#),
+            ("APP_SETTINGS", r#"{"default":{"start":{"delay":"soon"}}}"#),
+            ("OIDC_PROVIDERS", r#"{"corp":{"client_ids":["x"]}}"#),
+        ] {
+            let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
+            assert!(error.starts_with(&format!("invalid configuration: {name} ")), "{error}");
+            assert!(!error.contains('\n'), "one line: {error}");
+        }
+        let error = load(&[("OTP_MESSAGE_PER_APP", r#"{"com.a":"{otp}","com.b":"no code"}"#)]).err().unwrap_or_default();
+        assert!(error.ends_with(r#"template for "com.b" must contain {otp}"#), "{error}");
+
+        let config = load(&[("APP_NAMES", r#"{"com.a":"Alpha"}"#), ("APP_SETTINGS", " "), ("OTP_MESSAGE_PER_APP", "")]).unwrap();
+        assert_eq!(config.apps.names["com.a"], "Alpha");
+        assert!(config.apps.settings.is_empty() && config.otp.message_per_app.is_empty(), "blank: none set");
+        assert_eq!(config.settings()["app_names"], r#"{"com.a":"Alpha"}"#, "printed as set");
     }
 
     #[test]

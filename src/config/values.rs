@@ -1,8 +1,9 @@
 //! The kinds of value settings take beyond numbers and words: a credential ([`Secret`]),
-//! a comma-separated list ([`List`]), one of a few words ([`choice!`]) and a setting that
-//! may be left unset ([`unless_empty`]).
+//! a comma-separated list ([`List`]), JSON ([`Json`]), one of a few words ([`choice!`])
+//! and a setting that may be left unset ([`unless_empty`]).
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// A setting that takes one of a few words: parsed once into an enum, and refused with
 /// a line naming the setting and its choices.
@@ -191,6 +192,41 @@ impl<T> Serialize for List<T> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&self.text)
     }
+}
+
+/// A setting written as JSON, parsed once at load into a `T`, whose errors name the
+/// setting. It reads as its value; the printed configuration shows it as it was set.
+#[derive(Clone, Default)]
+pub struct Json<T> {
+    text: String,
+    value: T,
+}
+
+impl<T: Default> Json<T> {
+    /// Reads `text` with `parse`; blank text is `T`'s default: nothing set.
+    pub(super) fn parse_with(text: String, parse: impl FnOnce(&str) -> Result<T, String>) -> Result<Json<T>, String> {
+        let value = if text.trim().is_empty() { T::default() } else { parse(&text)? };
+        Ok(Json { text, value })
+    }
+}
+
+impl<T> std::ops::Deref for Json<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> Serialize for Json<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+/// Texts by appid (`APP_NAMES`, `OTP_MESSAGE_PER_APP`): a JSON object of strings.
+pub(super) fn texts_by_app(setting: &str, text: &str) -> Result<BTreeMap<String, String>, String> {
+    serde_json::from_str(text).map_err(|_| format!("{setting} must be a JSON object of strings, e.g. {{\"com.example.app\":\"...\"}}"))
 }
 
 #[cfg(test)]

@@ -2,50 +2,12 @@
 //! and share text, where files are uploaded and downloaded, and an optional notice the
 //! apps show when a code is sent. Every field has a default built from `PUBLIC_URL`.
 
-use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::config::Config;
+use crate::config::{AppEntry, Config};
 use crate::domain::recent::Recent;
-use crate::domain::templates::{json_map, looks_like_an_app_id};
-
-/// One entry of `APP_SETTINGS`; the entry of an appid overrides `default` field by field.
-#[derive(Deserialize, Default, Clone, Debug)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    #[serde(default)]
-    share: ShareEntry,
-    invite: Option<String>,
-    #[serde(default)]
-    urls: UrlsEntry,
-    #[serde(default)]
-    start: StartEntry,
-}
-
-#[derive(Deserialize, Default, Clone, Debug)]
-#[serde(deny_unknown_fields)]
-struct ShareEntry {
-    text: Option<String>,
-    subject: Option<String>,
-    title: Option<String>,
-}
-
-#[derive(Deserialize, Default, Clone, Debug)]
-#[serde(deny_unknown_fields)]
-struct UrlsEntry {
-    upload: Option<String>,
-    download: Option<String>,
-}
-
-#[derive(Deserialize, Default, Clone, Debug)]
-#[serde(deny_unknown_fields)]
-struct StartEntry {
-    title: Option<String>,
-    message: Option<String>,
-    /// Milliseconds the Android app waits before showing the code field.
-    delay: Option<u64>,
-}
+use crate::domain::templates::{by_app, looks_like_an_app_id};
 
 /// What one app is told, placeholders filled in.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,8 +25,8 @@ pub struct AppReply {
 }
 
 pub struct AppSettings {
-    default: Entry,
-    per_app: HashMap<String, Entry>,
+    default: AppEntry,
+    per_app: HashMap<String, AppEntry>,
     app_names: HashMap<String, String>,
     public_url: String,
     /// What each app named in the configuration is told, made at start; other appids'
@@ -78,26 +40,21 @@ const DEFAULT_SHARE_SUBJECT: &str = "Join me on {appname}";
 const DEFAULT_SHARE_TITLE: &str = "Invite a friend";
 
 impl AppSettings {
-    pub fn from_config(config: &Config) -> Result<AppSettings, String> {
-        let mut per_app: HashMap<String, Entry> = if config.apps.settings.trim().is_empty() {
-            HashMap::new()
-        } else {
-            serde_json::from_str(&config.apps.settings).map_err(|e| {
-                format!("invalid configuration: APP_SETTINGS must be a JSON object of appid -> {{share, invite, urls, start}}: {e}")
-            })?
-        };
+    pub fn from_config(config: &Config) -> AppSettings {
+        let mut per_app: HashMap<String, AppEntry> =
+            config.apps.settings.iter().map(|(appid, entry)| (appid.clone(), entry.clone())).collect();
         let default = per_app.remove("default").unwrap_or_default();
         let mut settings = AppSettings {
             default,
             per_app,
-            app_names: json_map("APP_NAMES", &config.apps.names)?,
+            app_names: by_app(&config.apps.names),
             public_url: config.public_base_url(),
             filled: HashMap::new(),
             recent: Mutex::default(),
         };
         let named: Vec<String> = settings.per_app.keys().chain(settings.app_names.keys()).cloned().collect();
         settings.filled = named.into_iter().map(|appid| (appid.clone(), Arc::new(settings.fill_in(&appid)))).collect();
-        Ok(settings)
+        settings
     }
 
     /// The settings of `appid`: its own entry, then `default`, then the built-in defaults.
@@ -111,7 +68,7 @@ impl AppSettings {
 
     fn fill_in(&self, appid: &str) -> AppReply {
         let own = self.per_app.get(appid);
-        let pick = |field: fn(&Entry) -> Option<&String>| own.and_then(field).or_else(|| field(&self.default)).cloned();
+        let pick = |field: fn(&AppEntry) -> Option<&String>| own.and_then(field).or_else(|| field(&self.default)).cloned();
         let appname = self.app_names.get(appid).map_or(if looks_like_an_app_id(appid) { appid } else { "the app" }, String::as_str);
         let fill = |text: String| text.replace("{appname}", appname).replace("{public_url}", &self.public_url);
         let share_text = fill(pick(|e| e.share.text.as_ref()).unwrap_or_else(|| DEFAULT_SHARE_TEXT.into()));
@@ -134,7 +91,7 @@ mod tests {
     use super::*;
 
     fn settings(vars: &[(&str, &str)]) -> AppSettings {
-        AppSettings::from_config(&Config::from_vars(vars.iter().copied()).unwrap()).unwrap()
+        AppSettings::from_config(&Config::from_vars(vars.iter().copied()).unwrap())
     }
 
     #[test]
@@ -147,15 +104,6 @@ mod tests {
         assert_eq!(app.invite, app.share_text);
         assert_eq!(app.share_subject, "Join me on Example Chat");
         assert_eq!((&app.start_title, &app.start_message, app.start_delay), (&None, &None, None));
-    }
-
-    #[test]
-    fn malformed_settings_name_the_variable() {
-        for value in ["{not json", r#"{"default":{"share":{"txt":"x"}}}"#, r#"{"default":{"start":{"delay":"soon"}}}"#] {
-            let config = Config::from_vars([("APP_SETTINGS", value)]).unwrap();
-            let error = AppSettings::from_config(&config).err().unwrap_or_else(|| panic!("{value} accepted"));
-            assert!(error.contains("APP_SETTINGS") && !error.contains('\n'), "{error}");
-        }
     }
 
     #[test]

@@ -65,7 +65,7 @@ impl AppState {
         };
         let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
-        let apps = AppSettings::from_config(config)?;
+        let apps = AppSettings::from_config(config);
         let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
         let files = Files {
             store: FileStore::open(config.files_directory())?,

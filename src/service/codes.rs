@@ -58,7 +58,7 @@ impl CodeAuthenticator {
         shared: Option<&Arc<SharedLimits>>,
     ) -> Result<Self, String> {
         let courier = Arc::new(Courier::from_config(config, Arc::clone(&db), senders.clone(), keys.seal.clone()));
-        let templates = Templates::from_config(config)?;
+        let templates = Templates::from_config(config);
         templates.warn_if_over_one_segment(config.otp.length);
         Ok(CodeAuthenticator {
             db,

@@ -46,7 +46,7 @@ impl SmtpSender {
             transport: builder.build(),
             from,
             subject: config.email.subject.clone(),
-            templates: Templates::from_config(config)?,
+            templates: Templates::from_config(config),
         })
     }
 }
