@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use otpgate::config::Config;
 use otpgate::runtime::cli::{self, Cli, Command};
-use otpgate::{api::server, api::AppState, delivery::senders, runtime::logging};
+use otpgate::{api::server, api::AppState, delivery::senders, runtime, runtime::logging};
 
 /// Exit status for a configuration or start-up error.
 const CONFIG_ERROR: u8 = 2;
@@ -47,6 +47,11 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> ExitCode {
+    // What check-config checks, checked alike; a Redis that cannot be reached is left to
+    // the start below, which connects to it and says what it finds.
+    if let Err(e) = runtime::check_surroundings(&config).await {
+        return fail(CONFIG_ERROR, &e);
+    }
     let senders = match senders::build(&config) {
         Ok(senders) => senders,
         Err(e) => return fail(CONFIG_ERROR, &e),

@@ -35,11 +35,45 @@ pub struct OtpSettings {
     pub message_per_app: Json<BTreeMap<String, String>>,
 
     /// `phone:otp` pairs that accept a fixed code and send nothing.
-    #[serde(default)]
-    pub test_otps: Secret<List>,
+    #[serde(default, deserialize_with = "test_codes")]
+    pub test_otps: Secret<List<TestCode>>,
     /// Refuse a verify that does not send back the challenge id of its start reply.
     #[serde(default)]
     pub require_challenge: bool,
+}
+
+/// A fixed code of `TEST_OTPS`, for a phone that is sent nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TestCode {
+    /// As every phone is kept: [`normalize_phone`]'s digits.
+    pub phone: String,
+    /// 4 to 10 digits.
+    pub code: String,
+}
+
+/// Strips spaces, dashes, dots, parentheses, one leading `+` and leading zeros;
+/// what remains must be 9 to 15 digits. The form every phone is kept in (see
+/// `domain::address`); here because `TEST_OTPS` is read in it at load.
+pub fn normalize_phone(raw: &str) -> Option<String> {
+    let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
+    let without_plus = compact.strip_prefix('+').unwrap_or(&compact);
+    let digits = without_plus.trim_start_matches('0');
+    let valid = (9..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
+    valid.then(|| digits.to_string())
+}
+
+/// `TEST_OTPS`: `phone:code` entries, comma-separated.
+fn test_codes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret<List<TestCode>>, D::Error> {
+    let entries = List::parse_with(&String::deserialize(deserializer)?, |entry| {
+        let parsed = entry.split_once(':').and_then(|(phone, code)| {
+            let phone = normalize_phone(phone)?;
+            let code = code.trim();
+            let valid = (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit());
+            valid.then(|| TestCode { phone, code: code.to_string() })
+        });
+        parsed.ok_or("TEST_OTPS entries must look like 18005550000:123456")
+    });
+    entries.map(Secret::new).map_err(serde::de::Error::custom)
 }
 
 choice!(
@@ -84,5 +118,26 @@ mod defaults {
     }
     pub fn otp_sender() -> super::SenderKind {
         super::SenderKind::Log
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn test_otps(value: &str) -> Result<Vec<(String, String)>, String> {
+        let value = serde_json::Value::String(value.into());
+        let codes = test_codes(value).map_err(|e| e.to_string())?;
+        Ok(codes.expose().iter().map(|test| (test.phone.clone(), test.code.clone())).collect())
+    }
+
+    #[test]
+    fn test_codes_are_normalised_and_bad_entries_name_the_variable() {
+        let codes = test_otps("+1 800 555 0000:123456, 18005550001:0000").unwrap();
+        assert_eq!(codes, [("18005550000".into(), "123456".into()), ("18005550001".into(), "0000".into())]);
+        for bad in ["18005550000", "123:123456", "18005550000:12", "18005550000:12ab56"] {
+            let error = test_otps(bad).unwrap_err();
+            assert!(error.contains("TEST_OTPS") && !error.contains('\n'), "{error}");
+        }
     }
 }

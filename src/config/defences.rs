@@ -1,6 +1,7 @@
 //! What keeps abuse and SMS bills down: rate limits, the phone policy, the SMS budget and
 //! CAPTCHA.
 
+use phonenumber::country::Id;
 use serde::{Deserialize, Serialize};
 
 use super::values::{choice, unless_empty, List, Secret};
@@ -45,13 +46,13 @@ pub struct LimitSettings {
     pub group_adds_per_user_per_hour: u32,
 }
 
-/// Which phone numbers are served. The countries are ISO codes or calling codes, told
-/// apart by `domain::phone`, which knows the countries.
+/// Which phone numbers are served (`domain::phone`). The countries are ISO codes or
+/// calling codes ([`Country`]).
 #[derive(Clone, Deserialize, Serialize)]
 pub struct PhoneSettings {
     /// ISO region for numbers given in national format, e.g. `GB`.
-    #[serde(default, deserialize_with = "unless_empty")]
-    pub default_region: Option<String>,
+    #[serde(default, deserialize_with = "default_region")]
+    pub default_region: Option<Id>,
     /// Refuse numbers that cannot receive SMS (fixed lines, toll-free, premium...).
     #[serde(default = "defaults::phone_mobile_only", rename = "phone_mobile_only")]
     pub mobile_only: bool,
@@ -59,10 +60,66 @@ pub struct PhoneSettings {
     #[serde(default, rename = "phone_allow_satellite")]
     pub allow_satellite: bool,
     /// None: all.
-    #[serde(default)]
-    pub allowed_countries: List,
-    #[serde(default)]
-    pub blocked_countries: List,
+    #[serde(default, deserialize_with = "allowed_countries")]
+    pub allowed_countries: List<Country>,
+    #[serde(default, deserialize_with = "blocked_countries")]
+    pub blocked_countries: List<Country>,
+}
+
+/// One entry of a country list: an ISO code (`GB`) or a calling code (`44`, `+44`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Country {
+    Region(Id),
+    CallingCode(u16),
+}
+
+impl Country {
+    /// Reads an entry of the list `setting`.
+    fn parse(setting: &str, entry: &str) -> Result<Country, String> {
+        let calling_code = entry.trim_start_matches('+').parse::<u16>().ok().filter(|c| (1..=999).contains(c));
+        calling_code
+            .map(Country::CallingCode)
+            .or_else(|| parse_region(entry).map(Country::Region))
+            .ok_or_else(|| format!("{setting} entry {entry:?} is neither an ISO country code nor a calling code"))
+    }
+
+    /// Its calling code: `None` for a region the numbering plans give none.
+    pub fn calling_code(self) -> Option<u16> {
+        match self {
+            Country::CallingCode(code) => Some(code),
+            Country::Region(id) => phonenumber::metadata::DATABASE.by_id(id.as_ref()).map(|metadata| metadata.country_code()),
+        }
+    }
+}
+
+fn parse_region(code: &str) -> Option<Id> {
+    code.trim().to_ascii_uppercase().parse().ok()
+}
+
+/// `DEFAULT_REGION`: blank is unset.
+fn default_region<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Id>, D::Error> {
+    match String::deserialize(deserializer)?.trim() {
+        "" => Ok(None),
+        region => {
+            parse_region(region).map(Some).ok_or_else(|| serde::de::Error::custom("DEFAULT_REGION must be an ISO country code such as GB"))
+        }
+    }
+}
+
+fn countries<'de, D: serde::Deserializer<'de>>(setting: &str, deserializer: D) -> Result<List<Country>, D::Error> {
+    List::parse_with(&String::deserialize(deserializer)?, |entry| Country::parse(setting, entry)).map_err(serde::de::Error::custom)
+}
+
+fn allowed_countries<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<List<Country>, D::Error> {
+    countries("ALLOWED_COUNTRIES", deserializer)
+}
+
+fn blocked_countries<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<List<Country>, D::Error> {
+    countries("BLOCKED_COUNTRIES", deserializer)
+}
+
+fn home_countries<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<List<Country>, D::Error> {
+    countries("SMS_BUDGET_HOME_COUNTRIES", deserializer)
 }
 
 /// The SMS the whole service may send per hour, and the shares of it. (`SMS_BUDGET_*`)
@@ -74,8 +131,8 @@ pub struct SmsBudgetSettings {
     #[serde(default = "defaults::sms_budget_country_share", rename = "sms_budget_country_share")]
     pub country_share: u32,
     /// Countries (ISO or calling codes) held to no country share; none = DEFAULT_REGION's.
-    #[serde(default, rename = "sms_budget_home_countries")]
-    pub home_countries: List,
+    #[serde(default, deserialize_with = "home_countries", rename = "sms_budget_home_countries")]
+    pub home_countries: List<Country>,
     /// Percent of SMS_BUDGET_PER_HOUR one client network (IPv4 /24, IPv6 /64) may spend.
     #[serde(default = "defaults::sms_budget_network_share", rename = "sms_budget_network_share")]
     pub network_share: u32,
@@ -86,6 +143,17 @@ pub struct SmsBudgetSettings {
     /// world together may not spend it.
     #[serde(default = "defaults::sms_budget_home_reserve", rename = "sms_budget_home_reserve")]
     pub home_reserve: u32,
+    /// The home countries' calling codes, found at load.
+    #[serde(skip)]
+    pub(super) home_calling_codes: Vec<u16>,
+}
+
+impl SmsBudgetSettings {
+    /// The calling codes of SMS_BUDGET_HOME_COUNTRIES, or of DEFAULT_REGION when none are
+    /// listed; none without either.
+    pub fn home_calling_codes(&self) -> &[u16] {
+        &self.home_calling_codes
+    }
 }
 
 /// CAPTCHA at login start. (`CAPTCHA_*`)

@@ -4,7 +4,10 @@
 //! name, or its `rename`). Every variable and its default is in `.env.example`.
 //!
 //! The files hold the sections by concern; `values` the kinds of value they take
-//! (secrets, lists, choices), parsed here once; `validate` the checks across them.
+//! (secrets, lists, JSON, choices), parsed here once; `validate` the checks across them.
+//! Every check of the settings' values is made here, as they are read (what `serve`
+//! needs of the world beyond them is `runtime::check_surroundings`), so that `serve` and
+//! `check-config` refuse the same settings.
 
 mod accounts;
 mod apps;
@@ -23,8 +26,8 @@ use serde::Serialize;
 
 pub use accounts::{ContactSettings, FileSettings, OutboxSettings, SessionSettings};
 pub use apps::{AddressClaim, AppEntry, AppsSettings, Dialect, OidcProvider, OidcSettings, ShareEntry, StartEntry, UrlsEntry};
-pub use codes::{OtpSettings, SenderKind};
-pub use defences::{CaptchaProvider, CaptchaSettings, LimitSettings, PhoneSettings, SmsBudgetSettings};
+pub use codes::{normalize_phone, OtpSettings, SenderKind, TestCode};
+pub use defences::{CaptchaProvider, CaptchaSettings, Country, LimitSettings, PhoneSettings, SmsBudgetSettings};
 pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};
 pub use redis_url::RedisTopology;
@@ -349,6 +352,64 @@ mod tests {
         assert_eq!(config.apps.names["com.a"], "Alpha");
         assert!(config.apps.settings.is_empty() && config.otp.message_per_app.is_empty(), "blank: none set");
         assert_eq!(config.settings()["app_names"], r#"{"com.a":"Alpha"}"#, "printed as set");
+    }
+
+    #[test]
+    fn phone_settings_are_read_at_load() {
+        use phonenumber::country::Id;
+        let vars = [("DEFAULT_REGION", " gb "), ("BLOCKED_COUNTRIES", "GB, +33"), ("SMS_BUDGET_HOME_COUNTRIES", "DE, +44, 1")];
+        let config = load(&vars).unwrap();
+        assert_eq!(config.phone.default_region, Some(Id::GB));
+        assert_eq!(&config.phone.blocked_countries[..], [Country::Region(Id::GB), Country::CallingCode(33)]);
+        assert_eq!(config.sms_budget.home_calling_codes(), [49, 44, 1]);
+        assert_eq!(config.settings()["blocked_countries"], "GB, +33", "printed as set");
+        assert_eq!(load(&[("DEFAULT_REGION", "DE")]).unwrap().sms_budget.home_calling_codes(), [49], "none listed: DEFAULT_REGION's");
+        assert!(load(&[("DEFAULT_REGION", " ")]).unwrap().sms_budget.home_calling_codes().is_empty());
+        for (name, value) in [
+            ("DEFAULT_REGION", "Narnia"),
+            ("ALLOWED_COUNTRIES", "Narnia"),
+            ("BLOCKED_COUNTRIES", "GB, 1000"),
+            ("SMS_BUDGET_HOME_COUNTRIES", "Narnia"),
+            ("TEST_OTPS", "18005550000"),
+        ] {
+            let error = load(&[(name, value)]).err().unwrap_or_else(|| panic!("{name}={value} was accepted"));
+            assert!(error.starts_with(&format!("invalid configuration: {name} ")), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_senders_in_use_need_their_settings() {
+        let http = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+        let smtp = [("OTP_SENDER", "smtp"), ("SMTP_HOST", "mail.example.com")];
+        let twilio = [("OTP_SENDER", "twilio"), ("TWILIO_ACCOUNT_SID", "AC1"), ("TWILIO_AUTH_TOKEN", "token")];
+        let webhook = [("OTP_SENDER", "webhook"), ("WEBHOOK_URL", "https://hooks.example.com/otp")];
+        for (vars, refusal) in [
+            (&[("OTP_SENDER", "http")][..], "SMS_HTTP_URL is required when the http sender is used"),
+            (&[&http[..], &[("SMS_HTTP_BODY", r#"{"text":"{message}"}"#)]].concat(), "SMS_HTTP_BODY has no {phone}"),
+            (&[&http[..], &[("SMS_HTTP_BODY", "to={phone}&text={message}")]].concat(), "SMS_HTTP_BODY must be a JSON template"),
+            (&[("EMAIL_SENDER", "smtp")], "SMTP_HOST is required when the smtp sender is used"),
+            (&smtp, "SMTP_FROM must be an address"),
+            (&[&smtp[..], &[("SMTP_FROM", "nobody")]].concat(), "SMTP_FROM must be an address"),
+            (&[("OTP_SENDER", "twilio"), ("TWILIO_ACCOUNT_SID", "AC1")], "TWILIO_AUTH_TOKEN required when the twilio sender is used"),
+            (&twilio, "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required"),
+            (&[("OTP_SENDER", "vonage")], "VONAGE_API_KEY, VONAGE_API_SECRET, VONAGE_FROM required when the vonage sender is used"),
+            (&[("OTP_SENDER", "messagebird"), ("MESSAGEBIRD_ORIGINATOR", "Example")], "MESSAGEBIRD_ACCESS_KEY required"),
+            (&webhook, "WEBHOOK_SECRET required when the webhook sender is used"),
+            (&[&webhook[..], &[("WEBHOOK_SECRET", "whsec_!")]].concat(), "WEBHOOK_SECRET after whsec_ must be base64"),
+        ] {
+            let error = load(vars).err().unwrap_or_else(|| panic!("{vars:?} was accepted"));
+            assert!(error.starts_with("invalid configuration: ") && error.contains(refusal), "{vars:?}: {error}");
+        }
+        for vars in [
+            &[&http[..], &[("SMS_HTTP_BODY", r#"{"to":"{phone}","text":"{message}","n":1}"#)]].concat()[..],
+            &[&smtp[..], &[("SMTP_FROM", "Login <login@example.com>")]].concat(),
+            &[&twilio[..], &[("TWILIO_MESSAGING_SERVICE_SID", "MG1")]].concat(),
+            &[&webhook[..], &[("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]].concat(),
+        ] {
+            assert!(load(vars).is_ok(), "{vars:?}: {:?}", load(vars).err());
+        }
+        // A sender's settings matter only when it is in use.
+        assert!(load(&[("SMTP_FROM", "nobody"), ("SMS_HTTP_BODY", "{}"), ("WEBHOOK_SECRET", "whsec_!")]).is_ok());
     }
 
     #[test]

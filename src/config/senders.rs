@@ -1,6 +1,9 @@
 //! What carries code messages: the e-mail sender, each provider's settings and the
 //! courier that delivers and retries them.
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use lettre::message::Mailbox;
 use serde::{Deserialize, Serialize};
 
 use super::codes::SenderKind;
@@ -53,6 +56,14 @@ pub struct SmtpSettings {
     pub from: Option<String>,
 }
 
+impl SmtpSettings {
+    /// SMTP_FROM, which the smtp sender requires, as a mailbox.
+    pub fn from_mailbox(&self) -> Result<Mailbox, String> {
+        let invalid = || "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string();
+        self.from.as_deref().unwrap_or_default().parse().map_err(|_| invalid())
+    }
+}
+
 /// Twilio (`twilio`). (`TWILIO_*`)
 #[derive(Clone, Deserialize, Serialize)]
 pub struct TwilioSettings {
@@ -99,6 +110,20 @@ pub struct WebhookSettings {
     pub url: Option<String>,
     #[serde(default, deserialize_with = "unless_empty", rename = "webhook_secret")]
     pub secret: Option<Secret>,
+}
+
+impl WebhookSettings {
+    /// The key WEBHOOK_SECRET stands for: a Standard Webhooks secret is `whsec_` and the
+    /// key in base64; any other value is the key's bytes.
+    pub fn signing_key(&self) -> Result<Vec<u8>, String> {
+        let secret = self.secret.as_ref().map_or("", |secret| secret.expose());
+        match secret.strip_prefix("whsec_") {
+            Some(encoded) => {
+                BASE64.decode(encoded).map_err(|_| "invalid configuration: WEBHOOK_SECRET after whsec_ must be base64".to_string())
+            }
+            None => Ok(secret.as_bytes().to_vec()),
+        }
+    }
 }
 
 /// The durable delivery of code messages. (`COURIER_*`)

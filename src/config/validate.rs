@@ -2,7 +2,7 @@
 //! failed is the error, one line naming the variable.
 
 use super::upstream::BUILTIN_UPSTREAM;
-use super::{CaptchaProvider, Config};
+use super::{CaptchaProvider, Config, Country, Secret, SenderKind};
 
 /// Below this length `OTP_SECRET` draws a warning.
 pub(super) const MIN_OTP_SECRET_BYTES: usize = 16;
@@ -34,6 +34,7 @@ impl Config {
         self.validate_sessions()?;
         self.validate_operations()?;
         self.validate_fraud_defences()?;
+        self.validate_senders()?;
         Ok(())
     }
 
@@ -175,9 +176,9 @@ impl Config {
         Ok(())
     }
 
-    /// The CAPTCHA, provider and courier settings. Templates, the phone policy and test
-    /// codes are checked where they are built, once (`runtime`).
-    fn validate_fraud_defences(&self) -> Result<(), String> {
+    /// The CAPTCHA, provider, courier and SMS budget settings; keeps the home countries'
+    /// calling codes.
+    fn validate_fraud_defences(&mut self) -> Result<(), String> {
         if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_none() {
             return Err("invalid configuration: CAPTCHA_SECRET is required when CAPTCHA_PROVIDER is set".into());
         }
@@ -202,7 +203,92 @@ impl Config {
         if budget.home_reserve == 100 {
             return Err("invalid configuration: SMS_BUDGET_HOME_RESERVE of 100 would leave nothing for the other countries: 0 to 99".into());
         }
+        let (setting, home) = match (&budget.home_countries[..], self.phone.default_region) {
+            ([], None) => ("DEFAULT_REGION", Vec::new()),
+            ([], Some(region)) => ("DEFAULT_REGION", vec![Country::Region(region)]),
+            (listed, _) => ("SMS_BUDGET_HOME_COUNTRIES", listed.to_vec()),
+        };
+        let codes = home.into_iter().map(Country::calling_code).collect::<Option<Vec<u16>>>();
+        let codes = codes.ok_or_else(|| format!("invalid configuration: {setting} names a country without a calling code"))?;
+        self.sms_budget.home_calling_codes = codes;
         Ok(())
+    }
+
+    /// The settings each sender in use requires: OTP_SENDER's, and EMAIL_SENDER's when set.
+    fn validate_senders(&self) -> Result<(), String> {
+        for kind in std::iter::once(self.otp.sender).chain(self.email.sender.map(SenderKind::from)) {
+            self.validate_sender(kind)?;
+        }
+        Ok(())
+    }
+
+    fn validate_sender(&self, kind: SenderKind) -> Result<(), String> {
+        fn secret(secret: &Option<Secret>) -> Option<&str> {
+            secret.as_ref().map(|secret| secret.expose())
+        }
+        match kind {
+            SenderKind::Log => Ok(()),
+            SenderKind::Http => {
+                if self.sms_http.url.is_none() {
+                    return Err("invalid configuration: SMS_HTTP_URL is required when the http sender is used".into());
+                }
+                let template = self.sms_http.body.expose();
+                // Without them every message would reach the gateway without its number or its code.
+                for placeholder in ["{phone}", "{message}"] {
+                    if !template.contains(placeholder) {
+                        return Err(format!(
+                            "invalid configuration: SMS_HTTP_BODY has no {placeholder}; it must be a JSON template using {{phone}} and {{message}}"
+                        ));
+                    }
+                }
+                let sample = template.replace("{phone}", "18005551234").replace("{message}", "Your code is 123456");
+                if serde_json::from_str::<serde_json::Value>(&sample).is_err() {
+                    return Err("invalid configuration: SMS_HTTP_BODY must be a JSON template using {phone} and {message}".into());
+                }
+                Ok(())
+            }
+            SenderKind::Smtp => {
+                if self.smtp.host.is_none() {
+                    return Err("invalid configuration: SMTP_HOST is required when the smtp sender is used".into());
+                }
+                self.smtp.from_mailbox().map(|_| ())
+            }
+            SenderKind::Twilio => {
+                let twilio = &self.twilio;
+                require(
+                    "twilio",
+                    &[("TWILIO_ACCOUNT_SID", twilio.account_sid.as_deref()), ("TWILIO_AUTH_TOKEN", secret(&twilio.auth_token))],
+                )?;
+                if twilio.from.is_none() && twilio.messaging_service_sid.is_none() {
+                    return Err(
+                        "invalid configuration: TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when the twilio sender is used"
+                            .into(),
+                    );
+                }
+                Ok(())
+            }
+            SenderKind::Vonage => {
+                let vonage = &self.vonage;
+                let vars = [
+                    ("VONAGE_API_KEY", secret(&vonage.api_key)),
+                    ("VONAGE_API_SECRET", secret(&vonage.api_secret)),
+                    ("VONAGE_FROM", vonage.from.as_deref()),
+                ];
+                require("vonage", &vars)
+            }
+            SenderKind::Messagebird => {
+                let messagebird = &self.messagebird;
+                let vars = [
+                    ("MESSAGEBIRD_ACCESS_KEY", secret(&messagebird.access_key)),
+                    ("MESSAGEBIRD_ORIGINATOR", messagebird.originator.as_deref()),
+                ];
+                require("messagebird", &vars)
+            }
+            SenderKind::Webhook => {
+                require("webhook", &[("WEBHOOK_URL", self.webhook.url.as_deref()), ("WEBHOOK_SECRET", secret(&self.webhook.secret))])?;
+                self.webhook.signing_key().map(|_| ())
+            }
+        }
     }
 
     /// What is allowed but probably not meant; `serve` and `check-config` log each line.
@@ -223,6 +309,16 @@ impl Config {
             warnings.push("OTP_SECRET is shorter than 16 characters: a copy of the database could be matched against guesses of it; use `openssl rand -hex 32`");
         }
         warnings
+    }
+}
+
+/// Fails with `sender` and the variables it lacks when a sender is chosen but not configured.
+fn require(sender: &str, vars: &[(&str, Option<&str>)]) -> Result<(), String> {
+    let missing: Vec<&str> = vars.iter().filter(|(_, value)| value.is_none()).map(|(name, _)| *name).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("invalid configuration: {} required when the {sender} sender is used", missing.join(", ")))
     }
 }
 

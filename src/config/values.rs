@@ -82,10 +82,17 @@ impl Secret {
     }
 }
 
-impl Secret<List> {
+impl<T> Secret<List<T>> {
     /// The entries, for the one place that uses them.
-    pub fn expose(&self) -> &List {
+    pub fn expose(&self) -> &List<T> {
         &self.0
+    }
+}
+
+impl<T> Secret<T> {
+    /// A value read at load, hidden from then on.
+    pub(super) fn new(value: T) -> Secret<T> {
+        Secret(value)
     }
 }
 

@@ -71,15 +71,8 @@ pub fn is_phone(stored: &str) -> bool {
     !stored.is_empty() && stored.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Strips spaces, dashes, dots, parentheses, one leading `+` and leading zeros;
-/// what remains must be 9 to 15 digits.
-pub fn normalize_phone(raw: &str) -> Option<String> {
-    let compact: String = raw.chars().filter(|c| !matches!(c, ' ' | '-' | '.' | '(' | ')')).collect();
-    let without_plus = compact.strip_prefix('+').unwrap_or(&compact);
-    let digits = without_plus.trim_start_matches('0');
-    let valid = (9..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit());
-    valid.then(|| digits.to_string())
-}
+/// The digits a phone is kept as; in config because `TEST_OTPS` is read in them at load.
+pub use crate::config::normalize_phone;
 
 /// Lower-cases and checks the shape `local@domain.tld` (no spaces, sane lengths).
 pub fn normalize_email(raw: &str) -> Option<String> {

@@ -89,31 +89,13 @@ pub fn url_without_credentials(url: &str) -> String {
     }
 }
 
-/// Checks what can be checked without serving. Redis, when it answers, must be what
-/// `REDIS_URL` says (a Cluster's node given as one server is refused); one that does
-/// not answer is only a warning, since the configuration may be checked elsewhere.
+/// Checks what can be checked without serving: the settings themselves were checked as
+/// they were read ([`Config::from_vars`]), and the rest is what `serve` checks before it
+/// starts ([`check_surroundings`](super::check_surroundings)), so the two cannot disagree.
+/// A Redis that does not answer is only a warning: the configuration may be checked elsewhere.
 pub async fn check_config(config: &Config) -> Result<String, String> {
-    // Senders validate their own settings (URLs, templates, SMTP addresses) when built.
-    senders::build(config)?;
-    crate::domain::phone::PhonePolicy::from_config(config)?;
-    otp::test_codes(config.otp.test_otps.expose().clone())?;
-    // Serve refuses a named key file that is missing, unless the SQLite database holds an
-    // earlier release's key to move there.
-    crate::domain::keys::check_secret(config, || {
-        config.database.url.is_none()
-            && crate::store::setting_before_open(&config.database.path, crate::domain::keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
-    })?;
-    crate::delivery::oidc::IdTokenVerifier::from_config(config, crate::domain::clock::Clock::system())?;
-    if let Some(url) = &config.database.url {
-        crate::store::postgres::check_url(url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
-    }
-    if let Some(topology) = config.redis.topology() {
-        let at = url_without_credentials(config.redis.url.as_deref().unwrap_or_default());
-        match crate::store::shared_limits::probe(topology).await {
-            Ok(None) => {}
-            Ok(Some(why)) => tracing::warn!("Redis at {at} cannot be reached from here ({why}); not checked"),
-            Err(why) => return Err(format!("REDIS_URL {at}: {why}")),
-        }
+    for warning in super::check_surroundings(config).await? {
+        tracing::warn!("{warning}");
     }
     Ok(serde_json::to_string_pretty(&redacted_config(config)).expect("JSON values serialise"))
 }
@@ -149,10 +131,7 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
         }
         // The same checks as a login start: a number the service would refuse is not sent to.
         None => Address::Phone(
-            crate::domain::phone::PhonePolicy::from_config(config)?
-                .check(to)
-                .map_err(|e| format!("--to is refused: {}", e.message))?
-                .digits,
+            crate::domain::phone::PhonePolicy::from_config(config).check(to).map_err(|e| format!("--to is refused: {}", e.message))?.digits,
         ),
     };
     let senders = senders::build(config)?;

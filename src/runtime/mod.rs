@@ -218,6 +218,33 @@ fn server_keys(config: &Config, stored: Option<&[u8]>) -> Result<ServerKeys, Str
     Ok(ServerKeys::from_secret(&loaded.secret))
 }
 
+/// What `serve` needs of the world beyond the settings' values, checked alike by `serve`,
+/// before it builds anything, and by `check-config`, which creates nothing: the server
+/// secret's key file, DATABASE_URL as the PostgreSQL driver reads it, and that Redis, when
+/// it answers, is what REDIS_URL says (a Cluster's node given as one server is refused).
+/// Answers the warnings: a Redis that cannot be reached from here is not checked.
+pub async fn check_surroundings(config: &Config) -> Result<Vec<String>, String> {
+    // A named key file that is missing is refused, unless the SQLite database holds an
+    // earlier release's key to move there.
+    keys::check_secret(config, || {
+        config.database.url.is_none()
+            && store::setting_before_open(&config.database.path, keys::LEGACY_SETTING).is_ok_and(|key| key.is_some())
+    })?;
+    if let Some(url) = &config.database.url {
+        store::postgres::check_url(url).map_err(|why| format!("invalid configuration: DATABASE_URL {why}"))?;
+    }
+    let mut warnings = Vec::new();
+    if let Some(topology) = config.redis.topology() {
+        let at = url_without_credentials(config.redis.url.as_deref().unwrap_or_default());
+        match store::shared_limits::probe(topology).await {
+            Ok(None) => {}
+            Ok(Some(why)) => warnings.push(format!("Redis at {at} cannot be reached from here ({why}); not checked")),
+            Err(why) => return Err(format!("REDIS_URL {at}: {why}")),
+        }
+    }
+    Ok(warnings)
+}
+
 /// What one round of housekeeping removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Purged {

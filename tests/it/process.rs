@@ -210,6 +210,83 @@ async fn check_config_refuses_the_key_file_and_gateway_body_that_serve_refuses()
     assert!(output.status.success(), "the default body has both: {}", text(&output.stderr));
 }
 
+/// Every setting `serve` refuses, `check-config` refuses in the same words: both read the
+/// settings with `Config::from_vars`, which checks their values, and check what they name
+/// outside the process with `runtime::check_surroundings`.
+#[actix_web::test]
+async fn check_config_refuses_every_setting_serve_refuses_in_the_same_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("otpgate.db").to_string_lossy().into_owned();
+    let missing_key = dir.path().join("secrets").join("otp.key").to_string_lossy().into_owned();
+    let unreadable_key = dir.path().join("otp.key").to_string_lossy().into_owned();
+    std::fs::write(&unreadable_key, "not hex\n").unwrap();
+    let http = [("OTP_SENDER", "http"), ("SMS_HTTP_URL", "https://sms.example.com/send")];
+    let webhook = [("OTP_SENDER", "webhook"), ("WEBHOOK_URL", "https://hooks.example.com/otp")];
+    let shared =
+        [("DATABASE_URL", "postgres://otpgate@db1,db2/otpgate?target_session_attrs=primary"), ("OTP_SECRET", "otp-secret-value-91")];
+    let refused: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (vec![("OTP_LENGTH", "3")], "OTP_LENGTH must be between 4 and 10"),
+        (vec![("OTP_SENDER", "pigeon")], "OTP_SENDER must be one of"),
+        (vec![("OTP_MESSAGE", "no code")], "OTP_MESSAGE must contain {otp}"),
+        (vec![("BIND", "8080")], "BIND must be an address and port"),
+        (vec![("TRUSTED_PROXIES", "0.0.0.0/0")], "wider than /8"),
+        (vec![("UPSTREAM_URL", "api.mesibo.com/backend")], "UPSTREAM_URL must be an http:// or https:// URL"),
+        (vec![("ADMIN_BIND", "127.0.0.1:9090")], "ADMIN_TOKEN must be set"),
+        (vec![("CAPTCHA_PROVIDER", "hcaptcha")], "CAPTCHA_SECRET is required"),
+        (vec![("SMS_BUDGET_HOME_RESERVE", "100")], "SMS_BUDGET_HOME_RESERVE of 100"),
+        // The senders in use, each with the settings it requires.
+        (vec![("OTP_SENDER", "http")], "SMS_HTTP_URL is required when the http sender is used"),
+        ([&http[..], &[("SMS_HTTP_BODY", r#"{"text":"{message}"}"#)]].concat(), "SMS_HTTP_BODY has no {phone}"),
+        ([&http[..], &[("SMS_HTTP_BODY", "to={phone}&text={message}")]].concat(), "SMS_HTTP_BODY must be a JSON template"),
+        (vec![("EMAIL_SENDER", "smtp")], "SMTP_HOST is required when the smtp sender is used"),
+        (vec![("OTP_SENDER", "smtp"), ("SMTP_HOST", "mail.example.com"), ("SMTP_FROM", "nobody")], "SMTP_FROM must be an address"),
+        (vec![("OTP_SENDER", "twilio")], "TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN required when the twilio sender is used"),
+        (
+            vec![("OTP_SENDER", "twilio"), ("TWILIO_ACCOUNT_SID", "AC1"), ("TWILIO_AUTH_TOKEN", "twilio-token")],
+            "TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required",
+        ),
+        (vec![("OTP_SENDER", "vonage")], "VONAGE_API_KEY, VONAGE_API_SECRET, VONAGE_FROM required"),
+        (vec![("OTP_SENDER", "messagebird")], "MESSAGEBIRD_ACCESS_KEY, MESSAGEBIRD_ORIGINATOR required"),
+        (webhook.to_vec(), "WEBHOOK_SECRET required when the webhook sender is used"),
+        ([&webhook[..], &[("WEBHOOK_SECRET", "whsec_!")]].concat(), "WEBHOOK_SECRET after whsec_ must be base64"),
+        // The messages and what the apps are told.
+        (vec![("OTP_MESSAGE_PER_APP", r#"{"com.a":"no code"}"#)], r#"OTP_MESSAGE_PER_APP template for "com.a" must contain {otp}"#),
+        (vec![("APP_NAMES", "Alpha")], "APP_NAMES must be a JSON object of strings"),
+        (vec![("APP_SETTINGS", r#"{"default":{"share":{"txt":"x"}}}"#)], "APP_SETTINGS must be a JSON object"),
+        (vec![("OIDC_PROVIDERS", r#"{"corp":{"client_ids":["x"]}}"#)], "OIDC_PROVIDERS provider corp needs an issuer"),
+        // Phones.
+        (vec![("TEST_OTPS", "18005550000")], "TEST_OTPS entries must look like 18005550000:123456"),
+        (vec![("DEFAULT_REGION", "Narnia")], "DEFAULT_REGION must be an ISO country code"),
+        (vec![("ALLOWED_COUNTRIES", "Narnia")], r#"ALLOWED_COUNTRIES entry "Narnia""#),
+        (vec![("BLOCKED_COUNTRIES", "GB, 1000")], r#"BLOCKED_COUNTRIES entry "1000""#),
+        (vec![("SMS_BUDGET_HOME_COUNTRIES", "Narnia")], r#"SMS_BUDGET_HOME_COUNTRIES entry "Narnia""#),
+        // What the settings name: the key file, the database, Redis.
+        (vec![("OTP_SECRET_FILE", missing_key.as_str())], "does not exist"),
+        (vec![("OTP_SECRET_FILE", unreadable_key.as_str())], "hexadecimal digits"),
+        (
+            vec![("OTP_SECRET", "otp-secret-value-91"), ("OTP_SECRET_FILE", unreadable_key.as_str())],
+            "OTP_SECRET_FILE and OTP_SECRET are both set",
+        ),
+        (vec![("DATABASE_URL", "mysql://db/otpgate")], "DATABASE_URL must be a URL such as postgres://"),
+        (vec![("DATABASE_URL", "postgres://db/otpgate")], "needs OTP_SECRET or OTP_SECRET_FILE"),
+        (shared.to_vec(), "DATABASE_URL invalid connection string"),
+        (vec![("REDIS_URL", "127.0.0.1:6379")], "REDIS_URL must be a URL"),
+    ];
+    let refusal = |output: &Output| text(&output.stderr).lines().find(|line| line.starts_with("otpgate: ")).map(str::to_string);
+    for (vars, expected) in &refused {
+        let mut env = vec![("BIND", "127.0.0.1:0"), ("DATABASE_PATH", db.as_str())];
+        env.extend(vars.iter().copied());
+        let check = run(otpgate(&["check-config"], &env)).await;
+        assert_eq!(check.status.code(), Some(2), "check-config with {vars:?}: {}", text(&check.stderr));
+        let said = refusal(&check).unwrap_or_else(|| panic!("{vars:?}: {}", text(&check.stderr)));
+        assert!(said.contains(expected), "{vars:?}: {said}");
+        let serve = run_for_at_most(otpgate(&["serve"], &env), 30).await.unwrap_or_else(|| panic!("serve started with {vars:?}"));
+        assert_eq!(serve.status.code(), Some(2), "serve with {vars:?}: {}", text(&serve.stderr));
+        assert_eq!(refusal(&serve), Some(said), "{vars:?}");
+    }
+    assert!(!std::path::Path::new(&db).exists() && !std::path::Path::new(&missing_key).exists(), "neither created anything");
+}
+
 #[actix_web::test]
 async fn a_misspelled_setting_is_warned_about_with_the_one_meant() {
     let output = run(otpgate(&["check-config"], &[("OTP_LENGHT", "8"), ("RUST_LOG", "info"), ("OTP_TTL_SECS", "60")])).await;

@@ -141,7 +141,7 @@ async fn in_redis_a_starts_limits_and_the_sms_budget_are_spent_all_or_nothing() 
         ("LIMIT_START_PER_IP_PER_HOUR", "4"),
     ];
     let config = otpgate::config::Config::from_vars(vars).unwrap();
-    let limits = StartLimits::from_config(&config, Some(&shared)).unwrap();
+    let limits = StartLimits::from_config(&config, Some(&shared));
     let spend = |calling_code: u16, ip: &str, n: u32| {
         let start = Start { client_ip: ip.into(), address: format!("{calling_code}{n}"), calling_code: Some(calling_code) };
         let limits = &limits;

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{provider_http, require, OtpMessage, OtpSender, SendError};
+use super::{provider_http, OtpMessage, OtpSender, SendError};
 use crate::config::Config;
 
 pub struct MessageBirdSender {
@@ -14,14 +14,13 @@ pub struct MessageBirdSender {
 }
 
 impl MessageBirdSender {
+    /// The access key and the originator are required at load (`config::validate`).
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let messagebird = &config.messagebird;
-        let access_key = messagebird.access_key.as_ref().map(|secret| secret.expose());
-        require("messagebird", &[("MESSAGEBIRD_ACCESS_KEY", access_key), ("MESSAGEBIRD_ORIGINATOR", messagebird.originator.as_deref())])?;
         Ok(MessageBirdSender {
             client: provider_http::client(config.provider.timeout_secs)?,
-            url: format!("{}/messages", config.messagebird.base_url.trim_end_matches('/')),
-            authorization: format!("AccessKey {}", access_key.unwrap_or_default()),
+            url: format!("{}/messages", messagebird.base_url.trim_end_matches('/')),
+            authorization: format!("AccessKey {}", messagebird.access_key.as_ref().map_or("", |secret| secret.expose())),
             originator: messagebird.originator.clone().unwrap_or_default(),
         })
     }

@@ -1,5 +1,6 @@
 //! Pluggable OTP delivery. A provider is one file implementing [`OtpSender`]
-//! plus its name in [`build`].
+//! plus its name in [`build`]; the settings it requires are checked at load
+//! (`config::validate`).
 
 mod http;
 mod log;
@@ -140,14 +141,4 @@ fn by_name(kind: SenderKind, config: &Config) -> Result<Arc<dyn OtpSender>, Stri
 /// The `+`-prefixed international form providers expect (addresses are stored as E.164 digits).
 fn e164(message: &OtpMessage) -> String {
     format!("+{}", message.to.as_str())
-}
-
-/// Fails with `name` and the variables it lacks when a provider is chosen but not configured.
-fn require(sender: &str, vars: &[(&str, Option<&str>)]) -> Result<(), String> {
-    let missing: Vec<&str> = vars.iter().filter(|(_, value)| value.is_none()).map(|(name, _)| *name).collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(format!("invalid configuration: {} required when the {sender} sender is used", missing.join(", ")))
-    }
 }

@@ -19,17 +19,10 @@ pub struct SmtpSender {
 }
 
 impl SmtpSender {
+    /// SMTP_HOST and SMTP_FROM are required, and checked, at load (`config::validate`).
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let Some(host) = config.smtp.host.as_deref() else {
-            return Err("invalid configuration: SMTP_HOST is required when the smtp sender is used".into());
-        };
-        let from: Mailbox = config
-            .smtp
-            .from
-            .as_deref()
-            .unwrap_or_default()
-            .parse()
-            .map_err(|_| "invalid configuration: SMTP_FROM must be an address like \"Login <login@example.com>\"".to_string())?;
+        let host = config.smtp.host.as_deref().unwrap_or_default();
+        let from = config.smtp.from_mailbox()?;
         let builder = match config.smtp.tls {
             SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host),
             SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host),

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{e164, provider_http, require, OtpMessage, OtpSender, SendError};
+use super::{e164, provider_http, OtpMessage, OtpSender, SendError};
 use crate::config::Config;
 
 pub struct TwilioSender {
@@ -16,19 +16,14 @@ pub struct TwilioSender {
 }
 
 impl TwilioSender {
+    /// The account, its token and a sender are required at load (`config::validate`).
     pub fn from_config(config: &Config) -> Result<Self, String> {
         let twilio = &config.twilio;
-        let (account_sid, auth_token) = (twilio.account_sid.as_deref(), twilio.auth_token.as_ref().map(|secret| secret.expose()));
-        require("twilio", &[("TWILIO_ACCOUNT_SID", account_sid), ("TWILIO_AUTH_TOKEN", auth_token)])?;
-        let (account_sid, auth_token) = (account_sid.unwrap_or_default(), auth_token.unwrap_or_default());
-        let sender_field = match (&twilio.from, &twilio.messaging_service_sid) {
-            (_, Some(sid)) => ("MessagingServiceSid", sid.clone()),
-            (Some(from), None) => ("From", from.clone()),
-            (None, None) => {
-                return Err(
-                    "invalid configuration: TWILIO_FROM or TWILIO_MESSAGING_SERVICE_SID is required when the twilio sender is used".into()
-                )
-            }
+        let account_sid = twilio.account_sid.as_deref().unwrap_or_default();
+        let auth_token = twilio.auth_token.as_ref().map_or("", |secret| secret.expose());
+        let sender_field = match &twilio.messaging_service_sid {
+            Some(sid) => ("MessagingServiceSid", sid.clone()),
+            None => ("From", twilio.from.clone().unwrap_or_default()),
         };
         let base = config.twilio.base_url.trim_end_matches('/');
         Ok(TwilioSender {

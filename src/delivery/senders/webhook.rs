@@ -8,7 +8,7 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{provider_http, require, OtpMessage, OtpSender, SendError};
+use super::{provider_http, OtpMessage, OtpSender, SendError};
 use crate::config::Config;
 use crate::domain::address::Address;
 use crate::store;
@@ -20,24 +20,13 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
+    /// WEBHOOK_URL and WEBHOOK_SECRET are required, and checked, at load (`config::validate`).
     pub fn from_config(config: &Config) -> Result<Self, String> {
-        let secret = config.webhook.secret.as_ref().map(|secret| secret.expose());
-        require("webhook", &[("WEBHOOK_URL", config.webhook.url.as_deref()), ("WEBHOOK_SECRET", secret)])?;
         Ok(WebhookSender {
             client: provider_http::client(config.provider.timeout_secs)?,
             url: config.webhook.url.clone().unwrap_or_default(),
-            key: signing_key(secret.unwrap_or_default())?,
+            key: config.webhook.signing_key()?,
         })
-    }
-}
-
-/// Standard Webhooks secrets are `whsec_` + base64; any other value is used as raw bytes.
-fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
-    match secret.strip_prefix("whsec_") {
-        Some(encoded) => {
-            BASE64.decode(encoded).map_err(|_| "invalid configuration: WEBHOOK_SECRET after whsec_ must be base64".to_string())
-        }
-        None => Ok(secret.as_bytes().to_vec()),
     }
 }
 
@@ -101,7 +90,8 @@ mod tests {
     /// The example from the Standard Webhooks specification.
     #[test]
     fn signature_matches_the_standard_webhooks_example() {
-        let key = signing_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
+        let config = Config::from_vars([("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap();
+        let key = config.webhook.signing_key().unwrap();
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
