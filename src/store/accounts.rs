@@ -2,7 +2,7 @@
 //! `userdel` is queued in it, through the outbox, so it is retried until taken.
 
 pub use crate::store::records::DeletedAccount;
-use crate::store::{Backend, Db, StorageError};
+use crate::store::{Db, StorageError};
 
 impl Db {
     /// Deletes the user and everything kept for them: sessions (and their push tokens),
@@ -11,9 +11,6 @@ impl Db {
     /// their phone stay. `None` when there is no such user.
     pub async fn delete_account(&self, user_id: i64) -> Result<Option<DeletedAccount>, StorageError> {
         let now = self.clock().now();
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.delete_account(user_id, now).await,
-            Backend::Postgres(pg) => pg.delete_account(user_id, now).await,
-        }
+        dispatch!(self, |store| store.delete_account(user_id, now))
     }
 }

@@ -5,7 +5,7 @@ use crate::domain::account::Profile;
 use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
 pub use crate::store::records::{SyncQuery, PAGE_SIZE};
-use crate::store::{Backend, Db, StorageError};
+use crate::store::{Db, StorageError};
 
 impl Db {
     /// Records uploaded phones and answers one page of matching users (never the caller),
@@ -20,19 +20,13 @@ impl Db {
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
         let hashes = self.phone_hashes(query.phones.iter().flatten());
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.sync_contacts(query, hashes, admit).await,
-            Backend::Postgres(pg) => pg.sync_contacts(query, hashes, admit).await,
-        }
+        dispatch!(self, |store| store.sync_contacts(query, hashes, admit))
     }
 
     /// Removes phones (normalised) from a user's contacts; returns how many were there.
     pub async fn remove_contacts(&self, owner: i64, phones: Vec<String>) -> Result<usize, StorageError> {
         let hashes = self.phone_hashes(&phones);
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.remove_contacts(owner, hashes).await,
-            Backend::Postgres(pg) => pg.remove_contacts(owner, hashes).await,
-        }
+        dispatch!(self, |store| store.remove_contacts(owner, hashes))
     }
 
     /// The hashes `phones` are stored as.

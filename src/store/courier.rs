@@ -5,7 +5,7 @@
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
 pub use crate::store::records::{seal_message, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
-use crate::store::{Backend, Db, NewChallenge, StorageError};
+use crate::store::{Db, NewChallenge, StorageError};
 
 impl Db {
     /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
@@ -18,19 +18,13 @@ impl Db {
         lease_until: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Enqueued, StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.enqueue_message(challenge, message, lease_until, admit).await,
-            Backend::Postgres(pg) => pg.enqueue_message(challenge, message, lease_until, admit).await,
-        }
+        dispatch!(self, |store| store.enqueue_message(challenge, message, lease_until, admit))
     }
 
     /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
     /// key cannot open (the key changed since it was queued) fails for good.
     pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.claim_due_messages(seal, now_ms, lease_until).await,
-            Backend::Postgres(pg) => pg.claim_due_messages(seal, now_ms, lease_until).await,
-        }
+        dispatch!(self, |store| store.claim_due_messages(seal, now_ms, lease_until))
     }
 
     /// Records a delivery attempt. A final outcome wipes the sealed message; a final
@@ -43,17 +37,11 @@ impl Db {
         address: String,
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.record_attempt(id, attempts, outcome, address, otp_hash).await,
-            Backend::Postgres(pg) => pg.record_attempt(id, attempts, outcome, address, otp_hash).await,
-        }
+        dispatch!(self, |store| store.record_attempt(id, attempts, outcome, address, otp_hash))
     }
 
     /// Deletes finished rows created before `before` (unix seconds); returns how many.
     pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.purge_finished_messages(before).await,
-            Backend::Postgres(pg) => pg.purge_finished_messages(before).await,
-        }
+        dispatch!(self, |store| store.purge_finished_messages(before))
     }
 }

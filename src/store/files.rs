@@ -18,7 +18,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{Backend, Db, StorageError};
+use crate::store::{Db, StorageError};
 
 pub struct FileStore {
     dir: PathBuf,
@@ -118,10 +118,7 @@ impl Db {
     /// Records that stored file `name` was uploaded as a chat attachment: it is never
     /// deleted as an unused photo.
     pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.keep_attachment(name.to_string()).await,
-            Backend::Postgres(pg) => pg.keep_attachment(name).await,
-        }
+        dispatch!(self, |store| store.keep_attachment(name))
     }
 
     /// Deletes stored file `name` from `files` unless a user's or a group's photo or an
@@ -151,10 +148,7 @@ impl Db {
         name: &str,
         act: impl FnOnce(bool) -> Result<bool, StorageError> + Clone + Send + 'static,
     ) -> Result<bool, StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.act_on_file(name.to_string(), act).await,
-            Backend::Postgres(pg) => pg.act_on_file(name, act).await,
-        }
+        dispatch!(self, |store| store.act_on_file(name, act))
     }
 }
 

@@ -3,15 +3,12 @@
 
 use crate::domain::guesses::VerifyOutcome;
 use crate::domain::ratelimit::{Admission, Refusal};
-use crate::store::{Backend, CodeGuess, CompletedLogin, Db, LoginRecord, StorageError};
+use crate::store::{CodeGuess, CompletedLogin, Db, LoginRecord, StorageError};
 
 impl Db {
     /// Deletes the codes and sessions that expired before `now`; returns how many of each.
     pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.purge_expired(now).await,
-            Backend::Postgres(pg) => pg.purge_expired(now).await,
-        }
+        dispatch!(self, |store| store.purge_expired(now))
     }
 
     /// Checks a guess at a pending code and, when right, claims the code, so of concurrent
@@ -26,19 +23,13 @@ impl Db {
         claim_secs: i64,
         admit: impl FnOnce(bool, u32) -> Admission<Refusal> + Send + 'static,
     ) -> Result<VerifyOutcome, StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.claim_code(guess, now, max_attempts, claim_secs, admit).await,
-            Backend::Postgres(pg) => pg.claim_code(guess, now, max_attempts, claim_secs, admit).await,
-        }
+        dispatch!(self, |store| store.claim_code(guess, now, max_attempts, claim_secs, admit))
     }
 
     /// Gives a claimed code back after the upstream call failed, so the same code works
     /// again; a newer code for the address stays as it is.
     pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.release_code(address, otp_hash).await,
-            Backend::Postgres(pg) => pg.release_code(address, otp_hash).await,
-        }
+        dispatch!(self, |store| store.release_code(address, otp_hash))
     }
 
     /// Records the user and the session, queues joined notices for a first phone login,
@@ -46,9 +37,6 @@ impl Db {
     /// one transaction.
     pub async fn record_login(&self, login: CompletedLogin, claimed_code: Option<[u8; 32]>) -> Result<LoginRecord, StorageError> {
         let address_hash = self.phone_hash(&login.address);
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.record_login(login, address_hash, claimed_code).await,
-            Backend::Postgres(pg) => pg.record_login(login, address_hash, claimed_code).await,
-        }
+        dispatch!(self, |store| store.record_login(login, address_hash, claimed_code))
     }
 }

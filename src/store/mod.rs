@@ -1,9 +1,23 @@
 //! The store: [`Db`], whose methods are the only way to the data. Each method answers
 //! from the backend the data lives in, SQLite (`sqlite/`) or PostgreSQL (`postgres/`),
-//! by an exhaustive `match` on [`Backend`]: a method that one backend lacks does not
-//! compile. The facade's methods are grouped by topic in files of the same names as
-//! the backends' (`links.rs` beside `sqlite/links.rs` and `postgres/links.rs`), and
-//! what both backends answer with is defined once, in `records.rs`.
+//! by an exhaustive `match` on [`Backend`] (written by `dispatch!` where both arms make
+//! the same call): a method that one backend lacks does not compile. The facade's
+//! methods are grouped by topic in files of the same names as the backends' (`links.rs`
+//! beside `sqlite/links.rs` and `postgres/links.rs`), and what both backends answer with
+//! is defined once, in `records.rs`.
+
+/// Awaits `$call` on the backend that holds the data, `$store` naming it (a
+/// `SqliteStore` or a `PgStore`): for the `Db` methods whose two arms are the same code.
+/// Both backends declare each method with the same arguments, so one call fits both;
+/// where the arms differ, the `match` is written out.
+macro_rules! dispatch {
+    ($db:expr, |$store:ident| $call:expr) => {
+        match &$db.backend {
+            $crate::store::Backend::Sqlite($store) => $call.await,
+            $crate::store::Backend::Postgres($store) => $call.await,
+        }
+    };
+}
 
 pub mod accounts;
 pub mod allocator;
@@ -114,10 +128,7 @@ impl Db {
     /// A real write, so readiness fails when the database is read-only, locked, full or
     /// unreachable (and, for SQLite, when its file was removed or replaced).
     pub async fn probe_write(&self) -> Result<(), StorageError> {
-        match &self.backend {
-            Backend::Sqlite(sqlite) => sqlite.probe_write().await,
-            Backend::Postgres(pg) => pg.probe_write().await,
-        }
+        dispatch!(self, |store| store.probe_write())
     }
 }
 

@@ -9,7 +9,7 @@ use super::{execute, query, rows, PgStore, Retry};
 
 impl PgStore {
     /// Records a security event (see `store::audit`).
-    pub async fn audit(&self, address_hash: i64, event: &str, detail: String, now: i64) -> Result<(), StorageError> {
+    pub async fn audit(&self, address_hash: i64, event: &'static str, detail: String, now: i64) -> Result<(), StorageError> {
         self.retrying(Retry::IfNotApplied, |client| self.audit_once(client, address_hash, event, detail.clone(), now)).await
     }
 

@@ -133,17 +133,17 @@ impl SqliteStore {
     /// caller's contacts (see [`sync`]).
     pub async fn sync_contacts(
         &self,
-        query: SyncQuery,
+        q: SyncQuery,
         hashes: Vec<i64>,
         admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
     ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
-        let upload = query.phones.as_ref().map(|phones| Upload {
+        let upload = q.phones.as_ref().map(|phones| Upload {
             phones: serde_json::to_string(phones).expect("strings serialise"),
             hashes: serde_json::to_string(&hashes).expect("integers serialise"),
             count: hashes.len(),
         });
         let runtime = tokio::runtime::Handle::current();
-        self.call(move |conn| sync(conn, &query, upload.as_ref(), |new, after| admitted(&runtime, admit(new, after)))).await
+        self.call(move |conn| sync(conn, &q, upload.as_ref(), |new, after| admitted(&runtime, admit(new, after)))).await
     }
 
     /// Removes phones, given by their hashes, from a user's contacts; returns how many were there.

@@ -11,7 +11,8 @@ const REFERENCED: &str = "SELECT EXISTS (SELECT 1 FROM users WHERE photo = ?1 AN
 
 impl SqliteStore {
     /// Records that stored file `name` is a chat attachment.
-    pub async fn keep_attachment(&self, name: String) -> Result<(), StorageError> {
+    pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
+        let name = name.to_owned();
         self.call(move |conn| conn.prepare_cached("INSERT OR IGNORE INTO attachment_files (name) VALUES (?1)")?.execute([name]).map(|_| ()))
             .await
     }
@@ -21,9 +22,10 @@ impl SqliteStore {
     /// between the check and the act.
     pub async fn act_on_file(
         &self,
-        name: String,
-        act: impl FnOnce(bool) -> Result<bool, StorageError> + Send + 'static,
+        name: &str,
+        act: impl FnOnce(bool) -> Result<bool, StorageError> + Clone + Send + 'static,
     ) -> Result<bool, StorageError> {
+        let name = name.to_owned();
         let acted = self
             .call(move |conn| {
                 let referenced: bool = conn.prepare_cached(REFERENCED)?.query_row([name], |r| r.get(0))?;

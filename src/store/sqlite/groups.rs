@@ -4,7 +4,6 @@
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
@@ -159,7 +158,7 @@ pub(in crate::store) fn groups_of(conn: &Connection, phone: &str, since: i64, li
 
 impl SqliteStore {
     /// A group with its members; `None` when there is no such group.
-    pub async fn group(self: &Arc<Self>, gid: i64) -> Result<Option<Group>, StorageError> {
+    pub async fn group(&self, gid: i64) -> Result<Option<Group>, StorageError> {
         self.read(move |conn| group(conn, gid)).await
     }
 
@@ -184,7 +183,7 @@ impl SqliteStore {
     }
 
     /// The groups of `phone` changed at or after `since` (see [`groups_of`]).
-    pub async fn groups_of(self: &Arc<Self>, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
+    pub async fn groups_of(&self, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
         self.read(move |conn| groups_of(conn, &phone, since, limit)).await
     }
 }

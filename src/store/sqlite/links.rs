@@ -3,7 +3,6 @@
 //! when the address is unlinked.
 
 use rusqlite::{params, Connection, OptionalExtension};
-use std::sync::Arc;
 
 use crate::store::error::StorageError;
 use crate::store::records::{LinkOutcome, LinkedAddress};
@@ -78,25 +77,28 @@ impl SqliteStore {
     pub async fn link_address(
         &self,
         user_id: i64,
-        address: String,
+        address: &str,
         claimed_code: Option<[u8; 32]>,
         now: i64,
     ) -> Result<LinkOutcome, StorageError> {
+        let address = address.to_owned();
         self.call(move |conn| link(conn, user_id, &address, claimed_code.as_ref(), now)).await
     }
 
     /// Unlinks `address` from user `user_id` (see [`unlink`]).
-    pub async fn unlink_address(&self, user_id: i64, address: String, now: i64) -> Result<Option<usize>, StorageError> {
+    pub async fn unlink_address(&self, user_id: i64, address: &str, now: i64) -> Result<Option<usize>, StorageError> {
+        let address = address.to_owned();
         self.call(move |conn| unlink(conn, user_id, &address, now)).await
     }
 
     /// The addresses linked to user `user_id`, oldest first.
-    pub async fn linked_addresses(self: &Arc<Self>, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
+    pub async fn linked_addresses(&self, user_id: i64) -> Result<Vec<LinkedAddress>, StorageError> {
         self.read(move |conn| linked_addresses(conn, user_id)).await
     }
 
     /// The user a linked address belongs to, and that user's own address.
-    pub async fn link_holder(self: &Arc<Self>, address: String) -> Result<Option<(i64, String)>, StorageError> {
+    pub async fn link_holder(&self, address: &str) -> Result<Option<(i64, String)>, StorageError> {
+        let address = address.to_owned();
         self.read(move |conn| holder(conn, &address)).await
     }
 }

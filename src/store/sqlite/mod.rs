@@ -37,14 +37,20 @@ use crate::store::error::StorageError;
 /// the writer.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriterMessage>,
-    readers: Mutex<Vec<Connection>>,
-    reader_returned: Condvar,
-    /// One per reader connection: a read takes one before it takes a blocking thread.
-    reader_permits: tokio::sync::Semaphore,
+    readers: Arc<Readers>,
     /// Set by [`SqliteStore::close`] at shutdown; later calls fail instead of waiting.
     closed: AtomicBool,
     /// The file the connections opened, when the database is a file on disk.
     file: Option<DatabaseFile>,
+}
+
+/// The reader connections, shared with the blocking threads that read on them.
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    returned: Condvar,
+    /// One per reader connection: a read takes one before it takes a blocking thread.
+    /// Closed by [`SqliteStore::close`] at shutdown.
+    permits: tokio::sync::Semaphore,
 }
 
 /// The database file as it was at open. Removing or replacing it leaves the open
@@ -197,9 +203,11 @@ impl SqliteStore {
             .map_err(|e| StorageError::Thread(format!("cannot start the database writer: {e}")))?;
         Ok(Arc::new(SqliteStore {
             writer: messages,
-            reader_permits: tokio::sync::Semaphore::new(readers.len()),
-            readers: Mutex::new(readers),
-            reader_returned: Condvar::new(),
+            readers: Arc::new(Readers {
+                permits: tokio::sync::Semaphore::new(readers.len()),
+                idle: Mutex::new(readers),
+                returned: Condvar::new(),
+            }),
             closed: AtomicBool::new(false),
             file: DatabaseFile::opened(path),
         }))
@@ -265,10 +273,7 @@ impl SqliteStore {
     /// Later calls fail at once.
     pub fn close(&self) -> Result<(), StorageError> {
         self.closed.store(true, Ordering::SeqCst);
-        self.reader_permits.close();
-        let readers = std::mem::take(&mut *self.readers.lock().unwrap_or_else(|p| p.into_inner()));
-        self.reader_returned.notify_all();
-        for conn in readers {
+        for conn in self.readers.close() {
             conn.close().map_err(|(_, e)| StorageError::from(e))?;
         }
         let (done, result) = mpsc::channel();
@@ -277,7 +282,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` with a reader connection on the blocking thread pool; `f` must not write.
-    pub async fn read<R, F>(self: &Arc<Self>, f: F) -> Result<R, StorageError>
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StorageError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, rusqlite::Error> + Send + 'static,
@@ -285,37 +290,11 @@ impl SqliteStore {
         let pool_wait = crate::domain::metrics::DB_POOL_WAIT.start_timer();
         // No more blocking threads at a time than reader connections: the others would
         // only wait for a connection, each with its own stack and allocator arena.
-        let _permit = self.reader_permits.acquire().await.map_err(|_| closed())?;
-        let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.blocking_read(f, pool_wait))
+        let _permit = self.readers.permits.acquire().await.map_err(|_| closed())?;
+        let readers = Arc::clone(&self.readers);
+        tokio::task::spawn_blocking(move || readers.read(f, pool_wait))
             .await
             .map_err(|e| StorageError::Thread(format!("database task failed: {e}")))?
-    }
-
-    fn blocking_read<R>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>,
-        pool_wait: prometheus::HistogramTimer,
-    ) -> Result<R, StorageError> {
-        let mut conn = {
-            let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-            loop {
-                if self.closed.load(Ordering::SeqCst) {
-                    return Err(closed());
-                }
-                match idle.pop() {
-                    Some(conn) => break conn,
-                    // A permit usually means an idle connection, but a cancelled read gives its
-                    // permit back while its blocking thread still holds the connection.
-                    None => idle = self.reader_returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
-                }
-            }
-        };
-        pool_wait.observe_duration();
-        let result = f(&mut conn);
-        self.readers.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
-        self.reader_returned.notify_one();
-        Ok(result?)
     }
 
     /// A real write, so readiness fails when the file is read-only, locked or full, and a
@@ -329,6 +308,43 @@ impl SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+impl Readers {
+    /// Runs `f` on an idle reader connection, waiting for one to come back if need be.
+    fn read<R>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<R, rusqlite::Error>,
+        pool_wait: prometheus::HistogramTimer,
+    ) -> Result<R, StorageError> {
+        let mut conn = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if self.permits.is_closed() {
+                    return Err(closed());
+                }
+                match idle.pop() {
+                    Some(conn) => break conn,
+                    // A permit usually means an idle connection, but a cancelled read gives its
+                    // permit back while its blocking thread still holds the connection.
+                    None => idle = self.returned.wait(idle).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
+        };
+        pool_wait.observe_duration();
+        let result = f(&mut conn);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        self.returned.notify_one();
+        Ok(result?)
+    }
+
+    /// Refuses every later read and hands back the idle connections, to be closed.
+    fn close(&self) -> Vec<Connection> {
+        self.permits.close();
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|p| p.into_inner()));
+        self.returned.notify_all();
+        idle
     }
 }
 

@@ -4,7 +4,6 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::domain::account::{Caller, Evicted, PushRegistration};
-use std::sync::Arc;
 
 use crate::store::error::StorageError;
 use crate::store::records::DeviceSession;
@@ -137,7 +136,7 @@ impl SqliteStore {
     }
 
     /// The caller's live sessions (see [`list`]).
-    pub async fn sessions_of(self: &Arc<Self>, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
+    pub async fn sessions_of(&self, caller: Caller, now: i64) -> Result<Vec<DeviceSession>, StorageError> {
         self.read(move |conn| list(conn, &caller, now)).await
     }
 }

@@ -3,7 +3,6 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::domain::account::{ChangedProfile, OwnProfile, Profile, ProfileChange};
-use std::sync::Arc;
 
 use crate::domain::notices::NoticeBody;
 use crate::store::error::StorageError;
@@ -102,7 +101,7 @@ pub(in crate::store) fn update_profile(
 
 impl SqliteStore {
     /// The profile of a user.
-    pub async fn profile_of(self: &Arc<Self>, user_id: i64) -> Result<Profile, StorageError> {
+    pub async fn profile_of(&self, user_id: i64) -> Result<Profile, StorageError> {
         self.read(move |conn| profile(conn, user_id)).await
     }
 
