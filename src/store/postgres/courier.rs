@@ -1,7 +1,5 @@
 //! Code messages: queued with their code, claimed by one courier at a time (see `store::courier`).
 
-use deadpool_postgres::Object;
-
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
@@ -74,69 +72,68 @@ impl PgStore {
     /// instance is claiming are skipped, so no row is handed out twice. A message the key
     /// cannot open (the key changed since it was queued) fails for good.
     pub async fn claim_due_messages(&self, seal: MessageSeal, now_ms: i64, lease_until: i64) -> Result<Claimed, StorageError> {
-        self.retrying(Retry::Always, |client| self.claim_due_messages_once(client, seal.clone(), now_ms, lease_until)).await
-    }
-
-    async fn claim_due_messages_once(
-        &self,
-        mut client: Object,
-        seal: MessageSeal,
-        now_ms: i64,
-        lease_until: i64,
-    ) -> Result<Claimed, StorageError> {
-        let tx = client.transaction().await?;
-        // A code that was used, replaced by a newer one or expired is not worth an SMS.
-        execute(
-            &tx,
-            "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
-             WHERE id IN (SELECT id FROM courier WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
-                 WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > $1) FOR UPDATE SKIP LOCKED)",
-            &[&(now_ms / 1000)],
-        )
-        .await?;
-        let batch_size = i64::try_from(BATCH).unwrap_or(i64::MAX);
-        let due = query(
-            &tx,
-            "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
-             WHERE status = 'queued' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
-            &[&now_ms, &batch_size],
-        )
-        .await?;
-        let mut batch = Vec::with_capacity(due.len());
-        for r in &due {
-            let mut row = QueuedMessage {
-                id: r.try_get(0)?,
-                address: r.try_get(1)?,
-                appid: r.try_get(2)?,
-                otp_hash: r.try_get(3)?,
-                otp: String::new(),
-                body: String::new(),
-                attempts: counter(r.try_get(5)?),
-                expires_at: r.try_get(6)?,
-            };
-            let sealed: Option<Vec<u8>> = r.try_get(4)?;
-            match sealed.and_then(|sealed| open_message(&seal, &sealed, &row.address, &row.otp_hash)) {
-                Some((otp, body)) => {
-                    (row.otp, row.body) = (otp, body);
-                    batch.push(row);
-                }
-                None => {
-                    let error = "the message cannot be decrypted: the server key changed since it was queued";
-                    tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
-                    execute(&tx, "UPDATE courier SET status = 'failed', last_error = $2, sealed = NULL WHERE id = $1", &[&row.id, &error])
+        let seal = &seal;
+        self.retrying(Retry::Always, |mut client| async move {
+            let tx = client.transaction().await?;
+            // A code that was used, replaced by a newer one or expired is not worth an SMS.
+            execute(
+                &tx,
+                "UPDATE courier SET status = 'cancelled', last_error = 'code no longer valid (used, replaced or expired)', sealed = NULL
+                 WHERE id IN (SELECT id FROM courier WHERE status = 'queued' AND NOT EXISTS (SELECT 1 FROM otp_challenges c
+                     WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > $1) FOR UPDATE SKIP LOCKED)",
+                &[&(now_ms / 1000)],
+            )
+            .await?;
+            let batch_size = i64::try_from(BATCH).unwrap_or(i64::MAX);
+            let due = query(
+                &tx,
+                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+                 WHERE status = 'queued' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+                &[&now_ms, &batch_size],
+            )
+            .await?;
+            let mut batch = Vec::with_capacity(due.len());
+            for r in &due {
+                let mut row = QueuedMessage {
+                    id: r.try_get(0)?,
+                    address: r.try_get(1)?,
+                    appid: r.try_get(2)?,
+                    otp_hash: r.try_get(3)?,
+                    otp: String::new(),
+                    body: String::new(),
+                    attempts: counter(r.try_get(5)?),
+                    expires_at: r.try_get(6)?,
+                };
+                let sealed: Option<Vec<u8>> = r.try_get(4)?;
+                match sealed.and_then(|sealed| open_message(seal, &sealed, &row.address, &row.otp_hash)) {
+                    Some((otp, body)) => {
+                        (row.otp, row.body) = (otp, body);
+                        batch.push(row);
+                    }
+                    None => {
+                        let error = "the message cannot be decrypted: the server key changed since it was queued";
+                        tracing::warn!(to = %Address::from_stored(&row.address).masked(), "code not delivered: {error}");
+                        execute(
+                            &tx,
+                            "UPDATE courier SET status = 'failed', last_error = $2, sealed = NULL WHERE id = $1",
+                            &[&row.id, &error],
+                        )
                         .await?;
-                    execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&row.address, &row.otp_hash]).await?;
+                        execute(&tx, "DELETE FROM otp_challenges WHERE address = $1 AND otp_hash = $2", &[&row.address, &row.otp_hash])
+                            .await?;
+                    }
                 }
             }
-        }
-        if !batch.is_empty() {
-            let ids: Vec<i64> = batch.iter().map(|row| row.id).collect();
-            execute(&tx, "UPDATE courier SET next_attempt_ms = $2 WHERE id = ANY($1)", &[&ids, &lease_until]).await?;
-        }
-        let left = query_one(&tx, "SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'", &[]).await?;
-        let (next_due, queued) = (left.try_get(0)?, left.try_get(1)?);
-        tx.commit().await?;
-        Ok(Claimed { batch, next_due, queued })
+            if !batch.is_empty() {
+                let ids: Vec<i64> = batch.iter().map(|row| row.id).collect();
+                execute(&tx, "UPDATE courier SET next_attempt_ms = $2 WHERE id = ANY($1)", &[&ids, &lease_until]).await?;
+            }
+            let left = query_one(&tx, "SELECT min(next_attempt_ms), count(*) FROM courier WHERE status = 'queued'", &[]).await?;
+            let (next_due, queued) = (left.try_get(0)?, left.try_get(1)?);
+            tx.commit().await?;
+            Ok(Claimed { batch, next_due, queued })
+        })
+        .await
     }
 
     /// Records a delivery attempt. A final outcome wipes the sealed message; a final
@@ -149,62 +146,49 @@ impl PgStore {
         address: String,
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
-        self.retrying(Retry::Always, |client| {
-            self.record_attempt_once(client, id, attempts, outcome.clone(), address.clone(), otp_hash.clone())
+        let (outcome, address, otp_hash, attempts) = (&outcome, &address, &otp_hash, int(attempts));
+        self.retrying(Retry::Always, |client| async move {
+            // One statement each, so none needs a transaction of its own.
+            match outcome {
+                AttemptOutcome::Sent => {
+                    execute(&client, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts])
+                        .await?;
+                }
+                AttemptOutcome::Failed(error) => {
+                    execute(
+                        &client,
+                        "WITH failed AS (UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1)
+                         DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5",
+                        &[&id, &attempts, error, address, otp_hash],
+                    )
+                    .await?;
+                }
+                AttemptOutcome::Retry(error, retry_at) => {
+                    execute(
+                        &client,
+                        "UPDATE courier SET attempts = $2, last_error = $3, next_attempt_ms = $4 WHERE id = $1",
+                        &[&id, &attempts, error, retry_at],
+                    )
+                    .await?;
+                }
+            }
+            Ok(())
         })
         .await
     }
 
-    async fn record_attempt_once(
-        &self,
-        client: Object,
-        id: i64,
-        attempts: u32,
-        outcome: AttemptOutcome,
-        address: String,
-        otp_hash: Vec<u8>,
-    ) -> Result<(), StorageError> {
-        // One statement each, so none needs a transaction of its own.
-        let attempts = int(attempts);
-        match &outcome {
-            AttemptOutcome::Sent => {
-                execute(&client, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts])
-                    .await?;
-            }
-            AttemptOutcome::Failed(error) => {
-                execute(
-                    &client,
-                    "WITH failed AS (UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1)
-                     DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5",
-                    &[&id, &attempts, error, &address, &otp_hash],
-                )
-                .await?;
-            }
-            AttemptOutcome::Retry(error, retry_at) => {
-                execute(
-                    &client,
-                    "UPDATE courier SET attempts = $2, last_error = $3, next_attempt_ms = $4 WHERE id = $1",
-                    &[&id, &attempts, error, retry_at],
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
-
     /// Deletes finished rows created before `before` (unix seconds); returns how many.
     pub async fn purge_finished_messages(&self, before: i64) -> Result<usize, StorageError> {
-        self.retrying(Retry::Always, |client| self.purge_finished_messages_once(client, before)).await
-    }
-
-    async fn purge_finished_messages_once(&self, client: Object, before: i64) -> Result<usize, StorageError> {
-        let purged = execute(
-            &client,
-            "DELETE FROM courier WHERE id IN
-                 (SELECT id FROM courier WHERE status <> 'queued' AND created_at < $1 FOR UPDATE SKIP LOCKED)",
-            &[&before],
-        )
-        .await?;
-        Ok(rows(purged))
+        self.retrying(Retry::Always, |client| async move {
+            let purged = execute(
+                &client,
+                "DELETE FROM courier WHERE id IN
+                     (SELECT id FROM courier WHERE status <> 'queued' AND created_at < $1 FOR UPDATE SKIP LOCKED)",
+                &[&before],
+            )
+            .await?;
+            Ok(rows(purged))
+        })
+        .await
     }
 }

@@ -1,7 +1,5 @@
 //! Which stored files rows refer to, under an advisory lock per file (see `store::files`).
 
-use deadpool_postgres::Object;
-
 use crate::store::error::StorageError;
 
 use super::{execute, query_one, PgStore, Retry, Session};
@@ -24,22 +22,21 @@ pub(super) async fn lock_file(tx: &impl Session, name: &str) -> Result<(), Stora
 impl PgStore {
     /// Records that stored file `name` is a chat attachment (see `store::files`).
     pub async fn keep_attachment(&self, name: &str) -> Result<(), StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.keep_attachment_once(client, name)).await
-    }
-
-    async fn keep_attachment_once(&self, mut client: Object, name: &str) -> Result<(), StorageError> {
-        let inserted = execute(&client, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
-        if inserted == 0 {
-            // Listed before: no removal can have found it unreferenced since. Identical
-            // uploads at once thus do not queue on one lock, each holding a connection.
-            return Ok(());
-        }
-        // A removal that checked before the insert may still be deleting the file: waiting
-        // for its lock makes the caller's restore of the file come after it.
-        let tx = client.transaction().await?;
-        lock_file(&tx, name).await?;
-        tx.commit().await?;
-        Ok(())
+        self.retrying(Retry::IfNotApplied, |mut client| async move {
+            let inserted = execute(&client, "INSERT INTO attachment_files (name) VALUES ($1) ON CONFLICT DO NOTHING", &[&name]).await?;
+            if inserted == 0 {
+                // Listed before: no removal can have found it unreferenced since. Identical
+                // uploads at once thus do not queue on one lock, each holding a connection.
+                return Ok(());
+            }
+            // A removal that checked before the insert may still be deleting the file: waiting
+            // for its lock makes the caller's restore of the file come after it.
+            let tx = client.transaction().await?;
+            lock_file(&tx, name).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `act` (which deletes or writes the file) with whether a row refers to stored
@@ -49,21 +46,19 @@ impl PgStore {
         name: &str,
         act: impl FnOnce(bool) -> Result<bool, StorageError> + Clone + Send + 'static,
     ) -> Result<bool, StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.act_on_file_once(client, name, act.clone())).await
-    }
-
-    async fn act_on_file_once(
-        &self,
-        mut client: Object,
-        name: &str,
-        act: impl FnOnce(bool) -> Result<bool, StorageError> + Send + 'static,
-    ) -> Result<bool, StorageError> {
-        let tx = client.transaction().await?;
-        lock_file(&tx, name).await?;
-        let referenced: bool = query_one(&tx, REFERENCED, &[&name]).await?.try_get(0)?;
-        let acted =
-            tokio::task::spawn_blocking(move || act(referenced)).await.map_err(|e| StorageError::Files(format!("file task: {e}")))??;
-        tx.commit().await?;
-        Ok(acted)
+        self.retrying(Retry::IfNotApplied, |mut client| {
+            let act = act.clone();
+            async move {
+                let tx = client.transaction().await?;
+                lock_file(&tx, name).await?;
+                let referenced: bool = query_one(&tx, REFERENCED, &[&name]).await?.try_get(0)?;
+                let acted = tokio::task::spawn_blocking(move || act(referenced))
+                    .await
+                    .map_err(|e| StorageError::Files(format!("file task: {e}")))??;
+                tx.commit().await?;
+                Ok(acted)
+            }
+        })
+        .await
     }
 }

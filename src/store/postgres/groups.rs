@@ -1,7 +1,5 @@
 //! Groups and their members (see `store::groups`).
 
-use deadpool_postgres::Object;
-
 use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, MEMBER, OWNER};
 use crate::domain::keys::PhoneHasher;
 use crate::store::error::StorageError;
@@ -74,99 +72,91 @@ async fn notify_group(
 impl PgStore {
     /// A group with its members.
     pub async fn group(&self, gid: i64) -> Result<Option<Group>, StorageError> {
-        self.retrying(Retry::Always, |client| self.group_once(client, gid)).await
-    }
-
-    async fn group_once(&self, client: Object, gid: i64) -> Result<Option<Group>, StorageError> {
-        group_on(&client, gid).await
+        self.retrying(Retry::Always, |client| async move { group_on(&client, gid).await }).await
     }
 
     /// Applies a group change and queues its notices, in one transaction; returns the group
     /// and the photo it replaced, `None` (changing nothing) when the group to change is gone.
-    pub async fn write_group(&self, write: GroupWrite, phones: &PhoneHasher) -> Result<Option<ChangedGroup>, StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.write_group_once(client, write.clone(), phones)).await
-    }
-
-    async fn write_group_once(
-        &self,
-        mut client: Object,
-        write: GroupWrite,
-        phones: &PhoneHasher,
-    ) -> Result<Option<ChangedGroup>, StorageError> {
-        let tx = client.transaction().await?;
-        let (photo, thumbnail) = match &write.photo {
-            Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
-            None => (None, None),
-        };
-        if let Some(photo) = photo {
-            lock_file(&tx, photo).await?;
-        }
-        // Locked until the commit: a change at the same moment waits, then reads this one's photo.
-        let replaced_photo: String = match query_opt(&tx, "SELECT photo FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&write.gid]).await? {
-            Some(row) => row.try_get(0)?,
-            None if write.create => String::new(),
-            // Returning without a commit rolls the transaction back.
-            None => return Ok(None),
-        };
-        if write.create {
-            execute(
-                &tx,
-                "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES ($1, coalesce($2, ''), coalesce($3, ''), $4, $5, $5)",
-                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
-            )
-            .await?;
-        } else {
-            execute(
-                &tx,
-                "UPDATE chat_groups SET name = coalesce($2, name), photo = coalesce($3, photo),
-                     thumbnail = CASE WHEN $3::TEXT IS NULL THEN thumbnail ELSE $4 END, ts = $5
-                 WHERE gid = $1",
-                &[&write.gid, &write.name, &photo, &thumbnail, &write.now],
-            )
-            .await?;
-        }
-        let owner = OWNER as i32;
-        match &write.members {
-            MemberChange::Keep => {}
-            MemberChange::Create { owner, members } => {
-                add_group_members(&tx, write.gid, std::slice::from_ref(owner), OWNER).await?;
-                add_group_members(&tx, write.gid, members, MEMBER).await?;
+    pub async fn write_group(&self, change: GroupWrite, phones: &PhoneHasher) -> Result<Option<ChangedGroup>, StorageError> {
+        let change = &change;
+        self.retrying(Retry::IfNotApplied, |mut client| async move {
+            let tx = client.transaction().await?;
+            let (photo, thumbnail) = match &change.photo {
+                Some((photo, thumbnail)) => (Some(photo), thumbnail.as_ref()),
+                None => (None, None),
+            };
+            if let Some(photo) = photo {
+                lock_file(&tx, photo).await?;
             }
-            MemberChange::Replace { keep, members } => {
-                let staying: Vec<String> = members.iter().chain(std::iter::once(keep)).cloned().collect();
+            // Locked until the commit: a change at the same moment waits, then reads this one's photo.
+            let replaced_photo: String =
+                match query_opt(&tx, "SELECT photo FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&change.gid]).await? {
+                    Some(row) => row.try_get(0)?,
+                    None if change.create => String::new(),
+                    // Returning without a commit rolls the transaction back.
+                    None => return Ok(None),
+                };
+            if change.create {
                 execute(
                     &tx,
-                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND NOT (phone = ANY($3::text[]))",
-                    &[&write.gid, &owner, &staying],
+                    "INSERT INTO chat_groups (gid, name, photo, thumbnail, created_at, ts) VALUES ($1, coalesce($2, ''), coalesce($3, ''), $4, $5, $5)",
+                    &[&change.gid, &change.name, &photo, &thumbnail, &change.now],
                 )
                 .await?;
-                add_group_members(&tx, write.gid, members, MEMBER).await?;
-            }
-            MemberChange::Add(phones) => add_group_members(&tx, write.gid, phones, MEMBER).await?,
-            MemberChange::Remove(phones) => {
+            } else {
                 execute(
                     &tx,
-                    "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
-                    &[&write.gid, &owner, phones],
+                    "UPDATE chat_groups SET name = coalesce($2, name), photo = coalesce($3, photo),
+                         thumbnail = CASE WHEN $3::TEXT IS NULL THEN thumbnail ELSE $4 END, ts = $5
+                     WHERE gid = $1",
+                    &[&change.gid, &change.name, &photo, &thumbnail, &change.now],
                 )
                 .await?;
             }
-            MemberChange::SetRole { phones, role } => {
-                let role = *role as i32;
-                execute(
-                    &tx,
-                    "UPDATE group_members SET role = $4 WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
-                    &[&write.gid, &owner, phones, &role],
-                )
-                .await?;
+            let owner = OWNER as i32;
+            match &change.members {
+                MemberChange::Keep => {}
+                MemberChange::Create { owner, members } => {
+                    add_group_members(&tx, change.gid, std::slice::from_ref(owner), OWNER).await?;
+                    add_group_members(&tx, change.gid, members, MEMBER).await?;
+                }
+                MemberChange::Replace { keep, members } => {
+                    let staying: Vec<String> = members.iter().chain(std::iter::once(keep)).cloned().collect();
+                    execute(
+                        &tx,
+                        "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND NOT (phone = ANY($3::text[]))",
+                        &[&change.gid, &owner, &staying],
+                    )
+                    .await?;
+                    add_group_members(&tx, change.gid, members, MEMBER).await?;
+                }
+                MemberChange::Add(phones) => add_group_members(&tx, change.gid, phones, MEMBER).await?,
+                MemberChange::Remove(phones) => {
+                    execute(
+                        &tx,
+                        "DELETE FROM group_members WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                        &[&change.gid, &owner, phones],
+                    )
+                    .await?;
+                }
+                MemberChange::SetRole { phones, role } => {
+                    let role = *role as i32;
+                    execute(
+                        &tx,
+                        "UPDATE group_members SET role = $4 WHERE gid = $1 AND role < $2 AND phone = ANY($3::text[])",
+                        &[&change.gid, &owner, phones, &role],
+                    )
+                    .await?;
+                }
             }
-        }
-        let group = group_on(&tx, write.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", write.gid)))?;
-        if let Some(subject) = &write.subject {
-            notify_group(&tx, &group, &write, subject, phones).await?;
-        }
-        tx.commit().await?;
-        Ok(Some(ChangedGroup { group, replaced_photo }))
+            let group = group_on(&tx, change.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", change.gid)))?;
+            if let Some(subject) = &change.subject {
+                notify_group(&tx, &group, change, subject, phones).await?;
+            }
+            tx.commit().await?;
+            Ok(Some(ChangedGroup { group, replaced_photo }))
+        })
+        .await
     }
 
     /// Tells the members but `actor` that the group is gone, then deletes it; returns the
@@ -179,46 +169,37 @@ impl PgStore {
         now: i64,
         phones: &PhoneHasher,
     ) -> Result<Option<Group>, StorageError> {
-        self.retrying(Retry::IfNotApplied, |client| self.delete_group_once(client, gid, actor.clone(), subject.clone(), now, phones)).await
-    }
-
-    async fn delete_group_once(
-        &self,
-        mut client: Object,
-        gid: i64,
-        actor: String,
-        subject: String,
-        now: i64,
-        phones: &PhoneHasher,
-    ) -> Result<Option<Group>, StorageError> {
-        let tx = client.transaction().await?;
-        execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
-        let Some(group) = group_on(&tx, gid).await? else { return Ok(None) };
-        let (gone, write) = group.deletion(&actor, now);
-        notify_group(&tx, &gone, &write, &subject, phones).await?;
-        execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
-        tx.commit().await?;
-        Ok(Some(group))
+        let (actor, subject) = (actor.as_str(), subject.as_str());
+        self.retrying(Retry::IfNotApplied, |mut client| async move {
+            let tx = client.transaction().await?;
+            execute(&tx, "SELECT 1 FROM chat_groups WHERE gid = $1 FOR UPDATE", &[&gid]).await?;
+            let Some(group) = group_on(&tx, gid).await? else { return Ok(None) };
+            let (gone, write) = group.deletion(actor, now);
+            notify_group(&tx, &gone, &write, subject, phones).await?;
+            execute(&tx, "DELETE FROM chat_groups WHERE gid = $1", &[&gid]).await?;
+            tx.commit().await?;
+            Ok(Some(group))
+        })
+        .await
     }
 
     /// The groups `phone` belongs to that changed at or after `since`, oldest change first.
     pub async fn groups_of(&self, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
-        self.retrying(Retry::Always, |client| self.groups_of_once(client, phone.clone(), since, limit)).await
-    }
-
-    async fn groups_of_once(&self, client: Object, phone: String, since: i64, limit: usize) -> Result<Vec<Group>, StorageError> {
-        let limit = limit as i64;
-        let gids = query(
-            &client,
-            "SELECT g.gid FROM group_members m JOIN chat_groups g ON g.gid = m.gid
-             WHERE m.phone = $1 AND g.ts >= $2 ORDER BY g.ts, g.gid LIMIT $3",
-            &[&phone, &since, &limit],
-        )
-        .await?;
-        let mut groups = Vec::with_capacity(gids.len());
-        for row in gids {
-            groups.extend(group_on(&client, row.try_get(0)?).await?);
-        }
-        Ok(groups)
+        let (phone, limit) = (phone.as_str(), limit as i64);
+        self.retrying(Retry::Always, |client| async move {
+            let gids = query(
+                &client,
+                "SELECT g.gid FROM group_members m JOIN chat_groups g ON g.gid = m.gid
+                 WHERE m.phone = $1 AND g.ts >= $2 ORDER BY g.ts, g.gid LIMIT $3",
+                &[&phone, &since, &limit],
+            )
+            .await?;
+            let mut groups = Vec::with_capacity(gids.len());
+            for row in gids {
+                groups.extend(group_on(&client, row.try_get(0)?).await?);
+            }
+            Ok(groups)
+        })
+        .await
     }
 }

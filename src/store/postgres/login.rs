@@ -1,7 +1,5 @@
 //! The login queries: purging expired codes, claiming a code, recording a login.
 
-use deadpool_postgres::Object;
-
 use crate::domain::account::{Evicted, OwnProfile};
 use crate::domain::guesses::{after_wrong_guess, judge, Challenge, Guess, Judgement, VerifyOutcome};
 use crate::domain::otp;
@@ -16,25 +14,24 @@ impl PgStore {
     /// Rows another transaction holds are left for the next round, so purges running on
     /// every instance never wait for each other or for a login.
     pub async fn purge_expired(&self, now: i64) -> Result<(usize, usize), StorageError> {
-        self.retrying(Retry::Always, |client| self.purge_expired_once(client, now)).await
-    }
-
-    async fn purge_expired_once(&self, client: Object, now: i64) -> Result<(usize, usize), StorageError> {
-        let codes = execute(
-            &client,
-            "DELETE FROM otp_challenges WHERE address IN
-                 (SELECT address FROM otp_challenges WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
-            &[&now],
-        )
-        .await?;
-        let sessions = execute(
-            &client,
-            "DELETE FROM sessions WHERE token_sha256 IN
-                 (SELECT token_sha256 FROM sessions WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
-            &[&now],
-        )
-        .await?;
-        Ok((rows(codes), rows(sessions)))
+        self.retrying(Retry::Always, |client| async move {
+            let codes = execute(
+                &client,
+                "DELETE FROM otp_challenges WHERE address IN
+                     (SELECT address FROM otp_challenges WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+                &[&now],
+            )
+            .await?;
+            let sessions = execute(
+                &client,
+                "DELETE FROM sessions WHERE token_sha256 IN
+                     (SELECT token_sha256 FROM sessions WHERE expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+                &[&now],
+            )
+            .await?;
+            Ok((rows(codes), rows(sessions)))
+        })
+        .await
     }
 
     /// Checks a guess at a pending code and claims the code when it is right, like
@@ -102,13 +99,13 @@ impl PgStore {
     /// stays claimed until its claim times out, and the user's retry is refused meanwhile.
     /// Running it twice is safe.
     pub async fn release_code(&self, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
-        self.persisting("giving the code back", |client| self.release_code_once(client, address.clone(), otp_hash)).await
-    }
-
-    async fn release_code_once(&self, client: Object, address: String, otp_hash: [u8; 32]) -> Result<(), StorageError> {
-        let hash: &[u8] = &otp_hash;
-        execute(&client, "UPDATE otp_challenges SET claimed_at = NULL WHERE address = $1 AND otp_hash = $2", &[&address, &hash]).await?;
-        Ok(())
+        let (address, hash): (&str, &[u8]) = (&address, &otp_hash);
+        self.persisting("giving the code back", |client| async move {
+            execute(&client, "UPDATE otp_challenges SET claimed_at = NULL WHERE address = $1 AND otp_hash = $2", &[&address, &hash])
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Records the user and the session, queues joined notices for a first phone login,
@@ -121,53 +118,47 @@ impl PgStore {
         address_hash: i64,
         claimed_code: Option<[u8; 32]>,
     ) -> Result<LoginRecord, StorageError> {
+        let joined =
+            crate::domain::address::is_phone(&login.address).then(|| contact_joined(&login.address, &login.name, login.now).payload());
+        let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
+        let consumed: Option<&[u8]> = claimed_code.as_ref().map(|hash| &hash[..]);
+        let (login, joined) = (&login, &joined);
         // Upstream has issued the token already: unrecorded, it is lost and the user starts
         // over. Through a failover the login is tried again, on fresh connections, for up to
         // the query timeout after the first failure, long enough for a standby to take over.
         // Running it twice is safe: the session is keyed by its token, a first login is one
         // only once, and the code is consumed once (only the audit event may be written twice).
-        self.persisting("recording the login", |client| self.record_login_once(client, login.clone(), address_hash, claimed_code)).await
-    }
-
-    async fn record_login_once(
-        &self,
-        client: Object,
-        login: CompletedLogin,
-        address_hash: i64,
-        claimed_code: Option<[u8; 32]>,
-    ) -> Result<LoginRecord, StorageError> {
-        let joined =
-            crate::domain::address::is_phone(&login.address).then(|| contact_joined(&login.address, &login.name, login.now).payload());
-        let max_devices = i64::try_from(login.max_devices).unwrap_or(i64::MAX);
-        let consumed: Option<&[u8]> = claimed_code.as_ref().map(|hash| &hash[..]);
-        let row = query_one(
-            &client,
-            "SELECT * FROM otpgate_record_login($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
-            &[
-                &login.address,
-                &login.uid,
-                &login.name,
-                &login.now,
-                &address_hash,
-                &joined,
-                &login.token_sha256,
-                &login.appid,
-                &login.device,
-                &login.now_ms,
-                &login.expires_at,
-                &max_devices,
-                &consumed,
-                &LOGIN,
-            ],
-        )
-        .await?;
-        let profile = OwnProfile { name: row.try_get(2)?, status: row.try_get(3)?, photo: row.try_get(4)?, thumbnail: row.try_get(5)? };
-        let (appids, devices): (Vec<String>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
-        Ok(LoginRecord {
-            first_login: row.try_get(1)?,
-            notified: rows(u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0)),
-            evicted: appids.into_iter().zip(devices).map(|(appid, device)| Evicted { appid, device }).collect(),
-            profile,
+        self.persisting("recording the login", |client| async move {
+            let row = query_one(
+                &client,
+                "SELECT * FROM otpgate_record_login($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                &[
+                    &login.address,
+                    &login.uid,
+                    &login.name,
+                    &login.now,
+                    &address_hash,
+                    joined,
+                    &login.token_sha256,
+                    &login.appid,
+                    &login.device,
+                    &login.now_ms,
+                    &login.expires_at,
+                    &max_devices,
+                    &consumed,
+                    &LOGIN,
+                ],
+            )
+            .await?;
+            let profile = OwnProfile { name: row.try_get(2)?, status: row.try_get(3)?, photo: row.try_get(4)?, thumbnail: row.try_get(5)? };
+            let (appids, devices): (Vec<String>, Vec<String>) = (row.try_get(7)?, row.try_get(8)?);
+            Ok(LoginRecord {
+                first_login: row.try_get(1)?,
+                notified: rows(u64::try_from(row.try_get::<_, i64>(6)?).unwrap_or(0)),
+                evicted: appids.into_iter().zip(devices).map(|(appid, device)| Evicted { appid, device }).collect(),
+                profile,
+            })
         })
+        .await
     }
 }

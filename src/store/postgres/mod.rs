@@ -3,6 +3,11 @@
 //! The same queries as the SQLite store, made safe for concurrent writers: what SQLite
 //! gets from its single writer, this gets from row locks (`FOR UPDATE`), `SKIP LOCKED`
 //! for work queues and purges, and transaction-scoped advisory locks.
+//!
+//! Each method is written once, as an `async move` block on a pooled connection that
+//! `PgStore::retrying` (or `PgStore::persisting`) runs, and runs again on a fresh
+//! connection when a failover interrupted it and its `Retry` allows. The block borrows
+//! what it reads from the method's arguments, so a second run finds them unchanged.
 
 mod accounts;
 mod audit;
@@ -171,63 +176,61 @@ impl PgStore {
     /// transaction of its own under an advisory lock, and checks again under the lock
     /// that no other instance applied it meanwhile. `phones` hashes address books.
     pub async fn migrate(&self, phones: &PhoneHasher) -> Result<Vec<u32>, StorageError> {
-        self.in_statement_mode(self.migrate_in_mode(phones)).await
-    }
-
-    async fn migrate_in_mode(&self, phones: &PhoneHasher) -> Result<Vec<u32>, StorageError> {
-        let mut client = self.client().await?;
-        {
-            // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog.
-            let tx = client.transaction().await?;
-            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-            tx.batch_execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (
-                     version    INTEGER PRIMARY KEY,
-                     name       TEXT NOT NULL,
-                     applied_at BIGINT NOT NULL -- unix seconds
-                 )",
-            )
-            .await?;
-            tx.commit().await?;
-        }
-        let mut applied = Vec::new();
-        for row in query(&client, "SELECT version FROM schema_migrations", &[]).await? {
-            applied.extend(u32::try_from(row.try_get::<_, i32>(0)?).ok());
-        }
-        let mut done = Vec::new();
-        for &(version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
-            let tx = client.transaction().await?;
-            execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
-            let number = int(version);
-            if query_opt(&tx, "SELECT 1 FROM schema_migrations WHERE version = $1", &[&number]).await?.is_some() {
-                continue;
-            }
-            tx.batch_execute(sql).await?;
-            if version == HASHED_CONTACTS {
-                hash_contacts_in_clear(&tx, phones).await?;
-            }
-            execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &now()])
+        self.in_statement_mode(async {
+            let mut client = self.client().await?;
+            {
+                // Under the lock too: concurrent CREATE TABLE IF NOT EXISTS can fail on the catalog.
+                let tx = client.transaction().await?;
+                execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+                tx.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations (
+                         version    INTEGER PRIMARY KEY,
+                         name       TEXT NOT NULL,
+                         applied_at BIGINT NOT NULL -- unix seconds
+                     )",
+                )
                 .await?;
-            tx.commit().await?;
-            done.push(version);
-        }
-        Ok(done)
+                tx.commit().await?;
+            }
+            let mut applied = Vec::new();
+            for row in query(&client, "SELECT version FROM schema_migrations", &[]).await? {
+                applied.extend(u32::try_from(row.try_get::<_, i32>(0)?).ok());
+            }
+            let mut done = Vec::new();
+            for &(version, name, sql) in MIGRATIONS.iter().filter(|(version, _, _)| !applied.contains(version)) {
+                let tx = client.transaction().await?;
+                execute(&tx, "SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+                let number = int(version);
+                if query_opt(&tx, "SELECT 1 FROM schema_migrations WHERE version = $1", &[&number]).await?.is_some() {
+                    continue;
+                }
+                tx.batch_execute(sql).await?;
+                if version == HASHED_CONTACTS {
+                    hash_contacts_in_clear(&tx, phones).await?;
+                }
+                execute(&tx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)", &[&number, &name, &now()])
+                    .await?;
+                tx.commit().await?;
+                done.push(version);
+            }
+            Ok(done)
+        })
+        .await
     }
 
     /// A real write, so readiness fails when the database is read-only or unreachable.
     pub async fn probe_write(&self) -> Result<(), StorageError> {
-        self.retrying(Retry::Always, |client| self.probe_write_once(client)).await
-    }
-
-    async fn probe_write_once(&self, client: Object) -> Result<(), StorageError> {
-        let value = now().to_le_bytes();
-        execute(
-            &client,
-            "INSERT INTO settings (key, value) VALUES ('readyz_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&&value[..]],
-        )
-        .await?;
-        Ok(())
+        self.retrying(Retry::Always, |client| async move {
+            let value = now().to_le_bytes();
+            execute(
+                &client,
+                "INSERT INTO settings (key, value) VALUES ('readyz_probe', $1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                &[&&value[..]],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }
 
@@ -306,7 +309,8 @@ impl PgStore {
     }
 
     /// [`guarded`](Self::guarded), and once more on a fresh connection when a failover
-    /// interrupted the first run and `retry` allows it.
+    /// interrupted the first run and `retry` allows it. `operation` is the method's body,
+    /// given the connection: `|client| async move { .. }`.
     async fn retrying<T, Fut>(&self, retry: Retry, operation: impl Fn(Object) -> Fut) -> Result<T, StorageError>
     where
         Fut: Future<Output = Result<T, StorageError>>,

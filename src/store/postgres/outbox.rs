@@ -1,7 +1,5 @@
 //! The notification outbox, taken with `SKIP LOCKED` so no two senders take one notice (see `store::outbox`).
 
-use deadpool_postgres::Object;
-
 use crate::store::error::StorageError;
 use crate::store::records::{userdel_payload, Pending, USERDEL};
 
@@ -11,60 +9,51 @@ impl PgStore {
     /// The next due notice, leased for `lease_secs` so no other sender takes it meanwhile.
     /// A notice another instance is taking at this moment is skipped, not waited for.
     pub async fn take_next_notice(&self, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
-        self.retrying(Retry::Always, |client| self.take_next_notice_once(client, now, lease_secs)).await
-    }
-
-    async fn take_next_notice_once(&self, client: Object, now: i64, lease_secs: i64) -> Result<Option<Pending>, StorageError> {
-        let row = query_opt(
-            &client,
-            "UPDATE outbox SET next_attempt_at = $2 WHERE id =
-                 (SELECT id FROM outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, recipient, payload, attempts, kind",
-            &[&now, &(now + lease_secs)],
-        )
-        .await?;
-        Ok(match row {
-            Some(r) => Some(Pending {
-                id: r.try_get(0)?,
-                recipient: r.try_get(1)?,
-                payload: r.try_get(2)?,
-                attempts: counter(r.try_get(3)?),
-                kind: r.try_get(4)?,
-            }),
-            None => None,
+        self.retrying(Retry::Always, |client| async move {
+            let row = query_opt(
+                &client,
+                "UPDATE outbox SET next_attempt_at = $2 WHERE id =
+                     (SELECT id FROM outbox WHERE next_attempt_at <= $1 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, recipient, payload, attempts, kind",
+                &[&now, &(now + lease_secs)],
+            )
+            .await?;
+            Ok(match row {
+                Some(r) => Some(Pending {
+                    id: r.try_get(0)?,
+                    recipient: r.try_get(1)?,
+                    payload: r.try_get(2)?,
+                    attempts: counter(r.try_get(3)?),
+                    kind: r.try_get(4)?,
+                }),
+                None => None,
+            })
         })
+        .await
     }
 
     /// Upstream took the notice: it is never sent again.
     pub async fn acknowledge_notice(&self, id: i64) -> Result<(), StorageError> {
-        self.retrying(Retry::Always, |client| self.acknowledge_notice_once(client, id)).await
-    }
-
-    async fn acknowledge_notice_once(&self, client: Object, id: i64) -> Result<(), StorageError> {
-        execute(&client, "DELETE FROM outbox WHERE id = $1", &[&id]).await?;
-        Ok(())
+        self.retrying(Retry::Always, |client| async move {
+            execute(&client, "DELETE FROM outbox WHERE id = $1", &[&id]).await?;
+            Ok(())
+        })
+        .await
     }
 
     /// A failed send: try again at `next_attempt_at` (unix seconds).
     pub async fn reschedule_notice(&self, id: i64, attempts: u32, next_attempt_at: i64, error: String) -> Result<(), StorageError> {
-        self.retrying(Retry::Always, |client| self.reschedule_notice_once(client, id, attempts, next_attempt_at, error.clone())).await
-    }
-
-    async fn reschedule_notice_once(
-        &self,
-        client: Object,
-        id: i64,
-        attempts: u32,
-        next_attempt_at: i64,
-        error: String,
-    ) -> Result<(), StorageError> {
-        execute(
-            &client,
-            "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1",
-            &[&id, &int(attempts), &next_attempt_at, &error],
-        )
-        .await?;
-        Ok(())
+        let (attempts, error) = (int(attempts), error.as_str());
+        self.retrying(Retry::Always, |client| async move {
+            execute(
+                &client,
+                "UPDATE outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1",
+                &[&id, &attempts, &next_attempt_at, &error],
+            )
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }
 
