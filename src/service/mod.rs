@@ -13,6 +13,18 @@ pub mod sessions;
 pub mod uploads;
 pub mod users;
 
+use crate::domain::error::ApiError;
+use crate::store::StorageError;
+
+/// A failed query, as the operations answer it: logged here, answered as `INTERNAL`
+/// (the details stay in the log).
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        tracing::error!("database error: {e}");
+        ApiError::internal()
+    }
+}
+
 /// Longest appid, device id or challenge id a request may send.
 const MAX_ID_CHARS: usize = 128;
 

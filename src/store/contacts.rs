@@ -2,7 +2,6 @@
 //! hashes (see `PhoneHasher`), and the sync over them.
 
 use crate::domain::account::Profile;
-use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
 pub use crate::store::records::{SyncQuery, PAGE_SIZE};
 use crate::store::{Db, StorageError};
@@ -11,14 +10,15 @@ impl Db {
     /// Records uploaded phones and answers one page of matching users (never the caller),
     /// ordered by (ts, address), plus whether more follow. `admit` sees how many uploaded
     /// phones are not yet contacts and how many contacts the upload leaves; a refusal
-    /// leaves nothing written. A sync that only reads runs on SQLite's writer too: the
+    /// leaves nothing written and is answered as `admit` refused (the inner `Err`), for the
+    /// caller to tell its user. A sync that only reads runs on SQLite's writer too: the
     /// readers' page caches start cold whenever the writer committed, which made it
     /// several times slower.
-    pub async fn sync_contacts(
+    pub async fn sync_contacts<Refused: Send + 'static>(
         &self,
         query: SyncQuery,
-        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
-    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
+        admit: impl FnOnce(usize, usize) -> Admission<Refused> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), Refused>, StorageError> {
         let hashes = self.phone_hashes(query.phones.iter().flatten());
         dispatch!(self, |store| store.sync_contacts(query, hashes, admit))
     }

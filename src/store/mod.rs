@@ -46,7 +46,6 @@ pub use sqlite::setting_before_open;
 use std::sync::Arc;
 
 use crate::domain::clock::Clock;
-use crate::domain::error::ApiError;
 use crate::domain::keys::{PhoneHasher, ServerKeys};
 
 /// The data, wherever it lives, and the rules' clock.
@@ -136,12 +135,4 @@ impl Db {
 /// signatures); the rules read [`Db::clock`].
 pub fn now() -> i64 {
     Clock::system().now()
-}
-
-/// A failed query: logged here, answered as `INTERNAL` (the details stay in the log).
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        tracing::error!("database error: {e}");
-        ApiError::internal()
-    }
 }

@@ -1,7 +1,6 @@
 //! Address books and their sync (see `store::contacts`).
 
 use crate::domain::account::Profile;
-use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
 use crate::store::error::StorageError;
 use crate::store::records::{SyncQuery, PAGE_SIZE};
@@ -14,12 +13,12 @@ impl PgStore {
     /// the caller), ordered by (ts, address), plus whether more follow (see `contacts::sync`).
     /// `hashes` are the hashes of the uploaded phones. `admit` sees how many uploaded phones
     /// are not yet contacts and how many contacts the upload leaves; a refusal leaves nothing written.
-    pub async fn sync_contacts(
+    pub async fn sync_contacts<Refused: Send + 'static>(
         &self,
         q: SyncQuery,
         hashes: Vec<i64>,
-        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
-    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
+        admit: impl FnOnce(usize, usize) -> Admission<Refused> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), Refused>, StorageError> {
         self.guarded(|mut client| async move {
             let tx = client.transaction().await?;
             let count = |n: i64| usize::try_from(n).unwrap_or(0);

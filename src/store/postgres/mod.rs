@@ -708,7 +708,6 @@ mod tests {
     use super::pool::{host_name, single_hosts, CertificateCheck};
     use super::*;
     use crate::domain::account::{Evicted, ProfileChange};
-    use crate::domain::error::ApiError;
     use crate::domain::guesses::VerifyOutcome;
     use crate::domain::keys::MessageSeal;
     use crate::domain::keys::ServerKeys;
@@ -1258,7 +1257,7 @@ mod tests {
             // Ann uploads Bob's phone; Bob's first login notifies her.
             let query =
                 SyncQuery { owner: caller.user_id, phones: Some(vec!["18005550002".into()]), since: 0, reset: false, after: None, now };
-            let admit = |new: usize, after: usize| -> Admission<ApiError> {
+            let admit = |new: usize, after: usize| -> Admission<Refusal> {
                 assert_eq!((new, after), (1, 1));
                 Box::pin(std::future::ready(Ok(())))
             };
@@ -1267,7 +1266,7 @@ mod tests {
             let bob = store.record_login(login("18005550002", "t2", ""), phones().hash("18005550002"), Some(bob_hash)).await.unwrap();
             assert_eq!(bob.notified, 1);
             let query = SyncQuery { owner: caller.user_id, phones: None, since: 0, reset: false, after: None, now };
-            let no_upload = |_: usize, _: usize| -> Admission<ApiError> { panic!("nothing was uploaded") };
+            let no_upload = |_: usize, _: usize| -> Admission<Refusal> { panic!("nothing was uploaded") };
             let (page, more) = store.sync_contacts(query, vec![], no_upload).await.unwrap().unwrap();
             assert_eq!((page.len(), page[0].address.as_str(), more), (1, "18005550002", false));
             assert_eq!(store.take_next_notice(now, 60).await.unwrap().expect("a joined notice").recipient, "18005550001");

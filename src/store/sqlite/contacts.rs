@@ -5,7 +5,6 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::domain::account::Profile;
-use crate::domain::error::ApiError;
 use crate::domain::ratelimit::Admission;
 use crate::store::error::StorageError;
 use crate::store::records::{SyncQuery, PAGE_SIZE};
@@ -26,12 +25,12 @@ pub(in crate::store) struct Upload {
 /// how many uploaded phones are not yet contacts and how many contacts the upload
 /// leaves; a refusal leaves nothing written. Each user's `contact_count` changes with
 /// their contacts, so admission never counts the whole book.
-pub(in crate::store) fn sync(
+pub(in crate::store) fn sync<Refused>(
     conn: &mut Connection,
     q: &SyncQuery,
     upload: Option<&Upload>,
-    admit: impl FnOnce(usize, usize) -> Result<(), ApiError>,
-) -> rusqlite::Result<Result<(Vec<Profile>, bool), ApiError>> {
+    admit: impl FnOnce(usize, usize) -> Result<(), Refused>,
+) -> rusqlite::Result<Result<(Vec<Profile>, bool), Refused>> {
     let page = atomically_unless_refused(conn, |tx| {
         let insert = |upload: &Upload| {
             tx.prepare_cached("INSERT OR IGNORE INTO contacts (owner_id, phone_hash) SELECT ?1, value FROM json_each(?2)")?
@@ -131,12 +130,12 @@ pub(in crate::store) fn remove(conn: &mut Connection, owner: i64, hashes: &str) 
 impl SqliteStore {
     /// Records uploaded phones, whose hashes are `hashes`, and answers a page of the
     /// caller's contacts (see [`sync`]).
-    pub async fn sync_contacts(
+    pub async fn sync_contacts<Refused: Send + 'static>(
         &self,
         q: SyncQuery,
         hashes: Vec<i64>,
-        admit: impl FnOnce(usize, usize) -> Admission<ApiError> + Send + 'static,
-    ) -> Result<Result<(Vec<Profile>, bool), ApiError>, StorageError> {
+        admit: impl FnOnce(usize, usize) -> Admission<Refused> + Send + 'static,
+    ) -> Result<Result<(Vec<Profile>, bool), Refused>, StorageError> {
         let upload = q.phones.as_ref().map(|phones| Upload {
             phones: serde_json::to_string(phones).expect("strings serialise"),
             hashes: serde_json::to_string(&hashes).expect("integers serialise"),
