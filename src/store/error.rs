@@ -17,9 +17,29 @@ pub enum StorageError {
     RolledBack,
     /// The job panicked; the writer thread lives on.
     Panicked,
+    /// The database was closed at shutdown.
     Closed,
-    /// A thread or task of the store could not be started or did not finish.
-    Thread(String),
+    /// SQLite's writer thread stopped while the database was open: nothing more can be
+    /// written until the service restarts.
+    WriterStopped,
+    /// A thread of the SQLite store (`thread`: its writer, its checkpointer) could not be started.
+    ThreadNotStarted {
+        thread: &'static str,
+        error: Arc<std::io::Error>,
+    },
+    /// A blocking task (`task`: a read on SQLite's reader pool, reading a SQLite file to
+    /// import, writing or reading an uploaded file) panicked or was cancelled.
+    TaskFailed {
+        task: &'static str,
+        error: Arc<tokio::task::JoinError>,
+    },
+    /// `DATABASE_URL` cannot be used, and why (never with its password).
+    BadUrl(String),
+    /// An import from SQLite cannot go ahead, and why: no such file, another key, a target
+    /// database with users already, or no PostgreSQL to import into.
+    ImportRefused(String),
+    /// A row the transaction wrote was not there when it read it back.
+    Vanished(String),
     /// An uploaded file could not be written or read (`FILES_DIR`).
     Files(String),
     /// The SQLite file was removed or replaced under the open connections.
@@ -49,7 +69,12 @@ impl std::fmt::Display for StorageError {
             StorageError::RolledBack => f.write_str("the write transaction was rolled back"),
             StorageError::Panicked => f.write_str("database job panicked"),
             StorageError::Closed => f.write_str("the database is closed"),
-            StorageError::Thread(why) => f.write_str(why),
+            StorageError::WriterStopped => f.write_str("the database writer thread has stopped; restart the service"),
+            StorageError::ThreadNotStarted { thread, error } => write!(f, "cannot start the database {thread}: {error}"),
+            StorageError::TaskFailed { task, error } => write!(f, "{task} failed: {error}"),
+            StorageError::BadUrl(why) => write!(f, "DATABASE_URL {why}"),
+            StorageError::ImportRefused(why) => f.write_str(why),
+            StorageError::Vanished(what) => write!(f, "{what} vanished from its own transaction"),
             StorageError::Files(why) => f.write_str(why),
             StorageError::Unlinked(why) => f.write_str(why),
             StorageError::TimedOut(waited) => {
@@ -64,6 +89,8 @@ impl std::error::Error for StorageError {
         match self {
             StorageError::Sqlite(e) => Some(e.as_ref()),
             StorageError::Postgres(e) => Some(e.as_ref()),
+            StorageError::ThreadNotStarted { error, .. } => Some(error.as_ref()),
+            StorageError::TaskFailed { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }

@@ -58,7 +58,7 @@ impl FileStore {
         let dir = self.dir.clone();
         tokio::task::spawn_blocking(move || write_if_missing(&dir, &path, &bytes))
             .await
-            .map_err(|e| StorageError::Files(format!("file write task: {e}")))?
+            .map_err(|e| StorageError::TaskFailed { task: "writing an uploaded file", error: Arc::new(e) })?
     }
 
     /// Where a file this store gave out lives; `None` for any other name (anything else
@@ -80,7 +80,7 @@ impl FileStore {
         let extension = extension.to_string();
         let read = tokio::task::spawn_blocking(move || std::fs::read(path))
             .await
-            .map_err(|e| StorageError::Files(format!("file read task: {e}")))?;
+            .map_err(|e| StorageError::TaskFailed { task: "reading an uploaded file", error: Arc::new(e) })?;
         match read {
             Ok(bytes) => Ok(Some((bytes, extension))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -5,6 +5,8 @@
 //! who was waiting for one asks again.
 
 pub use crate::store::records::Imported;
+use std::sync::Arc;
+
 use crate::store::{sqlite, Backend, Db, StorageError};
 
 impl Db {
@@ -12,12 +14,12 @@ impl Db {
     /// into this PostgreSQL database, in one transaction; refused when it has users already.
     pub async fn import_sqlite(&self, path: &str) -> Result<Imported, StorageError> {
         match &self.backend {
-            Backend::Sqlite(_) => Err(StorageError::Thread("importing a SQLite database needs DATABASE_URL (PostgreSQL)".into())),
+            Backend::Sqlite(_) => Err(StorageError::ImportRefused("importing a SQLite database needs DATABASE_URL (PostgreSQL)".into())),
             Backend::Postgres(pg) => {
                 let (path, now, phones) = (path.to_string(), self.clock().now(), self.phones.clone());
                 let snapshot = tokio::task::spawn_blocking(move || sqlite::import::read_sqlite(&path, now, &phones))
                     .await
-                    .map_err(|e| StorageError::Thread(format!("reading the SQLite database failed: {e}")))??;
+                    .map_err(|e| StorageError::TaskFailed { task: "reading the SQLite database", error: Arc::new(e) })??;
                 pg.import(snapshot, &self.phones).await
             }
         }

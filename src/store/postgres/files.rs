@@ -1,5 +1,7 @@
 //! Which stored files rows refer to, under an advisory lock per file (see `store::files`).
 
+use std::sync::Arc;
+
 use crate::store::error::StorageError;
 
 use super::{execute, query_one, PgStore, Retry, Session};
@@ -54,7 +56,7 @@ impl PgStore {
                 let referenced: bool = query_one(&tx, REFERENCED, &[&name]).await?.try_get(0)?;
                 let acted = tokio::task::spawn_blocking(move || act(referenced))
                     .await
-                    .map_err(|e| StorageError::Files(format!("file task: {e}")))??;
+                    .map_err(|e| StorageError::TaskFailed { task: "acting on an uploaded file", error: Arc::new(e) })??;
                 tx.commit().await?;
                 Ok(acted)
             }

@@ -149,7 +149,7 @@ impl PgStore {
                     .await?;
                 }
             }
-            let group = group_on(&tx, change.gid).await?.ok_or_else(|| StorageError::Thread(format!("group {} vanished", change.gid)))?;
+            let group = group_on(&tx, change.gid).await?.ok_or_else(|| StorageError::Vanished(format!("group {}", change.gid)))?;
             if let Some(subject) = &change.subject {
                 notify_group(&tx, &group, change, subject, phones).await?;
             }

@@ -19,7 +19,7 @@ impl PgStore {
             let tx = client.transaction().await?;
             execute(&tx, "LOCK TABLE users IN EXCLUSIVE MODE", &[]).await?;
             if query_opt(&tx, "SELECT 1 FROM users LIMIT 1", &[]).await?.is_some() {
-                return Err(StorageError::Thread("the PostgreSQL database has users already; import into an empty one".into()));
+                return Err(StorageError::ImportRefused("the PostgreSQL database has users already; import into an empty one".into()));
             }
             for chunk in snapshot.users.chunks(IMPORT_CHUNK) {
                 let column = |pick: fn(&UserRow) -> String| chunk.iter().map(pick).collect::<Vec<String>>();

@@ -132,7 +132,7 @@ impl PgStore {
 
     /// The pool alone: no connection is made until one is asked for.
     fn open(url: &str, settings: PgSettings) -> Result<PgStore, StorageError> {
-        check_url(url).map_err(|why| StorageError::Thread(format!("DATABASE_URL {why}")))?;
+        check_url(url).map_err(StorageError::BadUrl)?;
         let (url, check) = driver_url(url);
         let config = tokio_postgres::Config::from_str(&url)?;
         let fencing = Arc::new(Fencing::default());

@@ -18,7 +18,7 @@ use super::{groups, schema, SqliteStore};
 /// and under another key than that instance's, the file would lose them.
 pub fn read_sqlite(path: &str, now: i64, phones: &PhoneHasher) -> Result<Snapshot, StorageError> {
     if !std::path::Path::new(path).exists() {
-        return Err(StorageError::Thread(format!("{path} does not exist")));
+        return Err(StorageError::ImportRefused(format!("{path} does not exist")));
     }
     let source = crate::store::allocator::open(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     let version: u32 = source.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -73,7 +73,7 @@ fn snapshot(conn: &rusqlite::Connection, path: &str, now: i64, phones: &PhoneHas
         .query_row("SELECT address, address_hash FROM users WHERE address_hash IS NOT NULL LIMIT 1", [], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     if sample.is_some_and(|(address, hash)| phones.hash(&address) != hash) {
-        return Err(StorageError::Thread(format!(
+        return Err(StorageError::ImportRefused(format!(
             "{path} hashed its address books under another server key; import with the OTP_SECRET or OTP_SECRET_FILE that instance used (without either, it used the key file {})",
             crate::domain::keys::default_key_file(path).display()
         )));

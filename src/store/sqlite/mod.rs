@@ -200,7 +200,7 @@ impl SqliteStore {
         std::thread::Builder::new()
             .name("otpgate-db-writer".into())
             .spawn(move || run_writer(writer, queue, checkpointer))
-            .map_err(|e| StorageError::Thread(format!("cannot start the database writer: {e}")))?;
+            .map_err(|e| StorageError::ThreadNotStarted { thread: "writer", error: Arc::new(e) })?;
         Ok(Arc::new(SqliteStore {
             writer: messages,
             readers: Arc::new(Readers {
@@ -223,7 +223,7 @@ impl SqliteStore {
         self.submit(f, move |r| {
             let _ = done.send(r);
         })?;
-        result.await.map_err(|_| closed())?
+        result.await.map_err(|_| self.writer_stopped())?
     }
 
     /// Runs `f` on the writer connection, blocking this thread until it is done.
@@ -236,7 +236,7 @@ impl SqliteStore {
         self.submit(f, move |r| {
             let _ = done.send(r);
         })?;
-        result.recv().map_err(|_| closed())?
+        result.recv().map_err(|_| self.writer_stopped())?
     }
 
     fn submit<R: 'static, F>(&self, f: F, reply: impl FnOnce(Result<R, StorageError>) + Send + 'static) -> Result<(), StorageError>
@@ -265,7 +265,7 @@ impl SqliteStore {
                 }
             }
         });
-        self.writer.send(WriterMessage::Run(job)).map_err(|_| closed())
+        self.writer.send(WriterMessage::Run(job)).map_err(|_| self.writer_stopped())
     }
 
     /// Closes the database at shutdown: finishes the queued writes, checkpoints the WAL
@@ -277,8 +277,17 @@ impl SqliteStore {
             conn.close().map_err(|(_, e)| StorageError::from(e))?;
         }
         let (done, result) = mpsc::channel();
-        self.writer.send(WriterMessage::Close(done)).map_err(|_| closed())?;
-        result.recv().map_err(|_| closed())?
+        self.writer.send(WriterMessage::Close(done)).map_err(|_| self.writer_stopped())?;
+        result.recv().map_err(|_| self.writer_stopped())?
+    }
+
+    /// Why the writer thread did not take or answer a job: the database was closed, or
+    /// else the thread stopped on its own.
+    fn writer_stopped(&self) -> StorageError {
+        match self.closed.load(Ordering::SeqCst) {
+            true => closed(),
+            false => StorageError::WriterStopped,
+        }
     }
 
     /// Runs `f` with a reader connection on the blocking thread pool; `f` must not write.
@@ -294,7 +303,7 @@ impl SqliteStore {
         let readers = Arc::clone(&self.readers);
         tokio::task::spawn_blocking(move || readers.read(f, pool_wait))
             .await
-            .map_err(|e| StorageError::Thread(format!("database task failed: {e}")))?
+            .map_err(|e| StorageError::TaskFailed { task: "database read", error: Arc::new(e) })?
     }
 
     /// A real write, so readiness fails when the file is read-only, locked or full, and a
@@ -528,7 +537,7 @@ impl Checkpointer {
                     std::thread::sleep(BACKGROUND_CHECKPOINT_PAUSE);
                 }
             })
-            .map_err(|e| StorageError::Thread(format!("cannot start the database checkpointer: {e}")))?;
+            .map_err(|e| StorageError::ThreadNotStarted { thread: "checkpointer", error: Arc::new(e) })?;
         Ok(Checkpointer { wake, thread, turn })
     }
 
