@@ -53,10 +53,12 @@ CREATE INDEX IF NOT EXISTS courier_queued ON courier (status, next_attempt_ms);
 -- Migrations. Everything above is the foundation schema (user_version 0) and is
 -- applied at every start. Each step below runs once, in order, in one
 -- transaction that also sets `PRAGMA user_version` to its number; a step starts
--- with a line `-- migration: N`. Append new steps; never edit an applied one.
+-- with a line `-- migration: N name`. Append new steps; never edit an applied one.
+-- PostgreSQL takes the same steps, one file each (migrations/postgres/NNN_name.sql):
+-- a step that changes nothing on one of the two says so there.
 -- ===========================================================================
 
--- migration: 1
+-- migration: 1 sessions_and_profiles
 -- Sessions, profiles, contacts and the notification outbox.
 
 -- Users get a stable local id and a profile; the last-token hash moves to sessions.
@@ -124,18 +126,18 @@ CREATE TABLE outbox (
 );
 CREATE INDEX outbox_due ON outbox (next_attempt_at);
 
--- migration: 2
+-- migration: 2 sealed_messages
 -- Queued messages are kept encrypted (code and text), with a key that is not in the
 -- database; the service seals rows left in clear by earlier releases at start.
 ALTER TABLE courier ADD COLUMN sealed BLOB;
 
--- migration: 3
+-- migration: 3 challenge_ids
 -- The challenge id a start reply carries: a verify that sends it back is bound to
 -- that code and its wrong guesses are counted apart from guesses without it.
 ALTER TABLE otp_challenges ADD COLUMN challenge_sha256 BLOB;   -- SHA-256 of the id; NULL for codes issued before
 ALTER TABLE otp_challenges ADD COLUMN bound_attempts INTEGER NOT NULL DEFAULT 0;
 
--- migration: 4
+-- migration: 4 photos_and_push
 -- Photos uploaded to the service keep the thumbnail the apps show in lists, and each
 -- session keeps the push registration of its device (op=setnotify).
 ALTER TABLE users ADD COLUMN thumbnail BLOB;        -- 100x100 JPEG of the photo; NULL without one
@@ -143,7 +145,7 @@ ALTER TABLE sessions ADD COLUMN notify_token TEXT;  -- push token of the device;
 ALTER TABLE sessions ADD COLUMN notify_sender TEXT; -- the push service's sender id (fcmid)
 ALTER TABLE sessions ADD COLUMN device_type TEXT;   -- the platform SDK's device type (dt)
 
--- migration: 5
+-- migration: 5 groups
 -- Groups (op=setgroup and the ops after it), mirrored from the platform: gid is the
 -- platform's group id. Members are kept by phone, users or not yet.
 CREATE TABLE chat_groups (
@@ -163,7 +165,7 @@ CREATE TABLE group_members (
 -- Finds a user's groups for getcontacts.
 CREATE INDEX group_members_phone ON group_members (phone);
 
--- migration: 6
+-- migration: 6 hashed_contacts
 -- Address books keep no phone number: each entry is a 64-bit keyed hash of the phone
 -- (otpgate_phone_hash, registered by the service with a key derived from its secret),
 -- and users are matched by the same hash of their address.
@@ -184,12 +186,12 @@ CREATE INDEX contacts_phone_hash ON contacts (phone_hash);
 -- The dropped phones are still in free pages: the service rewrites the file at its next start.
 DELETE FROM settings WHERE key = 'rewritten_without_secrets';
 
--- migration: 7
+-- migration: 7 account_deletion
 -- The outbox also carries the platform's userdel for a deleted account, retried like a
 -- notice until the platform takes it.
 ALTER TABLE outbox ADD COLUMN kind TEXT NOT NULL DEFAULT 'message';  -- 'message' or 'userdel'
 
--- migration: 8
+-- migration: 8 audit_events
 -- Security events per address, for operators (GET /admin/events), kept
 -- AUDIT_RETENTION_DAYS. Keyed by the address's phone hash: a failed login on a
 -- number that never became a user leaves no number in clear.
@@ -203,7 +205,7 @@ CREATE TABLE audit_events (
 CREATE INDEX audit_events_address ON audit_events (address_hash, at);
 CREATE INDEX audit_events_at ON audit_events (at);
 
--- migration: 9
+-- migration: 9 linked_addresses
 -- Further addresses of a user, each proven while signed in: a login through one of
 -- them is the same user, its token minted with linkto = the user's own address.
 CREATE TABLE linked_addresses (
@@ -216,7 +218,7 @@ CREATE INDEX linked_addresses_user ON linked_addresses (user_id);
 -- The linked address a session logged in through, ended with it; '' for the user's own.
 ALTER TABLE sessions ADD COLUMN via TEXT NOT NULL DEFAULT '';
 
--- migration: 10
+-- migration: 10 file_references
 -- Names of the stored files uploaded as chat attachments. No other row refers to them
 -- (their URL is in the chats), so a photo file of the same bytes is never deleted
 -- while one is listed here.
@@ -227,9 +229,13 @@ CREATE TABLE attachment_files (
 CREATE INDEX users_photo ON users (photo) WHERE photo <> '';
 CREATE INDEX chat_groups_photo ON chat_groups (photo) WHERE photo <> '';
 
--- migration: 11
+-- migration: 11 contact_counts
 -- How many contacts each user keeps, changed with their address book in the same
 -- transaction, so that admitting an upload does not count the whole book.
 ALTER TABLE users ADD COLUMN contact_count INTEGER NOT NULL DEFAULT 0;
 UPDATE users SET contact_count = (SELECT count(*) FROM contacts WHERE owner_id = users.id)
     WHERE id IN (SELECT owner_id FROM contacts);
+
+-- migration: 12 login_functions
+-- Nothing to do: PostgreSQL's step 12 creates functions that run the login's statements
+-- on the server; SQLite runs them in the service (store/sqlite/login.rs).

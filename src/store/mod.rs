@@ -136,3 +136,15 @@ impl Db {
 pub fn now() -> i64 {
     Clock::system().now()
 }
+
+#[cfg(test)]
+mod tests {
+    /// A step takes the same number and name in `schema.sql` and in `migrations/postgres/`,
+    /// also where it changes nothing on one of the two, so that either lists every step.
+    #[test]
+    fn both_backends_take_the_same_migration_steps() {
+        let sqlite = super::sqlite::schema::steps();
+        assert_eq!(sqlite, super::postgres::migration_steps());
+        assert!(!sqlite.is_empty());
+    }
+}

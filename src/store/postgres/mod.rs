@@ -47,22 +47,43 @@ use crate::store::error::with_causes;
 pub use pool::check_url;
 use pool::{driver_url, tls, Fencing, HostByHost, StaleConnections};
 
-/// The schema steps, in order: (version, name, SQL). Append new steps; never edit an applied one.
+/// The schema steps, in order: (version, name, SQL), each in `migrations/postgres/NNN_name.sql`.
+/// They are SQLite's steps (`-- migration: N name` in `schema.sql`), under the same numbers
+/// and names; a step that changes nothing here says why in its file. Append new steps; never
+/// edit an applied one.
 const MIGRATIONS: &[(u32, &str, &str)] = &[
-    (1, "initial", include_str!("../../../migrations/postgres/001_initial.sql")),
-    (2, "photos_and_push", include_str!("../../../migrations/postgres/002_photos_and_push.sql")),
-    (3, "groups", include_str!("../../../migrations/postgres/003_groups.sql")),
-    (4, "hashed_contacts", include_str!("../../../migrations/postgres/004_hashed_contacts.sql")),
-    (5, "account_deletion", include_str!("../../../migrations/postgres/005_account_deletion.sql")),
-    (6, "audit_events", include_str!("../../../migrations/postgres/006_audit_events.sql")),
-    (7, "linked_addresses", include_str!("../../../migrations/postgres/007_linked_addresses.sql")),
-    (8, "file_references", include_str!("../../../migrations/postgres/008_file_references.sql")),
-    (9, "login_functions", include_str!("../../../migrations/postgres/009_login_functions.sql")),
-    (10, "contact_counts", include_str!("../../../migrations/postgres/010_contact_counts.sql")),
+    (1, "sessions_and_profiles", include_str!("../../../migrations/postgres/001_sessions_and_profiles.sql")),
+    (2, "sealed_messages", include_str!("../../../migrations/postgres/002_sealed_messages.sql")),
+    (3, "challenge_ids", include_str!("../../../migrations/postgres/003_challenge_ids.sql")),
+    (4, "photos_and_push", include_str!("../../../migrations/postgres/004_photos_and_push.sql")),
+    (5, "groups", include_str!("../../../migrations/postgres/005_groups.sql")),
+    (6, "hashed_contacts", include_str!("../../../migrations/postgres/006_hashed_contacts.sql")),
+    (7, "account_deletion", include_str!("../../../migrations/postgres/007_account_deletion.sql")),
+    (8, "audit_events", include_str!("../../../migrations/postgres/008_audit_events.sql")),
+    (9, "linked_addresses", include_str!("../../../migrations/postgres/009_linked_addresses.sql")),
+    (10, "file_references", include_str!("../../../migrations/postgres/010_file_references.sql")),
+    (11, "contact_counts", include_str!("../../../migrations/postgres/011_contact_counts.sql")),
+    (12, "login_functions", include_str!("../../../migrations/postgres/012_login_functions.sql")),
+];
+
+/// How releases before the steps took SQLite's numbers recorded them in
+/// `schema_migrations`: each name they recorded, and the steps it stands for now (their
+/// first, `initial`, holds steps 1 to 3). A database that has `initial` is renumbered once.
+const EARLIER_NUMBERING: &[(&str, &[u32])] = &[
+    ("initial", &[1, 2, 3]),
+    ("photos_and_push", &[4]),
+    ("groups", &[5]),
+    ("hashed_contacts", &[6]),
+    ("account_deletion", &[7]),
+    ("audit_events", &[8]),
+    ("linked_addresses", &[9]),
+    ("file_references", &[10]),
+    ("login_functions", &[12]),
+    ("contact_counts", &[11]),
 ];
 
 /// The step whose file leaves the phones of address books for the service to hash.
-const HASHED_CONTACTS: u32 = 4;
+const HASHED_CONTACTS: u32 = 6;
 /// Rows hashed per round trip when address books are moved to hashes.
 const REHASH_BATCH: i64 = 10_000;
 
@@ -190,6 +211,7 @@ impl PgStore {
                      )",
                 )
                 .await?;
+                renumber_earlier_steps(&tx).await?;
                 tx.commit().await?;
             }
             let mut applied = Vec::new();
@@ -374,6 +396,48 @@ fn may_retry(retry: Retry, error: &StorageError) -> bool {
 /// Wall-clock unix seconds, for the markers the store writes.
 fn now() -> i64 {
     Clock::system().now()
+}
+
+/// The migration steps as (version, name): SQLite's are the same (see `store::tests`).
+#[cfg(test)]
+pub(in crate::store) fn migration_steps() -> Vec<(u32, String)> {
+    MIGRATIONS.iter().map(|(version, name, _)| (*version, name.to_string())).collect()
+}
+
+/// The name of step `version`.
+fn step_name(version: u32) -> &'static str {
+    MIGRATIONS.iter().find(|(step, _, _)| *step == version).map_or("", |(_, name, _)| name)
+}
+
+/// Records the steps a database migrated by an earlier release has under their numbers
+/// now (see [`EARLIER_NUMBERING`]), keeping when each was applied, so that none runs again.
+/// Under the migration lock: another instance finds them renumbered.
+async fn renumber_earlier_steps(tx: &deadpool_postgres::Transaction<'_>) -> Result<(), StorageError> {
+    let first = EARLIER_NUMBERING[0].0;
+    if query_opt(tx, "SELECT 1 FROM schema_migrations WHERE name = $1", &[&first]).await?.is_none() {
+        return Ok(());
+    }
+    let recorded = query(tx, "DELETE FROM schema_migrations RETURNING version, name, applied_at", &[]).await?;
+    let mut steps: Vec<(i32, String, i64)> = Vec::with_capacity(MIGRATIONS.len());
+    for row in &recorded {
+        let (version, name, applied_at): (i32, String, i64) = (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
+        match EARLIER_NUMBERING.iter().find(|(earlier, _)| *earlier == name) {
+            Some((_, now)) => steps.extend(now.iter().map(|&step| (int(step), step_name(step).to_string(), applied_at))),
+            // Not a name of the earlier numbering: kept as it was.
+            None => steps.push((version, name, applied_at)),
+        }
+    }
+    let versions: Vec<i32> = steps.iter().map(|(version, _, _)| *version).collect();
+    let names: Vec<String> = steps.iter().map(|(_, name, _)| name.clone()).collect();
+    let times: Vec<i64> = steps.iter().map(|(_, _, applied_at)| *applied_at).collect();
+    execute(
+        tx,
+        "INSERT INTO schema_migrations (version, name, applied_at) SELECT * FROM unnest($1::int[], $2::text[], $3::bigint[])",
+        &[&versions, &names, &times],
+    )
+    .await?;
+    tracing::info!("renumbered the PostgreSQL schema steps an earlier release applied as SQLite's: {versions:?}");
+    Ok(())
 }
 
 /// The Rust half of the hashed-contacts step: hashes every user's address and every
@@ -976,6 +1040,78 @@ mod tests {
             let mut applied = [a.unwrap(), b.unwrap()].concat();
             applied.sort_unstable();
             assert_eq!(applied, MIGRATIONS.iter().map(|(version, _, _)| *version).collect::<Vec<_>>());
+        })
+        .await;
+    }
+
+    /// Each step's file is `NNN_name.sql`, by its number and name, and no other file is there.
+    #[test]
+    fn each_step_is_the_file_of_its_number_and_name() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/postgres");
+        let mut files: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        files.sort_unstable();
+        let named: Vec<String> = MIGRATIONS.iter().map(|(version, name, _)| format!("{version:03}_{name}.sql")).collect();
+        assert_eq!(files, named);
+        for ((_, _, sql), file) in MIGRATIONS.iter().zip(&named) {
+            assert_eq!(*sql, std::fs::read_to_string(dir.join(file)).unwrap(), "{file}");
+        }
+        for (earlier, now) in EARLIER_NUMBERING {
+            assert!(now.iter().all(|step| !step_name(*step).is_empty()), "{earlier} is renumbered to steps that exist");
+        }
+        let renumbered: HashSet<u32> = EARLIER_NUMBERING.iter().flat_map(|(_, now)| now.iter().copied()).collect();
+        assert_eq!(renumbered.len(), EARLIER_NUMBERING.iter().map(|(_, now)| now.len()).sum::<usize>(), "no step twice");
+    }
+
+    /// A database migrated by a release that numbered the steps its own way: what it applied
+    /// is recorded under the steps' numbers now, when it was applied kept, and never runs again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steps_an_earlier_release_numbered_are_renumbered_not_run_again() {
+        with_database("steps_an_earlier_release_numbered_are_renumbered_not_run_again", |url| async move {
+            let store = PgStore::open(&url, PgSettings::with_pool_size(2)).unwrap();
+            let client = store.client().await.unwrap();
+            let record_earlier = |steps: &'static [(&'static str, &'static [u32])]| {
+                let client = &client;
+                async move {
+                    client
+                        .batch_execute(
+                            "DROP TABLE IF EXISTS schema_migrations;
+                             CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                        )
+                        .await
+                        .unwrap();
+                    for (number, (name, _)) in (1..).zip(steps) {
+                        client
+                            .execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", &[&number, name, &(1000 + i64::from(number))])
+                            .await
+                            .unwrap();
+                    }
+                }
+            };
+            let recorded = || async {
+                let rows = client.query("SELECT version, name, applied_at FROM schema_migrations ORDER BY version", &[]).await.unwrap();
+                rows.iter().map(|r| (counter(r.get(0)), r.get::<_, String>(1), r.get::<_, i64>(2))).collect::<Vec<_>>()
+            };
+
+            // A release whose last step was its third, `groups`: steps 1 to 5 now.
+            for (_, _, sql) in MIGRATIONS.iter().filter(|(version, _, _)| *version <= 5) {
+                client.batch_execute(sql).await.unwrap();
+            }
+            record_earlier(&EARLIER_NUMBERING[..3]).await;
+            let later: Vec<u32> = MIGRATIONS.iter().map(|(version, _, _)| *version).filter(|version| *version > 5).collect();
+            assert_eq!(store.migrate(&phones()).await.unwrap(), later, "only the steps it lacked run");
+            let steps = recorded().await;
+            assert_eq!(steps.iter().map(|(version, name, _)| (*version, name.clone())).collect::<Vec<_>>(), migration_steps());
+            let applied_at: Vec<i64> = steps.iter().take(5).map(|(_, _, at)| *at).collect();
+            assert_eq!(applied_at, [1001, 1001, 1001, 1002, 1003], "when each was applied is kept");
+
+            // A release that applied all of its ten: nothing is left to run.
+            record_earlier(EARLIER_NUMBERING).await;
+            assert_eq!(store.migrate(&phones()).await.unwrap(), Vec::<u32>::new());
+            let steps = recorded().await;
+            assert_eq!(steps.iter().map(|(version, name, _)| (*version, name.clone())).collect::<Vec<_>>(), migration_steps());
+            assert_eq!((steps[10].2, steps[11].2), (1010, 1009), "contact_counts was its tenth, login_functions its ninth");
+            assert_eq!(store.migrate(&phones()).await.unwrap(), Vec::<u32>::new(), "renumbered once");
         })
         .await;
     }

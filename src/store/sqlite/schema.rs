@@ -10,18 +10,20 @@ use crate::domain::keys::PhoneHasher;
 const SCHEMA: &str = include_str!("../../../schema.sql");
 const STEP_MARKER: &str = "-- migration: ";
 
-/// The foundation part of `schema` and its migration steps as (version, SQL), in file order.
-fn split(schema: &str) -> (String, Vec<(u32, String)>) {
+/// The foundation part of `schema` and its migration steps as (version, name, SQL), in
+/// file order.
+fn split(schema: &str) -> (String, Vec<(u32, &str, String)>) {
     let mut foundation = String::new();
-    let mut steps: Vec<(u32, String)> = Vec::new();
+    let mut steps: Vec<(u32, &str, String)> = Vec::new();
     for line in schema.lines() {
-        if let Some(number) = line.strip_prefix(STEP_MARKER) {
-            let version = number.trim().parse().unwrap_or_else(|_| panic!("schema.sql: bad migration marker {line:?}"));
-            steps.push((version, String::new()));
+        if let Some(marker) = line.strip_prefix(STEP_MARKER) {
+            let parsed = marker.trim().split_once(' ').and_then(|(number, name)| Some((number.parse().ok()?, name.trim())));
+            let Some((version, name)) = parsed else { panic!("schema.sql: bad migration marker {line:?} (`{STEP_MARKER}N name`)") };
+            steps.push((version, name, String::new()));
             continue;
         }
         let target = match steps.last_mut() {
-            Some((_, sql)) => sql,
+            Some((_, _, sql)) => sql,
             None => &mut foundation,
         };
         target.push_str(line);
@@ -32,7 +34,13 @@ fn split(schema: &str) -> (String, Vec<(u32, String)>) {
 
 /// The schema version a fully migrated database has.
 pub fn latest_version() -> u32 {
-    split(SCHEMA).1.last().map_or(0, |(version, _)| *version)
+    split(SCHEMA).1.last().map_or(0, |(version, _, _)| *version)
+}
+
+/// The migration steps as (version, name): PostgreSQL's are the same (see `store::tests`).
+#[cfg(test)]
+pub(in crate::store) fn steps() -> Vec<(u32, String)> {
+    split(SCHEMA).1.into_iter().map(|(version, name, _)| (version, name.to_string())).collect()
 }
 
 /// Brings the database up to the latest schema version. Steps that hash phones call
@@ -44,7 +52,7 @@ pub fn apply(conn: &mut Connection, phones: &PhoneHasher) -> rusqlite::Result<()
     })?;
     let (foundation, steps) = split(SCHEMA);
     conn.execute_batch(&foundation)?;
-    for (version, sql) in steps {
+    for (version, _, sql) in steps {
         // The version is read inside the write transaction, so two processes
         // starting on one database cannot both run a step.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -66,7 +74,7 @@ pub fn apply(conn: &mut Connection, phones: &PhoneHasher) -> rusqlite::Result<()
 pub(in crate::store) fn apply_before(conn: &Connection, version: u32) -> rusqlite::Result<()> {
     let (foundation, steps) = split(SCHEMA);
     conn.execute_batch(&foundation)?;
-    for (step, sql) in steps.iter().filter(|(step, _)| *step < version) {
+    for (step, _, sql) in steps.iter().filter(|(step, _, _)| *step < version) {
         conn.execute_batch(sql)?;
         conn.pragma_update(None, "user_version", step)?;
     }
@@ -81,8 +89,11 @@ mod tests {
     fn steps_are_numbered_one_by_one_from_one() {
         let (foundation, steps) = split(SCHEMA);
         assert!(foundation.contains("CREATE TABLE IF NOT EXISTS otp_challenges"));
-        let versions: Vec<u32> = steps.iter().map(|(v, _)| *v).collect();
+        let versions: Vec<u32> = steps.iter().map(|(v, _, _)| *v).collect();
         assert_eq!(versions, (1..=versions.len() as u32).collect::<Vec<_>>());
+        for (_, name, _) in &steps {
+            assert!(!name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "step name {name:?}");
+        }
     }
 
     fn phones() -> PhoneHasher {

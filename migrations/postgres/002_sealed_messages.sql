@@ -1,0 +1,2 @@
+-- Nothing to do: SQLite's step 2 gives the courier table its `sealed` column, which
+-- PostgreSQL's courier table has had from step 1 (PostgreSQL never kept a message in clear).

@@ -1,0 +1,2 @@
+-- Nothing to do: SQLite's step 3 gives pending codes their challenge id and its count of
+-- wrong guesses, which PostgreSQL's otp_challenges table has had from step 1.
