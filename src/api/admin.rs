@@ -15,8 +15,8 @@ use crate::api::{request_log, AppState};
 use crate::config::Secret;
 use crate::domain::address::Address;
 use crate::domain::error::ApiError;
+use crate::service::operators;
 use crate::service::operators::Operator;
-use crate::service::{accounts, operators};
 use crate::store::audit;
 use crate::store::operators::UserKey;
 
@@ -154,7 +154,7 @@ struct Lookup {
 /// `GET /admin/users?phone=…` (or `email=…`, `uid=…`).
 async fn find_user(state: web::Data<AppState>, operator: web::ReqData<Operator>, lookup: web::Query<Lookup>) -> HttpResponse {
     match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
-        Ok(key) => found(operators::user(&state.db, &operator, key).await),
+        Ok(key) => found(state.operators.user(&operator, key).await),
         Err(e) => api_error(e),
     }
 }
@@ -162,7 +162,7 @@ async fn find_user(state: web::Data<AppState>, operator: web::ReqData<Operator>,
 /// `GET /admin/events?phone=…` (or `email=…`): the address's security events.
 async fn events(state: web::Data<AppState>, operator: web::ReqData<Operator>, lookup: web::Query<Lookup>) -> HttpResponse {
     let events = match operators::user_key(lookup.phone.as_deref(), lookup.email.as_deref(), lookup.uid.as_deref()) {
-        Ok(key) => operators::events(&state.db, &operator, key).await,
+        Ok(key) => state.operators.events(&operator, key).await,
         Err(e) => Err(e),
     };
     match events {
@@ -174,7 +174,7 @@ async fn events(state: web::Data<AppState>, operator: web::ReqData<Operator>, lo
 /// `GET /admin/events/operator`: the operator API's own events (failed logins, lookups,
 /// revokes), newest first.
 async fn operator_events(state: web::Data<AppState>) -> HttpResponse {
-    match operators::operator_events(&state.db).await {
+    match state.operators.operator_events().await {
         Ok(events) => HttpResponse::Ok().json(json!({ "events": events })),
         Err(e) => api_error(e),
     }
@@ -182,13 +182,13 @@ async fn operator_events(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /admin/users/{id}`.
 async fn user_by_id(state: web::Data<AppState>, operator: web::ReqData<Operator>, id: web::Path<i64>) -> HttpResponse {
-    found(operators::user(&state.db, &operator, UserKey::Id(id.into_inner())).await)
+    found(state.operators.user(&operator, UserKey::Id(id.into_inner())).await)
 }
 
 /// `DELETE /admin/users/{id}`: the account and everything kept for it, as the user's own
 /// `deleteaccount` does, without a code.
 async fn delete_user(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResponse {
-    match accounts::delete(&state.db, &state.files, id.into_inner(), "operator").await {
+    match state.accounts.delete(id.into_inner(), "operator").await {
         Ok(true) => HttpResponse::Ok().json(json!({ "deleted": true })),
         Ok(false) => no_such_user(),
         Err(e) => api_error(e),
@@ -197,13 +197,13 @@ async fn delete_user(state: web::Data<AppState>, id: web::Path<i64>) -> HttpResp
 
 /// `DELETE /admin/users/{id}/sessions`: every session of the user.
 async fn revoke_all(state: web::Data<AppState>, operator: web::ReqData<Operator>, id: web::Path<i64>) -> HttpResponse {
-    revoked(operators::revoke(&state.db, &operator, id.into_inner(), None).await)
+    revoked(state.operators.revoke(&operator, id.into_inner(), None).await)
 }
 
 /// `DELETE /admin/users/{id}/sessions/{session}`: one session, by the id `GET` shows.
 async fn revoke_one(state: web::Data<AppState>, operator: web::ReqData<Operator>, path: web::Path<(i64, String)>) -> HttpResponse {
     let (id, session) = path.into_inner();
-    revoked(operators::revoke(&state.db, &operator, id, Some(session)).await)
+    revoked(state.operators.revoke(&operator, id, Some(session)).await)
 }
 
 fn revoked(outcome: Result<Option<usize>, ApiError>) -> HttpResponse {

@@ -7,7 +7,6 @@ use crate::api::results::{self, Fields};
 use crate::api::AppState;
 use crate::domain::account::{token_hash, Caller};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::{service::accounts, service::contacts, service::links, service::sessions, service::uploads, service::users};
 
 /// Answers a request; `checked` is its session when reading the request checked its
 /// token already.
@@ -28,33 +27,33 @@ pub async fn handle<'r>(state: &AppState, request: Request<'r>, checked: Option<
         // Always OK, as the reference answers: an app logs out locally only on OK, and a
         // missing or unknown token has no session left to end.
         Request::Logout { token: None, .. } => Ok(results::ended(0)),
-        Request::Logout { token: Some(token), all } => Ok(results::ended(sessions::logout(&state.db, token_hash(token), all).await?)),
-        Request::Devices { token } => Ok(results::devices(sessions::devices(&state.db, &session(token).await?).await?)),
+        Request::Logout { token: Some(token), all } => Ok(results::ended(state.sessions.logout(token_hash(token), all).await?)),
+        Request::Devices { token } => Ok(results::devices(state.sessions.devices(&session(token).await?).await?)),
         Request::GetContacts { token, sync } => {
             let caller = session(token).await?;
-            Ok(results::sync(contacts::getcontacts(&state.db, &state.contact_limits, &caller, client_ip, sync).await?))
+            Ok(results::sync(state.contacts.sync(&caller, client_ip, sync).await?))
         }
         Request::DelContacts { token, phones } => {
             let caller = session(token).await?;
-            Ok(results::removed(contacts::delcontacts(&state.db, &caller, phones, state.contact_limits.max_per_request).await?))
+            Ok(results::removed(state.contacts.remove(&caller, phones).await?))
         }
         Request::GroupName { token, gid, name } => {
             Ok(results::renamed_group(&state.groups.rename(&session(token).await?, gid, name).await?, dialect))
         }
         Request::Profile { token, fields, photo } => {
             // The 2021 apps may send the new photo as a file part of the same request.
-            let profile = users::change_profile(&state.db, &session(token).await?, fields, &state.files, photo).await?;
+            let profile = state.users.change_profile(&session(token).await?, fields, photo).await?;
             Ok(results::changed_profile(&profile, dialect))
         }
-        Request::Me { token } => Ok(results::me(users::me(&state.db, &session(token).await?).await?)),
+        Request::Me { token } => Ok(results::me(state.users.me(&session(token).await?).await?)),
         Request::GroupPhoto { token, gid, delete, file } => {
-            Ok(results::group_photo(&state.groups.set_photo(&state.files, &session(token).await?, gid, delete, file).await?))
+            Ok(results::group_photo(&state.groups.set_photo(&session(token).await?, gid, delete, file).await?))
         }
         Request::Upload { token, upload } => {
             let gid = upload.gid;
-            Ok(results::uploaded(uploads::upload(&state.db, &state.files, &session(token).await?, upload).await?, gid))
+            Ok(results::uploaded(state.files.upload(&session(token).await?, upload).await?, gid))
         }
-        Request::SetGroup { token, group } => Ok(results::group(&state.groups.set(&state.files, &session(token).await?, group).await?)),
+        Request::SetGroup { token, group } => Ok(results::group(&state.groups.set(&session(token).await?, group).await?)),
         Request::GetGroup { token, gid } => Ok(results::group(&state.groups.get(&session(token).await?, gid).await?)),
         Request::EditMembers { token, gid, members, delete } => {
             Ok(results::members(&state.groups.edit_members(&session(token).await?, gid, members, delete).await?))
@@ -63,23 +62,23 @@ pub async fn handle<'r>(state: &AppState, request: Request<'r>, checked: Option<
             Ok(results::members(&state.groups.set_admin(&session(token).await?, gid, members, admin).await?))
         }
         Request::DelGroup { token, gid } => {
-            state.groups.delete(&state.files, &session(token).await?, gid).await?;
+            state.groups.delete(&session(token).await?, gid).await?;
             Ok(results::deleted_group(gid))
         }
         Request::SetNotify { token, fields } => {
-            sessions::set_notify(&state.db, &session(token).await?, fields).await?;
+            state.sessions.set_notify(&session(token).await?, fields).await?;
             Ok(results::none())
         }
         Request::DeleteAccount { token, delete } => {
             let caller = session(token).await?;
-            accounts::delete_own_account(&state.login, &state.db, &state.files, &caller, delete, client_ip).await?;
+            state.accounts.delete_own(&caller, delete, client_ip).await?;
             Ok(results::none())
         }
         Request::Link { token, appid, proof } => {
-            Ok(results::linked(&links::link(&state.login, &state.db, &session(token).await?, appid, proof, client_ip).await?))
+            Ok(results::linked(&state.links.link(&session(token).await?, appid, proof, client_ip).await?))
         }
         Request::Unlink { token, proof, account } => {
-            Ok(results::unlinked(&links::unlink(&state.db, &session(token).await?, &proof, account).await?))
+            Ok(results::unlinked(&state.links.unlink(&session(token).await?, &proof, account).await?))
         }
     }
 }

@@ -11,23 +11,40 @@ use crate::delivery::outbox::Outbox;
 use crate::domain::app_settings::AppSettings;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::ratelimit::{FailureLimit, SharedLimits};
-use crate::service::contacts::ContactLimits;
+use crate::service::accounts::Accounts;
+use crate::service::contacts::Contacts;
 use crate::service::groups::Groups;
+use crate::service::links::Links;
 use crate::service::login::LoginFlow;
+use crate::service::operators::Operators;
+use crate::service::sessions::Sessions;
 use crate::service::uploads::Files;
+use crate::service::users::Users;
 use crate::store::Db;
 
-/// Everything a request handler needs, shared by all workers.
+/// Everything a request handler needs, shared by all workers: the services the ops
+/// call (each built once, holding what it needs), and what the HTTP layer itself keeps.
 pub struct AppState {
     pub db: Arc<Db>,
-    pub login: LoginFlow,
+    pub login: Arc<LoginFlow>,
     /// What the login reply tells each app besides its token.
     pub apps: AppSettings,
-    pub contact_limits: Arc<ContactLimits>,
+    /// Logout, devices and push registrations.
+    pub sessions: Sessions,
+    /// The caller's own profile.
+    pub users: Users,
+    /// Contact sync.
+    pub contacts: Contacts,
     /// Groups, mirrored to the platform.
     pub groups: Groups,
     /// Uploaded photos and attachments.
-    pub files: Files,
+    pub files: Arc<Files>,
+    /// Linked addresses.
+    pub links: Arc<Links>,
+    /// Deleting accounts.
+    pub accounts: Accounts,
+    /// The operator API's lookups and revokes.
+    pub operators: Operators,
     /// The rate-limit buckets every instance shares (Redis), when configured.
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.

@@ -23,11 +23,15 @@ use crate::domain::keys::{self, KeySource, ServerKeys};
 use crate::domain::metrics;
 use crate::domain::ratelimit::{FailureLimit, SharedLimits};
 use crate::runtime::cli::url_without_credentials;
-use crate::service::contacts::ContactLimits;
+use crate::service::accounts::Accounts;
+use crate::service::contacts::{ContactLimits, Contacts};
 use crate::service::groups::Groups;
+use crate::service::links::Links;
 use crate::service::login::LoginFlow;
-use crate::service::uploads::{Files, PhotoDecodes, UploadLimits};
-use crate::store::files::FileStore;
+use crate::service::operators::Operators;
+use crate::service::sessions::Sessions;
+use crate::service::uploads::Files;
+use crate::service::users::Users;
 use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
 
@@ -63,26 +67,26 @@ impl AppState {
                 Some(shared)
             }
         };
-        let login = LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared_limits.as_ref())?;
+        let shared = shared_limits.as_ref();
+        let login = Arc::new(LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared)?);
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         let apps = AppSettings::from_config(config);
-        let groups = Groups::new(config, Arc::clone(&db), shared_limits.as_ref())?;
-        let files = Files {
-            store: FileStore::open(config.files_directory())?,
-            download_base: apps.for_app("").download_url.clone(),
-            limits: UploadLimits::from_config(config, shared_limits.as_ref()),
-            decodes: PhotoDecodes::new(config.files.photo_decodes, config.files.photo_decode_queue, config.files.max_photo_pixels),
-        };
+        let files = Arc::new(Files::new(config, Arc::clone(&db), apps.for_app("").download_url.clone(), shared)?);
+        let links = Arc::new(Links::new(Arc::clone(&db), Arc::clone(&login)));
         let operator_failures = FailureLimit::per_hour(config.admin.failures_per_ip_per_hour, db.clock().clone());
         Ok(AppState {
             operator_failures,
+            sessions: Sessions::new(Arc::clone(&db), Arc::clone(&links)),
+            users: Users::new(Arc::clone(&db), Arc::clone(&links), Arc::clone(&files)),
+            contacts: Contacts::new(Arc::clone(&db), ContactLimits::from_config(config, shared)),
+            groups: Groups::new(config, Arc::clone(&db), Arc::clone(&files), shared)?,
+            accounts: Accounts::new(Arc::clone(&db), Arc::clone(&login), Arc::clone(&files)),
+            operators: Operators::new(Arc::clone(&db), Arc::clone(&links)),
             db,
             login,
             apps,
             files,
-            groups,
-
-            contact_limits: Arc::new(ContactLimits::from_config(config, shared_limits.as_ref())),
+            links,
             shared_limits,
             outbox,
             readiness: Readiness::from_config(config)?,
@@ -133,7 +137,7 @@ impl AppState {
     pub async fn housekeeping(&self) -> Result<Purged, store::StorageError> {
         self.login.codes.limits.purge();
         self.login.codes.start_limits.purge();
-        self.contact_limits.purge();
+        self.contacts.purge();
         self.groups.purge();
         self.files.limits.purge();
         self.login.codes.courier.purge_finished().await?;

@@ -177,57 +177,6 @@ pub struct SyncPage {
     pub ts: i64,
 }
 
-/// `op=getcontacts`.
-pub async fn getcontacts(
-    db: &Arc<Db>,
-    limits: &Arc<ContactLimits>,
-    caller: &Caller,
-    client_ip: &str,
-    request: SyncRequest<'_>,
-) -> Result<SyncPage, ApiError> {
-    let first_page_of_changes = request.phones.is_none_or(|p| p.is_blank()) && request.cursor.is_none_or(str::is_empty);
-    let (phones, invalid) = match request.phones.filter(|p| !p.is_blank()) {
-        Some(sent) => {
-            let list = parse_phones(sent, limits.max_per_request)?;
-            (Some(list.phones), Some(list.invalid))
-        }
-        None => (None, None),
-    };
-    let since = match non_empty(request.ts) {
-        Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new(ErrorCode::BadParam, "ts must be unix seconds"))?,
-        None => 0,
-    };
-    let after = match non_empty(request.cursor) {
-        Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "cursor is not one this server gave"))?),
-        None => None,
-    };
-    let now = db.clock().now();
-    // The next sync must see every change made after the first page was taken.
-    let started = after.as_ref().map_or(now, |c| c.started);
-    let query = SyncQuery {
-        owner: caller.user_id,
-        phones,
-        since,
-        // A reset applies to the first page only; later pages re-send the same phones.
-        reset: after.is_none() && request.reset,
-        after: after.map(|cursor| (cursor.ts, cursor.address)),
-        now,
-    };
-    let (limits, user_id, client_ip) = (Arc::clone(limits), caller.user_id, client_ip.to_string());
-    let admit = move |new, stored| -> Admission<ApiError> { Box::pin(async move { limits.admit(user_id, &client_ip, new, stored).await }) };
-    let (contacts, more) = db.sync_contacts(query, admit).await??;
-    let me = db.profile_of(caller.user_id).await?;
-    let groups = match first_page_of_changes {
-        true => db.groups_of(me.address.clone(), since, MAX_GROUPS_PER_SYNC).await?,
-        false => Vec::new(),
-    };
-    let cursor = more.then(|| {
-        let last = contacts.last().expect("a page with more has entries");
-        Cursor { started, ts: last.ts, address: last.address.clone() }.encode()
-    });
-    Ok(SyncPage { contacts, groups, me, cursor, more, invalid, ts: started })
-}
-
 /// What `op=delcontacts` did: how many of the phones were among the caller's contacts,
 /// and how many entries were not phones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,12 +185,75 @@ pub struct Removed {
     pub invalid: usize,
 }
 
-/// `op=delcontacts`.
-pub async fn delcontacts(db: &Arc<Db>, caller: &Caller, phones: Option<Phones<'_>>, max_phones: usize) -> Result<Removed, ApiError> {
-    let sent = phones.filter(|p| !p.is_blank()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
-    let list = parse_phones(sent, max_phones)?;
-    let removed = db.remove_contacts(caller.user_id, list.phones).await?;
-    Ok(Removed { removed, invalid: list.invalid })
+/// Contact sync: the address books, and the limits on what they look up.
+pub struct Contacts {
+    db: Arc<Db>,
+    limits: Arc<ContactLimits>,
+}
+
+impl Contacts {
+    pub fn new(db: Arc<Db>, limits: ContactLimits) -> Contacts {
+        Contacts { db, limits: Arc::new(limits) }
+    }
+
+    /// `op=getcontacts`.
+    pub async fn sync(&self, caller: &Caller, client_ip: &str, request: SyncRequest<'_>) -> Result<SyncPage, ApiError> {
+        let first_page_of_changes = request.phones.is_none_or(|p| p.is_blank()) && request.cursor.is_none_or(str::is_empty);
+        let (phones, invalid) = match request.phones.filter(|p| !p.is_blank()) {
+            Some(sent) => {
+                let list = parse_phones(sent, self.limits.max_per_request)?;
+                (Some(list.phones), Some(list.invalid))
+            }
+            None => (None, None),
+        };
+        let since = match non_empty(request.ts) {
+            Some(ts) => ts.parse::<i64>().map_err(|_| ApiError::new(ErrorCode::BadParam, "ts must be unix seconds"))?,
+            None => 0,
+        };
+        let after = match non_empty(request.cursor) {
+            Some(raw) => Some(Cursor::parse(raw).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "cursor is not one this server gave"))?),
+            None => None,
+        };
+        let now = self.db.clock().now();
+        // The next sync must see every change made after the first page was taken.
+        let started = after.as_ref().map_or(now, |c| c.started);
+        let query = SyncQuery {
+            owner: caller.user_id,
+            phones,
+            since,
+            // A reset applies to the first page only; later pages re-send the same phones.
+            reset: after.is_none() && request.reset,
+            after: after.map(|cursor| (cursor.ts, cursor.address)),
+            now,
+        };
+        let (limits, user_id, client_ip) = (Arc::clone(&self.limits), caller.user_id, client_ip.to_string());
+        let admit =
+            move |new, stored| -> Admission<ApiError> { Box::pin(async move { limits.admit(user_id, &client_ip, new, stored).await }) };
+        let (contacts, more) = self.db.sync_contacts(query, admit).await??;
+        let me = self.db.profile_of(caller.user_id).await?;
+        let groups = match first_page_of_changes {
+            true => self.db.groups_of(me.address.clone(), since, MAX_GROUPS_PER_SYNC).await?,
+            false => Vec::new(),
+        };
+        let cursor = more.then(|| {
+            let last = contacts.last().expect("a page with more has entries");
+            Cursor { started, ts: last.ts, address: last.address.clone() }.encode()
+        });
+        Ok(SyncPage { contacts, groups, me, cursor, more, invalid, ts: started })
+    }
+
+    /// `op=delcontacts`.
+    pub async fn remove(&self, caller: &Caller, phones: Option<Phones<'_>>) -> Result<Removed, ApiError> {
+        let sent = phones.filter(|p| !p.is_blank()).ok_or_else(|| ApiError::new(ErrorCode::BadParam, "phones is required"))?;
+        let list = parse_phones(sent, self.limits.max_per_request)?;
+        let removed = self.db.remove_contacts(caller.user_id, list.phones).await?;
+        Ok(Removed { removed, invalid: list.invalid })
+    }
+
+    /// Forgets the users and addresses whose budgets are full again.
+    pub fn purge(&self) {
+        self.limits.purge();
+    }
 }
 
 #[cfg(test)]

@@ -13,17 +13,18 @@ use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::groups::{ChangedGroup, Group, GroupWrite, MemberChange, ADMIN, MEMBER, OWNER};
 use crate::domain::ratelimit::{KeyedLimit, Refusal, SharedLimits};
 use crate::service::contacts::{parse_phones, Phones};
-use crate::service::uploads::{stored_photo, Files, StoredPhoto, UploadedFile};
+use crate::service::uploads::{Files, StoredPhoto, UploadedFile};
 use crate::store::Db;
 
 /// Members one request may name.
 pub const MAX_MEMBERS_PER_REQUEST: usize = 1000;
 
-/// What the group ops share: the platform the groups are mirrored to, and the limit
-/// on members each user adds.
+/// What the group ops share: the platform the groups are mirrored to, the files that
+/// hold their photos, and the limit on members each user adds.
 pub struct Groups {
     pub db: Arc<Db>,
     pub platform: Upstream,
+    files: Arc<Files>,
     /// Members a user may add per hour, over all their groups: each add notifies someone
     /// who did not ask for it.
     pub adds_per_user: KeyedLimit,
@@ -41,10 +42,11 @@ pub struct SetGroup<'a> {
 }
 
 impl Groups {
-    pub fn new(config: &Config, db: Arc<Db>, shared: Option<&Arc<SharedLimits>>) -> Result<Groups, String> {
+    pub fn new(config: &Config, db: Arc<Db>, files: Arc<Files>, shared: Option<&Arc<SharedLimits>>) -> Result<Groups, String> {
         Ok(Groups {
             db,
             platform: Upstream::from_config(config)?,
+            files,
             adds_per_user: KeyedLimit::per_hour(config.limit.group_adds_per_user_per_hour).named("group_adds_per_user").shared(shared),
         })
     }
@@ -67,7 +69,7 @@ impl Groups {
 
     /// `setgroup`: creates a group (`gid` 0) with the caller as owner, or changes one the
     /// caller runs: its name, its photo, and with `m` its member list.
-    pub async fn set(&self, files: &Files, caller: &Caller, request: SetGroup<'_>) -> Result<Group, ApiError> {
+    pub async fn set(&self, caller: &Caller, request: SetGroup<'_>) -> Result<Group, ApiError> {
         let me = self.phone_of(caller).await?;
         let name = request.name.map(decoded).map(|name| checked_name(&name)).transpose()?;
         let members = match request.members.map(decoded) {
@@ -92,18 +94,18 @@ impl Groups {
         // Before the photo is stored: a refused change keeps nothing of it.
         self.admit_adds(caller, added).await?;
         let stored = match request.photo {
-            Some(file) => Some(stored_photo(files, caller, file).await?),
+            Some(file) => Some(self.files.stored_photo(caller, file).await?),
             None => None,
         };
         let photo = stored.as_ref().map(|stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
         let write = match self.mirror(me, existing, name, members).await {
             Ok(write) => GroupWrite { photo, ..write },
             Err(e) => {
-                self.forget(files, stored.as_ref()).await;
+                self.forget(stored.as_ref()).await;
                 return Err(e);
             }
         };
-        self.write_photo(files, write, stored.as_ref()).await
+        self.write_photo(write, stored.as_ref()).await
     }
 
     /// Makes a `setgroup` change on the platform (`groupadd` creates the group, `groupset`
@@ -226,7 +228,7 @@ impl Groups {
 
     /// `delgroup`: the owner deletes the group, and its photo unless something else shows
     /// it; any other member leaves it.
-    pub async fn delete(&self, files: &Files, caller: &Caller, gid: i64) -> Result<(), ApiError> {
+    pub async fn delete(&self, caller: &Caller, gid: i64) -> Result<(), ApiError> {
         if gid <= 0 {
             return Err(missing("gid"));
         }
@@ -239,7 +241,7 @@ impl Groups {
             let subject = format!("The group {} has been deleted", group.name);
             // The photo the deletion read: one replaced meanwhile was freed by its replacer.
             if let Some(deleted) = self.db.delete_group(gid, me, subject, self.db.clock().now()).await? {
-                files.release(&self.db, &deleted.photo).await;
+                self.files.release(&deleted.photo).await;
             }
         } else {
             let fields = serde_json::json!({ "gid": gid, "m": me, "delete": 1 });
@@ -252,44 +254,37 @@ impl Groups {
 
     /// `upload` with `profile=1` and `gid`: sets (or with `delete` removes) the photo of
     /// a group the caller runs. Only the members are told: the platform keeps no photos.
-    pub async fn set_photo(
-        &self,
-        files: &Files,
-        caller: &Caller,
-        gid: i64,
-        delete: bool,
-        file: Option<UploadedFile>,
-    ) -> Result<Group, ApiError> {
+    pub async fn set_photo(&self, caller: &Caller, gid: i64, delete: bool, file: Option<UploadedFile>) -> Result<Group, ApiError> {
         let me = self.phone_of(caller).await?;
         self.run_by(gid, &me).await?;
         let stored = match (delete, file) {
             (true, _) => None,
             (false, None) => return Err(ApiError::new(ErrorCode::MissingFile, "a file part is required")),
-            (false, Some(file)) => Some(stored_photo(files, caller, file).await?),
+            (false, Some(file)) => Some(self.files.stored_photo(caller, file).await?),
         };
         let photo = stored.as_ref().map_or((String::new(), None), |stored| (stored.name.clone(), Some(stored.thumbnail.clone())));
         let write = GroupWrite { photo: Some(photo), ..GroupWrite::change(gid, MemberChange::Keep, &me, self.db.clock().now()) };
-        self.write_photo(files, write, stored.as_ref()).await
+        self.write_photo(write, stored.as_ref()).await
     }
 
     /// Writes a change that may set (or remove) the group's photo: the photo `stored` for
     /// it is kept, and the one it replaced deleted unless something else shows it. The store
     /// says which photo the change replaced: of two changes at once, each frees the photo
     /// it replaced itself, so none is left behind and none freed twice.
-    async fn write_photo(&self, files: &Files, write: GroupWrite, stored: Option<&StoredPhoto>) -> Result<Group, ApiError> {
+    async fn write_photo(&self, write: GroupWrite, stored: Option<&StoredPhoto>) -> Result<Group, ApiError> {
         let ChangedGroup { group, replaced_photo } = match self.written(write).await {
             Ok(changed) => changed,
             Err(e) => {
                 // The group may be gone since it was read: then no row shows the photo.
-                self.forget(files, stored).await;
+                self.forget(stored).await;
                 return Err(e);
             }
         };
         if let Some(stored) = stored {
-            stored.keep(&self.db, files).await?;
+            self.files.keep(stored).await?;
         }
         if replaced_photo != group.photo {
-            files.release(&self.db, &replaced_photo).await;
+            self.files.release(&replaced_photo).await;
         }
         Ok(group)
     }
@@ -301,9 +296,9 @@ impl Groups {
 
     /// Frees the photo stored for a change that was not written, unless something else
     /// shows the same file.
-    async fn forget(&self, files: &Files, stored: Option<&StoredPhoto>) {
+    async fn forget(&self, stored: Option<&StoredPhoto>) {
         if let Some(stored) = stored {
-            files.release(&self.db, &stored.name).await;
+            self.files.release(&stored.name).await;
         }
     }
 

@@ -1,5 +1,9 @@
 //! The service's operations: login (and the authenticators that prove an address),
-//! sessions, profiles and contact sync.
+//! sessions, profiles, contact sync, groups, files, linked addresses, accounts and the
+//! operator API's work. Each service is a struct (`LoginFlow`, `Sessions`, `Users`,
+//! `Contacts`, `Groups`, `Files`, `Links`, `Accounts`, `Operators`) built once by
+//! `runtime` and held in the API's state; it holds what it needs (the database, and the
+//! other services it calls), so a caller needs only its methods.
 
 pub mod accounts;
 pub mod authenticators;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::domain::address::{self, Address};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::service::links::Linked;
+use crate::service::links::{Linked, Links};
 use crate::store::audit;
 use crate::store::operators::{UserKey, UserRecord};
 use crate::store::records::{AuditEvent, OperatorSession};
@@ -66,21 +66,6 @@ fn named(user: &UserRecord) -> String {
     format!("user {} ({})", user.id, Address::from_stored(&user.address).masked())
 }
 
-/// The user, their live sessions and linked addresses; `None` when there is no such user.
-/// The lookup is recorded before anything is answered: no data is shown unrecorded.
-pub async fn user(db: &Arc<Db>, operator: &Operator, key: UserKey) -> Result<Option<UserDetails>, ApiError> {
-    let by = looked_up_by(&key);
-    let Some(user) = db.find_user(key).await? else {
-        db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: no user by {by}")).await?;
-        return Ok(None);
-    };
-    db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: {} by {by}", named(&user))).await?;
-    db.audit(&user.address, audit::OPERATOR_LOOKUP, format!("{operator}: user")).await?;
-    let sessions = db.user_sessions(user.id).await?;
-    let linked = super::links::linked(db, user.id).await?;
-    Ok(Some(UserDetails { user, sessions, linked }))
-}
-
 /// A user as an operator looks them up.
 #[derive(Debug)]
 pub struct UserDetails {
@@ -90,32 +75,61 @@ pub struct UserDetails {
     pub linked: Vec<Linked>,
 }
 
-/// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
-/// there is no such user.
-pub async fn revoke(db: &Arc<Db>, operator: &Operator, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
-    let Some(user) = db.find_user(UserKey::Id(user_id)).await? else { return Ok(None) };
-    let ended = db.revoke_sessions(user_id, session).await?;
-    tracing::info!(user_id, ended, "an operator revoked sessions");
-    db.audit(&user.address, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended}")).await?;
-    db.audit(audit::OPERATOR_TRAIL, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended} of {}", named(&user))).await?;
-    Ok(Some(ended))
+/// The operator API's work on users, sessions and the audit trail.
+pub struct Operators {
+    db: Arc<Db>,
+    links: Arc<Links>,
 }
 
-/// The security events of the address a lookup names, newest first. The lookup is
-/// recorded after the read, so that it shows in the next one.
-pub async fn events(db: &Arc<Db>, operator: &Operator, key: UserKey) -> Result<Vec<AuditEvent>, ApiError> {
-    let by = looked_up_by(&key);
-    let address = match key {
-        UserKey::Address(address) => address,
-        UserKey::Uid(_) | UserKey::Id(_) => return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users")),
-    };
-    let events = db.audit_events(&address).await?;
-    db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: events of {by}")).await?;
-    db.audit(&address, audit::OPERATOR_LOOKUP, format!("{operator}: events")).await?;
-    Ok(events)
-}
+impl Operators {
+    pub fn new(db: Arc<Db>, links: Arc<Links>) -> Operators {
+        Operators { db, links }
+    }
 
-/// The operator API's own trail (failed logins, lookups, revokes), newest first.
-pub async fn operator_events(db: &Arc<Db>) -> Result<Vec<AuditEvent>, ApiError> {
-    Ok(db.audit_events(audit::OPERATOR_TRAIL).await?)
+    /// The user, their live sessions and linked addresses; `None` when there is no such user.
+    /// The lookup is recorded before anything is answered: no data is shown unrecorded.
+    pub async fn user(&self, operator: &Operator, key: UserKey) -> Result<Option<UserDetails>, ApiError> {
+        let by = looked_up_by(&key);
+        let Some(user) = self.db.find_user(key).await? else {
+            self.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: no user by {by}")).await?;
+            return Ok(None);
+        };
+        self.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: {} by {by}", named(&user))).await?;
+        self.db.audit(&user.address, audit::OPERATOR_LOOKUP, format!("{operator}: user")).await?;
+        let sessions = self.db.user_sessions(user.id).await?;
+        let linked = self.links.linked(user.id).await?;
+        Ok(Some(UserDetails { user, sessions, linked }))
+    }
+
+    /// Ends one of the user's sessions (`session` is its id) or all of them. `None` when
+    /// there is no such user.
+    pub async fn revoke(&self, operator: &Operator, user_id: i64, session: Option<String>) -> Result<Option<usize>, ApiError> {
+        let Some(user) = self.db.find_user(UserKey::Id(user_id)).await? else { return Ok(None) };
+        let ended = self.db.revoke_sessions(user_id, session).await?;
+        tracing::info!(user_id, ended, "an operator revoked sessions");
+        self.db.audit(&user.address, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended}")).await?;
+        self.db.audit(audit::OPERATOR_TRAIL, audit::SESSIONS_REVOKED, format!("{operator}: ended {ended} of {}", named(&user))).await?;
+        Ok(Some(ended))
+    }
+
+    /// The security events of the address a lookup names, newest first. The lookup is
+    /// recorded after the read, so that it shows in the next one.
+    pub async fn events(&self, operator: &Operator, key: UserKey) -> Result<Vec<AuditEvent>, ApiError> {
+        let by = looked_up_by(&key);
+        let address = match key {
+            UserKey::Address(address) => address,
+            UserKey::Uid(_) | UserKey::Id(_) => {
+                return Err(ApiError::new(ErrorCode::BadParam, "give phone or email: events outlive users"))
+            }
+        };
+        let events = self.db.audit_events(&address).await?;
+        self.db.audit(audit::OPERATOR_TRAIL, audit::OPERATOR_LOOKUP, format!("{operator}: events of {by}")).await?;
+        self.db.audit(&address, audit::OPERATOR_LOOKUP, format!("{operator}: events")).await?;
+        Ok(events)
+    }
+
+    /// The operator API's own trail (failed logins, lookups, revokes), newest first.
+    pub async fn operator_events(&self) -> Result<Vec<AuditEvent>, ApiError> {
+        Ok(self.db.audit_events(audit::OPERATOR_TRAIL).await?)
+    }
 }

@@ -4,15 +4,14 @@ use std::sync::Arc;
 
 use crate::domain::account::{refuse_control_characters, Caller, PushRegistration};
 use crate::domain::error::{ApiError, ErrorCode};
-use crate::service::links::{self, Linked};
+use crate::service::links::{Linked, Links};
 use crate::store::records::DeviceSession;
 use crate::store::Db;
 
-/// `op=logout`: ends the token's session, or with `all` every session of its user.
-/// An unknown or already ended token is not an error: the app's goal is reached.
-/// Answers how many sessions ended.
-pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<usize, ApiError> {
-    Ok(db.end_sessions(token_sha256, all).await?)
+/// A user's sessions: ending them, listing them, and their push registrations.
+pub struct Sessions {
+    db: Arc<Db>,
+    links: Arc<Links>,
 }
 
 /// What `op=devices` shows: the user's live sessions (as the store describes them) and
@@ -21,12 +20,6 @@ pub async fn logout(db: &Arc<Db>, token_sha256: String, all: bool) -> Result<usi
 pub struct Devices {
     pub sessions: Vec<DeviceSession>,
     pub linked: Vec<Linked>,
-}
-
-/// `op=devices`.
-pub async fn devices(db: &Arc<Db>, caller: &Caller) -> Result<Devices, ApiError> {
-    let sessions = db.sessions_of(caller.clone(), db.clock().now()).await?;
-    Ok(Devices { sessions, linked: links::linked(db, caller.user_id).await? })
 }
 
 /// The fields of `op=setnotify` as the 2021 Android app sends them.
@@ -41,26 +34,45 @@ pub struct SetNotify<'a> {
 const MAX_PUSH_TOKEN_CHARS: usize = 4096;
 const MAX_PUSH_FIELD_CHARS: usize = 256;
 
-/// `op=setnotify`: keeps the device's push registration with the caller's session,
-/// replacing the one before; an empty `notifytoken` removes it. Logging out removes it
-/// with the session.
-pub async fn set_notify(db: &Arc<Db>, caller: &Caller, fields: SetNotify<'_>) -> Result<(), ApiError> {
-    let text = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
-        let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
-        if value.chars().count() > max {
-            return Err(ApiError::new(ErrorCode::BadParam, format!("{name} must be at most {max} characters")));
-        }
-        refuse_control_characters(name, value)?;
-        Ok(Some(value.to_string()))
-    };
-    let registration = match text("notifytoken", fields.notify_token, MAX_PUSH_TOKEN_CHARS)? {
-        Some(token) => Some(PushRegistration {
-            token,
-            sender: text("fcmid", fields.fcm_id, MAX_PUSH_FIELD_CHARS)?,
-            device_type: text("dt", fields.device_type, MAX_PUSH_FIELD_CHARS)?,
-        }),
-        None => None,
-    };
-    db.set_push(caller.token_sha256.clone(), registration).await?;
-    Ok(())
+impl Sessions {
+    pub fn new(db: Arc<Db>, links: Arc<Links>) -> Sessions {
+        Sessions { db, links }
+    }
+
+    /// `op=logout`: ends the token's session, or with `all` every session of its user.
+    /// An unknown or already ended token is not an error: the app's goal is reached.
+    /// Answers how many sessions ended.
+    pub async fn logout(&self, token_sha256: String, all: bool) -> Result<usize, ApiError> {
+        Ok(self.db.end_sessions(token_sha256, all).await?)
+    }
+
+    /// `op=devices`.
+    pub async fn devices(&self, caller: &Caller) -> Result<Devices, ApiError> {
+        let sessions = self.db.sessions_of(caller.clone(), self.db.clock().now()).await?;
+        Ok(Devices { sessions, linked: self.links.linked(caller.user_id).await? })
+    }
+
+    /// `op=setnotify`: keeps the device's push registration with the caller's session,
+    /// replacing the one before; an empty `notifytoken` removes it. Logging out removes it
+    /// with the session.
+    pub async fn set_notify(&self, caller: &Caller, fields: SetNotify<'_>) -> Result<(), ApiError> {
+        let text = |name: &str, value: Option<&str>, max: usize| -> Result<Option<String>, ApiError> {
+            let Some(value) = value.map(str::trim).filter(|v| !v.is_empty()) else { return Ok(None) };
+            if value.chars().count() > max {
+                return Err(ApiError::new(ErrorCode::BadParam, format!("{name} must be at most {max} characters")));
+            }
+            refuse_control_characters(name, value)?;
+            Ok(Some(value.to_string()))
+        };
+        let registration = match text("notifytoken", fields.notify_token, MAX_PUSH_TOKEN_CHARS)? {
+            Some(token) => Some(PushRegistration {
+                token,
+                sender: text("fcmid", fields.fcm_id, MAX_PUSH_FIELD_CHARS)?,
+                device_type: text("dt", fields.device_type, MAX_PUSH_FIELD_CHARS)?,
+            }),
+            None => None,
+        };
+        self.db.set_push(caller.token_sha256.clone(), registration).await?;
+        Ok(())
+    }
 }

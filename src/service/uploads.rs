@@ -1,4 +1,5 @@
-//! `op=upload`: chat attachments, and the caller's own profile photo.
+//! `op=upload`: chat attachments, and the caller's own profile photo; and the photos
+//! every other service keeps (profiles, groups), through [`Files`].
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -36,8 +37,10 @@ pub struct UploadRequest {
     pub file: Option<UploadedFile>,
 }
 
-/// Where stored files are served from: the `urls.download` base the login reply gives.
+/// Uploaded files and photos: where they are kept, what bounds them, and where they are
+/// served from (the `urls.download` base the login reply gives).
 pub struct Files {
+    db: Arc<Db>,
     pub store: FileStore,
     pub download_base: String,
     pub limits: UploadLimits,
@@ -97,37 +100,11 @@ impl UploadLimits {
     }
 }
 
-impl Files {
-    fn url(&self, name: &str) -> String {
-        format!("{}{name}", self.download_base)
-    }
-
-    /// Deletes stored file `name` (a photo no longer shown by whoever showed it) unless a
-    /// user, a group or an attachment still refers to it. A failure is only logged: the
-    /// file then stays, served only to who knows its name.
-    pub async fn release(&self, db: &Db, name: &str) {
-        match db.remove_file_unless_referenced(&self.store, name).await {
-            Ok(true) => tracing::debug!("an unused photo file was deleted"),
-            Ok(false) => {}
-            Err(e) => tracing::warn!("an unused photo file could not be deleted: {e}"),
-        }
-    }
-}
-
 /// A photo kept in the file store, for a row to refer to.
 pub struct StoredPhoto {
     pub name: String,
     pub thumbnail: Vec<u8>,
     jpeg: Arc<Vec<u8>>,
-}
-
-impl StoredPhoto {
-    /// Called once the row showing the photo is committed: a deletion of an unused file
-    /// of the same bytes may have come in between (see `store::files`), and is undone,
-    /// unless the photo was replaced again since.
-    pub async fn keep(&self, db: &Db, files: &Files) -> Result<(), ApiError> {
-        Ok(db.restore_file_if_referenced(&files.store, &self.name, Arc::clone(&self.jpeg)).await?)
-    }
 }
 
 /// What `op=upload` stored.
@@ -140,83 +117,107 @@ pub enum Uploaded {
     OwnPhoto { profile: Profile, url: Option<String> },
 }
 
-/// `op=upload` of an attachment or of the caller's own photo (a group's photo is the
-/// groups service's).
-pub async fn upload(db: &Arc<Db>, files: &Files, caller: &Caller, request: UploadRequest) -> Result<Uploaded, ApiError> {
-    if !request.profile {
-        // A chat attachment: kept as sent, served under a safe content type.
-        let url = match (request.delete, request.file) {
-            (true, _) => files.download_base.clone(),
+impl Files {
+    /// `download_base`: the `urls.download` the login reply gives; `shared` keeps the
+    /// upload limits in buckets every instance shares (Redis).
+    pub fn new(config: &Config, db: Arc<Db>, download_base: String, shared: Option<&Arc<SharedLimits>>) -> Result<Files, String> {
+        Ok(Files {
+            db,
+            store: FileStore::open(config.files_directory())?,
+            download_base,
+            limits: UploadLimits::from_config(config, shared),
+            decodes: PhotoDecodes::new(config.files.photo_decodes, config.files.photo_decode_queue, config.files.max_photo_pixels),
+        })
+    }
+
+    fn url(&self, name: &str) -> String {
+        format!("{}{name}", self.download_base)
+    }
+
+    /// Deletes stored file `name` (a photo no longer shown by whoever showed it) unless a
+    /// user, a group or an attachment still refers to it. A failure is only logged: the
+    /// file then stays, served only to who knows its name.
+    pub async fn release(&self, name: &str) {
+        match self.db.remove_file_unless_referenced(&self.store, name).await {
+            Ok(true) => tracing::debug!("an unused photo file was deleted"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("an unused photo file could not be deleted: {e}"),
+        }
+    }
+
+    /// `op=upload` of an attachment or of the caller's own photo (a group's photo is the
+    /// groups service's).
+    pub async fn upload(&self, caller: &Caller, request: UploadRequest) -> Result<Uploaded, ApiError> {
+        if !request.profile {
+            // A chat attachment: kept as sent, served under a safe content type.
+            let url = match (request.delete, request.file) {
+                (true, _) => self.download_base.clone(),
+                (false, None) => return Err(missing_file()),
+                (false, Some(file)) => {
+                    self.limits.admit_file(caller.user_id, &file).await?;
+                    let bytes = Arc::new(file.bytes);
+                    let name = self.store.put(Arc::clone(&bytes), images::stored_extension(&file.file_name)).await?;
+                    // Recorded, so that it is never taken for an unused photo of the same bytes.
+                    self.db.keep_attachment(&name).await?;
+                    self.store.restore(&name, bytes).await?;
+                    self.url(&name)
+                }
+            };
+            return Ok(Uploaded::Attachment { url });
+        }
+        let profile = self.set_own_photo(caller, request.delete, request.file).await?;
+        let url = (!profile.photo.is_empty()).then(|| self.url(&profile.photo));
+        Ok(Uploaded::OwnPhoto { profile, url })
+    }
+
+    /// Stores `file` as the caller's photo, or with `delete` removes the photo.
+    async fn set_own_photo(&self, caller: &Caller, delete: bool, file: Option<UploadedFile>) -> Result<Profile, ApiError> {
+        let stored = match (delete, file) {
+            (true, _) => None,
             (false, None) => return Err(missing_file()),
-            (false, Some(file)) => {
-                files.limits.admit_file(caller.user_id, &file).await?;
-                let bytes = Arc::new(file.bytes);
-                let name = files.store.put(Arc::clone(&bytes), images::stored_extension(&file.file_name)).await?;
-                // Recorded, so that it is never taken for an unused photo of the same bytes.
-                db.keep_attachment(&name).await?;
-                files.store.restore(&name, bytes).await?;
-                files.url(&name)
+            (false, Some(file)) => Some(self.stored_photo(caller, file).await?),
+        };
+        let change = match &stored {
+            None => ProfileChange { photo: Some(String::new()), ..ProfileChange::default() },
+            Some(photo) => {
+                ProfileChange { photo: Some(photo.name.clone()), thumbnail: Some(photo.thumbnail.clone()), ..ProfileChange::default() }
             }
         };
-        return Ok(Uploaded::Attachment { url });
+        self.change_photo(caller, change, stored.as_ref()).await
     }
-    let profile = set_own_photo(db, files, caller, request.delete, request.file).await?;
-    let url = (!profile.photo.is_empty()).then(|| files.url(&profile.photo));
-    Ok(Uploaded::OwnPhoto { profile, url })
-}
 
-/// Stores `file` as the caller's photo, or with `delete` removes the photo.
-async fn set_own_photo(
-    db: &Arc<Db>,
-    files: &Files,
-    caller: &Caller,
-    delete: bool,
-    file: Option<UploadedFile>,
-) -> Result<Profile, ApiError> {
-    let stored = match (delete, file) {
-        (true, _) => None,
-        (false, None) => return Err(missing_file()),
-        (false, Some(file)) => Some(stored_photo(files, caller, file).await?),
-    };
-    let change = match &stored {
-        None => ProfileChange { photo: Some(String::new()), ..ProfileChange::default() },
-        Some(photo) => {
-            ProfileChange { photo: Some(photo.name.clone()), thumbnail: Some(photo.thumbnail.clone()), ..ProfileChange::default() }
+    /// Applies a profile change that sets (or removes) the photo: the photo `stored` for it
+    /// is kept, and the one it replaces deleted unless someone else shows it. The store
+    /// says which photo the change replaced: of two changes at once, each frees the photo
+    /// it replaced itself, so none is left behind and none freed twice.
+    pub async fn change_photo(&self, caller: &Caller, change: ProfileChange, stored: Option<&StoredPhoto>) -> Result<Profile, ApiError> {
+        let ChangedProfile { profile, replaced_photo } = self.db.change_profile(caller.user_id, change, self.db.clock().now()).await?;
+        if let Some(stored) = stored {
+            self.keep(stored).await?;
         }
-    };
-    change_photo(db, files, caller, change, stored.as_ref()).await
-}
-
-/// Applies a profile change that sets (or removes) the photo: the photo `stored` for it
-/// is kept, and the one it replaces deleted unless someone else shows it. The store
-/// says which photo the change replaced: of two changes at once, each frees the photo
-/// it replaced itself, so none is left behind and none freed twice.
-pub async fn change_photo(
-    db: &Arc<Db>,
-    files: &Files,
-    caller: &Caller,
-    change: ProfileChange,
-    stored: Option<&StoredPhoto>,
-) -> Result<Profile, ApiError> {
-    let ChangedProfile { profile, replaced_photo } = db.change_profile(caller.user_id, change, db.clock().now()).await?;
-    if let Some(stored) = stored {
-        stored.keep(db, files).await?;
+        if replaced_photo != profile.photo {
+            self.release(&replaced_photo).await;
+        }
+        Ok(profile)
     }
-    if replaced_photo != profile.photo {
-        files.release(db, &replaced_photo).await;
-    }
-    Ok(profile)
-}
 
-/// Decodes and re-encodes a photo `caller` uploads (off the request threads: it is CPU
-/// work, bounded by [`PhotoDecodes`]) and keeps it; returns its stored name and its thumbnail. It counts against the
-/// caller's upload limits before it is decoded.
-pub async fn stored_photo(files: &Files, caller: &Caller, file: UploadedFile) -> Result<StoredPhoto, ApiError> {
-    files.limits.admit_file(caller.user_id, &file).await?;
-    let Photo { jpeg, thumbnail } = files.decodes.decode(file.bytes).await?;
-    let jpeg = Arc::new(jpeg);
-    let name = files.store.put(Arc::clone(&jpeg), "jpg").await?;
-    Ok(StoredPhoto { name, thumbnail, jpeg })
+    /// Decodes and re-encodes a photo `caller` uploads (off the request threads: it is CPU
+    /// work, bounded by [`PhotoDecodes`]) and keeps it; returns its stored name and its thumbnail. It counts against the
+    /// caller's upload limits before it is decoded.
+    pub async fn stored_photo(&self, caller: &Caller, file: UploadedFile) -> Result<StoredPhoto, ApiError> {
+        self.limits.admit_file(caller.user_id, &file).await?;
+        let Photo { jpeg, thumbnail } = self.decodes.decode(file.bytes).await?;
+        let jpeg = Arc::new(jpeg);
+        let name = self.store.put(Arc::clone(&jpeg), "jpg").await?;
+        Ok(StoredPhoto { name, thumbnail, jpeg })
+    }
+
+    /// Called once the row showing `stored` is committed: a deletion of an unused file of
+    /// the same bytes may have come in between (see `store::files`), and is undone, unless
+    /// the photo was replaced again since.
+    pub async fn keep(&self, stored: &StoredPhoto) -> Result<(), ApiError> {
+        Ok(self.db.restore_file_if_referenced(&self.store, &stored.name, Arc::clone(&stored.jpeg)).await?)
+    }
 }
 
 /// The photo decodes: a decode holds the memory of every pixel while it runs, so only

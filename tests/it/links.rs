@@ -130,7 +130,10 @@ async fn an_id_token_links_its_address_and_deleting_the_account_deletes_every_pl
 
     // The operator finds the account by its linked address.
     let operator = otpgate::service::operators::Operator::from_client_ip("127.0.0.1".into());
-    let user = otpgate::service::operators::user(&server.state.db, &operator, otpgate::store::operators::UserKey::Address(ANN_MAIL.into()))
+    let user = server
+        .state
+        .operators
+        .user(&operator, otpgate::store::operators::UserKey::Address(ANN_MAIL.into()))
         .await
         .unwrap()
         .expect("found by the linked address");
