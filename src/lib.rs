@@ -8,11 +8,12 @@
 //! | [`domain`] | addresses, codes and keys, phone policy, templates, limits, errors, metrics |
 //! | [`store`] | the SQLite database: writer thread, checkpoints, schema, every query |
 //! | [`delivery`] | senders, the code courier, the notification outbox, the platform's `useradd`, CAPTCHA |
-//! | [`service`] | login, sessions, profiles, contact sync |
-//! | [`api`] | HTTP: routes, request parsing, replies, middleware, health, metrics, OpenAPI |
+//! | [`service`] | login, sessions, profiles, contact sync, groups, files, linked addresses, accounts: a struct each, held in the state |
+//! | [`api`] | HTTP: routes, request parsing, the ops (a file each), replies, middleware, health, metrics, OpenAPI |
 //! | [`runtime`] | building it all from the configuration, background tasks, the command line |
 //!
-//! A new op goes in `service` (its logic) and `api` (its fields and reply); a new
+//! A new op goes in `service` (its logic, a method of a service) and in a file of
+//! `api::ops` (its fields, reply and description) with its line in the table there; a new
 //! sender in `delivery::senders`; a new table in `schema.sql` and a file of `store`.
 //! `.ci/check-layers` fails the build on an import against this order.
 

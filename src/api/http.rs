@@ -8,10 +8,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
-use crate::api::op::{Field, Op, Params};
-use crate::api::ops;
+use crate::api::ops::{self, Op};
 use crate::api::reply::reply;
-use crate::api::request::{access_token, Request};
+use crate::api::request::{access_token, Field, Params, Sent};
 use crate::api::request_log;
 use crate::api::state::UploadPlace;
 use crate::api::{AppState, HttpSettings};
@@ -34,7 +33,7 @@ pub(crate) async fn api(request: HttpRequest, payload: web::Payload, state: web:
     let client_ip = state.proxies.client_ip(&request);
     let result = match Op::parse(op) {
         // The upload's place, if it holds one, is kept until the request is answered.
-        Some(op) => ops::handle(&state, Request::parse(op, &params, request.headers(), upload.file), upload.caller, &client_ip).await,
+        Some(op) => ops::handle(&state, op, Sent::new(&params, request.headers(), upload.file), upload.caller, &client_ip).await,
         None if op.is_empty() => Err(ApiError::new(ErrorCode::BadOp, "op is required")),
         None => Err(ApiError::new(ErrorCode::BadOp, "unknown op")),
     };

@@ -1,5 +1,6 @@
-//! The only layer that sees HTTP: routes, request parsing, replies, middleware,
-//! health, metrics and the OpenAPI document.
+//! The only layer that sees HTTP: routes, request parsing, the ops (a file each in
+//! `ops/`, named once in its table), replies, middleware, health, metrics and the
+//! OpenAPI document.
 
 pub mod admin;
 pub mod fuzz_targets;
@@ -11,7 +12,6 @@ pub mod ops;
 pub mod reply;
 pub mod request;
 pub mod request_log;
-pub mod results;
 pub mod server;
 mod state;
 

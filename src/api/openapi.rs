@@ -1,279 +1,16 @@
 //! The OpenAPI 3 document for the service, served at `GET /openapi.json`. Ops come
 //! from [`Op::ALL`] and error codes from [`ErrorCode::ALL`]; each op's fields are
-//! described in [`op_doc`], whose match does not compile without every op.
+//! described in its own file, `api/ops/<op>.rs` ([`Op::doc`]), which does not compile
+//! without its description.
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
 
-use crate::api::op::Op;
 use crate::api::op::API_PATHS;
+use crate::api::ops::Op;
 use crate::api::AppState;
 use crate::config::Dialect;
 use crate::domain::error::ErrorCode;
-
-/// Request and reply fields of one op: `(name, JSON type, description)`.
-pub struct OpDoc {
-    pub summary: &'static str,
-    pub request: &'static [(&'static str, &'static str, &'static str)],
-    pub required: &'static [&'static str],
-    pub reply: &'static [(&'static str, &'static str, &'static str)],
-}
-
-/// The fields of `op`.
-pub fn op_doc(op: Op) -> OpDoc {
-    match op {
-        Op::Login => OpDoc {
-            summary: "Without otp/code: send a one-time code. With it: verify the code and return the user's access token. With provider and id_token instead: sign in with the ID token of a provider in OIDC_PROVIDERS, in one request.",
-            request: &[
-                ("appid", "string", "The app's id (e.g. its bundle id); a code is valid only for the app that asked for it. At most 128 characters."),
-                ("phone", "string", "The user's number; spaces, dashes, dots, parentheses, a leading + and leading zeros are dropped; 9-15 digits must remain."),
-                ("email", "string", "Instead of phone, for e-mail logins."),
-                ("name", "string", "Optional display name (at most 64 characters), passed to upstream useradd."),
-                ("otp", "string", "The code, when verifying."),
-                ("code", "string", "Older name of otp."),
-                ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
-                ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
-                PROVIDER_FIELD,
-                ID_TOKEN_FIELD,
-                NONCE_FIELD,
-            ],
-            required: &["appid"],
-            reply: &[
-                ("challenge", "string", "Start only: an id to send back with the code (none for TEST_OTPS numbers)."),
-                ("title", "string", "Start only, when APP_SETTINGS sets start.title: the title of the notice below."),
-                ("message", "string", "Start only, when APP_SETTINGS sets start.message: a notice the Android app shows as an alert."),
-                ("delay", "integer", "Start only, when APP_SETTINGS sets start.delay: milliseconds before the app shows the code field."),
-                ("token", "string", "The user's access token (verify only)."),
-                ("uid", "string", "Upstream user id, a number or a string as upstream gave it (verify only)."),
-                ("phone", "string", "The normalised phone (verify of a phone login)."),
-                ("email", "string", "The normalised e-mail address (verify of an e-mail login, or of an ID token whose provider signs in by e-mail)."),
-                ("account", "string", "provider:subject (an ID token whose provider signs in by subject)."),
-                ("cc", "string", "The phone's country calling code, e.g. \"44\"; empty for e-mail (verify only)."),
-                ("name", "string", "The user's display name (verify only)."),
-                ("status", "string", "The user's status text (verify only)."),
-                ("photo", "string", "The user's photo, empty when none (verify only)."),
-                ("urls", "object", "upload and download: where the app uploads files and finds downloads (verify only; APP_SETTINGS)."),
-                ("share", "object", "text, subject and title of the app's invite (verify only; APP_SETTINGS)."),
-                ("invite", "string", "The invite text (verify only; APP_SETTINGS)."),
-                ("linked", "object", "Multi-device field passed through from upstream, when present."),
-                ("linkto", "object", "Multi-device field passed through from upstream, when present."),
-            ],
-        },
-        Op::Logout => OpDoc {
-            summary: "End this session, or with all:true every session of the user. An already ended token still succeeds.",
-            request: &[TOKEN_FIELD, ("all", "boolean", "End every session of the user (1, true or yes).")],
-            required: &[],
-            reply: &[("ended", "integer", "How many sessions were ended.")],
-        },
-        Op::Devices => OpDoc {
-            summary: "The caller's live sessions, most recently used first, without tokens.",
-            request: &[TOKEN_FIELD],
-            required: &[],
-            reply: &[
-                (
-                    "devices",
-                    "array",
-                    "Entries with device, appid, created, last_seen, current (the session making the request), push (a push token is registered) and dt.",
-                ),
-                LINKED_FIELD,
-            ],
-        },
-        Op::GetContacts => OpDoc {
-            summary: "Record uploaded phones as the caller's contacts and return those that use the app; without phones, the contacts changed since ts.",
-            request: &[
-                TOKEN_FIELD,
-                ("phones", "string", "Phones as a JSON array or a comma-separated list; at most MAX_CONTACTS_PER_REQUEST."),
-                ("ts", "integer", "Without phones: only contacts changed at or after this time (unix seconds). Default 0."),
-                ("reset", "boolean", "Forget the caller's previous contacts first."),
-                ("cursor", "string", "Continue a reply that had more:true."),
-                ("hidden", "integer", "Sent by the 2021 apps; not used."),
-            ],
-            required: &[],
-            reply: &[
-                ("contacts", "array", "Entries with phone, name, status, photo, ts and tn; never the caller, never a non-user. Without phones, the caller's groups changed since ts follow (gid, name, photo, tn, ts, members, an empty phone)."),
-                ("me", "object", "The caller's own profile: phone or email, name, status, photo, ts, tn."),
-                ("more", "boolean", "More entries follow; ask again with cursor."),
-                ("cursor", "string", "Where the next page starts (with more:true)."),
-                ("invalid", "integer", "Uploaded entries that were not phones."),
-                ("ts", "integer", "The value to send as ts next time."),
-            ],
-        },
-        Op::DelContacts => OpDoc {
-            summary: "Remove phones from the caller's contacts.",
-            request: &[TOKEN_FIELD, ("phones", "string", "Phones as a JSON array or a comma-separated list.")],
-            required: &["phones"],
-            reply: &[("removed", "integer", "How many contacts were removed."), ("invalid", "integer", "Entries that were not phones.")],
-        },
-        Op::Profile => OpDoc {
-            summary: "Change the caller's name, status and/or photo; contacts see the change at their next sync.",
-            request: &[
-                TOKEN_FIELD,
-                ("name", "string", "At most 64 characters."),
-                ("status", "string", "At most 140 characters."),
-                ("photo", "string", "An http(s) URL, at most 512 characters; or send the photo as a multipart file part."),
-            ],
-            required: &[],
-            reply: &[("profile", "object", "json dialect only (the 2021 Android app reads profile as a number): phone or email, name, status, photo, ts, tn and uid.")],
-        },
-        Op::Me => OpDoc {
-            summary: "The caller's own profile, and the addresses linked to the account.",
-            request: &[TOKEN_FIELD],
-            required: &[],
-            reply: &[PROFILE_FIELD, LINKED_FIELD],
-        },
-        Op::Upload => OpDoc {
-            summary: "Multipart: store a chat attachment (profile=0), or set or delete (delete=1) the caller's photo (profile=1). The first file part is taken whatever its name (the apps name it photo).",
-            request: &[
-                TOKEN_FIELD,
-                ("auth", "string", "Another name of token, as the iOS app sends it with attachments."),
-                ("profile", "integer", "1: the caller's photo; 0 (default): a chat attachment."),
-                ("gid", "integer", "With profile=1: a group's photo (admins and owner only); 0 for the caller's own."),
-                ("delete", "integer", "1: remove the photo."),
-                ("mid", "string", "The app's message id; not used."),
-            ],
-            required: &[],
-            reply: &[
-                ("file", "string", "The stored file's full URL (attachment, or the new photo)."),
-                ("url", "string", "Attachments: the same URL."),
-                ("photo", "string", "profile=1: the photo's file name under urls.download; empty when deleted."),
-                ("tn", "string", "profile=1: base64 of the 100x100 JPEG thumbnail."),
-                ("profile", "integer", "profile as asked."),
-                ("gid", "integer", "gid as asked."),
-                ("phone", "string", "profile=1: the caller's phone; else empty."),
-                ("name", "string", "profile=1: the caller's name."),
-                ("status", "string", "profile=1: the caller's status."),
-            ],
-        },
-        Op::SetNotify => OpDoc {
-            summary: "Keep this device's push registration with its session (replaced by the next call, removed at logout; an empty notifytoken removes it).",
-            request: &[
-                TOKEN_FIELD,
-                ("notifytoken", "string", "The push service's token for the device, at most 4096 characters."),
-                ("fcmid", "string", "The push sender id."),
-                ("dt", "string", "The platform SDK's device type."),
-            ],
-            required: &[],
-            reply: &[],
-        },
-        Op::SetGroup => OpDoc {
-            summary: "Create a group (gid 0; the caller becomes its owner) or change one the caller runs: name, photo (a multipart file part) and with m its members. The platform is asked first; nothing changes here if it refuses.",
-            request: &[
-                TOKEN_FIELD,
-                GID_FIELD,
-                ("name", "string", "The group's name, at most 64 characters (percent-encoding is decoded); empty keeps the old one."),
-                ("m", "string", "Member phones, comma-separated, without the caller; replaces the members (the owner stays)."),
-            ],
-            required: &[],
-            reply: GROUP_REPLY,
-        },
-        Op::GetGroup => OpDoc {
-            summary: "A group the caller is a member of.",
-            request: &[TOKEN_FIELD, GID_FIELD],
-            required: &["gid"],
-            reply: GROUP_REPLY,
-        },
-        Op::EditMembers => OpDoc {
-            summary: "Add members to a group the caller runs, or with delete=1 remove them (never the owner).",
-            request: &[
-                TOKEN_FIELD,
-                GID_FIELD,
-                ("m", "string", "Phones, comma-separated."),
-                ("delete", "integer", "1: remove them."),
-            ],
-            required: &["gid", "m"],
-            reply: &[GID_FIELD, MEMBERS_FIELD],
-        },
-        Op::SetAdmin => OpDoc {
-            summary: "Make members admins (admin=1) or members again (admin=0) in a group the caller runs; the owner's role never changes.",
-            request: &[
-                TOKEN_FIELD,
-                GID_FIELD,
-                ("m", "string", "Phones, comma-separated."),
-                ("admin", "integer", "1: admin; 0: member."),
-            ],
-            required: &["gid", "m"],
-            reply: &[GID_FIELD, MEMBERS_FIELD],
-        },
-        Op::DelGroup => OpDoc {
-            summary: "The owner deletes the group; any other member leaves it.",
-            request: &[TOKEN_FIELD, GID_FIELD],
-            required: &["gid"],
-            reply: &[GID_FIELD],
-        },
-        Op::DeleteAccount => OpDoc {
-            summary: "Deletes the caller's account: sessions, address book, profile, photo, push registrations and group memberships, and the user on the platform. First start a login for the caller's own phone or e-mail: its code proves the request (an account signed in with an ID token sends one issued within the last 5 minutes instead).",
-            request: &[
-                TOKEN_FIELD,
-                ("appid", "string", "The app the code was asked for."),
-                ("otp", "string", "The code the login start sent (or code)."),
-                ("challenge", "string", "The challenge id of that start reply, when the app has it."),
-                PROVIDER_FIELD,
-                ID_TOKEN_FIELD,
-                NONCE_FIELD,
-            ],
-            required: &["appid"],
-            reply: &[],
-        },
-        Op::Link => OpDoc {
-            summary: "Links a further address to the caller's account: first start a login for it (op=login with its phone or email), then send its code here; or send an ID token. From then on a login through it is the same user, its token minted with linkto = the account's own address.",
-            request: &[
-                TOKEN_FIELD,
-                ("appid", "string", "The app the code was asked for."),
-                ("phone", "string", "The phone to link, with otp."),
-                ("email", "string", "The e-mail address to link, with otp."),
-                ("otp", "string", "The code the login start for that address sent (or code)."),
-                ("challenge", "string", "The challenge id of that start reply, when the app has it."),
-                PROVIDER_FIELD,
-                ID_TOKEN_FIELD,
-                NONCE_FIELD,
-            ],
-            required: &["appid"],
-            reply: &[LINKED_FIELD],
-        },
-        Op::Unlink => OpDoc {
-            summary: "Unlinks a linked address and ends the sessions that logged in through it; the platform is asked to delete the user it made of it (userdel). The account's own address cannot be unlinked.",
-            request: &[
-                TOKEN_FIELD,
-                ("phone", "string", "The linked phone to unlink."),
-                ("email", "string", "The linked e-mail address to unlink."),
-                ("account", "string", "The linked provider:subject to unlink."),
-            ],
-            required: &[],
-            reply: &[LINKED_FIELD, ("ended", "integer", "How many sessions that came through the address ended.")],
-        },
-    }
-}
-
-const LINKED_FIELD: (&str, &str, &str) = (
-    "linked",
-    "array",
-    "The addresses linked to the account, oldest first: entries with address, kind (phone, email or account) and linked_at.",
-);
-
-const PROVIDER_FIELD: (&str, &str, &str) =
-    ("provider", "string", "A sign-in provider named in OIDC_PROVIDERS (e.g. google, apple), with id_token.");
-const ID_TOKEN_FIELD: (&str, &str, &str) = (
-    "id_token",
-    "string",
-    "The provider's ID token, as its sign-in SDK returned it: signature, issuer, audience and authorized party (OIDC_PROVIDERS client_ids), lifetime and e-mail verification are checked.",
-);
-const NONCE_FIELD: (&str, &str, &str) = ("nonce", "string", "The nonce the app asked the provider to embed; the token must carry it.");
-const GID_FIELD: (&str, &str, &str) = ("gid", "integer", "The group's id (the platform's).");
-const MEMBERS_FIELD: (&str, &str, &str) =
-    ("members", "string", "n:phone,phone,...: the owner and admins first, n of them, then the members.");
-const GROUP_REPLY: &[(&str, &str, &str)] = &[
-    GID_FIELD,
-    ("name", "string", "The group's name."),
-    ("status", "string", "Always empty."),
-    ("photo", "string", "The photo's file name under urls.download; empty without one."),
-    ("tn", "string", "Base64 of the photo's 100x100 JPEG thumbnail, when there is a photo."),
-    ("ts", "integer", "Unix seconds of the last change."),
-    MEMBERS_FIELD,
-];
-
-/// Session ops also take the token as `Authorization: Bearer <token>` (the `session`
-/// security scheme), so no op requires the field.
-const TOKEN_FIELD: (&str, &str, &str) = ("token", "string", "The access token from login (or send Authorization: Bearer).");
 
 /// Characters an `appid` may not hold: controls and bidirectional formatting.
 const NOT_IN_APPID: &str = r"\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069";
@@ -289,7 +26,6 @@ fn constraints(name: &str) -> Value {
         _ => json!({}),
     }
 }
-const PROFILE_FIELD: (&str, &str, &str) = ("profile", "object", "phone or email, name, status, photo, ts and uid.");
 
 fn properties(fields: &[(&str, &str, &str)]) -> Map<String, Value> {
     fields
@@ -320,7 +56,7 @@ pub fn document(dialect: Dialect) -> Value {
         Dialect::Json => (json!(true), json!(false)),
     };
     for op in Op::ALL {
-        let doc = op_doc(op);
+        let doc = op.doc();
         let op = op.as_str();
         let name = format!("{}{}", op[..1].to_uppercase(), &op[1..]);
         let mut request = properties(doc.request);

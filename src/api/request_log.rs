@@ -24,7 +24,7 @@ struct ApiCall {
 }
 
 /// Called by the `/api` handler once it knows the op and the outcome (`None` = success).
-/// `op` is an [`Op::label`](crate::api::op::Op::label), so neither logs nor metrics take arbitrary input.
+/// `op` is an [`Op::label`](crate::api::ops::Op::label), so neither logs nor metrics take arbitrary input.
 pub fn note_api_call(request: &HttpRequest, op: &'static str, error: Option<&'static str>) {
     let result = error.unwrap_or("ok");
     metrics::API_REQUESTS.with_label_values(&[op, result]).inc();
