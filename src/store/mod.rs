@@ -117,10 +117,7 @@ impl Db {
     pub fn close(&self) -> Result<(), StorageError> {
         match &self.backend {
             Backend::Sqlite(sqlite) => sqlite.close(),
-            Backend::Postgres(pg) => {
-                pg.close();
-                Ok(())
-            }
+            Backend::Postgres(pg) => pg.close(),
         }
     }
 

@@ -180,8 +180,10 @@ impl PgStore {
     }
 
     /// Closes the pool at shutdown: idle connections end, and later calls fail at once.
-    pub fn close(&self) {
+    /// Closing a pool cannot fail; the result matches `SqliteStore::close`'s.
+    pub fn close(&self) -> Result<(), StorageError> {
         self.pool.close();
+        Ok(())
     }
 
     /// A connection from the pool.
