@@ -98,14 +98,6 @@ impl Db {
         Ok(Arc::new(Db { backend: Backend::Postgres(store), clock, phones: phones.clone() }))
     }
 
-    /// Which backend holds the data, for logs and `/readyz`.
-    pub fn backend_name(&self) -> &'static str {
-        match &self.backend {
-            Backend::Sqlite(_) => "sqlite",
-            Backend::Postgres(_) => "postgres",
-        }
-    }
-
     /// The time that codes, claims, sessions and deliveries expire by.
     pub fn clock(&self) -> &Clock {
         &self.clock
