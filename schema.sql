@@ -239,3 +239,19 @@ UPDATE users SET contact_count = (SELECT count(*) FROM contacts WHERE owner_id =
 -- migration: 12 login_functions
 -- Nothing to do: PostgreSQL's step 12 creates functions that run the login's statements
 -- on the server; SQLite runs them in the service (store/sqlite/login.rs).
+
+-- migration: 13 delivery_routes
+-- Which named provider instance took each message and the provider's id for it, which
+-- its delivery receipts name; the last receipt; the instances whose delivery was
+-- reported failed (comma-separated; a resend goes to another); the channel a client
+-- asked for (NULL: its route's first).
+ALTER TABLE courier ADD COLUMN instance TEXT;
+ALTER TABLE courier ADD COLUMN provider_message_id TEXT;
+ALTER TABLE courier ADD COLUMN receipt_status TEXT;
+ALTER TABLE courier ADD COLUMN receipt_error TEXT;
+ALTER TABLE courier ADD COLUMN receipt_at INTEGER;       -- unix seconds
+ALTER TABLE courier ADD COLUMN failed_via TEXT NOT NULL DEFAULT '';
+ALTER TABLE courier ADD COLUMN channel TEXT;
+CREATE INDEX courier_provider_message ON courier (provider_message_id) WHERE provider_message_id IS NOT NULL;
+-- Sent messages kept sealed for a resend on a failed receipt, until their code expires.
+CREATE INDEX courier_kept ON courier (expires_at) WHERE status = 'sent' AND sealed IS NOT NULL;

@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 
 use otpgate::api::AppState;
 use otpgate::config::Config;
-use otpgate::delivery::senders::{OtpMessage, OtpSender, SendError, Senders};
+use otpgate::delivery::senders::{Accepted, OtpMessage, OtpSender, SendError, Senders};
 
 struct Args {
     secs: u64,
@@ -172,10 +172,10 @@ impl OtpSender for MemorySender {
         "memory"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         self.codes.lock().unwrap().insert(message.to.as_str().to_string(), message.otp.clone());
         self.sent.fetch_add(1, Ordering::Relaxed);
-        Ok(())
+        Ok(Accepted::default())
     }
 }
 
@@ -1398,11 +1398,12 @@ impl OtpSender for PipeSender {
         "pipe"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
         writeln!(out, "code {} {}", message.to.as_str(), message.otp)
             .and_then(|()| out.flush())
+            .map(|()| Accepted::default())
             .map_err(|e| SendError::transient(e.to_string()))
     }
 }

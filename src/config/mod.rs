@@ -16,6 +16,7 @@ mod defences;
 mod http;
 mod operations;
 mod redis_url;
+mod routes;
 mod senders;
 mod storage;
 mod upstream;
@@ -31,6 +32,10 @@ pub use defences::{CaptchaProvider, CaptchaSettings, Country, LimitSettings, Pho
 pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};
 pub use redis_url::RedisTopology;
+pub use routes::{
+    Channel, HttpInstance, MessageBirdInstance, ProviderInstance, Providers, RouteSettings, Routing, TwilioInstance, VonageInstance,
+    VonageSignatureMethod, WebhookInstance, WhatsappInstance,
+};
 pub use senders::{
     CourierSettings, EmailSenderKind, EmailSettings, MessageBirdSettings, ProviderSettings, SmsHttpSettings, SmtpSettings, SmtpTls,
     TwilioSettings, VonageSettings, WebhookSettings,
@@ -87,6 +92,8 @@ pub struct Config {
     pub messagebird: MessageBirdSettings,
     /// The signed webhook (`webhook`). (`WEBHOOK_*`)
     pub webhook: WebhookSettings,
+    /// Named provider instances and the routes over them. (`SMS_PROVIDERS`, `SMS_ROUTES`)
+    pub routing: RouteSettings,
     /// The durable delivery of code messages. (`COURIER_*`)
     pub courier: CourierSettings,
     /// (`LOG_FORMAT`)
@@ -138,6 +145,7 @@ impl Config {
             vonage: section(&vars)?,
             messagebird: section(&vars)?,
             webhook: section(&vars)?,
+            routing: section(&vars)?,
             courier: section(&vars)?,
             logging: section(&vars)?,
             admin: section(&vars)?,

@@ -88,6 +88,11 @@ pub struct VonageSettings {
     pub api_secret: Option<Secret>,
     #[serde(default, deserialize_with = "unless_empty", rename = "vonage_from")]
     pub from: Option<String>,
+    /// The key of signed delivery receipts; without it they are refused.
+    #[serde(default, deserialize_with = "unless_empty", rename = "vonage_signature_secret")]
+    pub signature_secret: Option<Secret>,
+    #[serde(default, rename = "vonage_signature_method")]
+    pub signature_method: super::VonageSignatureMethod,
     #[serde(default = "defaults::vonage_base_url", rename = "vonage_base_url")]
     pub base_url: String,
 }
@@ -99,6 +104,9 @@ pub struct MessageBirdSettings {
     pub access_key: Option<Secret>,
     #[serde(default, deserialize_with = "unless_empty", rename = "messagebird_originator")]
     pub originator: Option<String>,
+    /// The signing key of status reports; without it they are refused.
+    #[serde(default, deserialize_with = "unless_empty", rename = "messagebird_signing_key")]
+    pub signing_key: Option<Secret>,
     #[serde(default = "defaults::messagebird_base_url", rename = "messagebird_base_url")]
     pub base_url: String,
 }

@@ -35,6 +35,7 @@ impl Config {
         self.validate_operations()?;
         self.validate_fraud_defences()?;
         self.validate_senders()?;
+        self.validate_routes()?;
         Ok(())
     }
 
@@ -222,7 +223,7 @@ impl Config {
         Ok(())
     }
 
-    fn validate_sender(&self, kind: SenderKind) -> Result<(), String> {
+    pub(super) fn validate_sender(&self, kind: SenderKind) -> Result<(), String> {
         fn secret(secret: &Option<Secret>) -> Option<&str> {
             secret.as_ref().map(|secret| secret.expose())
         }

@@ -12,7 +12,7 @@ use tokio::sync::Notify;
 use tracing::Instrument;
 
 use crate::config::Config;
-use crate::delivery::senders::{OtpMessage, SendError, Senders};
+use crate::delivery::senders::{Accepted, OtpMessage, OtpSender, SendError, Senders};
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::metrics;
@@ -60,6 +60,14 @@ pub struct Courier {
     /// Delivery attempts under way, so that shutdown can wait for them to be recorded.
     in_flight: AtomicUsize,
     idle: Notify,
+}
+
+/// One instance a message may go through.
+struct Carrier<'a> {
+    name: &'a str,
+    sender: &'a Arc<dyn OtpSender>,
+    /// Whether it reports delivery: only then is a message kept for a resend elsewhere.
+    takes_receipts: bool,
 }
 
 /// Counts one attempt as under way for as long as it lives.
@@ -129,6 +137,8 @@ impl Courier {
             body: message.text,
             attempts: 0,
             expires_at,
+            failed_via: String::new(),
+            channel: None,
         };
         let courier = Arc::clone(self);
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -201,32 +211,79 @@ impl Courier {
         self.db.purge_finished_messages(self.db.clock().now() - KEEP_FINISHED_SECS).await
     }
 
+    /// The instances to try for this message, in order: its route's, without those whose
+    /// delivery of it was reported failed; an e-mail address has its one sender.
+    fn carriers<'a>(&'a self, to: &Address, row: &QueuedMessage) -> Vec<Carrier<'a>> {
+        match to {
+            Address::Phone(digits) => {
+                let failed: Vec<&str> = row.failed_via.split(',').filter(|name| !name.is_empty()).collect();
+                let route = self.senders.route(digits);
+                let candidates = route.iter().filter(|&&i| !failed.contains(&self.senders.instances[i].name.as_str()));
+                candidates
+                    .map(|&i| {
+                        let instance = &self.senders.instances[i];
+                        Carrier { name: &instance.name, sender: &instance.sender, takes_receipts: instance.takes_receipts }
+                    })
+                    .collect()
+            }
+            Address::Email(_) => {
+                self.senders.email.iter().map(|sender| Carrier { name: sender.name(), sender, takes_receipts: false }).collect()
+            }
+            Address::Account(_) => Vec::new(),
+        }
+    }
+
     /// Sends one message and records the outcome; `answer` learns how it went: for a
     /// delivery at once, for a failure only once it is recorded (a code that was not
-    /// delivered is deleted before the client hears SENDFAILED).
+    /// delivered is deleted before the client hears SENDFAILED). Within the attempt, a
+    /// transient failure moves on to the next instance of the route; a refusal of the
+    /// number ends it.
     async fn attempt(&self, row: QueuedMessage, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
         let to = Address::from_stored(&row.address);
-        let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
-        let (sender_name, result) = match self.senders.for_address(&to) {
-            Some(sender) => {
-                metrics::SENDER_ATTEMPTS.with_label_values(&[sender.name()]).inc();
-                (sender.name(), sender.send(&message).await)
-            }
-            None => ("none", Err(SendError::permanent("no sender is configured for this kind of address"))),
-        };
+        let carriers = self.carriers(&to, &row);
+        let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
         let attempts = row.attempts + 1;
+        let mut failures: Vec<String> = Vec::new();
+        let mut result: Result<(usize, Accepted), SendError> =
+            Err(SendError::permanent("no sender is configured for this kind of address"));
+        for (tried, carrier) in carriers.iter().enumerate() {
+            metrics::SENDER_ATTEMPTS.with_label_values(&[carrier.name]).inc();
+            match carrier.sender.send(&message).await {
+                Ok(accepted) => {
+                    result = Ok((tried, accepted));
+                    break;
+                }
+                Err(error) => {
+                    metrics::SENDER_FAILURES.with_label_values(&[carrier.name]).inc();
+                    // Some providers echo the message in their error replies; neither the code nor the
+                    // full number may reach a log.
+                    let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));
+                    let next = carriers.get(tried + 1).filter(|_| !error.permanent);
+                    if let Some(next) = next {
+                        tracing::warn!(sender = carrier.name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; trying {}", next.name);
+                    }
+                    failures.push(format!("{}: {reason}", carrier.name));
+                    result = Err(SendError { reason: failures.join("; "), permanent: error.permanent });
+                    if next.is_none() {
+                        break;
+                    }
+                }
+            }
+        }
+        let sender_name = carriers.last().map_or("none", |carrier| carrier.name);
         let (id, otp_hash) = (row.id, row.otp_hash.clone());
         let (dispatch, update) = match result {
-            Ok(()) => {
-                tracing::debug!(sender = sender_name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
-                (Dispatch::Sent, AttemptOutcome::Sent)
+            Ok((tried, accepted)) => {
+                let carrier = &carriers[tried];
+                tracing::debug!(sender = carrier.name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
+                // Kept only while a failed receipt could still send it through another instance.
+                let keep_sealed = carrier.takes_receipts && tried + 1 < carriers.len();
+                let sent = AttemptOutcome::Sent { instance: carrier.name.to_string(), message_id: accepted.message_id, keep_sealed };
+                (Dispatch::Sent, sent)
             }
             Err(error) => {
-                metrics::SENDER_FAILURES.with_label_values(&[sender_name]).inc();
-                // Some providers echo the message in their error replies; neither the code nor the
-                // full number may reach a log.
-                let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));
+                let reason = error.reason;
                 let retry_at = self.db.clock().now_ms() + self.retry_base_ms.saturating_mul(1 << (attempts - 1).min(20));
                 let last = error.permanent || attempts >= self.max_attempts || retry_at >= row.expires_at * 1000;
                 let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - self.db.clock().now_ms()) };

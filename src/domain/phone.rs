@@ -96,7 +96,12 @@ impl PhonePolicy {
         PhonePolicy {
             default_region: config.phone.default_region,
             mobile_only: config.phone.mobile_only,
-            sends_nothing: config.otp.sender == crate::config::SenderKind::Log,
+            sends_nothing: config
+                .routing
+                .resolved
+                .instances
+                .iter()
+                .all(|(_, instance)| matches!(instance, crate::config::ProviderInstance::Log)),
             allowed: config.phone.allowed_countries.to_vec(),
             blocked: config.phone.blocked_countries.to_vec(),
             allow_satellite: config.phone.allow_satellite,

@@ -90,7 +90,7 @@ impl CodeAuthenticator {
         client_ip: &str,
     ) -> Result<Option<String>, ApiError> {
         let (address, calling_code) = self.parse_address(fields)?;
-        if self.senders.for_address(&address).is_none() {
+        if !self.senders.reach(&address) {
             return Err(not_enabled(&address));
         }
         if let Some(captcha) = &self.captcha {

@@ -135,12 +135,23 @@ pub struct QueuedMessage {
     pub attempts: u32,
     /// Unix seconds: the code's expiry.
     pub expires_at: i64,
+    /// Instances whose delivery of it was reported failed, comma-separated.
+    pub failed_via: String,
+    /// The channel the client asked for; `None`: its route's first instance.
+    pub channel: Option<String>,
 }
 
 /// How a delivery attempt ended, as recorded.
 #[derive(Clone)]
 pub enum AttemptOutcome {
-    Sent,
+    /// Taken by the named instance, under the provider's message id. `keep_sealed`: the
+    /// message stays sealed until its code expires, for a resend through another instance
+    /// should a receipt report it failed.
+    Sent {
+        instance: String,
+        message_id: Option<String>,
+        keep_sealed: bool,
+    },
     Failed(String),
     Retry(String, i64),
 }

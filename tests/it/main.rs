@@ -28,6 +28,7 @@ mod protocol;
 mod providers;
 mod redis_cluster;
 mod redis_outage;
+mod routes;
 mod secrets_at_rest;
 mod sessions;
 mod shared_limits;

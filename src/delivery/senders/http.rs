@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 
-use super::{provider_http, OtpMessage, OtpSender, SendError};
-use crate::config::Config;
+use super::{provider_http, Accepted, OtpMessage, OtpSender, SendError};
+use crate::config::HttpInstance;
 
 pub struct HttpSmsSender {
     client: reqwest::Client,
@@ -13,13 +13,13 @@ pub struct HttpSmsSender {
 }
 
 impl HttpSmsSender {
-    /// SMS_HTTP_URL and SMS_HTTP_BODY's placeholders are checked at load (`config::validate`).
-    pub fn from_config(config: &Config) -> Result<Self, String> {
+    /// The URL and the body template's placeholders are checked at load (`config::routes`).
+    pub fn new(http: &HttpInstance) -> Result<Self, String> {
         Ok(HttpSmsSender {
-            client: provider_http::client(config.sms_http.timeout_secs)?,
-            url: config.sms_http.url.clone().unwrap_or_default(),
-            authorization: config.sms_http.auth.as_ref().map_or("", |secret| secret.expose()).to_string(),
-            body_template: config.sms_http.body.expose().to_string(),
+            client: provider_http::client(http.timeout_secs)?,
+            url: http.url.clone(),
+            authorization: http.auth.as_ref().map_or("", |secret| secret.expose()).to_string(),
+            body_template: http.body.expose().to_string(),
         })
     }
 }
@@ -39,13 +39,13 @@ impl OtpSender for HttpSmsSender {
         "http"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         let body = render_body(&self.body_template, message.to.as_str(), &message.text);
         let mut request = self.client.post(&self.url).header("content-type", "application/json").body(body);
         if !self.authorization.is_empty() {
             request = request.header("authorization", &self.authorization);
         }
-        provider_http::deliver("SMS gateway", request, &[&self.authorization], &message.otp).await.map(|_| ())
+        provider_http::deliver("SMS gateway", request, &[&self.authorization], &message.otp).await.map(|_| Accepted::default())
     }
 }
 

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use super::{OtpMessage, OtpSender, SendError};
+use super::{Accepted, OtpMessage, OtpSender, SendError};
 
 pub struct LogSender;
 
@@ -12,9 +12,9 @@ impl OtpSender for LogSender {
         "log"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         // The only place a code is ever logged, and the point of this sender.
         tracing::info!("otp for {} is {}", message.to, message.otp);
-        Ok(())
+        Ok(Accepted::default())
     }
 }

@@ -3,25 +3,32 @@
 use async_trait::async_trait;
 use serde_json::json;
 
-use super::{provider_http, OtpMessage, OtpSender, SendError};
-use crate::config::Config;
+use super::{provider_http, Accepted, OtpMessage, OtpSender, SendError};
+use crate::config::MessageBirdInstance;
 
 pub struct MessageBirdSender {
     client: reqwest::Client,
     url: String,
     authorization: String,
     originator: String,
+    report_url: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct Created {
+    id: Option<String>,
 }
 
 impl MessageBirdSender {
-    /// The access key and the originator are required at load (`config::validate`).
-    pub fn from_config(config: &Config) -> Result<Self, String> {
-        let messagebird = &config.messagebird;
+    /// Settings checked at load (`config::routes`). `callbacks`: `PUBLIC_URL`, under
+    /// which MessageBird is asked to report the message's status.
+    pub fn new(messagebird: &MessageBirdInstance, timeout_secs: u64, callbacks: Option<&str>) -> Result<Self, String> {
         Ok(MessageBirdSender {
-            client: provider_http::client(config.provider.timeout_secs)?,
+            client: provider_http::client(timeout_secs)?,
             url: format!("{}/messages", messagebird.base_url.trim_end_matches('/')),
-            authorization: format!("AccessKey {}", messagebird.access_key.as_ref().map_or("", |secret| secret.expose())),
-            originator: messagebird.originator.clone().unwrap_or_default(),
+            authorization: format!("AccessKey {}", messagebird.access_key.expose()),
+            originator: messagebird.originator.clone(),
+            report_url: callbacks.map(|base| format!("{base}/delivery/messagebird")),
         })
     }
 }
@@ -32,9 +39,13 @@ impl OtpSender for MessageBirdSender {
         "messagebird"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
-        let body = json!({ "originator": self.originator, "recipients": [message.to.as_str()], "body": message.text });
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
+        let mut body = json!({ "originator": self.originator, "recipients": [message.to.as_str()], "body": message.text });
+        if let Some(report_url) = &self.report_url {
+            body["reportUrl"] = json!(report_url);
+        }
         let request = self.client.post(&self.url).header("authorization", &self.authorization).json(&body);
-        provider_http::deliver("messagebird", request, &[&self.authorization], &message.otp).await.map(|_| ())
+        let reply = provider_http::deliver("messagebird", request, &[&self.authorization], &message.otp).await?;
+        Ok(Accepted { message_id: serde_json::from_str::<Created>(&reply).ok().and_then(|created| created.id) })
     }
 }

@@ -35,13 +35,25 @@ pub struct OtpMessage {
     pub appid: String,
 }
 
+/// A provider's acceptance of a message: its id there, which its delivery receipts name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub message_id: Option<String>,
+}
+
+impl Accepted {
+    pub fn with_id(id: impl Into<String>) -> Accepted {
+        Accepted { message_id: Some(id.into()) }
+    }
+}
+
 #[async_trait]
 pub trait OtpSender: Send + Sync {
     /// Short provider name for logs.
     fn name(&self) -> &'static str;
 
     /// Delivers the message. The error explains the failure for the log and must not contain credentials.
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError>;
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError>;
 }
 
 /// Why a message was not delivered, and whether trying again could help.
@@ -82,61 +94,117 @@ impl From<String> for SendError {
     }
 }
 
-/// The sender for each kind of address; `None` means such logins are not enabled.
+/// A named provider instance of a route.
+pub struct Instance {
+    pub name: String,
+    /// Its kind (`twilio`, `whatsapp`, ...): which receipts it takes.
+    pub kind: &'static str,
+    pub channel: Channel,
+    pub sender: Arc<dyn OtpSender>,
+    /// Whether its provider posts delivery receipts to us (its kind has them and
+    /// `PUBLIC_URL` is set).
+    pub takes_receipts: bool,
+}
+
+/// What carries codes: the routes to phones over named instances, and the e-mail sender.
 #[derive(Clone)]
 pub struct Senders {
-    pub phone: Option<Arc<dyn OtpSender>>,
+    pub instances: Arc<[Instance]>,
+    /// Each prefix's ordered instances, longest prefix first, the default (`""`) last.
+    routes: Arc<[(String, Vec<usize>)]>,
     pub email: Option<Arc<dyn OtpSender>>,
 }
 
 impl Senders {
     /// One sender for both phones and e-mail (the log sender, or a test double).
     pub fn all(sender: Arc<dyn OtpSender>) -> Self {
-        Senders { phone: Some(sender.clone()), email: Some(sender) }
+        let instance = Instance {
+            name: sender.name().to_string(),
+            kind: sender.name(),
+            channel: Channel::Sms,
+            sender: sender.clone(),
+            takes_receipts: false,
+        };
+        Senders { instances: Arc::new([instance]), routes: Arc::new([(String::new(), vec![0])]), email: Some(sender) }
     }
 
-    pub fn for_address(&self, address: &Address) -> Option<&Arc<dyn OtpSender>> {
+    /// Test doubles as named instances on routes: `routes` maps a prefix (`""` for every
+    /// other number) to indexes into `instances`.
+    pub fn routed(instances: Vec<Instance>, routes: Vec<(String, Vec<usize>)>, email: Option<Arc<dyn OtpSender>>) -> Self {
+        let mut routes = routes;
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+        Senders { instances: instances.into(), routes: routes.into(), email }
+    }
+
+    /// The ordered instances that carry codes to this number (E.164 digits): the route
+    /// of the longest prefix that matches. Empty: phone logins are not enabled.
+    pub fn route(&self, digits: &str) -> &[usize] {
+        self.routes.iter().find(|(prefix, _)| digits.starts_with(prefix.as_str())).map_or(&[], |(_, route)| &route[..])
+    }
+
+    /// Whether a code can be sent to this kind of address at all.
+    pub fn reach(&self, address: &Address) -> bool {
         match address {
-            Address::Phone(_) => self.phone.as_ref(),
-            Address::Email(_) => self.email.as_ref(),
+            Address::Phone(digits) => !self.route(digits).is_empty(),
+            Address::Email(_) => self.email.is_some(),
+            Address::Account(_) => false,
+        }
+    }
+
+    /// The sender a first attempt to this address uses, and its name.
+    pub fn first_for(&self, address: &Address) -> Option<(&str, &Arc<dyn OtpSender>)> {
+        match address {
+            Address::Phone(digits) => self.route(digits).first().map(|&i| (self.instances[i].name.as_str(), &self.instances[i].sender)),
+            Address::Email(_) => self.email.as_ref().map(|sender| (sender.name(), sender)),
             Address::Account(_) => None,
         }
     }
-}
 
-use crate::config::SenderKind;
-
-/// Whether the sender reaches (phones, e-mail addresses).
-fn reaches(kind: SenderKind) -> (bool, bool) {
-    match kind {
-        SenderKind::Log | SenderKind::Webhook => (true, true),
-        SenderKind::Smtp => (false, true),
-        SenderKind::Http | SenderKind::Twilio | SenderKind::Vonage | SenderKind::Messagebird => (true, false),
+    pub fn instance_named(&self, name: &str) -> Option<usize> {
+        self.instances.iter().position(|instance| instance.name == name)
     }
 }
 
-/// `OTP_SENDER` serves every kind of address it can deliver to; `EMAIL_SENDER` overrides it for e-mail.
-pub fn build(config: &Config) -> Result<Senders, String> {
-    let main = by_name(config.otp.sender, config)?;
-    let (main_phone, main_email) = reaches(config.otp.sender);
-    let email = match config.email.sender {
-        Some(kind) => Some(by_name(kind.into(), config)?),
-        None => main_email.then(|| main.clone()),
-    };
-    Ok(Senders { phone: main_phone.then_some(main), email })
+/// Whether the sender reaches e-mail addresses.
+fn reaches_email(kind: SenderKind) -> bool {
+    matches!(kind, SenderKind::Log | SenderKind::Webhook | SenderKind::Smtp)
 }
 
-fn by_name(kind: SenderKind, config: &Config) -> Result<Arc<dyn OtpSender>, String> {
-    Ok(match kind {
-        SenderKind::Log => Arc::new(LogSender),
-        SenderKind::Http => Arc::new(HttpSmsSender::from_config(config)?),
-        SenderKind::Smtp => Arc::new(SmtpSender::from_config(config)?),
-        SenderKind::Twilio => Arc::new(TwilioSender::from_config(config)?),
-        SenderKind::Vonage => Arc::new(VonageSender::from_config(config)?),
-        SenderKind::Messagebird => Arc::new(MessageBirdSender::from_config(config)?),
-        SenderKind::Webhook => Arc::new(WebhookSender::from_config(config)?),
-    })
+/// The routes to phones as `SMS_ROUTES` (or `OTP_SENDER`) set them; `OTP_SENDER` serves
+/// e-mail when it can deliver to it, and `EMAIL_SENDER` overrides it for e-mail.
+pub fn build(config: &Config) -> Result<Senders, String> {
+    let routing = &config.routing.resolved;
+    let callbacks = config.apps.public_url.as_deref().map(|url| url.trim_end_matches('/'));
+    let timeout = config.provider.timeout_secs;
+    let mut instances = Vec::with_capacity(routing.instances.len());
+    for (name, settings) in &routing.instances {
+        let sender: Arc<dyn OtpSender> = match settings {
+            ProviderInstance::Log => Arc::new(LogSender),
+            ProviderInstance::Twilio(twilio) => Arc::new(TwilioSender::new(twilio, timeout, callbacks)?),
+            ProviderInstance::TwilioVoice(twilio) => Arc::new(TwilioSender::new(twilio, timeout, callbacks)?),
+            ProviderInstance::Vonage(vonage) => Arc::new(VonageSender::new(vonage, timeout, callbacks)?),
+            ProviderInstance::Messagebird(messagebird) => Arc::new(MessageBirdSender::new(messagebird, timeout, callbacks)?),
+            ProviderInstance::Http(http) => Arc::new(HttpSmsSender::new(http)?),
+            ProviderInstance::Webhook(webhook) => Arc::new(WebhookSender::new(webhook, timeout)?),
+            ProviderInstance::Whatsapp(_) => return Err(format!("SMS_PROVIDERS instance {name}: the whatsapp kind is not built yet")),
+        };
+        let takes_receipts = callbacks.is_some() && matches!(settings.kind(), "twilio" | "vonage" | "messagebird" | "whatsapp");
+        instances.push(Instance { name: name.clone(), kind: settings.kind(), channel: settings.channel(), sender, takes_receipts });
+    }
+    let email_kind = config.email.sender.map(SenderKind::from).or(Some(config.otp.sender).filter(|kind| reaches_email(*kind)));
+    let email: Option<Arc<dyn OtpSender>> = match email_kind {
+        None => None,
+        Some(SenderKind::Smtp) => Some(Arc::new(SmtpSender::from_config(config)?)),
+        Some(SenderKind::Webhook) => match config.flat_instance(SenderKind::Webhook) {
+            Some(ProviderInstance::Webhook(webhook)) => Some(Arc::new(WebhookSender::new(&webhook, timeout)?)),
+            _ => None,
+        },
+        Some(_) => Some(Arc::new(LogSender)),
+    };
+    Ok(Senders { instances: instances.into(), routes: routing.routes.clone().into(), email })
 }
+
+use crate::config::{Channel, ProviderInstance, SenderKind};
 
 /// The `+`-prefixed international form providers expect (addresses are stored as E.164 digits).
 fn e164(message: &OtpMessage) -> String {

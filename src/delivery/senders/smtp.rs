@@ -5,7 +5,7 @@ use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
-use super::{OtpMessage, OtpSender, SendError};
+use super::{Accepted, OtpMessage, OtpSender, SendError};
 use crate::config::{Config, SmtpTls};
 use crate::domain::address::Address;
 use crate::domain::templates::Templates;
@@ -50,7 +50,7 @@ impl OtpSender for SmtpSender {
         "smtp"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         let Address::Email(to) = &message.to else {
             return Err(SendError::permanent("the smtp sender delivers only to e-mail addresses"));
         };
@@ -65,7 +65,7 @@ impl OtpSender for SmtpSender {
         self.transport
             .send(email)
             .await
-            .map(|_| ())
+            .map(|_| Accepted::default())
             .map_err(|e| SendError { permanent: e.is_permanent(), reason: format!("SMTP delivery failed: {e}") })
     }
 }

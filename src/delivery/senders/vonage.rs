@@ -5,8 +5,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{provider_http, OtpMessage, OtpSender, SendError};
-use crate::config::Config;
+use super::{provider_http, Accepted, OtpMessage, OtpSender, SendError};
+use crate::config::VonageInstance;
 
 pub struct VonageSender {
     client: reqwest::Client,
@@ -14,6 +14,7 @@ pub struct VonageSender {
     api_key: String,
     api_secret: String,
     from: String,
+    callback: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -27,18 +28,21 @@ struct MessageStatus {
     status: String,
     #[serde(rename = "error-text", default)]
     error_text: String,
+    #[serde(rename = "message-id", default)]
+    message_id: Option<String>,
 }
 
 impl VonageSender {
-    /// The key, the secret and the sender are required at load (`config::validate`).
-    pub fn from_config(config: &Config) -> Result<Self, String> {
-        let vonage = &config.vonage;
+    /// Settings checked at load (`config::routes`). `callbacks`: `PUBLIC_URL`, under
+    /// which Vonage is asked to post delivery receipts.
+    pub fn new(vonage: &VonageInstance, timeout_secs: u64, callbacks: Option<&str>) -> Result<Self, String> {
         Ok(VonageSender {
-            client: provider_http::client(config.provider.timeout_secs)?,
+            client: provider_http::client(timeout_secs)?,
             url: format!("{}/sms/json", vonage.base_url.trim_end_matches('/')),
-            api_key: vonage.api_key.as_ref().map_or("", |secret| secret.expose()).to_string(),
-            api_secret: vonage.api_secret.as_ref().map_or("", |secret| secret.expose()).to_string(),
-            from: vonage.from.clone().unwrap_or_default(),
+            api_key: vonage.api_key.expose().to_string(),
+            api_secret: vonage.api_secret.expose().to_string(),
+            from: vonage.from.clone(),
+            callback: callbacks.map(|base| format!("{base}/delivery/vonage")),
         })
     }
 }
@@ -49,21 +53,26 @@ impl OtpSender for VonageSender {
         "vonage"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
-        let body = json!({
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
+        let mut body = json!({
             "api_key": self.api_key,
             "api_secret": self.api_secret,
             "from": self.from,
             "to": message.to.as_str(),
             "text": message.text,
         });
+        if let Some(callback) = &self.callback {
+            body["status-report-req"] = json!(1);
+            body["callback"] = json!(callback);
+        }
         let request = self.client.post(&self.url).json(&body);
         let reply = provider_http::deliver("vonage", request, &[&self.api_secret], &message.otp).await?;
         let reply: Reply = serde_json::from_str(&reply).map_err(|_| SendError::transient("vonage: unparseable reply"))?;
         let refused = reply.messages.iter().find(|m| m.status != "0");
         match (reply.messages.is_empty(), refused) {
             (true, _) => Err(SendError::transient("vonage: reply without message status")),
-            (false, None) => Ok(()),
+            // A long text is sent in parts, each with its id; receipts come for each part.
+            (false, None) => Ok(Accepted { message_id: reply.messages.into_iter().next().and_then(|m| m.message_id) }),
             // Status 1 is throttling and 5 an internal error: both may pass later.
             (false, Some(m)) => {
                 let reason = provider_http::redact(

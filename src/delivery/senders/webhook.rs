@@ -8,8 +8,8 @@ use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;
 
-use super::{provider_http, OtpMessage, OtpSender, SendError};
-use crate::config::Config;
+use super::{provider_http, Accepted, OtpMessage, OtpSender, SendError};
+use crate::config::WebhookInstance;
 use crate::domain::address::Address;
 use crate::store;
 
@@ -20,13 +20,9 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    /// WEBHOOK_URL and WEBHOOK_SECRET are required, and checked, at load (`config::validate`).
-    pub fn from_config(config: &Config) -> Result<Self, String> {
-        Ok(WebhookSender {
-            client: provider_http::client(config.provider.timeout_secs)?,
-            url: config.webhook.url.clone().unwrap_or_default(),
-            key: config.webhook.signing_key()?,
-        })
+    /// The URL and the secret are required, and checked, at load (`config::routes`).
+    pub fn new(webhook: &WebhookInstance, timeout_secs: u64) -> Result<Self, String> {
+        Ok(WebhookSender { client: provider_http::client(timeout_secs)?, url: webhook.url.clone(), key: webhook.signing_key()? })
     }
 }
 
@@ -54,7 +50,7 @@ impl OtpSender for WebhookSender {
         "webhook"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         let channel = match message.to {
             Address::Phone(_) => "sms",
             Address::Email(_) => "email",
@@ -79,7 +75,8 @@ impl OtpSender for WebhookSender {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature(&self.key, &id, timestamp, &body))
             .body(body);
-        provider_http::deliver("webhook", request, &[], &message.otp).await.map(|_| ())
+        provider_http::deliver("webhook", request, &[], &message.otp).await?;
+        Ok(Accepted::with_id(id))
     }
 }
 
@@ -90,7 +87,7 @@ mod tests {
     /// The example from the Standard Webhooks specification.
     #[test]
     fn signature_matches_the_standard_webhooks_example() {
-        let config = Config::from_vars([("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap();
+        let config = crate::config::Config::from_vars([("WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")]).unwrap();
         let key = config.webhook.signing_key().unwrap();
         let body = r#"{"test": 2432232314}"#;
         assert_eq!(signature(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body), "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");

@@ -84,10 +84,18 @@ impl PgStore {
                 &[&(now_ms / 1000)],
             )
             .await?;
+            // Kept for a resend only while the code could still be used.
+            execute(
+                &tx,
+                "UPDATE courier SET sealed = NULL WHERE id IN (SELECT id FROM courier
+                     WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at <= $1 FOR UPDATE SKIP LOCKED)",
+                &[&(now_ms / 1000)],
+            )
+            .await?;
             let batch_size = i64::try_from(BATCH).unwrap_or(i64::MAX);
             let due = query(
                 &tx,
-                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at, failed_via, channel FROM courier
                  WHERE status = 'queued' AND next_attempt_ms <= $1 ORDER BY next_attempt_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
                 &[&now_ms, &batch_size],
             )
@@ -103,6 +111,8 @@ impl PgStore {
                     body: String::new(),
                     attempts: counter(r.try_get(5)?),
                     expires_at: r.try_get(6)?,
+                    failed_via: r.try_get(7)?,
+                    channel: r.try_get(8)?,
                 };
                 let sealed: Option<Vec<u8>> = r.try_get(4)?;
                 match sealed.and_then(|sealed| open_message(seal, &sealed, &row.address, &row.otp_hash)) {
@@ -150,9 +160,14 @@ impl PgStore {
         self.retrying(Retry::Always, |client| async move {
             // One statement each, so none needs a transaction of its own.
             match outcome {
-                AttemptOutcome::Sent => {
-                    execute(&client, "UPDATE courier SET status = 'sent', attempts = $2, sealed = NULL WHERE id = $1", &[&id, &attempts])
-                        .await?;
+                AttemptOutcome::Sent { instance, message_id, keep_sealed } => {
+                    execute(
+                        &client,
+                        "UPDATE courier SET status = 'sent', attempts = $2, instance = $3, provider_message_id = $4,
+                             sealed = CASE WHEN $5 THEN sealed END WHERE id = $1",
+                        &[&id, &attempts, instance, message_id, keep_sealed],
+                    )
+                    .await?;
                 }
                 AttemptOutcome::Failed(error) => {
                     execute(

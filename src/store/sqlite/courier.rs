@@ -76,9 +76,12 @@ fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until
                  WHERE c.address = courier.address AND c.otp_hash = courier.otp_hash AND c.expires_at > ?1)",
         )?
         .execute([now_ms / 1000])?;
+        // Kept for a resend only while the code could still be used.
+        tx.prepare_cached("UPDATE courier SET sealed = NULL WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at <= ?1")?
+            .execute([now_ms / 1000])?;
         let due = {
             let mut select = tx.prepare_cached(
-                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at FROM courier
+                "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at, failed_via, channel FROM courier
                  WHERE status = 'queued' AND next_attempt_ms <= ?1 ORDER BY next_attempt_ms LIMIT ?2",
             )?;
             let rows = select.query_map(params![now_ms, BATCH as i64], |r| {
@@ -92,6 +95,8 @@ fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until
                     body: String::new(),
                     attempts: r.get(5)?,
                     expires_at: r.get(6)?,
+                    failed_via: r.get(7)?,
+                    channel: r.get(8)?,
                 };
                 Ok((queued, sealed))
             })?;
@@ -135,9 +140,12 @@ fn record_attempt(
 ) -> rusqlite::Result<()> {
     atomically(conn, |tx| {
         match update {
-            AttemptOutcome::Sent => {
-                tx.prepare_cached("UPDATE courier SET status = 'sent', attempts = ?2, sealed = NULL WHERE id = ?1")?
-                    .execute(params![id, attempts])?;
+            AttemptOutcome::Sent { instance, message_id, keep_sealed } => {
+                tx.prepare_cached(
+                    "UPDATE courier SET status = 'sent', attempts = ?2, instance = ?3, provider_message_id = ?4,
+                         sealed = CASE WHEN ?5 THEN sealed END WHERE id = ?1",
+                )?
+                .execute(params![id, attempts, instance, message_id, keep_sealed])?;
             }
             AttemptOutcome::Failed(error) => {
                 tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod fake_providers;
 pub mod fake_upstream;
 pub mod local_issuer;
 pub mod redis_servers;
@@ -26,7 +27,7 @@ use tracing_subscriber::Layer;
 
 use otpgate::config::Config;
 use otpgate::delivery::courier::Courier;
-use otpgate::delivery::senders::{OtpMessage, OtpSender, SendError, Senders};
+use otpgate::delivery::senders::{Accepted, OtpMessage, OtpSender, SendError, Senders};
 use otpgate::domain::clock::Clock;
 use otpgate::{api::server, api::AppState};
 
@@ -51,13 +52,13 @@ impl OtpSender for RecordingSender {
         "recording"
     }
 
-    async fn send(&self, message: &OtpMessage) -> Result<(), SendError> {
+    async fn send(&self, message: &OtpMessage) -> Result<Accepted, SendError> {
         self.attempted.lock().unwrap().push(message.clone());
         if self.fail.load(Ordering::SeqCst) {
             return Err("provider unavailable (test)".into());
         }
         self.sent.lock().unwrap().push(message.clone());
-        Ok(())
+        Ok(Accepted::default())
     }
 }
 
