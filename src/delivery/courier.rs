@@ -244,6 +244,13 @@ impl Courier {
         let carriers = self.carriers(&to, &row);
         let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
         let attempts = row.attempts + 1;
+        // A bounded label: one of the world's calling codes.
+        let country = match &to {
+            Address::Phone(digits) => {
+                crate::domain::phone::calling_code_prefix(digits).map_or_else(|| "other".to_string(), |code| code.to_string())
+            }
+            _ => String::new(),
+        };
         let mut failures: Vec<String> = Vec::new();
         let mut result: Result<(usize, Accepted), SendError> =
             Err(SendError::permanent("no sender is configured for this kind of address"));
@@ -251,11 +258,17 @@ impl Courier {
             metrics::SENDER_ATTEMPTS.with_label_values(&[carrier.name]).inc();
             match carrier.sender.send(&message).await {
                 Ok(accepted) => {
+                    if !country.is_empty() {
+                        metrics::CODES_SENT.with_label_values(&[carrier.name, &country]).inc();
+                    }
                     result = Ok((tried, accepted));
                     break;
                 }
                 Err(error) => {
                     metrics::SENDER_FAILURES.with_label_values(&[carrier.name]).inc();
+                    if !country.is_empty() {
+                        metrics::CODES_FAILED.with_label_values(&[carrier.name, &country]).inc();
+                    }
                     // Some providers echo the message in their error replies; neither the code nor the
                     // full number may reach a log.
                     let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));

@@ -69,6 +69,20 @@ pub static SENDER_ATTEMPTS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_sender_attempts_total", "Delivery attempts by provider", &["provider"]));
 pub static SENDER_FAILURES: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_sender_failures_total", "Failed deliveries by provider", &["provider"]));
+pub static CODES_SENT: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_codes_sent_total",
+        "Code messages a provider instance accepted, by instance and calling code",
+        &["instance", "country"],
+    )
+});
+pub static CODES_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_codes_failed_total",
+        "Code messages a provider instance did not accept (each instance tried counts), by instance and calling code",
+        &["instance", "country"],
+    )
+});
 pub static UPSTREAM_DURATION: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_upstream_request_duration_seconds", "Latency of upstream useradd calls, failed ones included"));
 pub static UPSTREAM_FAILURES: LazyLock<IntCounter> =

@@ -100,6 +100,20 @@ async fn a_provider_that_does_not_answer_is_left_after_its_timeout() {
 }
 
 #[actix_web::test]
+async fn refused_credentials_are_the_instance_s_problem_and_the_next_takes_over() {
+    let r = routed(json!({"*": ["bird", "twilio_uk"]}), &[]).await;
+    r.bird.script("", Script::RefuseCredentials);
+    assert_ok(r.server.call(login(FRANCE)).await);
+    assert_eq!((r.bird.requests(), r.twilio.accepted().len()), (1, 1));
+    let logs = r.server.logs();
+    assert!(
+        logs.contains("messagebird answered HTTP 401: error 2: Request not allowed (incorrect access_key); trying twilio_uk"),
+        "{logs}"
+    );
+    assert!(!logs.contains("bird-secret-1"));
+}
+
+#[actix_web::test]
 async fn a_refused_number_is_not_offered_to_the_next_instance() {
     let r = routed(json!({"*": ["twilio_uk", "vonage"]}), &[]).await;
     r.twilio.script("", Script::RefuseNumber);

@@ -19,8 +19,10 @@ pub fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
 }
 
 /// Sends `request` and returns the reply body of a 2xx answer.
-/// Timeouts, connection and TLS failures, 5xx and 429 are transient (worth a retry);
-/// other 4xx answers are permanent (bad number, bad credentials). `secrets` and the
+/// Timeouts, connection and TLS failures, 5xx, 408 and 429 are transient (worth a retry
+/// or another instance), and so are refused credentials or payment (401, 402, 403):
+/// that account's problem, which another instance of the route may not have. Other
+/// 4xx answers are permanent: the number is refused. `secrets` and the
 /// one-time `code` are blanked out of anything reported, since some providers echo
 /// the request.
 pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: &[&str], code: &str) -> Result<String, SendError> {
@@ -48,7 +50,7 @@ pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: 
     let body = redact(body);
     let detail = provider_error(&body).unwrap_or_else(|| shorten(&body));
     let reason = format!("{provider} answered HTTP {}: {detail}", status.as_u16());
-    if status.is_server_error() || status.as_u16() == 429 || status.as_u16() == 408 {
+    if status.is_server_error() || matches!(status.as_u16(), 401 | 402 | 403 | 408 | 429) {
         Err(SendError::transient(reason))
     } else {
         Err(SendError::permanent(reason))

@@ -73,13 +73,15 @@ impl OtpSender for VonageSender {
             (true, _) => Err(SendError::transient("vonage: reply without message status")),
             // A long text is sent in parts, each with its id; receipts come for each part.
             (false, None) => Ok(Accepted { message_id: reply.messages.into_iter().next().and_then(|m| m.message_id) }),
-            // Status 1 is throttling and 5 an internal error: both may pass later.
+            // Refusals of the number or the text (invalid, unroutable, barred, too long, deactivated)
+            // would be refused anywhere; the rest (throttling, an internal error, the account's
+            // credentials, credit or sender ID) are this account's, which another instance may not share.
             (false, Some(m)) => {
                 let reason = provider_http::redact(
                     format!("vonage refused the message: status {}: {}", m.status, m.error_text),
                     &[&self.api_secret],
                 );
-                Err(SendError { permanent: !matches!(m.status.as_str(), "1" | "5"), reason })
+                Err(SendError { permanent: matches!(m.status.as_str(), "3" | "6" | "7" | "12" | "33"), reason })
             }
         }
     }

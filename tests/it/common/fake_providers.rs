@@ -27,6 +27,8 @@ pub enum Script {
     Unavailable,
     /// The number is refused for good: Twilio 21211, Vonage status 3, MessageBird error 9.
     RefuseNumber,
+    /// The account's credentials are refused: HTTP 401 (Vonage: status 4).
+    RefuseCredentials,
     /// Received and never answered: the sender's timeout ends it.
     Hang,
 }
@@ -194,6 +196,13 @@ async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         (Script::RefuseNumber, Provider::Vonage) => {
             HttpResponse::Ok().json(json!({"message-count": "1", "messages": [{"status": "3", "error-text": "Invalid Message"}]}))
         }
+        (Script::RefuseCredentials, Provider::Twilio) => HttpResponse::Unauthorized()
+            .json(json!({"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401})),
+        (Script::RefuseCredentials, Provider::Vonage) => {
+            HttpResponse::Ok().json(json!({"message-count": "1", "messages": [{"status": "4", "error-text": "Bad Credentials"}]}))
+        }
+        (Script::RefuseCredentials, Provider::MessageBird) => HttpResponse::Unauthorized()
+            .json(json!({"errors": [{"code": 2, "description": "Request not allowed (incorrect access_key)", "parameter": "access_key"}]})),
         (Script::RefuseNumber, Provider::MessageBird) => HttpResponse::UnprocessableEntity()
             .json(json!({"errors": [{"code": 9, "description": "no (correct) recipients found", "parameter": "recipients"}]})),
     }
