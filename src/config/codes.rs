@@ -62,6 +62,67 @@ pub fn normalize_phone(raw: &str) -> Option<String> {
     valid.then(|| digits.to_string())
 }
 
+/// Characters of the GSM 03.38 default alphabet, one septet each.
+const GSM7_BASIC: &str =
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
+/// Characters of the GSM extension table, two septets each (escape + char).
+const GSM7_EXTENDED: &str = "^{}\\[~]|€\u{c}";
+
+/// Fills a message template's placeholders: `{otp}`, `{appid}` (for an id-shaped appid
+/// only, else empty), `{appname}` (`name`, else the shown appid) and `{minutes}`. Here
+/// because the message's length is checked at load (`APP_SETTINGS`' `android_hash`)
+/// with the text the service sends (`domain::templates`).
+pub fn fill_message(template: &str, appid: &str, name: Option<&str>, otp: &str, minutes: u64) -> String {
+    // The appid comes from the client: only an id-shaped one goes into a message, so
+    // nobody can have arbitrary text sent in an SMS under this service's name.
+    let shown_appid = if looks_like_an_app_id(appid) { appid } else { "" };
+    template
+        .replace("{otp}", otp)
+        .replace("{appid}", shown_appid)
+        .replace("{appname}", name.unwrap_or(shown_appid))
+        .replace("{minutes}", &minutes.to_string())
+}
+
+/// A reverse-DNS style id such as `com.example.app`: letters, digits, `.`, `-`, `_`, at
+/// most [`MAX_SHOWN_APPID_CHARS`].
+pub fn looks_like_an_app_id(appid: &str) -> bool {
+    !appid.is_empty()
+        && appid.len() <= MAX_SHOWN_APPID_CHARS
+        && appid.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// The longest appid a message shows: `{appid}` and `{appname}` (of an app without a
+/// name) are never longer.
+pub const MAX_SHOWN_APPID_CHARS: usize = 64;
+
+/// Septets the text needs in GSM-7, or `None` when it needs UCS-2.
+pub fn gsm7_septets(text: &str) -> Option<usize> {
+    text.chars().try_fold(0, |n, c| {
+        if GSM7_BASIC.contains(c) {
+            Some(n + 1)
+        } else if GSM7_EXTENDED.contains(c) {
+            Some(n + 2)
+        } else {
+            None
+        }
+    })
+}
+
+/// The encoding an SMS of `text` is sent in, and the bytes of its body: GSM-7 packs a
+/// septet in 7 bits, UCS-2 takes 2 bytes per UTF-16 unit.
+pub fn sms_bytes(text: &str) -> (SmsEncoding, usize) {
+    match gsm7_septets(text) {
+        Some(septets) => (SmsEncoding::Gsm7, (septets * 7).div_ceil(8)),
+        None => (SmsEncoding::Ucs2, text.encode_utf16().count() * 2),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmsEncoding {
+    Gsm7,
+    Ucs2,
+}
+
 /// `TEST_OTPS`: `phone:code` entries, comma-separated.
 fn test_codes<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret<List<TestCode>>, D::Error> {
     let entries = List::parse_with(&String::deserialize(deserializer)?, |entry| {

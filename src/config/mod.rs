@@ -26,8 +26,11 @@ mod values;
 use serde::Serialize;
 
 pub use accounts::{ContactSettings, FileSettings, OutboxSettings, SessionSettings};
-pub use apps::{AddressClaim, AppEntry, AppsSettings, Dialect, OidcProvider, OidcSettings, ShareEntry, StartEntry, UrlsEntry};
-pub use codes::{normalize_phone, OtpSettings, SenderKind, TestCode};
+pub use apps::{AddressClaim, AppEntry, AppsSettings, Dialect, OidcProvider, OidcSettings, ShareEntry, SmsAutofill, StartEntry, UrlsEntry};
+pub use codes::{
+    fill_message, gsm7_septets, looks_like_an_app_id, normalize_phone, sms_bytes, OtpSettings, SenderKind, SmsEncoding, TestCode,
+    MAX_SHOWN_APPID_CHARS,
+};
 pub use defences::{CaptchaProvider, CaptchaSettings, Country, LimitSettings, PhoneSettings, SmsBudgetSettings};
 pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};

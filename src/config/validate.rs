@@ -1,6 +1,7 @@
 //! The checks of the settings together, run once at load in this order: the first one
 //! failed is the error, one line naming the variable.
 
+use super::codes::{fill_message, sms_bytes, SmsEncoding, MAX_SHOWN_APPID_CHARS};
 use super::upstream::BUILTIN_UPSTREAM;
 use super::{CaptchaProvider, Config, Country, Secret, SenderKind};
 
@@ -36,6 +37,7 @@ impl Config {
         self.validate_fraud_defences()?;
         self.validate_senders()?;
         self.validate_routes()?;
+        self.validate_sms_autofill()?;
         Ok(())
     }
 
@@ -292,6 +294,53 @@ impl Config {
         }
     }
 
+    /// The SMS of each app with `android_hash` or `webotp_domain` (`APP_SETTINGS`): its
+    /// template must not end with a WebOTP line of its own, and with a hash the whole SMS
+    /// must fit the 140 bytes SMS Retriever reads, with the longest values its placeholders
+    /// take: an `OTP_LENGTH` code, the app's name, or an appid of `MAX_SHOWN_APPID_CHARS`
+    /// for the apps no setting names.
+    fn validate_sms_autofill(&self) -> Result<(), String> {
+        let (apps, otp) = (&self.apps, &self.otp);
+        let code = "0".repeat(otp.length);
+        let minutes = otp.ttl_secs.div_ceil(60);
+        let any_other = "x".repeat(MAX_SHOWN_APPID_CHARS);
+        let named = apps.settings.keys().chain(apps.names.keys()).chain(otp.message_per_app.keys()).filter(|appid| *appid != "default");
+        for appid in named.map(String::as_str).chain([any_other.as_str()]) {
+            let (which, name) = match appid == any_other {
+                true => (format!("any other appid (shown up to {MAX_SHOWN_APPID_CHARS} characters)"), None),
+                false => (appid.to_string(), apps.names.get(appid).map(String::as_str)),
+            };
+            let autofill = apps.sms_autofill(if appid == any_other { "default" } else { appid });
+            let (template_name, template) = match otp.message_per_app.get(appid) {
+                Some(template) => (format!("OTP_MESSAGE_PER_APP[{appid}]"), template),
+                None => ("OTP_MESSAGE".to_string(), &otp.message),
+            };
+            let Some(sms) = autofill.sms_template(template) else { continue };
+            let body = fill_message(template.trim_end(), appid, name, &code, minutes);
+            if body.lines().last().is_some_and(looks_like_a_webotp_line) {
+                return Err(format!(
+                    "invalid configuration: APP_SETTINGS for {which}: {template_name} ends with a line of the WebOTP form @host #code, \
+                     which the auto-fill lines would follow; set webotp_domain instead"
+                ));
+            }
+            if autofill.android_hash.is_none() {
+                continue;
+            }
+            let (encoding, bytes) = sms_bytes(&fill_message(&sms, appid, name, &code, minutes));
+            if bytes > SMS_RETRIEVER_MAX_BYTES {
+                let characters = match encoding {
+                    SmsEncoding::Gsm7 => "GSM-7: 160 characters, extension characters such as [ ] € counting two",
+                    SmsEncoding::Ucs2 => "UCS-2, as it has a character outside GSM-7: 70 characters",
+                };
+                return Err(format!(
+                    "invalid configuration: APP_SETTINGS for {which}: its SMS with android_hash can be {bytes} bytes, over the \
+                     {SMS_RETRIEVER_MAX_BYTES} SMS Retriever reads ({characters}); shorten {template_name} or the app's name"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// What is allowed but probably not meant; `serve` and `check-config` log each line.
     pub fn warnings(&self) -> Vec<&'static str> {
         let mut warnings = Vec::new();
@@ -311,6 +360,14 @@ impl Config {
         }
         warnings
     }
+}
+
+/// The longest SMS Android's SMS Retriever reads.
+const SMS_RETRIEVER_MAX_BYTES: usize = 140;
+
+/// A line WebOTP would read: `@host #code`, with nothing before the `@`.
+fn looks_like_a_webotp_line(line: &str) -> bool {
+    line.starts_with('@') && line.split_once(' ').is_some_and(|(_, rest)| rest.starts_with('#'))
 }
 
 /// Fails with `sender` and the variables it lacks when a sender is chosen but not configured.

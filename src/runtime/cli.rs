@@ -138,7 +138,7 @@ pub async fn send_test(config: &Config, to: &str) -> Result<String, String> {
     let (via, sender) = senders.first_for(&to).ok_or_else(|| format!("no configured sender can reach {}", to.masked()))?;
     let appid = "otpgate-send-test";
     let code = otp::generate(config.otp.length);
-    let text = crate::domain::templates::Templates::from_config(config).render(appid, &code);
+    let text = crate::domain::templates::Templates::from_config(config).render_to(&to, appid, &code);
     let message = OtpMessage { text, to: to.clone(), otp: code, appid: appid.into() };
     sender.send(&message).await.map_err(|e| format!("{via} could not deliver to {}: {}", to.masked(), to.masked_in(&e.reason)))?;
     Ok(format!("sent a test message to {} through {via}", to.masked()))

@@ -112,7 +112,8 @@ impl CodeAuthenticator {
             ttl_secs: self.otp_ttl_secs,
             resend_secs: self.otp_resend_secs,
         };
-        let message = OtpMessage { text: self.templates.render(appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
+        let message =
+            OtpMessage { text: self.templates.render_to(&address, appid, &code), to: address.clone(), otp: code, appid: appid.to_string() };
         let start = Start { client_ip: client_ip.to_string(), address: address.as_str().to_string(), calling_code };
         let limits = Arc::clone(&self.start_limits);
         // Charged once the resend window allows a new code, so that only a start that

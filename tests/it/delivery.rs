@@ -172,3 +172,39 @@ async fn an_undelivered_code_cannot_be_used() {
     assert_eq!(server.scalar("SELECT count(*) FROM otp_challenges"), 0, "no code is left valid that nobody received");
     assert!(server.logs().contains("code not delivered"));
 }
+
+#[actix_web::test]
+async fn an_sms_carries_its_apps_auto_fill_lines_and_an_email_does_not() {
+    const HASH: &str = "FA+9qCX9VSu";
+    let (gateway, smtp) = (FakeUpstream::start(), FakeSmtp::start(false).await);
+    gateway.set_mode(Mode::Reply(200, r#"{"status":"queued"}"#.into()));
+    let (url, port) = (gateway.url(), smtp.port.to_string());
+    let settings = json!({ APPID: { "android_hash": HASH, "webotp_domain": "login.example.com" } }).to_string();
+    let env = [
+        ("OTP_SENDER", "http"),
+        ("SMS_HTTP_URL", url.as_str()),
+        ("EMAIL_SENDER", "smtp"),
+        ("SMTP_HOST", "127.0.0.1"),
+        ("SMTP_PORT", port.as_str()),
+        ("SMTP_TLS", "none"),
+        ("SMTP_FROM", "login@example.com"),
+        ("APP_SETTINGS", settings.as_str()),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
+
+    assert_eq!(server.call(login(PHONE)).await.0, 200);
+    let sms = gateway.received()[0].json()["text"].as_str().expect("the SMS text").to_string();
+    let code = code_in(&sms);
+    assert_eq!(sms, format!("Your code is {code}\n{HASH}\n@login.example.com #{code}"));
+    let lines: Vec<&str> = sms.lines().collect();
+    assert_eq!(lines[lines.len() - 2..], [HASH.to_string(), format!("@login.example.com #{code}")]);
+    assert_eq!(server.call(verify(PHONE, &code)).await.0, 200, "the code the lines carry is the one issued");
+
+    let (status, reply) = server.call(json!({ "op": "login", "email": "ann@example.com", "appid": APPID })).await;
+    assert_eq!(status, 200, "{reply}");
+    let email = smtp.messages.lock().unwrap()[0].clone();
+    let code = code_in(&email);
+    assert_eq!(code.len(), 6, "{email}");
+    assert!(!email.contains(HASH) && !email.contains("login.example.com") && !email.contains(&format!("#{code}")), "{email}");
+}

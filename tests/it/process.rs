@@ -224,6 +224,8 @@ async fn check_config_refuses_every_setting_serve_refuses_in_the_same_words() {
     let webhook = [("OTP_SENDER", "webhook"), ("WEBHOOK_URL", "https://hooks.example.com/otp")];
     let shared =
         [("DATABASE_URL", "postgres://otpgate@db1,db2/otpgate?target_session_attrs=primary"), ("OTP_SECRET", "otp-secret-value-91")];
+    // With the hash's line, 161 GSM-7 characters: one over the 140 bytes SMS Retriever reads.
+    let long_message = format!("{} {{otp}}", "x".repeat(142));
     let refused: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (vec![("OTP_LENGTH", "3")], "OTP_LENGTH must be between 4 and 10"),
         (vec![("OTP_SENDER", "pigeon")], "OTP_SENDER must be one of"),
@@ -254,6 +256,25 @@ async fn check_config_refuses_every_setting_serve_refuses_in_the_same_words() {
         (vec![("APP_NAMES", "Alpha")], "APP_NAMES must be a JSON object of strings"),
         (vec![("APP_SETTINGS", r#"{"default":{"share":{"txt":"x"}}}"#)], "APP_SETTINGS must be a JSON object"),
         (vec![("OIDC_PROVIDERS", r#"{"corp":{"client_ids":["x"]}}"#)], "OIDC_PROVIDERS provider corp needs an issuer"),
+        (
+            vec![("APP_SETTINGS", r#"{"com.a":{"android_hash":"FA+9qCX9VS"}}"#)],
+            "APP_SETTINGS android_hash of com.a must be the app's signature hash: 11 Base64 characters",
+        ),
+        (
+            vec![("APP_SETTINGS", r#"{"com.a":{"webotp_domain":"https://login.example.com"}}"#)],
+            "APP_SETTINGS webotp_domain of com.a must be a host such as login.example.com: no scheme",
+        ),
+        (
+            vec![
+                ("APP_SETTINGS", r#"{"com.a":{"webotp_domain":"login.example.com"}}"#),
+                ("OTP_MESSAGE_PER_APP", r#"{"com.a":"{otp}\n\n@login.example.com #{otp}"}"#),
+            ],
+            "APP_SETTINGS for com.a: OTP_MESSAGE_PER_APP[com.a] ends with a line of the WebOTP form @host #code",
+        ),
+        (
+            vec![("APP_SETTINGS", r#"{"default":{"android_hash":"FA+9qCX9VSu"}}"#), ("OTP_MESSAGE", long_message.as_str())],
+            "APP_SETTINGS for any other appid (shown up to 64 characters): its SMS with android_hash can be 141 bytes",
+        ),
         // Phones.
         (vec![("TEST_OTPS", "18005550000")], "TEST_OTPS entries must look like 18005550000:123456"),
         (vec![("DEFAULT_REGION", "Narnia")], "DEFAULT_REGION must be an ISO country code"),
