@@ -39,6 +39,7 @@ pub use routes::{
     Channel, HttpInstance, MessageBirdInstance, ProviderInstance, Providers, RouteSettings, Routing, TwilioInstance, VonageInstance,
     VonageSignatureMethod, WebhookInstance, WhatsappInstance,
 };
+pub use senders::SmsBreakerSettings;
 pub use senders::{
     CourierSettings, EmailSenderKind, EmailSettings, MessageBirdSettings, ProviderSettings, SmsHttpSettings, SmtpSettings, SmtpTls,
     TwilioSettings, VonageSettings, WebhookSettings,
@@ -99,6 +100,8 @@ pub struct Config {
     pub routing: RouteSettings,
     /// The durable delivery of code messages. (`COURIER_*`)
     pub courier: CourierSettings,
+    /// The circuit breaker of each SMS provider instance. (`SMS_BREAKER_*`)
+    pub sms_breaker: SmsBreakerSettings,
     /// (`LOG_FORMAT`)
     pub logging: LoggingSettings,
     /// The operator API. (`ADMIN_*`, `AUDIT_RETENTION_DAYS`)
@@ -150,6 +153,7 @@ impl Config {
             webhook: section(&vars)?,
             routing: section(&vars)?,
             courier: section(&vars)?,
+            sms_breaker: section(&vars)?,
             logging: section(&vars)?,
             admin: section(&vars)?,
         };

@@ -153,6 +153,43 @@ pub struct CourierSettings {
     pub lease_secs: u64,
 }
 
+/// The circuit breaker of each SMS provider instance: one that failed most of its recent
+/// sends is skipped for a cool-down. (`SMS_BREAKER_*`)
+#[derive(Clone, Deserialize, Serialize)]
+pub struct SmsBreakerSettings {
+    /// How many of an instance's last outcomes are judged.
+    #[serde(default = "defaults::sms_breaker_window", rename = "sms_breaker_window")]
+    pub window: u32,
+    /// Outcomes recorded before the breaker may open, so one early failure cannot.
+    #[serde(default = "defaults::sms_breaker_min_sends", rename = "sms_breaker_min_sends")]
+    pub min_sends: u32,
+    /// How long an open breaker skips its instance before one trial send.
+    #[serde(default = "defaults::sms_breaker_cooldown_secs", rename = "sms_breaker_cooldown_secs")]
+    pub cooldown_secs: u64,
+}
+
+/// The longest `SMS_BREAKER_WINDOW`: each instance keeps that many outcomes in memory.
+const MAX_SMS_BREAKER_WINDOW: u32 = 1000;
+
+/// The longest `SMS_BREAKER_COOLDOWN_SECS`, a day: a longer one is an instance taken out by hand.
+const MAX_SMS_BREAKER_COOLDOWN_SECS: u64 = 86_400;
+
+impl SmsBreakerSettings {
+    /// Refuses a window, minimum or cool-down the breaker cannot work with; run by `Config::from_vars`.
+    pub(super) fn check(&self) -> Result<(), String> {
+        if !(1..=MAX_SMS_BREAKER_WINDOW).contains(&self.window) {
+            return Err(format!("invalid configuration: SMS_BREAKER_WINDOW must be 1 to {MAX_SMS_BREAKER_WINDOW}"));
+        }
+        if !(1..=self.window).contains(&self.min_sends) {
+            return Err("invalid configuration: SMS_BREAKER_MIN_SENDS must be 1 to SMS_BREAKER_WINDOW".into());
+        }
+        if !(1..=MAX_SMS_BREAKER_COOLDOWN_SECS).contains(&self.cooldown_secs) {
+            return Err(format!("invalid configuration: SMS_BREAKER_COOLDOWN_SECS must be 1 to {MAX_SMS_BREAKER_COOLDOWN_SECS}"));
+        }
+        Ok(())
+    }
+}
+
 choice!(
     /// What sends codes to e-mail addresses when it is not `OTP_SENDER`: `EMAIL_SENDER`.
     EmailSenderKind, "EMAIL_SENDER", "one of: log, smtp, webhook", {
@@ -225,5 +262,42 @@ mod defaults {
     }
     pub fn courier_wait_ms() -> u64 {
         3000
+    }
+    pub fn sms_breaker_window() -> u32 {
+        10
+    }
+    pub fn sms_breaker_min_sends() -> u32 {
+        5
+    }
+    pub fn sms_breaker_cooldown_secs() -> u64 {
+        60
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn a_breaker_that_could_never_open_or_close_is_refused() {
+        let load = |vars: &[(&str, &str)]| Config::from_vars(vars.iter().copied());
+        for (vars, refusal) in [
+            (&[("SMS_BREAKER_WINDOW", "0")][..], "SMS_BREAKER_WINDOW must be 1 to 1000"),
+            (&[("SMS_BREAKER_WINDOW", "1001")], "SMS_BREAKER_WINDOW must be 1 to 1000"),
+            (&[("SMS_BREAKER_MIN_SENDS", "0")], "SMS_BREAKER_MIN_SENDS must be 1 to SMS_BREAKER_WINDOW"),
+            (&[("SMS_BREAKER_WINDOW", "4"), ("SMS_BREAKER_MIN_SENDS", "5")], "SMS_BREAKER_MIN_SENDS must be 1 to SMS_BREAKER_WINDOW"),
+            (&[("SMS_BREAKER_COOLDOWN_SECS", "0")], "SMS_BREAKER_COOLDOWN_SECS must be 1 to 86400"),
+            (&[("SMS_BREAKER_COOLDOWN_SECS", "86401")], "SMS_BREAKER_COOLDOWN_SECS must be 1 to 86400"),
+        ] {
+            let error = load(vars).err().unwrap_or_else(|| panic!("{vars:?} was accepted"));
+            assert_eq!(error, format!("invalid configuration: {refusal}"), "{vars:?}");
+        }
+        let widest = [("SMS_BREAKER_WINDOW", "1000"), ("SMS_BREAKER_MIN_SENDS", "1000"), ("SMS_BREAKER_COOLDOWN_SECS", "86400")];
+        let narrowest = [("SMS_BREAKER_WINDOW", "1"), ("SMS_BREAKER_MIN_SENDS", "1"), ("SMS_BREAKER_COOLDOWN_SECS", "1")];
+        for vars in [&widest, &narrowest] {
+            assert!(load(vars).is_ok(), "{vars:?}: {:?}", load(vars).err());
+        }
+        let defaults = load(&[]).unwrap().sms_breaker;
+        assert_eq!((defaults.window, defaults.min_sends, defaults.cooldown_secs), (10, 5, 60));
     }
 }

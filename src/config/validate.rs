@@ -179,7 +179,7 @@ impl Config {
         Ok(())
     }
 
-    /// The CAPTCHA, provider, courier and SMS budget settings; keeps the home countries'
+    /// The CAPTCHA, provider, courier, SMS breaker and SMS budget settings; keeps the home countries'
     /// calling codes.
     fn validate_fraud_defences(&mut self) -> Result<(), String> {
         if self.captcha.provider != CaptchaProvider::Off && self.captcha.secret.is_none() {
@@ -191,6 +191,7 @@ impl Config {
         if self.courier.max_attempts == 0 {
             return Err("invalid configuration: COURIER_MAX_ATTEMPTS must be at least 1".into());
         }
+        self.sms_breaker.check()?;
         let budget = &self.sms_budget;
         let shares = [
             ("SMS_BUDGET_COUNTRY_SHARE", budget.country_share),

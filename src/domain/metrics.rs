@@ -6,7 +6,9 @@
 //! and updates it with `metrics::QUEUE_DEPTH.set(n)` (it appears in `/metrics` from its first use).
 
 use actix_web::HttpResponse;
-use prometheus::{Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::LazyLock;
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::new);
@@ -42,6 +44,10 @@ pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 pub fn gauge(name: &str, help: &str) -> IntGauge {
     register(IntGauge::new(name, help).expect("valid metric"))
+}
+
+pub fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 pub fn histogram(name: &str, help: &str) -> Histogram {
@@ -83,6 +89,20 @@ pub static CODES_FAILED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["instance", "country"],
     )
 });
+pub static SENDER_BREAKER_OPEN: LazyLock<IntGaugeVec> = LazyLock::new(|| {
+    gauge_vec(
+        "otpgate_sender_breaker_open",
+        "1 while a provider instance's circuit breaker skips it (open, or waiting on its trial send), 0 while closed",
+        &["instance"],
+    )
+});
+pub static SENDER_BREAKER_OPENED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_sender_breaker_opened_total",
+        "Times this process opened a provider instance's circuit breaker (a failed trial send opens it again)",
+        &["instance"],
+    )
+});
 pub static UPSTREAM_DURATION: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_upstream_request_duration_seconds", "Latency of upstream useradd calls, failed ones included"));
 pub static UPSTREAM_FAILURES: LazyLock<IntCounter> =
@@ -118,6 +138,8 @@ fn register_all() {
     LazyLock::force(&OTP_EXPIRED);
     LazyLock::force(&SENDER_ATTEMPTS);
     LazyLock::force(&SENDER_FAILURES);
+    LazyLock::force(&SENDER_BREAKER_OPEN);
+    LazyLock::force(&SENDER_BREAKER_OPENED);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&UPSTREAM_FAILURES);
     LazyLock::force(&RATELIMIT_REJECTIONS);

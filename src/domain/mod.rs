@@ -3,6 +3,7 @@
 pub mod account;
 pub mod address;
 pub mod app_settings;
+pub mod breaker;
 pub mod client_ip;
 pub mod clock;
 pub mod error;

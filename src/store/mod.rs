@@ -35,6 +35,7 @@ pub mod outbox;
 pub mod postgres;
 pub mod records;
 pub mod sessions;
+pub mod shared_breakers;
 pub mod shared_limits;
 pub mod sqlite;
 pub mod users;

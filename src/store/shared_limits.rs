@@ -192,7 +192,7 @@ async fn refuse_cluster_node(connection: &mut MultiplexedConnection) -> Result<(
 
 /// The connection requests share: both kinds are cheap to clone and multiplex requests.
 #[derive(Clone)]
-enum Link {
+pub(super) enum Link {
     Server(MultiplexedConnection),
     Cluster(ClusterConnection),
 }
@@ -236,8 +236,9 @@ enum State {
     Down(String),
 }
 
-/// What requests and the reconnecting task share.
-struct Connection {
+/// What requests and the reconnecting task share (the breakers' requests too, see
+/// `shared_breakers`).
+pub(super) struct Connection {
     target: Target,
     state: watch::Sender<State>,
     /// Wakes the reconnecting task when a request finds the connection broken.
@@ -280,7 +281,7 @@ impl Connection {
     /// closed (Redis restarted since the last one) is sent again once on a new one: it
     /// never reached Redis. One cut off mid-way is sent again too; at worst that counts a
     /// check twice, which errs towards refusing.
-    async fn run<T, F>(&self, request: impl Fn(Link) -> F) -> Result<T, String>
+    pub(super) async fn run<T, F>(&self, request: impl Fn(Link) -> F) -> Result<T, String>
     where
         F: std::future::Future<Output = redis::RedisResult<T>>,
     {
@@ -326,7 +327,7 @@ fn breaks_connection(e: &RedisError, cluster: bool) -> bool {
 }
 
 /// Makes a new connection whenever the last one broke, pausing longer after each
-/// failed attempt; ends when the buckets are dropped.
+/// failed attempt; ends when the buckets and the breakers sharing their connection are dropped.
 async fn keep_connected(connection: Arc<Connection>) {
     let mut generation = 0;
     loop {
@@ -359,18 +360,21 @@ async fn keep_connected(connection: Arc<Connection>) {
     }
 }
 
-pub struct RedisBuckets {
-    connection: Arc<Connection>,
-    reconnecting: tokio::task::JoinHandle<()>,
-    script: redis::Script,
-    /// Namespaces the keys (`REDIS_PREFIX`), so services can share one Redis.
-    prefix: String,
+/// The reconnecting task, stopped once nothing holds the connection any more.
+pub(super) struct Reconnecting(tokio::task::JoinHandle<()>);
+
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
-impl Drop for RedisBuckets {
-    fn drop(&mut self) {
-        self.reconnecting.abort();
-    }
+pub struct RedisBuckets {
+    pub(super) connection: Arc<Connection>,
+    pub(super) reconnecting: Arc<Reconnecting>,
+    script: redis::Script,
+    /// Namespaces the keys (`REDIS_PREFIX`), so services can share one Redis.
+    pub(super) prefix: String,
 }
 
 impl RedisBuckets {
@@ -387,7 +391,7 @@ impl RedisBuckets {
             Err(ConnectError::Unreachable(why)) => return Err(format!("cannot connect to Redis: {why}")),
         };
         let connection = Arc::new(Connection { target, state: watch::Sender::new(state), broken: Notify::new() });
-        let reconnecting = tokio::spawn(keep_connected(Arc::clone(&connection)));
+        let reconnecting = Arc::new(Reconnecting(tokio::spawn(keep_connected(Arc::clone(&connection)))));
         Ok(RedisBuckets { connection, reconnecting, script: redis::Script::new(GCRA), prefix: prefix.to_string() })
     }
 

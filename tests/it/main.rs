@@ -4,6 +4,7 @@
 //! other tests would move them).
 
 mod accounts;
+mod breakers;
 mod common;
 mod compatibility;
 mod contacts;

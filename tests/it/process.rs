@@ -236,6 +236,9 @@ async fn check_config_refuses_every_setting_serve_refuses_in_the_same_words() {
         (vec![("ADMIN_BIND", "127.0.0.1:9090")], "ADMIN_TOKEN must be set"),
         (vec![("CAPTCHA_PROVIDER", "hcaptcha")], "CAPTCHA_SECRET is required"),
         (vec![("SMS_BUDGET_HOME_RESERVE", "100")], "SMS_BUDGET_HOME_RESERVE of 100"),
+        (vec![("SMS_BREAKER_WINDOW", "0")], "SMS_BREAKER_WINDOW must be 1 to 1000"),
+        (vec![("SMS_BREAKER_MIN_SENDS", "11")], "SMS_BREAKER_MIN_SENDS must be 1 to SMS_BREAKER_WINDOW"),
+        (vec![("SMS_BREAKER_COOLDOWN_SECS", "0")], "SMS_BREAKER_COOLDOWN_SECS must be 1 to 86400"),
         // The senders in use, each with the settings it requires.
         (vec![("OTP_SENDER", "http")], "SMS_HTTP_URL is required when the http sender is used"),
         ([&http[..], &[("SMS_HTTP_BODY", r#"{"text":"{message}"}"#)]].concat(), "SMS_HTTP_BODY has no {phone}"),

@@ -9,7 +9,7 @@ use crate::common::*;
 use std::collections::HashSet;
 
 /// Three empty nodes made into one cluster (no replicas), once every node says it is ok.
-async fn cluster() -> Vec<RedisProcess> {
+pub(crate) async fn cluster() -> Vec<RedisProcess> {
     let mut nodes = Vec::new();
     for _ in 0..3 {
         nodes.push(RedisProcess::start(&["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]).await);
@@ -29,7 +29,7 @@ async fn cluster() -> Vec<RedisProcess> {
 }
 
 /// The `REDIS_URL` of a cluster of `nodes`.
-fn cluster_url(nodes: &[RedisProcess]) -> String {
+pub(crate) fn cluster_url(nodes: &[RedisProcess]) -> String {
     format!("redis+cluster://{}", nodes.iter().map(RedisProcess::address).collect::<Vec<_>>().join(","))
 }
 
