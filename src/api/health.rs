@@ -51,6 +51,20 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     if let Some(upstream) = &upstream {
         checks["upstream"] = describe(upstream).into();
     }
+    // A degraded provider instance is reported, never a reason to be unready: every instance
+    // of the service shares the providers, and one taken out of service sends no trial that
+    // could close its breaker again.
+    let senders = &state.login.codes.courier.senders();
+    let degraded: Vec<String> =
+        senders.health().into_iter().filter(|(_, s)| s.is_degraded()).map(|(n, s)| format!("{n} {}", s.as_str())).collect();
+    if !degraded.is_empty() {
+        let stuck = senders.routes_without_a_working_instance();
+        let routes = match stuck.is_empty() {
+            true => "every route has a working instance".to_string(),
+            false => format!("no working instance on route {}: tried anyway", stuck.join(", ")),
+        };
+        checks["senders"] = format!("degraded: {}; {routes}", degraded.join(", ")).into();
+    }
     if ready {
         HttpResponse::Ok().json(json!({ "status": "ok", "checks": checks }))
     } else {

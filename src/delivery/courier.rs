@@ -14,6 +14,7 @@ use tracing::Instrument;
 use crate::config::Config;
 use crate::delivery::senders::{Accepted, OtpMessage, OtpSender, SendError, Senders};
 use crate::domain::address::Address;
+use crate::domain::breaker::Outcome;
 use crate::domain::keys::MessageSeal;
 use crate::domain::metrics;
 use crate::domain::ratelimit::{Admission, Refusal};
@@ -180,6 +181,11 @@ impl Courier {
         }
     }
 
+    /// What carries the messages, and the health of each provider instance.
+    pub fn senders(&self) -> &Senders {
+        &self.senders
+    }
+
     /// Ends the worker after its current round; queued messages stay for the next start.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
@@ -254,9 +260,30 @@ impl Courier {
         let mut failures: Vec<String> = Vec::new();
         let mut result: Result<(usize, Accepted), SendError> =
             Err(SendError::permanent("no sender is configured for this kind of address"));
-        for (tried, carrier) in carriers.iter().enumerate() {
+        // An instance whose breaker is open is passed over while another may be tried; when
+        // every one is open, they are tried anyway: a degraded provider beats none.
+        let breakers = self.senders.breakers.as_deref();
+        let mut allowed = Vec::with_capacity(carriers.len());
+        for carrier in &carriers {
+            allowed.push(match breakers {
+                Some(breakers) => breakers.allow(carrier.name).await,
+                None => true,
+            });
+        }
+        let order: Vec<usize> = match allowed.iter().any(|allowed| *allowed) {
+            true => (0..carriers.len()).filter(|&i| allowed[i]).collect(),
+            false => (0..carriers.len()).collect(),
+        };
+        for (position, &tried) in order.iter().enumerate() {
+            let carrier = &carriers[tried];
             metrics::SENDER_ATTEMPTS.with_label_values(&[carrier.name]).inc();
-            match carrier.sender.send(&message).await {
+            let sent = carrier.sender.send(&message).await;
+            if let Some(breakers) = breakers {
+                // A refused number is the number's fault: the provider answered.
+                let outcome = if matches!(&sent, Err(error) if !error.permanent) { Outcome::Failed } else { Outcome::Delivered };
+                breakers.record(carrier.name, outcome).await;
+            }
+            match sent {
                 Ok(accepted) => {
                     if !country.is_empty() {
                         metrics::CODES_SENT.with_label_values(&[carrier.name, &country]).inc();
@@ -272,7 +299,7 @@ impl Courier {
                     // Some providers echo the message in their error replies; neither the code nor the
                     // full number may reach a log.
                     let reason = to.masked_in(&error.reason.replace(&message.otp, "[code]"));
-                    let next = carriers.get(tried + 1).filter(|_| !error.permanent);
+                    let next = order.get(position + 1).map(|&i| &carriers[i]).filter(|_| !error.permanent);
                     if let Some(next) = next {
                         tracing::warn!(sender = carrier.name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; trying {}", next.name);
                     }

@@ -14,9 +14,11 @@ use crate::api::AppState;
 use crate::api::{HttpSettings, UploadsPerUser};
 use crate::config::Config;
 use crate::config::RateLimitOnError;
+use crate::delivery::breakers::Breakers;
 use crate::delivery::outbox;
 use crate::delivery::senders::Senders;
 use crate::domain::app_settings::AppSettings;
+use crate::domain::breaker::SharedBreakers;
 use crate::domain::client_ip::TrustedProxies;
 use crate::domain::clock::Clock;
 use crate::domain::keys::{self, KeySource, ServerKeys};
@@ -32,6 +34,7 @@ use crate::service::operators::Operators;
 use crate::service::sessions::Sessions;
 use crate::service::uploads::Files;
 use crate::service::users::Users;
+use crate::store::shared_breakers::RedisBreakers;
 use crate::store::shared_limits::RedisBuckets;
 use crate::store::{self, Db};
 
@@ -45,6 +48,7 @@ impl AppState {
     /// [`AppState::new`] on the given clock (a manual one lets tests reach an expiry at once).
     pub async fn with_clock(config: &Config, senders: Senders, clock: Clock) -> Result<AppState, String> {
         let (db, keys) = open_database(config, clock).await?;
+        let mut shared_breakers: Option<Arc<dyn SharedBreakers>> = None;
         let shared_limits = match config.redis.topology() {
             None => None,
             Some(topology) => {
@@ -56,6 +60,7 @@ impl AppState {
                         url_without_credentials(config.redis.url.as_deref().unwrap_or_default())
                     )
                 })?;
+                shared_breakers = Some(Arc::new(RedisBreakers::sharing(&buckets)));
                 let shared = SharedLimits::new(Arc::new(buckets), keys.limit_key, allow);
                 match shared.ping().await {
                     Ok(()) => tracing::info!("rate limits are shared through Redis (RATE_LIMIT_ON_ERROR={policy})"),
@@ -68,6 +73,8 @@ impl AppState {
             }
         };
         let shared = shared_limits.as_ref();
+        let names: Vec<String> = senders.instances.iter().map(|instance| instance.name.clone()).collect();
+        let senders = senders.with_breakers(Breakers::new(&config.sms_breaker, names, db.clock().clone(), shared_breakers));
         let login = Arc::new(LoginFlow::new(config, Arc::clone(&db), &keys, senders, shared)?);
         let outbox = Arc::new(outbox::Outbox::new(config, Arc::clone(&db))?);
         let apps = AppSettings::from_config(config);

@@ -135,3 +135,78 @@ async fn when_every_instance_fails_the_message_is_retried_from_the_first() {
     assert_eq!(row_of(&r.server, US).1, "vonage");
     assert!(r.twilio.accepted().is_empty() && r.bird.requests() == 0);
 }
+
+/// An instance that failed most of its recent sends is passed over for a cool-down on
+/// the service's clock, shows as degraded in /readyz (which stays ready) and in the
+/// metrics, and gets one trial send once the cool-down is over.
+#[actix_web::test]
+async fn a_failing_instance_is_skipped_for_a_cool_down_then_tried_again() {
+    let (twilio, vonage) = (FakeProvider::start(Provider::Twilio), FakeProvider::start(Provider::Vonage));
+    let providers = json!({
+        "twilio_breaker": {"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "Example", "base_url": twilio.url()},
+        "vonage_breaker": {"kind": "vonage", "api_key": "k", "api_secret": "s", "from": "Example", "base_url": vonage.url()},
+    })
+    .to_string();
+    let env = [
+        ("SMS_PROVIDERS", providers.as_str()),
+        ("SMS_ROUTES", r#"{"*": ["twilio_breaker", "vonage_breaker"]}"#),
+        ("PHONE_MOBILE_ONLY", "false"),
+        ("SMS_BREAKER_WINDOW", "4"),
+        ("SMS_BREAKER_MIN_SENDS", "2"),
+        ("SMS_BREAKER_COOLDOWN_SECS", "60"),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server =
+        TestServer::start_full(&env, FakeUpstream::start(), dir, Delivery::Configured, otpgate::domain::clock::Clock::manual()).await;
+    let open_gauge = || otpgate::domain::metrics::SENDER_BREAKER_OPEN.with_label_values(&["twilio_breaker"]).get();
+    let readyz = async || server.send(server.client().get(format!("{}/readyz", server.url))).await;
+
+    twilio.script("", Script::Unavailable);
+    for phone in ["12025550101", "12025550102"] {
+        assert_ok(server.call(login(phone)).await);
+    }
+    assert_eq!((twilio.requests(), vonage.accepted().len()), (2, 2));
+    assert_eq!(open_gauge(), 1, "both recent sends failed: the breaker is open");
+    let (status, ready) = readyz().await;
+    assert_eq!(status, 200, "another instance of the route works: {ready}");
+    let senders = ready["checks"]["senders"].as_str().unwrap_or_default().to_string();
+    assert!(senders.contains("twilio_breaker open") && senders.contains("every route has a working instance"), "{ready}");
+
+    twilio.script("", Script::Accept);
+    assert_ok(server.call(login("12025550103")).await);
+    assert_eq!(twilio.requests(), 2, "skipped while open, healthy or not");
+    assert_eq!(vonage.accepted().len(), 3);
+
+    server.clock.advance(std::time::Duration::from_secs(61));
+    assert_ok(server.call(login("12025550104")).await);
+    assert_eq!(twilio.accepted().len(), 1, "after the cool-down one trial send goes through it");
+    assert_eq!(open_gauge(), 0, "the trial succeeded: closed");
+    assert!(readyz().await.1["checks"].get("senders").is_none());
+}
+
+/// When every instance of a route is skipped, they are tried anyway.
+#[actix_web::test]
+async fn a_route_whose_every_instance_is_open_still_tries_them() {
+    let twilio = FakeProvider::start(Provider::Twilio);
+    let providers = json!({
+        "twilio_alone": {"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "Example", "base_url": twilio.url()},
+    })
+    .to_string();
+    let env = [
+        ("SMS_PROVIDERS", providers.as_str()),
+        ("SMS_ROUTES", r#"{"*": ["twilio_alone"]}"#),
+        ("PHONE_MOBILE_ONLY", "false"),
+        ("SMS_BREAKER_MIN_SENDS", "1"),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server =
+        TestServer::start_full(&env, FakeUpstream::start(), dir, Delivery::Configured, otpgate::domain::clock::Clock::manual()).await;
+    twilio.script("", Script::Unavailable);
+    assert_error(&server.call(login("12025550105")).await, 502, "SENDFAILED");
+    let (status, ready) = server.send(server.client().get(format!("{}/readyz", server.url))).await;
+    assert_eq!(status, 200, "{ready}");
+    assert!(ready["checks"]["senders"].as_str().unwrap().contains("no working instance on route *: tried anyway"), "{ready}");
+    twilio.script("", Script::Accept);
+    assert_ok(server.call(login("12025550106")).await);
+    assert_eq!(twilio.accepted().len(), 1, "the only instance was tried although its breaker was open");
+}

@@ -113,9 +113,29 @@ pub struct Senders {
     /// Each prefix's ordered instances, longest prefix first, the default (`""`) last.
     routes: Arc<[(String, Vec<usize>)]>,
     pub email: Option<Arc<dyn OtpSender>>,
+    /// Each instance's circuit breaker; none until the service is built (`with_breakers`).
+    pub breakers: Option<Arc<Breakers>>,
 }
 
 impl Senders {
+    /// These senders, with the breakers of their instances.
+    pub fn with_breakers(self, breakers: Breakers) -> Senders {
+        Senders { breakers: Some(Arc::new(breakers)), ..self }
+    }
+
+    /// Each instance and its breaker's state, in the order configured.
+    pub fn health(&self) -> Vec<(String, BreakerState)> {
+        self.breakers.as_ref().map(|breakers| breakers.snapshot()).unwrap_or_default()
+    }
+
+    /// The prefixes of the routes (`"*"` for the default) none of whose instances works now.
+    pub fn routes_without_a_working_instance(&self) -> Vec<String> {
+        let Some(breakers) = &self.breakers else { return Vec::new() };
+        let works = |i: &usize| breakers.state(&self.instances[*i].name).is_none_or(|state| !state.is_degraded());
+        let stuck = self.routes.iter().filter(|(_, route)| !route.iter().any(works));
+        stuck.map(|(prefix, _)| if prefix.is_empty() { "*".to_string() } else { prefix.clone() }).collect()
+    }
+
     /// One sender for both phones and e-mail (the log sender, or a test double).
     pub fn all(sender: Arc<dyn OtpSender>) -> Self {
         let instance = Instance {
@@ -125,7 +145,7 @@ impl Senders {
             sender: sender.clone(),
             takes_receipts: false,
         };
-        Senders { instances: Arc::new([instance]), routes: Arc::new([(String::new(), vec![0])]), email: Some(sender) }
+        Senders { instances: Arc::new([instance]), routes: Arc::new([(String::new(), vec![0])]), email: Some(sender), breakers: None }
     }
 
     /// Test doubles as named instances on routes: `routes` maps a prefix (`""` for every
@@ -133,7 +153,7 @@ impl Senders {
     pub fn routed(instances: Vec<Instance>, routes: Vec<(String, Vec<usize>)>, email: Option<Arc<dyn OtpSender>>) -> Self {
         let mut routes = routes;
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
-        Senders { instances: instances.into(), routes: routes.into(), email }
+        Senders { instances: instances.into(), routes: routes.into(), email, breakers: None }
     }
 
     /// The ordered instances that carry codes to this number (E.164 digits): the route
@@ -201,10 +221,12 @@ pub fn build(config: &Config) -> Result<Senders, String> {
         },
         Some(_) => Some(Arc::new(LogSender)),
     };
-    Ok(Senders { instances: instances.into(), routes: routing.routes.clone().into(), email })
+    Ok(Senders { instances: instances.into(), routes: routing.routes.clone().into(), email, breakers: None })
 }
 
 use crate::config::{Channel, ProviderInstance, SenderKind};
+use crate::delivery::breakers::Breakers;
+use crate::domain::breaker::BreakerState;
 
 /// The `+`-prefixed international form providers expect (addresses are stored as E.164 digits).
 fn e164(message: &OtpMessage) -> String {
