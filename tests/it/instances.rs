@@ -3,6 +3,7 @@
 //! budget hold across them; and work held by an instance that is killed is delivered,
 //! exactly once, by the others. Runs when the suite has DATABASE_URL and REDIS_URL.
 
+use crate::common::fake_providers::{self, FakeProvider, Provider, Script};
 use crate::common::*;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
@@ -466,4 +467,77 @@ async fn behind_the_compose_nginx_a_login_started_on_one_instance_verifies_on_th
     let verified_on = if a.upstream.issued() == 1 { &a } else { &b };
     assert_ne!(started_on.url, verified_on.url, "nginx alternates: the start and the verify reached different instances");
     drop(nginx);
+}
+
+/// Instances `twilio_k` and `vonage_k` on these fakes, on one route in that order.
+/// Their breakers stay closed: these tests are about the queue.
+fn routed_env(twilio: &fake_providers::FakeProvider, vonage: &fake_providers::FakeProvider) -> [(&'static str, String); 4] {
+    let providers = json!({
+        "twilio_k": {"kind": "twilio", "account_sid": "AC1", "auth_token": "t", "from": "Example", "base_url": twilio.url()},
+        "vonage_k": {"kind": "vonage", "api_key": "k", "api_secret": "s", "from": "Example", "base_url": vonage.url()},
+    });
+    [
+        ("SMS_PROVIDERS", providers.to_string()),
+        ("SMS_ROUTES", r#"{"*": ["twilio_k", "vonage_k"]}"#.into()),
+        ("SMS_BREAKER_WINDOW", "1000".into()),
+        ("SMS_BREAKER_MIN_SENDS", "1000".into()),
+    ]
+}
+
+/// Messages retried by the couriers of two instances over one queue, through a route of
+/// two providers, each reach exactly one provider exactly once.
+#[actix_web::test]
+async fn two_instances_sharing_the_queue_deliver_each_routed_message_once() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let (twilio, vonage) = (FakeProvider::start(Provider::Twilio), FakeProvider::start(Provider::Vonage));
+    twilio.script("", Script::Unavailable);
+    vonage.script("", Script::Unavailable);
+    let env = routed_env(&twilio, &vonage);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let instances = [cluster.start(&env).await, cluster.start(&env).await];
+    let phones: Vec<String> = (0..10).map(|n| format!("1202555{n:04}")).collect();
+    for (n, phone) in phones.iter().enumerate() {
+        assert_ok(instances[n % 2].call(login(phone)).await);
+    }
+    assert!(eventually(30, async || twilio.requests() >= 20).await, "both couriers retry while both providers fail");
+    twilio.script("", Script::Accept);
+    vonage.script("", Script::Accept);
+    let delivered = || twilio.accepted().into_iter().chain(vonage.accepted()).map(|m| m.to).collect::<Vec<_>>();
+    assert!(eventually(60, async || delivered().len() >= phones.len()).await);
+    let rows = |sql: &str| backend::run_sql(&cluster.database_url, sql)[0].clone().unwrap_or_default();
+    assert!(eventually(30, async || rows("SELECT count(*) FROM courier WHERE status = 'queued'") == "0").await);
+    let mut to = delivered();
+    to.sort();
+    assert_eq!(to, phones, "each number got its code from one provider, once");
+}
+
+/// An instance killed after the provider took the message but before the instance heard
+/// so loses no code: another instance sends it once more, the same code, and no more.
+#[actix_web::test]
+async fn a_kill_between_the_provider_taking_a_code_and_its_record_sends_it_once_more() {
+    let Some(servers) = shared_servers() else { return };
+    let cluster = Cluster::new(servers);
+    let (twilio, vonage) = (FakeProvider::start(Provider::Twilio), FakeProvider::start(Provider::Vonage));
+    let env = routed_env(&twilio, &vonage);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    // The provider's silence outlasts the kill; the lease outlasts the provider's timeout.
+    env.extend([("PROVIDER_TIMEOUT_SECS", "5"), ("COURIER_LEASE_SECS", "8")]);
+    let a = cluster.start(&env).await;
+    twilio.script("", Script::AcceptAndHang);
+    let phone = "12025550999";
+    assert_ok(a.call(login(phone)).await);
+    assert!(eventually(30, async || twilio.accepted().len() == 1).await, "the provider took it");
+    drop(a); // kill -9 while the provider's answer is still awaited
+    twilio.script("", Script::Accept);
+    let b = cluster.start(&env).await;
+    assert!(eventually(60, async || twilio.accepted().len() == 2).await, "the other instance sent it again after the lease");
+    let rows = |sql: &str| backend::run_sql(&cluster.database_url, sql)[0].clone().unwrap_or_default();
+    assert!(eventually(30, async || rows("SELECT status FROM courier") == "sent").await);
+    let sent = twilio.accepted();
+    assert_eq!(sent[0].text, sent[1].text, "the same code both times");
+    assert_eq!((sent.len(), vonage.requests()), (2, 0), "once more, and no more");
+    let code: String = sent[1].text.split(|c: char| !c.is_ascii_digit()).find(|run| run.len() == 6).unwrap().into();
+    let reply = assert_ok(b.call(verify(phone, &code)).await);
+    assert!(reply["token"].is_string());
 }

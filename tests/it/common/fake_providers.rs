@@ -31,6 +31,9 @@ pub enum Script {
     RefuseCredentials,
     /// Received and never answered: the sender's timeout ends it.
     Hang,
+    /// Taken (recorded as accepted, as the provider would send it) and never answered:
+    /// the sender cannot know the message went out.
+    AcceptAndHang,
 }
 
 /// A message the fake accepted.
@@ -157,6 +160,11 @@ async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
     let n = state.next_id.fetch_add(1, Ordering::SeqCst);
     match (script, state.provider) {
         (Script::Hang, _) => {
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+        (Script::AcceptAndHang, _) => {
+            state.accepted.lock().unwrap().push(Accepted { to, text, id: format!("held-{n}"), callback });
             std::future::pending::<()>().await;
             unreachable!()
         }
