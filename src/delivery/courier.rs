@@ -186,6 +186,17 @@ impl Courier {
         &self.senders
     }
 
+    /// Wakes the worker: a message was queued again for now (a failed delivery receipt).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Whether a message to `address` (as stored) has an instance left to go through
+    /// once those in `failed_via` (comma-separated) are left out.
+    pub fn has_carrier_left(&self, address: &str, failed_via: &str) -> bool {
+        !self.carriers(&Address::from_stored(address), failed_via).is_empty()
+    }
+
     /// Ends the worker after its current round; queued messages stay for the next start.
     pub fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
@@ -219,10 +230,10 @@ impl Courier {
 
     /// The instances to try for this message, in order: its route's, without those whose
     /// delivery of it was reported failed; an e-mail address has its one sender.
-    fn carriers<'a>(&'a self, to: &Address, row: &QueuedMessage) -> Vec<Carrier<'a>> {
+    fn carriers<'a>(&'a self, to: &Address, failed_via: &str) -> Vec<Carrier<'a>> {
         match to {
             Address::Phone(digits) => {
-                let failed: Vec<&str> = row.failed_via.split(',').filter(|name| !name.is_empty()).collect();
+                let failed: Vec<&str> = failed_via.split(',').filter(|name| !name.is_empty()).collect();
                 let route = self.senders.route(digits);
                 let candidates = route.iter().filter(|&&i| !failed.contains(&self.senders.instances[i].name.as_str()));
                 candidates
@@ -247,7 +258,7 @@ impl Courier {
     async fn attempt(&self, row: QueuedMessage, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
         let to = Address::from_stored(&row.address);
-        let carriers = self.carriers(&to, &row);
+        let carriers = self.carriers(&to, &row.failed_via);
         let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
         let attempts = row.attempts + 1;
         // A bounded label: one of the world's calling codes.
@@ -328,7 +339,12 @@ impl Courier {
                 let last = error.permanent || attempts >= self.max_attempts || retry_at >= row.expires_at * 1000;
                 let next = if last { "giving up".to_string() } else { format!("retrying in {} ms", retry_at - self.db.clock().now_ms()) };
                 tracing::warn!(sender = sender_name, to = %to.masked(), attempt = attempts, "code not delivered: {reason}; {next}");
-                if last {
+                if last && !row.failed_via.is_empty() {
+                    // A resend after a failed receipt (or one left with no instance, should the
+                    // routes have changed since): the first delivery may still reach the user,
+                    // so the code stays.
+                    (Dispatch::Failed, AttemptOutcome::ResendFailed(reason))
+                } else if last {
                     (Dispatch::Failed, AttemptOutcome::Failed(reason))
                 } else {
                     (Dispatch::Retrying, AttemptOutcome::Retry(reason, retry_at))

@@ -55,8 +55,17 @@ pub fn histogram(name: &str, help: &str) -> Histogram {
 }
 
 pub fn histogram_vec(name: &str, help: &str, labels: &[&str]) -> HistogramVec {
-    register(HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels).expect("valid metric"))
+    histogram_vec_in(name, help, labels, LATENCY_BUCKETS)
 }
+
+/// A histogram of its own buckets (seconds).
+pub fn histogram_vec_in(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    register(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).expect("valid metric"))
+}
+
+/// From a code's request to a provider's report on its message, in seconds: a carrier
+/// takes from seconds to hours, and the times compared are whole seconds.
+const RECEIPT_BUCKETS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0];
 
 pub static HTTP_REQUESTS: LazyLock<IntCounterVec> =
     LazyLock::new(|| counter_vec("otpgate_http_requests_total", "HTTP requests by route pattern and status", &["route", "status"]));
@@ -103,6 +112,35 @@ pub static SENDER_BREAKER_OPENED: LazyLock<IntCounterVec> = LazyLock::new(|| {
         &["instance"],
     )
 });
+pub static DELIVERY_RECEIPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_delivery_receipts_total",
+        "Signed delivery receipts that changed a message's record, by the instance that sent it and the status reported (replays are not counted)",
+        &["instance", "status"],
+    )
+});
+pub static DELIVERY_RECEIPT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
+    histogram_vec_in(
+        "otpgate_delivery_receipt_seconds",
+        "Time from a code's request to the first report of its message's final status (delivered, undelivered or failed), by instance",
+        &["instance"],
+        RECEIPT_BUCKETS,
+    )
+});
+pub static DELIVERY_RESENDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_delivery_resends_total",
+        "Codes queued again for the next instance of their route after a receipt reported them undelivered or failed, by the reporting instance",
+        &["instance"],
+    )
+});
+pub static RECEIPTS_REFUSED: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    counter_vec(
+        "otpgate_receipts_refused_total",
+        "Delivery receipts refused, by provider and reason (signature, malformed, too_large)",
+        &["provider", "reason"],
+    )
+});
 pub static UPSTREAM_DURATION: LazyLock<Histogram> =
     LazyLock::new(|| histogram("otpgate_upstream_request_duration_seconds", "Latency of upstream useradd calls, failed ones included"));
 pub static UPSTREAM_FAILURES: LazyLock<IntCounter> =
@@ -140,6 +178,10 @@ fn register_all() {
     LazyLock::force(&SENDER_FAILURES);
     LazyLock::force(&SENDER_BREAKER_OPEN);
     LazyLock::force(&SENDER_BREAKER_OPENED);
+    LazyLock::force(&DELIVERY_RECEIPTS);
+    LazyLock::force(&DELIVERY_RECEIPT_SECONDS);
+    LazyLock::force(&DELIVERY_RESENDS);
+    LazyLock::force(&RECEIPTS_REFUSED);
     LazyLock::force(&UPSTREAM_DURATION);
     LazyLock::force(&UPSTREAM_FAILURES);
     LazyLock::force(&RATELIMIT_REJECTIONS);

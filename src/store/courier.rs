@@ -4,7 +4,9 @@
 
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
-pub use crate::store::records::{seal_message, AttemptOutcome, Claimed, Enqueued, QueuedMessage, BATCH};
+pub use crate::store::records::{
+    seal_message, AttemptOutcome, Claimed, DeliveryReceipt, Enqueued, QueuedMessage, ReceiptOutcome, ReceiptStatus, BATCH,
+};
 use crate::store::{Db, NewChallenge, StorageError};
 
 impl Db {
@@ -38,6 +40,23 @@ impl Db {
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
         dispatch!(self, |store| store.record_attempt(id, attempts, outcome, address, otp_hash))
+    }
+
+    /// Applies a delivery receipt to the message it names, among those the receipt's
+    /// instances sent and not yet sent again: keeps its status, error code and time (the
+    /// provider's, else now), only when it moves the row forward (sent, then a failure,
+    /// then delivered), so a replayed receipt changes nothing. `delivered` wipes a message
+    /// kept sealed. A failure adds the instance to `failed_via` and, while the message is
+    /// still sealed, its code waits unused and unexpired, and `carrier_left(address,
+    /// failed_via)` says an instance of its route remains, queues it again at once, in the
+    /// same transaction: receipts racing on several instances resend it once.
+    pub async fn apply_delivery_receipt(
+        &self,
+        receipt: DeliveryReceipt,
+        carrier_left: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Result<ReceiptOutcome, StorageError> {
+        let now_ms = self.clock().now_ms();
+        dispatch!(self, |store| store.apply_delivery_receipt(receipt, now_ms, carrier_left))
     }
 
     /// Deletes finished rows created before `before` (unix seconds); returns how many.

@@ -153,7 +153,113 @@ pub enum AttemptOutcome {
         keep_sealed: bool,
     },
     Failed(String),
+    /// A resend after a failed receipt ended without delivery: the row fails, but the
+    /// code stays valid, since the first delivery may still have reached the user.
+    ResendFailed(String),
     Retry(String, i64),
+}
+
+/// How far a message got, as a delivery receipt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    Sent,
+    Delivered,
+    Undelivered,
+    Failed,
+}
+
+impl ReceiptStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReceiptStatus::Sent => "sent",
+            ReceiptStatus::Delivered => "delivered",
+            ReceiptStatus::Undelivered => "undelivered",
+            ReceiptStatus::Failed => "failed",
+        }
+    }
+
+    /// The message will not reach the user through the instance that reported it.
+    pub fn is_failure(self) -> bool {
+        matches!(self, ReceiptStatus::Undelivered | ReceiptStatus::Failed)
+    }
+
+    /// Receipts move a row forward only: sent, then a failure, then delivered (a carrier
+    /// that reports a failure and later succeeds did deliver the code). Receipts arrive
+    /// late, out of order and more than once; this order makes any sequence of them
+    /// change the row at most once per step.
+    fn step(status: Option<&str>) -> u8 {
+        match status {
+            Some("sent") => 1,
+            Some("undelivered" | "failed") => 2,
+            Some("delivered") => 3,
+            _ => 0,
+        }
+    }
+}
+
+/// A signed delivery receipt, for the courier row of the message it names.
+pub struct DeliveryReceipt {
+    /// The instances whose key signed it (instances of one provider account share their
+    /// key): the message is looked up among the rows they sent.
+    pub instances: Vec<String>,
+    /// The provider's id of the message.
+    pub message_id: String,
+    pub status: ReceiptStatus,
+    /// The provider's error code, if it gave one.
+    pub error_code: Option<String>,
+    /// Unix seconds of the status by the provider's clock; `None`: when it arrived.
+    pub reported_at: Option<i64>,
+}
+
+/// What a delivery receipt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiptOutcome {
+    /// No message those instances sent has that id (or it is being sent again).
+    Unknown,
+    /// A receipt seen before, or one that does not move the row forward.
+    Unchanged,
+    /// Recorded on the row `instance` sent, whose code was queued at `queued_at` (unix
+    /// seconds); `resent`: queued again for the next instance of its route.
+    Recorded { instance: String, queued_at: i64, resent: bool },
+}
+
+/// A sent message as a receipt finds it.
+pub(in crate::store) struct ReceiptTarget {
+    pub id: i64,
+    pub address: String,
+    pub otp_hash: Vec<u8>,
+    pub instance: String,
+    pub failed_via: String,
+    pub receipt_status: Option<String>,
+    /// Still sealed: kept for a resend.
+    pub sealed: bool,
+    pub created_at: i64,
+}
+
+/// What applying a receipt changes, once the row is found and locked.
+pub(in crate::store) struct ReceiptChange {
+    pub failed_via: String,
+    /// The message may go out again, if its code is still waiting to be used: failed
+    /// here, still sealed.
+    pub may_resend: bool,
+    /// Delivered: the sealed message is not needed any more.
+    pub wipe_sealed: bool,
+}
+
+/// `None` when the receipt does not move the row forward (see [`ReceiptStatus::step`]).
+/// A failure adds the instance to those a resend avoids.
+pub(in crate::store) fn receipt_change(row: &ReceiptTarget, status: ReceiptStatus) -> Option<ReceiptChange> {
+    if ReceiptStatus::step(Some(status.as_str())) <= ReceiptStatus::step(row.receipt_status.as_deref()) {
+        return None;
+    }
+    let failure = status.is_failure();
+    let already = row.failed_via.split(',').any(|name| name == row.instance);
+    let failed_via = match (failure && !already, row.failed_via.is_empty()) {
+        (false, _) => row.failed_via.clone(),
+        (true, true) => row.instance.clone(),
+        (true, false) => format!("{},{}", row.failed_via, row.instance),
+    };
+    Some(ReceiptChange { failed_via, may_resend: failure && row.sealed, wipe_sealed: status == ReceiptStatus::Delivered })
 }
 
 /// What queueing a code message did.
@@ -350,4 +456,49 @@ pub struct Imported {
     pub users: usize,
     pub sessions: usize,
     pub contacts: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_by(instance: &str, failed_via: &str, receipt_status: Option<&str>, sealed: bool) -> ReceiptTarget {
+        ReceiptTarget {
+            id: 1,
+            address: "447400123456".into(),
+            otp_hash: vec![0; 32],
+            instance: instance.into(),
+            failed_via: failed_via.into(),
+            receipt_status: receipt_status.map(String::from),
+            sealed,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn receipts_move_a_row_forward_only() {
+        use ReceiptStatus::*;
+        let moves = |current: Option<&str>, new: ReceiptStatus| receipt_change(&sent_by("a", "", current, true), new).is_some();
+        for status in [Sent, Delivered, Undelivered, Failed] {
+            assert!(moves(None, status), "a first receipt is recorded: {status:?}");
+            assert!(!moves(Some(status.as_str()), status), "a replay changes nothing: {status:?}");
+            assert!(!moves(Some("delivered"), status), "delivered is the last word: {status:?}");
+        }
+        assert!(moves(Some("sent"), Undelivered) && moves(Some("sent"), Delivered));
+        assert!(!moves(Some("undelivered"), Sent) && !moves(Some("failed"), Sent), "never back to sent");
+        assert!(!moves(Some("undelivered"), Failed) && !moves(Some("failed"), Undelivered), "one failure is enough");
+        assert!(moves(Some("undelivered"), Delivered), "a late delivery is what the user got");
+    }
+
+    #[test]
+    fn a_failure_names_the_instance_once_and_only_a_sealed_message_may_go_again() {
+        let change = receipt_change(&sent_by("b", "a", Some("sent"), true), ReceiptStatus::Undelivered).unwrap();
+        assert_eq!((change.failed_via.as_str(), change.may_resend, change.wipe_sealed), ("a,b", true, false));
+        let first = receipt_change(&sent_by("a", "", None, true), ReceiptStatus::Failed).unwrap();
+        assert_eq!(first.failed_via, "a");
+        let again = receipt_change(&sent_by("a", "a", Some("sent"), false), ReceiptStatus::Failed).unwrap();
+        assert_eq!((again.failed_via.as_str(), again.may_resend), ("a", false), "not sealed: nothing to send again");
+        let delivered = receipt_change(&sent_by("a", "", Some("sent"), true), ReceiptStatus::Delivered).unwrap();
+        assert_eq!((delivered.failed_via.as_str(), delivered.may_resend, delivered.wipe_sealed), ("", false, true));
+    }
 }

@@ -4,9 +4,12 @@ use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::error::StorageError;
-use crate::store::records::{open_message, AttemptOutcome, Claimed, Enqueued, NewChallenge, QueuedMessage, BATCH};
+use crate::store::records::{
+    open_message, receipt_change, AttemptOutcome, Claimed, DeliveryReceipt, Enqueued, NewChallenge, QueuedMessage, ReceiptOutcome,
+    ReceiptTarget, BATCH,
+};
 
-use super::{counter, execute, int, interrupted, query, query_one, rows, Interrupted, Param, PgStore, Retry};
+use super::{counter, execute, int, interrupted, query, query_one, query_opt, rows, Interrupted, Param, PgStore, Retry};
 
 impl PgStore {
     /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
@@ -160,12 +163,22 @@ impl PgStore {
         self.retrying(Retry::Always, |client| async move {
             // One statement each, so none needs a transaction of its own.
             match outcome {
+                // Receipts describe the provider's message the row names: a new one has none yet.
                 AttemptOutcome::Sent { instance, message_id, keep_sealed } => {
                     execute(
                         &client,
                         "UPDATE courier SET status = 'sent', attempts = $2, instance = $3, provider_message_id = $4,
-                             sealed = CASE WHEN $5 THEN sealed END WHERE id = $1",
+                             sealed = CASE WHEN $5 THEN sealed END, receipt_status = NULL, receipt_error = NULL, receipt_at = NULL
+                         WHERE id = $1",
                         &[&id, &attempts, instance, message_id, keep_sealed],
+                    )
+                    .await?;
+                }
+                AttemptOutcome::ResendFailed(error) => {
+                    execute(
+                        &client,
+                        "UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1",
+                        &[&id, &attempts, error],
                     )
                     .await?;
                 }
@@ -188,6 +201,71 @@ impl PgStore {
                 }
             }
             Ok(())
+        })
+        .await
+    }
+
+    /// Applies a delivery receipt (see `Db::apply_delivery_receipt`). The row stays locked
+    /// until the transaction ends: receipts for one message, on any instance, take turns.
+    pub async fn apply_delivery_receipt(
+        &self,
+        receipt: DeliveryReceipt,
+        now_ms: i64,
+        carrier_left: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Result<ReceiptOutcome, StorageError> {
+        let (receipt, carrier_left) = (&receipt, &carrier_left);
+        self.retrying(Retry::IfNotApplied, |mut client| async move {
+            let tx = client.transaction().await?;
+            let found = query_opt(
+                &tx,
+                "SELECT id, address, otp_hash, instance, failed_via, receipt_status, sealed IS NOT NULL, created_at FROM courier
+                 WHERE provider_message_id = $1 AND status = 'sent' AND instance = ANY($2) ORDER BY id DESC LIMIT 1 FOR UPDATE",
+                &[&receipt.message_id, &receipt.instances],
+            )
+            .await?;
+            let Some(found) = found else { return Ok(ReceiptOutcome::Unknown) };
+            let row = ReceiptTarget {
+                id: found.try_get(0)?,
+                address: found.try_get(1)?,
+                otp_hash: found.try_get(2)?,
+                instance: found.try_get(3)?,
+                failed_via: found.try_get(4)?,
+                receipt_status: found.try_get(5)?,
+                sealed: found.try_get(6)?,
+                created_at: found.try_get(7)?,
+            };
+            let Some(change) = receipt_change(&row, receipt.status) else { return Ok(ReceiptOutcome::Unchanged) };
+            let resend = change.may_resend && {
+                let waiting = query_one(
+                    &tx,
+                    "SELECT EXISTS (SELECT 1 FROM otp_challenges
+                         WHERE address = $1 AND otp_hash = $2 AND expires_at > $3 AND claimed_at IS NULL)",
+                    &[&row.address, &row.otp_hash, &(now_ms / 1000)],
+                )
+                .await?;
+                waiting.try_get::<_, bool>(0)? && carrier_left(&row.address, &change.failed_via)
+            };
+            execute(
+                &tx,
+                "UPDATE courier SET receipt_status = $2, receipt_error = $3, receipt_at = $4, failed_via = $5,
+                     sealed = CASE WHEN $6 THEN NULL ELSE sealed END,
+                     status = CASE WHEN $7 THEN 'queued' ELSE status END,
+                     next_attempt_ms = CASE WHEN $7 THEN $8 ELSE next_attempt_ms END
+                 WHERE id = $1",
+                &[
+                    &row.id,
+                    &receipt.status.as_str(),
+                    &receipt.error_code,
+                    &receipt.reported_at.unwrap_or(now_ms / 1000),
+                    &change.failed_via,
+                    &change.wipe_sealed,
+                    &resend,
+                    &now_ms,
+                ],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(ReceiptOutcome::Recorded { instance: row.instance, queued_at: row.created_at, resent: resend })
         })
         .await
     }

@@ -8,7 +8,10 @@ use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
 use crate::store::error::StorageError;
-use crate::store::records::{open_message, seal_context, AttemptOutcome, Claimed, Enqueued, NewChallenge, QueuedMessage, BATCH};
+use crate::store::records::{
+    open_message, receipt_change, seal_context, AttemptOutcome, Claimed, DeliveryReceipt, Enqueued, NewChallenge, QueuedMessage,
+    ReceiptOutcome, ReceiptTarget, BATCH,
+};
 
 use super::login::{remove_challenge, resend_wait, store_challenge};
 use super::{admitted, atomically, SqliteStore};
@@ -140,10 +143,12 @@ fn record_attempt(
 ) -> rusqlite::Result<()> {
     atomically(conn, |tx| {
         match update {
+            // Receipts describe the provider's message the row names: a new one has none yet.
             AttemptOutcome::Sent { instance, message_id, keep_sealed } => {
                 tx.prepare_cached(
                     "UPDATE courier SET status = 'sent', attempts = ?2, instance = ?3, provider_message_id = ?4,
-                         sealed = CASE WHEN ?5 THEN sealed END WHERE id = ?1",
+                         sealed = CASE WHEN ?5 THEN sealed END, receipt_status = NULL, receipt_error = NULL, receipt_at = NULL
+                     WHERE id = ?1",
                 )?
                 .execute(params![id, attempts, instance, message_id, keep_sealed])?;
             }
@@ -152,12 +157,75 @@ fn record_attempt(
                     .execute(params![id, attempts, error])?;
                 remove_challenge(tx, address, otp_hash)?;
             }
+            AttemptOutcome::ResendFailed(error) => {
+                tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
+                    .execute(params![id, attempts, error])?;
+            }
             AttemptOutcome::Retry(error, retry_at) => {
                 tx.prepare_cached("UPDATE courier SET attempts = ?2, last_error = ?3, next_attempt_ms = ?4 WHERE id = ?1")?
                     .execute(params![id, attempts, error, retry_at])?;
             }
         }
         Ok(())
+    })
+}
+
+/// Applies a delivery receipt to the sent message it names (see `Db::apply_delivery_receipt`).
+fn apply_receipt(
+    conn: &mut Connection,
+    receipt: &DeliveryReceipt,
+    now_ms: i64,
+    carrier_left: &dyn Fn(&str, &str) -> bool,
+) -> rusqlite::Result<ReceiptOutcome> {
+    atomically(conn, |tx| {
+        let found = tx
+            .prepare_cached(
+                "SELECT id, address, otp_hash, instance, failed_via, receipt_status, sealed IS NOT NULL, created_at FROM courier
+                 WHERE provider_message_id = ?1 AND status = 'sent' ORDER BY id DESC",
+            )?
+            .query_map([&receipt.message_id], |r| {
+                Ok(ReceiptTarget {
+                    id: r.get(0)?,
+                    address: r.get(1)?,
+                    otp_hash: r.get(2)?,
+                    instance: r.get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    failed_via: r.get(4)?,
+                    receipt_status: r.get(5)?,
+                    sealed: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let Some(row) = found.into_iter().find(|row| receipt.instances.contains(&row.instance)) else {
+            return Ok(ReceiptOutcome::Unknown);
+        };
+        let Some(change) = receipt_change(&row, receipt.status) else { return Ok(ReceiptOutcome::Unchanged) };
+        let code_waiting = || -> rusqlite::Result<bool> {
+            tx.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM otp_challenges
+                     WHERE address = ?1 AND otp_hash = ?2 AND expires_at > ?3 AND claimed_at IS NULL)",
+            )?
+            .query_row(params![row.address, row.otp_hash, now_ms / 1000], |r| r.get(0))
+        };
+        let resend = change.may_resend && code_waiting()? && carrier_left(&row.address, &change.failed_via);
+        tx.prepare_cached(
+            "UPDATE courier SET receipt_status = ?2, receipt_error = ?3, receipt_at = ?4, failed_via = ?5,
+                 sealed = CASE WHEN ?6 THEN NULL ELSE sealed END,
+                 status = CASE WHEN ?7 THEN 'queued' ELSE status END,
+                 next_attempt_ms = CASE WHEN ?7 THEN ?8 ELSE next_attempt_ms END
+             WHERE id = ?1",
+        )?
+        .execute(params![
+            row.id,
+            receipt.status.as_str(),
+            receipt.error_code,
+            receipt.reported_at.unwrap_or(now_ms / 1000),
+            change.failed_via,
+            change.wipe_sealed,
+            resend,
+            now_ms
+        ])?;
+        Ok(ReceiptOutcome::Recorded { instance: row.instance, queued_at: row.created_at, resent: resend })
     })
 }
 
@@ -191,6 +259,16 @@ impl SqliteStore {
         otp_hash: Vec<u8>,
     ) -> Result<(), StorageError> {
         self.call(move |conn| record_attempt(conn, id, attempts, &outcome, &address, &otp_hash)).await
+    }
+
+    /// Applies a delivery receipt (see `Db::apply_delivery_receipt`).
+    pub async fn apply_delivery_receipt(
+        &self,
+        receipt: DeliveryReceipt,
+        now_ms: i64,
+        carrier_left: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Result<ReceiptOutcome, StorageError> {
+        self.call(move |conn| apply_receipt(conn, &receipt, now_ms, &carrier_left)).await
     }
 
     /// Deletes finished rows created before `before` (unix seconds); returns how many.
