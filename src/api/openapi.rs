@@ -178,6 +178,7 @@ pub fn document(dialect: Dialect) -> Value {
             },
         } })),
     ]);
+    paths.extend(receipt_paths());
     paths.extend(operator_paths());
     schemas.extend(operator_schemas());
     let dialect_note = match dialect {
@@ -202,6 +203,61 @@ pub fn document(dialect: Dialect) -> Value {
             },
         },
     })
+}
+
+/// The providers' delivery receipts (`receipts.rs`): not for apps; each provider signs
+/// its own, and without `PUBLIC_URL` none is taken (404).
+fn receipt_paths() -> Vec<(String, Value)> {
+    let text = |description: &str| json!({ "description": description, "content": { "text/plain": { "schema": { "type": "string" } } } });
+    let responses = json!({
+        "200": { "description": "Taken; a report on a message this service did not send (or has sent again since) is ignored" },
+        "400": text("Signed, but not a delivery receipt"),
+        "403": text("The signature is missing, stale or made with no configured key"),
+        "404": text("PUBLIC_URL is not set: no receipts are taken"),
+        "413": text("The body is larger than 64 KiB"),
+    });
+    let fields = json!({ "type": "object", "additionalProperties": { "type": "string" } });
+    let body = |media: &str| json!({ "required": true, "content": { media: { "schema": fields } } });
+    let query = |names: &[&str]| -> Value {
+        names.iter().map(|name| json!({ "name": name, "in": "query", "required": false, "schema": { "type": "string" } })).collect()
+    };
+    let post = |summary: &str, media: &str| json!({ "summary": summary, "requestBody": body(media), "responses": responses });
+    let get = |summary: &str, names: &[&str]| json!({ "summary": summary, "parameters": query(names), "responses": responses });
+    vec![
+        (
+            "/delivery/twilio".into(),
+            json!({ "post": post("A Twilio status callback, signed with X-Twilio-Signature.", "application/x-www-form-urlencoded") }),
+        ),
+        (
+            "/delivery/vonage".into(),
+            json!({
+                "post": post("A Vonage delivery receipt, signed with its sig field.", "application/json"),
+                "get": get("A Vonage delivery receipt in the query string.", &["messageId", "status", "err-code", "timestamp", "sig"]),
+            }),
+        ),
+        (
+            "/delivery/messagebird".into(),
+            json!({
+                "get": get("A MessageBird status report, signed with MessageBird-Signature-JWT.", &["id", "status", "statusErrorCode", "statusDatetime"]),
+                "post": post("A MessageBird status report with a body.", "application/json"),
+            }),
+        ),
+        (
+            "/delivery/whatsapp".into(),
+            json!({
+                "post": post("A WhatsApp Cloud API notification, signed with X-Hub-Signature-256.", "application/json"),
+                "get": {
+                    "summary": "Meta's check of the webhook: the challenge is echoed when the verify token is one of the configured instances'.",
+                    "parameters": query(&["hub.mode", "hub.challenge", "hub.verify_token"]),
+                    "responses": {
+                        "200": text("The challenge"),
+                        "403": text("Not one of our verify tokens"),
+                        "404": text("PUBLIC_URL is not set: no receipts are taken"),
+                    },
+                },
+            }),
+        ),
+    ]
 }
 
 /// The operator API's reply bodies, as `admin.rs` writes them.

@@ -14,7 +14,7 @@ use crate::api::reply::reply;
 use crate::config::{Config, Dialect};
 use crate::domain::error::{ApiError, ErrorCode};
 use crate::domain::metrics;
-use crate::{api::admin, api::health, api::http, api::openapi, api::request_log, api::AppState};
+use crate::{api::admin, api::health, api::http, api::openapi, api::receipts, api::request_log, api::AppState};
 
 /// The whole service as an actix `App`; `main` and the tests serve exactly this.
 pub fn app(
@@ -46,6 +46,19 @@ fn configure(state: web::Data<AppState>) -> impl FnOnce(&mut web::ServiceConfig)
             .service(web::resource("/readyz").route(web::get().to(health::readyz)))
             .service(web::resource("/metrics").route(web::get().to(metrics::serve)))
             .service(web::resource("/openapi.json").route(web::get().to(openapi::serve)));
+        // Providers' delivery receipts: public, signed by the provider, behind the request log only.
+        cfg.service(web::resource("/delivery/twilio").route(web::post().to(receipts::twilio)))
+            .service(web::resource("/delivery/vonage").route(web::post().to(receipts::vonage)).route(web::get().to(receipts::vonage)))
+            .service(
+                web::resource("/delivery/messagebird")
+                    .route(web::post().to(receipts::messagebird))
+                    .route(web::get().to(receipts::messagebird)),
+            )
+            .service(
+                web::resource("/delivery/whatsapp")
+                    .route(web::post().to(receipts::whatsapp))
+                    .route(web::get().to(receipts::whatsapp_handshake)),
+            );
     }
 }
 

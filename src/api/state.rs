@@ -17,6 +17,7 @@ use crate::service::groups::Groups;
 use crate::service::links::Links;
 use crate::service::login::LoginFlow;
 use crate::service::operators::Operators;
+use crate::service::receipts::Receipts;
 use crate::service::sessions::Sessions;
 use crate::service::uploads::Files;
 use crate::service::users::Users;
@@ -45,6 +46,8 @@ pub struct AppState {
     pub accounts: Accounts,
     /// The operator API's lookups and revokes.
     pub operators: Operators,
+    /// The providers' delivery receipts.
+    pub receipts: Receipts,
     /// The rate-limit buckets every instance shares (Redis), when configured.
     pub shared_limits: Option<Arc<SharedLimits>>,
     /// Sends queued notifications; spawn `outbox.clone().run()` once per process.

@@ -122,7 +122,7 @@ pub static DELIVERY_RECEIPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static DELIVERY_RECEIPT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram_vec_in(
         "otpgate_delivery_receipt_seconds",
-        "Time from a code's request to the first report of its message's final status (delivered, undelivered or failed), by instance",
+        "Time from a code's request to each recorded final status of its message (delivered, undelivered or failed), by instance",
         &["instance"],
         RECEIPT_BUCKETS,
     )

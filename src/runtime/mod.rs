@@ -31,6 +31,7 @@ use crate::service::groups::Groups;
 use crate::service::links::Links;
 use crate::service::login::LoginFlow;
 use crate::service::operators::Operators;
+use crate::service::receipts::Receipts;
 use crate::service::sessions::Sessions;
 use crate::service::uploads::Files;
 use crate::service::users::Users;
@@ -89,6 +90,7 @@ impl AppState {
             groups: Groups::new(config, Arc::clone(&db), Arc::clone(&files), shared)?,
             accounts: Accounts::new(Arc::clone(&db), Arc::clone(&login), Arc::clone(&files)),
             operators: Operators::new(Arc::clone(&db), Arc::clone(&links)),
+            receipts: Receipts::new(config, Arc::clone(&db), Arc::clone(&login.codes.courier)),
             db,
             login,
             apps,

@@ -1,9 +1,10 @@
 //! The service's operations: login (and the authenticators that prove an address),
 //! sessions, profiles, contact sync, groups, files, linked addresses, accounts and the
-//! operator API's work. Each service is a struct (`LoginFlow`, `Sessions`, `Users`,
-//! `Contacts`, `Groups`, `Files`, `Links`, `Accounts`, `Operators`) built once by
-//! `runtime` and held in the API's state; it holds what it needs (the database, and the
-//! other services it calls), so a caller needs only its methods.
+//! operator API's work, and the providers' delivery receipts. Each service is a struct
+//! (`LoginFlow`, `Sessions`, `Users`, `Contacts`, `Groups`, `Files`, `Links`, `Accounts`,
+//! `Operators`, `Receipts`) built once by `runtime` and held in the API's state; it holds
+//! what it needs (the database, and the other services it calls), so a caller needs only
+//! its methods.
 
 pub mod accounts;
 pub mod authenticators;
@@ -13,6 +14,7 @@ pub mod groups;
 pub mod links;
 pub mod login;
 pub mod operators;
+pub mod receipts;
 pub mod sessions;
 pub mod uploads;
 pub mod users;
