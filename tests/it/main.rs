@@ -27,6 +27,7 @@ mod pgbouncer;
 mod process;
 mod protocol;
 mod providers;
+mod receipts;
 mod redis_cluster;
 mod redis_outage;
 mod routes;

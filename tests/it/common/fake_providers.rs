@@ -2,12 +2,20 @@
 //! reply shapes (see ../shared/providers-reference.md): Twilio's Messages API, Vonage's
 //! SMS API and MessageBird's REST API. Each can be scripted per number prefix to accept,
 //! fail for a while (HTTP 503 or a throttle), refuse the number, or never answer; each
-//! records what it accepted with the message id it gave.
+//! records what it accepted with the message id it gave, and reports the status of an
+//! accepted message to the callback URL the sender gave, as the provider does: Twilio a
+//! signed form POST, Vonage a signed JSON DLR, MessageBird a GET with a signed JWT
+//! (WhatsApp's signed status notification is built by [`whatsapp_report`]). The
+//! signatures are computed here from each provider's published scheme, not by the
+//! service's own code.
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use sha2::Digest;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -214,4 +222,271 @@ async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         (Script::RefuseNumber, Provider::MessageBird) => HttpResponse::UnprocessableEntity()
             .json(json!({"errors": [{"code": 9, "description": "no (correct) recipients found", "parameter": "recipients"}]})),
     }
+}
+
+/// What a status report says of a message.
+#[derive(Clone, Debug)]
+pub struct Status<'a> {
+    /// In the provider's own words: Twilio `delivered`, `undelivered`, ...; Vonage
+    /// `delivered`, `failed`, `expired`, `rejected`; MessageBird `delivered`,
+    /// `delivery_failed`; WhatsApp `sent`, `delivered`, `failed`.
+    pub status: &'a str,
+    pub error_code: Option<&'a str>,
+    /// Unix seconds of the status, for the providers that send one (not Twilio).
+    pub at: Option<i64>,
+}
+
+impl<'a> Status<'a> {
+    pub fn new(status: &'a str) -> Status<'a> {
+        Status { status, error_code: None, at: None }
+    }
+
+    pub fn error(self, code: &'a str) -> Status<'a> {
+        Status { error_code: Some(code), ..self }
+    }
+
+    pub fn at(self, at: i64) -> Status<'a> {
+        Status { at: Some(at), ..self }
+    }
+}
+
+/// A signed status report, ready to send; its parts are open so that a test can tamper
+/// with them first.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub method: reqwest::Method,
+    /// The URL the provider was given (under `PUBLIC_URL`), which signatures cover; it is
+    /// sent to the service's own address with the same path and query.
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Report {
+    /// Posts it to the service at `server` (its base URL): its status and reply body.
+    pub async fn send(&self, server: &str) -> (u16, String) {
+        let after_scheme = self.url.find("://").map_or(0, |at| at + 3);
+        let path_and_query = self.url[after_scheme..].find('/').map_or("/", |at| &self.url[after_scheme + at..]);
+        let mut request = reqwest::Client::new().request(self.method.clone(), format!("{server}{path_and_query}"));
+        for (name, value) in &self.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        let response = request.body(self.body.clone()).send().await.expect("the service answers");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(header, _)| header.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+
+    /// The report with a header's value replaced (`None`: left out).
+    pub fn with_header(mut self, name: &str, value: Option<String>) -> Report {
+        self.headers.retain(|(header, _)| !header.eq_ignore_ascii_case(name));
+        if let Some(value) = value {
+            self.headers.push((name.to_string(), value));
+        }
+        self
+    }
+
+    /// The report with `from` replaced by `to` in its body and URL, the signature kept.
+    pub fn tampered(mut self, from: &str, to: &str) -> Report {
+        let body = String::from_utf8(self.body).expect("a text body");
+        assert!(body.contains(from) || self.url.contains(from), "nothing to tamper with: {from}");
+        self.body = body.replace(from, to).into_bytes();
+        self.url = self.url.replace(from, to);
+        self
+    }
+}
+
+/// How Twilio, Vonage and MessageBird sign their reports (the key of the instance's
+/// settings: `auth_token`, `signature_secret` and `signature_method`, `signing_key`).
+#[derive(Clone, Copy, Debug)]
+pub enum ReceiptKey<'a> {
+    Twilio(&'a str),
+    /// The secret and the dashboard's signature method (`md5hash` or `sha256` here).
+    Vonage(&'a str, &'a str),
+    MessageBird(&'a str),
+}
+
+impl FakeProvider {
+    /// The signed report of `status` for a message this fake accepted, to the callback URL
+    /// the sender gave with it.
+    pub fn report(&self, message: &Accepted, status: Status<'_>, key: ReceiptKey<'_>) -> Report {
+        let url = message.callback.clone().expect("the sender asked for status reports");
+        let now = unix_now();
+        match (self.provider, key) {
+            (Provider::Twilio, ReceiptKey::Twilio(auth_token)) => {
+                let to = format!("+{}", message.to);
+                let mut params = vec![
+                    ("AccountSid", "AC1"),
+                    ("ApiVersion", "2010-04-01"),
+                    ("From", "Example"),
+                    ("To", to.as_str()),
+                    ("MessageSid", message.id.as_str()),
+                    ("SmsSid", message.id.as_str()),
+                    ("MessageStatus", status.status),
+                    ("SmsStatus", status.status),
+                ];
+                params.extend(status.error_code.map(|code| ("ErrorCode", code)));
+                Report {
+                    method: reqwest::Method::POST,
+                    headers: vec![
+                        ("content-type".into(), "application/x-www-form-urlencoded".into()),
+                        ("x-twilio-signature".into(), twilio_signature(&url, &params, auth_token)),
+                    ],
+                    body: serde_urlencoded::to_string(&params).unwrap().into_bytes(),
+                    url,
+                }
+            }
+            (Provider::Vonage, ReceiptKey::Vonage(secret, method)) => {
+                let at = status.at.map_or_else(|| vonage_time(now), vonage_time);
+                let now_text = now.to_string();
+                let nonce = format!("{:032x}", rand::random::<u128>());
+                let mut fields = vec![
+                    ("msisdn", message.to.as_str()),
+                    ("to", "Example"),
+                    ("network-code", "23410"),
+                    ("messageId", message.id.as_str()),
+                    ("price", "0.03330000"),
+                    ("status", status.status),
+                    ("scts", "2001011400"),
+                    ("err-code", status.error_code.unwrap_or("0")),
+                    ("api-key", "vkey"),
+                    ("message-timestamp", at.as_str()),
+                    ("timestamp", now_text.as_str()),
+                    ("nonce", nonce.as_str()),
+                ];
+                let sig = vonage_signature(&fields, secret, method);
+                fields.push(("sig", sig.as_str()));
+                let body: serde_json::Map<String, Value> = fields.iter().map(|(name, value)| (name.to_string(), json!(value))).collect();
+                Report {
+                    method: reqwest::Method::POST,
+                    url,
+                    headers: vec![("content-type".into(), "application/json".into())],
+                    body: serde_json::to_vec(&body).unwrap(),
+                }
+            }
+            (Provider::MessageBird, ReceiptKey::MessageBird(signing_key)) => {
+                let mut query = vec![
+                    ("id", message.id.clone()),
+                    ("reference", String::new()),
+                    ("recipient", message.to.clone()),
+                    ("status", status.status.to_string()),
+                    ("statusDatetime", rfc3339(status.at.unwrap_or(now))),
+                ];
+                query.extend(status.error_code.map(|code| ("statusErrorCode", code.to_string())));
+                query.extend(status.error_code.map(|_| ("statusReason", "unknown subscriber".to_string())));
+                let url = format!("{url}?{}", serde_urlencoded::to_string(&query).unwrap());
+                let token = messagebird_jwt(&url, b"", signing_key, now);
+                Report { method: reqwest::Method::GET, headers: vec![("messagebird-signature-jwt".into(), token)], body: Vec::new(), url }
+            }
+            (provider, key) => panic!("{provider:?} does not sign with {key:?}"),
+        }
+    }
+}
+
+/// Meta's status notification for a WhatsApp message, signed with the app secret, to the
+/// webhook at `url`.
+pub fn whatsapp_report(url: &str, message_id: &str, recipient: &str, status: Status<'_>, app_secret: &str) -> Report {
+    let mut entry = json!({
+        "id": message_id,
+        "status": status.status,
+        "timestamp": status.at.unwrap_or_else(unix_now).to_string(),
+        "recipient_id": recipient,
+    });
+    if let Some(code) = status.error_code {
+        entry["errors"] =
+            json!([{"code": code.parse::<u64>().unwrap_or(0), "title": "Message undeliverable", "message": "Message undeliverable"}]);
+    }
+    let notification = json!({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "102290129340398", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": "15550783881", "phone_number_id": "106540352242922"},
+            "statuses": [entry],
+        }}]}],
+    });
+    let body = serde_json::to_vec(&notification).unwrap();
+    let signature = whatsapp_signature(&body, app_secret);
+    Report {
+        method: reqwest::Method::POST,
+        url: url.to_string(),
+        headers: vec![("content-type".into(), "application/json".into()), ("x-hub-signature-256".into(), signature)],
+        body,
+    }
+}
+
+/// `X-Hub-Signature-256`: `sha256=` and the hex HMAC-SHA256 of the raw body by the app secret.
+pub fn whatsapp_signature(body: &[u8], app_secret: &str) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(app_secret.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// `X-Twilio-Signature`: Base64 HMAC-SHA1 by the auth token of the URL followed by each
+/// parameter's name and value, sorted by name (a name's values sorted too).
+pub fn twilio_signature(url: &str, params: &[(&str, &str)], auth_token: &str) -> String {
+    let mut sorted: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (name, value) in params {
+        sorted.entry(name).or_default().insert(value);
+    }
+    let mut mac = Hmac::<sha1::Sha1>::new_from_slice(auth_token.as_bytes()).unwrap();
+    mac.update(url.as_bytes());
+    for (name, values) in sorted {
+        for value in values {
+            mac.update(name.as_bytes());
+            mac.update(value.as_bytes());
+        }
+    }
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Vonage's `sig`: `&name=value` for every field, sorted by name, `&` and `=` in values
+/// made `_`; then the MD5 of that and the secret (`md5hash`) or its HMAC-SHA256 (`sha256`).
+pub fn vonage_signature(fields: &[(&str, &str)], secret: &str, method: &str) -> String {
+    let mut sorted: Vec<&(&str, &str)> = fields.iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let text: String = sorted.iter().map(|(name, value)| format!("&{name}={}", value.replace(['&', '='], "_"))).collect();
+    match method {
+        "md5hash" => hex::encode(md5::Md5::digest(format!("{text}{secret}").as_bytes())),
+        "sha256" => {
+            let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+            mac.update(text.as_bytes());
+            hex::encode(mac.finalize().into_bytes())
+        }
+        other => panic!("the fake signs with md5hash or sha256, not {other}"),
+    }
+}
+
+/// `MessageBird-Signature-JWT`: HS256 by the signing key, binding the full URL and the
+/// body by their SHA-256, valid for a minute from `now`.
+pub fn messagebird_jwt(url: &str, body: &[u8], signing_key: &str, now: i64) -> String {
+    let mut claims = json!({
+        "iss": "MessageBird",
+        "nbf": now,
+        "exp": now + 60,
+        "jti": format!("{:032x}", rand::random::<u128>()),
+        "url_hash": hex::encode(sha2::Sha256::digest(url.as_bytes())),
+    });
+    if !body.is_empty() {
+        claims["payload_hash"] = json!(hex::encode(sha2::Sha256::digest(body)));
+    }
+    let key = jsonwebtoken::EncodingKey::from_secret(signing_key.as_bytes());
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256), &claims, &key).unwrap()
+}
+
+/// `2020-01-01 12:00:00`, UTC: Vonage's `message-timestamp`.
+fn vonage_time(at: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp(at).unwrap();
+    format!("{:04}-{:02}-{:02} {:02}:{:02}:{:02}", at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute(), at.second())
+}
+
+/// RFC 3339 in UTC: MessageBird's `statusDatetime`.
+fn rfc3339(at: i64) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp(at).unwrap();
+    format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}+00:00", at.year(), u8::from(at.month()), at.day(), at.hour(), at.minute(), at.second())
 }
