@@ -254,6 +254,15 @@ async fn check_config_refuses_every_setting_serve_refuses_in_the_same_words() {
         (vec![("OTP_SENDER", "messagebird")], "MESSAGEBIRD_ACCESS_KEY, MESSAGEBIRD_ORIGINATOR required"),
         (webhook.to_vec(), "WEBHOOK_SECRET required when the webhook sender is used"),
         ([&webhook[..], &[("WEBHOOK_SECRET", "whsec_!")]].concat(), "WEBHOOK_SECRET after whsec_ must be base64"),
+        // Provider instances and routes.
+        (vec![("SMS_ROUTES", r#"{"*": ["nobody"]}"#)], r#"SMS_ROUTES route "*" names "nobody", which is not an instance"#),
+        (vec![("SMS_ROUTES", r#"{"*": ["smtp"]}"#)], "nor a sender kind that reaches phones"),
+        (vec![("SMS_ROUTES", r#"{"44": ["log"]}"#)], r#"SMS_ROUTES needs a "*" route"#),
+        (
+            vec![("SMS_PROVIDERS", r#"{"uk": {"kind": "twilio", "account_sid": "AC1", "auth_token": "t"}}"#)],
+            "instance uk needs from or messaging_service_sid",
+        ),
+        (vec![("SMS_PROVIDERS", r#"{"uk": {"kind": "pigeon"}}"#)], "SMS_PROVIDERS must be a JSON object of instance name"),
         // The messages and what the apps are told.
         (vec![("OTP_MESSAGE_PER_APP", r#"{"com.a":"no code"}"#)], r#"OTP_MESSAGE_PER_APP template for "com.a" must contain {otp}"#),
         (vec![("APP_NAMES", "Alpha")], "APP_NAMES must be a JSON object of strings"),
