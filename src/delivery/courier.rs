@@ -262,12 +262,7 @@ impl Courier {
         let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
         let attempts = row.attempts + 1;
         // A bounded label: one of the world's calling codes.
-        let country = match &to {
-            Address::Phone(digits) => {
-                crate::domain::phone::calling_code_prefix(digits).map_or_else(|| "other".to_string(), |code| code.to_string())
-            }
-            _ => String::new(),
-        };
+        let country = crate::domain::phone::country_label(&row.address);
         let mut failures: Vec<String> = Vec::new();
         let mut result: Result<(usize, Accepted), SendError> =
             Err(SendError::permanent("no sender is configured for this kind of address"));

@@ -115,15 +115,15 @@ pub static SENDER_BREAKER_OPENED: LazyLock<IntCounterVec> = LazyLock::new(|| {
 pub static DELIVERY_RECEIPTS: LazyLock<IntCounterVec> = LazyLock::new(|| {
     counter_vec(
         "otpgate_delivery_receipts_total",
-        "Signed delivery receipts that changed a message's record, by the instance that sent it and the status reported (replays are not counted)",
-        &["instance", "status"],
+        "Signed delivery receipts that changed a message's record, by the instance that sent it, calling code and the status reported (replays are not counted)",
+        &["instance", "country", "status"],
     )
 });
 pub static DELIVERY_RECEIPT_SECONDS: LazyLock<HistogramVec> = LazyLock::new(|| {
     histogram_vec_in(
         "otpgate_delivery_receipt_seconds",
-        "Time from a code's request to each recorded final status of its message (delivered, undelivered or failed), by instance",
-        &["instance"],
+        "Time from a code's request to each recorded final status of its message (delivered, undelivered or failed), by instance and calling code",
+        &["instance", "country"],
         RECEIPT_BUCKETS,
     )
 });

@@ -207,6 +207,15 @@ pub fn calling_code_prefix(digits: &str) -> Option<u16> {
     (1..=3).filter_map(|n| digits.get(..n)?.parse::<u16>().ok()).find(|code| phonenumber::metadata::DATABASE.by_code(code).is_some())
 }
 
+/// The `country` label of metrics for a stored address: its calling code (`44`), `other`
+/// for digits no calling code starts, `""` for an address that is no phone number.
+pub fn country_label(address: &str) -> String {
+    match address.bytes().all(|b| b.is_ascii_digit()) && !address.is_empty() {
+        true => calling_code_prefix(address).map_or_else(|| "other".to_string(), |code| code.to_string()),
+        false => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -230,14 +230,17 @@ impl Receipts {
         };
         let courier = Arc::clone(&self.courier);
         let carrier_left = move |address: &str, failed_via: &str| courier.has_carrier_left(address, failed_via);
-        let ReceiptOutcome::Recorded { instance, queued_at, resent } = self.db.apply_delivery_receipt(update, carrier_left).await? else {
+        let ReceiptOutcome::Recorded { instance, address, queued_at, resent } =
+            self.db.apply_delivery_receipt(update, carrier_left).await?
+        else {
             return Ok(false);
         };
-        metrics::DELIVERY_RECEIPTS.with_label_values(&[&instance, status.as_str()]).inc();
+        let country = crate::domain::phone::country_label(&address);
+        metrics::DELIVERY_RECEIPTS.with_label_values(&[&instance, &country, status.as_str()]).inc();
         if status != ReceiptStatus::Sent {
             let reported_at = receipt.reported_at.unwrap_or_else(|| self.db.clock().now());
             let waited = (reported_at - queued_at).max(0);
-            metrics::DELIVERY_RECEIPT_SECONDS.with_label_values(&[&instance]).observe(waited as f64);
+            metrics::DELIVERY_RECEIPT_SECONDS.with_label_values(&[&instance, &country]).observe(waited as f64);
         }
         if status.is_failure() {
             let code = error_code.as_deref().unwrap_or("none");

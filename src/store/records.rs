@@ -218,9 +218,9 @@ pub enum ReceiptOutcome {
     Unknown,
     /// A receipt seen before, or one that does not move the row forward.
     Unchanged,
-    /// Recorded on the row `instance` sent, whose code was queued at `queued_at` (unix
-    /// seconds); `resent`: queued again for the next instance of its route.
-    Recorded { instance: String, queued_at: i64, resent: bool },
+    /// Recorded on the row `instance` sent to `address`, whose code was queued at
+    /// `queued_at` (unix seconds); `resent`: queued again for the next instance of its route.
+    Recorded { instance: String, address: String, queued_at: i64, resent: bool },
 }
 
 /// A sent message as a receipt finds it.

@@ -390,9 +390,10 @@ async fn a_replayed_receipt_changes_the_message_once() {
     assert_eq!(row_of(&s.server, UK), recorded, "one change, whatever came after it");
 
     let instance = s.name("twilio");
-    let receipts = format!("otpgate_delivery_receipts_total{{instance=\"{instance}\",status=\"delivered\"}}");
+    let receipts = format!("otpgate_delivery_receipts_total{{country=\"44\",instance=\"{instance}\",status=\"delivered\"}}");
     assert_eq!(metric(&s.server, &receipts).await, 1.0);
-    assert_eq!(metric(&s.server, &format!("otpgate_delivery_receipt_seconds_count{{instance=\"{instance}\"}}")).await, 1.0);
+    let latency = format!("otpgate_delivery_receipt_seconds_count{{country=\"44\",instance=\"{instance}\"}}");
+    assert_eq!(metric(&s.server, &latency).await, 1.0);
 }
 
 #[actix_web::test]

@@ -265,7 +265,7 @@ impl PgStore {
             )
             .await?;
             tx.commit().await?;
-            Ok(ReceiptOutcome::Recorded { instance: row.instance, queued_at: row.created_at, resent: resend })
+            Ok(ReceiptOutcome::Recorded { instance: row.instance, address: row.address, queued_at: row.created_at, resent: resend })
         })
         .await
     }

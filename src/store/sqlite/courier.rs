@@ -225,7 +225,7 @@ fn apply_receipt(
             resend,
             now_ms
         ])?;
-        Ok(ReceiptOutcome::Recorded { instance: row.instance, queued_at: row.created_at, resent: resend })
+        Ok(ReceiptOutcome::Recorded { instance: row.instance, address: row.address, queued_at: row.created_at, resent: resend })
     })
 }
 
