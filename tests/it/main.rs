@@ -5,6 +5,7 @@
 
 mod accounts;
 mod breakers;
+mod channels;
 mod common;
 mod compatibility;
 mod contacts;

@@ -59,7 +59,8 @@ impl Setup {
     fn report(&self, fake: &FakeProvider, phone: &str, status: Status<'_>) -> Report {
         let (twilio, vonage, bird) = (self.twilio_key(), self.vonage_key(), self.bird_key());
         let key = match fake.provider {
-            Provider::Twilio => ReceiptKey::Twilio(&twilio),
+            Provider::Twilio | Provider::TwilioVoice => ReceiptKey::Twilio(&twilio),
+            Provider::WhatsApp => panic!("WhatsApp notifications are built by whatsapp_report"),
             Provider::Vonage => ReceiptKey::Vonage(&vonage, "md5hash"),
             Provider::MessageBird => ReceiptKey::MessageBird(&bird),
         };

@@ -8,8 +8,10 @@ mod messagebird;
 mod provider_http;
 mod smtp;
 mod twilio;
+mod twilio_voice;
 mod vonage;
 mod webhook;
+mod whatsapp;
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -22,8 +24,10 @@ pub use self::log::LogSender;
 pub use self::messagebird::MessageBirdSender;
 pub use self::smtp::SmtpSender;
 pub use self::twilio::TwilioSender;
+pub use self::twilio_voice::TwilioVoiceSender;
 pub use self::vonage::VonageSender;
 pub use self::webhook::WebhookSender;
+pub use self::whatsapp::WhatsappSender;
 
 /// One message to deliver.
 #[derive(Clone, Debug)]
@@ -201,14 +205,15 @@ pub fn build(config: &Config) -> Result<Senders, String> {
         let sender: Arc<dyn OtpSender> = match settings {
             ProviderInstance::Log => Arc::new(LogSender),
             ProviderInstance::Twilio(twilio) => Arc::new(TwilioSender::new(twilio, timeout, callbacks)?),
-            ProviderInstance::TwilioVoice(twilio) => Arc::new(TwilioSender::new(twilio, timeout, callbacks)?),
+            ProviderInstance::TwilioVoice(twilio) => Arc::new(TwilioVoiceSender::new(twilio, timeout, callbacks)?),
             ProviderInstance::Vonage(vonage) => Arc::new(VonageSender::new(vonage, timeout, callbacks)?),
             ProviderInstance::Messagebird(messagebird) => Arc::new(MessageBirdSender::new(messagebird, timeout, callbacks)?),
             ProviderInstance::Http(http) => Arc::new(HttpSmsSender::new(http)?),
             ProviderInstance::Webhook(webhook) => Arc::new(WebhookSender::new(webhook, timeout)?),
-            ProviderInstance::Whatsapp(_) => return Err(format!("SMS_PROVIDERS instance {name}: the whatsapp kind is not built yet")),
+            ProviderInstance::Whatsapp(whatsapp) => Arc::new(WhatsappSender::new(whatsapp, timeout)?),
         };
-        let takes_receipts = callbacks.is_some() && matches!(settings.kind(), "twilio" | "vonage" | "messagebird" | "whatsapp");
+        let takes_receipts =
+            callbacks.is_some() && matches!(settings.kind(), "twilio" | "twilio_voice" | "vonage" | "messagebird" | "whatsapp");
         instances.push(Instance { name: name.clone(), kind: settings.kind(), channel: settings.channel(), sender, takes_receipts });
     }
     let email_kind = config.email.sender.map(SenderKind::from).or(Some(config.otp.sender).filter(|kind| reaches_email(*kind)));

@@ -26,6 +26,19 @@ pub fn client(timeout_secs: u64) -> Result<reqwest::Client, String> {
 /// one-time `code` are blanked out of anything reported, since some providers echo
 /// the request.
 pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: &[&str], code: &str) -> Result<String, SendError> {
+    deliver_judged(provider, request, secrets, code, |_, _| false).await
+}
+
+/// [`deliver`], where `worth_another_try` (given the HTTP status and the reply body, its
+/// secrets and code blanked) marks the 4xx answers that are transient for this provider:
+/// those that say nothing against the number, so that the route moves on.
+pub async fn deliver_judged(
+    provider: &str,
+    request: reqwest::RequestBuilder,
+    secrets: &[&str],
+    code: &str,
+    worth_another_try: impl Fn(u16, &str) -> bool,
+) -> Result<String, SendError> {
     let redact = |text: String| {
         let text = redact(text, secrets);
         if code.is_empty() {
@@ -50,7 +63,7 @@ pub async fn deliver(provider: &str, request: reqwest::RequestBuilder, secrets: 
     let body = redact(body);
     let detail = provider_error(&body).unwrap_or_else(|| shorten(&body));
     let reason = format!("{provider} answered HTTP {}: {detail}", status.as_u16());
-    if status.is_server_error() || matches!(status.as_u16(), 401 | 402 | 403 | 408 | 429) {
+    if status.is_server_error() || matches!(status.as_u16(), 401 | 402 | 403 | 408 | 429) || worth_another_try(status.as_u16(), &body) {
         Err(SendError::transient(reason))
     } else {
         Err(SendError::permanent(reason))
@@ -69,10 +82,10 @@ pub fn redact(text: String, secrets: &[&str]) -> String {
 }
 
 /// The provider's own error code and text, from the reply shapes the supported
-/// providers use (`code`/`message`, `error-text`, `errors[0]`, `title`/`detail`).
+/// providers use (`code`/`message`, `error-text`, `errors[0]`, `error{}`, `title`/`detail`).
 fn provider_error(body: &str) -> Option<String> {
     let reply: Value = serde_json::from_str(body).ok()?;
-    let error = reply.get("errors").and_then(|e| e.get(0)).unwrap_or(&reply);
+    let error = reply.get("errors").and_then(|e| e.get(0)).or_else(|| reply.get("error").filter(|e| e.is_object())).unwrap_or(&reply);
     let code = ["code", "status", "type"].iter().find_map(|k| error.get(*k)).map(plain);
     let text = ["message", "description", "error-text", "detail", "title"].iter().find_map(|k| error.get(*k)).map(plain);
     match (code, text) {
@@ -104,6 +117,8 @@ mod tests {
         assert_eq!(provider_error(twilio).as_deref(), Some("error 21211: Invalid 'To' Phone Number"));
         let messagebird = r#"{"errors":[{"code":9,"description":"no (correct) recipients found","parameter":"recipients"}]}"#;
         assert_eq!(provider_error(messagebird).as_deref(), Some("error 9: no (correct) recipients found"));
+        let whatsapp = r#"{"error":{"message":"(#130429) Rate limit hit","type":"OAuthException","code":130429,"error_data":{"messaging_product":"whatsapp","details":"Cloud API message throughput has been reached."},"fbtrace_id":"Az8or2yhqkZfEZ-_4Qn_Bam"}}"#;
+        assert_eq!(provider_error(whatsapp).as_deref(), Some("error 130429: (#130429) Rate limit hit"));
         assert_eq!(provider_error("not json"), None);
     }
 }

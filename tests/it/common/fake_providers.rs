@@ -1,13 +1,15 @@
-//! Fakes of the SMS providers on loopback, speaking each one's documented request and
-//! reply shapes (see ../shared/providers-reference.md): Twilio's Messages API, Vonage's
-//! SMS API and MessageBird's REST API. Each can be scripted per number prefix to accept,
-//! fail for a while (HTTP 503 or a throttle), refuse the number, or never answer; each
-//! records what it accepted with the message id it gave, and reports the status of an
-//! accepted message to the callback URL the sender gave, as the provider does: Twilio a
-//! signed form POST, Vonage a signed JSON DLR, MessageBird a GET with a signed JWT
-//! (WhatsApp's signed status notification is built by [`whatsapp_report`]). The
-//! signatures are computed here from each provider's published scheme, not by the
-//! service's own code.
+//! Fakes of the providers on loopback, speaking each one's documented request and reply
+//! shapes (see ../shared/providers-reference.md): Twilio's Messages API, Vonage's SMS
+//! API, MessageBird's REST API, Twilio's Calls API (voice) and the WhatsApp Cloud API.
+//! Each can be scripted per number prefix to accept, fail for a while (HTTP 503 or a
+//! throttle), refuse the number or the account's credentials, not reach it on its
+//! channel, or never answer; each records what it accepted with the message id it gave.
+//! The voice and WhatsApp fakes also refuse a request of the wrong shape as their APIs
+//! do. Each reports the status of an accepted message to the callback URL the sender
+//! gave, as the provider does: Twilio a signed form POST, Vonage a signed JSON DLR,
+//! MessageBird a GET with a signed JWT (WhatsApp's signed status notification is built
+//! by [`whatsapp_report`]). The signatures are computed here from each provider's
+//! published scheme, not by the service's own code.
 
 use actix_web::dev::ServerHandle;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
@@ -25,18 +27,27 @@ pub enum Provider {
     Twilio,
     Vonage,
     MessageBird,
+    /// Twilio's Calls API (`Calls.json`, TwiML inline).
+    TwilioVoice,
+    /// The WhatsApp Cloud API (`POST /{version}/{phone-number-id}/messages`).
+    WhatsApp,
 }
 
 /// How the fake answers a message to a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Script {
     Accept,
-    /// A failure worth trying elsewhere: HTTP 503 (Vonage: status 1, throttled).
+    /// A failure worth trying elsewhere: HTTP 503 (Vonage: status 1, throttled; WhatsApp:
+    /// error 130429, rate limit hit).
     Unavailable,
-    /// The number is refused for good: Twilio 21211, Vonage status 3, MessageBird error 9.
+    /// The number is refused for good: Twilio 21211, Vonage status 3, MessageBird error 9,
+    /// WhatsApp error 100 (invalid parameter).
     RefuseNumber,
     /// The account's credentials are refused: HTTP 401 (Vonage: status 4).
     RefuseCredentials,
+    /// The number cannot get messages on this channel: WhatsApp error 131026 (not a
+    /// WhatsApp user); the other providers answer it as [`Script::RefuseNumber`].
+    Undeliverable,
     /// Received and never answered: the sender's timeout ends it.
     Hang,
     /// Taken (recorded as accepted, as the provider would send it) and never answered:
@@ -49,11 +60,18 @@ pub enum Script {
 pub struct Accepted {
     /// E.164 digits, without `+`.
     pub to: String,
+    /// The SMS text; a call's TwiML; the code a WhatsApp template was filled with.
     pub text: String,
     /// The id the fake answered with, which receipts name.
     pub id: String,
     /// Where the sender asked for status reports (`StatusCallback`, `callback`, `reportUrl`).
     pub callback: Option<String>,
+    /// The request as it came: its path, `Authorization` and `Content-Type` headers, and
+    /// its fields (a JSON body as sent, a form as an object of its fields).
+    pub path: String,
+    pub authorization: Option<String>,
+    pub content_type: Option<String>,
+    pub fields: Value,
 }
 
 pub struct FakeProvider {
@@ -68,6 +86,8 @@ struct State {
     /// Longest matching prefix wins; `""` is the default.
     scripts: Mutex<HashMap<String, Script>>,
     accepted: Mutex<Vec<Accepted>>,
+    /// The only access token the WhatsApp fake takes, once set; any other is invalid.
+    valid_token: Mutex<Option<String>>,
     /// Every request that reached the send endpoint, answered or not.
     requests: AtomicU64,
     next_id: AtomicU64,
@@ -80,6 +100,7 @@ impl FakeProvider {
             provider,
             scripts: Mutex::new(HashMap::from([(String::new(), Script::Accept)])),
             accepted: Mutex::default(),
+            valid_token: Mutex::default(),
             requests: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         });
@@ -96,14 +117,24 @@ impl FakeProvider {
         Arc::new(FakeProvider { provider, addr, state, handle })
     }
 
-    /// The base URL the provider's instance is configured with (`base_url`).
+    /// The base URL the provider's instance is configured with (`base_url`; WhatsApp's
+    /// holds the Graph API version, as its default does).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.provider {
+            Provider::WhatsApp => format!("http://{}/{WHATSAPP_VERSION}", self.addr),
+            _ => format!("http://{}", self.addr),
+        }
     }
 
     /// From now on, numbers starting with `prefix` (E.164 digits; `""` for all others) get `script`.
     pub fn script(&self, prefix: &str, script: Script) {
         self.state.scripts.lock().unwrap().insert(prefix.to_string(), script);
+    }
+
+    /// From now on the WhatsApp fake takes only this access token, as Meta takes only the
+    /// tokens it issued: any other is answered 401, error 190.
+    pub fn take_only_token(&self, token: &str) {
+        *self.state.valid_token.lock().unwrap() = Some(token.to_string());
     }
 
     pub fn accepted(&self) -> Vec<Accepted> {
@@ -120,44 +151,118 @@ impl FakeProvider {
     }
 }
 
+/// The Graph API version the WhatsApp fake serves.
+const WHATSAPP_VERSION: &str = "v21.0";
+
+/// The request's fields: a JSON body as sent, a form as an object of its fields.
+fn fields_of(body: &[u8]) -> Option<Value> {
+    serde_json::from_slice(body).ok().or_else(|| {
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(body).ok()?;
+        Some(Value::Object(form.into_iter().map(|(k, v)| (k, json!(v))).collect()))
+    })
+}
+
 /// A message as each provider's send request carries it: recipient, text, callback.
-fn read_message(provider: Provider, body: &[u8]) -> Option<(String, String, Option<String>)> {
+fn read_message(provider: Provider, fields: &Value) -> Option<(String, String, Option<String>)> {
+    let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_string);
     match provider {
-        Provider::Twilio => {
-            let form: HashMap<String, String> = serde_urlencoded::from_bytes(body).ok()?;
-            let to = form.get("To")?.trim_start_matches('+').to_string();
-            Some((to, form.get("Body")?.clone(), form.get("StatusCallback").cloned()))
-        }
-        Provider::Vonage => {
-            let fields: HashMap<String, Value> = serde_json::from_slice(body).ok().or_else(|| {
-                serde_urlencoded::from_bytes::<HashMap<String, String>>(body)
-                    .ok()
-                    .map(|f| f.into_iter().map(|(k, v)| (k, json!(v))).collect())
-            })?;
-            let text = |name: &str| fields.get(name).and_then(Value::as_str).map(str::to_string);
-            Some((text("to")?, text("text")?, text("callback")))
-        }
+        Provider::Twilio => Some((text("To")?.trim_start_matches('+').to_string(), text("Body")?, text("StatusCallback"))),
+        Provider::TwilioVoice => Some((text("To")?.trim_start_matches('+').to_string(), text("Twiml")?, text("StatusCallback"))),
+        Provider::Vonage => Some((text("to")?, text("text")?, text("callback"))),
         Provider::MessageBird => {
-            let body: Value = serde_json::from_slice(body).ok()?;
             let to =
-                body["recipients"][0].as_str().map(str::to_string).or_else(|| body["recipients"][0].as_u64().map(|n| n.to_string()))?;
-            Some((to, body["body"].as_str()?.to_string(), body["reportUrl"].as_str().map(str::to_string)))
+                fields["recipients"][0].as_str().map(str::to_string).or_else(|| fields["recipients"][0].as_u64().map(|n| n.to_string()))?;
+            Some((to, fields["body"].as_str()?.to_string(), fields["reportUrl"].as_str().map(str::to_string)))
         }
+        // Status reports go to the webhook registered at Meta, not per message.
+        Provider::WhatsApp => Some((text("to")?.trim_start_matches('+').to_string(), whatsapp_code(fields)?, None)),
     }
 }
 
+/// The code an authentication template carries: in its body's parameter and in its
+/// copy-code button (a URL button, `index` "0" or 0), the same in both, at most 15 characters.
+fn whatsapp_code(fields: &Value) -> Option<String> {
+    let components = fields["template"]["components"].as_array()?;
+    let of_type = |kind: &str| components.iter().find(|c| c["type"] == kind);
+    let body = of_type("body")?["parameters"][0].clone();
+    let button = of_type("button")?;
+    let index_zero = button["index"] == "0" || button["index"] == 0;
+    let in_button = button["parameters"][0].clone();
+    let code = body["text"].as_str()?;
+    let shaped = body["type"] == "text" && button["sub_type"] == "url" && index_zero && in_button["type"] == "text";
+    (shaped && in_button["text"] == code && code.chars().count() <= 15).then(|| code.to_string())
+}
+
+/// What the WhatsApp Cloud API answers a request it cannot take as an authentication
+/// template message: an invalid token, or a malformed message.
+fn whatsapp_refusal(request: &HttpRequest, fields: &Value, valid_token: Option<&str>) -> Option<HttpResponse> {
+    let bearer = request.headers().get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let valid = bearer.is_some_and(|token| !token.trim().is_empty() && valid_token.is_none_or(|valid| valid == token));
+    if !valid {
+        return Some(HttpResponse::Unauthorized().json(json!({"error": {
+            "message": "Invalid OAuth access token - Cannot parse access token", "type": "OAuthException", "code": 190, "fbtrace_id": "AbCdEf12345"
+        }})));
+    }
+    let shaped = fields["messaging_product"] == "whatsapp"
+        && fields["type"] == "template"
+        && fields["template"]["name"].as_str().is_some_and(|name| !name.is_empty())
+        && fields["template"]["language"]["code"].as_str().is_some_and(|code| !code.is_empty())
+        && whatsapp_code(fields).is_some();
+    (!shaped).then(|| {
+        whatsapp_error(
+            100,
+            "(#100) Invalid parameter",
+            "the message is not an authentication template with the code in its body and button",
+        )
+    })
+}
+
+fn whatsapp_error(code: u32, message: &str, details: &str) -> HttpResponse {
+    HttpResponse::BadRequest().json(json!({"error": {
+        "message": message, "type": "OAuthException", "code": code,
+        "error_data": {"messaging_product": "whatsapp", "details": details}, "fbtrace_id": "AbCdEf12345"
+    }}))
+}
+
+/// What Twilio answers a call it cannot place: no `To` or `From`, not exactly one of
+/// `Url` and `Twiml`, or TwiML that is not a `<Response>` within 4,000 characters.
+fn call_refusal(fields: &Value) -> Option<HttpResponse> {
+    let has = |name: &str| fields.get(name).and_then(Value::as_str).is_some_and(|v| !v.is_empty());
+    let twiml = fields.get("Twiml").and_then(Value::as_str).unwrap_or_default();
+    let twiml_ok = twiml.is_empty() || (twiml.starts_with("<Response>") && twiml.ends_with("</Response>") && twiml.chars().count() <= 4000);
+    let shaped = has("To") && has("From") && (has("Url") != has("Twiml")) && twiml_ok;
+    (!shaped).then(|| {
+        HttpResponse::BadRequest()
+            .json(json!({"code": 20001, "message": "Bad request", "more_info": "https://www.twilio.com/docs/errors/20001", "status": 400}))
+    })
+}
+
 async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>) -> HttpResponse {
-    let path = request.path();
+    let path = request.path().to_string();
+    let segments: Vec<&str> = path.split('/').collect();
     let is_send = match state.provider {
         Provider::Twilio => path.starts_with("/2010-04-01/Accounts/") && path.ends_with("/Messages.json"),
+        Provider::TwilioVoice => path.starts_with("/2010-04-01/Accounts/") && path.ends_with("/Calls.json"),
         Provider::Vonage => path == "/sms/json",
         Provider::MessageBird => path == "/messages",
+        Provider::WhatsApp => {
+            segments.len() == 4 && segments[1] == WHATSAPP_VERSION && !segments[2].is_empty() && segments[3] == "messages"
+        }
     };
     if !is_send || request.method() != actix_web::http::Method::POST {
         return HttpResponse::NotFound().finish();
     }
     state.requests.fetch_add(1, Ordering::SeqCst);
-    let Some((to, text, callback)) = read_message(state.provider, &body) else {
+    let fields = fields_of(&body).unwrap_or(Value::Null);
+    let refusal = match state.provider {
+        Provider::WhatsApp => whatsapp_refusal(&request, &fields, state.valid_token.lock().unwrap().as_deref()),
+        Provider::TwilioVoice => call_refusal(&fields),
+        _ => None,
+    };
+    if let Some(refusal) = refusal {
+        return refusal;
+    }
+    let Some((to, text, callback)) = read_message(state.provider, &fields) else {
         return HttpResponse::BadRequest().body("unreadable message");
     };
     let script = {
@@ -166,27 +271,54 @@ async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
         best.map_or(Script::Accept, |(_, script)| *script)
     };
     let n = state.next_id.fetch_add(1, Ordering::SeqCst);
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     match (script, state.provider) {
         (Script::Hang, _) => {
             std::future::pending::<()>().await;
             unreachable!()
         }
         (Script::AcceptAndHang, _) => {
-            state.accepted.lock().unwrap().push(Accepted { to, text, id: format!("held-{n}"), callback });
+            let accepted = Accepted {
+                to,
+                text,
+                id: format!("held-{n}"),
+                callback,
+                path: path.clone(),
+                authorization: header("authorization"),
+                content_type: header("content-type"),
+                fields: fields.clone(),
+            };
+            state.accepted.lock().unwrap().push(accepted);
             std::future::pending::<()>().await;
             unreachable!()
         }
         (Script::Accept, provider) => {
             let id = match provider {
                 Provider::Twilio => format!("SM{n:032x}"),
+                Provider::TwilioVoice => format!("CA{n:032x}"),
                 Provider::Vonage => format!("{n:016X}"),
                 Provider::MessageBird => format!("{n:032x}"),
+                Provider::WhatsApp => format!("wamid.HBgL{n:024X}"),
             };
-            state.accepted.lock().unwrap().push(Accepted { to: to.clone(), text: text.clone(), id: id.clone(), callback });
+            let accepted = Accepted {
+                to: to.clone(),
+                text: text.clone(),
+                id: id.clone(),
+                callback,
+                path: path.clone(),
+                authorization: header("authorization"),
+                content_type: header("content-type"),
+                fields: fields.clone(),
+            };
+            state.accepted.lock().unwrap().push(accepted);
             match provider {
                 Provider::Twilio => HttpResponse::Created().json(json!({
                     "sid": id, "status": "queued", "to": format!("+{to}"), "body": text, "error_code": null,
                     "direction": "outbound-api", "api_version": "2010-04-01", "num_segments": "1",
+                })),
+                Provider::TwilioVoice => HttpResponse::Created().json(json!({
+                    "sid": id, "status": "queued", "to": format!("+{to}"), "from": fields["From"], "direction": "outbound-api",
+                    "api_version": "2010-04-01", "answered_by": null, "duration": null,
                 })),
                 Provider::Vonage => HttpResponse::Ok().json(json!({
                     "message-count": "1",
@@ -196,31 +328,42 @@ async fn handle(request: HttpRequest, body: web::Bytes, state: web::Data<State>)
                     "id": id, "href": format!("https://rest.messagebird.com/messages/{id}"), "direction": "mt", "type": "sms",
                     "body": text, "recipients": {"totalCount": 1, "totalSentCount": 1, "items": [{"recipient": to.parse::<u64>().unwrap_or(0), "status": "sent"}]},
                 })),
+                Provider::WhatsApp => HttpResponse::Ok().json(json!({
+                    "messaging_product": "whatsapp", "contacts": [{"input": fields["to"], "wa_id": to}], "messages": [{"id": id}],
+                })),
             }
         }
         (Script::Unavailable, Provider::Vonage) => {
             HttpResponse::Ok().json(json!({"message-count": "1", "messages": [{"status": "1", "error-text": "Throttled"}]}))
         }
-        (Script::Unavailable, Provider::Twilio) => HttpResponse::ServiceUnavailable()
+        (Script::Unavailable, Provider::Twilio | Provider::TwilioVoice) => HttpResponse::ServiceUnavailable()
             .json(json!({"code": 20503, "message": "Service unavailable", "more_info": "https://www.twilio.com/docs/errors/20503", "status": 503})),
         (Script::Unavailable, Provider::MessageBird) => {
             HttpResponse::ServiceUnavailable().json(json!({"errors": [{"code": 99, "description": "internal error", "parameter": null}]}))
         }
-        (Script::RefuseNumber, Provider::Twilio) => HttpResponse::BadRequest().json(json!({
+        (Script::Unavailable, Provider::WhatsApp) => {
+            whatsapp_error(130429, "(#130429) Rate limit hit", "Cloud API message throughput has been reached.")
+        }
+        (Script::Undeliverable, Provider::WhatsApp) => whatsapp_error(131026, "(#131026) Message Undeliverable.", "Message Undeliverable."),
+        (Script::RefuseNumber | Script::Undeliverable, Provider::Twilio | Provider::TwilioVoice) => HttpResponse::BadRequest().json(json!({
             "code": 21211, "message": "Invalid 'To' Phone Number", "more_info": "https://www.twilio.com/docs/errors/21211", "status": 400,
         })),
-        (Script::RefuseNumber, Provider::Vonage) => {
+        (Script::RefuseNumber | Script::Undeliverable, Provider::Vonage) => {
             HttpResponse::Ok().json(json!({"message-count": "1", "messages": [{"status": "3", "error-text": "Invalid Message"}]}))
         }
-        (Script::RefuseCredentials, Provider::Twilio) => HttpResponse::Unauthorized()
+        (Script::RefuseCredentials, Provider::Twilio | Provider::TwilioVoice) => HttpResponse::Unauthorized()
             .json(json!({"code": 20003, "message": "Authenticate", "more_info": "https://www.twilio.com/docs/errors/20003", "status": 401})),
         (Script::RefuseCredentials, Provider::Vonage) => {
             HttpResponse::Ok().json(json!({"message-count": "1", "messages": [{"status": "4", "error-text": "Bad Credentials"}]}))
         }
         (Script::RefuseCredentials, Provider::MessageBird) => HttpResponse::Unauthorized()
             .json(json!({"errors": [{"code": 2, "description": "Request not allowed (incorrect access_key)", "parameter": "access_key"}]})),
-        (Script::RefuseNumber, Provider::MessageBird) => HttpResponse::UnprocessableEntity()
+        (Script::RefuseCredentials, Provider::WhatsApp) => HttpResponse::Unauthorized().json(json!({"error": {
+            "message": "Error validating access token: Session has expired.", "type": "OAuthException", "code": 190, "fbtrace_id": "AbC123",
+        }})),
+        (Script::RefuseNumber | Script::Undeliverable, Provider::MessageBird) => HttpResponse::UnprocessableEntity()
             .json(json!({"errors": [{"code": 9, "description": "no (correct) recipients found", "parameter": "recipients"}]})),
+        (Script::RefuseNumber, Provider::WhatsApp) => whatsapp_error(100, "(#100) Invalid parameter", "Invalid phone number."),
     }
 }
 

@@ -1,0 +1,162 @@
+//! Channels: codes by WhatsApp (an authentication template on the Cloud API) and by a
+//! voice call (Twilio's Calls API), on routes that mix them with SMS. Every provider is
+//! a fake speaking its real API on loopback.
+
+use crate::common::fake_providers::{FakeProvider, Provider, Script};
+use crate::common::*;
+use base64::Engine;
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+const UK: &str = "447400123456";
+const FRANCE: &str = "33612345678";
+const GERMANY: &str = "4915112345678";
+const SPAIN: &str = "34612345678";
+
+const WHATSAPP_TOKEN: &str = "wa-token-secret-1";
+
+struct Channels {
+    server: TestServer,
+    /// `sms`, a Twilio Messages instance.
+    sms: Arc<FakeProvider>,
+    /// `wa`, a WhatsApp Cloud API instance.
+    wa: Arc<FakeProvider>,
+    /// `call`, a Twilio voice instance.
+    call: Arc<FakeProvider>,
+}
+
+/// A service whose instances `sms`, `wa` and `call` are on their fakes, over `routes`.
+async fn channels(routes: Value, extra: &[(&str, &str)]) -> Channels {
+    let (sms, wa, call) =
+        (FakeProvider::start(Provider::Twilio), FakeProvider::start(Provider::WhatsApp), FakeProvider::start(Provider::TwilioVoice));
+    let providers = json!({
+        "sms": {"kind": "twilio", "account_sid": "AC1", "auth_token": "twilio-secret-1", "from": "Example", "base_url": sms.url()},
+        "wa": {"kind": "whatsapp", "phone_number_id": "106540352242922", "access_token": WHATSAPP_TOKEN, "template": "login_code",
+               "language": "en_GB", "base_url": wa.url()},
+        "call": {"kind": "twilio_voice", "account_sid": "AC2", "auth_token": "voice-secret-1", "from": "+15005550006", "base_url": call.url()},
+    })
+    .to_string();
+    let routes = routes.to_string();
+    let mut env = vec![("SMS_PROVIDERS", providers.as_str()), ("SMS_ROUTES", routes.as_str()), ("PHONE_MOBILE_ONLY", "false")];
+    env.extend_from_slice(extra);
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
+    Channels { server, sms, wa, call }
+}
+
+/// The code inside the default message, "Your code is 123456".
+fn code_in_sms(text: &str) -> String {
+    text.rsplit(' ').next().unwrap().trim_end_matches('.').to_string()
+}
+
+/// The code a call's TwiML reads out: the digits of its first `<Say>`.
+fn code_in_call(twiml: &str) -> String {
+    let said = twiml.split("<Say>").nth(1).and_then(|say| say.split("</Say>").next()).unwrap();
+    said.chars().filter(char::is_ascii_digit).collect()
+}
+
+/// The TwiML of a call that reads `code` out twice.
+fn call_reading(code: &str) -> String {
+    let spaced = code.chars().map(String::from).collect::<Vec<_>>().join(", ");
+    format!("<Response><Say>Your code is {spaced}.</Say><Pause length=\"2\"/><Say>Again: {spaced}.</Say></Response>")
+}
+
+/// The newest courier row of `phone`: (status, instance, provider's id).
+fn row_of(server: &TestServer, phone: &str) -> (String, String, String) {
+    let query = |column: &str| {
+        server.column(&format!("SELECT coalesce({column}, '') FROM courier WHERE address = '{phone}' ORDER BY id DESC LIMIT 1")).remove(0)
+    };
+    (query("status"), query("instance"), query("provider_message_id"))
+}
+
+#[actix_web::test]
+async fn whatsapp_sends_an_authentication_template_with_the_code_in_its_body_and_button() {
+    let c = channels(json!({"*": ["wa"]}), &[]).await;
+    assert_ok(c.server.call(login(UK)).await);
+    let sent = c.wa.accepted();
+    assert_eq!(sent.len(), 1);
+    let message = &sent[0];
+    let code = message.text.clone();
+    assert!(code.len() == 6 && code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+    assert_eq!(message.path, "/v21.0/106540352242922/messages");
+    assert_eq!(message.authorization.as_deref(), Some("Bearer wa-token-secret-1"));
+    assert!(message.content_type.as_deref().is_some_and(|t| t.starts_with("application/json")), "{:?}", message.content_type);
+    let expected = json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": "+447400123456",
+        "type": "template",
+        "template": {
+            "name": "login_code",
+            "language": {"code": "en_GB"},
+            "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": code}]},
+                {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": code}]},
+            ],
+        },
+    });
+    assert_eq!(message.fields, expected);
+    assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
+    let (_, instance, id) = row_of(&c.server, UK);
+    assert_eq!((instance.as_str(), id.as_str()), ("wa", message.id.as_str()));
+    assert!(id.starts_with("wamid."), "the id is the reply's messages[0].id: {id}");
+    let reply = assert_ok(c.server.call(verify(UK, &code)).await);
+    assert!(reply["token"].is_string());
+}
+
+#[actix_web::test]
+async fn what_says_nothing_against_the_number_hands_the_code_from_whatsapp_to_sms_at_once() {
+    let c = channels(json!({"*": ["wa", "sms"]}), &[]).await;
+    c.wa.script(UK, Script::Undeliverable);
+    c.wa.script(FRANCE, Script::Unavailable);
+    for (phone, error) in [(UK, "error 131026"), (FRANCE, "error 130429")] {
+        assert_ok(c.server.call(login(phone)).await);
+        assert!(c.sms.accepted().iter().any(|m| m.to == phone), "{phone}: SMS took it in the same start");
+        assert!(eventually(30, async || row_of(&c.server, phone).0 == "sent").await);
+        assert_eq!(row_of(&c.server, phone).1, "sms");
+        assert!(c.server.logs().contains(&format!("whatsapp answered HTTP 400: {error}")), "{}", c.server.logs());
+    }
+    assert_eq!(c.server.scalar("SELECT max(attempts) FROM courier"), 1, "one attempt, two instances");
+    let code = code_in_sms(&c.sms.accepted()[0].text);
+    assert_ok(c.server.call(verify(UK, &code)).await);
+
+    // A token Meta does not take is the instance's fault, not the number's.
+    c.wa.take_only_token("another-token");
+    assert_ok(c.server.call(login(GERMANY)).await);
+    assert!(c.sms.accepted().iter().any(|m| m.to == GERMANY));
+    assert!(c.server.logs().contains("whatsapp answered HTTP 401: error 190"), "{}", c.server.logs());
+    assert!(!c.server.logs().contains(WHATSAPP_TOKEN), "the access token reached the log");
+
+    // A number WhatsApp refuses outright is not offered to SMS.
+    c.wa.take_only_token(WHATSAPP_TOKEN);
+    c.wa.script(SPAIN, Script::RefuseNumber);
+    assert_error(&c.server.call(login(SPAIN)).await, 502, "SENDFAILED");
+    assert!(c.sms.accepted().iter().all(|m| m.to != SPAIN));
+}
+
+#[actix_web::test]
+async fn a_voice_call_reads_the_code_digit_by_digit_twice() {
+    let c = channels(json!({"*": ["call"]}), &[("PUBLIC_URL", "https://login.example.com")]).await;
+    assert_ok(c.server.call(login(UK)).await);
+    let calls = c.call.accepted();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    let code = code_in_call(&call.text);
+    assert_eq!(code.len(), 6, "{}", call.text);
+    assert_eq!(call.path, "/2010-04-01/Accounts/AC2/Calls.json");
+    let basic = base64::engine::general_purpose::STANDARD.encode("AC2:voice-secret-1");
+    assert_eq!(call.authorization.as_deref(), Some(format!("Basic {basic}").as_str()));
+    assert_eq!(call.content_type.as_deref(), Some("application/x-www-form-urlencoded"));
+    let expected = json!({
+        "To": "+447400123456",
+        "From": "+15005550006",
+        "Twiml": call_reading(&code),
+        "StatusCallback": "https://login.example.com/delivery/twilio",
+    });
+    assert_eq!(call.fields, expected, "exactly one of Url and Twiml");
+    assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
+    let (_, instance, id) = row_of(&c.server, UK);
+    assert_eq!((instance.as_str(), id.as_str()), ("call", call.id.as_str()));
+    assert!(id.starts_with("CA"), "the call's sid: {id}");
+    assert_ok(c.server.call(verify(UK, &code)).await);
+}
