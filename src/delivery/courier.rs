@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Channel, Config};
 use crate::delivery::senders::{Accepted, OtpMessage, OtpSender, SendError, Senders};
 use crate::domain::address::Address;
 use crate::domain::breaker::Outcome;
@@ -36,7 +36,8 @@ pub enum Dispatch {
     /// `admit` refused the message (the SMS budget is spent, or cannot be checked).
     /// Nothing was queued.
     Refused(Refusal),
-    Sent,
+    /// Delivered, through an instance of this channel (none for e-mail).
+    Sent(Option<Channel>),
     /// The first attempt failed; it will be retried.
     Retrying,
     /// The first attempt failed for good and the code was deleted.
@@ -67,6 +68,8 @@ pub struct Courier {
 struct Carrier<'a> {
     name: &'a str,
     sender: &'a Arc<dyn OtpSender>,
+    /// `None` for the e-mail sender.
+    channel: Option<Channel>,
     /// Whether it reports delivery: only then is a message kept for a resend elsewhere.
     takes_receipts: bool,
 }
@@ -112,18 +115,24 @@ impl Courier {
     /// leased to this attempt, so the worker only takes it over if the process dies
     /// mid-attempt or the attempt schedules a retry.
     ///
+    /// `channel` is the one the client asked for: the route's instances of it are tried
+    /// first, and the row keeps it for the retries.
+    ///
     /// `admit` runs inside the transaction once the resend window allows a new code, so a
     /// budget it spends pays only for messages that are really queued.
     pub async fn store_and_send(
         self: &Arc<Self>,
         challenge: NewChallenge,
         message: OtpMessage,
+        channel: Option<Channel>,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Dispatch, StorageError> {
         let lease_until = self.db.clock().now_ms() + self.lease_ms;
         let (otp_hash, expires_at) = (challenge.otp_hash, challenge.now + challenge.ttl_secs);
-        let sealed = courier_rows::seal_message(&self.seal, message.to.as_str(), &message.otp, &message.text, &otp_hash);
-        let queued = (message.to.as_str().to_string(), message.appid.clone(), sealed);
+        let address = message.to.as_str().to_string();
+        let sealed = courier_rows::seal_message(&self.seal, &address, &message.otp, &message.text, &otp_hash);
+        let channel = channel.map(|channel| channel.as_str().to_string());
+        let queued = (address.clone(), message.appid.clone(), sealed, channel.clone());
         let id = match self.db.enqueue_message(challenge, queued, lease_until, admit).await? {
             Enqueued::Stored(id) => id,
             Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
@@ -131,7 +140,7 @@ impl Courier {
         };
         let row = QueuedMessage {
             id,
-            address: message.to.as_str().to_string(),
+            address,
             appid: message.appid,
             otp_hash: otp_hash.to_vec(),
             otp: message.otp,
@@ -139,7 +148,7 @@ impl Courier {
             attempts: 0,
             expires_at,
             failed_via: String::new(),
-            channel: None,
+            channel,
         };
         let courier = Arc::clone(self);
         let (answer, answered) = tokio::sync::oneshot::channel();
@@ -194,7 +203,7 @@ impl Courier {
     /// Whether a message to `address` (as stored) has an instance left to go through
     /// once those in `failed_via` (comma-separated) are left out.
     pub fn has_carrier_left(&self, address: &str, failed_via: &str) -> bool {
-        !self.carriers(&Address::from_stored(address), failed_via).is_empty()
+        !self.carriers(&Address::from_stored(address), failed_via, None).is_empty()
     }
 
     /// Ends the worker after its current round; queued messages stay for the next start.
@@ -229,23 +238,38 @@ impl Courier {
     }
 
     /// The instances to try for this message, in order: its route's, without those whose
-    /// delivery of it was reported failed; an e-mail address has its one sender.
-    fn carriers<'a>(&'a self, to: &Address, failed_via: &str) -> Vec<Carrier<'a>> {
+    /// delivery of it was reported failed, those of the channel the client asked for first;
+    /// an e-mail address has its one sender.
+    fn carriers<'a>(&'a self, to: &Address, failed_via: &str, channel: Option<&str>) -> Vec<Carrier<'a>> {
         match to {
             Address::Phone(digits) => {
                 let failed: Vec<&str> = failed_via.split(',').filter(|name| !name.is_empty()).collect();
                 let route = self.senders.route(digits);
-                let candidates = route.iter().filter(|&&i| !failed.contains(&self.senders.instances[i].name.as_str()));
+                let mut candidates: Vec<usize> =
+                    route.iter().copied().filter(|&i| !failed.contains(&self.senders.instances[i].name.as_str())).collect();
+                if let Some(asked) = channel.and_then(Channel::parse) {
+                    // Stable: the rest of the route follows in its order, as the fallback.
+                    candidates.sort_by_key(|&i| self.senders.instances[i].channel != asked);
+                }
                 candidates
-                    .map(|&i| {
+                    .into_iter()
+                    .map(|i| {
                         let instance = &self.senders.instances[i];
-                        Carrier { name: &instance.name, sender: &instance.sender, takes_receipts: instance.takes_receipts }
+                        Carrier {
+                            name: &instance.name,
+                            sender: &instance.sender,
+                            channel: Some(instance.channel),
+                            takes_receipts: instance.takes_receipts,
+                        }
                     })
                     .collect()
             }
-            Address::Email(_) => {
-                self.senders.email.iter().map(|sender| Carrier { name: sender.name(), sender, takes_receipts: false }).collect()
-            }
+            Address::Email(_) => self
+                .senders
+                .email
+                .iter()
+                .map(|sender| Carrier { name: sender.name(), sender, channel: None, takes_receipts: false })
+                .collect(),
             Address::Account(_) => Vec::new(),
         }
     }
@@ -258,7 +282,7 @@ impl Courier {
     async fn attempt(&self, row: QueuedMessage, mut answer: Option<tokio::sync::oneshot::Sender<Dispatch>>) {
         let _in_flight = InFlight::start(self);
         let to = Address::from_stored(&row.address);
-        let carriers = self.carriers(&to, &row.failed_via);
+        let carriers = self.carriers(&to, &row.failed_via, row.channel.as_deref());
         let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
         let attempts = row.attempts + 1;
         // A bounded label: one of the world's calling codes.
@@ -326,7 +350,7 @@ impl Courier {
                 // Kept only while a failed receipt could still send it through another instance.
                 let keep_sealed = carrier.takes_receipts && tried + 1 < carriers.len();
                 let sent = AttemptOutcome::Sent { instance: carrier.name.to_string(), message_id: accepted.message_id, keep_sealed };
-                (Dispatch::Sent, sent)
+                (Dispatch::Sent(carrier.channel), sent)
             }
             Err(error) => {
                 let reason = error.reason;
@@ -346,7 +370,7 @@ impl Courier {
                 }
             }
         };
-        if let Some(answer) = answer.take_if(|_| dispatch == Dispatch::Sent) {
+        if let Some(answer) = answer.take_if(|_| matches!(dispatch, Dispatch::Sent(_))) {
             let _ = answer.send(dispatch);
         }
         let retry = matches!(update, AttemptOutcome::Retry(..));

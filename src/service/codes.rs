@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::{Channel, Config};
 use crate::delivery::captcha::Captcha;
 use crate::delivery::courier::{Courier, Dispatch};
 use crate::delivery::senders::{OtpMessage, Senders};
@@ -80,24 +80,32 @@ impl CodeAuthenticator {
         })
     }
 
-    /// Issues a code for the address in `fields` and sends it; answers the challenge id
-    /// a verify sends back (none for test numbers).
+    /// Issues a code for the address in `fields` and sends it, through the instances of
+    /// `channel` first when the client asked for one; answers the challenge id a verify
+    /// sends back and the channel that carries the code (neither for test numbers; no
+    /// channel for e-mail).
     pub async fn send_code(
         &self,
         appid: &str,
         fields: &ProofFields<'_>,
+        channel: Option<&str>,
         captcha_token: Option<&str>,
         client_ip: &str,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<(Option<String>, Option<Channel>), ApiError> {
+        let asked = non_empty(channel).map(parse_channel).transpose()?;
         let (address, calling_code) = self.parse_address(fields)?;
         if !self.senders.reach(&address) {
             return Err(not_enabled(&address));
+        }
+        let channels = self.senders.channels(&address);
+        if let Some(asked) = asked.filter(|asked| !channels.contains(asked)) {
+            return Err(channel_not_available(&address, asked));
         }
         if let Some(captcha) = &self.captcha {
             captcha.verify(captcha_token, client_ip).await?;
         }
         if self.test_otps.contains_key(address.as_str()) {
-            return Ok(None);
+            return Ok((None, None));
         }
 
         let code = otp::generate(self.otp_length);
@@ -119,7 +127,7 @@ impl CodeAuthenticator {
         // Charged once the resend window allows a new code, so that only a start that
         // sends one spends the limits.
         let admit = move || -> Admission<Refusal> { Box::pin(async move { limits.admit(&start).await }) };
-        match self.courier.store_and_send(challenge, message, admit).await.map_err(internal)? {
+        match self.courier.store_and_send(challenge, message, asked, admit).await.map_err(internal)? {
             Dispatch::TooSoon(wait) => {
                 metrics::RATELIMIT_REJECTIONS.with_label_values(&["resend"]).inc();
                 Err(ApiError::rate_limited(wait, format!("a code was sent moments ago; wait {wait} seconds before asking again")))
@@ -127,11 +135,16 @@ impl CodeAuthenticator {
             Dispatch::Refused(refusal) => Err(refusal.into()),
             // The courier already logged why, and deleted the code nobody received.
             Dispatch::Failed => Err(ApiError::new(ErrorCode::SendFailed, "the code could not be delivered; please try again")),
-            Dispatch::Sent | Dispatch::Retrying | Dispatch::InFlight => {
+            dispatch @ (Dispatch::Sent(_) | Dispatch::Retrying | Dispatch::InFlight) => {
                 metrics::OTP_ISSUED.inc();
                 // The courier logs each delivery from its own task; this line ties the code to the request.
                 tracing::debug!(to = %address.masked(), appid, "code issued");
-                Ok(Some(challenge_id))
+                let channel = match dispatch {
+                    Dispatch::Sent(carried_by) => carried_by,
+                    // Not carried yet: the instances tried first are of this channel.
+                    _ => asked.or_else(|| channels.first().copied()),
+                };
+                Ok((Some(challenge_id), channel))
             }
         }
     }
@@ -254,6 +267,20 @@ impl Authenticator for CodeAuthenticator {
         });
         Ok(Proof { address, calling_code, claimed_code: Some(otp_hash), made: ProofTime::Now, link_lookup })
     }
+}
+
+/// The `channel` field of a login start.
+fn parse_channel(channel: &str) -> Result<Channel, ApiError> {
+    Channel::parse(channel.trim())
+        .ok_or_else(|| ApiError::new(ErrorCode::BadParam, "channel must be sms, whatsapp or voice (or absent, for the route's own order)"))
+}
+
+fn channel_not_available(address: &Address, channel: Channel) -> ApiError {
+    let message = match address {
+        Address::Phone(_) => format!("channel {} is not available for this number", channel.as_str()),
+        Address::Email(_) | Address::Account(_) => "channel is for phone logins; leave it out for e-mail".to_string(),
+    };
+    ApiError::new(ErrorCode::BadParam, message)
 }
 
 fn not_enabled(address: &Address) -> ApiError {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use tracing::Instrument;
 
-use crate::config::Config;
+use crate::config::{Channel, Config};
 use crate::delivery::oidc::IdTokenVerifier;
 use crate::delivery::senders::Senders;
 use crate::delivery::upstream::{IssuedToken, Upstream};
@@ -27,6 +27,8 @@ pub struct LoginRequest<'a> {
     pub device: Option<&'a str>,
     /// The CAPTCHA widget's response, when `CAPTCHA_PROVIDER` is set.
     pub captcha_token: Option<&'a str>,
+    /// For a start: the channel to send the code by (`sms`, `whatsapp`, `voice`).
+    pub channel: Option<&'a str>,
     /// The address and, for a verify, the code that proves it; or, for a login in one
     /// request, a sign-in provider's ID token.
     pub proof: ProofFields<'a>,
@@ -34,9 +36,11 @@ pub struct LoginRequest<'a> {
 
 #[derive(Debug)]
 pub enum LoginOutcome {
-    /// A code is on its way; `challenge` binds a verify to it (none for test numbers).
+    /// A code is on its way; `challenge` binds a verify to it (none for test numbers), and
+    /// `channel` carries it (none for test numbers and e-mail).
     CodeSent {
         challenge: Option<String>,
+        channel: Option<Channel>,
     },
     LoggedIn(Box<LoggedIn>),
 }
@@ -116,8 +120,9 @@ impl LoginFlow {
         refuse_control_characters("appid", appid)?;
         let fields = request.proof;
         if !fields.has_id_token() && non_empty(fields.code).is_none() {
-            let challenge = self.codes.send_code(appid, &fields, non_empty(request.captcha_token), client_ip).await?;
-            return Ok(LoginOutcome::CodeSent { challenge });
+            let (challenge, channel) =
+                self.codes.send_code(appid, &fields, request.channel, non_empty(request.captcha_token), client_ip).await?;
+            return Ok(LoginOutcome::CodeSent { challenge, channel });
         }
         // Checked before the proof, which may use up a code or a limit.
         let name = non_empty(request.name).unwrap_or("");

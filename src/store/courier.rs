@@ -10,13 +10,14 @@ pub use crate::store::records::{
 use crate::store::{Db, NewChallenge, StorageError};
 
 impl Db {
-    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
-    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
-    /// a new code, before anything is written.
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed,
+    /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
+    /// resend window allows a new code, before anything is written. `channel` is the one
+    /// the client asked for (`None`: the route's order).
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
-        message: (String, String, Vec<u8>),
+        message: (String, String, Vec<u8>, Option<String>),
         lease_until: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Enqueued, StorageError> {

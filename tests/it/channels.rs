@@ -1,6 +1,7 @@
 //! Channels: codes by WhatsApp (an authentication template on the Cloud API) and by a
-//! voice call (Twilio's Calls API), on routes that mix them with SMS. Every provider is
-//! a fake speaking its real API on loopback.
+//! voice call (Twilio's Calls API), the `channel` field of a login start that puts the
+//! route's instances of a channel first, and the reply's `channel`. Every provider is a
+//! fake speaking its real API on loopback.
 
 use crate::common::fake_providers::{FakeProvider, Provider, Script};
 use crate::common::*;
@@ -44,6 +45,12 @@ async fn channels(routes: Value, extra: &[(&str, &str)]) -> Channels {
     Channels { server, sms, wa, call }
 }
 
+fn start(phone: &str, channel: &str) -> Value {
+    let mut request = login(phone);
+    request["channel"] = channel.into();
+    request
+}
+
 /// The code inside the default message, "Your code is 123456".
 fn code_in_sms(text: &str) -> String {
     text.rsplit(' ').next().unwrap().trim_end_matches('.').to_string()
@@ -61,18 +68,19 @@ fn call_reading(code: &str) -> String {
     format!("<Response><Say>Your code is {spaced}.</Say><Pause length=\"2\"/><Say>Again: {spaced}.</Say></Response>")
 }
 
-/// The newest courier row of `phone`: (status, instance, provider's id).
-fn row_of(server: &TestServer, phone: &str) -> (String, String, String) {
+/// The newest courier row of `phone`: (status, instance, provider's id, channel).
+fn row_of(server: &TestServer, phone: &str) -> (String, String, String, String) {
     let query = |column: &str| {
         server.column(&format!("SELECT coalesce({column}, '') FROM courier WHERE address = '{phone}' ORDER BY id DESC LIMIT 1")).remove(0)
     };
-    (query("status"), query("instance"), query("provider_message_id"))
+    (query("status"), query("instance"), query("provider_message_id"), query("channel"))
 }
 
 #[actix_web::test]
 async fn whatsapp_sends_an_authentication_template_with_the_code_in_its_body_and_button() {
     let c = channels(json!({"*": ["wa"]}), &[]).await;
-    assert_ok(c.server.call(login(UK)).await);
+    let reply = assert_ok(c.server.call(login(UK)).await);
+    assert_eq!(reply["channel"], "whatsapp", "{reply}");
     let sent = c.wa.accepted();
     assert_eq!(sent.len(), 1);
     let message = &sent[0];
@@ -97,8 +105,8 @@ async fn whatsapp_sends_an_authentication_template_with_the_code_in_its_body_and
     });
     assert_eq!(message.fields, expected);
     assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
-    let (_, instance, id) = row_of(&c.server, UK);
-    assert_eq!((instance.as_str(), id.as_str()), ("wa", message.id.as_str()));
+    let (_, instance, id, channel) = row_of(&c.server, UK);
+    assert_eq!((instance.as_str(), id.as_str(), channel.as_str()), ("wa", message.id.as_str(), ""), "no channel was asked for");
     assert!(id.starts_with("wamid."), "the id is the reply's messages[0].id: {id}");
     let reply = assert_ok(c.server.call(verify(UK, &code)).await);
     assert!(reply["token"].is_string());
@@ -110,7 +118,8 @@ async fn what_says_nothing_against_the_number_hands_the_code_from_whatsapp_to_sm
     c.wa.script(UK, Script::Undeliverable);
     c.wa.script(FRANCE, Script::Unavailable);
     for (phone, error) in [(UK, "error 131026"), (FRANCE, "error 130429")] {
-        assert_ok(c.server.call(login(phone)).await);
+        let reply = assert_ok(c.server.call(login(phone)).await);
+        assert_eq!(reply["channel"], "sms", "{phone}: the instance that carried it: {reply}");
         assert!(c.sms.accepted().iter().any(|m| m.to == phone), "{phone}: SMS took it in the same start");
         assert!(eventually(30, async || row_of(&c.server, phone).0 == "sent").await);
         assert_eq!(row_of(&c.server, phone).1, "sms");
@@ -122,8 +131,7 @@ async fn what_says_nothing_against_the_number_hands_the_code_from_whatsapp_to_sm
 
     // A token Meta does not take is the instance's fault, not the number's.
     c.wa.take_only_token("another-token");
-    assert_ok(c.server.call(login(GERMANY)).await);
-    assert!(c.sms.accepted().iter().any(|m| m.to == GERMANY));
+    assert_eq!(assert_ok(c.server.call(login(GERMANY)).await)["channel"], "sms");
     assert!(c.server.logs().contains("whatsapp answered HTTP 401: error 190"), "{}", c.server.logs());
     assert!(!c.server.logs().contains(WHATSAPP_TOKEN), "the access token reached the log");
 
@@ -137,7 +145,8 @@ async fn what_says_nothing_against_the_number_hands_the_code_from_whatsapp_to_sm
 #[actix_web::test]
 async fn a_voice_call_reads_the_code_digit_by_digit_twice() {
     let c = channels(json!({"*": ["call"]}), &[("PUBLIC_URL", "https://login.example.com")]).await;
-    assert_ok(c.server.call(login(UK)).await);
+    let reply = assert_ok(c.server.call(login(UK)).await);
+    assert_eq!(reply["channel"], "voice", "{reply}");
     let calls = c.call.accepted();
     assert_eq!(calls.len(), 1);
     let call = &calls[0];
@@ -155,8 +164,63 @@ async fn a_voice_call_reads_the_code_digit_by_digit_twice() {
     });
     assert_eq!(call.fields, expected, "exactly one of Url and Twiml");
     assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
-    let (_, instance, id) = row_of(&c.server, UK);
+    let (_, instance, id, _) = row_of(&c.server, UK);
     assert_eq!((instance.as_str(), id.as_str()), ("call", call.id.as_str()));
     assert!(id.starts_with("CA"), "the call's sid: {id}");
     assert_ok(c.server.call(verify(UK, &code)).await);
+}
+
+#[actix_web::test]
+async fn the_channel_field_puts_the_route_instances_of_that_channel_first() {
+    let c = channels(json!({"*": ["sms", "wa", "call"]}), &[]).await;
+    let reply = assert_ok(c.server.call(start(UK, "voice")).await);
+    assert_eq!(reply["channel"], "voice");
+    assert_eq!((c.call.accepted().len(), c.sms.requests(), c.wa.requests()), (1, 0, 0));
+    assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
+    assert_eq!(row_of(&c.server, UK).3, "voice", "the courier row keeps the channel asked for");
+    assert_ok(c.server.call(verify(UK, &code_in_call(&c.call.accepted()[0].text))).await);
+
+    assert_eq!(assert_ok(c.server.call(start(FRANCE, "whatsapp")).await)["channel"], "whatsapp");
+    assert_eq!((c.wa.accepted().len(), c.sms.requests()), (1, 0));
+
+    // The rest of the route, in its order, is the fallback.
+    c.call.script(GERMANY, Script::Unavailable);
+    assert_eq!(assert_ok(c.server.call(start(GERMANY, "voice")).await)["channel"], "sms");
+    assert_eq!((c.call.requests(), c.sms.accepted().len(), c.wa.requests()), (2, 1, 1));
+
+    // Without a channel the route's order stands.
+    assert_eq!(assert_ok(c.server.call(login(SPAIN)).await)["channel"], "sms");
+    assert_eq!(row_of(&c.server, SPAIN).3, "");
+}
+
+#[actix_web::test]
+async fn an_unknown_channel_or_one_the_route_lacks_is_refused_and_nothing_is_sent() {
+    let c = channels(json!({"44": ["sms"], "*": ["wa", "sms"]}), &[]).await;
+    for channel in ["pigeon", "SMS ", "email"] {
+        let reply = c.server.call(start(FRANCE, channel)).await;
+        assert_error(&reply, 400, "BADPARAM");
+        assert!(reply.1["errmsg"].as_str().unwrap().contains("sms, whatsapp or voice"), "{}", reply.1);
+    }
+    let reply = c.server.call(start(UK, "whatsapp")).await;
+    assert_error(&reply, 400, "BADPARAM");
+    assert_eq!(reply.1["errmsg"], "channel whatsapp is not available for this number");
+    assert_error(&c.server.call(start(FRANCE, "voice")).await, 400, "BADPARAM");
+    assert_eq!(c.server.scalar("SELECT count(*) FROM courier") + c.server.scalar("SELECT count(*) FROM otp_challenges"), 0);
+    assert_eq!(c.sms.requests() + c.wa.requests() + c.call.requests(), 0);
+
+    // A blank channel is no channel; the route's own channels are taken.
+    let mut blank = login(UK);
+    blank["channel"] = "".into();
+    assert_eq!(assert_ok(c.server.call(blank).await)["channel"], "sms");
+    assert_eq!(assert_ok(c.server.call(start(FRANCE, "sms")).await)["channel"], "sms");
+}
+
+#[actix_web::test]
+async fn the_mesibo_dialect_names_the_channel_only_to_a_start_that_asked_for_one() {
+    let c = channels(json!({"*": ["sms", "call"]}), &[("API_DIALECT", "mesibo")]).await;
+    let (status, reply) = c.server.call(login(UK)).await;
+    assert_eq!((status, &reply["result"]), (200, &json!("OK")), "{reply}");
+    assert!(reply.get("channel").is_none(), "the apps send no channel and get none back: {reply}");
+    let (status, reply) = c.server.call(start(FRANCE, "voice")).await;
+    assert_eq!((status, &reply["result"], &reply["channel"]), (200, &json!("OK"), &json!("voice")), "{reply}");
 }

@@ -149,6 +149,18 @@ async fn every_app_logs_in_and_out_as_it_does_against_the_reference() {
 }
 
 #[actix_web::test]
+async fn a_start_answers_the_apps_the_fields_it_always_did() {
+    let server = server_in("mesibo").await;
+    for app in APPS {
+        let (status, reply) = server.send(app.request(&server, &app.login_fields(None))).await;
+        assert_eq!(status, 200, "{app:?}: {reply}");
+        let mut fields: Vec<&str> = reply.as_object().unwrap().keys().map(String::as_str).collect();
+        fields.sort_unstable();
+        assert_eq!(fields, ["challenge", "op", "result", "ts"], "{app:?}: the apps send no channel and are told none: {reply}");
+    }
+}
+
+#[actix_web::test]
 async fn failures_answer_200_with_fail_and_the_code_in_the_mesibo_dialect() {
     let server = server_in("mesibo").await;
     for app in APPS {

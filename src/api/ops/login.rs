@@ -7,6 +7,7 @@ use super::common::{ID_TOKEN_FIELD, NONCE_FIELD, PROVIDER_FIELD};
 use super::{Anyone, ApiOp, Fields, OpDoc};
 use crate::api::request::Sent;
 use crate::api::AppState;
+use crate::config::Dialect;
 use crate::domain::account::thumbnail_field;
 use crate::domain::app_settings::AppReply;
 use crate::domain::error::ApiError;
@@ -29,6 +30,7 @@ impl ApiOp for Login {
             ("code", "string", "Older name of otp."),
             ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
             ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
+            ("channel", "string", "Start of a phone login, optional: sms, whatsapp or voice. The route's instances of that channel are tried first, then the rest of the route; a channel the number's route lacks is refused (BADPARAM)."),
             PROVIDER_FIELD,
             ID_TOKEN_FIELD,
             NONCE_FIELD,
@@ -36,6 +38,7 @@ impl ApiOp for Login {
         required: &["appid"],
         reply: &[
             ("challenge", "string", "Start only: an id to send back with the code (none for TEST_OTPS numbers)."),
+            ("channel", "string", "Start of a phone login: sms, whatsapp or voice, the channel that carried the code (or, when its delivery has not ended yet, that is tried first). In the mesibo dialect only when the request named a channel."),
             ("title", "string", "Start only, when APP_SETTINGS sets start.title: the title of the notice below."),
             ("message", "string", "Start only, when APP_SETTINGS sets start.message: a notice the Android app shows as an alert."),
             ("delay", "integer", "Start only, when APP_SETTINGS sets start.delay: milliseconds before the app shows the code field."),
@@ -62,25 +65,31 @@ impl ApiOp for Login {
             name: sent.text("name"),
             device: sent.text("device"),
             captcha_token: sent.text("captcha_token"),
+            channel: sent.text("channel"),
             proof: sent.proof(),
         }
     }
 
     async fn answer(state: &AppState, _: Anyone, login: Self::Request<'_>, client_ip: &str) -> Result<Fields, ApiError> {
         let app = state.apps.for_app(login.appid.map(str::trim).unwrap_or_default());
-        Ok(reply(state.login.login(login, client_ip).await?, &app))
+        // The mesibo apps send no channel: their start reply stays as it was.
+        let tell_channel = state.http.dialect == Dialect::Json || login.channel.is_some_and(|channel| !channel.trim().is_empty());
+        Ok(reply(state.login.login(login, client_ip).await?, &app, tell_channel))
     }
 }
 
-/// The login reply: a start may carry the app's notice; a verify carries the token and
-/// what the apps build the user's own profile and their invite and file-transfer
-/// settings from.
-fn reply(outcome: LoginOutcome, app: &AppReply) -> Fields {
+/// The login reply: a start may carry the app's notice, and the channel of its code when
+/// `tell_channel`; a verify carries the token and what the apps build the user's own
+/// profile and their invite and file-transfer settings from.
+fn reply(outcome: LoginOutcome, app: &AppReply, tell_channel: bool) -> Fields {
     let mut fields = Fields::new();
     match outcome {
-        LoginOutcome::CodeSent { challenge } => {
+        LoginOutcome::CodeSent { challenge, channel } => {
             if let Some(challenge) = challenge {
                 fields.insert("challenge".into(), challenge.into());
+            }
+            if let Some(channel) = channel.filter(|_| tell_channel) {
+                fields.insert("channel".into(), channel.as_str().into());
             }
             if let Some(title) = &app.start_title {
                 fields.insert("title".into(), title.as_str().into());

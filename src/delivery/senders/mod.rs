@@ -184,6 +184,15 @@ impl Senders {
         }
     }
 
+    /// The channel of each instance that carries codes to this address, in route order;
+    /// none for e-mail.
+    pub fn channels(&self, address: &Address) -> Vec<Channel> {
+        match address {
+            Address::Phone(digits) => self.route(digits).iter().map(|&i| self.instances[i].channel).collect(),
+            Address::Email(_) | Address::Account(_) => Vec::new(),
+        }
+    }
+
     pub fn instance_named(&self, name: &str) -> Option<usize> {
         self.instances.iter().position(|instance| instance.name == name)
     }

@@ -12,19 +12,19 @@ use crate::store::records::{
 use super::{counter, execute, int, interrupted, query, query_one, query_opt, rows, Interrupted, Param, PgStore, Retry};
 
 impl PgStore {
-    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
-    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
-    /// a new code, before anything is written. An advisory lock on the address makes
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed,
+    /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
+    /// resend window allows a new code, before anything is written. An advisory lock on the address makes
     /// concurrent starts for it take turns, so the resend window holds across instances.
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
-        message: (String, String, Vec<u8>),
+        message: (String, String, Vec<u8>, Option<String>),
         lease_until: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Enqueued, StorageError> {
         let c = &challenge;
-        let (address, appid, sealed) = &message;
+        let (address, appid, sealed, channel) = &message;
         let (mut admit, mut retried) = (Some(admit), false);
         loop {
             // Returning without a commit rolls the transaction back and releases the lock.
@@ -45,7 +45,7 @@ impl PgStore {
             let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
             let expires_at = c.now + c.ttl_secs;
             let params: &[&dyn Param] =
-                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until];
+                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until, channel];
             let stored = tx.query_one_and_commit(
                 "WITH challenge AS (
                      INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
@@ -53,8 +53,8 @@ impl PgStore {
                      ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
                          created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
                          challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
-                 INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
-                 VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4) RETURNING id",
+                 INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
+                 VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4, $11) RETURNING id",
                 params,
             );
             match self.timed(stored).await {

@@ -1011,7 +1011,7 @@ mod tests {
             resend_secs: 60,
         };
         let sealed = seal_message(&seal(), address, code, &format!("your code is {code}"), &otp_hash);
-        match store.enqueue_message(challenge, (address.to_string(), "app".into(), sealed), now * 1000, admitted).await.unwrap() {
+        match store.enqueue_message(challenge, (address.to_string(), "app".into(), sealed, None), now * 1000, admitted).await.unwrap() {
             Enqueued::Stored(id) => (id, otp_hash),
             _ => panic!("the code was not stored"),
         }

@@ -38,7 +38,7 @@ pub(in crate::store) fn seal_rows_in_clear(conn: &mut Connection, seal: &Message
 fn enqueue(
     conn: &mut Connection,
     challenge: &NewChallenge,
-    (address, appid, sealed): &(String, String, Vec<u8>),
+    (address, appid, sealed, channel): &(String, String, Vec<u8>, Option<String>),
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), Refusal>,
 ) -> rusqlite::Result<Enqueued> {
@@ -52,8 +52,8 @@ fn enqueue(
     atomically(conn, |tx| {
         store_challenge(tx, challenge)?;
         tx.prepare_cached(
-            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7)",
+            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
         )?
         .execute(params![
             address,
@@ -62,7 +62,8 @@ fn enqueue(
             sealed,
             lease_until,
             challenge.now + challenge.ttl_secs,
-            challenge.now
+            challenge.now,
+            channel
         ])?;
         Ok(Enqueued::Stored(tx.last_insert_rowid()))
     })
@@ -230,13 +231,13 @@ fn apply_receipt(
 }
 
 impl SqliteStore {
-    /// Stores the challenge and queues its sealed message `(address, appid, sealed)` in one
-    /// transaction, leased until `lease_until`; `admit` runs once the resend window allows
-    /// a new code, before anything is written.
+    /// Stores the challenge and queues its sealed message `(address, appid, sealed,
+    /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
+    /// resend window allows a new code, before anything is written.
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
-        message: (String, String, Vec<u8>),
+        message: (String, String, Vec<u8>, Option<String>),
         lease_until: i64,
         admit: impl FnOnce() -> Admission<Refusal> + Send + 'static,
     ) -> Result<Enqueued, StorageError> {
