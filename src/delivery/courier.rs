@@ -116,7 +116,8 @@ impl Courier {
     /// mid-attempt or the attempt schedules a retry.
     ///
     /// `channel` is the one the client asked for: the route's instances of it are tried
-    /// first, and the row keeps it for the retries.
+    /// first. When the address's pending code was last sent for another channel, that code
+    /// goes out again in place of this one (see [`Db::enqueue_message`]).
     ///
     /// `admit` runs inside the transaction once the resend window allows a new code, so a
     /// budget it spends pays only for messages that are really queued.
@@ -133,8 +134,19 @@ impl Courier {
         let sealed = courier_rows::seal_message(&self.seal, &address, &message.otp, &message.text, &otp_hash);
         let channel = channel.map(|channel| channel.as_str().to_string());
         let queued = (address.clone(), message.appid.clone(), sealed, channel.clone());
-        let id = match self.db.enqueue_message(challenge, queued, lease_until, admit).await? {
-            Enqueued::Stored(id) => id,
+        let (id, otp_hash, otp, body, expires_at) = match self.db.enqueue_message(challenge, queued, lease_until, admit).await? {
+            Enqueued::Stored(id) => (id, otp_hash.to_vec(), message.otp, message.text, expires_at),
+            Enqueued::Resent { id, otp_hash, sealed, expires_at } => {
+                match courier_rows::open_message(&self.seal, &sealed, &address, &otp_hash) {
+                    Some((otp, body)) => (id, otp_hash, otp, body, expires_at),
+                    None => {
+                        // As the worker fails a message the key cannot open.
+                        let error = "the message cannot be decrypted: the server key changed since it was queued".to_string();
+                        self.db.record_attempt(id, 0, AttemptOutcome::Failed(error), address, otp_hash).await?;
+                        return Ok(Dispatch::Failed);
+                    }
+                }
+            }
             Enqueued::TooSoon(wait) => return Ok(Dispatch::TooSoon(wait)),
             Enqueued::Refused(wait) => return Ok(Dispatch::Refused(wait)),
         };
@@ -142,9 +154,9 @@ impl Courier {
             id,
             address,
             appid: message.appid,
-            otp_hash: otp_hash.to_vec(),
-            otp: message.otp,
-            body: message.text,
+            otp_hash,
+            otp,
+            body,
             attempts: 0,
             expires_at,
             failed_via: String::new(),
@@ -347,8 +359,10 @@ impl Courier {
             Ok((tried, accepted)) => {
                 let carrier = &carriers[tried];
                 tracing::debug!(sender = carrier.name, to = %to.masked(), appid = row.appid, attempt = attempts, "code sent");
-                // Kept only while a failed receipt could still send it through another instance.
-                let keep_sealed = carrier.takes_receipts && tried + 1 < carriers.len();
+                // Kept only while a failed receipt could still send it through another instance,
+                // or a start could ask for the same code over another channel.
+                let another_channel = carriers.iter().any(|other| other.channel != carrier.channel);
+                let keep_sealed = (carrier.takes_receipts && tried + 1 < carriers.len()) || another_channel;
                 let sent = AttemptOutcome::Sent { instance: carrier.name.to_string(), message_id: accepted.message_id, keep_sealed };
                 (Dispatch::Sent(carrier.channel), sent)
             }

@@ -5,7 +5,7 @@
 use crate::domain::keys::MessageSeal;
 use crate::domain::ratelimit::{Admission, Refusal};
 pub use crate::store::records::{
-    seal_message, AttemptOutcome, Claimed, DeliveryReceipt, Enqueued, QueuedMessage, ReceiptOutcome, ReceiptStatus, BATCH,
+    open_message, seal_message, AttemptOutcome, Claimed, DeliveryReceipt, Enqueued, QueuedMessage, ReceiptOutcome, ReceiptStatus, BATCH,
 };
 use crate::store::{Db, NewChallenge, StorageError};
 
@@ -14,6 +14,14 @@ impl Db {
     /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
     /// resend window allows a new code, before anything is written. `channel` is the one
     /// the client asked for (`None`: the route's order).
+    ///
+    /// A start that asks for a channel other than the one the address's pending code was
+    /// last queued for (`None` counts as another) sends that code again instead
+    /// ([`Enqueued::Resent`]), while it is valid for this app, unclaimed, not guessed at
+    /// wrongly yet and still sealed in a courier row: a new row for it, the challenge given
+    /// the new challenge id and the resend window started anew, and the code's rows still
+    /// queued cancelled (the new one takes over). Otherwise the new code replaces it, as
+    /// without a channel.
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
@@ -31,7 +39,9 @@ impl Db {
     }
 
     /// Records a delivery attempt. A final outcome wipes the sealed message; a final
-    /// failure also deletes the challenge, since nobody received that code.
+    /// failure also deletes the challenge, since nobody received that code, unless another
+    /// message of it is queued or was sent and is kept sealed (it went out again over
+    /// another channel).
     pub async fn record_attempt(
         &self,
         id: i64,

@@ -266,6 +266,14 @@ pub(in crate::store) fn receipt_change(row: &ReceiptTarget, status: ReceiptStatu
 pub enum Enqueued {
     /// Stored, with the courier row's id.
     Stored(i64),
+    /// The address's pending code queued again, for the channel asked for, in place of the
+    /// new one: the courier row's id, and the code's hash, sealed message and expiry.
+    Resent {
+        id: i64,
+        otp_hash: Vec<u8>,
+        sealed: Vec<u8>,
+        expires_at: i64,
+    },
     TooSoon(u64),
     Refused(Refusal),
 }
@@ -290,7 +298,7 @@ pub fn seal_message(seal: &MessageSeal, address: &str, otp: &str, text: &str, ot
 }
 
 /// The code and the text of a sealed message, or `None` when this key cannot open it.
-pub(in crate::store) fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
+pub fn open_message(seal: &MessageSeal, sealed: &[u8], address: &str, otp_hash: &[u8]) -> Option<(String, String)> {
     let plaintext = String::from_utf8(seal.open(sealed, &seal_context(address, otp_hash))?).ok()?;
     let (otp, text) = plaintext.split_once('\n')?;
     Some((otp.to_string(), text.to_string()))

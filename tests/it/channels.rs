@@ -1,13 +1,17 @@
 //! Channels: codes by WhatsApp (an authentication template on the Cloud API) and by a
 //! voice call (Twilio's Calls API), the `channel` field of a login start that puts the
-//! route's instances of a channel first, and the reply's `channel`. Every provider is a
-//! fake speaking its real API on loopback.
+//! route's instances of a channel first, a second start that sends the same code again
+//! over another channel, and the reply's `channel`. Every provider is a fake speaking its
+//! real API on loopback.
 
 use crate::common::fake_providers::{FakeProvider, Provider, Script};
 use crate::common::*;
 use base64::Engine;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
+
+use otpgate::domain::clock::Clock;
 
 const UK: &str = "447400123456";
 const FRANCE: &str = "33612345678";
@@ -27,7 +31,7 @@ struct Channels {
 }
 
 /// A service whose instances `sms`, `wa` and `call` are on their fakes, over `routes`.
-async fn channels(routes: Value, extra: &[(&str, &str)]) -> Channels {
+async fn channels_on(routes: Value, extra: &[(&str, &str)], clock: Clock) -> Channels {
     let (sms, wa, call) =
         (FakeProvider::start(Provider::Twilio), FakeProvider::start(Provider::WhatsApp), FakeProvider::start(Provider::TwilioVoice));
     let providers = json!({
@@ -41,13 +45,23 @@ async fn channels(routes: Value, extra: &[(&str, &str)]) -> Channels {
     let mut env = vec![("SMS_PROVIDERS", providers.as_str()), ("SMS_ROUTES", routes.as_str()), ("PHONE_MOBILE_ONLY", "false")];
     env.extend_from_slice(extra);
     let dir = Arc::new(tempfile::tempdir().unwrap());
-    let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
+    let server = TestServer::start_full(&env, FakeUpstream::start(), dir, Delivery::Configured, clock).await;
     Channels { server, sms, wa, call }
+}
+
+async fn channels(routes: Value, extra: &[(&str, &str)]) -> Channels {
+    channels_on(routes, extra, Clock::system()).await
 }
 
 fn start(phone: &str, channel: &str) -> Value {
     let mut request = login(phone);
     request["channel"] = channel.into();
+    request
+}
+
+fn verify_with(phone: &str, code: &str, challenge: &Value) -> Value {
+    let mut request = verify(phone, code);
+    request["challenge"] = challenge.clone();
     request
 }
 
@@ -213,6 +227,70 @@ async fn an_unknown_channel_or_one_the_route_lacks_is_refused_and_nothing_is_sen
     blank["channel"] = "".into();
     assert_eq!(assert_ok(c.server.call(blank).await)["channel"], "sms");
     assert_eq!(assert_ok(c.server.call(start(FRANCE, "sms")).await)["channel"], "sms");
+}
+
+#[actix_web::test]
+async fn a_second_start_for_another_channel_sends_the_same_code_again() {
+    let clock = Clock::manual();
+    let env = [("OTP_RESEND_SECS", "60"), ("LIMIT_START_PER_PHONE_PER_HOUR", "2")];
+    let c = channels_on(json!({"*": ["sms", "call"]}), &env, clock.clone()).await;
+    let first = assert_ok(c.server.call(login(UK)).await);
+    assert_eq!(first["channel"], "sms");
+    let code = code_in_sms(&c.sms.accepted()[0].text);
+
+    // The resend window holds for another channel too.
+    let reply = c.server.call(start(UK, "voice")).await;
+    assert_error(&reply, 429, "RATELIMIT");
+    assert_eq!(c.call.requests(), 0);
+
+    clock.advance(Duration::from_secs(61));
+    let second = assert_ok(c.server.call(start(UK, "voice")).await);
+    assert_eq!(second["channel"], "voice");
+    let calls = c.call.accepted();
+    assert_eq!(calls.len(), 1);
+    assert_eq!(code_in_call(&calls[0].text), code, "the call reads the code the SMS carried");
+    assert_eq!(c.server.scalar("SELECT count(*) FROM otp_challenges"), 1);
+    assert_eq!(c.server.scalar("SELECT count(DISTINCT otp_hash) FROM courier"), 1, "two messages of one code");
+    assert_eq!(c.server.scalar("SELECT count(*) FROM courier"), 2);
+
+    // A resend spends the start limits as any message does: a third start is refused.
+    clock.advance(Duration::from_secs(61));
+    assert_error(&c.server.call(start(UK, "sms")).await, 429, "RATELIMIT");
+    assert_eq!((c.sms.requests(), c.call.requests()), (1, 1));
+
+    // The challenge of the latest start is the one a verify sends back.
+    assert_error(&c.server.call(verify_with(UK, &code, &first["challenge"])).await, 401, "BADCODE");
+    let reply = assert_ok(c.server.call(verify_with(UK, &code, &second["challenge"])).await);
+    assert!(reply["token"].is_string());
+}
+
+#[actix_web::test]
+async fn a_resend_that_fails_leaves_valid_the_code_that_went_out() {
+    let c = channels(json!({"*": ["sms", "call"]}), &[]).await;
+    assert_ok(c.server.call(login(UK)).await);
+    let code = code_in_sms(&c.sms.accepted()[0].text);
+    assert!(eventually(30, async || row_of(&c.server, UK).0 == "sent").await);
+    c.call.script(UK, Script::RefuseNumber);
+    assert_error(&c.server.call(start(UK, "voice")).await, 502, "SENDFAILED");
+    assert!(eventually(30, async || row_of(&c.server, UK).0 == "failed").await);
+    assert_eq!(c.server.scalar("SELECT count(*) FROM otp_challenges"), 1, "the SMS carried this code: it stays");
+    assert_ok(c.server.call(verify(UK, &code)).await);
+}
+
+#[actix_web::test]
+async fn a_second_start_for_the_same_channel_sends_a_new_code() {
+    let c = channels(json!({"*": ["sms", "call"]}), &[]).await;
+    assert_ok(c.server.call(start(FRANCE, "voice")).await);
+    assert_ok(c.server.call(start(FRANCE, "voice")).await);
+    let calls = c.call.accepted();
+    assert_eq!(calls.len(), 2);
+    let (old, new) = (code_in_call(&calls[0].text), code_in_call(&calls[1].text));
+    assert_eq!(c.server.scalar("SELECT count(*) FROM courier WHERE status = 'cancelled'"), 0);
+    // Only the newer code is valid (two random codes are equal once in a million).
+    if old != new {
+        assert_error(&c.server.call(verify(FRANCE, &old)).await, 401, "BADCODE");
+    }
+    assert_ok(c.server.call(verify(FRANCE, &new)).await);
 }
 
 #[actix_web::test]

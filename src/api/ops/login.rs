@@ -30,7 +30,7 @@ impl ApiOp for Login {
             ("code", "string", "Older name of otp."),
             ("device", "string", "Optional installation id for multi-device logins (at most 128 characters)."),
             ("challenge", "string", "The challenge id of the start reply, when verifying: the guess is bound to that code and counted apart from guesses without it. Required when REQUIRE_CHALLENGE is on."),
-            ("channel", "string", "Start of a phone login, optional: sms, whatsapp or voice. The route's instances of that channel are tried first, then the rest of the route; a channel the number's route lacks is refused (BADPARAM)."),
+            ("channel", "string", "Start of a phone login, optional: sms, whatsapp or voice. The route's instances of that channel are tried first, then the rest of the route; a channel the number's route lacks is refused (BADPARAM). A start that names another channel than the pending code's last message, after OTP_RESEND_SECS, sends that same code again over it (the challenge of this reply is the one to send back)."),
             PROVIDER_FIELD,
             ID_TOKEN_FIELD,
             NONCE_FIELD,

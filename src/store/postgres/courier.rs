@@ -9,13 +9,46 @@ use crate::store::records::{
     ReceiptTarget, BATCH,
 };
 
-use super::{counter, execute, int, interrupted, query, query_one, query_opt, rows, Interrupted, Param, PgStore, Retry};
+use super::{counter, execute, int, interrupted, query, query_one, query_opt, rows, Interrupted, Param, PgStore, Pipelined, Retry};
+
+/// A pending code that may be sent again.
+struct PendingCode {
+    otp_hash: Vec<u8>,
+    sealed: Vec<u8>,
+    expires_at: i64,
+}
+
+/// The address's pending code, when a start asking for `channel` sends it again (see
+/// `Db::enqueue_message`): valid for this app, unclaimed, not guessed at wrongly, still
+/// sealed in a queued row or a sent one kept for resends, and last queued for another channel.
+async fn pending_code_for_another_channel(tx: &Pipelined, c: &NewChallenge, channel: &str) -> Result<Option<PendingCode>, StorageError> {
+    let row = tx
+        .query_opt(
+            "SELECT c.otp_hash, c.expires_at, m.sealed, m.channel FROM otp_challenges c
+             CROSS JOIN LATERAL (SELECT sealed, channel FROM courier
+                 WHERE address = c.address AND otp_hash = c.otp_hash AND sealed IS NOT NULL
+                     AND (status = 'queued' OR (status = 'sent' AND expires_at > $3))
+                 ORDER BY id DESC LIMIT 1) m
+             WHERE c.address = $1 AND c.appid = $2 AND c.expires_at > $3 AND c.claimed_at IS NULL AND c.attempts = 0 AND c.bound_attempts = 0",
+            &[&c.address, &c.appid, &c.now],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let last: Option<String> = row.try_get(3)?;
+    if last.as_deref() == Some(channel) {
+        return Ok(None);
+    }
+    Ok(Some(PendingCode { otp_hash: row.try_get(0)?, expires_at: row.try_get(1)?, sealed: row.try_get(2)? }))
+}
 
 impl PgStore {
     /// Stores the challenge and queues its sealed message `(address, appid, sealed,
-    /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
-    /// resend window allows a new code, before anything is written. An advisory lock on the address makes
-    /// concurrent starts for it take turns, so the resend window holds across instances.
+    /// channel)` in one transaction, leased until `lease_until`, or sends the pending code
+    /// again (see `Db::enqueue_message`); `admit` runs once the resend window allows a new
+    /// code, before anything is written. An advisory lock on the address makes concurrent
+    /// starts for it take turns, so the resend window holds across instances.
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
@@ -35,6 +68,10 @@ impl PgStore {
                     return Ok(Enqueued::TooSoon(wait as u64));
                 }
             }
+            let pending = match channel {
+                Some(channel) => self.timed(pending_code_for_another_channel(&tx, c, channel)).await?,
+                None => None,
+            };
             // Checked before anything is written: a refusal leaves the previous code valid.
             // Once: a start that runs again below was admitted already.
             if let Some(admit) = admit.take() {
@@ -43,22 +80,66 @@ impl PgStore {
                 }
             }
             let (otp_hash, challenge_sha256): (&[u8], &[u8]) = (&c.otp_hash, &c.challenge_sha256);
-            let expires_at = c.now + c.ttl_secs;
-            let params: &[&dyn Param] =
-                &[&c.address, &c.appid, &otp_hash, &c.now, &expires_at, &challenge_sha256, address, appid, sealed, &lease_until, channel];
-            let stored = tx.query_one_and_commit(
-                "WITH challenge AS (
-                     INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
-                     VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
-                     ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
-                         created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
-                         challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
-                 INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
-                 VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4, $11) RETURNING id",
-                params,
-            );
-            match self.timed(stored).await {
-                Ok(row) => return Ok(Enqueued::Stored(row.try_get(0)?)),
+            let stored = match &pending {
+                None => {
+                    let expires_at = c.now + c.ttl_secs;
+                    let params: &[&dyn Param] = &[
+                        &c.address,
+                        &c.appid,
+                        &otp_hash,
+                        &c.now,
+                        &expires_at,
+                        &challenge_sha256,
+                        address,
+                        appid,
+                        sealed,
+                        &lease_until,
+                        channel,
+                    ];
+                    let stored = tx.query_one_and_commit(
+                        "WITH challenge AS (
+                             INSERT INTO otp_challenges (address, appid, otp_hash, created_at, expires_at, attempts, claimed_at, challenge_sha256, bound_attempts)
+                             VALUES ($1, $2, $3, $4, $5, 0, NULL, $6, 0)
+                             ON CONFLICT (address) DO UPDATE SET appid = excluded.appid, otp_hash = excluded.otp_hash,
+                                 created_at = excluded.created_at, expires_at = excluded.expires_at, attempts = 0, claimed_at = NULL,
+                                 challenge_sha256 = excluded.challenge_sha256, bound_attempts = 0)
+                         INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
+                         VALUES ($7, $8, $3, $9, 'queued', $10, $5, $4, $11) RETURNING id",
+                        params,
+                    );
+                    self.timed(stored).await
+                }
+                Some(pending) => {
+                    let params: &[&dyn Param] = &[
+                        address,
+                        appid,
+                        &pending.otp_hash,
+                        &c.now,
+                        &challenge_sha256,
+                        &pending.sealed,
+                        &lease_until,
+                        &pending.expires_at,
+                        channel,
+                    ];
+                    let stored = tx.query_one_and_commit(
+                        "WITH refreshed AS (UPDATE otp_challenges SET created_at = $4, challenge_sha256 = $5 WHERE address = $1),
+                              superseded AS (UPDATE courier SET status = 'cancelled', last_error = 'sent again over another channel', sealed = NULL
+                                  WHERE status = 'queued' AND address = $1 AND otp_hash = $3)
+                         INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
+                         VALUES ($1, $2, $3, $6, 'queued', $7, $8, $4, $9) RETURNING id",
+                        params,
+                    );
+                    self.timed(stored).await
+                }
+            };
+            match stored {
+                Ok(row) => {
+                    let id = row.try_get(0)?;
+                    return Ok(match pending {
+                        None => Enqueued::Stored(id),
+                        Some(PendingCode { otp_hash, sealed, expires_at }) => Enqueued::Resent { id, otp_hash, sealed, expires_at },
+                    });
+                }
                 // A demoted primary refuses the write (the lock it took): again on a fresh
                 // connection, whose transaction checks the resend window anew. Only then:
                 // after a connection lost at the COMMIT the code may be stored already, and
@@ -183,10 +264,13 @@ impl PgStore {
                     .await?;
                 }
                 AttemptOutcome::Failed(error) => {
+                    // Unless the code went out again over another channel: then it may have been received.
                     execute(
                         &client,
                         "WITH failed AS (UPDATE courier SET status = 'failed', attempts = $2, last_error = $3, sealed = NULL WHERE id = $1)
-                         DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5",
+                         DELETE FROM otp_challenges WHERE address = $4 AND otp_hash = $5
+                             AND NOT EXISTS (SELECT 1 FROM courier WHERE address = $4 AND otp_hash = $5 AND id <> $1
+                                 AND (status = 'queued' OR (status = 'sent' AND sealed IS NOT NULL)))",
                         &[&id, &attempts, error, address, otp_hash],
                     )
                     .await?;

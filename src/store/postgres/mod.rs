@@ -535,6 +535,11 @@ impl Pipelined {
         Ok((tx, row))
     }
 
+    /// `sql` inside the transaction, before its last statement: the statement's row, if any.
+    async fn query_opt(&self, sql: &str, params: &[&dyn Param]) -> Result<Option<Row>, StorageError> {
+        query_opt(&self.client, sql, params).await
+    }
+
     /// `sql`, then COMMIT: the statement's row count.
     async fn execute_and_commit(mut self, sql: &str, params: &[&dyn Param]) -> Result<u64, StorageError> {
         match statement_mode() {

@@ -2,7 +2,7 @@
 //! the code, sealed (see `domain::keys::MessageSeal`), and kept as a delivery record.
 //! `delivery::courier` sends them.
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::domain::address::Address;
 use crate::domain::keys::MessageSeal;
@@ -38,35 +38,93 @@ pub(in crate::store) fn seal_rows_in_clear(conn: &mut Connection, seal: &Message
 fn enqueue(
     conn: &mut Connection,
     challenge: &NewChallenge,
-    (address, appid, sealed, channel): &(String, String, Vec<u8>, Option<String>),
+    message: &(String, String, Vec<u8>, Option<String>),
     lease_until: i64,
     admit: impl FnOnce() -> Result<(), Refusal>,
 ) -> rusqlite::Result<Enqueued> {
     if let Some(wait) = resend_wait(conn, challenge)? {
         return Ok(Enqueued::TooSoon(wait));
     }
+    let (address, _, sealed, channel) = message;
+    let pending = match channel {
+        Some(channel) => pending_code_for_another_channel(conn, challenge, channel)?,
+        None => None,
+    };
     // Checked before anything is written: a refusal leaves the previous code valid.
     if let Err(refusal) = admit() {
         return Ok(Enqueued::Refused(refusal));
     }
     atomically(conn, |tx| {
-        store_challenge(tx, challenge)?;
-        tx.prepare_cached(
-            "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
-        )?
-        .execute(params![
+        let Some(pending) = pending else {
+            store_challenge(tx, challenge)?;
+            let code = (&challenge.otp_hash[..], &sealed[..], challenge.now + challenge.ttl_secs);
+            return Ok(Enqueued::Stored(insert_message(tx, message, code, lease_until, challenge.now)?));
+        };
+        tx.prepare_cached("UPDATE otp_challenges SET created_at = ?2, challenge_sha256 = ?3 WHERE address = ?1")?.execute(params![
             address,
-            appid,
-            &challenge.otp_hash[..],
-            sealed,
-            lease_until,
-            challenge.now + challenge.ttl_secs,
             challenge.now,
-            channel
+            &challenge.challenge_sha256[..]
         ])?;
-        Ok(Enqueued::Stored(tx.last_insert_rowid()))
+        tx.prepare_cached(
+            "UPDATE courier SET status = 'cancelled', last_error = 'sent again over another channel', sealed = NULL
+             WHERE status = 'queued' AND address = ?1 AND otp_hash = ?2",
+        )?
+        .execute(params![address, pending.otp_hash])?;
+        let code = (&pending.otp_hash[..], &pending.sealed[..], pending.expires_at);
+        let id = insert_message(tx, message, code, lease_until, challenge.now)?;
+        Ok(Enqueued::Resent { id, otp_hash: pending.otp_hash, sealed: pending.sealed, expires_at: pending.expires_at })
     })
+}
+
+/// Queues `message`'s row for `code` (its hash, sealed message and expiry); answers its id.
+fn insert_message(
+    tx: &Connection,
+    (address, appid, _, channel): &(String, String, Vec<u8>, Option<String>),
+    (otp_hash, sealed, expires_at): (&[u8], &[u8], i64),
+    lease_until: i64,
+    now: i64,
+) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "INSERT INTO courier (address, appid, otp_hash, sealed, status, next_attempt_ms, expires_at, created_at, channel)
+         VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
+    )?
+    .execute(params![address, appid, otp_hash, sealed, lease_until, expires_at, now, channel])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// A pending code that may be sent again.
+struct PendingCode {
+    otp_hash: Vec<u8>,
+    sealed: Vec<u8>,
+    expires_at: i64,
+}
+
+/// The address's pending code, when a start asking for `channel` sends it again (see
+/// `Db::enqueue_message`): valid for this app, unclaimed, not guessed at wrongly, still
+/// sealed in a queued row or a sent one kept for resends, and last queued for another channel.
+fn pending_code_for_another_channel(conn: &Connection, c: &NewChallenge, channel: &str) -> rusqlite::Result<Option<PendingCode>> {
+    let code: Option<(Vec<u8>, i64)> = conn
+        .prepare_cached(
+            "SELECT otp_hash, expires_at FROM otp_challenges WHERE address = ?1 AND appid = ?2 AND expires_at > ?3
+                 AND claimed_at IS NULL AND attempts = 0 AND bound_attempts = 0",
+        )?
+        .query_row(params![c.address, c.appid, c.now], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((otp_hash, expires_at)) = code else {
+        return Ok(None);
+    };
+    // Each half reads an index: the queued rows, and the sent ones kept sealed.
+    let latest: Option<(Vec<u8>, Option<String>)> = conn
+        .prepare_cached(
+            "SELECT sealed, channel, id FROM courier WHERE status = 'queued' AND address = ?1 AND otp_hash = ?2 AND sealed IS NOT NULL
+             UNION ALL
+             SELECT sealed, channel, id FROM courier WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at > ?3
+                 AND address = ?1 AND otp_hash = ?2
+             ORDER BY 3 DESC LIMIT 1",
+        )?
+        .query_row(params![c.address, otp_hash, c.now], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(latest.filter(|(_, last)| last.as_deref() != Some(channel)).map(|(sealed, _)| PendingCode { otp_hash, sealed, expires_at }))
 }
 
 /// Takes up to [`BATCH`] due messages, leasing them until `lease_until`. A message the
@@ -156,7 +214,13 @@ fn record_attempt(
             AttemptOutcome::Failed(error) => {
                 tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
                     .execute(params![id, attempts, error])?;
-                remove_challenge(tx, address, otp_hash)?;
+                // Unless the code went out again over another channel: then it may have been received.
+                tx.prepare_cached(
+                    "DELETE FROM otp_challenges WHERE address = ?1 AND otp_hash = ?2
+                         AND NOT EXISTS (SELECT 1 FROM courier WHERE status = 'queued' AND address = ?1 AND otp_hash = ?2)
+                         AND NOT EXISTS (SELECT 1 FROM courier WHERE status = 'sent' AND sealed IS NOT NULL AND address = ?1 AND otp_hash = ?2)",
+                )?
+                .execute(params![address, otp_hash])?;
             }
             AttemptOutcome::ResendFailed(error) => {
                 tx.prepare_cached("UPDATE courier SET status = 'failed', attempts = ?2, last_error = ?3, sealed = NULL WHERE id = ?1")?
@@ -232,8 +296,9 @@ fn apply_receipt(
 
 impl SqliteStore {
     /// Stores the challenge and queues its sealed message `(address, appid, sealed,
-    /// channel)` in one transaction, leased until `lease_until`; `admit` runs once the
-    /// resend window allows a new code, before anything is written.
+    /// channel)` in one transaction, leased until `lease_until`, or sends the pending code
+    /// again (see `Db::enqueue_message`); `admit` runs once the resend window allows a new
+    /// code, before anything is written.
     pub async fn enqueue_message(
         &self,
         challenge: NewChallenge,
