@@ -119,7 +119,7 @@ impl Receipts {
             instances.iter().filter_map(move |(name, instance)| key(instance).map(|secret| (name.clone(), secret)))
         };
         let twilio = Keys::of(named(|instance| match instance {
-            ProviderInstance::Twilio(twilio) => Some(twilio.auth_token.clone()),
+            ProviderInstance::Twilio(twilio) | ProviderInstance::TwilioVoice(twilio) => Some(twilio.auth_token.clone()),
             _ => None,
         }));
         let vonage = Keys::of(instances.iter().filter_map(|(name, instance)| match instance {

@@ -97,6 +97,10 @@ fn url_variants(url: &str) -> Vec<String> {
 }
 
 fn read(fields: &[(String, String)]) -> Result<Receipt, ReceiptError> {
+    // A voice call (the twilio_voice kind) reports on its call under CallSid.
+    if let (None, Some(call), Some(status)) = (field(fields, "MessageSid"), field(fields, "CallSid"), field(fields, "CallStatus")) {
+        return Ok(Receipt { message_id: call.to_string(), status: call_status(status), error_code: None, reported_at: None });
+    }
     // SmsSid and SmsStatus are the older names, still sent alongside.
     let message_id = field(fields, "MessageSid").or_else(|| field(fields, "SmsSid"));
     let message_id = message_id.ok_or_else(|| ReceiptError::Malformed("no MessageSid".into()))?;
@@ -108,6 +112,17 @@ fn read(fields: &[(String, String)]) -> Result<Receipt, ReceiptError> {
         error_code: field(fields, "ErrorCode").map(str::to_string),
         reported_at: None,
     })
+}
+
+/// Twilio's `CallStatus`: an answered call said the code; one nobody answered did not.
+fn call_status(status: &str) -> Option<DeliveryStatus> {
+    match status {
+        "completed" => Some(DeliveryStatus::Delivered),
+        "busy" | "no-answer" | "canceled" => Some(DeliveryStatus::Undelivered),
+        "failed" => Some(DeliveryStatus::Failed),
+        // queued, initiated, ringing, in-progress.
+        _ => None,
+    }
 }
 
 /// Twilio's `MessageStatus`; `read` comes only from channels with read receipts.
@@ -360,4 +375,23 @@ mod tests {
         // Without its hash a body is read as form parameters, which this signature does not cover.
         assert_eq!(verify_post(URL, &signature(URL, &[], TOKEN), JSON, JSON_BODY, &[TOKEN]).unwrap_err(), ReceiptError::BadSignature);
     }
+
+    #[test]
+    fn reads_a_voice_call_status() {
+        for (status, expected) in [
+            ("completed", Some(DeliveryStatus::Delivered)),
+            ("no-answer", Some(DeliveryStatus::Undelivered)),
+            ("busy", Some(DeliveryStatus::Undelivered)),
+            ("failed", Some(DeliveryStatus::Failed)),
+            ("ringing", None),
+        ] {
+            let fields: Vec<(String, String)> = [("CallSid", "CA0123"), ("CallStatus", status), ("AccountSid", "AC1")]
+                .into_iter()
+                .map(|(name, value)| (name.to_string(), value.to_string()))
+                .collect();
+            let receipt = read(&fields).unwrap();
+            assert_eq!((receipt.message_id.as_str(), receipt.status), ("CA0123", expected), "{status}");
+        }
+    }
+
 }
