@@ -72,6 +72,9 @@ struct Args {
     callgrind_out: Option<String>,
     /// `--callgrind-logins`: only the baseline and the two login runs (a few minutes less).
     callgrind_logins: bool,
+    /// `--routes`: codes go through named instances on several routes, each taking delivery
+    /// receipts (`PUBLIC_URL` set), instead of one sender.
+    routes: bool,
     /// `--service-process`: every instance in a child process, its CPU time read from /proc.
     service_process: bool,
     /// Internal, for a child service: the benchmark's PostgreSQL database (on
@@ -105,6 +108,7 @@ fn parse_args() -> Args {
         upstream_url: None,
         callgrind_out: None,
         callgrind_logins: false,
+        routes: false,
         service_process: false,
         database_name: None,
         redis_prefix: None,
@@ -151,8 +155,9 @@ fn parse_args() -> Args {
                 args.callgrind = args.callgrind.or(Some(CALLGRIND_REQUESTS));
                 args.callgrind_logins = true;
             }
+            "--routes" => args.routes = true,
             other => panic!(
-                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --service-process --target-url URL --target-otp CODE --rounds N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR] [--callgrind-logins]"
+                "unknown flag {other}; flags: --secs N --conns N --scale --users N --contacts N --pending N --database-url URL --redis-url URL --instances N --service-process --target-url URL --target-otp CODE --rounds N --callgrind [--callgrind-requests N1,N2] [--callgrind-out DIR] [--callgrind-logins] [--routes]"
             ),
         }
     }
@@ -782,6 +787,9 @@ fn bench_config(dir: &std::path::Path, database: &Database, upstream_url: &str, 
     if let Ok(statements) = std::env::var("DB_STATEMENTS") {
         vars.push(("DB_STATEMENTS", statements));
     }
+    if args.routes {
+        vars.push(("PUBLIC_URL", "https://login.example.com".into()));
+    }
     Config::from_vars(vars).expect("bench configuration")
 }
 
@@ -1301,6 +1309,9 @@ async fn callgrind((n1, n2): (u64, u64), args: &Args) -> bool {
     if let Some(url) = &args.redis_url {
         command.args(["--redis-url", url]);
     }
+    if args.routes {
+        command.arg("--routes");
+    }
     // The child reports `listening ADDR`, each code it sends (`code PHONE OTP`) and each dump (`marked`).
     let sender = Arc::new(MemorySender::default());
     let (mut child, addr) = match ChildService::spawn(command, sender.clone()) {
@@ -1408,6 +1419,22 @@ impl OtpSender for PipeSender {
     }
 }
 
+/// `--routes`: two named instances taking receipts, on routes for three prefixes and `*`,
+/// with the benchmark's numbers on a route of two.
+fn routed_senders() -> Senders {
+    use otpgate::config::Channel;
+    use otpgate::delivery::senders::Instance;
+    let instance = |name: &str| Instance {
+        name: name.into(),
+        kind: "twilio",
+        channel: Channel::Sms,
+        sender: Arc::new(PipeSender),
+        takes_receipts: true,
+    };
+    let routes = [("44", vec![0, 1]), ("1876", vec![1]), ("33", vec![1, 0]), ("", vec![0, 1])];
+    Senders::routed(vec![instance("sms_a"), instance("sms_b")], routes.map(|(prefix, route)| (prefix.to_string(), route)).to_vec(), None)
+}
+
 /// Where valgrind dumps the counts (`--dump-before`): the parent asks for each dump on
 /// standard input. Kept out of line and unmangled so that valgrind finds it by name.
 #[no_mangle]
@@ -1427,7 +1454,11 @@ async fn serve_child(dir: &std::path::Path, args: &Args) {
     let upstream_url = args.upstream_url.as_deref().expect("--serve-child needs --upstream-url");
     let redis_prefix = args.redis_prefix.clone().unwrap_or_else(random_redis_prefix);
     let config = bench_config(dir, &database, upstream_url, &redis_prefix, args);
-    let (addr, state) = serve(&config, Senders::all(Arc::new(PipeSender))).await;
+    let senders = match args.routes {
+        true => routed_senders(),
+        false => Senders::all(Arc::new(PipeSender)),
+    };
+    let (addr, state) = serve(&config, senders).await;
     println!("listening {addr}");
     std::io::stdout().flush().unwrap();
     let (closed, mut stop) = tokio::sync::mpsc::channel::<()>(1);

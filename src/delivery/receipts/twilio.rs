@@ -393,5 +393,4 @@ mod tests {
             assert_eq!((receipt.message_id.as_str(), receipt.status), ("CA0123", expected), "{status}");
         }
     }
-
 }
