@@ -423,7 +423,8 @@ fn valid_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-mod defaults {
+/// The defaults of the instances' fields; also those of the flat `TWILIO_*`, ... settings.
+pub(super) mod defaults {
     pub fn twilio_base_url() -> String {
         "https://api.twilio.com".into()
     }

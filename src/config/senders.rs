@@ -33,9 +33,9 @@ pub struct SmsHttpSettings {
     pub url: Option<String>,
     #[serde(default, deserialize_with = "unless_empty", rename = "sms_http_auth")]
     pub auth: Option<Secret>,
-    #[serde(default = "defaults::sms_http_body", rename = "sms_http_body")]
+    #[serde(default = "super::routes::defaults::http_body", rename = "sms_http_body")]
     pub body: Secret,
-    #[serde(default = "defaults::sms_http_timeout_secs", rename = "sms_http_timeout_secs")]
+    #[serde(default = "super::routes::defaults::http_timeout_secs", rename = "sms_http_timeout_secs")]
     pub timeout_secs: u64,
 }
 
@@ -75,7 +75,7 @@ pub struct TwilioSettings {
     pub from: Option<String>,
     #[serde(default, deserialize_with = "unless_empty", rename = "twilio_messaging_service_sid")]
     pub messaging_service_sid: Option<String>,
-    #[serde(default = "defaults::twilio_base_url", rename = "twilio_base_url")]
+    #[serde(default = "super::routes::defaults::twilio_base_url", rename = "twilio_base_url")]
     pub base_url: String,
 }
 
@@ -93,7 +93,7 @@ pub struct VonageSettings {
     pub signature_secret: Option<Secret>,
     #[serde(default, rename = "vonage_signature_method")]
     pub signature_method: super::VonageSignatureMethod,
-    #[serde(default = "defaults::vonage_base_url", rename = "vonage_base_url")]
+    #[serde(default = "super::routes::defaults::vonage_base_url", rename = "vonage_base_url")]
     pub base_url: String,
 }
 
@@ -107,7 +107,7 @@ pub struct MessageBirdSettings {
     /// The signing key of status reports; without it they are refused.
     #[serde(default, deserialize_with = "unless_empty", rename = "messagebird_signing_key")]
     pub signing_key: Option<Secret>,
-    #[serde(default = "defaults::messagebird_base_url", rename = "messagebird_base_url")]
+    #[serde(default = "super::routes::defaults::messagebird_base_url", rename = "messagebird_base_url")]
     pub base_url: String,
 }
 
@@ -233,26 +233,11 @@ mod defaults {
     pub fn provider_timeout_secs() -> u64 {
         10
     }
-    pub fn sms_http_body() -> super::Secret {
-        r#"{"to":"{phone}","text":"{message}"}"#.into()
-    }
-    pub fn sms_http_timeout_secs() -> u64 {
-        10
-    }
     pub fn smtp_port() -> u16 {
         587
     }
     pub fn smtp_tls() -> super::SmtpTls {
         super::SmtpTls::Starttls
-    }
-    pub fn twilio_base_url() -> String {
-        "https://api.twilio.com".into()
-    }
-    pub fn vonage_base_url() -> String {
-        "https://rest.nexmo.com".into()
-    }
-    pub fn messagebird_base_url() -> String {
-        "https://rest.messagebird.com".into()
     }
     pub fn courier_max_attempts() -> u32 {
         5
