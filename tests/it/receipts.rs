@@ -512,40 +512,56 @@ async fn without_public_url_no_receipts_are_taken() {
 #[actix_web::test]
 async fn whatsapp_status_notifications_and_the_webhook_check() {
     let (app_secret, verify_token) = ("whatsapp-app-secret", "whatsapp-verify-token");
-    let providers = json!({"wa_check": {"kind": "whatsapp", "phone_number_id": "106540352242922", "access_token": "wa-access-token",
-        "template": "otp", "app_secret": app_secret, "verify_token": verify_token}})
+    let (wa, sms) = (FakeProvider::start(Provider::WhatsApp), FakeProvider::start(Provider::Twilio));
+    let providers = json!({
+        "wa_check": {"kind": "whatsapp", "phone_number_id": "106540352242922", "access_token": "wa-access-token",
+            "template": "otp", "app_secret": app_secret, "verify_token": verify_token, "base_url": wa.url()},
+        "sms_check": {"kind": "twilio", "account_sid": "AC9", "auth_token": "sms-check-token", "from": "Example", "base_url": sms.url()},
+    })
     .to_string();
-    let env = [("SMS_PROVIDERS", providers.as_str()), ("SMS_ROUTES", r#"{"*": ["wa_check"]}"#), ("PUBLIC_URL", PUBLIC_URL)];
-    let server = TestServer::start(&env).await;
+    let env = [
+        ("SMS_PROVIDERS", providers.as_str()),
+        ("SMS_ROUTES", r#"{"*": ["wa_check", "sms_check"]}"#),
+        ("PUBLIC_URL", PUBLIC_URL),
+        ("PHONE_MOBILE_ONLY", "false"),
+    ];
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let server = TestServer::start_with(&env, FakeUpstream::start(), dir, Delivery::Configured).await;
     let refused = "otpgate_receipts_refused_total{provider=\"whatsapp\",reason=\"signature\"}";
     let before = metric(&server, refused).await;
 
-    // The Cloud API sender is not built yet: the recording sender delivers, and its row is
-    // given the instance and message id the WhatsApp sender would record.
-    server.start_login(UK).await;
-    let sent = async || {
-        server.column(&format!("SELECT status FROM courier WHERE address = '{UK}'")).first().is_some_and(|status| status == "sent")
-    };
-    assert!(eventually(30, sent).await);
-    server.execute(&format!(
-        "UPDATE courier SET instance = 'wa_check', provider_message_id = 'wamid.HBgLMTU1NTA3ODM4ODE' WHERE address = '{UK}'"
-    ));
+    // WhatsApp takes the code; the user turns out not to be on WhatsApp.
+    assert_ok(server.call(login(UK)).await);
+    let taken = wa.accepted();
+    assert_eq!(taken.len(), 1);
+    let wamid = taken[0].id.clone();
+    assert!(wamid.starts_with("wamid."), "{wamid}");
+    assert!(eventually(30, async || row_of(&server, UK).instance == "wa_check").await);
     let untouched = row_of(&server, UK);
 
     let url = format!("{PUBLIC_URL}/delivery/whatsapp");
-    let report = whatsapp_report(&url, "wamid.HBgLMTU1NTA3ODM4ODE", UK, Status::new("failed").error("131026").at(NEW_YEAR), app_secret);
+    let report = whatsapp_report(&url, &wamid, UK, Status::new("failed").error("131026").at(NEW_YEAR), app_secret);
     let forged = [
         report.clone().tampered("\"failed\"", "\"delivered\""),
         report.clone().with_header("x-hub-signature-256", None),
-        whatsapp_report(&url, "wamid.HBgLMTU1NTA3ODM4ODE", UK, Status::new("failed"), "another-app-secret"),
+        whatsapp_report(&url, &wamid, UK, Status::new("failed"), "another-app-secret"),
     ];
     for forged in &forged {
         assert_eq!(forged.send(&server.url).await.0, 403);
     }
     assert_eq!(row_of(&server, UK), untouched);
+    assert!(sms.accepted().is_empty(), "a forged failure sends nothing");
     assert_eq!(report.send(&server.url).await.0, 200);
+    assert!(eventually(30, async || sms.accepted().len() == 1).await, "the failed WhatsApp message falls back to SMS at once");
+    // The WhatsApp fake records the code its template carried as the text.
+    let (code, resent) = (&taken[0].text, sms.accepted()[0].text.clone());
+    assert!(resent.ends_with(code.as_str()), "the same code by SMS: {resent}");
+    // The row now records the second instance's send, and that WhatsApp failed it.
+    let sms_id = sms.accepted()[0].id.clone();
+    assert!(eventually(30, async || row_of(&server, UK).instance == "sms_check").await);
     let row = row_of(&server, UK);
-    assert_eq!((row.receipt_status.as_str(), row.receipt_error.as_str(), row.receipt_at), ("failed", "131026", NEW_YEAR));
+    assert_eq!((row.status.as_str(), row.failed_via.as_str(), row.receipt_status.as_str()), ("sent", "wa_check", ""));
+    assert_eq!(server.column(&format!("SELECT provider_message_id FROM courier WHERE address = '{UK}'")), [sms_id]);
 
     // Meta registers the webhook with a GET that must echo its challenge.
     let check =
