@@ -295,7 +295,7 @@ impl Courier {
         let _in_flight = InFlight::start(self);
         let to = Address::from_stored(&row.address);
         let carriers = self.carriers(&to, &row.failed_via, row.channel.as_deref());
-        let message = OtpMessage { to: to.clone(), otp: row.otp.clone(), text: row.body.clone(), appid: row.appid.clone() };
+        let message = OtpMessage { to: to.clone(), otp: row.otp, text: row.body, appid: row.appid.clone() };
         let attempts = row.attempts + 1;
         // A bounded label: one of the world's calling codes.
         let country = crate::domain::phone::country_label(&row.address);
@@ -305,17 +305,19 @@ impl Courier {
         // An instance whose breaker is open is passed over while another may be tried; when
         // every one is open, they are tried anyway: a degraded provider beats none.
         let breakers = self.senders.breakers.as_deref();
-        let mut allowed = Vec::with_capacity(carriers.len());
-        for carrier in &carriers {
-            allowed.push(match breakers {
+        let mut order: Vec<usize> = Vec::with_capacity(carriers.len());
+        for (i, carrier) in carriers.iter().enumerate() {
+            let allowed = match breakers {
                 Some(breakers) => breakers.allow(carrier.name).await,
                 None => true,
-            });
+            };
+            if allowed {
+                order.push(i);
+            }
         }
-        let order: Vec<usize> = match allowed.iter().any(|allowed| *allowed) {
-            true => (0..carriers.len()).filter(|&i| allowed[i]).collect(),
-            false => (0..carriers.len()).collect(),
-        };
+        if order.is_empty() {
+            order.extend(0..carriers.len());
+        }
         for (position, &tried) in order.iter().enumerate() {
             let carrier = &carriers[tried];
             metrics::SENDER_ATTEMPTS.with_label_values(&[carrier.name]).inc();
@@ -328,7 +330,7 @@ impl Courier {
             match sent {
                 Ok(accepted) => {
                     if !country.is_empty() {
-                        metrics::CODES_SENT.with_label_values(&[carrier.name, &country]).inc();
+                        metrics::CODES_SENT.with_label_values(&[carrier.name, country]).inc();
                     }
                     result = Ok((tried, accepted));
                     break;
@@ -336,7 +338,7 @@ impl Courier {
                 Err(error) => {
                     metrics::SENDER_FAILURES.with_label_values(&[carrier.name]).inc();
                     if !country.is_empty() {
-                        metrics::CODES_FAILED.with_label_values(&[carrier.name, &country]).inc();
+                        metrics::CODES_FAILED.with_label_values(&[carrier.name, country]).inc();
                     }
                     // Some providers echo the message in their error replies; neither the code nor the
                     // full number may reach a log.

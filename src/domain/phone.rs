@@ -6,7 +6,7 @@
 use phonenumber::country::Id;
 use phonenumber::{PhoneNumber, Type};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
 use crate::config::{Config, Country};
 use crate::domain::address;
@@ -201,18 +201,29 @@ pub fn calling_code_of(digits: &str) -> Option<u16> {
     phonenumber::parse(None, format!("+{digits}")).ok().map(|number| number.code().value())
 }
 
-/// The calling code that starts E.164 digits, found in the metadata without parsing the
+/// Every calling code the metadata knows, with its text: read once, so that finding a
+/// number's calling code costs a few lookups and no allocation.
+static CALLING_CODES: LazyLock<HashMap<u16, String>> = LazyLock::new(|| {
+    (1..=999u16).filter(|code| phonenumber::metadata::DATABASE.by_code(code).is_some()).map(|code| (code, code.to_string())).collect()
+});
+
+/// The calling code that starts E.164 digits, and its text, found without parsing the
 /// number (cheap enough for every message): calling codes are prefix-free.
+fn calling_code_entry(digits: &str) -> Option<(&'static u16, &'static String)> {
+    (1..=3).filter_map(|n| digits.get(..n)?.parse::<u16>().ok()).find_map(|code| CALLING_CODES.get_key_value(&code))
+}
+
+/// The calling code that starts E.164 digits (see [`calling_code_entry`]).
 pub fn calling_code_prefix(digits: &str) -> Option<u16> {
-    (1..=3).filter_map(|n| digits.get(..n)?.parse::<u16>().ok()).find(|code| phonenumber::metadata::DATABASE.by_code(code).is_some())
+    calling_code_entry(digits).map(|(code, _)| *code)
 }
 
 /// The `country` label of metrics for a stored address: its calling code (`44`), `other`
 /// for digits no calling code starts, `""` for an address that is no phone number.
-pub fn country_label(address: &str) -> String {
+pub fn country_label(address: &str) -> &'static str {
     match address.bytes().all(|b| b.is_ascii_digit()) && !address.is_empty() {
-        true => calling_code_prefix(address).map_or_else(|| "other".to_string(), |code| code.to_string()),
-        false => String::new(),
+        true => calling_code_entry(address).map_or("other", |(_, text)| text.as_str()),
+        false => "",
     }
 }
 

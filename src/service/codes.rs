@@ -97,8 +97,7 @@ impl CodeAuthenticator {
         if !self.senders.reach(&address) {
             return Err(not_enabled(&address));
         }
-        let channels = self.senders.channels(&address);
-        if let Some(asked) = asked.filter(|asked| !channels.contains(asked)) {
+        if let Some(asked) = asked.filter(|asked| !self.senders.channels(&address).contains(asked)) {
             return Err(channel_not_available(&address, asked));
         }
         if let Some(captcha) = &self.captcha {
@@ -142,7 +141,7 @@ impl CodeAuthenticator {
                 let channel = match dispatch {
                     Dispatch::Sent(carried_by) => carried_by,
                     // Not carried yet: the instances tried first are of this channel.
-                    _ => asked.or_else(|| channels.first().copied()),
+                    _ => asked.or_else(|| self.senders.channels(&address).first().copied()),
                 };
                 Ok((Some(challenge_id), channel))
             }

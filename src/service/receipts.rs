@@ -236,11 +236,11 @@ impl Receipts {
             return Ok(false);
         };
         let country = crate::domain::phone::country_label(&address);
-        metrics::DELIVERY_RECEIPTS.with_label_values(&[&instance, &country, status.as_str()]).inc();
+        metrics::DELIVERY_RECEIPTS.with_label_values(&[&instance, country, status.as_str()]).inc();
         if status != ReceiptStatus::Sent {
             let reported_at = receipt.reported_at.unwrap_or_else(|| self.db.clock().now());
             let waited = (reported_at - queued_at).max(0);
-            metrics::DELIVERY_RECEIPT_SECONDS.with_label_values(&[&instance, &country]).observe(waited as f64);
+            metrics::DELIVERY_RECEIPT_SECONDS.with_label_values(&[&instance, country]).observe(waited as f64);
         }
         if status.is_failure() {
             let code = error_code.as_deref().unwrap_or("none");

@@ -113,12 +113,13 @@ fn pending_code_for_another_channel(conn: &Connection, c: &NewChallenge, channel
     let Some((otp_hash, expires_at)) = code else {
         return Ok(None);
     };
-    // Each half reads an index: the queued rows, and the sent ones kept sealed.
+    // Each half reads an index: the queued rows, and the sent ones kept sealed (named: on
+    // `status` alone SQLite's planner would walk every sent row).
     let latest: Option<(Vec<u8>, Option<String>)> = conn
         .prepare_cached(
             "SELECT sealed, channel, id FROM courier WHERE status = 'queued' AND address = ?1 AND otp_hash = ?2 AND sealed IS NOT NULL
              UNION ALL
-             SELECT sealed, channel, id FROM courier WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at > ?3
+             SELECT sealed, channel, id FROM courier INDEXED BY courier_kept WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at > ?3
                  AND address = ?1 AND otp_hash = ?2
              ORDER BY 3 DESC LIMIT 1",
         )?
@@ -139,8 +140,11 @@ fn claim_due(conn: &mut Connection, seal: &MessageSeal, now_ms: i64, lease_until
         )?
         .execute([now_ms / 1000])?;
         // Kept for a resend only while the code could still be used.
-        tx.prepare_cached("UPDATE courier SET sealed = NULL WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at <= ?1")?
-            .execute([now_ms / 1000])?;
+        // The index named: on `status` alone SQLite's planner would walk every sent row each round.
+        tx.prepare_cached(
+            "UPDATE courier INDEXED BY courier_kept SET sealed = NULL WHERE status = 'sent' AND sealed IS NOT NULL AND expires_at <= ?1",
+        )?
+        .execute([now_ms / 1000])?;
         let due = {
             let mut select = tx.prepare_cached(
                 "SELECT id, address, appid, otp_hash, sealed, attempts, expires_at, failed_via, channel FROM courier
