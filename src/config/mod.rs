@@ -36,8 +36,8 @@ pub use http::{parse_trusted_proxies, HttpSettings, ProxyHeader};
 pub use operations::{AdminSettings, LogFormat, LoggingSettings};
 pub use redis_url::RedisTopology;
 pub use routes::{
-    Channel, HttpInstance, MessageBirdInstance, ProviderInstance, Providers, RouteSettings, Routing, TwilioInstance, VonageInstance,
-    VonageSignatureMethod, WebhookInstance, WhatsappInstance,
+    route_in, Channel, HttpInstance, MessageBirdInstance, ProviderInstance, Providers, RouteSettings, Routing, TwilioInstance,
+    VonageInstance, VonageSignatureMethod, WebhookInstance, WhatsappInstance,
 };
 pub use senders::SmsBreakerSettings;
 pub use senders::{

@@ -275,10 +275,16 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// The route of a number in E.164 digits: the longest prefix that matches.
+    /// The route of a number in E.164 digits (see [`route_in`]).
     pub fn route_for(&self, digits: &str) -> &[usize] {
-        self.routes.iter().find(|(prefix, _)| digits.starts_with(prefix.as_str())).map_or(&[], |(_, route)| &route[..])
+        route_in(&self.routes, digits)
     }
+}
+
+/// The route of a number in E.164 digits among `routes` (longest prefix first, as
+/// [`Routing::routes`] keeps them): the first whose prefix matches, which is the longest.
+pub fn route_in<'a>(routes: &'a [(String, Vec<usize>)], digits: &str) -> &'a [usize] {
+    routes.iter().find(|(prefix, _)| digits.starts_with(prefix.as_str())).map_or(&[], |(_, route)| &route[..])
 }
 
 fn providers<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Providers, D::Error> {

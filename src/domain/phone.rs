@@ -213,11 +213,6 @@ fn calling_code_entry(digits: &str) -> Option<(&'static u16, &'static String)> {
     (1..=3).filter_map(|n| digits.get(..n)?.parse::<u16>().ok()).find_map(|code| CALLING_CODES.get_key_value(&code))
 }
 
-/// The calling code that starts E.164 digits (see [`calling_code_entry`]).
-pub fn calling_code_prefix(digits: &str) -> Option<u16> {
-    calling_code_entry(digits).map(|(code, _)| *code)
-}
-
 /// The `country` label of metrics for a stored address: its calling code (`44`), `other`
 /// for digits no calling code starts, `""` for an address that is no phone number.
 pub fn country_label(address: &str) -> &'static str {
@@ -233,11 +228,13 @@ mod tests {
 
     #[test]
     fn the_calling_code_prefix_is_read_from_the_metadata() {
+        let prefix = |digits: &str| calling_code_entry(digits).map(|(code, _)| *code);
         for digits in ["447400123456", "18765550123", "12025550123", "33612345678", "881612345678", "8613812345678"] {
-            assert_eq!(calling_code_prefix(digits), calling_code_of(digits), "{digits}");
+            assert_eq!(prefix(digits), calling_code_of(digits), "{digits}");
         }
-        assert_eq!(calling_code_prefix("999123"), None);
-        assert_eq!(calling_code_prefix(""), None);
+        assert_eq!(prefix("999123"), None);
+        assert_eq!(prefix(""), None);
+        assert_eq!((country_label("447400123456"), country_label("999123"), country_label("a@example.com")), ("44", "other", ""));
     }
 
     fn policy(vars: &[(&str, &str)]) -> PhonePolicy {

@@ -163,7 +163,7 @@ impl Senders {
     /// The ordered instances that carry codes to this number (E.164 digits): the route
     /// of the longest prefix that matches. Empty: phone logins are not enabled.
     pub fn route(&self, digits: &str) -> &[usize] {
-        self.routes.iter().find(|(prefix, _)| digits.starts_with(prefix.as_str())).map_or(&[], |(_, route)| &route[..])
+        crate::config::route_in(&self.routes, digits)
     }
 
     /// Whether a code can be sent to this kind of address at all.
@@ -191,10 +191,6 @@ impl Senders {
             Address::Phone(digits) => self.route(digits).iter().map(|&i| self.instances[i].channel).collect(),
             Address::Email(_) | Address::Account(_) => Vec::new(),
         }
-    }
-
-    pub fn instance_named(&self, name: &str) -> Option<usize> {
-        self.instances.iter().position(|instance| instance.name == name)
     }
 }
 
